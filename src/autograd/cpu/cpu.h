@@ -1,0 +1,59 @@
+/* cpu.h — the reference CPU kernels and the working buffers they compute in.
+ *
+ * Numerics: every reference kernel computes in float64 on plain row-major arrays, so one loop
+ * serves f32 training and the f64 gradient checks alike. An op widens its inputs with an_f64_read
+ * (no copy when the tensor is already f64) and rounds its outputs once with an_f64_commit. GEMM
+ * is the exception: f32 operands go to OpenBLAS sgemm (fp32 accumulate), all others to dgemm. */
+#ifndef AN_CPU_H
+#define AN_CPU_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "autograd/kernel_types.h"  /* an_binary_kind, an_gemm_shape */
+#include "autograd/tensor.h"
+
+/* A float64 view of a CPU tensor's elements: the tensor's own memory when it is f64, else an
+ * owned converted copy (read) or an owned scratch buffer (write). */
+typedef struct {
+    double *data;
+    bool owned;
+} an_f64;
+
+an_status an_f64_read(an_ctx *ctx, const an_tensor *t, an_f64 *out);
+an_status an_f64_write(an_ctx *ctx, const an_tensor *t, an_f64 *out); /* contents undefined */
+an_status an_f64_zeroed(an_ctx *ctx, const an_tensor *t, an_f64 *out);
+/* Rounds buf into t when it is a scratch copy, then frees it. */
+void an_f64_commit(an_tensor *t, an_f64 *buf);
+void an_f64_free(an_f64 *buf);
+/* The same for n tensors at once (NULL entries give NULL data). On failure nothing stays allocated. */
+an_status an_f64_read_all(an_ctx *ctx, an_tensor *const *ts, int n, an_f64 *bufs);
+an_status an_f64_write_all(an_ctx *ctx, an_tensor *const *ts, int n, an_f64 *bufs);
+void an_f64_commit_all(an_tensor *const *ts, int n, an_f64 *bufs);
+void an_f64_free_all(an_f64 *bufs, int n);
+/* Integer ids/positions/segments as int64 (owned copy unless the tensor is already i64). */
+typedef struct {
+    int64_t *data;
+    bool owned;
+} an_i64;
+an_status an_i64_read(an_ctx *ctx, const an_tensor *t, an_i64 *out);
+void an_i64_free(an_i64 *buf);
+
+/* dst += src over n elements of a float dtype (gradient accumulation). */
+void an_cpu_add_into(void *dst, const void *src, an_dtype dtype, int64_t n);
+
+/* Elementwise, b broadcast: element i of a pairs with element i % nb of b. */
+void an_cpu_binary(an_binary_kind kind, const double *a, int64_t n, const double *b, int64_t nb, double *out);
+/* Gradients of a binary op: grad_a (n) and grad_b (nb, summed over the broadcast); either may be NULL. */
+void an_cpu_binary_backward(an_binary_kind kind, const double *a, int64_t n, const double *b, int64_t nb,
+                            const double *grad_out, double *grad_a, double *grad_b);
+
+/* out = silu(gate) * up, or silu(gate) when up is NULL. */
+void an_cpu_swiglu(const double *gate, const double *up, int64_t n, double *out);
+/* Gradients written with =; grad_up is ignored when up is NULL. */
+void an_cpu_swiglu_backward(const double *gate, const double *up, int64_t n, const double *grad_out,
+                            double *grad_gate, double *grad_up);
+
+void an_cpu_gemm(const an_gemm_shape *s, an_dtype dtype, const void *a, const void *b, void *c);
+
+#endif

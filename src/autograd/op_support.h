@@ -1,0 +1,28 @@
+/* op_support.h — what every op file shares: the op table's descriptors, input checks and the
+ * error for an op that has no kernel on a device yet (an error, never a silent CPU detour). */
+#ifndef AN_OP_SUPPORT_H
+#define AN_OP_SUPPORT_H
+
+#include "autograd/op_table.h"  /* an_op_<name> descriptors */
+#include "autograd/tape.h"      /* an_tape_record, an_node_* */
+
+/* Return NULL when any listed input is NULL (a failed earlier op already recorded why). */
+#define AN_OP_INPUTS(...)                                                     \
+    do {                                                                      \
+        an_tensor *an_inputs_[] = {__VA_ARGS__};                              \
+        for (size_t an_i_ = 0; an_i_ < sizeof an_inputs_ / sizeof *an_inputs_; an_i_++) \
+            if (!an_inputs_[an_i_]) return NULL;                              \
+    } while (0)
+
+/* Inputs of one float dtype on one device (NULLs skipped): an error naming op and operands. */
+an_status an_op_check_float_peers(an_ctx *ctx, const char *op, an_tensor *const *ts, int n);
+/* Integer index tensor on the same device as `like`. */
+an_status an_op_check_indices(an_ctx *ctx, const char *op, const char *what, const an_tensor *ids,
+                              const an_tensor *like);
+/* "op X has no CUDA kernel yet" as an AN_ERR_INPUT error. */
+an_status an_op_no_kernel(an_ctx *ctx, const char *op, const an_tensor *t);
+
+/* A new uninitialised tensor like t (same dtype and device) with another shape. */
+an_tensor *an_op_new_like(an_ctx *ctx, const an_tensor *t, int ndim, const int64_t *shape);
+
+#endif

@@ -1,0 +1,88 @@
+/* ops.h — every differentiable op, as the model and the RL code call them.
+ *
+ * Each op checks shapes and dtypes, runs its CPU or CUDA kernel, and records a tape node when
+ * any input requires grad. Each returns a new tensor, or NULL with the reason recorded in ctx;
+ * any NULL input makes it return NULL at once, so a forward pass can be chained and checked
+ * once at the end. Shapes use: N rows, D features, B batch, T time, H heads, V vocabulary. */
+#ifndef AN_OPS_H
+#define AN_OPS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "autograd/tensor.h"
+
+/* Elementwise. b has a's shape, or the shape of a's trailing dims (broadcast over the leading
+ * ones, as a bias or a per-channel scale is). */
+an_tensor *an_add(an_ctx *ctx, an_tensor *a, an_tensor *b);
+an_tensor *an_sub(an_ctx *ctx, an_tensor *a, an_tensor *b);
+an_tensor *an_mul(an_ctx *ctx, an_tensor *a, an_tensor *b);
+an_tensor *an_scale(an_ctx *ctx, an_tensor *x, double s);
+an_tensor *an_silu(an_ctx *ctx, an_tensor *x);
+an_tensor *an_swiglu(an_ctx *ctx, an_tensor *gate, an_tensor *up);     /* silu(gate) * up */
+
+/* Reductions over every element, to a scalar. */
+an_tensor *an_sum(an_ctx *ctx, an_tensor *x);
+an_tensor *an_mean(an_ctx *ctx, an_tensor *x);
+
+/* Same data, another shape of the same numel (a view: storage is shared). */
+an_tensor *an_reshape(an_ctx *ctx, an_tensor *x, int ndim, const int64_t *shape);
+
+/* a (Bt..., M, K) [or (Bt..., K, M) with trans_a] times b (Bt..., K, N) [or (Bt..., N, K) with
+ * trans_b]; b may also be 2-D and shared by every batch. Accumulates in fp32 or better. */
+an_tensor *an_matmul(an_ctx *ctx, an_tensor *a, an_tensor *b, bool trans_a, bool trans_b);
+/* x (..., in) @ w(out, in)^T + bias(out); bias may be NULL. */
+an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias);
+
+/* ids (...) i32/i64 rows of table (V, D) -> (..., D). An id outside [0, V) is an error. */
+an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table);
+
+/* x (..., D) * rsqrt(mean(x^2) + eps) * w (D), statistics in fp32 or better. */
+an_tensor *an_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *w, double eps);
+
+typedef enum {
+    AN_ROPE_NEOX = 0,        /* rotate halves: pairs (i, i + D/2) — Qwen2, Llama in HF layout */
+    AN_ROPE_INTERLEAVED = 1, /* pairs (2i, 2i + 1) — GPT-J / original Meta layout */
+} an_rope_style;
+
+typedef struct {
+    an_rope_style style;
+    double theta;                       /* base, e.g. 10000 or 500000 */
+    /* llama3 frequency scaling; factor 0 turns it off. */
+    double llama3_factor;               /* 8 for Llama 3.1 */
+    double llama3_low_freq_factor;      /* 1 */
+    double llama3_high_freq_factor;     /* 4 */
+    double llama3_original_max_position; /* 8192 */
+} an_rope_config;
+
+/* Rotates x (B, T, H, D) at positions (B, T) (i32/i64; they restart per packed document). */
+an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config);
+
+/* Causal attention with grouped-query heads: q (B, T, Hq, D), k and v (B, T, Hkv, D), Hkv divides
+ * Hq; query head h reads kv head h / (Hq/Hkv). segments (B, T) i32/i64 or NULL: token i attends
+ * token j only when j <= i and segments equal (packed documents). Scores scaled by `scale`. */
+an_tensor *an_attention(an_ctx *ctx, an_tensor *q, an_tensor *k, an_tensor *v, an_tensor *segments, double scale);
+
+/* Softmax over the last dim. */
+an_tensor *an_softmax(an_ctx *ctx, an_tensor *x);
+
+#define AN_IGNORE_INDEX (-100)
+
+typedef struct {
+    int64_t ignore_index;  /* targets equal to this are not counted (default -100) */
+    int64_t chunk_rows;    /* rows of logits alive at once in the fused linear variant (default 1024) */
+    double normalizer;     /* divide the summed loss by this; 0 = the number of counted targets.
+                              Gradient accumulation passes the whole batch's count here. */
+} an_cross_entropy_opts;
+
+/* Mean negative log-likelihood of targets (N) i32/i64 under logits (N, V); 0 when no target counts.
+ * opts may be NULL for the defaults. */
+an_tensor *an_cross_entropy(an_ctx *ctx, an_tensor *logits, an_tensor *targets, const an_cross_entropy_opts *opts);
+/* The same loss for logits = hidden (N, D) @ weight (V, D)^T computed chunk_rows rows at a time:
+ * full (N, V) logits never exist, in forward or backward. */
+an_tensor *an_linear_cross_entropy(an_ctx *ctx, an_tensor *hidden, an_tensor *weight, an_tensor *targets,
+                                   const an_cross_entropy_opts *opts);
+/* log_softmax(logits (N, V))[i, ids[i]] -> (N): per-token log-probs for RL. */
+an_tensor *an_log_softmax_gather(an_ctx *ctx, an_tensor *logits, an_tensor *ids);
+
+#endif

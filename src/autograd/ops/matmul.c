@@ -1,0 +1,241 @@
+/* matmul.c — batched matmul with transposed operands, and linear (x @ w^T + bias).
+ * GEMMs run through an_cpu_gemm (OpenBLAS) or an_cuda_gemm (cuBLASLt, fp32 accumulate);
+ * every gradient is one or two more GEMMs with the transposes swapped. */
+#include "autograd/ops.h"
+
+#include <string.h>
+
+#include "autograd/cpu/cpu.h"     /* an_cpu_gemm, an_cpu_binary, an_f64_* */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_matmul, an_op_linear */
+#include "kernels/cuda.h"         /* an_cuda_gemm, an_cuda_binary, an_cuda_binary_backward */
+
+/* c = op(a) @ op(b) (or += with shape->accumulate) on a's device. */
+static an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b, an_tensor *c) {
+    if (a->device == AN_CUDA)
+        return an_cuda_gemm(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
+    if (a->dtype == AN_F32 || a->dtype == AN_F64) {
+        an_cpu_gemm(shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
+        return AN_OK;
+    }
+    /* bf16/f16 on the CPU: widen to f64, multiply, round once. */
+    an_f64 in[2], out;
+    AN_TRY(an_f64_read_all(ctx, (an_tensor *[]){(an_tensor *)a, (an_tensor *)b}, 2, in));
+    an_status st = shape->accumulate ? an_f64_read(ctx, c, &out) : an_f64_write(ctx, c, &out);
+    if (st == AN_OK) {
+        an_cpu_gemm(shape, AN_F64, in[0].data, in[1].data, out.data);
+        an_f64_commit(c, &out);
+    }
+    an_f64_free_all(in, 2);
+    return st;
+}
+
+/* Rows (M) and columns (K) of op(t) for the last two dims. */
+static void mat_dims(const an_tensor *t, bool trans, int64_t *rows, int64_t *cols) {
+    int64_t r = t->shape[t->ndim - 2], c = t->shape[t->ndim - 1];
+    *rows = trans ? c : r;
+    *cols = trans ? r : c;
+}
+
+/* Product of the dims before the last two. */
+static int64_t batch_of(const an_tensor *t) {
+    int64_t batch = 1;
+    for (int i = 0; i < t->ndim - 2; i++) batch *= t->shape[i];
+    return batch;
+}
+
+an_tensor *an_matmul(an_ctx *ctx, an_tensor *a, an_tensor *b, bool trans_a, bool trans_b) {
+    AN_OP_INPUTS(a, b);
+    if (an_op_check_float_peers(ctx, "matmul", (an_tensor *[]){a, b}, 2)) return NULL;
+    char da[96], db[96];
+    an_tensor_describe(a, da, sizeof da);
+    an_tensor_describe(b, db, sizeof db);
+    AN_CHECK_NULL(ctx, a->ndim >= 2 && b->ndim >= 2, AN_ERR_INPUT, "matmul: operands %s and %s need 2+ dims", da, db);
+    bool b_shared = b->ndim == 2 && a->ndim > 2;
+    bool same_batch = a->ndim == b->ndim;
+    for (int i = 0; same_batch && i < a->ndim - 2; i++) same_batch = a->shape[i] == b->shape[i];
+    AN_CHECK_NULL(ctx, b_shared || same_batch, AN_ERR_INPUT, "matmul: batch dims of %s and %s differ", da, db);
+    int64_t m, k, kb, n;
+    mat_dims(a, trans_a, &m, &k);
+    mat_dims(b, trans_b, &kb, &n);
+    AN_CHECK_NULL(ctx, k == kb, AN_ERR_INPUT, "matmul: inner dims differ: %s%s @ %s%s", da, trans_a ? "^T" : "", db,
+                  trans_b ? "^T" : "");
+    int64_t shape[AN_MAX_DIMS];
+    memcpy(shape, a->shape, sizeof shape);
+    shape[a->ndim - 2] = m;
+    shape[a->ndim - 1] = n;
+    an_tensor *out = an_op_new_like(ctx, a, a->ndim, shape);
+    if (!out) return NULL;
+    an_gemm_shape s = {batch_of(a), m, n, k, trans_a, trans_b, b_shared, false};
+    if (gemm(ctx, &s, a, b, out) != AN_OK) {
+        an_tensor_release(out);
+        return NULL;
+    }
+    an_node *node = an_tape_record(ctx, &an_op_matmul, out, (an_tensor *[]){a, b}, 2);
+    if (node) {
+        node->iargs[0] = trans_a;
+        node->iargs[1] = trans_b;
+    }
+    return out;
+}
+
+/* Entry i of the leading batch of t (viewed as (batch, rest)); a new view. */
+static an_tensor *batch_entry(an_ctx *ctx, an_tensor *t, int64_t batch, int64_t i) {
+    an_tensor *flat = an_tensor_view(ctx, t, 2, (int64_t[]){batch, an_tensor_numel(t) / batch});
+    an_tensor *entry = flat ? an_tensor_rows(ctx, flat, i, 1) : NULL;
+    an_tensor_release(flat);
+    return entry;
+}
+
+/* c_i (+)= op(x_i) @ op(y_i) over the batch, where `shared` (0: x, 1: y, -1: none) is one matrix
+ * used by every entry and c is shared too when sum_into_c (accumulating over the batch). */
+static an_status gemm_per_entry(an_ctx *ctx, an_gemm_shape s, int64_t batch, an_tensor *x, an_tensor *y,
+                                an_tensor *c, int shared, bool sum_into_c) {
+    an_status st = AN_OK;
+    s.batch = 1;
+    for (int64_t i = 0; i < batch && st == AN_OK; i++) {
+        an_tensor *xi = shared == 0 ? an_tensor_retain(x) : batch_entry(ctx, x, batch, i);
+        an_tensor *yi = shared == 1 ? an_tensor_retain(y) : batch_entry(ctx, y, batch, i);
+        an_tensor *ci = sum_into_c ? an_tensor_retain(c) : batch_entry(ctx, c, batch, i);
+        s.accumulate = sum_into_c && i > 0;
+        st = xi && yi && ci ? gemm(ctx, &s, xi, yi, ci) : an_error_status(ctx);
+        an_tensor_release(xi), an_tensor_release(yi), an_tensor_release(ci);
+    }
+    return st;
+}
+
+an_status an_matmul_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *a = node->inputs[0], *b = node->inputs[1];
+    bool ta = node->iargs[0], tb = node->iargs[1];
+    bool b_shared = b->ndim == 2 && a->ndim > 2;
+    int64_t m, k, n, unused;
+    mat_dims(a, ta, &m, &k);
+    mat_dims(b, tb, &unused, &n);
+    int64_t batch = batch_of(a);
+    an_tensor *grads[2] = {
+        an_node_needs_grad(node, 0) ? an_op_new_like(ctx, a, a->ndim, a->shape) : NULL,
+        an_node_needs_grad(node, 1) ? an_op_new_like(ctx, b, b->ndim, b->shape) : NULL,
+    };
+    an_status st = an_error_status(ctx);
+    if (st == AN_OK && grads[0]) {
+        if (!ta) { /* dA = dC @ op(B)^T */
+            an_gemm_shape s = {batch, m, k, n, false, !tb, b_shared, false};
+            st = gemm(ctx, &s, grad_out, b, grads[0]);
+        } else { /* dA = op(B) @ dC^T */
+            an_gemm_shape s = {batch, k, m, n, tb, true, false, false};
+            st = b_shared ? gemm_per_entry(ctx, s, batch, b, grad_out, grads[0], 0, false)
+                          : gemm(ctx, &s, b, grad_out, grads[0]);
+        }
+    }
+    if (st == AN_OK && grads[1]) {
+        /* dB = op(A)^T @ dC, or dC^T @ op(A) when B is transposed; a shared B sums over the batch. */
+        an_gemm_shape s = tb ? (an_gemm_shape){batch, n, k, m, true, ta, false, false}
+                             : (an_gemm_shape){batch, k, n, m, !ta, false, false, false};
+        an_tensor *x = tb ? grad_out : a, *y = tb ? a : grad_out;
+        if (!b_shared) {
+            st = gemm(ctx, &s, x, y, grads[1]);
+        } else if (!ta) { /* rows of every entry stack into one (batch*M)-deep product */
+            s.batch = 1;
+            s.k = batch * m;
+            st = gemm(ctx, &s, x, y, grads[1]);
+        } else {
+            st = gemm_per_entry(ctx, s, batch, x, y, grads[1], -1, true);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        if (st == AN_OK && grads[i]) st = an_node_accumulate(ctx, node, i, grads[i]);
+        else an_tensor_release(grads[i]);
+    }
+    return st;
+}
+
+an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
+    AN_OP_INPUTS(x, w);
+    if (an_op_check_float_peers(ctx, "linear", (an_tensor *[]){x, w, bias}, 3)) return NULL;
+    char dx[96], dw[96];
+    an_tensor_describe(x, dx, sizeof dx);
+    an_tensor_describe(w, dw, sizeof dw);
+    AN_CHECK_NULL(ctx, x->ndim >= 1 && w->ndim == 2 && x->shape[x->ndim - 1] == w->shape[1], AN_ERR_INPUT,
+                  "linear: input %s does not match weight %s (out, in)", dx, dw);
+    AN_CHECK_NULL(ctx, !bias || (bias->ndim == 1 && bias->shape[0] == w->shape[0]), AN_ERR_INPUT,
+                  "linear: bias must be (%lld)", (long long)w->shape[0]);
+    int64_t in = w->shape[1], out_features = w->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    int64_t shape[AN_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = out_features;
+    an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
+    if (!out) return NULL;
+    an_gemm_shape s = {1, rows, out_features, in, false, true, false, false};
+    an_status st = gemm(ctx, &s, x, w, out);
+    if (st == AN_OK && bias) {
+        int64_t n = an_tensor_numel(out);
+        if (out->device == AN_CUDA) {
+            st = an_cuda_binary(ctx, AN_BINARY_ADD, out->dtype, an_tensor_data(out), n, an_tensor_data(bias),
+                                out_features, an_tensor_data(out));
+        } else {
+            an_f64 o, b;
+            if ((st = an_f64_read(ctx, out, &o)) == AN_OK && (st = an_f64_read(ctx, bias, &b)) == AN_OK) {
+                an_cpu_binary(AN_BINARY_ADD, o.data, n, b.data, out_features, o.data);
+                an_f64_free(&b);
+                an_f64_commit(out, &o);
+            }
+            an_f64_free(&o);
+        }
+    }
+    if (st != AN_OK) {
+        an_tensor_release(out);
+        return NULL;
+    }
+    an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias}, 3);
+    return out;
+}
+
+an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *x = node->inputs[0], *w = node->inputs[1], *bias = node->inputs[2];
+    int64_t in = w->shape[1], out_features = w->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    if (an_node_needs_grad(node, 0)) {
+        an_tensor *gx = an_op_new_like(ctx, x, x->ndim, x->shape);
+        if (!gx) return an_error_status(ctx);
+        an_gemm_shape s = {1, rows, in, out_features, false, false, false, false}; /* dX = dY @ W */
+        an_status st = gemm(ctx, &s, grad_out, w, gx);
+        if (st != AN_OK) {
+            an_tensor_release(gx);
+            return st;
+        }
+        AN_TRY(an_node_accumulate(ctx, node, 0, gx));
+    }
+    if (an_node_needs_grad(node, 1)) {
+        an_tensor *gw = an_op_new_like(ctx, w, 2, w->shape);
+        if (!gw) return an_error_status(ctx);
+        an_gemm_shape s = {1, out_features, in, rows, true, false, false, false}; /* dW = dY^T @ X */
+        an_status st = gemm(ctx, &s, grad_out, x, gw);
+        if (st != AN_OK) {
+            an_tensor_release(gw);
+            return st;
+        }
+        AN_TRY(an_node_accumulate(ctx, node, 1, gw));
+    }
+    if (an_node_needs_grad(node, 2)) {
+        an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
+        if (!gb) return an_error_status(ctx);
+        int64_t n = an_tensor_numel(grad_out);
+        an_status st;
+        if (gb->device == AN_CUDA) {
+            st = an_cuda_binary_backward(ctx, AN_BINARY_ADD, gb->dtype, an_tensor_data(grad_out), n,
+                                         an_tensor_data(gb), out_features, an_tensor_data(grad_out), NULL,
+                                         an_tensor_data(gb));
+        } else {
+            an_f64 g, res;
+            if ((st = an_f64_read(ctx, grad_out, &g)) == AN_OK && (st = an_f64_write(ctx, gb, &res)) == AN_OK) {
+                an_cpu_binary_backward(AN_BINARY_ADD, NULL, n, NULL, out_features, g.data, NULL, res.data);
+                an_f64_commit(gb, &res);
+            }
+            an_f64_free(&g);
+        }
+        if (st != AN_OK) {
+            an_tensor_release(gb);
+            return st;
+        }
+        AN_TRY(an_node_accumulate(ctx, node, 2, gb));
+    }
+    return AN_OK;
+}

@@ -1,0 +1,69 @@
+/* tape.h — reverse-mode autograd: the op descriptor, tape nodes, backward, no-grad scopes and
+ * gradient checkpointing.
+ *
+ * Rules: gradients are accumulated with += into .grad (a tensor used twice gets the sum); a node
+ * retains its inputs and saved tensors until backward has run it, and points weakly at its
+ * output; backward rules run with recording off and compute in the inputs' dtype. */
+#ifndef AN_TAPE_H
+#define AN_TAPE_H
+
+#include "autograd/tensor.h"
+
+#define AN_NODE_MAX_INPUTS 6
+#define AN_NODE_MAX_SAVED 6
+
+/* One row of the op table: what backward needs to know about an op. */
+typedef struct an_op {
+    const char *name;
+    int n_inputs;      /* maximum; optional inputs may be NULL */
+    an_status (*backward)(an_ctx *ctx, an_node *node, an_tensor *grad_out);
+} an_op;
+
+struct an_node {
+    const an_op *op;
+    an_tensor *inputs[AN_NODE_MAX_INPUTS]; /* retained; NULL for an absent optional input */
+    int n_inputs;
+    an_tensor *saved[AN_NODE_MAX_SAVED];   /* retained; forward by-products backward reuses */
+    int n_saved;
+    an_tensor *output;                     /* weak: cleared when the output is released... */
+    bool owns_output;                      /* ...unless backward handed this node a reference */
+    double args[8];                        /* small scalar arguments (eps, scale, flags) */
+    int64_t iargs[8];
+    void *extra;                           /* larger op state, freed with extra_free */
+    void (*extra_free)(void *extra);
+};
+
+an_tape *an_tape_new(void);
+void an_tape_free(an_ctx *ctx, an_tape *tape);
+
+/* Records a node for `output` when recording is on and any input requires grad; sets
+ * output->requires_grad and grad_fn. Returns the node (to save tensors and args on) or NULL when
+ * nothing was recorded. Inputs may contain NULL for absent optional inputs. */
+an_node *an_tape_record(an_ctx *ctx, const an_op *op, an_tensor *output, an_tensor *const *inputs, int n_inputs);
+void an_node_save(an_node *node, an_tensor *t);         /* retains t */
+bool an_node_needs_grad(const an_node *node, int i);
+/* Adds grad into node->inputs[i]->grad and releases the caller's reference to grad. */
+an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad);
+/* Adds src into t->grad (allocating it on first use); borrows src. */
+an_status an_grad_accumulate(an_ctx *ctx, an_tensor *t, an_tensor *src);
+void an_node_forget_output(an_node *node, an_tensor *output); /* called by an_tensor_release */
+
+/* Runs every recorded node in reverse order from a scalar `loss` (seeded with 1), leaves the
+ * gradients of leaves in their .grad, and clears the tape. */
+an_status an_backward(an_ctx *ctx, an_tensor *loss);
+/* Drops every recorded node without running it (evaluation forward passes with grad on). */
+void an_tape_clear(an_ctx *ctx);
+int64_t an_tape_length(const an_ctx *ctx);
+
+void an_no_grad_begin(an_ctx *ctx);
+void an_no_grad_end(an_ctx *ctx);
+bool an_grad_enabled(const an_ctx *ctx);
+
+/* Gradient checkpointing: runs fn(inputs) without recording and records one node; its backward
+ * re-runs fn with recording on (restoring the RNG so dropout repeats) and backpropagates through
+ * it. Parameters fn reads through `user` get their gradients as in an un-checkpointed run. The
+ * output is marked requires_grad whenever recording is on. */
+typedef an_tensor *(*an_checkpoint_fn)(an_ctx *ctx, an_tensor *const *inputs, int n_inputs, void *user);
+an_tensor *an_checkpoint(an_ctx *ctx, an_checkpoint_fn fn, an_tensor *const *inputs, int n_inputs, void *user);
+
+#endif

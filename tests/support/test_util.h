@@ -1,0 +1,39 @@
+/* test_util.h — what every Check suite shares: contexts that must end with no live tensors,
+ * seeded random tensors, closeness assertions, gradient-check assertions, and GPU skips. */
+#ifndef AN_TEST_UTIL_H
+#define AN_TEST_UTIL_H
+
+#include <check.h>
+#include <stdio.h>
+
+#include "autograd/gradcheck.h"
+#include "autograd/ops.h"
+#include "autograd/tape.h"
+
+/* A CPU context seeded with `seed`; test_ctx_free fails the test if tensors are still alive or
+ * an error is left recorded. */
+an_ctx *test_ctx(uint64_t seed);
+void test_ctx_free(an_ctx *ctx);
+
+/* Uniform values in [low, high) on the CPU (never all zeros for low < high). */
+an_tensor *test_uniform(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape, double low, double high,
+                        bool requires_grad);
+/* Integer tensor (i32/i64) with values in [0, bound). */
+an_tensor *test_ids(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape, int64_t bound);
+
+/* Fails unless |got[i] - want[i]| <= atol + rtol * |want[i]| for every element, and no NaN. */
+void test_assert_close(const an_tensor *got, const double *want, double rtol, double atol, const char *what);
+void test_assert_tensors_close(const an_tensor *got, const an_tensor *want, double rtol, double atol,
+                               const char *what);
+/* Runs an_gradcheck and fails with the worst element when it does not pass. */
+void test_assert_gradcheck(an_ctx *ctx, an_gradcheck_fn fn, an_tensor *const *inputs, int n, void *user,
+                           const char *what);
+
+/* A context on the first GPU, or NULL after printing "SKIP <what>: <reason>" (CPU-only build
+ * or machine). */
+an_ctx *test_gpu_ctx(uint64_t seed, const char *what);
+
+/* Runs a suite with Check's runner; returns the process exit code. */
+int test_run(Suite *suite);
+
+#endif
