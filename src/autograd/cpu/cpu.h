@@ -56,4 +56,10 @@ void an_cpu_swiglu_backward(const double *gate, const double *up, int64_t n, con
 
 void an_cpu_gemm(const an_gemm_shape *s, an_dtype dtype, const void *a, const void *b, void *c);
 
+/* ---- cpu/embedding.c, cpu/rmsnorm.c, cpu/rope.c ---- */
+
+/* ---- cpu/attention.c ---- */
+
+/* ---- cpu/softmax.c, cpu/cross_entropy.c ---- */
+
 #endif
