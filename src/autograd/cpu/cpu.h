@@ -60,6 +60,23 @@ void an_cpu_gemm(const an_gemm_shape *s, an_dtype dtype, const void *a, const vo
 
 /* ---- cpu/attention.c ---- */
 
+/* Causal attention, q (B, T, Hq, D), k and v (B, T, Hkv, D), Hkv divides Hq; query head h reads
+ * kv head h / (Hq/Hkv); scores are scale * q.k. */
+typedef struct {
+    int64_t batch, seq, q_heads, kv_heads, head_dim;
+    double scale;
+} an_attention_shape;
+
+/* out (B, T, Hq, D) and the per-row logsumexp lse (B, Hq, T), written with =. segments (B, T) or
+ * NULL: token i sees token j when j <= i and their segments are equal. head_dim >= 1. */
+an_status an_cpu_attention(an_ctx *ctx, const an_attention_shape *shape, const double *q, const double *k,
+                           const double *v, const int64_t *segments, double *out, double *lse);
+/* Gradients from the forward's lse (probabilities are recomputed), written with =; grad_k and
+ * grad_v are summed over the query heads of each group. Any gradient pointer may be NULL. */
+an_status an_cpu_attention_backward(an_ctx *ctx, const an_attention_shape *shape, const double *q, const double *k,
+                                    const double *v, const int64_t *segments, const double *lse,
+                                    const double *grad_out, double *grad_q, double *grad_k, double *grad_v);
+
 /* ---- cpu/softmax.c, cpu/cross_entropy.c ---- */
 
 #endif
