@@ -57,6 +57,29 @@ void an_cpu_swiglu_backward(const double *gate, const double *up, int64_t n, con
 void an_cpu_gemm(const an_gemm_shape *s, an_dtype dtype, const void *a, const void *b, void *c);
 
 /* ---- cpu/embedding.c, cpu/rmsnorm.c, cpu/rope.c ---- */
+#include "autograd/ops.h"  /* an_rope_config */
+
+/* out (n, D) = rows ids[i] of table (V, D), copied as elements of elem_size bytes (a gather is
+ * exact in every dtype, so it skips the float64 widening). The caller has checked 0 <= ids < V. */
+void an_cpu_embedding(const int64_t *ids, int64_t n, const void *table, int64_t D, size_t elem_size, void *out);
+/* grad_table (V, D) += row i of grad_out (n, D) at row ids[i], for i = 0, 1, ... in order, so repeated
+ * ids sum deterministically. */
+void an_cpu_embedding_backward(const int64_t *ids, int64_t n, const double *grad_out, int64_t D, double *grad_table);
+
+/* y (rows, D) = x * rstd * w (D), rstd (rows) = 1 / sqrt(mean(x^2) + eps) per row. */
+void an_cpu_rmsnorm(const double *x, const double *w, int64_t rows, int64_t D, double eps, double *y, double *rstd);
+/* Gradients from the forward's rstd, written with =: grad_x (rows, D) and grad_w (D, summed over
+ * rows in order); either may be NULL. */
+void an_cpu_rmsnorm_backward(const double *x, const double *w, const double *rstd, const double *grad_y, int64_t rows,
+                             int64_t D, double *grad_x, double *grad_w);
+
+/* inv_freq (D/2): theta^(-2i/D), then llama3 scaling when config->llama3_factor > 0, as transformers'
+ * _compute_llama3_parameters does it (in float64 here). */
+void an_cpu_rope_inv_freq(const an_rope_config *config, int64_t D, double *inv_freq);
+/* out (rows, H, D) = x rotated by angle sign * positions[row] * inv_freq[i] on each pair: (i, i + D/2)
+ * for AN_ROPE_NEOX, (2i, 2i + 1) for AN_ROPE_INTERLEAVED. sign -1 is the backward (the transpose). */
+void an_cpu_rope(const double *x, const int64_t *positions, int64_t rows, int64_t H, int64_t D,
+                 const double *inv_freq, an_rope_style style, double sign, double *out);
 
 /* ---- cpu/attention.c ---- */
 

@@ -1,0 +1,76 @@
+/* rmsnorm.c — an_rmsnorm: y = x * rsqrt(mean(x^2) + eps) * w over the last dim (HF Qwen2RMSNorm /
+ * LlamaRMSNorm), and its backward for x and w.
+ * The forward saves the per-row rstd (rows) in fp32, or f64 for f64 inputs, and the backward
+ * reuses it instead of recomputing the statistics. */
+#include "autograd/ops.h"
+
+#include <math.h>
+
+#include "autograd/cpu/cpu.h"     /* an_cpu_rmsnorm, an_f64_* */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_rmsnorm, an_op_check_float_peers, an_op_no_kernel */
+
+an_tensor *an_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *w, double eps) {
+    AN_OP_INPUTS(x, w);
+    if (an_op_check_float_peers(ctx, "rmsnorm", (an_tensor *[]){x, w}, 2)) return NULL;
+    char dx[96], dw[96];
+    int64_t D = x->ndim >= 1 ? x->shape[x->ndim - 1] : 0;
+    AN_CHECK_NULL(ctx, D > 0 && w->ndim == 1 && w->shape[0] == D, AN_ERR_INPUT,
+                  "rmsnorm: weight %s must be (D) for input %s (..., D) with D > 0",
+                  an_tensor_describe(w, dw, sizeof dw), an_tensor_describe(x, dx, sizeof dx));
+    AN_CHECK_NULL(ctx, eps >= 0 && isfinite(eps), AN_ERR_INPUT, "rmsnorm: eps = %g, expected a finite value >= 0", eps);
+    if (x->device != AN_CPU) {
+        an_op_no_kernel(ctx, "rmsnorm", x);
+        return NULL;
+    }
+    int64_t rows = an_tensor_numel(x) / D;
+    an_tensor *out = an_op_new_like(ctx, x, x->ndim, x->shape);
+    an_tensor *rstd = an_tensor_new(ctx, x->dtype == AN_F64 ? AN_F64 : AN_F32, AN_CPU, 1, &rows);
+    an_status st = out && rstd ? AN_OK : an_error_status(ctx);
+    if (st == AN_OK) {
+        an_f64 in[2], res[2];
+        an_tensor *results[2] = {out, rstd};
+        st = an_f64_read_all(ctx, (an_tensor *[]){x, w}, 2, in);
+        if (st == AN_OK && (st = an_f64_write_all(ctx, results, 2, res)) == AN_OK) {
+            an_cpu_rmsnorm(in[0].data, in[1].data, rows, D, eps, res[0].data, res[1].data);
+            an_f64_commit_all(results, 2, res);
+        }
+        an_f64_free_all(in, 2);
+    }
+    if (st != AN_OK) {
+        an_tensor_release(out);
+        an_tensor_release(rstd);
+        return NULL;
+    }
+    an_node *node = an_tape_record(ctx, &an_op_rmsnorm, out, (an_tensor *[]){x, w}, 2);
+    if (node) {
+        an_node_save(node, rstd);
+        node->args[0] = eps;
+    }
+    an_tensor_release(rstd);
+    return out;
+}
+
+an_status an_rmsnorm_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *x = node->inputs[0], *w = node->inputs[1], *rstd = node->saved[0];
+    if (x->device != AN_CPU) return an_op_no_kernel(ctx, "rmsnorm backward", x);
+    int64_t D = w->shape[0], rows = an_tensor_numel(x) / D;
+    an_tensor *grads[2] = {
+        an_node_needs_grad(node, 0) ? an_op_new_like(ctx, x, x->ndim, x->shape) : NULL,
+        an_node_needs_grad(node, 1) ? an_op_new_like(ctx, w, 1, w->shape) : NULL,
+    };
+    an_status st = an_error_status(ctx);
+    if (st == AN_OK) {
+        an_f64 in[4], res[2];
+        st = an_f64_read_all(ctx, (an_tensor *[]){x, w, rstd, grad_out}, 4, in);
+        if (st == AN_OK && (st = an_f64_write_all(ctx, grads, 2, res)) == AN_OK) {
+            an_cpu_rmsnorm_backward(in[0].data, in[1].data, in[2].data, in[3].data, rows, D, res[0].data, res[1].data);
+            an_f64_commit_all(grads, 2, res);
+        }
+        an_f64_free_all(in, 4);
+    }
+    for (int i = 0; i < 2; i++) {
+        if (st == AN_OK && grads[i]) st = an_node_accumulate(ctx, node, i, grads[i]);
+        else an_tensor_release(grads[i]);
+    }
+    return st;
+}

@@ -1,0 +1,118 @@
+/* rope.c — an_rope: rotary position embedding of x (B, T, H, D) at positions (B, T), in NEOX
+ * (rotate halves) or interleaved layout, with optional llama3 frequency scaling; and its
+ * backward, the rotation of the gradient by the opposite angle.
+ * Positions are read from the tensor (packed documents restart them), never derived from t.
+ * The node keeps the config in args[0..5] and the positions as its second input. */
+#include "autograd/ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#include "autograd/cpu/cpu.h"     /* an_cpu_rope, an_cpu_rope_inv_freq, an_i64_read, an_f64_* */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_rope, an_op_check_*, an_op_no_kernel */
+
+static an_status check_config(an_ctx *ctx, const an_rope_config *c) {
+    AN_CHECK(ctx, c != NULL, AN_ERR_INPUT, "rope: no config");
+    AN_CHECK(ctx, c->style == AN_ROPE_NEOX || c->style == AN_ROPE_INTERLEAVED, AN_ERR_INPUT,
+             "rope: style %d is neither AN_ROPE_NEOX nor AN_ROPE_INTERLEAVED", (int)c->style);
+    AN_CHECK(ctx, c->theta > 0 && isfinite(c->theta), AN_ERR_INPUT, "rope: theta = %g, expected > 0", c->theta);
+    AN_CHECK(ctx, c->llama3_factor >= 0 && isfinite(c->llama3_factor), AN_ERR_INPUT,
+             "rope: llama3 factor = %g, expected > 0 (or 0 for no scaling)", c->llama3_factor);
+    if (c->llama3_factor > 0) {
+        AN_CHECK(ctx, c->llama3_low_freq_factor > 0 && c->llama3_high_freq_factor > c->llama3_low_freq_factor,
+                 AN_ERR_INPUT, "rope: llama3 low_freq_factor = %g and high_freq_factor = %g, expected 0 < low < high",
+                 c->llama3_low_freq_factor, c->llama3_high_freq_factor);
+        AN_CHECK(ctx, c->llama3_original_max_position > 0, AN_ERR_INPUT,
+                 "rope: llama3 original_max_position_embeddings = %g, expected > 0", c->llama3_original_max_position);
+    }
+    return AN_OK;
+}
+
+static an_status check_shapes(an_ctx *ctx, const an_tensor *x, const an_tensor *positions) {
+    char dx[96], dp[96];
+    an_tensor_describe(x, dx, sizeof dx);
+    AN_CHECK(ctx, x->ndim == 4, AN_ERR_INPUT, "rope: x %s must be (B, T, H, D)", dx);
+    AN_CHECK(ctx, x->shape[3] > 0 && x->shape[3] % 2 == 0, AN_ERR_INPUT,
+             "rope: head dim D = %lld of x %s must be even and > 0 (dims rotate in pairs)", (long long)x->shape[3], dx);
+    AN_CHECK(ctx, positions->ndim == 2 && positions->shape[0] == x->shape[0] && positions->shape[1] == x->shape[1],
+             AN_ERR_INPUT, "rope: positions %s must be (B, T) = (%lld, %lld) for x %s",
+             an_tensor_describe(positions, dp, sizeof dp), (long long)x->shape[0], (long long)x->shape[1], dx);
+    return AN_OK;
+}
+
+/* out = src rotated by sign * angle (CPU); positions checked, inv_freq from config. */
+static an_status rotate(an_ctx *ctx, const an_rope_config *config, const an_tensor *src, const an_tensor *positions,
+                        double sign, an_tensor *out) {
+    int64_t rows = src->shape[0] * src->shape[1], H = src->shape[2], D = src->shape[3];
+    an_i64 pos;
+    AN_TRY(an_i64_read(ctx, positions, &pos));
+    int64_t bad = 0;
+    while (bad < rows && pos.data[bad] >= 0) bad++;
+    if (bad < rows) {
+        long long value = (long long)pos.data[bad];
+        an_i64_free(&pos);
+        AN_CHECK(ctx, 0, AN_ERR_INPUT, "rope: position %lld (element %lld of positions) is negative", value,
+                 (long long)bad);
+    }
+    double *inv_freq = malloc((size_t)(D / 2) * sizeof *inv_freq);
+    an_f64 in = {0}, res = {0};
+    an_status st = inv_freq ? AN_OK : an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "out of host memory");
+    if (st == AN_OK && (st = an_f64_read(ctx, src, &in)) == AN_OK && (st = an_f64_write(ctx, out, &res)) == AN_OK) {
+        an_cpu_rope_inv_freq(config, D, inv_freq);
+        an_cpu_rope(in.data, pos.data, rows, H, D, inv_freq, config->style, sign, res.data);
+        an_f64_commit(out, &res);
+    }
+    an_f64_free(&in);
+    free(inv_freq);
+    an_i64_free(&pos);
+    return st;
+}
+
+an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config) {
+    AN_OP_INPUTS(x, positions);
+    if (check_config(ctx, config) || an_op_check_float_peers(ctx, "rope", &x, 1) ||
+        an_op_check_indices(ctx, "rope", "positions", positions, x) || check_shapes(ctx, x, positions))
+        return NULL;
+    if (x->device != AN_CPU) {
+        an_op_no_kernel(ctx, "rope", x);
+        return NULL;
+    }
+    an_tensor *out = an_op_new_like(ctx, x, 4, x->shape);
+    if (!out) return NULL;
+    if (rotate(ctx, config, x, positions, 1.0, out) != AN_OK) {
+        an_tensor_release(out);
+        return NULL;
+    }
+    an_node *node = an_tape_record(ctx, &an_op_rope, out, (an_tensor *[]){x, positions}, 2);
+    if (node) {
+        node->args[0] = (double)config->style;
+        node->args[1] = config->theta;
+        node->args[2] = config->llama3_factor;
+        node->args[3] = config->llama3_low_freq_factor;
+        node->args[4] = config->llama3_high_freq_factor;
+        node->args[5] = config->llama3_original_max_position;
+    }
+    return out;
+}
+
+an_status an_rope_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *x = node->inputs[0], *positions = node->inputs[1];
+    if (!an_node_needs_grad(node, 0)) return AN_OK; /* positions are integers: no gradient */
+    if (x->device != AN_CPU) return an_op_no_kernel(ctx, "rope backward", x);
+    an_rope_config config = {
+        .style = (an_rope_style)node->args[0],
+        .theta = node->args[1],
+        .llama3_factor = node->args[2],
+        .llama3_low_freq_factor = node->args[3],
+        .llama3_high_freq_factor = node->args[4],
+        .llama3_original_max_position = node->args[5],
+    };
+    an_tensor *grad = an_op_new_like(ctx, x, 4, x->shape);
+    if (!grad) return an_error_status(ctx);
+    an_status st = rotate(ctx, &config, grad_out, positions, -1.0, grad);
+    if (st != AN_OK) {
+        an_tensor_release(grad);
+        return st;
+    }
+    return an_node_accumulate(ctx, node, 0, grad);
+}
