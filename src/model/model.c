@@ -1,0 +1,219 @@
+/* model.c — parameter table, initialisation and the forward pass of the Qwen2/Llama decoder.
+ * The model owns its parameters; activations are new tensors released as soon as the next op
+ * has consumed them (the tape keeps what backward needs). */
+#include "model/model.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/ops.h"   /* the ops the transformer is built from */
+#include "autograd/tape.h"  /* an_checkpoint */
+
+static void add_param(an_model *m, an_tensor **slot, bool no_decay, int ndim, int64_t d0, int64_t d1,
+                      const char *fmt, int layer) {
+    an_param *p = &m->params[m->n_params++];
+    snprintf(p->name, sizeof p->name, fmt, layer);
+    p->slot = slot;
+    p->ndim = ndim;
+    p->shape[0] = d0;
+    p->shape[1] = d1;
+    p->no_decay = no_decay;
+}
+
+/* Lists every parameter with its HF name and shape (checkpoint order). */
+static void build_table(an_model *m) {
+    const an_model_config *c = &m->config;
+    int64_t h = c->hidden_size, q = c->num_heads * c->head_dim, kv = c->num_kv_heads * c->head_dim;
+    int64_t inter = c->intermediate_size;
+    add_param(m, &m->embed_tokens, true, 2, c->vocab_size, h, "model.embed_tokens.weight", 0);
+    for (int i = 0; i < c->num_layers; i++) {
+        an_layer *l = &m->layers[i];
+        l->config = &m->config;
+        add_param(m, &l->input_layernorm, true, 1, h, 0, "model.layers.%d.input_layernorm.weight", i);
+        add_param(m, &l->q_proj, false, 2, q, h, "model.layers.%d.self_attn.q_proj.weight", i);
+        if (c->qkv_bias) add_param(m, &l->q_bias, true, 1, q, 0, "model.layers.%d.self_attn.q_proj.bias", i);
+        add_param(m, &l->k_proj, false, 2, kv, h, "model.layers.%d.self_attn.k_proj.weight", i);
+        if (c->qkv_bias) add_param(m, &l->k_bias, true, 1, kv, 0, "model.layers.%d.self_attn.k_proj.bias", i);
+        add_param(m, &l->v_proj, false, 2, kv, h, "model.layers.%d.self_attn.v_proj.weight", i);
+        if (c->qkv_bias) add_param(m, &l->v_bias, true, 1, kv, 0, "model.layers.%d.self_attn.v_proj.bias", i);
+        add_param(m, &l->o_proj, false, 2, h, q, "model.layers.%d.self_attn.o_proj.weight", i);
+        add_param(m, &l->post_attention_layernorm, true, 1, h, 0, "model.layers.%d.post_attention_layernorm.weight", i);
+        add_param(m, &l->gate_proj, false, 2, inter, h, "model.layers.%d.mlp.gate_proj.weight", i);
+        add_param(m, &l->up_proj, false, 2, inter, h, "model.layers.%d.mlp.up_proj.weight", i);
+        add_param(m, &l->down_proj, false, 2, h, inter, "model.layers.%d.mlp.down_proj.weight", i);
+    }
+    add_param(m, &m->norm, true, 1, h, 0, "model.norm.weight", 0);
+    if (!c->tie_word_embeddings) add_param(m, &m->lm_head, false, 2, c->vocab_size, h, "lm_head.weight", 0);
+}
+
+an_status an_model_create(an_ctx *ctx, const an_model_config *config, an_dtype dtype, an_device device,
+                          an_model **out) {
+    an_model *m = calloc(1, sizeof *m);
+    AN_CHECK(ctx, m != NULL, AN_ERR_INTERNAL, "out of host memory");
+    m->config = *config;
+    m->layers = calloc((size_t)config->num_layers, sizeof *m->layers);
+    m->params = calloc((size_t)(3 + 13 * config->num_layers), sizeof *m->params);
+    if (!m->layers || !m->params) {
+        an_model_free(m);
+        AN_CHECK(ctx, 0, AN_ERR_INTERNAL, "out of host memory");
+    }
+    build_table(m);
+    for (int i = 0; i < m->n_params; i++) {
+        an_param *p = &m->params[i];
+        *p->slot = an_tensor_new(ctx, dtype, device, p->ndim, p->shape);
+        if (!*p->slot) {
+            an_model_free(m);
+            return an_error_status(ctx);
+        }
+    }
+    if (config->tie_word_embeddings) m->lm_head = an_tensor_retain(m->embed_tokens);
+    *out = m;
+    return AN_OK;
+}
+
+void an_model_free(an_model *m) {
+    if (!m) return;
+    for (int i = 0; i < m->n_params; i++) an_tensor_release(*m->params[i].slot);
+    if (m->config.tie_word_embeddings) an_tensor_release(m->lm_head);
+    free(m->params);
+    free(m->layers);
+    free(m);
+}
+
+an_param *an_model_find(an_model *m, const char *name) {
+    for (int i = 0; i < m->n_params; i++)
+        if (strcmp(m->params[i].name, name) == 0) return &m->params[i];
+    return NULL;
+}
+
+an_status an_model_init_random(an_ctx *ctx, an_model *m, double std) {
+    for (int i = 0; i < m->n_params; i++) {
+        an_param *p = &m->params[i];
+        bool norm = strstr(p->name, "norm") != NULL, bias = strstr(p->name, ".bias") != NULL;
+        an_status st = norm   ? an_tensor_fill(ctx, *p->slot, 1.0)
+                       : bias ? an_tensor_fill(ctx, *p->slot, 0.0)
+                              : an_tensor_fill_normal(ctx, *p->slot, 0.0, std);
+        AN_TRY(st);
+    }
+    return AN_OK;
+}
+
+void an_model_set_requires_grad(an_model *m, bool requires_grad) {
+    for (int i = 0; i < m->n_params; i++) an_tensor_set_requires_grad(*m->params[i].slot, requires_grad);
+}
+
+/* Releases its argument and returns the new value: lets a forward read as a chain of steps. */
+static an_tensor *step(an_tensor *old, an_tensor *next) {
+    an_tensor_release(old);
+    return next;
+}
+
+/* (B, T, heads * D) -> (B, T, heads, D) */
+static an_tensor *split_heads(an_ctx *ctx, an_tensor *x, int64_t heads, int64_t head_dim) {
+    if (!x) return NULL;
+    return step(x, an_reshape(ctx, x, 4, (int64_t[]){x->shape[0], x->shape[1], heads, head_dim}));
+}
+
+/* One decoder block: x + attn(norm(x)), then + mlp(norm(.)). inputs: x (B, T, H), positions
+ * (B, T), and optionally segments (B, T). Shaped for an_checkpoint. */
+static an_tensor *decoder_block(an_ctx *ctx, an_tensor *const *inputs, int n_inputs, void *user) {
+    const an_layer *l = user;
+    const an_model_config *c = l->config;
+    an_tensor *x = inputs[0], *positions = inputs[1], *segments = n_inputs > 2 ? inputs[2] : NULL;
+    int64_t b = x->shape[0], t = x->shape[1], hq = c->num_heads, hkv = c->num_kv_heads, d = c->head_dim;
+
+    an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
+    an_tensor *q = split_heads(ctx, an_linear(ctx, xn, l->q_proj, l->q_bias), hq, d);
+    an_tensor *k = split_heads(ctx, an_linear(ctx, xn, l->k_proj, l->k_bias), hkv, d);
+    an_tensor *v = split_heads(ctx, an_linear(ctx, xn, l->v_proj, l->v_bias), hkv, d);
+    xn = step(xn, NULL);
+    q = step(q, an_rope(ctx, q, positions, &c->rope));
+    k = step(k, an_rope(ctx, k, positions, &c->rope));
+    an_tensor *attn = an_attention(ctx, q, k, v, segments, 1.0 / sqrt((double)d));
+    q = step(q, NULL), k = step(k, NULL), v = step(v, NULL);
+    attn = step(attn, attn ? an_reshape(ctx, attn, 3, (int64_t[]){b, t, hq * d}) : NULL);
+    an_tensor *o = step(attn, an_linear(ctx, attn, l->o_proj, NULL));
+    an_tensor *h = an_add(ctx, x, o);
+    o = step(o, NULL);
+
+    an_tensor *hn = an_rmsnorm(ctx, h, l->post_attention_layernorm, c->rms_norm_eps);
+    an_tensor *gate = an_linear(ctx, hn, l->gate_proj, NULL);
+    an_tensor *up = an_linear(ctx, hn, l->up_proj, NULL);
+    hn = step(hn, NULL);
+    an_tensor *act = an_swiglu(ctx, gate, up);
+    gate = step(gate, NULL), up = step(up, NULL);
+    an_tensor *down = step(act, an_linear(ctx, act, l->down_proj, NULL));
+    an_tensor *out = an_add(ctx, h, down);
+    h = step(h, NULL), down = step(down, NULL);
+    return out;
+}
+
+/* 0..T-1 in every row, as i32 on the ids' device. */
+static an_tensor *default_positions(an_ctx *ctx, const an_tensor *ids) {
+    int64_t b = ids->shape[0], t = ids->shape[1];
+    an_tensor *host = an_tensor_new(ctx, AN_I32, AN_CPU, 2, (int64_t[]){b, t});
+    if (!host) return NULL;
+    int32_t *p = an_tensor_data(host);
+    for (int64_t i = 0; i < b * t; i++) p[i] = (int32_t)(i % t);
+    if (ids->device == AN_CPU) return host;
+    return step(host, an_tensor_to(ctx, host, AN_I32, ids->device));
+}
+
+an_tensor *an_model_hidden(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *positions, an_tensor *segments) {
+    if (!ids) return NULL;
+    char d[96];
+    AN_CHECK_NULL(ctx, ids->ndim == 2, AN_ERR_INPUT, "model: ids must be (batch, time), got %s",
+                  an_tensor_describe(ids, d, sizeof d));
+    an_tensor *pos = positions ? an_tensor_retain(positions) : default_positions(ctx, ids);
+    an_tensor *x = an_embedding(ctx, ids, m->embed_tokens);
+    for (int i = 0; i < m->config.num_layers && x; i++) {
+        an_tensor *inputs[3] = {x, pos, segments};
+        int n = segments ? 3 : 2;
+        an_layer *l = &m->layers[i];
+        x = step(x, m->gradient_checkpointing ? an_checkpoint(ctx, decoder_block, inputs, n, l)
+                                              : decoder_block(ctx, inputs, n, l));
+    }
+    an_tensor_release(pos);
+    return x ? step(x, an_rmsnorm(ctx, x, m->norm, m->config.rms_norm_eps)) : NULL;
+}
+
+an_tensor *an_model_logits(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *positions, an_tensor *segments) {
+    an_tensor *h = an_model_hidden(ctx, m, ids, positions, segments);
+    return h ? step(h, an_linear(ctx, h, m->lm_head, NULL)) : NULL;
+}
+
+/* targets[b, t] = labels[b, t + 1], and -100 at the last position (i64, on labels' device). */
+static an_tensor *shifted_targets(an_ctx *ctx, an_tensor *labels) {
+    an_tensor *host = labels->device == AN_CPU ? an_tensor_retain(labels) : an_tensor_to(ctx, labels, labels->dtype, AN_CPU);
+    if (!host) return NULL;
+    int64_t b = labels->shape[0], t = labels->shape[1];
+    an_tensor *out = an_tensor_new(ctx, AN_I64, AN_CPU, 1, (int64_t[]){b * t});
+    if (out) {
+        int64_t *dst = an_tensor_data(out);
+        for (int64_t r = 0; r < b; r++)
+            for (int64_t i = 0; i < t; i++)
+                dst[r * t + i] = i + 1 < t ? (int64_t)an_tensor_get(host, r * t + i + 1) : AN_IGNORE_INDEX;
+    }
+    an_tensor_release(host);
+    if (out && labels->device != AN_CPU) out = step(out, an_tensor_to(ctx, out, AN_I64, labels->device));
+    return out;
+}
+
+an_tensor *an_model_loss(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *labels, an_tensor *positions,
+                         an_tensor *segments, const an_cross_entropy_opts *opts) {
+    if (!ids || !labels) return NULL;
+    char di[96], dl[96];
+    AN_CHECK_NULL(ctx, labels->ndim == 2 && an_tensor_same_shape(ids, labels), AN_ERR_INPUT,
+                  "model: labels %s must have the shape of ids %s", an_tensor_describe(labels, dl, sizeof dl),
+                  an_tensor_describe(ids, di, sizeof di));
+    an_tensor *h = an_model_hidden(ctx, m, ids, positions, segments);
+    an_tensor *targets = h ? shifted_targets(ctx, labels) : NULL;
+    an_tensor *flat = h && targets ? an_reshape(ctx, h, 2, (int64_t[]){an_tensor_numel(h) / h->shape[2], h->shape[2]}) : NULL;
+    an_tensor *loss = an_linear_cross_entropy(ctx, flat, m->lm_head, targets, opts);
+    an_tensor_release(flat);
+    an_tensor_release(targets);
+    an_tensor_release(h);
+    return loss;
+}
