@@ -62,4 +62,9 @@ void an_cpu_gemm(const an_gemm_shape *s, an_dtype dtype, const void *a, const vo
 
 /* ---- cpu/softmax.c, cpu/cross_entropy.c ---- */
 
+/* y (rows, cols) = softmax of each row of x (max subtracted); y may be x. */
+void an_cpu_softmax(const double *x, int64_t rows, int64_t cols, double *y);
+/* dx = y * (dy - sum(dy * y)) per row, from the softmax output y; dx may alias dy. */
+void an_cpu_softmax_backward(const double *y, const double *dy, int64_t rows, int64_t cols, double *dx);
+
 #endif
