@@ -76,7 +76,8 @@ typedef struct {
 } an_cross_entropy_opts;
 
 /* Mean negative log-likelihood of targets (N) i32/i64 under logits (N, V); 0 when no target counts.
- * opts may be NULL for the defaults. */
+ * opts may be NULL for the defaults; a given struct is used as is (set its ignore_index, usually to
+ * AN_IGNORE_INDEX: a zeroed struct ignores target 0), except chunk_rows 0, which means 1024. */
 an_tensor *an_cross_entropy(an_ctx *ctx, an_tensor *logits, an_tensor *targets, const an_cross_entropy_opts *opts);
 /* The same loss for logits = hidden (N, D) @ weight (V, D)^T computed chunk_rows rows at a time:
  * full (N, V) logits never exist, in forward or backward. */

@@ -102,4 +102,24 @@ an_status an_cpu_attention_backward(an_ctx *ctx, const an_attention_shape *shape
 
 /* ---- cpu/softmax.c, cpu/cross_entropy.c ---- */
 
+/* y (rows, cols) = softmax of each row of x (max subtracted); y may be x. */
+void an_cpu_softmax(const double *x, int64_t rows, int64_t cols, double *y);
+/* dx = y * (dy - sum(dy * y)) per row, from the softmax output y; dx may alias dy. */
+void an_cpu_softmax_backward(const double *y, const double *dy, int64_t rows, int64_t cols, double *dx);
+/* Sum over rows whose target is not ignore_index of lse_i - x[i, target_i] (the negative log-softmax
+ * of the target); writes lse (rows) for counted rows (0 for ignored ones) and adds their number to
+ * *counted. Targets must be in [0, cols) or equal ignore_index. */
+double an_cpu_cross_entropy(const double *x, const int64_t *targets, int64_t rows, int64_t cols, int64_t ignore_index,
+                            double *lse, int64_t *counted);
+/* dx (rows, cols) = scale * (softmax(x) - onehot(target)) from the saved lse; 0 on ignored rows.
+ * dx may be x. */
+void an_cpu_cross_entropy_backward(const double *x, const double *lse, const int64_t *targets, int64_t rows,
+                                   int64_t cols, int64_t ignore_index, double scale, double *dx);
+/* out (rows) = x[i, ids_i] - lse_i (log-softmax of the chosen ids); writes lse (rows). */
+void an_cpu_log_softmax_gather(const double *x, const int64_t *ids, int64_t rows, int64_t cols, double *lse,
+                               double *out);
+/* dx (rows, cols) = grad_i * (onehot(ids_i) - softmax(x)) from the saved lse; dx may be x. */
+void an_cpu_log_softmax_gather_backward(const double *x, const double *lse, const int64_t *ids, const double *grad,
+                                        int64_t rows, int64_t cols, double *dx);
+
 #endif

@@ -1,0 +1,437 @@
+/* cross_entropy.c — the language-model loss and the RL log-probs over a vocabulary of V:
+ * cross_entropy on logits (N, V), linear_cross_entropy fused with the output projection, and
+ * log_softmax_gather; each with its backward rule.
+ *
+ * Numerics: logits are widened to float64 one row at a time (a V-double scratch row from the
+ * counted allocator; none when they are f64 already), row maxima are subtracted before exp, sums
+ * accumulate in float64, and each node saves the per-row log-sum-exp (N) f64 for backward.
+ * Targets equal to the ignore index are not counted and get zero gradient; any other target
+ * outside [0, V) is AN_ERR_INPUT naming its row and value.
+ * Memory: linear_cross_entropy computes logits chunk_rows rows at a time into one (chunk_rows, V)
+ * tensor, in forward and again in backward, so no (N, V) buffer ever exists. Its GEMMs run through
+ * an_cpu_gemm in f32 for f32 inputs and f64 for f64 inputs; bf16/f16 inputs are widened once to
+ * f32 copies (O((N + V) * D), never O(N * V)). Every buffer here is a tensor or an_mem_alloc'd, so
+ * ctx->mem counts it. */
+#include "autograd/ops.h"
+
+#include <math.h>
+#include <string.h>
+
+#include "autograd/cpu/cpu.h"     /* an_cpu_cross_entropy*, an_cpu_log_softmax_gather*, an_cpu_gemm */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_* descriptors and checks */
+
+#define DEFAULT_CHUNK_ROWS 1024
+
+/* opts (or the defaults when NULL) with chunk_rows 0 read as the default, checked. */
+static an_status resolve_opts(an_ctx *ctx, const char *op, const an_cross_entropy_opts *opts,
+                              an_cross_entropy_opts *out) {
+    *out = opts ? *opts : (an_cross_entropy_opts){AN_IGNORE_INDEX, DEFAULT_CHUNK_ROWS, 0.0};
+    if (out->chunk_rows == 0) out->chunk_rows = DEFAULT_CHUNK_ROWS;
+    AN_CHECK(ctx, out->chunk_rows > 0, AN_ERR_INPUT, "%s: chunk_rows = %lld, expected > 0 (0 for %d)", op,
+             (long long)out->chunk_rows, DEFAULT_CHUNK_ROWS);
+    AN_CHECK(ctx, isfinite(out->normalizer) && out->normalizer >= 0, AN_ERR_INPUT,
+             "%s: normalizer = %g, expected >= 0 (0 for the number of counted targets)", op, out->normalizer);
+    return AN_OK;
+}
+
+/* logits (N, V) with V >= 1 and one id per row: ids (N). */
+static an_status check_rows(an_ctx *ctx, const char *op, const an_tensor *logits, const char *what,
+                            const an_tensor *ids) {
+    char dl[96], di[96];
+    an_tensor_describe(logits, dl, sizeof dl);
+    an_tensor_describe(ids, di, sizeof di);
+    AN_CHECK(ctx, logits->ndim == 2 && logits->shape[1] >= 1, AN_ERR_INPUT, "%s: logits %s must be (N, V) with V >= 1",
+             op, dl);
+    AN_CHECK(ctx, ids->ndim == 1 && ids->shape[0] == logits->shape[0], AN_ERR_INPUT,
+             "%s: %s %s must be (%lld), one per row of logits %s", op, what, di, (long long)logits->shape[0], dl);
+    return AN_OK;
+}
+
+/* ids as int64, each in [0, V) or (when ignorable) equal to ignore_index. */
+static an_status read_ids(an_ctx *ctx, const char *op, const char *what, const an_tensor *ids, int64_t V,
+                          bool ignorable, int64_t ignore_index, an_i64 *out) {
+    AN_TRY(an_i64_read(ctx, ids, out));
+    int64_t n = an_tensor_numel(ids);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t v = out->data[i];
+        if ((v >= 0 && v < V) || (ignorable && v == ignore_index)) continue;
+        an_i64_free(out);
+        if (ignorable)
+            AN_CHECK(ctx, 0, AN_ERR_INPUT, "%s: %s[%lld] = %lld is outside [0, %lld) and is not the ignore index %lld",
+                     op, what, (long long)i, (long long)v, (long long)V, (long long)ignore_index);
+        AN_CHECK(ctx, 0, AN_ERR_INPUT, "%s: %s[%lld] = %lld is outside [0, %lld)", op, what, (long long)i,
+                 (long long)v, (long long)V);
+    }
+    return AN_OK;
+}
+
+/* One float64 row of V for widening non-f64 rows; no memory when dtype is f64. */
+typedef struct {
+    double *data;
+    size_t bytes;
+} row_scratch;
+
+static an_status scratch_new(an_ctx *ctx, an_dtype dtype, int64_t V, row_scratch *s) {
+    *s = (row_scratch){NULL, 0};
+    if (dtype == AN_F64) return AN_OK;
+    size_t bytes = (size_t)V * sizeof(double);
+    s->data = an_mem_alloc(ctx, AN_CPU, bytes);
+    if (!s->data) return an_error_status(ctx);
+    s->bytes = bytes;
+    return AN_OK;
+}
+
+static void scratch_free(an_ctx *ctx, row_scratch *s) {
+    an_mem_free(ctx, AN_CPU, s->data, s->bytes);
+    *s = (row_scratch){NULL, 0};
+}
+
+/* Rows [i, i + *n) of x (rows, V) of `dtype` as float64: a pointer into x when it is f64 (every
+ * remaining row at once), else row i widened into scratch (*n = 1). */
+static double *widen_rows(const void *x, an_dtype dtype, int64_t i, int64_t rows, int64_t V, double *scratch,
+                          int64_t *n) {
+    if (dtype == AN_F64) {
+        *n = rows - i;
+        return (double *)x + i * V;
+    }
+    *n = 1;
+    an_dtype_convert((const char *)x + (size_t)(i * V) * an_dtype_size(dtype), dtype, scratch, AN_F64, (size_t)V);
+    return scratch;
+}
+
+/* Where the float64 result for rows [i, ...) of dst goes: dst itself when f64, else scratch,
+ * which narrow_rows then rounds into dst. */
+static double *result_rows(void *dst, an_dtype dtype, int64_t i, int64_t V, double *scratch) {
+    return dtype == AN_F64 ? (double *)dst + i * V : scratch;
+}
+
+static void narrow_rows(const double *src, void *dst, an_dtype dtype, int64_t i, int64_t n, int64_t V) {
+    if (dtype != AN_F64)
+        an_dtype_convert(src, AN_F64, (char *)dst + (size_t)(i * V) * an_dtype_size(dtype), dtype, (size_t)(n * V));
+}
+
+/* Summed loss of rows (rows, V) of x; writes lse (rows), adds counted rows to *counted. */
+static double rows_loss(const void *x, an_dtype dtype, const int64_t *targets, int64_t rows, int64_t V,
+                        int64_t ignore_index, double *scratch, double *lse, int64_t *counted) {
+    double total = 0.0;
+    int64_t n;
+    for (int64_t i = 0; i < rows; i += n) {
+        const double *xi = widen_rows(x, dtype, i, rows, V, scratch, &n);
+        total += an_cpu_cross_entropy(xi, targets + i, n, V, ignore_index, lse + i, counted);
+    }
+    return total;
+}
+
+/* dx (rows, V) = scale * (softmax(x) - onehot(target)), 0 on ignored rows; dx may be x. */
+static void rows_loss_backward(const void *x, an_dtype dtype, const double *lse, const int64_t *targets, int64_t rows,
+                               int64_t V, int64_t ignore_index, double scale, double *scratch, void *dx) {
+    int64_t n;
+    for (int64_t i = 0; i < rows; i += n) {
+        const double *xi = widen_rows(x, dtype, i, rows, V, scratch, &n);
+        double *di = result_rows(dx, dtype, i, V, scratch);
+        an_cpu_cross_entropy_backward(xi, lse + i, targets + i, n, V, ignore_index, scale, di);
+        narrow_rows(di, dx, dtype, i, n, V);
+    }
+}
+
+/* The scalar loss total / denominator in like's dtype, recorded with the saved lse. */
+static an_tensor *finish_loss(an_ctx *ctx, const an_op *op, const an_tensor *like, an_tensor *const *inputs,
+                              int n_inputs, double total, int64_t counted, const an_cross_entropy_opts *o,
+                              an_tensor *lse) {
+    double denom = o->normalizer > 0 ? o->normalizer : (double)counted;
+    double inv = counted > 0 ? 1.0 / denom : 0.0; /* nothing counted: loss 0, gradients 0 */
+    an_tensor *loss = an_tensor_scalar(ctx, like->dtype, AN_CPU, total * inv);
+    an_node *node = loss ? an_tape_record(ctx, op, loss, inputs, n_inputs) : NULL;
+    if (node) {
+        an_node_save(node, lse);
+        node->args[0] = inv;
+        node->iargs[0] = o->ignore_index;
+        node->iargs[1] = o->chunk_rows;
+    }
+    return loss;
+}
+
+an_tensor *an_cross_entropy(an_ctx *ctx, an_tensor *logits, an_tensor *targets, const an_cross_entropy_opts *opts) {
+    AN_OP_INPUTS(logits, targets);
+    an_cross_entropy_opts o;
+    if (an_op_check_float_peers(ctx, "cross_entropy", &logits, 1) ||
+        an_op_check_indices(ctx, "cross_entropy", "targets", targets, logits) ||
+        check_rows(ctx, "cross_entropy", logits, "targets", targets) || resolve_opts(ctx, "cross_entropy", opts, &o))
+        return NULL;
+    if (logits->device != AN_CPU) {
+        an_op_no_kernel(ctx, "cross_entropy", logits);
+        return NULL;
+    }
+    int64_t N = logits->shape[0], V = logits->shape[1];
+    an_i64 tgt;
+    if (read_ids(ctx, "cross_entropy", "targets", targets, V, true, o.ignore_index, &tgt) != AN_OK) return NULL;
+    an_tensor *lse = an_tensor_new(ctx, AN_F64, AN_CPU, 1, &N); /* (N) */
+    an_tensor *loss = NULL;
+    row_scratch scratch = {NULL, 0};
+    if (lse && scratch_new(ctx, logits->dtype, V, &scratch) == AN_OK) {
+        int64_t counted = 0;
+        double total = rows_loss(an_tensor_data(logits), logits->dtype, tgt.data, N, V, o.ignore_index, scratch.data,
+                                 an_tensor_data(lse), &counted);
+        loss = finish_loss(ctx, &an_op_cross_entropy, logits, (an_tensor *[]){logits, targets}, 2, total, counted, &o,
+                           lse);
+    }
+    scratch_free(ctx, &scratch);
+    an_i64_free(&tgt);
+    an_tensor_release(lse);
+    return loss;
+}
+
+an_status an_cross_entropy_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *logits = node->inputs[0], *targets = node->inputs[1], *lse = node->saved[0];
+    int64_t N = logits->shape[0], V = logits->shape[1];
+    double scale = an_tensor_get(grad_out, 0) * node->args[0];
+    an_tensor *grad = an_op_new_like(ctx, logits, 2, logits->shape); /* (N, V) */
+    an_i64 tgt = {NULL, false};
+    row_scratch scratch = {NULL, 0};
+    an_status st = grad ? an_i64_read(ctx, targets, &tgt) : an_error_status(ctx);
+    if (st == AN_OK) st = scratch_new(ctx, logits->dtype, V, &scratch);
+    if (st == AN_OK)
+        rows_loss_backward(an_tensor_data(logits), logits->dtype, an_tensor_data(lse), tgt.data, N, V, node->iargs[0],
+                           scale, scratch.data, an_tensor_data(grad));
+    scratch_free(ctx, &scratch);
+    an_i64_free(&tgt);
+    if (st != AN_OK) {
+        an_tensor_release(grad);
+        return st;
+    }
+    return an_node_accumulate(ctx, node, 0, grad);
+}
+
+/* ---- linear_cross_entropy: logits = hidden @ weight^T, chunk_rows rows at a time ---- */
+
+/* hidden and weight in the GEMM dtype: f32 and f64 as they are, bf16/f16 widened to f32 copies. */
+static an_status gemm_operands(an_ctx *ctx, an_tensor *hidden, an_tensor *weight, an_tensor **h, an_tensor **w) {
+    if (hidden->dtype == AN_F32 || hidden->dtype == AN_F64) {
+        *h = an_tensor_retain(hidden);
+        *w = an_tensor_retain(weight);
+        return AN_OK;
+    }
+    *h = an_tensor_to(ctx, hidden, AN_F32, AN_CPU);
+    *w = *h ? an_tensor_to(ctx, weight, AN_F32, AN_CPU) : NULL;
+    if (*w) return AN_OK;
+    an_tensor_release(*h);
+    *h = NULL;
+    return an_error_status(ctx);
+}
+
+/* Row r of a 2-D tensor. */
+static void *row_at(const an_tensor *t, int64_t r) {
+    return (char *)an_tensor_data(t) + (size_t)(r * t->shape[1]) * an_dtype_size(t->dtype);
+}
+
+/* chunk (c, V) = h[r0 : r0 + c] (c, D) @ w (V, D)^T. */
+static void chunk_logits(const an_tensor *h, const an_tensor *w, int64_t r0, int64_t c, an_tensor *chunk) {
+    an_gemm_shape s = {1, c, w->shape[0], h->shape[1], false, true, false, false};
+    an_cpu_gemm(&s, h->dtype, row_at(h, r0), an_tensor_data(w), an_tensor_data(chunk));
+}
+
+static bool any_counted(const int64_t *targets, int64_t n, int64_t ignore_index) {
+    for (int64_t i = 0; i < n; i++)
+        if (targets[i] != ignore_index) return true;
+    return false;
+}
+
+/* Checks of hidden (N, D), weight (V, D) and targets (N). */
+static an_status check_linear(an_ctx *ctx, const an_tensor *hidden, const an_tensor *weight,
+                              const an_tensor *targets) {
+    const char *op = "linear_cross_entropy";
+    AN_TRY(an_op_check_float_peers(ctx, op, (an_tensor *[]){(an_tensor *)hidden, (an_tensor *)weight}, 2));
+    AN_TRY(an_op_check_indices(ctx, op, "targets", targets, hidden));
+    char dh[96], dw[96], dt[96];
+    an_tensor_describe(hidden, dh, sizeof dh);
+    an_tensor_describe(weight, dw, sizeof dw);
+    an_tensor_describe(targets, dt, sizeof dt);
+    AN_CHECK(ctx, hidden->ndim == 2 && hidden->shape[1] >= 1, AN_ERR_INPUT, "%s: hidden %s must be (N, D) with D >= 1",
+             op, dh);
+    AN_CHECK(ctx, weight->ndim == 2 && weight->shape[0] >= 1 && weight->shape[1] == hidden->shape[1], AN_ERR_INPUT,
+             "%s: weight %s must be (V, %lld) with V >= 1 to match hidden %s", op, dw, (long long)hidden->shape[1], dh);
+    AN_CHECK(ctx, targets->ndim == 1 && targets->shape[0] == hidden->shape[0], AN_ERR_INPUT,
+             "%s: targets %s must be (%lld), one per row of hidden %s", op, dt, (long long)hidden->shape[0], dh);
+    return AN_OK;
+}
+
+an_tensor *an_linear_cross_entropy(an_ctx *ctx, an_tensor *hidden, an_tensor *weight, an_tensor *targets,
+                                   const an_cross_entropy_opts *opts) {
+    AN_OP_INPUTS(hidden, weight, targets);
+    an_cross_entropy_opts o;
+    if (check_linear(ctx, hidden, weight, targets) || resolve_opts(ctx, "linear_cross_entropy", opts, &o)) return NULL;
+    if (hidden->device != AN_CPU) {
+        an_op_no_kernel(ctx, "linear_cross_entropy", hidden);
+        return NULL;
+    }
+    int64_t N = hidden->shape[0], V = weight->shape[0];
+    int64_t chunk_rows = o.chunk_rows < N ? o.chunk_rows : N;
+    an_i64 tgt;
+    if (read_ids(ctx, "linear_cross_entropy", "targets", targets, V, true, o.ignore_index, &tgt) != AN_OK) return NULL;
+    an_tensor *h = NULL, *w = NULL, *lse = NULL, *chunk = NULL, *loss = NULL;
+    row_scratch scratch = {NULL, 0};
+    an_status st = gemm_operands(ctx, hidden, weight, &h, &w);
+    if (st == AN_OK) {
+        lse = an_tensor_new(ctx, AN_F64, AN_CPU, 1, &N);                                   /* (N) */
+        chunk = lse ? an_tensor_new(ctx, h->dtype, AN_CPU, 2, (int64_t[]){chunk_rows, V}) : NULL; /* (chunk_rows, V) */
+        st = chunk ? scratch_new(ctx, h->dtype, V, &scratch) : an_error_status(ctx);
+    }
+    if (st == AN_OK) {
+        double total = 0.0, *lse_rows = an_tensor_data(lse);
+        int64_t counted = 0;
+        for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+            int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
+            if (!any_counted(tgt.data + r0, c, o.ignore_index)) { /* nothing to learn here: skip the GEMM */
+                memset(lse_rows + r0, 0, (size_t)c * sizeof(double));
+                continue;
+            }
+            chunk_logits(h, w, r0, c, chunk);
+            total += rows_loss(an_tensor_data(chunk), h->dtype, tgt.data + r0, c, V, o.ignore_index, scratch.data,
+                               lse_rows + r0, &counted);
+        }
+        loss = finish_loss(ctx, &an_op_linear_cross_entropy, hidden, (an_tensor *[]){hidden, weight, targets}, 3, total,
+                           counted, &o, lse);
+    }
+    scratch_free(ctx, &scratch);
+    an_i64_free(&tgt);
+    an_tensor_release(h), an_tensor_release(w), an_tensor_release(lse), an_tensor_release(chunk);
+    return loss;
+}
+
+/* The gradient computed in the GEMM dtype, converted to the input's dtype, into node input i. */
+static an_status accumulate_as(an_ctx *ctx, an_node *node, int i, an_tensor *grad) {
+    an_tensor *input = node->inputs[i];
+    if (grad && grad->dtype != input->dtype) {
+        an_tensor *converted = an_tensor_to(ctx, grad, input->dtype, AN_CPU);
+        an_tensor_release(grad);
+        grad = converted;
+    }
+    return an_node_accumulate(ctx, node, i, grad);
+}
+
+an_status an_linear_cross_entropy_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *hidden = node->inputs[0], *weight = node->inputs[1], *targets = node->inputs[2];
+    const double *lse = an_tensor_data(node->saved[0]); /* (N) */
+    int64_t N = hidden->shape[0], D = hidden->shape[1], V = weight->shape[0], ignore_index = node->iargs[0];
+    int64_t chunk_rows = node->iargs[1] < N ? node->iargs[1] : N;
+    double scale = an_tensor_get(grad_out, 0) * node->args[0];
+    bool need_h = an_node_needs_grad(node, 0), need_w = an_node_needs_grad(node, 1);
+
+    an_tensor *h = NULL, *w = NULL, *chunk = NULL, *dh = NULL, *dw = NULL;
+    an_i64 tgt = {NULL, false};
+    row_scratch scratch = {NULL, 0};
+    an_status st = gemm_operands(ctx, hidden, weight, &h, &w);
+    if (st == AN_OK) {
+        an_dtype dt = h->dtype;
+        chunk = an_tensor_new(ctx, dt, AN_CPU, 2, (int64_t[]){chunk_rows, V}); /* (chunk_rows, V) */
+        if (chunk && need_h) dh = an_tensor_new(ctx, dt, AN_CPU, 2, (int64_t[]){N, D});
+        if (chunk && need_w) dw = an_tensor_new(ctx, dt, AN_CPU, 2, (int64_t[]){V, D});
+        st = an_error_status(ctx);
+    }
+    if (st == AN_OK) st = scratch_new(ctx, h->dtype, V, &scratch);
+    if (st == AN_OK) st = an_i64_read(ctx, targets, &tgt);
+    if (st == AN_OK) {
+        bool dw_written = false;
+        for (int64_t r0 = 0; r0 < N; r0 += chunk_rows) {
+            int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
+            if (!any_counted(tgt.data + r0, c, ignore_index)) {
+                if (dh) memset(row_at(dh, r0), 0, (size_t)(c * D) * an_dtype_size(dh->dtype));
+                continue;
+            }
+            /* dlogits of this chunk, in place of its recomputed logits */
+            chunk_logits(h, w, r0, c, chunk);
+            rows_loss_backward(an_tensor_data(chunk), h->dtype, lse + r0, tgt.data + r0, c, V, ignore_index, scale,
+                               scratch.data, an_tensor_data(chunk));
+            if (dh) { /* dh rows (c, D) = dlogits (c, V) @ w (V, D) */
+                an_gemm_shape s = {1, c, D, V, false, false, false, false};
+                an_cpu_gemm(&s, h->dtype, an_tensor_data(chunk), an_tensor_data(w), row_at(dh, r0));
+            }
+            if (dw) { /* dw (V, D) += dlogits^T (V, c) @ h rows (c, D) */
+                an_gemm_shape s = {1, V, D, c, true, false, false, dw_written};
+                an_cpu_gemm(&s, h->dtype, an_tensor_data(chunk), row_at(h, r0), an_tensor_data(dw));
+                dw_written = true;
+            }
+        }
+        if (dw && !dw_written) memset(an_tensor_data(dw), 0, an_tensor_nbytes(dw));
+    }
+    scratch_free(ctx, &scratch);
+    an_i64_free(&tgt);
+    an_tensor_release(h), an_tensor_release(w), an_tensor_release(chunk);
+    if (st == AN_OK && dh) st = accumulate_as(ctx, node, 0, dh);
+    else an_tensor_release(dh);
+    if (st == AN_OK && dw) st = accumulate_as(ctx, node, 1, dw);
+    else an_tensor_release(dw);
+    return st;
+}
+
+/* ---- log_softmax_gather ---- */
+
+an_tensor *an_log_softmax_gather(an_ctx *ctx, an_tensor *logits, an_tensor *ids) {
+    AN_OP_INPUTS(logits, ids);
+    const char *op = "log_softmax_gather";
+    if (an_op_check_float_peers(ctx, op, &logits, 1) || an_op_check_indices(ctx, op, "ids", ids, logits) ||
+        check_rows(ctx, op, logits, "ids", ids))
+        return NULL;
+    if (logits->device != AN_CPU) {
+        an_op_no_kernel(ctx, op, logits);
+        return NULL;
+    }
+    int64_t N = logits->shape[0], V = logits->shape[1];
+    an_i64 id;
+    if (read_ids(ctx, op, "ids", ids, V, false, 0, &id) != AN_OK) return NULL;
+    an_tensor *lse = an_tensor_new(ctx, AN_F64, AN_CPU, 1, &N);      /* (N) */
+    an_tensor *out = lse ? an_op_new_like(ctx, logits, 1, &N) : NULL; /* (N) */
+    row_scratch scratch = {NULL, 0};
+    an_f64 res = {NULL, false};
+    an_status st = out ? scratch_new(ctx, logits->dtype, V, &scratch) : an_error_status(ctx);
+    if (st == AN_OK) st = an_f64_write(ctx, out, &res);
+    if (st == AN_OK) {
+        int64_t n;
+        for (int64_t i = 0; i < N; i += n) {
+            const double *xi = widen_rows(an_tensor_data(logits), logits->dtype, i, N, V, scratch.data, &n);
+            an_cpu_log_softmax_gather(xi, id.data + i, n, V, (double *)an_tensor_data(lse) + i, res.data + i);
+        }
+        an_f64_commit(out, &res);
+        an_node *node = an_tape_record(ctx, &an_op_log_softmax_gather, out, (an_tensor *[]){logits, ids}, 2);
+        if (node) an_node_save(node, lse);
+    }
+    scratch_free(ctx, &scratch);
+    an_i64_free(&id);
+    an_tensor_release(lse);
+    if (st != AN_OK) {
+        an_tensor_release(out);
+        return NULL;
+    }
+    return out;
+}
+
+an_status an_log_softmax_gather_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *logits = node->inputs[0], *ids = node->inputs[1];
+    const double *lse = an_tensor_data(node->saved[0]); /* (N) */
+    int64_t N = logits->shape[0], V = logits->shape[1];
+    an_dtype dtype = logits->dtype;
+    an_tensor *grad = an_op_new_like(ctx, logits, 2, logits->shape); /* (N, V) */
+    an_i64 id = {NULL, false};
+    an_f64 g = {NULL, false}; /* (N) */
+    row_scratch scratch = {NULL, 0};
+    an_status st = grad ? an_i64_read(ctx, ids, &id) : an_error_status(ctx);
+    if (st == AN_OK) st = an_f64_read(ctx, grad_out, &g);
+    if (st == AN_OK) st = scratch_new(ctx, dtype, V, &scratch);
+    if (st == AN_OK) {
+        int64_t n;
+        for (int64_t i = 0; i < N; i += n) {
+            const double *xi = widen_rows(an_tensor_data(logits), dtype, i, N, V, scratch.data, &n);
+            double *di = result_rows(an_tensor_data(grad), dtype, i, V, scratch.data);
+            an_cpu_log_softmax_gather_backward(xi, lse + i, id.data + i, g.data + i, n, V, di);
+            narrow_rows(di, an_tensor_data(grad), dtype, i, n, V);
+        }
+    }
+    scratch_free(ctx, &scratch);
+    an_f64_free(&g);
+    an_i64_free(&id);
+    if (st != AN_OK) {
+        an_tensor_release(grad);
+        return st;
+    }
+    return an_node_accumulate(ctx, node, 0, grad);
+}
