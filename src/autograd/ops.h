@@ -21,6 +21,10 @@ an_tensor *an_scale(an_ctx *ctx, an_tensor *x, double s);
 an_tensor *an_silu(an_ctx *ctx, an_tensor *x);
 an_tensor *an_swiglu(an_ctx *ctx, an_tensor *gate, an_tensor *up);     /* silu(gate) * up */
 
+/* x * mask / (1 - p) with mask ~ Bernoulli(1 - p) drawn from ctx's RNG (a composite of an_mul
+ * with a constant mask, so gradient checkpointing replays it by restoring the RNG). 0 <= p < 1. */
+an_tensor *an_dropout(an_ctx *ctx, an_tensor *x, double p);
+
 /* Reductions over every element, to a scalar. */
 an_tensor *an_sum(an_ctx *ctx, an_tensor *x);
 an_tensor *an_mean(an_ctx *ctx, an_tensor *x);
@@ -75,9 +79,12 @@ typedef struct {
                               Gradient accumulation passes the whole batch's count here. */
 } an_cross_entropy_opts;
 
+/* Start from this rather than a zeroed struct (which would ignore target 0). */
+#define AN_CROSS_ENTROPY_DEFAULTS ((an_cross_entropy_opts){AN_IGNORE_INDEX, 1024, 0.0})
+
 /* Mean negative log-likelihood of targets (N) i32/i64 under logits (N, V); 0 when no target counts.
- * opts may be NULL for the defaults; a given struct is used as is (set its ignore_index, usually to
- * AN_IGNORE_INDEX: a zeroed struct ignores target 0), except chunk_rows 0, which means 1024. */
+ * opts may be NULL for AN_CROSS_ENTROPY_DEFAULTS; a given struct is used as is, except chunk_rows
+ * 0, which means 1024. */
 an_tensor *an_cross_entropy(an_ctx *ctx, an_tensor *logits, an_tensor *targets, const an_cross_entropy_opts *opts);
 /* The same loss for logits = hidden (N, D) @ weight (V, D)^T computed chunk_rows rows at a time:
  * full (N, V) logits never exist, in forward or backward. */

@@ -30,19 +30,19 @@ static void build_table(an_model *m) {
     add_param(m, &m->embed_tokens, true, 2, c->vocab_size, h, "model.embed_tokens.weight", 0);
     for (int i = 0; i < c->num_layers; i++) {
         an_layer *l = &m->layers[i];
-        l->config = &m->config;
+        l->model = m;
         add_param(m, &l->input_layernorm, true, 1, h, 0, "model.layers.%d.input_layernorm.weight", i);
-        add_param(m, &l->q_proj, false, 2, q, h, "model.layers.%d.self_attn.q_proj.weight", i);
-        if (c->qkv_bias) add_param(m, &l->q_bias, true, 1, q, 0, "model.layers.%d.self_attn.q_proj.bias", i);
-        add_param(m, &l->k_proj, false, 2, kv, h, "model.layers.%d.self_attn.k_proj.weight", i);
-        if (c->qkv_bias) add_param(m, &l->k_bias, true, 1, kv, 0, "model.layers.%d.self_attn.k_proj.bias", i);
-        add_param(m, &l->v_proj, false, 2, kv, h, "model.layers.%d.self_attn.v_proj.weight", i);
-        if (c->qkv_bias) add_param(m, &l->v_bias, true, 1, kv, 0, "model.layers.%d.self_attn.v_proj.bias", i);
-        add_param(m, &l->o_proj, false, 2, h, q, "model.layers.%d.self_attn.o_proj.weight", i);
+        add_param(m, &l->q_proj.weight, false, 2, q, h, "model.layers.%d.self_attn.q_proj.weight", i);
+        if (c->qkv_bias) add_param(m, &l->q_proj.bias, true, 1, q, 0, "model.layers.%d.self_attn.q_proj.bias", i);
+        add_param(m, &l->k_proj.weight, false, 2, kv, h, "model.layers.%d.self_attn.k_proj.weight", i);
+        if (c->qkv_bias) add_param(m, &l->k_proj.bias, true, 1, kv, 0, "model.layers.%d.self_attn.k_proj.bias", i);
+        add_param(m, &l->v_proj.weight, false, 2, kv, h, "model.layers.%d.self_attn.v_proj.weight", i);
+        if (c->qkv_bias) add_param(m, &l->v_proj.bias, true, 1, kv, 0, "model.layers.%d.self_attn.v_proj.bias", i);
+        add_param(m, &l->o_proj.weight, false, 2, h, q, "model.layers.%d.self_attn.o_proj.weight", i);
         add_param(m, &l->post_attention_layernorm, true, 1, h, 0, "model.layers.%d.post_attention_layernorm.weight", i);
-        add_param(m, &l->gate_proj, false, 2, inter, h, "model.layers.%d.mlp.gate_proj.weight", i);
-        add_param(m, &l->up_proj, false, 2, inter, h, "model.layers.%d.mlp.up_proj.weight", i);
-        add_param(m, &l->down_proj, false, 2, h, inter, "model.layers.%d.mlp.down_proj.weight", i);
+        add_param(m, &l->gate_proj.weight, false, 2, inter, h, "model.layers.%d.mlp.gate_proj.weight", i);
+        add_param(m, &l->up_proj.weight, false, 2, inter, h, "model.layers.%d.mlp.up_proj.weight", i);
+        add_param(m, &l->down_proj.weight, false, 2, h, inter, "model.layers.%d.mlp.down_proj.weight", i);
     }
     add_param(m, &m->norm, true, 1, h, 0, "model.norm.weight", 0);
     if (!c->tie_word_embeddings) add_param(m, &m->lm_head, false, 2, c->vocab_size, h, "lm_head.weight", 0);
@@ -76,6 +76,8 @@ an_status an_model_create(an_ctx *ctx, const an_model_config *config, an_dtype d
 void an_model_free(an_model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_params; i++) an_tensor_release(*m->params[i].slot);
+    for (int i = 0; i < m->n_adapter_params; i++) an_tensor_release(*m->adapter_params[i].slot);
+    free(m->adapter_params);
     if (m->config.tie_word_embeddings) an_tensor_release(m->lm_head);
     free(m->params);
     free(m->layers);
@@ -116,35 +118,49 @@ static an_tensor *split_heads(an_ctx *ctx, an_tensor *x, int64_t heads, int64_t 
     return step(x, an_reshape(ctx, x, 4, (int64_t[]){x->shape[0], x->shape[1], heads, head_dim}));
 }
 
+/* x W^T + b, plus scale * B(A(dropout(x))) when the projection has an enabled adapter. */
+static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p) {
+    an_tensor *y = an_linear(ctx, x, p->weight, p->bias);
+    if (!p->lora_a || !m->lora_enabled || !y) return y;
+    an_tensor *in = m->training && m->lora.dropout > 0 ? an_dropout(ctx, x, m->lora.dropout) : an_tensor_retain(x);
+    an_tensor *down = an_linear(ctx, in, p->lora_a, NULL);
+    an_tensor *up = step(down, an_linear(ctx, down, p->lora_b, NULL));
+    an_tensor *scaled = step(up, an_scale(ctx, up, m->lora_scale));
+    an_tensor *out = an_add(ctx, y, scaled);
+    an_tensor_release(in), an_tensor_release(scaled), an_tensor_release(y);
+    return out;
+}
+
 /* One decoder block: x + attn(norm(x)), then + mlp(norm(.)). inputs: x (B, T, H), positions
  * (B, T), and optionally segments (B, T). Shaped for an_checkpoint. */
 static an_tensor *decoder_block(an_ctx *ctx, an_tensor *const *inputs, int n_inputs, void *user) {
     const an_layer *l = user;
-    const an_model_config *c = l->config;
+    const an_model *m = l->model;
+    const an_model_config *c = &m->config;
     an_tensor *x = inputs[0], *positions = inputs[1], *segments = n_inputs > 2 ? inputs[2] : NULL;
     int64_t b = x->shape[0], t = x->shape[1], hq = c->num_heads, hkv = c->num_kv_heads, d = c->head_dim;
 
     an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
-    an_tensor *q = split_heads(ctx, an_linear(ctx, xn, l->q_proj, l->q_bias), hq, d);
-    an_tensor *k = split_heads(ctx, an_linear(ctx, xn, l->k_proj, l->k_bias), hkv, d);
-    an_tensor *v = split_heads(ctx, an_linear(ctx, xn, l->v_proj, l->v_bias), hkv, d);
+    an_tensor *q = split_heads(ctx, project(ctx, m, xn, &l->q_proj), hq, d);
+    an_tensor *k = split_heads(ctx, project(ctx, m, xn, &l->k_proj), hkv, d);
+    an_tensor *v = split_heads(ctx, project(ctx, m, xn, &l->v_proj), hkv, d);
     xn = step(xn, NULL);
     q = step(q, an_rope(ctx, q, positions, &c->rope));
     k = step(k, an_rope(ctx, k, positions, &c->rope));
     an_tensor *attn = an_attention(ctx, q, k, v, segments, 1.0 / sqrt((double)d));
     q = step(q, NULL), k = step(k, NULL), v = step(v, NULL);
     attn = step(attn, attn ? an_reshape(ctx, attn, 3, (int64_t[]){b, t, hq * d}) : NULL);
-    an_tensor *o = step(attn, an_linear(ctx, attn, l->o_proj, NULL));
+    an_tensor *o = step(attn, project(ctx, m, attn, &l->o_proj));
     an_tensor *h = an_add(ctx, x, o);
     o = step(o, NULL);
 
     an_tensor *hn = an_rmsnorm(ctx, h, l->post_attention_layernorm, c->rms_norm_eps);
-    an_tensor *gate = an_linear(ctx, hn, l->gate_proj, NULL);
-    an_tensor *up = an_linear(ctx, hn, l->up_proj, NULL);
+    an_tensor *gate = project(ctx, m, hn, &l->gate_proj);
+    an_tensor *up = project(ctx, m, hn, &l->up_proj);
     hn = step(hn, NULL);
     an_tensor *act = an_swiglu(ctx, gate, up);
     gate = step(gate, NULL), up = step(up, NULL);
-    an_tensor *down = step(act, an_linear(ctx, act, l->down_proj, NULL));
+    an_tensor *down = step(act, project(ctx, m, act, &l->down_proj));
     an_tensor *out = an_add(ctx, h, down);
     h = step(h, NULL), down = step(down, NULL);
     return out;

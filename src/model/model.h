@@ -10,17 +10,41 @@
 #include "autograd/tensor.h"
 #include "model/config.h"
 
+/* A linear projection y = x W^T + b, with an optional LoRA branch + scale * B(A(dropout(x))). */
 typedef struct {
-    const an_model_config *config;
+    an_tensor *weight;  /* (out, in) */
+    an_tensor *bias;    /* (out) or NULL */
+    an_tensor *lora_a;  /* (r, in) or NULL when this projection has no adapter */
+    an_tensor *lora_b;  /* (out, r) */
+} an_projection;
+
+typedef struct an_model an_model;
+
+typedef struct {
+    const an_model *model;
     an_tensor *input_layernorm;          /* (H) */
-    an_tensor *q_proj, *q_bias;          /* (Hq*D, H), (Hq*D) or NULL */
-    an_tensor *k_proj, *k_bias;          /* (Hkv*D, H), (Hkv*D) or NULL */
-    an_tensor *v_proj, *v_bias;          /* (Hkv*D, H), (Hkv*D) or NULL */
-    an_tensor *o_proj;                   /* (H, Hq*D) */
+    an_projection q_proj;                /* (Hq*D, H), bias (Hq*D) for Qwen2 */
+    an_projection k_proj, v_proj;        /* (Hkv*D, H), bias (Hkv*D) for Qwen2 */
+    an_projection o_proj;                /* (H, Hq*D) */
     an_tensor *post_attention_layernorm; /* (H) */
-    an_tensor *gate_proj, *up_proj;      /* (I, H) */
-    an_tensor *down_proj;                /* (H, I) */
+    an_projection gate_proj, up_proj;    /* (I, H) */
+    an_projection down_proj;             /* (H, I) */
 } an_layer;
+
+/* LoRA adapter settings (PEFT semantics). */
+typedef struct {
+    int64_t rank;        /* r */
+    double alpha;        /* lora_alpha */
+    double dropout;      /* on the adapter's input, training only */
+    bool rslora;         /* scale alpha / sqrt(r) instead of alpha / r */
+    unsigned targets;    /* bit set of an_lora_target */
+} an_lora_config;
+
+typedef enum {
+    AN_LORA_Q = 1u << 0, AN_LORA_K = 1u << 1, AN_LORA_V = 1u << 2, AN_LORA_O = 1u << 3,
+    AN_LORA_GATE = 1u << 4, AN_LORA_UP = 1u << 5, AN_LORA_DOWN = 1u << 6,
+    AN_LORA_ALL_LINEAR = 0x7fu, /* PEFT's "all-linear": every projection, never lm_head */
+} an_lora_target;
 
 typedef struct {
     char name[96];        /* Hugging Face name, e.g. "model.layers.3.self_attn.q_proj.weight" */
@@ -30,7 +54,7 @@ typedef struct {
     bool no_decay;        /* norms, biases and embeddings: no weight decay (by name rule) */
 } an_param;
 
-typedef struct {
+struct an_model {
     an_model_config config;
     an_tensor *embed_tokens;  /* (V, H) */
     an_layer *layers;         /* num_layers */
@@ -39,7 +63,14 @@ typedef struct {
     an_param *params;         /* every distinct parameter, in checkpoint order */
     int n_params;
     bool gradient_checkpointing; /* recompute each block in backward */
-} an_model;
+    /* LoRA (see model/lora.h): adapter parameters in their own table, PEFT names. */
+    an_lora_config lora;
+    double lora_scale;        /* alpha / r or alpha / sqrt(r) */
+    bool lora_enabled;        /* false: the frozen base alone (the RL reference policy) */
+    bool training;            /* dropout on */
+    an_param *adapter_params;
+    int n_adapter_params;
+};
 
 /* A model with parameters allocated (uninitialised) as `dtype` on `device`. Free with
  * an_model_free. */

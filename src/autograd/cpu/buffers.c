@@ -61,8 +61,8 @@ void an_f64_free(an_f64 *buf) {
 }
 
 an_status an_f64_read_all(an_ctx *ctx, an_tensor *const *ts, int n, an_f64 *bufs) {
+    for (int i = 0; i < n; i++) bufs[i] = (an_f64){NULL, false}; /* freeable even after a failure */
     for (int i = 0; i < n; i++) {
-        bufs[i] = (an_f64){NULL, false};
         an_status st = ts[i] ? an_f64_read(ctx, ts[i], &bufs[i]) : AN_OK;
         if (st != AN_OK) {
             an_f64_free_all(bufs, i);
@@ -73,8 +73,8 @@ an_status an_f64_read_all(an_ctx *ctx, an_tensor *const *ts, int n, an_f64 *bufs
 }
 
 an_status an_f64_write_all(an_ctx *ctx, an_tensor *const *ts, int n, an_f64 *bufs) {
+    for (int i = 0; i < n; i++) bufs[i] = (an_f64){NULL, false};
     for (int i = 0; i < n; i++) {
-        bufs[i] = (an_f64){NULL, false};
         an_status st = ts[i] ? an_f64_write(ctx, ts[i], &bufs[i]) : AN_OK;
         if (st != AN_OK) {
             an_f64_free_all(bufs, i);
