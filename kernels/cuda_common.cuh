@@ -1,0 +1,112 @@
+/* cuda_common.cuh — what the .cu files of the CUDA backend share: the device state behind
+ * an_cuda_state, the checking macros every CUDA and cuBLASLt call goes through, launch sizing,
+ * and dtype load/store helpers (math is fp32; stores round to nearest even).
+ *
+ * Rules: every CUDA/cuBLAS return code is checked with AN_CUDA_CHECK / AN_CUBLAS_CHECK, which
+ * record file:line, the call text and the library's message in ctx and return AN_ERR_INTERNAL;
+ * every kernel launch is followed by AN_CUDA_LAUNCH_CHECK (cudaGetLastError). All work goes on the
+ * state's one stream, so a buffer reused by the next launch on that stream is safe. */
+#ifndef AN_CUDA_COMMON_CUH
+#define AN_CUDA_COMMON_CUH
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include "kernels/cuda.h"
+
+struct an_gemm_plan; /* gemm.cu: cached cuBLASLt descriptors and algorithm for one shape */
+
+struct an_cuda_state {
+    int device;                /* CUDA device index */
+    cudaStream_t stream;       /* every launch and copy of this state goes here */
+    cublasLtHandle_t lt;       /* cuBLASLt handle */
+    void *workspace;           /* cuBLASLt workspace, workspace_bytes long */
+    size_t workspace_bytes;
+    void *scratch;             /* reduction partials (grown on demand; see an_cuda_scratch) */
+    size_t scratch_bytes;
+    int sm_count;              /* multiprocessors, to size grids */
+    struct an_gemm_plan *plans; /* AN_GEMM_PLAN_SLOTS cached GEMM plans (gemm.cu) */
+    int plan_next;             /* next slot to overwrite when the cache is full */
+};
+
+#define AN_GEMM_PLAN_SLOTS 64
+
+/* Record a failed CUDA runtime call and return from the enclosing an_status function. The
+ * runtime's last-error slot is reset (cudaGetLastError) so a handled, non-sticky failure is not
+ * reported again by the next launch check. */
+#define AN_CUDA_CHECK(ctx, call)                                                                     \
+    do {                                                                                             \
+        cudaError_t an_cuda_err_ = (call);                                                           \
+        if (an_cuda_err_ != cudaSuccess) {                                                           \
+            (void)cudaGetLastError();                                                                \
+            return an_error_set((ctx), AN_ERR_INTERNAL, __FILE__, __LINE__, "%s failed: %s (%s)", #call, \
+                                cudaGetErrorString(an_cuda_err_), cudaGetErrorName(an_cuda_err_));   \
+        }                                                                                            \
+    } while (0)
+
+/* The same for cuBLAS / cuBLASLt calls (cublasStatus_t). */
+#define AN_CUBLAS_CHECK(ctx, call)                                                                      \
+    do {                                                                                                \
+        cublasStatus_t an_cublas_st_ = (call);                                                          \
+        if (an_cublas_st_ != CUBLAS_STATUS_SUCCESS)                                                     \
+            return an_error_set((ctx), AN_ERR_INTERNAL, __FILE__, __LINE__, "%s failed: %s (%d)", #call,  \
+                                an_cublas_status_string(an_cublas_st_), (int)an_cublas_st_);            \
+    } while (0)
+
+/* After a kernel launch (`what` names the kernel): a bad configuration or a pending asynchronous
+ * error, read with cudaGetLastError. */
+#define AN_CUDA_LAUNCH_CHECK(ctx, what)                                                              \
+    do {                                                                                             \
+        cudaError_t an_cuda_err_ = cudaGetLastError();                                               \
+        if (an_cuda_err_ != cudaSuccess)                                                             \
+            return an_error_set((ctx), AN_ERR_INTERNAL, __FILE__, __LINE__, "launch of %s failed: %s (%s)", \
+                                (what), cudaGetErrorString(an_cuda_err_), cudaGetErrorName(an_cuda_err_)); \
+    } while (0)
+
+/* The state of ctx, or an error when an_ctx_use_cuda was never called. */
+#define AN_CUDA_STATE(ctx, var)                                                                        \
+    an_cuda_state *var = (ctx)->cuda;                                                                  \
+    AN_CHECK((ctx), var != NULL, AN_ERR_INTERNAL, "%s: CUDA launcher called before an_ctx_use_cuda", \
+             __func__)
+
+const char *an_cublas_status_string(cublasStatus_t status);
+/* A device buffer of at least `bytes` owned by the state, valid until the next an_cuda_scratch
+ * call; reuse is ordered by the single stream. */
+an_status an_cuda_scratch(an_ctx *ctx, size_t bytes, void **out);
+/* Releases the cached GEMM plans (gemm.cu); called by an_cuda_state_free. */
+void an_cuda_gemm_plans_free(an_cuda_state *state);
+
+/* Blocks for an elementwise launch over `items` work items of `threads` each: enough to fill the
+ * GPU several times over, then grid-stride. */
+static inline unsigned an_cuda_blocks(const an_cuda_state *state, int64_t items, int threads) {
+    int64_t need = (items + threads - 1) / threads;
+    int64_t cap = (int64_t)state->sm_count * 32;
+    return (unsigned)(need < cap ? (need > 0 ? need : 1) : cap);
+}
+
+/* Element conversions: f32 math, stores round to nearest even (as src/autograd/dtype.c does). */
+__device__ __forceinline__ float an_load(float x) { return x; }
+__device__ __forceinline__ float an_load(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float an_load(__half x) { return __half2float(x); }
+template <typename T> __device__ __forceinline__ T an_store(float x);
+template <> __device__ __forceinline__ float an_store<float>(float x) { return x; }
+template <> __device__ __forceinline__ __nv_bfloat16 an_store<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <> __device__ __forceinline__ __half an_store<__half>(float x) { return __float2half_rn(x); }
+
+/* Dispatch a dtype to a C++ type: `body` is instantiated with T bound to float, __nv_bfloat16 or
+ * __half; any other dtype records an error. */
+#define AN_CUDA_DISPATCH_FLOAT(ctx, dtype, what, ...)                                                  \
+    do {                                                                                               \
+        switch (dtype) {                                                                               \
+        case AN_F32: { typedef float T; __VA_ARGS__; } break;                                          \
+        case AN_BF16: { typedef __nv_bfloat16 T; __VA_ARGS__; } break;                                 \
+        case AN_F16: { typedef __half T; __VA_ARGS__; } break;                                         \
+        default:                                                                                       \
+            return an_error_set((ctx), AN_ERR_INPUT, __FILE__, __LINE__, "%s: no CUDA kernel for %s", (what), \
+                                an_dtype_name(dtype));                                                 \
+        }                                                                                              \
+    } while (0)
+
+#endif

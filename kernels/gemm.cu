@@ -1,0 +1,230 @@
+/* gemm.cu — an_cuda_gemm: row-major batched GEMM (an_gemm_shape) through cuBLASLt.
+ *
+ * Numerics: bf16 and f16 operands multiply with fp32 accumulation (CUBLAS_COMPUTE_32F) and round
+ * once to the output dtype; f32 uses CUBLAS_COMPUTE_32F too, so TF32 is never used. C is written
+ * with = (beta 0: the old C is not read) or += with shape->accumulate (beta 1).
+ *
+ * Layout: cuBLASLt is column-major, and a row-major (R, C) matrix is a column-major (C, R) one.
+ * So C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T: cuBLASLt's first operand is our B,
+ * its second our A, and its (N, M) column-major output is our (M, N) row-major C. Batches are
+ * strided; a shared B has batch stride 0, and with an untransposed A it folds into one GEMM of
+ * batch*M rows. Descriptors and the chosen algorithm are cached per shape, dtype and pointer
+ * alignment in the state (AN_GEMM_PLAN_SLOTS entries, replaced round-robin). */
+#include "kernels/cuda_common.cuh"
+
+#include <stdint.h>
+#include <stdlib.h>
+
+struct an_gemm_plan {
+    bool used;
+    /* key */
+    an_dtype dtype;
+    int64_t batch, m, n, k;
+    bool trans_a, trans_b, b_shared;
+    uint32_t align_a, align_b, align_c;
+    /* cuBLASLt objects: lt_a describes our B, lt_b our A (see the top of the file) */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t lt_a, lt_b, lt_c;
+    cublasLtMatmulAlgo_t algo;
+};
+
+namespace {
+
+void plan_destroy(an_gemm_plan *p) {
+    if (!p->used) return;
+    if (p->op) (void)cublasLtMatmulDescDestroy(p->op);
+    if (p->lt_a) (void)cublasLtMatrixLayoutDestroy(p->lt_a);
+    if (p->lt_b) (void)cublasLtMatrixLayoutDestroy(p->lt_b);
+    if (p->lt_c) (void)cublasLtMatrixLayoutDestroy(p->lt_c);
+    *p = an_gemm_plan{};
+}
+
+/* Largest power of two (at most 256) dividing the address and, for batches, the batch stride. */
+uint32_t alignment_of(const void *ptr, int64_t stride_bytes, int64_t batch) {
+    uint64_t bits = (uint64_t)(uintptr_t)ptr | 256u;
+    if (batch > 1 && stride_bytes > 0) bits |= (uint64_t)stride_bytes;
+    return (uint32_t)(bits & (~bits + 1));
+}
+
+cudaDataType_t cuda_type(an_dtype dtype) {
+    return dtype == AN_BF16 ? CUDA_R_16BF : dtype == AN_F16 ? CUDA_R_16F : CUDA_R_32F;
+}
+
+an_status layout(an_ctx *ctx, cublasLtMatrixLayout_t *out, an_dtype dtype, int64_t rows, int64_t cols, int64_t ld,
+                 int64_t batch, int64_t stride) {
+    AN_CUBLAS_CHECK(ctx, cublasLtMatrixLayoutCreate(out, cuda_type(dtype), (uint64_t)rows, (uint64_t)cols, ld));
+    if (batch > 1) {
+        int32_t count = (int32_t)batch;
+        AN_CUBLAS_CHECK(ctx, cublasLtMatrixLayoutSetAttribute(*out, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count,
+                                                              sizeof count));
+        AN_CUBLAS_CHECK(ctx, cublasLtMatrixLayoutSetAttribute(*out, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                                                              &stride, sizeof stride));
+    }
+    return AN_OK;
+}
+
+/* Fills p (already keyed) with descriptors and the heuristic's best algorithm. *found is false
+ * when cuBLASLt has no algorithm for this problem (p is then left unused). */
+an_status plan_build(an_ctx *ctx, an_cuda_state *s, an_gemm_plan *p, bool *found) {
+    *found = false;
+    int64_t m = p->m, n = p->n, k = p->k;
+    AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t op_a = p->trans_b ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt's A is our B */
+    cublasOperation_t op_b = p->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt's B is our A */
+    AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
+    AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+    /* Our B: (K, N) row-major = (N, K) column-major, ld N; transposed (N, K) row-major = (K, N), ld K. */
+    AN_TRY(layout(ctx, &p->lt_a, p->dtype, p->trans_b ? k : n, p->trans_b ? n : k, p->trans_b ? k : n, p->batch,
+                  p->b_shared ? 0 : k * n));
+    /* Our A: (M, K) row-major = (K, M) column-major, ld K; transposed (K, M) row-major = (M, K), ld M. */
+    AN_TRY(layout(ctx, &p->lt_b, p->dtype, p->trans_a ? m : k, p->trans_a ? k : m, p->trans_a ? m : k, p->batch,
+                  m * k));
+    /* C: (M, N) row-major = (N, M) column-major, ld N. */
+    AN_TRY(layout(ctx, &p->lt_c, p->dtype, n, m, n, p->batch, m * n));
+
+    cublasLtMatmulPreference_t pref = nullptr;
+    AN_CUBLAS_CHECK(ctx, cublasLtMatmulPreferenceCreate(&pref));
+    size_t ws = s->workspace_bytes;
+    cublasStatus_t st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                             sizeof ws);
+    /* Alignments: cuBLASLt assumes 256 bytes unless told; views and batch strides can be less. */
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &p->align_b,
+                                                  sizeof p->align_b);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &p->align_a,
+                                                  sizeof p->align_a);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &p->align_c,
+                                                  sizeof p->align_c);
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &p->align_c,
+                                                  sizeof p->align_c);
+    cublasLtMatmulHeuristicResult_t result = {};
+    int returned = 0;
+    if (st == CUBLAS_STATUS_SUCCESS)
+        st = cublasLtMatmulAlgoGetHeuristic(s->lt, p->op, p->lt_a, p->lt_b, p->lt_c, p->lt_c, pref, 1, &result,
+                                            &returned);
+    cublasStatus_t destroy_st = cublasLtMatmulPreferenceDestroy(pref);
+    if (st == CUBLAS_STATUS_NOT_SUPPORTED || (st == CUBLAS_STATUS_SUCCESS && returned == 0)) return AN_OK;
+    if (st != CUBLAS_STATUS_SUCCESS)
+        return an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
+                            "cuBLASLt matmul preference / cublasLtMatmulAlgoGetHeuristic failed: %s (%d)",
+                            an_cublas_status_string(st), (int)st);
+    AN_CUBLAS_CHECK(ctx, destroy_st);
+    p->algo = result.algo;
+    *found = true;
+    return AN_OK;
+}
+
+/* The cached plan for this key, building it on a miss; NULL in *out when cuBLASLt has no
+ * algorithm for it. */
+an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_gemm_plan **out) {
+    *out = nullptr;
+    if (!s->plans) {
+        s->plans = (an_gemm_plan *)calloc(AN_GEMM_PLAN_SLOTS, sizeof(an_gemm_plan));
+        AN_CHECK(ctx, s->plans != nullptr, AN_ERR_INTERNAL, "out of host memory for the GEMM plan cache");
+    }
+    for (int i = 0; i < AN_GEMM_PLAN_SLOTS; i++) {
+        an_gemm_plan *p = &s->plans[i];
+        if (p->used && p->dtype == key.dtype && p->batch == key.batch && p->m == key.m && p->n == key.n &&
+            p->k == key.k && p->trans_a == key.trans_a && p->trans_b == key.trans_b && p->b_shared == key.b_shared &&
+            p->align_a == key.align_a && p->align_b == key.align_b && p->align_c == key.align_c) {
+            *out = p;
+            return AN_OK;
+        }
+    }
+    an_gemm_plan *p = &s->plans[s->plan_next];
+    s->plan_next = (s->plan_next + 1) % AN_GEMM_PLAN_SLOTS;
+    plan_destroy(p);
+    *p = key;
+    p->used = true; /* so a failed build is still destroyed */
+    bool found = false;
+    an_status st = plan_build(ctx, s, p, &found);
+    if (st != AN_OK || !found) {
+        plan_destroy(p);
+        return st;
+    }
+    *out = p;
+    return AN_OK;
+}
+
+/* One cuBLASLt call for (possibly batched) row-major shape s; false in *ran when cuBLASLt has no
+ * algorithm for it. */
+an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, an_dtype dtype, const void *a,
+                    const void *b, void *c, bool *ran) {
+    *ran = false;
+    size_t es = an_dtype_size(dtype);
+    an_gemm_plan key = {};
+    key.dtype = dtype;
+    key.batch = shape.batch;
+    key.m = shape.m;
+    key.n = shape.n;
+    key.k = shape.k;
+    key.trans_a = shape.trans_a;
+    key.trans_b = shape.trans_b;
+    key.b_shared = shape.b_shared;
+    key.align_a = alignment_of(a, shape.m * shape.k * (int64_t)es, shape.batch);
+    key.align_b = alignment_of(b, shape.b_shared ? 0 : shape.k * shape.n * (int64_t)es, shape.batch);
+    key.align_c = alignment_of(c, shape.m * shape.n * (int64_t)es, shape.batch);
+    an_gemm_plan *p = nullptr;
+    AN_TRY(plan_get(ctx, s, key, &p));
+    if (!p) return AN_OK;
+    float alpha = 1.0f, beta = shape.accumulate ? 1.0f : 0.0f;
+    AN_CUBLAS_CHECK(ctx, cublasLtMatmul(s->lt, p->op, &alpha, b, p->lt_a, a, p->lt_b, &beta, c, p->lt_c, c, p->lt_c,
+                                        &p->algo, s->workspace, s->workspace_bytes, s->stream));
+    *ran = true;
+    return AN_OK;
+}
+
+} // namespace
+
+void an_cuda_gemm_plans_free(an_cuda_state *s) {
+    if (!s->plans) return;
+    for (int i = 0; i < AN_GEMM_PLAN_SLOTS; i++) plan_destroy(&s->plans[i]);
+    free(s->plans);
+    s->plans = nullptr;
+}
+
+extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
+                                  const void *b, void *c) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, dtype == AN_F32 || dtype == AN_BF16 || dtype == AN_F16, AN_ERR_INPUT, "gemm: no CUDA kernel for %s",
+             an_dtype_name(dtype));
+    an_gemm_shape sh = *shape;
+    AN_CHECK(ctx, sh.batch >= 0 && sh.m >= 0 && sh.n >= 0 && sh.k >= 0, AN_ERR_INTERNAL,
+             "gemm: negative size (batch %lld, m %lld, n %lld, k %lld)", (long long)sh.batch, (long long)sh.m,
+             (long long)sh.n, (long long)sh.k);
+    if (sh.batch == 0 || sh.m == 0 || sh.n == 0) return AN_OK;
+    size_t es = an_dtype_size(dtype);
+    if (sh.k == 0) { /* an empty sum: C = 0, or C unchanged when accumulating */
+        if (!sh.accumulate) AN_TRY(an_cuda_memset(ctx, c, 0, (size_t)(sh.batch * sh.m * sh.n) * es));
+        return AN_OK;
+    }
+    if (sh.b_shared && !sh.trans_a) { /* rows of every batch entry stack into one GEMM */
+        sh.m *= sh.batch;
+        sh.batch = 1;
+    }
+    if (sh.batch == 1) sh.b_shared = false;
+    AN_CHECK(ctx, sh.batch <= INT32_MAX, AN_ERR_INPUT, "gemm: batch %lld exceeds cuBLASLt's limit",
+             (long long)sh.batch);
+    bool ran = false;
+    AN_TRY(gemm_once(ctx, s, sh, dtype, a, b, c, &ran));
+    if (ran) return AN_OK;
+    /* No batched algorithm (a shared B with stride 0 can have none): one call per batch entry. */
+    AN_CHECK(ctx, sh.batch > 1, AN_ERR_INTERNAL,
+             "gemm: cuBLASLt has no algorithm for %s m %lld n %lld k %lld (trans_a %d, trans_b %d)",
+             an_dtype_name(dtype), (long long)sh.m, (long long)sh.n, (long long)sh.k, sh.trans_a, sh.trans_b);
+    an_gemm_shape one = sh;
+    one.batch = 1;
+    one.b_shared = false;
+    for (int64_t i = 0; i < sh.batch; i++) {
+        const char *ai = (const char *)a + (size_t)(i * sh.m * sh.k) * es;
+        const char *bi = (const char *)b + (sh.b_shared ? 0 : (size_t)(i * sh.k * sh.n) * es);
+        char *ci = (char *)c + (size_t)(i * sh.m * sh.n) * es;
+        AN_TRY(gemm_once(ctx, s, one, dtype, ai, bi, ci, &ran));
+        AN_CHECK(ctx, ran, AN_ERR_INTERNAL, "gemm: cuBLASLt has no algorithm for %s m %lld n %lld k %lld",
+                 an_dtype_name(dtype), (long long)sh.m, (long long)sh.n, (long long)sh.k);
+    }
+    return AN_OK;
+}

@@ -1,0 +1,151 @@
+/* runtime.cu — the CUDA device state (device index, one stream, a cuBLASLt handle and its 32 MiB
+ * workspace), device memory, copies, memset and synchronisation.
+ *
+ * Rules: every call below is checked (AN_CUDA_CHECK / AN_CUBLAS_CHECK, kernels/cuda_common.cuh).
+ * All copies and kernels of a state run on its one stream, in order. Copies that touch host memory
+ * return only once they are complete, so the caller may reuse or free the host buffer at once;
+ * device-to-device copies and memsets are asynchronous on the stream. One process drives one
+ * device (the state's): memory is plain cudaMalloc/cudaFree for now (a caching allocator comes
+ * later). */
+#include "kernels/cuda_common.cuh"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define AN_CUDA_WORKSPACE_BYTES ((size_t)32 << 20)
+
+int an_cuda_available_in_build(void) { return 1; }
+
+const char *an_cublas_status_string(cublasStatus_t status) {
+    switch (status) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    case CUBLAS_STATUS_LICENSE_ERROR: return "CUBLAS_STATUS_LICENSE_ERROR";
+    default: return "unknown cuBLAS status";
+    }
+}
+
+/* state_new reports through `why` (there is no ctx yet): on failure, say what and clean up. */
+#define WHY_CHECK(call)                                                                          \
+    do {                                                                                         \
+        cudaError_t e_ = (call);                                                                 \
+        if (e_ != cudaSuccess) {                                                                 \
+            (void)cudaGetLastError(); /* handled: keep it from the next launch check */         \
+            snprintf(why, why_size, "runtime.cu:%d: %s failed: %s", __LINE__, #call, cudaGetErrorString(e_)); \
+            goto fail;                                                                           \
+        }                                                                                        \
+    } while (0)
+
+an_cuda_state *an_cuda_state_new(int index, char *why, size_t why_size) {
+    an_cuda_state *s = (an_cuda_state *)calloc(1, sizeof *s);
+    int count = 0;
+    cublasStatus_t bst;
+    if (!s) {
+        snprintf(why, why_size, "out of host memory");
+        return NULL;
+    }
+    s->device = index;
+    WHY_CHECK(cudaGetDeviceCount(&count));
+    if (index < 0 || index >= count) {
+        snprintf(why, why_size, "no CUDA device %d (this machine has %d)", index, count);
+        goto fail;
+    }
+    WHY_CHECK(cudaSetDevice(index));
+    WHY_CHECK(cudaDeviceGetAttribute(&s->sm_count, cudaDevAttrMultiProcessorCount, index));
+    WHY_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    bst = cublasLtCreate(&s->lt);
+    if (bst != CUBLAS_STATUS_SUCCESS) {
+        s->lt = NULL;
+        snprintf(why, why_size, "cublasLtCreate failed: %s", an_cublas_status_string(bst));
+        goto fail;
+    }
+    WHY_CHECK(cudaMalloc(&s->workspace, AN_CUDA_WORKSPACE_BYTES));
+    s->workspace_bytes = AN_CUDA_WORKSPACE_BYTES;
+    return s;
+fail:
+    an_cuda_state_free(s);
+    return NULL;
+}
+
+void an_cuda_state_free(an_cuda_state *s) {
+    if (!s) return;
+    /* Teardown: errors here have nowhere to go; each step still runs. */
+    if (s->stream) {
+        (void)cudaSetDevice(s->device);
+        (void)cudaStreamSynchronize(s->stream);
+    }
+    an_cuda_gemm_plans_free(s);
+    if (s->workspace) (void)cudaFree(s->workspace);
+    if (s->scratch) (void)cudaFree(s->scratch);
+    if (s->lt) (void)cublasLtDestroy(s->lt);
+    if (s->stream) (void)cudaStreamDestroy(s->stream);
+    free(s);
+}
+
+void *an_cuda_malloc(an_cuda_state *s, size_t bytes, char *why, size_t why_size) {
+    void *p = NULL;
+    cudaError_t e = cudaSetDevice(s->device);
+    if (e == cudaSuccess) e = cudaMalloc(&p, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* a handled failure (the caller may free memory and retry) */
+        snprintf(why, why_size, "cudaMalloc(%zu) failed: %s", bytes, cudaGetErrorString(e));
+        return NULL;
+    }
+    return p;
+}
+
+void an_cuda_free(an_cuda_state *s, void *ptr) {
+    (void)s;
+    if (ptr) (void)cudaFree(ptr); /* implicitly synchronises: no kernel still reads ptr */
+}
+
+an_status an_cuda_scratch(an_ctx *ctx, size_t bytes, void **out) {
+    AN_CUDA_STATE(ctx, s);
+    if (bytes > s->scratch_bytes) {
+        size_t grown = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
+        if (s->scratch) AN_CUDA_CHECK(ctx, cudaFree(s->scratch)); /* waits for its last reader */
+        s->scratch = NULL;
+        s->scratch_bytes = 0;
+        AN_CUDA_CHECK(ctx, cudaMalloc(&s->scratch, grown));
+        s->scratch_bytes = grown;
+    }
+    *out = s->scratch;
+    return AN_OK;
+}
+
+an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dst_device, const void *src, an_device src_device,
+                         size_t bytes) {
+    if (bytes == 0) return AN_OK;
+    if (dst_device == AN_CPU && src_device == AN_CPU) {
+        memcpy(dst, src, bytes);
+        return AN_OK;
+    }
+    AN_CUDA_STATE(ctx, s);
+    cudaMemcpyKind kind = dst_device == AN_CPU   ? cudaMemcpyDeviceToHost
+                          : src_device == AN_CPU ? cudaMemcpyHostToDevice
+                                                 : cudaMemcpyDeviceToDevice;
+    AN_CUDA_CHECK(ctx, cudaMemcpyAsync(dst, src, bytes, kind, s->stream));
+    if (kind != cudaMemcpyDeviceToDevice) AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream));
+    return AN_OK;
+}
+
+an_status an_cuda_memset(an_ctx *ctx, void *ptr, int value, size_t bytes) {
+    if (bytes == 0) return AN_OK;
+    AN_CUDA_STATE(ctx, s);
+    AN_CUDA_CHECK(ctx, cudaMemsetAsync(ptr, value, bytes, s->stream));
+    return AN_OK;
+}
+
+an_status an_cuda_synchronize(an_ctx *ctx) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream));
+    return AN_OK;
+}

@@ -1,0 +1,705 @@
+/* test_cuda.c — the CUDA backend against the CPU: every launcher of kernels/cuda.h on fresh random
+ * inputs at awkward sizes (1, 7, 1023, 4099, ...) and misaligned pointers, GEMM at m, n, k in
+ * {1, 17, 64, 129} with every transpose, batches, a shared B and accumulation, and the autograd
+ * ops (forward and backward) on CUDA tensors against the same graph on the CPU.
+ *
+ * Every output buffer is poisoned with 0xFF bytes (NaN in f32, bf16 and f16) before the launch,
+ * so an element the kernel leaves unwritten fails; NaN never passes. Error bounds are relative by
+ * dtype: f32 1e-5, bf16 1e-2, f16 2e-3 (GEMMs: scaled by sqrt(k), the size of a typical output).
+ * Without a GPU (or in a build without CUDA) every test prints SKIP and passes. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda.h"  /* the launchers under test */
+#include "support/test_util.h"
+
+static const an_dtype float_dtypes[] = {AN_F32, AN_BF16, AN_F16};
+#define N_DTYPES 3
+
+static double rtol_of(an_dtype dtype) { return dtype == AN_F32 ? 1e-5 : dtype == AN_BF16 ? 1e-2 : 2e-3; }
+
+/* A context on GPU 0, or NULL after printing SKIP (flushed: Check runs each test in a child). */
+static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
+    an_ctx *ctx = test_gpu_ctx(seed, what);
+    fflush(stdout);
+    return ctx;
+}
+
+static void ok(an_ctx *ctx, an_status st, const char *what) {
+    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
+}
+
+/* The same n values on both devices. */
+typedef struct {
+    an_tensor *host; /* (n) CPU */
+    an_tensor *dev;  /* (n) CUDA */
+} pair;
+
+/* n uniform values in [lo, hi) of dtype, `offset` elements into fresh buffers (offset 1 leaves
+ * every pointer off 16-byte alignment, so the scalar paths run). */
+static pair random_pair(an_ctx *ctx, an_dtype dtype, int64_t n, int64_t offset, double lo, double hi) {
+    int64_t total = n + offset;
+    an_tensor *h = test_uniform(ctx, dtype, 1, &total, lo, hi, false);
+    an_tensor *d = an_tensor_to(ctx, h, dtype, AN_CUDA);
+    ck_assert_msg(d != NULL, "upload: %s", an_error_message(ctx));
+    pair p = {an_tensor_rows(ctx, h, offset, n), an_tensor_rows(ctx, d, offset, n)};
+    ck_assert_msg(p.host && p.dev, "view: %s", an_error_message(ctx));
+    an_tensor_release(h);
+    an_tensor_release(d);
+    return p;
+}
+
+static void pair_release(pair p) {
+    an_tensor_release(p.host);
+    an_tensor_release(p.dev);
+}
+
+/* A CUDA buffer of n elements at `offset`, every byte 0xFF (NaN in each float dtype). */
+static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int64_t n, int64_t offset) {
+    int64_t total = n + offset;
+    an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, 1, &total);
+    ck_assert_msg(t != NULL, "alloc: %s", an_error_message(ctx));
+    ok(ctx, an_cuda_memset(ctx, an_tensor_data(t), 0xFF, an_tensor_nbytes(t)), "poison");
+    an_tensor *v = an_tensor_rows(ctx, t, offset, n);
+    an_tensor_release(t);
+    return v;
+}
+
+/* Values of a CPU tensor as doubles (caller frees). */
+static double *values(const an_tensor *t) {
+    int64_t n = an_tensor_numel(t);
+    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    for (int64_t i = 0; i < n; i++) v[i] = an_tensor_get(t, i);
+    return v;
+}
+
+/* Synchronises (surfacing asynchronous errors) and copies a CUDA tensor's values to the host. */
+static double *download(an_ctx *ctx, const an_tensor *dev) {
+    ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
+    ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
+    double *v = values(h);
+    an_tensor_release(h);
+    return v;
+}
+
+/* Fails unless every element of got is a number within bound[i] of want[i]. */
+static void expect_close(const double *got, const double *want, const double *bound, int64_t n, const char *fmt,
+                         ...) {
+    for (int64_t i = 0; i < n; i++) {
+        if (!isnan(got[i]) && fabs(got[i] - want[i]) <= bound[i]) continue;
+        char what[256];
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(what, sizeof what, fmt, ap);
+        va_end(ap);
+        ck_abort_msg("%s: element %lld of %lld is %.9g, expected %.9g (bound %.3g)", what, (long long)i, (long long)n,
+                     got[i], want[i], bound[i]);
+    }
+}
+
+/* The download of dev checked against want with bound rtol * |want| + atol. */
+static void expect_dev_close(an_ctx *ctx, const an_tensor *dev, const double *want, double rtol, double atol,
+                             const char *what) {
+    int64_t n = an_tensor_numel(dev);
+    double *got = download(ctx, dev), *bound = malloc((size_t)(n ? n : 1) * sizeof *bound);
+    for (int64_t i = 0; i < n; i++) bound[i] = rtol * fabs(want[i]) + atol;
+    expect_close(got, want, bound, n, "%s", what);
+    free(got);
+    free(bound);
+}
+
+static const int64_t sizes[] = {1, 7, 1023, 4099, 300007};
+#define N_SIZES 5
+
+/* ---- runtime ---- */
+
+START_TEST(test_cuda_runtime_copies_and_reports_errors) {
+    an_ctx *ctx = gpu_ctx(1, "cuda runtime");
+    if (!ctx) return;
+    /* host -> device -> device -> host round trip, bytes unchanged */
+    for (int s = 0; s < N_SIZES; s++) {
+        pair p = random_pair(ctx, AN_F32, sizes[s], 0, -5, 5);
+        an_tensor *copy = poisoned(ctx, AN_F32, sizes[s], 1);
+        ok(ctx, an_cuda_memcpy(ctx, an_tensor_data(copy), AN_CUDA, an_tensor_data(p.dev), AN_CUDA,
+                               an_tensor_nbytes(copy)), "d2d");
+        double *want = values(p.host), *got = download(ctx, copy);
+        ck_assert_msg(memcmp(want, got, (size_t)sizes[s] * sizeof *got) == 0, "round trip of %lld floats differs",
+                      (long long)sizes[s]);
+        free(want);
+        free(got);
+        an_tensor_release(copy);
+        pair_release(p);
+    }
+    /* memset writes every byte */
+    an_tensor *z = an_tensor_zeros(ctx, AN_BF16, AN_CUDA, 1, (int64_t[]){4099});
+    ck_assert_ptr_nonnull(z);
+    double *zv = download(ctx, z);
+    for (int i = 0; i < 4099; i++) ck_assert_msg(zv[i] == 0.0, "zeros: element %d is %g", i, zv[i]);
+    free(zv);
+    an_tensor_release(z);
+    /* a failed cudaMalloc is an error with the call and CUDA's reason, not a crash */
+    an_tensor *huge = an_tensor_new(ctx, AN_F32, AN_CUDA, 1, (int64_t[]){(int64_t)1 << 48});
+    ck_assert_ptr_null(huge);
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INTERNAL);
+    ck_assert_msg(strstr(an_error_message(ctx), "cudaMalloc") != NULL, "message: %s", an_error_message(ctx));
+    an_error_clear(ctx);
+    /* ...and it leaves no stale error for the next launch */
+    {
+        pair x = random_pair(ctx, AN_F32, 7, 0, -1, 1);
+        an_tensor *y = poisoned(ctx, AN_F32, 7, 0);
+        ok(ctx, an_cuda_scale(ctx, AN_F32, an_tensor_data(x.dev), 7, 2.0, an_tensor_data(y)), "scale after a failure");
+        double *want = values(x.host);
+        for (int i = 0; i < 7; i++) want[i] *= 2.0;
+        expect_dev_close(ctx, y, want, 0, 0, "scale after a failed cudaMalloc");
+        free(want);
+        an_tensor_release(y);
+        pair_release(x);
+    }
+    /* a dtype without a kernel is an input error naming it */
+    int32_t ids[4] = {0};
+    ck_assert_int_eq(an_cuda_scale(ctx, AN_I32, ids, 4, 2.0, ids), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "i32") != NULL, "message: %s", an_error_message(ctx));
+    an_error_clear(ctx);
+    char why[256] = "";
+    ck_assert_ptr_null(an_cuda_state_new(1000, why, sizeof why));
+    ck_assert_msg(strstr(why, "1000") != NULL, "why: %s", why);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- cast ---- */
+
+/* Equal as stored values: both NaN, or the same bits. */
+static bool same_value(const void *x, const void *y, an_dtype dtype, int64_t i) {
+    double a = an_dtype_load(x, dtype, (size_t)i), b = an_dtype_load(y, dtype, (size_t)i);
+    if (isnan(a) || isnan(b)) return isnan(a) && isnan(b);
+    size_t es = an_dtype_size(dtype);
+    return memcmp((const char *)x + (size_t)i * es, (const char *)y + (size_t)i * es, es) == 0;
+}
+
+static void check_cast(an_ctx *ctx, an_tensor *src_host, an_tensor *src_dev, an_dtype dst_dtype, int64_t offset,
+                       const char *what) {
+    int64_t n = an_tensor_numel(src_host);
+    an_tensor *dst = poisoned(ctx, dst_dtype, n, offset);
+    ok(ctx, an_cuda_cast(ctx, an_tensor_data(src_dev), src_dev->dtype, an_tensor_data(dst), dst_dtype, (size_t)n),
+       what);
+    ok(ctx, an_cuda_synchronize(ctx), what);
+    an_tensor *got = an_tensor_to(ctx, dst, dst_dtype, AN_CPU);
+    an_tensor *want = an_tensor_to(ctx, src_host, dst_dtype, AN_CPU); /* src/autograd/dtype.c rounding */
+    ck_assert_ptr_nonnull(got);
+    ck_assert_ptr_nonnull(want);
+    for (int64_t i = 0; i < n; i++)
+        ck_assert_msg(same_value(an_tensor_data(got), an_tensor_data(want), dst_dtype, i),
+                      "%s: element %lld: %s %.9g became %.9g, CPU says %.9g", what, (long long)i,
+                      an_dtype_name(src_host->dtype), an_tensor_get(src_host, i), an_tensor_get(got, i),
+                      an_tensor_get(want, i));
+    an_tensor_release(got);
+    an_tensor_release(want);
+    an_tensor_release(dst);
+}
+
+START_TEST(test_cuda_cast_rounds_like_the_cpu) {
+    an_ctx *ctx = gpu_ctx(2, "cuda cast");
+    if (!ctx) return;
+    char what[128];
+    for (int s = 0; s < N_DTYPES; s++)
+        for (int d = 0; d < N_DTYPES; d++)
+            for (int z = 0; z < N_SIZES; z++)
+                for (int64_t offset = 0; offset < 2; offset++) {
+                    pair p = random_pair(ctx, float_dtypes[s], sizes[z], offset, -70000, 70000);
+                    snprintf(what, sizeof what, "cast %s->%s n %lld offset %lld", an_dtype_name(float_dtypes[s]),
+                             an_dtype_name(float_dtypes[d]), (long long)sizes[z], (long long)offset);
+                    check_cast(ctx, p.host, p.dev, float_dtypes[d], offset, what);
+                    pair_release(p);
+                }
+    /* f32 values at the edges: bf16/f16 ties, f16 subnormals and overflow, infinities, signed zeros */
+    const uint32_t bits[] = {0x3f808000u, 0x3f818000u, 0x3f800fffu, 0x3f801000u, 0x3f803000u, 0x477ff000u,
+                             0x477fefffu, 0x47800000u, 0x33800000u, 0x33000001u, 0x38800000u, 0x387fc000u,
+                             0x7f7fffffu, 0x7f800000u, 0xff800000u, 0x00000000u, 0x80000000u, 0x00000001u,
+                             0xbf7fffffu, 0x7f7f8000u, 0x7fc00000u};
+    int64_t n = sizeof bits / sizeof *bits;
+    float f[sizeof bits / sizeof *bits];
+    memcpy(f, bits, sizeof f);
+    an_tensor *h = an_tensor_from_data(ctx, AN_F32, 1, &n, f);
+    an_tensor *dv = an_tensor_to(ctx, h, AN_F32, AN_CUDA);
+    check_cast(ctx, h, dv, AN_BF16, 0, "cast f32->bf16 edge values");
+    check_cast(ctx, h, dv, AN_F16, 0, "cast f32->f16 edge values");
+    an_tensor_release(h);
+    an_tensor_release(dv);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- add_into, binary ---- */
+
+START_TEST(test_cuda_add_into_scale_and_fill_match_reference) {
+    an_ctx *ctx = gpu_ctx(3, "cuda add_into/scale/fill");
+    if (!ctx) return;
+    char what[128];
+    for (int d = 0; d < N_DTYPES; d++) {
+        an_dtype dtype = float_dtypes[d];
+        double rtol = rtol_of(dtype);
+        for (int z = 0; z < N_SIZES; z++)
+            for (int64_t offset = 0; offset < 2; offset++) {
+                int64_t n = sizes[z];
+                pair dst = random_pair(ctx, dtype, n, offset, -3, 3), src = random_pair(ctx, dtype, n, offset, -3, 3);
+                double *want = malloc((size_t)n * sizeof *want);
+                for (int64_t i = 0; i < n; i++) want[i] = an_tensor_get(dst.host, i) + an_tensor_get(src.host, i);
+                ok(ctx, an_cuda_add_into(ctx, an_tensor_data(dst.dev), an_tensor_data(src.dev), dtype, n), "add_into");
+                snprintf(what, sizeof what, "add_into %s n %lld offset %lld", an_dtype_name(dtype), (long long)n,
+                         (long long)offset);
+                expect_dev_close(ctx, dst.dev, want, rtol, 1e-6, what);
+
+                const double factors[] = {-1.75, 0.3};
+                for (int f = 0; f < 2; f++) {
+                    an_tensor *out = poisoned(ctx, dtype, n, offset);
+                    ok(ctx, an_cuda_scale(ctx, dtype, an_tensor_data(src.dev), n, factors[f], an_tensor_data(out)),
+                       "scale");
+                    for (int64_t i = 0; i < n; i++) want[i] = factors[f] * an_tensor_get(src.host, i);
+                    snprintf(what, sizeof what, "scale %g %s n %lld offset %lld", factors[f], an_dtype_name(dtype),
+                             (long long)n, (long long)offset);
+                    expect_dev_close(ctx, out, want, rtol, 1e-6, what);
+                    an_tensor_release(out);
+                }
+
+                an_tensor *out = poisoned(ctx, dtype, n, offset);
+                double scale = 1.0 / (double)n;
+                ok(ctx, an_cuda_fill_from_scalar(ctx, dtype, an_tensor_data(src.dev), scale, n, an_tensor_data(out)),
+                   "fill_from_scalar");
+                for (int64_t i = 0; i < n; i++) want[i] = an_tensor_get(src.host, 0) * scale;
+                snprintf(what, sizeof what, "fill_from_scalar %s n %lld offset %lld", an_dtype_name(dtype),
+                         (long long)n, (long long)offset);
+                /* small results land among f16 subnormals: allow one step of 2^-24 there */
+                expect_dev_close(ctx, out, want, rtol, dtype == AN_F16 ? ldexp(1.0, -24) : 1e-12, what);
+                an_tensor_release(out);
+                free(want);
+                pair_release(dst);
+                pair_release(src);
+            }
+    }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* (rows, nb): a is (rows * nb), b (nb) repeats over the rows. */
+static const int64_t broadcasts[][2] = {{1, 1},    {1, 7},   {7, 1},    {3, 341},  {1, 1023}, {1, 4099},
+                                        {4099, 1}, {11, 373}, {4096, 3}, {300, 1000}, {2, 32768}, {0, 5}};
+#define N_BROADCASTS (sizeof broadcasts / sizeof *broadcasts)
+
+static double apply_kind(int kind, double x, double y) {
+    return kind == AN_BINARY_ADD ? x + y : kind == AN_BINARY_SUB ? x - y : x * y;
+}
+
+START_TEST(test_cuda_binary_forward_matches_reference) {
+    an_ctx *ctx = gpu_ctx(4, "cuda binary");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t s = 0; s < N_BROADCASTS; s++)
+            for (int64_t offset = 0; offset < 2; offset++)
+                for (int kind = 0; kind < 3; kind++) {
+                    an_dtype dtype = float_dtypes[d];
+                    int64_t rows = broadcasts[s][0], nb = broadcasts[s][1], n = rows * nb;
+                    pair a = random_pair(ctx, dtype, n, offset, -3, 3), b = random_pair(ctx, dtype, nb, offset, -3, 3);
+                    an_tensor *out = poisoned(ctx, dtype, n, offset);
+                    ok(ctx, an_cuda_binary(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
+                                           an_tensor_data(b.dev), nb, an_tensor_data(out)), "binary");
+                    double *want = malloc((size_t)(n ? n : 1) * sizeof *want);
+                    for (int64_t i = 0; i < n; i++)
+                        want[i] = apply_kind(kind, an_tensor_get(a.host, i), an_tensor_get(b.host, i % nb));
+                    snprintf(what, sizeof what, "binary kind %d %s rows %lld nb %lld offset %lld", kind,
+                             an_dtype_name(dtype), (long long)rows, (long long)nb, (long long)offset);
+                    expect_dev_close(ctx, out, want, rtol_of(dtype), 1e-6, what);
+                    /* in place (out = a), as linear's bias add does */
+                    ok(ctx, an_cuda_binary(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
+                                           an_tensor_data(b.dev), nb, an_tensor_data(a.dev)), "binary in place");
+                    expect_dev_close(ctx, a.dev, want, rtol_of(dtype), 1e-6, what);
+                    free(want);
+                    an_tensor_release(out);
+                    pair_release(a);
+                    pair_release(b);
+                }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_cuda_binary_backward_sums_broadcast_deterministically) {
+    an_ctx *ctx = gpu_ctx(5, "cuda binary backward");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t s = 0; s < N_BROADCASTS; s++)
+            for (int kind = 0; kind < 3; kind++)
+                for (int which = 0; which < 3; which++) { /* both grads, grad_a only, grad_b only */
+                    an_dtype dtype = float_dtypes[d];
+                    double rtol = rtol_of(dtype);
+                    int64_t rows = broadcasts[s][0], nb = broadcasts[s][1], n = rows * nb;
+                    int64_t offset = (int64_t)(s + (size_t)kind) % 2;
+                    pair a = random_pair(ctx, dtype, n, offset, -3, 3), b = random_pair(ctx, dtype, nb, offset, -3, 3);
+                    pair g = random_pair(ctx, dtype, n, offset, -2, 2);
+                    an_tensor *ga = which != 2 ? poisoned(ctx, dtype, n, offset) : NULL;
+                    an_tensor *gb = which != 1 ? poisoned(ctx, dtype, nb, offset) : NULL;
+                    ok(ctx, an_cuda_binary_backward(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
+                                                    an_tensor_data(b.dev), nb, an_tensor_data(g.dev),
+                                                    ga ? an_tensor_data(ga) : NULL, gb ? an_tensor_data(gb) : NULL),
+                       "binary_backward");
+                    snprintf(what, sizeof what, "binary_backward kind %d %s rows %lld nb %lld offset %lld grads %d",
+                             kind, an_dtype_name(dtype), (long long)rows, (long long)nb, (long long)offset, which);
+                    if (ga) {
+                        double *want = malloc((size_t)(n ? n : 1) * sizeof *want);
+                        for (int64_t i = 0; i < n; i++)
+                            want[i] = an_tensor_get(g.host, i) * (kind == AN_BINARY_MUL ? an_tensor_get(b.host, i % nb)
+                                                                                        : 1.0);
+                        expect_dev_close(ctx, ga, want, rtol, 1e-6, what);
+                        free(want);
+                    }
+                    if (gb) {
+                        double *want = calloc((size_t)nb, sizeof *want), *bound = calloc((size_t)nb, sizeof *bound);
+                        for (int64_t i = 0; i < n; i++) {
+                            double x = an_tensor_get(g.host, i);
+                            double t = kind == AN_BINARY_MUL ? x * an_tensor_get(a.host, i)
+                                       : kind == AN_BINARY_SUB ? -x : x;
+                            want[i % nb] += t;
+                            bound[i % nb] += 1e-5 * fabs(t); /* fp32 accumulation */
+                        }
+                        for (int64_t j = 0; j < nb; j++) bound[j] += rtol * fabs(want[j]) + 1e-6;
+                        double *got = download(ctx, gb);
+                        expect_close(got, want, bound, nb, "%s (grad_b)", what);
+                        /* a second run gives the same bits */
+                        ok(ctx, an_cuda_binary_backward(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
+                                                        an_tensor_data(b.dev), nb, an_tensor_data(g.dev), NULL,
+                                                        an_tensor_data(gb)),
+                           "binary_backward again");
+                        double *again = download(ctx, gb);
+                        ck_assert_msg(memcmp(got, again, (size_t)nb * sizeof *got) == 0, "%s: grad_b not reproducible",
+                                      what);
+                        free(got);
+                        free(again);
+                        free(want);
+                        free(bound);
+                    }
+                    an_tensor_release(ga);
+                    an_tensor_release(gb);
+                    pair_release(a);
+                    pair_release(b);
+                    pair_release(g);
+                }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- swiglu ---- */
+
+static double sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+START_TEST(test_cuda_swiglu_and_silu_match_reference) {
+    an_ctx *ctx = gpu_ctx(6, "cuda swiglu");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (int z = 0; z < N_SIZES; z++)
+            for (int with_up = 0; with_up < 2; with_up++)
+                for (int64_t offset = 0; offset < 2; offset++) {
+                    an_dtype dtype = float_dtypes[d];
+                    double rtol = rtol_of(dtype);
+                    int64_t n = sizes[z];
+                    pair gate = random_pair(ctx, dtype, n, offset, -6, 6), up = random_pair(ctx, dtype, n, offset, -2, 2);
+                    pair go = random_pair(ctx, dtype, n, offset, -2, 2);
+                    const void *up_dev = with_up ? an_tensor_data(up.dev) : NULL;
+                    double *want = malloc((size_t)n * sizeof *want), *bound = malloc((size_t)n * sizeof *bound);
+                    double *want_up = malloc((size_t)n * sizeof *want_up), *bound_up = malloc((size_t)n * sizeof *bound_up);
+
+                    an_tensor *out = poisoned(ctx, dtype, n, offset);
+                    ok(ctx, an_cuda_swiglu(ctx, dtype, an_tensor_data(gate.dev), up_dev, n, an_tensor_data(out)),
+                       "swiglu");
+                    for (int64_t i = 0; i < n; i++) {
+                        double x = an_tensor_get(gate.host, i), u = with_up ? an_tensor_get(up.host, i) : 1.0;
+                        want[i] = x * sigmoid(x) * u;
+                    }
+                    snprintf(what, sizeof what, "%s %s n %lld offset %lld", with_up ? "swiglu" : "silu",
+                             an_dtype_name(dtype), (long long)n, (long long)offset);
+                    expect_dev_close(ctx, out, want, rtol, 1e-6, what);
+                    an_tensor_release(out);
+
+                    for (int which = 0; which < 3; which++) { /* both grads, grad_gate only, grad_up only */
+                        if (!with_up && which != 1) continue;
+                        an_tensor *gg = which != 2 ? poisoned(ctx, dtype, n, offset) : NULL;
+                        an_tensor *gu = which != 1 ? poisoned(ctx, dtype, n, offset) : NULL;
+                        ok(ctx, an_cuda_swiglu_backward(ctx, dtype, an_tensor_data(gate.dev), up_dev, n,
+                                                        an_tensor_data(go.dev), gg ? an_tensor_data(gg) : NULL,
+                                                        gu ? an_tensor_data(gu) : NULL), "swiglu_backward");
+                        for (int64_t i = 0; i < n; i++) {
+                            double x = an_tensor_get(gate.host, i), u = with_up ? an_tensor_get(up.host, i) : 1.0;
+                            double o = an_tensor_get(go.host, i), sg = sigmoid(x);
+                            double dsilu = sg * (1.0 + x * (1.0 - sg));
+                            want[i] = o * u * dsilu;
+                            want_up[i] = o * x * sg;
+                            /* fp32 cancellation inside dsilu is absolute, not relative */
+                            double scale = (1.0 + fabs(o)) * (1.0 + fabs(u)) * (1.0 + fabs(x));
+                            bound[i] = rtol * fabs(want[i]) + 1e-6 * scale;
+                            bound_up[i] = rtol * fabs(want_up[i]) + 1e-6 * scale;
+                        }
+                        if (gg) {
+                            double *got = download(ctx, gg);
+                            expect_close(got, want, bound, n, "%s grad_gate (grads %d)", what, which);
+                            free(got);
+                        }
+                        if (gu) {
+                            double *got = download(ctx, gu);
+                            expect_close(got, want_up, bound_up, n, "%s grad_up (grads %d)", what, which);
+                            free(got);
+                        }
+                        an_tensor_release(gg);
+                        an_tensor_release(gu);
+                    }
+                    free(want);
+                    free(bound);
+                    free(want_up);
+                    free(bound_up);
+                    pair_release(gate);
+                    pair_release(up);
+                    pair_release(go);
+                }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- sum ---- */
+
+START_TEST(test_cuda_sum_accumulates_in_fp32_deterministically) {
+    an_ctx *ctx = gpu_ctx(7, "cuda sum");
+    if (!ctx) return;
+    char what[128];
+    const int64_t sum_sizes[] = {0, 1, 7, 1023, 4099, 300007, 4000037};
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t z = 0; z < sizeof sum_sizes / sizeof *sum_sizes; z++)
+            for (int64_t offset = 0; offset < 2; offset++)
+                for (int mean = 0; mean < 2; mean++) {
+                    an_dtype dtype = float_dtypes[d];
+                    int64_t n = sum_sizes[z];
+                    /* mean 0.5 keeps the sum away from zero; f16 (max 65504) would overflow on
+                     * large n, so there the values are centred */
+                    double hi = dtype == AN_F16 && n > 50000 ? 1.0 : 2.0;
+                    pair x = random_pair(ctx, dtype, n, offset, -1, hi);
+                    double scale = mean && n ? 1.0 / (double)n : 1.0;
+                    an_tensor *out = poisoned(ctx, dtype, 1, offset);
+                    ok(ctx, an_cuda_sum(ctx, dtype, an_tensor_data(x.dev), n, scale, an_tensor_data(out)), "sum");
+                    double total = 0, total_abs = 0;
+                    for (int64_t i = 0; i < n; i++) {
+                        total += an_tensor_get(x.host, i);
+                        total_abs += fabs(an_tensor_get(x.host, i));
+                    }
+                    double want = total * scale, bound = rtol_of(dtype) * fabs(want) + 1e-6 * total_abs * scale + 1e-30;
+                    double *got = download(ctx, out);
+                    snprintf(what, sizeof what, "%s %s n %lld offset %lld", mean ? "mean" : "sum", an_dtype_name(dtype),
+                             (long long)n, (long long)offset);
+                    expect_close(got, &want, &bound, 1, "%s", what);
+                    ok(ctx, an_cuda_sum(ctx, dtype, an_tensor_data(x.dev), n, scale, an_tensor_data(out)), "sum again");
+                    double *again = download(ctx, out);
+                    ck_assert_msg(memcmp(got, again, sizeof *got) == 0, "%s: %.9g then %.9g", what, got[0], again[0]);
+                    free(got);
+                    free(again);
+                    an_tensor_release(out);
+                    pair_release(x);
+                }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- GEMM ---- */
+
+/* C (batch, m, n) = op(A) @ op(B) (+ C0) in double, from the stored values. */
+static void gemm_reference(const an_gemm_shape *s, const double *a, const double *b, const double *c0, double *c) {
+    for (int64_t e = 0; e < s->batch; e++) {
+        const double *ae = a + e * s->m * s->k, *be = b + (s->b_shared ? 0 : e * s->k * s->n);
+        for (int64_t i = 0; i < s->m; i++)
+            for (int64_t j = 0; j < s->n; j++) {
+                double acc = 0;
+                for (int64_t p = 0; p < s->k; p++) {
+                    double x = s->trans_a ? ae[p * s->m + i] : ae[i * s->k + p];
+                    double y = s->trans_b ? be[j * s->k + p] : be[p * s->n + j];
+                    acc += x * y;
+                }
+                int64_t o = (e * s->m + i) * s->n + j;
+                c[o] = acc + (s->accumulate ? c0[o] : 0.0);
+            }
+    }
+}
+
+static void check_gemm(an_ctx *ctx, an_dtype dtype, an_gemm_shape s, int64_t offset) {
+    int64_t na = s.batch * s.m * s.k, nb = (s.b_shared ? 1 : s.batch) * s.k * s.n, nc = s.batch * s.m * s.n;
+    pair a = random_pair(ctx, dtype, na, offset, -1, 1), b = random_pair(ctx, dtype, nb, offset, -1, 1);
+    pair c0 = {NULL, NULL};
+    an_tensor *c;
+    if (s.accumulate) {
+        c0 = random_pair(ctx, dtype, nc, offset, -1, 1);
+        c = an_tensor_retain(c0.dev);
+    } else {
+        c = poisoned(ctx, dtype, nc, offset);
+    }
+    double *av = values(a.host), *bv = values(b.host), *cv = s.accumulate ? values(c0.host) : NULL;
+    double *want = calloc((size_t)nc + 1, sizeof *want), *bound = calloc((size_t)nc + 1, sizeof *bound);
+    gemm_reference(&s, av, bv, cv, want);
+    ok(ctx, an_cuda_gemm(ctx, &s, dtype, an_tensor_data(a.dev), an_tensor_data(b.dev), an_tensor_data(c)), "gemm");
+    double rtol = rtol_of(dtype), err2 = 0, ref2 = 0;
+    for (int64_t i = 0; i < nc; i++) bound[i] = rtol * (fabs(want[i]) + sqrt((double)s.k));
+    double *got = download(ctx, c);
+    expect_close(got, want, bound, nc, "gemm %s batch %lld m %lld n %lld k %lld ta %d tb %d shared %d acc %d offset %lld",
+                 an_dtype_name(dtype), (long long)s.batch, (long long)s.m, (long long)s.n, (long long)s.k, s.trans_a,
+                 s.trans_b, s.b_shared, s.accumulate, (long long)offset);
+    for (int64_t i = 0; i < nc; i++) {
+        err2 += (got[i] - want[i]) * (got[i] - want[i]);
+        ref2 += want[i] * want[i];
+    }
+    ck_assert_msg(sqrt(err2) <= rtol * sqrt(ref2) + 1e-12, "gemm %s m %lld n %lld k %lld: relative error %g",
+                  an_dtype_name(dtype), (long long)s.m, (long long)s.n, (long long)s.k, sqrt(err2 / ref2));
+    free(got);
+    free(av);
+    free(bv);
+    free(cv);
+    free(want);
+    free(bound);
+    an_tensor_release(c);
+    pair_release(a);
+    pair_release(b);
+    pair_release(c0);
+}
+
+START_TEST(test_cuda_gemm_every_transpose_batch_shared_and_accumulate) {
+    an_ctx *ctx = gpu_ctx(8, "cuda gemm");
+    if (!ctx) return;
+    const int64_t dims[] = {1, 17, 64, 129};
+    for (int d = 0; d < N_DTYPES; d++)
+        for (int mi = 0; mi < 4; mi++)
+            for (int ni = 0; ni < 4; ni++)
+                for (int ki = 0; ki < 4; ki++)
+                    for (int t = 0; t < 4; t++)
+                        for (int variant = 0; variant < 5; variant++) {
+                            /* 0: one GEMM; 1: batch 3; 2: batch 3, shared B; 3: that, accumulating;
+                             * 4: batch 3 accumulating with every pointer one element off alignment */
+                            an_gemm_shape s = {variant == 0 ? 1 : 3, dims[mi], dims[ni], dims[ki], t & 1, (t >> 1) & 1,
+                                               variant == 2 || variant == 3, variant >= 3};
+                            check_gemm(ctx, float_dtypes[d], s, variant == 4 ? 1 : 0);
+                        }
+    /* empty inner dimension: C = 0, or unchanged when accumulating */
+    for (int d = 0; d < N_DTYPES; d++) check_gemm(ctx, float_dtypes[d], (an_gemm_shape){2, 5, 3, 0, 0, 0, 0, 0}, 0);
+    check_gemm(ctx, AN_BF16, (an_gemm_shape){2, 5, 3, 0, 1, 0, 0, 1}, 0);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- autograd on CUDA tensors ---- */
+
+enum { X, W1, B1, W2, C, R, Q, T, R2, N_LEAVES };
+static const int64_t leaf_shapes[N_LEAVES][4] = {
+    [X] = {3, 5, 33}, [W1] = {19, 33}, [B1] = {19}, [W2] = {19, 33}, [C] = {19},
+    [R] = {19, 6},    [Q] = {3, 4, 19}, [T] = {3, 5, 7}, [R2] = {5, 8},
+};
+static const int leaf_ndim[N_LEAVES] = {3, 2, 1, 2, 1, 2, 3, 3, 2};
+
+/* A loss touching every op with a CUDA path: linear (with and without bias), swiglu, silu, mul with
+ * broadcast, add, sub, scale, matmul (shared B, batched with trans_b, trans_a, shared B with
+ * trans_a), a tensor used twice, sum and mean. Intermediates are released at once (the tape keeps
+ * what backward needs). */
+static an_tensor *model_loss(an_ctx *ctx, an_tensor *const *in) {
+    an_tensor *h = an_linear(ctx, in[X], in[W1], in[B1]);                /* (3, 5, 19) */
+    an_tensor *g = an_linear(ctx, in[X], in[W2], NULL);                  /* (3, 5, 19) */
+    an_tensor *s = an_swiglu(ctx, h, g);
+    an_tensor *u = an_silu(ctx, h);
+    an_tensor *m = an_mul(ctx, s, in[C]);
+    an_tensor *a = an_add(ctx, m, u);
+    an_tensor *d = an_sub(ctx, a, g);                                    /* (3, 5, 19) */
+    an_tensor *p1 = an_matmul(ctx, d, in[R], false, false);              /* (3, 5, 6) */
+    an_tensor *p2 = an_matmul(ctx, d, in[Q], false, true);               /* (3, 5, 4) */
+    an_tensor *p3 = an_matmul(ctx, d, in[T], true, false);               /* (3, 19, 7) */
+    an_tensor *p4 = an_matmul(ctx, d, in[R2], true, false);              /* (3, 19, 8) */
+    an_tensor *p2s = an_scale(ctx, p2, 0.5);
+    an_tensor *p33 = an_mul(ctx, p3, p3);
+    an_tensor *l1 = an_sum(ctx, p1), *l2 = an_mean(ctx, p2s), *l3 = an_sum(ctx, p33), *l4 = an_sum(ctx, p4);
+    an_tensor *l12 = an_add(ctx, l1, l2), *l34 = an_add(ctx, l3, l4);
+    an_tensor *loss = an_add(ctx, l12, l34);
+    an_tensor *tmp[] = {h, g, s, u, m, a, d, p1, p2, p3, p4, p2s, p33, l1, l2, l3, l4, l12, l34};
+    for (size_t i = 0; i < sizeof tmp / sizeof *tmp; i++) an_tensor_release(tmp[i]);
+    return loss;
+}
+
+/* bound: 2 rtol |want| + rtol * rms(want), since roundings differ op by op between the devices. */
+static void expect_like_cpu(an_ctx *ctx, const an_tensor *gpu, const an_tensor *cpu, double rtol, const char *what) {
+    ck_assert_msg(gpu && cpu, "%s: missing tensor", what);
+    int64_t n = an_tensor_numel(cpu);
+    ck_assert_int_eq(an_tensor_numel(gpu), n);
+    double *want = values(cpu), *got = download(ctx, gpu), *bound = malloc((size_t)n * sizeof *bound), ms = 0;
+    for (int64_t i = 0; i < n; i++) ms += want[i] * want[i] / (double)n;
+    for (int64_t i = 0; i < n; i++) bound[i] = 2 * rtol * fabs(want[i]) + rtol * sqrt(ms) + 1e-12;
+    expect_close(got, want, bound, n, "%s", what);
+    free(want);
+    free(got);
+    free(bound);
+}
+
+START_TEST(test_cuda_autograd_forward_and_backward_match_cpu) {
+    an_ctx *ctx = gpu_ctx(9, "cuda autograd");
+    if (!ctx) return;
+    char what[96];
+    for (int d = 0; d < N_DTYPES; d++) {
+        an_dtype dtype = float_dtypes[d];
+        double rtol = rtol_of(dtype);
+        an_tensor *cpu[N_LEAVES], *gpu[N_LEAVES];
+        for (int i = 0; i < N_LEAVES; i++) {
+            cpu[i] = test_uniform(ctx, dtype, leaf_ndim[i], leaf_shapes[i], -1, 1, true);
+            gpu[i] = an_tensor_to(ctx, cpu[i], dtype, AN_CUDA);
+            ck_assert_msg(gpu[i] != NULL, "%s", an_error_message(ctx));
+            an_tensor_set_requires_grad(gpu[i], true);
+        }
+        an_tensor *loss_cpu = model_loss(ctx, cpu);
+        ck_assert_msg(loss_cpu != NULL, "cpu forward: %s", an_error_message(ctx));
+        ok(ctx, an_backward(ctx, loss_cpu), "cpu backward");
+        an_tensor *loss_gpu = model_loss(ctx, gpu);
+        ck_assert_msg(loss_gpu != NULL, "gpu forward: %s", an_error_message(ctx));
+        ck_assert_int_eq(loss_gpu->device, AN_CUDA);
+        ok(ctx, an_backward(ctx, loss_gpu), "gpu backward");
+
+        double want = an_tensor_get(loss_cpu, 0), *got = download(ctx, loss_gpu), bound = 4 * rtol * (fabs(want) + 1);
+        snprintf(what, sizeof what, "%s loss", an_dtype_name(dtype));
+        expect_close(got, &want, &bound, 1, "%s", what);
+        free(got);
+        for (int i = 0; i < N_LEAVES; i++) {
+            snprintf(what, sizeof what, "%s gradient of leaf %d", an_dtype_name(dtype), i);
+            ck_assert_msg(gpu[i]->grad && gpu[i]->grad->device == AN_CUDA, "%s: missing on the GPU", what);
+            expect_like_cpu(ctx, gpu[i]->grad, cpu[i]->grad, rtol, what);
+        }
+        an_tensor_release(loss_cpu);
+        an_tensor_release(loss_gpu);
+        for (int i = 0; i < N_LEAVES; i++) {
+            an_tensor_release(cpu[i]);
+            an_tensor_release(gpu[i]);
+        }
+    }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* One test case per area, so CK_RUN_CASE=gemm (say) runs one of them. */
+static void add_case(Suite *s, const char *name, const TTest *test) {
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test);
+    suite_add_tcase(s, tc);
+}
+
+int main(void) {
+    Suite *s = suite_create("cuda");
+    add_case(s, "runtime", test_cuda_runtime_copies_and_reports_errors);
+    add_case(s, "cast", test_cuda_cast_rounds_like_the_cpu);
+    add_case(s, "elementwise", test_cuda_add_into_scale_and_fill_match_reference);
+    add_case(s, "binary", test_cuda_binary_forward_matches_reference);
+    add_case(s, "binary_backward", test_cuda_binary_backward_sums_broadcast_deterministically);
+    add_case(s, "swiglu", test_cuda_swiglu_and_silu_match_reference);
+    add_case(s, "sum", test_cuda_sum_accumulates_in_fp32_deterministically);
+    add_case(s, "gemm", test_cuda_gemm_every_transpose_batch_shared_and_accumulate);
+    add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
+    return test_run(s);
+}
