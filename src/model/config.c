@@ -85,7 +85,7 @@ static an_status get_bool(reader *r, const char *key, bool def, bool *out) {
 
 /* A key whose only supported value is `want` (absent is fine). */
 static an_status require_bool(reader *r, const char *key, bool want, const char *feature) {
-    bool v;
+    bool v = want;
     AN_TRY(get_bool(r, key, want, &v));
     AN_CHECK(r->ctx, v == want, AN_ERR_INPUT, "%s: '%s' = %s asks for %s, which anneal does not support", r->file, key,
              v ? "true" : "false", feature);
@@ -129,7 +129,7 @@ static an_status read_rope(reader *r, an_model_config *c) {
 }
 
 static an_status read_token_ids(reader *r, an_model_config *c) {
-    int64_t bos;
+    int64_t bos = -1;
     AN_TRY(get_int(r, r->root, "bos_token_id", -1, 0, &bos));
     c->bos_token_id = bos;
     json_t *eos = json_object_get(r->root, "eos_token_id");
@@ -215,7 +215,7 @@ static an_status read_config(reader *r, an_model_config *c) {
     json_t *act = json_object_get(r->root, "hidden_act");
     AN_CHECK(r->ctx, !act || (json_is_string(act) && strcmp(json_string_value(act), "silu") == 0), AN_ERR_INPUT,
              "%s: 'hidden_act' must be \"silu\" (SwiGLU MLP)", r->file);
-    double dropout;
+    double dropout = 0.0;
     AN_TRY(get_number(r, r->root, "attention_dropout", 0.0, false, &dropout));
     AN_CHECK(r->ctx, dropout == 0.0, AN_ERR_INPUT, "%s: 'attention_dropout' = %g is not supported (must be 0)",
              r->file, dropout);
