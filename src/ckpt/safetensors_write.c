@@ -10,6 +10,7 @@
  *
  * Atomicity: everything is validated first; then PATH.tmp is written, fsynced and renamed over PATH,
  * and the directory is fsynced. On any failure PATH.tmp is removed and PATH is as it was. */
+#include "ckpt/atomic.h"  /* an_atomic_open/write/commit */
 #include "ckpt/safetensors_internal.h"
 
 #include <errno.h>
@@ -192,35 +193,9 @@ static an_status build_header(an_ctx *ctx, buf *b, const item *items, int n, con
     return AN_OK;
 }
 
-static an_status write_all(an_ctx *ctx, int fd, const char *tmp, const void *data, size_t n) {
-    const char *p = data;
-    while (n > 0) {
-        ssize_t w = write(fd, p, n);
-        if (w < 0 && errno == EINTR) continue;
-        AN_CHECK(ctx, w > 0, AN_ERR_INPUT, "%s: write failed: %s", tmp, w < 0 ? strerror(errno) : "no progress");
-        p += w;
-        n -= (size_t)w;
-    }
-    return AN_OK;
-}
-
-/* Best effort: makes the rename durable. Some file systems refuse fsync on a directory. */
-static void sync_parent(const char *path) {
-    char *dir = strdup(path);
-    if (!dir) return;
-    char *slash = strrchr(dir, '/');
-    const char *d = slash ? (slash == dir ? "/" : (*slash = '\0', dir)) : ".";
-    int fd = open(d, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd >= 0) {
-        (void)fsync(fd);
-        close(fd);
-    }
-    free(dir);
-}
-
-/* Header then data into tmp, fsync, close. */
-static an_status write_body(an_ctx *ctx, int fd, const char *tmp, const buf *header, const item *items, int n) {
-    AN_TRY(write_all(ctx, fd, tmp, header->p, header->len));
+/* Header then data. */
+static an_status write_body(an_ctx *ctx, an_atomic_file *f, const buf *header, const item *items, int n) {
+    AN_TRY(an_atomic_write(ctx, f, header->p, header->len));
     size_t stage_size = 0;
     for (int i = 0; i < n; i++)
         if (!items[i].host && items[i].nbytes > stage_size) stage_size = items[i].nbytes;
@@ -236,12 +211,10 @@ static an_status write_body(an_ctx *ctx, int fd, const char *tmp, const buf *hea
             rc = an_cuda_memcpy(ctx, stage, AN_CPU, an_tensor_data(items[i].device_tensor), AN_CUDA, items[i].nbytes);
             src = stage;
         }
-        if (rc == AN_OK) rc = write_all(ctx, fd, tmp, src, items[i].nbytes);
+        if (rc == AN_OK) rc = an_atomic_write(ctx, f, src, items[i].nbytes);
     }
     free(stage);
-    AN_TRY(rc);
-    AN_CHECK(ctx, fsync(fd) == 0, AN_ERR_INPUT, "%s: fsync failed: %s", tmp, strerror(errno));
-    return AN_OK;
+    return rc;
 }
 
 static an_status write_items(an_ctx *ctx, const char *path, item *items, int n, int n_meta,
@@ -255,26 +228,13 @@ static an_status write_items(an_ctx *ctx, const char *path, item *items, int n, 
     an_status rc = validate(ctx, path, items, n, meta, n_meta);
     if (rc == AN_OK) rc = build_header(ctx, &header, items, n, meta, n_meta);
     free(meta);
-    size_t plen = strlen(path);
-    char *tmp = malloc(plen + 5);
-    if (rc == AN_OK && !tmp) rc = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "out of host memory");
+    an_atomic_file f;
+    if (rc == AN_OK) rc = an_atomic_open(ctx, path, &f);
     if (rc == AN_OK) {
-        snprintf(tmp, plen + 5, "%s.tmp", path);
-        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (fd < 0) {
-            rc = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "%s: cannot create: %s", tmp, strerror(errno));
-        } else {
-            rc = write_body(ctx, fd, tmp, &header, items, n);
-            if (close(fd) != 0 && rc == AN_OK)
-                rc = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "%s: close failed: %s", tmp, strerror(errno));
-            if (rc == AN_OK && rename(tmp, path) != 0)
-                rc = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "%s: cannot rename %s over it: %s", path, tmp,
-                                  strerror(errno));
-            if (rc != AN_OK) unlink(tmp);
-            else sync_parent(path);
-        }
+        rc = write_body(ctx, &f, &header, items, n);
+        if (rc == AN_OK) rc = an_atomic_commit(ctx, &f);
+        else an_atomic_abort(&f);
     }
-    free(tmp);
     free(header.p);
     return rc;
 }
