@@ -67,6 +67,14 @@ an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rop
  * token j only when j <= i and segments equal (packed documents). Scores scaled by `scale`. */
 an_tensor *an_attention(an_ctx *ctx, an_tensor *q, an_tensor *k, an_tensor *v, an_tensor *segments, double scale);
 
+/* Inference only (never recorded): attention of new queries over a key/value cache.
+ * q (B', T, Hq, D); k_cache and v_cache (Bc, S, Hkv, D); rows (B') i64 maps each query row to
+ * its cache row; lengths (Bc) i64 counts the keys each cache row held before these T tokens,
+ * whose keys must already be written at [length, length + T). Query t of row b sees cache keys
+ * 0 .. lengths[rows[b]] + t. Returns (B', T, Hq, D). */
+an_tensor *an_attention_cached(an_ctx *ctx, an_tensor *q, an_tensor *k_cache, an_tensor *v_cache, an_tensor *rows,
+                               an_tensor *lengths, double scale);
+
 /* Softmax over the last dim. */
 an_tensor *an_softmax(an_ctx *ctx, an_tensor *x);
 

@@ -10,6 +10,7 @@
 
 #include "autograd/ops.h"   /* the ops the transformer is built from */
 #include "autograd/tape.h"  /* an_checkpoint */
+#include "model/kv_cache.h" /* an_kv_cache, an_model_forward_cached */
 
 static void add_param(an_model *m, an_tensor **slot, bool no_decay, int ndim, int64_t d0, int64_t d1,
                       const char *fmt, int layer) {
@@ -131,13 +132,41 @@ static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an
     return out;
 }
 
-/* One decoder block: x + attn(norm(x)), then + mlp(norm(.)). inputs: x (B, T, H), positions
- * (B, T), and optionally segments (B, T). Shaped for an_checkpoint. */
-static an_tensor *decoder_block(an_ctx *ctx, an_tensor *const *inputs, int n_inputs, void *user) {
-    const an_layer *l = user;
+/* Where a cached forward keeps keys and values (NULL in training). */
+typedef struct {
+    an_kv_cache *cache;
+    int64_t layer;
+    an_tensor *rows; /* (B') i64: cache row of each batch entry */
+} cache_step;
+
+/* k and v (B', T, Hkv, D) into the cache rows at each row's current length. */
+static an_status cache_store(an_ctx *ctx, const cache_step *cs, an_tensor *k, an_tensor *v) {
+    an_kv_cache *c = cs->cache;
+    int64_t bq = k->shape[0], t = k->shape[1], width = c->kv_heads * c->head_dim;
+    const int64_t *rows = an_tensor_data(cs->rows), *len = an_tensor_data(c->length);
+    an_tensor *src[2] = {k, v}, *dst[2] = {c->k[cs->layer], c->v[cs->layer]};
+    an_status st = AN_OK;
+    for (int i = 0; i < 2 && st == AN_OK; i++) {
+        an_tensor *flat_src = an_tensor_view(ctx, src[i], 2, (int64_t[]){bq * t, width});
+        an_tensor *flat_dst = an_tensor_view(ctx, dst[i], 2, (int64_t[]){c->rows * c->capacity, width});
+        for (int64_t b = 0; b < bq && st == AN_OK && flat_src && flat_dst; b++) {
+            an_tensor *from = an_tensor_rows(ctx, flat_src, b * t, t);
+            an_tensor *to = an_tensor_rows(ctx, flat_dst, rows[b] * c->capacity + len[rows[b]], t);
+            st = from && to ? an_tensor_copy_into(ctx, to, from) : an_error_status(ctx);
+            an_tensor_release(from), an_tensor_release(to);
+        }
+        if (!flat_src || !flat_dst) st = an_error_status(ctx);
+        an_tensor_release(flat_src), an_tensor_release(flat_dst);
+    }
+    return st;
+}
+
+/* One decoder block: x + attn(norm(x)), then + mlp(norm(.)). x (B, T, H), positions (B, T),
+ * segments (B, T) or NULL; with a cache step, attention reads and extends the KV cache. */
+static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an_tensor *positions,
+                                an_tensor *segments, const cache_step *cs) {
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
-    an_tensor *x = inputs[0], *positions = inputs[1], *segments = n_inputs > 2 ? inputs[2] : NULL;
     int64_t b = x->shape[0], t = x->shape[1], hq = c->num_heads, hkv = c->num_kv_heads, d = c->head_dim;
 
     an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
@@ -147,7 +176,12 @@ static an_tensor *decoder_block(an_ctx *ctx, an_tensor *const *inputs, int n_inp
     xn = step(xn, NULL);
     q = step(q, an_rope(ctx, q, positions, &c->rope));
     k = step(k, an_rope(ctx, k, positions, &c->rope));
-    an_tensor *attn = an_attention(ctx, q, k, v, segments, 1.0 / sqrt((double)d));
+    double scale = 1.0 / sqrt((double)d);
+    an_tensor *attn = NULL;
+    if (!cs) attn = an_attention(ctx, q, k, v, segments, scale);
+    else if (q && k && v && cache_store(ctx, cs, k, v) == AN_OK)
+        attn = an_attention_cached(ctx, q, cs->cache->k[cs->layer], cs->cache->v[cs->layer], cs->rows,
+                                   cs->cache->length, scale);
     q = step(q, NULL), k = step(k, NULL), v = step(v, NULL);
     attn = step(attn, attn ? an_reshape(ctx, attn, 3, (int64_t[]){b, t, hq * d}) : NULL);
     an_tensor *o = step(attn, project(ctx, m, attn, &l->o_proj));
@@ -164,6 +198,11 @@ static an_tensor *decoder_block(an_ctx *ctx, an_tensor *const *inputs, int n_inp
     an_tensor *out = an_add(ctx, h, down);
     h = step(h, NULL), down = step(down, NULL);
     return out;
+}
+
+/* The block shaped for an_checkpoint: inputs x, positions and optionally segments. */
+static an_tensor *decoder_block(an_ctx *ctx, an_tensor *const *inputs, int n_inputs, void *user) {
+    return block_forward(ctx, user, inputs[0], inputs[1], n_inputs > 2 ? inputs[2] : NULL, NULL);
 }
 
 /* 0..T-1 in every row, as i32 on the ids' device. */
@@ -232,4 +271,33 @@ an_tensor *an_model_loss(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *la
     an_tensor_release(targets);
     an_tensor_release(h);
     return loss;
+}
+
+an_tensor *an_model_forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *rows, an_kv_cache *cache) {
+    if (!ids || !rows) return NULL;
+    AN_CHECK_NULL(ctx, !an_grad_enabled(ctx), AN_ERR_INPUT, "cached forward: inference only (use an_no_grad_begin)");
+    AN_CHECK_NULL(ctx, ids->ndim == 2 && rows->ndim == 1 && rows->shape[0] == ids->shape[0] && rows->dtype == AN_I64 &&
+                           rows->device == AN_CPU,
+                  AN_ERR_INPUT, "cached forward: ids must be (B, T) and rows (B) i64 on the CPU");
+    int64_t bq = ids->shape[0], t = ids->shape[1];
+    const int64_t *r = an_tensor_data(rows);
+    int64_t *len = an_tensor_data(cache->length);
+    for (int64_t b = 0; b < bq; b++)
+        AN_CHECK_NULL(ctx, r[b] >= 0 && r[b] < cache->rows && len[r[b]] + t <= cache->capacity, AN_ERR_INPUT,
+                      "cached forward: cache row %lld cannot take %lld more tokens (capacity %lld)", (long long)r[b],
+                      (long long)t, (long long)cache->capacity);
+    an_tensor *pos = an_tensor_new(ctx, AN_I64, AN_CPU, 2, (int64_t[]){bq, t});
+    if (!pos) return NULL;
+    for (int64_t b = 0; b < bq; b++)
+        for (int64_t i = 0; i < t; i++) ((int64_t *)an_tensor_data(pos))[b * t + i] = len[r[b]] + i;
+    if (ids->device != AN_CPU) pos = step(pos, an_tensor_to(ctx, pos, AN_I64, ids->device));
+    an_tensor *x = an_embedding(ctx, ids, m->embed_tokens);
+    for (int64_t l = 0; l < m->config.num_layers && x && pos; l++) {
+        cache_step cs = {cache, l, rows};
+        x = step(x, block_forward(ctx, &m->layers[l], x, pos, NULL, &cs));
+    }
+    an_tensor_release(pos);
+    if (!x) return NULL;
+    for (int64_t b = 0; b < bq; b++) len[r[b]] += t;
+    return step(x, an_rmsnorm(ctx, x, m->norm, m->config.rms_norm_eps));
 }

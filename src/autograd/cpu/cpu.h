@@ -100,6 +100,12 @@ an_status an_cpu_attention_backward(an_ctx *ctx, const an_attention_shape *shape
                                     const double *v, const int64_t *segments, const double *lse,
                                     const double *grad_out, double *grad_q, double *grad_k, double *grad_v);
 
+/* cpu/attention_cached.c: see an_attention_cached in ops.h. q (B', T, Hq, D) and out likewise;
+ * caches (Bc, S, Hkv, D); shape->batch is B', shape->seq is T. */
+void an_cpu_attention_cached(const an_attention_shape *shape, int64_t cache_len, const double *q,
+                             const double *k_cache, const double *v_cache, const int64_t *rows,
+                             const int64_t *lengths, double *out);
+
 /* ---- cpu/softmax.c, cpu/cross_entropy.c ---- */
 
 /* y (rows, cols) = softmax of each row of x (max subtracted); y may be x. */
