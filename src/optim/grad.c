@@ -1,0 +1,115 @@
+/* grad.c — what the optimizer does to gradients before it uses them: the weight-decay name rule,
+ * zero_grad, the float64 sum of squares behind the global norm, and clip_grad_norm_.
+ *
+ * Norms are accumulated in float64 whatever the gradient dtype; clipping multiplies in float64
+ * and rounds once into the gradient's dtype. */
+#include "optim/internal.h"
+
+#include <math.h>
+#include <string.h>
+#include <strings.h>  /* strncasecmp */
+
+#include "autograd/op_support.h"  /* an_op_no_kernel */
+#include "kernels/cuda.h"         /* an_cuda_scale */
+
+enum { CHUNK = 1024 }; /* elements widened to float64 at a time */
+
+/* The first occurrence of `pattern` in `from`, ignoring case, or NULL. */
+static const char *find_ci(const char *from, const char *pattern) {
+    size_t n = strlen(pattern);
+    for (const char *p = from; *p; p++)
+        if (strncasecmp(p, pattern, n) == 0) return p;
+    return NULL;
+}
+
+bool an_optim_no_decay(const char *name) {
+    if (find_ci(name, "bias") || find_ci(name, "layernorm") || find_ci(name, "rmsnorm") || find_ci(name, "embed"))
+        return true;
+    /* transformers: r"(?:^|\.)norm(?:$|\.)" and r"_norm(?:$|\.)" */
+    for (const char *p = find_ci(name, "norm"); p; p = find_ci(p + 1, "norm")) {
+        bool ends = p[4] == '\0' || p[4] == '.';
+        bool starts = p == name || p[-1] == '.' || p[-1] == '_';
+        if (ends && starts) return true;
+    }
+    return false;
+}
+
+void an_optim_zero_grad(an_optim *opt) {
+    for (int i = 0; i < opt->n_entries; i++)
+        if (*opt->entries[i].slot) an_tensor_zero_grad(*opt->entries[i].slot);
+}
+
+void an_optim_zero_grad_params(const an_param *params, int n_params) {
+    for (int i = 0; i < n_params; i++)
+        if (*params[i].slot) an_tensor_zero_grad(*params[i].slot);
+}
+
+an_tensor *optim_slice(an_ctx *ctx, an_tensor *t, int64_t start, int64_t end) {
+    an_tensor *flat = an_tensor_view(ctx, t, 1, (int64_t[]){an_tensor_numel(t)});
+    if (!flat) return NULL;
+    an_tensor *rows = an_tensor_rows(ctx, flat, start, end - start);
+    an_tensor_release(flat);
+    return rows;
+}
+
+an_status optim_grad_sum_sq(an_ctx *ctx, const an_tensor *grad, int64_t start, int64_t end, double *acc) {
+    if (grad->device != AN_CPU) return an_op_no_kernel(ctx, "gradient norm", grad);
+    size_t size = an_dtype_size(grad->dtype);
+    const char *data = (const char *)an_tensor_data(grad) + (size_t)start * size;
+    double buf[CHUNK], sum = 0;
+    for (int64_t i = start; i < end; i += CHUNK) {
+        size_t n = (size_t)(end - i < CHUNK ? end - i : CHUNK);
+        an_dtype_convert(data + (size_t)(i - start) * size, grad->dtype, buf, AN_F64, n);
+        for (size_t j = 0; j < n; j++) sum += buf[j] * buf[j];
+    }
+    *acc += sum;
+    return AN_OK;
+}
+
+double optim_clip_scale(double max_norm, double total_norm) {
+    if (max_norm <= 0) return 1.0;
+    double coef = max_norm / (total_norm + OPTIM_GRAD_EPS);
+    return coef < 1.0 ? coef : 1.0;
+}
+
+/* grad *= s, rounding once into grad's dtype. */
+static an_status scale_grad(an_ctx *ctx, an_tensor *grad, double s) {
+    int64_t total = an_tensor_numel(grad);
+    void *data = an_tensor_data(grad);
+    if (grad->device == AN_CUDA) return an_cuda_scale(ctx, grad->dtype, data, total, s, data);
+    size_t size = an_dtype_size(grad->dtype);
+    double buf[CHUNK];
+    for (int64_t i = 0; i < total; i += CHUNK) {
+        size_t n = (size_t)(total - i < CHUNK ? total - i : CHUNK);
+        char *at = (char *)data + (size_t)i * size;
+        an_dtype_convert(at, grad->dtype, buf, AN_F64, n);
+        for (size_t j = 0; j < n; j++) buf[j] *= s;
+        an_dtype_convert(buf, AN_F64, at, grad->dtype, n);
+    }
+    return AN_OK;
+}
+
+/* torch/nn/utils/clip_grad.py, clip_grad_norm_ (norm_type 2, error_if_nonfinite=True):
+ *   total_norm = vector_norm(stack([vector_norm(g) for g in grads]))
+ *   clip_coef = max_norm / (total_norm + 1e-6); clip_coef_clamped = clamp(clip_coef, max=1.0)
+ *   g.mul_(clip_coef_clamped)
+ * Multiplying by a clamped 1.0 changes nothing, so grads are touched only when the coef is < 1. */
+an_status an_optim_clip_grad_norm(an_ctx *ctx, an_tensor *const *params, int n_params, double max_norm,
+                                  double *total_norm) {
+    AN_CHECK(ctx, max_norm > 0 && isfinite(max_norm), AN_ERR_INPUT, "clip_grad_norm: max_norm = %g, expected > 0",
+             max_norm);
+    double sum_sq = 0;
+    for (int i = 0; i < n_params; i++) {
+        an_tensor *g = params[i] ? params[i]->grad : NULL;
+        if (g) AN_TRY(optim_grad_sum_sq(ctx, g, 0, an_tensor_numel(g), &sum_sq));
+    }
+    double total = sqrt(sum_sq);
+    if (total_norm) *total_norm = total;
+    AN_CHECK(ctx, isfinite(total), AN_ERR_INPUT,
+             "clip_grad_norm: the total gradient norm is %g; no gradient was clipped", total);
+    double s = optim_clip_scale(max_norm, total);
+    if (s < 1.0)
+        for (int i = 0; i < n_params; i++)
+            if (params[i] && params[i]->grad) AN_TRY(scale_grad(ctx, params[i]->grad, s));
+    return AN_OK;
+}

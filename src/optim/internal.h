@@ -1,0 +1,38 @@
+/* internal.h — what the files of src/optim share and nothing outside reads: the optimizer
+ * struct, one registered parameter's state, and the gradient helpers. */
+#ifndef AN_OPTIM_INTERNAL_H
+#define AN_OPTIM_INTERNAL_H
+
+#include "optim/optim.h"
+
+#define OPTIM_NAME_MAX 96                 /* as an_param.name */
+#define OPTIM_STATE_NAME_MAX (OPTIM_NAME_MAX + 16)
+#define OPTIM_GRAD_EPS 1e-6               /* clip_grad_norm_: max_norm / (total + 1e-6) */
+
+enum { STATE_EXP_AVG = 0, STATE_EXP_AVG_SQ = 1, STATE_MASTER = 2 };
+
+typedef struct {
+    char name[OPTIM_NAME_MAX];
+    an_tensor **slot;          /* the parameter; elements [start, end) of it are ours */
+    bool no_decay;
+    int64_t start, end;
+    an_tensor *state[3];       /* exp_avg, exp_avg_sq, master (NULL for f32 parameters); f32,
+                                  the parameter's shape for a whole tensor, else (end - start) */
+    char state_names[3][OPTIM_STATE_NAME_MAX];
+} optim_entry;
+
+struct an_optim {
+    an_adamw_config config;
+    optim_entry *entries;
+    int n_entries, cap;
+    int64_t step;              /* steps taken */
+};
+
+/* Elements [start, end) of t as a 1-D view sharing storage (new reference), or NULL. */
+an_tensor *optim_slice(an_ctx *ctx, an_tensor *t, int64_t start, int64_t end);
+/* Adds the sum of squares of grad elements [start, end) to *acc, in float64. */
+an_status optim_grad_sum_sq(an_ctx *ctx, const an_tensor *grad, int64_t start, int64_t end, double *acc);
+/* max_norm / (total + 1e-6) clamped to at most 1, or 1 when max_norm <= 0. */
+double optim_clip_scale(double max_norm, double total_norm);
+
+#endif
