@@ -1,0 +1,39 @@
+/* generate.h — batched text generation on the KV cache: greedy, temperature, top-k and top-p
+ * sampling (in that order, as transformers applies them), eos ids, a per-token callback for
+ * streaming and stop strings, and max new tokens. Draws come from ctx's RNG, so a seed repeats
+ * a run exactly. Shared by `anneal generate`, evaluation and RL rollouts. */
+#ifndef AN_MODEL_GENERATE_H
+#define AN_MODEL_GENERATE_H
+
+#include <stdbool.h>
+
+#include "autograd/rng.h"
+#include "model/model.h"
+
+typedef struct {
+    int64_t max_new_tokens;      /* per row */
+    double temperature;          /* 0: greedy (argmax; ties to the lowest id) */
+    int64_t top_k;               /* 0: off */
+    double top_p;                /* 1: off */
+    const int64_t *eos_ids;      /* a row stops after emitting one of these (it is kept in the output) */
+    int n_eos_ids;
+    /* Called for every new token in order of generation; returning true stops that row (stop
+     * strings are checked here on the decoded text). May be NULL. */
+    bool (*on_token)(void *user, int64_t row, int32_t token);
+    void *user;
+} an_generate_opts;
+
+/* Greedy decoding with the model's eos ids and 128 new tokens. */
+an_generate_opts an_generate_defaults(const an_model *model);
+
+/* Continues n prompts (prompts[i] has prompt_lens[i] >= 1 ids). out[i] receives a malloc'ed array
+ * of the new tokens (caller frees) and out_lens[i] its length. */
+an_status an_generate(an_ctx *ctx, an_model *model, int64_t n, const int32_t *const *prompts, const int64_t *prompt_lens,
+                      const an_generate_opts *opts, int32_t **out, int64_t *out_lens);
+
+/* One token from logits (V) under opts' temperature/top-k/top-p, drawing one uniform from rng
+ * when sampling. scratch holds 2 * V doubles. */
+int32_t an_sample_token(const double *logits, int64_t vocab, const an_generate_opts *opts, an_rng *rng,
+                        double *scratch);
+
+#endif
