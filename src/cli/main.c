@@ -1,21 +1,31 @@
-/* main.c — the `anneal` command: parses the subcommand and maps library statuses to exit codes
- * (0 success, 2 bad input, 1 internal failure). */
+/* main.c — the `anneal` command: picks the subcommand (src/cli/<name>.c) and returns its exit
+ * code (0 success, 2 bad input, 1 internal failure). */
 #include <stdio.h>
 #include <string.h>
 
 #include "autograd/ctx.h"  /* an_cuda_compiled */
+#include "cli/cli.h"
 
 static const char usage[] =
     "usage: anneal <command> [options]\n"
     "\n"
     "anneal trains, tunes and exports DeepSeek-family language models.\n"
     "\n"
-    "commands available in this build:\n"
-    "  --version        print the version and the backends compiled in\n"
-    "  --help           print this text\n"
+    "commands:\n"
+    "  inspect MODEL_DIR            architecture, parameters, and the memory each kind of run needs\n"
+    "  --version                    version and the backends compiled in\n"
+    "  --help                       this text\n"
     "\n"
-    "Model loading, training recipes, generation and export are being built; see README.md for\n"
-    "what works today.\n";
+    "Run `anneal <command> --help` for a command's options. README.md says what works today.\n";
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+} command;
+
+static const command commands[] = {
+    {"inspect", an_cli_inspect},
+};
 
 int main(int argc, char **argv) {
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
@@ -26,6 +36,8 @@ int main(int argc, char **argv) {
         printf("anneal %s (backends: cpu%s)\n", ANNEAL_VERSION, an_cuda_compiled() ? ", cuda" : "");
         return 0;
     }
+    for (size_t i = 0; i < sizeof commands / sizeof *commands; i++)
+        if (strcmp(argv[1], commands[i].name) == 0) return commands[i].run(argc - 2, argv + 2);
     fprintf(stderr, "anneal: unknown command '%s' (see anneal --help)\n", argv[1]);
     return 2;
 }

@@ -246,11 +246,13 @@ static an_status read_config(reader *r, an_model_config *c) {
 an_status an_model_config_load(an_ctx *ctx, const char *path, an_model_config *out) {
     char file[4096];
     struct stat st;
-    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) snprintf(file, sizeof file, "%s/config.json", path);
-    else snprintf(file, sizeof file, "%s", path);
+    size_t n = strlen(path);
+    bool is_file = (stat(path, &st) == 0 && S_ISREG(st.st_mode)) || (n > 5 && strcmp(path + n - 5, ".json") == 0);
+    if (is_file) snprintf(file, sizeof file, "%s", path);
+    else snprintf(file, sizeof file, "%s/config.json", path);
     json_error_t jerr;
     json_t *root = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
-    AN_CHECK(ctx, root != NULL, AN_ERR_INPUT, "%s: %s (line %d)", file, jerr.text, jerr.line);
+    AN_CHECK(ctx, root != NULL, AN_ERR_INPUT, "%s: %s%s", file, jerr.line > 0 ? "" : "cannot read: ", jerr.text);
     an_model_config c;
     memset(&c, 0, sizeof c);
     reader r = {ctx, file, root};
