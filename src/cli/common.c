@@ -2,11 +2,26 @@
 #include "cli/cli.h"
 
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+
+/* Bad input is the user's to fix: the message names their file and field, and the source
+ * location of the check ("parse.c:434: ") is noise to them; internal failures keep it for us.
+ * ANNEAL_DEBUG=1 keeps it always. */
+static const char *user_message(const char *msg, an_status st) {
+    const char *debug = getenv("ANNEAL_DEBUG");
+    if (st != AN_ERR_INPUT || (debug && strcmp(debug, "0") != 0)) return msg;
+    const char *colon = strstr(msg, ".c:");
+    if (!colon || strchr(msg, ' ') < colon) return msg;
+    const char *p = colon + 3;
+    while (*p >= '0' && *p <= '9') p++;
+    return p[0] == ':' && p[1] == ' ' ? p + 2 : msg;
+}
 
 int an_cli_fail(an_ctx *ctx, const char *cmd) {
     an_status st = an_error_status(ctx);
-    fprintf(stderr, "anneal %s: %s\n", cmd, an_error_message(ctx)[0] ? an_error_message(ctx) : "failed");
+    const char *msg = an_error_message(ctx)[0] ? an_error_message(ctx) : "failed";
+    fprintf(stderr, "anneal %s: %s\n", cmd, user_message(msg, st));
     return st == AN_ERR_INPUT ? 2 : 1;
 }
 

@@ -252,7 +252,9 @@ an_status an_model_config_load(an_ctx *ctx, const char *path, an_model_config *o
     else snprintf(file, sizeof file, "%s/config.json", path);
     json_error_t jerr;
     json_t *root = json_load_file(file, JSON_REJECT_DUPLICATES, &jerr);
-    AN_CHECK(ctx, root != NULL, AN_ERR_INPUT, "%s: %s%s", file, jerr.line > 0 ? "" : "cannot read: ", jerr.text);
+    if (!root && jerr.line > 0)
+        AN_CHECK(ctx, 0, AN_ERR_INPUT, "%s: line %d: %s", file, jerr.line, jerr.text);
+    AN_CHECK(ctx, root != NULL, AN_ERR_INPUT, "%s: cannot read: %s", file, jerr.text);
     an_model_config c;
     memset(&c, 0, sizeof c);
     reader r = {ctx, file, root};
