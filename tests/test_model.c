@@ -9,6 +9,7 @@
 
 #include "ckpt/safetensors.h"
 #include "model/load.h"
+#include "model/save.h"
 #include "support/test_util.h"
 
 #define FIXTURES ANNEAL_SOURCE_DIR "/tests/fixtures/models"
@@ -186,6 +187,32 @@ START_TEST(test_bad_model_directories_are_named_errors) {
 }
 END_TEST
 
+START_TEST(test_saved_model_reloads_identically) {
+    an_ctx *ctx = test_ctx(5);
+    an_model *m = load(ctx, FIXTURES "/tiny-llama", AN_F32);
+    char dir[] = "/tmp/anneal-save-XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_msg(an_model_save(ctx, m, dir, AN_F32) == AN_OK, "%s", an_error_message(ctx));
+    an_model *again = load(ctx, dir, AN_F32);
+    ck_assert(memcmp(&again->config.rope, &m->config.rope, sizeof m->config.rope) == 0);
+    ck_assert_int_eq(again->config.num_kv_heads, m->config.num_kv_heads);
+    ck_assert_int_eq(again->config.eos_token_ids[0], m->config.eos_token_ids[0]);
+    for (int i = 0; i < m->n_params; i++) {
+        an_tensor *a = *m->params[i].slot, *b = *again->params[i].slot;
+        ck_assert_msg(memcmp(an_tensor_data(a), an_tensor_data(b), an_tensor_nbytes(a)) == 0, "%s differs",
+                      m->params[i].name);
+    }
+    ck_assert_msg(an_model_save(ctx, m, dir, AN_BF16) == AN_OK, "%s", an_error_message(ctx));
+    an_model *half = load(ctx, dir, AN_F32);
+    ck_assert_int_eq(half->config.torch_dtype, AN_BF16);
+    ck_assert_int_eq(an_model_save(ctx, m, dir, AN_I32), AN_ERR_INPUT);
+    an_error_clear(ctx);
+    remove_dir(dir);
+    an_model_free(m), an_model_free(again), an_model_free(half);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("core");
@@ -195,6 +222,7 @@ int main(void) {
     tcase_add_test(tc, test_checkpointed_models_match_transformers);
     tcase_add_test(tc, test_bf16_checkpoint_loads_and_tracks_f32);
     tcase_add_test(tc, test_bad_model_directories_are_named_errors);
+    tcase_add_test(tc, test_saved_model_reloads_identically);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

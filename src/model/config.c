@@ -5,7 +5,10 @@
 #include <limits.h>
 #include <stdio.h>
 #include <string.h>
+#include <stdlib.h>
 #include <sys/stat.h>
+
+#include "ckpt/atomic.h"  /* an_atomic_write_text */
 
 /* Keys that never change what the network computes; everything else must be understood. */
 static const char *const ignored_keys[] = {
@@ -271,4 +274,51 @@ int64_t an_model_config_num_params(const an_model_config *c) {
     int64_t layer = attn + mlp + 2 * h;
     int64_t embed = c->vocab_size * h;
     return embed * (c->tie_word_embeddings ? 1 : 2) + c->num_layers * layer + h;
+}
+
+an_status an_model_config_save(an_ctx *ctx, const an_model_config *c, an_dtype dtype, const char *path) {
+    json_t *j = json_object();
+    bool qwen2 = c->architecture == AN_ARCH_QWEN2;
+    json_object_set_new(j, "architectures", json_pack("[s]", c->architecture_name));
+    json_object_set_new(j, "model_type", json_string(qwen2 ? "qwen2" : "llama"));
+    json_object_set_new(j, "vocab_size", json_integer(c->vocab_size));
+    json_object_set_new(j, "hidden_size", json_integer(c->hidden_size));
+    json_object_set_new(j, "intermediate_size", json_integer(c->intermediate_size));
+    json_object_set_new(j, "num_hidden_layers", json_integer(c->num_layers));
+    json_object_set_new(j, "num_attention_heads", json_integer(c->num_heads));
+    json_object_set_new(j, "num_key_value_heads", json_integer(c->num_kv_heads));
+    json_object_set_new(j, "head_dim", json_integer(c->head_dim));
+    json_object_set_new(j, "max_position_embeddings", json_integer(c->max_position_embeddings));
+    json_object_set_new(j, "rms_norm_eps", json_real(c->rms_norm_eps));
+    json_object_set_new(j, "rope_theta", json_real(c->rope.theta));
+    if (c->rope.llama3_factor > 0)
+        json_object_set_new(j, "rope_scaling",
+                            json_pack("{s:s, s:f, s:f, s:f, s:f}", "rope_type", "llama3", "factor", c->rope.llama3_factor,
+                                      "low_freq_factor", c->rope.llama3_low_freq_factor, "high_freq_factor",
+                                      c->rope.llama3_high_freq_factor, "original_max_position_embeddings",
+                                      c->rope.llama3_original_max_position));
+    else json_object_set_new(j, "rope_scaling", json_null());
+    json_object_set_new(j, "tie_word_embeddings", json_boolean(c->tie_word_embeddings));
+    json_object_set_new(j, "hidden_act", json_string("silu"));
+    json_object_set_new(j, "attention_dropout", json_real(0.0));
+    if (qwen2) json_object_set_new(j, "use_sliding_window", json_false());
+    else {
+        json_object_set_new(j, "attention_bias", json_false());
+        json_object_set_new(j, "mlp_bias", json_false());
+    }
+    json_object_set_new(j, "torch_dtype", json_string(dtype == AN_BF16 ? "bfloat16" : dtype == AN_F16 ? "float16" : "float32"));
+    if (c->bos_token_id >= 0) json_object_set_new(j, "bos_token_id", json_integer(c->bos_token_id));
+    if (c->n_eos_token_ids == 1) json_object_set_new(j, "eos_token_id", json_integer(c->eos_token_ids[0]));
+    else if (c->n_eos_token_ids > 1) {
+        json_t *ids = json_array();
+        for (int i = 0; i < c->n_eos_token_ids; i++) json_array_append_new(ids, json_integer(c->eos_token_ids[i]));
+        json_object_set_new(j, "eos_token_id", ids);
+    }
+    json_object_set_new(j, "use_cache", json_true());
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(j);
+    AN_CHECK(ctx, text != NULL, AN_ERR_INTERNAL, "out of memory writing %s", path);
+    an_status st = an_atomic_write_text(ctx, path, text);
+    free(text);
+    return st;
 }

@@ -44,6 +44,10 @@ typedef struct {
 /* Reads MODEL_DIR/config.json (or a config.json path) into *out. */
 an_status an_model_config_load(an_ctx *ctx, const char *path, an_model_config *out);
 
+/* Writes the config as config.json in the layout the DeepSeek-R1-Distill checkpoints use (top-level
+ * rope_theta/rope_scaling, torch_dtype = `dtype`), atomically. */
+an_status an_model_config_save(an_ctx *ctx, const an_model_config *config, an_dtype dtype, const char *path);
+
 /* Parameter count of the model the config describes (embeddings and head counted once when tied). */
 int64_t an_model_config_num_params(const an_model_config *c);
 
