@@ -13,6 +13,7 @@ static const char usage[] =
     "\n"
     "commands:\n"
     "  inspect MODEL_DIR            architecture, parameters, and the memory each kind of run needs\n"
+    "  init CONFIG_JSON OUT_DIR     a new model with random weights, to train from scratch\n"
     "  --version                    version and the backends compiled in\n"
     "  --help                       this text\n"
     "\n"
@@ -25,6 +26,7 @@ typedef struct {
 
 static const command commands[] = {
     {"inspect", an_cli_inspect},
+    {"init", an_cli_init},
 };
 
 int main(int argc, char **argv) {

@@ -1,0 +1,90 @@
+/* init.c — `anneal init CONFIG_JSON OUT_DIR [--seed N] [--std S] [--dtype D] [--tokenizer DIR]`:
+ * a new model directory with random weights (normal(0, std), norms one, biases zero) for
+ * training from scratch, plus the tokenizer files of DIR when given. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "model/model.h"
+#include "model/save.h"
+
+static const char usage[] =
+    "usage: anneal init CONFIG_JSON OUT_DIR [--seed N] [--std S] [--dtype float32|bfloat16|float16] [--tokenizer DIR]\n";
+
+/* Copies DIR/name to OUT/name when it exists. */
+static int copy_if_present(const char *from_dir, const char *to_dir, const char *name) {
+    char src[4096], dst[4096];
+    snprintf(src, sizeof src, "%s/%s", from_dir, name);
+    snprintf(dst, sizeof dst, "%s/%s", to_dir, name);
+    FILE *in = fopen(src, "rb");
+    if (!in) return 0;
+    FILE *out = fopen(dst, "wb");
+    if (!out) {
+        fclose(in);
+        fprintf(stderr, "anneal init: cannot write %s\n", dst);
+        return 2;
+    }
+    char buf[65536];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, out);
+    int bad = ferror(in) || fclose(out) != 0;
+    fclose(in);
+    if (bad) fprintf(stderr, "anneal init: copying %s failed\n", src);
+    return bad ? 2 : 0;
+}
+
+int an_cli_init(int argc, char **argv) {
+    const char *config_path = NULL, *out_dir = NULL, *tokenizer = NULL;
+    long long seed = 0;
+    double std = 0.02;
+    an_dtype dtype = AN_F32;
+    for (int i = 0; i < argc; i++) {
+        int bad = 0;
+        const char *v;
+        char *end = NULL;
+        if ((v = an_cli_flag(argc, argv, &i, "--seed", &bad))) {
+            seed = strtoll(v, &end, 10);
+            bad = *end != '\0' || seed < 0;
+        } else if ((v = an_cli_flag(argc, argv, &i, "--std", &bad))) {
+            std = strtod(v, &end);
+            bad = *end != '\0' || !(std > 0);
+        } else if ((v = an_cli_flag(argc, argv, &i, "--dtype", &bad))) {
+            bad = !an_dtype_parse(v, &dtype) || !an_dtype_is_float(dtype) || dtype == AN_F64;
+        } else if ((v = an_cli_flag(argc, argv, &i, "--tokenizer", &bad))) {
+            tokenizer = v;
+        } else if (!bad && argv[i][0] != '-' && !config_path) {
+            config_path = argv[i];
+        } else if (!bad && argv[i][0] != '-' && !out_dir) {
+            out_dir = argv[i];
+        } else {
+            bad = 1;
+        }
+        if (bad) {
+            fprintf(stderr, "anneal init: bad argument '%s'\n%s", argv[i], usage);
+            return 2;
+        }
+    }
+    if (!config_path || !out_dir) {
+        fputs(usage, stderr);
+        return 2;
+    }
+    an_ctx *ctx = an_ctx_new((uint64_t)seed);
+    an_model_config config;
+    an_model *m = NULL;
+    int rc = 0;
+    if (an_model_config_load(ctx, config_path, &config) != AN_OK ||
+        an_model_create(ctx, &config, AN_F32, AN_CPU, &m) != AN_OK || an_model_init_random(ctx, m, std) != AN_OK ||
+        an_model_save(ctx, m, out_dir, dtype) != AN_OK) {
+        rc = an_cli_fail(ctx, "init");
+    }
+    const char *files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
+    for (size_t i = 0; rc == 0 && tokenizer && i < sizeof files / sizeof *files; i++)
+        rc = copy_if_present(tokenizer, out_dir, files[i]);
+    if (rc == 0)
+        printf("initialised %s: %lld parameters, normal(0, %g), seed %lld, %s\n", out_dir,
+               (long long)an_model_config_num_params(&config), std, seed, an_dtype_name(dtype));
+    an_model_free(m);
+    an_ctx_free(ctx);
+    return rc;
+}
