@@ -14,6 +14,7 @@ static const char usage[] =
     "commands:\n"
     "  inspect MODEL_DIR            architecture, parameters, and the memory each kind of run needs\n"
     "  init CONFIG_JSON OUT_DIR     a new model with random weights, to train from scratch\n"
+    "  plot RUN_DIR                 the run's loss curves as an SVG image\n"
     "  --version                    version and the backends compiled in\n"
     "  --help                       this text\n"
     "\n"
@@ -27,6 +28,7 @@ typedef struct {
 static const command commands[] = {
     {"inspect", an_cli_inspect},
     {"init", an_cli_init},
+    {"plot", an_cli_plot},
 };
 
 int main(int argc, char **argv) {
