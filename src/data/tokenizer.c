@@ -131,7 +131,7 @@ static an_status split_added(an_ctx *ctx, an_tokenizer *tok, stage st, const uin
 an_status an_tokenizer_encode_append(an_ctx *ctx, an_tokenizer *tok, const char *text, size_t len, bool add_special,
                                      an_token_ids *out) {
     AN_CHECK(ctx, tok && out && (text || !len), AN_ERR_INPUT, "an_tokenizer_encode: NULL argument");
-    const uint8_t *s = (const uint8_t *)text;
+    const uint8_t *s = len ? (const uint8_t *)text : (const uint8_t *)""; /* text may be NULL when empty */
     size_t bad = an_unicode_utf8_invalid_at(s, len);
     AN_CHECK(ctx, bad == len, AN_ERR_INPUT, "text to encode is not valid UTF-8 (byte %zu of %zu)", bad, len);
     size_t start = out->n;

@@ -591,7 +591,8 @@ an_status an_tokenizer_load_json(an_ctx *ctx, const char *name, const char *json
     tok->bos_id = tok->eos_id = tok->pad_id = -1;
     tok->name = strdup(name);
     loader L = {.ctx = ctx, .file = name, .tok = tok};
-    an_status st = tok->name ? load_tokenizer_json(&L, json ? json : "", len) : OOM(&L);
+    bool ok = tok->name && an_text_reserve(&tok->pool, 1 << 16); /* pool.data is never NULL */
+    an_status st = ok ? load_tokenizer_json(&L, json ? json : "", len) : OOM(&L);
     if (st == AN_OK && config) {
         loader C = {.ctx = ctx, .file = config_name ? config_name : "tokenizer_config.json", .tok = tok};
         st = load_config(&C, config, config_len);

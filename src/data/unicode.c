@@ -122,6 +122,7 @@ int an_unicode_utf8_encode(uint32_t cp, uint8_t out[4]) {
 
 bool an_unicode_append_lossy(an_text *out, const uint8_t *s, size_t n) {
     static const uint8_t replacement[3] = {0xEF, 0xBF, 0xBD};
+    if (!n) return true; /* s may be NULL */
     size_t i = 0, run = 0; /* s[run..i) is valid and not yet copied */
     while (i < n) {
         size_t prefix, len = utf8_sequence(s + i, n - i, &prefix);
