@@ -130,8 +130,8 @@ static an_status load_vocab(loader *L, const json_t *vocab) {
     json_object_foreach((json_t *)vocab, key, value) {
         char p[300];
         snprintf(p, sizeof p, "model.vocab[\"%.200s\"]", key);
-        int32_t id, existing;
-        an_span s;
+        int32_t id = 0, existing;
+        an_span s = {0, 0};
         AN_TRY(get_id(L, value, p, &id));
         AN_TRY(pool_add(L, key, strlen(key), &s));
         if (!an_strmap_put(&tok->vocab, &tok->pool, s, id, &existing)) return OOM(L);
@@ -194,8 +194,8 @@ static an_status load_merges(loader *L, const json_t *merges) {
 static an_status load_model(loader *L, const json_t *root) {
     static const char *const keys[] = {"type", "dropout", "unk_token", "continuing_subword_prefix", "end_of_word_suffix",
                                        "fuse_unk", "byte_fallback", "ignore_merges", "vocab", "merges", NULL};
-    json_t *model, *v;
-    const char *type;
+    json_t *model = NULL, *v;
+    const char *type = NULL;
     char b[80];
     AN_TRY(get_object(L, root, "", "model", &model));
     AN_TRY(get_type(L, model, "model", &type));
@@ -219,7 +219,7 @@ static an_status load_model(loader *L, const json_t *root) {
     AN_TRY(get_bool(L, model, "model", "byte_fallback", false, &flag));
     AN_CHECK(L->ctx, !flag, AN_ERR_INPUT, "%s: model.byte_fallback = true is not supported", L->file);
     AN_TRY(get_bool(L, model, "model", "ignore_merges", false, &L->tok->ignore_merges));
-    json_t *vocab;
+    json_t *vocab = NULL;
     AN_TRY(get_object(L, model, "model", "vocab", &vocab));
     AN_TRY(load_vocab(L, vocab));
     v = json_object_get(model, "merges");
@@ -285,7 +285,7 @@ static an_status check_nesting(loader *L, const char *path) {
 }
 
 static an_status load_normalizer(loader *L, const json_t *n, const char *path) {
-    const char *type;
+    const char *type = NULL;
     if (!n || json_is_null(n)) return AN_OK;
     AN_CHECK(L->ctx, json_is_object(n), AN_ERR_INPUT, "%s: %s is not an object", L->file, path);
     AN_TRY(get_type(L, n, path, &type));
@@ -345,7 +345,7 @@ static an_status add_split(loader *L, const char *path, const char *pattern, siz
 }
 
 static an_status load_pre_tokenizer(loader *L, const json_t *n, const char *path) {
-    const char *type;
+    const char *type = NULL;
     char p[256], b[80];
     AN_CHECK(L->ctx, json_is_object(n), AN_ERR_INPUT, "%s: %s %s", L->file, path,
              n && !json_is_null(n) ? "is not an object" : "is null (byte-level BPE needs a ByteLevel pre-tokenizer)");
@@ -403,7 +403,7 @@ static an_status load_pre_tokenizer(loader *L, const json_t *n, const char *path
 static an_status load_decoder(loader *L, const json_t *root) {
     static const char *const keys[] = {"type", "add_prefix_space", "trim_offsets", "use_regex", NULL};
     json_t *d = json_object_get(root, "decoder");
-    const char *type;
+    const char *type = NULL;
     AN_CHECK(L->ctx, json_is_object(d), AN_ERR_INPUT, "%s: decoder %s", L->file,
              d && !json_is_null(d) ? "is not an object" : "is null (byte-level BPE needs the ByteLevel decoder)");
     AN_TRY(get_type(L, d, "decoder", &type));
@@ -464,7 +464,7 @@ static an_status load_template(loader *L, const json_t *n, const char *path) {
 }
 
 static an_status load_post_processor(loader *L, const json_t *n, const char *path) {
-    const char *type;
+    const char *type = NULL;
     if (!n || json_is_null(n)) return AN_OK;
     AN_CHECK(L->ctx, json_is_object(n), AN_ERR_INPUT, "%s: %s is not an object", L->file, path);
     AN_TRY(get_type(L, n, path, &type));
