@@ -9,6 +9,8 @@
 int an_cli_inspect(int argc, char **argv);
 int an_cli_init(int argc, char **argv);
 int an_cli_plot(int argc, char **argv);
+int an_cli_tokenize(int argc, char **argv);
+int an_cli_generate(int argc, char **argv);
 
 /* Prints ctx's error as "anneal <cmd>: <message>" and returns the exit code for its status. */
 int an_cli_fail(an_ctx *ctx, const char *cmd);

@@ -15,6 +15,8 @@ static const char usage[] =
     "  inspect MODEL_DIR            architecture, parameters, and the memory each kind of run needs\n"
     "  init CONFIG_JSON OUT_DIR     a new model with random weights, to train from scratch\n"
     "  plot RUN_DIR                 the run's loss curves as an SVG image\n"
+    "  tokenize --model DIR [FILE]  token ids (or --count) of each input line\n"
+    "  generate --model DIR --prompt TEXT   continue a prompt, streaming the text\n"
     "  --version                    version and the backends compiled in\n"
     "  --help                       this text\n"
     "\n"
@@ -29,6 +31,8 @@ static const command commands[] = {
     {"inspect", an_cli_inspect},
     {"init", an_cli_init},
     {"plot", an_cli_plot},
+    {"tokenize", an_cli_tokenize},
+    {"generate", an_cli_generate},
 };
 
 int main(int argc, char **argv) {
