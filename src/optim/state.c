@@ -48,7 +48,7 @@ an_status an_optim_restore(an_ctx *ctx, an_optim *opt, int64_t step, int n, cons
     AN_CHECK(ctx, n == count, AN_ERR_INPUT, "optimizer state: %d tensors given, this optimizer has %d", n, count);
     /* n == count and every state tensor matched by exactly one distinct name: a bijection. */
     for (int i = 0; i < count; i++) {
-        const char *name;
+        const char *name = NULL;
         an_tensor *state = an_optim_state_at(opt, i, &name);
         int found = -1;
         for (int j = 0; j < n; j++) {

@@ -53,7 +53,8 @@ static inline void remove_tree(const char *path) {
         while ((e = readdir(d)) != NULL) {
             if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
             char child[1024];
-            snprintf(child, sizeof child, "%s/%s", path, e->d_name);
+            int n = snprintf(child, sizeof child, "%s/%s", path, e->d_name);
+            ck_assert_msg(n > 0 && (size_t)n < sizeof child, "path too long under %s", path);
             remove_tree(child);
         }
         closedir(d);
