@@ -141,6 +141,8 @@ typedef struct {
         int64_t every;                /* optimizer steps between metric lines */
         char *jsonl;                  /* metrics file; default <output_dir>/metrics.jsonl */
         an_recipe_progress progress;
+        int64_t samples;              /* validation prompts continued (greedy) before and after training */
+        int64_t sample_tokens;        /* new tokens per sample */
     } logging;
 
     struct {                          /* parsed and validated only; `anneal export` acts on it */

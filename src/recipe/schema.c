@@ -113,6 +113,8 @@ const recipe_key recipe_keys[K_COUNT] = {
     [K_LOGGING_EVERY] = {KEY("logging.every", KIND_INT, logging.every), INT_AT_LEAST(1)},
     [K_LOGGING_JSONL] = {KEY("logging.jsonl", KIND_STRING, logging.jsonl)},
     [K_LOGGING_PROGRESS] = {KEY("logging.progress", KIND_ENUM, logging.progress), ENUM(progress)},
+    [K_LOGGING_SAMPLES] = {KEY("logging.samples", KIND_INT, logging.samples), INT_AT_LEAST(0)},
+    [K_LOGGING_SAMPLE_TOKENS] = {KEY("logging.sample_tokens", KIND_INT, logging.sample_tokens), INT_AT_LEAST(1)},
 
     [K_EXPORT] = {SECTION("export"), .offset = FIELD(export_opts.enabled)},
     [K_EXPORT_FORMAT] = {KEY("export.format", KIND_ENUM, export_opts.format), ENUM(export_formats)},
@@ -141,7 +143,7 @@ const an_recipe recipe_defaults = {
                   .weight_decay = 0.0},
     .schedule = {.type = AN_RECIPE_SCHEDULE_COSINE, .warmup_steps = 0, .warmup_ratio = 0.0, .min_lr_ratio = 0.0},
     .checkpoint = {.every = 500, .keep_last = 3, .resume = AN_RECIPE_RESUME_AUTO},
-    .logging = {.every = 10, .progress = AN_RECIPE_PROGRESS_AUTO},
+    .logging = {.every = 10, .progress = AN_RECIPE_PROGRESS_AUTO, .samples = 2, .sample_tokens = 48},
     .export_opts = {.enabled = false, .format = AN_RECIPE_EXPORT_SAFETENSORS_MERGED, .quant = AN_RECIPE_QUANT_NONE,
                     .dtype = AN_BF16},
 };
