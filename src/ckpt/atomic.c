@@ -85,3 +85,24 @@ an_status an_atomic_write_text(an_ctx *ctx, const char *path, const char *text) 
     }
     return an_atomic_commit(ctx, &f);
 }
+
+an_status an_atomic_copy_file(an_ctx *ctx, const char *from, const char *to) {
+    FILE *in = fopen(from, "rb");
+    AN_CHECK(ctx, in != NULL, AN_ERR_INPUT, "%s: cannot open: %s", from, strerror(errno));
+    an_atomic_file out;
+    an_status st = an_atomic_open(ctx, to, &out);
+    if (st != AN_OK) {
+        fclose(in);
+        return st;
+    }
+    char buf[1 << 16];
+    size_t n;
+    while (st == AN_OK && (n = fread(buf, 1, sizeof buf, in)) > 0) st = an_atomic_write(ctx, &out, buf, n);
+    if (st == AN_OK && ferror(in)) st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "%s: read failed", from);
+    fclose(in);
+    if (st != AN_OK) {
+        an_atomic_abort(&out);
+        return st;
+    }
+    return an_atomic_commit(ctx, &out);
+}

@@ -20,6 +20,8 @@ an_status an_atomic_write(an_ctx *ctx, an_atomic_file *f, const void *data, size
 an_status an_atomic_commit(an_ctx *ctx, an_atomic_file *f);
 /* Closes and removes the temporary file; frees f. */
 void an_atomic_abort(an_atomic_file *f);
+/* A copy of FROM as TO. */
+an_status an_atomic_copy_file(an_ctx *ctx, const char *from, const char *to);
 /* The whole of `text` as PATH. */
 an_status an_atomic_write_text(an_ctx *ctx, const char *path, const char *text);
 

@@ -17,35 +17,11 @@
 
 #include "ckpt/atomic.h"  /* an_atomic_*: copies appear whole and fsynced */
 #include "model/lora.h"   /* an_lora_save_peft, an_lora_parse_targets */
-
-/* Copied from the base model directory when present (config.json is handled apart). */
-static const char *const tokenizer_files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                                              "generation_config.json"};
+#include "model/save.h"   /* an_model_copy_tokenizer */
 
 static bool is_file(const char *path) {
     struct stat sb;
     return stat(path, &sb) == 0 && S_ISREG(sb.st_mode);
-}
-
-static an_status copy_file(an_ctx *ctx, const char *from, const char *to) {
-    FILE *in = fopen(from, "rb");
-    AN_CHECK(ctx, in != NULL, AN_ERR_INPUT, "%s: cannot open: %s", from, strerror(errno));
-    an_atomic_file out;
-    an_status st = an_atomic_open(ctx, to, &out);
-    if (st != AN_OK) {
-        fclose(in);
-        return st;
-    }
-    char buf[1 << 16];
-    size_t n;
-    while (st == AN_OK && (n = fread(buf, 1, sizeof buf, in)) > 0) st = an_atomic_write(ctx, &out, buf, n);
-    if (st == AN_OK && ferror(in)) st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "%s: read failed", from);
-    fclose(in);
-    if (st != AN_OK) {
-        an_atomic_abort(&out);
-        return st;
-    }
-    return an_atomic_commit(ctx, &out);
 }
 
 /* The base directory's config.json must describe the model being saved. */
@@ -82,7 +58,7 @@ static an_status write_full(an_ctx *ctx, const char *dir, const an_ckpt_contents
     snprintf(from, sizeof from, "%s/config.json", c->base_model_dir);
     AN_TRY(check_base_config(ctx, from, &m->config));
     snprintf(to, sizeof to, "%s/config.json", dir);
-    AN_TRY(copy_file(ctx, from, to));
+    AN_TRY(an_atomic_copy_file(ctx, from, to));
 
     const char **names = malloc((size_t)m->n_params * sizeof *names);
     an_tensor **tensors = malloc((size_t)m->n_params * sizeof *tensors);
@@ -104,14 +80,7 @@ static an_status write_full(an_ctx *ctx, const char *dir, const an_ckpt_contents
 an_status ckpt_weights_write(an_ctx *ctx, const char *dir, const an_ckpt_contents *c) {
     if (c->model->n_adapter_params > 0) AN_TRY(an_lora_save_peft(ctx, c->model, dir, c->base_model_dir));
     else AN_TRY(write_full(ctx, dir, c));
-    if (!c->base_model_dir) return AN_OK;
-    for (size_t i = 0; i < sizeof tokenizer_files / sizeof *tokenizer_files; i++) {
-        char from[4096], to[4096];
-        snprintf(from, sizeof from, "%s/%s", c->base_model_dir, tokenizer_files[i]);
-        snprintf(to, sizeof to, "%s/%s", dir, tokenizer_files[i]);
-        if (is_file(from)) AN_TRY(copy_file(ctx, from, to));
-    }
-    return AN_OK;
+    return c->base_model_dir ? an_model_copy_tokenizer(ctx, c->base_model_dir, dir) : AN_OK;
 }
 
 /* ---- reading back ------------------------------------------------------------------------------ */

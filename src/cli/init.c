@@ -12,28 +12,6 @@
 static const char usage[] =
     "usage: anneal init CONFIG_JSON OUT_DIR [--seed N] [--std S] [--dtype float32|bfloat16|float16] [--tokenizer DIR]\n";
 
-/* Copies DIR/name to OUT/name when it exists. */
-static int copy_if_present(const char *from_dir, const char *to_dir, const char *name) {
-    char src[4096], dst[4096];
-    snprintf(src, sizeof src, "%s/%s", from_dir, name);
-    snprintf(dst, sizeof dst, "%s/%s", to_dir, name);
-    FILE *in = fopen(src, "rb");
-    if (!in) return 0;
-    FILE *out = fopen(dst, "wb");
-    if (!out) {
-        fclose(in);
-        fprintf(stderr, "anneal init: cannot write %s\n", dst);
-        return 2;
-    }
-    char buf[65536];
-    size_t n;
-    while ((n = fread(buf, 1, sizeof buf, in)) > 0) fwrite(buf, 1, n, out);
-    int bad = ferror(in) || fclose(out) != 0;
-    fclose(in);
-    if (bad) fprintf(stderr, "anneal init: copying %s failed\n", src);
-    return bad ? 2 : 0;
-}
-
 int an_cli_init(int argc, char **argv) {
     const char *config_path = NULL, *out_dir = NULL, *tokenizer = NULL;
     long long seed = 0;
@@ -78,9 +56,7 @@ int an_cli_init(int argc, char **argv) {
         an_model_save(ctx, m, out_dir, dtype) != AN_OK) {
         rc = an_cli_fail(ctx, "init");
     }
-    const char *files[] = {"tokenizer.json", "tokenizer_config.json", "generation_config.json"};
-    for (size_t i = 0; rc == 0 && tokenizer && i < sizeof files / sizeof *files; i++)
-        rc = copy_if_present(tokenizer, out_dir, files[i]);
+    if (rc == 0 && tokenizer && an_model_copy_tokenizer(ctx, tokenizer, out_dir) != AN_OK) rc = an_cli_fail(ctx, "init");
     if (rc == 0)
         printf("initialised %s: %lld parameters, normal(0, %g), seed %lld, %s\n", out_dir,
                (long long)an_model_config_num_params(&config), std, seed, an_dtype_name(dtype));

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 
+#include "ckpt/atomic.h"       /* an_atomic_copy_file */
 #include "ckpt/safetensors.h"  /* an_safetensors_write */
 
 an_status an_model_save(an_ctx *ctx, const an_model *m, const char *dir, an_dtype dtype) {
@@ -40,4 +41,17 @@ an_status an_model_save(an_ctx *ctx, const an_model *m, const char *dir, an_dtyp
     for (int i = 0; tensors && i < m->n_params; i++) an_tensor_release(tensors[i]);
     free(names), free(tensors);
     return st;
+}
+
+an_status an_model_copy_tokenizer(an_ctx *ctx, const char *from_dir, const char *to_dir) {
+    static const char *const files[] = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                                        "generation_config.json"};
+    for (size_t i = 0; i < sizeof files / sizeof *files; i++) {
+        char from[4096], to[4096];
+        snprintf(from, sizeof from, "%s/%s", from_dir, files[i]);
+        snprintf(to, sizeof to, "%s/%s", to_dir, files[i]);
+        struct stat sb;
+        if (stat(from, &sb) == 0 && S_ISREG(sb.st_mode)) AN_TRY(an_atomic_copy_file(ctx, from, to));
+    }
+    return AN_OK;
 }

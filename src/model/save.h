@@ -8,4 +8,8 @@
  * when absent. A model with unmerged LoRA adapters is refused. */
 an_status an_model_save(an_ctx *ctx, const an_model *model, const char *dir, an_dtype dtype);
 
+/* Copies the tokenizer files of a model directory (tokenizer.json, tokenizer_config.json,
+ * special_tokens_map.json, generation_config.json; those present) from FROM_DIR to TO_DIR. */
+an_status an_model_copy_tokenizer(an_ctx *ctx, const char *from_dir, const char *to_dir);
+
 #endif
