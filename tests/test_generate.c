@@ -221,6 +221,12 @@ START_TEST(test_eos_and_callback_stop_rows) {
     run(ctx, m, 1, prompts, lens, &o, out, out_len);
     ck_assert_int_eq(out_len[0], 3);
     free(out[0]);
+    o.on_token = NULL;
+    o.vocab_limit = 7; /* a padded embedding: ids the tokenizer lacks are never produced */
+    o.temperature = 1.0;
+    run(ctx, m, 1, prompts, lens, &o, out, out_len);
+    for (int64_t i = 0; i < out_len[0]; i++) ck_assert_int_lt(out[0][i], 7);
+    free(out[0]);
     const int32_t bad[] = {300};
     const int32_t *bad_prompts[] = {bad};
     int64_t bad_len[] = {1};

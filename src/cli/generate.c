@@ -123,6 +123,7 @@ int an_cli_generate(int argc, char **argv) {
         o.temperature = temperature;
         o.top_k = top_k;
         o.top_p = top_p;
+        o.vocab_limit = an_tokenizer_vocab_size(s.tok);
         o.on_token = on_token;
         o.user = &s;
         const int32_t *prompts[1] = {ids};

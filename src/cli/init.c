@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "data/tokenizer.h"
 #include "model/model.h"
 #include "model/save.h"
 
@@ -51,11 +52,19 @@ int an_cli_init(int argc, char **argv) {
     an_model_config config;
     an_model *m = NULL;
     int rc = 0;
+    an_tokenizer *tok = NULL;
     if (an_model_config_load(ctx, config_path, &config) != AN_OK ||
-        an_model_create(ctx, &config, AN_F32, AN_CPU, &m) != AN_OK || an_model_init_random(ctx, m, std) != AN_OK ||
-        an_model_save(ctx, m, out_dir, dtype) != AN_OK) {
+        (tokenizer && an_tokenizer_load(ctx, tokenizer, &tok) != AN_OK)) {
+        rc = an_cli_fail(ctx, "init");
+    } else if (tok && an_tokenizer_vocab_size(tok) > config.vocab_size) { /* checked before anything is written */
+        fprintf(stderr, "anneal init: %s/tokenizer.json has %d tokens but %s: vocab_size is %lld\n", tokenizer,
+                an_tokenizer_vocab_size(tok), config_path, (long long)config.vocab_size);
+        rc = 2;
+    } else if (an_model_create(ctx, &config, AN_F32, AN_CPU, &m) != AN_OK || an_model_init_random(ctx, m, std) != AN_OK ||
+               an_model_save(ctx, m, out_dir, dtype) != AN_OK) {
         rc = an_cli_fail(ctx, "init");
     }
+    an_tokenizer_free(tok);
     if (rc == 0 && tokenizer && an_model_copy_tokenizer(ctx, tokenizer, out_dir) != AN_OK) rc = an_cli_fail(ctx, "init");
     if (rc == 0)
         printf("initialised %s: %lld parameters, normal(0, %g), seed %lld, %s\n", out_dir,

@@ -101,7 +101,8 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
         int64_t n_active = 0;
         for (int64_t i = 0; i < n; i++) {
             if (done[i]) continue;
-            int32_t t = an_sample_token(logit_rows + i * vocab, vocab, o, &ctx->rng, scratch);
+            int64_t allowed = o->vocab_limit > 0 && o->vocab_limit < vocab ? o->vocab_limit : vocab;
+            int32_t t = an_sample_token(logit_rows + i * vocab, allowed, o, &ctx->rng, scratch);
             tokens[i * o->max_new_tokens + count[i]++] = t;
             bool stop = is_eos(o, t) || count[i] == o->max_new_tokens;
             if (o->on_token && o->on_token(o->user, i, t)) stop = true;

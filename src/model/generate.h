@@ -15,6 +15,8 @@ typedef struct {
     double temperature;          /* 0: greedy (argmax; ties to the lowest id) */
     int64_t top_k;               /* 0: off */
     double top_p;                /* 1: off */
+    int64_t vocab_limit;         /* > 0: only ids below it are produced (the tokenizer's size when the
+                                    embedding is padded beyond it); 0: the whole vocabulary */
     const int64_t *eos_ids;      /* a row stops after emitting one of these (it is kept in the output) */
     int n_eos_ids;
     /* Called for every new token in order of generation; returning true stops that row (stop
