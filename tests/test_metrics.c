@@ -39,7 +39,7 @@ START_TEST(test_metrics_lines_and_plot) {
     an_metrics_close(&m);
     fclose(sink);
     const char *text = slurp(path);
-    ck_assert_ptr_nonnull(strstr(text, "{\"step\": 7, \"kind\": \"train\", \"loss\": 0.714285714, \"lr\": 0.001, \"grad_norm\": null}"));
+    ck_assert_ptr_nonnull(strstr(text, "{\"step\": 7, \"kind\": \"train\", \"loss\": 0.7142857142857143, \"lr\": 0.001, \"grad_norm\": null}"));
     ck_assert_ptr_nonnull(strstr(text, "\"kind\": \"eval\", \"eval_loss\": 0.4"));
     ck_assert_int_eq(an_plot_loss_svg(ctx, path, svg), AN_OK);
     const char *image = slurp(svg);

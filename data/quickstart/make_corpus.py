@@ -5,7 +5,8 @@ lists, so the data carries no third-party licence (it is released with anneal, s
   python3 data/quickstart/make_corpus.py [--seed 1] [--out data/quickstart]
 
 writes
-  pretrain.jsonl   general text ({"text": ...}) and small chats ({"messages": [...]}) that the
+  pretrain_text.jsonl, pretrain_chat.jsonl
+                   general text ({"text": ...}) and small chats ({"messages": [...]}) that the
                    quickstart base model (checkpoints/tiny-qwen2-quickstart) was pretrained on
   train.jsonl      the "domain": chats in which an assistant gives weather forecasts for
                    invented towns in one fixed house style (the quickstart LoRA-tunes on it)
@@ -104,7 +105,8 @@ def main():
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
 
     pre = [({"text": story(r)} if r.random() < 0.7 else small_chat(r)) for _ in range(args.pretrain_docs)]
-    dump("pretrain.jsonl", pre)
+    dump("pretrain_text.jsonl", [p for p in pre if "text" in p])    # one format per file
+    dump("pretrain_chat.jsonl", [p for p in pre if "messages" in p])
     dump("train.jsonl", [forecast_chat(r, r.choice(train_towns)) for _ in range(1200)])
     dump("heldout.jsonl", [forecast_chat(r, r.choice(heldout_towns)) for _ in range(120)])
     with open(os.path.join(args.out, "tokenizer_corpus.txt"), "w", encoding="utf-8") as f:

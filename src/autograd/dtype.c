@@ -123,6 +123,15 @@ void an_dtype_convert(const void *src, an_dtype src_dtype, void *dst, an_dtype d
         memcpy(dst, src, n * an_dtype_size(src_dtype));
         return;
     }
+    /* The reference kernels widen f32 to f64 and round back on every op: keep those loops tight. */
+    if (src_dtype == AN_F32 && dst_dtype == AN_F64) {
+        for (size_t i = 0; i < n; i++) ((double *)dst)[i] = ((const float *)src)[i];
+        return;
+    }
+    if (src_dtype == AN_F64 && dst_dtype == AN_F32) {
+        for (size_t i = 0; i < n; i++) ((float *)dst)[i] = (float)((const double *)src)[i];
+        return;
+    }
     if (src_dtype == AN_F32 && dst_dtype == AN_BF16) {
         for (size_t i = 0; i < n; i++) ((uint16_t *)dst)[i] = an_f32_to_bf16(((const float *)src)[i]);
         return;

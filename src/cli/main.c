@@ -12,6 +12,7 @@ static const char usage[] =
     "anneal trains, tunes and exports DeepSeek-family language models.\n"
     "\n"
     "commands:\n"
+    "  run RECIPE.yaml [key=value]  train as the recipe says (LoRA or full fine-tuning)\n"
     "  inspect MODEL_DIR            architecture, parameters, and the memory each kind of run needs\n"
     "  init CONFIG_JSON OUT_DIR     a new model with random weights, to train from scratch\n"
     "  plot RUN_DIR                 the run's loss curves as an SVG image\n"
@@ -28,6 +29,7 @@ typedef struct {
 } command;
 
 static const command commands[] = {
+    {"run", an_cli_run},
     {"inspect", an_cli_inspect},
     {"init", an_cli_init},
     {"plot", an_cli_plot},

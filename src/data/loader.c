@@ -239,6 +239,8 @@ void an_data_loader_free(an_data_loader *l) {
 }
 
 int64_t an_data_loader_documents(const an_data_loader *l) { return l->n_docs; }
+int64_t an_data_loader_document(const an_data_loader *l, int64_t i) { return l->docs[i]; }
+an_dataset *an_data_loader_dataset(const an_data_loader *l) { return l->ds; }
 
 an_data_cursor an_data_loader_cursor(const an_data_loader *l) { return l->cursor; }
 

@@ -82,6 +82,9 @@ void an_data_loader_rewind(an_data_loader *loader);
 an_status an_data_loader_rows_in_epoch(an_ctx *ctx, an_data_loader *loader, int64_t epoch, int64_t *rows);
 an_status an_data_loader_batches_in_epoch(an_ctx *ctx, an_data_loader *loader, int64_t epoch, int64_t *batches);
 int64_t an_data_loader_documents(const an_data_loader *loader);
+/* The dataset index of the loader's i-th document (ascending), and the dataset it reads. */
+int64_t an_data_loader_document(const an_data_loader *loader, int64_t i);
+an_dataset *an_data_loader_dataset(const an_data_loader *loader);
 
 /* A deterministic held-out split of documents 0..n_docs-1: round(fraction * n_docs) of them (at least
  * one when fraction > 0), chosen by a seeded shuffle, go to *validation, the rest to *train; both

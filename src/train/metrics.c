@@ -38,7 +38,8 @@ an_status an_metrics_record(an_ctx *ctx, an_metrics *m, int64_t step, const char
     if (!m->jsonl) return AN_OK;
     fprintf(m->jsonl, "{\"step\": %lld, \"kind\": \"%s\"", (long long)step, kind);
     for (int i = 0; i < n; i++) {
-        if (isfinite(values[i].value)) fprintf(m->jsonl, ", \"%s\": %.9g", values[i].key, values[i].value);
+        /* 17 significant digits: a double reads back exactly, so runs can be compared bit for bit */
+        if (isfinite(values[i].value)) fprintf(m->jsonl, ", \"%s\": %.17g", values[i].key, values[i].value);
         else fprintf(m->jsonl, ", \"%s\": null", values[i].key);
     }
     fputs("}\n", m->jsonl);
