@@ -76,6 +76,14 @@ START_TEST(test_init_then_generate) {
     ck_assert_msg(run(args, out, sizeof out) == 0, "%s", out);
     snprintf(args, sizeof args, "generate --model %s/m --prompt 'Hello there' --max-new-tokens 5 --seed 1", dir);
     ck_assert_msg(run(args, out, sizeof out) == 0, "%s", out);
+    snprintf(args, sizeof args, "echo '{\"prompt\": \"Hi\", \"completion\": \" there, friend\"}' > %s/d.jsonl", dir);
+    ck_assert_int_eq(system(args), 0);
+    snprintf(args, sizeof args, "eval --model %s/m --data %s/d.jsonl --seq-len 32", dir, dir);
+    ck_assert_msg(run(args, out, sizeof out) == 0, "%s", out);
+    ck_assert_ptr_nonnull(strstr(out, "perplexity"));
+    snprintf(args, sizeof args, "eval --model %s/m --data %s/missing.jsonl", dir, dir);
+    ck_assert_int_eq(run(args, out, sizeof out), 2);
+    ck_assert_ptr_nonnull(strstr(out, "missing.jsonl"));
     snprintf(args, sizeof args, "generate --model %s/m --prompt hi --top-p 1.5", dir);
     ck_assert_int_eq(run(args, out, sizeof out), 2);
     snprintf(args, sizeof args, "rm -rf %s", dir);

@@ -9,20 +9,19 @@
 #include "autograd/tape.h"    /* an_no_grad_* */
 #include "model/generate.h"
 
-an_status an_run_evaluate(an_ctx *ctx, an_run *run, double *loss) {
+an_status an_eval_loss(an_ctx *ctx, an_model *m, an_data_loader *loader, int64_t max_batches, double *loss,
+                       int64_t *tokens_out) {
     *loss = NAN;
-    if (!run->validation) return AN_OK;
-    an_model *m = run->model;
     bool was_training = m->training;
     m->training = false;
-    an_data_loader_rewind(run->validation);
+    an_data_loader_rewind(loader);
     double total = 0;
-    int64_t tokens = 0, limit = run->recipe->training.eval_steps;
+    int64_t tokens = 0;
     an_status st = AN_OK;
     an_no_grad_begin(ctx);
-    for (int64_t b = 0; st == AN_OK && (limit == 0 || b < limit); b++) {
+    for (int64_t b = 0; st == AN_OK && (max_batches == 0 || b < max_batches); b++) {
         an_data_batch batch;
-        st = an_data_loader_next(ctx, run->validation, &batch);
+        st = an_data_loader_next(ctx, loader, &batch);
         if (st != AN_OK) break;
         if (batch.epoch > 0) { /* wrapped around: the whole set has been seen */
             an_data_batch_release(&batch);
@@ -32,7 +31,13 @@ an_status an_run_evaluate(an_ctx *ctx, an_run *run, double *loss) {
         opts.normalizer = 1.0; /* the sum over tokens; divided by the count below */
         an_tensor *l = an_model_loss(ctx, m, batch.ids, batch.labels, batch.positions, batch.segments, &opts);
         if (!l) st = an_error_status(ctx);
-        else total += an_tensor_get(l, 0); /* CPU scalar; CUDA losses are copied by an_tensor_get's caller */
+        else if (l->device == AN_CPU) total += an_tensor_get(l, 0);
+        else {
+            an_tensor *host = an_tensor_to(ctx, l, AN_F64, AN_CPU);
+            if (host) total += an_tensor_get(host, 0);
+            else st = an_error_status(ctx);
+            an_tensor_release(host);
+        }
         tokens += batch.loss_tokens;
         bool last = batch.epoch_end;
         an_tensor_release(l);
@@ -42,7 +47,14 @@ an_status an_run_evaluate(an_ctx *ctx, an_run *run, double *loss) {
     an_no_grad_end(ctx);
     m->training = was_training;
     if (st == AN_OK && tokens > 0) *loss = total / (double)tokens;
+    if (tokens_out) *tokens_out = tokens;
     return st;
+}
+
+an_status an_run_evaluate(an_ctx *ctx, an_run *run, double *loss) {
+    *loss = NAN;
+    if (!run->validation) return AN_OK;
+    return an_eval_loss(ctx, run->model, run->validation, run->recipe->training.eval_steps, loss, NULL);
 }
 
 /* The document's tokens up to its first trained one (the prompt), as a malloc'ed array. */

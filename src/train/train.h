@@ -30,4 +30,12 @@ typedef struct {
 an_status an_train(an_ctx *ctx, const an_recipe *recipe, const char *recipe_text, FILE *terminal,
                    an_train_summary *summary);
 
+/* Mean per-token loss of `model` over the first epoch of `loader` (or max_batches micro-batches
+ * when > 0): the loss training minimises, without dropout or tape. *tokens (may be NULL) gets the
+ * number of tokens counted. The same function serves evaluation during runs and `anneal eval`. */
+typedef struct an_model an_model;
+typedef struct an_data_loader an_data_loader;
+an_status an_eval_loss(an_ctx *ctx, an_model *model, an_data_loader *loader, int64_t max_batches, double *loss,
+                       int64_t *tokens);
+
 #endif
