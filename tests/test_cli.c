@@ -81,6 +81,11 @@ START_TEST(test_init_then_generate) {
     snprintf(args, sizeof args, "eval --model %s/m --data %s/d.jsonl --seq-len 32", dir, dir);
     ck_assert_msg(run(args, out, sizeof out) == 0, "%s", out);
     ck_assert_ptr_nonnull(strstr(out, "perplexity"));
+    snprintf(args, sizeof args, "data prepare --model %s/m --out %s/d.h5 %s/d.jsonl", dir, dir, dir);
+    ck_assert_msg(run(args, out, sizeof out) == 0, "%s", out);
+    ck_assert_ptr_nonnull(strstr(out, "1 documents"));
+    snprintf(args, sizeof args, "eval --model %s/m --data %s/d.h5 --seq-len 32", dir, dir);
+    ck_assert_msg(run(args, out, sizeof out) == 0, "%s", out);
     snprintf(args, sizeof args, "eval --model %s/m --data %s/missing.jsonl", dir, dir);
     ck_assert_int_eq(run(args, out, sizeof out), 2);
     ck_assert_ptr_nonnull(strstr(out, "missing.jsonl"));

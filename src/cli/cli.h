@@ -8,6 +8,7 @@
 
 int an_cli_run(int argc, char **argv);
 int an_cli_eval(int argc, char **argv);
+int an_cli_data(int argc, char **argv);
 int an_cli_inspect(int argc, char **argv);
 int an_cli_init(int argc, char **argv);
 int an_cli_plot(int argc, char **argv);

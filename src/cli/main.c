@@ -14,6 +14,7 @@ static const char usage[] =
     "commands:\n"
     "  run RECIPE.yaml [key=value]  train as the recipe says (LoRA or full fine-tuning)\n"
     "  eval --model DIR --data FILE loss and perplexity on a dataset (base, adapter or merged model)\n"
+    "  data prepare --model DIR --out FILE.h5 INPUT...   tokenize data once for recipes\n"
     "  inspect MODEL_DIR            architecture, parameters, and the memory each kind of run needs\n"
     "  init CONFIG_JSON OUT_DIR     a new model with random weights, to train from scratch\n"
     "  plot RUN_DIR                 the run's loss curves as an SVG image\n"
@@ -32,6 +33,7 @@ typedef struct {
 static const command commands[] = {
     {"run", an_cli_run},
     {"eval", an_cli_eval},
+    {"data", an_cli_data},
     {"inspect", an_cli_inspect},
     {"init", an_cli_init},
     {"plot", an_cli_plot},
