@@ -28,15 +28,6 @@
         EXPECT_INPUT_ERROR((ctx), refused_, (what), __VA_ARGS__);      \
     } while (0)
 
-/* rm -rf of a directory this test made (files.h's remove_tree trips -Wformat-truncation when
- * inlined in a Release build). */
-static void rm_rf(const char *path) {
-    char cmd[1200];
-    ck_assert(strlen(path) < 1000 && !strchr(path, '\''));
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
 /* ---- a tiny run --------------------------------------------------------------------------------- */
 
 static an_model_config tiny_config(void) {
@@ -248,7 +239,7 @@ static void check_resume(an_ctx *ctx, run *a, run *b, const char *base_dir, cons
 
     snap_free(&at_save), snap_free(&after_next);
     for (int i = 0; i < 5; i++) an_tensor_release(batch[i]);
-    rm_rf(run_dir);
+    remove_tree(run_dir);
 }
 
 START_TEST(test_lora_resume_is_bit_identical) {
@@ -332,7 +323,7 @@ START_TEST(test_full_finetune_step_is_a_hf_model_dir) {
 
     an_tensor_release(ids);
     run_free(&a);
-    rm_rf(run_dir);
+    remove_tree(run_dir);
     test_ctx_free(ctx);
 }
 END_TEST
@@ -359,7 +350,7 @@ START_TEST(test_retention_keeps_the_last_k) {
     an_ckpt_contents again = contents_of(ctx, &a, 5, NULL, 2);
     REFUSED(ctx, an_ckpt_save(ctx, run_dir, &again), "save over step_5", "step_5", "already exists");
     run_free(&a);
-    rm_rf(run_dir);
+    remove_tree(run_dir);
     test_ctx_free(ctx);
 }
 END_TEST
@@ -398,7 +389,7 @@ START_TEST(test_each_rank_writes_its_own_state_file) {
                        "several ranks", "world size 1");
     an_tensor_release(ids);
     run_free(&a);
-    rm_rf(run_dir);
+    remove_tree(run_dir);
     test_ctx_free(ctx);
 }
 END_TEST
@@ -501,7 +492,7 @@ START_TEST(test_damaged_checkpoints_are_refused) {
     an_tensor_release(ids);
     snap_free(&before);
     run_free(&a);
-    rm_rf(run_dir);
+    remove_tree(run_dir);
     test_ctx_free(ctx);
 }
 END_TEST
@@ -573,7 +564,7 @@ START_TEST(test_checkpoints_of_another_model_are_refused) {
     an_tensor_release(ids);
     snap_free(&before);
     run_free(&a), run_free(&rank4), run_free(&qk), run_free(&full), run_free(&narrow);
-    rm_rf(run_dir), rm_rf(other_dir);
+    remove_tree(run_dir), remove_tree(other_dir);
     test_ctx_free(ctx);
 }
 END_TEST
@@ -621,7 +612,7 @@ START_TEST(test_gpu_resident_state_round_trips) {
     printf("cuda: %d weights and state tensors round-trip bit for bit\n", want.n);
     snap_free(&want);
     run_free(&r[0]), run_free(&r[1]);
-    rm_rf(run_dir);
+    remove_tree(run_dir);
     test_ctx_free(ctx);
 }
 END_TEST
@@ -663,7 +654,7 @@ START_TEST(test_sha256_matches_published_vectors) {
     ck_assert_str_eq(hex, want);
     free(big);
     /* SHA256SUMS: sorted, two spaces, the vector for "abc". */
-    rm_rf(dir);
+    remove_tree(dir);
     make_tmpdir(dir, sizeof dir);
     snprintf(path, sizeof path, "%s/b.txt", dir);
     write_bytes(path, "abc", 3);
@@ -679,7 +670,7 @@ START_TEST(test_sha256_matches_published_vectors) {
     ck_assert_int_eq(an_sha256sums_verify(ctx, dir), AN_OK);
     write_bytes(path, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad b.txt\n", 71);
     REFUSED(ctx, an_sha256sums_verify(ctx, dir), "one space", "SHA256SUMS", "line 1");
-    rm_rf(dir);
+    remove_tree(dir);
     test_ctx_free(ctx);
 }
 END_TEST

@@ -9,21 +9,11 @@
 #include "ckpt/safetensors.h"
 #include "model/load.h"
 #include "model/lora.h"
+#include "support/files.h"
 #include "support/test_util.h"
 
 #define MODELS ANNEAL_SOURCE_DIR "/tests/fixtures/models"
 #define LORA ANNEAL_SOURCE_DIR "/tests/fixtures/lora"
-
-static double scaled_error(const an_tensor *got, const an_tensor *want) {
-    double worst = 0, scale = 0;
-    for (int64_t i = 0; i < an_tensor_numel(want); i++) {
-        double w = an_tensor_get(want, i), g = an_tensor_get(got, i);
-        if (isnan(g)) return INFINITY;
-        worst = fmax(worst, fabs(g - w));
-        scale = fmax(scale, fabs(w));
-    }
-    return scale > 0 ? worst / scale : worst;
-}
 
 static an_model *base(an_ctx *ctx) {
     an_model *m = NULL;
@@ -57,7 +47,7 @@ static void check_against_peft(const char *tag) {
     an_no_grad_begin(ctx);
     an_tensor *logits = an_model_logits(ctx, m, ids, NULL, NULL);
     an_no_grad_end(ctx);
-    double e = scaled_error(logits, want_logits);
+    double e = test_scaled_error(logits, want_logits);
     ck_assert_msg(e < 1e-4, "%s: logits differ from peft by %.3e", tag, e);
 
     an_tensor *loss = an_model_loss(ctx, m, ids, labels, NULL, NULL, NULL);
@@ -73,7 +63,7 @@ static void check_against_peft(const char *tag) {
         an_tensor *g = fixture(ctx, expected, key, AN_F32);
         an_tensor *ours = (*m->adapter_params[i].slot)->grad;
         ck_assert_msg(ours != NULL, "no gradient for %s", m->adapter_params[i].name);
-        double ge = scaled_error(ours, g);
+        double ge = test_scaled_error(ours, g);
         worst = fmax(worst, ge);
         ck_assert_msg(ge < 1e-3, "%s: gradient of %s differs from peft by %.3e", tag, m->adapter_params[i].name, ge);
         an_tensor_release(g);
@@ -116,14 +106,12 @@ START_TEST(test_saved_adapter_loads_back_and_merge_equals_adapter) {
     ck_assert_int_eq(m->n_adapter_params, 0);
     an_tensor *merged = an_model_logits(ctx, m, ids, NULL, NULL);
     an_no_grad_end(ctx);
-    double e_merge = scaled_error(merged, with_adapter), e_base = scaled_error(base_only, with_adapter);
+    double e_merge = test_scaled_error(merged, with_adapter), e_base = test_scaled_error(base_only, with_adapter);
     printf("merged vs adapter logits %.2e; adapter changes logits by %.2e\n", e_merge, e_base);
     ck_assert_msg(e_merge < 1e-5, "merged model differs from the adapter model by %.3e", e_merge);
     ck_assert_msg(e_base > 1e-3, "the adapter does not change the outputs (%.3e)", e_base);
     an_tensor_release(with_adapter), an_tensor_release(base_only), an_tensor_release(merged), an_tensor_release(ids);
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tree(dir);
     an_model_free(m), an_model_free(again);
     test_ctx_free(ctx);
 }
@@ -156,7 +144,7 @@ START_TEST(test_fresh_adapter_starts_like_peft) {
     m->lora_enabled = false;
     an_tensor *b = an_model_logits(ctx, m, ids, NULL, NULL);
     an_no_grad_end(ctx);
-    ck_assert_double_eq(scaled_error(a, b), 0.0);
+    ck_assert_double_eq(test_scaled_error(a, b), 0.0);
     const char *bad[] = {"qkv_proj"};
     unsigned t;
     ck_assert_int_eq(an_lora_parse_targets(ctx, bad, 1, &t), AN_ERR_INPUT);
@@ -194,8 +182,7 @@ START_TEST(test_unsupported_adapter_features_are_errors) {
         ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "adapter_config.json"));
         an_error_clear(ctx);
         an_model_free(m);
-        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-        ck_assert_int_eq(system(cmd), 0);
+        remove_tree(dir);
         test_ctx_free(ctx);
     }
 }

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "support/files.h"
 #include "support/test_util.h"
 #include "train/metrics.h"
 #include "train/plot.h"
@@ -55,9 +56,7 @@ START_TEST(test_metrics_lines_and_plot) {
     ck_assert_int_eq(an_plot_loss_svg(ctx, path, svg), AN_ERR_INPUT);
     ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "metrics.jsonl:34"));
     an_error_clear(ctx);
-    char cmd[300];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
+    remove_tree(dir);
     test_ctx_free(ctx);
 }
 END_TEST

@@ -10,21 +10,10 @@
 #include "ckpt/safetensors.h"
 #include "model/load.h"
 #include "model/save.h"
+#include "support/files.h"
 #include "support/test_util.h"
 
 #define FIXTURES ANNEAL_SOURCE_DIR "/tests/fixtures/models"
-
-/* max |got - want| / max |want| over the tensor. */
-static double scaled_error(const an_tensor *got, const an_tensor *want) {
-    double worst = 0, scale = 0;
-    for (int64_t i = 0; i < an_tensor_numel(want); i++) {
-        double w = an_tensor_get(want, i), g = an_tensor_get(got, i);
-        if (isnan(g)) return INFINITY;
-        worst = fmax(worst, fabs(g - w));
-        scale = fmax(scale, fabs(w));
-    }
-    return scale > 0 ? worst / scale : worst;
-}
 
 static an_model *load(an_ctx *ctx, const char *dir, an_dtype dtype) {
     an_model *m = NULL;
@@ -51,7 +40,7 @@ static void check_family(const char *family, bool checkpointing) {
     an_tensor *logits = an_model_logits(ctx, m, ids, NULL, NULL);
     an_no_grad_end(ctx);
     ck_assert_msg(logits != NULL, "%s", an_error_message(ctx));
-    double e = scaled_error(logits, want_logits);
+    double e = test_scaled_error(logits, want_logits);
     printf("%s%s: logits error %.2e (scaled by max |logit|)\n", family, checkpointing ? " (checkpointed)" : "", e);
     ck_assert_msg(e < 1e-4, "%s logits differ from transformers by %.3e", family, e);
 
@@ -70,7 +59,7 @@ static void check_family(const char *family, bool checkpointing) {
         ck_assert_msg(want != NULL, "%s", an_error_message(ctx));
         an_tensor *got = (*m->params[i].slot)->grad;
         ck_assert_msg(got != NULL, "no gradient for %s", m->params[i].name);
-        double ge = scaled_error(got, want);
+        double ge = test_scaled_error(got, want);
         worst = fmax(worst, ge);
         ck_assert_msg(ge < 1e-3, "%s: gradient of %s differs by %.3e", family, m->params[i].name, ge);
         an_tensor_release(want);
@@ -102,7 +91,7 @@ START_TEST(test_bf16_checkpoint_loads_and_tracks_f32) {
     an_no_grad_begin(ctx);
     an_tensor *a = an_model_logits(ctx, f32, ids, NULL, NULL), *b = an_model_logits(ctx, bf, ids, NULL, NULL);
     an_no_grad_end(ctx);
-    double e = scaled_error(b, a);
+    double e = test_scaled_error(b, a);
     printf("bf16 weights vs f32 weights: logits differ by %.2e\n", e);
     ck_assert_msg(e < 5e-2 && e > 0, "bf16 checkpoint logits differ by %.3e", e);
     an_tensor_release(a), an_tensor_release(b), an_tensor_release(ids);
@@ -125,12 +114,6 @@ static void make_dir(char *dir, size_t n, const char *fixture, const char *confi
         fputs(config, f);
         fclose(f);
     }
-}
-
-static void remove_dir(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
 }
 
 /* The fixture's config.json with `from` replaced by `to`. */
@@ -160,7 +143,7 @@ static void expect_load_error(const char *fixture, const char *config, const cha
     ck_assert_msg(strstr(an_error_message(ctx), needle1) && strstr(an_error_message(ctx), needle2),
                   "message '%s' lacks '%s' / '%s'", an_error_message(ctx), needle1, needle2);
     an_error_clear(ctx);
-    remove_dir(dir);
+    remove_tree(dir);
     test_ctx_free(ctx);
 }
 
@@ -207,7 +190,7 @@ START_TEST(test_saved_model_reloads_identically) {
     ck_assert_int_eq(half->config.torch_dtype, AN_BF16);
     ck_assert_int_eq(an_model_save(ctx, m, dir, AN_I32), AN_ERR_INPUT);
     an_error_clear(ctx);
-    remove_dir(dir);
+    remove_tree(dir);
     an_model_free(m), an_model_free(again), an_model_free(half);
     test_ctx_free(ctx);
 }

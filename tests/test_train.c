@@ -16,6 +16,7 @@
 #include "model/model.h"
 #include "model/save.h"
 #include "recipe/recipe.h"
+#include "support/files.h"
 #include "support/test_util.h"
 #include "train/train.h"
 
@@ -113,13 +114,7 @@ static void fresh_dir(char *dir) {
     make_world(dir);
 }
 
-static void remove_dir(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    ck_assert_int_eq(system(cmd), 0);
-}
-
-static bool exists(const char *dir, const char *name) {
+static bool exists_in(const char *dir, const char *name) {
     char path[600];
     snprintf(path, sizeof path, "%s/%s", dir, name);
     struct stat sb;
@@ -135,15 +130,15 @@ START_TEST(test_lora_run_learns_and_leaves_artifacts) {
     printf("LoRA: eval loss %.4f -> %.4f over %lld steps\n", s.first_eval_loss, s.last_eval_loss, (long long)s.final_step);
     ck_assert_int_eq(s.final_step, 12);
     ck_assert_msg(s.last_eval_loss < s.first_eval_loss - 0.5, "eval loss %.4f -> %.4f", s.first_eval_loss, s.last_eval_loss);
-    ck_assert(exists(dir, "run/step_12/adapter_model.safetensors") && exists(dir, "run/step_12/SHA256SUMS"));
-    ck_assert(exists(dir, "run/step_9") && !exists(dir, "run/step_6")); /* keep_last 2 */
-    ck_assert(exists(dir, "run/adapter/adapter_config.json") && exists(dir, "run/merged/model.safetensors"));
-    ck_assert(exists(dir, "run/merged/tokenizer.json") && exists(dir, "run/samples.txt"));
+    ck_assert(exists_in(dir, "run/step_12/adapter_model.safetensors") && exists_in(dir, "run/step_12/SHA256SUMS"));
+    ck_assert(exists_in(dir, "run/step_9") && !exists_in(dir, "run/step_6")); /* keep_last 2 */
+    ck_assert(exists_in(dir, "run/adapter/adapter_config.json") && exists_in(dir, "run/merged/model.safetensors"));
+    ck_assert(exists_in(dir, "run/merged/tokenizer.json") && exists_in(dir, "run/samples.txt"));
     /* everything is done: running again resumes at step 12 and takes no step */
     ck_assert_msg(TRAIN(dir, &s, err, "logging.every=1") == AN_OK, "%s", err);
     ck_assert_int_eq(s.start_step, 12);
     ck_assert_int_eq(s.final_step, 12);
-    remove_dir(dir);
+    remove_tree(dir);
 }
 END_TEST
 
@@ -155,8 +150,8 @@ START_TEST(test_full_fine_tune_learns) {
     ck_assert_msg(st == AN_OK, "%s", err);
     printf("full: eval loss %.4f -> %.4f\n", s.first_eval_loss, s.last_eval_loss);
     ck_assert(s.last_eval_loss < s.first_eval_loss - 0.5);
-    ck_assert(exists(dir, "run/step_12/model.safetensors") && exists(dir, "run/step_12/config.json"));
-    remove_dir(dir);
+    ck_assert(exists_in(dir, "run/step_12/model.safetensors") && exists_in(dir, "run/step_12/config.json"));
+    remove_tree(dir);
 }
 END_TEST
 
@@ -200,7 +195,7 @@ START_TEST(test_resume_after_sigkill_is_bit_identical) {
         ck_assert_msg(memcmp(&got[i], &want[i], sizeof(double)) == 0, "step %d: %.17g after resume, %.17g uninterrupted",
                       i + 1, got[i], want[i]);
     printf("killed after step 7, resumed from step %lld: %d losses bit-identical\n", (long long)s.start_step, steps);
-    remove_dir(a), remove_dir(b);
+    remove_tree(a), remove_tree(b);
 }
 END_TEST
 
@@ -217,7 +212,7 @@ START_TEST(test_gradient_accumulation_equals_bigger_batch) {
     for (int i = 0; i < 6; i++)
         ck_assert_msg(fabs(one[i] - two[i]) <= 1e-5 * fabs(one[i]), "step %d: batch 8 loss %.9g, 4 x 2 accumulated %.9g",
                       i + 1, one[i], two[i]);
-    remove_dir(a), remove_dir(b);
+    remove_tree(a), remove_tree(b);
 }
 END_TEST
 
@@ -237,8 +232,8 @@ START_TEST(test_bad_recipes_and_occupied_run_dirs_are_refused) {
     fclose(f);
     ck_assert_int_eq(TRAIN(dir, &s, err, "output_dir=/tmp/anneal-never-used-x"), AN_ERR_INPUT);
     ck_assert_msg(strstr(err, "chat.jsonl") && strstr(err, "97"), "%s", err);
-    remove_dir(dir);
-    remove_dir("/tmp/anneal-never-used-x");
+    remove_tree(dir);
+    remove_tree("/tmp/anneal-never-used-x");
 }
 END_TEST
 

@@ -53,6 +53,17 @@ void test_assert_tensors_close(const an_tensor *got, const an_tensor *want, doub
     free(w);
 }
 
+double test_scaled_error(const an_tensor *got, const an_tensor *want) {
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; i < an_tensor_numel(want); i++) {
+        double w = an_tensor_get(want, i), g = an_tensor_get(got, i);
+        if (isnan(g)) return INFINITY;
+        worst = fmax(worst, fabs(g - w));
+        scale = fmax(scale, fabs(w));
+    }
+    return scale > 0 ? worst / scale : worst;
+}
+
 void test_assert_gradcheck(an_ctx *ctx, an_gradcheck_fn fn, an_tensor *const *inputs, int n, void *user,
                            const char *what) {
     an_gradcheck_result r;

@@ -25,6 +25,9 @@ an_tensor *test_ids(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape,
 void test_assert_close(const an_tensor *got, const double *want, double rtol, double atol, const char *what);
 void test_assert_tensors_close(const an_tensor *got, const an_tensor *want, double rtol, double atol,
                                const char *what);
+/* max |got - want| / max |want| over the elements (the error scale-free model comparisons use);
+ * infinity when got has a NaN. */
+double test_scaled_error(const an_tensor *got, const an_tensor *want);
 /* Runs an_gradcheck and fails with the worst element when it does not pass. */
 void test_assert_gradcheck(an_ctx *ctx, an_gradcheck_fn fn, an_tensor *const *inputs, int n, void *user,
                            const char *what);
