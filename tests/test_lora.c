@@ -9,6 +9,9 @@
 #include "ckpt/safetensors.h"
 #include "model/load.h"
 #include "model/lora.h"
+#include "model/save.h"
+#include "optim/optim.h"
+#include <sys/stat.h>
 #include "support/files.h"
 #include "support/test_util.h"
 
@@ -156,6 +159,62 @@ START_TEST(test_fresh_adapter_starts_like_peft) {
 }
 END_TEST
 
+/* Trains a fresh all-linear adapter a few steps, saves it (PEFT) and the merged model, and writes
+ * the logits anneal computes with it. With ANNEAL_PEFT_CHECK_DIR set the files are kept there for
+ * tests/fixtures/make_peft_adapter.py --check DIR, which loads them with peft and transformers. */
+START_TEST(test_trained_adapter_round_trips_for_peft) {
+    an_ctx *ctx = test_ctx(6);
+    an_model *m = base(ctx);
+    an_lora_config cfg = {4, 8, 0.0, false, AN_LORA_ALL_LINEAR};
+    ck_assert_int_eq(an_lora_attach(ctx, m, &cfg), AN_OK);
+    an_optim *opt = NULL;
+    an_adamw_config oc = an_adamw_config_default();
+    oc.lr = 1e-2;
+    ck_assert_int_eq(an_optim_create(ctx, &oc, &opt), AN_OK);
+    ck_assert_int_eq(an_optim_add_params(ctx, opt, m->adapter_params, m->n_adapter_params), AN_OK);
+    an_tensor *ids = fixture(ctx, MODELS "/tiny-qwen2-expected.safetensors", "input_ids", AN_I64);
+    an_tensor *labels = fixture(ctx, MODELS "/tiny-qwen2-expected.safetensors", "labels", AN_I64);
+    double first = 0, last = 0;
+    for (int step = 0; step < 4; step++) {
+        an_tensor *loss = an_model_loss(ctx, m, ids, labels, NULL, NULL, NULL);
+        ck_assert_msg(loss != NULL, "%s", an_error_message(ctx));
+        last = an_tensor_get(loss, 0);
+        if (step == 0) first = last;
+        ck_assert_int_eq(an_backward(ctx, loss), AN_OK);
+        ck_assert_int_eq(an_optim_step(ctx, opt, NULL), AN_OK);
+        an_optim_zero_grad(opt);
+        an_tensor_release(loss);
+    }
+    ck_assert_msg(last < first, "loss %.4f -> %.4f", first, last);
+    const char *keep = getenv("ANNEAL_PEFT_CHECK_DIR");
+    char dir[512] = "/tmp/anneal-peftcheck-XXXXXX", path[600];
+    if (keep) snprintf(dir, sizeof dir, "%s", keep), mkdir(dir, 0755);
+    else ck_assert_ptr_nonnull(mkdtemp(dir));
+    ck_assert_msg(an_lora_save_peft(ctx, m, dir, "tests/fixtures/models/tiny-qwen2") == AN_OK, "%s", an_error_message(ctx));
+    an_no_grad_begin(ctx);
+    an_tensor *logits = an_model_logits(ctx, m, ids, NULL, NULL);
+    an_no_grad_end(ctx);
+    snprintf(path, sizeof path, "%s/anneal-logits.safetensors", dir);
+    an_safetensors_meta meta[] = {{"format", "pt"}};
+    ck_assert_int_eq(an_safetensors_write(ctx, path, 1, (const char *[]){"logits"}, &logits, 1, meta), AN_OK);
+    ck_assert_int_eq(an_lora_merge(ctx, m), AN_OK);
+    snprintf(path, sizeof path, "%s/merged", dir);
+    ck_assert_msg(an_model_save(ctx, m, path, AN_F32) == AN_OK, "%s", an_error_message(ctx));
+    an_model *merged = NULL;
+    ck_assert_int_eq(an_model_load(ctx, path, AN_F32, AN_CPU, &merged), AN_OK);
+    an_no_grad_begin(ctx);
+    an_tensor *again = an_model_logits(ctx, merged, ids, NULL, NULL);
+    an_no_grad_end(ctx);
+    ck_assert_msg(test_scaled_error(again, logits) < 1e-5, "merged model differs: %.3e", test_scaled_error(again, logits));
+    printf("trained adapter: loss %.4f -> %.4f; saved to %s (PEFT) with its logits and the merged model\n", first, last, dir);
+    if (!keep) remove_tree(dir);
+    an_tensor_release(logits), an_tensor_release(again), an_tensor_release(ids), an_tensor_release(labels);
+    an_optim_free(opt);
+    an_model_free(m), an_model_free(merged);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_unsupported_adapter_features_are_errors) {
     const char *cases[][2] = {{"\"use_dora\": false", "\"use_dora\": true"},
                               {"\"rank_pattern\": {}", "\"rank_pattern\": {\"q_proj\": 8}"},
@@ -196,6 +255,7 @@ int main(void) {
     tcase_add_test(tc, test_all_linear_rslora_adapter_matches_peft);
     tcase_add_test(tc, test_saved_adapter_loads_back_and_merge_equals_adapter);
     tcase_add_test(tc, test_fresh_adapter_starts_like_peft);
+    tcase_add_test(tc, test_trained_adapter_round_trips_for_peft);
     tcase_add_test(tc, test_unsupported_adapter_features_are_errors);
     suite_add_tcase(s, tc);
     return test_run(s);
