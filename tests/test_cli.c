@@ -89,6 +89,11 @@ START_TEST(test_init_then_generate) {
     snprintf(args, sizeof args, "eval --model %s/m --data %s/missing.jsonl", dir, dir);
     ck_assert_int_eq(run(args, out, sizeof out), 2);
     ck_assert_ptr_nonnull(strstr(out, "missing.jsonl"));
+    snprintf(args, sizeof args, "generate --model %s/m --prompt 'Hello' --chat --system 'Be brief' --max-new-tokens 3", dir);
+    ck_assert_msg(run(args, out, sizeof out) == 0, "%s", out);
+    snprintf(args, sizeof args, "generate --model %s/m --prompt hi --system x", dir);
+    ck_assert_int_eq(run(args, out, sizeof out), 2);
+    ck_assert_ptr_nonnull(strstr(out, "--system needs --chat"));
     snprintf(args, sizeof args, "generate --model %s/m --prompt hi --top-p 1.5", dir);
     ck_assert_int_eq(run(args, out, sizeof out), 2);
     snprintf(args, sizeof args, "rm -rf %s", dir);

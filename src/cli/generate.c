@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "data/chat.h"       /* an_chat_encode_prompt */
 #include "data/tokenizer.h"
 #include "model/generate.h"
 #include "model/load.h"
@@ -19,6 +20,9 @@ static const char usage[] =
     "  --top-p P             1 = off (default)\n"
     "  --seed S              sampling seed (default 0)\n"
     "  --stop TEXT           stop when the output contains TEXT (repeatable, up to 8)\n"
+    "  --chat                format the prompt as one user turn with the model's chat template\n"
+    "                        (DeepSeek-R1: ...<｜User｜>TEXT<｜Assistant｜><think>\\n) and the generation prompt\n"
+    "  --system TEXT         a system message (with --chat)\n"
     "  --no-bos              do not prepend the tokenizer's bos token\n";
 
 /* Streams decoded text and checks stop strings after each token. */
@@ -66,8 +70,26 @@ static bool on_token(void *user, int64_t row, int32_t token) {
     return stop;
 }
 
+/* The prompt's ids: plain text, or one user turn (after an optional system message) through the
+ * model's chat template with its generation prompt. */
+static an_status encode_prompt(an_ctx *ctx, an_tokenizer *tok, const char *prompt, const char *system_text, bool chat,
+                               bool bos, int32_t **ids, size_t *n) {
+    if (!chat) {
+        AN_CHECK(ctx, !system_text, AN_ERR_INPUT, "--system needs --chat");
+        return an_tokenizer_encode(ctx, tok, prompt, strlen(prompt), bos, ids, n);
+    }
+    an_data_encoder enc;
+    AN_TRY(an_data_encoder_init(ctx, tok, AN_CHAT_REASONING_KEEP_LAST, &enc));
+    an_chat_message messages[2];
+    int count = 0;
+    if (system_text) messages[count++] = (an_chat_message){AN_CHAT_SYSTEM, system_text, strlen(system_text)};
+    messages[count++] = (an_chat_message){AN_CHAT_USER, prompt, strlen(prompt)};
+    return an_chat_encode_prompt(ctx, &enc, messages, count, ids, n);
+}
+
 int an_cli_generate(int argc, char **argv) {
-    const char *model_dir = NULL, *adapter = NULL, *prompt = NULL;
+    const char *model_dir = NULL, *adapter = NULL, *prompt = NULL, *system_text = NULL;
+    bool chat = false;
     long long max_new = 128, top_k = 0, seed = 0;
     double temperature = 0, top_p = 1;
     bool bos = true;
@@ -79,6 +101,8 @@ int an_cli_generate(int argc, char **argv) {
         if ((v = an_cli_flag(argc, argv, &i, "--model", &bad))) model_dir = v;
         else if ((v = an_cli_flag(argc, argv, &i, "--adapter", &bad))) adapter = v;
         else if ((v = an_cli_flag(argc, argv, &i, "--prompt", &bad))) prompt = v;
+        else if ((v = an_cli_flag(argc, argv, &i, "--system", &bad))) system_text = v;
+        else if (!bad && strcmp(argv[i], "--chat") == 0) chat = true;
         else if ((v = an_cli_flag(argc, argv, &i, "--max-new-tokens", &bad))) max_new = strtoll(v, &end, 10), bad = max_new < 0;
         else if ((v = an_cli_flag(argc, argv, &i, "--top-k", &bad))) top_k = strtoll(v, &end, 10), bad = top_k < 0;
         else if ((v = an_cli_flag(argc, argv, &i, "--seed", &bad))) seed = strtoll(v, &end, 10), bad = seed < 0;
@@ -110,7 +134,7 @@ int an_cli_generate(int argc, char **argv) {
     s.ctx = ctx;
     if (an_model_load(ctx, model_dir, AN_F32, AN_CPU, &m) != AN_OK || an_tokenizer_load(ctx, model_dir, &s.tok) != AN_OK ||
         (adapter && an_lora_load_peft(ctx, m, adapter) != AN_OK) ||
-        an_tokenizer_encode(ctx, s.tok, prompt, strlen(prompt), bos, &ids, &n) != AN_OK) {
+        encode_prompt(ctx, s.tok, prompt, system_text, chat, bos, &ids, &n) != AN_OK) {
         rc = an_cli_fail(ctx, "generate");
     }
     if (rc == 0 && n == 0) {
