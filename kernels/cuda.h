@@ -14,7 +14,7 @@ extern "C" {
 
 #include "autograd/ctx.h"           /* an_ctx, an_status, an_device */
 #include "autograd/dtype.h"         /* an_dtype */
-#include "autograd/kernel_types.h"  /* an_binary_kind, an_gemm_shape */
+#include "autograd/kernel_types.h"  /* an_binary_kind, an_gemm_shape, an_attention_shape, an_adamw_scalars */
 
 /* Runtime. */
 int an_cuda_available_in_build(void);
@@ -49,6 +49,39 @@ an_status an_cuda_fill_from_scalar(an_ctx *ctx, an_dtype dtype, const void *x, d
 
 /* GEMM through cuBLASLt: bf16/f16 operands with fp32 accumulation, or f32 (TF32 off). */
 an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b, void *c);
+
+/* Attention (kernels/attention.cu): causal, grouped-query, packed documents, as an_attention in
+ * autograd/ops.h defines it. q (B, T, Hq, D) and k, v (B, T, Hkv, D) of dtype (f32, bf16, f16),
+ * 1 <= D <= 256; segments (B, T) of seg_dtype (i32 or i64) on the device, or NULL: query i sees key
+ * j when j <= i and segments[i] == segments[j]. Math is fp32; every output is written with =.
+ * Forward: out (B, T, Hq, D) of dtype and lse (B, Hq, T) f32, the natural-log logsumexp of each
+ * row's scaled, masked scores (what the backward recomputes the probabilities from). */
+an_status an_cuda_attention(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
+                            const void *k, const void *v, const void *segments, an_dtype seg_dtype, void *out,
+                            float *lse);
+/* Backward from the forward's lse: grad_q (B, T, Hq, D), grad_k and grad_v (B, T, Hkv, D) of dtype,
+ * grad_k/grad_v summed over the query heads of each kv head in a fixed order (deterministic). Any
+ * gradient pointer may be NULL. */
+an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
+                                     const void *k, const void *v, const void *segments, an_dtype seg_dtype,
+                                     const float *lse, const void *grad_out, void *grad_q, void *grad_k,
+                                     void *grad_v);
+/* Decode attention over a KV cache, as an_attention_cached in autograd/ops.h: q and out
+ * (B', T, Hq, D) of dtype, caches (Bc, cache_len, Hkv, D); rows (B') and lengths (Bc) are HOST
+ * arrays (already validated: lengths[rows[b]] + T <= cache_len). shape->batch is B', ->seq T. */
+an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *shape, int64_t cache_len, an_dtype dtype,
+                                   const void *q, const void *k_cache, const void *v_cache, const int64_t *rows,
+                                   const int64_t *lengths, void *out);
+
+/* AdamW (kernels/adamw.cu). One update of n elements with src/optim/adamw.c's float64 formula and
+ * operation order (no fused multiply-adds), so results are bit-identical to the CPU path: master,
+ * exp_avg, exp_avg_sq (n) f32 on the device; grad (n) f32/bf16/f16; param (n) of param_dtype gets
+ * the new master rounded to nearest even, or is NULL when master is the f32 parameter itself. */
+an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq,
+                        const void *grad, an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n);
+/* *sum (a HOST double) = the sum of squares of x (n, f32/bf16/f16 on the device), accumulated in
+ * float64 in a fixed order that depends only on n (bit-reproducible on one device; synchronises). */
+an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum);
 
 #ifdef __cplusplus
 }

@@ -73,3 +73,34 @@ an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, 
     (void)shape, (void)dtype, (void)a, (void)b, (void)c;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_attention(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
+                            const void *k, const void *v, const void *segments, an_dtype seg_dtype, void *out,
+                            float *lse) {
+    (void)shape, (void)dtype, (void)q, (void)k, (void)v, (void)segments, (void)seg_dtype, (void)out, (void)lse;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
+                                     const void *k, const void *v, const void *segments, an_dtype seg_dtype,
+                                     const float *lse, const void *grad_out, void *grad_q, void *grad_k,
+                                     void *grad_v) {
+    (void)shape, (void)dtype, (void)q, (void)k, (void)v, (void)segments, (void)seg_dtype, (void)lse, (void)grad_out;
+    (void)grad_q, (void)grad_k, (void)grad_v;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *shape, int64_t cache_len, an_dtype dtype,
+                                   const void *q, const void *k_cache, const void *v_cache, const int64_t *rows,
+                                   const int64_t *lengths, void *out) {
+    (void)shape, (void)cache_len, (void)dtype, (void)q, (void)k_cache, (void)v_cache, (void)rows, (void)lengths;
+    (void)out;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq,
+                        const void *grad, an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
+    (void)k, (void)master, (void)exp_avg, (void)exp_avg_sq, (void)grad, (void)grad_dtype, (void)param;
+    (void)param_dtype, (void)n;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum) {
+    (void)dtype, (void)x, (void)n, (void)sum;
+    return NO_CUDA(ctx);
+}

@@ -17,4 +17,22 @@ typedef struct {
     bool accumulate;
 } an_gemm_shape;
 
+/* Causal attention, q (B, T, Hq, D), k and v (B, T, Hkv, D), Hkv divides Hq; query head h reads
+ * kv head h / (Hq/Hkv); scores are scale * q.k. */
+typedef struct {
+    int64_t batch, seq, q_heads, kv_heads, head_dim;
+    double scale;
+} an_attention_shape;
+
+/* The scalars one AdamW step shares across a parameter's elements (src/optim/adamw.c computes
+ * them; the CPU loop and an_cuda_adamw apply them in the same float64 operation order). */
+typedef struct {
+    double decay;      /* 1 - lr * weight_decay, or 1 without decay */
+    double beta1, beta2;
+    double step_size;  /* lr / (1 - beta1^t) */
+    double bc2_sqrt;   /* sqrt(1 - beta2^t) */
+    double eps;
+    double grad_scale; /* from clipping; 1 when none */
+} an_adamw_scalars;
+
 #endif

@@ -4,7 +4,11 @@
  * Numerics: the fp32 state (master, exp_avg, exp_avg_sq) is widened to float64, each element's
  * update is computed there and every stored value is rounded to fp32 once; a bf16/f16 parameter
  * then receives its master rounded to nearest even. Nothing is modified until every parameter
- * and gradient has been checked and the global gradient norm is known to be finite. */
+ * and gradient has been checked and the global gradient norm is known to be finite.
+ * Devices: a parameter's state lives on its device. CUDA parameters are updated by an_cuda_adamw
+ * (kernels/adamw.cu), which applies the same float64 operations in the same order, so an update
+ * is bit-identical on either device for the same inputs; only the gradient norm's summation order
+ * differs (grad.c), which can move the clipping factor in its last bits. */
 #include "optim/internal.h"
 
 #include <math.h>
@@ -12,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd/op_support.h"  /* an_op_no_kernel */
+#include "kernels/cuda.h"  /* an_cuda_adamw */
 
 enum { CHUNK = 1024 }; /* gradient elements widened at a time */
 
@@ -142,16 +146,6 @@ double an_optim_lr(const an_optim *opt) {
 
 int64_t an_optim_step_count(const an_optim *opt) { return opt->step; }
 
-/* The scalars one AdamW step shares across elements (what a CUDA launcher will take). */
-typedef struct {
-    double decay;      /* 1 - lr * weight_decay, or 1 without decay */
-    double beta1, beta2;
-    double step_size;  /* lr / (1 - beta1^t) */
-    double bc2_sqrt;   /* sqrt(1 - beta2^t) */
-    double eps;
-    double grad_scale; /* from clipping; 1 when none */
-} adamw_scalars;
-
 /* One AdamW update of n elements. master (n) is the f32 parameter itself, or the master copy when
  * param (n, param_dtype) is given and receives the rounded result. grad (n) is f32/bf16/f16.
  *
@@ -167,8 +161,9 @@ typedef struct {
  *     bias_correction2_sqrt = bias_correction2 ** 0.5
  *     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
  *     param.addcdiv_(exp_avg, denom, value=-step_size)
- * As in torch, the update reads exp_avg and exp_avg_sq after they were stored (rounded to fp32). */
-static void adamw_cpu(const adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
+ * As in torch, the update reads exp_avg and exp_avg_sq after they were stored (rounded to fp32).
+ * an_cuda_adamw (kernels/adamw.cu) repeats these float64 operations in this order: change both. */
+static void adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
                       an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
     size_t grad_size = an_dtype_size(grad_dtype), param_size = an_dtype_size(param_dtype);
     float g32[CHUNK];
@@ -199,7 +194,6 @@ static an_status check_entry(an_ctx *ctx, const optim_entry *e) {
              an_dtype_name(p->dtype));
     AN_CHECK(ctx, an_tensor_numel(p) >= e->end && p->device == e->state[STATE_EXP_AVG]->device, AN_ERR_INPUT,
              "optimizer: %s changed size or device after it was registered", e->name);
-    if (p->device != AN_CPU) return an_op_no_kernel(ctx, "adamw", p);
     const an_tensor *g = p->grad;
     if (g) {
         AN_CHECK(ctx, an_dtype_is_float(g->dtype) && g->dtype != AN_F64, AN_ERR_INPUT,
@@ -227,7 +221,7 @@ an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
              (long long)opt->step + 1);
 
     double t = (double)(opt->step + 1);
-    adamw_scalars k = {.beta1 = c->beta1, .beta2 = c->beta2, .eps = c->eps, .grad_scale = scale};
+    an_adamw_scalars k = {.beta1 = c->beta1, .beta2 = c->beta2, .eps = c->eps, .grad_scale = scale};
     k.step_size = lr / (1 - pow(c->beta1, t));
     k.bc2_sqrt = sqrt(1 - pow(c->beta2, t));
     for (int i = 0; i < opt->n_entries; i++) {
@@ -239,9 +233,18 @@ an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
         char *param = (char *)an_tensor_data(p) + (size_t)e->start * ps;
         const char *grad = (const char *)an_tensor_data(p->grad) + (size_t)e->start * gs;
         an_tensor *master = e->state[STATE_MASTER];
-        adamw_cpu(&k, master ? an_tensor_data(master) : (float *)(void *)param, an_tensor_data(e->state[STATE_EXP_AVG]),
-                  an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype, master ? param : NULL, p->dtype,
-                  e->end - e->start);
+        float *master_data = master ? an_tensor_data(master) : (float *)(void *)param;
+        if (p->device == AN_CUDA) {
+            /* checked with every entry above; a failure here is a device error, and the entries
+             * updated before it stay updated (as a CPU crash half way would leave them) */
+            AN_TRY(an_cuda_adamw(ctx, &k, master_data, an_tensor_data(e->state[STATE_EXP_AVG]),
+                                 an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype,
+                                 master ? param : NULL, p->dtype, e->end - e->start));
+        } else {
+            adamw_cpu(&k, master_data, an_tensor_data(e->state[STATE_EXP_AVG]),
+                      an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype, master ? param : NULL,
+                      p->dtype, e->end - e->start);
+        }
     }
     opt->step++;
     if (report) *report = (an_optim_report){.step = opt->step, .lr = lr, .grad_norm = norm, .grad_scale = scale};

@@ -1,16 +1,17 @@
 /* grad.c — what the optimizer does to gradients before it uses them: the weight-decay name rule,
  * zero_grad, the float64 sum of squares behind the global norm, and clip_grad_norm_.
  *
- * Norms are accumulated in float64 whatever the gradient dtype; clipping multiplies in float64
- * and rounds once into the gradient's dtype. */
+ * Norms are accumulated in float64 whatever the gradient dtype (on CUDA by an_cuda_sum_squares,
+ * in a fixed order of its own: deterministic, but not the CPU's sequential order); clipping
+ * multiplies in float64 on the CPU (fp32 on CUDA, an_cuda_scale) and rounds once into the
+ * gradient's dtype. */
 #include "optim/internal.h"
 
 #include <math.h>
 #include <string.h>
 #include <strings.h>  /* strncasecmp */
 
-#include "autograd/op_support.h"  /* an_op_no_kernel */
-#include "kernels/cuda.h"         /* an_cuda_scale */
+#include "kernels/cuda.h"  /* an_cuda_scale, an_cuda_sum_squares */
 
 enum { CHUNK = 1024 }; /* elements widened to float64 at a time */
 
@@ -53,8 +54,16 @@ an_tensor *optim_slice(an_ctx *ctx, an_tensor *t, int64_t start, int64_t end) {
 }
 
 an_status optim_grad_sum_sq(an_ctx *ctx, const an_tensor *grad, int64_t start, int64_t end, double *acc) {
-    if (grad->device != AN_CPU) return an_op_no_kernel(ctx, "gradient norm", grad);
     size_t size = an_dtype_size(grad->dtype);
+    if (grad->device == AN_CUDA) {
+        AN_CHECK(ctx, grad->dtype == AN_F32 || grad->dtype == AN_BF16 || grad->dtype == AN_F16, AN_ERR_INPUT,
+                 "gradient norm: a %s gradient on CUDA; f32, bf16 or f16 expected", an_dtype_name(grad->dtype));
+        double sum = 0;
+        AN_TRY(an_cuda_sum_squares(ctx, grad->dtype, (const char *)an_tensor_data(grad) + (size_t)start * size,
+                                   end - start, &sum));
+        *acc += sum;
+        return AN_OK;
+    }
     const char *data = (const char *)an_tensor_data(grad) + (size_t)start * size;
     double buf[CHUNK], sum = 0;
     for (int64_t i = start; i < end; i += CHUNK) {

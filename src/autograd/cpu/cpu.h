@@ -10,7 +10,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#include "autograd/kernel_types.h"  /* an_binary_kind, an_gemm_shape */
+#include "autograd/kernel_types.h"  /* an_binary_kind, an_gemm_shape, an_attention_shape */
 #include "autograd/tensor.h"
 
 /* A float64 view of a CPU tensor's elements: the tensor's own memory when it is f64, else an
@@ -83,12 +83,7 @@ void an_cpu_rope(const double *x, const int64_t *positions, int64_t rows, int64_
 
 /* ---- cpu/attention.c ---- */
 
-/* Causal attention, q (B, T, Hq, D), k and v (B, T, Hkv, D), Hkv divides Hq; query head h reads
- * kv head h / (Hq/Hkv); scores are scale * q.k. */
-typedef struct {
-    int64_t batch, seq, q_heads, kv_heads, head_dim;
-    double scale;
-} an_attention_shape;
+/* an_attention_shape (kernel_types.h): the shape both the CPU and the CUDA kernels take. */
 
 /* out (B, T, Hq, D) and the per-row logsumexp lse (B, Hq, T), written with =. segments (B, T) or
  * NULL: token i sees token j when j <= i and their segments are equal. head_dim >= 1. */

@@ -1,13 +1,16 @@
 /* attention.c — causal attention with grouped-query heads and packed documents (an_attention)
  * and its backward rule.
  *
- * The forward saves only the per-row logsumexp (B, Hq, T), in float64 on the CPU, and the backward
- * recomputes the probabilities from it (flash-attention style: no (T, T) matrix is kept on the
- * tape). The kernels are in cpu/attention.c; there is no CUDA kernel yet. */
+ * Saved-tensor contract (both devices): the forward saves only the per-row logsumexp
+ * lse (B, Hq, T) of the scaled, masked scores, on q's device in that device's math precision —
+ * float64 on the CPU, float32 on CUDA — and the backward recomputes the probabilities
+ * P = exp(scale q.k - lse) from it (flash-attention style: no (T, T) matrix is kept on the tape).
+ * The kernels are in cpu/attention.c (float64 reference) and kernels/attention.cu (fp32 math). */
 #include "autograd/ops.h"
 
 #include "autograd/cpu/cpu.h"     /* an_cpu_attention, an_cpu_attention_backward, an_f64_*, an_i64_* */
-#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_attention, an_op_no_kernel */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_attention */
+#include "kernels/cuda.h"         /* an_cuda_attention, an_cuda_attention_backward */
 
 /* Shapes of q (B, T, Hq, D), k = v (B, T, Hkv, D) and segments (B, T) into *sh. */
 static an_status check_shapes(an_ctx *ctx, const an_tensor *q, const an_tensor *k, const an_tensor *v,
@@ -43,16 +46,18 @@ an_tensor *an_attention(an_ctx *ctx, an_tensor *q, an_tensor *k, an_tensor *v, a
     if (an_op_check_float_peers(ctx, "attention", (an_tensor *[]){q, k, v}, 3) ||
         check_shapes(ctx, q, k, v, segments, scale, &sh))
         return NULL;
-    if (q->device == AN_CUDA) {
-        an_op_no_kernel(ctx, "attention", q);
-        return NULL;
-    }
+    bool cuda = q->device == AN_CUDA;
     an_tensor *out = an_op_new_like(ctx, q, 4, q->shape);
-    an_tensor *lse = an_tensor_new(ctx, AN_F64, AN_CPU, 3, (int64_t[]){sh.batch, sh.q_heads, sh.seq});
+    an_tensor *lse = an_tensor_new(ctx, cuda ? AN_F32 : AN_F64, q->device, 3,
+                                   (int64_t[]){sh.batch, sh.q_heads, sh.seq}); /* see the top of the file */
     an_status st = out && lse ? AN_OK : an_error_status(ctx);
     an_f64 in[3], res;
     an_i64 seg = {NULL, false};
-    if (st == AN_OK && (st = an_f64_read_all(ctx, (an_tensor *[]){q, k, v}, 3, in)) == AN_OK) {
+    if (st == AN_OK && cuda) {
+        st = an_cuda_attention(ctx, &sh, q->dtype, an_tensor_data(q), an_tensor_data(k), an_tensor_data(v),
+                               segments ? an_tensor_data(segments) : NULL, segments ? segments->dtype : AN_I64,
+                               an_tensor_data(out), an_tensor_data(lse));
+    } else if (st == AN_OK && (st = an_f64_read_all(ctx, (an_tensor *[]){q, k, v}, 3, in)) == AN_OK) {
         if ((!segments || (st = an_i64_read(ctx, segments, &seg)) == AN_OK) &&
             (st = an_f64_write(ctx, out, &res)) == AN_OK) {
             st = an_cpu_attention(ctx, &sh, in[0].data, in[1].data, in[2].data, seg.data, res.data,
@@ -79,8 +84,7 @@ an_tensor *an_attention(an_ctx *ctx, an_tensor *q, an_tensor *k, an_tensor *v, a
 
 an_status an_attention_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     an_tensor *q = node->inputs[0], *k = node->inputs[1], *v = node->inputs[2], *segments = node->inputs[3];
-    an_tensor *lse = node->saved[0]; /* (B, Hq, T) f64 */
-    if (q->device == AN_CUDA) return an_op_no_kernel(ctx, "attention backward", q);
+    an_tensor *lse = node->saved[0]; /* (B, Hq, T): f64 on the CPU, f32 on CUDA */
     an_attention_shape sh = {q->shape[0], q->shape[1], q->shape[2], k->shape[2], q->shape[3], node->args[0]};
     an_tensor *grads[3];
     for (int i = 0; i < 3; i++) {
@@ -90,7 +94,20 @@ an_status an_attention_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out)
     an_status st = an_error_status(ctx);
     an_f64 in[4], res[3];
     an_i64 seg = {NULL, false};
-    if (st == AN_OK && (st = an_f64_read_all(ctx, (an_tensor *[]){q, k, v, grad_out}, 4, in)) == AN_OK) {
+    if (st == AN_OK && q->device == AN_CUDA) {
+        char dg[96];
+        void *g[3];
+        for (int i = 0; i < 3; i++) g[i] = grads[i] ? an_tensor_data(grads[i]) : NULL;
+        if (grad_out->device != AN_CUDA || grad_out->dtype != q->dtype || !an_tensor_same_shape(grad_out, q))
+            st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
+                              "attention backward: gradient %s does not match the output",
+                              an_tensor_describe(grad_out, dg, sizeof dg));
+        else
+            st = an_cuda_attention_backward(ctx, &sh, q->dtype, an_tensor_data(q), an_tensor_data(k),
+                                            an_tensor_data(v), segments ? an_tensor_data(segments) : NULL,
+                                            segments ? segments->dtype : AN_I64, an_tensor_data(lse),
+                                            an_tensor_data(grad_out), g[0], g[1], g[2]);
+    } else if (st == AN_OK && (st = an_f64_read_all(ctx, (an_tensor *[]){q, k, v, grad_out}, 4, in)) == AN_OK) {
         if ((!segments || (st = an_i64_read(ctx, segments, &seg)) == AN_OK) &&
             (st = an_f64_write_all(ctx, grads, 3, res)) == AN_OK) {
             st = an_cpu_attention_backward(ctx, &sh, in[0].data, in[1].data, in[2].data, seg.data,

@@ -1,9 +1,12 @@
 /* attention_cached.c — an_attention_cached: decode attention over a KV cache, inference only
- * (it records no tape node and refuses inputs that require grad). */
+ * (it records no tape node and refuses inputs that require grad). Kernels: cpu/attention_cached.c
+ * (float64) and an_cuda_attention_cached in kernels/attention.cu (fp32 math); rows and lengths
+ * stay on the host on both devices. */
 #include "autograd/ops.h"
 
 #include "autograd/cpu/cpu.h"     /* an_cpu_attention_cached, an_f64_*, an_i64_* */
 #include "autograd/op_support.h"  /* AN_OP_INPUTS, checks */
+#include "kernels/cuda.h"         /* an_cuda_attention_cached */
 
 an_tensor *an_attention_cached(an_ctx *ctx, an_tensor *q, an_tensor *k_cache, an_tensor *v_cache, an_tensor *rows,
                                an_tensor *lengths, double scale) {
@@ -31,12 +34,17 @@ an_tensor *an_attention_cached(an_ctx *ctx, an_tensor *q, an_tensor *k_cache, an
                       "attention_cached: row %lld -> cache row %lld with %lld + %lld keys exceeds capacity %lld",
                       (long long)b, (long long)r[b], (long long)(r[b] >= 0 && r[b] < Bc ? len[r[b]] : -1),
                       (long long)T, (long long)S);
-    if (q->device != AN_CPU) {
-        an_op_no_kernel(ctx, "attention_cached", q);
-        return NULL;
-    }
     an_tensor *out = an_op_new_like(ctx, q, 4, q->shape);
     if (!out) return NULL;
+    if (q->device == AN_CUDA) {
+        an_attention_shape sh = {B, T, Hq, Hkv, D, scale};
+        if (an_cuda_attention_cached(ctx, &sh, S, q->dtype, an_tensor_data(q), an_tensor_data(k_cache),
+                                     an_tensor_data(v_cache), r, len, an_tensor_data(out)) != AN_OK) {
+            an_tensor_release(out);
+            return NULL;
+        }
+        return out;
+    }
     an_f64 in[3], res;
     an_status st = an_f64_read_all(ctx, (an_tensor *[]){q, k_cache, v_cache}, 3, in);
     if (st == AN_OK && (st = an_f64_write(ctx, out, &res)) == AN_OK) {

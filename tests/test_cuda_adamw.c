@@ -1,0 +1,333 @@
+/* test_cuda_adamw.c — AdamW and the gradient norm on CUDA (kernels/adamw.cu, wired through
+ * src/optim): the launcher against this file's own float64 transcription of src/optim/adamw.c's
+ * loop (bit for bit, param output poisoned first), the sum of squares against a float64 sum
+ * (within 1e-12 relative, and bit-identical when repeated), and whole optimizers stepping the same
+ * tiny problem on both devices — bf16 parameters with fp32 masters (whole and as two slices), f16
+ * and f32 parameters, decay and no-decay, a warmup schedule — for several steps:
+ * - without clipping, every parameter, master and moment is bit-identical to the CPU's;
+ * - with clipping, the reported norms agree to 1e-12 (the GPU sums squares in another fixed order)
+ *   and the state within 1e-6 relative (masters, moments) and one ulp (bf16/f16 parameters).
+ * Also: clip_grad_norm on CUDA gradients, and a NaN gradient on the GPU is an error that changes
+ * nothing. Without a GPU (or in a build without CUDA) every test prints SKIP and passes. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/cuda.h"  /* an_cuda_adamw, an_cuda_sum_squares */
+#include "optim/optim.h"
+#include "support/test_util.h"
+
+static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
+    an_ctx *ctx = test_gpu_ctx(seed, what);
+    fflush(stdout);
+    return ctx;
+}
+
+static void ok(an_ctx *ctx, an_status st, const char *what) {
+    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
+}
+
+/* Bytes of a tensor on either device, on the host (caller frees). */
+static void *bytes_of(an_ctx *ctx, const an_tensor *t) {
+    size_t n = an_tensor_nbytes(t);
+    void *b = malloc(n ? n : 1);
+    ok(ctx, an_cuda_memcpy(ctx, b, AN_CPU, an_tensor_data(t), t->device, n), "download");
+    return b;
+}
+
+static an_tensor *upload(an_ctx *ctx, const an_tensor *t) {
+    an_tensor *d = an_tensor_to(ctx, t, t->dtype, AN_CUDA);
+    ck_assert_msg(d != NULL, "upload: %s", an_error_message(ctx));
+    return d;
+}
+
+/* ---- the launcher, bit for bit ---- */
+
+/* src/optim/adamw.c's element update, transcribed (this file is C11: no contraction). */
+static void reference_update(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, float g32) {
+    double g = (double)g32 * k->grad_scale;
+    double p = (double)*master * k->decay;
+    double m = *exp_avg, v = *exp_avg_sq;
+    *exp_avg = (float)(m + (1 - k->beta1) * (g - m));
+    *exp_avg_sq = (float)(k->beta2 * v + (1 - k->beta2) * g * g);
+    double denom = sqrt((double)*exp_avg_sq) / k->bc2_sqrt + k->eps;
+    *master = (float)(p - k->step_size * (double)*exp_avg / denom);
+}
+
+START_TEST(test_cuda_adamw_launcher_is_bit_identical_to_the_cpu_formula) {
+    an_ctx *ctx = gpu_ctx(1, "cuda adamw launcher");
+    if (!ctx) return;
+    const an_dtype dtypes[] = {AN_F32, AN_BF16, AN_F16};
+    const int64_t sizes[] = {1, 7, 1023, 300007};
+    for (int pd = 0; pd < 3; pd++)
+        for (int gd = 0; gd < 3; gd++)
+            for (size_t z = 0; z < sizeof sizes / sizeof *sizes; z++) {
+                int64_t n = sizes[z];
+                an_tensor *master = test_uniform(ctx, AN_F32, 1, &n, -1, 1, false);
+                an_tensor *m = test_uniform(ctx, AN_F32, 1, &n, -0.1, 0.1, false);
+                an_tensor *v = test_uniform(ctx, AN_F32, 1, &n, 0, 0.01, false);
+                an_tensor *g = test_uniform(ctx, dtypes[gd], 1, &n, -3, 3, false);
+                an_tensor *dm = upload(ctx, master), *dmo = upload(ctx, m), *dv = upload(ctx, v), *dg = upload(ctx, g);
+                bool own = dtypes[pd] == AN_F32 && gd == 0; /* once: the f32 parameter is its own master */
+                an_tensor *param = own ? NULL : an_tensor_new(ctx, dtypes[pd], AN_CUDA, 1, &n);
+                if (param) ok(ctx, an_cuda_memset(ctx, an_tensor_data(param), 0xFF, an_tensor_nbytes(param)), "poison");
+                double t = 3, lr = 1e-2 * (1 + an_rng_uniform(&ctx->rng));
+                an_adamw_scalars k = {.decay = 1 - lr * 0.1, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                                      .grad_scale = 0.37 + an_rng_uniform(&ctx->rng)};
+                k.step_size = lr / (1 - pow(k.beta1, t));
+                k.bc2_sqrt = sqrt(1 - pow(k.beta2, t));
+                ok(ctx, an_cuda_adamw(ctx, &k, an_tensor_data(dm), an_tensor_data(dmo), an_tensor_data(dv),
+                                      an_tensor_data(dg), dtypes[gd], param ? an_tensor_data(param) : NULL,
+                                      dtypes[pd], n), "adamw");
+                float *hm = an_tensor_data(master), *hmo = an_tensor_data(m), *hv = an_tensor_data(v);
+                for (int64_t i = 0; i < n; i++)
+                    reference_update(&k, &hm[i], &hmo[i], &hv[i], (float)an_tensor_get(g, i));
+                float *gm = bytes_of(ctx, dm), *gmo = bytes_of(ctx, dmo), *gv = bytes_of(ctx, dv);
+                for (int64_t i = 0; i < n; i++) {
+                    ck_assert_msg(memcmp(&gm[i], &hm[i], 4) == 0 && memcmp(&gmo[i], &hmo[i], 4) == 0 &&
+                                      memcmp(&gv[i], &hv[i], 4) == 0,
+                                  "param %s grad %s n %lld element %lld: GPU (%.9g %.9g %.9g) CPU (%.9g %.9g %.9g)",
+                                  an_dtype_name(dtypes[pd]), an_dtype_name(dtypes[gd]), (long long)n, (long long)i,
+                                  gm[i], gmo[i], gv[i], hm[i], hmo[i], hv[i]);
+                }
+                if (param) {
+                    size_t es = an_dtype_size(dtypes[pd]);
+                    char *want = malloc((size_t)n * es), *got = bytes_of(ctx, param);
+                    an_dtype_convert(hm, AN_F32, want, dtypes[pd], (size_t)n);
+                    for (int64_t i = 0; i < n; i++)
+                        ck_assert_msg(memcmp(got + i * es, want + i * es, es) == 0,
+                                      "param %s n %lld element %lld: %.9g, master %.9g rounds to %.9g",
+                                      an_dtype_name(dtypes[pd]), (long long)n, (long long)i,
+                                      an_dtype_load(got, dtypes[pd], (size_t)i), hm[i],
+                                      an_dtype_load(want, dtypes[pd], (size_t)i));
+                    free(want), free(got);
+                }
+                free(gm), free(gmo), free(gv);
+                an_tensor *all[] = {master, m, v, g, dm, dmo, dv, dg, param};
+                for (size_t i = 0; i < sizeof all / sizeof *all; i++) an_tensor_release(all[i]);
+            }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- sum of squares ---- */
+
+START_TEST(test_cuda_sum_squares_is_float64_and_deterministic) {
+    an_ctx *ctx = gpu_ctx(2, "cuda sum_squares");
+    if (!ctx) return;
+    const an_dtype dtypes[] = {AN_F32, AN_BF16, AN_F16};
+    const int64_t sizes[] = {0, 1, 7, 1023, 4099, 300007, 3000017};
+    for (int d = 0; d < 3; d++)
+        for (size_t z = 0; z < sizeof sizes / sizeof *sizes; z++)
+            for (int64_t offset = 0; offset < 2; offset++) {
+                int64_t n = sizes[z], total = n + offset;
+                an_tensor *h = test_uniform(ctx, dtypes[d], 1, &total, -2, 2, false), *dev = upload(ctx, h);
+                double want = 0;
+                for (int64_t i = offset; i < total; i++) want += an_tensor_get(h, i) * an_tensor_get(h, i);
+                const char *x = (const char *)an_tensor_data(dev) + (size_t)offset * an_dtype_size(dtypes[d]);
+                double got = -1, again = -2;
+                ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, &got), "sum_squares");
+                ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, &again), "sum_squares again");
+                ck_assert_msg(!isnan(got) && fabs(got - want) <= 1e-12 * want, "%s n %lld offset %lld: %.17g, expected %.17g",
+                              an_dtype_name(dtypes[d]), (long long)n, (long long)offset, got, want);
+                ck_assert_msg(memcmp(&got, &again, sizeof got) == 0, "%s n %lld: %.17g then %.17g",
+                              an_dtype_name(dtypes[d]), (long long)n, got, again);
+                an_tensor_release(h), an_tensor_release(dev);
+            }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- whole optimizers on both devices ---- */
+
+typedef struct {
+    const char *name;
+    an_dtype dtype;
+    int ndim;
+    int64_t shape[2];
+} spec;
+
+static const spec SPECS[] = {
+    {"model.layers.0.mlp.up_proj.weight", AN_BF16, 2, {5, 7}},
+    {"model.layers.0.self_attn.q_proj.weight", AN_BF16, 1, {300}}, /* registered as two slices */
+    {"model.norm.weight", AN_F16, 1, {33}},
+    {"lm_head.weight", AN_F32, 2, {4099, 1}},
+};
+enum { N_SPECS = sizeof SPECS / sizeof *SPECS };
+
+typedef struct {
+    an_tensor *p[N_SPECS];
+    an_optim *opt;
+} side;
+
+static void side_make(an_ctx *ctx, side *s, an_tensor *const *init, an_device device, const an_adamw_config *c) {
+    ok(ctx, an_optim_create(ctx, c, &s->opt), "create");
+    for (int k = 0; k < N_SPECS; k++) {
+        s->p[k] = an_tensor_to(ctx, init[k], init[k]->dtype, device);
+        ck_assert_ptr_nonnull(s->p[k]);
+        an_tensor_set_requires_grad(s->p[k], true);
+        bool no_decay = an_optim_no_decay(SPECS[k].name);
+        if (k == 1) { /* two slices of one tensor, as ZeRO shards would be */
+            ok(ctx, an_optim_add(ctx, s->opt, "q.lo", &s->p[k], false, 0, 100), "add lo");
+            ok(ctx, an_optim_add(ctx, s->opt, "q.hi", &s->p[k], true, 100, 300), "add hi");
+        } else {
+            ok(ctx, an_optim_add(ctx, s->opt, SPECS[k].name, &s->p[k], no_decay, 0, an_tensor_numel(s->p[k])),
+               "add");
+        }
+    }
+}
+
+static void side_free(side *s) {
+    for (int k = 0; k < N_SPECS; k++) an_tensor_release(s->p[k]);
+    an_optim_free(s->opt);
+}
+
+/* Within rtol relative (+ atol) as values, or bit-identical when exact. */
+static void expect_state(an_ctx *ctx, const an_tensor *gpu, const an_tensor *cpu, bool exact, double rtol,
+                         const char *what) {
+    int64_t n = an_tensor_numel(cpu);
+    ck_assert_int_eq(an_tensor_numel(gpu), n);
+    ck_assert_int_eq(gpu->device, AN_CUDA);
+    char *g = bytes_of(ctx, gpu);
+    size_t es = an_dtype_size(cpu->dtype);
+    for (int64_t i = 0; i < n; i++) {
+        double x = an_dtype_load(g, gpu->dtype, (size_t)i), y = an_tensor_get(cpu, i);
+        if (exact)
+            ck_assert_msg(memcmp(g + i * es, (const char *)an_tensor_data(cpu) + i * es, es) == 0,
+                          "%s: element %lld is %.9g on the GPU, %.9g on the CPU", what, (long long)i, x, y);
+        else
+            ck_assert_msg(!isnan(x) && fabs(x - y) <= rtol * fabs(y) + 1e-12,
+                          "%s: element %lld is %.9g on the GPU, %.9g on the CPU", what, (long long)i, x, y);
+    }
+    free(g);
+}
+
+static void run_both(an_ctx *ctx, double max_grad_norm) {
+    an_adamw_config c = an_adamw_config_default();
+    c.lr = 3e-2;
+    c.weight_decay = 0.1;
+    c.max_grad_norm = max_grad_norm;
+    c.schedule = (an_schedule){.kind = AN_SCHEDULE_LINEAR, .warmup_steps = 2, .total_steps = 10};
+    an_tensor *init[N_SPECS];
+    for (int k = 0; k < N_SPECS; k++)
+        init[k] = test_uniform(ctx, SPECS[k].dtype, SPECS[k].ndim, SPECS[k].shape, -1, 1, false);
+    side cpu, gpu;
+    side_make(ctx, &cpu, init, AN_CPU, &c);
+    side_make(ctx, &gpu, init, AN_CUDA, &c);
+    bool exact = max_grad_norm == 0;
+    char what[160];
+    for (int step = 0; step < 6; step++) {
+        for (int k = 0; k < N_SPECS; k++) {
+            /* one parameter has no gradient at step 2 (torch skips it) */
+            an_tensor_zero_grad(cpu.p[k]), an_tensor_zero_grad(gpu.p[k]);
+            if (step == 2 && k == 2) continue;
+            an_tensor *g = test_uniform(ctx, SPECS[k].dtype, SPECS[k].ndim, SPECS[k].shape, -1, 1, false);
+            gpu.p[k]->grad = upload(ctx, g);
+            cpu.p[k]->grad = g;
+        }
+        an_optim_report rc, rg;
+        ok(ctx, an_optim_step(ctx, cpu.opt, &rc), "cpu step");
+        ok(ctx, an_optim_step(ctx, gpu.opt, &rg), "gpu step");
+        ck_assert_int_eq(rg.step, rc.step);
+        ck_assert_msg(rg.lr == rc.lr, "step %d: lr %.17g vs %.17g", step, rg.lr, rc.lr);
+        ck_assert_msg(fabs(rg.grad_norm - rc.grad_norm) <= 1e-12 * rc.grad_norm, "step %d: norm %.17g vs %.17g", step,
+                      rg.grad_norm, rc.grad_norm);
+        ck_assert_msg(fabs(rg.grad_scale - rc.grad_scale) <= 1e-12 * rc.grad_scale, "step %d: scale %.17g vs %.17g",
+                      step, rg.grad_scale, rc.grad_scale);
+        if (max_grad_norm > 0) ck_assert_msg(rc.grad_scale < 1, "step %d: clipping never happened", step);
+        if (exact) ck_assert_msg(rg.grad_scale == 1.0 && rc.grad_scale == 1.0, "step %d: clipped", step);
+        int n_state = an_optim_state_count(cpu.opt);
+        ck_assert_int_eq(an_optim_state_count(gpu.opt), n_state);
+        for (int i = 0; i < n_state; i++) {
+            const char *name;
+            an_tensor *sc = an_optim_state_at(cpu.opt, i, &name), *sg = an_optim_state_at(gpu.opt, i, NULL);
+            snprintf(what, sizeof what, "clip %g step %d: %s", max_grad_norm, step, name);
+            expect_state(ctx, sg, sc, exact, 1e-6, what);
+        }
+        for (int k = 0; k < N_SPECS; k++) {
+            snprintf(what, sizeof what, "clip %g step %d: parameter %s", max_grad_norm, step, SPECS[k].name);
+            double ulp = SPECS[k].dtype == AN_BF16 ? 1.0 / 128 : SPECS[k].dtype == AN_F16 ? 1.0 / 1024 : 1e-6;
+            expect_state(ctx, gpu.p[k], cpu.p[k], exact, ulp, what);
+        }
+    }
+    ck_assert_int_eq(an_optim_step_count(gpu.opt), 6);
+    side_free(&cpu), side_free(&gpu);
+    for (int k = 0; k < N_SPECS; k++) an_tensor_release(init[k]);
+}
+
+START_TEST(test_cuda_adamw_steps_match_cpu_bit_for_bit_without_clipping) {
+    an_ctx *ctx = gpu_ctx(3, "cuda adamw steps");
+    if (!ctx) return;
+    run_both(ctx, 0);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_cuda_adamw_steps_with_clipping_match_cpu) {
+    an_ctx *ctx = gpu_ctx(4, "cuda adamw steps with clipping");
+    if (!ctx) return;
+    run_both(ctx, 0.5);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_cuda_clip_grad_norm_and_nan_gradients) {
+    an_ctx *ctx = gpu_ctx(5, "cuda clip_grad_norm");
+    if (!ctx) return;
+    an_tensor *cpu[2], *gpu[2];
+    const an_dtype dtypes[2] = {AN_BF16, AN_F32};
+    const int64_t sizes[2] = {1000, 333};
+    for (int k = 0; k < 2; k++) {
+        cpu[k] = test_uniform(ctx, dtypes[k], 1, &sizes[k], -1, 1, true);
+        gpu[k] = upload(ctx, cpu[k]);
+        an_tensor_set_requires_grad(gpu[k], true);
+        cpu[k]->grad = test_uniform(ctx, dtypes[k], 1, &sizes[k], -1, 1, false);
+        gpu[k]->grad = upload(ctx, cpu[k]->grad);
+    }
+    double nc = 0, ng = 0;
+    ok(ctx, an_optim_clip_grad_norm(ctx, cpu, 2, 1.0, &nc), "cpu clip");
+    ok(ctx, an_optim_clip_grad_norm(ctx, gpu, 2, 1.0, &ng), "gpu clip");
+    ck_assert_msg(fabs(ng - nc) <= 1e-12 * nc, "norm %.17g vs %.17g", ng, nc);
+    /* the GPU scales in fp32 (an_cuda_scale), the CPU in float64: one rounding apart at most */
+    expect_state(ctx, gpu[0]->grad, cpu[0]->grad, false, 1.0 / 128, "clipped bf16 gradient");
+    expect_state(ctx, gpu[1]->grad, cpu[1]->grad, false, 1e-6, "clipped f32 gradient");
+
+    /* a NaN gradient: AN_ERR_INPUT, and no parameter, state or step count changes */
+    an_adamw_config c = an_adamw_config_default();
+    an_optim *opt;
+    ok(ctx, an_optim_create(ctx, &c, &opt), "create");
+    ok(ctx, an_optim_add(ctx, opt, "w", &gpu[0], false, 0, sizes[0]), "add");
+    float nan = NAN;
+    an_tensor *bad = an_tensor_from_data(ctx, AN_F32, 1, (int64_t[]){1}, &nan);
+    an_tensor *bad_dev = an_tensor_rows(ctx, gpu[0]->grad, 17, 1);
+    ok(ctx, an_tensor_copy_into(ctx, bad_dev, bad), "poke a NaN");
+    void *before = bytes_of(ctx, gpu[0]);
+    ck_assert_int_eq(an_optim_step(ctx, opt, NULL), AN_ERR_INPUT);
+    an_error_clear(ctx);
+    ck_assert_int_eq(an_optim_step_count(opt), 0);
+    void *after = bytes_of(ctx, gpu[0]);
+    ck_assert(memcmp(before, after, an_tensor_nbytes(gpu[0])) == 0);
+    free(before), free(after);
+    an_tensor_release(bad), an_tensor_release(bad_dev);
+    an_optim_free(opt);
+    for (int k = 0; k < 2; k++) an_tensor_release(cpu[k]), an_tensor_release(gpu[k]);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+static void add_case(Suite *s, const char *name, const TTest *test) {
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test);
+    suite_add_tcase(s, tc);
+}
+
+int main(void) {
+    Suite *s = suite_create("cuda_adamw");
+    add_case(s, "launcher", test_cuda_adamw_launcher_is_bit_identical_to_the_cpu_formula);
+    add_case(s, "sum_squares", test_cuda_sum_squares_is_float64_and_deterministic);
+    add_case(s, "steps", test_cuda_adamw_steps_match_cpu_bit_for_bit_without_clipping);
+    add_case(s, "clipped_steps", test_cuda_adamw_steps_with_clipping_match_cpu);
+    add_case(s, "clip_and_nan", test_cuda_clip_grad_norm_and_nan_gradients);
+    return test_run(s);
+}

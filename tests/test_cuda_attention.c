@@ -1,0 +1,444 @@
+/* test_cuda_attention.c — the CUDA attention kernels (kernels/attention.cu) against the float64
+ * CPU reference (an_cpu_attention, an_cpu_attention_backward, an_cpu_attention_cached) on fresh
+ * random inputs: forward (out and lse), backward (dq, dk, dv, together and alone, bit-identical
+ * when repeated), T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
+ * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernel over
+ * a KV cache; and the autograd ops (an_attention forward + backward, an_attention_cached) on CUDA
+ * tensors against the same ops on the CPU.
+ *
+ * Every launcher output is poisoned with 0xFF bytes (NaN in every float dtype) before the launch,
+ * so an element left unwritten fails; NaN never passes. Bounds, with rtol by dtype (f32 1e-5,
+ * bf16 1e-2, f16 2e-3): each element within rtol * (|want| + rms(want)) and the whole tensor
+ * within ||got - want|| <= rtol ||want||. The reference is computed from the same stored (rounded)
+ * inputs, so bf16/f16 errors are the output's own rounding (2^-9, 2^-12 relative) plus fp32 math;
+ * lse is f32 for every dtype and must be within 1e-5 (|want| + 1). Without a GPU (or in a build
+ * without CUDA) every test prints SKIP and passes. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "autograd/cpu/cpu.h"  /* the float64 reference kernels */
+#include "kernels/cuda.h"      /* the launchers under test */
+#include "support/test_util.h"
+
+static const an_dtype float_dtypes[] = {AN_F32, AN_BF16, AN_F16};
+#define N_DTYPES 3
+
+static double rtol_of(an_dtype dtype) { return dtype == AN_F32 ? 1e-5 : dtype == AN_BF16 ? 1e-2 : 2e-3; }
+
+static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
+    an_ctx *ctx = test_gpu_ctx(seed, what);
+    fflush(stdout);
+    return ctx;
+}
+
+static void ok(an_ctx *ctx, an_status st, const char *what) {
+    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
+}
+
+/* Values of a CPU tensor as doubles (caller frees). */
+static double *values(const an_tensor *t) {
+    int64_t n = an_tensor_numel(t);
+    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    for (int64_t i = 0; i < n; i++) v[i] = an_tensor_get(t, i);
+    return v;
+}
+
+/* Synchronises (surfacing asynchronous errors) and copies a CUDA tensor's values to the host. */
+static double *download(an_ctx *ctx, const an_tensor *dev) {
+    ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
+    ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
+    double *v = values(h);
+    an_tensor_release(h);
+    return v;
+}
+
+/* A CUDA tensor of `shape`, every byte 0xFF (NaN in each float dtype). */
+static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape) {
+    an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, ndim, shape);
+    ck_assert_msg(t != NULL, "alloc: %s", an_error_message(ctx));
+    ok(ctx, an_cuda_memset(ctx, an_tensor_data(t), 0xFF, an_tensor_nbytes(t)), "poison");
+    return t;
+}
+
+/* Fails unless got (n) matches want elementwise within rtol (|want| + rms) + atol and as a whole
+ * within rtol ||want|| + atol sqrt(n); NaN fails. */
+static void expect_close(const double *got, const double *want, int64_t n, double rtol, double atol, const char *fmt,
+                         ...) {
+    char what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    double ms = 0, err2 = 0, ref2 = 0;
+    for (int64_t i = 0; i < n; i++) ms += want[i] * want[i] / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        double bound = rtol * (fabs(want[i]) + sqrt(ms)) + atol;
+        ck_assert_msg(!isnan(got[i]) && fabs(got[i] - want[i]) <= bound,
+                      "%s: element %lld of %lld is %.9g, expected %.9g (bound %.3g)", what, (long long)i,
+                      (long long)n, got[i], want[i], bound);
+        err2 += (got[i] - want[i]) * (got[i] - want[i]);
+        ref2 += want[i] * want[i];
+    }
+    ck_assert_msg(sqrt(err2) <= rtol * sqrt(ref2) + atol * sqrt((double)n), "%s: relative error %.3g over rtol %.3g",
+                  what, sqrt(err2 / (ref2 > 0 ? ref2 : 1)), rtol);
+}
+
+static void expect_dev_close(an_ctx *ctx, const an_tensor *dev, const double *want, double rtol, double atol,
+                             const char *what) {
+    double *got = download(ctx, dev);
+    expect_close(got, want, an_tensor_numel(dev), rtol, atol, "%s", what);
+    free(got);
+}
+
+static void expect_same_bits(an_ctx *ctx, const an_tensor *a, const an_tensor *b, const char *what) {
+    ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    size_t bytes = an_tensor_nbytes(a);
+    char *x = malloc(bytes ? bytes : 1), *y = malloc(bytes ? bytes : 1);
+    ok(ctx, an_cuda_memcpy(ctx, x, AN_CPU, an_tensor_data(a), AN_CUDA, bytes), "download");
+    ok(ctx, an_cuda_memcpy(ctx, y, AN_CPU, an_tensor_data(b), AN_CUDA, bytes), "download");
+    ck_assert_msg(memcmp(x, y, bytes) == 0, "%s: a repeated launch gave different bits", what);
+    free(x);
+    free(y);
+}
+
+/* A random tensor on both devices with the same stored values. */
+typedef struct {
+    an_tensor *host, *dev;
+    double *v; /* the stored values */
+} pair;
+
+static pair random_pair(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape, double lo, double hi) {
+    pair p;
+    p.host = test_uniform(ctx, dtype, ndim, shape, lo, hi, false);
+    p.dev = an_tensor_to(ctx, p.host, dtype, AN_CUDA);
+    ck_assert_msg(p.dev != NULL, "upload: %s", an_error_message(ctx));
+    p.v = values(p.host);
+    return p;
+}
+
+static void pair_release(pair p) {
+    an_tensor_release(p.host);
+    an_tensor_release(p.dev);
+    free(p.v);
+}
+
+typedef enum { SEG_NONE, SEG_RUNS, SEG_RUNS_I32, SEG_SCATTERED } seg_kind;
+
+/* Segment ids (B, T) on the host (NULL for SEG_NONE): contiguous documents of random lengths
+ * (ids rising from 10 b), or ids in [0, 3) in any order. *dev gets the ids on the GPU as i64, or
+ * i32 for SEG_RUNS_I32. */
+static int64_t *random_segments(an_ctx *ctx, int64_t B, int64_t T, seg_kind kind, an_tensor **dev) {
+    *dev = NULL;
+    if (kind == SEG_NONE) return NULL;
+    int64_t *v = malloc((size_t)(B * T) * sizeof *v);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) {
+            double u = an_rng_uniform(&ctx->rng);
+            if (kind == SEG_SCATTERED) v[b * T + t] = (int64_t)(u * 3);
+            else v[b * T + t] = t == 0 ? 10 * b : v[b * T + t - 1] + (u < 0.1);
+        }
+    an_tensor *h = an_tensor_new(ctx, kind == SEG_RUNS_I32 ? AN_I32 : AN_I64, AN_CPU, 2, (int64_t[]){B, T});
+    ck_assert_ptr_nonnull(h);
+    for (int64_t i = 0; i < B * T; i++) an_tensor_set(h, i, (double)v[i]);
+    *dev = an_tensor_to(ctx, h, h->dtype, AN_CUDA);
+    ck_assert_msg(*dev != NULL, "upload: %s", an_error_message(ctx));
+    an_tensor_release(h);
+    return v;
+}
+
+typedef struct {
+    int64_t B, T, Hq, Hkv, D;
+    seg_kind seg;
+} dims;
+
+static const dims shapes[] = {
+    {1, 1, 1, 1, 16, SEG_NONE},     {2, 7, 4, 2, 64, SEG_RUNS},       {1, 130, 12, 2, 128, SEG_RUNS},
+    {2, 130, 2, 2, 16, SEG_NONE},   {1, 130, 3, 3, 64, SEG_RUNS_I32}, {2, 65, 12, 2, 16, SEG_SCATTERED},
+    {1, 7, 12, 2, 128, SEG_NONE},   {1, 130, 4, 2, 200, SEG_RUNS},    {1, 65, 2, 1, 1, SEG_NONE},
+    {3, 33, 6, 3, 33, SEG_SCATTERED}, {1, 200, 2, 1, 256, SEG_NONE},
+};
+#define N_SHAPES (sizeof shapes / sizeof *shapes)
+
+/* ---- forward and backward against the float64 reference ---- */
+
+static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
+    char what[192];
+    snprintf(what, sizeof what, "%s B %lld T %lld Hq %lld Hkv %lld D %lld seg %d", an_dtype_name(dtype),
+             (long long)s.B, (long long)s.T, (long long)s.Hq, (long long)s.Hkv, (long long)s.D, (int)s.seg);
+    int64_t qs[4] = {s.B, s.T, s.Hq, s.D}, ks[4] = {s.B, s.T, s.Hkv, s.D}, ls[3] = {s.B, s.Hq, s.T};
+    pair q = random_pair(ctx, dtype, 4, qs, -2, 2), k = random_pair(ctx, dtype, 4, ks, -2, 2);
+    pair v = random_pair(ctx, dtype, 4, ks, -2, 2), go = random_pair(ctx, dtype, 4, qs, -1, 1);
+    an_tensor *seg_dev;
+    int64_t *seg = random_segments(ctx, s.B, s.T, s.seg, &seg_dev);
+    an_attention_shape sh = {s.B, s.T, s.Hq, s.Hkv, s.D, 1.0 / sqrt((double)s.D)};
+    int64_t nq = s.B * s.T * s.Hq * s.D, nk = s.B * s.T * s.Hkv * s.D, nl = s.B * s.Hq * s.T;
+    double *out = malloc((size_t)nq * sizeof *out), *lse = malloc((size_t)nl * sizeof *lse);
+    double *dq = malloc((size_t)nq * sizeof *dq), *dk = malloc((size_t)nk * sizeof *dk);
+    double *dv = malloc((size_t)nk * sizeof *dv);
+    ok(ctx, an_cpu_attention(ctx, &sh, q.v, k.v, v.v, seg, out, lse), "reference forward");
+    ok(ctx, an_cpu_attention_backward(ctx, &sh, q.v, k.v, v.v, seg, lse, go.v, dq, dk, dv), "reference backward");
+
+    const void *segp = seg_dev ? an_tensor_data(seg_dev) : NULL;
+    an_dtype seg_dtype = seg_dev ? seg_dev->dtype : AN_I64;
+    double rtol = rtol_of(dtype);
+    char msg[256];
+    an_tensor *o = poisoned(ctx, dtype, 4, qs), *l = poisoned(ctx, AN_F32, 3, ls);
+    ok(ctx, an_cuda_attention(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev), an_tensor_data(v.dev),
+                              segp, seg_dtype, an_tensor_data(o), an_tensor_data(l)), "forward");
+    snprintf(msg, sizeof msg, "%s: out", what);
+    expect_dev_close(ctx, o, out, rtol, 0, msg);
+    double *lse_got = download(ctx, l);
+    for (int64_t i = 0; i < nl; i++)
+        ck_assert_msg(!isnan(lse_got[i]) && fabs(lse_got[i] - lse[i]) <= 1e-5 * (fabs(lse[i]) + 1),
+                      "%s: lse %lld is %.9g, expected %.9g", what, (long long)i, lse_got[i], lse[i]);
+    free(lse_got);
+
+    /* every gradient at once, then again (bit-identical), then each alone */
+    an_tensor *g[2][3];
+    for (int rep = 0; rep < 2; rep++) {
+        g[rep][0] = poisoned(ctx, dtype, 4, qs), g[rep][1] = poisoned(ctx, dtype, 4, ks);
+        g[rep][2] = poisoned(ctx, dtype, 4, ks);
+        ok(ctx, an_cuda_attention_backward(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+                                           an_tensor_data(v.dev), segp, seg_dtype, an_tensor_data(l),
+                                           an_tensor_data(go.dev), an_tensor_data(g[rep][0]),
+                                           an_tensor_data(g[rep][1]), an_tensor_data(g[rep][2])), "backward");
+    }
+    const double *want[3] = {dq, dk, dv};
+    const char *names[3] = {"dq", "dk", "dv"};
+    for (int i = 0; i < 3; i++) {
+        snprintf(msg, sizeof msg, "%s: %s", what, names[i]);
+        expect_dev_close(ctx, g[0][i], want[i], rtol, 0, msg);
+        expect_same_bits(ctx, g[0][i], g[1][i], msg);
+        an_tensor_release(g[0][i]);
+        an_tensor_release(g[1][i]);
+    }
+    for (int only = 0; only < 3; only++) {
+        an_tensor *one = poisoned(ctx, dtype, 4, only == 0 ? qs : ks);
+        void *ptr[3] = {NULL, NULL, NULL};
+        ptr[only] = an_tensor_data(one);
+        ok(ctx, an_cuda_attention_backward(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+                                           an_tensor_data(v.dev), segp, seg_dtype, an_tensor_data(l),
+                                           an_tensor_data(go.dev), ptr[0], ptr[1], ptr[2]), "backward, one gradient");
+        snprintf(msg, sizeof msg, "%s: %s alone", what, names[only]);
+        expect_dev_close(ctx, one, want[only], rtol, 0, msg);
+        an_tensor_release(one);
+    }
+    an_tensor_release(o);
+    an_tensor_release(l);
+    an_tensor_release(seg_dev);
+    free(seg), free(out), free(lse), free(dq), free(dk), free(dv);
+    pair_release(q), pair_release(k), pair_release(v), pair_release(go);
+}
+
+START_TEST(test_cuda_attention_forward_and_backward_match_float64_reference) {
+    an_ctx *ctx = gpu_ctx(1, "cuda attention");
+    if (!ctx) return;
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t s = 0; s < N_SHAPES; s++) check_shape(ctx, float_dtypes[d], shapes[s]);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_cuda_attention_refuses_head_dim_over_256) {
+    an_ctx *ctx = gpu_ctx(2, "cuda attention head_dim limit");
+    if (!ctx) return;
+    an_attention_shape sh = {1, 4, 1, 1, 257, 0.1};
+    an_tensor *x = an_tensor_zeros(ctx, AN_F32, AN_CUDA, 1, (int64_t[]){4 * 257});
+    an_tensor *l = an_tensor_zeros(ctx, AN_F32, AN_CUDA, 1, (int64_t[]){4});
+    ck_assert_int_eq(an_cuda_attention(ctx, &sh, AN_F32, an_tensor_data(x), an_tensor_data(x), an_tensor_data(x),
+                                       NULL, AN_I64, an_tensor_data(x), an_tensor_data(l)), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "257") != NULL, "message: %s", an_error_message(ctx));
+    an_error_clear(ctx);
+    an_tensor_release(x);
+    an_tensor_release(l);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- decode over a KV cache ---- */
+
+START_TEST(test_cuda_attention_cached_matches_float64_reference) {
+    an_ctx *ctx = gpu_ctx(3, "cuda attention_cached");
+    if (!ctx) return;
+    const int64_t head_dims[] = {1, 16, 64, 128, 200, 256};
+    const int64_t Bc = 3, S = 150, rows[2] = {2, 0}, lengths[3] = {5, 0, 129};
+    char what[128];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t z = 0; z < sizeof head_dims / sizeof *head_dims; z++)
+            for (int64_t T = 1; T <= 3; T += 2)
+                for (int gqa = 0; gqa < 2; gqa++) {
+                    an_dtype dtype = float_dtypes[d];
+                    int64_t D = head_dims[z], Hq = gqa ? 12 : 2, Hkv = 2, B = 2;
+                    int64_t qs[4] = {B, T, Hq, D}, cs[4] = {Bc, S, Hkv, D};
+                    pair q = random_pair(ctx, dtype, 4, qs, -2, 2), k = random_pair(ctx, dtype, 4, cs, -2, 2);
+                    pair v = random_pair(ctx, dtype, 4, cs, -2, 2);
+                    an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
+                    double *want = malloc((size_t)(B * T * Hq * D) * sizeof *want);
+                    an_cpu_attention_cached(&sh, S, q.v, k.v, v.v, rows, lengths, want);
+                    an_tensor *out = poisoned(ctx, dtype, 4, qs);
+                    ok(ctx, an_cuda_attention_cached(ctx, &sh, S, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+                                                     an_tensor_data(v.dev), rows, lengths, an_tensor_data(out)),
+                       "attention_cached");
+                    snprintf(what, sizeof what, "decode %s D %lld T %lld Hq %lld", an_dtype_name(dtype), (long long)D,
+                             (long long)T, (long long)Hq);
+                    expect_dev_close(ctx, out, want, rtol_of(dtype), 0, what);
+
+                    /* the op on CUDA tensors against the op on the CPU */
+                    an_tensor *r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
+                    an_tensor *len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
+                    an_tensor *cpu = an_attention_cached(ctx, q.host, k.host, v.host, r, len, sh.scale);
+                    an_tensor *gpu = an_attention_cached(ctx, q.dev, k.dev, v.dev, r, len, sh.scale);
+                    ck_assert_msg(cpu && gpu, "%s: op: %s", what, an_error_message(ctx));
+                    ck_assert_int_eq(gpu->device, AN_CUDA);
+                    double *cv = values(cpu);
+                    snprintf(what + strlen(what), sizeof what - strlen(what), " (op)");
+                    /* both sides rounded to the dtype: allow one more rounding */
+                    expect_dev_close(ctx, gpu, cv, 2 * rtol_of(dtype), 0, what);
+                    free(cv);
+                    an_tensor_release(cpu), an_tensor_release(gpu), an_tensor_release(r), an_tensor_release(len);
+                    an_tensor_release(out);
+                    free(want);
+                    pair_release(q), pair_release(k), pair_release(v);
+                }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- the autograd op on CUDA tensors ---- */
+
+/* loss = sum(attention(q, k, v) * w): the output gradient is w on both devices. */
+static an_tensor *attention_loss(an_ctx *ctx, an_tensor *q, an_tensor *k, an_tensor *v, an_tensor *seg, an_tensor *w,
+                                 double scale, an_tensor **out) {
+    *out = an_attention(ctx, q, k, v, seg, scale);
+    ck_assert_msg(*out != NULL, "attention: %s", an_error_message(ctx));
+    an_tensor *m = an_mul(ctx, *out, w);
+    an_tensor *loss = an_sum(ctx, m);
+    ck_assert_msg(loss != NULL, "loss: %s", an_error_message(ctx));
+    an_tensor_release(m);
+    return loss;
+}
+
+START_TEST(test_cuda_attention_op_forward_and_backward_match_cpu_op) {
+    an_ctx *ctx = gpu_ctx(4, "cuda attention op");
+    if (!ctx) return;
+    const dims op_shapes[] = {{2, 33, 4, 2, 32, SEG_RUNS_I32}, {1, 70, 6, 6, 64, SEG_NONE}, {2, 9, 12, 2, 128, SEG_RUNS}};
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t z = 0; z < sizeof op_shapes / sizeof *op_shapes; z++) {
+            an_dtype dtype = float_dtypes[d];
+            dims s = op_shapes[z];
+            int64_t qs[4] = {s.B, s.T, s.Hq, s.D}, ks[4] = {s.B, s.T, s.Hkv, s.D};
+            an_tensor *cpu[4], *gpu[4];
+            const int64_t *shape_of[4] = {qs, ks, ks, qs};
+            for (int i = 0; i < 4; i++) {
+                cpu[i] = test_uniform(ctx, dtype, 4, shape_of[i], -2, 2, i < 3);
+                gpu[i] = an_tensor_to(ctx, cpu[i], dtype, AN_CUDA);
+                ck_assert_ptr_nonnull(gpu[i]);
+                an_tensor_set_requires_grad(gpu[i], i < 3);
+            }
+            an_tensor *seg_dev, *seg_cpu = NULL;
+            int64_t *seg = random_segments(ctx, s.B, s.T, s.seg, &seg_dev);
+            if (seg_dev) seg_cpu = an_tensor_to(ctx, seg_dev, seg_dev->dtype, AN_CPU);
+            double scale = 0.7 / sqrt((double)s.D);
+            an_tensor *out_cpu, *out_gpu;
+            /* one graph at a time: backward clears the whole tape */
+            an_tensor *loss_cpu = attention_loss(ctx, cpu[0], cpu[1], cpu[2], seg_cpu, cpu[3], scale, &out_cpu);
+            ok(ctx, an_backward(ctx, loss_cpu), "cpu backward");
+            an_tensor *loss_gpu = attention_loss(ctx, gpu[0], gpu[1], gpu[2], seg_dev, gpu[3], scale, &out_gpu);
+            ck_assert_int_eq(out_gpu->device, AN_CUDA);
+            ok(ctx, an_backward(ctx, loss_gpu), "gpu backward");
+            /* both sides round every op's output to the dtype: allow twice the launcher bound */
+            double rtol = 2 * rtol_of(dtype);
+            double *want = values(out_cpu);
+            snprintf(what, sizeof what, "op %s T %lld D %lld: out", an_dtype_name(dtype), (long long)s.T,
+                     (long long)s.D);
+            expect_dev_close(ctx, out_gpu, want, rtol, 0, what);
+            free(want);
+            for (int i = 0; i < 3; i++) {
+                ck_assert_msg(gpu[i]->grad && gpu[i]->grad->device == AN_CUDA, "gradient %d missing on the GPU", i);
+                want = values(cpu[i]->grad);
+                snprintf(what, sizeof what, "op %s T %lld D %lld: gradient of input %d", an_dtype_name(dtype),
+                         (long long)s.T, (long long)s.D, i);
+                expect_dev_close(ctx, gpu[i]->grad, want, rtol, 0, what);
+                free(want);
+            }
+            an_tensor_release(loss_cpu), an_tensor_release(loss_gpu);
+            an_tensor_release(out_cpu), an_tensor_release(out_gpu);
+            for (int i = 0; i < 4; i++) an_tensor_release(cpu[i]), an_tensor_release(gpu[i]);
+            an_tensor_release(seg_dev), an_tensor_release(seg_cpu);
+            free(seg);
+        }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- timing (printed, never asserted) ---- */
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+START_TEST(test_cuda_attention_timing_is_printed) {
+    an_ctx *ctx = gpu_ctx(5, "cuda attention timing");
+    if (!ctx) return;
+    const int64_t B = 1, T = 2048, Hq = 16, Hkv = 4, D = 128;
+    int64_t qs[4] = {B, T, Hq, D}, ks[4] = {B, T, Hkv, D}, ls[3] = {B, Hq, T};
+    an_tensor *t[8];
+    for (int i = 0; i < 4; i++) {
+        an_tensor *h = test_uniform(ctx, AN_BF16, 4, i == 1 || i == 2 ? ks : qs, -2, 2, false);
+        t[i] = an_tensor_to(ctx, h, AN_BF16, AN_CUDA); /* q, k, v, dout */
+        an_tensor_release(h);
+    }
+    t[4] = poisoned(ctx, AN_BF16, 4, qs), t[5] = poisoned(ctx, AN_F32, 3, ls); /* out, lse */
+    t[6] = poisoned(ctx, AN_BF16, 4, qs), t[7] = poisoned(ctx, AN_BF16, 4, ks); /* dq, dk (dv reuses dk's shape) */
+    an_tensor *dv = poisoned(ctx, AN_BF16, 4, ks);
+    an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
+    double fwd = 0, bwd = 0;
+    for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up */
+        double t0 = now_seconds();
+        ok(ctx, an_cuda_attention(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]), an_tensor_data(t[2]),
+                                  NULL, AN_I64, an_tensor_data(t[4]), an_tensor_data(t[5])), "forward");
+        ok(ctx, an_cuda_synchronize(ctx), "sync");
+        double t1 = now_seconds();
+        ok(ctx, an_cuda_attention_backward(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]),
+                                           an_tensor_data(t[2]), NULL, AN_I64, an_tensor_data(t[5]),
+                                           an_tensor_data(t[3]), an_tensor_data(t[6]), an_tensor_data(t[7]),
+                                           an_tensor_data(dv)), "backward");
+        ok(ctx, an_cuda_synchronize(ctx), "sync");
+        double t2 = now_seconds();
+        if (rep > 0) fwd += (t1 - t0) / 3, bwd += (t2 - t1) / 3;
+    }
+    double flops = 2.0 * 2.0 * (double)(T * T) / 2 * (double)(D * Hq * B); /* QK^T and PV over the causal half */
+    printf("attention bf16 B %lld T %lld Hq %lld Hkv %lld D %lld causal: forward %.2f ms (%.1f TFLOP/s), backward "
+           "%.2f ms (%.1f TFLOP/s at 2.5x the forward's useful work)\n",
+           (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)D, fwd * 1e3, flops / fwd * 1e-12,
+           bwd * 1e3, 2.5 * flops / bwd * 1e-12);
+    fflush(stdout);
+    for (int i = 0; i < 8; i++) an_tensor_release(t[i]);
+    an_tensor_release(dv);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+static void add_case(Suite *s, const char *name, const TTest *test) {
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test);
+    suite_add_tcase(s, tc);
+}
+
+int main(void) {
+    Suite *s = suite_create("cuda_attention");
+    add_case(s, "kernels", test_cuda_attention_forward_and_backward_match_float64_reference);
+    add_case(s, "limits", test_cuda_attention_refuses_head_dim_over_256);
+    add_case(s, "decode", test_cuda_attention_cached_matches_float64_reference);
+    add_case(s, "op", test_cuda_attention_op_forward_and_backward_match_cpu_op);
+    add_case(s, "timing", test_cuda_attention_timing_is_printed);
+    return test_run(s);
+}
