@@ -83,6 +83,88 @@ an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, f
  * float64 in a fixed order that depends only on n (bit-reproducible on one device; synchronises). */
 an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum);
 
+/* ---- Indices (indices.cu) ---- */
+
+/* What an_cuda_check_ids found in ids (n) i32/i64: first_bad is the smallest i with ids[i]
+ * outside [0, limit) (and, when allow_ignore, not equal to ignore_index), or n when none is;
+ * bad_value is ids[first_bad] (0 when none); counted is the number of ids not equal to
+ * ignore_index (n when !allow_ignore). */
+typedef struct {
+    int64_t first_bad;
+    int64_t bad_value;
+    int64_t counted;
+} an_cuda_id_report;
+/* Scans device ids once and copies the report to the host: it synchronises the stream. */
+an_status an_cuda_check_ids(an_ctx *ctx, const void *ids, an_dtype id_dtype, int64_t n, int64_t limit,
+                            int allow_ignore, int64_t ignore_index, an_cuda_id_report *report);
+
+/* ---- Embedding (embedding.cu). ids (n) are i32/i64 already checked to lie in [0, V). ---- */
+
+/* out (n, D) = rows ids[i] of table (V, D), copied bit for bit. */
+an_status an_cuda_embedding(an_ctx *ctx, an_dtype dtype, const void *ids, an_dtype id_dtype, int64_t n,
+                            const void *table, int64_t V, int64_t D, void *out);
+/* grad_table (V, D) = sum of rows i of grad_out (n, D) with ids[i] == v, written with = (rows of
+ * ids that never occur are 0). Deterministic: token positions are sorted by id with a stable
+ * radix sort and each id's rows are summed in fp32 in position order; no float atomics. */
+an_status an_cuda_embedding_backward(an_ctx *ctx, an_dtype dtype, const void *ids, an_dtype id_dtype, int64_t n,
+                                     const void *grad_out, int64_t V, int64_t D, void *grad_table);
+
+/* ---- RMSNorm (rmsnorm.cu): fp32 math and sums ---- */
+
+/* y (rows, D) = x * rstd * w (D); rstd (rows) fp32 = 1 / sqrt(mean(x^2) + eps) per row. */
+an_status an_cuda_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, int64_t rows, int64_t D,
+                          double eps, void *y, float *rstd);
+/* grad_x (rows, D) and grad_w (D) from the forward's rstd, written with =; either may be NULL.
+ * grad_w is deterministic: fp32 partial column sums per split of rows, then the splits in order. */
+an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, const float *rstd,
+                                   const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w);
+
+/* ---- RoPE (rope.cu) ---- */
+
+/* Longest head dim the rope kernel takes (its inverse frequencies travel as a kernel argument). */
+#define AN_CUDA_ROPE_MAX_D 512
+/* out (rows, H, D) = x rotated by sign * positions[row] * inv_freq[i] on each pair: (i, i + D/2)
+ * when `interleaved` is 0 (NEOX), (2i, 2i + 1) otherwise. positions (rows) i32/i64 >= 0 on the
+ * device; inv_freq (D/2) float64 on the host (an_cpu_rope_inv_freq). Angles are float64 on the
+ * device, cos/sin are float64 rounded once to fp32, the rotation is fp32. out may be x. */
+an_status an_cuda_rope(an_ctx *ctx, an_dtype dtype, const void *x, const void *positions, an_dtype pos_dtype,
+                       int64_t rows, int64_t H, int64_t D, const double *inv_freq, int interleaved, double sign,
+                       void *out);
+
+/* ---- Softmax over the last dim (softmax.cu), fp32 math ---- */
+
+/* y (rows, cols) = softmax(x) per row. */
+an_status an_cuda_softmax(an_ctx *ctx, an_dtype dtype, const void *x, int64_t rows, int64_t cols, void *y);
+/* dx (rows, cols) = y * (dy - sum(dy * y)) per row, written with =. */
+an_status an_cuda_softmax_backward(an_ctx *ctx, an_dtype dtype, const void *y, const void *dy, int64_t rows,
+                                   int64_t cols, void *dx);
+
+/* ---- Cross-entropy and log-softmax-gather (cross_entropy.cu), fp32 math ----
+ * logits (N, V) of dtype; targets/ids (N) i32/i64 on the device, checked by the op (in [0, V) or
+ * ignore_index). lse (N) fp32. */
+
+/* lse[i] = logsumexp(logits row i) and loss_rows[i] = lse[i] - logits[i, targets[i]]; both 0 on
+ * rows whose target is ignore_index. */
+an_status an_cuda_cross_entropy_rows(an_ctx *ctx, an_dtype dtype, const void *logits, const void *targets,
+                                     an_dtype target_dtype, int64_t N, int64_t V, int64_t ignore_index, float *lse,
+                                     float *loss_rows);
+/* out (a scalar of dtype) = scale * sum(values (n) fp32), summed in fp64 in a fixed order. */
+an_status an_cuda_loss_total(an_ctx *ctx, an_dtype dtype, const float *values, int64_t n, double scale, void *out);
+/* dx (N, V) = g * scale * (exp(logits - lse) - onehot(target)), 0 on ignored rows, where g is the
+ * scalar of dtype at grad (on the device). dx may be logits. */
+an_status an_cuda_cross_entropy_backward(an_ctx *ctx, an_dtype dtype, const void *logits, const float *lse,
+                                         const void *targets, an_dtype target_dtype, int64_t N, int64_t V,
+                                         int64_t ignore_index, const void *grad, double scale, void *dx);
+/* lse (N) and out (N) of dtype = logits[i, ids[i]] - lse[i]. */
+an_status an_cuda_log_softmax_gather(an_ctx *ctx, an_dtype dtype, const void *logits, const void *ids,
+                                     an_dtype id_dtype, int64_t N, int64_t V, float *lse, void *out);
+/* dx (N, V) = grad[i] * (onehot(ids[i]) - exp(logits - lse)), grad (N) of dtype; written with =. */
+an_status an_cuda_log_softmax_gather_backward(an_ctx *ctx, an_dtype dtype, const void *logits, const float *lse,
+                                              const void *ids, an_dtype id_dtype, const void *grad, int64_t N,
+                                              int64_t V, void *dx);
+/* acc (n) fp32 += src (n) of dtype (fp32 accumulation of chunked weight gradients). */
+an_status an_cuda_accumulate_f32(an_ctx *ctx, float *acc, const void *src, an_dtype dtype, int64_t n);
+
 #ifdef __cplusplus
 }
 #endif

@@ -104,3 +104,77 @@ an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_
     (void)dtype, (void)x, (void)n, (void)sum;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_check_ids(an_ctx *ctx, const void *ids, an_dtype id_dtype, int64_t n, int64_t limit,
+                            int allow_ignore, int64_t ignore_index, an_cuda_id_report *report) {
+    (void)ids, (void)id_dtype, (void)n, (void)limit, (void)allow_ignore, (void)ignore_index, (void)report;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_embedding(an_ctx *ctx, an_dtype dtype, const void *ids, an_dtype id_dtype, int64_t n,
+                            const void *table, int64_t V, int64_t D, void *out) {
+    (void)dtype, (void)ids, (void)id_dtype, (void)n, (void)table, (void)V, (void)D, (void)out;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_embedding_backward(an_ctx *ctx, an_dtype dtype, const void *ids, an_dtype id_dtype, int64_t n,
+                                     const void *grad_out, int64_t V, int64_t D, void *grad_table) {
+    (void)dtype, (void)ids, (void)id_dtype, (void)n, (void)grad_out, (void)V, (void)D, (void)grad_table;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, int64_t rows, int64_t D,
+                          double eps, void *y, float *rstd) {
+    (void)dtype, (void)x, (void)w, (void)rows, (void)D, (void)eps, (void)y, (void)rstd;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, const float *rstd,
+                                   const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w) {
+    (void)dtype, (void)x, (void)w, (void)rstd, (void)grad_y, (void)rows, (void)D, (void)grad_x, (void)grad_w;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_rope(an_ctx *ctx, an_dtype dtype, const void *x, const void *positions, an_dtype pos_dtype,
+                       int64_t rows, int64_t H, int64_t D, const double *inv_freq, int interleaved, double sign,
+                       void *out) {
+    (void)dtype, (void)x, (void)positions, (void)pos_dtype, (void)rows, (void)H, (void)D, (void)inv_freq;
+    (void)interleaved, (void)sign, (void)out;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_softmax(an_ctx *ctx, an_dtype dtype, const void *x, int64_t rows, int64_t cols, void *y) {
+    (void)dtype, (void)x, (void)rows, (void)cols, (void)y;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_softmax_backward(an_ctx *ctx, an_dtype dtype, const void *y, const void *dy, int64_t rows,
+                                   int64_t cols, void *dx) {
+    (void)dtype, (void)y, (void)dy, (void)rows, (void)cols, (void)dx;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_cross_entropy_rows(an_ctx *ctx, an_dtype dtype, const void *logits, const void *targets,
+                                     an_dtype target_dtype, int64_t N, int64_t V, int64_t ignore_index, float *lse,
+                                     float *loss_rows) {
+    (void)dtype, (void)logits, (void)targets, (void)target_dtype, (void)N, (void)V, (void)ignore_index, (void)lse;
+    (void)loss_rows;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_loss_total(an_ctx *ctx, an_dtype dtype, const float *values, int64_t n, double scale, void *out) {
+    (void)dtype, (void)values, (void)n, (void)scale, (void)out;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_cross_entropy_backward(an_ctx *ctx, an_dtype dtype, const void *logits, const float *lse,
+                                         const void *targets, an_dtype target_dtype, int64_t N, int64_t V,
+                                         int64_t ignore_index, const void *grad, double scale, void *dx) {
+    (void)dtype, (void)logits, (void)lse, (void)targets, (void)target_dtype, (void)N, (void)V, (void)ignore_index;
+    (void)grad, (void)scale, (void)dx;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_log_softmax_gather(an_ctx *ctx, an_dtype dtype, const void *logits, const void *ids,
+                                     an_dtype id_dtype, int64_t N, int64_t V, float *lse, void *out) {
+    (void)dtype, (void)logits, (void)ids, (void)id_dtype, (void)N, (void)V, (void)lse, (void)out;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_log_softmax_gather_backward(an_ctx *ctx, an_dtype dtype, const void *logits, const float *lse,
+                                              const void *ids, an_dtype id_dtype, const void *grad, int64_t N,
+                                              int64_t V, void *dx) {
+    (void)dtype, (void)logits, (void)lse, (void)ids, (void)id_dtype, (void)grad, (void)N, (void)V, (void)dx;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_accumulate_f32(an_ctx *ctx, float *acc, const void *src, an_dtype dtype, int64_t n) {
+    (void)acc, (void)src, (void)dtype, (void)n;
+    return NO_CUDA(ctx);
+}

@@ -124,9 +124,9 @@ START_TEST(test_shipped_recipes_hold_the_settings_they_promise) {
                   an_error_message(ctx));
     ck_assert_str_eq(q.model.path, "checkpoints/tiny-qwen2-quickstart");
     ck_assert(q.device == AN_CPU && q.dtype == AN_F32 && q.method == AN_RECIPE_METHOD_LORA);
-    ck_assert(q.lora.rank == 8 && q.lora.alpha == 16.0 && q.lora.targets_all_linear && q.lora.targets.n == 0);
-    ck_assert(q.data.seq_len == 256 && q.training.micro_batch == 8 && q.training.max_steps == 60);
-    ck_assert(q.optimizer.lr == 2e-3);
+    ck_assert(q.lora.rank == 16 && q.lora.alpha == 32.0 && q.lora.targets_all_linear && q.lora.targets.n == 0);
+    ck_assert(q.data.seq_len == 256 && q.training.micro_batch == 8 && q.training.max_steps == 100);
+    ck_assert(q.data.validation != NULL && q.export_opts.enabled);
     ck_assert_str_eq(q.output_dir, "checkpoints/runs/quickstart");
 
     ck_assert_msg(an_recipe_load(ctx, ANNEAL_SOURCE_DIR "/recipes/lora-domain.yaml", 0, NULL, &l) == AN_OK, "%s",

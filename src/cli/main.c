@@ -1,5 +1,6 @@
 /* main.c — the `anneal` command: picks the subcommand (src/cli/<name>.c) and returns its exit
  * code (0 success, 2 bad input, 1 internal failure). */
+#include <malloc.h> /* mallopt */
 #include <stdio.h>
 #include <string.h>
 
@@ -42,6 +43,10 @@ static const command commands[] = {
 };
 
 int main(int argc, char **argv) {
+    /* Activations are large, short-lived buffers: keep freed memory in the heap for the next step
+     * instead of returning it to the kernel with munmap (and faulting it in again) every op. */
+    mallopt(M_MMAP_THRESHOLD, 1 << 30);
+    mallopt(M_TRIM_THRESHOLD, 1 << 30);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
         fputs(usage, argc < 2 ? stderr : stdout);
         return argc < 2 ? 2 : 0;

@@ -11,7 +11,18 @@
  * tensor, in forward and again in backward, so no (N, V) buffer ever exists. Its GEMMs run through
  * an_cpu_gemm in f32 for f32 inputs and f64 for f64 inputs; bf16/f16 inputs are widened once to
  * f32 copies (O((N + V) * D), never O(N * V)). Every buffer here is a tensor or an_mem_alloc'd, so
- * ctx->mem counts it. */
+ * ctx->mem counts it.
+ *
+ * CUDA (kernels/cross_entropy.cu): targets/ids are checked by a device scan whose report (first bad
+ * element, counted targets) is copied back, which synchronises; rows are computed in fp32, the
+ * loss is a scalar on the device (summed in fp64), and the backward reads the upstream gradient
+ * on the device. linear_cross_entropy's chunk logits are one (chunk_rows, V) tensor in the input
+ * dtype from an_cuda_gemm (fp32 accumulation), turned into dlogits in place in backward; its
+ * weight gradient is accumulated over chunks in an fp32 (V, D) buffer for bf16/f16 (a (V, D)
+ * chunk product of the input dtype is added into it), directly with GEMM accumulation for f32.
+ * Saved tensors, one contract on both devices: saved[0] is the per-row log-sum-exp (N) on the
+ * logits' device, in the precision that device computes in (f64 on the CPU, f32 on CUDA); args[0]
+ * is 1 / the loss denominator, iargs[0] the ignore index, iargs[1] chunk_rows. */
 #include "autograd/ops.h"
 
 #include <math.h>
@@ -19,6 +30,7 @@
 
 #include "autograd/cpu/cpu.h"     /* an_cpu_cross_entropy*, an_cpu_log_softmax_gather*, an_cpu_gemm */
 #include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_* descriptors and checks */
+#include "kernels/cuda.h"         /* an_cuda_check_ids, an_cuda_cross_entropy_*, an_cuda_gemm, ... */
 
 #define DEFAULT_CHUNK_ROWS 1024
 
@@ -63,6 +75,27 @@ static an_status read_ids(an_ctx *ctx, const char *op, const char *what, const a
                  (long long)v, (long long)V);
     }
     return AN_OK;
+}
+
+/* The CUDA counterpart of read_ids: the same checks and messages, run on the device; *counted
+ * gets the number of ids not equal to the ignore index (all of them when !ignorable). */
+static an_status check_ids_cuda(an_ctx *ctx, const char *op, const char *what, const an_tensor *ids, int64_t V,
+                                bool ignorable, int64_t ignore_index, int64_t *counted) {
+    int64_t n = an_tensor_numel(ids);
+    an_cuda_id_report rep;
+    AN_TRY(an_cuda_check_ids(ctx, an_tensor_data(ids), ids->dtype, n, V, ignorable, ignore_index, &rep));
+    if (rep.first_bad < n && ignorable)
+        AN_CHECK(ctx, 0, AN_ERR_INPUT, "%s: %s[%lld] = %lld is outside [0, %lld) and is not the ignore index %lld", op,
+                 what, (long long)rep.first_bad, (long long)rep.bad_value, (long long)V, (long long)ignore_index);
+    AN_CHECK(ctx, rep.first_bad == n, AN_ERR_INPUT, "%s: %s[%lld] = %lld is outside [0, %lld)", op, what,
+             (long long)rep.first_bad, (long long)rep.bad_value, (long long)V);
+    *counted = rep.counted;
+    return AN_OK;
+}
+
+/* Element i of a contiguous tensor (a device pointer for CUDA tensors). */
+static void *element_at(const an_tensor *t, int64_t i) {
+    return (char *)an_tensor_data(t) + (size_t)i * an_dtype_size(t->dtype);
 }
 
 /* One float64 row of V for widening non-f64 rows; no memory when dtype is f64. */
@@ -134,21 +167,70 @@ static void rows_loss_backward(const void *x, an_dtype dtype, const double *lse,
     }
 }
 
-/* The scalar loss total / denominator in like's dtype, recorded with the saved lse. */
-static an_tensor *finish_loss(an_ctx *ctx, const an_op *op, const an_tensor *like, an_tensor *const *inputs,
-                              int n_inputs, double total, int64_t counted, const an_cross_entropy_opts *o,
-                              an_tensor *lse) {
+/* 1 / the loss denominator (the normalizer, else the counted targets); 0 when nothing counts. */
+static double loss_inv(const an_cross_entropy_opts *o, int64_t counted) {
     double denom = o->normalizer > 0 ? o->normalizer : (double)counted;
-    double inv = counted > 0 ? 1.0 / denom : 0.0; /* nothing counted: loss 0, gradients 0 */
-    an_tensor *loss = an_tensor_scalar(ctx, like->dtype, AN_CPU, total * inv);
-    an_node *node = loss ? an_tape_record(ctx, op, loss, inputs, n_inputs) : NULL;
+    return counted > 0 ? 1.0 / denom : 0.0; /* nothing counted: loss 0, gradients 0 */
+}
+
+/* Records the loss node: the saved lse, inv and the options. */
+static void record_loss(an_ctx *ctx, const an_op *op, an_tensor *loss, an_tensor *const *inputs, int n_inputs,
+                        double inv, const an_cross_entropy_opts *o, an_tensor *lse) {
+    an_node *node = an_tape_record(ctx, op, loss, inputs, n_inputs);
     if (node) {
         an_node_save(node, lse);
         node->args[0] = inv;
         node->iargs[0] = o->ignore_index;
         node->iargs[1] = o->chunk_rows;
     }
+}
+
+/* The scalar loss total / denominator in like's dtype, recorded with the saved lse. */
+static an_tensor *finish_loss(an_ctx *ctx, const an_op *op, const an_tensor *like, an_tensor *const *inputs,
+                              int n_inputs, double total, int64_t counted, const an_cross_entropy_opts *o,
+                              an_tensor *lse) {
+    double inv = loss_inv(o, counted);
+    an_tensor *loss = an_tensor_scalar(ctx, like->dtype, AN_CPU, total * inv);
+    if (loss) record_loss(ctx, op, loss, inputs, n_inputs, inv, o, lse);
     return loss;
+}
+
+/* Fills lse and loss_rows (N) fp32 on the device for cross_entropy or the chunked linear variant. */
+typedef an_status (*cuda_rows_fn)(an_ctx *ctx, an_tensor *const *inputs, const an_cross_entropy_opts *o,
+                                  an_tensor *lse, an_tensor *loss_rows);
+
+/* The CUDA loss: targets checked on the device, rows(...) fills the per-row lse and losses, their
+ * sum times inv becomes a device scalar of like's dtype, recorded like finish_loss does. */
+static an_tensor *cuda_loss(an_ctx *ctx, const an_op *op, const an_tensor *like, an_tensor *const *inputs,
+                            int n_inputs, const an_tensor *targets, int64_t V, const an_cross_entropy_opts *o,
+                            cuda_rows_fn rows) {
+    int64_t N = targets->shape[0], counted = 0;
+    if (check_ids_cuda(ctx, op->name, "targets", targets, V, true, o->ignore_index, &counted) != AN_OK) return NULL;
+    an_tensor *lse = an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N);                   /* (N) */
+    an_tensor *loss_rows = lse ? an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N) : NULL; /* (N) */
+    an_tensor *loss = loss_rows ? an_tensor_new(ctx, like->dtype, AN_CUDA, 0, NULL) : NULL;
+    double inv = loss_inv(o, counted);
+    an_status st = loss ? rows(ctx, inputs, o, lse, loss_rows) : an_error_status(ctx);
+    if (st == AN_OK)
+        st = an_cuda_loss_total(ctx, like->dtype, an_tensor_data(loss_rows), N, inv, an_tensor_data(loss));
+    if (st == AN_OK) {
+        record_loss(ctx, op, loss, inputs, n_inputs, inv, o, lse);
+    } else {
+        an_tensor_release(loss);
+        loss = NULL;
+    }
+    an_tensor_release(lse);
+    an_tensor_release(loss_rows);
+    return loss;
+}
+
+/* cross_entropy's rows on CUDA: inputs {logits (N, V), targets (N)}. */
+static an_status cross_entropy_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const an_cross_entropy_opts *o,
+                                         an_tensor *lse, an_tensor *loss_rows) {
+    const an_tensor *logits = inputs[0], *targets = inputs[1];
+    return an_cuda_cross_entropy_rows(ctx, logits->dtype, an_tensor_data(logits), an_tensor_data(targets),
+                                      targets->dtype, logits->shape[0], logits->shape[1], o->ignore_index,
+                                      an_tensor_data(lse), an_tensor_data(loss_rows));
 }
 
 an_tensor *an_cross_entropy(an_ctx *ctx, an_tensor *logits, an_tensor *targets, const an_cross_entropy_opts *opts) {
@@ -158,10 +240,9 @@ an_tensor *an_cross_entropy(an_ctx *ctx, an_tensor *logits, an_tensor *targets, 
         an_op_check_indices(ctx, "cross_entropy", "targets", targets, logits) ||
         check_rows(ctx, "cross_entropy", logits, "targets", targets) || resolve_opts(ctx, "cross_entropy", opts, &o))
         return NULL;
-    if (logits->device != AN_CPU) {
-        an_op_no_kernel(ctx, "cross_entropy", logits);
-        return NULL;
-    }
+    if (logits->device == AN_CUDA)
+        return cuda_loss(ctx, &an_op_cross_entropy, logits, (an_tensor *[]){logits, targets}, 2, targets,
+                         logits->shape[1], &o, cross_entropy_rows_cuda);
     int64_t N = logits->shape[0], V = logits->shape[1];
     an_i64 tgt;
     if (read_ids(ctx, "cross_entropy", "targets", targets, V, true, o.ignore_index, &tgt) != AN_OK) return NULL;
@@ -184,8 +265,18 @@ an_tensor *an_cross_entropy(an_ctx *ctx, an_tensor *logits, an_tensor *targets, 
 an_status an_cross_entropy_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     an_tensor *logits = node->inputs[0], *targets = node->inputs[1], *lse = node->saved[0];
     int64_t N = logits->shape[0], V = logits->shape[1];
-    double scale = an_tensor_get(grad_out, 0) * node->args[0];
     an_tensor *grad = an_op_new_like(ctx, logits, 2, logits->shape); /* (N, V) */
+    if (grad && logits->device == AN_CUDA) { /* the upstream gradient is read on the device */
+        an_status st = an_cuda_cross_entropy_backward(ctx, logits->dtype, an_tensor_data(logits), an_tensor_data(lse),
+                                                      an_tensor_data(targets), targets->dtype, N, V, node->iargs[0],
+                                                      an_tensor_data(grad_out), node->args[0], an_tensor_data(grad));
+        if (st != AN_OK) {
+            an_tensor_release(grad);
+            return st;
+        }
+        return an_node_accumulate(ctx, node, 0, grad);
+    }
+    double scale = grad ? an_tensor_get(grad_out, 0) * node->args[0] : 0.0;
     an_i64 tgt = {NULL, false};
     row_scratch scratch = {NULL, 0};
     an_status st = grad ? an_i64_read(ctx, targets, &tgt) : an_error_status(ctx);
@@ -255,15 +346,43 @@ static an_status check_linear(an_ctx *ctx, const an_tensor *hidden, const an_ten
     return AN_OK;
 }
 
+/* chunk (c, V) = hidden rows [r0, r0 + c) (c, D) @ weight (V, D)^T on the GPU, in the input dtype
+ * with fp32 accumulation. */
+static an_status chunk_logits_cuda(an_ctx *ctx, const an_tensor *hidden, const an_tensor *weight, int64_t r0,
+                                   int64_t c, an_tensor *chunk) {
+    an_gemm_shape s = {1, c, weight->shape[0], hidden->shape[1], false, true, false, false};
+    return an_cuda_gemm(ctx, &s, hidden->dtype, row_at(hidden, r0), an_tensor_data(weight), an_tensor_data(chunk));
+}
+
+/* linear_cross_entropy's rows on CUDA, chunk_rows rows of logits at a time: inputs {hidden (N, D),
+ * weight (V, D), targets (N)}. */
+static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const an_cross_entropy_opts *o,
+                                  an_tensor *lse, an_tensor *loss_rows) {
+    const an_tensor *hidden = inputs[0], *weight = inputs[1], *targets = inputs[2];
+    int64_t N = hidden->shape[0], V = weight->shape[0];
+    int64_t chunk_rows = o->chunk_rows < N ? o->chunk_rows : N;
+    an_tensor *chunk = an_tensor_new(ctx, hidden->dtype, AN_CUDA, 2, (int64_t[]){chunk_rows, V}); /* (chunk_rows, V) */
+    an_status st = chunk ? AN_OK : an_error_status(ctx);
+    for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
+        int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
+        st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
+        if (st == AN_OK)
+            st = an_cuda_cross_entropy_rows(ctx, hidden->dtype, an_tensor_data(chunk), element_at(targets, r0),
+                                            targets->dtype, c, V, o->ignore_index, element_at(lse, r0),
+                                            element_at(loss_rows, r0));
+    }
+    an_tensor_release(chunk);
+    return st;
+}
+
 an_tensor *an_linear_cross_entropy(an_ctx *ctx, an_tensor *hidden, an_tensor *weight, an_tensor *targets,
                                    const an_cross_entropy_opts *opts) {
     AN_OP_INPUTS(hidden, weight, targets);
     an_cross_entropy_opts o;
     if (check_linear(ctx, hidden, weight, targets) || resolve_opts(ctx, "linear_cross_entropy", opts, &o)) return NULL;
-    if (hidden->device != AN_CPU) {
-        an_op_no_kernel(ctx, "linear_cross_entropy", hidden);
-        return NULL;
-    }
+    if (hidden->device == AN_CUDA)
+        return cuda_loss(ctx, &an_op_linear_cross_entropy, hidden, (an_tensor *[]){hidden, weight, targets}, 3,
+                         targets, weight->shape[0], &o, linear_rows_cuda);
     int64_t N = hidden->shape[0], V = weight->shape[0];
     int64_t chunk_rows = o.chunk_rows < N ? o.chunk_rows : N;
     an_i64 tgt;
@@ -309,8 +428,58 @@ static an_status accumulate_as(an_ctx *ctx, an_node *node, int i, an_tensor *gra
     return an_node_accumulate(ctx, node, i, grad);
 }
 
+/* linear_cross_entropy's backward on CUDA: per chunk, the logits again, dlogits in place (from the
+ * saved fp32 lse and the device scalar grad_out), dh rows = dlogits @ w, and dw += dlogits^T @ h
+ * (fp32 accumulation over chunks for bf16/f16, see the top of the file). */
+static an_status linear_cross_entropy_backward_cuda(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *hidden = node->inputs[0], *weight = node->inputs[1], *targets = node->inputs[2], *lse = node->saved[0];
+    int64_t N = hidden->shape[0], D = hidden->shape[1], V = weight->shape[0], ignore_index = node->iargs[0];
+    int64_t chunk_rows = node->iargs[1] < N ? node->iargs[1] : N;
+    an_dtype dt = hidden->dtype;
+    bool need_h = an_node_needs_grad(node, 0), need_w = an_node_needs_grad(node, 1);
+    bool wide_dw = need_w && dt != AN_F32 && N > chunk_rows; /* several chunks add into dw */
+    int64_t vd[2] = {V, D};
+    an_tensor *chunk = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){chunk_rows, V}); /* (chunk_rows, V) */
+    an_tensor *dh = chunk && need_h ? an_tensor_new(ctx, dt, AN_CUDA, 2, hidden->shape) : NULL; /* (N, D) */
+    an_tensor *dw = chunk && need_w ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;           /* (V, D) */
+    an_tensor *dw_chunk = chunk && wide_dw ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;    /* (V, D) */
+    an_tensor *dw_acc = chunk && wide_dw ? an_tensor_new(ctx, AN_F32, AN_CUDA, 2, vd) : NULL;  /* (V, D) fp32 */
+    an_status st = an_error_status(ctx);
+    for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
+        int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
+        st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
+        if (st == AN_OK) /* dlogits of this chunk, in place of its logits */
+            st = an_cuda_cross_entropy_backward(ctx, dt, an_tensor_data(chunk), element_at(lse, r0),
+                                                element_at(targets, r0), targets->dtype, c, V, ignore_index,
+                                                an_tensor_data(grad_out), node->args[0], an_tensor_data(chunk));
+        if (st == AN_OK && dh) { /* dh rows (c, D) = dlogits (c, V) @ w (V, D) */
+            an_gemm_shape s = {1, c, D, V, false, false, false, false};
+            st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), an_tensor_data(weight), row_at(dh, r0));
+        }
+        if (st == AN_OK && dw) { /* dw (V, D) (+)= dlogits^T (V, c) @ h rows (c, D) */
+            an_gemm_shape s = {1, V, D, c, true, false, false, !wide_dw && r0 > 0};
+            an_tensor *target = wide_dw ? dw_chunk : dw;
+            st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), row_at(hidden, r0), an_tensor_data(target));
+            if (st == AN_OK && wide_dw)
+                st = r0 == 0 ? an_cuda_cast(ctx, an_tensor_data(dw_chunk), dt, an_tensor_data(dw_acc), AN_F32,
+                                            (size_t)(V * D))
+                             : an_cuda_accumulate_f32(ctx, an_tensor_data(dw_acc), an_tensor_data(dw_chunk), dt, V * D);
+        }
+    }
+    if (st == AN_OK && wide_dw)
+        st = an_cuda_cast(ctx, an_tensor_data(dw_acc), AN_F32, an_tensor_data(dw), dt, (size_t)(V * D));
+    if (st == AN_OK && dw && N == 0) st = an_cuda_memset(ctx, an_tensor_data(dw), 0, an_tensor_nbytes(dw));
+    an_tensor_release(chunk), an_tensor_release(dw_chunk), an_tensor_release(dw_acc);
+    if (st == AN_OK && dh) st = an_node_accumulate(ctx, node, 0, dh);
+    else an_tensor_release(dh);
+    if (st == AN_OK && dw) st = an_node_accumulate(ctx, node, 1, dw);
+    else an_tensor_release(dw);
+    return st;
+}
+
 an_status an_linear_cross_entropy_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     an_tensor *hidden = node->inputs[0], *weight = node->inputs[1], *targets = node->inputs[2];
+    if (hidden->device == AN_CUDA) return linear_cross_entropy_backward_cuda(ctx, node, grad_out);
     const double *lse = an_tensor_data(node->saved[0]); /* (N) */
     int64_t N = hidden->shape[0], D = hidden->shape[1], V = weight->shape[0], ignore_index = node->iargs[0];
     int64_t chunk_rows = node->iargs[1] < N ? node->iargs[1] : N;
@@ -372,11 +541,25 @@ an_tensor *an_log_softmax_gather(an_ctx *ctx, an_tensor *logits, an_tensor *ids)
     if (an_op_check_float_peers(ctx, op, &logits, 1) || an_op_check_indices(ctx, op, "ids", ids, logits) ||
         check_rows(ctx, op, logits, "ids", ids))
         return NULL;
-    if (logits->device != AN_CPU) {
-        an_op_no_kernel(ctx, op, logits);
-        return NULL;
-    }
     int64_t N = logits->shape[0], V = logits->shape[1];
+    if (logits->device == AN_CUDA) {
+        int64_t counted;
+        if (check_ids_cuda(ctx, op, "ids", ids, V, false, 0, &counted) != AN_OK) return NULL;
+        an_tensor *lse = an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N);     /* (N) */
+        an_tensor *out = lse ? an_op_new_like(ctx, logits, 1, &N) : NULL; /* (N) */
+        an_status st = out ? an_cuda_log_softmax_gather(ctx, logits->dtype, an_tensor_data(logits), an_tensor_data(ids),
+                                                        ids->dtype, N, V, an_tensor_data(lse), an_tensor_data(out))
+                           : an_error_status(ctx);
+        if (st == AN_OK) {
+            an_node *node = an_tape_record(ctx, &an_op_log_softmax_gather, out, (an_tensor *[]){logits, ids}, 2);
+            if (node) an_node_save(node, lse);
+        } else {
+            an_tensor_release(out);
+            out = NULL;
+        }
+        an_tensor_release(lse);
+        return out;
+    }
     an_i64 id;
     if (read_ids(ctx, op, "ids", ids, V, false, 0, &id) != AN_OK) return NULL;
     an_tensor *lse = an_tensor_new(ctx, AN_F64, AN_CPU, 1, &N);      /* (N) */
@@ -411,6 +594,17 @@ an_status an_log_softmax_gather_backward(an_ctx *ctx, an_node *node, an_tensor *
     int64_t N = logits->shape[0], V = logits->shape[1];
     an_dtype dtype = logits->dtype;
     an_tensor *grad = an_op_new_like(ctx, logits, 2, logits->shape); /* (N, V) */
+    if (grad && logits->device == AN_CUDA) { /* lse is (N) f32 there */
+        an_status st = an_cuda_log_softmax_gather_backward(ctx, dtype, an_tensor_data(logits),
+                                                           an_tensor_data(node->saved[0]), an_tensor_data(ids),
+                                                           ids->dtype, an_tensor_data(grad_out), N, V,
+                                                           an_tensor_data(grad));
+        if (st != AN_OK) {
+            an_tensor_release(grad);
+            return st;
+        }
+        return an_node_accumulate(ctx, node, 0, grad);
+    }
     an_i64 id = {NULL, false};
     an_f64 g = {NULL, false}; /* (N) */
     row_scratch scratch = {NULL, 0};

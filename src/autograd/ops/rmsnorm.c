@@ -1,13 +1,15 @@
 /* rmsnorm.c — an_rmsnorm: y = x * rsqrt(mean(x^2) + eps) * w over the last dim (HF Qwen2RMSNorm /
  * LlamaRMSNorm), and its backward for x and w.
- * The forward saves the per-row rstd (rows) in fp32, or f64 for f64 inputs, and the backward
- * reuses it instead of recomputing the statistics. */
+ * The forward saves the per-row rstd (rows) on the input's device, in fp32 (f64 for f64 inputs,
+ * which only the CPU takes), and the backward reuses it instead of recomputing the statistics.
+ * CUDA computes in fp32 with deterministic reductions (kernels/rmsnorm.cu). */
 #include "autograd/ops.h"
 
 #include <math.h>
 
 #include "autograd/cpu/cpu.h"     /* an_cpu_rmsnorm, an_f64_* */
-#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_rmsnorm, an_op_check_float_peers, an_op_no_kernel */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_rmsnorm, an_op_check_float_peers */
+#include "kernels/cuda.h"         /* an_cuda_rmsnorm, an_cuda_rmsnorm_backward */
 
 an_tensor *an_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *w, double eps) {
     AN_OP_INPUTS(x, w);
@@ -18,15 +20,14 @@ an_tensor *an_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *w, double eps) {
                   "rmsnorm: weight %s must be (D) for input %s (..., D) with D > 0",
                   an_tensor_describe(w, dw, sizeof dw), an_tensor_describe(x, dx, sizeof dx));
     AN_CHECK_NULL(ctx, eps >= 0 && isfinite(eps), AN_ERR_INPUT, "rmsnorm: eps = %g, expected a finite value >= 0", eps);
-    if (x->device != AN_CPU) {
-        an_op_no_kernel(ctx, "rmsnorm", x);
-        return NULL;
-    }
     int64_t rows = an_tensor_numel(x) / D;
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, x->shape);
-    an_tensor *rstd = an_tensor_new(ctx, x->dtype == AN_F64 ? AN_F64 : AN_F32, AN_CPU, 1, &rows);
+    an_tensor *rstd = an_tensor_new(ctx, x->dtype == AN_F64 ? AN_F64 : AN_F32, x->device, 1, &rows); /* (rows) */
     an_status st = out && rstd ? AN_OK : an_error_status(ctx);
-    if (st == AN_OK) {
+    if (st == AN_OK && x->device == AN_CUDA) {
+        st = an_cuda_rmsnorm(ctx, x->dtype, an_tensor_data(x), an_tensor_data(w), rows, D, eps, an_tensor_data(out),
+                             an_tensor_data(rstd));
+    } else if (st == AN_OK) {
         an_f64 in[2], res[2];
         an_tensor *results[2] = {out, rstd};
         st = an_f64_read_all(ctx, (an_tensor *[]){x, w}, 2, in);
@@ -52,14 +53,17 @@ an_tensor *an_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *w, double eps) {
 
 an_status an_rmsnorm_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     an_tensor *x = node->inputs[0], *w = node->inputs[1], *rstd = node->saved[0];
-    if (x->device != AN_CPU) return an_op_no_kernel(ctx, "rmsnorm backward", x);
     int64_t D = w->shape[0], rows = an_tensor_numel(x) / D;
     an_tensor *grads[2] = {
         an_node_needs_grad(node, 0) ? an_op_new_like(ctx, x, x->ndim, x->shape) : NULL,
         an_node_needs_grad(node, 1) ? an_op_new_like(ctx, w, 1, w->shape) : NULL,
     };
     an_status st = an_error_status(ctx);
-    if (st == AN_OK) {
+    if (st == AN_OK && x->device == AN_CUDA) {
+        st = an_cuda_rmsnorm_backward(ctx, x->dtype, an_tensor_data(x), an_tensor_data(w), an_tensor_data(rstd),
+                                      an_tensor_data(grad_out), rows, D, grads[0] ? an_tensor_data(grads[0]) : NULL,
+                                      grads[1] ? an_tensor_data(grads[1]) : NULL);
+    } else if (st == AN_OK) {
         an_f64 in[4], res[2];
         st = an_f64_read_all(ctx, (an_tensor *[]){x, w, rstd, grad_out}, 4, in);
         if (st == AN_OK && (st = an_f64_write_all(ctx, grads, 2, res)) == AN_OK) {

@@ -2,14 +2,19 @@
  * (rotate halves) or interleaved layout, with optional llama3 frequency scaling; and its
  * backward, the rotation of the gradient by the opposite angle.
  * Positions are read from the tensor (packed documents restart them), never derived from t.
- * The node keeps the config in args[0..5] and the positions as its second input. */
+ * The node keeps the config in args[0..5] and the positions as its second input.
+ * Both devices take the inverse frequencies from an_cpu_rope_inv_freq (float64). The CPU rotates
+ * in float64; CUDA computes angles, cos and sin in float64, rounds cos/sin once to fp32 and
+ * rotates in fp32 (kernels/rope.cu). On CUDA the forward checks the positions with a device scan
+ * (which synchronises); the backward reuses the positions the forward checked. */
 #include "autograd/ops.h"
 
 #include <math.h>
 #include <stdlib.h>
 
 #include "autograd/cpu/cpu.h"     /* an_cpu_rope, an_cpu_rope_inv_freq, an_i64_read, an_f64_* */
-#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_rope, an_op_check_*, an_op_no_kernel */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_rope, an_op_check_* */
+#include "kernels/cuda.h"         /* an_cuda_check_ids, an_cuda_rope */
 
 static an_status check_config(an_ctx *ctx, const an_rope_config *c) {
     AN_CHECK(ctx, c != NULL, AN_ERR_INPUT, "rope: no config");
@@ -68,18 +73,36 @@ static an_status rotate(an_ctx *ctx, const an_rope_config *config, const an_tens
     return st;
 }
 
+/* out = src rotated by sign * angle on CUDA; check_positions: scan them for negatives first. */
+static an_status rotate_cuda(an_ctx *ctx, const an_rope_config *config, const an_tensor *src,
+                             const an_tensor *positions, double sign, bool check_positions, an_tensor *out) {
+    int64_t rows = src->shape[0] * src->shape[1], H = src->shape[2], D = src->shape[3];
+    if (check_positions) {
+        an_cuda_id_report rep;
+        AN_TRY(an_cuda_check_ids(ctx, an_tensor_data(positions), positions->dtype, rows, INT64_MAX, 0, 0, &rep));
+        AN_CHECK(ctx, rep.first_bad == rows, AN_ERR_INPUT,
+                 "rope: position %lld (element %lld of positions) is negative", (long long)rep.bad_value,
+                 (long long)rep.first_bad);
+    }
+    double *inv_freq = malloc((size_t)(D / 2) * sizeof *inv_freq);
+    AN_CHECK(ctx, inv_freq != NULL, AN_ERR_INTERNAL, "out of host memory");
+    an_cpu_rope_inv_freq(config, D, inv_freq);
+    an_status st = an_cuda_rope(ctx, src->dtype, an_tensor_data(src), an_tensor_data(positions), positions->dtype, rows,
+                                H, D, inv_freq, config->style == AN_ROPE_INTERLEAVED, sign, an_tensor_data(out));
+    free(inv_freq);
+    return st;
+}
+
 an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config) {
     AN_OP_INPUTS(x, positions);
     if (check_config(ctx, config) || an_op_check_float_peers(ctx, "rope", &x, 1) ||
         an_op_check_indices(ctx, "rope", "positions", positions, x) || check_shapes(ctx, x, positions))
         return NULL;
-    if (x->device != AN_CPU) {
-        an_op_no_kernel(ctx, "rope", x);
-        return NULL;
-    }
     an_tensor *out = an_op_new_like(ctx, x, 4, x->shape);
     if (!out) return NULL;
-    if (rotate(ctx, config, x, positions, 1.0, out) != AN_OK) {
+    an_status st = x->device == AN_CUDA ? rotate_cuda(ctx, config, x, positions, 1.0, true, out)
+                                        : rotate(ctx, config, x, positions, 1.0, out);
+    if (st != AN_OK) {
         an_tensor_release(out);
         return NULL;
     }
@@ -98,7 +121,6 @@ an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rop
 an_status an_rope_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     an_tensor *x = node->inputs[0], *positions = node->inputs[1];
     if (!an_node_needs_grad(node, 0)) return AN_OK; /* positions are integers: no gradient */
-    if (x->device != AN_CPU) return an_op_no_kernel(ctx, "rope backward", x);
     an_rope_config config = {
         .style = (an_rope_style)node->args[0],
         .theta = node->args[1],
@@ -109,7 +131,8 @@ an_status an_rope_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     };
     an_tensor *grad = an_op_new_like(ctx, x, 4, x->shape);
     if (!grad) return an_error_status(ctx);
-    an_status st = rotate(ctx, &config, grad_out, positions, -1.0, grad);
+    an_status st = x->device == AN_CUDA ? rotate_cuda(ctx, &config, grad_out, positions, -1.0, false, grad)
+                                        : rotate(ctx, &config, grad_out, positions, -1.0, grad);
     if (st != AN_OK) {
         an_tensor_release(grad);
         return st;

@@ -1,0 +1,803 @@
+/* test_cuda_ops.c — the CUDA paths of embedding, rmsnorm, rope, softmax, cross_entropy,
+ * log_softmax_gather and linear_cross_entropy, forward and backward, against the CPU path on the
+ * same fresh random inputs, at awkward shapes (one row, odd D, V not a multiple of anything,
+ * chunk_rows not dividing N, ignored targets, packed and long positions), in f32, bf16 and f16.
+ *
+ * Each op runs through autograd on each device: out = op(inputs), then loss = sum(out * R) for a
+ * random R (or 1.7 * out for a scalar loss), backward, and every output and gradient is compared
+ * with the bound 2 rtol |cpu| + rtol rms(cpu) (roundings differ op by op between the devices; the
+ * rms term keeps cancellations in gradients from failing on a tiny element; rmsnorm's input
+ * gradient adds rtol times the size of its two terms, rstd |g| |w|, because at D = 1 they cancel
+ * to about eps and fp32 cannot resolve that difference any closer). rtol: f32 1e-5,
+ * bf16 1e-2 (two bf16 ulps), f16 2e-3 (two f16 ulps); linear_cross_entropy in bf16 3e-2 and f16
+ * 1e-2, because on the GPU its chunk logits and dlogits are rounded to the input dtype (the CPU
+ * keeps them f32). Gathers are compared exactly. NaN never passes.
+ * Then the launchers of kernels/cuda.h are called directly on the same device inputs with every
+ * output poisoned (0xFF bytes: NaN in each float dtype) and must reproduce the op's results bit
+ * for bit, so an element a kernel leaves unwritten fails; the embedding and rmsnorm gradients run
+ * twice and must be bit-identical (no float atomics).
+ * A failed comparison prints a FAIL line and the test goes on, so one run names every failing
+ * case; the test fails at its end. Without a GPU (or in a build without CUDA) every test prints
+ * SKIP and passes. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/cpu/cpu.h"  /* an_cpu_rope_inv_freq: the frequencies the rope launcher is given */
+#include "kernels/cuda.h"      /* the launchers under test */
+#include "support/test_util.h"
+
+static const an_dtype float_dtypes[] = {AN_F32, AN_BF16, AN_F16};
+#define N_DTYPES 3
+#define MAX_IN 4
+
+static double rtol_of(an_dtype dtype) { return dtype == AN_F32 ? 1e-5 : dtype == AN_BF16 ? 1e-2 : 2e-3; }
+
+/* Failed comparisons of the running test (Check runs each test in its own process; gpu_ctx
+ * resets it for CK_FORK=no). */
+static int failures;
+
+static void soft_fail(const char *format, ...) {
+    va_list ap;
+    va_start(ap, format);
+    printf("FAIL ");
+    vprintf(format, ap);
+    printf("\n");
+    fflush(stdout);
+    va_end(ap);
+    failures++;
+}
+
+static void expect_no_failures(void) {
+    ck_assert_msg(failures == 0, "%d comparisons failed (the FAIL lines above)", failures);
+}
+
+/* A context on GPU 0, or NULL after printing SKIP (flushed: Check runs each test in a child). */
+static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
+    failures = 0;
+    an_ctx *ctx = test_gpu_ctx(seed, what);
+    fflush(stdout);
+    return ctx;
+}
+
+static void ok(an_ctx *ctx, an_status st, const char *what) {
+    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
+}
+
+static const char *fmt(char *buf, size_t size, const char *format, ...) {
+    va_list ap;
+    va_start(ap, format);
+    vsnprintf(buf, size, format, ap);
+    va_end(ap);
+    return buf;
+}
+
+/* Values of a CPU tensor as doubles (caller frees). */
+static double *values(const an_tensor *t) {
+    int64_t n = an_tensor_numel(t);
+    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    for (int64_t i = 0; i < n; i++) v[i] = an_tensor_get(t, i);
+    return v;
+}
+
+/* Synchronises (surfacing asynchronous errors) and copies a CUDA tensor to the host. */
+static an_tensor *to_host(an_ctx *ctx, const an_tensor *dev) {
+    ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
+    ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
+    return h;
+}
+
+static an_tensor *to_gpu(an_ctx *ctx, const an_tensor *host) {
+    an_tensor *d = an_tensor_to(ctx, host, host->dtype, AN_CUDA);
+    ck_assert_msg(d != NULL, "upload: %s", an_error_message(ctx));
+    return d;
+}
+
+/* A CUDA tensor whose every byte is 0xFF (NaN in f32, bf16 and f16). */
+static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape) {
+    an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, ndim, shape);
+    ck_assert_msg(t != NULL, "alloc: %s", an_error_message(ctx));
+    ok(ctx, an_cuda_memset(ctx, an_tensor_data(t), 0xFF, an_tensor_nbytes(t)), "poison");
+    return t;
+}
+
+/* Fails unless every element of gpu (CUDA) is a number within 2 rtol |want| + rtol rms(want) +
+ * atol of the CPU tensor's (rtol 0, atol 0: equal). */
+static void expect_like_cpu(an_ctx *ctx, const an_tensor *gpu, const an_tensor *cpu, double rtol, double atol,
+                            const char *what) {
+    ck_assert_msg(gpu && cpu, "%s: missing tensor", what);
+    ck_assert_int_eq(gpu->device, AN_CUDA);
+    int64_t n = an_tensor_numel(cpu);
+    ck_assert_int_eq(an_tensor_numel(gpu), n);
+    an_tensor *h = to_host(ctx, gpu);
+    double *want = values(cpu), *got = values(h), ms = 0;
+    for (int64_t i = 0; i < n; i++) ms += want[i] * want[i] / (double)n;
+    for (int64_t i = 0; i < n; i++) {
+        double bound = 2 * rtol * fabs(want[i]) + rtol * sqrt(ms) + atol;
+        if (!isnan(got[i]) && fabs(got[i] - want[i]) <= bound) continue;
+        soft_fail("%s: element %lld of %lld is %.9g, the CPU says %.9g (bound %.3g)", what, (long long)i,
+                  (long long)n, got[i], want[i], bound);
+        break;
+    }
+    free(want);
+    free(got);
+    an_tensor_release(h);
+}
+
+/* Fails unless two CUDA tensors hold the same bytes (same numel and dtype; shapes may differ). */
+static void expect_same_bits(an_ctx *ctx, const an_tensor *a, const an_tensor *b, const char *what) {
+    ck_assert_msg(a && b, "%s: missing tensor", what);
+    ck_assert_int_eq(a->dtype, b->dtype);
+    ck_assert_int_eq(an_tensor_numel(a), an_tensor_numel(b));
+    an_tensor *ha = to_host(ctx, a), *hb = to_host(ctx, b);
+    size_t es = an_dtype_size(a->dtype);
+    const char *pa = an_tensor_data(ha), *pb = an_tensor_data(hb);
+    for (int64_t i = 0; i < an_tensor_numel(a); i++)
+        if (memcmp(pa + (size_t)i * es, pb + (size_t)i * es, es) != 0) {
+            soft_fail("%s: element %lld is %.9g, expected the same bits as %.9g", what, (long long)i,
+                      an_tensor_get(ha, i), an_tensor_get(hb, i));
+            break;
+        }
+    an_tensor_release(ha);
+    an_tensor_release(hb);
+}
+
+/* ---- the harness: one op through autograd on both devices ---- */
+
+typedef an_tensor *(*op_fn)(an_ctx *ctx, an_tensor *const *in, const void *user);
+
+typedef struct {
+    an_tensor *in[MAX_IN];   /* the GPU inputs (copies of the CPU ones) */
+    an_tensor *out;          /* the op's GPU output */
+    an_tensor *grad[MAX_IN]; /* GPU gradients of the inputs that require grad */
+    an_tensor *upstream;     /* the output's gradient on the GPU: R, or the scalar 1.7 */
+    bool ok;                 /* false: the GPU forward or backward failed (a FAIL line says why) */
+} gpu_run;
+
+static void gpu_run_release(gpu_run *r) {
+    for (int i = 0; i < MAX_IN; i++) {
+        an_tensor_release(r->in[i]);
+        an_tensor_release(r->grad[i]);
+    }
+    an_tensor_release(r->out);
+    an_tensor_release(r->upstream);
+    memset(r, 0, sizeof *r);
+}
+
+/* The loss whose backward seeds out's gradient with `upstream`: sum(out * upstream), or 1.7 * out
+ * for a scalar out (upstream NULL). */
+static an_tensor *seeded_loss(an_ctx *ctx, an_tensor *out, an_tensor *upstream) {
+    if (!upstream) return an_scale(ctx, out, 1.7);
+    an_tensor *m = an_mul(ctx, out, upstream), *loss = an_sum(ctx, m);
+    an_tensor_release(m);
+    return loss;
+}
+
+/* Runs fn forward and backward on the CPU inputs, then on GPU copies (one graph at a time: a
+ * backward consumes the whole tape), compares the output with out_rtol and the gradients with
+ * grad_rtol (plus grad0_atol for input 0's), and returns the GPU side (caller releases). */
+static gpu_run run_both(an_ctx *ctx, op_fn fn, const void *user, an_tensor *const *cpu_in, int n, double out_rtol,
+                        double grad_rtol, double grad0_atol, const char *what) {
+    char msg[256];
+    gpu_run r;
+    memset(&r, 0, sizeof r);
+    an_tensor *out_c = fn(ctx, cpu_in, user);
+    ck_assert_msg(out_c != NULL, "%s: CPU forward: %s", what, an_error_message(ctx));
+    bool scalar = an_tensor_numel(out_c) == 1;
+    an_tensor *up = scalar ? NULL : test_uniform(ctx, out_c->dtype, out_c->ndim, out_c->shape, -1, 1, false);
+    an_tensor *loss_c = seeded_loss(ctx, out_c, up);
+    ok(ctx, an_backward(ctx, loss_c), "CPU backward");
+
+    for (int i = 0; i < n; i++) {
+        r.in[i] = to_gpu(ctx, cpu_in[i]);
+        an_tensor_set_requires_grad(r.in[i], cpu_in[i]->requires_grad);
+    }
+    r.upstream = scalar ? an_tensor_scalar(ctx, out_c->dtype, AN_CUDA, 1.7) : to_gpu(ctx, up);
+    r.out = fn(ctx, r.in, user);
+    an_tensor *loss_g = r.out ? seeded_loss(ctx, r.out, scalar ? NULL : r.upstream) : NULL;
+    an_status st = loss_g ? an_backward(ctx, loss_g) : an_error_status(ctx);
+    if (st != AN_OK) {
+        soft_fail("%s: GPU %s: %s", what, r.out ? "backward" : "forward", an_error_message(ctx));
+        an_error_clear(ctx);
+        an_tape_clear(ctx);
+    } else {
+        r.ok = true;
+        expect_like_cpu(ctx, r.out, out_c, out_rtol, 0.0, fmt(msg, sizeof msg, "%s: forward", what));
+    }
+    for (int i = 0; i < n; i++) {
+        if (!cpu_in[i]->requires_grad) continue;
+        ck_assert_msg(cpu_in[i]->grad != NULL, "%s: input %d got no CPU gradient", what, i);
+        if (r.ok && !r.in[i]->grad) {
+            soft_fail("%s: input %d got no GPU gradient", what, i);
+            r.ok = false;
+        } else if (r.ok) {
+            expect_like_cpu(ctx, r.in[i]->grad, cpu_in[i]->grad, grad_rtol, i == 0 ? grad0_atol : 0.0,
+                            fmt(msg, sizeof msg, "%s: gradient of input %d", what, i));
+            r.grad[i] = an_tensor_retain(r.in[i]->grad);
+        }
+        an_tensor_zero_grad(cpu_in[i]);
+        an_tensor_zero_grad(r.in[i]);
+    }
+    an_tensor_release(out_c), an_tensor_release(up), an_tensor_release(loss_c), an_tensor_release(loss_g);
+    return r;
+}
+
+static int64_t shape_numel(int ndim, const int64_t *shape) {
+    int64_t n = 1;
+    for (int i = 0; i < ndim; i++) n *= shape[i];
+    return n;
+}
+
+/* ---- embedding ---- */
+
+static an_tensor *embedding_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    (void)user;
+    return an_embedding(ctx, in[0], in[1]);
+}
+
+static const struct {
+    int64_t V, D;
+    int ndim;
+    int64_t ids[2];
+} embedding_cases[] = {
+    {1, 1, 1, {1}},     {7, 5, 2, {3, 4}},   {1000, 64, 2, {2, 37}}, {50, 33, 2, {4, 100}},
+    {3, 257, 1, {1000}}, {4099, 8, 1, {1}}, {61, 6, 2, {5, 7}},
+};
+
+START_TEST(test_cuda_embedding_matches_cpu_and_its_gradient_is_bit_identical_across_runs) {
+    an_ctx *ctx = gpu_ctx(1, "cuda embedding");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof embedding_cases / sizeof *embedding_cases; c++) {
+            an_dtype dtype = float_dtypes[d], id_dtype = c % 2 ? AN_I32 : AN_I64;
+            int64_t V = embedding_cases[c].V, D = embedding_cases[c].D;
+            int64_t n = shape_numel(embedding_cases[c].ndim, embedding_cases[c].ids);
+            an_tensor *ids = test_ids(ctx, id_dtype, embedding_cases[c].ndim, embedding_cases[c].ids, V);
+            an_tensor *table = test_uniform(ctx, dtype, 2, (int64_t[]){V, D}, -1, 1, true);
+            fmt(what, sizeof what, "embedding %s V %lld D %lld n %lld", an_dtype_name(dtype), (long long)V,
+                (long long)D, (long long)n);
+            gpu_run r = run_both(ctx, embedding_fn, NULL, (an_tensor *[]){ids, table}, 2, 0.0, rtol_of(dtype), 0.0,
+                                 what);
+            if (!r.ok) { /* the FAIL line says why; the launchers would fail the same way */
+                gpu_run_release(&r);
+                an_tensor_release(ids), an_tensor_release(table);
+                continue;
+            }
+
+            an_tensor *out = poisoned(ctx, dtype, 2, (int64_t[]){n, D});
+            ok(ctx, an_cuda_embedding(ctx, dtype, an_tensor_data(r.in[0]), id_dtype, n, an_tensor_data(r.in[1]), V, D,
+                                      an_tensor_data(out)), "an_cuda_embedding");
+            expect_same_bits(ctx, out, r.out, what);
+            an_tensor *g1 = poisoned(ctx, dtype, 2, (int64_t[]){V, D});
+            an_tensor *g2 = poisoned(ctx, dtype, 2, (int64_t[]){V, D});
+            an_tensor *grads[2] = {g1, g2};
+            for (int k = 0; k < 2; k++)
+                ok(ctx, an_cuda_embedding_backward(ctx, dtype, an_tensor_data(r.in[0]), id_dtype, n,
+                                                   an_tensor_data(r.upstream), V, D, an_tensor_data(grads[k])),
+                   "an_cuda_embedding_backward");
+            expect_same_bits(ctx, g1, g2, fmt(what, sizeof what, "embedding %s V %lld D %lld: two backward runs",
+                                              an_dtype_name(dtype), (long long)V, (long long)D));
+            expect_same_bits(ctx, g1, r.grad[1], what);
+            an_tensor_release(out), an_tensor_release(g1), an_tensor_release(g2);
+            gpu_run_release(&r);
+            an_tensor_release(ids), an_tensor_release(table);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_cuda_embedding_rejects_an_id_outside_the_table) {
+    an_ctx *ctx = gpu_ctx(2, "cuda embedding errors");
+    if (!ctx) return;
+    for (int k = 0; k < 2; k++) {
+        an_tensor *h = test_ids(ctx, k ? AN_I32 : AN_I64, 1, (int64_t[]){9}, 7);
+        an_tensor_set(h, 4, k ? -2 : 7);
+        an_tensor_set(h, 6, 100);
+        an_tensor *ids = to_gpu(ctx, h);
+        an_tensor *table = poisoned(ctx, AN_BF16, 2, (int64_t[]){7, 3});
+        ck_assert_ptr_null(an_embedding(ctx, ids, table));
+        ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+        const char *want = k ? "id -2 (element 4 of ids) is outside [0, V = 7)" : "id 7 (element 4 of ids) is outside";
+        ck_assert_msg(strstr(an_error_message(ctx), want) != NULL, "message: %s", an_error_message(ctx));
+        an_error_clear(ctx);
+        an_tensor_release(h), an_tensor_release(ids), an_tensor_release(table);
+    }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- rmsnorm ---- */
+
+static an_tensor *rmsnorm_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    return an_rmsnorm(ctx, in[0], in[1], *(const double *)user);
+}
+
+static const struct {
+    int ndim;
+    int64_t shape[3];
+} rmsnorm_cases[] = {
+    {2, {1, 1}}, {2, {1, 7}}, {3, {3, 5, 33}}, {2, {2, 4096}}, {2, {300, 64}}, {2, {2000, 96}}, {3, {7, 3, 129}},
+};
+
+START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_across_runs) {
+    an_ctx *ctx = gpu_ctx(3, "cuda rmsnorm");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof rmsnorm_cases / sizeof *rmsnorm_cases; c++) {
+            an_dtype dtype = float_dtypes[d];
+            int ndim = rmsnorm_cases[c].ndim;
+            const int64_t *shape = rmsnorm_cases[c].shape;
+            int64_t D = shape[ndim - 1], rows = shape_numel(ndim, shape) / D;
+            double eps = c % 2 ? 1e-5 : 1e-6;
+            an_tensor *x = test_uniform(ctx, dtype, ndim, shape, -2, 2, true);
+            an_tensor *w = test_uniform(ctx, dtype, 1, &D, -1.5, 1.5, true);
+            fmt(what, sizeof what, "rmsnorm %s rows %lld D %lld", an_dtype_name(dtype), (long long)rows, (long long)D);
+            double rtol = rtol_of(dtype);
+            /* the size of dx's two terms, rstd |g| |w| with |g| < 1 */
+            double term = 0, w_max = 0;
+            for (int64_t j = 0; j < D; j++) w_max = fmax(w_max, fabs(an_tensor_get(w, j)));
+            for (int64_t i = 0; i < rows; i++) {
+                double ss = 0;
+                for (int64_t j = 0; j < D; j++) ss += pow(an_tensor_get(x, i * D + j), 2);
+                term = fmax(term, w_max / sqrt(ss / (double)D + eps));
+            }
+            gpu_run r = run_both(ctx, rmsnorm_fn, &eps, (an_tensor *[]){x, w}, 2, rtol, rtol, rtol * term, what);
+            if (!r.ok) { /* the FAIL line says why; the launchers would fail the same way */
+                gpu_run_release(&r);
+                an_tensor_release(x), an_tensor_release(w);
+                continue;
+            }
+
+            /* forward launcher: y bit for bit, rstd against a float64 reference */
+            an_tensor *y = poisoned(ctx, dtype, ndim, shape), *rstd = poisoned(ctx, AN_F32, 1, &rows);
+            ok(ctx, an_cuda_rmsnorm(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), rows, D, eps,
+                                    an_tensor_data(y), an_tensor_data(rstd)), "an_cuda_rmsnorm");
+            expect_same_bits(ctx, y, r.out, what);
+            an_tensor *rstd_h = to_host(ctx, rstd);
+            for (int64_t i = 0; i < rows; i++) {
+                double ss = 0;
+                for (int64_t j = 0; j < D; j++) ss += pow(an_tensor_get(x, i * D + j), 2);
+                double want = 1.0 / sqrt(ss / (double)D + eps), got = an_tensor_get(rstd_h, i);
+                if (isnan(got) || fabs(got - want) > 1e-5 * want) {
+                    soft_fail("%s: rstd[%lld] = %.9g, expected %.9g", what, (long long)i, got, want);
+                    break;
+                }
+            }
+            /* backward launcher, twice: the same bits as each other and as the op */
+            an_tensor *dx[2], *dw[2];
+            for (int k = 0; k < 2; k++) {
+                dx[k] = poisoned(ctx, dtype, ndim, shape);
+                dw[k] = poisoned(ctx, dtype, 1, &D);
+                ok(ctx, an_cuda_rmsnorm_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]),
+                                                 an_tensor_data(rstd), an_tensor_data(r.upstream), rows, D,
+                                                 an_tensor_data(dx[k]), an_tensor_data(dw[k])),
+                   "an_cuda_rmsnorm_backward");
+            }
+            expect_same_bits(ctx, dx[0], dx[1], what);
+            expect_same_bits(ctx, dw[0], dw[1], what);
+            expect_same_bits(ctx, dx[0], r.grad[0], what);
+            expect_same_bits(ctx, dw[0], r.grad[1], what);
+            for (int k = 0; k < 2; k++) an_tensor_release(dx[k]), an_tensor_release(dw[k]);
+            an_tensor_release(y), an_tensor_release(rstd), an_tensor_release(rstd_h);
+            gpu_run_release(&r);
+            an_tensor_release(x), an_tensor_release(w);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- rope ---- */
+
+typedef struct {
+    an_rope_config config;
+} rope_user;
+
+static an_tensor *rope_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    return an_rope(ctx, in[0], in[1], &((const rope_user *)user)->config);
+}
+
+enum { POS_SEQUENTIAL, POS_PACKED, POS_LONG };
+
+static const struct {
+    int64_t B, T, H, D;
+    an_rope_style style;
+    double theta;
+    bool llama3;
+    int positions;
+} rope_cases[] = {
+    {1, 1, 1, 2, AN_ROPE_NEOX, 10000, false, POS_SEQUENTIAL},
+    {2, 5, 3, 8, AN_ROPE_INTERLEAVED, 10000, false, POS_PACKED},
+    {1, 17, 4, 64, AN_ROPE_NEOX, 500000, true, POS_LONG},
+    {3, 9, 2, 128, AN_ROPE_INTERLEAVED, 1e6, true, POS_LONG},
+    {2, 33, 5, 6, AN_ROPE_NEOX, 10000, false, POS_PACKED},
+    {1, 7, 1, 512, AN_ROPE_NEOX, 10000, false, POS_LONG},
+    {2, 11, 3, 64, AN_ROPE_INTERLEAVED, 500000, true, POS_PACKED},
+};
+
+/* (B, T) positions: 0, 1, ...; packed documents that restart at random; or a long context (a
+ * random start up to 131000, with a restart). */
+static an_tensor *rope_positions(an_ctx *ctx, an_dtype dtype, int64_t B, int64_t T, int mode) {
+    an_tensor *p = an_tensor_new(ctx, dtype, AN_CPU, 2, (int64_t[]){B, T});
+    ck_assert_ptr_nonnull(p);
+    for (int64_t b = 0; b < B; b++) {
+        int64_t pos = mode == POS_LONG ? (int64_t)(an_rng_u64(&ctx->rng) % 131000) : 0;
+        for (int64_t t = 0; t < T; t++) {
+            if (t > 0 && mode != POS_SEQUENTIAL && an_rng_u64(&ctx->rng) % 4 == 0) pos = 0; /* a new document */
+            an_tensor_set(p, b * T + t, (double)pos++);
+        }
+    }
+    return p;
+}
+
+START_TEST(test_cuda_rope_matches_cpu_in_both_styles_with_llama3_scaling_and_packed_positions) {
+    an_ctx *ctx = gpu_ctx(4, "cuda rope");
+    if (!ctx) return;
+    char what[200];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof rope_cases / sizeof *rope_cases; c++) {
+            an_dtype dtype = float_dtypes[d], pos_dtype = c % 2 ? AN_I32 : AN_I64;
+            int64_t B = rope_cases[c].B, T = rope_cases[c].T, H = rope_cases[c].H, D = rope_cases[c].D;
+            int64_t shape[4] = {B, T, H, D}, rows = B * T;
+            rope_user u = {{rope_cases[c].style, rope_cases[c].theta, rope_cases[c].llama3 ? 8.0 : 0.0, 1.0, 4.0,
+                            8192.0}};
+            an_tensor *x = test_uniform(ctx, dtype, 4, shape, -2, 2, true);
+            an_tensor *pos = rope_positions(ctx, pos_dtype, B, T, rope_cases[c].positions);
+            fmt(what, sizeof what, "rope %s (%lld, %lld, %lld, %lld) %s theta %g llama3 %d positions %d",
+                an_dtype_name(dtype), (long long)B, (long long)T, (long long)H, (long long)D,
+                u.config.style == AN_ROPE_NEOX ? "neox" : "interleaved", u.config.theta, rope_cases[c].llama3,
+                rope_cases[c].positions);
+            double rtol = rtol_of(dtype);
+            gpu_run r = run_both(ctx, rope_fn, &u, (an_tensor *[]){x, pos}, 2, rtol, rtol, 0.0, what);
+            if (!r.ok) { /* the FAIL line says why; the launchers would fail the same way */
+                gpu_run_release(&r);
+                an_tensor_release(x), an_tensor_release(pos);
+                continue;
+            }
+
+            double *inv_freq = malloc((size_t)(D / 2) * sizeof *inv_freq);
+            an_cpu_rope_inv_freq(&u.config, D, inv_freq);
+            int interleaved = u.config.style == AN_ROPE_INTERLEAVED;
+            an_tensor *out = poisoned(ctx, dtype, 4, shape), *back = poisoned(ctx, dtype, 4, shape);
+            ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), pos_dtype, rows, H, D,
+                                 inv_freq, interleaved, 1.0, an_tensor_data(out)), "an_cuda_rope");
+            expect_same_bits(ctx, out, r.out, what);
+            ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(r.upstream), an_tensor_data(r.in[1]), pos_dtype, rows, H,
+                                 D, inv_freq, interleaved, -1.0, an_tensor_data(back)), "an_cuda_rope backward");
+            expect_same_bits(ctx, back, r.grad[0], what);
+            /* in place: out may be x */
+            an_tensor *inplace = to_gpu(ctx, x);
+            ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(inplace), an_tensor_data(r.in[1]), pos_dtype, rows, H, D,
+                                 inv_freq, interleaved, 1.0, an_tensor_data(inplace)), "an_cuda_rope in place");
+            expect_same_bits(ctx, inplace, r.out, what);
+            free(inv_freq);
+            an_tensor_release(out), an_tensor_release(back), an_tensor_release(inplace);
+            gpu_run_release(&r);
+            an_tensor_release(x), an_tensor_release(pos);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_cuda_rope_rejects_negative_positions_and_too_long_heads) {
+    an_ctx *ctx = gpu_ctx(5, "cuda rope errors");
+    if (!ctx) return;
+    an_rope_config config = {AN_ROPE_NEOX, 10000, 0, 1, 4, 8192};
+    an_tensor *p = rope_positions(ctx, AN_I64, 2, 3, POS_SEQUENTIAL);
+    an_tensor_set(p, 4, -3);
+    an_tensor *pos = to_gpu(ctx, p);
+    an_tensor *x = poisoned(ctx, AN_F32, 4, (int64_t[]){2, 3, 1, 4});
+    ck_assert_ptr_null(an_rope(ctx, x, pos, &config));
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "position -3 (element 4 of positions) is negative") != NULL,
+                  "message: %s", an_error_message(ctx));
+    an_error_clear(ctx);
+    an_tensor_set(p, 4, 1);
+    an_tensor *pos_ok = to_gpu(ctx, p);
+    an_tensor *wide = poisoned(ctx, AN_F32, 4, (int64_t[]){2, 3, 1, AN_CUDA_ROPE_MAX_D + 2});
+    ck_assert_ptr_null(an_rope(ctx, wide, pos_ok, &config));
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "head dim") != NULL, "message: %s", an_error_message(ctx));
+    an_error_clear(ctx);
+    an_tensor_release(p), an_tensor_release(pos), an_tensor_release(pos_ok);
+    an_tensor_release(x), an_tensor_release(wide);
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- softmax ---- */
+
+static an_tensor *softmax_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    (void)user;
+    return an_softmax(ctx, in[0]);
+}
+
+static const struct {
+    int ndim;
+    int64_t shape[3];
+    double range;
+} softmax_cases[] = {
+    {2, {1, 1}, 8},     {2, {1, 7}, 8},      {3, {3, 5, 33}, 8}, {2, {4, 1000}, 8},
+    {2, {2, 50021}, 8}, {2, {37, 129}, 60}, {1, {4099}, 8},
+};
+
+START_TEST(test_cuda_softmax_matches_cpu) {
+    an_ctx *ctx = gpu_ctx(6, "cuda softmax");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof softmax_cases / sizeof *softmax_cases; c++) {
+            an_dtype dtype = float_dtypes[d];
+            int ndim = softmax_cases[c].ndim;
+            const int64_t *shape = softmax_cases[c].shape;
+            int64_t cols = shape[ndim - 1], rows = shape_numel(ndim, shape) / cols;
+            double range = softmax_cases[c].range;
+            an_tensor *x = test_uniform(ctx, dtype, ndim, shape, -range, range, true);
+            fmt(what, sizeof what, "softmax %s rows %lld cols %lld range %g", an_dtype_name(dtype), (long long)rows,
+                (long long)cols, range);
+            double rtol = rtol_of(dtype);
+            gpu_run r = run_both(ctx, softmax_fn, NULL, (an_tensor *[]){x}, 1, rtol, rtol, 0.0, what);
+            if (!r.ok) { /* the FAIL line says why; the launchers would fail the same way */
+                gpu_run_release(&r);
+                an_tensor_release(x);
+                continue;
+            }
+            an_tensor *y = poisoned(ctx, dtype, ndim, shape), *dx = poisoned(ctx, dtype, ndim, shape);
+            ok(ctx, an_cuda_softmax(ctx, dtype, an_tensor_data(r.in[0]), rows, cols, an_tensor_data(y)),
+               "an_cuda_softmax");
+            expect_same_bits(ctx, y, r.out, what);
+            ok(ctx, an_cuda_softmax_backward(ctx, dtype, an_tensor_data(r.out), an_tensor_data(r.upstream), rows, cols,
+                                             an_tensor_data(dx)), "an_cuda_softmax_backward");
+            expect_same_bits(ctx, dx, r.grad[0], what);
+            an_tensor_release(y), an_tensor_release(dx);
+            gpu_run_release(&r);
+            an_tensor_release(x);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- cross_entropy, log_softmax_gather, linear_cross_entropy ---- */
+
+enum { IGNORE_NONE, IGNORE_SOME, IGNORE_ALL };
+
+/* Targets (N) in [0, V), every third one (IGNORE_SOME) or all (IGNORE_ALL) set to ignore_index. */
+static an_tensor *ce_targets(an_ctx *ctx, an_dtype dtype, int64_t N, int64_t V, int mode, int64_t ignore_index) {
+    an_tensor *t = test_ids(ctx, dtype, 1, &N, V);
+    for (int64_t i = 0; i < N; i++)
+        if (mode == IGNORE_ALL || (mode == IGNORE_SOME && i % 3 == 1)) an_tensor_set(t, i, (double)ignore_index);
+    return t;
+}
+
+/* 1 / the loss denominator, as the op computes it. */
+static double ce_inv(const an_tensor *targets, const an_cross_entropy_opts *o) {
+    int64_t counted = 0;
+    for (int64_t i = 0; i < an_tensor_numel(targets); i++)
+        counted += (int64_t)an_tensor_get(targets, i) != o->ignore_index;
+    double denom = o->normalizer > 0 ? o->normalizer : (double)counted;
+    return counted > 0 ? 1.0 / denom : 0.0;
+}
+
+static an_tensor *cross_entropy_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    return an_cross_entropy(ctx, in[0], in[1], user);
+}
+
+static const struct {
+    int64_t N, V;
+    int ignore;
+    int64_t ignore_index;
+    double normalizer;
+} ce_cases[] = {
+    {1, 1, IGNORE_NONE, -100, 0},   {1, 7, IGNORE_NONE, -100, 0}, {5, 33, IGNORE_SOME, -100, 0},
+    {37, 1000, IGNORE_SOME, -100, 12.5}, {3, 50021, IGNORE_SOME, -100, 0}, {64, 129, IGNORE_SOME, 3, 0},
+    {6, 17, IGNORE_ALL, -100, 0},
+};
+
+START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normalizer) {
+    an_ctx *ctx = gpu_ctx(7, "cuda cross_entropy");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof ce_cases / sizeof *ce_cases; c++) {
+            an_dtype dtype = float_dtypes[d], t_dtype = c % 2 ? AN_I32 : AN_I64;
+            int64_t N = ce_cases[c].N, V = ce_cases[c].V;
+            an_cross_entropy_opts o = {ce_cases[c].ignore_index, 1024, ce_cases[c].normalizer};
+            an_tensor *logits = test_uniform(ctx, dtype, 2, (int64_t[]){N, V}, -6, 6, true);
+            an_tensor *targets = ce_targets(ctx, t_dtype, N, V, ce_cases[c].ignore, o.ignore_index);
+            fmt(what, sizeof what, "cross_entropy %s N %lld V %lld ignore %d (index %lld) normalizer %g",
+                an_dtype_name(dtype), (long long)N, (long long)V, ce_cases[c].ignore, (long long)o.ignore_index,
+                o.normalizer);
+            double rtol = rtol_of(dtype);
+            gpu_run r = run_both(ctx, cross_entropy_fn, &o, (an_tensor *[]){logits, targets}, 2, rtol, rtol,
+                                 0.0, what);
+            if (!r.ok) { /* the FAIL line says why; the launchers would fail the same way */
+                gpu_run_release(&r);
+                an_tensor_release(logits), an_tensor_release(targets);
+                continue;
+            }
+
+            /* launchers: lse against float64 (0 on ignored rows), the loss and dlogits bit for bit */
+            an_tensor *lse = poisoned(ctx, AN_F32, 1, &N), *rows = poisoned(ctx, AN_F32, 1, &N);
+            an_tensor *loss = poisoned(ctx, dtype, 0, NULL), *dx = poisoned(ctx, dtype, 2, (int64_t[]){N, V});
+            ok(ctx, an_cuda_cross_entropy_rows(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), t_dtype,
+                                               N, V, o.ignore_index, an_tensor_data(lse), an_tensor_data(rows)),
+               "an_cuda_cross_entropy_rows");
+            double inv = ce_inv(targets, &o);
+            ok(ctx, an_cuda_loss_total(ctx, dtype, an_tensor_data(rows), N, inv, an_tensor_data(loss)),
+               "an_cuda_loss_total");
+            expect_same_bits(ctx, loss, r.out, what);
+            an_tensor *lse_h = to_host(ctx, lse);
+            for (int64_t i = 0; i < N; i++) {
+                double want = 0;
+                if ((int64_t)an_tensor_get(targets, i) != o.ignore_index) {
+                    double m = -INFINITY, s = 0;
+                    for (int64_t j = 0; j < V; j++) m = fmax(m, an_tensor_get(logits, i * V + j));
+                    for (int64_t j = 0; j < V; j++) s += exp(an_tensor_get(logits, i * V + j) - m);
+                    want = m + log(s);
+                }
+                double got = an_tensor_get(lse_h, i);
+                if (isnan(got) || fabs(got - want) > 2e-6 * (fabs(want) + 1)) {
+                    soft_fail("%s: lse[%lld] = %.9g, expected %.9g", what, (long long)i, got, want);
+                    break;
+                }
+            }
+            ok(ctx, an_cuda_cross_entropy_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
+                                                   an_tensor_data(r.in[1]), t_dtype, N, V, o.ignore_index,
+                                                   an_tensor_data(r.upstream), inv, an_tensor_data(dx)),
+               "an_cuda_cross_entropy_backward");
+            expect_same_bits(ctx, dx, r.grad[0], what);
+            an_tensor_release(lse), an_tensor_release(rows), an_tensor_release(loss), an_tensor_release(dx);
+            an_tensor_release(lse_h);
+            gpu_run_release(&r);
+            an_tensor_release(logits), an_tensor_release(targets);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_cuda_losses_reject_targets_outside_the_vocabulary) {
+    an_ctx *ctx = gpu_ctx(8, "cuda loss errors");
+    if (!ctx) return;
+    an_tensor *x = poisoned(ctx, AN_BF16, 2, (int64_t[]){6, 11}), *w = poisoned(ctx, AN_BF16, 2, (int64_t[]){11, 11});
+    an_tensor *h = test_ids(ctx, AN_I32, 1, (int64_t[]){6}, 11);
+    an_tensor_set(h, 2, -100); /* ignored by the losses, an error for log_softmax_gather */
+    an_tensor_set(h, 5, 11);
+    an_tensor *t = to_gpu(ctx, h);
+    for (int op = 0; op < 3; op++) {
+        an_tensor *out = op == 0   ? an_cross_entropy(ctx, x, t, NULL)
+                         : op == 1 ? an_linear_cross_entropy(ctx, x, w, t, NULL)
+                                   : an_log_softmax_gather(ctx, x, t);
+        ck_assert_ptr_null(out);
+        ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+        const char *want = op == 0   ? "cross_entropy: targets[5] = 11 is outside [0, 11) and is not the ignore index"
+                           : op == 1 ? "linear_cross_entropy: targets[5] = 11 is outside [0, 11)"
+                                     : "log_softmax_gather: ids[2] = -100 is outside [0, 11)";
+        ck_assert_msg(strstr(an_error_message(ctx), want) != NULL, "message: %s", an_error_message(ctx));
+        an_error_clear(ctx);
+    }
+    an_tensor_release(x), an_tensor_release(w), an_tensor_release(h), an_tensor_release(t);
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+static an_tensor *log_softmax_gather_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    (void)user;
+    return an_log_softmax_gather(ctx, in[0], in[1]);
+}
+
+static const int64_t lsg_cases[][2] = {{1, 1}, {1, 7}, {5, 33}, {37, 1000}, {3, 50021}, {64, 129}};
+
+START_TEST(test_cuda_log_softmax_gather_matches_cpu) {
+    an_ctx *ctx = gpu_ctx(9, "cuda log_softmax_gather");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof lsg_cases / sizeof *lsg_cases; c++) {
+            an_dtype dtype = float_dtypes[d], id_dtype = c % 2 ? AN_I32 : AN_I64;
+            int64_t N = lsg_cases[c][0], V = lsg_cases[c][1];
+            an_tensor *logits = test_uniform(ctx, dtype, 2, (int64_t[]){N, V}, -6, 6, true);
+            an_tensor *ids = test_ids(ctx, id_dtype, 1, &N, V);
+            fmt(what, sizeof what, "log_softmax_gather %s N %lld V %lld", an_dtype_name(dtype), (long long)N,
+                (long long)V);
+            double rtol = rtol_of(dtype);
+            gpu_run r = run_both(ctx, log_softmax_gather_fn, NULL, (an_tensor *[]){logits, ids}, 2, rtol, rtol, 0.0,
+                                 what);
+            if (!r.ok) { /* the FAIL line says why; the launchers would fail the same way */
+                gpu_run_release(&r);
+                an_tensor_release(logits), an_tensor_release(ids);
+                continue;
+            }
+            an_tensor *lse = poisoned(ctx, AN_F32, 1, &N), *out = poisoned(ctx, dtype, 1, &N);
+            an_tensor *dx = poisoned(ctx, dtype, 2, (int64_t[]){N, V});
+            ok(ctx, an_cuda_log_softmax_gather(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), id_dtype,
+                                               N, V, an_tensor_data(lse), an_tensor_data(out)),
+               "an_cuda_log_softmax_gather");
+            expect_same_bits(ctx, out, r.out, what);
+            ok(ctx, an_cuda_log_softmax_gather_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
+                                                        an_tensor_data(r.in[1]), id_dtype, an_tensor_data(r.upstream),
+                                                        N, V, an_tensor_data(dx)),
+               "an_cuda_log_softmax_gather_backward");
+            expect_same_bits(ctx, dx, r.grad[0], what);
+            an_tensor_release(lse), an_tensor_release(out), an_tensor_release(dx);
+            gpu_run_release(&r);
+            an_tensor_release(logits), an_tensor_release(ids);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+static an_tensor *linear_cross_entropy_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    return an_linear_cross_entropy(ctx, in[0], in[1], in[2], user);
+}
+
+static const struct {
+    int64_t N, D, V, chunk_rows;
+    int ignore;
+    double normalizer;
+} lce_cases[] = {
+    {1, 1, 1, 0, IGNORE_NONE, 0},      {1, 8, 3, 1024, IGNORE_NONE, 0},    {37, 33, 1000, 8, IGNORE_SOME, 0},
+    {64, 64, 5003, 16, IGNORE_SOME, 100}, {20, 16, 129, 7, IGNORE_ALL, 0}, {50, 24, 77, 50, IGNORE_SOME, 0},
+    {45, 40, 301, 11, IGNORE_NONE, 0},
+};
+
+START_TEST(test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks) {
+    an_ctx *ctx = gpu_ctx(10, "cuda linear_cross_entropy");
+    if (!ctx) return;
+    char what[200];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof lce_cases / sizeof *lce_cases; c++) {
+            an_dtype dtype = float_dtypes[d], t_dtype = c % 2 ? AN_I32 : AN_I64;
+            int64_t N = lce_cases[c].N, D = lce_cases[c].D, V = lce_cases[c].V;
+            an_cross_entropy_opts o = {AN_IGNORE_INDEX, lce_cases[c].chunk_rows, lce_cases[c].normalizer};
+            an_tensor *hidden = test_uniform(ctx, dtype, 2, (int64_t[]){N, D}, -1, 1, true);
+            an_tensor *weight = test_uniform(ctx, dtype, 2, (int64_t[]){V, D}, -1, 1, true);
+            an_tensor *targets = ce_targets(ctx, t_dtype, N, V, lce_cases[c].ignore, o.ignore_index);
+            fmt(what, sizeof what, "linear_cross_entropy %s N %lld D %lld V %lld chunk_rows %lld ignore %d",
+                an_dtype_name(dtype), (long long)N, (long long)D, (long long)V, (long long)o.chunk_rows,
+                lce_cases[c].ignore);
+            /* the GPU rounds chunk logits and dlogits to the input dtype, the CPU keeps them f32 */
+            double rtol = dtype == AN_F32 ? 1e-5 : dtype == AN_BF16 ? 3e-2 : 1e-2;
+            gpu_run r = run_both(ctx, linear_cross_entropy_fn, &o, (an_tensor *[]){hidden, weight, targets}, 3, rtol,
+                                 rtol, 0.0, what);
+            gpu_run_release(&r);
+            an_tensor_release(hidden), an_tensor_release(weight), an_tensor_release(targets);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* One test case per area, so CK_RUN_CASE=rope (say) runs one of them. */
+static void add_case(Suite *s, const char *name, const TTest *test) {
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test);
+    suite_add_tcase(s, tc);
+}
+
+int main(void) {
+    Suite *s = suite_create("cuda_ops");
+    add_case(s, "embedding", test_cuda_embedding_matches_cpu_and_its_gradient_is_bit_identical_across_runs);
+    add_case(s, "embedding_errors", test_cuda_embedding_rejects_an_id_outside_the_table);
+    add_case(s, "rmsnorm", test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_across_runs);
+    add_case(s, "rope", test_cuda_rope_matches_cpu_in_both_styles_with_llama3_scaling_and_packed_positions);
+    add_case(s, "rope_errors", test_cuda_rope_rejects_negative_positions_and_too_long_heads);
+    add_case(s, "softmax", test_cuda_softmax_matches_cpu);
+    add_case(s, "cross_entropy", test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normalizer);
+    add_case(s, "loss_errors", test_cuda_losses_reject_targets_outside_the_vocabulary);
+    add_case(s, "log_softmax_gather", test_cuda_log_softmax_gather_matches_cpu);
+    add_case(s, "linear_cross_entropy", test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks);
+    return test_run(s);
+}
