@@ -349,3 +349,21 @@ an_status an_data_loader_next(an_ctx *ctx, an_data_loader *l, an_data_batch *out
     *out = b;
     return AN_OK;
 }
+
+an_status an_data_batch_to(an_ctx *ctx, an_data_batch *b, an_device device) {
+    an_tensor **fields[4] = {&b->ids, &b->labels, &b->positions, &b->segments};
+    an_tensor *moved[4] = {0};
+    for (int i = 0; i < 4; i++) {
+        an_tensor *t = *fields[i];
+        moved[i] = !t || t->device == device ? an_tensor_retain(t) : an_tensor_to(ctx, t, t->dtype, device);
+        if (t && !moved[i]) {
+            for (int j = 0; j < i; j++) an_tensor_release(moved[j]);
+            return an_error_status(ctx);
+        }
+    }
+    for (int i = 0; i < 4; i++) {
+        an_tensor_release(*fields[i]);
+        *fields[i] = moved[i];
+    }
+    return AN_OK;
+}

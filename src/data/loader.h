@@ -70,6 +70,8 @@ void an_data_loader_free(an_data_loader *loader);
 /* The next micro-batch; the cursor moves past it. */
 an_status an_data_loader_next(an_ctx *ctx, an_data_loader *loader, an_data_batch *out);
 void an_data_batch_release(an_data_batch *batch);
+/* Moves the batch's tensors to `device` (no-op for the CPU); on failure the batch is unchanged. */
+an_status an_data_batch_to(an_ctx *ctx, an_data_batch *batch, an_device device);
 
 an_data_cursor an_data_loader_cursor(const an_data_loader *loader);
 /* Continues from a saved cursor. AN_ERR_INPUT when its shuffle_seed is not the one the loader's seed

@@ -27,6 +27,10 @@ an_status an_eval_loss(an_ctx *ctx, an_model *m, an_data_loader *loader, int64_t
             an_data_batch_release(&batch);
             break;
         }
+        if ((st = an_data_batch_to(ctx, &batch, m->embed_tokens->device)) != AN_OK) {
+            an_data_batch_release(&batch);
+            break;
+        }
         an_cross_entropy_opts opts = AN_CROSS_ENTROPY_DEFAULTS;
         opts.normalizer = 1.0; /* the sum over tokens; divided by the count below */
         an_tensor *l = an_model_loss(ctx, m, batch.ids, batch.labels, batch.positions, batch.segments, &opts);

@@ -88,7 +88,11 @@ static an_status train_step(an_ctx *ctx, an_run *run, double *loss_out, int64_t 
     int64_t fetched = 0;
     for (; fetched < accum && st == AN_OK; fetched++) {
         st = an_data_loader_next(ctx, run->train, &batches[fetched]);
-        if (st == AN_OK) counted += batches[fetched].loss_tokens, tokens += batches[fetched].tokens;
+        if (st == AN_OK) {
+            counted += batches[fetched].loss_tokens, tokens += batches[fetched].tokens;
+            st = an_data_batch_to(ctx, &batches[fetched], r->device);
+            if (st != AN_OK) an_data_batch_release(&batches[fetched]);
+        }
     }
     if (st != AN_OK) fetched--; /* the failed one holds nothing */
     double loss_sum = 0;
