@@ -199,6 +199,7 @@ an_status an_train(an_ctx *ctx, const an_recipe *r, const char *recipe_text, FIL
         if (an_metrics_now() - now > 0.5) window_start = an_metrics_now(), window_tokens = 0; /* eval/save time is not training */
     }
     summary->final_step = run.step;
+    if (summary->final_step == summary->start_step) summary->last_eval_loss = summary->first_eval_loss;
     summary->tokens_per_s = all_tokens / fmax(an_metrics_now() - start, 1e-9);
     if (st == AN_OK && since_eval > 0) st = evaluate_and_log(ctx, &run, &summary->last_eval_loss);
     if (st == AN_OK && summary->start_step < run.step) st = save_checkpoint(ctx, &run);

@@ -1,0 +1,70 @@
+#!/usr/bin/env python3
+"""The PyTorch figure beside bench/train_step: the same shape (default DeepSeek-R1-Distill-Qwen-1.5B:
+hidden 1536, intermediate 8960, 28 layers, 12 heads, 2 kv heads, vocab 151936, untied head) with
+random weights, LoRA through peft (or full fine-tuning), SDPA attention, fused AdamW, bf16.
+
+  python3 bench/peer_train_step.py --save DIR      # also writes the random model for anneal to load
+  python3 bench/peer_train_step.py [--lora 16 --targets qv|all | --lora 0] [--seq 1024 --batch 8] [--compile]
+"""
+import argparse
+import time
+
+import torch
+import transformers
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--save")
+    ap.add_argument("--lora", type=int, default=16)
+    ap.add_argument("--targets", default="qv")
+    ap.add_argument("--seq", type=int, default=1024)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--compile", action="store_true")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    cfg = transformers.Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                                   num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,
+                                   rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
+                                   use_sliding_window=False)
+    cfg._attn_implementation = "sdpa"
+    with torch.device("cuda"):
+        model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    if a.save:
+        model.save_pretrained(a.save)
+        print("saved", a.save)
+    if a.lora:
+        import peft
+        targets = ["q_proj", "v_proj"] if a.targets == "qv" else "all-linear"
+        model = peft.get_peft_model(model, peft.LoraConfig(r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0,
+                                                           target_modules=targets, task_type="CAUSAL_LM"))
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not a.lora:
+        for p in params:
+            p.data = p.data.float()  # fp32 master weights, bf16 autocast below
+    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
+    fwd = torch.compile(model) if a.compile else model
+    ids = torch.randint(0, cfg.vocab_size - 1, (a.batch, a.seq), device="cuda")
+    times = []
+    torch.cuda.reset_peak_memory_stats()
+    for s in range(a.steps + 2):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not a.lora):
+            loss = fwd(input_ids=ids, labels=ids).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        if s >= 2:
+            times.append(time.perf_counter() - t0)
+    tps = a.batch * a.seq * len(times) / sum(times)
+    print(f"pytorch {torch.__version__} {'lora ' + a.targets if a.lora else 'full'} bf16 seq {a.seq} batch {a.batch}"
+          f"{' compiled' if a.compile else ''}: {tps:.0f} tokens/s, {sum(times) / len(times):.3f} s/step, "
+          f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,102 @@
+/* train_step.c — tokens/s, step time and peak device memory of training steps on a model
+ * directory: forward + backward + AdamW over random token ids, after warm-up steps.
+ *
+ *   bench/train_step MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N]
+ *                    [--lora R (0: full fine-tune)] [--targets qv|all] [--steps N] [--checkpointing]
+ *
+ * Prints one line per measured step and a summary line with MFU (6 x trainable-path FLOPs are
+ * not used: the model FLOPs are 6 P T for full fine-tuning, 4 P T for LoRA, plus attention).
+ * The PyTorch figure for the same shape comes from bench/peer_train_step.py in the same call. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/tape.h"
+#include "kernels/cuda.h"
+#include "model/load.h"
+#include "model/lora.h"
+#include "optim/optim.h"
+#include "train/metrics.h"
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N] [--lora R] "
+                        "[--targets qv|all] [--steps N] [--checkpointing]\n", argv[0]);
+        return 2;
+    }
+    const char *dir = argv[1], *targets = "qv";
+    an_device device = AN_CUDA;
+    an_dtype dtype = AN_BF16;
+    long seq = 1024, batch = 8, rank = 16, steps = 6;
+    bool checkpointing = false;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
+        else if (!strcmp(argv[i], "--seq") && i + 1 < argc) seq = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--lora") && i + 1 < argc) rank = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--targets") && i + 1 < argc) targets = argv[++i];
+        else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--checkpointing")) checkpointing = true;
+        else {
+            fprintf(stderr, "unknown argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    an_ctx *ctx = an_ctx_new(1);
+    an_model *m = NULL;
+    an_optim *opt = NULL;
+    if ((device == AN_CUDA && an_ctx_use_cuda(ctx, 0) != AN_OK) || an_model_load(ctx, dir, dtype, device, &m) != AN_OK) {
+        fprintf(stderr, "%s\n", an_error_message(ctx));
+        return 1;
+    }
+    m->gradient_checkpointing = checkpointing;
+    m->training = true;
+    if (rank > 0) {
+        an_lora_config lc = {rank, 2.0 * (double)rank, 0.0, false, strcmp(targets, "all") ? (AN_LORA_Q | AN_LORA_V) : AN_LORA_ALL_LINEAR};
+        if (an_lora_attach(ctx, m, &lc) != AN_OK) {
+            fprintf(stderr, "%s\n", an_error_message(ctx));
+            return 1;
+        }
+    } else {
+        an_model_set_requires_grad(m, true);
+    }
+    an_adamw_config oc = an_adamw_config_default();
+    oc.lr = 1e-5;
+    an_optim_create(ctx, &oc, &opt);
+    if (rank > 0) an_optim_add_params(ctx, opt, m->adapter_params, m->n_adapter_params);
+    else an_optim_add_params(ctx, opt, m->params, m->n_params);
+    an_tensor *host = an_tensor_new(ctx, AN_I32, AN_CPU, 2, (int64_t[]){batch, seq});
+    for (long i = 0; i < batch * seq; i++)
+        ((int32_t *)an_tensor_data(host))[i] = (int32_t)(an_rng_u64(&ctx->rng) % (uint64_t)(m->config.vocab_size - 1));
+    an_tensor *ids = an_tensor_to(ctx, host, AN_I32, device);
+    double P = (double)an_model_config_num_params(&m->config);
+    double attn = 2.0 * 2.0 * (double)m->config.num_layers * (double)seq * (double)(m->config.num_heads * m->config.head_dim);
+    double flops_per_token = (rank > 0 ? 4.0 : 6.0) * P + (rank > 0 ? 2.0 : 3.0) * attn / 2.0;
+    double total = 0;
+    int measured = 0;
+    for (long s = 0; s < steps + 2; s++) {
+        if (device == AN_CUDA) an_cuda_synchronize(ctx);
+        an_mem_reset_peak(ctx, device);
+        double t0 = an_metrics_now();
+        an_tensor *loss = an_model_loss(ctx, m, ids, ids, NULL, NULL, NULL);
+        if (!loss || an_backward(ctx, loss) != AN_OK || an_optim_step(ctx, opt, NULL) != AN_OK) {
+            fprintf(stderr, "step failed: %s\n", an_error_message(ctx));
+            return 1;
+        }
+        an_optim_zero_grad(opt);
+        an_tensor_release(loss);
+        if (device == AN_CUDA) an_cuda_synchronize(ctx);
+        double dt = an_metrics_now() - t0;
+        if (s >= 2) total += dt, measured++; /* two warm-up steps */
+        printf("step %ld: %.3f s, %.0f tokens/s, peak %.2f GiB\n", s, dt, (double)(batch * seq) / dt,
+               (double)ctx->mem[device].peak / (1u << 30));
+    }
+    double tps = (double)(batch * seq) * measured / total;
+    printf("anneal %s %s %s seq %ld batch %ld%s: %.0f tokens/s, %.3f s/step, peak %.2f GiB, %.1f TFLOP/s model\n",
+           rank > 0 ? "lora" : "full", rank > 0 ? targets : "", dtype == AN_BF16 ? "bf16" : "f32", seq, batch,
+           checkpointing ? " +ckpt" : "", tps, total / measured, (double)ctx->mem[device].peak / (1u << 30),
+           tps * flops_per_token / 1e12);
+    return 0;
+}
