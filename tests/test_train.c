@@ -134,6 +134,7 @@ START_TEST(test_lora_run_learns_and_leaves_artifacts) {
     ck_assert(exists_in(dir, "run/step_9") && !exists_in(dir, "run/step_6")); /* keep_last 2 */
     ck_assert(exists_in(dir, "run/adapter/adapter_config.json") && exists_in(dir, "run/merged/model.safetensors"));
     ck_assert(exists_in(dir, "run/merged/tokenizer.json") && exists_in(dir, "run/samples.txt"));
+    ck_assert(exists_in(dir, "run/recipe.yaml") && exists_in(dir, "run/metrics.jsonl"));
     /* everything is done: running again resumes at step 12 and takes no step */
     ck_assert_msg(TRAIN(dir, &s, err, "logging.every=1") == AN_OK, "%s", err);
     ck_assert_int_eq(s.start_step, 12);

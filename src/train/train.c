@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "autograd/tape.h"     /* an_backward, an_tape_clear */
+#include "ckpt/atomic.h"       /* an_atomic_write_text */
 #include "ckpt/checkpoint.h"   /* an_ckpt_* */
 #include "model/lora.h"        /* an_lora_save_peft, an_lora_merge */
 #include "model/save.h"        /* an_model_save */
@@ -156,6 +157,9 @@ an_status an_train(an_ctx *ctx, const an_recipe *r, const char *recipe_text, FIL
     *summary = (an_train_summary){0, 0, 0, NAN, NAN, NAN, 0};
     an_rng_init(&ctx->rng, (uint64_t)r->seed);
     an_status st = an_train_make_dirs(ctx, r->output_dir);
+    char recipe_path[4200];
+    snprintf(recipe_path, sizeof recipe_path, "%s/recipe.yaml", r->output_dir);
+    if (st == AN_OK) st = an_atomic_write_text(ctx, recipe_path, recipe_text); /* the run as resolved */
     if (st == AN_OK) st = an_metrics_open(ctx, r->logging.jsonl, progress_style(r, terminal), terminal, 0, 0, &run.metrics);
     if (st == AN_OK) st = an_run_prepare_data(ctx, &run);
     if (st == AN_OK) st = an_run_load_model(ctx, &run);
