@@ -5,6 +5,10 @@ random weights, LoRA through peft (or full fine-tuning), SDPA attention, fused A
 
   python3 bench/peer_train_step.py --save DIR      # also writes the random model for anneal to load
   python3 bench/peer_train_step.py [--lora 16 --targets qv|all | --lora 0] [--seq 1024 --batch 8] [--compile]
+  python3 bench/peer_train_step.py --load DIR --save-adapter ADIR --lr 1e-4 --losses   # loss curve from DIR's
+        weights and the initial adapter saved in ADIR (bench/train_step DIR --adapter ADIR --losses compares)
+
+Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), the same as bench/train_step.c.
 """
 import argparse
 import time
@@ -22,6 +26,10 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--load")
+    ap.add_argument("--save-adapter")
+    ap.add_argument("--lr", type=float, default=1e-5)
+    ap.add_argument("--losses", action="store_true")
     a = ap.parse_args()
     torch.manual_seed(0)
     cfg = transformers.Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -29,8 +37,12 @@ def main():
                                    rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=False,
                                    use_sliding_window=False)
     cfg._attn_implementation = "sdpa"
-    with torch.device("cuda"):
-        model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
+    if a.load:
+        model = transformers.AutoModelForCausalLM.from_pretrained(a.load, dtype=torch.bfloat16,
+                                                                  attn_implementation="sdpa").cuda()
+    else:
+        with torch.device("cuda"):
+            model = transformers.Qwen2ForCausalLM(cfg).to(torch.bfloat16)
     if a.save:
         model.save_pretrained(a.save)
         print("saved", a.save)
@@ -39,14 +51,17 @@ def main():
         targets = ["q_proj", "v_proj"] if a.targets == "qv" else "all-linear"
         model = peft.get_peft_model(model, peft.LoraConfig(r=a.lora, lora_alpha=2 * a.lora, lora_dropout=0.0,
                                                            target_modules=targets, task_type="CAUSAL_LM"))
+        if a.save_adapter:
+            model.save_pretrained(a.save_adapter)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     if not a.lora:
         for p in params:
             p.data = p.data.float()  # fp32 master weights, bf16 autocast below
-    opt = torch.optim.AdamW(params, lr=1e-5, fused=True)
+    opt = torch.optim.AdamW(params, lr=a.lr, fused=True)
     fwd = torch.compile(model) if a.compile else model
-    ids = torch.randint(0, cfg.vocab_size - 1, (a.batch, a.seq), device="cuda")
+    ids = ((torch.arange(a.batch * a.seq, dtype=torch.int64) * 2654435761) % (cfg.vocab_size - 1)).view(
+        a.batch, a.seq).cuda()
     times = []
     torch.cuda.reset_peak_memory_stats()
     for s in range(a.steps + 2):
@@ -54,6 +69,8 @@ def main():
         t0 = time.perf_counter()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=not a.lora):
             loss = fwd(input_ids=ids, labels=ids).loss
+        if a.losses:
+            print(f"pytorch step {s} loss {loss.item():.6f}")
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -3,7 +3,11 @@
  *
  *   bench/train_step MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N]
  *                    [--lora R (0: full fine-tune)] [--targets qv|all] [--steps N] [--checkpointing]
+ *                    [--adapter DIR (start from this PEFT adapter)] [--lr X] [--losses]
  *
+ * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
+ * them, so with --adapter (the peer's initial adapter) both runs start from the same point and
+ * --losses prints the per-step loss curves to compare.
  * Prints one line per measured step and a summary line with MFU (6 x trainable-path FLOPs are
  * not used: the model FLOPs are 6 P T for full fine-tuning, 4 P T for LoRA, plus attention).
  * The PyTorch figure for the same shape comes from bench/peer_train_step.py in the same call. */
@@ -25,7 +29,9 @@ int main(int argc, char **argv) {
                         "[--targets qv|all] [--steps N] [--checkpointing]\n", argv[0]);
         return 2;
     }
-    const char *dir = argv[1], *targets = "qv";
+    const char *dir = argv[1], *targets = "qv", *adapter = NULL;
+    double lr = 1e-5;
+    bool losses = false;
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
@@ -39,6 +45,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--targets") && i + 1 < argc) targets = argv[++i];
         else if (!strcmp(argv[i], "--steps") && i + 1 < argc) steps = atol(argv[++i]);
         else if (!strcmp(argv[i], "--checkpointing")) checkpointing = true;
+        else if (!strcmp(argv[i], "--adapter") && i + 1 < argc) adapter = argv[++i];
+        else if (!strcmp(argv[i], "--lr") && i + 1 < argc) lr = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--losses")) losses = true;
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -53,7 +62,13 @@ int main(int argc, char **argv) {
     }
     m->gradient_checkpointing = checkpointing;
     m->training = true;
-    if (rank > 0) {
+    if (adapter) {
+        if (an_lora_load_peft(ctx, m, adapter) != AN_OK) {
+            fprintf(stderr, "%s\n", an_error_message(ctx));
+            return 1;
+        }
+        rank = m->lora.rank;
+    } else if (rank > 0) {
         an_lora_config lc = {rank, 2.0 * (double)rank, 0.0, false, strcmp(targets, "all") ? (AN_LORA_Q | AN_LORA_V) : AN_LORA_ALL_LINEAR};
         if (an_lora_attach(ctx, m, &lc) != AN_OK) {
             fprintf(stderr, "%s\n", an_error_message(ctx));
@@ -63,13 +78,13 @@ int main(int argc, char **argv) {
         an_model_set_requires_grad(m, true);
     }
     an_adamw_config oc = an_adamw_config_default();
-    oc.lr = 1e-5;
+    oc.lr = lr;
     an_optim_create(ctx, &oc, &opt);
     if (rank > 0) an_optim_add_params(ctx, opt, m->adapter_params, m->n_adapter_params);
     else an_optim_add_params(ctx, opt, m->params, m->n_params);
     an_tensor *host = an_tensor_new(ctx, AN_I32, AN_CPU, 2, (int64_t[]){batch, seq});
     for (long i = 0; i < batch * seq; i++)
-        ((int32_t *)an_tensor_data(host))[i] = (int32_t)(an_rng_u64(&ctx->rng) % (uint64_t)(m->config.vocab_size - 1));
+        ((int32_t *)an_tensor_data(host))[i] = (int32_t)((uint64_t)i * 2654435761ull % (uint64_t)(m->config.vocab_size - 1));
     an_tensor *ids = an_tensor_to(ctx, host, AN_I32, device);
     double P = (double)an_model_config_num_params(&m->config);
     double attn = 2.0 * 2.0 * (double)m->config.num_layers * (double)seq * (double)(m->config.num_heads * m->config.head_dim);
@@ -81,10 +96,17 @@ int main(int argc, char **argv) {
         an_mem_reset_peak(ctx, device);
         double t0 = an_metrics_now();
         an_tensor *loss = an_model_loss(ctx, m, ids, ids, NULL, NULL, NULL);
+        double loss_value = NAN;
+        if (losses && loss) {
+            an_tensor *h = an_tensor_to(ctx, loss, AN_F64, AN_CPU);
+            loss_value = h ? an_tensor_get(h, 0) : NAN;
+            an_tensor_release(h);
+        }
         if (!loss || an_backward(ctx, loss) != AN_OK || an_optim_step(ctx, opt, NULL) != AN_OK) {
             fprintf(stderr, "step failed: %s\n", an_error_message(ctx));
             return 1;
         }
+        if (losses) printf("anneal step %ld loss %.6f\n", s, loss_value);
         an_optim_zero_grad(opt);
         an_tensor_release(loss);
         if (device == AN_CUDA) an_cuda_synchronize(ctx);

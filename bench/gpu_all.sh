@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Every GPU test and benchmark in one invocation on a CUDA machine, with a short table last.
+#   bash bench/gpu_all.sh BIN_DIR
+# BIN_DIR holds the CUDA build's test_cuda* binaries, bench/train_step (as train_step) and a lib/
+# with the shared libraries the machine lacks (see bench/pack_gpu.sh). Run from the repository root
+# (the tests read tests/fixtures). Writes its log to ${OUT:-/tmp}/gpu_all.log.
+set -uo pipefail
+bin=$(cd "$1" && pwd)
+export LD_LIBRARY_PATH="$bin/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}" PYTHONUNBUFFERED=1
+log=${OUT:-/tmp}/gpu_all.log
+: > "$log"
+rows=()
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
+
+for t in "$bin"/test_cuda*; do
+  name=$(basename "$t")
+  out=$("$t" 2>&1); rc=$?
+  echo "$out" >> "$log"
+  rows+=("$(printf '%-28s %s' "$name" "$(echo "$out" | grep -E '^[0-9]+%: Checks' | tail -1) (rc $rc)")")
+done
+
+model=/tmp/anneal-bench-1.5b
+if [ ! -d "$model" ]; then python3 bench/peer_train_step.py --save "$model" --steps 0 >> "$log" 2>&1; fi
+measure() { # label, command...
+  local label=$1; shift
+  local line; line=$("$@" 2>&1 | tee -a "$log" | grep -E '^(anneal|pytorch) .*tokens/s' | tail -1)
+  rows+=("$(printf '%-28s %s' "$label" "${line:-failed (see log)}")")
+}
+measure "anneal lora q,v"          "$bin/train_step" "$model" --lora 16 --targets qv --steps 4
+measure "pytorch lora q,v"         python3 bench/peer_train_step.py --load "$model" --lora 16 --targets qv --steps 4
+measure "anneal lora all"          "$bin/train_step" "$model" --lora 16 --targets all --steps 4
+measure "pytorch lora all"         python3 bench/peer_train_step.py --load "$model" --lora 16 --targets all --steps 4
+measure "anneal lora all +ckpt"    "$bin/train_step" "$model" --lora 16 --targets all --checkpointing --steps 4
+
+# Ten LoRA steps from the same weights and the same initial adapter: the loss curves side by side.
+adapter=/tmp/anneal-bench-adapter
+python3 bench/peer_train_step.py --load "$model" --lora 16 --targets qv --save-adapter "$adapter" --lr 1e-4 \
+  --losses --steps 8 > /tmp/peer_losses.txt 2>&1
+"$bin/train_step" "$model" --adapter "$adapter" --lr 1e-4 --losses --steps 8 > /tmp/our_losses.txt 2>&1
+cat /tmp/peer_losses.txt /tmp/our_losses.txt >> "$log"
+echo "== loss curves (LoRA q,v, lr 1e-4, same weights, adapter and tokens)"
+paste <(grep -E '^pytorch step' /tmp/peer_losses.txt | awk '{print $3, $5}') \
+      <(grep -E '^anneal step' /tmp/our_losses.txt | awk '{print $5}') | awk '{printf "step %2d  pytorch %.5f  anneal %.5f  diff %+.5f\n", $1, $2, $3, $3 - $2}'
+
+echo "== summary"
+printf '%s\n' "${rows[@]}"
