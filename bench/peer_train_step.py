@@ -46,6 +46,8 @@ def main():
     if a.save:
         model.save_pretrained(a.save)
         print("saved", a.save)
+        if a.steps == 0:
+            return
     if a.lora:
         import peft
         targets = ["q_proj", "v_proj"] if a.targets == "qv" else "all-linear"
