@@ -5,6 +5,7 @@
 #define AN_CLI_H
 
 #include "autograd/ctx.h"
+#include "autograd/dtype.h"
 
 int an_cli_run(int argc, char **argv);
 int an_cli_eval(int argc, char **argv);
@@ -20,5 +21,11 @@ int an_cli_fail(an_ctx *ctx, const char *cmd);
 /* "--name value" or "--name=value" at argv[*i]; advances *i; NULL when argv[*i] is not --name.
  * A missing value is reported on stderr and sets *bad. */
 const char *an_cli_flag(int argc, char **argv, int *i, const char *name, int *bad);
+
+/* --device cpu|cuda and --dtype float32|bfloat16|float16 (and short names): returns 1 when argv[*i]
+ * was one of them (advancing *i), 0 when not, -1 (after a message) when its value is bad. */
+int an_cli_device_flags(int argc, char **argv, int *i, an_device *device, an_dtype *dtype);
+/* Selects the GPU when device is cuda (an_ctx_use_cuda); AN_OK otherwise. */
+an_status an_cli_use_device(an_ctx *ctx, an_device device);
 
 #endif

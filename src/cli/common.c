@@ -39,3 +39,29 @@ const char *an_cli_flag(int argc, char **argv, int *i, const char *name, int *ba
     *i += 1;
     return argv[*i];
 }
+
+int an_cli_device_flags(int argc, char **argv, int *i, an_device *device, an_dtype *dtype) {
+    int bad = 0;
+    const char *v;
+    if ((v = an_cli_flag(argc, argv, i, "--device", &bad))) {
+        if (strcmp(v, "cpu") == 0) *device = AN_CPU;
+        else if (strcmp(v, "cuda") == 0) *device = AN_CUDA;
+        else {
+            fprintf(stderr, "anneal: --device '%s' must be cpu or cuda\n", v);
+            return -1;
+        }
+        return 1;
+    }
+    if (!bad && (v = an_cli_flag(argc, argv, i, "--dtype", &bad))) {
+        if (!an_dtype_parse(v, dtype) || !(*dtype == AN_F32 || *dtype == AN_BF16 || *dtype == AN_F16)) {
+            fprintf(stderr, "anneal: --dtype '%s' must be float32, bfloat16 or float16\n", v);
+            return -1;
+        }
+        return 1;
+    }
+    return bad ? -1 : 0;
+}
+
+an_status an_cli_use_device(an_ctx *ctx, an_device device) {
+    return device == AN_CUDA ? an_ctx_use_cuda(ctx, 0) : AN_OK;
+}

@@ -18,7 +18,8 @@
 #include "train/train.h"
 
 static const char usage[] =
-    "usage: anneal eval --model DIR --data FILE [--adapter DIR] [--seq-len N (1024)] [--batch N (8)]\n";
+    "usage: anneal eval --model DIR --data FILE [--adapter DIR] [--seq-len N (1024)] [--batch N (8)]\n"
+    "                   [--device cpu|cuda] [--dtype float32|bfloat16|float16]\n";
 
 static bool ends_with(const char *s, const char *suffix) {
     size_t n = strlen(s), k = strlen(suffix);
@@ -28,10 +29,15 @@ static bool ends_with(const char *s, const char *suffix) {
 int an_cli_eval(int argc, char **argv) {
     const char *model_dir = NULL, *adapter = NULL, *data = NULL;
     long long seq_len = 1024, batch = 8;
+    an_device device = AN_CPU;
+    an_dtype dtype = AN_F32;
     for (int i = 0; i < argc; i++) {
         int bad = 0;
         const char *v;
         char *end = "";
+        int dev = an_cli_device_flags(argc, argv, &i, &device, &dtype);
+        if (dev < 0) return 2;
+        if (dev > 0) continue;
         if ((v = an_cli_flag(argc, argv, &i, "--model", &bad))) model_dir = v;
         else if ((v = an_cli_flag(argc, argv, &i, "--adapter", &bad))) adapter = v;
         else if ((v = an_cli_flag(argc, argv, &i, "--data", &bad))) data = v;
@@ -56,7 +62,8 @@ int an_cli_eval(int argc, char **argv) {
     bool made_tmp = false;
     double loss = NAN;
     int64_t tokens = 0;
-    an_status st = an_model_load(ctx, model_dir, AN_F32, AN_CPU, &m);
+    an_status st = an_cli_use_device(ctx, device);
+    if (st == AN_OK) st = an_model_load(ctx, model_dir, dtype, device, &m);
     if (st == AN_OK && adapter) st = an_lora_load_peft(ctx, m, adapter);
     if (st == AN_OK) st = an_tokenizer_load(ctx, model_dir, &tok);
     if (st == AN_OK) st = an_data_tokenizer_fingerprint(ctx, model_dir, fingerprint);

@@ -23,7 +23,9 @@ static const char usage[] =
     "  --chat                format the prompt as one user turn with the model's chat template\n"
     "                        (DeepSeek-R1: ...<｜User｜>TEXT<｜Assistant｜><think>\\n) and the generation prompt\n"
     "  --system TEXT         a system message (with --chat)\n"
-    "  --no-bos              do not prepend the tokenizer's bos token\n";
+    "  --no-bos              do not prepend the tokenizer's bos token\n"
+    "  --device cpu|cuda     where the model runs (default cpu)\n"
+    "  --dtype D             float32 (default), bfloat16 or float16\n";
 
 /* Streams decoded text and checks stop strings after each token. */
 typedef struct {
@@ -94,10 +96,15 @@ int an_cli_generate(int argc, char **argv) {
     double temperature = 0, top_p = 1;
     bool bos = true;
     stream s = {0};
+    an_device device = AN_CPU;
+    an_dtype dtype = AN_F32;
     for (int i = 0; i < argc; i++) {
         int bad = 0;
         const char *v;
         char *end = "";
+        int dev = an_cli_device_flags(argc, argv, &i, &device, &dtype);
+        if (dev < 0) return 2;
+        if (dev > 0) continue;
         if ((v = an_cli_flag(argc, argv, &i, "--model", &bad))) model_dir = v;
         else if ((v = an_cli_flag(argc, argv, &i, "--adapter", &bad))) adapter = v;
         else if ((v = an_cli_flag(argc, argv, &i, "--prompt", &bad))) prompt = v;
@@ -132,7 +139,7 @@ int an_cli_generate(int argc, char **argv) {
     int64_t out_len = 0;
     int rc = 0;
     s.ctx = ctx;
-    if (an_model_load(ctx, model_dir, AN_F32, AN_CPU, &m) != AN_OK || an_tokenizer_load(ctx, model_dir, &s.tok) != AN_OK ||
+    if (an_cli_use_device(ctx, device) != AN_OK || an_model_load(ctx, model_dir, dtype, device, &m) != AN_OK || an_tokenizer_load(ctx, model_dir, &s.tok) != AN_OK ||
         (adapter && an_lora_load_peft(ctx, m, adapter) != AN_OK) ||
         encode_prompt(ctx, s.tok, prompt, system_text, chat, bos, &ids, &n) != AN_OK) {
         rc = an_cli_fail(ctx, "generate");
