@@ -682,24 +682,16 @@ START_TEST(test_cuda_autograd_forward_and_backward_match_cpu) {
 }
 END_TEST
 
-/* One test case per area, so CK_RUN_CASE=gemm (say) runs one of them. */
-static void add_case(Suite *s, const char *name, const TTest *test) {
-    TCase *tc = tcase_create(name);
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test);
-    suite_add_tcase(s, tc);
-}
-
 int main(void) {
     Suite *s = suite_create("cuda");
-    add_case(s, "runtime", test_cuda_runtime_copies_and_reports_errors);
-    add_case(s, "cast", test_cuda_cast_rounds_like_the_cpu);
-    add_case(s, "elementwise", test_cuda_add_into_scale_and_fill_match_reference);
-    add_case(s, "binary", test_cuda_binary_forward_matches_reference);
-    add_case(s, "binary_backward", test_cuda_binary_backward_sums_broadcast_deterministically);
-    add_case(s, "swiglu", test_cuda_swiglu_and_silu_match_reference);
-    add_case(s, "sum", test_cuda_sum_accumulates_in_fp32_deterministically);
-    add_case(s, "gemm", test_cuda_gemm_every_transpose_batch_shared_and_accumulate);
-    add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
+    test_add_case(s, "runtime", test_cuda_runtime_copies_and_reports_errors);
+    test_add_case(s, "cast", test_cuda_cast_rounds_like_the_cpu);
+    test_add_case(s, "elementwise", test_cuda_add_into_scale_and_fill_match_reference);
+    test_add_case(s, "binary", test_cuda_binary_forward_matches_reference);
+    test_add_case(s, "binary_backward", test_cuda_binary_backward_sums_broadcast_deterministically);
+    test_add_case(s, "swiglu", test_cuda_swiglu_and_silu_match_reference);
+    test_add_case(s, "sum", test_cuda_sum_accumulates_in_fp32_deterministically);
+    test_add_case(s, "gemm", test_cuda_gemm_every_transpose_batch_shared_and_accumulate);
+    test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
     return test_run(s);
 }

@@ -315,19 +315,12 @@ START_TEST(test_cuda_clip_grad_norm_and_nan_gradients) {
 }
 END_TEST
 
-static void add_case(Suite *s, const char *name, const TTest *test) {
-    TCase *tc = tcase_create(name);
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test);
-    suite_add_tcase(s, tc);
-}
-
 int main(void) {
     Suite *s = suite_create("cuda_adamw");
-    add_case(s, "launcher", test_cuda_adamw_launcher_is_bit_identical_to_the_cpu_formula);
-    add_case(s, "sum_squares", test_cuda_sum_squares_is_float64_and_deterministic);
-    add_case(s, "steps", test_cuda_adamw_steps_match_cpu_bit_for_bit_without_clipping);
-    add_case(s, "clipped_steps", test_cuda_adamw_steps_with_clipping_match_cpu);
-    add_case(s, "clip_and_nan", test_cuda_clip_grad_norm_and_nan_gradients);
+    test_add_case(s, "launcher", test_cuda_adamw_launcher_is_bit_identical_to_the_cpu_formula);
+    test_add_case(s, "sum_squares", test_cuda_sum_squares_is_float64_and_deterministic);
+    test_add_case(s, "steps", test_cuda_adamw_steps_match_cpu_bit_for_bit_without_clipping);
+    test_add_case(s, "clipped_steps", test_cuda_adamw_steps_with_clipping_match_cpu);
+    test_add_case(s, "clip_and_nan", test_cuda_clip_grad_norm_and_nan_gradients);
     return test_run(s);
 }

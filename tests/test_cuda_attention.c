@@ -426,19 +426,12 @@ START_TEST(test_cuda_attention_timing_is_printed) {
 }
 END_TEST
 
-static void add_case(Suite *s, const char *name, const TTest *test) {
-    TCase *tc = tcase_create(name);
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test);
-    suite_add_tcase(s, tc);
-}
-
 int main(void) {
     Suite *s = suite_create("cuda_attention");
-    add_case(s, "kernels", test_cuda_attention_forward_and_backward_match_float64_reference);
-    add_case(s, "limits", test_cuda_attention_refuses_head_dim_over_256);
-    add_case(s, "decode", test_cuda_attention_cached_matches_float64_reference);
-    add_case(s, "op", test_cuda_attention_op_forward_and_backward_match_cpu_op);
-    add_case(s, "timing", test_cuda_attention_timing_is_printed);
+    test_add_case(s, "kernels", test_cuda_attention_forward_and_backward_match_float64_reference);
+    test_add_case(s, "limits", test_cuda_attention_refuses_head_dim_over_256);
+    test_add_case(s, "decode", test_cuda_attention_cached_matches_float64_reference);
+    test_add_case(s, "op", test_cuda_attention_op_forward_and_backward_match_cpu_op);
+    test_add_case(s, "timing", test_cuda_attention_timing_is_printed);
     return test_run(s);
 }

@@ -780,24 +780,17 @@ START_TEST(test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks) {
 END_TEST
 
 /* One test case per area, so CK_RUN_CASE=rope (say) runs one of them. */
-static void add_case(Suite *s, const char *name, const TTest *test) {
-    TCase *tc = tcase_create(name);
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test);
-    suite_add_tcase(s, tc);
-}
-
 int main(void) {
     Suite *s = suite_create("cuda_ops");
-    add_case(s, "embedding", test_cuda_embedding_matches_cpu_and_its_gradient_is_bit_identical_across_runs);
-    add_case(s, "embedding_errors", test_cuda_embedding_rejects_an_id_outside_the_table);
-    add_case(s, "rmsnorm", test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_across_runs);
-    add_case(s, "rope", test_cuda_rope_matches_cpu_in_both_styles_with_llama3_scaling_and_packed_positions);
-    add_case(s, "rope_errors", test_cuda_rope_rejects_negative_positions_and_too_long_heads);
-    add_case(s, "softmax", test_cuda_softmax_matches_cpu);
-    add_case(s, "cross_entropy", test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normalizer);
-    add_case(s, "loss_errors", test_cuda_losses_reject_targets_outside_the_vocabulary);
-    add_case(s, "log_softmax_gather", test_cuda_log_softmax_gather_matches_cpu);
-    add_case(s, "linear_cross_entropy", test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks);
+    test_add_case(s, "embedding", test_cuda_embedding_matches_cpu_and_its_gradient_is_bit_identical_across_runs);
+    test_add_case(s, "embedding_errors", test_cuda_embedding_rejects_an_id_outside_the_table);
+    test_add_case(s, "rmsnorm", test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_across_runs);
+    test_add_case(s, "rope", test_cuda_rope_matches_cpu_in_both_styles_with_llama3_scaling_and_packed_positions);
+    test_add_case(s, "rope_errors", test_cuda_rope_rejects_negative_positions_and_too_long_heads);
+    test_add_case(s, "softmax", test_cuda_softmax_matches_cpu);
+    test_add_case(s, "cross_entropy", test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normalizer);
+    test_add_case(s, "loss_errors", test_cuda_losses_reject_targets_outside_the_vocabulary);
+    test_add_case(s, "log_softmax_gather", test_cuda_log_softmax_gather_matches_cpu);
+    test_add_case(s, "linear_cross_entropy", test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks);
     return test_run(s);
 }

@@ -88,6 +88,13 @@ an_ctx *test_gpu_ctx(uint64_t seed, const char *what) {
     return ctx;
 }
 
+void test_add_case(Suite *suite, const char *name, const TTest *test) {
+    TCase *tc = tcase_create(name);
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test);
+    suite_add_tcase(suite, tc);
+}
+
 int test_run(Suite *suite) {
     SRunner *runner = srunner_create(suite);
     srunner_run_all(runner, CK_NORMAL);

@@ -36,6 +36,8 @@ void test_assert_gradcheck(an_ctx *ctx, an_gradcheck_fn fn, an_tensor *const *in
  * or machine). */
 an_ctx *test_gpu_ctx(uint64_t seed, const char *what);
 
+/* Adds `test` as a test case of its own named `name` (timeout 300 s), so CK_RUN_CASE=name runs it alone. */
+void test_add_case(Suite *suite, const char *name, const TTest *test);
 /* Runs a suite with Check's runner; returns the process exit code. */
 int test_run(Suite *suite);
 
