@@ -21,8 +21,31 @@ int an_cuda_available_in_build(void);
 /* Stream, cuBLASLt handle and workspace on device `index`; NULL with the reason in `why`. */
 an_cuda_state *an_cuda_state_new(int index, char *why, size_t why_size);
 void an_cuda_state_free(an_cuda_state *state);
+/* Device memory from the state's caching allocator (autograd/block_cache.h): a freed block is kept
+ * and handed out again, so a steady-state loop makes no cudaMalloc/cudaFree. Safe without events
+ * because all work runs on the state's one stream (a block is reused only by later launches on it).
+ * On cudaMalloc failure the cache is emptied and the call retried once; NULL then, with the size,
+ * the bytes in use and the bytes cached in `why`. */
 void *an_cuda_malloc(an_cuda_state *state, size_t bytes, char *why, size_t why_size);
 void an_cuda_free(an_cuda_state *state, void *ptr);
+
+typedef struct {
+    size_t tensor_bytes;   /* ctx->mem[AN_CUDA].current: requested bytes of live tensors */
+    size_t tensor_peak;    /* ctx->mem[AN_CUDA].peak */
+    size_t in_use;         /* bytes of blocks handed out (rounded; tensors, cuBLASLt workspace, scratch) */
+    size_t cached;         /* reserved - in_use: free blocks kept for reuse */
+    size_t reserved;       /* bytes held from cudaMalloc */
+    size_t peak_reserved;  /* most reserved since the state was created */
+    int64_t cuda_mallocs;  /* cudaMalloc calls that succeeded since the state was created */
+    int64_t cuda_frees;    /* cudaFree calls since the state was created */
+    int64_t segments;      /* cudaMalloc'd regions held now */
+    size_t device_free;    /* cudaMemGetInfo: free bytes on the device (all processes) */
+    size_t device_total;   /* cudaMemGetInfo: the device's memory */
+} an_cuda_mem_stats;
+/* Fills *out for ctx's device. */
+an_status an_cuda_memory_stats(an_ctx *ctx, an_cuda_mem_stats *out);
+/* Synchronises the stream and returns every wholly free cached segment to the device (cudaFree). */
+an_status an_cuda_empty_cache(an_ctx *ctx);
 an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dst_device, const void *src, an_device src_device,
                          size_t bytes);
 an_status an_cuda_memset(an_ctx *ctx, void *ptr, int value, size_t bytes);

@@ -5,7 +5,8 @@
  * Rules: every CUDA/cuBLAS return code is checked with AN_CUDA_CHECK / AN_CUBLAS_CHECK, which
  * record file:line, the call text and the library's message in ctx and return AN_ERR_INTERNAL;
  * every kernel launch is followed by AN_CUDA_LAUNCH_CHECK (cudaGetLastError). All work goes on the
- * state's one stream, so a buffer reused by the next launch on that stream is safe. */
+ * state's one stream, so a buffer reused by the next launch on that stream is safe; the caching
+ * allocator (autograd/block_cache.h) relies on this to hand a freed block out again at once. */
 #ifndef AN_CUDA_COMMON_CUH
 #define AN_CUDA_COMMON_CUH
 
@@ -14,6 +15,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include "autograd/block_cache.h"  /* an_block_cache: the caching device allocator */
 #include "kernels/cuda.h"
 
 struct an_gemm_plan; /* gemm.cu: cached cuBLASLt descriptors and algorithm for one shape */
@@ -22,9 +24,10 @@ struct an_cuda_state {
     int device;                /* CUDA device index */
     cudaStream_t stream;       /* every launch and copy of this state goes here */
     cublasLtHandle_t lt;       /* cuBLASLt handle */
-    void *workspace;           /* cuBLASLt workspace, workspace_bytes long */
+    an_block_cache cache;      /* device memory: cached cudaMalloc segments (autograd/block_cache.h) */
+    void *workspace;           /* cuBLASLt workspace, workspace_bytes long (from the cache) */
     size_t workspace_bytes;
-    void *scratch;             /* reduction partials (grown on demand; see an_cuda_scratch) */
+    void *scratch;             /* reduction partials (grown on demand from the cache; see an_cuda_scratch) */
     size_t scratch_bytes;
     int sm_count;              /* multiprocessors, to size grids */
     struct an_gemm_plan *plans; /* AN_GEMM_PLAN_SLOTS cached GEMM plans (gemm.cu) */

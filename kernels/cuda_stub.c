@@ -21,6 +21,11 @@ void *an_cuda_malloc(an_cuda_state *state, size_t bytes, char *why, size_t why_s
     return NULL;
 }
 void an_cuda_free(an_cuda_state *state, void *ptr) { (void)state, (void)ptr; }
+an_status an_cuda_memory_stats(an_ctx *ctx, an_cuda_mem_stats *out) {
+    (void)out;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_empty_cache(an_ctx *ctx) { return NO_CUDA(ctx); }
 an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dd, const void *src, an_device sd, size_t bytes) {
     (void)dst, (void)dd, (void)src, (void)sd, (void)bytes;
     return NO_CUDA(ctx);

@@ -5,8 +5,10 @@
  * All copies and kernels of a state run on its one stream, in order. Copies that touch host memory
  * return only once they are complete, so the caller may reuse or free the host buffer at once;
  * device-to-device copies and memsets are asynchronous on the stream. One process drives one
- * device (the state's): memory is plain cudaMalloc/cudaFree for now (a caching allocator comes
- * later). */
+ * device (the state's). Device memory (tensors, the workspace, the scratch buffer) comes from the
+ * state's caching allocator (autograd/block_cache.h over cudaMalloc/cudaFree): a freed block is
+ * handed out again without an event because every user of it runs on the one stream; work on
+ * another stream will need an event per freed block first. */
 #include "kernels/cuda_common.cuh"
 
 #include <stdio.h>
@@ -44,6 +46,25 @@ const char *an_cublas_status_string(cublasStatus_t status) {
         }                                                                                        \
     } while (0)
 
+/* The raw allocator under the cache. */
+static int raw_alloc(void *user, size_t bytes, void **out, char *why, size_t why_size) {
+    an_cuda_state *s = (an_cuda_state *)user;
+    cudaError_t e = cudaSetDevice(s->device);
+    if (e == cudaSuccess) e = cudaMalloc(out, bytes);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* handled: the cache releases what it holds and retries */
+        *out = NULL;
+        snprintf(why, why_size, "cudaMalloc(%zu) failed: %s", bytes, cudaGetErrorString(e));
+        return 1;
+    }
+    return 0;
+}
+
+static void raw_free(void *user, void *ptr) {
+    (void)user;
+    (void)cudaFree(ptr); /* synchronises the device: no kernel still reads ptr */
+}
+
 an_cuda_state *an_cuda_state_new(int index, char *why, size_t why_size) {
     an_cuda_state *s = (an_cuda_state *)calloc(1, sizeof *s);
     int count = 0;
@@ -67,7 +88,9 @@ an_cuda_state *an_cuda_state_new(int index, char *why, size_t why_size) {
         snprintf(why, why_size, "cublasLtCreate failed: %s", an_cublas_status_string(bst));
         goto fail;
     }
-    WHY_CHECK(cudaMalloc(&s->workspace, AN_CUDA_WORKSPACE_BYTES));
+    an_block_cache_init(&s->cache, raw_alloc, raw_free, s);
+    s->workspace = an_cuda_malloc(s, AN_CUDA_WORKSPACE_BYTES, why, why_size);
+    if (!s->workspace) goto fail;
     s->workspace_bytes = AN_CUDA_WORKSPACE_BYTES;
     return s;
 fail:
@@ -83,38 +106,57 @@ void an_cuda_state_free(an_cuda_state *s) {
         (void)cudaStreamSynchronize(s->stream);
     }
     an_cuda_gemm_plans_free(s);
-    if (s->workspace) (void)cudaFree(s->workspace);
-    if (s->scratch) (void)cudaFree(s->scratch);
+    an_block_cache_destroy(&s->cache); /* the workspace, the scratch and any leaked block */
     if (s->lt) (void)cublasLtDestroy(s->lt);
     if (s->stream) (void)cudaStreamDestroy(s->stream);
     free(s);
 }
 
 void *an_cuda_malloc(an_cuda_state *s, size_t bytes, char *why, size_t why_size) {
-    void *p = NULL;
-    cudaError_t e = cudaSetDevice(s->device);
-    if (e == cudaSuccess) e = cudaMalloc(&p, bytes ? bytes : 1);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError(); /* a handled failure (the caller may free memory and retry) */
-        snprintf(why, why_size, "cudaMalloc(%zu) failed: %s", bytes, cudaGetErrorString(e));
-        return NULL;
-    }
-    return p;
+    return an_block_cache_alloc(&s->cache, bytes, why, why_size);
 }
 
 void an_cuda_free(an_cuda_state *s, void *ptr) {
-    (void)s;
-    if (ptr) (void)cudaFree(ptr); /* implicitly synchronises: no kernel still reads ptr */
+    if (ptr && !an_block_cache_free(&s->cache, ptr)) (void)cudaFree(ptr); /* not ours: never happens */
+}
+
+an_status an_cuda_memory_stats(an_ctx *ctx, an_cuda_mem_stats *out) {
+    AN_CUDA_STATE(ctx, s);
+    const an_block_cache_stats *c = &s->cache.stats;
+    an_cuda_mem_stats m;
+    memset(&m, 0, sizeof m);
+    m.tensor_bytes = ctx->mem[AN_CUDA].current;
+    m.tensor_peak = ctx->mem[AN_CUDA].peak;
+    m.in_use = c->in_use;
+    m.reserved = c->reserved;
+    m.cached = c->reserved - c->in_use;
+    m.peak_reserved = c->peak_reserved;
+    m.cuda_mallocs = c->raw_allocs;
+    m.cuda_frees = c->raw_frees;
+    m.segments = c->segments;
+    AN_CUDA_CHECK(ctx, cudaSetDevice(s->device));
+    AN_CUDA_CHECK(ctx, cudaMemGetInfo(&m.device_free, &m.device_total));
+    *out = m;
+    return AN_OK;
+}
+
+an_status an_cuda_empty_cache(an_ctx *ctx) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream)); /* surface pending errors before cudaFree */
+    (void)an_block_cache_release(&s->cache);
+    return AN_OK;
 }
 
 an_status an_cuda_scratch(an_ctx *ctx, size_t bytes, void **out) {
     AN_CUDA_STATE(ctx, s);
     if (bytes > s->scratch_bytes) {
         size_t grown = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
-        if (s->scratch) AN_CUDA_CHECK(ctx, cudaFree(s->scratch)); /* waits for its last reader */
+        char why[320] = "";
+        an_cuda_free(s, s->scratch); /* stream order: launches after this one see the new buffer */
         s->scratch = NULL;
         s->scratch_bytes = 0;
-        AN_CUDA_CHECK(ctx, cudaMalloc(&s->scratch, grown));
+        s->scratch = an_cuda_malloc(s, grown, why, sizeof why);
+        AN_CHECK(ctx, s->scratch != NULL, AN_ERR_INTERNAL, "CUDA scratch buffer: %s", why);
         s->scratch_bytes = grown;
     }
     *out = s->scratch;

@@ -72,9 +72,9 @@ void *an_mem_alloc(an_ctx *ctx, an_device device, size_t bytes) {
         AN_CHECK_NULL(ctx, p != NULL, AN_ERR_INTERNAL, "out of host memory allocating %zu bytes", bytes);
     } else {
         AN_CHECK_NULL(ctx, ctx->cuda != NULL, AN_ERR_INTERNAL, "CUDA allocation before an_ctx_use_cuda");
-        char why[256] = "";
-        p = an_cuda_malloc(ctx->cuda, n, why, sizeof why);
-        AN_CHECK_NULL(ctx, p != NULL, AN_ERR_INTERNAL, "cudaMalloc of %zu bytes failed: %s", bytes, why);
+        char why[512] = "";
+        p = an_cuda_malloc(ctx->cuda, n, why, sizeof why); /* the caching allocator (kernels/runtime.cu) */
+        AN_CHECK_NULL(ctx, p != NULL, AN_ERR_INTERNAL, "CUDA allocation of %zu bytes failed: %s", bytes, why);
     }
     an_mem_stats *m = &ctx->mem[device];
     m->current += bytes;

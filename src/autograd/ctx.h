@@ -25,7 +25,7 @@ struct an_ctx {
     an_rng rng;              /* dropout, initialisation, sampling */
     an_tape *tape;           /* nodes recorded since the last backward */
     int no_grad_depth;       /* > 0: ops record nothing */
-    an_mem_stats mem[AN_DEVICE_COUNT];
+    an_mem_stats mem[AN_DEVICE_COUNT]; /* requested bytes of tensors; the CUDA cache: an_cuda_memory_stats */
     int64_t live_tensors;    /* tensor structs alive; tests use it to prove memory is released */
     an_status error_status;
     char error[1024];

@@ -1,0 +1,80 @@
+/* block_cache.h — a caching allocator over a raw device allocator (cudaMalloc/cudaFree on the GPU,
+ * anything in tests): freed blocks are kept and handed out again, so a steady-state training loop
+ * makes no raw allocation or release (cudaFree synchronises the whole device).
+ *
+ * Rules:
+ * - Sizes are rounded up to AN_BLOCK_ALIGN (512) bytes. Requests of at most AN_BLOCK_SMALL (1 MiB)
+ *   come from the small pool, carved out of AN_BLOCK_SMALL_SEGMENT (2 MiB) raw segments; larger ones
+ *   from the large pool, whose segments are the rounded size rounded again up to 2 MiB. A pool never
+ *   lends to the other, so small tensors do not fragment big blocks.
+ * - Best fit: the smallest free block of the pool that is large enough. The rest is split off as a
+ *   free block when it is at least 512 bytes (small pool) or more than 1 MiB (large pool); a freed
+ *   block merges with free address neighbours of its segment, so a segment whose blocks are all
+ *   free is one block again and can go back to the raw allocator.
+ * - Reuse is safe without events only because every user of the memory works in one order: on the
+ *   GPU, every kernel and copy of the owning an_cuda_state runs on its one stream, so a kernel
+ *   launched after a free runs after every kernel that used the block before. Memory that another
+ *   stream touches will need an event recorded at free and waited on before reuse.
+ * - When the raw allocator fails, every wholly free segment is released and the allocation is
+ *   retried once; a second failure reports the size asked, the bytes in use and the bytes cached.
+ * - Not thread-safe: one cache belongs to one an_cuda_state, used from one thread. */
+#ifndef AN_BLOCK_CACHE_H
+#define AN_BLOCK_CACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define AN_BLOCK_ALIGN ((size_t)512)
+#define AN_BLOCK_SMALL ((size_t)1 << 20)
+#define AN_BLOCK_SMALL_SEGMENT ((size_t)2 << 20)
+#define AN_BLOCK_LARGE_ROUND ((size_t)2 << 20)
+
+/* Raw allocation of `bytes`: 0 and *out on success, else nonzero with the reason in why. */
+typedef int (*an_raw_alloc_fn)(void *user, size_t bytes, void **out, char *why, size_t why_size);
+typedef void (*an_raw_free_fn)(void *user, void *ptr);
+
+typedef struct an_block an_block;
+
+typedef struct {
+    size_t in_use;          /* bytes of blocks handed out (rounded sizes) */
+    size_t reserved;        /* bytes held from the raw allocator: in use + cached */
+    size_t peak_in_use;     /* most in_use since creation */
+    size_t peak_reserved;   /* most reserved since creation */
+    int64_t raw_allocs;     /* raw allocator calls that succeeded */
+    int64_t raw_frees;      /* raw releases */
+    int64_t segments;       /* raw regions held now */
+    int64_t blocks_in_use;  /* blocks handed out now */
+} an_block_cache_stats;
+
+typedef struct {
+    an_raw_alloc_fn raw_alloc;
+    an_raw_free_fn raw_free;
+    void *user;                 /* passed to raw_alloc/raw_free */
+    an_block *free_blocks[2];   /* [0] small pool, [1] large: free blocks ascending by (size, address) */
+    an_block **table;           /* blocks handed out, hashed by address (chained), table_size buckets */
+    size_t table_size;
+    an_block_cache_stats stats;
+} an_block_cache;
+
+void an_block_cache_init(an_block_cache *cache, an_raw_alloc_fn raw_alloc, an_raw_free_fn raw_free, void *user);
+/* The size a request of `bytes` occupies (rounded to AN_BLOCK_ALIGN, at least AN_BLOCK_ALIGN). */
+size_t an_block_cache_round(size_t bytes);
+/* A block of at least `bytes`, or NULL with the reason in why. */
+void *an_block_cache_alloc(an_block_cache *cache, size_t bytes, char *why, size_t why_size);
+/* Returns ptr's block to the cache; 0 when ptr was not handed out by this cache (then nothing
+ * happens), 1 otherwise. NULL is accepted and returns 1. */
+int an_block_cache_free(an_block_cache *cache, void *ptr);
+/* Releases every segment whose blocks are all free to the raw allocator; returns the bytes released. */
+size_t an_block_cache_release(an_block_cache *cache);
+/* Releases every segment, in use or not, and all bookkeeping; the cache is empty afterwards. */
+void an_block_cache_destroy(an_block_cache *cache);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
