@@ -627,12 +627,15 @@ START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normaliz
 
             /* launchers: lse against float64 (0 on ignored rows), the loss and dlogits bit for bit */
             an_tensor *lse = poisoned(ctx, AN_F32, 1, &N), *rows = poisoned(ctx, AN_F32, 1, &N);
-            an_tensor *loss = poisoned(ctx, dtype, 0, NULL), *dx = poisoned(ctx, dtype, 2, (int64_t[]){N, V});
+            /* the loss scalar is fp32 for every input dtype; the backward reads the upstream gradient in
+             * the input dtype, as the op converts it */
+            an_tensor *loss = poisoned(ctx, AN_F32, 0, NULL), *dx = poisoned(ctx, dtype, 2, (int64_t[]){N, V});
+            an_tensor *upstream = an_tensor_to(ctx, r.upstream, dtype, AN_CUDA);
             ok(ctx, an_cuda_cross_entropy_rows(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), t_dtype,
                                                N, V, o.ignore_index, an_tensor_data(lse), an_tensor_data(rows)),
                "an_cuda_cross_entropy_rows");
             double inv = ce_inv(targets, &o);
-            ok(ctx, an_cuda_loss_total(ctx, dtype, an_tensor_data(rows), N, inv, an_tensor_data(loss)),
+            ok(ctx, an_cuda_loss_total(ctx, AN_F32, an_tensor_data(rows), N, inv, an_tensor_data(loss)),
                "an_cuda_loss_total");
             expect_same_bits(ctx, loss, r.out, what);
             an_tensor *lse_h = to_host(ctx, lse);
@@ -652,10 +655,11 @@ START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normaliz
             }
             ok(ctx, an_cuda_cross_entropy_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
                                                    an_tensor_data(r.in[1]), t_dtype, N, V, o.ignore_index,
-                                                   an_tensor_data(r.upstream), inv, an_tensor_data(dx)),
+                                                   an_tensor_data(upstream), inv, an_tensor_data(dx)),
                "an_cuda_cross_entropy_backward");
             expect_same_bits(ctx, dx, r.grad[0], what);
             an_tensor_release(lse), an_tensor_release(rows), an_tensor_release(loss), an_tensor_release(dx);
+            an_tensor_release(upstream);
             an_tensor_release(lse_h);
             gpu_run_release(&r);
             an_tensor_release(logits), an_tensor_release(targets);

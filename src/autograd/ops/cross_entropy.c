@@ -15,8 +15,8 @@
  *
  * CUDA (kernels/cross_entropy.cu): targets/ids are checked by a device scan whose report (first bad
  * element, counted targets) is copied back, which synchronises; rows are computed in fp32, the
- * loss is a scalar on the device (summed in fp64), and the backward reads the upstream gradient
- * on the device. linear_cross_entropy's chunk logits are one (chunk_rows, V) tensor in the input
+ * loss is an fp32 scalar on the device (summed in fp64; every device's loss scalar is fp32, or f64
+ * for f64 inputs), and the backward reads the upstream gradient on the device. linear_cross_entropy's chunk logits are one (chunk_rows, V) tensor in the input
  * dtype from an_cuda_gemm (fp32 accumulation), turned into dlogits in place in backward; its
  * weight gradient is accumulated over chunks in an fp32 (V, D) buffer for bf16/f16 (a (V, D)
  * chunk product of the input dtype is added into it), directly with GEMM accumulation for f32.
@@ -186,11 +186,21 @@ static void record_loss(an_ctx *ctx, const an_op *op, an_tensor *loss, an_tensor
 }
 
 /* The scalar loss total / denominator in like's dtype, recorded with the saved lse. */
+/* The loss scalar is fp32 at least (f64 for f64 inputs): a bf16 loss could not show a change
+ * smaller than 1/16 near 10, so logged curves would move in steps. */
+static an_dtype loss_dtype(an_dtype input) { return input == AN_F64 ? AN_F64 : AN_F32; }
+
+/* The upstream gradient (the loss's dtype) in the dtype the CUDA backward kernels read: usually the
+ * seed 1.0, exact in bf16/f16; the normaliser is applied separately (node->args[0]). New reference. */
+static an_tensor *grad_in(an_ctx *ctx, an_tensor *grad_out, an_dtype dtype) {
+    return grad_out->dtype == dtype ? an_tensor_retain(grad_out) : an_tensor_to(ctx, grad_out, dtype, grad_out->device);
+}
+
 static an_tensor *finish_loss(an_ctx *ctx, const an_op *op, const an_tensor *like, an_tensor *const *inputs,
                               int n_inputs, double total, int64_t counted, const an_cross_entropy_opts *o,
                               an_tensor *lse) {
     double inv = loss_inv(o, counted);
-    an_tensor *loss = an_tensor_scalar(ctx, like->dtype, AN_CPU, total * inv);
+    an_tensor *loss = an_tensor_scalar(ctx, loss_dtype(like->dtype), AN_CPU, total * inv);
     if (loss) record_loss(ctx, op, loss, inputs, n_inputs, inv, o, lse);
     return loss;
 }
@@ -200,7 +210,7 @@ typedef an_status (*cuda_rows_fn)(an_ctx *ctx, an_tensor *const *inputs, const a
                                   an_tensor *lse, an_tensor *loss_rows);
 
 /* The CUDA loss: targets checked on the device, rows(...) fills the per-row lse and losses, their
- * sum times inv becomes a device scalar of like's dtype, recorded like finish_loss does. */
+ * sum times inv becomes an fp32 device scalar, recorded like finish_loss does. */
 static an_tensor *cuda_loss(an_ctx *ctx, const an_op *op, const an_tensor *like, an_tensor *const *inputs,
                             int n_inputs, const an_tensor *targets, int64_t V, const an_cross_entropy_opts *o,
                             cuda_rows_fn rows) {
@@ -208,11 +218,11 @@ static an_tensor *cuda_loss(an_ctx *ctx, const an_op *op, const an_tensor *like,
     if (check_ids_cuda(ctx, op->name, "targets", targets, V, true, o->ignore_index, &counted) != AN_OK) return NULL;
     an_tensor *lse = an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N);                   /* (N) */
     an_tensor *loss_rows = lse ? an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N) : NULL; /* (N) */
-    an_tensor *loss = loss_rows ? an_tensor_new(ctx, like->dtype, AN_CUDA, 0, NULL) : NULL;
+    an_tensor *loss = loss_rows ? an_tensor_new(ctx, loss_dtype(like->dtype), AN_CUDA, 0, NULL) : NULL;
     double inv = loss_inv(o, counted);
     an_status st = loss ? rows(ctx, inputs, o, lse, loss_rows) : an_error_status(ctx);
     if (st == AN_OK)
-        st = an_cuda_loss_total(ctx, like->dtype, an_tensor_data(loss_rows), N, inv, an_tensor_data(loss));
+        st = an_cuda_loss_total(ctx, loss->dtype, an_tensor_data(loss_rows), N, inv, an_tensor_data(loss));
     if (st == AN_OK) {
         record_loss(ctx, op, loss, inputs, n_inputs, inv, o, lse);
     } else {
@@ -267,9 +277,12 @@ an_status an_cross_entropy_backward(an_ctx *ctx, an_node *node, an_tensor *grad_
     int64_t N = logits->shape[0], V = logits->shape[1];
     an_tensor *grad = an_op_new_like(ctx, logits, 2, logits->shape); /* (N, V) */
     if (grad && logits->device == AN_CUDA) { /* the upstream gradient is read on the device */
-        an_status st = an_cuda_cross_entropy_backward(ctx, logits->dtype, an_tensor_data(logits), an_tensor_data(lse),
-                                                      an_tensor_data(targets), targets->dtype, N, V, node->iargs[0],
-                                                      an_tensor_data(grad_out), node->args[0], an_tensor_data(grad));
+        an_tensor *g = grad_in(ctx, grad_out, logits->dtype);
+        an_status st = g ? an_cuda_cross_entropy_backward(ctx, logits->dtype, an_tensor_data(logits), an_tensor_data(lse),
+                                                          an_tensor_data(targets), targets->dtype, N, V, node->iargs[0],
+                                                          an_tensor_data(g), node->args[0], an_tensor_data(grad))
+                         : an_error_status(ctx);
+        an_tensor_release(g);
         if (st != AN_OK) {
             an_tensor_release(grad);
             return st;
@@ -444,14 +457,15 @@ static an_status linear_cross_entropy_backward_cuda(an_ctx *ctx, an_node *node, 
     an_tensor *dw = chunk && need_w ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;           /* (V, D) */
     an_tensor *dw_chunk = chunk && wide_dw ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;    /* (V, D) */
     an_tensor *dw_acc = chunk && wide_dw ? an_tensor_new(ctx, AN_F32, AN_CUDA, 2, vd) : NULL;  /* (V, D) fp32 */
-    an_status st = an_error_status(ctx);
+    an_tensor *g = chunk ? grad_in(ctx, grad_out, dt) : NULL;
+    an_status st = g ? AN_OK : an_error_status(ctx);
     for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
         int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
         st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
         if (st == AN_OK) /* dlogits of this chunk, in place of its logits */
             st = an_cuda_cross_entropy_backward(ctx, dt, an_tensor_data(chunk), element_at(lse, r0),
                                                 element_at(targets, r0), targets->dtype, c, V, ignore_index,
-                                                an_tensor_data(grad_out), node->args[0], an_tensor_data(chunk));
+                                                an_tensor_data(g), node->args[0], an_tensor_data(chunk));
         if (st == AN_OK && dh) { /* dh rows (c, D) = dlogits (c, V) @ w (V, D) */
             an_gemm_shape s = {1, c, D, V, false, false, false, false};
             st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), an_tensor_data(weight), row_at(dh, r0));
@@ -469,7 +483,7 @@ static an_status linear_cross_entropy_backward_cuda(an_ctx *ctx, an_node *node, 
     if (st == AN_OK && wide_dw)
         st = an_cuda_cast(ctx, an_tensor_data(dw_acc), AN_F32, an_tensor_data(dw), dt, (size_t)(V * D));
     if (st == AN_OK && dw && N == 0) st = an_cuda_memset(ctx, an_tensor_data(dw), 0, an_tensor_nbytes(dw));
-    an_tensor_release(chunk), an_tensor_release(dw_chunk), an_tensor_release(dw_acc);
+    an_tensor_release(chunk), an_tensor_release(dw_chunk), an_tensor_release(dw_acc), an_tensor_release(g);
     if (st == AN_OK && dh) st = an_node_accumulate(ctx, node, 0, dh);
     else an_tensor_release(dh);
     if (st == AN_OK && dw) st = an_node_accumulate(ctx, node, 1, dw);
