@@ -572,7 +572,7 @@ END_TEST
 /* ---- GPU ---------------------------------------------------------------------------------------- */
 
 /* Weights and optimizer state living on the GPU go through host copies both ways. The optimizer
- * has no CUDA step yet, so its state is set through an_optim_restore with random values. */
+ * state is set through an_optim_restore with random values (independent of the CUDA AdamW step). */
 START_TEST(test_gpu_resident_state_round_trips) {
     an_ctx *ctx = test_gpu_ctx(19, "checkpoint of CUDA tensors");
     if (!ctx) return;

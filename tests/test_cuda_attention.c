@@ -278,7 +278,7 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                     pair v = random_pair(ctx, dtype, 4, cs, -2, 2);
                     an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
                     double *want = malloc((size_t)(B * T * Hq * D) * sizeof *want);
-                    an_cpu_attention_cached(&sh, S, q.v, k.v, v.v, rows, lengths, want);
+                    ok(ctx, an_cpu_attention_cached(ctx, &sh, S, q.v, k.v, v.v, rows, lengths, want), "reference");
                     an_tensor *out = poisoned(ctx, dtype, 4, qs);
                     ok(ctx, an_cuda_attention_cached(ctx, &sh, S, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
                                                      an_tensor_data(v.dev), rows, lengths, an_tensor_data(out)),

@@ -6,11 +6,13 @@
 #include <math.h>
 #include <stdlib.h>
 
-void an_cpu_attention_cached(const an_attention_shape *sh, int64_t cache_len, const double *q, const double *k_cache,
-                             const double *v_cache, const int64_t *rows, const int64_t *lengths, double *out) {
+an_status an_cpu_attention_cached(an_ctx *ctx, const an_attention_shape *sh, int64_t cache_len, const double *q,
+                                  const double *k_cache, const double *v_cache, const int64_t *rows,
+                                  const int64_t *lengths, double *out) {
     int64_t B = sh->batch, T = sh->seq, Hq = sh->q_heads, Hkv = sh->kv_heads, D = sh->head_dim;
     int64_t group = Hq / Hkv;
-    double *p = malloc((size_t)(cache_len ? cache_len : 1) * sizeof *p);
+    double *p = malloc((size_t)(cache_len ? cache_len : 1) * sizeof *p); /* one row of probabilities */
+    AN_CHECK(ctx, p != NULL, AN_ERR_INTERNAL, "attention_cached: out of host memory");
     for (int64_t b = 0; b < B; b++) {
         int64_t r = rows[b];
         const double *kc = k_cache + r * cache_len * Hkv * D, *vc = v_cache + r * cache_len * Hkv * D;
@@ -39,4 +41,5 @@ void an_cpu_attention_cached(const an_attention_shape *sh, int64_t cache_len, co
         }
     }
     free(p);
+    return AN_OK;
 }

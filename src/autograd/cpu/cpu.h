@@ -97,7 +97,7 @@ an_status an_cpu_attention_backward(an_ctx *ctx, const an_attention_shape *shape
 
 /* cpu/attention_cached.c: see an_attention_cached in ops.h. q (B', T, Hq, D) and out likewise;
  * caches (Bc, S, Hkv, D); shape->batch is B', shape->seq is T. */
-void an_cpu_attention_cached(const an_attention_shape *shape, int64_t cache_len, const double *q,
+an_status an_cpu_attention_cached(an_ctx *ctx, const an_attention_shape *shape, int64_t cache_len, const double *q,
                              const double *k_cache, const double *v_cache, const int64_t *rows,
                              const int64_t *lengths, double *out);
 

@@ -49,8 +49,9 @@ an_tensor *an_attention_cached(an_ctx *ctx, an_tensor *q, an_tensor *k_cache, an
     an_status st = an_f64_read_all(ctx, (an_tensor *[]){q, k_cache, v_cache}, 3, in);
     if (st == AN_OK && (st = an_f64_write(ctx, out, &res)) == AN_OK) {
         an_attention_shape sh = {B, T, Hq, Hkv, D, scale};
-        an_cpu_attention_cached(&sh, S, in[0].data, in[1].data, in[2].data, r, len, res.data);
-        an_f64_commit(out, &res);
+        st = an_cpu_attention_cached(ctx, &sh, S, in[0].data, in[1].data, in[2].data, r, len, res.data);
+        if (st == AN_OK) an_f64_commit(out, &res);
+        else an_f64_free(&res);
     }
     an_f64_free_all(in, 3);
     if (st != AN_OK) {
