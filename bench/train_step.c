@@ -96,13 +96,22 @@ int main(int argc, char **argv) {
         an_mem_reset_peak(ctx, device);
         double t0 = an_metrics_now();
         an_tensor *loss = an_model_loss(ctx, m, ids, ids, NULL, NULL, NULL);
+        if (device == AN_CUDA) an_cuda_synchronize(ctx);
+        double t_forward = an_metrics_now() - t0;
         double loss_value = NAN;
         if (losses && loss) {
             an_tensor *h = an_tensor_to(ctx, loss, AN_F64, AN_CPU);
             loss_value = h ? an_tensor_get(h, 0) : NAN;
             an_tensor_release(h);
         }
-        if (!loss || an_backward(ctx, loss) != AN_OK || an_optim_step(ctx, opt, NULL) != AN_OK) {
+        double t1 = an_metrics_now();
+        an_status st = loss ? an_backward(ctx, loss) : an_error_status(ctx);
+        if (device == AN_CUDA) an_cuda_synchronize(ctx);
+        double t_backward = an_metrics_now() - t1, t2 = an_metrics_now();
+        if (st == AN_OK) st = an_optim_step(ctx, opt, NULL);
+        if (device == AN_CUDA) an_cuda_synchronize(ctx);
+        double t_optim = an_metrics_now() - t2;
+        if (st != AN_OK) {
             fprintf(stderr, "step failed: %s\n", an_error_message(ctx));
             return 1;
         }
@@ -112,8 +121,8 @@ int main(int argc, char **argv) {
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
         double dt = an_metrics_now() - t0;
         if (s >= 2) total += dt, measured++; /* two warm-up steps */
-        printf("step %ld: %.3f s, %.0f tokens/s, peak %.2f GiB\n", s, dt, (double)(batch * seq) / dt,
-               (double)ctx->mem[device].peak / (1u << 30));
+        printf("step %ld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, peak %.2f GiB\n", s, dt,
+               t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
     }
     double tps = (double)(batch * seq) * measured / total;
     printf("anneal %s %s %s seq %ld batch %ld%s: %.0f tokens/s, %.3f s/step, peak %.2f GiB, %.1f TFLOP/s model\n",
