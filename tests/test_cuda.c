@@ -27,10 +27,6 @@ static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
     return ctx;
 }
 
-static void ok(an_ctx *ctx, an_status st, const char *what) {
-    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
-}
-
 /* The same n values on both devices. */
 typedef struct {
     an_tensor *host; /* (n) CPU */
@@ -61,26 +57,18 @@ static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int64_t n, int64_t offse
     int64_t total = n + offset;
     an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, 1, &total);
     ck_assert_msg(t != NULL, "alloc: %s", an_error_message(ctx));
-    ok(ctx, an_cuda_memset(ctx, an_tensor_data(t), 0xFF, an_tensor_nbytes(t)), "poison");
+    test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(t), 0xFF, an_tensor_nbytes(t)), "poison");
     an_tensor *v = an_tensor_rows(ctx, t, offset, n);
     an_tensor_release(t);
     return v;
 }
 
-/* Values of a CPU tensor as doubles (caller frees). */
-static double *values(const an_tensor *t) {
-    int64_t n = an_tensor_numel(t);
-    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
-    for (int64_t i = 0; i < n; i++) v[i] = an_tensor_get(t, i);
-    return v;
-}
-
 /* Synchronises (surfacing asynchronous errors) and copies a CUDA tensor's values to the host. */
 static double *download(an_ctx *ctx, const an_tensor *dev) {
-    ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    test_ok(ctx, an_cuda_synchronize(ctx), "synchronize");
     an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
     ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
-    double *v = values(h);
+    double *v = test_values(h);
     an_tensor_release(h);
     return v;
 }
@@ -123,9 +111,9 @@ START_TEST(test_cuda_runtime_copies_and_reports_errors) {
     for (int s = 0; s < N_SIZES; s++) {
         pair p = random_pair(ctx, AN_F32, sizes[s], 0, -5, 5);
         an_tensor *copy = poisoned(ctx, AN_F32, sizes[s], 1);
-        ok(ctx, an_cuda_memcpy(ctx, an_tensor_data(copy), AN_CUDA, an_tensor_data(p.dev), AN_CUDA,
+        test_ok(ctx, an_cuda_memcpy(ctx, an_tensor_data(copy), AN_CUDA, an_tensor_data(p.dev), AN_CUDA,
                                an_tensor_nbytes(copy)), "d2d");
-        double *want = values(p.host), *got = download(ctx, copy);
+        double *want = test_values(p.host), *got = download(ctx, copy);
         ck_assert_msg(memcmp(want, got, (size_t)sizes[s] * sizeof *got) == 0, "round trip of %lld floats differs",
                       (long long)sizes[s]);
         free(want);
@@ -150,8 +138,8 @@ START_TEST(test_cuda_runtime_copies_and_reports_errors) {
     {
         pair x = random_pair(ctx, AN_F32, 7, 0, -1, 1);
         an_tensor *y = poisoned(ctx, AN_F32, 7, 0);
-        ok(ctx, an_cuda_scale(ctx, AN_F32, an_tensor_data(x.dev), 7, 2.0, an_tensor_data(y)), "scale after a failure");
-        double *want = values(x.host);
+        test_ok(ctx, an_cuda_scale(ctx, AN_F32, an_tensor_data(x.dev), 7, 2.0, an_tensor_data(y)), "scale after a failure");
+        double *want = test_values(x.host);
         for (int i = 0; i < 7; i++) want[i] *= 2.0;
         expect_dev_close(ctx, y, want, 0, 0, "scale after a failed cudaMalloc");
         free(want);
@@ -184,9 +172,9 @@ static void check_cast(an_ctx *ctx, an_tensor *src_host, an_tensor *src_dev, an_
                        const char *what) {
     int64_t n = an_tensor_numel(src_host);
     an_tensor *dst = poisoned(ctx, dst_dtype, n, offset);
-    ok(ctx, an_cuda_cast(ctx, an_tensor_data(src_dev), src_dev->dtype, an_tensor_data(dst), dst_dtype, (size_t)n),
+    test_ok(ctx, an_cuda_cast(ctx, an_tensor_data(src_dev), src_dev->dtype, an_tensor_data(dst), dst_dtype, (size_t)n),
        what);
-    ok(ctx, an_cuda_synchronize(ctx), what);
+    test_ok(ctx, an_cuda_synchronize(ctx), what);
     an_tensor *got = an_tensor_to(ctx, dst, dst_dtype, AN_CPU);
     an_tensor *want = an_tensor_to(ctx, src_host, dst_dtype, AN_CPU); /* src/autograd/dtype.c rounding */
     ck_assert_ptr_nonnull(got);
@@ -248,7 +236,7 @@ START_TEST(test_cuda_add_into_scale_and_fill_match_reference) {
                 pair dst = random_pair(ctx, dtype, n, offset, -3, 3), src = random_pair(ctx, dtype, n, offset, -3, 3);
                 double *want = malloc((size_t)n * sizeof *want);
                 for (int64_t i = 0; i < n; i++) want[i] = an_tensor_get(dst.host, i) + an_tensor_get(src.host, i);
-                ok(ctx, an_cuda_add_into(ctx, an_tensor_data(dst.dev), an_tensor_data(src.dev), dtype, n), "add_into");
+                test_ok(ctx, an_cuda_add_into(ctx, an_tensor_data(dst.dev), an_tensor_data(src.dev), dtype, n), "add_into");
                 snprintf(what, sizeof what, "add_into %s n %lld offset %lld", an_dtype_name(dtype), (long long)n,
                          (long long)offset);
                 expect_dev_close(ctx, dst.dev, want, rtol, 1e-6, what);
@@ -256,7 +244,7 @@ START_TEST(test_cuda_add_into_scale_and_fill_match_reference) {
                 const double factors[] = {-1.75, 0.3};
                 for (int f = 0; f < 2; f++) {
                     an_tensor *out = poisoned(ctx, dtype, n, offset);
-                    ok(ctx, an_cuda_scale(ctx, dtype, an_tensor_data(src.dev), n, factors[f], an_tensor_data(out)),
+                    test_ok(ctx, an_cuda_scale(ctx, dtype, an_tensor_data(src.dev), n, factors[f], an_tensor_data(out)),
                        "scale");
                     for (int64_t i = 0; i < n; i++) want[i] = factors[f] * an_tensor_get(src.host, i);
                     snprintf(what, sizeof what, "scale %g %s n %lld offset %lld", factors[f], an_dtype_name(dtype),
@@ -267,7 +255,7 @@ START_TEST(test_cuda_add_into_scale_and_fill_match_reference) {
 
                 an_tensor *out = poisoned(ctx, dtype, n, offset);
                 double scale = 1.0 / (double)n;
-                ok(ctx, an_cuda_fill_from_scalar(ctx, dtype, an_tensor_data(src.dev), scale, n, an_tensor_data(out)),
+                test_ok(ctx, an_cuda_fill_from_scalar(ctx, dtype, an_tensor_data(src.dev), scale, n, an_tensor_data(out)),
                    "fill_from_scalar");
                 for (int64_t i = 0; i < n; i++) want[i] = an_tensor_get(src.host, 0) * scale;
                 snprintf(what, sizeof what, "fill_from_scalar %s n %lld offset %lld", an_dtype_name(dtype),
@@ -305,7 +293,7 @@ START_TEST(test_cuda_binary_forward_matches_reference) {
                     int64_t rows = broadcasts[s][0], nb = broadcasts[s][1], n = rows * nb;
                     pair a = random_pair(ctx, dtype, n, offset, -3, 3), b = random_pair(ctx, dtype, nb, offset, -3, 3);
                     an_tensor *out = poisoned(ctx, dtype, n, offset);
-                    ok(ctx, an_cuda_binary(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
+                    test_ok(ctx, an_cuda_binary(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
                                            an_tensor_data(b.dev), nb, an_tensor_data(out)), "binary");
                     double *want = malloc((size_t)(n ? n : 1) * sizeof *want);
                     for (int64_t i = 0; i < n; i++)
@@ -314,7 +302,7 @@ START_TEST(test_cuda_binary_forward_matches_reference) {
                              an_dtype_name(dtype), (long long)rows, (long long)nb, (long long)offset);
                     expect_dev_close(ctx, out, want, rtol_of(dtype), 1e-6, what);
                     /* in place (out = a), as linear's bias add does */
-                    ok(ctx, an_cuda_binary(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
+                    test_ok(ctx, an_cuda_binary(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
                                            an_tensor_data(b.dev), nb, an_tensor_data(a.dev)), "binary in place");
                     expect_dev_close(ctx, a.dev, want, rtol_of(dtype), 1e-6, what);
                     free(want);
@@ -342,7 +330,7 @@ START_TEST(test_cuda_binary_backward_sums_broadcast_deterministically) {
                     pair g = random_pair(ctx, dtype, n, offset, -2, 2);
                     an_tensor *ga = which != 2 ? poisoned(ctx, dtype, n, offset) : NULL;
                     an_tensor *gb = which != 1 ? poisoned(ctx, dtype, nb, offset) : NULL;
-                    ok(ctx, an_cuda_binary_backward(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
+                    test_ok(ctx, an_cuda_binary_backward(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
                                                     an_tensor_data(b.dev), nb, an_tensor_data(g.dev),
                                                     ga ? an_tensor_data(ga) : NULL, gb ? an_tensor_data(gb) : NULL),
                        "binary_backward");
@@ -369,7 +357,7 @@ START_TEST(test_cuda_binary_backward_sums_broadcast_deterministically) {
                         double *got = download(ctx, gb);
                         expect_close(got, want, bound, nb, "%s (grad_b)", what);
                         /* a second run gives the same bits */
-                        ok(ctx, an_cuda_binary_backward(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
+                        test_ok(ctx, an_cuda_binary_backward(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
                                                         an_tensor_data(b.dev), nb, an_tensor_data(g.dev), NULL,
                                                         an_tensor_data(gb)),
                            "binary_backward again");
@@ -413,7 +401,7 @@ START_TEST(test_cuda_swiglu_and_silu_match_reference) {
                     double *want_up = malloc((size_t)n * sizeof *want_up), *bound_up = malloc((size_t)n * sizeof *bound_up);
 
                     an_tensor *out = poisoned(ctx, dtype, n, offset);
-                    ok(ctx, an_cuda_swiglu(ctx, dtype, an_tensor_data(gate.dev), up_dev, n, an_tensor_data(out)),
+                    test_ok(ctx, an_cuda_swiglu(ctx, dtype, an_tensor_data(gate.dev), up_dev, n, an_tensor_data(out)),
                        "swiglu");
                     for (int64_t i = 0; i < n; i++) {
                         double x = an_tensor_get(gate.host, i), u = with_up ? an_tensor_get(up.host, i) : 1.0;
@@ -428,7 +416,7 @@ START_TEST(test_cuda_swiglu_and_silu_match_reference) {
                         if (!with_up && which != 1) continue;
                         an_tensor *gg = which != 2 ? poisoned(ctx, dtype, n, offset) : NULL;
                         an_tensor *gu = which != 1 ? poisoned(ctx, dtype, n, offset) : NULL;
-                        ok(ctx, an_cuda_swiglu_backward(ctx, dtype, an_tensor_data(gate.dev), up_dev, n,
+                        test_ok(ctx, an_cuda_swiglu_backward(ctx, dtype, an_tensor_data(gate.dev), up_dev, n,
                                                         an_tensor_data(go.dev), gg ? an_tensor_data(gg) : NULL,
                                                         gu ? an_tensor_data(gu) : NULL), "swiglu_backward");
                         for (int64_t i = 0; i < n; i++) {
@@ -486,7 +474,7 @@ START_TEST(test_cuda_sum_accumulates_in_fp32_deterministically) {
                     pair x = random_pair(ctx, dtype, n, offset, -1, hi);
                     double scale = mean && n ? 1.0 / (double)n : 1.0;
                     an_tensor *out = poisoned(ctx, dtype, 1, offset);
-                    ok(ctx, an_cuda_sum(ctx, dtype, an_tensor_data(x.dev), n, scale, an_tensor_data(out)), "sum");
+                    test_ok(ctx, an_cuda_sum(ctx, dtype, an_tensor_data(x.dev), n, scale, an_tensor_data(out)), "sum");
                     double total = 0, total_abs = 0;
                     for (int64_t i = 0; i < n; i++) {
                         total += an_tensor_get(x.host, i);
@@ -497,7 +485,7 @@ START_TEST(test_cuda_sum_accumulates_in_fp32_deterministically) {
                     snprintf(what, sizeof what, "%s %s n %lld offset %lld", mean ? "mean" : "sum", an_dtype_name(dtype),
                              (long long)n, (long long)offset);
                     expect_close(got, &want, &bound, 1, "%s", what);
-                    ok(ctx, an_cuda_sum(ctx, dtype, an_tensor_data(x.dev), n, scale, an_tensor_data(out)), "sum again");
+                    test_ok(ctx, an_cuda_sum(ctx, dtype, an_tensor_data(x.dev), n, scale, an_tensor_data(out)), "sum again");
                     double *again = download(ctx, out);
                     ck_assert_msg(memcmp(got, again, sizeof *got) == 0, "%s: %.9g then %.9g", what, got[0], again[0]);
                     free(got);
@@ -540,10 +528,10 @@ static void check_gemm(an_ctx *ctx, an_dtype dtype, an_gemm_shape s, int64_t off
     } else {
         c = poisoned(ctx, dtype, nc, offset);
     }
-    double *av = values(a.host), *bv = values(b.host), *cv = s.accumulate ? values(c0.host) : NULL;
+    double *av = test_values(a.host), *bv = test_values(b.host), *cv = s.accumulate ? test_values(c0.host) : NULL;
     double *want = calloc((size_t)nc + 1, sizeof *want), *bound = calloc((size_t)nc + 1, sizeof *bound);
     gemm_reference(&s, av, bv, cv, want);
-    ok(ctx, an_cuda_gemm(ctx, &s, dtype, an_tensor_data(a.dev), an_tensor_data(b.dev), an_tensor_data(c)), "gemm");
+    test_ok(ctx, an_cuda_gemm(ctx, &s, dtype, an_tensor_data(a.dev), an_tensor_data(b.dev), an_tensor_data(c)), "gemm");
     double rtol = rtol_of(dtype), err2 = 0, ref2 = 0;
     for (int64_t i = 0; i < nc; i++) bound[i] = rtol * (fabs(want[i]) + sqrt((double)s.k));
     double *got = download(ctx, c);
@@ -631,7 +619,7 @@ static void expect_like_cpu(an_ctx *ctx, const an_tensor *gpu, const an_tensor *
     ck_assert_msg(gpu && cpu, "%s: missing tensor", what);
     int64_t n = an_tensor_numel(cpu);
     ck_assert_int_eq(an_tensor_numel(gpu), n);
-    double *want = values(cpu), *got = download(ctx, gpu), *bound = malloc((size_t)n * sizeof *bound), ms = 0;
+    double *want = test_values(cpu), *got = download(ctx, gpu), *bound = malloc((size_t)n * sizeof *bound), ms = 0;
     for (int64_t i = 0; i < n; i++) ms += want[i] * want[i] / (double)n;
     for (int64_t i = 0; i < n; i++) bound[i] = 2 * rtol * fabs(want[i]) + rtol * sqrt(ms) + 1e-12;
     expect_close(got, want, bound, n, "%s", what);
@@ -656,11 +644,11 @@ START_TEST(test_cuda_autograd_forward_and_backward_match_cpu) {
         }
         an_tensor *loss_cpu = model_loss(ctx, cpu);
         ck_assert_msg(loss_cpu != NULL, "cpu forward: %s", an_error_message(ctx));
-        ok(ctx, an_backward(ctx, loss_cpu), "cpu backward");
+        test_ok(ctx, an_backward(ctx, loss_cpu), "cpu backward");
         an_tensor *loss_gpu = model_loss(ctx, gpu);
         ck_assert_msg(loss_gpu != NULL, "gpu forward: %s", an_error_message(ctx));
         ck_assert_int_eq(loss_gpu->device, AN_CUDA);
-        ok(ctx, an_backward(ctx, loss_gpu), "gpu backward");
+        test_ok(ctx, an_backward(ctx, loss_gpu), "gpu backward");
 
         double want = an_tensor_get(loss_cpu, 0), *got = download(ctx, loss_gpu), bound = 4 * rtol * (fabs(want) + 1);
         snprintf(what, sizeof what, "%s loss", an_dtype_name(dtype));

@@ -23,15 +23,11 @@ static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
     return ctx;
 }
 
-static void ok(an_ctx *ctx, an_status st, const char *what) {
-    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
-}
-
 /* Bytes of a tensor on either device, on the host (caller frees). */
 static void *bytes_of(an_ctx *ctx, const an_tensor *t) {
     size_t n = an_tensor_nbytes(t);
     void *b = malloc(n ? n : 1);
-    ok(ctx, an_cuda_memcpy(ctx, b, AN_CPU, an_tensor_data(t), t->device, n), "download");
+    test_ok(ctx, an_cuda_memcpy(ctx, b, AN_CPU, an_tensor_data(t), t->device, n), "download");
     return b;
 }
 
@@ -70,13 +66,13 @@ START_TEST(test_cuda_adamw_launcher_is_bit_identical_to_the_cpu_formula) {
                 an_tensor *dm = upload(ctx, master), *dmo = upload(ctx, m), *dv = upload(ctx, v), *dg = upload(ctx, g);
                 bool own = dtypes[pd] == AN_F32 && gd == 0; /* once: the f32 parameter is its own master */
                 an_tensor *param = own ? NULL : an_tensor_new(ctx, dtypes[pd], AN_CUDA, 1, &n);
-                if (param) ok(ctx, an_cuda_memset(ctx, an_tensor_data(param), 0xFF, an_tensor_nbytes(param)), "poison");
+                if (param) test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(param), 0xFF, an_tensor_nbytes(param)), "poison");
                 double t = 3, lr = 1e-2 * (1 + an_rng_uniform(&ctx->rng));
                 an_adamw_scalars k = {.decay = 1 - lr * 0.1, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
                                       .grad_scale = 0.37 + an_rng_uniform(&ctx->rng)};
                 k.step_size = lr / (1 - pow(k.beta1, t));
                 k.bc2_sqrt = sqrt(1 - pow(k.beta2, t));
-                ok(ctx, an_cuda_adamw(ctx, &k, an_tensor_data(dm), an_tensor_data(dmo), an_tensor_data(dv),
+                test_ok(ctx, an_cuda_adamw(ctx, &k, an_tensor_data(dm), an_tensor_data(dmo), an_tensor_data(dv),
                                       an_tensor_data(dg), dtypes[gd], param ? an_tensor_data(param) : NULL,
                                       dtypes[pd], n), "adamw");
                 float *hm = an_tensor_data(master), *hmo = an_tensor_data(m), *hv = an_tensor_data(v);
@@ -126,8 +122,8 @@ START_TEST(test_cuda_sum_squares_is_float64_and_deterministic) {
                 for (int64_t i = offset; i < total; i++) want += an_tensor_get(h, i) * an_tensor_get(h, i);
                 const char *x = (const char *)an_tensor_data(dev) + (size_t)offset * an_dtype_size(dtypes[d]);
                 double got = -1, again = -2;
-                ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, &got), "sum_squares");
-                ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, &again), "sum_squares again");
+                test_ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, &got), "sum_squares");
+                test_ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, &again), "sum_squares again");
                 ck_assert_msg(!isnan(got) && fabs(got - want) <= 1e-12 * want, "%s n %lld offset %lld: %.17g, expected %.17g",
                               an_dtype_name(dtypes[d]), (long long)n, (long long)offset, got, want);
                 ck_assert_msg(memcmp(&got, &again, sizeof got) == 0, "%s n %lld: %.17g then %.17g",
@@ -161,17 +157,17 @@ typedef struct {
 } side;
 
 static void side_make(an_ctx *ctx, side *s, an_tensor *const *init, an_device device, const an_adamw_config *c) {
-    ok(ctx, an_optim_create(ctx, c, &s->opt), "create");
+    test_ok(ctx, an_optim_create(ctx, c, &s->opt), "create");
     for (int k = 0; k < N_SPECS; k++) {
         s->p[k] = an_tensor_to(ctx, init[k], init[k]->dtype, device);
         ck_assert_ptr_nonnull(s->p[k]);
         an_tensor_set_requires_grad(s->p[k], true);
         bool no_decay = an_optim_no_decay(SPECS[k].name);
         if (k == 1) { /* two slices of one tensor, as ZeRO shards would be */
-            ok(ctx, an_optim_add(ctx, s->opt, "q.lo", &s->p[k], false, 0, 100), "add lo");
-            ok(ctx, an_optim_add(ctx, s->opt, "q.hi", &s->p[k], true, 100, 300), "add hi");
+            test_ok(ctx, an_optim_add(ctx, s->opt, "q.lo", &s->p[k], false, 0, 100), "add lo");
+            test_ok(ctx, an_optim_add(ctx, s->opt, "q.hi", &s->p[k], true, 100, 300), "add hi");
         } else {
-            ok(ctx, an_optim_add(ctx, s->opt, SPECS[k].name, &s->p[k], no_decay, 0, an_tensor_numel(s->p[k])),
+            test_ok(ctx, an_optim_add(ctx, s->opt, SPECS[k].name, &s->p[k], no_decay, 0, an_tensor_numel(s->p[k])),
                "add");
         }
     }
@@ -226,8 +222,8 @@ static void run_both(an_ctx *ctx, double max_grad_norm) {
             cpu.p[k]->grad = g;
         }
         an_optim_report rc, rg;
-        ok(ctx, an_optim_step(ctx, cpu.opt, &rc), "cpu step");
-        ok(ctx, an_optim_step(ctx, gpu.opt, &rg), "gpu step");
+        test_ok(ctx, an_optim_step(ctx, cpu.opt, &rc), "cpu step");
+        test_ok(ctx, an_optim_step(ctx, gpu.opt, &rg), "gpu step");
         ck_assert_int_eq(rg.step, rc.step);
         ck_assert_msg(rg.lr == rc.lr, "step %d: lr %.17g vs %.17g", step, rg.lr, rc.lr);
         ck_assert_msg(fabs(rg.grad_norm - rc.grad_norm) <= 1e-12 * rc.grad_norm, "step %d: norm %.17g vs %.17g", step,
@@ -285,8 +281,8 @@ START_TEST(test_cuda_clip_grad_norm_and_nan_gradients) {
         gpu[k]->grad = upload(ctx, cpu[k]->grad);
     }
     double nc = 0, ng = 0;
-    ok(ctx, an_optim_clip_grad_norm(ctx, cpu, 2, 1.0, &nc), "cpu clip");
-    ok(ctx, an_optim_clip_grad_norm(ctx, gpu, 2, 1.0, &ng), "gpu clip");
+    test_ok(ctx, an_optim_clip_grad_norm(ctx, cpu, 2, 1.0, &nc), "cpu clip");
+    test_ok(ctx, an_optim_clip_grad_norm(ctx, gpu, 2, 1.0, &ng), "gpu clip");
     ck_assert_msg(fabs(ng - nc) <= 1e-12 * nc, "norm %.17g vs %.17g", ng, nc);
     /* the GPU scales in fp32 (an_cuda_scale), the CPU in float64: one rounding apart at most */
     expect_state(ctx, gpu[0]->grad, cpu[0]->grad, false, 1.0 / 128, "clipped bf16 gradient");
@@ -295,12 +291,12 @@ START_TEST(test_cuda_clip_grad_norm_and_nan_gradients) {
     /* a NaN gradient: AN_ERR_INPUT, and no parameter, state or step count changes */
     an_adamw_config c = an_adamw_config_default();
     an_optim *opt;
-    ok(ctx, an_optim_create(ctx, &c, &opt), "create");
-    ok(ctx, an_optim_add(ctx, opt, "w", &gpu[0], false, 0, sizes[0]), "add");
+    test_ok(ctx, an_optim_create(ctx, &c, &opt), "create");
+    test_ok(ctx, an_optim_add(ctx, opt, "w", &gpu[0], false, 0, sizes[0]), "add");
     float nan = NAN;
     an_tensor *bad = an_tensor_from_data(ctx, AN_F32, 1, (int64_t[]){1}, &nan);
     an_tensor *bad_dev = an_tensor_rows(ctx, gpu[0]->grad, 17, 1);
-    ok(ctx, an_tensor_copy_into(ctx, bad_dev, bad), "poke a NaN");
+    test_ok(ctx, an_tensor_copy_into(ctx, bad_dev, bad), "poke a NaN");
     void *before = bytes_of(ctx, gpu[0]);
     ck_assert_int_eq(an_optim_step(ctx, opt, NULL), AN_ERR_INPUT);
     an_error_clear(ctx);

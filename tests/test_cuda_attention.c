@@ -34,36 +34,17 @@ static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
     return ctx;
 }
 
-static void ok(an_ctx *ctx, an_status st, const char *what) {
-    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
-}
-
-/* Values of a CPU tensor as doubles (caller frees). */
-static double *values(const an_tensor *t) {
-    int64_t n = an_tensor_numel(t);
-    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
-    for (int64_t i = 0; i < n; i++) v[i] = an_tensor_get(t, i);
-    return v;
-}
-
 /* Synchronises (surfacing asynchronous errors) and copies a CUDA tensor's values to the host. */
 static double *download(an_ctx *ctx, const an_tensor *dev) {
-    ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    test_ok(ctx, an_cuda_synchronize(ctx), "synchronize");
     an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
     ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
-    double *v = values(h);
+    double *v = test_values(h);
     an_tensor_release(h);
     return v;
 }
 
 /* A CUDA tensor of `shape`, every byte 0xFF (NaN in each float dtype). */
-static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape) {
-    an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, ndim, shape);
-    ck_assert_msg(t != NULL, "alloc: %s", an_error_message(ctx));
-    ok(ctx, an_cuda_memset(ctx, an_tensor_data(t), 0xFF, an_tensor_nbytes(t)), "poison");
-    return t;
-}
-
 /* Fails unless got (n) matches want elementwise within rtol (|want| + rms) + atol and as a whole
  * within rtol ||want|| + atol sqrt(n); NaN fails. */
 static void expect_close(const double *got, const double *want, int64_t n, double rtol, double atol, const char *fmt,
@@ -95,11 +76,11 @@ static void expect_dev_close(an_ctx *ctx, const an_tensor *dev, const double *wa
 }
 
 static void expect_same_bits(an_ctx *ctx, const an_tensor *a, const an_tensor *b, const char *what) {
-    ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    test_ok(ctx, an_cuda_synchronize(ctx), "synchronize");
     size_t bytes = an_tensor_nbytes(a);
     char *x = malloc(bytes ? bytes : 1), *y = malloc(bytes ? bytes : 1);
-    ok(ctx, an_cuda_memcpy(ctx, x, AN_CPU, an_tensor_data(a), AN_CUDA, bytes), "download");
-    ok(ctx, an_cuda_memcpy(ctx, y, AN_CPU, an_tensor_data(b), AN_CUDA, bytes), "download");
+    test_ok(ctx, an_cuda_memcpy(ctx, x, AN_CPU, an_tensor_data(a), AN_CUDA, bytes), "download");
+    test_ok(ctx, an_cuda_memcpy(ctx, y, AN_CPU, an_tensor_data(b), AN_CUDA, bytes), "download");
     ck_assert_msg(memcmp(x, y, bytes) == 0, "%s: a repeated launch gave different bits", what);
     free(x);
     free(y);
@@ -116,7 +97,7 @@ static pair random_pair(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *sh
     p.host = test_uniform(ctx, dtype, ndim, shape, lo, hi, false);
     p.dev = an_tensor_to(ctx, p.host, dtype, AN_CUDA);
     ck_assert_msg(p.dev != NULL, "upload: %s", an_error_message(ctx));
-    p.v = values(p.host);
+    p.v = test_values(p.host);
     return p;
 }
 
@@ -179,15 +160,15 @@ static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
     double *out = malloc((size_t)nq * sizeof *out), *lse = malloc((size_t)nl * sizeof *lse);
     double *dq = malloc((size_t)nq * sizeof *dq), *dk = malloc((size_t)nk * sizeof *dk);
     double *dv = malloc((size_t)nk * sizeof *dv);
-    ok(ctx, an_cpu_attention(ctx, &sh, q.v, k.v, v.v, seg, out, lse), "reference forward");
-    ok(ctx, an_cpu_attention_backward(ctx, &sh, q.v, k.v, v.v, seg, lse, go.v, dq, dk, dv), "reference backward");
+    test_ok(ctx, an_cpu_attention(ctx, &sh, q.v, k.v, v.v, seg, out, lse), "reference forward");
+    test_ok(ctx, an_cpu_attention_backward(ctx, &sh, q.v, k.v, v.v, seg, lse, go.v, dq, dk, dv), "reference backward");
 
     const void *segp = seg_dev ? an_tensor_data(seg_dev) : NULL;
     an_dtype seg_dtype = seg_dev ? seg_dev->dtype : AN_I64;
     double rtol = rtol_of(dtype);
     char msg[256];
-    an_tensor *o = poisoned(ctx, dtype, 4, qs), *l = poisoned(ctx, AN_F32, 3, ls);
-    ok(ctx, an_cuda_attention(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev), an_tensor_data(v.dev),
+    an_tensor *o = test_poisoned_gpu(ctx, dtype, 4, qs), *l = test_poisoned_gpu(ctx, AN_F32, 3, ls);
+    test_ok(ctx, an_cuda_attention(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev), an_tensor_data(v.dev),
                               segp, seg_dtype, an_tensor_data(o), an_tensor_data(l)), "forward");
     snprintf(msg, sizeof msg, "%s: out", what);
     expect_dev_close(ctx, o, out, rtol, 0, msg);
@@ -200,9 +181,9 @@ static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
     /* every gradient at once, then again (bit-identical), then each alone */
     an_tensor *g[2][3];
     for (int rep = 0; rep < 2; rep++) {
-        g[rep][0] = poisoned(ctx, dtype, 4, qs), g[rep][1] = poisoned(ctx, dtype, 4, ks);
-        g[rep][2] = poisoned(ctx, dtype, 4, ks);
-        ok(ctx, an_cuda_attention_backward(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+        g[rep][0] = test_poisoned_gpu(ctx, dtype, 4, qs), g[rep][1] = test_poisoned_gpu(ctx, dtype, 4, ks);
+        g[rep][2] = test_poisoned_gpu(ctx, dtype, 4, ks);
+        test_ok(ctx, an_cuda_attention_backward(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
                                            an_tensor_data(v.dev), segp, seg_dtype, an_tensor_data(l),
                                            an_tensor_data(go.dev), an_tensor_data(g[rep][0]),
                                            an_tensor_data(g[rep][1]), an_tensor_data(g[rep][2])), "backward");
@@ -217,10 +198,10 @@ static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
         an_tensor_release(g[1][i]);
     }
     for (int only = 0; only < 3; only++) {
-        an_tensor *one = poisoned(ctx, dtype, 4, only == 0 ? qs : ks);
+        an_tensor *one = test_poisoned_gpu(ctx, dtype, 4, only == 0 ? qs : ks);
         void *ptr[3] = {NULL, NULL, NULL};
         ptr[only] = an_tensor_data(one);
-        ok(ctx, an_cuda_attention_backward(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+        test_ok(ctx, an_cuda_attention_backward(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
                                            an_tensor_data(v.dev), segp, seg_dtype, an_tensor_data(l),
                                            an_tensor_data(go.dev), ptr[0], ptr[1], ptr[2]), "backward, one gradient");
         snprintf(msg, sizeof msg, "%s: %s alone", what, names[only]);
@@ -278,9 +259,9 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                     pair v = random_pair(ctx, dtype, 4, cs, -2, 2);
                     an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
                     double *want = malloc((size_t)(B * T * Hq * D) * sizeof *want);
-                    ok(ctx, an_cpu_attention_cached(ctx, &sh, S, q.v, k.v, v.v, rows, lengths, want), "reference");
-                    an_tensor *out = poisoned(ctx, dtype, 4, qs);
-                    ok(ctx, an_cuda_attention_cached(ctx, &sh, S, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+                    test_ok(ctx, an_cpu_attention_cached(ctx, &sh, S, q.v, k.v, v.v, rows, lengths, want), "reference");
+                    an_tensor *out = test_poisoned_gpu(ctx, dtype, 4, qs);
+                    test_ok(ctx, an_cuda_attention_cached(ctx, &sh, S, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
                                                      an_tensor_data(v.dev), rows, lengths, an_tensor_data(out)),
                        "attention_cached");
                     snprintf(what, sizeof what, "decode %s D %lld T %lld Hq %lld", an_dtype_name(dtype), (long long)D,
@@ -294,7 +275,7 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                     an_tensor *gpu = an_attention_cached(ctx, q.dev, k.dev, v.dev, r, len, sh.scale);
                     ck_assert_msg(cpu && gpu, "%s: op: %s", what, an_error_message(ctx));
                     ck_assert_int_eq(gpu->device, AN_CUDA);
-                    double *cv = values(cpu);
+                    double *cv = test_values(cpu);
                     snprintf(what + strlen(what), sizeof what - strlen(what), " (op)");
                     /* both sides rounded to the dtype: allow one more rounding */
                     expect_dev_close(ctx, gpu, cv, 2 * rtol_of(dtype), 0, what);
@@ -347,20 +328,20 @@ START_TEST(test_cuda_attention_op_forward_and_backward_match_cpu_op) {
             an_tensor *out_cpu, *out_gpu;
             /* one graph at a time: backward clears the whole tape */
             an_tensor *loss_cpu = attention_loss(ctx, cpu[0], cpu[1], cpu[2], seg_cpu, cpu[3], scale, &out_cpu);
-            ok(ctx, an_backward(ctx, loss_cpu), "cpu backward");
+            test_ok(ctx, an_backward(ctx, loss_cpu), "cpu backward");
             an_tensor *loss_gpu = attention_loss(ctx, gpu[0], gpu[1], gpu[2], seg_dev, gpu[3], scale, &out_gpu);
             ck_assert_int_eq(out_gpu->device, AN_CUDA);
-            ok(ctx, an_backward(ctx, loss_gpu), "gpu backward");
+            test_ok(ctx, an_backward(ctx, loss_gpu), "gpu backward");
             /* both sides round every op's output to the dtype: allow twice the launcher bound */
             double rtol = 2 * rtol_of(dtype);
-            double *want = values(out_cpu);
+            double *want = test_values(out_cpu);
             snprintf(what, sizeof what, "op %s T %lld D %lld: out", an_dtype_name(dtype), (long long)s.T,
                      (long long)s.D);
             expect_dev_close(ctx, out_gpu, want, rtol, 0, what);
             free(want);
             for (int i = 0; i < 3; i++) {
                 ck_assert_msg(gpu[i]->grad && gpu[i]->grad->device == AN_CUDA, "gradient %d missing on the GPU", i);
-                want = values(cpu[i]->grad);
+                want = test_values(cpu[i]->grad);
                 snprintf(what, sizeof what, "op %s T %lld D %lld: gradient of input %d", an_dtype_name(dtype),
                          (long long)s.T, (long long)s.D, i);
                 expect_dev_close(ctx, gpu[i]->grad, want, rtol, 0, what);
@@ -395,22 +376,22 @@ START_TEST(test_cuda_attention_timing_is_printed) {
         t[i] = an_tensor_to(ctx, h, AN_BF16, AN_CUDA); /* q, k, v, dout */
         an_tensor_release(h);
     }
-    t[4] = poisoned(ctx, AN_BF16, 4, qs), t[5] = poisoned(ctx, AN_F32, 3, ls); /* out, lse */
-    t[6] = poisoned(ctx, AN_BF16, 4, qs), t[7] = poisoned(ctx, AN_BF16, 4, ks); /* dq, dk (dv reuses dk's shape) */
-    an_tensor *dv = poisoned(ctx, AN_BF16, 4, ks);
+    t[4] = test_poisoned_gpu(ctx, AN_BF16, 4, qs), t[5] = test_poisoned_gpu(ctx, AN_F32, 3, ls); /* out, lse */
+    t[6] = test_poisoned_gpu(ctx, AN_BF16, 4, qs), t[7] = test_poisoned_gpu(ctx, AN_BF16, 4, ks); /* dq, dk (dv reuses dk's shape) */
+    an_tensor *dv = test_poisoned_gpu(ctx, AN_BF16, 4, ks);
     an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
     double fwd = 0, bwd = 0;
     for (int rep = 0; rep < 4; rep++) { /* the first is a warm-up */
         double t0 = now_seconds();
-        ok(ctx, an_cuda_attention(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]), an_tensor_data(t[2]),
+        test_ok(ctx, an_cuda_attention(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]), an_tensor_data(t[2]),
                                   NULL, AN_I64, an_tensor_data(t[4]), an_tensor_data(t[5])), "forward");
-        ok(ctx, an_cuda_synchronize(ctx), "sync");
+        test_ok(ctx, an_cuda_synchronize(ctx), "sync");
         double t1 = now_seconds();
-        ok(ctx, an_cuda_attention_backward(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]),
+        test_ok(ctx, an_cuda_attention_backward(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]),
                                            an_tensor_data(t[2]), NULL, AN_I64, an_tensor_data(t[5]),
                                            an_tensor_data(t[3]), an_tensor_data(t[6]), an_tensor_data(t[7]),
                                            an_tensor_data(dv)), "backward");
-        ok(ctx, an_cuda_synchronize(ctx), "sync");
+        test_ok(ctx, an_cuda_synchronize(ctx), "sync");
         double t2 = now_seconds();
         if (rep > 0) fwd += (t1 - t0) / 3, bwd += (t2 - t1) / 3;
     }

@@ -61,10 +61,6 @@ static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
     return ctx;
 }
 
-static void ok(an_ctx *ctx, an_status st, const char *what) {
-    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
-}
-
 static const char *fmt(char *buf, size_t size, const char *format, ...) {
     va_list ap;
     va_start(ap, format);
@@ -73,17 +69,9 @@ static const char *fmt(char *buf, size_t size, const char *format, ...) {
     return buf;
 }
 
-/* Values of a CPU tensor as doubles (caller frees). */
-static double *values(const an_tensor *t) {
-    int64_t n = an_tensor_numel(t);
-    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
-    for (int64_t i = 0; i < n; i++) v[i] = an_tensor_get(t, i);
-    return v;
-}
-
 /* Synchronises (surfacing asynchronous errors) and copies a CUDA tensor to the host. */
 static an_tensor *to_host(an_ctx *ctx, const an_tensor *dev) {
-    ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    test_ok(ctx, an_cuda_synchronize(ctx), "synchronize");
     an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
     ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
     return h;
@@ -95,14 +83,6 @@ static an_tensor *to_gpu(an_ctx *ctx, const an_tensor *host) {
     return d;
 }
 
-/* A CUDA tensor whose every byte is 0xFF (NaN in f32, bf16 and f16). */
-static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape) {
-    an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, ndim, shape);
-    ck_assert_msg(t != NULL, "alloc: %s", an_error_message(ctx));
-    ok(ctx, an_cuda_memset(ctx, an_tensor_data(t), 0xFF, an_tensor_nbytes(t)), "poison");
-    return t;
-}
-
 /* Fails unless every element of gpu (CUDA) is a number within 2 rtol |want| + rtol rms(want) +
  * atol of the CPU tensor's (rtol 0, atol 0: equal). */
 static void expect_like_cpu(an_ctx *ctx, const an_tensor *gpu, const an_tensor *cpu, double rtol, double atol,
@@ -112,7 +92,7 @@ static void expect_like_cpu(an_ctx *ctx, const an_tensor *gpu, const an_tensor *
     int64_t n = an_tensor_numel(cpu);
     ck_assert_int_eq(an_tensor_numel(gpu), n);
     an_tensor *h = to_host(ctx, gpu);
-    double *want = values(cpu), *got = values(h), ms = 0;
+    double *want = test_values(cpu), *got = test_values(h), ms = 0;
     for (int64_t i = 0; i < n; i++) ms += want[i] * want[i] / (double)n;
     for (int64_t i = 0; i < n; i++) {
         double bound = 2 * rtol * fabs(want[i]) + rtol * sqrt(ms) + atol;
@@ -188,7 +168,7 @@ static gpu_run run_both(an_ctx *ctx, op_fn fn, const void *user, an_tensor *cons
     bool scalar = an_tensor_numel(out_c) == 1;
     an_tensor *up = scalar ? NULL : test_uniform(ctx, out_c->dtype, out_c->ndim, out_c->shape, -1, 1, false);
     an_tensor *loss_c = seeded_loss(ctx, out_c, up);
-    ok(ctx, an_backward(ctx, loss_c), "CPU backward");
+    test_ok(ctx, an_backward(ctx, loss_c), "CPU backward");
 
     for (int i = 0; i < n; i++) {
         r.in[i] = to_gpu(ctx, cpu_in[i]);
@@ -267,15 +247,15 @@ START_TEST(test_cuda_embedding_matches_cpu_and_its_gradient_is_bit_identical_acr
                 continue;
             }
 
-            an_tensor *out = poisoned(ctx, dtype, 2, (int64_t[]){n, D});
-            ok(ctx, an_cuda_embedding(ctx, dtype, an_tensor_data(r.in[0]), id_dtype, n, an_tensor_data(r.in[1]), V, D,
+            an_tensor *out = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){n, D});
+            test_ok(ctx, an_cuda_embedding(ctx, dtype, an_tensor_data(r.in[0]), id_dtype, n, an_tensor_data(r.in[1]), V, D,
                                       an_tensor_data(out)), "an_cuda_embedding");
             expect_same_bits(ctx, out, r.out, what);
-            an_tensor *g1 = poisoned(ctx, dtype, 2, (int64_t[]){V, D});
-            an_tensor *g2 = poisoned(ctx, dtype, 2, (int64_t[]){V, D});
+            an_tensor *g1 = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){V, D});
+            an_tensor *g2 = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){V, D});
             an_tensor *grads[2] = {g1, g2};
             for (int k = 0; k < 2; k++)
-                ok(ctx, an_cuda_embedding_backward(ctx, dtype, an_tensor_data(r.in[0]), id_dtype, n,
+                test_ok(ctx, an_cuda_embedding_backward(ctx, dtype, an_tensor_data(r.in[0]), id_dtype, n,
                                                    an_tensor_data(r.upstream), V, D, an_tensor_data(grads[k])),
                    "an_cuda_embedding_backward");
             expect_same_bits(ctx, g1, g2, fmt(what, sizeof what, "embedding %s V %lld D %lld: two backward runs",
@@ -298,7 +278,7 @@ START_TEST(test_cuda_embedding_rejects_an_id_outside_the_table) {
         an_tensor_set(h, 4, k ? -2 : 7);
         an_tensor_set(h, 6, 100);
         an_tensor *ids = to_gpu(ctx, h);
-        an_tensor *table = poisoned(ctx, AN_BF16, 2, (int64_t[]){7, 3});
+        an_tensor *table = test_poisoned_gpu(ctx, AN_BF16, 2, (int64_t[]){7, 3});
         ck_assert_ptr_null(an_embedding(ctx, ids, table));
         ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
         const char *want = k ? "id -2 (element 4 of ids) is outside [0, V = 7)" : "id 7 (element 4 of ids) is outside";
@@ -355,8 +335,8 @@ START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_acros
             }
 
             /* forward launcher: y bit for bit, rstd against a float64 reference */
-            an_tensor *y = poisoned(ctx, dtype, ndim, shape), *rstd = poisoned(ctx, AN_F32, 1, &rows);
-            ok(ctx, an_cuda_rmsnorm(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), rows, D, eps,
+            an_tensor *y = test_poisoned_gpu(ctx, dtype, ndim, shape), *rstd = test_poisoned_gpu(ctx, AN_F32, 1, &rows);
+            test_ok(ctx, an_cuda_rmsnorm(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), rows, D, eps,
                                     an_tensor_data(y), an_tensor_data(rstd)), "an_cuda_rmsnorm");
             expect_same_bits(ctx, y, r.out, what);
             an_tensor *rstd_h = to_host(ctx, rstd);
@@ -372,9 +352,9 @@ START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_acros
             /* backward launcher, twice: the same bits as each other and as the op */
             an_tensor *dx[2], *dw[2];
             for (int k = 0; k < 2; k++) {
-                dx[k] = poisoned(ctx, dtype, ndim, shape);
-                dw[k] = poisoned(ctx, dtype, 1, &D);
-                ok(ctx, an_cuda_rmsnorm_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]),
+                dx[k] = test_poisoned_gpu(ctx, dtype, ndim, shape);
+                dw[k] = test_poisoned_gpu(ctx, dtype, 1, &D);
+                test_ok(ctx, an_cuda_rmsnorm_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]),
                                                  an_tensor_data(rstd), an_tensor_data(r.upstream), rows, D,
                                                  an_tensor_data(dx[k]), an_tensor_data(dw[k])),
                    "an_cuda_rmsnorm_backward");
@@ -464,16 +444,16 @@ START_TEST(test_cuda_rope_matches_cpu_in_both_styles_with_llama3_scaling_and_pac
             double *inv_freq = malloc((size_t)(D / 2) * sizeof *inv_freq);
             an_cpu_rope_inv_freq(&u.config, D, inv_freq);
             int interleaved = u.config.style == AN_ROPE_INTERLEAVED;
-            an_tensor *out = poisoned(ctx, dtype, 4, shape), *back = poisoned(ctx, dtype, 4, shape);
-            ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), pos_dtype, rows, H, D,
+            an_tensor *out = test_poisoned_gpu(ctx, dtype, 4, shape), *back = test_poisoned_gpu(ctx, dtype, 4, shape);
+            test_ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), pos_dtype, rows, H, D,
                                  inv_freq, interleaved, 1.0, an_tensor_data(out)), "an_cuda_rope");
             expect_same_bits(ctx, out, r.out, what);
-            ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(r.upstream), an_tensor_data(r.in[1]), pos_dtype, rows, H,
+            test_ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(r.upstream), an_tensor_data(r.in[1]), pos_dtype, rows, H,
                                  D, inv_freq, interleaved, -1.0, an_tensor_data(back)), "an_cuda_rope backward");
             expect_same_bits(ctx, back, r.grad[0], what);
             /* in place: out may be x */
             an_tensor *inplace = to_gpu(ctx, x);
-            ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(inplace), an_tensor_data(r.in[1]), pos_dtype, rows, H, D,
+            test_ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(inplace), an_tensor_data(r.in[1]), pos_dtype, rows, H, D,
                                  inv_freq, interleaved, 1.0, an_tensor_data(inplace)), "an_cuda_rope in place");
             expect_same_bits(ctx, inplace, r.out, what);
             free(inv_freq);
@@ -493,7 +473,7 @@ START_TEST(test_cuda_rope_rejects_negative_positions_and_too_long_heads) {
     an_tensor *p = rope_positions(ctx, AN_I64, 2, 3, POS_SEQUENTIAL);
     an_tensor_set(p, 4, -3);
     an_tensor *pos = to_gpu(ctx, p);
-    an_tensor *x = poisoned(ctx, AN_F32, 4, (int64_t[]){2, 3, 1, 4});
+    an_tensor *x = test_poisoned_gpu(ctx, AN_F32, 4, (int64_t[]){2, 3, 1, 4});
     ck_assert_ptr_null(an_rope(ctx, x, pos, &config));
     ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
     ck_assert_msg(strstr(an_error_message(ctx), "position -3 (element 4 of positions) is negative") != NULL,
@@ -501,7 +481,7 @@ START_TEST(test_cuda_rope_rejects_negative_positions_and_too_long_heads) {
     an_error_clear(ctx);
     an_tensor_set(p, 4, 1);
     an_tensor *pos_ok = to_gpu(ctx, p);
-    an_tensor *wide = poisoned(ctx, AN_F32, 4, (int64_t[]){2, 3, 1, AN_CUDA_ROPE_MAX_D + 2});
+    an_tensor *wide = test_poisoned_gpu(ctx, AN_F32, 4, (int64_t[]){2, 3, 1, AN_CUDA_ROPE_MAX_D + 2});
     ck_assert_ptr_null(an_rope(ctx, wide, pos_ok, &config));
     ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
     ck_assert_msg(strstr(an_error_message(ctx), "head dim") != NULL, "message: %s", an_error_message(ctx));
@@ -550,11 +530,11 @@ START_TEST(test_cuda_softmax_matches_cpu) {
                 an_tensor_release(x);
                 continue;
             }
-            an_tensor *y = poisoned(ctx, dtype, ndim, shape), *dx = poisoned(ctx, dtype, ndim, shape);
-            ok(ctx, an_cuda_softmax(ctx, dtype, an_tensor_data(r.in[0]), rows, cols, an_tensor_data(y)),
+            an_tensor *y = test_poisoned_gpu(ctx, dtype, ndim, shape), *dx = test_poisoned_gpu(ctx, dtype, ndim, shape);
+            test_ok(ctx, an_cuda_softmax(ctx, dtype, an_tensor_data(r.in[0]), rows, cols, an_tensor_data(y)),
                "an_cuda_softmax");
             expect_same_bits(ctx, y, r.out, what);
-            ok(ctx, an_cuda_softmax_backward(ctx, dtype, an_tensor_data(r.out), an_tensor_data(r.upstream), rows, cols,
+            test_ok(ctx, an_cuda_softmax_backward(ctx, dtype, an_tensor_data(r.out), an_tensor_data(r.upstream), rows, cols,
                                              an_tensor_data(dx)), "an_cuda_softmax_backward");
             expect_same_bits(ctx, dx, r.grad[0], what);
             an_tensor_release(y), an_tensor_release(dx);
@@ -626,16 +606,16 @@ START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normaliz
             }
 
             /* launchers: lse against float64 (0 on ignored rows), the loss and dlogits bit for bit */
-            an_tensor *lse = poisoned(ctx, AN_F32, 1, &N), *rows = poisoned(ctx, AN_F32, 1, &N);
+            an_tensor *lse = test_poisoned_gpu(ctx, AN_F32, 1, &N), *rows = test_poisoned_gpu(ctx, AN_F32, 1, &N);
             /* the loss scalar is fp32 for every input dtype; the backward reads the upstream gradient in
              * the input dtype, as the op converts it */
-            an_tensor *loss = poisoned(ctx, AN_F32, 0, NULL), *dx = poisoned(ctx, dtype, 2, (int64_t[]){N, V});
+            an_tensor *loss = test_poisoned_gpu(ctx, AN_F32, 0, NULL), *dx = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){N, V});
             an_tensor *upstream = an_tensor_to(ctx, r.upstream, dtype, AN_CUDA);
-            ok(ctx, an_cuda_cross_entropy_rows(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), t_dtype,
+            test_ok(ctx, an_cuda_cross_entropy_rows(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), t_dtype,
                                                N, V, o.ignore_index, an_tensor_data(lse), an_tensor_data(rows)),
                "an_cuda_cross_entropy_rows");
             double inv = ce_inv(targets, &o);
-            ok(ctx, an_cuda_loss_total(ctx, AN_F32, an_tensor_data(rows), N, inv, an_tensor_data(loss)),
+            test_ok(ctx, an_cuda_loss_total(ctx, AN_F32, an_tensor_data(rows), N, inv, an_tensor_data(loss)),
                "an_cuda_loss_total");
             expect_same_bits(ctx, loss, r.out, what);
             an_tensor *lse_h = to_host(ctx, lse);
@@ -653,7 +633,7 @@ START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normaliz
                     break;
                 }
             }
-            ok(ctx, an_cuda_cross_entropy_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
+            test_ok(ctx, an_cuda_cross_entropy_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
                                                    an_tensor_data(r.in[1]), t_dtype, N, V, o.ignore_index,
                                                    an_tensor_data(upstream), inv, an_tensor_data(dx)),
                "an_cuda_cross_entropy_backward");
@@ -672,7 +652,7 @@ END_TEST
 START_TEST(test_cuda_losses_reject_targets_outside_the_vocabulary) {
     an_ctx *ctx = gpu_ctx(8, "cuda loss errors");
     if (!ctx) return;
-    an_tensor *x = poisoned(ctx, AN_BF16, 2, (int64_t[]){6, 11}), *w = poisoned(ctx, AN_BF16, 2, (int64_t[]){11, 11});
+    an_tensor *x = test_poisoned_gpu(ctx, AN_BF16, 2, (int64_t[]){6, 11}), *w = test_poisoned_gpu(ctx, AN_BF16, 2, (int64_t[]){11, 11});
     an_tensor *h = test_ids(ctx, AN_I32, 1, (int64_t[]){6}, 11);
     an_tensor_set(h, 2, -100); /* ignored by the losses, an error for log_softmax_gather */
     an_tensor_set(h, 5, 11);
@@ -722,13 +702,13 @@ START_TEST(test_cuda_log_softmax_gather_matches_cpu) {
                 an_tensor_release(logits), an_tensor_release(ids);
                 continue;
             }
-            an_tensor *lse = poisoned(ctx, AN_F32, 1, &N), *out = poisoned(ctx, dtype, 1, &N);
-            an_tensor *dx = poisoned(ctx, dtype, 2, (int64_t[]){N, V});
-            ok(ctx, an_cuda_log_softmax_gather(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), id_dtype,
+            an_tensor *lse = test_poisoned_gpu(ctx, AN_F32, 1, &N), *out = test_poisoned_gpu(ctx, dtype, 1, &N);
+            an_tensor *dx = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){N, V});
+            test_ok(ctx, an_cuda_log_softmax_gather(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), id_dtype,
                                                N, V, an_tensor_data(lse), an_tensor_data(out)),
                "an_cuda_log_softmax_gather");
             expect_same_bits(ctx, out, r.out, what);
-            ok(ctx, an_cuda_log_softmax_gather_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
+            test_ok(ctx, an_cuda_log_softmax_gather_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
                                                         an_tensor_data(r.in[1]), id_dtype, an_tensor_data(r.upstream),
                                                         N, V, an_tensor_data(dx)),
                "an_cuda_log_softmax_gather_backward");

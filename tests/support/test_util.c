@@ -4,6 +4,8 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "kernels/cuda.h"  /* an_cuda_memset */
+
 an_ctx *test_ctx(uint64_t seed) {
     an_ctx *ctx = an_ctx_new(seed);
     ck_assert_ptr_nonnull(ctx);
@@ -86,6 +88,25 @@ an_ctx *test_gpu_ctx(uint64_t seed, const char *what) {
         return NULL;
     }
     return ctx;
+}
+
+void test_ok(an_ctx *ctx, an_status st, const char *what) {
+    ck_assert_msg(st == AN_OK, "%s: %s", what, an_error_message(ctx));
+}
+
+double *test_values(const an_tensor *t) {
+    int64_t n = an_tensor_numel(t);
+    double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    ck_assert_ptr_nonnull(v);
+    for (int64_t i = 0; i < n; i++) v[i] = an_tensor_get(t, i);
+    return v;
+}
+
+an_tensor *test_poisoned_gpu(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape) {
+    an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, ndim, shape);
+    ck_assert_msg(t != NULL, "alloc: %s", an_error_message(ctx));
+    test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(t), 0xFF, an_tensor_nbytes(t)), "poison");
+    return t;
 }
 
 void test_add_case(Suite *suite, const char *name, const TTest *test) {

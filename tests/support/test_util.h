@@ -36,6 +36,14 @@ void test_assert_gradcheck(an_ctx *ctx, an_gradcheck_fn fn, an_tensor *const *in
  * or machine). */
 an_ctx *test_gpu_ctx(uint64_t seed, const char *what);
 
+/* Fails (naming `what` and ctx's message) unless st is AN_OK. */
+void test_ok(an_ctx *ctx, an_status st, const char *what);
+/* The elements of a CPU tensor as doubles (malloc'ed; caller frees). */
+double *test_values(const an_tensor *t);
+/* A new CUDA tensor whose every byte is 0xFF (NaN in f32, bf16 and f16), so an output a kernel
+ * fails to write cannot pass a comparison. */
+an_tensor *test_poisoned_gpu(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape);
+
 /* Adds `test` as a test case of its own named `name` (timeout 300 s), so CK_RUN_CASE=name runs it alone. */
 void test_add_case(Suite *suite, const char *name, const TTest *test);
 /* Runs a suite with Check's runner; returns the process exit code. */
