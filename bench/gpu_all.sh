@@ -26,11 +26,17 @@ measure() { # label, command...
   local line; line=$("$@" 2>&1 | tee -a "$log" | grep -E '^(anneal|pytorch) .*tokens/s' | tail -1)
   rows+=("$(printf '%-28s %s' "$label" "${line:-failed (see log)}")")
 }
+peer() { python3 bench/peer_train_step.py --load "$model" --steps 4 "$@"; }
 measure "anneal lora q,v"          "$bin/train_step" "$model" --lora 16 --targets qv --steps 4
-measure "pytorch lora q,v"         python3 bench/peer_train_step.py --load "$model" --lora 16 --targets qv --steps 4
+measure "pytorch lora q,v"         peer --lora 16 --targets qv
+measure "pytorch lora q,v compiled" peer --lora 16 --targets qv --compile
 measure "anneal lora all"          "$bin/train_step" "$model" --lora 16 --targets all --steps 4
-measure "pytorch lora all"         python3 bench/peer_train_step.py --load "$model" --lora 16 --targets all --steps 4
+measure "pytorch lora all"         peer --lora 16 --targets all
 measure "anneal lora all +ckpt"    "$bin/train_step" "$model" --lora 16 --targets all --checkpointing --steps 4
+measure "pytorch lora all +ckpt"   peer --lora 16 --targets all --checkpointing
+measure "anneal full"              "$bin/train_step" "$model" --lora 0 --steps 4
+measure "pytorch full"             peer --lora 0
+measure "pytorch full compiled"    peer --lora 0 --compile
 
 # Ten LoRA steps from the same weights and the same initial adapter: the loss curves side by side.
 adapter=/tmp/anneal-bench-adapter

@@ -4,7 +4,7 @@ hidden 1536, intermediate 8960, 28 layers, 12 heads, 2 kv heads, vocab 151936, u
 random weights, LoRA through peft (or full fine-tuning), SDPA attention, fused AdamW, bf16.
 
   python3 bench/peer_train_step.py --save DIR      # also writes the random model for anneal to load
-  python3 bench/peer_train_step.py [--lora 16 --targets qv|all | --lora 0] [--seq 1024 --batch 8] [--compile]
+  python3 bench/peer_train_step.py [--lora 16 --targets qv|all | --lora 0] [--seq 1024 --batch 8] [--compile] [--checkpointing]
   python3 bench/peer_train_step.py --load DIR --save-adapter ADIR --lr 1e-4 --losses   # loss curve from DIR's
         weights and the initial adapter saved in ADIR (bench/train_step DIR --adapter ADIR --losses compares)
 
@@ -30,6 +30,7 @@ def main():
     ap.add_argument("--save-adapter")
     ap.add_argument("--lr", type=float, default=1e-5)
     ap.add_argument("--losses", action="store_true")
+    ap.add_argument("--checkpointing", action="store_true")
     a = ap.parse_args()
     torch.manual_seed(0)
     cfg = transformers.Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
@@ -48,6 +49,8 @@ def main():
         print("saved", a.save)
         if a.steps == 0:
             return
+    if a.checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if a.lora:
         import peft
         targets = ["q_proj", "v_proj"] if a.targets == "qv" else "all-linear"
@@ -81,7 +84,7 @@ def main():
             times.append(time.perf_counter() - t0)
     tps = a.batch * a.seq * len(times) / sum(times)
     print(f"pytorch {torch.__version__} {'lora ' + a.targets if a.lora else 'full'} bf16 seq {a.seq} batch {a.batch}"
-          f"{' compiled' if a.compile else ''}: {tps:.0f} tokens/s, {sum(times) / len(times):.3f} s/step, "
+          f"{' compiled' if a.compile else ''}{' +ckpt' if a.checkpointing else ''}: {tps:.0f} tokens/s, {sum(times) / len(times):.3f} s/step, "
           f"peak {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 

@@ -4,6 +4,7 @@
  *   bench/train_step MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N]
  *                    [--lora R (0: full fine-tune)] [--targets qv|all] [--steps N] [--checkpointing]
  *                    [--adapter DIR (start from this PEFT adapter)] [--lr X] [--losses]
+ *                    [--profile (one more step, timed op by op: autograd/profile.h)]
  *
  * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
  * them, so with --adapter (the peer's initial adapter) both runs start from the same point and
@@ -16,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/profile.h"
 #include "autograd/tape.h"
 #include "kernels/cuda.h"
 #include "model/load.h"
@@ -26,12 +28,12 @@
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N] [--lora R] "
-                        "[--targets qv|all] [--steps N] [--checkpointing]\n", argv[0]);
+                        "[--targets qv|all] [--steps N] [--checkpointing] [--profile]\n", argv[0]);
         return 2;
     }
     const char *dir = argv[1], *targets = "qv", *adapter = NULL;
     double lr = 1e-5;
-    bool losses = false;
+    bool losses = false, profile = false;
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
@@ -48,6 +50,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--adapter") && i + 1 < argc) adapter = argv[++i];
         else if (!strcmp(argv[i], "--lr") && i + 1 < argc) lr = atof(argv[++i]);
         else if (!strcmp(argv[i], "--losses")) losses = true;
+        else if (!strcmp(argv[i], "--profile")) profile = true;
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -91,9 +94,10 @@ int main(int argc, char **argv) {
     double flops_per_token = (rank > 0 ? 4.0 : 6.0) * P + (rank > 0 ? 2.0 : 3.0) * attn / 2.0;
     double total = 0;
     int measured = 0;
-    for (long s = 0; s < steps + 2; s++) {
+    for (long s = 0; s < steps + 2 + (profile ? 1 : 0); s++) {
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
         an_mem_reset_peak(ctx, device);
+        if (profile && s == steps + 2) an_profile_begin(ctx); /* an extra last step: syncing after every op slows it */
         double t0 = an_metrics_now();
         an_tensor *loss = an_model_loss(ctx, m, ids, ids, NULL, NULL, NULL);
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
@@ -120,7 +124,11 @@ int main(int argc, char **argv) {
         an_tensor_release(loss);
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
         double dt = an_metrics_now() - t0;
-        if (s >= 2) total += dt, measured++; /* two warm-up steps */
+        if (ctx->profile) {
+            printf("per-op time of step %ld (synchronised after every op, so slower than the step above):\n", s);
+            an_profile_print(ctx, stdout);
+            an_profile_end(ctx);
+        } else if (s >= 2) total += dt, measured++; /* two warm-up steps */
         printf("step %ld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, peak %.2f GiB\n", s, dt,
                t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
     }

@@ -1,9 +1,13 @@
 /* attention.cu — causal grouped-query attention over packed documents on CUDA, forward and
  * backward (flash-attention style), and decode attention over a key/value cache.
  *
+ * bf16/f16 with head_dim 64 or 128 (every DeepSeek-R1-Distill shape) and 16-byte-aligned buffers
+ * go to the tensor-core kernels of attention_mma.cu; the kernels here take the rest (f32, which
+ * keeps fp32 accuracy, and other head sizes up to 256).
+ *
  * Numerics: f32, bf16 and f16 inputs are widened to fp32 in shared memory; scores, the softmax,
- * every product and every gradient are fp32 FFMA on the CUDA cores (no tensor cores yet, so f32
- * inputs keep fp32 accuracy); each output is rounded once to the dtype and written with =. The
+ * every product and every gradient are fp32 FFMA on the CUDA cores; each output is rounded once
+ * to the dtype and written with =. The
  * forward saves only the per-row logsumexp lse (B, Hq, T) f32; the backward recomputes
  * P = exp(scale * q.k - lse) from it. Nothing of size T x T exists anywhere.
  *
@@ -27,13 +31,13 @@
  * Cost per (batch row, query head), with E = T^2/2 visible pairs: forward 2 E D multiply-adds
  * (QK^T, PV), backward 9 E D (dq kernel: QK^T and dO V^T twice, dS K; dkv kernel: QK^T, dO V^T,
  * P^T dO, dS^T Q) — two more than flash-attention 2, the price of saving only lse (no output).
- * Measured (tests/test_cuda_attention.c prints it; H100, bf16, B 1, T 2048, Hq 16, Hkv 4, D 128,
- * causal): forward 2.1 ms (8 TFLOP/s of useful work), backward 9.0 ms. Tensor cores (mma/wgmma
- * on bf16/f16 tiles) are the next step; f32 would keep this path.
+ * Measured on this path before attention_mma.cu took bf16 (H100, B 1, T 2048, Hq 16, Hkv 4,
+ * D 128, causal): forward 2.1 ms (8 TFLOP/s of useful work), backward 9.0 ms.
  *
  * Decode: one block of 8 warps per (query token, query head); warp w takes visible keys
  * w, w + 8, ..., a warp-wide dot product per key and its own online softmax; the 8 partial results
  * are merged in warp order. */
+#include "kernels/attention_mma.cuh" /* the tensor-core path for bf16/f16, head_dim 64 and 128 */
 #include "kernels/cuda_common.cuh"
 
 #include <math.h>
@@ -603,12 +607,19 @@ Args<T> make_args(const an_attention_shape *sh, const void *q, const void *k, co
 
 extern "C" {
 
+bool an_cuda_attention_uses_tensor_cores(an_dtype dtype, int64_t head_dim) {
+    return an_attention_mma_takes(dtype, head_dim);
+}
+
 an_status an_cuda_attention(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q, const void *k,
                             const void *v, const void *segments, an_dtype seg_dtype, void *out, float *lse) {
     AN_TRY(check_shape(ctx, sh, "attention"));
     Segments seg = {nullptr, false};
     AN_TRY(segments_of(ctx, segments, seg_dtype, &seg));
     if (sh->batch == 0 || sh->seq == 0) return AN_OK;
+    const void *bufs[] = {q, k, v, out};
+    if (an_attention_mma_takes(dtype, sh->head_dim) && an_attention_mma_aligned(bufs, 4))
+        return an_attention_mma_forward(ctx, sh, dtype, q, k, v, segments, seg.wide, out, lse);
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "attention", {
         Args<T> a = make_args<T>(sh, q, k, v, seg);
         a.out = (T *)out;
@@ -620,13 +631,20 @@ an_status an_cuda_attention(an_ctx *ctx, const an_attention_shape *sh, an_dtype 
 
 an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,
                                      const void *k, const void *v, const void *segments, an_dtype seg_dtype,
-                                     const float *lse, const void *grad_out, void *grad_q, void *grad_k,
-                                     void *grad_v) {
+                                     const void *out, const float *lse, const void *grad_out, void *grad_q,
+                                     void *grad_k, void *grad_v) {
     AN_TRY(check_shape(ctx, sh, "attention backward"));
     Segments seg = {nullptr, false};
     AN_TRY(segments_of(ctx, segments, seg_dtype, &seg));
+    AN_CHECK(ctx, out != nullptr, AN_ERR_INTERNAL, "attention backward: the forward's output is required");
     if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
     void *delta = nullptr;
+    const void *bufs[] = {q, k, v, out, grad_out, grad_q, grad_k, grad_v};
+    if (an_attention_mma_takes(dtype, sh->head_dim) && an_attention_mma_aligned(bufs, 8)) {
+        AN_TRY(an_cuda_scratch(ctx, (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float), &delta));
+        return an_attention_mma_backward(ctx, sh, dtype, q, k, v, segments, seg.wide, out, lse, grad_out,
+                                         (float *)delta, grad_q, grad_k, grad_v);
+    }
     if (grad_q || grad_k)
         AN_TRY(an_cuda_scratch(ctx, (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float), &delta));
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "attention backward", {

@@ -82,13 +82,18 @@ an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, 
 an_status an_cuda_attention(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
                             const void *k, const void *v, const void *segments, an_dtype seg_dtype, void *out,
                             float *lse);
-/* Backward from the forward's lse: grad_q (B, T, Hq, D), grad_k and grad_v (B, T, Hkv, D) of dtype,
- * grad_k/grad_v summed over the query heads of each kv head in a fixed order (deterministic). Any
- * gradient pointer may be NULL. */
+/* Whether dtype and head_dim take the tensor-core path (given 16-byte-aligned buffers). */
+bool an_cuda_attention_uses_tensor_cores(an_dtype dtype, int64_t head_dim);
+/* Backward from the forward's out and lse: grad_q (B, T, Hq, D), grad_k and grad_v (B, T, Hkv, D)
+ * of dtype, grad_k/grad_v summed over the query heads of each kv head in a fixed order
+ * (deterministic). Any gradient pointer may be NULL.
+ * Paths: bf16/f16 with head_dim 64 or 128 and 16-byte-aligned buffers run on the tensor cores
+ * (kernels/attention_mma.cu, which reads out for delta = rowsum(grad_out * out)); everything else
+ * on the fp32 CUDA-core kernels of kernels/attention.cu. */
 an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
                                      const void *k, const void *v, const void *segments, an_dtype seg_dtype,
-                                     const float *lse, const void *grad_out, void *grad_q, void *grad_k,
-                                     void *grad_v);
+                                     const void *out, const float *lse, const void *grad_out, void *grad_q,
+                                     void *grad_k, void *grad_v);
 /* Decode attention over a KV cache, as an_attention_cached in autograd/ops.h: q and out
  * (B', T, Hq, D) of dtype, caches (Bc, cache_len, Hkv, D); rows (B') and lengths (Bc) are HOST
  * arrays (already validated: lengths[rows[b]] + T <= cache_len). shape->batch is B', ->seq T. */

@@ -84,11 +84,17 @@ an_status an_cuda_attention(an_ctx *ctx, const an_attention_shape *shape, an_dty
     (void)shape, (void)dtype, (void)q, (void)k, (void)v, (void)segments, (void)seg_dtype, (void)out, (void)lse;
     return NO_CUDA(ctx);
 }
+bool an_cuda_attention_uses_tensor_cores(an_dtype dtype, int64_t head_dim) {
+    (void)dtype, (void)head_dim;
+    return false;
+}
+
 an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
                                      const void *k, const void *v, const void *segments, an_dtype seg_dtype,
-                                     const float *lse, const void *grad_out, void *grad_q, void *grad_k,
-                                     void *grad_v) {
-    (void)shape, (void)dtype, (void)q, (void)k, (void)v, (void)segments, (void)seg_dtype, (void)lse, (void)grad_out;
+                                     const void *out, const float *lse, const void *grad_out, void *grad_q,
+                                     void *grad_k, void *grad_v) {
+    (void)shape, (void)dtype, (void)q, (void)k, (void)v, (void)segments, (void)seg_dtype, (void)out, (void)lse;
+    (void)grad_out;
     (void)grad_q, (void)grad_k, (void)grad_v;
     return NO_CUDA(ctx);
 }

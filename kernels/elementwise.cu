@@ -404,6 +404,13 @@ an_status an_cuda_binary_backward(an_ctx *ctx, an_binary_kind kind, an_dtype dty
          * only read for mul. */
         int64_t rows = nb ? n / nb : 0;
         float sign = kind == AN_BINARY_SUB ? -1.0f : 1.0f;
+        if (rows == 1) { /* no broadcast: a plain map, the same values as the one-row column sum */
+            if (kind == AN_BINARY_MUL) return an_cuda_binary(ctx, AN_BINARY_MUL, dtype, grad_out, n, a, n, grad_b);
+            if (kind == AN_BINARY_SUB) return an_cuda_scale(ctx, dtype, grad_out, n, -1.0, grad_b);
+            AN_CUDA_CHECK(ctx, cudaMemcpyAsync(grad_b, grad_out, (size_t)n * an_dtype_size(dtype),
+                                               cudaMemcpyDeviceToDevice, s->stream));
+            return AN_OK;
+        }
         AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "binary_backward", {
             if (kind == AN_BINARY_MUL)
                 return column_sum<T, true>(ctx, (const T *)grad_out, (const T *)a, rows, nb, sign, (T *)grad_b);

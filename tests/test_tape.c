@@ -1,9 +1,12 @@
 /* test_tape.c — the tape itself: gradients of a tensor used twice add up, intermediates the
  * caller released still carry gradient, no-grad scopes record nothing, repeated backward calls
- * accumulate, and gradient checkpointing gives bit-identical gradients with fewer bytes alive. */
+ * accumulate, gradient checkpointing gives bit-identical gradients with fewer bytes alive, and the
+ * op profiler counts each op once per pass. */
 #include <math.h>
 #include <string.h>
 
+#include "autograd/op_table.h" /* an_op_mul, an_op_sum, an_op_add */
+#include "autograd/profile.h"
 #include "support/test_util.h"
 
 START_TEST(test_leaf_used_twice_gets_the_sum) {
@@ -167,6 +170,32 @@ START_TEST(test_checkpoint_passes_gradcheck) {
 }
 END_TEST
 
+START_TEST(test_profile_counts_each_op_once_per_pass) {
+    an_ctx *ctx = test_ctx(5);
+    an_tensor *a = test_uniform(ctx, AN_F64, 1, (int64_t[]){4}, -1, 1, true);
+    ck_assert_int_eq(an_profile_begin(ctx), AN_OK);
+    an_tensor *y = an_mul(ctx, a, a);
+    an_tensor *z = an_mul(ctx, y, a);
+    an_tensor *loss = an_sum(ctx, z);
+    ck_assert_int_eq(an_backward(ctx, loss), AN_OK);
+    ck_assert_int_eq(an_profile_calls(ctx, &an_op_mul, false), 2);
+    ck_assert_int_eq(an_profile_calls(ctx, &an_op_mul, true), 2);
+    ck_assert_int_eq(an_profile_calls(ctx, &an_op_sum, false), 1);
+    ck_assert_int_eq(an_profile_calls(ctx, &an_op_sum, true), 1);
+    ck_assert_int_eq(an_profile_calls(ctx, &an_op_add, false), 0);
+    /* the table names the ops that ran and only those */
+    char buf[2048] = {0};
+    FILE *f = fmemopen(buf, sizeof buf - 1, "w");
+    an_profile_print(ctx, f);
+    fclose(f);
+    ck_assert_msg(strstr(buf, "\nmul ") && strstr(buf, "\nsum ") && !strstr(buf, "\nadd "), "table:\n%s", buf);
+    an_profile_end(ctx);
+    ck_assert_int_eq(an_profile_calls(ctx, &an_op_mul, false), 0);
+    an_tensor_release(y), an_tensor_release(z), an_tensor_release(loss), an_tensor_release(a);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tape");
     TCase *tc = tcase_create("core");
@@ -174,6 +203,7 @@ int main(void) {
     tcase_add_test(tc, test_no_grad_records_nothing);
     tcase_add_test(tc, test_checkpoint_gradients_are_bit_identical_and_use_less_memory);
     tcase_add_test(tc, test_checkpoint_passes_gradcheck);
+    tcase_add_test(tc, test_profile_counts_each_op_once_per_pass);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -27,6 +27,7 @@ void an_ctx_free(an_ctx *ctx) {
     if (!ctx) return;
     an_tape_free(ctx, ctx->tape);
     if (ctx->cuda) an_cuda_state_free(ctx->cuda);
+    free(ctx->profile);
     free(ctx);
 }
 

@@ -30,6 +30,7 @@ struct an_ctx {
     an_status error_status;
     char error[1024];
     an_cuda_state *cuda;     /* stream, cuBLASLt handle, workspace; NULL until an_ctx_use_cuda */
+    struct an_profile *profile; /* per-op times (autograd/profile.h); NULL when off */
 };
 
 /* A new CPU context seeded with `seed`; NULL only when out of memory. Caller frees it. */

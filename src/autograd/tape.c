@@ -8,6 +8,7 @@
 
 #include "autograd/cpu/cpu.h"  /* an_cpu_add_into */
 #include "autograd/op_table.h"  /* an_op_checkpoint */
+#include "autograd/profile.h"   /* an_profile_forward, an_profile_clock, an_profile_backward */
 #include "kernels/cuda.h"      /* an_cuda_add_into */
 
 struct an_tape {
@@ -83,6 +84,7 @@ static an_node *record(an_ctx *ctx, const an_op *op, an_tensor *output, an_tenso
 }
 
 an_node *an_tape_record(an_ctx *ctx, const an_op *op, an_tensor *output, an_tensor *const *inputs, int n_inputs) {
+    if (ctx->profile) an_profile_forward(ctx, op);
     if (!an_grad_enabled(ctx)) return NULL;
     bool any = false;
     for (int i = 0; i < n_inputs; i++) any = any || (inputs[i] && inputs[i]->requires_grad);
@@ -148,7 +150,9 @@ static an_status run_backward(an_ctx *ctx, int64_t from) {
         if (out && out->grad) {
             an_tensor *grad_out = out->grad; /* consumed here: a non-leaf keeps no gradient */
             out->grad = NULL;
+            double t0 = ctx->profile ? an_profile_clock(ctx) : 0;
             st = node->op->backward(ctx, node, grad_out);
+            if (ctx->profile) an_profile_backward(ctx, node->op, an_profile_clock(ctx) - t0);
             an_tensor_release(grad_out);
         }
         node_free(node);

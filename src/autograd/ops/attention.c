@@ -1,10 +1,11 @@
 /* attention.c — causal attention with grouped-query heads and packed documents (an_attention)
  * and its backward rule.
  *
- * Saved-tensor contract (both devices): the forward saves only the per-row logsumexp
- * lse (B, Hq, T) of the scaled, masked scores, on q's device in that device's math precision —
- * float64 on the CPU, float32 on CUDA — and the backward recomputes the probabilities
- * P = exp(scale q.k - lse) from it (flash-attention style: no (T, T) matrix is kept on the tape).
+ * Saved-tensor contract: the forward saves the per-row logsumexp lse (B, Hq, T) of the scaled,
+ * masked scores, on q's device in that device's math precision — float64 on the CPU, float32 on
+ * CUDA — and the backward recomputes the probabilities P = exp(scale q.k - lse) from it
+ * (flash-attention style: no (T, T) matrix is kept on the tape). On CUDA it also keeps the output
+ * (a detached alias, no copy), from which the backward forms delta = rowsum(dO * O).
  * The kernels are in cpu/attention.c (float64 reference) and kernels/attention.cu (fp32 math). */
 #include "autograd/ops.h"
 
@@ -74,10 +75,13 @@ an_tensor *an_attention(an_ctx *ctx, an_tensor *q, an_tensor *k, an_tensor *v, a
         return NULL;
     }
     an_node *node = an_tape_record(ctx, &an_op_attention, out, (an_tensor *[]){q, k, v, segments}, 4);
+    an_tensor *alias = node && cuda ? an_tensor_detach(ctx, out) : NULL;
     if (node) {
         an_node_save(node, lse);
+        if (alias) an_node_save(node, alias); /* saved[1] */
         node->args[0] = scale;
     }
+    an_tensor_release(alias);
     an_tensor_release(lse);
     return out;
 }
@@ -98,15 +102,16 @@ an_status an_attention_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out)
         char dg[96];
         void *g[3];
         for (int i = 0; i < 3; i++) g[i] = grads[i] ? an_tensor_data(grads[i]) : NULL;
-        if (grad_out->device != AN_CUDA || grad_out->dtype != q->dtype || !an_tensor_same_shape(grad_out, q))
+        an_tensor *out = node->n_saved > 1 ? node->saved[1] : NULL; /* (B, T, Hq, D) */
+        if (grad_out->device != AN_CUDA || grad_out->dtype != q->dtype || !an_tensor_same_shape(grad_out, q) || !out)
             st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
-                              "attention backward: gradient %s does not match the output",
+                              "attention backward: gradient %s does not match the output, or no output was saved",
                               an_tensor_describe(grad_out, dg, sizeof dg));
         else
             st = an_cuda_attention_backward(ctx, &sh, q->dtype, an_tensor_data(q), an_tensor_data(k),
                                             an_tensor_data(v), segments ? an_tensor_data(segments) : NULL,
-                                            segments ? segments->dtype : AN_I64, an_tensor_data(lse),
-                                            an_tensor_data(grad_out), g[0], g[1], g[2]);
+                                            segments ? segments->dtype : AN_I64, an_tensor_data(out),
+                                            an_tensor_data(lse), an_tensor_data(grad_out), g[0], g[1], g[2]);
     } else if (st == AN_OK && (st = an_f64_read_all(ctx, (an_tensor *[]){q, k, v, grad_out}, 4, in)) == AN_OK) {
         if ((!segments || (st = an_i64_read(ctx, segments, &seg)) == AN_OK) &&
             (st = an_f64_write_all(ctx, grads, 3, res)) == AN_OK) {

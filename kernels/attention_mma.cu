@@ -1,0 +1,694 @@
+/* attention_mma.cu — causal grouped-query attention over packed documents on the tensor cores:
+ * bf16/f16 operands through mma.sync.m16n8k16 with fp32 accumulation, head_dim 64 or 128
+ * (attention_mma.cuh says which calls come here). Forward in one launch, backward in three.
+ *
+ * Numerics: scores S = q.k and every product accumulate in fp32; the softmax runs in the log2
+ * domain on fp32 (x = scale * log2(e) * S, p = 2^(x - max)); the row sum uses the unrounded p,
+ * while the probabilities fed to the next product (P V, P^T dO, dS K, dS^T Q) are rounded to the
+ * input dtype, as flash-attention and cuDNN do. lse (B, Hq, T) is f32, natural log. The backward
+ * takes delta_i = sum_d dO_id O_id from the saved output (one small launch) and recomputes
+ * P = 2^(x - lse log2(e)) from lse. Each output is rounded once and written with =; there are no
+ * atomics, so every result is bit-reproducible.
+ *
+ * Masking (as the CPU op): query i sees key j when j <= i and segments[i] == segments[j]. A tile
+ * of keys (queries, in the dK/dV kernel) whose range of segment ids does not meet the other
+ * tile's is skipped before it is loaded, so packed short documents cost about their own size.
+ *
+ * Tiling: blocks of 4 warps own 64 rows, 16 per warp; the other operand streams through shared
+ * memory in tiles of 64 rows, double-buffered with cp.async (the next tile loads while this one
+ * is multiplied). Shared tiles keep rows of D + 8 elements, so the fragment loads of a warp (8
+ * rows x 4 words) and ldmatrix's 8 rows of 16 bytes fall in distinct banks.
+ * - forward: one block per (query tile, query head, batch row), online softmax over key tiles.
+ * - delta: one warp per (token, query head).
+ * - dQ: one block per (query tile, query head, batch row): S, dP = dO V^T, dS, dQ += dS K.
+ * - dK, dV: one block per (key tile, kv head, batch row), walking the group's query heads in order
+ *   and their query tiles from the key tile on: S^T, dV += P^T dO, dP^T, dK += dS^T Q, all in
+ *   registers and written once, so the group's sum has a fixed order.
+ * Work per visible (query, key) pair and head dim: forward 2 multiply-adds, backward 7 (dQ
+ * kernel 3, dK/dV kernel 4) — flash-attention 2's five plus the recomputation the deterministic
+ * split costs. */
+#include "kernels/attention_mma.cuh"
+
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+
+namespace {
+
+constexpr int kTile = 64;              /* rows of every tile: queries, or keys */
+constexpr int kWarps = 4;              /* 16 rows of the block's tile each */
+constexpr int kThreads = 32 * kWarps;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+struct Args {
+    const void *q, *k, *v;   /* (B, T, Hq, D), (B, T, Hkv, D), (B, T, Hkv, D) */
+    const void *out, *dout;  /* (B, T, Hq, D): backward */
+    void *o;                 /* (B, T, Hq, D): forward */
+    void *dq, *dk, *dv;      /* backward; any may be null */
+    float *lse;              /* (B, Hq, T): written by the forward, read by the backward */
+    float *delta;            /* (B, Hq, T): rowsum(dO * O) */
+    const void *seg;         /* (B, T) i32 or i64, or null */
+    bool seg_wide;
+    int64_t seq;             /* T */
+    int Hq, Hkv;
+    float scale;             /* softmax scale */
+    float scale_log2;        /* scale * log2(e) */
+};
+
+/* ---- tensor-core and copy primitives ---- */
+
+template <typename T> struct Mma;
+template <> struct Mma<__nv_bfloat16> {
+    /* c (16x8 f32) += a (16x16, row) b (16x8, col) */
+    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+};
+template <> struct Mma<__half> {
+    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+            "{%0,%1,%2,%3};\n"
+            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+    }
+    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+        __half2 v = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&v);
+    }
+};
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
+
+/* 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read). */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
+                 "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+/* Waits until at most N of this thread's committed groups are still in flight. */
+template <int N> __device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* The B fragments of two adjacent 8-column blocks from a row-major (k, n) tile: lane l gives the
+ * address of row l % 16, columns 8 (l / 16) on; r[0..1] serve columns [0, 8), r[2..3] [8, 16). */
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p))
+                 : "memory");
+}
+
+template <typename T> __device__ __forceinline__ uint32_t ld32(const T *p) { return *reinterpret_cast<const uint32_t *>(p); }
+
+/* The A fragment (16 x 16) at rows r0.., columns c0.. of a row-major shared tile with row stride
+ * LD: lane (g, c2) holds rows r0 + g and r0 + g + 8, columns c0 + c2 (+1) and c0 + c2 + 8 (+1). */
+template <int LD, typename T>
+__device__ __forceinline__ void load_a(uint32_t (&a)[4], const T *tile, int r0, int c0, int g, int c2) {
+    const T *p = tile + (r0 + g) * LD + c0 + c2;
+    a[0] = ld32(p), a[1] = ld32(p + 8 * LD), a[2] = ld32(p + 8), a[3] = ld32(p + 8 * LD + 8);
+}
+
+/* dst (kTile, D + 8) <- tokens [t0, t0 + kTile) of head h of x (B, T, H, D) at batch row b;
+ * rows past T are zero. Asynchronous: the caller commits and waits. */
+template <typename T, int D>
+__device__ __forceinline__ void load_tile(T *dst, const T *x, int64_t b, int64_t t0, int64_t seq, int H, int h) {
+    constexpr int CH = D / 8; /* 16-byte chunks per row */
+#pragma unroll
+    for (int c = threadIdx.x; c < kTile * CH; c += kThreads) {
+        int r = c / CH, col = (c % CH) * 8;
+        int64_t t = t0 + r;
+        bool ok = t < seq;
+        cp_async16(dst + r * (D + 8) + col, ok ? x + ((b * seq + t) * H + h) * (int64_t)D + col : x, ok);
+    }
+}
+
+/* rows (16, D) at src (row stride D + 8) -> tokens t0.. of head h of y (B, T, H, D), rows past T
+ * dropped; one warp. */
+template <typename T, int D>
+__device__ __forceinline__ void store_rows(T *y, const T *src, int64_t b, int64_t t0, int64_t seq, int H, int h) {
+    constexpr int CH = D / 8;
+    int lane = threadIdx.x % 32;
+    for (int c = lane; c < 16 * CH; c += 32) {
+        int r = c / CH, col = (c % CH) * 8;
+        int64_t t = t0 + r;
+        if (t < seq)
+            *reinterpret_cast<uint4 *>(y + ((b * seq + t) * H + h) * (int64_t)D + col) =
+                *reinterpret_cast<const uint4 *>(src + r * (D + 8) + col);
+    }
+}
+
+__device__ __forceinline__ long long seg_at(const Args &a, int64_t i) {
+    return a.seg_wide ? (long long)((const int64_t *)a.seg)[i] : (long long)((const int32_t *)a.seg)[i];
+}
+
+/* Smallest and largest segment id of tokens [t0, t0 + kTile) (below T) of batch row b. Each warp
+ * computes it alone and all warps get the same answer, so no barrier is needed. */
+__device__ __forceinline__ void seg_range(const Args &a, int64_t b, int64_t t0, long long &lo, long long &hi) {
+    lo = LLONG_MAX, hi = LLONG_MIN;
+    for (int r = threadIdx.x % 32; r < kTile; r += 32) {
+        int64_t t = t0 + r;
+        if (t < a.seq) {
+            long long s = seg_at(a, b * a.seq + t);
+            lo = s < lo ? s : lo, hi = s > hi ? s : hi;
+        }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) {
+        long long l2 = __shfl_xor_sync(0xffffffffu, lo, off), h2 = __shfl_xor_sync(0xffffffffu, hi, off);
+        lo = l2 < lo ? l2 : lo, hi = h2 > hi ? h2 : hi;
+    }
+}
+
+/* Whether tile t1 (tokens t1..) can hold a segment id of [lo, hi]; always true without segments. */
+__device__ __forceinline__ bool seg_meets(const Args &a, int64_t b, int64_t t1, long long lo, long long hi) {
+    if (!a.seg) return true;
+    long long l2, h2;
+    seg_range(a, b, t1, l2, h2);
+    return l2 <= hi && lo <= h2;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+/* ---- forward ---- */
+
+template <typename T, int D> struct FwdSmem {
+    static constexpr int LD = D + 8;
+    static constexpr size_t bytes = sizeof(T) * 5 * kTile * LD + sizeof(long long) * 2 * kTile;
+};
+
+template <typename T, int D> __global__ void __launch_bounds__(kThreads) forward_kernel(Args a) {
+    constexpr int LD = D + 8, KD = D / 16, ND = D / 8;
+    typedef Mma<T> M;
+    extern __shared__ __align__(16) unsigned char smem[];
+    T *qs = (T *)smem;                                   /* (kTile, LD) queries; then the output */
+    T *ks = qs + kTile * LD;                             /* 2 x (kTile, LD) keys */
+    T *vs = ks + 2 * kTile * LD;                         /* 2 x (kTile, LD) values */
+    long long *segk = (long long *)(vs + 2 * kTile * LD); /* 2 x kTile key segment ids */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
+    const int64_t b = blockIdx.z, q0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * kTile; /* longest rows first */
+    const int h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
+    const T *Q = (const T *)a.q, *K = (const T *)a.k, *V = (const T *)a.v;
+    const int64_t row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    const int n_kt = (int)(((q0 + kTile < a.seq ? q0 + kTile : a.seq) - 1) / kTile) + 1;
+
+    load_tile<T, D>(qs, Q, b, q0, a.seq, a.Hq, h);
+    cp_async_commit();
+    long long srow[2] = {0, 0}, qlo = 0, qhi = 0;
+    if (a.seg) {
+        seg_range(a, b, q0, qlo, qhi);
+        for (int i = 0; i < 2; i++) srow[i] = row[i] < a.seq ? seg_at(a, b * a.seq + row[i]) : 0;
+    }
+    auto next_visible = [&](int kt) {
+        while (kt < n_kt && !seg_meets(a, b, (int64_t)kt * kTile, qlo, qhi)) kt++;
+        return kt;
+    };
+    auto issue = [&](int kt, int buf) {
+        int64_t k0 = (int64_t)kt * kTile;
+        load_tile<T, D>(ks + buf * kTile * LD, K, b, k0, a.seq, a.Hkv, hk);
+        load_tile<T, D>(vs + buf * kTile * LD, V, b, k0, a.seq, a.Hkv, hk);
+        if (a.seg && threadIdx.x < kTile) {
+            int64_t t = k0 + threadIdx.x;
+            segk[buf * kTile + threadIdx.x] = t < a.seq ? seg_at(a, b * a.seq + t) : 0;
+        }
+    };
+
+    int cur = next_visible(0); /* the diagonal tile is always visible, so cur < n_kt */
+    issue(cur, 0);
+    cp_async_commit();
+    cp_async_wait<1>(); /* the queries have landed */
+    __syncthreads();
+    uint32_t qa[KD][4];
+#pragma unroll
+    for (int kk = 0; kk < KD; kk++) load_a<LD>(qa[kk], qs, warp * 16, kk * 16, g, c2);
+    float o[ND][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int dn = 0; dn < ND; dn++) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+    for (int buf = 0; cur < n_kt; buf ^= 1) {
+        int nxt = next_visible(cur + 1);
+        if (nxt < n_kt) issue(nxt, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>(); /* tile cur has landed */
+        __syncthreads();
+        const T *kb = ks + buf * kTile * LD, *vb = vs + buf * kTile * LD;
+        const long long *sk = segk + buf * kTile;
+        const int64_t k0 = (int64_t)cur * kTile;
+
+        float s[8][4]; /* scores of rows g, g + 8 against keys k0 + 8n + c2 (+1) */
+#pragma unroll
+        for (int n = 0; n < 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++)
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const T *p = kb + (n * 8 + g) * LD + kk * 16 + c2;
+                M::run(s[n], qa[kk], ld32(p), ld32(p + 8));
+            }
+        const bool mask = a.seg || k0 + kTile - 1 > q0 + warp * 16;
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float x = s[n][e] * a.scale_log2;
+                if (mask) {
+                    int j = n * 8 + c2 + (e & 1);
+                    if (k0 + j > row[e >> 1] || (a.seg && sk[j] != srow[e >> 1])) x = -INFINITY;
+                }
+                s[n][e] = x;
+            }
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            float mx = -INFINITY;
+#pragma unroll
+            for (int n = 0; n < 8; n++) mx = fmaxf(mx, fmaxf(s[n][2 * i], s[n][2 * i + 1]));
+            float m_new = fmaxf(m[i], quad_max(mx));
+            float mu = m_new == -INFINITY ? 0.0f : m_new; /* a row with nothing visible yet stays at 0 */
+            float corr = exp2f(m[i] - mu);
+            m[i] = m_new;
+            l[i] *= corr;
+#pragma unroll
+            for (int dn = 0; dn < ND; dn++) o[dn][2 * i] *= corr, o[dn][2 * i + 1] *= corr;
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                float p0 = exp2f(s[n][2 * i] - mu), p1 = exp2f(s[n][2 * i + 1] - mu);
+                s[n][2 * i] = p0, s[n][2 * i + 1] = p1;
+                l[i] += p0 + p1;
+            }
+        }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            uint32_t pa[4] = {M::pack(s[2 * kk][0], s[2 * kk][1]), M::pack(s[2 * kk][2], s[2 * kk][3]),
+                              M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), M::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dn = 0; dn < ND; dn += 2) {
+                uint32_t r[4];
+                ldsm_x4_trans(r, vb + (kk * 16 + (lane & 15)) * LD + dn * 8 + (lane >> 4) * 8);
+                M::run(o[dn], pa, r[0], r[1]);
+                M::run(o[dn + 1], pa, r[2], r[3]);
+            }
+        }
+        __syncthreads(); /* tile cur is free for the load after next */
+        cur = nxt;
+    }
+    cp_async_wait<0>();
+
+    T *os = qs + warp * 16 * LD; /* this warp's rows of the query tile, free since the first barrier */
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        float sum = quad_sum(l[i]), inv = 1.0f / sum;
+#pragma unroll
+        for (int dn = 0; dn < ND; dn++)
+            *reinterpret_cast<uint32_t *>(os + (g + 8 * i) * LD + dn * 8 + c2) =
+                M::pack(o[dn][2 * i] * inv, o[dn][2 * i + 1] * inv);
+        if (lane % 4 == 0 && row[i] < a.seq)
+            a.lse[((int64_t)b * a.Hq + h) * a.seq + row[i]] = (m[i] + log2f(sum)) * kLn2;
+    }
+    __syncwarp();
+    store_rows<T, D>((T *)a.o, os, b, q0 + warp * 16, a.seq, a.Hq, h);
+}
+
+/* ---- backward ---- */
+
+/* delta (B, Hq, T) = sum over d of dout * out, one warp per (b, t, h) row of (B, T, Hq, D). */
+template <typename T, int D> __global__ void __launch_bounds__(256) delta_kernel(Args a, int64_t rows) {
+    int64_t r = (int64_t)blockIdx.x * 8 + threadIdx.x / 32;
+    if (r >= rows) return;
+    int lane = threadIdx.x % 32;
+    const T *o = (const T *)a.out + r * D, *d = (const T *)a.dout + r * D;
+    float acc = 0.0f;
+#pragma unroll
+    for (int i = 2 * lane; i < D; i += 64) acc += an_load(o[i]) * an_load(d[i]) + an_load(o[i + 1]) * an_load(d[i + 1]);
+#pragma unroll
+    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    if (lane == 0) {
+        int64_t h = r % a.Hq, bt = r / a.Hq, t = bt % a.seq, bb = bt / a.seq;
+        a.delta[(bb * a.Hq + h) * a.seq + t] = acc;
+    }
+}
+
+template <typename T, int D> struct BwdSmem {
+    static constexpr int LD = D + 8;
+    /* dq: q, dO, 2 x (k, v), 2 x kTile key ids; dkv: k, v, 2 x (q, dO), 2 x kTile (lse, delta, id) */
+    static constexpr size_t dq_bytes = sizeof(T) * 6 * kTile * LD + sizeof(long long) * 2 * kTile;
+    static constexpr size_t dkv_bytes = sizeof(T) * 6 * kTile * LD + (2 * sizeof(float) + sizeof(long long)) * 2 * kTile;
+};
+
+/* dQ = scale sum_j dS_ij k_j with dS = P (dP - delta), dP = dO V^T. */
+template <typename T, int D> __global__ void __launch_bounds__(kThreads) dq_kernel(Args a) {
+    constexpr int LD = D + 8, KD = D / 16, ND = D / 8;
+    typedef Mma<T> M;
+    extern __shared__ __align__(16) unsigned char smem[];
+    T *qs = (T *)smem;                                   /* (kTile, LD) queries; then dQ */
+    T *dos = qs + kTile * LD;                            /* (kTile, LD) output gradient */
+    T *ks = dos + kTile * LD;                            /* 2 x (kTile, LD) keys */
+    T *vs = ks + 2 * kTile * LD;                         /* 2 x (kTile, LD) values */
+    long long *segk = (long long *)(vs + 2 * kTile * LD); /* 2 x kTile key segment ids */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
+    const int64_t b = blockIdx.z, q0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * kTile;
+    const int h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
+    const T *K = (const T *)a.k, *V = (const T *)a.v;
+    const int64_t row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    const int n_kt = (int)(((q0 + kTile < a.seq ? q0 + kTile : a.seq) - 1) / kTile) + 1;
+
+    load_tile<T, D>(qs, (const T *)a.q, b, q0, a.seq, a.Hq, h);
+    load_tile<T, D>(dos, (const T *)a.dout, b, q0, a.seq, a.Hq, h);
+    cp_async_commit();
+    float lse2[2], dl[2];
+    long long srow[2] = {0, 0}, qlo = 0, qhi = 0;
+    for (int i = 0; i < 2; i++) {
+        int64_t at = ((int64_t)b * a.Hq + h) * a.seq + row[i];
+        lse2[i] = row[i] < a.seq ? a.lse[at] * kLog2e : 0.0f;
+        dl[i] = row[i] < a.seq ? a.delta[at] : 0.0f;
+    }
+    if (a.seg) {
+        seg_range(a, b, q0, qlo, qhi);
+        for (int i = 0; i < 2; i++) srow[i] = row[i] < a.seq ? seg_at(a, b * a.seq + row[i]) : 0;
+    }
+    auto next_visible = [&](int kt) {
+        while (kt < n_kt && !seg_meets(a, b, (int64_t)kt * kTile, qlo, qhi)) kt++;
+        return kt;
+    };
+    auto issue = [&](int kt, int buf) {
+        int64_t k0 = (int64_t)kt * kTile;
+        load_tile<T, D>(ks + buf * kTile * LD, K, b, k0, a.seq, a.Hkv, hk);
+        load_tile<T, D>(vs + buf * kTile * LD, V, b, k0, a.seq, a.Hkv, hk);
+        if (a.seg && threadIdx.x < kTile) {
+            int64_t t = k0 + threadIdx.x;
+            segk[buf * kTile + threadIdx.x] = t < a.seq ? seg_at(a, b * a.seq + t) : 0;
+        }
+    };
+
+    int cur = next_visible(0);
+    issue(cur, 0);
+    cp_async_commit();
+    float dq[ND][4];
+#pragma unroll
+    for (int dn = 0; dn < ND; dn++) dq[dn][0] = dq[dn][1] = dq[dn][2] = dq[dn][3] = 0.0f;
+    for (int buf = 0; cur < n_kt; buf ^= 1) {
+        int nxt = next_visible(cur + 1);
+        if (nxt < n_kt) issue(nxt, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const T *kb = ks + buf * kTile * LD, *vb = vs + buf * kTile * LD;
+        const long long *sk = segk + buf * kTile;
+        const int64_t k0 = (int64_t)cur * kTile;
+
+        float s[8][4], dp[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < KD; kk++) {
+            uint32_t qa[4], da[4];
+            load_a<LD>(qa, qs, warp * 16, kk * 16, g, c2);
+            load_a<LD>(da, dos, warp * 16, kk * 16, g, c2);
+#pragma unroll
+            for (int n = 0; n < 8; n++) {
+                const T *pk = kb + (n * 8 + g) * LD + kk * 16 + c2, *pv = vb + (n * 8 + g) * LD + kk * 16 + c2;
+                M::run(s[n], qa, ld32(pk), ld32(pk + 8));
+                M::run(dp[n], da, ld32(pv), ld32(pv + 8));
+            }
+        }
+        const bool mask = a.seg || k0 + kTile - 1 > q0 + warp * 16;
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int i = e >> 1, j = n * 8 + c2 + (e & 1);
+                float p = exp2f(s[n][e] * a.scale_log2 - lse2[i]);
+                if (mask && (k0 + j > row[i] || (a.seg && sk[j] != srow[i]))) p = 0.0f;
+                s[n][e] = p * (dp[n][e] - dl[i]); /* dS / scale */
+            }
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            uint32_t pa[4] = {M::pack(s[2 * kk][0], s[2 * kk][1]), M::pack(s[2 * kk][2], s[2 * kk][3]),
+                              M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]), M::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dn = 0; dn < ND; dn += 2) {
+                uint32_t r[4];
+                ldsm_x4_trans(r, kb + (kk * 16 + (lane & 15)) * LD + dn * 8 + (lane >> 4) * 8);
+                M::run(dq[dn], pa, r[0], r[1]);
+                M::run(dq[dn + 1], pa, r[2], r[3]);
+            }
+        }
+        __syncthreads();
+        cur = nxt;
+    }
+    cp_async_wait<0>();
+    T *os = qs + warp * 16 * LD;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int dn = 0; dn < ND; dn++)
+            *reinterpret_cast<uint32_t *>(os + (g + 8 * i) * LD + dn * 8 + c2) =
+                M::pack(dq[dn][2 * i] * a.scale, dq[dn][2 * i + 1] * a.scale);
+    __syncwarp();
+    store_rows<T, D>((T *)a.dq, os, b, q0 + warp * 16, a.seq, a.Hq, h);
+}
+
+/* dV = sum over the group's query heads and visible queries of P^T dO; dK likewise of dS^T Q
+ * times scale. Queries are taken 32 at a time to keep P^T and dP^T small in registers. */
+template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_kernel(Args a) {
+    constexpr int LD = D + 8, KD = D / 16, ND = D / 8;
+    typedef Mma<T> M;
+    extern __shared__ __align__(16) unsigned char smem[];
+    T *ks = (T *)smem;                                     /* (kTile, LD) keys; then dK */
+    T *vs = ks + kTile * LD;                               /* (kTile, LD) values; then dV */
+    T *qs = vs + kTile * LD;                               /* 2 x (kTile, LD) queries */
+    T *dos = qs + 2 * kTile * LD;                          /* 2 x (kTile, LD) output gradients */
+    float *lse_s = (float *)(dos + 2 * kTile * LD);        /* 2 x kTile lse * log2(e) */
+    float *dl_s = lse_s + 2 * kTile;                       /* 2 x kTile delta */
+    long long *segq = (long long *)(dl_s + 2 * kTile);     /* 2 x kTile query segment ids */
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
+    const int64_t b = blockIdx.z, k0 = (int64_t)blockIdx.x * kTile;
+    const int hk = blockIdx.y, group = a.Hq / a.Hkv;
+    const int64_t key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
+    const int n_qt = (int)((a.seq + kTile - 1) / kTile), span = n_qt - (int)blockIdx.x;
+    const int n_items = group * span; /* (query head of the group, query tile from this key tile on) */
+
+    load_tile<T, D>(ks, (const T *)a.k, b, k0, a.seq, a.Hkv, hk);
+    load_tile<T, D>(vs, (const T *)a.v, b, k0, a.seq, a.Hkv, hk);
+    cp_async_commit();
+    long long skey[2] = {0, 0}, klo = 0, khi = 0;
+    if (a.seg) {
+        seg_range(a, b, k0, klo, khi);
+        for (int i = 0; i < 2; i++) skey[i] = key[i] < a.seq ? seg_at(a, b * a.seq + key[i]) : 0;
+    }
+    auto q_tile = [&](int it) { return (int64_t)((int)blockIdx.x + it % span) * kTile; };
+    auto next_visible = [&](int it) {
+        while (it < n_items && !seg_meets(a, b, q_tile(it), klo, khi)) it++;
+        return it;
+    };
+    auto issue = [&](int it, int buf) {
+        int h = hk * group + it / span;
+        int64_t q0 = q_tile(it);
+        load_tile<T, D>(qs + buf * kTile * LD, (const T *)a.q, b, q0, a.seq, a.Hq, h);
+        load_tile<T, D>(dos + buf * kTile * LD, (const T *)a.dout, b, q0, a.seq, a.Hq, h);
+        if (threadIdx.x < kTile) {
+            int64_t t = q0 + threadIdx.x, at = ((int64_t)b * a.Hq + h) * a.seq + t;
+            bool in = t < a.seq;
+            lse_s[buf * kTile + threadIdx.x] = in ? a.lse[at] * kLog2e : 0.0f;
+            dl_s[buf * kTile + threadIdx.x] = in ? a.delta[at] : 0.0f;
+            segq[buf * kTile + threadIdx.x] = a.seg && in ? seg_at(a, b * a.seq + t) : 0;
+        }
+    };
+
+    int cur = next_visible(0);
+    if (cur < n_items) issue(cur, 0);
+    cp_async_commit();
+    float dk[ND][4], dv[ND][4];
+#pragma unroll
+    for (int dn = 0; dn < ND; dn++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[dn][e] = dv[dn][e] = 0.0f;
+    for (int buf = 0; cur < n_items; buf ^= 1) {
+        int nxt = next_visible(cur + 1);
+        if (nxt < n_items) issue(nxt, buf ^ 1);
+        cp_async_commit();
+        cp_async_wait<1>();
+        __syncthreads();
+        const T *qb = qs + buf * kTile * LD, *db = dos + buf * kTile * LD;
+        const float *lb = lse_s + buf * kTile, *dlb = dl_s + buf * kTile;
+        const long long *sq = segq + buf * kTile;
+        const int64_t q0 = q_tile(cur);
+        const bool mask = a.seg || q0 < k0 + kTile || q0 + kTile > a.seq;
+#pragma unroll
+        for (int half = 0; half < 2; half++) {
+            const int c0 = half * 32; /* this pass's first query of the tile */
+            float s[4][4], dp[4][4];  /* keys g, g + 8 of the warp against queries c0 + 8n + c2 (+1) */
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) s[n][e] = dp[n][e] = 0.0f;
+#pragma unroll 2 /* fully unrolled, the fragment loads hoist and dK, dV spill */
+            for (int kk = 0; kk < KD; kk++) {
+                uint32_t ka[4], va[4];
+                load_a<LD>(ka, ks, warp * 16, kk * 16, g, c2);
+                load_a<LD>(va, vs, warp * 16, kk * 16, g, c2);
+#pragma unroll
+                for (int n = 0; n < 4; n++) {
+                    const T *pq = qb + (c0 + n * 8 + g) * LD + kk * 16 + c2;
+                    const T *pd = db + (c0 + n * 8 + g) * LD + kk * 16 + c2;
+                    M::run(s[n], ka, ld32(pq), ld32(pq + 8));
+                    M::run(dp[n], va, ld32(pd), ld32(pd + 8));
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int i = e >> 1, j = c0 + n * 8 + c2 + (e & 1);
+                    int64_t t = q0 + j;
+                    float p = exp2f(s[n][e] * a.scale_log2 - lb[j]);
+                    if (mask && (t < key[i] || t >= a.seq || (a.seg && sq[j] != skey[i]))) p = 0.0f;
+                    s[n][e] = p;
+                    dp[n][e] = p * (dp[n][e] - dlb[j]); /* dS^T / scale */
+                }
+#pragma unroll
+            for (int kk = 0; kk < 2; kk++) {
+                uint32_t pa[4] = {M::pack(s[2 * kk][0], s[2 * kk][1]), M::pack(s[2 * kk][2], s[2 * kk][3]),
+                                  M::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                                  M::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+                uint32_t sa[4] = {M::pack(dp[2 * kk][0], dp[2 * kk][1]), M::pack(dp[2 * kk][2], dp[2 * kk][3]),
+                                  M::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
+                                  M::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
+                const int r = c0 + kk * 16 + (lane & 15);
+#pragma unroll
+                for (int dn = 0; dn < ND; dn += 2) {
+                    uint32_t x[4], y[4];
+                    ldsm_x4_trans(x, db + r * LD + dn * 8 + (lane >> 4) * 8);
+                    M::run(dv[dn], pa, x[0], x[1]);
+                    M::run(dv[dn + 1], pa, x[2], x[3]);
+                    ldsm_x4_trans(y, qb + r * LD + dn * 8 + (lane >> 4) * 8);
+                    M::run(dk[dn], sa, y[0], y[1]);
+                    M::run(dk[dn + 1], sa, y[2], y[3]);
+                }
+            }
+        }
+        __syncthreads();
+        cur = nxt;
+    }
+    cp_async_wait<0>();
+    __syncthreads(); /* with no visible query tile the loop's barriers did not run */
+    T *kout = ks + warp * 16 * LD, *vout = vs + warp * 16 * LD;
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int dn = 0; dn < ND; dn++) {
+            int at = (g + 8 * i) * LD + dn * 8 + c2;
+            *reinterpret_cast<uint32_t *>(kout + at) = M::pack(dk[dn][2 * i] * a.scale, dk[dn][2 * i + 1] * a.scale);
+            *reinterpret_cast<uint32_t *>(vout + at) = M::pack(dv[dn][2 * i], dv[dn][2 * i + 1]);
+        }
+    __syncwarp();
+    if (a.dk) store_rows<T, D>((T *)a.dk, kout, b, k0 + warp * 16, a.seq, a.Hkv, hk);
+    if (a.dv) store_rows<T, D>((T *)a.dv, vout, b, k0 + warp * 16, a.seq, a.Hkv, hk);
+}
+
+/* ---- launchers ---- */
+
+template <typename K>
+an_status launch(an_ctx *ctx, K kernel, dim3 grid, size_t bytes, const Args &a, const char *what) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    kernel<<<grid, kThreads, bytes, s->stream>>>(a);
+    AN_CUDA_LAUNCH_CHECK(ctx, what);
+    return AN_OK;
+}
+
+dim3 grid_of(const an_attention_shape *sh, int64_t heads) {
+    return dim3((unsigned)((sh->seq + kTile - 1) / kTile), (unsigned)heads, (unsigned)sh->batch);
+}
+
+template <typename T, int D> an_status forward_td(an_ctx *ctx, const an_attention_shape *sh, const Args &a) {
+    return launch(ctx, forward_kernel<T, D>, grid_of(sh, sh->q_heads), FwdSmem<T, D>::bytes, a,
+                  "attention_mma forward_kernel");
+}
+
+template <typename T, int D> an_status backward_td(an_ctx *ctx, const an_attention_shape *sh, const Args &a) {
+    AN_CUDA_STATE(ctx, s);
+    int64_t rows = sh->batch * sh->seq * sh->q_heads;
+    delta_kernel<T, D><<<(unsigned)((rows + 7) / 8), 256, 0, s->stream>>>(a, rows);
+    AN_CUDA_LAUNCH_CHECK(ctx, "attention_mma delta_kernel");
+    if (a.dq)
+        AN_TRY(launch(ctx, dq_kernel<T, D>, grid_of(sh, sh->q_heads), BwdSmem<T, D>::dq_bytes, a,
+                      "attention_mma dq_kernel"));
+    if (a.dk || a.dv)
+        AN_TRY(launch(ctx, dkv_kernel<T, D>, grid_of(sh, sh->kv_heads), BwdSmem<T, D>::dkv_bytes, a,
+                      "attention_mma dkv_kernel"));
+    return AN_OK;
+}
+
+Args make_args(const an_attention_shape *sh, const void *q, const void *k, const void *v, const void *segments,
+               bool seg_wide) {
+    Args a = {};
+    a.q = q, a.k = k, a.v = v;
+    a.seg = segments, a.seg_wide = seg_wide;
+    a.seq = sh->seq, a.Hq = (int)sh->q_heads, a.Hkv = (int)sh->kv_heads;
+    a.scale = (float)sh->scale;
+    a.scale_log2 = (float)(sh->scale * 1.4426950408889634);
+    return a;
+}
+
+} // namespace
+
+bool an_attention_mma_takes(an_dtype dtype, int64_t head_dim) {
+    return (dtype == AN_BF16 || dtype == AN_F16) && (head_dim == 64 || head_dim == 128);
+}
+
+bool an_attention_mma_aligned(const void *const *ptrs, int n) {
+    for (int i = 0; i < n; i++)
+        if ((uintptr_t)ptrs[i] % 16 != 0) return false;
+    return true;
+}
+
+#define AN_MMA_DISPATCH(ctx, dtype, D, fn, ...)                                                          \
+    do {                                                                                             \
+        if ((dtype) == AN_BF16) return (D) == 64 ? fn<__nv_bfloat16, 64>(__VA_ARGS__) : fn<__nv_bfloat16, 128>(__VA_ARGS__); \
+        if ((dtype) == AN_F16) return (D) == 64 ? fn<__half, 64>(__VA_ARGS__) : fn<__half, 128>(__VA_ARGS__); \
+        return an_error_set((ctx), AN_ERR_INTERNAL, __FILE__, __LINE__, "attention_mma: no kernel for %s", \
+                            an_dtype_name(dtype));                                                   \
+    } while (0)
+
+an_status an_attention_mma_forward(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,
+                                   const void *k, const void *v, const void *segments, bool seg_wide, void *out,
+                                   float *lse) {
+    AN_CHECK(ctx, an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
+             "attention_mma: %s head_dim %lld is not a tensor-core shape", an_dtype_name(dtype),
+             (long long)sh->head_dim);
+    if (sh->batch == 0 || sh->seq == 0) return AN_OK;
+    Args a = make_args(sh, q, k, v, segments, seg_wide);
+    a.o = out, a.lse = lse;
+    AN_MMA_DISPATCH(ctx, dtype, sh->head_dim, forward_td, ctx, sh, a);
+}
+
+an_status an_attention_mma_backward(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,
+                                    const void *k, const void *v, const void *segments, bool seg_wide,
+                                    const void *out, const float *lse, const void *grad_out, float *delta,
+                                    void *grad_q, void *grad_k, void *grad_v) {
+    AN_CHECK(ctx, an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
+             "attention_mma: %s head_dim %lld is not a tensor-core shape", an_dtype_name(dtype),
+             (long long)sh->head_dim);
+    if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
+    Args a = make_args(sh, q, k, v, segments, seg_wide);
+    a.out = out, a.dout = grad_out, a.lse = (float *)lse, a.delta = delta;
+    a.dq = grad_q, a.dk = grad_k, a.dv = grad_v;
+    AN_MMA_DISPATCH(ctx, dtype, sh->head_dim, backward_td, ctx, sh, a);
+}
