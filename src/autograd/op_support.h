@@ -4,6 +4,7 @@
 #define AN_OP_SUPPORT_H
 
 #include "autograd/op_table.h"  /* an_op_<name> descriptors */
+#include "autograd/kernel_types.h" /* an_gemm_shape */
 #include "autograd/tape.h"      /* an_tape_record, an_node_* */
 
 /* Return NULL when any listed input is NULL (a failed earlier op already recorded why). */
@@ -24,5 +25,12 @@ an_status an_op_no_kernel(an_ctx *ctx, const char *op, const an_tensor *t);
 
 /* A new uninitialised tensor like t (same dtype and device) with another shape. */
 an_tensor *an_op_new_like(an_ctx *ctx, const an_tensor *t, int ndim, const int64_t *shape);
+
+/* The GEMM and bias pieces linear-like ops share (ops/matmul.c): c = op(a) @ op(b), or += with
+ * shape->accumulate, on a's device; out (rows, n) += bias (n) in place; gb (n) = the column sums of
+ * grad_out (rows, n). */
+an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b, an_tensor *c);
+an_status an_op_add_bias(an_ctx *ctx, an_tensor *out, const an_tensor *bias);
+an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb);
 
 #endif

@@ -37,6 +37,10 @@ an_tensor *an_reshape(an_ctx *ctx, an_tensor *x, int ndim, const int64_t *shape)
 an_tensor *an_matmul(an_ctx *ctx, an_tensor *a, an_tensor *b, bool trans_a, bool trans_b);
 /* x (..., in) @ w(out, in)^T + bias(out); bias may be NULL. */
 an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias);
+/* A linear layer with its LoRA branch, fused (ops/lora_linear.c): x W^T + bias + scale (x_lora A^T) B^T.
+ * x_lora is x, or x after the adapter's dropout (same shape); A (r, in), B (out, r); bias may be NULL. */
+an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,
+                          an_tensor *b, double scale);
 
 /* ids (...) i32/i64 rows of table (V, D) -> (..., D). An id outside [0, V) is an error. */
 an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table);

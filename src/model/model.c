@@ -121,14 +121,10 @@ static an_tensor *split_heads(an_ctx *ctx, an_tensor *x, int64_t heads, int64_t 
 
 /* x W^T + b, plus scale * B(A(dropout(x))) when the projection has an enabled adapter. */
 static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p) {
-    an_tensor *y = an_linear(ctx, x, p->weight, p->bias);
-    if (!p->lora_a || !m->lora_enabled || !y) return y;
+    if (!p->lora_a || !m->lora_enabled) return an_linear(ctx, x, p->weight, p->bias);
     an_tensor *in = m->training && m->lora.dropout > 0 ? an_dropout(ctx, x, m->lora.dropout) : an_tensor_retain(x);
-    an_tensor *down = an_linear(ctx, in, p->lora_a, NULL);
-    an_tensor *up = step(down, an_linear(ctx, down, p->lora_b, NULL));
-    an_tensor *scaled = step(up, an_scale(ctx, up, m->lora_scale));
-    an_tensor *out = an_add(ctx, y, scaled);
-    an_tensor_release(in), an_tensor_release(scaled), an_tensor_release(y);
+    an_tensor *out = in ? an_lora_linear(ctx, x, in, p->weight, p->bias, p->lora_a, p->lora_b, m->lora_scale) : NULL;
+    an_tensor_release(in);
     return out;
 }
 

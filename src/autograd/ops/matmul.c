@@ -10,7 +10,7 @@
 #include "kernels/cuda.h"         /* an_cuda_gemm, an_cuda_binary, an_cuda_binary_backward */
 
 /* c = op(a) @ op(b) (or += with shape->accumulate) on a's device. */
-static an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b, an_tensor *c) {
+an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b, an_tensor *c) {
     if (a->device == AN_CUDA)
         return an_cuda_gemm(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
     if (a->dtype == AN_F32 || a->dtype == AN_F64) {
@@ -66,7 +66,7 @@ an_tensor *an_matmul(an_ctx *ctx, an_tensor *a, an_tensor *b, bool trans_a, bool
     an_tensor *out = an_op_new_like(ctx, a, a->ndim, shape);
     if (!out) return NULL;
     an_gemm_shape s = {batch_of(a), m, n, k, trans_a, trans_b, b_shared, false};
-    if (gemm(ctx, &s, a, b, out) != AN_OK) {
+    if (an_op_gemm(ctx, &s, a, b, out) != AN_OK) {
         an_tensor_release(out);
         return NULL;
     }
@@ -97,7 +97,7 @@ static an_status gemm_per_entry(an_ctx *ctx, an_gemm_shape s, int64_t batch, an_
         an_tensor *yi = shared == 1 ? an_tensor_retain(y) : batch_entry(ctx, y, batch, i);
         an_tensor *ci = sum_into_c ? an_tensor_retain(c) : batch_entry(ctx, c, batch, i);
         s.accumulate = sum_into_c && i > 0;
-        st = xi && yi && ci ? gemm(ctx, &s, xi, yi, ci) : an_error_status(ctx);
+        st = xi && yi && ci ? an_op_gemm(ctx, &s, xi, yi, ci) : an_error_status(ctx);
         an_tensor_release(xi), an_tensor_release(yi), an_tensor_release(ci);
     }
     return st;
@@ -119,11 +119,11 @@ an_status an_matmul_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     if (st == AN_OK && grads[0]) {
         if (!ta) { /* dA = dC @ op(B)^T */
             an_gemm_shape s = {batch, m, k, n, false, !tb, b_shared, false};
-            st = gemm(ctx, &s, grad_out, b, grads[0]);
+            st = an_op_gemm(ctx, &s, grad_out, b, grads[0]);
         } else { /* dA = op(B) @ dC^T */
             an_gemm_shape s = {batch, k, m, n, tb, true, false, false};
             st = b_shared ? gemm_per_entry(ctx, s, batch, b, grad_out, grads[0], 0, false)
-                          : gemm(ctx, &s, b, grad_out, grads[0]);
+                          : an_op_gemm(ctx, &s, b, grad_out, grads[0]);
         }
     }
     if (st == AN_OK && grads[1]) {
@@ -132,11 +132,11 @@ an_status an_matmul_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
                              : (an_gemm_shape){batch, k, n, m, !ta, false, false, false};
         an_tensor *x = tb ? grad_out : a, *y = tb ? a : grad_out;
         if (!b_shared) {
-            st = gemm(ctx, &s, x, y, grads[1]);
+            st = an_op_gemm(ctx, &s, x, y, grads[1]);
         } else if (!ta) { /* rows of every entry stack into one (batch*M)-deep product */
             s.batch = 1;
             s.k = batch * m;
-            st = gemm(ctx, &s, x, y, grads[1]);
+            st = an_op_gemm(ctx, &s, x, y, grads[1]);
         } else {
             st = gemm_per_entry(ctx, s, batch, x, y, grads[1], -1, true);
         }
@@ -145,6 +145,38 @@ an_status an_matmul_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
         if (st == AN_OK && grads[i]) st = an_node_accumulate(ctx, node, i, grads[i]);
         else an_tensor_release(grads[i]);
     }
+    return st;
+}
+
+an_status an_op_add_bias(an_ctx *ctx, an_tensor *out, const an_tensor *bias) {
+    int64_t n = an_tensor_numel(out), width = bias->shape[0];
+    if (out->device == AN_CUDA)
+        return an_cuda_binary(ctx, AN_BINARY_ADD, out->dtype, an_tensor_data(out), n, an_tensor_data(bias), width,
+                              an_tensor_data(out));
+    an_f64 o, b;
+    an_status st = an_f64_read(ctx, out, &o);
+    if (st == AN_OK && (st = an_f64_read(ctx, bias, &b)) == AN_OK) {
+        an_cpu_binary(AN_BINARY_ADD, o.data, n, b.data, width, o.data);
+        an_f64_free(&b);
+        an_f64_commit(out, &o);
+        return AN_OK;
+    }
+    an_f64_free(&o);
+    return st;
+}
+
+an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb) {
+    int64_t n = an_tensor_numel(grad_out), width = gb->shape[0];
+    if (gb->device == AN_CUDA)
+        return an_cuda_binary_backward(ctx, AN_BINARY_ADD, gb->dtype, an_tensor_data(grad_out), n, an_tensor_data(gb),
+                                       width, an_tensor_data(grad_out), NULL, an_tensor_data(gb));
+    an_f64 g, res;
+    an_status st = an_f64_read(ctx, grad_out, &g);
+    if (st == AN_OK && (st = an_f64_write(ctx, gb, &res)) == AN_OK) {
+        an_cpu_binary_backward(AN_BINARY_ADD, NULL, n, NULL, width, g.data, NULL, res.data);
+        an_f64_commit(gb, &res);
+    }
+    an_f64_free(&g);
     return st;
 }
 
@@ -165,22 +197,8 @@ an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
     if (!out) return NULL;
     an_gemm_shape s = {1, rows, out_features, in, false, true, false, false};
-    an_status st = gemm(ctx, &s, x, w, out);
-    if (st == AN_OK && bias) {
-        int64_t n = an_tensor_numel(out);
-        if (out->device == AN_CUDA) {
-            st = an_cuda_binary(ctx, AN_BINARY_ADD, out->dtype, an_tensor_data(out), n, an_tensor_data(bias),
-                                out_features, an_tensor_data(out));
-        } else {
-            an_f64 o, b;
-            if ((st = an_f64_read(ctx, out, &o)) == AN_OK && (st = an_f64_read(ctx, bias, &b)) == AN_OK) {
-                an_cpu_binary(AN_BINARY_ADD, o.data, n, b.data, out_features, o.data);
-                an_f64_free(&b);
-                an_f64_commit(out, &o);
-            }
-            an_f64_free(&o);
-        }
-    }
+    an_status st = an_op_gemm(ctx, &s, x, w, out);
+    if (st == AN_OK && bias) st = an_op_add_bias(ctx, out, bias);
     if (st != AN_OK) {
         an_tensor_release(out);
         return NULL;
@@ -196,7 +214,7 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
         an_tensor *gx = an_op_new_like(ctx, x, x->ndim, x->shape);
         if (!gx) return an_error_status(ctx);
         an_gemm_shape s = {1, rows, in, out_features, false, false, false, false}; /* dX = dY @ W */
-        an_status st = gemm(ctx, &s, grad_out, w, gx);
+        an_status st = an_op_gemm(ctx, &s, grad_out, w, gx);
         if (st != AN_OK) {
             an_tensor_release(gx);
             return st;
@@ -207,7 +225,7 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
         an_tensor *gw = an_op_new_like(ctx, w, 2, w->shape);
         if (!gw) return an_error_status(ctx);
         an_gemm_shape s = {1, out_features, in, rows, true, false, false, false}; /* dW = dY^T @ X */
-        an_status st = gemm(ctx, &s, grad_out, x, gw);
+        an_status st = an_op_gemm(ctx, &s, grad_out, x, gw);
         if (st != AN_OK) {
             an_tensor_release(gw);
             return st;
@@ -217,20 +235,7 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     if (an_node_needs_grad(node, 2)) {
         an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
         if (!gb) return an_error_status(ctx);
-        int64_t n = an_tensor_numel(grad_out);
-        an_status st;
-        if (gb->device == AN_CUDA) {
-            st = an_cuda_binary_backward(ctx, AN_BINARY_ADD, gb->dtype, an_tensor_data(grad_out), n,
-                                         an_tensor_data(gb), out_features, an_tensor_data(grad_out), NULL,
-                                         an_tensor_data(gb));
-        } else {
-            an_f64 g, res;
-            if ((st = an_f64_read(ctx, grad_out, &g)) == AN_OK && (st = an_f64_write(ctx, gb, &res)) == AN_OK) {
-                an_cpu_binary_backward(AN_BINARY_ADD, NULL, n, NULL, out_features, g.data, NULL, res.data);
-                an_f64_commit(gb, &res);
-            }
-            an_f64_free(&g);
-        }
+        an_status st = an_op_bias_grad(ctx, grad_out, gb);
         if (st != AN_OK) {
             an_tensor_release(gb);
             return st;

@@ -1,0 +1,140 @@
+/* lora_linear.c — a linear layer with its LoRA branch in one op (an_lora_linear):
+ *   y = x W^T + bias + scale (x_lora A^T) B^T
+ * where x_lora is x itself or x after the adapter's dropout. Fused so the branch costs two thin
+ * GEMMs and no extra pass over y: the branch's product accumulates into y's GEMM output (beta 1),
+ * and in the backward x's gradient takes d_down A the same way when x_lora is x.
+ *
+ * Numerics: down = x_lora A^T (N, r) is rounded to the dtype, scaled in place and rounded again
+ * (N x r is small), then y = round(y + down B^T) with fp32 accumulation on CUDA (float64 for
+ * bf16/f16 on the CPU, as every GEMM here). The forward saves the scaled down for dB. */
+#include "autograd/ops.h"
+
+#include <string.h>
+
+#include "autograd/cpu/cpu.h"     /* an_f64_* */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_gemm, an_op_add_bias, an_op_bias_grad */
+#include "kernels/cuda.h"         /* an_cuda_scale */
+
+/* t *= s in place. */
+static an_status scale_in_place(an_ctx *ctx, an_tensor *t, double s) {
+    int64_t n = an_tensor_numel(t);
+    if (t->device == AN_CUDA) return an_cuda_scale(ctx, t->dtype, an_tensor_data(t), n, s, an_tensor_data(t));
+    an_f64 v;
+    AN_TRY(an_f64_read(ctx, t, &v));
+    for (int64_t i = 0; i < n; i++) v.data[i] *= s;
+    an_f64_commit(t, &v);
+    return AN_OK;
+}
+
+static an_status check_shapes(an_ctx *ctx, const an_tensor *x, const an_tensor *x_lora, const an_tensor *w,
+                              const an_tensor *bias, const an_tensor *a, const an_tensor *b) {
+    char dx[96], dl[96], dw[96], da[96], db[96];
+    an_tensor_describe(x, dx, sizeof dx), an_tensor_describe(x_lora, dl, sizeof dl);
+    an_tensor_describe(w, dw, sizeof dw), an_tensor_describe(a, da, sizeof da), an_tensor_describe(b, db, sizeof db);
+    AN_CHECK(ctx, x->ndim >= 1 && w->ndim == 2 && x->shape[x->ndim - 1] == w->shape[1], AN_ERR_INPUT,
+             "lora_linear: input %s does not match weight %s (out, in)", dx, dw);
+    AN_CHECK(ctx, an_tensor_same_shape(x, x_lora), AN_ERR_INPUT, "lora_linear: adapter input %s differs from input %s",
+             dl, dx);
+    AN_CHECK(ctx, a->ndim == 2 && b->ndim == 2 && a->shape[1] == w->shape[1] && b->shape[0] == w->shape[0] &&
+                      b->shape[1] == a->shape[0],
+             AN_ERR_INPUT, "lora_linear: A %s and B %s must be (r, in) and (out, r) for weight %s", da, db, dw);
+    AN_CHECK(ctx, !bias || (bias->ndim == 1 && bias->shape[0] == w->shape[0]), AN_ERR_INPUT,
+             "lora_linear: bias must be (%lld)", (long long)w->shape[0]);
+    return AN_OK;
+}
+
+an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,
+                          an_tensor *b, double scale) {
+    AN_OP_INPUTS(x, x_lora, w, a, b);
+    if (an_op_check_float_peers(ctx, "lora_linear", (an_tensor *[]){x, x_lora, w, bias, a, b}, 6) ||
+        check_shapes(ctx, x, x_lora, w, bias, a, b))
+        return NULL;
+    int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    int64_t shape[AN_MAX_DIMS];
+    memcpy(shape, x->shape, sizeof shape);
+    shape[x->ndim - 1] = out_features;
+    an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
+    an_tensor *down = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r}); /* (N, r), scaled */
+    an_status st = out && down ? AN_OK : an_error_status(ctx);
+    an_gemm_shape base = {1, rows, out_features, in, false, true, false, false};  /* y = x W^T */
+    an_gemm_shape to_down = {1, rows, r, in, false, true, false, false};          /* down = x_lora A^T */
+    an_gemm_shape branch = {1, rows, out_features, r, false, true, false, true};  /* y += down B^T */
+    if (st == AN_OK) st = an_op_gemm(ctx, &base, x, w, out);
+    if (st == AN_OK && bias) st = an_op_add_bias(ctx, out, bias);
+    if (st == AN_OK) st = an_op_gemm(ctx, &to_down, x_lora, a, down);
+    if (st == AN_OK) st = scale_in_place(ctx, down, scale);
+    if (st == AN_OK) st = an_op_gemm(ctx, &branch, down, b, out);
+    if (st != AN_OK) {
+        an_tensor_release(out), an_tensor_release(down);
+        return NULL;
+    }
+    an_node *node = an_tape_record(ctx, &an_op_lora_linear, out, (an_tensor *[]){x, x_lora, w, bias, a, b}, 6);
+    if (node) {
+        an_node_save(node, down);
+        node->args[0] = scale;
+    }
+    an_tensor_release(down);
+    return out;
+}
+
+/* A fresh (rows, cols) gradient = op(p) @ op(q), handed to input i of node. */
+static an_status grad_gemm(an_ctx *ctx, an_node *node, int i, an_gemm_shape s, const an_tensor *p,
+                           const an_tensor *q) {
+    an_tensor *x = node->inputs[i];
+    an_tensor *g = an_op_new_like(ctx, x, x->ndim, x->shape);
+    an_status st = g ? an_op_gemm(ctx, &s, p, q, g) : an_error_status(ctx);
+    if (st != AN_OK) {
+        an_tensor_release(g);
+        return st;
+    }
+    return an_node_accumulate(ctx, node, i, g);
+}
+
+an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *x = node->inputs[0], *x_lora = node->inputs[1], *w = node->inputs[2], *bias = node->inputs[3];
+    an_tensor *a = node->inputs[4], *b = node->inputs[5], *down = node->saved[0]; /* down: (N, r), scaled */
+    double scale = node->args[0];
+    int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    bool shared = x == x_lora; /* one input: its gradient takes both products in one buffer */
+    bool need_x = an_node_needs_grad(node, 0), need_xl = !shared && an_node_needs_grad(node, 1);
+
+    an_tensor *d_down = NULL; /* (N, r) = scale dY B: the gradient of x_lora A^T */
+    if ((need_x && shared) || need_xl || an_node_needs_grad(node, 4)) {
+        an_gemm_shape s = {1, rows, r, out_features, false, false, false, false};
+        d_down = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r});
+        an_status st = d_down ? an_op_gemm(ctx, &s, grad_out, b, d_down) : an_error_status(ctx);
+        if (st == AN_OK) st = scale_in_place(ctx, d_down, scale);
+        if (st != AN_OK) {
+            an_tensor_release(d_down);
+            return st;
+        }
+    }
+    an_status st = AN_OK;
+    if (an_node_needs_grad(node, 5)) /* dB = dY^T down */
+        st = grad_gemm(ctx, node, 5, (an_gemm_shape){1, out_features, r, rows, true, false, false, false}, grad_out,
+                       down);
+    if (st == AN_OK && an_node_needs_grad(node, 4)) /* dA = d_down^T x_lora */
+        st = grad_gemm(ctx, node, 4, (an_gemm_shape){1, r, in, rows, true, false, false, false}, d_down, x_lora);
+    if (st == AN_OK && need_x) { /* dX = dY W (+ d_down A when x_lora is x) */
+        an_tensor *gx = an_op_new_like(ctx, x, x->ndim, x->shape);
+        an_gemm_shape s = {1, rows, in, out_features, false, false, false, false};
+        an_gemm_shape branch = {1, rows, in, r, false, false, false, true};
+        st = gx ? an_op_gemm(ctx, &s, grad_out, w, gx) : an_error_status(ctx);
+        if (st == AN_OK && shared) st = an_op_gemm(ctx, &branch, d_down, a, gx);
+        if (st == AN_OK) st = an_node_accumulate(ctx, node, 0, gx);
+        else an_tensor_release(gx);
+    }
+    if (st == AN_OK && need_xl) /* d x_lora = d_down A */
+        st = grad_gemm(ctx, node, 1, (an_gemm_shape){1, rows, in, r, false, false, false, false}, d_down, a);
+    if (st == AN_OK && an_node_needs_grad(node, 2)) /* dW = dY^T X */
+        st = grad_gemm(ctx, node, 2, (an_gemm_shape){1, out_features, in, rows, true, false, false, false}, grad_out,
+                       x);
+    if (st == AN_OK && an_node_needs_grad(node, 3)) {
+        an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
+        st = gb ? an_op_bias_grad(ctx, grad_out, gb) : an_error_status(ctx);
+        if (st == AN_OK) st = an_node_accumulate(ctx, node, 3, gb);
+        else an_tensor_release(gb);
+    }
+    an_tensor_release(d_down);
+    return st;
+}
