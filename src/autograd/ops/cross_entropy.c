@@ -8,7 +8,10 @@
  * Targets equal to the ignore index are not counted and get zero gradient; any other target
  * outside [0, V) is AN_ERR_INPUT naming its row and value.
  * Memory: linear_cross_entropy computes logits chunk_rows rows at a time into one (chunk_rows, V)
- * tensor, in forward and again in backward, so no (N, V) buffer ever exists. Its GEMMs run through
+ * tensor, in forward and again in backward on the CPU, so no (N, V) buffer ever exists; on CUDA,
+ * when the node is recorded, the forward also turns each chunk into dlogits at a unit upstream
+ * gradient and forms dh (N, D) and dw (V, D), which the backward only scales (the logits GEMM runs
+ * once per step, not twice; a forward whose backward never runs pays for two GEMMs it did not need). Its GEMMs run through
  * an_cpu_gemm in f32 for f32 inputs and f64 for f64 inputs; bf16/f16 inputs are widened once to
  * f32 copies (O((N + V) * D), never O(N * V)). Every buffer here is a tensor or an_mem_alloc'd, so
  * ctx->mem counts it.
@@ -22,7 +25,9 @@
  * chunk product of the input dtype is added into it), directly with GEMM accumulation for f32.
  * Saved tensors, one contract on both devices: saved[0] is the per-row log-sum-exp (N) on the
  * logits' device, in the precision that device computes in (f64 on the CPU, f32 on CUDA); args[0]
- * is 1 / the loss denominator, iargs[0] the ignore index, iargs[1] chunk_rows. */
+ * is 1 / the loss denominator, iargs[0] the ignore index, iargs[1] chunk_rows; on CUDA,
+ * linear_cross_entropy adds saved[1] dh and saved[2] dw (either NULL when not wanted) with
+ * iargs[2] = 1. */
 #include "autograd/ops.h"
 
 #include <math.h>
@@ -174,8 +179,8 @@ static double loss_inv(const an_cross_entropy_opts *o, int64_t counted) {
 }
 
 /* Records the loss node: the saved lse, inv and the options. */
-static void record_loss(an_ctx *ctx, const an_op *op, an_tensor *loss, an_tensor *const *inputs, int n_inputs,
-                        double inv, const an_cross_entropy_opts *o, an_tensor *lse) {
+static an_node *record_loss(an_ctx *ctx, const an_op *op, an_tensor *loss, an_tensor *const *inputs, int n_inputs,
+                            double inv, const an_cross_entropy_opts *o, an_tensor *lse) {
     an_node *node = an_tape_record(ctx, op, loss, inputs, n_inputs);
     if (node) {
         an_node_save(node, lse);
@@ -183,6 +188,7 @@ static void record_loss(an_ctx *ctx, const an_op *op, an_tensor *loss, an_tensor
         node->iargs[0] = o->ignore_index;
         node->iargs[1] = o->chunk_rows;
     }
+    return node;
 }
 
 /* The scalar loss total / denominator in like's dtype, recorded with the saved lse. */
@@ -205,12 +211,21 @@ static an_tensor *finish_loss(an_ctx *ctx, const an_op *op, const an_tensor *lik
     return loss;
 }
 
+/* What a CUDA rows function may also produce: the input gradients at a unit upstream gradient,
+ * computed in the forward while the logits exist (linear_cross_entropy; see its backward). */
+typedef struct {
+    double inv;            /* 1 / the loss denominator */
+    bool want_h, want_w;   /* which gradients to form */
+    an_tensor *dh, *dw;    /* out: (N, D) and (V, D), or NULL */
+} cuda_grads;
+
 /* Fills lse and loss_rows (N) fp32 on the device for cross_entropy or the chunked linear variant. */
 typedef an_status (*cuda_rows_fn)(an_ctx *ctx, an_tensor *const *inputs, const an_cross_entropy_opts *o,
-                                  an_tensor *lse, an_tensor *loss_rows);
+                                  an_tensor *lse, an_tensor *loss_rows, cuda_grads *grads);
 
 /* The CUDA loss: targets checked on the device, rows(...) fills the per-row lse and losses, their
- * sum times inv becomes an fp32 device scalar, recorded like finish_loss does. */
+ * sum times inv becomes an fp32 device scalar, recorded like finish_loss does; gradients the rows
+ * function formed are saved as saved[1] (dh) and saved[2] (dw), with iargs[2] = 1. */
 static an_tensor *cuda_loss(an_ctx *ctx, const an_op *op, const an_tensor *like, an_tensor *const *inputs,
                             int n_inputs, const an_tensor *targets, int64_t V, const an_cross_entropy_opts *o,
                             cuda_rows_fn rows) {
@@ -219,16 +234,23 @@ static an_tensor *cuda_loss(an_ctx *ctx, const an_op *op, const an_tensor *like,
     an_tensor *lse = an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N);                   /* (N) */
     an_tensor *loss_rows = lse ? an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N) : NULL; /* (N) */
     an_tensor *loss = loss_rows ? an_tensor_new(ctx, loss_dtype(like->dtype), AN_CUDA, 0, NULL) : NULL;
-    double inv = loss_inv(o, counted);
-    an_status st = loss ? rows(ctx, inputs, o, lse, loss_rows) : an_error_status(ctx);
+    bool recording = an_grad_enabled(ctx);
+    cuda_grads grads = {loss_inv(o, counted), recording && inputs[0]->requires_grad,
+                        recording && n_inputs > 2 && inputs[1]->requires_grad, NULL, NULL};
+    an_status st = loss ? rows(ctx, inputs, o, lse, loss_rows, &grads) : an_error_status(ctx);
     if (st == AN_OK)
-        st = an_cuda_loss_total(ctx, loss->dtype, an_tensor_data(loss_rows), N, inv, an_tensor_data(loss));
+        st = an_cuda_loss_total(ctx, loss->dtype, an_tensor_data(loss_rows), N, grads.inv, an_tensor_data(loss));
     if (st == AN_OK) {
-        record_loss(ctx, op, loss, inputs, n_inputs, inv, o, lse);
+        an_node *node = record_loss(ctx, op, loss, inputs, n_inputs, grads.inv, o, lse);
+        if (node && (grads.dh || grads.dw)) {
+            an_node_save(node, grads.dh), an_node_save(node, grads.dw);
+            node->iargs[2] = 1;
+        }
     } else {
         an_tensor_release(loss);
         loss = NULL;
     }
+    an_tensor_release(grads.dh), an_tensor_release(grads.dw);
     an_tensor_release(lse);
     an_tensor_release(loss_rows);
     return loss;
@@ -236,7 +258,8 @@ static an_tensor *cuda_loss(an_ctx *ctx, const an_op *op, const an_tensor *like,
 
 /* cross_entropy's rows on CUDA: inputs {logits (N, V), targets (N)}. */
 static an_status cross_entropy_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const an_cross_entropy_opts *o,
-                                         an_tensor *lse, an_tensor *loss_rows) {
+                                         an_tensor *lse, an_tensor *loss_rows, cuda_grads *grads) {
+    (void)grads; /* the backward forms dlogits from the logits it keeps */
     const an_tensor *logits = inputs[0], *targets = inputs[1];
     return an_cuda_cross_entropy_rows(ctx, logits->dtype, an_tensor_data(logits), an_tensor_data(targets),
                                       targets->dtype, logits->shape[0], logits->shape[1], o->ignore_index,
@@ -368,23 +391,62 @@ static an_status chunk_logits_cuda(an_ctx *ctx, const an_tensor *hidden, const a
 }
 
 /* linear_cross_entropy's rows on CUDA, chunk_rows rows of logits at a time: inputs {hidden (N, D),
- * weight (V, D), targets (N)}. */
+ * weight (V, D), targets (N)}. When the node will be recorded, each chunk's logits also become
+ * dlogits in place at a unit upstream gradient, dh rows = dlogits @ w and dw += dlogits^T @ h
+ * (fp32 accumulation over chunks for bf16/f16, see the top of the file): the backward then only
+ * scales them, and the logits are computed once per step instead of twice. */
 static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const an_cross_entropy_opts *o,
-                                  an_tensor *lse, an_tensor *loss_rows) {
+                                  an_tensor *lse, an_tensor *loss_rows, cuda_grads *grads) {
     const an_tensor *hidden = inputs[0], *weight = inputs[1], *targets = inputs[2];
-    int64_t N = hidden->shape[0], V = weight->shape[0];
+    int64_t N = hidden->shape[0], D = hidden->shape[1], V = weight->shape[0];
     int64_t chunk_rows = o->chunk_rows < N ? o->chunk_rows : N;
-    an_tensor *chunk = an_tensor_new(ctx, hidden->dtype, AN_CUDA, 2, (int64_t[]){chunk_rows, V}); /* (chunk_rows, V) */
-    an_status st = chunk ? AN_OK : an_error_status(ctx);
+    an_dtype dt = hidden->dtype;
+    bool wide_dw = grads->want_w && dt != AN_F32 && N > chunk_rows; /* several chunks add into dw */
+    int64_t vd[2] = {V, D};
+    an_tensor *chunk = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){chunk_rows ? chunk_rows : 1, V}); /* (chunk_rows, V) */
+    an_tensor *dh = chunk && grads->want_h ? an_tensor_new(ctx, dt, AN_CUDA, 2, hidden->shape) : NULL; /* (N, D) */
+    an_tensor *dw = chunk && grads->want_w ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;          /* (V, D) */
+    an_tensor *dw_chunk = chunk && wide_dw ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;          /* (V, D) */
+    an_tensor *dw_acc = chunk && wide_dw ? an_tensor_new(ctx, AN_F32, AN_CUDA, 2, vd) : NULL;        /* (V, D) fp32 */
+    an_tensor *one = chunk && (dh || dw) ? an_tensor_scalar(ctx, dt, AN_CUDA, 1.0) : NULL;
+    an_status st = chunk && (dh || !grads->want_h) && (dw || !grads->want_w) && (!wide_dw || (dw_chunk && dw_acc)) &&
+                           (one || !(dh || dw))
+                       ? AN_OK
+                       : an_error_status(ctx);
     for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
         int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
         st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
         if (st == AN_OK)
-            st = an_cuda_cross_entropy_rows(ctx, hidden->dtype, an_tensor_data(chunk), element_at(targets, r0),
-                                            targets->dtype, c, V, o->ignore_index, element_at(lse, r0),
-                                            element_at(loss_rows, r0));
+            st = an_cuda_cross_entropy_rows(ctx, dt, an_tensor_data(chunk), element_at(targets, r0), targets->dtype, c,
+                                            V, o->ignore_index, element_at(lse, r0), element_at(loss_rows, r0));
+        if (st != AN_OK || !(dh || dw)) continue;
+        /* dlogits of this chunk, in place of its logits */
+        st = an_cuda_cross_entropy_backward(ctx, dt, an_tensor_data(chunk), element_at(lse, r0),
+                                            element_at(targets, r0), targets->dtype, c, V, o->ignore_index,
+                                            an_tensor_data(one), grads->inv, an_tensor_data(chunk));
+        if (st == AN_OK && dh) { /* dh rows (c, D) = dlogits (c, V) @ w (V, D) */
+            an_gemm_shape s = {1, c, D, V, false, false, false, false};
+            st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), an_tensor_data(weight), row_at(dh, r0));
+        }
+        if (st == AN_OK && dw) { /* dw (V, D) (+)= dlogits^T (V, c) @ h rows (c, D) */
+            an_gemm_shape s = {1, V, D, c, true, false, false, !wide_dw && r0 > 0};
+            an_tensor *target = wide_dw ? dw_chunk : dw;
+            st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), row_at(hidden, r0), an_tensor_data(target));
+            if (st == AN_OK && wide_dw)
+                st = r0 == 0 ? an_cuda_cast(ctx, an_tensor_data(dw_chunk), dt, an_tensor_data(dw_acc), AN_F32,
+                                            (size_t)(V * D))
+                             : an_cuda_accumulate_f32(ctx, an_tensor_data(dw_acc), an_tensor_data(dw_chunk), dt, V * D);
+        }
     }
-    an_tensor_release(chunk);
+    if (st == AN_OK && wide_dw)
+        st = an_cuda_cast(ctx, an_tensor_data(dw_acc), AN_F32, an_tensor_data(dw), dt, (size_t)(V * D));
+    if (st == AN_OK && dw && N == 0) st = an_cuda_memset(ctx, an_tensor_data(dw), 0, an_tensor_nbytes(dw));
+    an_tensor_release(chunk), an_tensor_release(dw_chunk), an_tensor_release(dw_acc), an_tensor_release(one);
+    if (st == AN_OK) {
+        grads->dh = dh, grads->dw = dw;
+    } else {
+        an_tensor_release(dh), an_tensor_release(dw);
+    }
     return st;
 }
 
@@ -441,53 +503,27 @@ static an_status accumulate_as(an_ctx *ctx, an_node *node, int i, an_tensor *gra
     return an_node_accumulate(ctx, node, i, grad);
 }
 
-/* linear_cross_entropy's backward on CUDA: per chunk, the logits again, dlogits in place (from the
- * saved fp32 lse and the device scalar grad_out), dh rows = dlogits @ w, and dw += dlogits^T @ h
- * (fp32 accumulation over chunks for bf16/f16, see the top of the file). */
+/* linear_cross_entropy's backward on CUDA: the forward formed dh and dw at a unit upstream
+ * gradient (saved[1], saved[2]); each wanted one is that times the device scalar grad_out. */
 static an_status linear_cross_entropy_backward_cuda(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
-    an_tensor *hidden = node->inputs[0], *weight = node->inputs[1], *targets = node->inputs[2], *lse = node->saved[0];
-    int64_t N = hidden->shape[0], D = hidden->shape[1], V = weight->shape[0], ignore_index = node->iargs[0];
-    int64_t chunk_rows = node->iargs[1] < N ? node->iargs[1] : N;
-    an_dtype dt = hidden->dtype;
-    bool need_h = an_node_needs_grad(node, 0), need_w = an_node_needs_grad(node, 1);
-    bool wide_dw = need_w && dt != AN_F32 && N > chunk_rows; /* several chunks add into dw */
-    int64_t vd[2] = {V, D};
-    an_tensor *chunk = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){chunk_rows, V}); /* (chunk_rows, V) */
-    an_tensor *dh = chunk && need_h ? an_tensor_new(ctx, dt, AN_CUDA, 2, hidden->shape) : NULL; /* (N, D) */
-    an_tensor *dw = chunk && need_w ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;           /* (V, D) */
-    an_tensor *dw_chunk = chunk && wide_dw ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;    /* (V, D) */
-    an_tensor *dw_acc = chunk && wide_dw ? an_tensor_new(ctx, AN_F32, AN_CUDA, 2, vd) : NULL;  /* (V, D) fp32 */
-    an_tensor *g = chunk ? grad_in(ctx, grad_out, dt) : NULL;
+    AN_CHECK(ctx, node->iargs[2] == 1 && node->n_saved == 3, AN_ERR_INTERNAL,
+             "linear_cross_entropy backward: the forward formed no gradients");
+    an_tensor *g = grad_in(ctx, grad_out, node->inputs[0]->dtype);
     an_status st = g ? AN_OK : an_error_status(ctx);
-    for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
-        int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
-        st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
-        if (st == AN_OK) /* dlogits of this chunk, in place of its logits */
-            st = an_cuda_cross_entropy_backward(ctx, dt, an_tensor_data(chunk), element_at(lse, r0),
-                                                element_at(targets, r0), targets->dtype, c, V, ignore_index,
-                                                an_tensor_data(g), node->args[0], an_tensor_data(chunk));
-        if (st == AN_OK && dh) { /* dh rows (c, D) = dlogits (c, V) @ w (V, D) */
-            an_gemm_shape s = {1, c, D, V, false, false, false, false};
-            st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), an_tensor_data(weight), row_at(dh, r0));
-        }
-        if (st == AN_OK && dw) { /* dw (V, D) (+)= dlogits^T (V, c) @ h rows (c, D) */
-            an_gemm_shape s = {1, V, D, c, true, false, false, !wide_dw && r0 > 0};
-            an_tensor *target = wide_dw ? dw_chunk : dw;
-            st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), row_at(hidden, r0), an_tensor_data(target));
-            if (st == AN_OK && wide_dw)
-                st = r0 == 0 ? an_cuda_cast(ctx, an_tensor_data(dw_chunk), dt, an_tensor_data(dw_acc), AN_F32,
-                                            (size_t)(V * D))
-                             : an_cuda_accumulate_f32(ctx, an_tensor_data(dw_acc), an_tensor_data(dw_chunk), dt, V * D);
-        }
+    for (int i = 0; i < 2 && st == AN_OK; i++) {
+        an_tensor *unit = node->saved[1 + i]; /* dh (N, D) or dw (V, D) */
+        if (!an_node_needs_grad(node, i)) continue;
+        AN_CHECK(ctx, unit != NULL, AN_ERR_INTERNAL, "linear_cross_entropy backward: input %d gained requires_grad "
+                 "after the forward", i);
+        an_tensor *grad = an_op_new_like(ctx, unit, 2, unit->shape);
+        int64_t n = an_tensor_numel(unit);
+        st = grad ? an_cuda_binary(ctx, AN_BINARY_MUL, unit->dtype, an_tensor_data(unit), n, an_tensor_data(g), 1,
+                                   an_tensor_data(grad))
+                  : an_error_status(ctx);
+        if (st == AN_OK) st = an_node_accumulate(ctx, node, i, grad);
+        else an_tensor_release(grad);
     }
-    if (st == AN_OK && wide_dw)
-        st = an_cuda_cast(ctx, an_tensor_data(dw_acc), AN_F32, an_tensor_data(dw), dt, (size_t)(V * D));
-    if (st == AN_OK && dw && N == 0) st = an_cuda_memset(ctx, an_tensor_data(dw), 0, an_tensor_nbytes(dw));
-    an_tensor_release(chunk), an_tensor_release(dw_chunk), an_tensor_release(dw_acc), an_tensor_release(g);
-    if (st == AN_OK && dh) st = an_node_accumulate(ctx, node, 0, dh);
-    else an_tensor_release(dh);
-    if (st == AN_OK && dw) st = an_node_accumulate(ctx, node, 1, dw);
-    else an_tensor_release(dw);
+    an_tensor_release(g);
     return st;
 }
 
