@@ -25,6 +25,7 @@ measure() { # label, command...
   local label=$1; shift
   local line; line=$("$@" 2>&1 | tee -a "$log" | grep -E '^(anneal|pytorch) .*tokens/s' | tail -1)
   rows+=("$(printf '%-28s %s' "$label" "${line:-failed (see log)}")")
+  echo "${rows[-1]}"
 }
 peer() { python3 bench/peer_train_step.py --load "$model" --steps 4 "$@"; }
 measure "anneal lora q,v"          "$bin/train_step" "$model" --lora 16 --targets qv --steps 4
