@@ -81,6 +81,13 @@ an_status an_cuda_fill_from_scalar(an_ctx *ctx, an_dtype dtype, const void *x, d
 
 /* GEMM through cuBLASLt: bf16/f16 operands with fp32 accumulation, or f32 (TF32 off). */
 an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b, void *c);
+/* y (M, N) = x (M, K) W^T + bias (N; NULL: none) for W (N, K), plus the old y when accumulate,
+ * 1 <= M <= AN_CUDA_GEMV_MAX_ROWS (kernels/gemv.cu): one read of W at memory speed, fp32
+ * accumulation, one rounding. an_cuda_gemm sends such shapes (a decode step's projections) here,
+ * and an_linear its biased ones. */
+#define AN_CUDA_GEMV_MAX_ROWS 8
+an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
+                       const void *bias, int accumulate, void *y);
 
 /* Attention (kernels/attention.cu): causal, grouped-query, packed documents, as an_attention in
  * autograd/ops.h defines it. q (B, T, Hq, D) and k, v (B, T, Hkv, D) of dtype (f32, bf16, f16),
