@@ -8,7 +8,8 @@
  * of 2^-40 units: every sum below is an integer sum, exact and independent of the thread order, so
  * a seed repeats a run bit for bit. The order is the CPU's sort order (probability descending, id
  * ascending); positions in it are found by radix selection on the logit's bits (4 passes of 8
- * bits) plus one pass over ties in id order, never by sorting. Row b draws its uniform number from
+ * bits, warp-aggregated shared-memory histograms) plus one pass over ties in id order, never by
+ * sorting. Row b draws its uniform number from
  * counter offset + b of ctx's RNG stream (an_rng_at), as the CPU loop draws one per row in order. */
 #include "kernels/cuda_common.cuh"
 
@@ -118,10 +119,21 @@ template <typename T> __device__ Found select_first(const T *x, int n, const Row
         for (int b = threadIdx.x; b < 256; b += blockDim.x) hist[b] = 0;
         __syncthreads();
         uint32_t prefix = s_prefix, mask = s_mask;
-        for (int i = threadIdx.x; i < n; i += blockDim.x) {
-            uint32_t k = order_key(an_load(x[i]));
-            if ((k & mask) != prefix) continue;
-            atomicAdd(&hist[(k >> shift) & 255u], (unsigned long long)(by_count ? 1 : fixed_weight(x, i, r)));
+        /* Logits of one row mostly share their top byte, so the lanes of a warp that fall in one
+         * bucket add their values together first and one of them updates the bucket
+         * (__match_any_sync groups them; the whole warp runs every iteration). */
+        for (int base = 0; base < n; base += blockDim.x) {
+            int i = base + threadIdx.x;
+            uint32_t k = i < n ? order_key(an_load(x[i])) : 0;
+            bool in = i < n && (k & mask) == prefix;
+            uint32_t bucket = in ? (k >> shift) & 255u : 256u;
+            uint64_t v = !in ? 0 : by_count ? 1 : fixed_weight(x, i, r);
+            unsigned peers = __match_any_sync(0xffffffffu, bucket);
+            /* v <= 2^40: 20-bit halves of up to 32 lanes sum within 32 bits */
+            uint32_t lo = __reduce_add_sync(peers, (uint32_t)(v & 0xfffffu));
+            uint32_t hi = __reduce_add_sync(peers, (uint32_t)(v >> 20));
+            if (in && (threadIdx.x % 32) == (unsigned)(__ffs(peers) - 1))
+                atomicAdd(&hist[bucket], (unsigned long long)lo + ((unsigned long long)hi << 20));
         }
         __syncthreads();
         if (threadIdx.x < 32) { /* lane l owns buckets 255 - 8l down to 248 - 8l, scanned high to low */
