@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Every GPU test and benchmark in one invocation on a CUDA machine, with a short table last.
 #   bash bench/gpu_all.sh BIN_DIR
-# BIN_DIR holds the CUDA build's test_cuda* binaries, bench/train_step (as train_step) and a lib/
-# with the shared libraries the machine lacks (see bench/pack_gpu.sh). Run from the repository root
-# (the tests read tests/fixtures). Writes its log to ${OUT:-/tmp}/gpu_all.log.
+# BIN_DIR holds the CUDA build's test_cuda* binaries, bench/train_step and bench/generate (as
+# train_step and generate) and a lib/ with the shared libraries the machine lacks (see
+# bench/pack_gpu.sh). Run from the repository root (the tests read tests/fixtures). Writes its log
+# to ${OUT:-/tmp}/gpu_all.log.
 set -uo pipefail
 bin=$(cd "$1" && pwd)
 export LD_LIBRARY_PATH="$bin/lib:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}" PYTHONUNBUFFERED=1
@@ -38,6 +39,11 @@ measure "pytorch lora all +ckpt"   peer --lora 16 --targets all --checkpointing
 measure "anneal full"              "$bin/train_step" "$model" --lora 0 --steps 4
 measure "pytorch full"             peer --lora 0
 measure "pytorch full compiled"    peer --lora 0 --compile
+# Greedy generation, prompt 128, 256 new tokens (bench/generate.c, bench/peer_generate.py).
+measure "anneal generate b1"       "$bin/generate" "$model" --batch 1
+measure "pytorch generate b1"      python3 bench/peer_generate.py "$model" --batch 1
+measure "anneal generate b32"      "$bin/generate" "$model" --batch 32
+measure "pytorch generate b32"     python3 bench/peer_generate.py "$model" --batch 32
 
 # Ten LoRA steps from the same weights and the same initial adapter: the loss curves side by side.
 adapter=/tmp/anneal-bench-adapter

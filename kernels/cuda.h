@@ -50,6 +50,15 @@ an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dst_device, const voi
                          size_t bytes);
 an_status an_cuda_memset(an_ctx *ctx, void *ptr, int value, size_t bytes);
 an_status an_cuda_synchronize(an_ctx *ctx);
+/* Device-to-device copy of `height` rows of `width` bytes from src (rows src_pitch apart) to dst
+ * (rows dst_pitch apart); asynchronous on the stream. */
+an_status an_cuda_memcpy_2d(an_ctx *ctx, void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
+                            size_t width, size_t height);
+/* Measured device memory bandwidth: bytes read plus bytes written per second (2 x bytes per copy)
+ * over `reps` device-to-device copies of a `bytes` buffer after one warm-up copy, timed with
+ * events. Allocates and frees its two buffers with cudaMalloc (outside the caching allocator):
+ * for benchmarks, not for a training loop. */
+an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *bytes_per_second);
 
 /* Elementwise (f32, bf16, f16; math in fp32). b is broadcast: element i of a pairs with i % nb. */
 an_status an_cuda_cast(an_ctx *ctx, const void *src, an_dtype src_dtype, void *dst, an_dtype dst_dtype, size_t n);
@@ -72,6 +81,13 @@ an_status an_cuda_fill_from_scalar(an_ctx *ctx, an_dtype dtype, const void *x, d
 
 /* GEMM through cuBLASLt: bf16/f16 operands with fp32 accumulation, or f32 (TF32 off). */
 an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b, void *c);
+/* y (M, N) = x (M, K) W^T + bias (N; NULL: none) for W (N, K), plus the old y when accumulate,
+ * 1 <= M <= AN_CUDA_GEMV_MAX_ROWS (kernels/gemv.cu): one read of W at memory speed, fp32
+ * accumulation, one rounding. an_cuda_gemm sends such shapes (a decode step's projections) here,
+ * and an_linear its biased ones. */
+#define AN_CUDA_GEMV_MAX_ROWS 8
+an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
+                       const void *bias, int accumulate, void *y);
 
 /* Attention (kernels/attention.cu): causal, grouped-query, packed documents, as an_attention in
  * autograd/ops.h defines it. q (B, T, Hq, D) and k, v (B, T, Hkv, D) of dtype (f32, bf16, f16),
@@ -192,6 +208,17 @@ an_status an_cuda_log_softmax_gather_backward(an_ctx *ctx, an_dtype dtype, const
                                               int64_t V, void *dx);
 /* acc (n) fp32 += src (n) of dtype (fp32 accumulation of chunked weight gradients). */
 an_status an_cuda_accumulate_f32(an_ctx *ctx, float *acc, const void *src, an_dtype dtype, int64_t n);
+
+/* ---- Sampling (sample.cu): the next token of each row, on the device ---- */
+
+/* tokens (B) i32 on the device = one id per row of logits (B, V) of dtype (f32, bf16, f16), only
+ * ids below `allowed` (1 <= allowed <= V < 2^23) considered. Greedy when temperature <= 0 or
+ * top_k == 1: the largest logit, ties to the lowest id. Otherwise an_sample_token's rule
+ * (model/generate.h): temperature, top-k (0: off), top-p over the top-k mass (1: off), one draw,
+ * row b using the uniform number of an_rng_at(seed, offset + b). Asynchronous on the stream. */
+an_status an_cuda_sample(an_ctx *ctx, an_dtype dtype, const void *logits, int64_t B, int64_t V, int64_t allowed,
+                         double temperature, int64_t top_k, double top_p, uint64_t seed, uint64_t offset,
+                         int32_t *tokens);
 
 #ifdef __cplusplus
 }

@@ -35,6 +35,15 @@ an_status an_cuda_memset(an_ctx *ctx, void *ptr, int value, size_t bytes) {
     return NO_CUDA(ctx);
 }
 an_status an_cuda_synchronize(an_ctx *ctx) { return NO_CUDA(ctx); }
+an_status an_cuda_memcpy_2d(an_ctx *ctx, void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
+                            size_t width, size_t height) {
+    (void)dst, (void)dst_pitch, (void)src, (void)src_pitch, (void)width, (void)height;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *bytes_per_second) {
+    (void)bytes, (void)reps, (void)bytes_per_second;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_cast(an_ctx *ctx, const void *src, an_dtype sdt, void *dst, an_dtype ddt, size_t n) {
     (void)src, (void)sdt, (void)dst, (void)ddt, (void)n;
     return NO_CUDA(ctx);
@@ -187,5 +196,17 @@ an_status an_cuda_log_softmax_gather_backward(an_ctx *ctx, an_dtype dtype, const
 }
 an_status an_cuda_accumulate_f32(an_ctx *ctx, float *acc, const void *src, an_dtype dtype, int64_t n) {
     (void)acc, (void)src, (void)dtype, (void)n;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_sample(an_ctx *ctx, an_dtype dtype, const void *logits, int64_t B, int64_t V, int64_t allowed,
+                         double temperature, int64_t top_k, double top_p, uint64_t seed, uint64_t offset,
+                         int32_t *tokens) {
+    (void)dtype, (void)logits, (void)B, (void)V, (void)allowed, (void)temperature, (void)top_k, (void)top_p,
+        (void)seed, (void)offset, (void)tokens;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
+                       const void *bias, int accumulate, void *y) {
+    (void)dtype, (void)x, (void)M, (void)K, (void)w, (void)N, (void)bias, (void)accumulate, (void)y;
     return NO_CUDA(ctx);
 }

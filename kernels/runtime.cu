@@ -191,3 +191,41 @@ an_status an_cuda_synchronize(an_ctx *ctx) {
     AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream));
     return AN_OK;
 }
+
+an_status an_cuda_memcpy_2d(an_ctx *ctx, void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
+                            size_t width, size_t height) {
+    if (width == 0 || height == 0) return AN_OK;
+    AN_CUDA_STATE(ctx, s);
+    AN_CUDA_CHECK(ctx, cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, height, cudaMemcpyDeviceToDevice,
+                                         s->stream));
+    return AN_OK;
+}
+
+an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *bytes_per_second) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, bytes > 0 && reps >= 1, AN_ERR_INPUT, "copy bandwidth: %zu bytes, %d repetitions", bytes, reps);
+    void *a = nullptr, *b = nullptr;
+    cudaEvent_t start = nullptr, stop = nullptr;
+    float ms = 0;
+    cudaError_t e = cudaSetDevice(s->device);
+    if (e == cudaSuccess) e = cudaMalloc(&a, bytes);
+    if (e == cudaSuccess) e = cudaMalloc(&b, bytes);
+    if (e == cudaSuccess) e = cudaMemsetAsync(a, 1, bytes, s->stream);
+    if (e == cudaSuccess) e = cudaEventCreate(&start);
+    if (e == cudaSuccess) e = cudaEventCreate(&stop);
+    if (e == cudaSuccess) e = cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, s->stream); /* warm-up */
+    if (e == cudaSuccess) e = cudaEventRecord(start, s->stream);
+    for (int i = 0; i < reps && e == cudaSuccess; i++)
+        e = cudaMemcpyAsync(i % 2 ? a : b, i % 2 ? b : a, bytes, cudaMemcpyDeviceToDevice, s->stream);
+    if (e == cudaSuccess) e = cudaEventRecord(stop, s->stream);
+    if (e == cudaSuccess) e = cudaEventSynchronize(stop);
+    if (e == cudaSuccess) e = cudaEventElapsedTime(&ms, start, stop);
+    /* cleanup whatever happened; the first error is the one reported */
+    if (start) (void)cudaEventDestroy(start);
+    if (stop) (void)cudaEventDestroy(stop);
+    if (a) (void)cudaFree(a);
+    if (b) (void)cudaFree(b);
+    AN_CUDA_CHECK(ctx, e);
+    *bytes_per_second = 2.0 * (double)bytes * reps / (ms * 1e-3);
+    return AN_OK;
+}

@@ -1,6 +1,9 @@
-/* generate.c — the generation loop: prefill each prompt into its cache row, then decode every
- * unfinished row together one token per step (see generate.h). Logits are formed only for the
- * last position of each row. */
+/* generate.c — the generation loop: prefill the prompts into their cache rows (prompts of equal
+ * length side by side in one forward), then decode every unfinished row together one token per
+ * step (see generate.h). Logits are formed only for the last position of each row, and the next
+ * tokens are chosen on the logits' device (an_sample_rows): on the GPU a step copies B token ids
+ * to the host and nothing else. While no row finishes, the ids chosen on the device are the next
+ * step's input as they are (no upload). */
 #include "model/generate.h"
 
 #include <stdlib.h>
@@ -20,44 +23,76 @@ an_generate_opts an_generate_defaults(const an_model *m) {
     return o;
 }
 
-/* Logits (B', V) of the last position of each row of hidden (B', T, H), as a CPU f64 tensor. */
-static an_tensor *last_logits(an_ctx *ctx, an_model *m, an_tensor *hidden) {
-    int64_t b = hidden->shape[0], t = hidden->shape[1], h = hidden->shape[2];
-    an_tensor *flat = an_tensor_view(ctx, hidden, 2, (int64_t[]){b * t, h});
-    an_tensor *last = flat ? an_tensor_new(ctx, hidden->dtype, hidden->device, 2, (int64_t[]){b, h}) : NULL;
-    an_status st = last ? AN_OK : an_error_status(ctx);
-    for (int64_t i = 0; i < b && st == AN_OK; i++) {
-        an_tensor *src = an_tensor_rows(ctx, flat, i * t + t - 1, 1), *dst = an_tensor_rows(ctx, last, i, 1);
-        st = src && dst ? an_tensor_copy_into(ctx, dst, src) : an_error_status(ctx);
-        an_tensor_release(src), an_tensor_release(dst);
-    }
-    an_tensor_release(flat);
-    an_tensor *logits = st == AN_OK ? an_linear(ctx, last, m->lm_head, NULL) : NULL;
-    an_tensor_release(last);
-    an_tensor *host = logits ? an_tensor_to(ctx, logits, AN_F64, AN_CPU) : NULL;
-    an_tensor_release(logits);
-    return host;
-}
-
 static bool is_eos(const an_generate_opts *o, int32_t token) {
     for (int i = 0; i < o->n_eos_ids; i++)
         if (o->eos_ids[i] == token) return true;
     return false;
 }
 
-/* ids moved to the model's device (consumes the argument). */
-static an_tensor *on_model_device(an_ctx *ctx, const an_model *m, an_tensor *ids) {
-    if (!ids || m->embed_tokens->device == AN_CPU) return ids;
-    an_tensor *moved = an_tensor_to(ctx, ids, AN_I32, m->embed_tokens->device);
-    an_tensor_release(ids);
+/* Hidden states of the last position of each of ids' rows (B', T) appended to cache rows `rows`,
+ * copied into rows [at, at + B') of last (n, H). */
+static an_status prefill(an_ctx *ctx, an_model *m, an_kv_cache *cache, an_tensor *ids, an_tensor *rows,
+                         an_tensor *last, int64_t at) {
+    an_tensor *hidden = an_model_forward_cached(ctx, m, ids, rows, cache);
+    if (!hidden) return an_error_status(ctx);
+    int64_t b = hidden->shape[0], t = hidden->shape[1], h = hidden->shape[2];
+    an_tensor *flat = an_tensor_view(ctx, hidden, 2, (int64_t[]){b * t, h});
+    an_status st = flat ? AN_OK : an_error_status(ctx);
+    for (int64_t i = 0; i < b && st == AN_OK; i++) {
+        an_tensor *src = an_tensor_rows(ctx, flat, i * t + t - 1, 1), *dst = an_tensor_rows(ctx, last, at + i, 1);
+        st = src && dst ? an_tensor_copy_into(ctx, dst, src) : an_error_status(ctx);
+        an_tensor_release(src), an_tensor_release(dst);
+    }
+    an_tensor_release(flat), an_tensor_release(hidden);
+    return st;
+}
+
+/* A (rows, cols) i32 tensor of host ids on the model's device. */
+static an_tensor *ids_on_device(an_ctx *ctx, const an_model *m, int64_t rows, int64_t cols, const int32_t *ids) {
+    an_tensor *host = an_tensor_from_data(ctx, AN_I32, 2, (int64_t[]){rows, cols}, ids);
+    if (!host || m->embed_tokens->device == AN_CPU) return host;
+    an_tensor *moved = an_tensor_to(ctx, host, AN_I32, m->embed_tokens->device);
+    an_tensor_release(host);
     return moved;
 }
 
-/* Runs ids (B', T) of cache rows `rows` and returns their last-position logits. */
-static an_tensor *step(an_ctx *ctx, an_model *m, an_kv_cache *cache, an_tensor *ids, an_tensor *rows) {
+/* Logits (n, V) of every prompt's last position, prefilling runs of equally long prompts in one
+ * forward each. */
+static an_tensor *prefill_all(an_ctx *ctx, an_model *m, an_kv_cache *cache, int64_t n, const int32_t *const *prompts,
+                              const int64_t *lens) {
+    an_tensor *last = an_tensor_new(ctx, m->embed_tokens->dtype, m->embed_tokens->device, 2,
+                                    (int64_t[]){n, m->config.hidden_size});
+    an_status st = last ? AN_OK : an_error_status(ctx);
+    for (int64_t i = 0, g; i < n && st == AN_OK; i += g) {
+        for (g = 1; i + g < n && lens[i + g] == lens[i]; g++) {}
+        int32_t *flat = malloc((size_t)(g * lens[i]) * sizeof *flat);
+        int64_t *rows = malloc((size_t)g * sizeof *rows);
+        if (!flat || !rows) {
+            free(flat), free(rows);
+            st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "generate: out of host memory");
+            break;
+        }
+        for (int64_t j = 0; j < g; j++) {
+            memcpy(flat + j * lens[i], prompts[i + j], (size_t)lens[i] * sizeof *flat);
+            rows[j] = i + j;
+        }
+        an_tensor *ids = ids_on_device(ctx, m, g, lens[i], flat);
+        an_tensor *row_t = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){g}, rows);
+        st = ids && row_t ? prefill(ctx, m, cache, ids, row_t, last, i) : an_error_status(ctx);
+        an_tensor_release(ids), an_tensor_release(row_t);
+        free(flat), free(rows);
+    }
+    an_tensor *logits = st == AN_OK ? an_linear(ctx, last, m->lm_head, NULL) : NULL;
+    an_tensor_release(last);
+    return logits;
+}
+
+/* Logits (B', V) of one decode step of ids (B', 1) on cache rows `rows`. */
+static an_tensor *decode(an_ctx *ctx, an_model *m, an_kv_cache *cache, an_tensor *ids, an_tensor *rows) {
     an_tensor *hidden = an_model_forward_cached(ctx, m, ids, rows, cache);
-    an_tensor *logits = hidden ? last_logits(ctx, m, hidden) : NULL;
-    an_tensor_release(hidden);
+    an_tensor *flat = hidden ? an_tensor_view(ctx, hidden, 2, (int64_t[]){hidden->shape[0], hidden->shape[2]}) : NULL;
+    an_tensor *logits = flat ? an_linear(ctx, flat, m->lm_head, NULL) : NULL;
+    an_tensor_release(flat), an_tensor_release(hidden);
     return logits;
 }
 
@@ -78,51 +113,58 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
     AN_TRY(an_kv_cache_create(ctx, m, n, longest + o->max_new_tokens + 1, &cache));
     int32_t *tokens = calloc((size_t)(n * (o->max_new_tokens ? o->max_new_tokens : 1)), sizeof *tokens);
     int64_t *count = calloc((size_t)n, sizeof *count), *active = malloc((size_t)n * sizeof *active);
-    double *logit_rows = malloc((size_t)(n * vocab) * sizeof *logit_rows);
-    double *scratch = malloc((size_t)(2 * vocab) * sizeof *scratch);
-    bool *done = calloc((size_t)n, sizeof *done);
-    int32_t *chosen = malloc((size_t)n * sizeof *chosen); /* next token of each active row */
-    an_status st = tokens && count && active && logit_rows && scratch && done && chosen
+    int32_t *picked = malloc((size_t)n * sizeof *picked); /* the token chosen for each active row */
+    an_status st = tokens && count && active && picked
                        ? AN_OK
                        : an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "generate: out of host memory");
+    /* (n) i32 on the GPU: the sampler's output, and the next step's ids while no row finishes */
+    an_tensor *device_picked = st == AN_OK && m->embed_tokens->device == AN_CUDA
+                                   ? an_tensor_new(ctx, AN_I32, AN_CUDA, 1, (int64_t[]){n})
+                                   : NULL;
+    if (st == AN_OK && m->embed_tokens->device == AN_CUDA && !device_picked) st = an_error_status(ctx);
+    an_tensor *rows = NULL; /* (n_active) i64 on the CPU: the cache row of each active row */
+    int64_t n_active = n;
+    for (int64_t i = 0; i < n && active; i++) active[i] = i;
     an_no_grad_begin(ctx);
-    /* Prefill: each prompt alone (their lengths differ), into its own cache row. */
-    for (int64_t i = 0; i < n && st == AN_OK; i++) {
-        an_tensor *ids = an_tensor_from_data(ctx, AN_I32, 2, (int64_t[]){1, prompt_lens[i]}, prompts[i]);
-        an_tensor *rows = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){1}, &i);
-        ids = on_model_device(ctx, m, ids);
-        an_tensor *logits = ids && rows ? step(ctx, m, cache, ids, rows) : NULL;
-        if (logits) memcpy(logit_rows + i * vocab, an_tensor_data(logits), (size_t)vocab * sizeof(double));
-        else st = an_error_status(ctx);
-        an_tensor_release(ids), an_tensor_release(rows), an_tensor_release(logits);
-    }
-    /* Decode: sample for every unfinished row, then run all of them one step. */
-    for (int64_t s = 0; s < o->max_new_tokens && st == AN_OK; s++) {
-        int64_t n_active = 0;
-        for (int64_t i = 0; i < n; i++) {
-            if (done[i]) continue;
-            int64_t allowed = o->vocab_limit > 0 && o->vocab_limit < vocab ? o->vocab_limit : vocab;
-            int32_t t = an_sample_token(logit_rows + i * vocab, allowed, o, &ctx->rng, scratch);
+    an_tensor *logits = st == AN_OK && o->max_new_tokens > 0 ? prefill_all(ctx, m, cache, n, prompts, prompt_lens) : NULL;
+    if (st == AN_OK && o->max_new_tokens > 0 && !logits) st = an_error_status(ctx);
+    /* Each pass: choose a token for every active row (logits row a belongs to active[a]), record
+     * it, drop finished rows, and run the rest one step. */
+    while (logits && st == AN_OK) {
+        an_tensor *out_view = device_picked ? an_tensor_rows(ctx, device_picked, 0, n_active) : NULL;
+        st = device_picked && !out_view ? an_error_status(ctx) : an_sample_rows(ctx, logits, o, out_view, picked);
+        an_tensor_release(logits);
+        logits = NULL;
+        int64_t kept = 0;
+        for (int64_t a = 0; a < n_active && st == AN_OK; a++) {
+            int64_t i = active[a];
+            int32_t t = picked[a];
             tokens[i * o->max_new_tokens + count[i]++] = t;
             bool stop = is_eos(o, t) || count[i] == o->max_new_tokens;
             if (o->on_token && o->on_token(o->user, i, t)) stop = true;
-            done[i] = stop;
-            if (!stop) {
-                chosen[n_active] = t;
-                active[n_active++] = i;
-            }
+            if (!stop) picked[kept] = t, active[kept++] = i;
         }
-        if (n_active == 0) break;
-        an_tensor *ids = an_tensor_from_data(ctx, AN_I32, 2, (int64_t[]){n_active, 1}, chosen);
-        an_tensor *rows = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){n_active}, active);
-        ids = on_model_device(ctx, m, ids);
-        an_tensor *logits = ids && rows ? step(ctx, m, cache, ids, rows) : NULL;
+        if (st != AN_OK || kept == 0) {
+            an_tensor_release(out_view);
+            break;
+        }
+        an_tensor *ids = NULL;
+        if (kept == n_active && out_view) { /* same rows as last step: the device ids as they are */
+            ids = an_tensor_view(ctx, out_view, 2, (int64_t[]){kept, 1});
+        } else {
+            ids = ids_on_device(ctx, m, kept, 1, picked);
+        }
+        an_tensor_release(out_view);
+        if (kept != n_active || !rows) {
+            an_tensor_release(rows);
+            rows = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){kept}, active);
+        }
+        n_active = kept;
+        logits = ids && rows ? decode(ctx, m, cache, ids, rows) : NULL;
         if (!logits) st = an_error_status(ctx);
-        for (int64_t a = 0; logits && a < n_active; a++)
-            memcpy(logit_rows + active[a] * vocab, (double *)an_tensor_data(logits) + a * vocab,
-                   (size_t)vocab * sizeof(double));
-        an_tensor_release(ids), an_tensor_release(rows), an_tensor_release(logits);
+        an_tensor_release(ids);
     }
+    an_tensor_release(logits), an_tensor_release(rows), an_tensor_release(device_picked);
     an_no_grad_end(ctx);
     for (int64_t i = 0; i < n && st == AN_OK; i++) {
         out[i] = malloc((size_t)(count[i] ? count[i] : 1) * sizeof **out);
@@ -134,7 +176,7 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
         memcpy(out[i], tokens + i * o->max_new_tokens, (size_t)count[i] * sizeof **out);
         out_lens[i] = count[i];
     }
-    free(tokens), free(count), free(active), free(logit_rows), free(scratch), free(done), free(chosen);
+    free(tokens), free(count), free(active), free(picked);
     an_kv_cache_free(cache);
     return st;
 }

@@ -38,4 +38,13 @@ an_status an_generate(an_ctx *ctx, an_model *model, int64_t n, const int32_t *co
 int32_t an_sample_token(const double *logits, int64_t vocab, const an_generate_opts *opts, an_rng *rng,
                         double *scratch);
 
+/* The next token of every row of logits (B, V) on either device, under opts' temperature, top-k,
+ * top-p and vocab_limit, into host tokens[B]. On the GPU the choice runs there (an_cuda_sample) and
+ * only the B ids cross to the host; device_tokens, a (B) i32 tensor on the GPU, receives them
+ * there too (the next step's input ids); it is unused (may be NULL) on the CPU. Either way row b
+ * takes draw offset + b of ctx's RNG and the offset advances by B when sampling, so both devices
+ * draw the same numbers and a seed repeats a run. */
+an_status an_sample_rows(an_ctx *ctx, const an_tensor *logits, const an_generate_opts *opts, an_tensor *device_tokens,
+                         int32_t *tokens);
+
 #endif

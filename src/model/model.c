@@ -10,6 +10,7 @@
 
 #include "autograd/ops.h"   /* the ops the transformer is built from */
 #include "autograd/tape.h"  /* an_checkpoint */
+#include "kernels/cuda.h"     /* an_cuda_memcpy_2d for the KV cache writes */
 #include "model/kv_cache.h" /* an_kv_cache, an_model_forward_cached */
 
 static void add_param(an_model *m, an_tensor **slot, bool no_decay, int ndim, int64_t d0, int64_t d1,
@@ -135,26 +136,32 @@ typedef struct {
     an_tensor *rows; /* (B') i64: cache row of each batch entry */
 } cache_step;
 
-/* k and v (B', T, Hkv, D) into the cache rows at each row's current length. */
+/* k and v (B', T, Hkv, D) into the cache rows at each row's current length. Batch entries whose
+ * cache rows follow each other and hold equally many tokens (a batched decode step) go in one
+ * strided copy, so a step makes 2 copies per layer instead of 2 B'. */
 static an_status cache_store(an_ctx *ctx, const cache_step *cs, an_tensor *k, an_tensor *v) {
     an_kv_cache *c = cs->cache;
-    int64_t bq = k->shape[0], t = k->shape[1], width = c->kv_heads * c->head_dim;
+    int64_t bq = k->shape[0], t = k->shape[1];
+    size_t elt = an_dtype_size(k->dtype), token = (size_t)(c->kv_heads * c->head_dim) * elt;
     const int64_t *rows = an_tensor_data(cs->rows), *len = an_tensor_data(c->length);
     an_tensor *src[2] = {k, v}, *dst[2] = {c->k[cs->layer], c->v[cs->layer]};
-    an_status st = AN_OK;
-    for (int i = 0; i < 2 && st == AN_OK; i++) {
-        an_tensor *flat_src = an_tensor_view(ctx, src[i], 2, (int64_t[]){bq * t, width});
-        an_tensor *flat_dst = an_tensor_view(ctx, dst[i], 2, (int64_t[]){c->rows * c->capacity, width});
-        for (int64_t b = 0; b < bq && st == AN_OK && flat_src && flat_dst; b++) {
-            an_tensor *from = an_tensor_rows(ctx, flat_src, b * t, t);
-            an_tensor *to = an_tensor_rows(ctx, flat_dst, rows[b] * c->capacity + len[rows[b]], t);
-            st = from && to ? an_tensor_copy_into(ctx, to, from) : an_error_status(ctx);
-            an_tensor_release(from), an_tensor_release(to);
+    AN_CHECK(ctx, k->dtype == dst[0]->dtype && v->dtype == dst[1]->dtype && k->device == dst[0]->device &&
+                      v->device == dst[1]->device,
+             AN_ERR_INPUT, "cached forward: keys and values must have the cache's dtype and device");
+    for (int64_t b = 0, g; b < bq; b += g) {
+        for (g = 1; b + g < bq && rows[b + g] == rows[b] + g && len[rows[b + g]] == len[rows[b]]; g++) {}
+        size_t row_pitch = (size_t)c->capacity * token, width = (size_t)t * token;
+        for (int i = 0; i < 2; i++) {
+            const char *from = (const char *)an_tensor_data(src[i]) + (size_t)b * width;
+            char *to = (char *)an_tensor_data(dst[i]) + (size_t)rows[b] * row_pitch + (size_t)len[rows[b]] * token;
+            if (k->device == AN_CUDA) {
+                AN_TRY(an_cuda_memcpy_2d(ctx, to, row_pitch, from, width, width, (size_t)g));
+            } else {
+                for (int64_t j = 0; j < g; j++) memcpy(to + (size_t)j * row_pitch, from + (size_t)j * width, width);
+            }
         }
-        if (!flat_src || !flat_dst) st = an_error_status(ctx);
-        an_tensor_release(flat_src), an_tensor_release(flat_dst);
     }
-    return st;
+    return AN_OK;
 }
 
 /* One decoder block: x + attn(norm(x)), then + mlp(norm(.)). x (B, T, H), positions (B, T),

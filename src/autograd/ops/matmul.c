@@ -197,8 +197,12 @@ an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
     if (!out) return NULL;
     an_gemm_shape s = {1, rows, out_features, in, false, true, false, false};
-    an_status st = an_op_gemm(ctx, &s, x, w, out);
-    if (st == AN_OK && bias) st = an_op_add_bias(ctx, out, bias);
+    /* a few rows on the GPU (a decode step): the bias rides in the GEMV's one rounding */
+    bool fused = out->device == AN_CUDA && bias && rows >= 1 && rows <= AN_CUDA_GEMV_MAX_ROWS && in >= 1;
+    an_status st = fused ? an_cuda_gemv(ctx, x->dtype, an_tensor_data(x), rows, in, an_tensor_data(w), out_features,
+                                        an_tensor_data(bias), 0, an_tensor_data(out))
+                         : an_op_gemm(ctx, &s, x, w, out);
+    if (st == AN_OK && bias && !fused) st = an_op_add_bias(ctx, out, bias);
     if (st != AN_OK) {
         an_tensor_release(out);
         return NULL;

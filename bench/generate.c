@@ -1,0 +1,234 @@
+/* generate.c — generation throughput on a model directory: greedy continuation of B prompts of
+ * --prompt ids by --new tokens through an_generate (KV cache, batched decode, tokens chosen on the
+ * device), after one warm-up run of 8 new tokens.
+ *
+ *   bench/generate MODEL_DIR [--batch N] [--prompt 128] [--new 256] [--device cuda|cpu] [--dtype bf16|f32]
+ *                  [--breakdown]
+ *
+ * Prompt ids are ((b * prompt + t) * 2654435761) mod (vocab - 1), as bench/peer_generate.py makes
+ * them; no eos stops a row, so every row yields exactly --new tokens. Prints
+ *   anneal generate batch B: X tokens/s (new tokens over wall time incl. prefill), decode Y ms/step
+ * where the decode time per step is (total - prefill) / (new - 1): the first new token comes from
+ * the prefill's logits. On CUDA it also prints the measured device copy bandwidth (read + write
+ * bytes per second of a 1 GiB device-to-device copy), the weight bytes a decode step reads (every
+ * parameter but the embedding table, of which a step reads B rows), the bandwidth limit
+ * bandwidth / weight bytes in steps (tokens per row) per second, and the share of it reached.
+ * --breakdown (CUDA) first times the pieces of a decode step at this batch, each repeated back to
+ * back: every projection shape through an_linear (and through cuBLASLt on W^T for comparison),
+ * cached attention, the small ops, the sampler, and whole cached forward steps. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "autograd/tape.h"  /* an_no_grad_* */
+#include "kernels/cuda.h"  /* an_cuda_synchronize, an_cuda_copy_bandwidth, an_cuda_gemm */
+#include "model/generate.h"
+#include "model/kv_cache.h"
+#include "model/load.h"
+#include "train/metrics.h" /* an_metrics_now */
+
+/* One greedy generation of new_tokens per row (no eos stop); its wall time in seconds. */
+static double run(an_ctx *ctx, an_model *m, long batch, int32_t **prompts, const int64_t *lens, long new_tokens,
+                  int32_t **out, int64_t *out_lens) {
+    an_generate_opts o = an_generate_defaults(m);
+    o.max_new_tokens = new_tokens;
+    o.n_eos_ids = 0;
+    if (m->embed_tokens->device == AN_CUDA) an_cuda_synchronize(ctx);
+    double t0 = an_metrics_now();
+    if (an_generate(ctx, m, batch, (const int32_t *const *)prompts, lens, &o, out, out_lens) != AN_OK) {
+        fprintf(stderr, "generate failed: %s\n", an_error_message(ctx));
+        exit(1);
+    }
+    if (m->embed_tokens->device == AN_CUDA) an_cuda_synchronize(ctx);
+    double dt = an_metrics_now() - t0;
+    for (long i = 0; i < batch; i++) {
+        if (out_lens[i] != new_tokens) {
+            fprintf(stderr, "row %ld produced %lld tokens, expected %ld\n", i, (long long)out_lens[i], new_tokens);
+            exit(1);
+        }
+        free(out[i]);
+    }
+    return dt;
+}
+
+#define REPS 50
+
+/* Seconds per call of `body` repeated REPS times after one warm-up call, synchronised at the end
+ * (back to back: the slower of host issue and GPU execution). */
+#define TIME_PER_CALL(ctx, out, body)                                   \
+    do {                                                                \
+        body;                                                           \
+        an_cuda_synchronize(ctx);                                       \
+        double t0_ = an_metrics_now();                                  \
+        for (int r_ = 0; r_ < REPS; r_++) { body; }                     \
+        an_cuda_synchronize(ctx);                                       \
+        (out) = (an_metrics_now() - t0_) / REPS;                        \
+    } while (0)
+
+static an_tensor *randn(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape) {
+    an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, ndim, shape);
+    if (t) an_tensor_fill_normal(ctx, t, 0.0, 1.0);
+    return t;
+}
+
+static void breakdown(an_ctx *ctx, an_model *m, long batch) {
+    const an_model_config *c = &m->config;
+    const an_layer *l = &m->layers[0];
+    an_dtype dt = m->embed_tokens->dtype;
+    int64_t H = c->hidden_size, B = batch;
+    an_no_grad_begin(ctx);
+    struct {
+        const char *name;
+        an_tensor *w;
+    } proj[] = {{"q_proj", l->q_proj.weight}, {"k_proj", l->k_proj.weight},       {"o_proj", l->o_proj.weight},
+                {"gate_proj", l->gate_proj.weight}, {"down_proj", l->down_proj.weight}, {"lm_head", m->lm_head}};
+    double per_layer = 0, t;
+    for (size_t i = 0; i < sizeof proj / sizeof *proj; i++) {
+        int64_t N = proj[i].w->shape[0], K = proj[i].w->shape[1];
+        an_tensor *x = randn(ctx, dt, 2, (int64_t[]){B, K}), *wt = randn(ctx, dt, 2, (int64_t[]){K, N});
+        an_tensor *y = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){B, N});
+        double bytes = (double)an_tensor_nbytes(proj[i].w), t_lt = 0;
+        TIME_PER_CALL(ctx, t, an_tensor_release(an_linear(ctx, x, proj[i].w, NULL)));
+        an_gemm_shape sh = {1, B, N, K, false, false, false, false}; /* x W^T with W^T stored: cuBLASLt */
+        TIME_PER_CALL(ctx, t_lt, an_cuda_gemm(ctx, &sh, dt, an_tensor_data(x), an_tensor_data(wt), an_tensor_data(y)));
+        printf("breakdown batch %ld %-9s (%6lld x %5lld): an_linear %7.1f us (%5.0f GB/s), cuBLASLt on W^T %7.1f us "
+               "(%5.0f GB/s)\n", batch, proj[i].name, (long long)N, (long long)K, t * 1e6, bytes / t / 1e9,
+               t_lt * 1e6, bytes / t_lt / 1e9);
+        double times = i == 0 || i == 2 ? 1 : i == 1 ? 2 : i == 3 ? 2 : i == 4 ? 1 : 0; /* per layer: q o, k v, gate up, down */
+        per_layer += times * t;
+        an_tensor_release(x), an_tensor_release(wt), an_tensor_release(y);
+    }
+    an_tensor *x = randn(ctx, dt, 2, (int64_t[]){B, H});
+    an_tensor *g = randn(ctx, dt, 2, (int64_t[]){B, c->intermediate_size});
+    TIME_PER_CALL(ctx, t, an_tensor_release(an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps)));
+    printf("breakdown batch %ld rmsnorm %.1f us\n", batch, t * 1e6);
+    per_layer += 2 * t;
+    TIME_PER_CALL(ctx, t, an_tensor_release(an_add(ctx, x, x)));
+    printf("breakdown batch %ld add %.1f us\n", batch, t * 1e6);
+    per_layer += 2 * t;
+    TIME_PER_CALL(ctx, t, an_tensor_release(an_swiglu(ctx, g, g)));
+    printf("breakdown batch %ld swiglu %.1f us\n", batch, t * 1e6);
+    per_layer += t;
+    TIME_PER_CALL(ctx, t, an_tensor_release(an_linear(ctx, x, l->q_proj.weight, l->q_proj.bias)));
+    printf("breakdown batch %ld q_proj with bias %.1f us\n", batch, t * 1e6);
+    an_kv_cache *cache = NULL;
+    if (an_kv_cache_create(ctx, m, B, 512, &cache) == AN_OK) {
+        int64_t *len = an_tensor_data(cache->length), *rows_h = malloc((size_t)B * sizeof *rows_h);
+        for (int64_t b = 0; b < B; b++) len[b] = 256, rows_h[b] = b;
+        an_tensor *rows = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows_h);
+        an_tensor *q = randn(ctx, dt, 4, (int64_t[]){B, 1, c->num_heads, c->head_dim});
+        TIME_PER_CALL(ctx, t, an_tensor_release(an_attention_cached(ctx, q, cache->k[0], cache->v[0], rows,
+                                                                     cache->length, 0.08)));
+        printf("breakdown batch %ld attention_cached (256 keys) %.1f us\n", batch, t * 1e6);
+        per_layer += t;
+        printf("breakdown batch %ld: these pieces sum to %.1f us per layer, %.2f ms per step of %d layers "
+               "(without rope, bias adds, cache writes and the head)\n", batch, per_layer * 1e6,
+               per_layer * (double)c->num_layers * 1e3, (int)c->num_layers);
+        /* whole cached forward steps (the cache fills from 256 on) */
+        an_tensor *ids_h = an_tensor_zeros(ctx, AN_I32, AN_CPU, 2, (int64_t[]){B, 1});
+        an_tensor *ids = an_tensor_to(ctx, ids_h, AN_I32, AN_CUDA);
+        double t_issue = 0;
+        an_cuda_synchronize(ctx);
+        double t0 = an_metrics_now();
+        for (int r = 0; r < 20; r++) an_tensor_release(an_model_forward_cached(ctx, m, ids, rows, cache));
+        t_issue = an_metrics_now() - t0;
+        an_cuda_synchronize(ctx);
+        t = (an_metrics_now() - t0) / 20;
+        printf("breakdown batch %ld cached forward (no head): %.3f ms/step (host returns after %.3f ms)\n", batch,
+               t * 1e3, t_issue / 20 * 1e3);
+        an_tensor *logits = randn(ctx, dt, 2, (int64_t[]){B, c->vocab_size});
+        an_tensor *picked = an_tensor_new(ctx, AN_I32, AN_CUDA, 1, (int64_t[]){B});
+        int32_t *host = malloc((size_t)B * sizeof *host);
+        an_generate_opts o = an_generate_defaults(m);
+        TIME_PER_CALL(ctx, t, an_sample_rows(ctx, logits, &o, picked, host));
+        printf("breakdown batch %ld greedy sampler incl. copy of the ids: %.1f us\n", batch, t * 1e6);
+        o.temperature = 1.0, o.top_k = 50, o.top_p = 0.9;
+        TIME_PER_CALL(ctx, t, an_sample_rows(ctx, logits, &o, picked, host));
+        printf("breakdown batch %ld top-k 50 top-p 0.9 sampler: %.1f us\n", batch, t * 1e6);
+        o.top_k = 0;
+        TIME_PER_CALL(ctx, t, an_sample_rows(ctx, logits, &o, picked, host));
+        printf("breakdown batch %ld top-p 0.9 sampler: %.1f us\n", batch, t * 1e6);
+        free(host), free(rows_h);
+        an_tensor_release(picked), an_tensor_release(logits), an_tensor_release(ids), an_tensor_release(ids_h);
+        an_tensor_release(q), an_tensor_release(rows);
+        an_kv_cache_free(cache);
+    }
+    an_tensor_release(x), an_tensor_release(g);
+    an_no_grad_end(ctx);
+    if (an_error_status(ctx)) printf("breakdown error: %s\n", an_error_message(ctx));
+    an_error_clear(ctx);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        fprintf(stderr, "usage: %s MODEL_DIR [--batch N] [--prompt N] [--new N] [--device cuda|cpu] [--dtype bf16|f32]\n",
+                argv[0]);
+        return 2;
+    }
+    const char *dir = argv[1];
+    an_device device = AN_CUDA;
+    an_dtype dtype = AN_BF16;
+    long batch = 1, prompt = 128, new_tokens = 256;
+    bool show_breakdown = false;
+    for (int i = 2; i < argc; i++) {
+        if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
+        else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
+        else if (!strcmp(argv[i], "--batch") && i + 1 < argc) batch = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) prompt = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--new") && i + 1 < argc) new_tokens = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--breakdown")) show_breakdown = true;
+        else {
+            fprintf(stderr, "unknown argument %s\n", argv[i]);
+            return 2;
+        }
+    }
+    if (batch < 1 || prompt < 1 || new_tokens < 2) {
+        fprintf(stderr, "--batch and --prompt must be >= 1 and --new >= 2\n");
+        return 2;
+    }
+    an_ctx *ctx = an_ctx_new(1);
+    an_model *m = NULL;
+    if ((device == AN_CUDA && an_ctx_use_cuda(ctx, 0) != AN_OK) || an_model_load(ctx, dir, dtype, device, &m) != AN_OK) {
+        fprintf(stderr, "%s\n", an_error_message(ctx));
+        return 1;
+    }
+    int32_t **prompts = malloc((size_t)batch * sizeof *prompts), **out = malloc((size_t)batch * sizeof *out);
+    int64_t *lens = malloc((size_t)batch * sizeof *lens), *out_lens = malloc((size_t)batch * sizeof *out_lens);
+    for (long b = 0; b < batch; b++) {
+        prompts[b] = malloc((size_t)prompt * sizeof **prompts);
+        lens[b] = prompt;
+        for (long t = 0; t < prompt; t++)
+            prompts[b][t] = (int32_t)((uint64_t)(b * prompt + t) * 2654435761ull % (uint64_t)(m->config.vocab_size - 1));
+    }
+    if (show_breakdown && device == AN_CUDA) breakdown(ctx, m, batch);
+    run(ctx, m, batch, prompts, lens, 8, out, out_lens); /* warm-up: GEMM plans, allocator cache */
+    double prefill = run(ctx, m, batch, prompts, lens, 1, out, out_lens);
+    double total = run(ctx, m, batch, prompts, lens, new_tokens, out, out_lens);
+    double step_ms = (total - prefill) / (double)(new_tokens - 1) * 1e3;
+    printf("anneal generate batch %ld: %.1f tokens/s (new tokens over wall time incl. prefill), decode %.3f ms/step "
+           "(prefill %.1f ms, %s %s, prompt %ld, new %ld)\n",
+           batch, (double)(batch * new_tokens) / total, step_ms, prefill * 1e3, an_dtype_name(dtype),
+           device == AN_CUDA ? "cuda" : "cpu", prompt, new_tokens);
+    if (device == AN_CUDA) {
+        double bw = 0;
+        if (an_cuda_copy_bandwidth(ctx, (size_t)1 << 30, 20, &bw) != AN_OK) {
+            fprintf(stderr, "%s\n", an_error_message(ctx));
+            return 1;
+        }
+        double weight_bytes = 0;
+        for (int i = 0; i < m->n_params; i++)
+            if (*m->params[i].slot != m->embed_tokens || m->config.tie_word_embeddings)
+                weight_bytes += (double)an_tensor_nbytes(*m->params[i].slot);
+        double limit = bw / weight_bytes, reached = 1e3 / step_ms;
+        printf("device copy bandwidth %.0f GB/s (read + write, 1 GiB device-to-device copies); weight bytes per decode "
+               "step %.3f GB; bandwidth limit %.1f steps/s (%.3f ms/step); batch %ld decode reaches %.1f steps/s = "
+               "%.1f%% of the limit (%.1f%% counting the prefill in)\n",
+               bw / 1e9, weight_bytes / 1e9, limit, 1e3 / limit, batch, reached, 100.0 * reached / limit,
+               100.0 * ((double)new_tokens / total) / limit);
+    }
+    for (long b = 0; b < batch; b++) free(prompts[b]);
+    free(prompts), free(out), free(lens), free(out_lens);
+    an_model_free(m);
+    an_ctx_free(ctx);
+    return 0;
+}

@@ -1,0 +1,189 @@
+/* test_cuda_sample.c — choosing tokens on the GPU (kernels/sample.cu through an_sample_rows)
+ * against the CPU reference (an_sample_token) on the same random logits, and generation on the
+ * GPU against generation on the CPU.
+ *
+ * Sampling: for each dtype (f32, bf16: bf16 logits tie often, which exercises the tie order) and
+ * vocabulary size (1, 2, 1009, 50000, and the 1.5B model's 151936), random logits in [-4, 4) (never
+ * all equal), greedy and several temperature / top-k / top-p / vocab_limit settings (top_p x top_k
+ * never a whole number: with bf16 ties the top-k tokens can weigh exactly alike, and whether
+ * top_p * mass is reached at a whole count is then a rounding of the two sums' last bits, which
+ * the CPU's doubles and the GPU's integers settle differently): the GPU's ids
+ * equal the CPU's exactly for every row, both contexts' RNG offsets advance alike, and the GPU run
+ * repeated from the same RNG state gives the same ids. Greedy ties go to the lowest id.
+ * Generation: the tiny Qwen2 and Llama fixtures in f32, prompts of different and of equal lengths
+ * (batched prefill, one strided KV-cache write per run of rows), greedy and sampled with one seed,
+ * and an eos that stops one row early: the GPU's tokens equal the CPU's token for token.
+ * Without a GPU (or in a build without CUDA) every test prints SKIP and passes. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/generate.h"
+#include "model/load.h"
+#include "support/test_util.h"
+
+#define MODELS ANNEAL_SOURCE_DIR "/tests/fixtures/models"
+
+/* ids (B) from an_sample_rows on logits (a tensor of either device) with ctx's RNG at `offset`. */
+static void pick(an_ctx *ctx, an_tensor *logits, const an_generate_opts *o, uint64_t offset, int32_t *ids) {
+    an_rng_init(&ctx->rng, 77);
+    ctx->rng.offset = offset;
+    an_tensor *dev = NULL;
+    if (logits->device == AN_CUDA) dev = test_poisoned_gpu(ctx, AN_I32, 1, (int64_t[]){logits->shape[0]});
+    test_ok(ctx, an_sample_rows(ctx, logits, o, dev, ids), "an_sample_rows");
+    if (dev) { /* the device copy holds the same ids */
+        an_tensor *h = an_tensor_to(ctx, dev, AN_I32, AN_CPU);
+        ck_assert_ptr_nonnull(h);
+        ck_assert(memcmp(an_tensor_data(h), ids, (size_t)logits->shape[0] * sizeof *ids) == 0);
+        an_tensor_release(h);
+    }
+    an_tensor_release(dev);
+}
+
+typedef struct {
+    double temperature;
+    int64_t top_k;
+    double top_p;
+    int64_t vocab_limit;
+} setting;
+
+START_TEST(test_gpu_sampling_equals_the_cpu_reference_on_random_logits) {
+    an_ctx *ctx = test_gpu_ctx(1, "cuda sampling");
+    if (!ctx) return;
+    const an_dtype dtypes[] = {AN_F32, AN_BF16};
+    const int64_t vocabs[] = {1, 2, 1009, 50000, 151936};
+    const setting settings[] = {
+        {0.0, 0, 1.0, 0},    {1.0, 0, 1.0, 0},   {0.7, 40, 1.0, 0},  {1.3, 0, 0.9, 0},
+        {0.8, 100, 0.805, 0},  {1.0, 1, 1.0, 0},   {2.0, 5, 0.5, 0},   {1.0, 0, 0.999, 700},
+        {0.5, 3000, 1.0, 0}, {1.0, 0, 0.05, 0},
+    };
+    int64_t rows = 6, checked = 0, distinct_draws = 0;
+    for (int d = 0; d < 2; d++) {
+        for (int v = 0; v < 5; v++) {
+            int64_t V = vocabs[v];
+            an_tensor *cpu = test_uniform(ctx, dtypes[d], 2, (int64_t[]){rows, V}, -4.0, 4.0, false);
+            an_tensor *gpu = an_tensor_to(ctx, cpu, dtypes[d], AN_CUDA);
+            ck_assert_ptr_nonnull(gpu);
+            for (size_t s = 0; s < sizeof settings / sizeof *settings; s++) {
+                const setting *c = &settings[s];
+                if (c->vocab_limit >= V) continue;
+                an_generate_opts o = {.temperature = c->temperature, .top_k = c->top_k, .top_p = c->top_p,
+                                      .vocab_limit = c->vocab_limit};
+                int32_t want[6], got[6], again[6];
+                pick(ctx, cpu, &o, 1000 + (uint64_t)s, want);
+                uint64_t cpu_offset = ctx->rng.offset;
+                pick(ctx, gpu, &o, 1000 + (uint64_t)s, got);
+                ck_assert_uint_eq(ctx->rng.offset, cpu_offset);
+                pick(ctx, gpu, &o, 1000 + (uint64_t)s, again);
+                int64_t allowed = c->vocab_limit ? c->vocab_limit : V;
+                for (int64_t r = 0; r < rows; r++) {
+                    ck_assert_msg(got[r] == want[r], "%s V %lld setting %zu (T %g, k %lld, p %g, limit %lld) row %lld: "
+                                  "GPU id %d, CPU id %d", an_dtype_name(dtypes[d]), (long long)V, s, c->temperature,
+                                  (long long)c->top_k, c->top_p, (long long)c->vocab_limit, (long long)r, got[r], want[r]);
+                    ck_assert_int_eq(again[r], got[r]);
+                    ck_assert(got[r] >= 0 && got[r] < allowed);
+                    checked++;
+                    distinct_draws += r > 0 && got[r] != got[0];
+                }
+            }
+            an_tensor_release(gpu), an_tensor_release(cpu);
+        }
+    }
+    printf("cuda sampling: %lld rows equal to the CPU reference\n", (long long)checked);
+    ck_assert_int_gt(distinct_draws, 0); /* rows really differ: the comparison can fail */
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_gpu_greedy_ties_go_to_the_lowest_id) {
+    an_ctx *ctx = test_gpu_ctx(2, "cuda sampling ties");
+    if (!ctx) return;
+    int64_t V = 3001;
+    an_tensor *cpu = test_uniform(ctx, AN_F32, 2, (int64_t[]){3, V}, -4.0, 4.0, false);
+    float *x = an_tensor_data(cpu);
+    /* row 0: the maximum at 2999 and 17; row 1: at 0 and 3000; row 2: at 1500, 1501 and 1502 */
+    x[2999] = x[17] = 9.0f;
+    x[V + 0] = x[V + 3000] = 9.0f;
+    x[2 * V + 1500] = x[2 * V + 1501] = x[2 * V + 1502] = 9.0f;
+    an_tensor *gpu = an_tensor_to(ctx, cpu, AN_F32, AN_CUDA);
+    an_generate_opts o = {.temperature = 0.0, .top_p = 1.0};
+    int32_t want[3], got[3];
+    pick(ctx, cpu, &o, 0, want);
+    pick(ctx, gpu, &o, 0, got);
+    ck_assert_int_eq(want[0], 17);
+    ck_assert_int_eq(want[1], 0);
+    ck_assert_int_eq(want[2], 1500);
+    for (int r = 0; r < 3; r++) ck_assert_int_eq(got[r], want[r]);
+    an_tensor_release(gpu), an_tensor_release(cpu);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* Generates from the same prompts with a CPU and a GPU copy of a fixture and compares. */
+static void check_generation(const char *family, const an_generate_opts *base, bool eos_mid_row) {
+    an_ctx *ctx = test_gpu_ctx(3, "cuda generation");
+    if (!ctx) return;
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/tiny-%s", MODELS, family);
+    an_model *cpu = NULL, *gpu = NULL;
+    test_ok(ctx, an_model_load(ctx, dir, AN_F32, AN_CPU, &cpu), "load cpu");
+    test_ok(ctx, an_model_load(ctx, dir, AN_F32, AN_CUDA, &gpu), "load gpu");
+    /* rows 1-3 share a length (one prefill, one strided cache write per layer), 0 and 4 do not */
+    const int32_t p0[] = {5, 6, 7, 8, 9, 10, 11}, p1[] = {200, 3, 9}, p2[] = {17, 42, 99}, p3[] = {1, 2, 3},
+                  p4[] = {250};
+    const int32_t *prompts[] = {p0, p1, p2, p3, p4};
+    int64_t lens[] = {7, 3, 3, 3, 1};
+    an_generate_opts o = *base;
+    o.max_new_tokens = 12;
+    o.n_eos_ids = 0;
+    int32_t *want[5], *got[5];
+    int64_t want_lens[5], got_lens[5];
+    int64_t eos[1];
+    for (int pass = 0; pass < (eos_mid_row ? 2 : 1); pass++) {
+        if (pass == 1) { /* the token row 2 made 4th becomes eos: row 2 (at least) stops early */
+            eos[0] = want[2][3];
+            o.eos_ids = eos, o.n_eos_ids = 1;
+            for (int i = 0; i < 5; i++) free(want[i]), free(got[i]);
+        }
+        an_rng_init(&ctx->rng, 11);
+        test_ok(ctx, an_generate(ctx, cpu, 5, prompts, lens, &o, want, want_lens), "generate on the cpu");
+        an_rng_init(&ctx->rng, 11);
+        test_ok(ctx, an_generate(ctx, gpu, 5, prompts, lens, &o, got, got_lens), "generate on the gpu");
+        for (int i = 0; i < 5; i++) {
+            ck_assert_int_eq(got_lens[i], want_lens[i]);
+            for (int64_t j = 0; j < want_lens[i]; j++)
+                ck_assert_msg(got[i][j] == want[i][j], "%s (T %g) pass %d row %d token %lld: GPU %d, CPU %d", family,
+                              o.temperature, pass, i, (long long)j, got[i][j], want[i][j]);
+        }
+        if (pass == 1) ck_assert_int_le(want_lens[2], 4);
+    }
+    printf("%s on the GPU (T %g, top-k %lld, top-p %g): generation equals the CPU's token for token\n", family,
+           o.temperature, (long long)o.top_k, o.top_p);
+    for (int i = 0; i < 5; i++) free(want[i]), free(got[i]);
+    an_model_free(gpu), an_model_free(cpu);
+    test_ctx_free(ctx);
+}
+
+START_TEST(test_gpu_greedy_generation_equals_cpu_token_for_token) {
+    an_generate_opts o = {.temperature = 0.0, .top_p = 1.0};
+    check_generation("qwen2", &o, true);
+    check_generation("llama", &o, true);
+}
+END_TEST
+
+START_TEST(test_gpu_sampled_generation_with_a_seed_equals_cpu) {
+    an_generate_opts o = {.temperature = 1.0, .top_k = 20, .top_p = 0.9};
+    check_generation("qwen2", &o, false);
+    o.top_k = 0, o.top_p = 1.0, o.temperature = 0.8;
+    check_generation("llama", &o, false);
+}
+END_TEST
+
+int main(void) {
+    Suite *s = suite_create("cuda_sample");
+    test_add_case(s, "sampling", test_gpu_sampling_equals_the_cpu_reference_on_random_logits);
+    test_add_case(s, "greedy_ties", test_gpu_greedy_ties_go_to_the_lowest_id);
+    test_add_case(s, "greedy_generation", test_gpu_greedy_generation_equals_cpu_token_for_token);
+    test_add_case(s, "sampled_generation", test_gpu_sampled_generation_with_a_seed_equals_cpu);
+    return test_run(s);
+}
