@@ -1,7 +1,8 @@
 /* test_tape.c — the tape itself: gradients of a tensor used twice add up, intermediates the
  * caller released still carry gradient, no-grad scopes record nothing, repeated backward calls
  * accumulate, gradient checkpointing gives bit-identical gradients with fewer bytes alive, and the
- * op profiler counts each op once per pass. */
+ * op profiler counts each op once per pass, and inputs held only to route gradients let their
+ * storage go early. */
 #include <math.h>
 #include <string.h>
 
@@ -196,6 +197,42 @@ START_TEST(test_profile_counts_each_op_once_per_pass) {
 }
 END_TEST
 
+/* h = a * a feeds only a frozen linear (whose backward reads the weight, not h) and a scale: once
+ * the caller lets h go, its storage is freed before backward, and a's gradient is still
+ * 2 a (w^T 1 + 3). */
+START_TEST(test_routing_only_inputs_free_their_storage_early) {
+    an_ctx *ctx = test_ctx(6);
+    an_tensor *a = test_uniform(ctx, AN_F64, 2, (int64_t[]){3, 4}, -1, 1, true);
+    an_tensor *w = test_uniform(ctx, AN_F64, 2, (int64_t[]){5, 4}, -1, 1, false);
+    an_tensor *h = an_mul(ctx, a, a);
+    an_tensor *y = an_linear(ctx, h, w, NULL), *s = an_scale(ctx, h, 3.0);
+    an_tensor *ys = an_sum(ctx, y), *ss = an_sum(ctx, s), *loss = an_add(ctx, ys, ss);
+    int64_t before = ctx->mem[AN_CPU].current;
+    an_tensor_release(h);
+    ck_assert_int_eq(before - ctx->mem[AN_CPU].current, 3 * 4 * (int64_t)sizeof(double));
+    an_tensor_release(y), an_tensor_release(s), an_tensor_release(ys), an_tensor_release(ss);
+    ck_assert_int_eq(an_backward(ctx, loss), AN_OK);
+    for (int i = 0; i < 3; i++)
+        for (int j = 0; j < 4; j++) {
+            double colsum = 0;
+            for (int o = 0; o < 5; o++) colsum += an_tensor_get(w, o * 4 + j);
+            ck_assert_double_eq_tol(an_tensor_get(a->grad, i * 4 + j), 2 * an_tensor_get(a, i * 4 + j) * (colsum + 3),
+                                    1e-12);
+        }
+    /* a weight that trains keeps its input's values */
+    an_tensor *w2 = test_uniform(ctx, AN_F64, 2, (int64_t[]){5, 4}, -1, 1, true);
+    an_tensor *h2 = an_mul(ctx, a, a), *y2 = an_linear(ctx, h2, w2, NULL);
+    before = ctx->mem[AN_CPU].current;
+    an_tensor_release(h2);
+    ck_assert_int_eq(ctx->mem[AN_CPU].current, before);
+    an_tensor *loss2 = an_sum(ctx, y2);
+    ck_assert_int_eq(an_backward(ctx, loss2), AN_OK);
+    an_tensor_release(loss), an_tensor_release(loss2), an_tensor_release(y2);
+    an_tensor_release(a), an_tensor_release(w), an_tensor_release(w2);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tape");
     TCase *tc = tcase_create("core");
@@ -204,6 +241,7 @@ int main(void) {
     tcase_add_test(tc, test_checkpoint_gradients_are_bit_identical_and_use_less_memory);
     tcase_add_test(tc, test_checkpoint_passes_gradcheck);
     tcase_add_test(tc, test_profile_counts_each_op_once_per_pass);
+    tcase_add_test(tc, test_routing_only_inputs_free_their_storage_early);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -27,6 +27,7 @@ static void node_free(an_node *node) {
             t->grad_fn->owns_output = true;
             an_tensor_retain(t);
         }
+        if (t && (node->routing_only >> i & 1u)) t->routing_refs--;
         an_tensor_release(t);
     }
     for (int i = 0; i < node->n_saved; i++) an_tensor_release(node->saved[i]);
@@ -93,6 +94,15 @@ an_node *an_tape_record(an_ctx *ctx, const an_op *op, an_tensor *output, an_tens
 
 void an_node_save(an_node *node, an_tensor *t) {
     if (node->n_saved < AN_NODE_MAX_SAVED) node->saved[node->n_saved++] = an_tensor_retain(t);
+}
+
+void an_node_input_routing_only(an_node *node, int i) {
+    an_tensor *t = node && i < node->n_inputs ? node->inputs[i] : NULL;
+    if (!t || (node->routing_only >> i & 1u)) return;
+    for (int j = 0; j < node->n_inputs; j++) /* the same tensor as another, data-reading input */
+        if (j != i && node->inputs[j] == t && !(node->routing_only >> j & 1u)) return;
+    node->routing_only |= 1u << i;
+    t->routing_refs++;
 }
 
 bool an_node_needs_grad(const an_node *node, int i) {

@@ -27,6 +27,7 @@ struct an_node {
     int n_saved;
     an_tensor *output;                     /* weak: cleared when the output is released... */
     bool owns_output;                      /* ...unless backward handed this node a reference */
+    unsigned routing_only;                 /* bit i: input i is held only to route its gradient */
     double args[8];                        /* small scalar arguments (eps, scale, flags) */
     int64_t iargs[8];
     void *extra;                           /* larger op state, freed with extra_free */
@@ -41,6 +42,10 @@ void an_tape_free(an_ctx *ctx, an_tape *tape);
  * nothing was recorded. Inputs may contain NULL for absent optional inputs. */
 an_node *an_tape_record(an_ctx *ctx, const an_op *op, an_tensor *output, an_tensor *const *inputs, int n_inputs);
 void an_node_save(an_node *node, an_tensor *t);         /* retains t */
+/* Declares that node's backward never reads input i's values (only routes its gradient): once
+ * every other reference to that tensor is gone, its storage is freed before the backward runs
+ * (an_tensor_data then returns NULL). Ops call it right after recording. */
+void an_node_input_routing_only(an_node *node, int i);
 bool an_node_needs_grad(const an_node *node, int i);
 /* Adds grad into node->inputs[i]->grad and releases the caller's reference to grad. */
 an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad);

@@ -25,7 +25,7 @@ static an_storage *storage_new(an_ctx *ctx, an_device device, size_t nbytes) {
 }
 
 static void storage_release(an_storage *s) {
-    if (--s->refcount > 0) return;
+    if (!s || --s->refcount > 0) return; /* NULL: let go early (routing references) */
     an_mem_free(s->ctx, s->device, s->data, s->nbytes);
     free(s);
 }
@@ -97,7 +97,14 @@ an_tensor *an_tensor_retain(an_tensor *t) {
 }
 
 void an_tensor_release(an_tensor *t) {
-    if (!t || --t->refcount > 0) return;
+    if (!t) return;
+    if (--t->refcount > 0) {
+        if (t->refcount == t->routing_refs && t->storage) { /* nobody left reads the values */
+            storage_release(t->storage);
+            t->storage = NULL;
+        }
+        return;
+    }
     if (t->grad_fn) an_node_forget_output(t->grad_fn, t);
     an_tensor_release(t->grad);
     storage_release(t->storage);
@@ -114,6 +121,7 @@ int64_t an_tensor_numel(const an_tensor *t) {
 size_t an_tensor_nbytes(const an_tensor *t) { return (size_t)an_tensor_numel(t) * an_dtype_size(t->dtype); }
 
 void *an_tensor_data(const an_tensor *t) {
+    if (!t->storage) return NULL; /* values let go: only routing references remained */
     return (char *)t->storage->data + (size_t)t->offset * an_dtype_size(t->dtype);
 }
 

@@ -31,8 +31,11 @@ typedef struct an_tensor {
     int ndim;
     int64_t shape[AN_MAX_DIMS];
     int64_t offset;          /* first element, in elements of dtype, within storage */
-    an_storage *storage;
+    an_storage *storage;     /* NULL once only routing references remain (see routing_refs) */
     int refcount;
+    int routing_refs;        /* references that need the tensor but never its values: tape nodes of
+                                ops whose backward does not read this input (an_node_input_routing_only).
+                                When every remaining reference is one, the storage is let go early. */
     bool requires_grad;
     struct an_tensor *grad;  /* same shape, dtype and device; accumulated by backward */
     an_node *grad_fn;        /* the tape node that produced this tensor; NULL for leaves */

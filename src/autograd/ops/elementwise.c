@@ -39,7 +39,9 @@ static an_tensor *binary(an_ctx *ctx, an_binary_kind kind, const an_op *op, an_t
         an_tensor_release(out);
         return NULL;
     }
-    an_tape_record(ctx, op, out, (an_tensor *[]){a, b}, 2);
+    an_node *node = an_tape_record(ctx, op, out, (an_tensor *[]){a, b}, 2);
+    if (kind != AN_BINARY_MUL) /* the gradients of a sum or difference read neither operand */
+        an_node_input_routing_only(node, 0), an_node_input_routing_only(node, 1);
     return out;
 }
 
@@ -52,7 +54,8 @@ static an_status binary_backward(an_ctx *ctx, an_binary_kind kind, an_node *node
     if (st == AN_OK && a->device == AN_CPU) {
         an_f64 in[3], res[2];
         an_tensor *grads[2] = {grad_a, grad_b};
-        st = an_f64_read_all(ctx, (an_tensor *[]){a, b, grad_out}, 3, in);
+        bool mul = kind == AN_BINARY_MUL; /* add and sub read neither operand (their values may be gone) */
+        st = an_f64_read_all(ctx, (an_tensor *[]){mul ? a : NULL, mul ? b : NULL, grad_out}, 3, in);
         if (st == AN_OK && (st = an_f64_write_all(ctx, grads, 2, res)) == AN_OK) {
             an_cpu_binary_backward(kind, in[0].data, n, in[1].data, nb, in[2].data, res[0].data, res[1].data);
             an_f64_commit_all(grads, 2, res);
@@ -107,6 +110,7 @@ an_tensor *an_scale(an_ctx *ctx, an_tensor *x, double s) {
     if (an_op_check_float_peers(ctx, "scale", &x, 1)) return NULL;
     an_tensor *out = scaled(ctx, x, s);
     an_node *node = out ? an_tape_record(ctx, &an_op_scale, out, &x, 1) : NULL;
+    an_node_input_routing_only(node, 0);
     if (node) node->args[0] = s;
     return out;
 }

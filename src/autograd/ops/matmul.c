@@ -207,7 +207,8 @@ an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
         an_tensor_release(out);
         return NULL;
     }
-    an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias}, 3);
+    an_node *node = an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias}, 3);
+    if (node && !w->requires_grad) an_node_input_routing_only(node, 0); /* dX = dY W reads no x */
     return out;
 }
 

@@ -7,7 +7,7 @@
 an_tensor *an_reshape(an_ctx *ctx, an_tensor *x, int ndim, const int64_t *shape) {
     AN_OP_INPUTS(x);
     an_tensor *out = an_tensor_view(ctx, x, ndim, shape);
-    if (out) an_tape_record(ctx, &an_op_reshape, out, &x, 1);
+    if (out) an_node_input_routing_only(an_tape_record(ctx, &an_op_reshape, out, &x, 1), 0);
     return out;
 }
 

@@ -107,6 +107,7 @@ an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rop
         return NULL;
     }
     an_node *node = an_tape_record(ctx, &an_op_rope, out, (an_tensor *[]){x, positions}, 2);
+    an_node_input_routing_only(node, 0); /* the backward rotates the gradient back: x is not read */
     if (node) {
         node->args[0] = (double)config->style;
         node->args[1] = config->theta;
