@@ -233,6 +233,32 @@ START_TEST(test_routing_only_inputs_free_their_storage_early) {
 }
 END_TEST
 
+/* h = swiglu(g, u) feeds only a trained linear: its values go after the forward and are formed
+ * again for dW = dY^T h in the backward, which equals the dW of a run that kept them. */
+START_TEST(test_recomputable_input_is_formed_again_for_backward) {
+    an_ctx *ctx = test_ctx(9);
+    an_tensor *g = test_uniform(ctx, AN_F64, 2, (int64_t[]){3, 4}, -1, 1, true);
+    an_tensor *u = test_uniform(ctx, AN_F64, 2, (int64_t[]){3, 4}, -1, 1, true);
+    an_tensor *w = test_uniform(ctx, AN_F64, 2, (int64_t[]){2, 4}, -1, 1, true);
+    an_tensor *want = NULL;
+    for (int keep = 1; keep >= 0; keep--) {
+        an_tensor *h = an_swiglu(ctx, g, u), *y = an_linear(ctx, h, w, NULL), *loss = an_sum(ctx, y);
+        int64_t before = ctx->mem[AN_CPU].current;
+        an_tensor *held = keep ? an_tensor_retain(h) : NULL; /* a reader of h keeps its values */
+        an_tensor_release(h);
+        ck_assert_int_eq(before - ctx->mem[AN_CPU].current, keep ? 0 : 3 * 4 * (int64_t)sizeof(double));
+        ck_assert_int_eq(an_backward(ctx, loss), AN_OK);
+        if (keep) want = an_tensor_retain(w->grad);
+        else test_assert_tensors_close(w->grad, want, 0, 0, "dW from recomputed h");
+        an_tensor_release(w->grad), an_tensor_release(g->grad), an_tensor_release(u->grad);
+        w->grad = g->grad = u->grad = NULL;
+        an_tensor_release(held), an_tensor_release(y), an_tensor_release(loss);
+    }
+    an_tensor_release(want), an_tensor_release(g), an_tensor_release(u), an_tensor_release(w);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tape");
     TCase *tc = tcase_create("core");
@@ -242,6 +268,7 @@ int main(void) {
     tcase_add_test(tc, test_checkpoint_passes_gradcheck);
     tcase_add_test(tc, test_profile_counts_each_op_once_per_pass);
     tcase_add_test(tc, test_routing_only_inputs_free_their_storage_early);
+    tcase_add_test(tc, test_recomputable_input_is_formed_again_for_backward);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -105,6 +105,24 @@ void an_node_input_routing_only(an_node *node, int i) {
     t->routing_refs++;
 }
 
+void an_node_input_recomputable(an_node *node, int i) {
+    an_tensor *t = node && i < node->n_inputs ? node->inputs[i] : NULL;
+    if (!t || (node->routing_only >> i & 1u) || !t->grad_fn || !t->grad_fn->recompute || t->grad_fn->output != t ||
+        t->offset != 0)
+        return;
+    node->routing_only |= 1u << i; /* the op materializes t before every read, whichever input it is */
+    t->routing_refs++;
+}
+
+an_status an_tensor_materialize(an_ctx *ctx, an_tensor *t) {
+    if (!t || t->storage) return AN_OK;
+    an_node *producer = t->grad_fn;
+    AN_CHECK(ctx, producer && producer->recompute && producer->output == t, AN_ERR_INTERNAL,
+             "the values of a tensor were let go and its producer cannot form them again");
+    AN_TRY(an_tensor_restore_storage(ctx, t));
+    return producer->recompute(ctx, producer, t);
+}
+
 bool an_node_needs_grad(const an_node *node, int i) {
     return i < node->n_inputs && node->inputs[i] && node->inputs[i]->requires_grad;
 }

@@ -28,6 +28,9 @@ struct an_node {
     an_tensor *output;                     /* weak: cleared when the output is released... */
     bool owns_output;                      /* ...unless backward handed this node a reference */
     unsigned routing_only;                 /* bit i: input i is held only to route its gradient */
+    /* Set by ops whose output is cheap to form again from their inputs: writes the output's values
+     * into out (whose storage was restored) so a consumer can let them go (an_node_input_recomputable). */
+    an_status (*recompute)(an_ctx *ctx, an_node *node, an_tensor *out);
     double args[8];                        /* small scalar arguments (eps, scale, flags) */
     int64_t iargs[8];
     void *extra;                           /* larger op state, freed with extra_free */
@@ -46,6 +49,13 @@ void an_node_save(an_node *node, an_tensor *t);         /* retains t */
  * every other reference to that tensor is gone, its storage is freed before the backward runs
  * (an_tensor_data then returns NULL). Ops call it right after recording. */
 void an_node_input_routing_only(an_node *node, int i);
+/* Like an_node_input_routing_only for an input whose values the backward does read, when that
+ * input's producer can recompute it (its node has recompute): the values are let go after the
+ * forward and formed again by an_tensor_materialize in the backward, which the op must call before
+ * every read of that tensor (under any of its input slots). No-op otherwise. */
+void an_node_input_recomputable(an_node *node, int i);
+/* Makes t's values available again (recomputing them from its producer when they were let go). */
+an_status an_tensor_materialize(an_ctx *ctx, an_tensor *t);
 bool an_node_needs_grad(const an_node *node, int i);
 /* Adds grad into node->inputs[i]->grad and releases the caller's reference to grad. */
 an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad);

@@ -65,6 +65,13 @@ an_tensor *an_tensor_new(an_ctx *ctx, an_dtype dtype, an_device device, int ndim
     return t;
 }
 
+an_status an_tensor_restore_storage(an_ctx *ctx, an_tensor *t) {
+    AN_CHECK(ctx, !t->storage && t->offset == 0, AN_ERR_INTERNAL, "restore_storage of a tensor that %s",
+             t->storage ? "still has its storage" : "views at an offset");
+    t->storage = storage_new(ctx, t->device, an_tensor_nbytes(t));
+    return t->storage ? AN_OK : an_error_status(ctx);
+}
+
 an_tensor *an_tensor_zeros(an_ctx *ctx, an_dtype dtype, an_device device, int ndim, const int64_t *shape) {
     an_tensor *t = an_tensor_new(ctx, dtype, device, ndim, shape);
     if (!t) return NULL;

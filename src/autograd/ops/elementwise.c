@@ -119,6 +119,28 @@ an_status an_scale_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     return an_node_accumulate(ctx, node, 0, scaled(ctx, grad_out, node->args[0]));
 }
 
+/* out = silu(gate) * up, or silu(gate) when up is NULL. */
+static an_status swiglu_into(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *out) {
+    int64_t n = an_tensor_numel(gate);
+    if (gate->device == AN_CUDA)
+        return an_cuda_swiglu(ctx, gate->dtype, an_tensor_data(gate), up ? an_tensor_data(up) : NULL, n,
+                              an_tensor_data(out));
+    an_f64 in[2], res;
+    an_status st = an_f64_read_all(ctx, (an_tensor *[]){gate, up}, 2, in);
+    if (st == AN_OK && (st = an_f64_write(ctx, out, &res)) == AN_OK) {
+        an_cpu_swiglu(in[0].data, in[1].data, n, res.data);
+        an_f64_commit(out, &res);
+    }
+    an_f64_free_all(in, 2);
+    return st;
+}
+
+/* The output again from the inputs the node keeps: one elementwise pass, so a consumer that
+ * needs it in backward (a trained down projection) lets it go after the forward. */
+static an_status swiglu_recompute(an_ctx *ctx, an_node *node, an_tensor *out) {
+    return swiglu_into(ctx, node->inputs[0], node->n_inputs > 1 ? node->inputs[1] : NULL, out);
+}
+
 /* silu(gate) * up, or silu(gate) alone when up is NULL. */
 static an_tensor *swiglu(an_ctx *ctx, const an_op *op, an_tensor *gate, an_tensor *up) {
     an_tensor *operands[2] = {gate, up};
@@ -128,25 +150,12 @@ static an_tensor *swiglu(an_ctx *ctx, const an_op *op, an_tensor *gate, an_tenso
                   an_tensor_describe(gate, dg, sizeof dg), an_tensor_describe(up, du, sizeof du));
     an_tensor *out = an_op_new_like(ctx, gate, gate->ndim, gate->shape);
     if (!out) return NULL;
-    int64_t n = an_tensor_numel(gate);
-    an_status st;
-    if (gate->device == AN_CPU) {
-        an_f64 in[2], res;
-        st = an_f64_read_all(ctx, operands, 2, in);
-        if (st == AN_OK && (st = an_f64_write(ctx, out, &res)) == AN_OK) {
-            an_cpu_swiglu(in[0].data, in[1].data, n, res.data);
-            an_f64_commit(out, &res);
-        }
-        an_f64_free_all(in, 2);
-    } else {
-        st = an_cuda_swiglu(ctx, gate->dtype, an_tensor_data(gate), up ? an_tensor_data(up) : NULL, n,
-                            an_tensor_data(out));
-    }
-    if (st != AN_OK) {
+    if (swiglu_into(ctx, gate, up, out) != AN_OK) {
         an_tensor_release(out);
         return NULL;
     }
-    an_tape_record(ctx, op, out, operands, up ? 2 : 1);
+    an_node *node = an_tape_record(ctx, op, out, operands, up ? 2 : 1);
+    if (node) node->recompute = swiglu_recompute;
     return out;
 }
 

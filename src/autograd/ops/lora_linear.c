@@ -72,6 +72,8 @@ an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tenso
     if (node) {
         an_node_save(node, down);
         node->args[0] = scale;
+        an_node_input_recomputable(node, 0); /* read by dW and dA: formed again in the backward */
+        if (x_lora != x) an_node_input_recomputable(node, 1);
     }
     an_tensor_release(down);
     return out;
@@ -96,6 +98,8 @@ an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_ou
     double scale = node->args[0];
     int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
     bool shared = x == x_lora; /* one input: its gradient takes both products in one buffer */
+    if (an_node_needs_grad(node, 2)) AN_TRY(an_tensor_materialize(ctx, x));
+    if (an_node_needs_grad(node, 4)) AN_TRY(an_tensor_materialize(ctx, x_lora));
     bool need_x = an_node_needs_grad(node, 0), need_xl = !shared && an_node_needs_grad(node, 1);
 
     an_tensor *d_down = NULL; /* (N, r) = scale dY B: the gradient of x_lora A^T */

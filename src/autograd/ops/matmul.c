@@ -209,6 +209,7 @@ an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
     }
     an_node *node = an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias}, 3);
     if (node && !w->requires_grad) an_node_input_routing_only(node, 0); /* dX = dY W reads no x */
+    else an_node_input_recomputable(node, 0);                            /* dW reads x: formed again */
     return out;
 }
 
@@ -227,6 +228,7 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
         AN_TRY(an_node_accumulate(ctx, node, 0, gx));
     }
     if (an_node_needs_grad(node, 1)) {
+        AN_TRY(an_tensor_materialize(ctx, x));
         an_tensor *gw = an_op_new_like(ctx, w, 2, w->shape);
         if (!gw) return an_error_status(ctx);
         an_gemm_shape s = {1, out_features, in, rows, true, false, false, false}; /* dW = dY^T @ X */
