@@ -15,7 +15,11 @@
  * Then the launchers of kernels/cuda.h are called directly on the same device inputs with every
  * output poisoned (0xFF bytes: NaN in each float dtype) and must reproduce the op's results bit
  * for bit, so an element a kernel leaves unwritten fails; the embedding and rmsnorm gradients run
- * twice and must be bit-identical (no float atomics).
+ * twice and must be bit-identical (no float atomics). rmsnorm and rope have a 16-byte vector path
+ * chosen by shape and alignment: the cases include shapes that take it (D a multiple of 8, the
+ * 1.5B model's sizes) and shapes that do not (odd D), and every case also runs the launchers on
+ * misaligned copies, which take the scalar path: rope must give the same bits, rmsnorm (whose sums
+ * run in another order) results within the bounds above of the vector path's.
  * A failed comparison prints a FAIL line and the test goes on, so one run names every failing
  * case; the test fails at its end. Without a GPU (or in a build without CUDA) every test prints
  * SKIP and passes. */
@@ -122,6 +126,19 @@ static void expect_same_bits(an_ctx *ctx, const an_tensor *a, const an_tensor *b
         }
     an_tensor_release(ha);
     an_tensor_release(hb);
+}
+
+/* A CUDA tensor (n) whose first element sits one element past an allocation's start, so it is not
+ * 16-byte aligned and the launchers take their scalar paths: a copy of src when given, else
+ * poisoned (0xFF bytes). The view keeps the storage alive. */
+static an_tensor *misaligned(an_ctx *ctx, an_dtype dtype, int64_t n, const an_tensor *src) {
+    int64_t n1 = n + 1;
+    an_tensor *base = test_poisoned_gpu(ctx, dtype, 1, &n1);
+    an_tensor *view = an_tensor_rows(ctx, base, 1, n);
+    ck_assert_msg(view != NULL, "view: %s", an_error_message(ctx));
+    an_tensor_release(base);
+    if (src) test_ok(ctx, an_tensor_copy_into(ctx, view, src), "misaligned copy");
+    return view;
 }
 
 /* ---- the harness: one op through autograd on both devices ---- */
@@ -302,6 +319,12 @@ static const struct {
     int64_t shape[3];
 } rmsnorm_cases[] = {
     {2, {1, 1}}, {2, {1, 7}}, {3, {3, 5, 33}}, {2, {2, 4096}}, {2, {300, 64}}, {2, {2000, 96}}, {3, {7, 3, 129}},
+    /* the vector path (D a multiple of 8): the 1.5B model's hidden size; more rows than one wave of
+     * the fused grad_w's blocks; rows of 16 and 32 warps (f32 8192: 4 packs per lane in the
+     * backward); rows of 16384 (grad_w unfused, or the scalar path where the registers of a
+     * 512- or 1024-thread block do not suffice); D = 24 (one pack per lane in bf16) and D = 12
+     * (vector in f32, scalar in bf16/f16) */
+    {3, {2, 33, 1536}}, {2, {4500, 64}}, {2, {3, 8192}}, {2, {3, 16384}}, {2, {5, 24}}, {3, {2, 3, 12}},
 };
 
 START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_across_runs) {
@@ -363,6 +386,27 @@ START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_acros
             expect_same_bits(ctx, dw[0], dw[1], what);
             expect_same_bits(ctx, dx[0], r.grad[0], what);
             expect_same_bits(ctx, dw[0], r.grad[1], what);
+            /* misaligned copies take the scalar path: within the bounds of the aligned (vector) results */
+            int64_t n = rows * D;
+            an_tensor *mx = misaligned(ctx, dtype, n, r.in[0]), *mw = misaligned(ctx, dtype, D, r.in[1]);
+            an_tensor *mg = misaligned(ctx, dtype, n, r.upstream), *my = misaligned(ctx, dtype, n, NULL);
+            an_tensor *mdx = misaligned(ctx, dtype, n, NULL), *mdw = misaligned(ctx, dtype, D, NULL);
+            an_tensor *mrstd = test_poisoned_gpu(ctx, AN_F32, 1, &rows);
+            test_ok(ctx, an_cuda_rmsnorm(ctx, dtype, an_tensor_data(mx), an_tensor_data(mw), rows, D, eps,
+                                    an_tensor_data(my), an_tensor_data(mrstd)), "an_cuda_rmsnorm misaligned");
+            test_ok(ctx, an_cuda_rmsnorm_backward(ctx, dtype, an_tensor_data(mx), an_tensor_data(mw),
+                                             an_tensor_data(mrstd), an_tensor_data(mg), rows, D, an_tensor_data(mdx),
+                                             an_tensor_data(mdw)),
+               "an_cuda_rmsnorm_backward misaligned");
+            an_tensor *want_y = to_host(ctx, r.out), *want_dx = to_host(ctx, r.grad[0]);
+            an_tensor *want_dw = to_host(ctx, r.grad[1]);
+            char mwhat[200];
+            expect_like_cpu(ctx, my, want_y, rtol, 0.0, fmt(mwhat, sizeof mwhat, "%s: misaligned forward", what));
+            expect_like_cpu(ctx, mdx, want_dx, rtol, rtol * term, fmt(mwhat, sizeof mwhat, "%s: misaligned dx", what));
+            expect_like_cpu(ctx, mdw, want_dw, rtol, 0.0, fmt(mwhat, sizeof mwhat, "%s: misaligned dw", what));
+            an_tensor_release(mx), an_tensor_release(mw), an_tensor_release(mg), an_tensor_release(my);
+            an_tensor_release(mdx), an_tensor_release(mdw), an_tensor_release(mrstd);
+            an_tensor_release(want_y), an_tensor_release(want_dx), an_tensor_release(want_dw);
             for (int k = 0; k < 2; k++) an_tensor_release(dx[k]), an_tensor_release(dw[k]);
             an_tensor_release(y), an_tensor_release(rstd), an_tensor_release(rstd_h);
             gpu_run_release(&r);
@@ -399,6 +443,12 @@ static const struct {
     {2, 33, 5, 6, AN_ROPE_NEOX, 10000, false, POS_PACKED},
     {1, 7, 1, 512, AN_ROPE_NEOX, 10000, false, POS_LONG},
     {2, 11, 3, 64, AN_ROPE_INTERLEAVED, 500000, true, POS_PACKED},
+    /* the 1.5B model's q and k (12 and 2 heads of 128: vector path, heads in chunks of 4), both
+     * styles; D = 8 (vector in f32 NEOX and in every interleaved dtype, scalar in bf16/f16 NEOX) */
+    {2, 19, 12, 128, AN_ROPE_NEOX, 10000, false, POS_LONG},
+    {3, 13, 2, 128, AN_ROPE_NEOX, 1e6, false, POS_PACKED},
+    {1, 9, 12, 128, AN_ROPE_INTERLEAVED, 10000, true, POS_LONG},
+    {2, 5, 7, 8, AN_ROPE_NEOX, 10000, false, POS_PACKED},
 };
 
 /* (B, T) positions: 0, 1, ...; packed documents that restart at random; or a long context (a
@@ -456,7 +506,14 @@ START_TEST(test_cuda_rope_matches_cpu_in_both_styles_with_llama3_scaling_and_pac
             test_ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(inplace), an_tensor_data(r.in[1]), pos_dtype, rows, H, D,
                                  inv_freq, interleaved, 1.0, an_tensor_data(inplace)), "an_cuda_rope in place");
             expect_same_bits(ctx, inplace, r.out, what);
+            /* a misaligned copy takes the scalar path, which must give the same bits */
+            int64_t n = rows * H * D;
+            an_tensor *mx = misaligned(ctx, dtype, n, r.in[0]), *mout = misaligned(ctx, dtype, n, NULL);
+            test_ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(mx), an_tensor_data(r.in[1]), pos_dtype, rows, H, D,
+                                 inv_freq, interleaved, 1.0, an_tensor_data(mout)), "an_cuda_rope misaligned");
+            expect_same_bits(ctx, mout, r.out, what);
             free(inv_freq);
+            an_tensor_release(mx), an_tensor_release(mout);
             an_tensor_release(out), an_tensor_release(back), an_tensor_release(inplace);
             gpu_run_release(&r);
             an_tensor_release(x), an_tensor_release(pos);

@@ -1,0 +1,34 @@
+/* vec.cuh — 16-byte vector access for the row kernels (rmsnorm, rope): a pack of 16 / sizeof(T)
+ * elements loaded or stored with one instruction, widened to fp32 or rounded from it once.
+ *
+ * Rules: a pack's address must be 16-byte aligned; callers check that with an_aligned16 on every
+ * pointer and take a scalar path otherwise. Conversions are those of cuda_common.cuh (round to
+ * nearest even), so a vector path gives the same bits per element as the scalar one. */
+#ifndef AN_VEC_CUH
+#define AN_VEC_CUH
+
+#include <stdint.h>
+
+#include "kernels/cuda_common.cuh"  /* an_load, an_store */
+
+/* Elements of T in 16 bytes: 4 floats, 8 bf16 or f16. */
+template <typename T> struct an_vec_width {
+    static const int value = 16 / (int)sizeof(T);
+};
+
+template <typename T> struct alignas(16) an_pack {
+    T v[16 / sizeof(T)];
+};
+
+template <typename T> __device__ __forceinline__ an_pack<T> an_pack_load(const T *p) {
+    return *reinterpret_cast<const an_pack<T> *>(p);
+}
+
+template <typename T> __device__ __forceinline__ void an_pack_store(T *p, const an_pack<T> &pk) {
+    *reinterpret_cast<an_pack<T> *>(p) = pk;
+}
+
+/* True for NULL too (an absent operand does not block the vector path). */
+static inline bool an_aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
+
+#endif
