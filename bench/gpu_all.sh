@@ -20,6 +20,9 @@ for t in "$bin"/test_cuda*; do
   rows+=("$(printf '%-28s %s' "$name" "$(echo "$out" | grep -E '^[0-9]+%: Checks' | tail -1) (rc $rc)")")
 done
 
+echo "== memory-bound kernels (bench/kernels.c)" | tee -a "$log"
+"$bin/kernels" 2>&1 | tee -a "$log"
+
 model=/tmp/anneal-bench-1.5b
 if [ ! -d "$model" ]; then python3 bench/peer_train_step.py --save "$model" --steps 0 >> "$log" 2>&1; fi
 measure() { # label, command...
