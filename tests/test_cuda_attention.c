@@ -397,8 +397,18 @@ static void time_shape(an_ctx *ctx, int64_t B, int64_t T, int64_t Hq, int64_t Hk
     t[6] = test_poisoned_gpu(ctx, AN_BF16, 4, qs), t[7] = test_poisoned_gpu(ctx, AN_BF16, 4, ks); /* dq, dk */
     t[8] = test_poisoned_gpu(ctx, AN_BF16, 4, ks);                                                 /* dv */
     an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
-    double fwd = 0, bwd = 0;
+    double fwd = 0, bwd = 0, part[2] = {0, 0}; /* backward with dq alone, with dk and dv alone */
     for (int rep = 0; rep < 6; rep++) { /* the first is a warm-up */
+        for (int p = 0; p < 2; p++) {
+            double t0 = now_seconds();
+            test_ok(ctx, an_cuda_attention_backward(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]),
+                                               an_tensor_data(t[2]), NULL, AN_I64, an_tensor_data(t[4]),
+                                               an_tensor_data(t[5]), an_tensor_data(t[3]),
+                                               p ? NULL : an_tensor_data(t[6]), p ? an_tensor_data(t[7]) : NULL,
+                                               p ? an_tensor_data(t[8]) : NULL), "backward part");
+            test_ok(ctx, an_cuda_synchronize(ctx), "sync");
+            if (rep > 0) part[p] += (now_seconds() - t0) / 5;
+        }
         double t0 = now_seconds();
         test_ok(ctx, an_cuda_attention(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]), an_tensor_data(t[2]),
                                   NULL, AN_I64, an_tensor_data(t[4]), an_tensor_data(t[5])), "forward");
@@ -414,10 +424,10 @@ static void time_shape(an_ctx *ctx, int64_t B, int64_t T, int64_t Hq, int64_t Hk
     }
     double flops = 2.0 * 2.0 * (double)(T * T) / 2 * (double)(D * Hq * B); /* QK^T and PV over the causal half */
     printf("attention bf16 B %lld T %lld Hq %lld Hkv %lld D %lld causal (%s): forward %.3f ms (%.1f TFLOP/s), "
-           "backward %.3f ms (%.1f TFLOP/s at 2.5x the forward's useful work)\n",
+           "backward %.3f ms (%.1f TFLOP/s at 2.5x the forward's useful work; dq alone %.3f ms, dk and dv alone %.3f ms)\n",
            (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)D,
            an_cuda_attention_uses_tensor_cores(AN_BF16, D) ? "tensor cores" : "CUDA cores", fwd * 1e3, flops / fwd * 1e-12,
-           bwd * 1e3, 2.5 * flops / bwd * 1e-12);
+           bwd * 1e3, 2.5 * flops / bwd * 1e-12, part[0] * 1e3, part[1] * 1e3);
     fflush(stdout);
     for (int i = 0; i < 9; i++) an_tensor_release(t[i]);
 }
