@@ -71,11 +71,11 @@ template <typename T> __global__ void sum_squares_kernel(const T *x, int64_t n, 
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
 
-/* partial[kMaxBlocks] = sum of partial[0 .. count); one block of kMaxBlocks threads. */
-__global__ void sum_finish_kernel(double *partial, int count) {
+/* *out = sum of partial[0 .. count); one block of kMaxBlocks threads. */
+__global__ void sum_finish_kernel(const double *partial, int count, double *out) {
     double v = (int)threadIdx.x < count ? partial[threadIdx.x] : 0.0;
     v = block_sum(v);
-    if (threadIdx.x == 0) partial[kMaxBlocks] = v;
+    if (threadIdx.x == 0) *out = v;
 }
 
 template <typename G> an_status adamw_grad(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg,
@@ -119,21 +119,20 @@ an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, f
 an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum) {
     AN_CHECK(ctx, n >= 0, AN_ERR_INTERNAL, "sum_squares: negative element count %lld", (long long)n);
     AN_CUDA_STATE(ctx, s);
-    *sum = 0.0;
-    if (n == 0) return AN_OK;
+    if (n == 0) return an_cuda_memset(ctx, sum, 0, sizeof *sum);
     int64_t per_block = (int64_t)kThreads * 4; /* at least 4 elements per thread before adding blocks */
     int64_t blocks64 = (n + per_block - 1) / per_block;
     int blocks = (int)(blocks64 > kMaxBlocks ? kMaxBlocks : blocks64);
     void *scratch = nullptr;
-    AN_TRY(an_cuda_scratch(ctx, (kMaxBlocks + 1) * sizeof(double), &scratch));
+    AN_TRY(an_cuda_scratch(ctx, kMaxBlocks * sizeof(double), &scratch));
     double *partial = (double *)scratch;
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "sum_squares", {
         sum_squares_kernel<T><<<blocks, kThreads, 0, s->stream>>>((const T *)x, n, partial);
         AN_CUDA_LAUNCH_CHECK(ctx, "sum_squares_kernel");
     });
-    sum_finish_kernel<<<1, kMaxBlocks, 0, s->stream>>>(partial, blocks);
+    sum_finish_kernel<<<1, kMaxBlocks, 0, s->stream>>>(partial, blocks, sum);
     AN_CUDA_LAUNCH_CHECK(ctx, "sum_finish_kernel");
-    return an_cuda_memcpy(ctx, sum, AN_CPU, partial + kMaxBlocks, AN_CUDA, sizeof(double));
+    return AN_OK;
 }
 
 } // extern "C"

@@ -123,8 +123,9 @@ an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *shape,
  * the new master rounded to nearest even, or is NULL when master is the f32 parameter itself. */
 an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq,
                         const void *grad, an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n);
-/* *sum (a HOST double) = the sum of squares of x (n, f32/bf16/f16 on the device), accumulated in
- * float64 in a fixed order that depends only on n (bit-reproducible on one device; synchronises). */
+/* *sum (a DEVICE double) = the sum of squares of x (n, f32/bf16/f16 on the device), accumulated in
+ * float64 in a fixed order that depends only on n (bit-reproducible on one device). Asynchronous:
+ * the optimizer gathers every parameter's sum with one copy (src/optim/grad.c). */
 an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum);
 
 /* ---- Indices (indices.cu) ---- */

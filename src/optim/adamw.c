@@ -207,12 +207,20 @@ static an_status check_entry(an_ctx *ctx, const optim_entry *e) {
 an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
     const an_adamw_config *c = &opt->config;
     double sum_sq = 0;
-    for (int i = 0; i < opt->n_entries; i++) {
+    int n = opt->n_entries;
+    const an_tensor **grads = malloc((size_t)(n ? n : 1) * sizeof *grads);
+    int64_t *starts = malloc((size_t)(n ? n : 1) * sizeof *starts), *ends = malloc((size_t)(n ? n : 1) * sizeof *ends);
+    an_status st = grads && starts && ends ? AN_OK
+                                           : an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
+                                                          "optimizer: out of host memory");
+    for (int i = 0; i < n && st == AN_OK; i++) {
         const optim_entry *e = &opt->entries[i];
-        AN_TRY(check_entry(ctx, e));
-        const an_tensor *g = (*e->slot)->grad;
-        if (g) AN_TRY(optim_grad_sum_sq(ctx, g, e->start, e->end, &sum_sq));
+        st = check_entry(ctx, e);
+        grads[i] = (*e->slot)->grad, starts[i] = e->start, ends[i] = e->end;
     }
+    if (st == AN_OK) st = optim_grads_sum_sq(ctx, grads, starts, ends, n, &sum_sq);
+    free(grads), free(starts), free(ends);
+    AN_TRY(st);
     double norm = sqrt(sum_sq), lr = an_optim_lr(opt);
     double scale = optim_clip_scale(c->max_grad_norm, norm);
     if (report) *report = (an_optim_report){.step = opt->step, .lr = lr, .grad_norm = norm, .grad_scale = 1.0};

@@ -2,12 +2,14 @@
  * zero_grad, the float64 sum of squares behind the global norm, and clip_grad_norm_.
  *
  * Norms are accumulated in float64 whatever the gradient dtype (on CUDA by an_cuda_sum_squares,
- * in a fixed order of its own: deterministic, but not the CPU's sequential order); clipping
+ * in a fixed order of its own: deterministic, but not the CPU's sequential order; every
+ * parameter's sum stays on the device until one copy brings them all back); clipping
  * multiplies in float64 on the CPU (fp32 on CUDA, an_cuda_scale) and rounds once into the
  * gradient's dtype. */
 #include "optim/internal.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>  /* strncasecmp */
 
@@ -53,17 +55,9 @@ an_tensor *optim_slice(an_ctx *ctx, an_tensor *t, int64_t start, int64_t end) {
     return rows;
 }
 
-an_status optim_grad_sum_sq(an_ctx *ctx, const an_tensor *grad, int64_t start, int64_t end, double *acc) {
+/* The CPU sum of squares of grad elements [start, end). */
+static double cpu_sum_sq(const an_tensor *grad, int64_t start, int64_t end) {
     size_t size = an_dtype_size(grad->dtype);
-    if (grad->device == AN_CUDA) {
-        AN_CHECK(ctx, grad->dtype == AN_F32 || grad->dtype == AN_BF16 || grad->dtype == AN_F16, AN_ERR_INPUT,
-                 "gradient norm: a %s gradient on CUDA; f32, bf16 or f16 expected", an_dtype_name(grad->dtype));
-        double sum = 0;
-        AN_TRY(an_cuda_sum_squares(ctx, grad->dtype, (const char *)an_tensor_data(grad) + (size_t)start * size,
-                                   end - start, &sum));
-        *acc += sum;
-        return AN_OK;
-    }
     const char *data = (const char *)an_tensor_data(grad) + (size_t)start * size;
     double buf[CHUNK], sum = 0;
     for (int64_t i = start; i < end; i += CHUNK) {
@@ -71,8 +65,35 @@ an_status optim_grad_sum_sq(an_ctx *ctx, const an_tensor *grad, int64_t start, i
         an_dtype_convert(data + (size_t)(i - start) * size, grad->dtype, buf, AN_F64, n);
         for (size_t j = 0; j < n; j++) sum += buf[j] * buf[j];
     }
-    *acc += sum;
-    return AN_OK;
+    return sum;
+}
+
+an_status optim_grads_sum_sq(an_ctx *ctx, const an_tensor *const *grads, const int64_t *starts, const int64_t *ends,
+                             int n, double *total) {
+    int n_cuda = 0;
+    for (int i = 0; i < n; i++) n_cuda += grads[i] && grads[i]->device == AN_CUDA;
+    an_tensor *slots = n_cuda ? an_tensor_new(ctx, AN_F64, AN_CUDA, 1, (int64_t[]){n_cuda}) : NULL; /* (n_cuda) */
+    double *host = n_cuda ? malloc((size_t)n_cuda * sizeof *host) : NULL;
+    an_status st = !n_cuda || (slots && host) ? AN_OK
+                   : slots ? an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "gradient norm: out of host memory")
+                           : an_error_status(ctx);
+    for (int i = 0, j = 0; i < n && st == AN_OK; i++) {
+        const an_tensor *g = grads[i];
+        if (!g || g->device != AN_CUDA) continue;
+        if (g->dtype != AN_F32 && g->dtype != AN_BF16 && g->dtype != AN_F16)
+            st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__,
+                              "gradient norm: a %s gradient on CUDA; f32, bf16 or f16 expected", an_dtype_name(g->dtype));
+        else
+            st = an_cuda_sum_squares(ctx, g->dtype, (const char *)an_tensor_data(g) + (size_t)starts[i] * an_dtype_size(g->dtype),
+                                     ends[i] - starts[i], (double *)an_tensor_data(slots) + j++);
+    }
+    if (st == AN_OK && n_cuda)
+        st = an_cuda_memcpy(ctx, host, AN_CPU, an_tensor_data(slots), AN_CUDA, (size_t)n_cuda * sizeof *host);
+    for (int i = 0, j = 0; i < n && st == AN_OK; i++) /* in parameter order, whatever the device */
+        if (grads[i]) *total += grads[i]->device == AN_CUDA ? host[j++] : cpu_sum_sq(grads[i], starts[i], ends[i]);
+    free(host);
+    an_tensor_release(slots);
+    return st;
 }
 
 double optim_clip_scale(double max_norm, double total_norm) {
@@ -108,10 +129,19 @@ an_status an_optim_clip_grad_norm(an_ctx *ctx, an_tensor *const *params, int n_p
     AN_CHECK(ctx, max_norm > 0 && isfinite(max_norm), AN_ERR_INPUT, "clip_grad_norm: max_norm = %g, expected > 0",
              max_norm);
     double sum_sq = 0;
-    for (int i = 0; i < n_params; i++) {
-        an_tensor *g = params[i] ? params[i]->grad : NULL;
-        if (g) AN_TRY(optim_grad_sum_sq(ctx, g, 0, an_tensor_numel(g), &sum_sq));
+    const an_tensor **grads = malloc((size_t)(n_params ? n_params : 1) * sizeof *grads);
+    int64_t *starts = calloc((size_t)(n_params ? n_params : 1), sizeof *starts);
+    int64_t *ends = malloc((size_t)(n_params ? n_params : 1) * sizeof *ends);
+    an_status st = grads && starts && ends ? AN_OK
+                                           : an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
+                                                          "clip_grad_norm: out of host memory");
+    for (int i = 0; i < n_params && st == AN_OK; i++) {
+        grads[i] = params[i] ? params[i]->grad : NULL;
+        ends[i] = grads[i] ? an_tensor_numel(grads[i]) : 0;
     }
+    if (st == AN_OK) st = optim_grads_sum_sq(ctx, grads, starts, ends, n_params, &sum_sq);
+    free(grads), free(starts), free(ends);
+    AN_TRY(st);
     double total = sqrt(sum_sq);
     if (total_norm) *total_norm = total;
     AN_CHECK(ctx, isfinite(total), AN_ERR_INPUT,

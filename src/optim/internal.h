@@ -30,8 +30,11 @@ struct an_optim {
 
 /* Elements [start, end) of t as a 1-D view sharing storage (new reference), or NULL. */
 an_tensor *optim_slice(an_ctx *ctx, an_tensor *t, int64_t start, int64_t end);
-/* Adds the sum of squares of grad elements [start, end) to *acc, in float64. */
-an_status optim_grad_sum_sq(an_ctx *ctx, const an_tensor *grad, int64_t start, int64_t end, double *acc);
+/* The float64 sum of squares of the elements [starts[i], ends[i]) of grads[i] (NULL entries skipped),
+ * added in order into *total. CUDA gradients are summed on the device into one buffer that comes
+ * back with a single copy (one synchronisation for the whole model, not one per parameter). */
+an_status optim_grads_sum_sq(an_ctx *ctx, const an_tensor *const *grads, const int64_t *starts, const int64_t *ends,
+                             int n, double *total);
 /* max_norm / (total + 1e-6) clamped to at most 1, or 1 when max_norm <= 0. */
 double optim_clip_scale(double max_norm, double total_norm);
 
