@@ -122,15 +122,14 @@ START_TEST(test_cuda_sum_squares_is_float64_and_deterministic) {
                 for (int64_t i = offset; i < total; i++) want += an_tensor_get(h, i) * an_tensor_get(h, i);
                 const char *x = (const char *)an_tensor_data(dev) + (size_t)offset * an_dtype_size(dtypes[d]);
                 double got = -1, again = -2;
-                an_tensor *sums = an_tensor_new(ctx, AN_F64, AN_CUDA, 1, (int64_t[]){2}); /* device results */
-                test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(sums), 0xFF, 2 * sizeof(double)), "poison");
-                test_ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, an_tensor_data(sums)), "sum_squares");
-                test_ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, (double *)an_tensor_data(sums) + 1),
-                        "sum_squares again");
-                test_ok(ctx, an_cuda_memcpy(ctx, &got, AN_CPU, an_tensor_data(sums), AN_CUDA, sizeof got), "copy");
-                test_ok(ctx, an_cuda_memcpy(ctx, &again, AN_CPU, (double *)an_tensor_data(sums) + 1, AN_CUDA,
-                                            sizeof again), "copy");
-                an_tensor_release(sums);
+                double *sums = an_mem_alloc(ctx, AN_CUDA, 2 * sizeof(double)); /* the results, on the device */
+                ck_assert_ptr_nonnull(sums);
+                test_ok(ctx, an_cuda_memset(ctx, sums, 0xFF, 2 * sizeof(double)), "poison");
+                test_ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, sums), "sum_squares");
+                test_ok(ctx, an_cuda_sum_squares(ctx, dtypes[d], x, n, sums + 1), "sum_squares again");
+                test_ok(ctx, an_cuda_memcpy(ctx, &got, AN_CPU, sums, AN_CUDA, sizeof got), "copy");
+                test_ok(ctx, an_cuda_memcpy(ctx, &again, AN_CPU, sums + 1, AN_CUDA, sizeof again), "copy");
+                an_mem_free(ctx, AN_CUDA, sums, 2 * sizeof(double));
                 ck_assert_msg(!isnan(got) && fabs(got - want) <= 1e-12 * want, "%s n %lld offset %lld: %.17g, expected %.17g",
                               an_dtype_name(dtypes[d]), (long long)n, (long long)offset, got, want);
                 ck_assert_msg(memcmp(&got, &again, sizeof got) == 0, "%s n %lld: %.17g then %.17g",

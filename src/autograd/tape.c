@@ -167,6 +167,18 @@ an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad)
     return st;
 }
 
+an_status an_node_pass_grad(an_ctx *ctx, an_node *node, int i, an_tensor *grad_out) {
+    if (!an_node_needs_grad(node, i)) return AN_OK;
+    an_tensor *t = node->inputs[i];
+    if (!t->grad && grad_out->refcount == 1 && grad_out->storage && grad_out->storage->refcount == 1 &&
+        !grad_out->grad_fn && grad_out->dtype == t->dtype && grad_out->device == t->device &&
+        an_tensor_numel(grad_out) == an_tensor_numel(t)) {
+        t->grad = an_tensor_view(ctx, grad_out, t->ndim, t->shape);
+        return t->grad ? AN_OK : an_error_status(ctx);
+    }
+    return an_grad_accumulate(ctx, t, grad_out);
+}
+
 /* Runs nodes [from, len) in reverse, then drops them. */
 static an_status run_backward(an_ctx *ctx, int64_t from) {
     an_tape *tape = ctx->tape;

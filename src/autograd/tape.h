@@ -59,6 +59,11 @@ an_status an_tensor_materialize(an_ctx *ctx, an_tensor *t);
 bool an_node_needs_grad(const an_node *node, int i);
 /* Adds grad into node->inputs[i]->grad and releases the caller's reference to grad. */
 an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad);
+/* Hands the node's upstream gradient itself to input i (borrowed): when nothing else holds it and the
+ * input has no gradient yet, the input's gradient becomes a view of it (no copy; the backward loop
+ * drops its own reference right after); otherwise it is added like an_node_accumulate would. For
+ * rules whose gradient is grad_out unchanged (reshape, add). */
+an_status an_node_pass_grad(an_ctx *ctx, an_node *node, int i, an_tensor *grad_out);
 /* Adds src into t->grad (allocating it on first use); borrows src. */
 an_status an_grad_accumulate(an_ctx *ctx, an_tensor *t, an_tensor *src);
 void an_node_forget_output(an_node *node, an_tensor *output); /* called by an_tensor_release */

@@ -72,8 +72,9 @@ an_status optim_grads_sum_sq(an_ctx *ctx, const an_tensor *const *grads, const i
                              int n, double *total) {
     int n_cuda = 0;
     for (int i = 0; i < n; i++) n_cuda += grads[i] && grads[i]->device == AN_CUDA;
-    an_tensor *slots = n_cuda ? an_tensor_new(ctx, AN_F64, AN_CUDA, 1, (int64_t[]){n_cuda}) : NULL; /* (n_cuda) */
-    double *host = n_cuda ? malloc((size_t)n_cuda * sizeof *host) : NULL;
+    size_t bytes = (size_t)n_cuda * sizeof(double);
+    double *slots = n_cuda ? an_mem_alloc(ctx, AN_CUDA, bytes) : NULL; /* (n_cuda) on the device */
+    double *host = n_cuda ? malloc(bytes) : NULL;
     an_status st = !n_cuda || (slots && host) ? AN_OK
                    : slots ? an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "gradient norm: out of host memory")
                            : an_error_status(ctx);
@@ -85,14 +86,14 @@ an_status optim_grads_sum_sq(an_ctx *ctx, const an_tensor *const *grads, const i
                               "gradient norm: a %s gradient on CUDA; f32, bf16 or f16 expected", an_dtype_name(g->dtype));
         else
             st = an_cuda_sum_squares(ctx, g->dtype, (const char *)an_tensor_data(g) + (size_t)starts[i] * an_dtype_size(g->dtype),
-                                     ends[i] - starts[i], (double *)an_tensor_data(slots) + j++);
+                                     ends[i] - starts[i], slots + j++);
     }
     if (st == AN_OK && n_cuda)
-        st = an_cuda_memcpy(ctx, host, AN_CPU, an_tensor_data(slots), AN_CUDA, (size_t)n_cuda * sizeof *host);
+        st = an_cuda_memcpy(ctx, host, AN_CPU, slots, AN_CUDA, bytes);
     for (int i = 0, j = 0; i < n && st == AN_OK; i++) /* in parameter order, whatever the device */
         if (grads[i]) *total += grads[i]->device == AN_CUDA ? host[j++] : cpu_sum_sq(grads[i], starts[i], ends[i]);
     free(host);
-    an_tensor_release(slots);
+    if (slots) an_mem_free(ctx, AN_CUDA, slots, bytes);
     return st;
 }
 

@@ -47,6 +47,11 @@ static an_tensor *binary(an_ctx *ctx, an_binary_kind kind, const an_op *op, an_t
 
 static an_status binary_backward(an_ctx *ctx, an_binary_kind kind, an_node *node, an_tensor *grad_out) {
     an_tensor *a = node->inputs[0], *b = node->inputs[1];
+    if (kind == AN_BINARY_ADD && an_tensor_numel(a) == an_tensor_numel(b)) {
+        /* both gradients are grad_out: the first input takes it as it is, the second a copy */
+        AN_TRY(an_node_pass_grad(ctx, node, 0, grad_out));
+        return an_node_pass_grad(ctx, node, 1, grad_out);
+    }
     an_tensor *grad_a = an_node_needs_grad(node, 0) ? an_op_new_like(ctx, a, a->ndim, a->shape) : NULL;
     an_tensor *grad_b = an_node_needs_grad(node, 1) ? an_op_new_like(ctx, b, b->ndim, b->shape) : NULL;
     int64_t n = an_tensor_numel(a), nb = an_tensor_numel(b);
