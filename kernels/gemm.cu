@@ -19,7 +19,8 @@
 struct an_gemm_plan {
     bool used;
     /* key */
-    an_dtype dtype;
+    an_dtype dtype;   /* of A and B */
+    an_dtype c_dtype; /* of C: dtype, or f32 (an_cuda_gemm_f32_out) */
     int64_t batch, m, n, k;
     bool trans_a, trans_b, b_shared;
     uint32_t align_a, align_b, align_c;
@@ -81,7 +82,7 @@ an_status plan_build(an_ctx *ctx, an_cuda_state *s, an_gemm_plan *p, bool *found
     AN_TRY(layout(ctx, &p->lt_b, p->dtype, p->trans_a ? m : k, p->trans_a ? k : m, p->trans_a ? m : k, p->batch,
                   m * k));
     /* C: (M, N) row-major = (N, M) column-major, ld N. */
-    AN_TRY(layout(ctx, &p->lt_c, p->dtype, n, m, n, p->batch, m * n));
+    AN_TRY(layout(ctx, &p->lt_c, p->c_dtype, n, m, n, p->batch, m * n));
 
     cublasLtMatmulPreference_t pref = nullptr;
     AN_CUBLAS_CHECK(ctx, cublasLtMatmulPreferenceCreate(&pref));
@@ -128,7 +129,7 @@ an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_ge
     }
     for (int i = 0; i < AN_GEMM_PLAN_SLOTS; i++) {
         an_gemm_plan *p = &s->plans[i];
-        if (p->used && p->dtype == key.dtype && p->batch == key.batch && p->m == key.m && p->n == key.n &&
+        if (p->used && p->dtype == key.dtype && p->c_dtype == key.c_dtype && p->batch == key.batch && p->m == key.m && p->n == key.n &&
             p->k == key.k && p->trans_a == key.trans_a && p->trans_b == key.trans_b && p->b_shared == key.b_shared &&
             p->align_a == key.align_a && p->align_b == key.align_b && p->align_c == key.align_c) {
             *out = p;
@@ -152,12 +153,13 @@ an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_ge
 
 /* One cuBLASLt call for (possibly batched) row-major shape s; false in *ran when cuBLASLt has no
  * algorithm for it. */
-an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, an_dtype dtype, const void *a,
-                    const void *b, void *c, bool *ran) {
+an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, an_dtype dtype, an_dtype c_dtype,
+                    const void *a, const void *b, void *c, bool *ran) {
     *ran = false;
-    size_t es = an_dtype_size(dtype);
+    size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
     an_gemm_plan key = {};
     key.dtype = dtype;
+    key.c_dtype = c_dtype;
     key.batch = shape.batch;
     key.m = shape.m;
     key.n = shape.n;
@@ -167,7 +169,7 @@ an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, a
     key.b_shared = shape.b_shared;
     key.align_a = alignment_of(a, shape.m * shape.k * (int64_t)es, shape.batch);
     key.align_b = alignment_of(b, shape.b_shared ? 0 : shape.k * shape.n * (int64_t)es, shape.batch);
-    key.align_c = alignment_of(c, shape.m * shape.n * (int64_t)es, shape.batch);
+    key.align_c = alignment_of(c, shape.m * shape.n * (int64_t)cs, shape.batch);
     an_gemm_plan *p = nullptr;
     AN_TRY(plan_get(ctx, s, key, &p));
     if (!p) return AN_OK;
@@ -187,8 +189,11 @@ void an_cuda_gemm_plans_free(an_cuda_state *s) {
     s->plans = nullptr;
 }
 
-extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
-                                  const void *b, void *c) {
+namespace {
+
+/* C of c_dtype (dtype, or f32 for bf16/f16 operands) = op(A) op(B) of dtype. */
+an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype c_dtype, const void *a, const void *b,
+               void *c) {
     AN_CUDA_STATE(ctx, s);
     AN_CHECK(ctx, dtype == AN_F32 || dtype == AN_BF16 || dtype == AN_F16, AN_ERR_INPUT, "gemm: no CUDA kernel for %s",
              an_dtype_name(dtype));
@@ -197,9 +202,9 @@ extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dt
              "gemm: negative size (batch %lld, m %lld, n %lld, k %lld)", (long long)sh.batch, (long long)sh.m,
              (long long)sh.n, (long long)sh.k);
     if (sh.batch == 0 || sh.m == 0 || sh.n == 0) return AN_OK;
-    size_t es = an_dtype_size(dtype);
+    size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
     if (sh.k == 0) { /* an empty sum: C = 0, or C unchanged when accumulating */
-        if (!sh.accumulate) AN_TRY(an_cuda_memset(ctx, c, 0, (size_t)(sh.batch * sh.m * sh.n) * es));
+        if (!sh.accumulate) AN_TRY(an_cuda_memset(ctx, c, 0, (size_t)(sh.batch * sh.m * sh.n) * cs));
         return AN_OK;
     }
     if (sh.b_shared && !sh.trans_a) { /* rows of every batch entry stack into one GEMM */
@@ -208,12 +213,12 @@ extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dt
     }
     if (sh.batch == 1) sh.b_shared = false;
     /* A few rows times a transposed B (a decode step's x W^T): a weight-streaming GEMV beats any tile */
-    if (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_MAX_ROWS)
+    if (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_MAX_ROWS && c_dtype == dtype)
         return an_cuda_gemv(ctx, dtype, a, sh.m, sh.k, b, sh.n, nullptr, sh.accumulate, c);
     AN_CHECK(ctx, sh.batch <= INT32_MAX, AN_ERR_INPUT, "gemm: batch %lld exceeds cuBLASLt's limit",
              (long long)sh.batch);
     bool ran = false;
-    AN_TRY(gemm_once(ctx, s, sh, dtype, a, b, c, &ran));
+    AN_TRY(gemm_once(ctx, s, sh, dtype, c_dtype, a, b, c, &ran));
     if (ran) return AN_OK;
     /* No batched algorithm (a shared B with stride 0 can have none): one call per batch entry. */
     AN_CHECK(ctx, sh.batch > 1, AN_ERR_INTERNAL,
@@ -225,10 +230,24 @@ extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dt
     for (int64_t i = 0; i < sh.batch; i++) {
         const char *ai = (const char *)a + (size_t)(i * sh.m * sh.k) * es;
         const char *bi = (const char *)b + (sh.b_shared ? 0 : (size_t)(i * sh.k * sh.n) * es);
-        char *ci = (char *)c + (size_t)(i * sh.m * sh.n) * es;
-        AN_TRY(gemm_once(ctx, s, one, dtype, ai, bi, ci, &ran));
+        char *ci = (char *)c + (size_t)(i * sh.m * sh.n) * cs;
+        AN_TRY(gemm_once(ctx, s, one, dtype, c_dtype, ai, bi, ci, &ran));
         AN_CHECK(ctx, ran, AN_ERR_INTERNAL, "gemm: cuBLASLt has no algorithm for %s m %lld n %lld k %lld",
                  an_dtype_name(dtype), (long long)sh.m, (long long)sh.n, (long long)sh.k);
     }
     return AN_OK;
+}
+
+} // namespace
+
+extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
+                                  const void *b, void *c) {
+    return gemm(ctx, shape, dtype, dtype, a, b, c);
+}
+
+extern "C" an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
+                                          const void *b, float *c) {
+    AN_CHECK(ctx, dtype == AN_BF16 || dtype == AN_F16 || dtype == AN_F32, AN_ERR_INPUT,
+             "gemm_f32_out: no CUDA kernel for %s", an_dtype_name(dtype));
+    return gemm(ctx, shape, dtype, AN_F32, a, b, c);
 }

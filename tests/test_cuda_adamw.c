@@ -54,7 +54,7 @@ START_TEST(test_cuda_adamw_launcher_is_bit_identical_to_the_cpu_formula) {
     an_ctx *ctx = gpu_ctx(1, "cuda adamw launcher");
     if (!ctx) return;
     const an_dtype dtypes[] = {AN_F32, AN_BF16, AN_F16};
-    const int64_t sizes[] = {1, 7, 1023, 300007};
+    const int64_t sizes[] = {1, 7, 1023, 4096, 300007, 300008}; /* multiples of 4 take the 16-byte path */
     for (int pd = 0; pd < 3; pd++)
         for (int gd = 0; gd < 3; gd++)
             for (size_t z = 0; z < sizeof sizes / sizeof *sizes; z++) {

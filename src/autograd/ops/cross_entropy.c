@@ -20,9 +20,9 @@
  * element, counted targets) is copied back, which synchronises; rows are computed in fp32, the
  * loss is an fp32 scalar on the device (summed in fp64; every device's loss scalar is fp32, or f64
  * for f64 inputs), and the backward reads the upstream gradient on the device. linear_cross_entropy's chunk logits are one (chunk_rows, V) tensor in the input
- * dtype from an_cuda_gemm (fp32 accumulation), turned into dlogits in place in backward; its
- * weight gradient is accumulated over chunks in an fp32 (V, D) buffer for bf16/f16 (a (V, D)
- * chunk product of the input dtype is added into it), directly with GEMM accumulation for f32.
+ * dtype from an_cuda_gemm (fp32 accumulation), turned into dlogits in place; its weight gradient
+ * accumulates over chunks in an fp32 (V, D) buffer for bf16/f16 (each chunk's GEMM adds into it
+ * with an fp32 C, an_cuda_gemm_f32_out), directly with GEMM accumulation for f32.
  * Saved tensors, one contract on both devices: saved[0] is the per-row log-sum-exp (N) on the
  * logits' device, in the precision that device computes in (f64 on the CPU, f32 on CUDA); args[0]
  * is 1 / the loss denominator, iargs[0] the ignore index, iargs[1] chunk_rows; on CUDA,
@@ -406,10 +406,9 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
     an_tensor *chunk = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){chunk_rows ? chunk_rows : 1, V}); /* (chunk_rows, V) */
     an_tensor *dh = chunk && grads->want_h ? an_tensor_new(ctx, dt, AN_CUDA, 2, hidden->shape) : NULL; /* (N, D) */
     an_tensor *dw = chunk && grads->want_w ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;          /* (V, D) */
-    an_tensor *dw_chunk = chunk && wide_dw ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;          /* (V, D) */
     an_tensor *dw_acc = chunk && wide_dw ? an_tensor_new(ctx, AN_F32, AN_CUDA, 2, vd) : NULL;        /* (V, D) fp32 */
     an_tensor *one = chunk && (dh || dw) ? an_tensor_scalar(ctx, dt, AN_CUDA, 1.0) : NULL;
-    an_status st = chunk && (dh || !grads->want_h) && (dw || !grads->want_w) && (!wide_dw || (dw_chunk && dw_acc)) &&
+    an_status st = chunk && (dh || !grads->want_h) && (dw || !grads->want_w) && (!wide_dw || dw_acc) &&
                            (one || !(dh || dw))
                        ? AN_OK
                        : an_error_status(ctx);
@@ -428,20 +427,17 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
             an_gemm_shape s = {1, c, D, V, false, false, false, false};
             st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), an_tensor_data(weight), row_at(dh, r0));
         }
-        if (st == AN_OK && dw) { /* dw (V, D) (+)= dlogits^T (V, c) @ h rows (c, D) */
-            an_gemm_shape s = {1, V, D, c, true, false, false, !wide_dw && r0 > 0};
-            an_tensor *target = wide_dw ? dw_chunk : dw;
-            st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), row_at(hidden, r0), an_tensor_data(target));
-            if (st == AN_OK && wide_dw)
-                st = r0 == 0 ? an_cuda_cast(ctx, an_tensor_data(dw_chunk), dt, an_tensor_data(dw_acc), AN_F32,
-                                            (size_t)(V * D))
-                             : an_cuda_accumulate_f32(ctx, an_tensor_data(dw_acc), an_tensor_data(dw_chunk), dt, V * D);
+        if (st == AN_OK && dw) { /* dw (V, D) (+)= dlogits^T (V, c) @ h rows (c, D), into fp32 over chunks */
+            an_gemm_shape s = {1, V, D, c, true, false, false, r0 > 0};
+            st = wide_dw ? an_cuda_gemm_f32_out(ctx, &s, dt, an_tensor_data(chunk), row_at(hidden, r0),
+                                                an_tensor_data(dw_acc))
+                         : an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), row_at(hidden, r0), an_tensor_data(dw));
         }
     }
     if (st == AN_OK && wide_dw)
         st = an_cuda_cast(ctx, an_tensor_data(dw_acc), AN_F32, an_tensor_data(dw), dt, (size_t)(V * D));
     if (st == AN_OK && dw && N == 0) st = an_cuda_memset(ctx, an_tensor_data(dw), 0, an_tensor_nbytes(dw));
-    an_tensor_release(chunk), an_tensor_release(dw_chunk), an_tensor_release(dw_acc), an_tensor_release(one);
+    an_tensor_release(chunk), an_tensor_release(dw_acc), an_tensor_release(one);
     if (st == AN_OK) {
         grads->dh = dh, grads->dw = dw;
     } else {
