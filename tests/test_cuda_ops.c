@@ -9,9 +9,11 @@
  * rms term keeps cancellations in gradients from failing on a tiny element; rmsnorm's input
  * gradient adds rtol times the size of its two terms, rstd |g| |w|, because at D = 1 they cancel
  * to about eps and fp32 cannot resolve that difference any closer). rtol: f32 1e-5,
- * bf16 1e-2 (two bf16 ulps), f16 2e-3 (two f16 ulps); linear_cross_entropy in bf16 3e-2 and f16
+ * bf16 1e-2 (two bf16 ulps), f16 2e-3 (two f16 ulps); linear_cross_entropy in bf16 4e-2 and f16
  * 1e-2, because on the GPU its chunk logits and dlogits are rounded to the input dtype (the CPU
- * keeps them f32). Gathers are compared exactly. NaN never passes.
+ * keeps them f32) and its gradients, formed in the forward at a unit upstream gradient, are
+ * rounded once more when the backward scales them; a dW element that cancels over the rows shows
+ * this at up to ~3% of rms(dW) in bf16. Gathers are compared exactly. NaN never passes.
  * Then the launchers of kernels/cuda.h are called directly on the same device inputs with every
  * output poisoned (0xFF bytes: NaN in each float dtype) and must reproduce the op's results bit
  * for bit, so an element a kernel leaves unwritten fails; the embedding and rmsnorm gradients run
@@ -809,7 +811,7 @@ START_TEST(test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks) {
                 an_dtype_name(dtype), (long long)N, (long long)D, (long long)V, (long long)o.chunk_rows,
                 lce_cases[c].ignore);
             /* the GPU rounds chunk logits and dlogits to the input dtype, the CPU keeps them f32 */
-            double rtol = dtype == AN_F32 ? 1e-5 : dtype == AN_BF16 ? 3e-2 : 1e-2;
+            double rtol = dtype == AN_F32 ? 1e-5 : dtype == AN_BF16 ? 4e-2 : 1e-2;
             gpu_run r = run_both(ctx, linear_cross_entropy_fn, &o, (an_tensor *[]){hidden, weight, targets}, 3, rtol,
                                  rtol, 0.0, what);
             gpu_run_release(&r);
