@@ -36,7 +36,8 @@
  *
  * Decode: one block of 8 warps per (query token, query head); warp w takes visible keys
  * w, w + 8, ..., a warp-wide dot product per key and its own online softmax; the 8 partial results
- * are merged in warp order. */
+ * are merged in warp order. The (row, length) table is read from the device (the KV cache keeps
+ * it there), so a decode step neither uploads nor synchronises and can be captured in a CUDA graph. */
 #include "kernels/attention_mma.cuh" /* the tensor-core path for bf16/f16, head_dim 64 and 128 */
 #include "kernels/cuda_common.cuh"
 
@@ -432,8 +433,10 @@ template <typename T> struct DecodeArgs {
     const T *q;                /* (B', T, Hq, D) */
     const T *k, *v;            /* (Bc, S, Hkv, D) */
     T *out;                    /* (B', T, Hq, D) */
-    const int64_t *info;       /* (B', 2): cache row, keys it held before these T tokens */
+    const int64_t *rows;       /* (B') on the device: cache row of each batch entry */
+    const int64_t *lengths;    /* (Bc) on the device: keys each cache row held before these T tokens */
     int64_t seq, cache_len;    /* T, S */
+    int64_t cache_rows;        /* Bc */
     int Hq, Hkv, D;
     float scale;
 };
@@ -450,7 +453,14 @@ template <typename T, int DP> __global__ void __launch_bounds__(kDecodeWarps * 3
     __shared__ float o_s[kDecodeWarps][DP];
     const int64_t row = blockIdx.x, b = row / a.seq, t = row % a.seq; /* row = b * T + t */
     const int h = blockIdx.y, g = h / (a.Hq / a.Hkv), lane = threadIdx.x % 32, w = threadIdx.x / 32;
-    const int64_t cache_row = a.info[2 * b], visible_keys = a.info[2 * b + 1] + t + 1;
+    const int64_t cache_row = a.rows[b];
+    T *dst = a.out + (row * a.Hq + h) * (int64_t)a.D;
+    if (cache_row < 0 || cache_row >= a.cache_rows) { /* the op validated rows: never taken, but never read out of bounds */
+        for (int d = threadIdx.x; d < a.D; d += kDecodeWarps * 32) dst[d] = an_store<T>(0.0f);
+        return;
+    }
+    int64_t visible_keys = a.lengths[cache_row] + t + 1;
+    if (visible_keys > a.cache_len) visible_keys = a.cache_len;
     const int64_t key_stride = (int64_t)a.Hkv * a.D;
     const T *qr = a.q + (row * a.Hq + h) * (int64_t)a.D;
     const T *kc = a.k + cache_row * a.cache_len * key_stride + (int64_t)g * a.D;
@@ -489,7 +499,6 @@ template <typename T, int DP> __global__ void __launch_bounds__(kDecodeWarps * 3
     float mx = -INFINITY;
 #pragma unroll
     for (int x = 0; x < kDecodeWarps; x++) mx = fmaxf(mx, m_s[x]);
-    T *dst = a.out + (row * a.Hq + h) * (int64_t)a.D;
     for (int d = threadIdx.x; d < a.D; d += kDecodeWarps * 32) {
         float sum = 0.0f, acc = 0.0f;
         for (int x = 0; x < kDecodeWarps; x++) { /* warp order: a fixed merge */
@@ -658,29 +667,18 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *sh, 
     return AN_OK;
 }
 
-an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *sh, int64_t cache_len, an_dtype dtype,
-                                   const void *q, const void *k_cache, const void *v_cache, const int64_t *rows,
-                                   const int64_t *lengths, void *out) {
+an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *sh, int64_t cache_len, int64_t cache_rows,
+                                   an_dtype dtype, const void *q, const void *k_cache, const void *v_cache,
+                                   const int64_t *rows, const int64_t *lengths, void *out) {
     AN_TRY(check_shape(ctx, sh, "attention_cached"));
     AN_CHECK(ctx, sh->batch * sh->seq <= INT32_MAX, AN_ERR_INPUT, "attention_cached: %lld query tokens exceed the CUDA grid",
              (long long)(sh->batch * sh->seq));
     if (sh->batch == 0 || sh->seq == 0) return AN_OK;
-    /* (B', 2) cache row and its length, uploaded through the scratch buffer (the copy from host
-     * memory completes before an_cuda_memcpy returns). */
-    size_t bytes = (size_t)sh->batch * 2 * sizeof(int64_t);
-    int64_t *host = (int64_t *)malloc(bytes);
-    AN_CHECK(ctx, host != nullptr, AN_ERR_INTERNAL, "attention_cached: out of host memory");
-    for (int64_t b = 0; b < sh->batch; b++) host[2 * b] = rows[b], host[2 * b + 1] = lengths[rows[b]];
-    void *info = nullptr;
-    an_status st = an_cuda_scratch(ctx, bytes, &info);
-    if (st == AN_OK) st = an_cuda_memcpy(ctx, info, AN_CUDA, host, AN_CPU, bytes);
-    free(host);
-    AN_TRY(st);
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "attention_cached", {
         DecodeArgs<T> a = {};
         a.q = (const T *)q, a.k = (const T *)k_cache, a.v = (const T *)v_cache, a.out = (T *)out;
-        a.info = (const int64_t *)info;
-        a.seq = sh->seq, a.cache_len = cache_len;
+        a.rows = rows, a.lengths = lengths;
+        a.seq = sh->seq, a.cache_len = cache_len, a.cache_rows = cache_rows;
         a.Hq = (int)sh->q_heads, a.Hkv = (int)sh->kv_heads, a.D = (int)sh->head_dim;
         a.scale = (float)sh->scale;
         return decode<T>(ctx, sh, a);
