@@ -3,7 +3,7 @@
  * device), after one warm-up run of 8 new tokens.
  *
  *   bench/generate MODEL_DIR [--batch N] [--prompt 128] [--new 256] [--device cuda|cpu] [--dtype bf16|f32]
- *                  [--breakdown]
+ *                  [--breakdown] [--eager]
  *
  * Prompt ids are ((b * prompt + t) * 2654435761) mod (vocab - 1), as bench/peer_generate.py makes
  * them; no eos stops a row, so every row yields exactly --new tokens. Prints
@@ -14,8 +14,11 @@
  * parameter but the embedding table, of which a step reads B rows), the bandwidth limit
  * bandwidth / weight bytes in steps (tokens per row) per second, and the share of it reached.
  * --breakdown (CUDA) first times the pieces of a decode step at this batch, each repeated back to
- * back: every projection shape through an_linear (and through cuBLASLt on W^T for comparison),
- * cached attention, the small ops, the sampler, and whole cached forward steps. */
+ * back (the slower of host issue and GPU) and, for the ops, also 50 calls captured in one CUDA
+ * graph (GPU time alone): every projection shape through an_linear (and through cuBLASLt on W^T
+ * for comparison), cached attention, the small ops, the sampler, and whole cached forward steps
+ * (op by op, and one step captured and replayed).
+ * --eager runs the decode steps op by op instead of replaying CUDA graphs (opts.eager). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,8 +32,9 @@
 
 /* One greedy generation of new_tokens per row (no eos stop); its wall time in seconds. */
 static double run(an_ctx *ctx, an_model *m, long batch, int32_t **prompts, const int64_t *lens, long new_tokens,
-                  int32_t **out, int64_t *out_lens) {
+                  bool eager, int32_t **out, int64_t *out_lens) {
     an_generate_opts o = an_generate_defaults(m);
+    o.eager = eager;
     o.max_new_tokens = new_tokens;
     o.n_eos_ids = 0;
     if (m->embed_tokens->device == AN_CUDA) an_cuda_synchronize(ctx);
@@ -65,6 +69,24 @@ static double run(an_ctx *ctx, an_model *m, long batch, int32_t **prompts, const
         (out) = (an_metrics_now() - t0_) / REPS;                        \
     } while (0)
 
+/* GPU seconds per call of `body`: REPS calls captured into one CUDA graph, replayed once to warm
+ * up and once timed (no host issue time in it; 0 when the capture fails). */
+#define TIME_IN_GRAPH(ctx, out, body)                                                   \
+    do {                                                                                \
+        an_cuda_graph *g_ = NULL;                                                       \
+        (out) = 0;                                                                      \
+        if (an_cuda_graph_begin(ctx) != AN_OK) break;                                   \
+        for (int r_ = 0; r_ < REPS; r_++) { body; }                                     \
+        if (an_cuda_graph_end(ctx, an_error_status(ctx), &g_) != AN_OK) break;          \
+        an_cuda_graph_launch(ctx, g_);                                                  \
+        an_cuda_synchronize(ctx);                                                       \
+        double t0_ = an_metrics_now();                                                  \
+        an_cuda_graph_launch(ctx, g_);                                                  \
+        an_cuda_synchronize(ctx);                                                       \
+        (out) = (an_metrics_now() - t0_) / REPS;                                        \
+        an_cuda_graph_free(ctx, g_);                                                    \
+    } while (0)
+
 static an_tensor *randn(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape) {
     an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, ndim, shape);
     if (t) an_tensor_fill_normal(ctx, t, 0.0, 1.0);
@@ -91,9 +113,11 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
         TIME_PER_CALL(ctx, t, an_tensor_release(an_linear(ctx, x, proj[i].w, NULL)));
         an_gemm_shape sh = {1, B, N, K, false, false, false, false}; /* x W^T with W^T stored: cuBLASLt */
         TIME_PER_CALL(ctx, t_lt, an_cuda_gemm(ctx, &sh, dt, an_tensor_data(x), an_tensor_data(wt), an_tensor_data(y)));
+        double t_g = 0;
+        TIME_IN_GRAPH(ctx, t_g, an_tensor_release(an_linear(ctx, x, proj[i].w, NULL)));
         printf("breakdown batch %ld %-9s (%6lld x %5lld): an_linear %7.1f us (%5.0f GB/s), cuBLASLt on W^T %7.1f us "
-               "(%5.0f GB/s)\n", batch, proj[i].name, (long long)N, (long long)K, t * 1e6, bytes / t / 1e9,
-               t_lt * 1e6, bytes / t_lt / 1e9);
+               "(%5.0f GB/s); an_linear in a graph %7.1f us (%5.0f GB/s)\n", batch, proj[i].name, (long long)N,
+               (long long)K, t * 1e6, bytes / t / 1e9, t_lt * 1e6, bytes / t_lt / 1e9, t_g * 1e6, bytes / t_g / 1e9);
         double times = i == 0 || i == 2 ? 1 : i == 1 ? 2 : i == 3 ? 2 : i == 4 ? 1 : 0; /* per layer: q o, k v, gate up, down */
         per_layer += times * t;
         an_tensor_release(x), an_tensor_release(wt), an_tensor_release(y);
@@ -101,13 +125,25 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
     an_tensor *x = randn(ctx, dt, 2, (int64_t[]){B, H});
     an_tensor *g = randn(ctx, dt, 2, (int64_t[]){B, c->intermediate_size});
     TIME_PER_CALL(ctx, t, an_tensor_release(an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps)));
-    printf("breakdown batch %ld rmsnorm %.1f us\n", batch, t * 1e6);
+    {
+        double t_g = 0;
+        TIME_IN_GRAPH(ctx, t_g, an_tensor_release(an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps)));
+        printf("breakdown batch %ld rmsnorm %.1f us (in a graph %.1f us)\n", batch, t * 1e6, t_g * 1e6);
+    }
     per_layer += 2 * t;
     TIME_PER_CALL(ctx, t, an_tensor_release(an_add(ctx, x, x)));
-    printf("breakdown batch %ld add %.1f us\n", batch, t * 1e6);
+    {
+        double t_g = 0;
+        TIME_IN_GRAPH(ctx, t_g, an_tensor_release(an_add(ctx, x, x)));
+        printf("breakdown batch %ld add %.1f us (in a graph %.1f us)\n", batch, t * 1e6, t_g * 1e6);
+    }
     per_layer += 2 * t;
     TIME_PER_CALL(ctx, t, an_tensor_release(an_swiglu(ctx, g, g)));
-    printf("breakdown batch %ld swiglu %.1f us\n", batch, t * 1e6);
+    {
+        double t_g = 0;
+        TIME_IN_GRAPH(ctx, t_g, an_tensor_release(an_swiglu(ctx, g, g)));
+        printf("breakdown batch %ld swiglu %.1f us (in a graph %.1f us)\n", batch, t * 1e6, t_g * 1e6);
+    }
     per_layer += t;
     TIME_PER_CALL(ctx, t, an_tensor_release(an_linear(ctx, x, l->q_proj.weight, l->q_proj.bias)));
     printf("breakdown batch %ld q_proj with bias %.1f us\n", batch, t * 1e6);
@@ -117,9 +153,19 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
         for (int64_t b = 0; b < B; b++) len[b] = 256, rows_h[b] = b;
         an_tensor *rows = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows_h);
         an_tensor *q = randn(ctx, dt, 4, (int64_t[]){B, 1, c->num_heads, c->head_dim});
-        TIME_PER_CALL(ctx, t, an_tensor_release(an_attention_cached(ctx, q, cache->k[0], cache->v[0], rows,
-                                                                     cache->length, 0.08)));
-        printf("breakdown batch %ld attention_cached (256 keys) %.1f us\n", batch, t * 1e6);
+        /* the device tables as a decode step uses them (no upload, no sync per call) */
+        an_cuda_memcpy(ctx, an_tensor_data(cache->device_length), AN_CUDA, len, AN_CPU, (size_t)B * sizeof *len);
+        an_tensor *dev_rows = an_kv_cache_device_rows(ctx, cache, rows);
+        TIME_PER_CALL(ctx, t, an_tensor_release(an_attention_cached(ctx, q, cache->k[0], cache->v[0], dev_rows,
+                                                                     cache->device_length, 0.08)));
+        an_tensor_release(dev_rows);
+        double t_g = 0;
+        an_tensor *dev_rows2 = an_kv_cache_device_rows(ctx, cache, rows);
+        TIME_IN_GRAPH(ctx, t_g, an_tensor_release(an_attention_cached(ctx, q, cache->k[0], cache->v[0], dev_rows2,
+                                                                       cache->device_length, 0.08)));
+        an_tensor_release(dev_rows2);
+        printf("breakdown batch %ld attention_cached (256 keys) %.1f us (in a graph %.1f us)\n", batch, t * 1e6,
+               t_g * 1e6);
         per_layer += t;
         printf("breakdown batch %ld: these pieces sum to %.1f us per layer, %.2f ms per step of %d layers "
                "(without rope, bias adds, cache writes and the head)\n", batch, per_layer * 1e6,
@@ -130,12 +176,30 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
         double t_issue = 0;
         an_cuda_synchronize(ctx);
         double t0 = an_metrics_now();
-        for (int r = 0; r < 20; r++) an_tensor_release(an_model_forward_cached(ctx, m, ids, rows, cache));
+        for (int r = 0; r < 20; r++) an_tensor_release(an_model_forward_cached_trusted(ctx, m, ids, rows, cache));
         t_issue = an_metrics_now() - t0;
         an_cuda_synchronize(ctx);
         t = (an_metrics_now() - t0) / 20;
         printf("breakdown batch %ld cached forward (no head): %.3f ms/step (host returns after %.3f ms)\n", batch,
                t * 1e3, t_issue / 20 * 1e3);
+        /* the same step captured once and replayed: the GPU's own time for it, no host in the way */
+        an_cuda_graph *graph = NULL;
+        if (an_cuda_graph_begin(ctx) == AN_OK) {
+            an_tensor *h = an_model_forward_cached_trusted(ctx, m, ids, rows, cache);
+            an_status body = h ? AN_OK : an_error_status(ctx);
+            an_tensor_release(h);
+            if (an_cuda_graph_end(ctx, body, &graph) == AN_OK) {
+                an_cuda_graph_launch(ctx, graph);
+                an_cuda_synchronize(ctx);
+                t0 = an_metrics_now();
+                for (int r = 0; r < 20; r++) an_cuda_graph_launch(ctx, graph);
+                an_cuda_synchronize(ctx);
+                t = (an_metrics_now() - t0) / 20;
+                printf("breakdown batch %ld cached forward (no head) replayed as a CUDA graph: %.3f ms/step\n", batch,
+                       t * 1e3);
+            }
+            an_cuda_graph_free(ctx, graph);
+        }
         an_tensor *logits = randn(ctx, dt, 2, (int64_t[]){B, c->vocab_size});
         an_tensor *picked = an_tensor_new(ctx, AN_I32, AN_CUDA, 1, (int64_t[]){B});
         int32_t *host = malloc((size_t)B * sizeof *host);
@@ -161,7 +225,7 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL_DIR [--batch N] [--prompt N] [--new N] [--device cuda|cpu] [--dtype bf16|f32]\n",
+        fprintf(stderr, "usage: %s MODEL_DIR [--batch N] [--prompt N] [--new N] [--device cuda|cpu] [--dtype bf16|f32] [--breakdown] [--eager]\n",
                 argv[0]);
         return 2;
     }
@@ -169,7 +233,7 @@ int main(int argc, char **argv) {
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long batch = 1, prompt = 128, new_tokens = 256;
-    bool show_breakdown = false;
+    bool show_breakdown = false, eager = false;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -177,6 +241,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--prompt") && i + 1 < argc) prompt = atol(argv[++i]);
         else if (!strcmp(argv[i], "--new") && i + 1 < argc) new_tokens = atol(argv[++i]);
         else if (!strcmp(argv[i], "--breakdown")) show_breakdown = true;
+        else if (!strcmp(argv[i], "--eager")) eager = true;
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -201,14 +266,15 @@ int main(int argc, char **argv) {
             prompts[b][t] = (int32_t)((uint64_t)(b * prompt + t) * 2654435761ull % (uint64_t)(m->config.vocab_size - 1));
     }
     if (show_breakdown && device == AN_CUDA) breakdown(ctx, m, batch);
-    run(ctx, m, batch, prompts, lens, 8, out, out_lens); /* warm-up: GEMM plans, allocator cache */
-    double prefill = run(ctx, m, batch, prompts, lens, 1, out, out_lens);
-    double total = run(ctx, m, batch, prompts, lens, new_tokens, out, out_lens);
+    run(ctx, m, batch, prompts, lens, 8, eager, out, out_lens); /* warm-up: GEMM plans, allocator cache */
+    double prefill = run(ctx, m, batch, prompts, lens, 1, eager, out, out_lens);
+    double total = run(ctx, m, batch, prompts, lens, new_tokens, eager, out, out_lens);
     double step_ms = (total - prefill) / (double)(new_tokens - 1) * 1e3;
     printf("anneal generate batch %ld: %.1f tokens/s (new tokens over wall time incl. prefill), decode %.3f ms/step "
-           "(prefill %.1f ms, %s %s, prompt %ld, new %ld)\n",
+           "(prefill %.1f ms, %s %s, prompt %ld, new %ld%s)\n",
            batch, (double)(batch * new_tokens) / total, step_ms, prefill * 1e3, an_dtype_name(dtype),
-           device == AN_CUDA ? "cuda" : "cpu", prompt, new_tokens);
+           device == AN_CUDA ? "cuda" : "cpu", prompt, new_tokens,
+           device == AN_CUDA ? (eager ? ", eager: no CUDA graphs" : ", decode steps as CUDA graphs") : "");
     if (device == AN_CUDA) {
         double bw = 0;
         if (an_cuda_copy_bandwidth(ctx, (size_t)1 << 30, 20, &bw) != AN_OK) {

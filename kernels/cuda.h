@@ -87,9 +87,12 @@ an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype
                                float *c);
 /* y (M, N) = x (M, K) W^T + bias (N; NULL: none) for W (N, K), plus the old y when accumulate,
  * 1 <= M <= AN_CUDA_GEMV_MAX_ROWS (kernels/gemv.cu): one read of W at memory speed, fp32
- * accumulation, one rounding. an_cuda_gemm sends such shapes (a decode step's projections) here,
- * and an_linear its biased ones. */
+ * accumulation, one rounding. an_cuda_gemm sends such shapes with small weights (a decode step's
+ * projections) here, and an_linear its biased ones. */
 #define AN_CUDA_GEMV_MAX_ROWS 8
+/* an_cuda_gemm's rule at M <= AN_CUDA_GEMV_MAX_ROWS against W^T: the GEMV below this many weight
+ * bytes, cuBLASLt at and above it (its kernels read large weights faster; gemm.cu). */
+#define AN_CUDA_GEMV_MAX_WEIGHT_BYTES ((size_t)16 << 20)
 an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
                        const void *bias, int accumulate, void *y);
 
@@ -115,11 +118,42 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shap
                                      const void *out, const float *lse, const void *grad_out, void *grad_q,
                                      void *grad_k, void *grad_v);
 /* Decode attention over a KV cache, as an_attention_cached in autograd/ops.h: q and out
- * (B', T, Hq, D) of dtype, caches (Bc, cache_len, Hkv, D); rows (B') and lengths (Bc) are HOST
- * arrays (already validated: lengths[rows[b]] + T <= cache_len). shape->batch is B', ->seq T. */
-an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *shape, int64_t cache_len, an_dtype dtype,
-                                   const void *q, const void *k_cache, const void *v_cache, const int64_t *rows,
-                                   const int64_t *lengths, void *out);
+ * (B', T, Hq, D) of dtype, caches (Bc = cache_rows, cache_len, Hkv, D); rows (B') and lengths (Bc)
+ * are i64 DEVICE arrays, already validated by the caller (lengths[rows[b]] + T <= cache_len; the
+ * kernel still clamps, and writes zeros for a row outside [0, Bc)). No host copy, no sync:
+ * capturable in a CUDA graph. shape->batch is B', ->seq T. */
+an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *shape, int64_t cache_len, int64_t cache_rows,
+                                   an_dtype dtype, const void *q, const void *k_cache, const void *v_cache,
+                                   const int64_t *rows, const int64_t *lengths, void *out);
+
+/* ---- KV cache bookkeeping on the device (kv_cache.cu): rows (B') and lengths (Bc) i64 device
+ * arrays as above; asynchronous, no host data, capturable in a CUDA graph. ---- */
+
+/* positions (B', T) i64 = lengths[rows[b]] + t. */
+an_status an_cuda_kv_positions(an_ctx *ctx, const int64_t *rows, const int64_t *lengths, int64_t B, int64_t T,
+                               int64_t *positions);
+/* Appends k and v (B', T, token_bytes) to caches (Bc, capacity, token_bytes): token t of entry b
+ * goes to slot lengths[rows[b]] + t of cache row rows[b] (slots at or past capacity are skipped;
+ * the caller validated). lengths are not changed. */
+an_status an_cuda_kv_store(an_ctx *ctx, const void *k, const void *v, void *k_cache, void *v_cache, const int64_t *rows,
+                           const int64_t *lengths, int64_t B, int64_t T, int64_t capacity, size_t token_bytes);
+/* lengths[rows[b]] += T for every b (rows distinct). */
+an_status an_cuda_kv_advance(an_ctx *ctx, const int64_t *rows, int64_t *lengths, int64_t B, int64_t T);
+
+/* ---- CUDA graphs of the state's stream (graph.cu; its header says the memory and capture rules) ---- */
+typedef struct an_cuda_graph an_cuda_graph;
+/* Starts capturing the stream: launches until an_cuda_graph_end are recorded, not run. */
+an_status an_cuda_graph_begin(an_ctx *ctx);
+/* Ends the capture begun by an_cuda_graph_begin; body is the status of the captured work. On
+ * success *out is the instantiated graph (run it with an_cuda_graph_launch); otherwise the capture
+ * is discarded, *out NULL, and the first error is returned. */
+an_status an_cuda_graph_end(an_ctx *ctx, an_status body, an_cuda_graph **out);
+/* Replays g on the stream (asynchronous). */
+an_status an_cuda_graph_launch(an_ctx *ctx, an_cuda_graph *g);
+/* Waits for the stream, destroys g and gives the blocks it held back to the cache. NULL is fine. */
+void an_cuda_graph_free(an_ctx *ctx, an_cuda_graph *g);
+/* 1 while a capture is open on ctx's stream. */
+int an_cuda_capturing(an_ctx *ctx);
 
 /* AdamW (kernels/adamw.cu). One update of n elements with src/optim/adamw.c's float64 formula and
  * operation order (no fused multiply-adds), so results are bit-identical to the CPU path: master,

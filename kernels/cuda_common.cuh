@@ -32,6 +32,8 @@ struct an_cuda_state {
     int sm_count;              /* multiprocessors, to size grids */
     struct an_gemm_plan *plans; /* AN_GEMM_PLAN_SLOTS cached GEMM plans (gemm.cu) */
     int plan_next;             /* next slot to overwrite when the cache is full */
+    int capturing;             /* 1 while graph.cu captures the stream: host copies, syncs and scratch
+                                  growth are refused (see an_cuda_graph_begin) */
 };
 
 #define AN_GEMM_PLAN_SLOTS 64

@@ -112,12 +112,42 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shap
     (void)grad_q, (void)grad_k, (void)grad_v;
     return NO_CUDA(ctx);
 }
-an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *shape, int64_t cache_len, an_dtype dtype,
-                                   const void *q, const void *k_cache, const void *v_cache, const int64_t *rows,
-                                   const int64_t *lengths, void *out) {
-    (void)shape, (void)cache_len, (void)dtype, (void)q, (void)k_cache, (void)v_cache, (void)rows, (void)lengths;
-    (void)out;
+an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *shape, int64_t cache_len, int64_t cache_rows,
+                                   an_dtype dtype, const void *q, const void *k_cache, const void *v_cache,
+                                   const int64_t *rows, const int64_t *lengths, void *out) {
+    (void)shape, (void)cache_len, (void)cache_rows, (void)dtype, (void)q, (void)k_cache, (void)v_cache, (void)rows;
+    (void)lengths, (void)out;
     return NO_CUDA(ctx);
+}
+an_status an_cuda_kv_positions(an_ctx *ctx, const int64_t *rows, const int64_t *lengths, int64_t B, int64_t T,
+                               int64_t *positions) {
+    (void)rows, (void)lengths, (void)B, (void)T, (void)positions;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_kv_store(an_ctx *ctx, const void *k, const void *v, void *k_cache, void *v_cache, const int64_t *rows,
+                           const int64_t *lengths, int64_t B, int64_t T, int64_t capacity, size_t token_bytes) {
+    (void)k, (void)v, (void)k_cache, (void)v_cache, (void)rows, (void)lengths, (void)B, (void)T, (void)capacity;
+    (void)token_bytes;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_kv_advance(an_ctx *ctx, const int64_t *rows, int64_t *lengths, int64_t B, int64_t T) {
+    (void)rows, (void)lengths, (void)B, (void)T;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_graph_begin(an_ctx *ctx) { return NO_CUDA(ctx); }
+an_status an_cuda_graph_end(an_ctx *ctx, an_status body, an_cuda_graph **out) {
+    (void)body;
+    *out = NULL;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_graph_launch(an_ctx *ctx, an_cuda_graph *g) {
+    (void)g;
+    return NO_CUDA(ctx);
+}
+void an_cuda_graph_free(an_ctx *ctx, an_cuda_graph *g) { (void)ctx, (void)g; }
+int an_cuda_capturing(an_ctx *ctx) {
+    (void)ctx;
+    return 0;
 }
 an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq,
                         const void *grad, an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {

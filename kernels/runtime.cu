@@ -8,7 +8,9 @@
  * device (the state's). Device memory (tensors, the workspace, the scratch buffer) comes from the
  * state's caching allocator (autograd/block_cache.h over cudaMalloc/cudaFree): a freed block is
  * handed out again without an event because every user of it runs on the one stream; work on
- * another stream will need an event per freed block first. */
+ * another stream will need an event per freed block first. While graph.cu captures the stream,
+ * host copies, synchronisation, emptying the cache and the scratch buffer are refused with an
+ * error (they cannot be part of a graph). */
 #include "kernels/cuda_common.cuh"
 
 #include <stdio.h>
@@ -140,8 +142,14 @@ an_status an_cuda_memory_stats(an_ctx *ctx, an_cuda_mem_stats *out) {
     return AN_OK;
 }
 
+/* The refusal graph.cu's rules promise for calls that cannot be captured. */
+#define NOT_WHILE_CAPTURING(ctx, s, what)                                                              \
+    AN_CHECK((ctx), !(s)->capturing, AN_ERR_INTERNAL,                                                 \
+             "%s inside a CUDA graph capture: a captured step must keep its data on the device", (what))
+
 an_status an_cuda_empty_cache(an_ctx *ctx) {
     AN_CUDA_STATE(ctx, s);
+    NOT_WHILE_CAPTURING(ctx, s, "emptying the allocator cache");
     AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream)); /* surface pending errors before cudaFree */
     (void)an_block_cache_release(&s->cache);
     return AN_OK;
@@ -149,6 +157,8 @@ an_status an_cuda_empty_cache(an_ctx *ctx) {
 
 an_status an_cuda_scratch(an_ctx *ctx, size_t bytes, void **out) {
     AN_CUDA_STATE(ctx, s);
+    /* a graph holding the scratch address would write whatever block it becomes after a regrowth */
+    NOT_WHILE_CAPTURING(ctx, s, "the shared scratch buffer");
     if (bytes > s->scratch_bytes) {
         size_t grown = bytes < ((size_t)1 << 20) ? ((size_t)1 << 20) : bytes;
         char why[320] = "";
@@ -174,6 +184,7 @@ an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dst_device, const voi
     cudaMemcpyKind kind = dst_device == AN_CPU   ? cudaMemcpyDeviceToHost
                           : src_device == AN_CPU ? cudaMemcpyHostToDevice
                                                  : cudaMemcpyDeviceToDevice;
+    if (kind != cudaMemcpyDeviceToDevice) NOT_WHILE_CAPTURING(ctx, s, "a copy to or from host memory");
     AN_CUDA_CHECK(ctx, cudaMemcpyAsync(dst, src, bytes, kind, s->stream));
     if (kind != cudaMemcpyDeviceToDevice) AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream));
     return AN_OK;
@@ -188,6 +199,7 @@ an_status an_cuda_memset(an_ctx *ctx, void *ptr, int value, size_t bytes) {
 
 an_status an_cuda_synchronize(an_ctx *ctx) {
     AN_CUDA_STATE(ctx, s);
+    NOT_WHILE_CAPTURING(ctx, s, "synchronising the stream");
     AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream));
     return AN_OK;
 }

@@ -239,6 +239,52 @@ START_TEST(test_random_workload_never_overlaps_and_counts_match) {
 }
 END_TEST
 
+/* A capture-like pass: blocks freed while parking are never handed out again (a graph will write
+ * them at every replay), they stay counted in use, and after the graph frees them the counters are
+ * back where they started; no segment is released while parking even when an allocation fails. */
+START_TEST(test_parked_blocks_are_not_reused_until_freed_and_counters_return) {
+    fake_device d = {64 * MiB, 0, 0};
+    an_block_cache c;
+    an_block_cache_init(&c, fake_alloc, fake_free, &d);
+    char why[256];
+    void *keep = an_block_cache_alloc(&c, 3 * MiB, why, sizeof why);
+    void *old = an_block_cache_alloc(&c, 4 * MiB, why, sizeof why);
+    REQUIRE(keep && old);
+    an_block_cache_free(&c, old); /* a wholly free cached segment */
+    an_block_cache_stats before = c.stats;
+    an_block_cache_park_begin(&c);
+    void *seen[16];
+    int n_seen = 0;
+    for (int i = 0; i < 8; i++) { /* each intermediate freed at once: without parking, all would share one block */
+        void *p = an_block_cache_alloc(&c, (size_t)(1000 + 300 * i), why, sizeof why);
+        REQUIRE(p != NULL);
+        for (int j = 0; j < n_seen; j++) REQUIRE(seen[j] != p);
+        seen[n_seen++] = p;
+        REQUIRE(an_block_cache_free(&c, p) == 1);
+    }
+    void *out = an_block_cache_alloc(&c, 2 * MiB, why, sizeof why); /* the graph's output: kept */
+    REQUIRE(out != NULL);
+    REQUIRE(an_block_cache_alloc(&c, 80 * MiB, why, sizeof why) == NULL); /* too big: no release while parking */
+    ck_assert_int_eq(c.stats.raw_frees, before.raw_frees);
+    ck_assert_int_eq(c.stats.blocks_in_use, before.blocks_in_use + 9);
+    void **parked = NULL;
+    int64_t n = an_block_cache_park_end(&c, &parked);
+    ck_assert_int_eq(n, 8);
+    for (int64_t i = 0; i < n; i++) REQUIRE(parked[i] == seen[i]);
+    void *after = an_block_cache_alloc(&c, 1000, why, sizeof why); /* parking off: never a parked block */
+    for (int j = 0; j < n_seen; j++) REQUIRE(seen[j] != after);
+    an_block_cache_free(&c, after);
+    for (int64_t i = 0; i < n; i++) REQUIRE(an_block_cache_free(&c, parked[i]) == 1);
+    free(parked);
+    an_block_cache_free(&c, out);
+    ck_assert_uint_eq(c.stats.in_use, before.in_use);
+    ck_assert_int_eq(c.stats.blocks_in_use, before.blocks_in_use);
+    an_block_cache_free(&c, keep);
+    ck_assert_uint_eq(c.stats.in_use, 0);
+    check_close(&c, &d);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("block_cache");
     TCase *tc = tcase_create("core");
@@ -248,6 +294,7 @@ int main(void) {
     tcase_add_test(tc, test_failed_raw_allocation_releases_cache_and_retries_then_reports);
     tcase_add_test(tc, test_repeated_step_pattern_stops_raw_allocation_after_first_step);
     tcase_add_test(tc, test_random_workload_never_overlaps_and_counts_match);
+    tcase_add_test(tc, test_parked_blocks_are_not_reused_until_freed_and_counters_return);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

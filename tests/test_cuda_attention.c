@@ -277,19 +277,30 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                     double *want = malloc((size_t)(B * T * Hq * D) * sizeof *want);
                     test_ok(ctx, an_cpu_attention_cached(ctx, &sh, S, q.v, k.v, v.v, rows, lengths, want), "reference");
                     an_tensor *out = test_poisoned_gpu(ctx, dtype, 4, qs);
-                    test_ok(ctx, an_cuda_attention_cached(ctx, &sh, S, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
-                                                     an_tensor_data(v.dev), rows, lengths, an_tensor_data(out)),
+                    an_tensor *r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
+                    an_tensor *len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
+                    an_tensor *r_dev = an_tensor_to(ctx, r, AN_I64, AN_CUDA), *len_dev = an_tensor_to(ctx, len, AN_I64, AN_CUDA);
+                    ck_assert(r_dev && len_dev);
+                    test_ok(ctx, an_cuda_attention_cached(ctx, &sh, S, Bc, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+                                                     an_tensor_data(v.dev), an_tensor_data(r_dev), an_tensor_data(len_dev),
+                                                     an_tensor_data(out)),
                        "attention_cached");
                     snprintf(what, sizeof what, "decode %s D %lld T %lld Hq %lld", an_dtype_name(dtype), (long long)D,
                              (long long)T, (long long)Hq);
                     expect_dev_close(ctx, out, want, rtol_of(dtype), rtol_of(dtype), 0, what);
 
                     /* the op on CUDA tensors against the op on the CPU */
-                    an_tensor *r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
-                    an_tensor *len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
                     an_tensor *cpu = an_attention_cached(ctx, q.host, k.host, v.host, r, len, sh.scale);
                     an_tensor *gpu = an_attention_cached(ctx, q.dev, k.dev, v.dev, r, len, sh.scale);
-                    ck_assert_msg(cpu && gpu, "%s: op: %s", what, an_error_message(ctx));
+                    /* the device tables (the KV cache's): the same result bit for bit */
+                    an_tensor *gpu_dev = an_attention_cached(ctx, q.dev, k.dev, v.dev, r_dev, len_dev, sh.scale);
+                    ck_assert_msg(cpu && gpu && gpu_dev, "%s: op: %s", what, an_error_message(ctx));
+                    an_tensor *h1 = an_tensor_to(ctx, gpu, AN_F64, AN_CPU), *h2 = an_tensor_to(ctx, gpu_dev, AN_F64, AN_CPU);
+                    ck_assert(h1 && h2);
+                    ck_assert_msg(memcmp(an_tensor_data(h1), an_tensor_data(h2), an_tensor_nbytes(h1)) == 0,
+                                  "%s: device tables", what);
+                    an_tensor_release(h1), an_tensor_release(h2);
+                    an_tensor_release(gpu_dev), an_tensor_release(r_dev), an_tensor_release(len_dev);
                     ck_assert_int_eq(gpu->device, AN_CUDA);
                     double *cv = test_values(cpu);
                     snprintf(what + strlen(what), sizeof what - strlen(what), " (op)");

@@ -151,6 +151,27 @@ START_TEST(test_embedding_rejects_ids_outside_the_table) {
 }
 END_TEST
 
+/* an_embedding_trusted: the same rows as an_embedding, records nothing, refuses a table that
+ * requires grad while recording, and on the CPU still rejects an id outside the table. */
+START_TEST(test_embedding_trusted_is_inference_only_and_still_checked_on_cpu) {
+    an_ctx *ctx = test_ctx(14);
+    an_tensor *table = test_uniform(ctx, AN_F32, 2, (int64_t[]){7, 4}, -1, 1, true);
+    an_tensor *ids = ids_from(ctx, AN_I64, 1, (int64_t[]){3}, (int64_t[]){6, 0, 3});
+    expect_input_error(ctx, an_embedding_trusted(ctx, ids, table), "inference only", NULL);
+    an_no_grad_begin(ctx);
+    an_tensor *want = an_embedding(ctx, ids, table), *got = an_embedding_trusted(ctx, ids, table);
+    ck_assert(want && got);
+    ck_assert_int_eq(memcmp(an_tensor_data(want), an_tensor_data(got), an_tensor_nbytes(want)), 0);
+    an_tensor *bad = ids_from(ctx, AN_I64, 1, (int64_t[]){2}, (int64_t[]){1, 7});
+    expect_input_error(ctx, an_embedding_trusted(ctx, bad, table), "id 7", "V = 7");
+    an_no_grad_end(ctx);
+    ck_assert_int_eq(an_tape_length(ctx), 0);
+    an_tensor_release(bad), an_tensor_release(want), an_tensor_release(got);
+    an_tensor_release(ids), an_tensor_release(table);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("embedding");
     TCase *tc = tcase_create("core");
@@ -158,6 +179,7 @@ int main(void) {
     tcase_add_test(tc, test_embedding_repeated_ids_sum_their_gradients);
     tcase_add_test(tc, test_embedding_table_gradcheck);
     tcase_add_test(tc, test_embedding_rejects_ids_outside_the_table);
+    tcase_add_test(tc, test_embedding_trusted_is_inference_only_and_still_checked_on_cpu);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -82,6 +82,13 @@ static an_block *table_remove(an_block_cache *c, const void *ptr) {
     return NULL;
 }
 
+static an_block *table_find(const an_block_cache *c, const void *ptr) {
+    if (!c->table) return NULL;
+    for (an_block *b = c->table[bucket(c, ptr)]; b; b = b->hash_next)
+        if (b->ptr == ptr) return b;
+    return NULL;
+}
+
 static int before(const an_block *a, const an_block *b) {
     return a->size < b->size || (a->size == b->size && (uintptr_t)a->ptr < (uintptr_t)b->ptr);
 }
@@ -158,7 +165,7 @@ void *an_block_cache_alloc(an_block_cache *c, size_t bytes, char *why, size_t wh
                                    : (size + AN_BLOCK_LARGE_ROUND - 1) / AN_BLOCK_LARGE_ROUND * AN_BLOCK_LARGE_ROUND;
         char first[256] = "";
         b = new_segment(c, pool, segment, first, sizeof first);
-        if (!b && an_block_cache_release(c) > 0) b = new_segment(c, pool, segment, first, sizeof first);
+        if (!b && !c->parking && an_block_cache_release(c) > 0) b = new_segment(c, pool, segment, first, sizeof first);
         if (!b) {
             snprintf(why, why_size, "out of device memory: %zu bytes asked (segment of %zu), %zu bytes in use, %zu cached (%s)",
                      bytes, segment, c->stats.in_use, c->stats.reserved - c->stats.in_use, first);
@@ -195,8 +202,41 @@ static void merge(an_block *a, an_block *n) {
     free(n);
 }
 
+/* Parks ptr (a block handed out) instead of freeing it; 1 when recorded. */
+static int park(an_block_cache *c, void *ptr) {
+    if (c->n_parked == c->parked_cap) {
+        int64_t cap = c->parked_cap ? 2 * c->parked_cap : 256;
+        void **grown = realloc(c->parked, (size_t)cap * sizeof *grown);
+        if (!grown) return 0;
+        c->parked = grown;
+        c->parked_cap = cap;
+    }
+    c->parked[c->n_parked++] = ptr;
+    return 1;
+}
+
+void an_block_cache_park_begin(an_block_cache *c) {
+    c->parking = 1;
+    c->park_failed = 0;
+}
+
+int64_t an_block_cache_park_end(an_block_cache *c, void ***out) {
+    int64_t n = c->park_failed ? -1 : c->n_parked;
+    *out = c->parked;
+    c->parked = NULL;
+    c->n_parked = c->parked_cap = 0;
+    c->parking = 0;
+    c->park_failed = 0;
+    return n;
+}
+
 int an_block_cache_free(an_block_cache *c, void *ptr) {
     if (!ptr) return 1;
+    if (c->parking) {
+        if (!table_find(c, ptr)) return 0;
+        if (!park(c, ptr)) c->park_failed = 1; /* stays in use: never reused, never lost track of by a graph */
+        return 1;
+    }
     an_block *b = table_remove(c, ptr);
     if (!b) return 0;
     b->allocated = 0;
@@ -258,6 +298,7 @@ void an_block_cache_destroy(an_block_cache *c) {
         }
     }
     free(c->table);
+    free(c->parked);
     c->table = NULL;
     c->table_size = 0;
     c->stats.in_use = c->stats.reserved = 0;

@@ -17,6 +17,13 @@
  *   stream touches will need an event recorded at free and waited on before reuse.
  * - When the raw allocator fails, every wholly free segment is released and the allocation is
  *   retried once; a second failure reports the size asked, the bytes in use and the bytes cached.
+ * - Parking (for CUDA graph capture, kernels/graph.cu): between an_block_cache_park_begin and
+ *   _park_end, a freed block is not returned to its pool but parked: it stays counted in use and
+ *   nobody else receives it, because a captured graph will write it again at every replay. Blocks
+ *   allocated while parking come from the pools as usual (the same best fit), and a wholly free
+ *   segment is never released while parking (the raw release would synchronise). park_end hands
+ *   the parked blocks to the caller (the graph), which frees them with an_block_cache_free once
+ *   the graph is gone.
  * - Not thread-safe: one cache belongs to one an_cuda_state, used from one thread. */
 #ifndef AN_BLOCK_CACHE_H
 #define AN_BLOCK_CACHE_H
@@ -58,6 +65,10 @@ typedef struct {
     an_block **table;           /* blocks handed out, hashed by address (chained), table_size buckets */
     size_t table_size;
     an_block_cache_stats stats;
+    int parking;                /* 1 between park_begin and park_end */
+    int park_failed;            /* a park could not record its block (host memory): reported at park_end */
+    void **parked;              /* blocks freed while parking, n_parked of parked_cap */
+    int64_t n_parked, parked_cap;
 } an_block_cache;
 
 void an_block_cache_init(an_block_cache *cache, an_raw_alloc_fn raw_alloc, an_raw_free_fn raw_free, void *user);
@@ -68,6 +79,13 @@ void *an_block_cache_alloc(an_block_cache *cache, size_t bytes, char *why, size_
 /* Returns ptr's block to the cache; 0 when ptr was not handed out by this cache (then nothing
  * happens), 1 otherwise. NULL is accepted and returns 1. */
 int an_block_cache_free(an_block_cache *cache, void *ptr);
+/* Starts parking freed blocks (see the rules above); parking must not already be on. */
+void an_block_cache_park_begin(an_block_cache *cache);
+/* Stops parking. *out receives a malloc'ed array of the parked blocks' addresses (caller frees the
+ * array, and each block with an_block_cache_free when nothing will use it again) and the return
+ * value their count; -1 when a block could not be recorded for lack of host memory (the blocks
+ * recorded are in *out all the same; the others stay in use until the cache is destroyed). */
+int64_t an_block_cache_park_end(an_block_cache *cache, void ***out);
 /* Releases every segment whose blocks are all free to the raw allocator; returns the bytes released. */
 size_t an_block_cache_release(an_block_cache *cache);
 /* Releases every segment, in use or not, and all bookkeeping; the cache is empty afterwards. */

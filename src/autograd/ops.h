@@ -44,6 +44,12 @@ an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tenso
 
 /* ids (...) i32/i64 rows of table (V, D) -> (..., D). An id outside [0, V) is an error. */
 an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table);
+/* an_embedding for ids the caller guarantees lie in [0, V) — the GPU sampler's output, chosen
+ * below the vocabulary by construction. On CUDA the range check (a device scan whose report is
+ * copied back: a host synchronisation) is skipped, so a decode step can be captured in a CUDA
+ * graph; on the CPU ids are still checked (it costs no synchronisation). Inference only: refuses
+ * a table that requires grad while recording. User-given ids must go through an_embedding. */
+an_tensor *an_embedding_trusted(an_ctx *ctx, an_tensor *ids, an_tensor *table);
 
 /* x (..., D) * rsqrt(mean(x^2) + eps) * w (D), statistics in fp32 or better. */
 an_tensor *an_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *w, double eps);
@@ -65,6 +71,10 @@ typedef struct {
 
 /* Rotates x (B, T, H, D) at positions (B, T) (i32/i64; they restart per packed document). */
 an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config);
+/* an_rope for positions the caller formed itself and vouches are >= 0 (a KV cache's lengths plus
+ * offsets): on CUDA the positions scan (a host synchronisation) is skipped, so a decode step can be
+ * captured in a CUDA graph. Inference only: refuses an x that requires grad while recording. */
+an_tensor *an_rope_trusted(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config);
 
 /* Causal attention with grouped-query heads: q (B, T, Hq, D), k and v (B, T, Hkv, D), Hkv divides
  * Hq; query head h reads kv head h / (Hq/Hkv). segments (B, T) i32/i64 or NULL: token i attends
@@ -75,7 +85,10 @@ an_tensor *an_attention(an_ctx *ctx, an_tensor *q, an_tensor *k, an_tensor *v, a
  * q (B', T, Hq, D); k_cache and v_cache (Bc, S, Hkv, D); rows (B') i64 maps each query row to
  * its cache row; lengths (Bc) i64 counts the keys each cache row held before these T tokens,
  * whose keys must already be written at [length, length + T). Query t of row b sees cache keys
- * 0 .. lengths[rows[b]] + t. Returns (B', T, Hq, D). */
+ * 0 .. lengths[rows[b]] + t. Returns (B', T, Hq, D).
+ * rows and lengths are host tensors (validated here; on CUDA uploaded per call, which synchronises)
+ * or, on CUDA, both device tensors on q's device that the caller has validated (the KV cache's
+ * device tables: no upload, no sync, capturable in a CUDA graph). */
 an_tensor *an_attention_cached(an_ctx *ctx, an_tensor *q, an_tensor *k_cache, an_tensor *v_cache, an_tensor *rows,
                                an_tensor *lengths, double scale);
 

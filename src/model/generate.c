@@ -1,9 +1,24 @@
 /* generate.c — the generation loop: prefill the prompts into their cache rows (prompts of equal
  * length side by side in one forward), then decode every unfinished row together one token per
  * step (see generate.h). Logits are formed only for the last position of each row, and the next
- * tokens are chosen on the logits' device (an_sample_rows): on the GPU a step copies B token ids
- * to the host and nothing else. While no row finishes, the ids chosen on the device are the next
- * step's input as they are (no upload). */
+ * tokens are chosen on the logits' device (an_sample_rows).
+ *
+ * On the GPU a decode step is free of host synchronisation and host data: the sampler writes the
+ * next ids into a fixed device buffer that is the next step's input (their range check is skipped:
+ * an_model_forward_cached_trusted), the KV cache keeps lengths and the row table on the device,
+ * and positions are formed there. The step's one synchronisation is the copy of the B chosen ids
+ * to the host (eos, callbacks, output), after the sampler.
+ *
+ * CUDA graphs (unless opts->eager): at a given active batch size the first decode step runs op by
+ * op (it creates the GEMM plans and uploads the row table), the second is captured into a graph
+ * (kernels/graph.cu) and launched, every later one replays it: one launch instead of ~20 per
+ * layer. The sampler stays outside the graph (its draw offset changes each step). When a row
+ * finishes, the active rows are compacted and the graph is freed; the cycle starts again at the
+ * smaller size (re-capture, not padding: finished rows as padding would keep computing and
+ * writing their cache rows, and the sampler would need a map from rows to draws to stay
+ * identical to the CPU; a re-capture costs one op-by-op step and one capture per distinct batch
+ * size, at most n). On a replay the host code of the step does not run, so this loop validates
+ * and advances the cache's host mirror of the lengths itself. */
 #include "model/generate.h"
 
 #include <stdlib.h>
@@ -11,6 +26,7 @@
 
 #include "autograd/ops.h"   /* an_linear for the head */
 #include "autograd/tape.h"  /* an_no_grad_* */
+#include "kernels/cuda.h"     /* an_cuda_graph_*, an_cuda_memcpy */
 #include "model/kv_cache.h"
 
 an_generate_opts an_generate_defaults(const an_model *m) {
@@ -87,13 +103,54 @@ static an_tensor *prefill_all(an_ctx *ctx, an_model *m, an_kv_cache *cache, int6
     return logits;
 }
 
-/* Logits (B', V) of one decode step of ids (B', 1) on cache rows `rows`. */
-static an_tensor *decode(an_ctx *ctx, an_model *m, an_kv_cache *cache, an_tensor *ids, an_tensor *rows) {
-    an_tensor *hidden = an_model_forward_cached(ctx, m, ids, rows, cache);
+/* Logits (B', V) of one decode step of ids (B', 1) on cache rows `rows`; trusted: ids chosen by the
+ * GPU sampler (no range check). */
+static an_tensor *decode(an_ctx *ctx, an_model *m, an_kv_cache *cache, an_tensor *ids, an_tensor *rows, bool trusted) {
+    an_tensor *hidden = trusted ? an_model_forward_cached_trusted(ctx, m, ids, rows, cache)
+                                : an_model_forward_cached(ctx, m, ids, rows, cache);
     an_tensor *flat = hidden ? an_tensor_view(ctx, hidden, 2, (int64_t[]){hidden->shape[0], hidden->shape[2]}) : NULL;
     an_tensor *logits = flat ? an_linear(ctx, flat, m->lm_head, NULL) : NULL;
     an_tensor_release(flat), an_tensor_release(hidden);
     return logits;
+}
+
+/* A decode step captured as a CUDA graph for one active batch size. */
+typedef struct {
+    an_cuda_graph *graph;
+    an_tensor *logits; /* (B', V): the graph's output, rewritten by every replay */
+} step_graph;
+
+static void step_graph_clear(an_ctx *ctx, step_graph *g) {
+    an_cuda_graph_free(ctx, g->graph); /* waits for a replay in flight */
+    an_tensor_release(g->logits);
+    *g = (step_graph){0};
+}
+
+/* Captures the decode step of ids (B', 1) on rows into g and launches it once (capture records,
+ * it does not run). The host mirror of the lengths advances during the capture, as on any step. */
+static an_status step_graph_capture(an_ctx *ctx, an_model *m, an_kv_cache *cache, an_tensor *ids, an_tensor *rows,
+                                    step_graph *g) {
+    AN_TRY(an_cuda_graph_begin(ctx));
+    an_tensor *logits = decode(ctx, m, cache, ids, rows, true);
+    an_status st = an_cuda_graph_end(ctx, logits ? AN_OK : an_error_status(ctx), &g->graph);
+    if (st != AN_OK) {
+        an_tensor_release(logits);
+        return st;
+    }
+    g->logits = logits;
+    return an_cuda_graph_launch(ctx, g->graph);
+}
+
+/* One replay of g on rows: what the step's host code would have checked and counted. */
+static an_status step_graph_replay(an_ctx *ctx, an_kv_cache *cache, const an_tensor *rows, step_graph *g) {
+    const int64_t *r = an_tensor_data(rows);
+    int64_t *len = an_tensor_data(cache->length);
+    for (int64_t b = 0; b < rows->shape[0]; b++)
+        AN_CHECK(ctx, len[r[b]] + 1 <= cache->capacity, AN_ERR_INPUT,
+                 "generate: cache row %lld is full (capacity %lld)", (long long)r[b], (long long)cache->capacity);
+    AN_TRY(an_cuda_graph_launch(ctx, g->graph));
+    for (int64_t b = 0; b < rows->shape[0]; b++) len[r[b]] += 1;
+    return AN_OK;
 }
 
 an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const *prompts, const int64_t *prompt_lens,
@@ -123,7 +180,10 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
                                    : NULL;
     if (st == AN_OK && m->embed_tokens->device == AN_CUDA && !device_picked) st = an_error_status(ctx);
     an_tensor *rows = NULL; /* (n_active) i64 on the CPU: the cache row of each active row */
-    int64_t n_active = n;
+    int64_t n_active = n, steps_at_size = 0;
+    bool use_graphs = device_picked && !o->eager;
+    step_graph graph = {0};
+    an_generate_stats stats = {0};
     for (int64_t i = 0; i < n && active; i++) active[i] = i;
     an_no_grad_begin(ctx);
     an_tensor *logits = st == AN_OK && o->max_new_tokens > 0 ? prefill_all(ctx, m, cache, n, prompts, prompt_lens) : NULL;
@@ -133,7 +193,7 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
     while (logits && st == AN_OK) {
         an_tensor *out_view = device_picked ? an_tensor_rows(ctx, device_picked, 0, n_active) : NULL;
         st = device_picked && !out_view ? an_error_status(ctx) : an_sample_rows(ctx, logits, o, out_view, picked);
-        an_tensor_release(logits);
+        an_tensor_release(logits), an_tensor_release(out_view);
         logits = NULL;
         int64_t kept = 0;
         for (int64_t a = 0; a < n_active && st == AN_OK; a++) {
@@ -144,27 +204,51 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
             if (o->on_token && o->on_token(o->user, i, t)) stop = true;
             if (!stop) picked[kept] = t, active[kept++] = i;
         }
-        if (st != AN_OK || kept == 0) {
-            an_tensor_release(out_view);
-            break;
-        }
-        an_tensor *ids = NULL;
-        if (kept == n_active && out_view) { /* same rows as last step: the device ids as they are */
-            ids = an_tensor_view(ctx, out_view, 2, (int64_t[]){kept, 1});
-        } else {
-            ids = ids_on_device(ctx, m, kept, 1, picked);
-        }
-        an_tensor_release(out_view);
-        if (kept != n_active || !rows) {
+        if (st != AN_OK || kept == 0) break;
+        if (kept != n_active || !rows) { /* a new active set: compact, drop the graph of the old size */
+            step_graph_clear(ctx, &graph);
+            steps_at_size = 0;
             an_tensor_release(rows);
             rows = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){kept}, active);
+            /* the survivors' ids to the front of the device buffer (the sampler wrote them in the old order) */
+            if (device_picked && kept != n_active &&
+                an_cuda_memcpy(ctx, an_tensor_data(device_picked), AN_CUDA, picked, AN_CPU, (size_t)kept * sizeof *picked) != AN_OK)
+                st = an_error_status(ctx);
         }
         n_active = kept;
-        logits = ids && rows ? decode(ctx, m, cache, ids, rows) : NULL;
-        if (!logits) st = an_error_status(ctx);
+        an_tensor *ids = NULL;
+        if (st == AN_OK && rows) {
+            if (device_picked) { /* (kept, 1) view of the device ids: the same address every step */
+                an_tensor *front = an_tensor_rows(ctx, device_picked, 0, kept);
+                ids = front ? an_tensor_view(ctx, front, 2, (int64_t[]){kept, 1}) : NULL;
+                an_tensor_release(front);
+            } else {
+                ids = ids_on_device(ctx, m, kept, 1, picked);
+            }
+        }
+        if (st == AN_OK && ids && rows) {
+            if (use_graphs && graph.graph) {
+                st = step_graph_replay(ctx, cache, rows, &graph);
+                logits = st == AN_OK ? an_tensor_retain(graph.logits) : NULL;
+                stats.graph_replays += st == AN_OK;
+            } else if (use_graphs && steps_at_size >= 1) {
+                st = step_graph_capture(ctx, m, cache, ids, rows, &graph);
+                logits = st == AN_OK ? an_tensor_retain(graph.logits) : NULL;
+                stats.graph_captures += st == AN_OK;
+            } else {
+                logits = decode(ctx, m, cache, ids, rows, device_picked != NULL);
+                if (!logits) st = an_error_status(ctx);
+            }
+            stats.decode_steps++;
+            steps_at_size++;
+        } else if (st == AN_OK) {
+            st = an_error_status(ctx);
+        }
         an_tensor_release(ids);
     }
     an_tensor_release(logits), an_tensor_release(rows), an_tensor_release(device_picked);
+    step_graph_clear(ctx, &graph);
+    if (o->stats) *o->stats = stats;
     an_no_grad_end(ctx);
     for (int64_t i = 0; i < n && st == AN_OK; i++) {
         out[i] = malloc((size_t)(count[i] ? count[i] : 1) * sizeof **out);

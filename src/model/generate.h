@@ -10,6 +10,13 @@
 #include "autograd/rng.h"
 #include "model/model.h"
 
+/* What an_generate did (filled when opts->stats is set). */
+typedef struct {
+    int64_t decode_steps;        /* forward passes after the prefill */
+    int64_t graph_captures;      /* CUDA graphs captured (one per active batch size that ran twice) */
+    int64_t graph_replays;       /* decode steps run as a replay of a captured graph */
+} an_generate_stats;
+
 typedef struct {
     int64_t max_new_tokens;      /* per row */
     double temperature;          /* 0: greedy (argmax; ties to the lowest id) */
@@ -23,6 +30,9 @@ typedef struct {
      * strings are checked here on the decoded text). May be NULL. */
     bool (*on_token)(void *user, int64_t row, int32_t token);
     void *user;
+    bool eager;                  /* CUDA: run every decode step op by op, never as a CUDA graph (for
+                                    comparison and debugging); the CPU is always eager */
+    an_generate_stats *stats;    /* filled when not NULL */
 } an_generate_opts;
 
 /* Greedy decoding with the model's eos ids and 128 new tokens. */

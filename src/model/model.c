@@ -10,7 +10,7 @@
 
 #include "autograd/ops.h"   /* the ops the transformer is built from */
 #include "autograd/tape.h"  /* an_checkpoint */
-#include "kernels/cuda.h"     /* an_cuda_memcpy_2d for the KV cache writes */
+#include "kernels/cuda.h"   /* an_cuda_kv_* : the KV cache's device bookkeeping */
 #include "model/kv_cache.h" /* an_kv_cache, an_model_forward_cached */
 
 static void add_param(an_model *m, an_tensor **slot, bool no_decay, int ndim, int64_t d0, int64_t d1,
@@ -133,32 +133,33 @@ static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an
 typedef struct {
     an_kv_cache *cache;
     int64_t layer;
-    an_tensor *rows; /* (B') i64: cache row of each batch entry */
+    an_tensor *rows;       /* (B') i64 on the CPU: cache row of each batch entry */
+    an_tensor *dev_rows;   /* (B') i64 on the GPU for a CUDA cache (the cache's row table), else NULL */
 } cache_step;
 
-/* k and v (B', T, Hkv, D) into the cache rows at each row's current length. Batch entries whose
- * cache rows follow each other and hold equally many tokens (a batched decode step) go in one
- * strided copy, so a step makes 2 copies per layer instead of 2 B'. */
+/* k and v (B', T, Hkv, D) into the cache rows at each row's current length. On CUDA one kernel
+ * reads rows and lengths from the device tables (no host data: capturable); on the CPU batch
+ * entries whose cache rows follow each other and hold equally many tokens go in one copy. */
 static an_status cache_store(an_ctx *ctx, const cache_step *cs, an_tensor *k, an_tensor *v) {
     an_kv_cache *c = cs->cache;
     int64_t bq = k->shape[0], t = k->shape[1];
     size_t elt = an_dtype_size(k->dtype), token = (size_t)(c->kv_heads * c->head_dim) * elt;
-    const int64_t *rows = an_tensor_data(cs->rows), *len = an_tensor_data(c->length);
     an_tensor *src[2] = {k, v}, *dst[2] = {c->k[cs->layer], c->v[cs->layer]};
     AN_CHECK(ctx, k->dtype == dst[0]->dtype && v->dtype == dst[1]->dtype && k->device == dst[0]->device &&
                       v->device == dst[1]->device,
              AN_ERR_INPUT, "cached forward: keys and values must have the cache's dtype and device");
+    if (cs->dev_rows)
+        return an_cuda_kv_store(ctx, an_tensor_data(k), an_tensor_data(v), an_tensor_data(dst[0]), an_tensor_data(dst[1]),
+                                an_tensor_data(cs->dev_rows), an_tensor_data(c->device_length), bq, t, c->capacity,
+                                token);
+    const int64_t *rows = an_tensor_data(cs->rows), *len = an_tensor_data(c->length);
     for (int64_t b = 0, g; b < bq; b += g) {
         for (g = 1; b + g < bq && rows[b + g] == rows[b] + g && len[rows[b + g]] == len[rows[b]]; g++) {}
         size_t row_pitch = (size_t)c->capacity * token, width = (size_t)t * token;
         for (int i = 0; i < 2; i++) {
             const char *from = (const char *)an_tensor_data(src[i]) + (size_t)b * width;
             char *to = (char *)an_tensor_data(dst[i]) + (size_t)rows[b] * row_pitch + (size_t)len[rows[b]] * token;
-            if (k->device == AN_CUDA) {
-                AN_TRY(an_cuda_memcpy_2d(ctx, to, row_pitch, from, width, width, (size_t)g));
-            } else {
-                for (int64_t j = 0; j < g; j++) memcpy(to + (size_t)j * row_pitch, from + (size_t)j * width, width);
-            }
+            for (int64_t j = 0; j < g; j++) memcpy(to + (size_t)j * row_pitch, from + (size_t)j * width, width);
         }
     }
     return AN_OK;
@@ -177,14 +178,21 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
     an_tensor *k = split_heads(ctx, project(ctx, m, xn, &l->k_proj), hkv, d);
     an_tensor *v = split_heads(ctx, project(ctx, m, xn, &l->v_proj), hkv, d);
     xn = step(xn, NULL);
-    q = step(q, an_rope(ctx, q, positions, &c->rope));
-    k = step(k, an_rope(ctx, k, positions, &c->rope));
+    if (cs) { /* positions formed by the cached forward from the cache's lengths */
+        q = step(q, an_rope_trusted(ctx, q, positions, &c->rope));
+        k = step(k, an_rope_trusted(ctx, k, positions, &c->rope));
+    } else {
+        q = step(q, an_rope(ctx, q, positions, &c->rope));
+        k = step(k, an_rope(ctx, k, positions, &c->rope));
+    }
     double scale = 1.0 / sqrt((double)d);
     an_tensor *attn = NULL;
     if (!cs) attn = an_attention(ctx, q, k, v, segments, scale);
     else if (q && k && v && cache_store(ctx, cs, k, v) == AN_OK)
-        attn = an_attention_cached(ctx, q, cs->cache->k[cs->layer], cs->cache->v[cs->layer], cs->rows,
-                                   cs->cache->length, scale);
+        attn = cs->dev_rows ? an_attention_cached(ctx, q, cs->cache->k[cs->layer], cs->cache->v[cs->layer],
+                                                  cs->dev_rows, cs->cache->device_length, scale)
+                            : an_attention_cached(ctx, q, cs->cache->k[cs->layer], cs->cache->v[cs->layer], cs->rows,
+                                                  cs->cache->length, scale);
     q = step(q, NULL), k = step(k, NULL), v = step(v, NULL);
     attn = step(attn, attn ? an_reshape(ctx, attn, 3, (int64_t[]){b, t, hq * d}) : NULL);
     an_tensor *o = step(attn, project(ctx, m, attn, &l->o_proj));
@@ -276,31 +284,71 @@ an_tensor *an_model_loss(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *la
     return loss;
 }
 
-an_tensor *an_model_forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *rows, an_kv_cache *cache) {
+/* Positions (B', T) of the new tokens on the cache's device: on CUDA formed there from the device
+ * tables (dev_rows), on the CPU from the host lengths. */
+static an_tensor *cached_positions(an_ctx *ctx, const an_kv_cache *cache, const an_tensor *rows, an_tensor *dev_rows,
+                                   int64_t t) {
+    int64_t bq = rows->shape[0];
+    if (dev_rows) {
+        an_tensor *pos = an_tensor_new(ctx, AN_I64, AN_CUDA, 2, (int64_t[]){bq, t});
+        if (pos && an_cuda_kv_positions(ctx, an_tensor_data(dev_rows), an_tensor_data(cache->device_length), bq, t,
+                                        an_tensor_data(pos)) != AN_OK)
+            pos = step(pos, NULL);
+        return pos;
+    }
+    an_tensor *pos = an_tensor_new(ctx, AN_I64, AN_CPU, 2, (int64_t[]){bq, t});
+    if (!pos) return NULL;
+    const int64_t *r = an_tensor_data(rows), *len = an_tensor_data(cache->length);
+    for (int64_t b = 0; b < bq; b++)
+        for (int64_t i = 0; i < t; i++) ((int64_t *)an_tensor_data(pos))[b * t + i] = len[r[b]] + i;
+    return pos;
+}
+
+/* The cached forward of both entry points (kv_cache.h); trusted: ids need no range check. */
+static an_tensor *forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *rows, an_kv_cache *cache,
+                                 bool trusted) {
     if (!ids || !rows) return NULL;
     AN_CHECK_NULL(ctx, !an_grad_enabled(ctx), AN_ERR_INPUT, "cached forward: inference only (use an_no_grad_begin)");
     AN_CHECK_NULL(ctx, ids->ndim == 2 && rows->ndim == 1 && rows->shape[0] == ids->shape[0] && rows->dtype == AN_I64 &&
                            rows->device == AN_CPU,
                   AN_ERR_INPUT, "cached forward: ids must be (B, T) and rows (B) i64 on the CPU");
+    AN_CHECK_NULL(ctx, ids->device == m->embed_tokens->device && (cache->device_length != NULL) == (ids->device == AN_CUDA),
+                  AN_ERR_INPUT, "cached forward: ids, model and cache must be on one device");
     int64_t bq = ids->shape[0], t = ids->shape[1];
     const int64_t *r = an_tensor_data(rows);
     int64_t *len = an_tensor_data(cache->length);
-    for (int64_t b = 0; b < bq; b++)
+    for (int64_t b = 0; b < bq; b++) {
         AN_CHECK_NULL(ctx, r[b] >= 0 && r[b] < cache->rows && len[r[b]] + t <= cache->capacity, AN_ERR_INPUT,
                       "cached forward: cache row %lld cannot take %lld more tokens (capacity %lld)", (long long)r[b],
                       (long long)t, (long long)cache->capacity);
-    an_tensor *pos = an_tensor_new(ctx, AN_I64, AN_CPU, 2, (int64_t[]){bq, t});
-    if (!pos) return NULL;
-    for (int64_t b = 0; b < bq; b++)
-        for (int64_t i = 0; i < t; i++) ((int64_t *)an_tensor_data(pos))[b * t + i] = len[r[b]] + i;
-    if (ids->device != AN_CPU) pos = step(pos, an_tensor_to(ctx, pos, AN_I64, ids->device));
-    an_tensor *x = an_embedding(ctx, ids, m->embed_tokens);
-    for (int64_t l = 0; l < m->config.num_layers && x && pos; l++) {
-        cache_step cs = {cache, l, rows};
+        for (int64_t e = 0; e < b; e++) /* the device advance adds T once per entry */
+            AN_CHECK_NULL(ctx, r[e] != r[b], AN_ERR_INPUT, "cached forward: cache row %lld appears twice in rows",
+                          (long long)r[b]);
+    }
+    an_tensor *dev_rows = cache->device_length ? an_kv_cache_device_rows(ctx, cache, rows) : NULL;
+    if (cache->device_length && !dev_rows) return NULL;
+    an_tensor *pos = cached_positions(ctx, cache, rows, dev_rows, t);
+    an_tensor *x = pos ? (trusted ? an_embedding_trusted(ctx, ids, m->embed_tokens) : an_embedding(ctx, ids, m->embed_tokens))
+                       : NULL;
+    for (int64_t l = 0; l < m->config.num_layers && x; l++) {
+        cache_step cs = {cache, l, rows, dev_rows};
         x = step(x, block_forward(ctx, &m->layers[l], x, pos, NULL, &cs));
     }
     an_tensor_release(pos);
+    if (x && dev_rows &&
+        an_cuda_kv_advance(ctx, an_tensor_data(dev_rows), an_tensor_data(cache->device_length), bq, t) != AN_OK)
+        x = step(x, NULL);
+    an_tensor_release(dev_rows);
     if (!x) return NULL;
-    for (int64_t b = 0; b < bq; b++) len[r[b]] += t;
+    for (int64_t b = 0; b < bq; b++) len[r[b]] += t; /* the host mirror, by the amount the device added */
     return step(x, an_rmsnorm(ctx, x, m->norm, m->config.rms_norm_eps));
+}
+
+an_tensor *an_model_forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *rows, an_kv_cache *cache) {
+    return forward_cached(ctx, m, ids, rows, cache, false);
+}
+
+an_tensor *an_model_forward_cached_trusted(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *rows,
+                                           an_kv_cache *cache) {
+    return forward_cached(ctx, m, ids, rows, cache, true);
 }

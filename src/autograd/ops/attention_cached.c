@@ -1,7 +1,9 @@
 /* attention_cached.c — an_attention_cached: decode attention over a KV cache, inference only
  * (it records no tape node and refuses inputs that require grad). Kernels: cpu/attention_cached.c
- * (float64) and an_cuda_attention_cached in kernels/attention.cu (fp32 math); rows and lengths
- * stay on the host on both devices. */
+ * (float64) and an_cuda_attention_cached in kernels/attention.cu (fp32 math). rows and lengths
+ * come either from the host (validated here; on CUDA uploaded per call, a synchronisation) or,
+ * on CUDA, from the device as the KV cache keeps them (validated by the caller against its host
+ * mirror: model.c's cached forward), which makes the call capturable in a CUDA graph. */
 #include "autograd/ops.h"
 
 #include "autograd/cpu/cpu.h"     /* an_cpu_attention_cached, an_f64_*, an_i64_* */
@@ -24,27 +26,38 @@ an_tensor *an_attention_cached(an_ctx *ctx, an_tensor *q, an_tensor *k_cache, an
     AN_CHECK_NULL(ctx, k_cache->shape[3] == D && Hkv > 0 && Hq % Hkv == 0, AN_ERR_INPUT,
                   "attention_cached: q %s does not match cache %s (head_dim, kv heads dividing q heads)", dq, dk);
     AN_CHECK_NULL(ctx, rows->ndim == 1 && rows->shape[0] == B && lengths->ndim == 1 && lengths->shape[0] == Bc &&
-                           rows->dtype == AN_I64 && lengths->dtype == AN_I64 && rows->device == AN_CPU &&
-                           lengths->device == AN_CPU,
-                  AN_ERR_INPUT, "attention_cached: rows must be (%lld) and lengths (%lld), i64 on the CPU",
+                           rows->dtype == AN_I64 && lengths->dtype == AN_I64 && rows->device == lengths->device &&
+                           (rows->device == AN_CPU || rows->device == q->device),
+                  AN_ERR_INPUT, "attention_cached: rows must be (%lld) and lengths (%lld), i64, both on the CPU or both on q's device",
                   (long long)B, (long long)Bc);
-    const int64_t *r = an_tensor_data(rows), *len = an_tensor_data(lengths);
-    for (int64_t b = 0; b < B; b++)
-        AN_CHECK_NULL(ctx, r[b] >= 0 && r[b] < Bc && len[r[b]] >= 0 && len[r[b]] + T <= S, AN_ERR_INPUT,
-                      "attention_cached: row %lld -> cache row %lld with %lld + %lld keys exceeds capacity %lld",
-                      (long long)b, (long long)r[b], (long long)(r[b] >= 0 && r[b] < Bc ? len[r[b]] : -1),
-                      (long long)T, (long long)S);
+    if (rows->device == AN_CPU) {
+        const int64_t *r = an_tensor_data(rows), *len = an_tensor_data(lengths);
+        for (int64_t b = 0; b < B; b++)
+            AN_CHECK_NULL(ctx, r[b] >= 0 && r[b] < Bc && len[r[b]] >= 0 && len[r[b]] + T <= S, AN_ERR_INPUT,
+                          "attention_cached: row %lld -> cache row %lld with %lld + %lld keys exceeds capacity %lld",
+                          (long long)b, (long long)r[b], (long long)(r[b] >= 0 && r[b] < Bc ? len[r[b]] : -1),
+                          (long long)T, (long long)S);
+    }
     an_tensor *out = an_op_new_like(ctx, q, 4, q->shape);
     if (!out) return NULL;
     if (q->device == AN_CUDA) {
+        /* host tables travel to the device for this call (the device ones are used as they are) */
+        an_tensor *dev_rows = rows->device == AN_CPU ? an_tensor_to(ctx, rows, AN_I64, AN_CUDA) : an_tensor_retain(rows);
+        an_tensor *dev_len = rows->device == AN_CPU ? an_tensor_to(ctx, lengths, AN_I64, AN_CUDA) : an_tensor_retain(lengths);
         an_attention_shape sh = {B, T, Hq, Hkv, D, scale};
-        if (an_cuda_attention_cached(ctx, &sh, S, q->dtype, an_tensor_data(q), an_tensor_data(k_cache),
-                                     an_tensor_data(v_cache), r, len, an_tensor_data(out)) != AN_OK) {
+        an_status st = dev_rows && dev_len ? an_cuda_attention_cached(ctx, &sh, S, Bc, q->dtype, an_tensor_data(q),
+                                                                      an_tensor_data(k_cache), an_tensor_data(v_cache),
+                                                                      an_tensor_data(dev_rows), an_tensor_data(dev_len),
+                                                                      an_tensor_data(out))
+                                           : an_error_status(ctx);
+        an_tensor_release(dev_rows), an_tensor_release(dev_len);
+        if (st != AN_OK) {
             an_tensor_release(out);
             return NULL;
         }
         return out;
     }
+    const int64_t *r = an_tensor_data(rows), *len = an_tensor_data(lengths);
     an_f64 in[3], res;
     an_status st = an_f64_read_all(ctx, (an_tensor *[]){q, k_cache, v_cache}, 3, in);
     if (st == AN_OK && (st = an_f64_write(ctx, out, &res)) == AN_OK) {

@@ -2,7 +2,8 @@
  * scatter-add of the output gradient into a dense (V, D) table gradient.
  * Every id is checked against [0, V) before anything is read (on CUDA by a device scan whose
  * report is copied back, which synchronises); ids get no gradient. Both devices sum repeated ids
- * in token order (CUDA: a stable sort by id, fp32 sums), so the gradient is deterministic. */
+ * in token order (CUDA: a stable sort by id, fp32 sums), so the gradient is deterministic.
+ * an_embedding_trusted (inference only) skips the CUDA check for ids the caller vouches for. */
 #include "autograd/ops.h"
 
 #include <string.h>
@@ -11,14 +12,17 @@
 #include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_embedding, an_op_check_* */
 #include "kernels/cuda.h"         /* an_cuda_check_ids, an_cuda_embedding, an_cuda_embedding_backward */
 
-/* The CUDA forward: ids checked on the device, then the gather. */
-static an_tensor *embedding_cuda(an_ctx *ctx, an_tensor *ids, an_tensor *table, const int64_t *shape) {
+/* The CUDA forward: ids checked on the device (unless the caller vouches for them: trusted),
+ * then the gather. */
+static an_tensor *embedding_cuda(an_ctx *ctx, an_tensor *ids, an_tensor *table, const int64_t *shape, bool trusted) {
     int64_t V = table->shape[0], D = table->shape[1], n = an_tensor_numel(ids);
     an_cuda_id_report rep;
-    if (an_cuda_check_ids(ctx, an_tensor_data(ids), ids->dtype, n, V, 0, 0, &rep) != AN_OK) return NULL;
-    AN_CHECK_NULL(ctx, rep.first_bad == n, AN_ERR_INPUT,
-                  "embedding: id %lld (element %lld of ids) is outside [0, V = %lld)", (long long)rep.bad_value,
-                  (long long)rep.first_bad, (long long)V);
+    if (!trusted) {
+        if (an_cuda_check_ids(ctx, an_tensor_data(ids), ids->dtype, n, V, 0, 0, &rep) != AN_OK) return NULL;
+        AN_CHECK_NULL(ctx, rep.first_bad == n, AN_ERR_INPUT,
+                      "embedding: id %lld (element %lld of ids) is outside [0, V = %lld)", (long long)rep.bad_value,
+                      (long long)rep.first_bad, (long long)V);
+    }
     an_tensor *out = an_op_new_like(ctx, table, ids->ndim + 1, shape);
     if (out && an_cuda_embedding(ctx, table->dtype, an_tensor_data(ids), ids->dtype, n, an_tensor_data(table), V, D,
                                  an_tensor_data(out)) != AN_OK) {
@@ -28,7 +32,8 @@ static an_tensor *embedding_cuda(an_ctx *ctx, an_tensor *ids, an_tensor *table, 
     return out;
 }
 
-an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table) {
+/* The forward of both entry points; trusted skips the CUDA range check (see ops.h). */
+static an_tensor *embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table, bool trusted) {
     AN_OP_INPUTS(ids, table);
     if (an_op_check_float_peers(ctx, "embedding", &table, 1) ||
         an_op_check_indices(ctx, "embedding", "ids", ids, table))
@@ -42,7 +47,7 @@ an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table) {
     memcpy(shape, ids->shape, (size_t)ids->ndim * sizeof *shape);
     shape[ids->ndim] = table->shape[1];
     if (table->device == AN_CUDA) {
-        an_tensor *out = embedding_cuda(ctx, ids, table, shape);
+        an_tensor *out = embedding_cuda(ctx, ids, table, shape, trusted);
         if (out) an_tape_record(ctx, &an_op_embedding, out, (an_tensor *[]){ids, table}, 2);
         return out;
     }
@@ -62,6 +67,15 @@ an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table) {
     an_i64_free(&id);
     if (out) an_tape_record(ctx, &an_op_embedding, out, (an_tensor *[]){ids, table}, 2);
     return out;
+}
+
+an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table) { return embedding(ctx, ids, table, false); }
+
+an_tensor *an_embedding_trusted(an_ctx *ctx, an_tensor *ids, an_tensor *table) {
+    AN_OP_INPUTS(ids, table);
+    AN_CHECK_NULL(ctx, !(an_grad_enabled(ctx) && table->requires_grad), AN_ERR_INPUT,
+                  "embedding_trusted: inference only, but the table requires grad (use an_no_grad_begin)");
+    return embedding(ctx, ids, table, true);
 }
 
 an_status an_embedding_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {

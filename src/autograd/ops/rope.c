@@ -6,7 +6,8 @@
  * Both devices take the inverse frequencies from an_cpu_rope_inv_freq (float64). The CPU rotates
  * in float64; CUDA computes angles, cos and sin in float64, rounds cos/sin once to fp32 and
  * rotates in fp32 (kernels/rope.cu). On CUDA the forward checks the positions with a device scan
- * (which synchronises); the backward reuses the positions the forward checked. */
+ * (which synchronises); the backward reuses the positions the forward checked. an_rope_trusted
+ * (inference only, never recorded) skips that scan for positions the caller formed itself. */
 #include "autograd/ops.h"
 
 #include <math.h>
@@ -93,14 +94,16 @@ static an_status rotate_cuda(an_ctx *ctx, const an_rope_config *config, const an
     return st;
 }
 
-an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config) {
+/* The forward of both entry points; trusted skips the CUDA scan of the positions. */
+static an_tensor *rope_forward(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config,
+                               bool trusted) {
     AN_OP_INPUTS(x, positions);
     if (check_config(ctx, config) || an_op_check_float_peers(ctx, "rope", &x, 1) ||
         an_op_check_indices(ctx, "rope", "positions", positions, x) || check_shapes(ctx, x, positions))
         return NULL;
     an_tensor *out = an_op_new_like(ctx, x, 4, x->shape);
     if (!out) return NULL;
-    an_status st = x->device == AN_CUDA ? rotate_cuda(ctx, config, x, positions, 1.0, true, out)
+    an_status st = x->device == AN_CUDA ? rotate_cuda(ctx, config, x, positions, 1.0, !trusted, out)
                                         : rotate(ctx, config, x, positions, 1.0, out);
     if (st != AN_OK) {
         an_tensor_release(out);
@@ -139,4 +142,15 @@ an_status an_rope_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
         return st;
     }
     return an_node_accumulate(ctx, node, 0, grad);
+}
+
+an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config) {
+    return rope_forward(ctx, x, positions, config, false);
+}
+
+an_tensor *an_rope_trusted(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config) {
+    AN_OP_INPUTS(x, positions);
+    AN_CHECK_NULL(ctx, !(an_grad_enabled(ctx) && x->requires_grad), AN_ERR_INPUT,
+                  "rope_trusted: inference only, but x requires grad (use an_no_grad_begin)");
+    return rope_forward(ctx, x, positions, config, true);
 }
