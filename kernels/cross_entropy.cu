@@ -1,21 +1,19 @@
 /* cross_entropy.cu — per-row log-sum-exp, cross-entropy and log-softmax-gather over logits
- * (N, V), their gradients with respect to the logits, the loss total, and the fp32 accumulation
- * that linear_cross_entropy's chunked weight gradient uses.
+ * (N, V), their gradients with respect to the logits, and the loss total.
  *
  * Numerics: one block per row, fp32 math: a running (max, sum of exp(x - max)) per thread merged
  * over the block in a fixed order, lse = max + log(sum) (an infinite max is returned as it is, as
  * the CPU does). lse is kept in fp32. The loss total adds the per-row fp32 losses in fp64 in one
  * block in a fixed order. Targets equal to the ignore index give lse 0, loss 0 and zero gradient
  * rows; targets/ids are checked by the op, and the backward kernels only compare them with column
- * indices (they never index memory with them). Everything is written with = (the fp32
- * accumulation excepted: acc +=); no float atomics, so a launch of one shape repeats bit for bit. */
+ * indices (they never index memory with them). Everything is written with =; no float atomics,
+ * so a launch of one shape repeats bit for bit. */
 #include "kernels/block_reduce.cuh"
 
 #include <stdint.h>
 
 namespace {
 
-const int kThreads = 256;
 const int kTotalThreads = 1024;
 
 int row_threads(int64_t V) { return an_row_threads((V + 15) / 16, 1024); }
@@ -86,11 +84,6 @@ __global__ void lsg_backward_kernel(const T *x, const float *lse, const void *id
         float p = expf(an_load(xr[j]) - l);
         dr[j] = an_store<T>(g * (j == id ? 1.0f - p : -p));
     }
-}
-
-template <typename T> __global__ void accumulate_kernel(float *acc, const T *src, int64_t n) {
-    int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) acc[i] += an_load(src[i]);
 }
 
 an_status check_rows(an_ctx *ctx, const char *what, an_dtype id_dtype, int64_t N, int64_t V) {
@@ -166,17 +159,6 @@ an_status an_cuda_log_softmax_gather_backward(an_ctx *ctx, an_dtype dtype, const
         lsg_backward_kernel<T><<<(unsigned)N, row_threads(V), 0, s->stream>>>(
             (const T *)logits, lse, ids, id_dtype == AN_I64, V, (const T *)grad, (T *)dx);
         AN_CUDA_LAUNCH_CHECK(ctx, "lsg_backward_kernel");
-    });
-    return AN_OK;
-}
-
-an_status an_cuda_accumulate_f32(an_ctx *ctx, float *acc, const void *src, an_dtype dtype, int64_t n) {
-    AN_CUDA_STATE(ctx, s);
-    AN_CHECK(ctx, n >= 0, AN_ERR_INTERNAL, "accumulate_f32: negative count %lld", (long long)n);
-    if (n == 0) return AN_OK;
-    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "accumulate_f32", {
-        accumulate_kernel<T><<<an_cuda_blocks(s, n, kThreads), kThreads, 0, s->stream>>>(acc, (const T *)src, n);
-        AN_CUDA_LAUNCH_CHECK(ctx, "accumulate_kernel");
     });
     return AN_OK;
 }

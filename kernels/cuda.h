@@ -245,8 +245,6 @@ an_status an_cuda_log_softmax_gather(an_ctx *ctx, an_dtype dtype, const void *lo
 an_status an_cuda_log_softmax_gather_backward(an_ctx *ctx, an_dtype dtype, const void *logits, const float *lse,
                                               const void *ids, an_dtype id_dtype, const void *grad, int64_t N,
                                               int64_t V, void *dx);
-/* acc (n) fp32 += src (n) of dtype (fp32 accumulation of chunked weight gradients). */
-an_status an_cuda_accumulate_f32(an_ctx *ctx, float *acc, const void *src, an_dtype dtype, int64_t n);
 
 /* ---- Sampling (sample.cu): the next token of each row, on the device ---- */
 

@@ -229,10 +229,6 @@ an_status an_cuda_log_softmax_gather_backward(an_ctx *ctx, an_dtype dtype, const
     (void)dtype, (void)logits, (void)lse, (void)ids, (void)id_dtype, (void)grad, (void)N, (void)V, (void)dx;
     return NO_CUDA(ctx);
 }
-an_status an_cuda_accumulate_f32(an_ctx *ctx, float *acc, const void *src, an_dtype dtype, int64_t n) {
-    (void)acc, (void)src, (void)dtype, (void)n;
-    return NO_CUDA(ctx);
-}
 an_status an_cuda_sample(an_ctx *ctx, an_dtype dtype, const void *logits, int64_t B, int64_t V, int64_t allowed,
                          double temperature, int64_t top_k, double top_p, uint64_t seed, uint64_t offset,
                          int32_t *tokens) {
