@@ -60,3 +60,7 @@ paste <(grep -E '^pytorch step' /tmp/peer_losses.txt | awk '{print $3, $5}') \
 
 echo "== summary"
 printf '%s\n' "${rows[@]}"
+
+# Ratios the targets are stated in: ours over the peer named, tokens/s and peak memory.
+echo "== ratios (anneal / peer)"
+printf '%s\n' "${rows[@]}" | bash bench/ratios.sh

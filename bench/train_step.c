@@ -5,6 +5,7 @@
  *                    [--lora R (0: full fine-tune)] [--targets qv|all] [--steps N] [--checkpointing]
  *                    [--adapter DIR (start from this PEFT adapter)] [--lr X] [--losses]
  *                    [--profile (one more step, timed op by op: autograd/profile.h)]
+ *                    [--peak-tflops X (the MFU denominator; 989, dense bf16 of an H100/H200 SXM)]
  *
  * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
  * them, so with --adapter (the peer's initial adapter) both runs start from the same point and
@@ -28,12 +29,13 @@
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N] [--lora R] "
-                        "[--targets qv|all] [--steps N] [--checkpointing] [--profile]\n", argv[0]);
+                        "[--targets qv|all] [--steps N] [--checkpointing] [--profile] [--peak-tflops X]\n", argv[0]);
         return 2;
     }
     const char *dir = argv[1], *targets = "qv", *adapter = NULL;
     double lr = 1e-5;
     bool losses = false, profile = false;
+    double peak_tflops = 989; /* dense bf16 of an H100/H200 SXM, the MFU denominator */
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
@@ -51,6 +53,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--lr") && i + 1 < argc) lr = atof(argv[++i]);
         else if (!strcmp(argv[i], "--losses")) losses = true;
         else if (!strcmp(argv[i], "--profile")) profile = true;
+        else if (!strcmp(argv[i], "--peak-tflops") && i + 1 < argc) peak_tflops = atof(argv[++i]);
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -133,9 +136,11 @@ int main(int argc, char **argv) {
                t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
     }
     double tps = (double)(batch * seq) * measured / total;
-    printf("anneal %s %s %s seq %ld batch %ld%s: %.0f tokens/s, %.3f s/step, peak %.2f GiB, %.1f TFLOP/s model\n",
+    double tflops = tps * flops_per_token / 1e12;
+    printf("anneal %s %s %s seq %ld batch %ld%s: %.0f tokens/s, %.3f s/step, peak %.2f GiB, %.1f TFLOP/s model, "
+           "MFU %.1f%% of %.0f\n",
            rank > 0 ? "lora" : "full", rank > 0 ? targets : "", dtype == AN_BF16 ? "bf16" : "f32", seq, batch,
-           checkpointing ? " +ckpt" : "", tps, total / measured, (double)ctx->mem[device].peak / (1u << 30),
-           tps * flops_per_token / 1e12);
+           checkpointing ? " +ckpt" : "", tps, total / measured, (double)ctx->mem[device].peak / (1u << 30), tflops,
+           100 * tflops / peak_tflops, peak_tflops);
     return 0;
 }
