@@ -14,10 +14,14 @@
  * of keys (queries, in the dK/dV kernel) whose range of segment ids does not meet the other
  * tile's is skipped before it is loaded, so packed short documents cost about their own size.
  *
- * Tiling: blocks of 4 warps own 64 rows, 16 per warp; the other operand streams through shared
- * memory in tiles of 64 rows, double-buffered with cp.async (the next tile loads while this one
- * is multiplied). Shared tiles keep rows of D + 8 elements, so the fragment loads of a warp (8
- * rows x 4 words) and ldmatrix's 8 rows of 16 bytes fall in distinct banks.
+ * Tiling: blocks of 4 warps; the backward's own 64 rows (16 per warp), the forward's 128 (32 per
+ * warp, so each key and value fragment feeds two products); the other operand streams through
+ * shared memory in tiles (64 rows; 32 keys in the forward at head_dim 128, to stay within 255
+ * registers), double-buffered with cp.async (the next tile loads while this one is multiplied).
+ * Every fragment comes from ldmatrix. Shared tiles keep rows of D + 8 elements, so ldmatrix's 8
+ * rows of 16 bytes fall in distinct banks.
+ * Measured (tests/test_cuda_attention.c prints it; H200, bf16, B 8, T 1024, Hq 12, Hkv 2, D 128,
+ * causal): forward 0.16 ms (161 TFLOP/s of useful work), backward 0.71 ms (dQ 0.25, dK/dV 0.50).
  * - forward: one block per (query tile, query head, batch row), online softmax over key tiles.
  * - delta: one warp per (token, query head).
  * - dQ: one block per (query tile, query head, batch row): S, dP = dO V^T, dS, dQ += dS K.
