@@ -42,6 +42,7 @@
  * at a time, 16 us per layer at batch 1 and 256 keys on an H200.) The (row, length) table is read from the device (the KV cache keeps
  * it there), so a decode step neither uploads nor synchronises and can be captured in a CUDA graph. */
 #include "kernels/attention_mma.cuh" /* the tensor-core path for bf16/f16, head_dim 64 and 128 */
+#include "kernels/block_reduce.cuh" /* an_lanes_sum, an_lanes_max */
 #include "kernels/cuda_common.cuh"
 
 #include <math.h>
@@ -129,18 +130,9 @@ __device__ __forceinline__ bool visible(int64_t i, int64_t j, int64_t seq, long 
     return i < seq && j <= i && si == sj;
 }
 
-/* Max / sum over the 16 lanes of a row group (all lanes get the same value: the butterfly's
- * additions are commutative, so every lane rounds alike). */
-__device__ __forceinline__ float group_max(float x) {
-#pragma unroll
-    for (int off = 8; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
-    return x;
-}
-__device__ __forceinline__ float group_sum(float x) {
-#pragma unroll
-    for (int off = 8; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-    return x;
-}
+/* Max / sum over the 16 lanes of a row group (every lane gets the same bits). */
+__device__ __forceinline__ float group_max(float x) { return an_lanes_max<16>(x); }
+__device__ __forceinline__ float group_sum(float x) { return an_lanes_sum<16>(x); }
 
 /* acc[i][j] = sum_d A[(r + 16i) * LD + d] * B[(c + 16j) * LD + d], d < DP (A and B row-major
  * (rows, DP) tiles). */
@@ -444,12 +436,6 @@ template <typename T> struct DecodeArgs {
     float scale;
 };
 
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-    return x;
-}
-
 template <typename T, int DP, int KB>
 __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(DecodeArgs<T> a) {
     const int DW = DP / 32; /* head-dim elements per lane: d = lane + 32k */
@@ -498,7 +484,7 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(DecodeArgs<T>
             float dot = 0.0f;
 #pragma unroll
             for (int k = 0; k < DW; k++) dot = fmaf(qv[k], kv[i][k], dot);
-            s[i] = j0 + i < visible_keys ? warp_sum(dot) * a.scale : -INFINITY;
+            s[i] = j0 + i < visible_keys ? an_lanes_sum<32>(dot) * a.scale : -INFINITY;
             m_new = fmaxf(m_new, s[i]);
         }
         const float alpha = expf(m - m_new); /* m_new is finite: key j0 is visible */

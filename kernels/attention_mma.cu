@@ -32,10 +32,13 @@
  * kernel 3, dK/dV kernel 4) — flash-attention 2's five plus the recomputation the deterministic
  * split costs. */
 #include "kernels/attention_mma.cuh"
+#include "kernels/block_reduce.cuh" /* an_lanes_sum, an_lanes_max */
 
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
+
+#include <type_traits>
 
 namespace {
 
@@ -62,31 +65,40 @@ struct Args {
 
 /* ---- tensor-core and copy primitives ---- */
 
-template <typename T> struct Mma;
-template <> struct Mma<__nv_bfloat16> {
-    /* c (16x8 f32) += a (16x16, row) b (16x8, col) */
+/* c (16x8 f32) += a (16x16, row) b (16x8, col) for operands of type TYPE ("bf16" or "f16"). */
+#define AN_MMA_16816(TYPE, c, a, b0, b1)                                                                   \
+    asm("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "      \
+        "{%8,%9}, {%0,%1,%2,%3};\n"                                                                        \
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                   \
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
+
+/* The MMA and the pair packing of T (__nv_bfloat16 or __half). */
+template <typename T> struct Mma {
+    static constexpr bool bf16 = std::is_same<T, __nv_bfloat16>::value;
     static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+        if constexpr (bf16) AN_MMA_16816("bf16", c, a, b0, b1);
+        else AN_MMA_16816("f16", c, a, b0, b1);
     }
+    /* lo in the low 16 bits, both rounded to nearest even */
     static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
+        if constexpr (bf16) {
+            __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+            return *reinterpret_cast<uint32_t *>(&v);
+        } else {
+            __half2 v = __floats2half2_rn(lo, hi);
+            return *reinterpret_cast<uint32_t *>(&v);
+        }
     }
 };
-template <> struct Mma<__half> {
-    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-            "{%0,%1,%2,%3};\n"
-            : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-            : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-    }
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
+
+/* The row and column offsets at which this lane points ldmatrix: A fragments (row-major 16x16:
+ * rows lane % 16, columns 8 (lane / 16); the transposed B loads of ldsm_x4_trans use the same),
+ * and the B fragments of two 8-wide blocks stored n-major (rows lane % 8 + 8 (lane / 16), columns
+ * 8 ((lane / 8) % 2)). */
+struct LdsmLanes {
+    int a_row, a_col, b_row, b_col;
+    __device__ __forceinline__ explicit LdsmLanes(int lane)
+        : a_row(lane % 16), a_col((lane / 16) * 8), b_row(lane % 8 + (lane / 16) * 8), b_col(((lane / 8) % 2) * 8) {}
 };
 
 __device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
@@ -184,14 +196,6 @@ __device__ __forceinline__ bool seg_meets(const Args &a, int64_t b, int64_t t1, 
     return l2 <= hi && lo <= h2;
 }
 
-__device__ __forceinline__ float quad_max(float x) {
-    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
-    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
-}
-__device__ __forceinline__ float quad_sum(float x) {
-    x += __shfl_xor_sync(0xffffffffu, x, 1);
-    return x + __shfl_xor_sync(0xffffffffu, x, 2);
-}
 
 /* ---- forward ---- */
 
@@ -260,10 +264,7 @@ template <typename T, int D, int KT> __global__ void __launch_bounds__(kThreads)
 #pragma unroll
         for (int dn = 0; dn < ND; dn++) o[mt][dn][0] = o[mt][dn][1] = o[mt][dn][2] = o[mt][dn][3] = 0.0f;
     }
-    /* ldmatrix row addresses of this lane: A fragments (rows lane % 16, columns 8 (lane / 16));
-     * B fragments of two 8-key blocks (keys lane % 8 + 8 (lane / 16), columns 8 ((lane / 8) % 2)) */
-    const int a_row = lane % 16, a_col = (lane / 16) * 8;
-    const int b_row = lane % 8 + (lane / 16) * 8, b_col = ((lane / 8) % 2) * 8;
+    const LdsmLanes ln(lane);
     for (int buf = 0; cur < n_kt; buf ^= 1) {
         int nxt = next_visible(cur + 1);
         if (nxt < n_kt) issue(nxt, buf ^ 1);
@@ -283,11 +284,12 @@ template <typename T, int D, int KT> __global__ void __launch_bounds__(kThreads)
         for (int kk = 0; kk < KD; kk++) {
             uint32_t qa[2][4];
 #pragma unroll
-            for (int mt = 0; mt < 2; mt++) ldsm_x4(qa[mt], qs + (warp * 32 + mt * 16 + a_row) * LD + kk * 16 + a_col);
+            for (int mt = 0; mt < 2; mt++)
+                ldsm_x4(qa[mt], qs + (warp * 32 + mt * 16 + ln.a_row) * LD + kk * 16 + ln.a_col);
 #pragma unroll
             for (int n = 0; n < NK; n += 2) {
                 uint32_t kf[4];
-                ldsm_x4(kf, kb + (n * 8 + b_row) * LD + kk * 16 + b_col);
+                ldsm_x4(kf, kb + (n * 8 + ln.b_row) * LD + kk * 16 + ln.b_col);
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
                     M::run(s[mt][n], qa[mt], kf[0], kf[1]);
@@ -315,7 +317,7 @@ template <typename T, int D, int KT> __global__ void __launch_bounds__(kThreads)
                 float mx = -INFINITY;
 #pragma unroll
                 for (int n = 0; n < NK; n++) mx = fmaxf(mx, fmaxf(s[mt][n][2 * i], s[mt][n][2 * i + 1]));
-                float m_new = fmaxf(m[mt][i], quad_max(mx));
+                float m_new = fmaxf(m[mt][i], an_lanes_max<4>(mx));
                 float mu = m_new == -INFINITY ? 0.0f : m_new; /* a row with nothing visible yet stays at 0 */
                 float corr = exp2f(m[mt][i] - mu);
                 m[mt][i] = m_new;
@@ -343,7 +345,7 @@ template <typename T, int D, int KT> __global__ void __launch_bounds__(kThreads)
 #pragma unroll
             for (int dn = 0; dn < ND; dn += 2) {
                 uint32_t r[4];
-                ldsm_x4_trans(r, vb + (kk * 16 + (lane & 15)) * LD + dn * 8 + (lane >> 4) * 8);
+                ldsm_x4_trans(r, vb + (kk * 16 + ln.a_row) * LD + dn * 8 + ln.a_col);
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++) {
                     M::run(o[mt][dn], pa[mt], r[0], r[1]);
@@ -361,7 +363,7 @@ template <typename T, int D, int KT> __global__ void __launch_bounds__(kThreads)
     for (int mt = 0; mt < 2; mt++)
 #pragma unroll
         for (int i = 0; i < 2; i++) {
-            float sum = quad_sum(l[mt][i]), inv = 1.0f / sum;
+            float sum = an_lanes_sum<4>(l[mt][i]), inv = 1.0f / sum;
 #pragma unroll
             for (int dn = 0; dn < ND; dn++)
                 *reinterpret_cast<uint32_t *>(os + (mt * 16 + g + 8 * i) * LD + dn * 8 + c2) =
@@ -385,8 +387,7 @@ template <typename T, int D> __global__ void __launch_bounds__(256) delta_kernel
     float acc = 0.0f;
 #pragma unroll
     for (int i = 2 * lane; i < D; i += 64) acc += an_load(o[i]) * an_load(d[i]) + an_load(o[i + 1]) * an_load(d[i + 1]);
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) acc += __shfl_xor_sync(0xffffffffu, acc, off);
+    acc = an_lanes_sum<32>(acc);
     if (lane == 0) {
         int64_t h = r % a.Hq, bt = r / a.Hq, t = bt % a.seq, bb = bt / a.seq;
         a.delta[(bb * a.Hq + h) * a.seq + t] = acc;
@@ -451,8 +452,7 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dq_kern
     float dq[ND][4];
 #pragma unroll
     for (int dn = 0; dn < ND; dn++) dq[dn][0] = dq[dn][1] = dq[dn][2] = dq[dn][3] = 0.0f;
-    const int a_row = lane % 16, a_col = (lane / 16) * 8;                   /* ldmatrix rows, see forward */
-    const int b_row = lane % 8 + (lane / 16) * 8, b_col = ((lane / 8) % 2) * 8;
+    const LdsmLanes ln(lane);
     for (int buf = 0; cur < n_kt; buf ^= 1) {
         int nxt = next_visible(cur + 1);
         if (nxt < n_kt) issue(nxt, buf ^ 1);
@@ -471,13 +471,13 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dq_kern
 #pragma unroll
         for (int kk = 0; kk < KD; kk++) {
             uint32_t qa[4], da[4];
-            ldsm_x4(qa, qs + (warp * 16 + a_row) * LD + kk * 16 + a_col);
-            ldsm_x4(da, dos + (warp * 16 + a_row) * LD + kk * 16 + a_col);
+            ldsm_x4(qa, qs + (warp * 16 + ln.a_row) * LD + kk * 16 + ln.a_col);
+            ldsm_x4(da, dos + (warp * 16 + ln.a_row) * LD + kk * 16 + ln.a_col);
 #pragma unroll
             for (int n = 0; n < 8; n += 2) {
                 uint32_t kf[4], vf[4];
-                ldsm_x4(kf, kb + (n * 8 + b_row) * LD + kk * 16 + b_col);
-                ldsm_x4(vf, vb + (n * 8 + b_row) * LD + kk * 16 + b_col);
+                ldsm_x4(kf, kb + (n * 8 + ln.b_row) * LD + kk * 16 + ln.b_col);
+                ldsm_x4(vf, vb + (n * 8 + ln.b_row) * LD + kk * 16 + ln.b_col);
                 M::run(s[n], qa, kf[0], kf[1]);
                 M::run(s[n + 1], qa, kf[2], kf[3]);
                 M::run(dp[n], da, vf[0], vf[1]);
@@ -501,7 +501,7 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dq_kern
 #pragma unroll
             for (int dn = 0; dn < ND; dn += 2) {
                 uint32_t r[4];
-                ldsm_x4_trans(r, kb + (kk * 16 + (lane & 15)) * LD + dn * 8 + (lane >> 4) * 8);
+                ldsm_x4_trans(r, kb + (kk * 16 + ln.a_row) * LD + dn * 8 + ln.a_col);
                 M::run(dq[dn], pa, r[0], r[1]);
                 M::run(dq[dn + 1], pa, r[2], r[3]);
             }
@@ -576,8 +576,7 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_ker
     for (int dn = 0; dn < ND; dn++)
 #pragma unroll
         for (int e = 0; e < 4; e++) dk[dn][e] = dv[dn][e] = 0.0f;
-    const int a_row = lane % 16, a_col = (lane / 16) * 8;                   /* ldmatrix rows, see forward */
-    const int b_row = lane % 8 + (lane / 16) * 8, b_col = ((lane / 8) % 2) * 8;
+    const LdsmLanes ln(lane);
     for (int buf = 0; cur < n_items; buf ^= 1) {
         int nxt = next_visible(cur + 1);
         if (nxt < n_items) issue(nxt, buf ^ 1);
@@ -600,13 +599,13 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_ker
 #pragma unroll 2 /* fully unrolled, the fragment loads hoist and dK, dV spill */
             for (int kk = 0; kk < KD; kk++) {
                 uint32_t ka[4], va[4];
-                ldsm_x4(ka, ks + (warp * 16 + a_row) * LD + kk * 16 + a_col);
-                ldsm_x4(va, vs + (warp * 16 + a_row) * LD + kk * 16 + a_col);
+                ldsm_x4(ka, ks + (warp * 16 + ln.a_row) * LD + kk * 16 + ln.a_col);
+                ldsm_x4(va, vs + (warp * 16 + ln.a_row) * LD + kk * 16 + ln.a_col);
 #pragma unroll
                 for (int n = 0; n < 4; n += 2) {
                     uint32_t qf[4], df[4];
-                    ldsm_x4(qf, qb + (c0 + n * 8 + b_row) * LD + kk * 16 + b_col);
-                    ldsm_x4(df, db + (c0 + n * 8 + b_row) * LD + kk * 16 + b_col);
+                    ldsm_x4(qf, qb + (c0 + n * 8 + ln.b_row) * LD + kk * 16 + ln.b_col);
+                    ldsm_x4(df, db + (c0 + n * 8 + ln.b_row) * LD + kk * 16 + ln.b_col);
                     M::run(s[n], ka, qf[0], qf[1]);
                     M::run(s[n + 1], ka, qf[2], qf[3]);
                     M::run(dp[n], va, df[0], df[1]);
@@ -632,14 +631,14 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_ker
                 uint32_t sa[4] = {M::pack(dp[2 * kk][0], dp[2 * kk][1]), M::pack(dp[2 * kk][2], dp[2 * kk][3]),
                                   M::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
                                   M::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
-                const int r = c0 + kk * 16 + (lane & 15);
+                const int r = c0 + kk * 16 + ln.a_row;
 #pragma unroll
                 for (int dn = 0; dn < ND; dn += 2) {
                     uint32_t x[4], y[4];
-                    ldsm_x4_trans(x, db + r * LD + dn * 8 + (lane >> 4) * 8);
+                    ldsm_x4_trans(x, db + r * LD + dn * 8 + ln.a_col);
                     M::run(dv[dn], pa, x[0], x[1]);
                     M::run(dv[dn + 1], pa, x[2], x[3]);
-                    ldsm_x4_trans(y, qb + r * LD + dn * 8 + (lane >> 4) * 8);
+                    ldsm_x4_trans(y, qb + r * LD + dn * 8 + ln.a_col);
                     M::run(dk[dn], sa, y[0], y[1]);
                     M::run(dk[dn + 1], sa, y[2], y[3]);
                 }

@@ -1,5 +1,6 @@
-/* block_reduce.cuh — block-wide reductions shared by the row kernels (rmsnorm, softmax,
- * cross-entropy): a sum and an online (max, sum of exp) pair for log-sum-exp.
+/* block_reduce.cuh — reductions shared by the row kernels (rmsnorm, softmax, cross-entropy,
+ * attention): over groups of lanes, and block-wide a sum and an online (max, sum of exp) pair for
+ * log-sum-exp.
  *
  * Rules: blockDim.x is a multiple of 32 and at most 1024, and every thread of the block calls the
  * reduction (it holds __syncthreads). The order of the additions depends only on blockDim.x, so a
@@ -10,6 +11,19 @@
 #include <math.h>
 
 #include "kernels/cuda_common.cuh"
+
+/* The sum / max of x over each aligned group of W lanes (W a power of two, at most 32): a
+ * butterfly from offset W/2 down, so every lane of a group gets the same bits. */
+template <int W> __device__ __forceinline__ float an_lanes_sum(float x) {
+#pragma unroll
+    for (int off = W / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+    return x;
+}
+template <int W> __device__ __forceinline__ float an_lanes_max(float x) {
+#pragma unroll
+    for (int off = W / 2; off > 0; off /= 2) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, off));
+    return x;
+}
 
 /* The sum of v over the block (F is float or double). */
 template <typename F> __device__ __forceinline__ F an_block_sum(F v) {

@@ -169,8 +169,7 @@ VecPlan vec_plan(int64_t D, int width, int max_packs) {
  * butterfly in each warp, then the team's warps in order: the same bits for the same W). */
 __device__ __forceinline__ float team_sum(float v, int W) {
     __shared__ float part[32];
-#pragma unroll
-    for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
+    v = an_lanes_sum<32>(v);
     if (W == 1) return v;
     int warp = threadIdx.x / 32, first = warp / W * W;
     __syncthreads(); /* part may still be read by an earlier call */

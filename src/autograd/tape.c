@@ -148,14 +148,20 @@ an_status an_grad_accumulate(an_ctx *ctx, an_tensor *t, an_tensor *src) {
     return an_cuda_add_into(ctx, an_tensor_data(t->grad), an_tensor_data(src), t->dtype, an_tensor_numel(t));
 }
 
+/* Whether grad may become t's gradient without a copy: t has none yet, and grad is held only by
+ * the caller (one reference, sole user of its storage), is no graph output and matches t. */
+static bool can_adopt(const an_tensor *t, const an_tensor *grad) {
+    return !t->grad && grad->refcount == 1 && grad->storage && grad->storage->refcount == 1 && !grad->grad_fn &&
+           grad->dtype == t->dtype && grad->device == t->device && an_tensor_numel(grad) == an_tensor_numel(t);
+}
+
 an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad) {
     if (!grad) return an_error_status(ctx) ? an_error_status(ctx) : AN_ERR_INTERNAL;
     an_status st = AN_OK;
     if (an_node_needs_grad(node, i)) {
         an_tensor *t = node->inputs[i];
         /* Adopt a fresh gradient instead of copying it: nothing else can see it. */
-        if (!t->grad && grad->refcount == 1 && grad->storage->refcount == 1 && !grad->grad_fn &&
-            grad->dtype == t->dtype && grad->device == t->device && an_tensor_numel(grad) == an_tensor_numel(t)) {
+        if (can_adopt(t, grad)) {
             memcpy(grad->shape, t->shape, sizeof grad->shape);
             grad->ndim = t->ndim;
             t->grad = grad;
@@ -170,9 +176,7 @@ an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad)
 an_status an_node_pass_grad(an_ctx *ctx, an_node *node, int i, an_tensor *grad_out) {
     if (!an_node_needs_grad(node, i)) return AN_OK;
     an_tensor *t = node->inputs[i];
-    if (!t->grad && grad_out->refcount == 1 && grad_out->storage && grad_out->storage->refcount == 1 &&
-        !grad_out->grad_fn && grad_out->dtype == t->dtype && grad_out->device == t->device &&
-        an_tensor_numel(grad_out) == an_tensor_numel(t)) {
+    if (can_adopt(t, grad_out)) { /* the backward loop's reference is the only one: share, don't copy */
         t->grad = an_tensor_view(ctx, grad_out, t->ndim, t->shape);
         return t->grad ? AN_OK : an_error_status(ctx);
     }

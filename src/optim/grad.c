@@ -75,23 +75,28 @@ an_status optim_grads_sum_sq(an_ctx *ctx, const an_tensor *const *grads, const i
     size_t bytes = (size_t)n_cuda * sizeof(double);
     double *slots = n_cuda ? an_mem_alloc(ctx, AN_CUDA, bytes) : NULL; /* (n_cuda) on the device */
     double *host = n_cuda ? malloc(bytes) : NULL;
-    an_status st = !n_cuda || (slots && host) ? AN_OK
-                   : slots ? an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "gradient norm: out of host memory")
-                           : an_error_status(ctx);
+    an_status st = AN_OK;
+    if (n_cuda && !slots) st = an_error_status(ctx); /* an_mem_alloc recorded why */
+    else if (n_cuda && !host)
+        st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "gradient norm: out of host memory");
     for (int i = 0, j = 0; i < n && st == AN_OK; i++) {
         const an_tensor *g = grads[i];
         if (!g || g->device != AN_CUDA) continue;
+        int64_t start = starts ? starts[i] : 0, end = ends ? ends[i] : an_tensor_numel(g);
         if (g->dtype != AN_F32 && g->dtype != AN_BF16 && g->dtype != AN_F16)
             st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__,
                               "gradient norm: a %s gradient on CUDA; f32, bf16 or f16 expected", an_dtype_name(g->dtype));
         else
-            st = an_cuda_sum_squares(ctx, g->dtype, (const char *)an_tensor_data(g) + (size_t)starts[i] * an_dtype_size(g->dtype),
-                                     ends[i] - starts[i], slots + j++);
+            st = an_cuda_sum_squares(ctx, g->dtype, (const char *)an_tensor_data(g) + (size_t)start * an_dtype_size(g->dtype),
+                                     end - start, slots + j++);
     }
     if (st == AN_OK && n_cuda)
         st = an_cuda_memcpy(ctx, host, AN_CPU, slots, AN_CUDA, bytes);
     for (int i = 0, j = 0; i < n && st == AN_OK; i++) /* in parameter order, whatever the device */
-        if (grads[i]) *total += grads[i]->device == AN_CUDA ? host[j++] : cpu_sum_sq(grads[i], starts[i], ends[i]);
+        if (grads[i])
+            *total += grads[i]->device == AN_CUDA
+                          ? host[j++]
+                          : cpu_sum_sq(grads[i], starts ? starts[i] : 0, ends ? ends[i] : an_tensor_numel(grads[i]));
     free(host);
     if (slots) an_mem_free(ctx, AN_CUDA, slots, bytes);
     return st;
@@ -131,17 +136,10 @@ an_status an_optim_clip_grad_norm(an_ctx *ctx, an_tensor *const *params, int n_p
              max_norm);
     double sum_sq = 0;
     const an_tensor **grads = malloc((size_t)(n_params ? n_params : 1) * sizeof *grads);
-    int64_t *starts = calloc((size_t)(n_params ? n_params : 1), sizeof *starts);
-    int64_t *ends = malloc((size_t)(n_params ? n_params : 1) * sizeof *ends);
-    an_status st = grads && starts && ends ? AN_OK
-                                           : an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
-                                                          "clip_grad_norm: out of host memory");
-    for (int i = 0; i < n_params && st == AN_OK; i++) {
-        grads[i] = params[i] ? params[i]->grad : NULL;
-        ends[i] = grads[i] ? an_tensor_numel(grads[i]) : 0;
-    }
-    if (st == AN_OK) st = optim_grads_sum_sq(ctx, grads, starts, ends, n_params, &sum_sq);
-    free(grads), free(starts), free(ends);
+    AN_CHECK(ctx, grads != NULL, AN_ERR_INTERNAL, "clip_grad_norm: out of host memory");
+    for (int i = 0; i < n_params; i++) grads[i] = params[i] ? params[i]->grad : NULL;
+    an_status st = optim_grads_sum_sq(ctx, grads, NULL, NULL, n_params, &sum_sq);
+    free(grads);
     AN_TRY(st);
     double total = sqrt(sum_sq);
     if (total_norm) *total_norm = total;

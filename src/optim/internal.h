@@ -30,8 +30,8 @@ struct an_optim {
 
 /* Elements [start, end) of t as a 1-D view sharing storage (new reference), or NULL. */
 an_tensor *optim_slice(an_ctx *ctx, an_tensor *t, int64_t start, int64_t end);
-/* The float64 sum of squares of the elements [starts[i], ends[i]) of grads[i] (NULL entries skipped),
- * added in order into *total. CUDA gradients are summed on the device into one buffer that comes
+/* The float64 sum of squares of the elements [starts[i], ends[i]) of grads[i] (NULL entries skipped;
+ * starts and ends NULL: whole tensors), added in order into *total. CUDA gradients are summed on the device into one buffer that comes
  * back with a single copy (one synchronisation for the whole model, not one per parameter). */
 an_status optim_grads_sum_sq(an_ctx *ctx, const an_tensor *const *grads, const int64_t *starts, const int64_t *ends,
                              int n, double *total);
