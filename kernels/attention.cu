@@ -660,7 +660,8 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *sh, 
     AN_TRY(check_shape(ctx, sh, "attention backward"));
     Segments seg = {nullptr, false};
     AN_TRY(segments_of(ctx, segments, seg_dtype, &seg));
-    AN_CHECK(ctx, out != nullptr, AN_ERR_INTERNAL, "attention backward: the forward's output is required");
+    AN_CHECK(ctx, out != nullptr || !an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
+             "attention backward: the tensor-core path needs the forward's output");
     if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
     void *delta = nullptr;
     const void *bufs[] = {q, k, v, out, grad_out, grad_q, grad_k, grad_v};

@@ -112,7 +112,8 @@ bool an_cuda_attention_uses_tensor_cores(an_dtype dtype, int64_t head_dim);
  * (deterministic). Any gradient pointer may be NULL.
  * Paths: bf16/f16 with head_dim 64 or 128 and 16-byte-aligned buffers run on the tensor cores
  * (kernels/attention_mma.cu, which reads out for delta = rowsum(grad_out * out)); everything else
- * on the fp32 CUDA-core kernels of kernels/attention.cu. */
+ * on the fp32 CUDA-core kernels of kernels/attention.cu, which do not read out (it may be NULL
+ * where an_cuda_attention_uses_tensor_cores is false). */
 an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
                                      const void *k, const void *v, const void *segments, an_dtype seg_dtype,
                                      const void *out, const float *lse, const void *grad_out, void *grad_q,

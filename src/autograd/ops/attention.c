@@ -4,8 +4,9 @@
  * Saved-tensor contract: the forward saves the per-row logsumexp lse (B, Hq, T) of the scaled,
  * masked scores, on q's device in that device's math precision — float64 on the CPU, float32 on
  * CUDA — and the backward recomputes the probabilities P = exp(scale q.k - lse) from it
- * (flash-attention style: no (T, T) matrix is kept on the tape). On CUDA it also keeps the output
- * (a detached alias, no copy), from which the backward forms delta = rowsum(dO * O).
+ * (flash-attention style: no (T, T) matrix is kept on the tape). Where CUDA takes the tensor-core
+ * path (bf16/f16, head_dim 64 or 128) it also keeps the output (a detached alias, no copy), from
+ * which the backward forms delta = rowsum(dO * O).
  * The kernels are in cpu/attention.c (float64 reference) and kernels/attention.cu (fp32 math). */
 #include "autograd/ops.h"
 
@@ -75,7 +76,8 @@ an_tensor *an_attention(an_ctx *ctx, an_tensor *q, an_tensor *k, an_tensor *v, a
         return NULL;
     }
     an_node *node = an_tape_record(ctx, &an_op_attention, out, (an_tensor *[]){q, k, v, segments}, 4);
-    an_tensor *alias = node && cuda ? an_tensor_detach(ctx, out) : NULL;
+    bool keep_out = cuda && an_cuda_attention_uses_tensor_cores(q->dtype, sh.head_dim); /* read by that path only */
+    an_tensor *alias = node && keep_out ? an_tensor_detach(ctx, out) : NULL;
     if (node) {
         an_node_save(node, lse);
         if (alias) an_node_save(node, alias); /* saved[1] */
@@ -102,15 +104,15 @@ an_status an_attention_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out)
         char dg[96];
         void *g[3];
         for (int i = 0; i < 3; i++) g[i] = grads[i] ? an_tensor_data(grads[i]) : NULL;
-        an_tensor *out = node->n_saved > 1 ? node->saved[1] : NULL; /* (B, T, Hq, D) */
-        if (grad_out->device != AN_CUDA || grad_out->dtype != q->dtype || !an_tensor_same_shape(grad_out, q) || !out)
+        an_tensor *out = node->n_saved > 1 ? node->saved[1] : NULL; /* (B, T, Hq, D), tensor-core path only */
+        if (grad_out->device != AN_CUDA || grad_out->dtype != q->dtype || !an_tensor_same_shape(grad_out, q))
             st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
-                              "attention backward: gradient %s does not match the output, or no output was saved",
+                              "attention backward: gradient %s does not match the output",
                               an_tensor_describe(grad_out, dg, sizeof dg));
         else
             st = an_cuda_attention_backward(ctx, &sh, q->dtype, an_tensor_data(q), an_tensor_data(k),
                                             an_tensor_data(v), segments ? an_tensor_data(segments) : NULL,
-                                            segments ? segments->dtype : AN_I64, an_tensor_data(out),
+                                            segments ? segments->dtype : AN_I64, out ? an_tensor_data(out) : NULL,
                                             an_tensor_data(lse), an_tensor_data(grad_out), g[0], g[1], g[2]);
     } else if (st == AN_OK && (st = an_f64_read_all(ctx, (an_tensor *[]){q, k, v, grad_out}, 4, in)) == AN_OK) {
         if ((!segments || (st = an_i64_read(ctx, segments, &seg)) == AN_OK) &&
