@@ -2,13 +2,16 @@
  * (N, V), their gradients with respect to the logits, and the loss total.
  *
  * Numerics: one block per row, fp32 math: a running (max, sum of exp(x - max)) per thread merged
- * over the block in a fixed order, lse = max + log(sum) (an infinite max is returned as it is, as
+ * over the block in a fixed order (rows are read in 16-byte packs where aligned, each pack's own
+ * maximum taken first so a pack rescales the sum once), lse = max + log(sum) (an infinite max is returned as it is, as
  * the CPU does). lse is kept in fp32. The loss total adds the per-row fp32 losses in fp64 in one
  * block in a fixed order. Targets equal to the ignore index give lse 0, loss 0 and zero gradient
  * rows; targets/ids are checked by the op, and the backward kernels only compare them with column
  * indices (they never index memory with them). Everything is written with =; no float atomics,
- * so a launch of one shape repeats bit for bit. */
+ * so a launch of one shape repeats bit for bit. linear_cross_entropy's chunks take one fused
+ * kernel (ce_rows_grad_kernel): lse, loss and the dlogits in place of the logits. */
 #include "kernels/block_reduce.cuh"
+#include "kernels/vec.cuh" /* an_pack, an_vec_width: 16-byte row access */
 
 #include <stdint.h>
 
@@ -17,6 +20,62 @@ namespace {
 const int kTotalThreads = 1024;
 
 int row_threads(int64_t V) { return an_row_threads((V + 15) / 16, 1024); }
+
+/* The part of a row of V elements at p that 16-byte packs cover: elements [head, head + packs * W)
+ * with W = 16 / sizeof(T); the rest (a head before the first aligned address and a tail) is read
+ * one element at a time. Two rows share a split only if their addresses agree modulo 16. */
+template <typename T> struct row_split {
+    int64_t head, packs;
+};
+template <typename T> __device__ __forceinline__ row_split<T> split_row(const T *p, int64_t V) {
+    const int W = an_vec_width<T>::value;
+    uintptr_t mis = (uintptr_t)p % 16;
+    int64_t head = mis % sizeof(T) != 0 ? V : (int64_t)(((16 - mis) % 16) / sizeof(T)); /* odd address: no packs */
+    if (head > V) head = V;
+    return {head, (V - head) / W};
+}
+
+/* The running log-sum-exp of this thread's share of row xr (V); merge over the block after. Packs
+ * take their own maximum first, so a pack costs one rescale at most. */
+template <typename T> __device__ __forceinline__ an_max_sum row_max_sum(const T *xr, int64_t V) {
+    const int W = an_vec_width<T>::value;
+    row_split<T> sp = split_row(xr, V);
+    an_max_sum acc = {-INFINITY, 0.0f};
+    for (int64_t p = threadIdx.x; p < sp.packs; p += blockDim.x) {
+        an_pack<T> pk = an_pack_load(xr + sp.head + p * W);
+        float v[W], m = -INFINITY;
+#pragma unroll
+        for (int k = 0; k < W; k++) v[k] = an_load(pk.v[k]), m = fmaxf(m, v[k]);
+        if (m > acc.m) {
+            acc.s = acc.s == 0.0f ? 0.0f : acc.s * expf(acc.m - m);
+            acc.m = m;
+        }
+#pragma unroll
+        for (int k = 0; k < W; k++) /* as an_max_sum_add: -inf adds nothing, NaN makes s NaN (fmaxf skipped it) */
+            if (v[k] != -INFINITY) acc.s += v[k] == acc.m ? 1.0f : expf(v[k] - acc.m);
+    }
+    for (int64_t j = threadIdx.x; j < sp.head; j += blockDim.x) acc = an_max_sum_add(acc, an_load(xr[j]));
+    for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += blockDim.x) acc = an_max_sum_add(acc, an_load(xr[j]));
+    return an_block_max_sum(acc);
+}
+
+/* dr[j] = f(j, xr[j]) over a row of V; dr may be xr (each element is read before it is written).
+ * Packs when both rows split alike. */
+template <typename T, typename F> __device__ __forceinline__ void map_row(const T *xr, T *dr, int64_t V, F f) {
+    const int W = an_vec_width<T>::value;
+    row_split<T> sp = split_row(xr, V);
+    if ((uintptr_t)xr % 16 != (uintptr_t)dr % 16) sp = {V, 0};
+    for (int64_t p = threadIdx.x; p < sp.packs; p += blockDim.x) {
+        int64_t j0 = sp.head + p * W;
+        an_pack<T> pk = an_pack_load(xr + j0);
+#pragma unroll
+        for (int k = 0; k < W; k++) pk.v[k] = an_store<T>(f(j0 + k, an_load(pk.v[k])));
+        an_pack_store(dr + j0, pk);
+    }
+    for (int64_t j = threadIdx.x; j < sp.head; j += blockDim.x) dr[j] = an_store<T>(f(j, an_load(xr[j])));
+    for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += blockDim.x)
+        dr[j] = an_store<T>(f(j, an_load(xr[j])));
+}
 
 /* Row r: lse[r]; loss_rows[r] = lse - x[t] and/or gathered[r] = x[t] - lse when given; lse and
  * loss 0 on an ignored row (only when allow_ignore). */
@@ -33,9 +92,7 @@ __global__ void lse_rows_kernel(const T *x, const void *targets, bool t64, int64
         return;
     }
     const T *xr = x + r * V; /* (V) */
-    an_max_sum acc = {-INFINITY, 0.0f};
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) acc = an_max_sum_add(acc, an_load(xr[j]));
-    acc = an_block_max_sum(acc);
+    an_max_sum acc = row_max_sum(xr, V);
     if (threadIdx.x == 0) {
         float l = an_lse_value(acc), xt = an_load(xr[t]);
         lse[r] = l;
@@ -65,10 +122,34 @@ __global__ void ce_backward_kernel(const T *x, const float *lse, const void *tar
         return;
     }
     float g = (float)((double)an_load(grad[0]) * scale), l = lse[r];
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        float p = expf(an_load(xr[j]) - l);
-        dr[j] = an_store<T>(g * (j == t ? p - 1.0f : p));
+    map_row(xr, dr, V, [=](int64_t j, float x) {
+        float p = expf(x - l);
+        return g * (j == t ? p - 1.0f : p);
+    });
+}
+
+/* lse_rows_kernel's lse and loss for row r, then the row's logits replaced in place by
+ * g * (exp(x - lse) - onehot(t)) (ce_backward_kernel's values at grad[0] = 1): one launch and one
+ * read of the row fewer than the two kernels. The target's logit is read before any is written. */
+template <typename T>
+__global__ void ce_rows_grad_kernel(T *x, const void *targets, bool t64, int64_t V, int64_t ignore_index, float g,
+                                    float *lse, float *loss_rows) {
+    int64_t r = blockIdx.x;
+    int64_t t = an_load_id(targets, t64, r);
+    T *xr = x + r * V; /* (V): logits in, dlogits out */
+    if (t == ignore_index) {
+        if (threadIdx.x == 0) lse[r] = 0.0f, loss_rows[r] = 0.0f;
+        map_row(xr, xr, V, [](int64_t, float) { return 0.0f; });
+        return;
     }
+    float xt = an_load(xr[t]);
+    /* the block reduction's barriers order every thread's reads (xr[t] included) before any write */
+    float l = an_lse_value(row_max_sum(xr, V));
+    if (threadIdx.x == 0) lse[r] = l, loss_rows[r] = l - xt;
+    map_row(xr, xr, V, [=](int64_t j, float xv) {
+        float p = expf(xv - l);
+        return g * (j == t ? p - 1.0f : p);
+    });
 }
 
 /* dx row r = grad[r] * (onehot(ids[r]) - exp(x - lse[r])). */
@@ -80,10 +161,10 @@ __global__ void lsg_backward_kernel(const T *x, const float *lse, const void *id
     const T *xr = x + r * V; /* (V) */
     T *dr = dx + r * V;      /* (V) */
     float g = an_load(grad[r]), l = lse[r];
-    for (int64_t j = threadIdx.x; j < V; j += blockDim.x) {
-        float p = expf(an_load(xr[j]) - l);
-        dr[j] = an_store<T>(g * (j == id ? 1.0f - p : -p));
-    }
+    map_row(xr, dr, V, [=](int64_t j, float x) {
+        float p = expf(x - l);
+        return g * (j == id ? 1.0f - p : -p);
+    });
 }
 
 an_status check_rows(an_ctx *ctx, const char *what, an_dtype id_dtype, int64_t N, int64_t V) {
@@ -108,6 +189,20 @@ an_status an_cuda_cross_entropy_rows(an_ctx *ctx, an_dtype dtype, const void *lo
         lse_rows_kernel<T><<<(unsigned)N, row_threads(V), 0, s->stream>>>(
             (const T *)logits, targets, target_dtype == AN_I64, V, true, ignore_index, lse, loss_rows, nullptr);
         AN_CUDA_LAUNCH_CHECK(ctx, "lse_rows_kernel");
+    });
+    return AN_OK;
+}
+
+an_status an_cuda_cross_entropy_rows_grad(an_ctx *ctx, an_dtype dtype, void *logits, const void *targets,
+                                          an_dtype target_dtype, int64_t N, int64_t V, int64_t ignore_index,
+                                          double scale, float *lse, float *loss_rows) {
+    AN_CUDA_STATE(ctx, s);
+    AN_TRY(check_rows(ctx, "cross_entropy_rows_grad", target_dtype, N, V));
+    if (N == 0) return AN_OK;
+    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "cross_entropy_rows_grad", {
+        ce_rows_grad_kernel<T><<<(unsigned)N, row_threads(V), 0, s->stream>>>(
+            (T *)logits, targets, target_dtype == AN_I64, V, ignore_index, (float)scale, lse, loss_rows);
+        AN_CUDA_LAUNCH_CHECK(ctx, "ce_rows_grad_kernel");
     });
     return AN_OK;
 }

@@ -232,6 +232,12 @@ an_status an_cuda_softmax_backward(an_ctx *ctx, an_dtype dtype, const void *y, c
 an_status an_cuda_cross_entropy_rows(an_ctx *ctx, an_dtype dtype, const void *logits, const void *targets,
                                      an_dtype target_dtype, int64_t N, int64_t V, int64_t ignore_index, float *lse,
                                      float *loss_rows);
+/* an_cuda_cross_entropy_rows's lse and loss_rows, and logits replaced in place by
+ * scale * (exp(logits - lse) - onehot(target)) (0 on ignored rows): the values
+ * an_cuda_cross_entropy_backward gives at a unit upstream gradient, in one launch. */
+an_status an_cuda_cross_entropy_rows_grad(an_ctx *ctx, an_dtype dtype, void *logits, const void *targets,
+                                          an_dtype target_dtype, int64_t N, int64_t V, int64_t ignore_index,
+                                          double scale, float *lse, float *loss_rows);
 /* out (a scalar of dtype) = scale * sum(values (n) fp32), summed in fp64 in a fixed order. */
 an_status an_cuda_loss_total(an_ctx *ctx, an_dtype dtype, const float *values, int64_t n, double scale, void *out);
 /* dx (N, V) = g * scale * (exp(logits - lse) - onehot(target)), 0 on ignored rows, where g is the

@@ -538,6 +538,10 @@ START_TEST(test_cuda_rope_rejects_negative_positions_and_too_long_heads) {
     ck_assert_msg(strstr(an_error_message(ctx), "position -3 (element 4 of positions) is negative") != NULL,
                   "message: %s", an_error_message(ctx));
     an_error_clear(ctx);
+    ck_assert_int_eq(an_rope_check_positions(ctx, pos), AN_ERR_INPUT); /* the model's once-per-forward check */
+    ck_assert_msg(strstr(an_error_message(ctx), "position -3 (element 4 of positions) is negative") != NULL,
+                  "message: %s", an_error_message(ctx));
+    an_error_clear(ctx);
     an_tensor_set(p, 4, 1);
     an_tensor *pos_ok = to_gpu(ctx, p);
     an_tensor *wide = test_poisoned_gpu(ctx, AN_F32, 4, (int64_t[]){2, 3, 1, AN_CUDA_ROPE_MAX_D + 2});
@@ -638,7 +642,7 @@ static const struct {
 } ce_cases[] = {
     {1, 1, IGNORE_NONE, -100, 0},   {1, 7, IGNORE_NONE, -100, 0}, {5, 33, IGNORE_SOME, -100, 0},
     {37, 1000, IGNORE_SOME, -100, 12.5}, {3, 50021, IGNORE_SOME, -100, 0}, {64, 129, IGNORE_SOME, 3, 0},
-    {6, 17, IGNORE_ALL, -100, 0},
+    {6, 17, IGNORE_ALL, -100, 0}, {9, 4096, IGNORE_SOME, -100, 0}, /* whole 16-byte packs in every row */
 };
 
 START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normalizer) {
@@ -697,6 +701,26 @@ START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normaliz
                                                    an_tensor_data(upstream), inv, an_tensor_data(dx)),
                "an_cuda_cross_entropy_backward");
             expect_same_bits(ctx, dx, r.grad[0], what);
+
+            /* the fused launcher (linear_cross_entropy's chunks): the same lse and losses, and in place of
+             * the logits the backward's dlogits at a unit upstream gradient, bit for bit */
+            an_tensor *unit = an_tensor_scalar(ctx, dtype, AN_CUDA, 1.0), *unit_dx = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){N, V});
+            an_tensor *fused = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){N, V});
+            an_tensor *lse2 = test_poisoned_gpu(ctx, AN_F32, 1, &N), *rows2 = test_poisoned_gpu(ctx, AN_F32, 1, &N);
+            test_ok(ctx, an_tensor_copy_into(ctx, fused, r.in[0]), "copy logits");
+            test_ok(ctx, an_cuda_cross_entropy_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
+                                                        an_tensor_data(r.in[1]), t_dtype, N, V, o.ignore_index,
+                                                        an_tensor_data(unit), inv, an_tensor_data(unit_dx)),
+                    "an_cuda_cross_entropy_backward at a unit gradient");
+            test_ok(ctx, an_cuda_cross_entropy_rows_grad(ctx, dtype, an_tensor_data(fused), an_tensor_data(r.in[1]),
+                                                         t_dtype, N, V, o.ignore_index, inv, an_tensor_data(lse2),
+                                                         an_tensor_data(rows2)),
+                    "an_cuda_cross_entropy_rows_grad");
+            expect_same_bits(ctx, lse2, lse, what);
+            expect_same_bits(ctx, rows2, rows, what);
+            expect_same_bits(ctx, fused, unit_dx, what);
+            an_tensor_release(unit), an_tensor_release(unit_dx), an_tensor_release(fused);
+            an_tensor_release(lse2), an_tensor_release(rows2);
             an_tensor_release(lse), an_tensor_release(rows), an_tensor_release(loss), an_tensor_release(dx);
             an_tensor_release(upstream);
             an_tensor_release(lse_h);

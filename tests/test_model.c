@@ -147,6 +147,26 @@ static void expect_load_error(const char *fixture, const char *config, const cha
     test_ctx_free(ctx);
 }
 
+/* Positions are checked once per forward (the layers' rope calls trust them): a negative one is
+ * an input error naming it, and nothing is recorded. */
+START_TEST(test_negative_positions_are_rejected_once_per_forward) {
+    an_ctx *ctx = test_ctx(4);
+    an_model *m = load(ctx, FIXTURES "/tiny-qwen2", AN_F32);
+    an_model_set_requires_grad(m, true);
+    an_tensor *ids = an_tensor_from_data(ctx, AN_I64, 2, (int64_t[]){1, 4}, (int64_t[]){1, 2, 3, 4});
+    an_tensor *pos = an_tensor_from_data(ctx, AN_I64, 2, (int64_t[]){1, 4}, (int64_t[]){0, 1, -5, 3});
+    ck_assert_ptr_null(an_model_logits(ctx, m, ids, pos, NULL));
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "position -5 (element 2 of positions) is negative") != NULL, "%s",
+                  an_error_message(ctx));
+    ck_assert_int_eq(an_tape_length(ctx), 0);
+    an_error_clear(ctx);
+    an_tensor_release(ids), an_tensor_release(pos);
+    an_model_free(m);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_bad_model_directories_are_named_errors) {
     expect_load_error("tiny-qwen2", edited_config("tiny-qwen2", "\"hidden_size\": 64,", ""), "config.json",
                       "'hidden_size' is missing");
@@ -204,6 +224,7 @@ int main(void) {
     tcase_add_test(tc, test_llama_matches_transformers);
     tcase_add_test(tc, test_checkpointed_models_match_transformers);
     tcase_add_test(tc, test_bf16_checkpoint_loads_and_tracks_f32);
+    tcase_add_test(tc, test_negative_positions_are_rejected_once_per_forward);
     tcase_add_test(tc, test_bad_model_directories_are_named_errors);
     tcase_add_test(tc, test_saved_model_reloads_identically);
     suite_add_tcase(s, tc);

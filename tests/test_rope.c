@@ -275,6 +275,41 @@ START_TEST(test_rope_rejects_odd_head_dim_and_bad_inputs) {
 }
 END_TEST
 
+
+/* an_rope_check_positions names the first negative position; an_rope_trusted, which skips the
+ * per-call check for checked positions, records the same node: its output and gradient are
+ * an_rope's bit for bit. */
+START_TEST(test_rope_positions_checked_once_then_trusted) {
+    an_ctx *ctx = test_ctx(35);
+    an_tensor *bad = an_tensor_from_data(ctx, AN_I64, 2, (int64_t[]){1, 4}, (int64_t[]){0, 1, -7, -1});
+    ck_assert_int_eq(an_rope_check_positions(ctx, bad), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "position -7 (element 2 of positions) is negative") != NULL, "%s",
+                  an_error_message(ctx));
+    an_error_clear(ctx);
+    an_tensor *pos = packed_positions(ctx, AN_I32, 2, 5, 3);
+    ck_assert_int_eq(an_rope_check_positions(ctx, pos), AN_OK);
+    an_tensor *x = test_uniform(ctx, AN_F32, 4, (int64_t[]){2, 5, 3, 8}, -1, 1, true);
+    an_tensor *g = test_uniform(ctx, AN_F32, 4, (int64_t[]){2, 5, 3, 8}, -1, 1, false);
+    an_tensor *grads[2] = {NULL, NULL}, *outs[2] = {NULL, NULL};
+    for (int trusted = 0; trusted < 2; trusted++) {
+        outs[trusted] = trusted ? an_rope_trusted(ctx, x, pos, &llama3_neox) : an_rope(ctx, x, pos, &llama3_neox);
+        ck_assert_msg(outs[trusted] != NULL, "%s", an_error_message(ctx));
+        ck_assert_int_eq(an_tape_length(ctx), 1); /* recorded, as an_rope is */
+        an_tensor *weighted = an_mul(ctx, outs[trusted], g);
+        an_tensor *loss = an_sum(ctx, weighted);
+        ck_assert_int_eq(an_backward(ctx, loss), AN_OK);
+        an_tensor_release(weighted), an_tensor_release(loss);
+        grads[trusted] = x->grad;
+        x->grad = NULL;
+    }
+    ck_assert_mem_eq(an_tensor_data(outs[0]), an_tensor_data(outs[1]), (size_t)an_tensor_nbytes(outs[0]));
+    ck_assert_mem_eq(an_tensor_data(grads[0]), an_tensor_data(grads[1]), (size_t)an_tensor_nbytes(grads[0]));
+    an_tensor *all[] = {bad, pos, x, g, grads[0], grads[1], outs[0], outs[1]};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) an_tensor_release(all[i]);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("rope");
     TCase *tc = tcase_create("core");
@@ -284,6 +319,7 @@ int main(void) {
     tcase_add_test(tc, test_rope_llama3_scaling_reaches_the_op);
     tcase_add_test(tc, test_rope_gradcheck_both_styles);
     tcase_add_test(tc, test_rope_rejects_odd_head_dim_and_bad_inputs);
+    tcase_add_test(tc, test_rope_positions_checked_once_then_trusted);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

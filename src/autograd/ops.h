@@ -71,9 +71,13 @@ typedef struct {
 
 /* Rotates x (B, T, H, D) at positions (B, T) (i32/i64; they restart per packed document). */
 an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config);
-/* an_rope for positions the caller formed itself and vouches are >= 0 (a KV cache's lengths plus
- * offsets): on CUDA the positions scan (a host synchronisation) is skipped, so a decode step can be
- * captured in a CUDA graph. Inference only: refuses an x that requires grad while recording. */
+/* AN_ERR_INPUT naming the first negative position (on CUDA a device scan: it synchronises). */
+an_status an_rope_check_positions(an_ctx *ctx, const an_tensor *positions);
+/* an_rope for positions the caller vouches are >= 0: formed by itself (a KV cache's lengths plus
+ * offsets) or checked once with an_rope_check_positions for many calls (a model's layers). On CUDA
+ * the per-call positions scan (a host synchronisation) is skipped, so a decode step can be captured
+ * in a CUDA graph and a training forward synchronises once, not twice a layer. Recorded like
+ * an_rope. */
 an_tensor *an_rope_trusted(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config);
 
 /* Causal attention with grouped-query heads: q (B, T, Hq, D), k and v (B, T, Hkv, D), Hkv divides

@@ -178,13 +178,9 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
     an_tensor *k = split_heads(ctx, project(ctx, m, xn, &l->k_proj), hkv, d);
     an_tensor *v = split_heads(ctx, project(ctx, m, xn, &l->v_proj), hkv, d);
     xn = step(xn, NULL);
-    if (cs) { /* positions formed by the cached forward from the cache's lengths */
-        q = step(q, an_rope_trusted(ctx, q, positions, &c->rope));
-        k = step(k, an_rope_trusted(ctx, k, positions, &c->rope));
-    } else {
-        q = step(q, an_rope(ctx, q, positions, &c->rope));
-        k = step(k, an_rope(ctx, k, positions, &c->rope));
-    }
+    /* positions checked once per forward (an_model_hidden) or formed from the cache's lengths */
+    q = step(q, an_rope_trusted(ctx, q, positions, &c->rope));
+    k = step(k, an_rope_trusted(ctx, k, positions, &c->rope));
     double scale = 1.0 / sqrt((double)d);
     an_tensor *attn = NULL;
     if (!cs) attn = an_attention(ctx, q, k, v, segments, scale);
@@ -232,8 +228,10 @@ an_tensor *an_model_hidden(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *
     char d[96];
     AN_CHECK_NULL(ctx, ids->ndim == 2, AN_ERR_INPUT, "model: ids must be (batch, time), got %s",
                   an_tensor_describe(ids, d, sizeof d));
+    /* the layers' rope calls trust the positions: checked here once, or formed here */
+    if (positions && an_rope_check_positions(ctx, positions) != AN_OK) return NULL;
     an_tensor *pos = positions ? an_tensor_retain(positions) : default_positions(ctx, ids);
-    an_tensor *x = an_embedding(ctx, ids, m->embed_tokens);
+    an_tensor *x = pos ? an_embedding(ctx, ids, m->embed_tokens) : NULL;
     for (int i = 0; i < m->config.num_layers && x; i++) {
         an_tensor *inputs[3] = {x, pos, segments};
         int n = segments ? 3 : 2;

@@ -407,22 +407,20 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
     an_tensor *dh = chunk && grads->want_h ? an_tensor_new(ctx, dt, AN_CUDA, 2, hidden->shape) : NULL; /* (N, D) */
     an_tensor *dw = chunk && grads->want_w ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;          /* (V, D) */
     an_tensor *dw_acc = chunk && wide_dw ? an_tensor_new(ctx, AN_F32, AN_CUDA, 2, vd) : NULL;        /* (V, D) fp32 */
-    an_tensor *one = chunk && (dh || dw) ? an_tensor_scalar(ctx, dt, AN_CUDA, 1.0) : NULL;
-    an_status st = chunk && (dh || !grads->want_h) && (dw || !grads->want_w) && (!wide_dw || dw_acc) &&
-                           (one || !(dh || dw))
+    an_status st = chunk && (dh || !grads->want_h) && (dw || !grads->want_w) && (!wide_dw || dw_acc)
                        ? AN_OK
                        : an_error_status(ctx);
     for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
         int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
         st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
-        if (st == AN_OK)
+        if (st == AN_OK && !(dh || dw))
             st = an_cuda_cross_entropy_rows(ctx, dt, an_tensor_data(chunk), element_at(targets, r0), targets->dtype, c,
                                             V, o->ignore_index, element_at(lse, r0), element_at(loss_rows, r0));
         if (st != AN_OK || !(dh || dw)) continue;
-        /* dlogits of this chunk, in place of its logits */
-        st = an_cuda_cross_entropy_backward(ctx, dt, an_tensor_data(chunk), element_at(lse, r0),
-                                            element_at(targets, r0), targets->dtype, c, V, o->ignore_index,
-                                            an_tensor_data(one), grads->inv, an_tensor_data(chunk));
+        /* lse and losses, and dlogits in place of this chunk's logits */
+        st = an_cuda_cross_entropy_rows_grad(ctx, dt, an_tensor_data(chunk), element_at(targets, r0), targets->dtype, c,
+                                             V, o->ignore_index, grads->inv, element_at(lse, r0),
+                                             element_at(loss_rows, r0));
         if (st == AN_OK && dh) { /* dh rows (c, D) = dlogits (c, V) @ w (V, D) */
             an_gemm_shape s = {1, c, D, V, false, false, false, false};
             st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), an_tensor_data(weight), row_at(dh, r0));
@@ -437,7 +435,7 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
     if (st == AN_OK && wide_dw)
         st = an_cuda_cast(ctx, an_tensor_data(dw_acc), AN_F32, an_tensor_data(dw), dt, (size_t)(V * D));
     if (st == AN_OK && dw && N == 0) st = an_cuda_memset(ctx, an_tensor_data(dw), 0, an_tensor_nbytes(dw));
-    an_tensor_release(chunk), an_tensor_release(dw_acc), an_tensor_release(one);
+    an_tensor_release(chunk), an_tensor_release(dw_acc);
     if (st == AN_OK) {
         grads->dh = dh, grads->dw = dw;
     } else {
@@ -500,24 +498,24 @@ static an_status accumulate_as(an_ctx *ctx, an_node *node, int i, an_tensor *gra
 }
 
 /* linear_cross_entropy's backward on CUDA: the forward formed dh and dw at a unit upstream
- * gradient (saved[1], saved[2]); each wanted one is that times the device scalar grad_out. */
+ * gradient (saved[1], saved[2]); each wanted one is scaled in place by the device scalar grad_out
+ * and handed to its input (the node runs once and drops its saved tensors after: no copy, and
+ * the input adopts it as its gradient when it has none yet). */
 static an_status linear_cross_entropy_backward_cuda(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     AN_CHECK(ctx, node->iargs[2] == 1 && node->n_saved == 3, AN_ERR_INTERNAL,
              "linear_cross_entropy backward: the forward formed no gradients");
     an_tensor *g = grad_in(ctx, grad_out, node->inputs[0]->dtype);
     an_status st = g ? AN_OK : an_error_status(ctx);
     for (int i = 0; i < 2 && st == AN_OK; i++) {
-        an_tensor *unit = node->saved[1 + i]; /* dh (N, D) or dw (V, D) */
         if (!an_node_needs_grad(node, i)) continue;
+        an_tensor *unit = node->saved[1 + i]; /* dh (N, D) or dw (V, D); this reference moves to the input */
         AN_CHECK(ctx, unit != NULL, AN_ERR_INTERNAL, "linear_cross_entropy backward: input %d gained requires_grad "
                  "after the forward", i);
-        an_tensor *grad = an_op_new_like(ctx, unit, 2, unit->shape);
-        int64_t n = an_tensor_numel(unit);
-        st = grad ? an_cuda_binary(ctx, AN_BINARY_MUL, unit->dtype, an_tensor_data(unit), n, an_tensor_data(g), 1,
-                                   an_tensor_data(grad))
-                  : an_error_status(ctx);
-        if (st == AN_OK) st = an_node_accumulate(ctx, node, i, grad);
-        else an_tensor_release(grad);
+        node->saved[1 + i] = NULL;
+        st = an_cuda_binary(ctx, AN_BINARY_MUL, unit->dtype, an_tensor_data(unit), an_tensor_numel(unit),
+                            an_tensor_data(g), 1, an_tensor_data(unit));
+        if (st == AN_OK) st = an_node_accumulate(ctx, node, i, unit);
+        else an_tensor_release(unit);
     }
     an_tensor_release(g);
     return st;

@@ -7,7 +7,9 @@
  * in float64; CUDA computes angles, cos and sin in float64, rounds cos/sin once to fp32 and
  * rotates in fp32 (kernels/rope.cu). On CUDA the forward checks the positions with a device scan
  * (which synchronises); the backward reuses the positions the forward checked. an_rope_trusted
- * (inference only, never recorded) skips that scan for positions the caller formed itself. */
+ * skips that scan for positions the caller formed or checked itself (an_rope_check_positions):
+ * the model checks once per forward for its two calls a layer, and a decode step stays free of
+ * host synchronisation. */
 #include "autograd/ops.h"
 
 #include <math.h>
@@ -46,19 +48,42 @@ static an_status check_shapes(an_ctx *ctx, const an_tensor *x, const an_tensor *
     return AN_OK;
 }
 
+/* The first negative one of n positions is AN_ERR_INPUT naming it. */
+static an_status check_host_positions(an_ctx *ctx, const int64_t *pos, int64_t n) {
+    int64_t bad = 0;
+    while (bad < n && pos[bad] >= 0) bad++;
+    AN_CHECK(ctx, bad == n, AN_ERR_INPUT, "rope: position %lld (element %lld of positions) is negative",
+             (long long)(bad < n ? pos[bad] : 0), (long long)bad);
+    return AN_OK;
+}
+
+an_status an_rope_check_positions(an_ctx *ctx, const an_tensor *positions) {
+    AN_CHECK(ctx, positions != NULL, AN_ERR_INPUT, "rope: no positions");
+    int64_t n = an_tensor_numel(positions);
+    if (positions->device == AN_CUDA) {
+        an_cuda_id_report rep;
+        AN_TRY(an_cuda_check_ids(ctx, an_tensor_data(positions), positions->dtype, n, INT64_MAX, 0, 0, &rep));
+        AN_CHECK(ctx, rep.first_bad == n, AN_ERR_INPUT, "rope: position %lld (element %lld of positions) is negative",
+                 (long long)rep.bad_value, (long long)rep.first_bad);
+        return AN_OK;
+    }
+    an_i64 pos;
+    AN_TRY(an_i64_read(ctx, positions, &pos));
+    an_status st = check_host_positions(ctx, pos.data, n);
+    an_i64_free(&pos);
+    return st;
+}
+
 /* out = src rotated by sign * angle (CPU); positions checked, inv_freq from config. */
 static an_status rotate(an_ctx *ctx, const an_rope_config *config, const an_tensor *src, const an_tensor *positions,
                         double sign, an_tensor *out) {
     int64_t rows = src->shape[0] * src->shape[1], H = src->shape[2], D = src->shape[3];
     an_i64 pos;
     AN_TRY(an_i64_read(ctx, positions, &pos));
-    int64_t bad = 0;
-    while (bad < rows && pos.data[bad] >= 0) bad++;
-    if (bad < rows) {
-        long long value = (long long)pos.data[bad];
+    an_status checked = check_host_positions(ctx, pos.data, rows);
+    if (checked != AN_OK) {
         an_i64_free(&pos);
-        AN_CHECK(ctx, 0, AN_ERR_INPUT, "rope: position %lld (element %lld of positions) is negative", value,
-                 (long long)bad);
+        return checked;
     }
     double *inv_freq = malloc((size_t)(D / 2) * sizeof *inv_freq);
     an_f64 in = {0}, res = {0};
@@ -78,13 +103,7 @@ static an_status rotate(an_ctx *ctx, const an_rope_config *config, const an_tens
 static an_status rotate_cuda(an_ctx *ctx, const an_rope_config *config, const an_tensor *src,
                              const an_tensor *positions, double sign, bool check_positions, an_tensor *out) {
     int64_t rows = src->shape[0] * src->shape[1], H = src->shape[2], D = src->shape[3];
-    if (check_positions) {
-        an_cuda_id_report rep;
-        AN_TRY(an_cuda_check_ids(ctx, an_tensor_data(positions), positions->dtype, rows, INT64_MAX, 0, 0, &rep));
-        AN_CHECK(ctx, rep.first_bad == rows, AN_ERR_INPUT,
-                 "rope: position %lld (element %lld of positions) is negative", (long long)rep.bad_value,
-                 (long long)rep.first_bad);
-    }
+    if (check_positions) AN_TRY(an_rope_check_positions(ctx, positions));
     double *inv_freq = malloc((size_t)(D / 2) * sizeof *inv_freq);
     AN_CHECK(ctx, inv_freq != NULL, AN_ERR_INTERNAL, "out of host memory");
     an_cpu_rope_inv_freq(config, D, inv_freq);
@@ -149,8 +168,5 @@ an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rop
 }
 
 an_tensor *an_rope_trusted(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config) {
-    AN_OP_INPUTS(x, positions);
-    AN_CHECK_NULL(ctx, !(an_grad_enabled(ctx) && x->requires_grad), AN_ERR_INPUT,
-                  "rope_trusted: inference only, but x requires grad (use an_no_grad_begin)");
     return rope_forward(ctx, x, positions, config, true);
 }
