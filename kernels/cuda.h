@@ -198,6 +198,10 @@ an_status an_cuda_embedding_backward(an_ctx *ctx, an_dtype dtype, const void *id
 /* y (rows, D) = x * rstd * w (D); rstd (rows) fp32 = 1 / sqrt(mean(x^2) + eps) per row. */
 an_status an_cuda_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, int64_t rows, int64_t D,
                           double eps, void *y, float *rstd);
+/* The same for sum (rows, D) = x + res rounded to dtype (an_cuda_binary's add, bit for bit), written
+ * out, and y its rmsnorm: one read of x and res. */
+an_status an_cuda_add_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void *res, const void *w, int64_t rows,
+                              int64_t D, double eps, void *sum, void *y, float *rstd);
 /* grad_x (rows, D) and grad_w (D) from the forward's rstd, written with =; either may be NULL.
  * grad_w is deterministic: fp32 partial column sums per split of rows, then the splits in order. */
 an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, const float *rstd,

@@ -179,6 +179,11 @@ an_status an_cuda_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void
     (void)dtype, (void)x, (void)w, (void)rows, (void)D, (void)eps, (void)y, (void)rstd;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_add_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void *res, const void *w, int64_t rows,
+                              int64_t D, double eps, void *sum, void *y, float *rstd) {
+    (void)dtype, (void)x, (void)res, (void)w, (void)rows, (void)D, (void)eps, (void)sum, (void)y, (void)rstd;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, const float *rstd,
                                    const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w) {
     (void)dtype, (void)x, (void)w, (void)rstd, (void)grad_y, (void)rows, (void)D, (void)grad_x, (void)grad_w;

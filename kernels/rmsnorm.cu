@@ -1,5 +1,7 @@
 /* rmsnorm.cu — RMSNorm over the last dim, y = x * rstd * w with rstd = 1 / sqrt(mean(x^2) + eps)
- * (HF Qwen2RMSNorm / LlamaRMSNorm), and its gradients from the saved rstd.
+ * (HF Qwen2RMSNorm / LlamaRMSNorm), and its gradients from the saved rstd. The forward optionally
+ * takes a residual: it normalises sum = x + residual (rounded to the dtype, as an_add rounds it)
+ * and writes the sum too, so a residual add and the norm after it read x once.
  *
  * Paths, chosen by shape: the vector path when D is a multiple of 16 / sizeof(dtype) (4 f32, 8
  * bf16/f16), the row fits 32 warps of packs and x, w, y / grad_y, grad_x are 16-byte aligned: one
@@ -26,19 +28,28 @@ namespace {
 const int kColThreads = 256; /* dw pass 1: 32 columns x 8 row lanes */
 const int kColWidth = 32;
 
+/* With res: the row normalised is sum = x + res rounded to T (an_add's bits), written out first;
+ * each thread reads back only the elements it wrote. */
 template <typename T>
-__global__ void rmsnorm_kernel(const T *x, const T *w, int64_t D, double eps, T *y, float *rstd) {
+__global__ void rmsnorm_kernel(const T *x, const T *res, const T *w, int64_t D, double eps, T *sum, T *y,
+                               float *rstd) {
     int64_t r = blockIdx.x;
     const T *xr = x + r * D; /* (D) */
     T *yr = y + r * D;       /* (D) */
     float ss = 0.0f;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x) {
         float v = an_load(xr[d]);
+        if (res) {
+            T rounded = an_store<T>(v + an_load(res[r * D + d]));
+            sum[r * D + d] = rounded;
+            v = an_load(rounded);
+        }
         ss += v * v;
     }
     ss = an_block_sum(ss);
     float s = (float)(1.0 / sqrt((double)ss / (double)D + eps));
-    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) yr[d] = an_store<T>(an_load(xr[d]) * s * an_load(w[d]));
+    const T *nr = res ? sum + r * D : xr; /* the row normalised */
+    for (int64_t d = threadIdx.x; d < D; d += blockDim.x) yr[d] = an_store<T>(an_load(nr[d]) * s * an_load(w[d]));
     if (threadIdx.x == 0) rstd[r] = s;
 }
 
@@ -181,8 +192,8 @@ __device__ __forceinline__ float team_sum(float v, int W) {
 }
 
 template <typename T, int P>
-__global__ void rmsnorm_vec_kernel(const T *x, const T *w, int64_t rows, int64_t D, int W, double eps, T *y,
-                                   float *rstd) {
+__global__ void rmsnorm_vec_kernel(const T *x, const T *res, const T *w, int64_t rows, int64_t D, int W, double eps,
+                                   T *sum, T *y, float *rstd) {
     const int V = an_vec_width<T>::value;
     int L = 32 * W, team = threadIdx.x / L, t = threadIdx.x % L;
     int64_t packs = D / V, r = (int64_t)blockIdx.x * (blockDim.x / L) + team;
@@ -194,6 +205,15 @@ __global__ void rmsnorm_vec_kernel(const T *x, const T *w, int64_t rows, int64_t
 #pragma unroll
     for (int k = 0; k < P; k++)
         if (live && t + k * L < packs) wv[k] = an_pack_load(w + (int64_t)(t + k * L) * V);
+    if (res) /* the row normalised is x + res rounded to T (an_add's bits), written out as the sum */
+#pragma unroll
+        for (int k = 0; k < P; k++)
+            if (live && t + k * L < packs) {
+                an_pack<T> rv = an_pack_load(res + r * D + (int64_t)(t + k * L) * V);
+#pragma unroll
+                for (int e = 0; e < V; e++) xv[k].v[e] = an_store<T>(an_load(xv[k].v[e]) + an_load(rv.v[e]));
+                an_pack_store(sum + r * D + (int64_t)(t + k * L) * V, xv[k]);
+            }
     float ss = 0.0f;
 #pragma unroll
     for (int k = 0; k < P; k++)
@@ -297,9 +317,9 @@ void with_packs(int packs, Args... args) {
 }
 
 template <typename T, int P> struct FwdLaunch {
-    static void run(unsigned blocks, int threads, cudaStream_t stream, const T *x, const T *w, int64_t rows,
-                    int64_t D, int W, double eps, T *y, float *rstd) {
-        rmsnorm_vec_kernel<T, P><<<blocks, threads, 0, stream>>>(x, w, rows, D, W, eps, y, rstd);
+    static void run(unsigned blocks, int threads, cudaStream_t stream, const T *x, const T *res, const T *w,
+                    int64_t rows, int64_t D, int W, double eps, T *sum, T *y, float *rstd) {
+        rmsnorm_vec_kernel<T, P><<<blocks, threads, 0, stream>>>(x, res, w, rows, D, W, eps, sum, y, rstd);
     }
 };
 
@@ -386,22 +406,29 @@ extern "C" {
 
 an_status an_cuda_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, int64_t rows, int64_t D,
                           double eps, void *y, float *rstd) {
+    return an_cuda_add_rmsnorm(ctx, dtype, x, nullptr, w, rows, D, eps, nullptr, y, rstd);
+}
+
+an_status an_cuda_add_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void *res, const void *w, int64_t rows,
+                              int64_t D, double eps, void *sum, void *y, float *rstd) {
     AN_CUDA_STATE(ctx, s);
     AN_TRY(check_sizes(ctx, "rmsnorm", rows, D));
+    AN_CHECK(ctx, !res == !sum, AN_ERR_INTERNAL, "add_rmsnorm: a residual needs a sum to write, and a sum a residual");
     if (rows == 0) return AN_OK;
     int threads = an_row_threads(D, 256);
-    bool aligned = an_aligned16(x) && an_aligned16(w) && an_aligned16(y);
+    bool aligned = an_aligned16(x) && an_aligned16(w) && an_aligned16(y) && an_aligned16(res) && an_aligned16(sum);
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "rmsnorm", {
         VecPlan plan = vec_plan(D, an_vec_width<T>::value, kFwdPacks);
         if (!plan.ok) plan = vec_plan(D, an_vec_width<T>::value, kMaxPacks);
         if (plan.ok && aligned && plan_fits<T, FwdLimit>(plan)) {
             unsigned blocks = (unsigned)((rows + plan.rows - 1) / plan.rows);
             with_packs<T, FwdLaunch, kMaxPacks>(plan.packs, blocks, 32 * plan.warps * plan.rows, s->stream,
-                                                (const T *)x, (const T *)w, rows, D, plan.warps, eps, (T *)y, rstd);
+                                                (const T *)x, (const T *)res, (const T *)w, rows, D, plan.warps, eps,
+                                                (T *)sum, (T *)y, rstd);
             AN_CUDA_LAUNCH_CHECK(ctx, "rmsnorm_vec_kernel");
         } else {
-            rmsnorm_kernel<T><<<(unsigned)rows, threads, 0, s->stream>>>((const T *)x, (const T *)w, D, eps, (T *)y,
-                                                                        rstd);
+            rmsnorm_kernel<T><<<(unsigned)rows, threads, 0, s->stream>>>((const T *)x, (const T *)res, (const T *)w, D,
+                                                                        eps, (T *)sum, (T *)y, rstd);
             AN_CUDA_LAUNCH_CHECK(ctx, "rmsnorm_kernel");
         }
     });

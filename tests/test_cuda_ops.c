@@ -846,12 +846,88 @@ START_TEST(test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks) {
 }
 END_TEST
 
+/* ---- add_rmsnorm: the residual add fused into the norm ---- */
+
+/* y + sum, so both outputs carry gradient. */
+static an_tensor *add_rmsnorm_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    an_tensor *sum = NULL, *y = an_add_rmsnorm(ctx, in[0], in[1], in[2], *(const double *)user, &sum);
+    an_tensor *out = y ? an_add(ctx, y, sum) : NULL;
+    an_tensor_release(y), an_tensor_release(sum);
+    return out;
+}
+
+/* The op against the CPU (forward and the three gradients); the fused launcher bit for bit against
+ * an_cuda_binary's add followed by an_cuda_rmsnorm, on the vector path and on misaligned copies
+ * (the scalar path). */
+START_TEST(test_cuda_add_rmsnorm_matches_cpu_and_the_unfused_kernels) {
+    an_ctx *ctx = gpu_ctx(11, "cuda add_rmsnorm");
+    if (!ctx) return;
+    char what[160];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof rmsnorm_cases / sizeof *rmsnorm_cases; c++) {
+            an_dtype dtype = float_dtypes[d];
+            int ndim = rmsnorm_cases[c].ndim;
+            const int64_t *shape = rmsnorm_cases[c].shape;
+            int64_t D = shape[ndim - 1], rows = shape_numel(ndim, shape) / D, n = rows * D;
+            double eps = 1e-6;
+            an_tensor *x = test_uniform(ctx, dtype, ndim, shape, -2, 2, true);
+            an_tensor *res = test_uniform(ctx, dtype, ndim, shape, -2, 2, true);
+            an_tensor *w = test_uniform(ctx, dtype, 1, &D, -1.5, 1.5, true);
+            fmt(what, sizeof what, "add_rmsnorm %s rows %lld D %lld", an_dtype_name(dtype), (long long)rows, (long long)D);
+            double rtol = rtol_of(dtype);
+            /* the GPU rounds the sum to the dtype before normalising, as the CPU op does; dx's terms
+             * are bounded by rstd |g| |w| as in the rmsnorm test, plus the sum's own |g| */
+            double term = 0, w_max = 0;
+            for (int64_t j = 0; j < D; j++) w_max = fmax(w_max, fabs(an_tensor_get(w, j)));
+            for (int64_t i = 0; i < rows; i++) {
+                double ss = 0;
+                for (int64_t j = 0; j < D; j++) ss += pow(an_tensor_get(x, i * D + j) + an_tensor_get(res, i * D + j), 2);
+                term = fmax(term, w_max / sqrt(ss / (double)D + eps) + 1);
+            }
+            gpu_run r = run_both(ctx, add_rmsnorm_fn, &eps, (an_tensor *[]){x, res, w}, 3, 2 * rtol, 2 * rtol,
+                                 2 * rtol * term, what);
+            for (int aligned = 1; aligned >= 0 && r.ok; aligned--) {
+                an_tensor *in[3], *sum[2], *y[2], *rstd[2];
+                for (int i = 0; i < 3; i++)
+                    in[i] = aligned ? an_tensor_retain(r.in[i]) : misaligned(ctx, dtype, i < 2 ? n : D, r.in[i]);
+                for (int k = 0; k < 2; k++) {
+                    sum[k] = aligned ? test_poisoned_gpu(ctx, dtype, ndim, shape) : misaligned(ctx, dtype, n, NULL);
+                    y[k] = aligned ? test_poisoned_gpu(ctx, dtype, ndim, shape) : misaligned(ctx, dtype, n, NULL);
+                    rstd[k] = test_poisoned_gpu(ctx, AN_F32, 1, &rows);
+                }
+                test_ok(ctx, an_cuda_add_rmsnorm(ctx, dtype, an_tensor_data(in[0]), an_tensor_data(in[1]),
+                                                 an_tensor_data(in[2]), rows, D, eps, an_tensor_data(sum[0]),
+                                                 an_tensor_data(y[0]), an_tensor_data(rstd[0])),
+                        "an_cuda_add_rmsnorm");
+                test_ok(ctx, an_cuda_binary(ctx, AN_BINARY_ADD, dtype, an_tensor_data(in[0]), n, an_tensor_data(in[1]),
+                                            n, an_tensor_data(sum[1])),
+                        "an_cuda_binary add");
+                test_ok(ctx, an_cuda_rmsnorm(ctx, dtype, an_tensor_data(sum[1]), an_tensor_data(in[2]), rows, D, eps,
+                                             an_tensor_data(y[1]), an_tensor_data(rstd[1])),
+                        "an_cuda_rmsnorm");
+                char awhat[200];
+                fmt(awhat, sizeof awhat, "%s %s: fused vs add + rmsnorm", what, aligned ? "aligned" : "misaligned");
+                expect_same_bits(ctx, sum[0], sum[1], awhat);
+                expect_same_bits(ctx, y[0], y[1], awhat);
+                expect_same_bits(ctx, rstd[0], rstd[1], awhat);
+                for (int i = 0; i < 3; i++) an_tensor_release(in[i]);
+                for (int k = 0; k < 2; k++) an_tensor_release(sum[k]), an_tensor_release(y[k]), an_tensor_release(rstd[k]);
+            }
+            gpu_run_release(&r);
+            an_tensor_release(x), an_tensor_release(res), an_tensor_release(w);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* One test case per area, so CK_RUN_CASE=rope (say) runs one of them. */
 int main(void) {
     Suite *s = suite_create("cuda_ops");
     test_add_case(s, "embedding", test_cuda_embedding_matches_cpu_and_its_gradient_is_bit_identical_across_runs);
     test_add_case(s, "embedding_errors", test_cuda_embedding_rejects_an_id_outside_the_table);
     test_add_case(s, "rmsnorm", test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_across_runs);
+    test_add_case(s, "add_rmsnorm", test_cuda_add_rmsnorm_matches_cpu_and_the_unfused_kernels);
     test_add_case(s, "rope", test_cuda_rope_matches_cpu_in_both_styles_with_llama3_scaling_and_packed_positions);
     test_add_case(s, "rope_errors", test_cuda_rope_rejects_negative_positions_and_too_long_heads);
     test_add_case(s, "softmax", test_cuda_softmax_matches_cpu);

@@ -133,6 +133,55 @@ START_TEST(test_rmsnorm_f32_gradients_match_f64) {
 }
 END_TEST
 
+/* y + sum of an_add_rmsnorm, so both outputs carry gradient. */
+static an_tensor *run_add_rmsnorm(an_ctx *ctx, an_tensor *const *in, void *user) {
+    an_tensor *sum = NULL, *y = an_add_rmsnorm(ctx, in[0], in[1], in[2], *(const double *)user, &sum);
+    an_tensor *out = y ? an_add(ctx, y, sum) : NULL;
+    an_tensor_release(y), an_tensor_release(sum);
+    return out;
+}
+
+/* an_add_rmsnorm records the graph of an_add then an_rmsnorm: the same values, gradients by finite
+ * differences for x, residual and w, and its input errors. */
+START_TEST(test_add_rmsnorm_is_add_then_rmsnorm) {
+    for (size_t s = 0; s < N_SHAPES; s++) {
+        an_ctx *ctx = test_ctx(300 + s);
+        int64_t D = shapes[s].shape[shapes[s].ndim - 1];
+        an_tensor *x = test_uniform(ctx, AN_F64, shapes[s].ndim, shapes[s].shape, -2, 2, true);
+        an_tensor *r = test_uniform(ctx, AN_F64, shapes[s].ndim, shapes[s].shape, -2, 2, true);
+        an_tensor *w = test_uniform(ctx, AN_F64, 1, &D, -1.5, 1.5, true);
+        double eps = shapes[s].eps;
+        an_no_grad_begin(ctx);
+        an_tensor *sum = NULL, *y = an_add_rmsnorm(ctx, x, r, w, eps, &sum);
+        an_tensor *want_sum = an_add(ctx, x, r), *want_y = an_rmsnorm(ctx, want_sum, w, eps);
+        an_no_grad_end(ctx);
+        ck_assert_msg(y && sum, "%s", an_error_message(ctx));
+        ck_assert_mem_eq(an_tensor_data(sum), an_tensor_data(want_sum), (size_t)an_tensor_nbytes(sum));
+        ck_assert_mem_eq(an_tensor_data(y), an_tensor_data(want_y), (size_t)an_tensor_nbytes(y));
+        test_assert_gradcheck(ctx, run_add_rmsnorm, (an_tensor *[]){x, r, w}, 3, &eps, "add_rmsnorm");
+        an_tensor *all[] = {x, r, w, sum, y, want_sum, want_y};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) an_tensor_release(all[i]);
+        test_ctx_free(ctx);
+    }
+    an_ctx *ctx = test_ctx(399);
+    an_tensor *x = test_uniform(ctx, AN_F32, 2, (int64_t[]){3, 8}, -1, 1, false);
+    an_tensor *r8 = test_uniform(ctx, AN_F32, 1, (int64_t[]){8}, -1, 1, false);
+    an_tensor *w = test_uniform(ctx, AN_F32, 1, (int64_t[]){8}, -1, 1, false);
+    an_tensor *sum = x; /* must be overwritten with NULL on error */
+    ck_assert_ptr_null(an_add_rmsnorm(ctx, x, r8, w, 1e-6, &sum));
+    ck_assert_ptr_null(sum);
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "must have the shape of x"));
+    an_error_clear(ctx);
+    ck_assert_ptr_null(an_add_rmsnorm(ctx, x, x, w, 1e-6, NULL));
+    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "no place for the sum"));
+    an_error_clear(ctx);
+    ck_assert_int_eq(an_tape_length(ctx), 0);
+    an_tensor_release(x), an_tensor_release(r8), an_tensor_release(w);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_rmsnorm_rejects_bad_inputs) {
     an_ctx *ctx = test_ctx(23);
     an_tensor *x = test_uniform(ctx, AN_F32, 2, (int64_t[]){3, 8}, -1, 1, false);
@@ -165,6 +214,7 @@ int main(void) {
     tcase_add_test(tc, test_rmsnorm_gradcheck_x_and_w);
     tcase_add_test(tc, test_rmsnorm_f32_gradients_match_f64);
     tcase_add_test(tc, test_rmsnorm_rejects_bad_inputs);
+    tcase_add_test(tc, test_add_rmsnorm_is_add_then_rmsnorm);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -33,4 +33,8 @@ an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a
 an_status an_op_add_bias(an_ctx *ctx, an_tensor *out, const an_tensor *bias);
 an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb);
 
+/* Records out = a op b as an add / sub / mul node whose output was computed elsewhere (a fused
+ * kernel, ops/rmsnorm.c's add_rmsnorm): the node an_add / an_sub / an_mul would record. */
+an_node *an_op_record_binary(an_ctx *ctx, an_binary_kind kind, an_tensor *a, an_tensor *b, an_tensor *out);
+
 #endif

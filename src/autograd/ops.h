@@ -53,6 +53,11 @@ an_tensor *an_embedding_trusted(an_ctx *ctx, an_tensor *ids, an_tensor *table);
 
 /* x (..., D) * rsqrt(mean(x^2) + eps) * w (D), statistics in fp32 or better. */
 an_tensor *an_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *w, double eps);
+/* rmsnorm(x + residual) (residual of x's shape) with the sum itself in *sum (a new reference): the
+ * add and rmsnorm nodes an_add and an_rmsnorm would record, the same bits; on CUDA one kernel
+ * reads x and residual once and writes both (a transformer block's residual add and the norm
+ * after it). On error NULL and *sum NULL. */
+an_tensor *an_add_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *residual, an_tensor *w, double eps, an_tensor **sum);
 
 typedef enum {
     AN_ROPE_NEOX = 0,        /* rotate halves: pairs (i, i + D/2) — Qwen2, Llama in HF layout */

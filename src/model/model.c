@@ -192,10 +192,10 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
     q = step(q, NULL), k = step(k, NULL), v = step(v, NULL);
     attn = step(attn, attn ? an_reshape(ctx, attn, 3, (int64_t[]){b, t, hq * d}) : NULL);
     an_tensor *o = step(attn, project(ctx, m, attn, &l->o_proj));
-    an_tensor *h = an_add(ctx, x, o);
+    an_tensor *h = NULL; /* x + o, and its norm, from one kernel on CUDA */
+    an_tensor *hn = an_add_rmsnorm(ctx, x, o, l->post_attention_layernorm, c->rms_norm_eps, &h);
     o = step(o, NULL);
 
-    an_tensor *hn = an_rmsnorm(ctx, h, l->post_attention_layernorm, c->rms_norm_eps);
     an_tensor *gate = project(ctx, m, hn, &l->gate_proj);
     an_tensor *up = project(ctx, m, hn, &l->up_proj);
     hn = step(hn, NULL);

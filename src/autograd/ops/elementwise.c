@@ -39,10 +39,16 @@ static an_tensor *binary(an_ctx *ctx, an_binary_kind kind, const an_op *op, an_t
         an_tensor_release(out);
         return NULL;
     }
+    an_op_record_binary(ctx, kind, a, b, out);
+    return out;
+}
+
+an_node *an_op_record_binary(an_ctx *ctx, an_binary_kind kind, an_tensor *a, an_tensor *b, an_tensor *out) {
+    const an_op *op = kind == AN_BINARY_ADD ? &an_op_add : kind == AN_BINARY_SUB ? &an_op_sub : &an_op_mul;
     an_node *node = an_tape_record(ctx, op, out, (an_tensor *[]){a, b}, 2);
     if (kind != AN_BINARY_MUL) /* the gradients of a sum or difference read neither operand */
         an_node_input_routing_only(node, 0), an_node_input_routing_only(node, 1);
-    return out;
+    return node;
 }
 
 static an_status binary_backward(an_ctx *ctx, an_binary_kind kind, an_node *node, an_tensor *grad_out) {
