@@ -81,6 +81,10 @@ an_status an_cuda_fill_from_scalar(an_ctx *ctx, an_dtype dtype, const void *x, d
 
 /* GEMM through cuBLASLt: bf16/f16 operands with fp32 accumulation, or f32 (TF32 off). */
 an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b, void *c);
+/* The same plus bias (N, of dtype) on every row of C (batch entries included), added in fp32 before
+ * C's one rounding (cuBLASLt's bias epilogue, or the GEMV's). */
+an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
+                            const void *bias, void *c);
 /* The same with an f32 C (bf16/f16/f32 operands): accumulating into an fp32 buffer without a
  * rounding to the operand dtype per call (linear_cross_entropy's weight gradient over chunks). */
 an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,

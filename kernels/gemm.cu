@@ -2,7 +2,10 @@
  *
  * Numerics: bf16 and f16 operands multiply with fp32 accumulation (CUBLAS_COMPUTE_32F) and round
  * once to the output dtype; f32 uses CUBLAS_COMPUTE_32F too, so TF32 is never used. C is written
- * with = (beta 0: the old C is not read) or += with shape->accumulate (beta 1).
+ * with = (beta 0: the old C is not read) or += with shape->accumulate (beta 1). A bias
+ * (an_cuda_gemm_bias) rides in cuBLASLt's epilogue (CUBLASLT_EPILOGUE_BIAS): added to the fp32
+ * result before the one rounding, so a biased projection is one pass, not a GEMM and an add (a
+ * bias that is not 16-byte aligned, which the epilogue refuses, is added by a second kernel).
  *
  * Layout: cuBLASLt is column-major, and a row-major (R, C) matrix is a column-major (C, R) one.
  * So C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T: cuBLASLt's first operand is our B,
@@ -23,6 +26,7 @@ struct an_gemm_plan {
     an_dtype c_dtype; /* of C: dtype, or f32 (an_cuda_gemm_f32_out) */
     int64_t batch, m, n, k;
     bool trans_a, trans_b, b_shared;
+    bool bias; /* the bias epilogue (its pointer is set per call) */
     uint32_t align_a, align_b, align_c;
     /* cuBLASLt objects: lt_a describes our B, lt_b our A (see the top of the file) */
     cublasLtMatmulDesc_t op;
@@ -75,6 +79,10 @@ an_status plan_build(an_ctx *ctx, an_cuda_state *s, an_gemm_plan *p, bool *found
     cublasOperation_t op_b = p->trans_a ? CUBLAS_OP_T : CUBLAS_OP_N; /* cuBLASLt's B is our A */
     AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof op_a));
     AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
+    if (p->bias) { /* a vector over the rows of the column-major output: our columns */
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    }
     /* Our B: (K, N) row-major = (N, K) column-major, ld N; transposed (N, K) row-major = (K, N), ld K. */
     AN_TRY(layout(ctx, &p->lt_a, p->dtype, p->trans_b ? k : n, p->trans_b ? n : k, p->trans_b ? k : n, p->batch,
                   p->b_shared ? 0 : k * n));
@@ -130,7 +138,7 @@ an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_ge
     for (int i = 0; i < AN_GEMM_PLAN_SLOTS; i++) {
         an_gemm_plan *p = &s->plans[i];
         if (p->used && p->dtype == key.dtype && p->c_dtype == key.c_dtype && p->batch == key.batch && p->m == key.m && p->n == key.n &&
-            p->k == key.k && p->trans_a == key.trans_a && p->trans_b == key.trans_b && p->b_shared == key.b_shared &&
+            p->k == key.k && p->trans_a == key.trans_a && p->trans_b == key.trans_b && p->b_shared == key.b_shared && p->bias == key.bias &&
             p->align_a == key.align_a && p->align_b == key.align_b && p->align_c == key.align_c) {
             *out = p;
             return AN_OK;
@@ -151,10 +159,10 @@ an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_ge
     return AN_OK;
 }
 
-/* One cuBLASLt call for (possibly batched) row-major shape s; false in *ran when cuBLASLt has no
- * algorithm for it. */
+/* One cuBLASLt call for (possibly batched) row-major shape s, plus bias (n) on every row when
+ * given; false in *ran when cuBLASLt has no algorithm for it. */
 an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, an_dtype dtype, an_dtype c_dtype,
-                    const void *a, const void *b, void *c, bool *ran) {
+                    const void *a, const void *b, const void *bias, void *c, bool *ran) {
     *ran = false;
     size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
     an_gemm_plan key = {};
@@ -167,6 +175,7 @@ an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, a
     key.trans_a = shape.trans_a;
     key.trans_b = shape.trans_b;
     key.b_shared = shape.b_shared;
+    key.bias = bias != nullptr;
     key.align_a = alignment_of(a, shape.m * shape.k * (int64_t)es, shape.batch);
     key.align_b = alignment_of(b, shape.b_shared ? 0 : shape.k * shape.n * (int64_t)es, shape.batch);
     key.align_c = alignment_of(c, shape.m * shape.n * (int64_t)cs, shape.batch);
@@ -174,6 +183,8 @@ an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, a
     AN_TRY(plan_get(ctx, s, key, &p));
     if (!p) return AN_OK;
     float alpha = 1.0f, beta = shape.accumulate ? 1.0f : 0.0f;
+    if (bias)
+        AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     AN_CUBLAS_CHECK(ctx, cublasLtMatmul(s->lt, p->op, &alpha, b, p->lt_a, a, p->lt_b, &beta, c, p->lt_c, c, p->lt_c,
                                         &p->algo, s->workspace, s->workspace_bytes, s->stream));
     *ran = true;
@@ -191,9 +202,10 @@ void an_cuda_gemm_plans_free(an_cuda_state *s) {
 
 namespace {
 
-/* C of c_dtype (dtype, or f32 for bf16/f16 operands) = op(A) op(B) of dtype. */
+/* C of c_dtype (dtype, or f32 for bf16/f16 operands) = op(A) op(B) of dtype, plus bias (N, of
+ * dtype = c_dtype) on every row when given. */
 an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype c_dtype, const void *a, const void *b,
-               void *c) {
+               const void *bias, void *c) {
     AN_CUDA_STATE(ctx, s);
     AN_CHECK(ctx, dtype == AN_F32 || dtype == AN_BF16 || dtype == AN_F16, AN_ERR_INPUT, "gemm: no CUDA kernel for %s",
              an_dtype_name(dtype));
@@ -201,10 +213,12 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
     AN_CHECK(ctx, sh.batch >= 0 && sh.m >= 0 && sh.n >= 0 && sh.k >= 0, AN_ERR_INTERNAL,
              "gemm: negative size (batch %lld, m %lld, n %lld, k %lld)", (long long)sh.batch, (long long)sh.m,
              (long long)sh.n, (long long)sh.k);
+    AN_CHECK(ctx, !bias || c_dtype == dtype, AN_ERR_INTERNAL, "gemm: a bias needs C in the operand dtype");
     if (sh.batch == 0 || sh.m == 0 || sh.n == 0) return AN_OK;
     size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
-    if (sh.k == 0) { /* an empty sum: C = 0, or C unchanged when accumulating */
+    if (sh.k == 0) { /* an empty sum: C = 0 (+ bias), or C unchanged (+ bias) when accumulating */
         if (!sh.accumulate) AN_TRY(an_cuda_memset(ctx, c, 0, (size_t)(sh.batch * sh.m * sh.n) * cs));
+        if (bias) AN_TRY(an_cuda_binary(ctx, AN_BINARY_ADD, dtype, c, sh.batch * sh.m * sh.n, bias, sh.n, c));
         return AN_OK;
     }
     if (sh.b_shared && !sh.trans_a) { /* rows of every batch entry stack into one GEMM */
@@ -218,11 +232,15 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
      * lm_head), which matters once a CUDA graph removes the host time (docs/performance.md). */
     if (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_MAX_ROWS && c_dtype == dtype &&
         (size_t)sh.n * (size_t)sh.k * es < AN_CUDA_GEMV_MAX_WEIGHT_BYTES)
-        return an_cuda_gemv(ctx, dtype, a, sh.m, sh.k, b, sh.n, nullptr, sh.accumulate, c);
+        return an_cuda_gemv(ctx, dtype, a, sh.m, sh.k, b, sh.n, bias, sh.accumulate, c);
     AN_CHECK(ctx, sh.batch <= INT32_MAX, AN_ERR_INPUT, "gemm: batch %lld exceeds cuBLASLt's limit",
              (long long)sh.batch);
+    if (bias && (uintptr_t)bias % 16 != 0) { /* the epilogue wants a 16-byte aligned bias: add it after */
+        AN_TRY(gemm(ctx, &sh, dtype, c_dtype, a, b, nullptr, c));
+        return an_cuda_binary(ctx, AN_BINARY_ADD, dtype, c, sh.batch * sh.m * sh.n, bias, sh.n, c);
+    }
     bool ran = false;
-    AN_TRY(gemm_once(ctx, s, sh, dtype, c_dtype, a, b, c, &ran));
+    AN_TRY(gemm_once(ctx, s, sh, dtype, c_dtype, a, b, bias, c, &ran));
     if (ran) return AN_OK;
     /* No batched algorithm (a shared B with stride 0 can have none): one call per batch entry. */
     AN_CHECK(ctx, sh.batch > 1, AN_ERR_INTERNAL,
@@ -235,7 +253,7 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
         const char *ai = (const char *)a + (size_t)(i * sh.m * sh.k) * es;
         const char *bi = (const char *)b + (sh.b_shared ? 0 : (size_t)(i * sh.k * sh.n) * es);
         char *ci = (char *)c + (size_t)(i * sh.m * sh.n) * cs;
-        AN_TRY(gemm_once(ctx, s, one, dtype, c_dtype, ai, bi, ci, &ran));
+        AN_TRY(gemm_once(ctx, s, one, dtype, c_dtype, ai, bi, bias, ci, &ran));
         AN_CHECK(ctx, ran, AN_ERR_INTERNAL, "gemm: cuBLASLt has no algorithm for %s m %lld n %lld k %lld",
                  an_dtype_name(dtype), (long long)sh.m, (long long)sh.n, (long long)sh.k);
     }
@@ -246,10 +264,15 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
 
 extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
                                   const void *b, void *c) {
-    return gemm(ctx, shape, dtype, dtype, a, b, c);
+    return gemm(ctx, shape, dtype, dtype, a, b, nullptr, c);
+}
+
+extern "C" an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
+                                       const void *b, const void *bias, void *c) {
+    return gemm(ctx, shape, dtype, dtype, a, b, bias, c);
 }
 
 extern "C" an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
                                           const void *b, float *c) {
-    return gemm(ctx, shape, dtype, AN_F32, a, b, c);
+    return gemm(ctx, shape, dtype, AN_F32, a, b, nullptr, c);
 }

@@ -558,7 +558,7 @@ static void check_gemm(an_ctx *ctx, an_dtype dtype, an_gemm_shape s, int64_t off
 
 /* The decode shapes an_cuda_gemm sends to an_cuda_gemv (x W^T with at most AN_CUDA_GEMV_MAX_ROWS
  * rows): every row count, K a multiple of the 16-byte vector and not, aligned and one element off;
- * and an_linear's fused bias on such rows against the CPU. */
+ * and an_linear's bias (GEMV, cuBLASLt epilogue, or a misaligned bias added after) against the CPU. */
 START_TEST(test_cuda_gemv_rows_match_the_reference) {
     an_ctx *ctx = gpu_ctx(9, "cuda gemv");
     if (!ctx) return;
@@ -570,25 +570,36 @@ START_TEST(test_cuda_gemv_rows_match_the_reference) {
                     for (int variant = 0; variant < 3; variant++) /* 0: plain; 1: accumulate; 2: misaligned */
                         check_gemm(ctx, float_dtypes[d], (an_gemm_shape){1, m, ns[ni], ks[ki], 0, 1, 0, variant == 1},
                                    variant == 2 ? 1 : 0);
-    /* an_linear with a bias on so few rows adds it inside the GEMV: the same values as the CPU */
+    /* an_linear with a bias: inside the GEMV on so few rows, in cuBLASLt's bias epilogue on more, and
+     * added by a second kernel when the bias is not 16-byte aligned: the same values as the CPU */
     an_no_grad_begin(ctx);
+    const int64_t biased_rows[] = {1, 4, 7, 9, 64, 300};
     for (int d = 0; d < N_DTYPES; d++)
-        for (int64_t m = 1; m <= AN_CUDA_GEMV_MAX_ROWS; m += 3) {
-            an_tensor *x = test_uniform(ctx, float_dtypes[d], 2, (int64_t[]){m, 1536}, -1, 1, false);
-            an_tensor *w = test_uniform(ctx, float_dtypes[d], 2, (int64_t[]){300, 1536}, -1, 1, false);
-            an_tensor *b = test_uniform(ctx, float_dtypes[d], 1, (int64_t[]){300}, -4, 4, false);
-            an_tensor *xd = an_tensor_to(ctx, x, x->dtype, AN_CUDA), *wd = an_tensor_to(ctx, w, w->dtype, AN_CUDA);
-            an_tensor *bd = an_tensor_to(ctx, b, b->dtype, AN_CUDA);
-            an_tensor *want = an_linear(ctx, x, w, b), *got = an_linear(ctx, xd, wd, bd);
-            ck_assert_msg(want && got, "%s", an_error_message(ctx));
-            double *wv = test_values(want), *gv = download(ctx, got), *bound = calloc((size_t)(m * 300), sizeof *bound);
-            for (int64_t i = 0; i < m * 300; i++) bound[i] = 2 * rtol_of(float_dtypes[d]) * (fabs(wv[i]) + sqrt(1536.0));
-            expect_close(gv, wv, bound, m * 300, "linear with bias %s rows %lld", an_dtype_name(float_dtypes[d]),
-                         (long long)m);
-            free(wv), free(gv), free(bound);
-            an_tensor_release(x), an_tensor_release(w), an_tensor_release(b), an_tensor_release(xd);
-            an_tensor_release(wd), an_tensor_release(bd), an_tensor_release(want), an_tensor_release(got);
-        }
+        for (size_t mi = 0; mi < sizeof biased_rows / sizeof *biased_rows; mi++)
+            for (int off = 0; off < 2; off++) {
+                int64_t m = biased_rows[mi];
+                an_tensor *x = test_uniform(ctx, float_dtypes[d], 2, (int64_t[]){m, 1536}, -1, 1, false);
+                an_tensor *w = test_uniform(ctx, float_dtypes[d], 2, (int64_t[]){300, 1536}, -1, 1, false);
+                an_tensor *b = test_uniform(ctx, float_dtypes[d], 1, (int64_t[]){300}, -4, 4, false);
+                an_tensor *xd = an_tensor_to(ctx, x, x->dtype, AN_CUDA), *wd = an_tensor_to(ctx, w, w->dtype, AN_CUDA);
+                an_tensor *bd = an_tensor_to(ctx, b, b->dtype, AN_CUDA);
+                if (off) { /* the same bias one element past an aligned address */
+                    an_tensor *wide = test_poisoned_gpu(ctx, float_dtypes[d], 1, (int64_t[]){301});
+                    an_tensor *view = an_tensor_rows(ctx, wide, 1, 300);
+                    ck_assert_msg(view && an_tensor_copy_into(ctx, view, bd) == AN_OK, "%s", an_error_message(ctx));
+                    an_tensor_release(wide), an_tensor_release(bd);
+                    bd = view;
+                }
+                an_tensor *want = an_linear(ctx, x, w, b), *got = an_linear(ctx, xd, wd, bd);
+                ck_assert_msg(want && got, "%s", an_error_message(ctx));
+                double *wv = test_values(want), *gv = download(ctx, got), *bound = calloc((size_t)(m * 300), sizeof *bound);
+                for (int64_t i = 0; i < m * 300; i++) bound[i] = 2 * rtol_of(float_dtypes[d]) * (fabs(wv[i]) + sqrt(1536.0));
+                expect_close(gv, wv, bound, m * 300, "linear with bias %s rows %lld%s", an_dtype_name(float_dtypes[d]),
+                             (long long)m, off ? " (misaligned bias)" : "");
+                free(wv), free(gv), free(bound);
+                an_tensor_release(x), an_tensor_release(w), an_tensor_release(b), an_tensor_release(xd);
+                an_tensor_release(wd), an_tensor_release(bd), an_tensor_release(want), an_tensor_release(got);
+            }
     an_no_grad_end(ctx);
     test_ctx_free(ctx);
 }

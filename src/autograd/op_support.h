@@ -27,10 +27,12 @@ an_status an_op_no_kernel(an_ctx *ctx, const char *op, const an_tensor *t);
 an_tensor *an_op_new_like(an_ctx *ctx, const an_tensor *t, int ndim, const int64_t *shape);
 
 /* The GEMM and bias pieces linear-like ops share (ops/matmul.c): c = op(a) @ op(b), or += with
- * shape->accumulate, on a's device; out (rows, n) += bias (n) in place; gb (n) = the column sums of
- * grad_out (rows, n). */
+ * shape->accumulate, on a's device; gb (n) = the column sums of grad_out (rows, n). */
 an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b, an_tensor *c);
-an_status an_op_add_bias(an_ctx *ctx, an_tensor *out, const an_tensor *bias);
+/* c = op(a) @ op(b) (+ c with shape->accumulate) + bias (n; NULL: none) on every row: on CUDA the
+ * bias rides in the GEMM's epilogue (one rounding), on the CPU it is added after. */
+an_status an_op_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
+                          const an_tensor *bias, an_tensor *c);
 an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb);
 
 /* Records out = a op b as an add / sub / mul node whose output was computed elsewhere (a fused

@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "autograd/cpu/cpu.h"     /* an_f64_* */
-#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_gemm, an_op_add_bias, an_op_bias_grad */
+#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_gemm, an_op_gemm_bias, an_op_bias_grad */
 #include "kernels/cuda.h"         /* an_cuda_scale */
 
 /* t *= s in place. */
@@ -59,8 +59,7 @@ an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tenso
     an_gemm_shape base = {1, rows, out_features, in, false, true, false, false};  /* y = x W^T */
     an_gemm_shape to_down = {1, rows, r, in, false, true, false, false};          /* down = x_lora A^T */
     an_gemm_shape branch = {1, rows, out_features, r, false, true, false, true};  /* y += down B^T */
-    if (st == AN_OK) st = an_op_gemm(ctx, &base, x, w, out);
-    if (st == AN_OK && bias) st = an_op_add_bias(ctx, out, bias);
+    if (st == AN_OK) st = an_op_gemm_bias(ctx, &base, x, w, bias, out);
     if (st == AN_OK) st = an_op_gemm(ctx, &to_down, x_lora, a, down);
     if (st == AN_OK) st = scale_in_place(ctx, down, scale);
     if (st == AN_OK) st = an_op_gemm(ctx, &branch, down, b, out);

@@ -29,6 +29,34 @@ an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a
     return st;
 }
 
+/* out (rows, n) += bias (n) in place (the CPU's biased GEMM). */
+static an_status add_bias(an_ctx *ctx, an_tensor *out, const an_tensor *bias) {
+    int64_t n = an_tensor_numel(out), width = bias->shape[0];
+    if (out->device == AN_CUDA)
+        return an_cuda_binary(ctx, AN_BINARY_ADD, out->dtype, an_tensor_data(out), n, an_tensor_data(bias), width,
+                              an_tensor_data(out));
+    an_f64 o, b;
+    an_status st = an_f64_read(ctx, out, &o);
+    if (st == AN_OK && (st = an_f64_read(ctx, bias, &b)) == AN_OK) {
+        an_cpu_binary(AN_BINARY_ADD, o.data, n, b.data, width, o.data);
+        an_f64_free(&b);
+        an_f64_commit(out, &o);
+        return AN_OK;
+    }
+    an_f64_free(&o);
+    return st;
+}
+
+an_status an_op_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
+                          const an_tensor *bias, an_tensor *c) {
+    if (!bias) return an_op_gemm(ctx, shape, a, b, c);
+    if (a->device == AN_CUDA)
+        return an_cuda_gemm_bias(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(bias),
+                                 an_tensor_data(c));
+    AN_TRY(an_op_gemm(ctx, shape, a, b, c));
+    return add_bias(ctx, c, bias);
+}
+
 /* Rows (M) and columns (K) of op(t) for the last two dims. */
 static void mat_dims(const an_tensor *t, bool trans, int64_t *rows, int64_t *cols) {
     int64_t r = t->shape[t->ndim - 2], c = t->shape[t->ndim - 1];
@@ -148,23 +176,6 @@ an_status an_matmul_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     return st;
 }
 
-an_status an_op_add_bias(an_ctx *ctx, an_tensor *out, const an_tensor *bias) {
-    int64_t n = an_tensor_numel(out), width = bias->shape[0];
-    if (out->device == AN_CUDA)
-        return an_cuda_binary(ctx, AN_BINARY_ADD, out->dtype, an_tensor_data(out), n, an_tensor_data(bias), width,
-                              an_tensor_data(out));
-    an_f64 o, b;
-    an_status st = an_f64_read(ctx, out, &o);
-    if (st == AN_OK && (st = an_f64_read(ctx, bias, &b)) == AN_OK) {
-        an_cpu_binary(AN_BINARY_ADD, o.data, n, b.data, width, o.data);
-        an_f64_free(&b);
-        an_f64_commit(out, &o);
-        return AN_OK;
-    }
-    an_f64_free(&o);
-    return st;
-}
-
 an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb) {
     int64_t n = an_tensor_numel(grad_out), width = gb->shape[0];
     if (gb->device == AN_CUDA)
@@ -197,12 +208,7 @@ an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
     if (!out) return NULL;
     an_gemm_shape s = {1, rows, out_features, in, false, true, false, false};
-    /* a few rows on the GPU (a decode step): the bias rides in the GEMV's one rounding */
-    bool fused = out->device == AN_CUDA && bias && rows >= 1 && rows <= AN_CUDA_GEMV_MAX_ROWS && in >= 1;
-    an_status st = fused ? an_cuda_gemv(ctx, x->dtype, an_tensor_data(x), rows, in, an_tensor_data(w), out_features,
-                                        an_tensor_data(bias), 0, an_tensor_data(out))
-                         : an_op_gemm(ctx, &s, x, w, out);
-    if (st == AN_OK && bias && !fused) st = an_op_add_bias(ctx, out, bias);
+    an_status st = an_op_gemm_bias(ctx, &s, x, w, bias, out); /* on CUDA the bias rides in the GEMM */
     if (st != AN_OK) {
         an_tensor_release(out);
         return NULL;
