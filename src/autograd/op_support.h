@@ -29,8 +29,8 @@ an_tensor *an_op_new_like(an_ctx *ctx, const an_tensor *t, int ndim, const int64
 /* The GEMM and bias pieces linear-like ops share (ops/matmul.c): c = op(a) @ op(b), or += with
  * shape->accumulate, on a's device; gb (n) = the column sums of grad_out (rows, n). */
 an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b, an_tensor *c);
-/* c = op(a) @ op(b) (+ c with shape->accumulate) + bias (n; NULL: none) on every row: on CUDA the
- * bias rides in the GEMM's epilogue (one rounding), on the CPU it is added after. */
+/* c = op(a) @ op(b) (+ c with shape->accumulate) + bias (n; NULL: none) on every row, rounded once
+ * to a bf16/f16 c on both devices (on CUDA the bias rides in the GEMM's epilogue). */
 an_status an_op_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
                           const an_tensor *bias, an_tensor *c);
 an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb);

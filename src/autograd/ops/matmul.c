@@ -9,52 +9,51 @@
 #include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_matmul, an_op_linear */
 #include "kernels/cuda.h"         /* an_cuda_gemm, an_cuda_binary, an_cuda_binary_backward */
 
-/* c = op(a) @ op(b) (or += with shape->accumulate) on a's device. */
-an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b, an_tensor *c) {
-    if (a->device == AN_CUDA)
-        return an_cuda_gemm(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
+/* c (rows, n) = op(a) @ op(b) (+ c) + bias (n; NULL: none) on the CPU. bf16/f16 operands widen to
+ * f64, multiply, add the bias and round once (as the CUDA GEMM's epilogue rounds once); f32/f64
+ * multiply in their own type and take the bias after. */
+static an_status cpu_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
+                               const an_tensor *bias, an_tensor *c) {
+    int64_t n = an_tensor_numel(c), width = bias ? bias->shape[0] : 0;
     if (a->dtype == AN_F32 || a->dtype == AN_F64) {
         an_cpu_gemm(shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
-        return AN_OK;
+        if (!bias) return AN_OK;
+        an_f64 o, bv;
+        AN_TRY(an_f64_read(ctx, c, &o));
+        an_status st = an_f64_read(ctx, bias, &bv);
+        if (st == AN_OK) {
+            an_cpu_binary(AN_BINARY_ADD, o.data, n, bv.data, width, o.data);
+            an_f64_free(&bv);
+            an_f64_commit(c, &o);
+        } else {
+            an_f64_free(&o);
+        }
+        return st;
     }
-    /* bf16/f16 on the CPU: widen to f64, multiply, round once. */
-    an_f64 in[2], out;
-    AN_TRY(an_f64_read_all(ctx, (an_tensor *[]){(an_tensor *)a, (an_tensor *)b}, 2, in));
+    an_f64 in[3], out;
+    int n_in = bias ? 3 : 2;
+    AN_TRY(an_f64_read_all(ctx, (an_tensor *[]){(an_tensor *)a, (an_tensor *)b, (an_tensor *)bias}, n_in, in));
     an_status st = shape->accumulate ? an_f64_read(ctx, c, &out) : an_f64_write(ctx, c, &out);
     if (st == AN_OK) {
         an_cpu_gemm(shape, AN_F64, in[0].data, in[1].data, out.data);
+        if (bias) an_cpu_binary(AN_BINARY_ADD, out.data, n, in[2].data, width, out.data);
         an_f64_commit(c, &out);
     }
-    an_f64_free_all(in, 2);
+    an_f64_free_all(in, n_in);
     return st;
 }
 
-/* out (rows, n) += bias (n) in place (the CPU's biased GEMM). */
-static an_status add_bias(an_ctx *ctx, an_tensor *out, const an_tensor *bias) {
-    int64_t n = an_tensor_numel(out), width = bias->shape[0];
-    if (out->device == AN_CUDA)
-        return an_cuda_binary(ctx, AN_BINARY_ADD, out->dtype, an_tensor_data(out), n, an_tensor_data(bias), width,
-                              an_tensor_data(out));
-    an_f64 o, b;
-    an_status st = an_f64_read(ctx, out, &o);
-    if (st == AN_OK && (st = an_f64_read(ctx, bias, &b)) == AN_OK) {
-        an_cpu_binary(AN_BINARY_ADD, o.data, n, b.data, width, o.data);
-        an_f64_free(&b);
-        an_f64_commit(out, &o);
-        return AN_OK;
-    }
-    an_f64_free(&o);
-    return st;
+an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b, an_tensor *c) {
+    return an_op_gemm_bias(ctx, shape, a, b, NULL, c);
 }
 
 an_status an_op_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
                           const an_tensor *bias, an_tensor *c) {
-    if (!bias) return an_op_gemm(ctx, shape, a, b, c);
     if (a->device == AN_CUDA)
-        return an_cuda_gemm_bias(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(bias),
-                                 an_tensor_data(c));
-    AN_TRY(an_op_gemm(ctx, shape, a, b, c));
-    return add_bias(ctx, c, bias);
+        return bias ? an_cuda_gemm_bias(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b),
+                                        an_tensor_data(bias), an_tensor_data(c))
+                    : an_cuda_gemm(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
+    return cpu_gemm_bias(ctx, shape, a, b, bias, c);
 }
 
 /* Rows (M) and columns (K) of op(t) for the last two dims. */
