@@ -14,20 +14,31 @@
  * of keys (queries, in the dK/dV kernel) whose range of segment ids does not meet the other
  * tile's is skipped before it is loaded, so packed short documents cost about their own size.
  *
- * Tiling: blocks of 4 warps; the backward's own 64 rows (16 per warp), the forward's 128 (32 per
- * warp, so each key and value fragment feeds two products); the other operand streams through
+ * Tiling: blocks of 4 warps; the dQ kernel's own 64 rows (16 per warp), the dK/dV kernel's 32 keys
+ * (16 per warp pair, below), the forward's 128 (32 per warp, so each key and value fragment
+ * feeds two products); the other operand streams through
  * shared memory in tiles (64 rows; 32 keys in the forward at head_dim 128, to stay within 255
  * registers), double-buffered with cp.async (the next tile loads while this one is multiplied).
  * Every fragment comes from ldmatrix. Shared tiles keep rows of D + 8 elements, so ldmatrix's 8
  * rows of 16 bytes fall in distinct banks.
+ * Grids are (head, batch row, tile) with the tile index slowest and the tiles with the most work
+ * first, so the longest blocks all start in the first wave.
  * Measured (tests/test_cuda_attention.c prints it; H200, bf16, B 8, T 1024, Hq 12, Hkv 2, D 128,
- * causal): forward 0.16 ms (161 TFLOP/s of useful work), backward 0.71 ms (dQ 0.25, dK/dV 0.50).
+ * causal): forward 0.133 ms (193 TFLOP/s of useful work), backward 0.53 ms (dQ 0.22, dK/dV 0.34).
+ * Before the launch order and the split dK/dV blocks: forward 0.161, backward 0.71 (dQ 0.25,
+ * dK/dV 0.49). Tried and dropped (no gain there): dQ holding its Q and dO fragments in registers;
+ * splitting the head dim of the dQ or dK/dV accumulators between two warp groups that swap their
+ * P / dS fragments through shared memory (half the registers, two blocks an SM); 64-key dK/dV
+ * blocks of 8 warps (0.39).
  * - forward: one block per (query tile, query head, batch row), online softmax over key tiles.
  * - delta: one warp per (token, query head).
  * - dQ: one block per (query tile, query head, batch row): S, dP = dO V^T, dS, dQ += dS K.
- * - dK, dV: one block per (key tile, kv head, batch row), walking the group's query heads in order
- *   and their query tiles from the key tile on: S^T, dV += P^T dO, dP^T, dK += dS^T Q, all in
- *   registers and written once, so the group's sum has a fixed order.
+ * - dK, dV: one block of 4 warps per (32-key tile, kv head, batch row), walking the group's query
+ *   heads in order and their 64-query tiles from the key tile on: S^T, dV += P^T dO, dP^T,
+ *   dK += dS^T Q, all in registers. Warps 0-1 take the first 32 queries of each query tile and
+ *   warps 2-3 the last 32 (16 keys a warp), which halves the serial chain of the key tiles that
+ *   see the most queries, and two blocks share an SM; the two partial sums meet once at the end
+ *   (group 0 + group 1 through shared memory), so the group's sum has a fixed order.
  * Work per visible (query, key) pair and head dim: forward 2 multiply-adds, backward 7 (dQ
  * kernel 3, dK/dV kernel 4) — flash-attention 2's five plus the recomputation the deterministic
  * split costs. */
@@ -136,9 +147,9 @@ __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p) {
 /* dst (ROWS, D + 8) <- tokens [t0, t0 + ROWS) of head h of x (B, T, H, D) at batch row b (t0 < T);
  * rows past T are zero. Thread t copies 16-byte chunk t % (D / 8) of rows t / (D / 8) + k STEP.
  * Asynchronous: the caller commits and waits. */
-template <typename T, int D, int ROWS = kTile>
+template <typename T, int D, int ROWS = kTile, int NT = kThreads>
 __device__ __forceinline__ void load_tile(T *dst, const T *x, int64_t b, int64_t t0, int64_t seq, int H, int h) {
-    constexpr int CH = D / 8, STEP = kThreads / CH; /* 16-byte chunks per row; rows per pass */
+    constexpr int CH = D / 8, STEP = NT / CH; /* 16-byte chunks per row; rows per pass */
     static_assert(ROWS % STEP == 0, "tile rows must be a multiple of the rows one pass covers");
     const int r0 = threadIdx.x / CH, col = (threadIdx.x % CH) * 8;
     const int64_t stride = (int64_t)H * D, valid = seq - t0;
@@ -219,8 +230,8 @@ template <typename T, int D, int KT> __global__ void __launch_bounds__(kThreads)
     long long *segk = (long long *)(vs + 2 * KT * LD);   /* 2 x KT key segment ids */
     long long *segq = segk + 2 * KT;                     /* kFwdRows query segment ids */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
-    const int64_t b = blockIdx.z, q0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * kFwdRows; /* longest rows first */
-    const int h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
+    const int64_t b = blockIdx.y, q0 = (int64_t)(gridDim.z - 1 - blockIdx.z) * kFwdRows; /* longest rows first */
+    const int h = blockIdx.x, hk = h / (a.Hq / a.Hkv);
     const T *Q = (const T *)a.q, *K = (const T *)a.k, *V = (const T *)a.v;
     const int64_t w0 = q0 + warp * 32; /* this warp's first row */
     /* row of the block (0 .. kFwdRows) of tile mt, half i of this lane */
@@ -398,7 +409,9 @@ template <typename T, int D> struct BwdSmem {
     static constexpr int LD = D + 8;
     /* dq: q, dO, 2 x (k, v), 2 x kTile key ids; dkv: k, v, 2 x (q, dO), 2 x kTile (lse, delta, id) */
     static constexpr size_t dq_bytes = sizeof(T) * 6 * kTile * LD + sizeof(long long) * 2 * kTile;
-    static constexpr size_t dkv_bytes = sizeof(T) * 6 * kTile * LD + (2 * sizeof(float) + sizeof(long long)) * 2 * kTile;
+    template <int KT>
+    static constexpr size_t dkv_bytes =
+        sizeof(T) * (2 * KT + 4 * kTile) * LD + (2 * sizeof(float) + sizeof(long long)) * 2 * kTile;
 };
 
 /* dQ = scale sum_j dS_ij k_j with dS = P (dP - delta), dP = dO V^T. */
@@ -412,8 +425,8 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dq_kern
     T *vs = ks + 2 * kTile * LD;                         /* 2 x (kTile, LD) values */
     long long *segk = (long long *)(vs + 2 * kTile * LD); /* 2 x kTile key segment ids */
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
-    const int64_t b = blockIdx.z, q0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * kTile;
-    const int h = blockIdx.y, hk = h / (a.Hq / a.Hkv);
+    const int64_t b = blockIdx.y, q0 = (int64_t)(gridDim.z - 1 - blockIdx.z) * kTile; /* longest rows first */
+    const int h = blockIdx.x, hk = h / (a.Hq / a.Hkv);
     const T *K = (const T *)a.k, *V = (const T *)a.v;
     const int64_t row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
     const int n_kt = (int)(((q0 + kTile < a.seq ? q0 + kTile : a.seq) - 1) / kTile) + 1;
@@ -522,34 +535,42 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dq_kern
 }
 
 /* dV = sum over the group's query heads and visible queries of P^T dO; dK likewise of dS^T Q
- * times scale. Queries are taken 32 at a time to keep P^T and dP^T small in registers. */
-template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_kernel(Args a) {
-    constexpr int LD = D + 8, KD = D / 16, ND = D / 8;
+ * times scale. Queries are taken 32 at a time to keep P^T and dP^T small in registers. KT keys a
+ * block (KT / 16 warps a group); G groups of warps take the 32-query halves of each query tile
+ * (G 2) or both halves in turn (G 1). */
+template <typename T, int D, int G, int KT>
+__global__ void __launch_bounds__(2 * KT * G) dkv_kernel(Args a) {
+    constexpr int LD = D + 8, KD = D / 16, ND = D / 8, SW = KT / 16, NT = 32 * SW * G; /* SW warps a group */
+    static_assert(G == 1 || G == 2, "one or two warp groups");
     typedef Mma<T> M;
     extern __shared__ __align__(16) unsigned char smem[];
-    T *ks = (T *)smem;                                     /* (kTile, LD) keys; then dK */
-    T *vs = ks + kTile * LD;                               /* (kTile, LD) values; then dV */
-    T *qs = vs + kTile * LD;                               /* 2 x (kTile, LD) queries */
+    T *ks = (T *)smem;                                     /* (KT, LD) keys; then dK */
+    T *vs = ks + KT * LD;                                  /* (KT, LD) values; then dV */
+    T *qs = vs + KT * LD;                                  /* 2 x (kTile, LD) queries */
     T *dos = qs + 2 * kTile * LD;                          /* 2 x (kTile, LD) output gradients */
     float *lse_s = (float *)(dos + 2 * kTile * LD);        /* 2 x kTile lse * log2(e) */
     float *dl_s = lse_s + 2 * kTile;                       /* 2 x kTile delta */
     long long *segq = (long long *)(dl_s + 2 * kTile);     /* 2 x kTile query segment ids */
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
-    const int64_t b = blockIdx.z, k0 = (int64_t)blockIdx.x * kTile;
-    const int hk = blockIdx.y, group = a.Hq / a.Hkv;
+    /* warp: which 16 keys of the tile; grp: which 32-query halves of each query tile */
+    const int warp = threadIdx.x / 32 % SW, grp = threadIdx.x / 32 / SW;
+    const int lane = threadIdx.x % 32, g = lane / 4, c2 = 2 * (lane % 4);
+    const int kt = (int)blockIdx.z; /* the first key tiles, which have the most queries, launch first */
+    const int64_t b = blockIdx.y, k0 = (int64_t)kt * KT;
+    const int hk = blockIdx.x, group = a.Hq / a.Hkv;
     const int64_t key[2] = {k0 + warp * 16 + g, k0 + warp * 16 + g + 8};
-    const int n_qt = (int)((a.seq + kTile - 1) / kTile), span = n_qt - (int)blockIdx.x;
+    const int qt0 = kt * KT / kTile; /* the first query tile that sees the key tile */
+    const int n_qt = (int)((a.seq + kTile - 1) / kTile), span = n_qt - qt0;
     const int n_items = group * span; /* (query head of the group, query tile from this key tile on) */
 
-    load_tile<T, D>(ks, (const T *)a.k, b, k0, a.seq, a.Hkv, hk);
-    load_tile<T, D>(vs, (const T *)a.v, b, k0, a.seq, a.Hkv, hk);
+    load_tile<T, D, KT, NT>(ks, (const T *)a.k, b, k0, a.seq, a.Hkv, hk);
+    load_tile<T, D, KT, NT>(vs, (const T *)a.v, b, k0, a.seq, a.Hkv, hk);
     cp_async_commit();
     long long skey[2] = {0, 0}, klo = 0, khi = 0;
     if (a.seg) {
-        seg_range(a, b, k0, klo, khi);
+        seg_range(a, b, k0, klo, khi); /* over kTile tokens: for KT < kTile a superset, so a skip stays safe */
         for (int i = 0; i < 2; i++) skey[i] = key[i] < a.seq ? seg_at(a, b * a.seq + key[i]) : 0;
     }
-    auto q_tile = [&](int it) { return (int64_t)((int)blockIdx.x + it % span) * kTile; };
+    auto q_tile = [&](int it) { return (int64_t)(qt0 + it % span) * kTile; };
     auto next_visible = [&](int it) {
         while (it < n_items && !seg_meets(a, b, q_tile(it), klo, khi)) it++;
         return it;
@@ -557,8 +578,8 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_ker
     auto issue = [&](int it, int buf) {
         int h = hk * group + it / span;
         int64_t q0 = q_tile(it);
-        load_tile<T, D>(qs + buf * kTile * LD, (const T *)a.q, b, q0, a.seq, a.Hq, h);
-        load_tile<T, D>(dos + buf * kTile * LD, (const T *)a.dout, b, q0, a.seq, a.Hq, h);
+        load_tile<T, D, kTile, NT>(qs + buf * kTile * LD, (const T *)a.q, b, q0, a.seq, a.Hq, h);
+        load_tile<T, D, kTile, NT>(dos + buf * kTile * LD, (const T *)a.dout, b, q0, a.seq, a.Hq, h);
         if (threadIdx.x < kTile) {
             int64_t t = q0 + threadIdx.x, at = ((int64_t)b * a.Hq + h) * a.seq + t;
             bool in = t < a.seq;
@@ -587,10 +608,10 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_ker
         const float *lb = lse_s + buf * kTile, *dlb = dl_s + buf * kTile;
         const long long *sq = segq + buf * kTile;
         const int64_t q0 = q_tile(cur);
-        const bool mask = a.seg || q0 < k0 + kTile || q0 + kTile > a.seq;
+        const bool mask = a.seg || q0 < k0 + KT || q0 + kTile > a.seq;
 #pragma unroll
-        for (int half = 0; half < 2; half++) {
-            const int c0 = half * 32; /* this pass's first query of the tile */
+        for (int half = 0; half < 2 / G; half++) {
+            const int c0 = (half * G + grp) * 32; /* this pass's first query of the tile */
             float s[4][4], dp[4][4];  /* keys g, g + 8 of the warp against queries c0 + 8n + c2 (+1) */
 #pragma unroll
             for (int n = 0; n < 4; n++)
@@ -649,6 +670,32 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_ker
     }
     cp_async_wait<0>();
     __syncthreads(); /* with no visible query tile the loop's barriers did not run */
+    if constexpr (G == 2) {
+        /* group 1's sums (over the second halves of the query tiles) join group 0's through the
+         * freed query buffers, in fragment order: group 0 + group 1, a fixed order */
+        constexpr int GT = 32 * SW; /* threads a group */
+        static_assert(2 * ND * 4 * GT * sizeof(float) <= 4 * kTile * LD * sizeof(T), "room to reduce");
+        float *red = (float *)qs; /* (2 ND 4, GT) */
+        const int tid = threadIdx.x % GT;
+        if (grp == 1) {
+#pragma unroll
+            for (int dn = 0; dn < ND; dn++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    red[(dn * 4 + e) * GT + tid] = dk[dn][e];
+                    red[((ND + dn) * 4 + e) * GT + tid] = dv[dn][e];
+                }
+        }
+        __syncthreads();
+        if (grp == 1) return;
+#pragma unroll
+        for (int dn = 0; dn < ND; dn++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                dk[dn][e] += red[(dn * 4 + e) * GT + tid];
+                dv[dn][e] += red[((ND + dn) * 4 + e) * GT + tid];
+            }
+    }
     T *kout = ks + warp * 16 * LD, *vout = vs + warp * 16 * LD;
 #pragma unroll
     for (int i = 0; i < 2; i++)
@@ -666,20 +713,23 @@ template <typename T, int D> __global__ void __launch_bounds__(kThreads) dkv_ker
 /* ---- launchers ---- */
 
 template <typename K>
-an_status launch(an_ctx *ctx, K kernel, dim3 grid, size_t bytes, const Args &a, const char *what) {
+an_status launch(an_ctx *ctx, K kernel, dim3 grid, size_t bytes, const Args &a, const char *what,
+                 int threads = kThreads) {
     AN_CUDA_STATE(ctx, s);
     AN_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    kernel<<<grid, kThreads, bytes, s->stream>>>(a);
+    kernel<<<grid, threads, bytes, s->stream>>>(a);
     AN_CUDA_LAUNCH_CHECK(ctx, what);
     return AN_OK;
 }
 
-dim3 grid_of(const an_attention_shape *sh, int64_t heads) {
-    return dim3((unsigned)((sh->seq + kTile - 1) / kTile), (unsigned)heads, (unsigned)sh->batch);
+/* (heads, batch rows, tiles of `rows`): the tile index varies slowest, so the blocks with the most
+ * work (the kernel maps blockIdx.z to them) all launch first. */
+dim3 grid_of(const an_attention_shape *sh, int64_t heads, int rows) {
+    return dim3((unsigned)heads, (unsigned)sh->batch, (unsigned)((sh->seq + rows - 1) / rows));
 }
 
 template <typename T, int D> an_status forward_td(an_ctx *ctx, const an_attention_shape *sh, const Args &a) {
-    dim3 grid((unsigned)((sh->seq + kFwdRows - 1) / kFwdRows), (unsigned)sh->q_heads, (unsigned)sh->batch);
+    dim3 grid = grid_of(sh, sh->q_heads, kFwdRows);
     /* Key tiles of 32 at head_dim 128 keep the kernel within 255 registers (64 spill a little);
      * both measured the same (H200, B 8 T 1024 Hq 12 D 128: 0.163 vs 0.165 ms). */
     constexpr int KT = D > 64 ? 32 : 64;
@@ -692,11 +742,11 @@ template <typename T, int D> an_status backward_td(an_ctx *ctx, const an_attenti
     delta_kernel<T, D><<<(unsigned)((rows + 7) / 8), 256, 0, s->stream>>>(a, rows);
     AN_CUDA_LAUNCH_CHECK(ctx, "attention_mma delta_kernel");
     if (a.dq)
-        AN_TRY(launch(ctx, dq_kernel<T, D>, grid_of(sh, sh->q_heads), BwdSmem<T, D>::dq_bytes, a,
+        AN_TRY(launch(ctx, dq_kernel<T, D>, grid_of(sh, sh->q_heads, kTile), BwdSmem<T, D>::dq_bytes, a,
                       "attention_mma dq_kernel"));
     if (a.dk || a.dv)
-        AN_TRY(launch(ctx, dkv_kernel<T, D>, grid_of(sh, sh->kv_heads), BwdSmem<T, D>::dkv_bytes, a,
-                      "attention_mma dkv_kernel"));
+        AN_TRY(launch(ctx, dkv_kernel<T, D, 2, 32>, grid_of(sh, sh->kv_heads, 32),
+                      BwdSmem<T, D>::template dkv_bytes<32>, a, "attention_mma dkv_kernel", 4 * 32));
     return AN_OK;
 }
 
