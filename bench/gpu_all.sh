@@ -22,6 +22,8 @@ done
 
 echo "== memory-bound kernels (bench/kernels.c)" | tee -a "$log"
 "$bin/kernels" 2>&1 | tee -a "$log"
+echo "== optimizer step, 1.5B full fine-tune shape (bench/optim.c)" | tee -a "$log"
+"$bin/optim" 2>&1 | tee -a "$log"
 
 model=/tmp/anneal-bench-1.5b
 if [ ! -d "$model" ]; then python3 bench/peer_train_step.py --save "$model" --steps 0 >> "$log" 2>&1; fi

@@ -171,6 +171,33 @@ an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, f
  * the optimizer gathers every parameter's sum with one copy (src/optim/grad.c). */
 an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum);
 
+/* Many tensors in one launch (kernels/adamw.cu): a table of segments, built and uploaded by
+ * src/optim, each an element range of one parameter. Segment s owns the launch's chunks
+ * [first_chunk, first_chunk + ceil(n / AN_ADAMW_CHUNK)): first_chunk of segment 0 is 0, each next
+ * one starts where the previous ends, n > 0, and n_chunks is where the last one ends. grad_dtype
+ * and param_dtype are f32/bf16/f16 (an_dtype values). Element updates are an_cuda_adamw's, bit for
+ * bit; 16-byte loads and stores wherever a segment's pointers are 16-byte aligned. */
+#define AN_ADAMW_CHUNK 32768 /* elements of one segment per block; a multiple of 8 */
+typedef struct {
+    float *master;               /* (n) f32: the master, or the f32 parameter itself (param NULL) */
+    float *exp_avg, *exp_avg_sq; /* (n) f32 */
+    const void *grad;            /* (n) grad_dtype */
+    void *param;                 /* (n) param_dtype, gets the new master rounded; or NULL */
+    int64_t n;
+    int64_t first_chunk;
+    int32_t grad_dtype, param_dtype;
+    int32_t no_decay;            /* 1: multiplied by 1 instead of k->decay */
+    int32_t unused;              /* zero (keeps the struct free of padding, so it compares with memcmp) */
+} an_adamw_segment;
+/* One AdamW step over every segment of table (n segments, ON THE DEVICE) in one launch. */
+an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *table, int n,
+                              int64_t n_chunks);
+/* *sum (a DEVICE double) = the float64 sum of squares of every segment's grad (only grad, n,
+ * first_chunk and grad_dtype are read), in a fixed order that depends only on the table's sizes:
+ * per chunk a fixed thread order and block tree, then the chunks' sums in a fixed order. */
+an_status an_cuda_sum_squares_multi(an_ctx *ctx, const an_adamw_segment *table, int n, int64_t n_chunks,
+                                    double *sum);
+
 /* ---- Indices (indices.cu) ---- */
 
 /* What an_cuda_check_ids found in ids (n) i32/i64: first_bad is the smallest i with ids[i]

@@ -164,6 +164,16 @@ an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_
     (void)dtype, (void)x, (void)n, (void)sum;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *table, int n,
+                              int64_t n_chunks) {
+    (void)k, (void)table, (void)n, (void)n_chunks;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_sum_squares_multi(an_ctx *ctx, const an_adamw_segment *table, int n, int64_t n_chunks,
+                                    double *sum) {
+    (void)table, (void)n, (void)n_chunks, (void)sum;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_check_ids(an_ctx *ctx, const void *ids, an_dtype id_dtype, int64_t n, int64_t limit,
                             int allow_ignore, int64_t ignore_index, an_cuda_id_report *report) {
     (void)ids, (void)id_dtype, (void)n, (void)limit, (void)allow_ignore, (void)ignore_index, (void)report;

@@ -7,13 +7,14 @@
  * - without clipping, every parameter, master and moment is bit-identical to the CPU's;
  * - with clipping, the reported norms agree to 1e-12 (the GPU sums squares in another fixed order)
  *   and the state within 1e-6 relative (masters, moments) and one ulp (bf16/f16 parameters).
- * Also: clip_grad_norm on CUDA gradients, and a NaN gradient on the GPU is an error that changes
+ * The multi-tensor launches are checked the same way over one table of segments (sizes around the
+ * chunk, mixed dtypes, misaligned starts). Also: clip_grad_norm on CUDA gradients, and a NaN gradient on the GPU is an error that changes
  * nothing. Without a GPU (or in a build without CUDA) every test prints SKIP and passes. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda.h"  /* an_cuda_adamw, an_cuda_sum_squares */
+#include "kernels/cuda.h"  /* an_cuda_adamw(_multi), an_cuda_sum_squares(_multi) */
 #include "optim/optim.h"
 #include "support/test_util.h"
 
@@ -136,6 +137,146 @@ START_TEST(test_cuda_sum_squares_is_float64_and_deterministic) {
                               an_dtype_name(dtypes[d]), (long long)n, got, again);
                 an_tensor_release(h), an_tensor_release(dev);
             }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* ---- many tensors in one launch ---- */
+
+/* A table of segments on the device: sizes around the chunk and the 8-element group, mixed grad
+ * and parameter dtypes, decay and no decay, and offsets of 1..3 elements into their buffers (so
+ * some segments take the element-by-element path). Host copies keep the inputs. */
+enum { N_SEG = 12 };
+static const int64_t SEG_SIZES[N_SEG] = {1, 7, 8, 9, 1023, AN_ADAMW_CHUNK, AN_ADAMW_CHUNK + 1, 100003, 5, 65536,
+                                         3 * AN_ADAMW_CHUNK + 17, 4096};
+static const int SEG_OFFSET[N_SEG] = {0, 0, 0, 1, 0, 0, 2, 0, 3, 1, 0, 0};
+
+typedef struct {
+    an_tensor *host[4], *dev[4]; /* master, exp_avg, exp_avg_sq, grad; (n + offset) */
+    an_tensor *param;            /* (n + offset) on the device, or NULL */
+    an_dtype grad_dtype, param_dtype;
+    int64_t n, offset;
+    bool no_decay;
+} multi_seg;
+
+static an_adamw_segment *multi_make(an_ctx *ctx, multi_seg *ms, int64_t *chunks) {
+    const an_dtype dtypes[] = {AN_F32, AN_BF16, AN_F16};
+    an_adamw_segment table[N_SEG];
+    memset(table, 0, sizeof table);
+    *chunks = 0;
+    for (int s = 0; s < N_SEG; s++) {
+        multi_seg *m = &ms[s];
+        m->n = SEG_SIZES[s], m->offset = SEG_OFFSET[s];
+        m->grad_dtype = dtypes[(s + 1) % 3];
+        m->param_dtype = s % 4 == 3 ? AN_F32 : dtypes[s % 3]; /* AN_F32 and s % 4 == 0: its own master */
+        m->no_decay = s % 3 == 1;
+        int64_t total = m->n + m->offset;
+        m->host[0] = test_uniform(ctx, AN_F32, 1, &total, -1, 1, false);
+        m->host[1] = test_uniform(ctx, AN_F32, 1, &total, -0.1, 0.1, false);
+        m->host[2] = test_uniform(ctx, AN_F32, 1, &total, 0, 0.01, false);
+        m->host[3] = test_uniform(ctx, m->grad_dtype, 1, &total, -3, 3, false);
+        for (int k = 0; k < 4; k++) m->dev[k] = upload(ctx, m->host[k]);
+        bool own = m->param_dtype == AN_F32 && s % 4 == 0;
+        m->param = own ? NULL : an_tensor_new(ctx, m->param_dtype, AN_CUDA, 1, &total);
+        if (m->param) test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(m->param), 0xFF, an_tensor_nbytes(m->param)), "poison");
+        size_t gs = an_dtype_size(m->grad_dtype), ps = an_dtype_size(m->param_dtype);
+        table[s].master = (float *)an_tensor_data(m->dev[0]) + m->offset;
+        table[s].exp_avg = (float *)an_tensor_data(m->dev[1]) + m->offset;
+        table[s].exp_avg_sq = (float *)an_tensor_data(m->dev[2]) + m->offset;
+        table[s].grad = (const char *)an_tensor_data(m->dev[3]) + m->offset * gs;
+        table[s].param = m->param ? (char *)an_tensor_data(m->param) + m->offset * ps : NULL;
+        table[s].n = m->n;
+        table[s].first_chunk = *chunks;
+        table[s].grad_dtype = (int32_t)m->grad_dtype, table[s].param_dtype = (int32_t)m->param_dtype;
+        table[s].no_decay = m->no_decay;
+        *chunks += (m->n + AN_ADAMW_CHUNK - 1) / AN_ADAMW_CHUNK;
+    }
+    an_adamw_segment *dev = an_mem_alloc(ctx, AN_CUDA, sizeof table);
+    ck_assert_ptr_nonnull(dev);
+    test_ok(ctx, an_cuda_memcpy(ctx, dev, AN_CUDA, table, AN_CPU, sizeof table), "upload the table");
+    return dev;
+}
+
+static void multi_free(an_ctx *ctx, multi_seg *ms, an_adamw_segment *dev) {
+    an_mem_free(ctx, AN_CUDA, dev, N_SEG * sizeof *dev);
+    for (int s = 0; s < N_SEG; s++) {
+        for (int k = 0; k < 4; k++) an_tensor_release(ms[s].host[k]), an_tensor_release(ms[s].dev[k]);
+        an_tensor_release(ms[s].param);
+    }
+}
+
+START_TEST(test_cuda_adamw_multi_is_bit_identical_to_the_cpu_formula) {
+    an_ctx *ctx = gpu_ctx(6, "cuda adamw multi-tensor launch");
+    if (!ctx) return;
+    multi_seg ms[N_SEG];
+    int64_t chunks;
+    an_adamw_segment *table = multi_make(ctx, ms, &chunks);
+    double t = 5, lr = 1e-2 * (1 + an_rng_uniform(&ctx->rng));
+    an_adamw_scalars k = {.decay = 1 - lr * 0.1, .beta1 = 0.9, .beta2 = 0.999, .eps = 1e-8,
+                          .grad_scale = 0.37 + an_rng_uniform(&ctx->rng)};
+    k.step_size = lr / (1 - pow(k.beta1, t));
+    k.bc2_sqrt = sqrt(1 - pow(k.beta2, t));
+    test_ok(ctx, an_cuda_adamw_multi(ctx, &k, table, N_SEG, chunks), "adamw_multi");
+    for (int s = 0; s < N_SEG; s++) {
+        multi_seg *m = &ms[s];
+        an_adamw_scalars ks = k;
+        if (m->no_decay) ks.decay = 1.0;
+        float *hm = an_tensor_data(m->host[0]), *hmo = an_tensor_data(m->host[1]), *hv = an_tensor_data(m->host[2]);
+        for (int64_t i = m->offset; i < m->n + m->offset; i++)
+            reference_update(&ks, &hm[i], &hmo[i], &hv[i], (float)an_tensor_get(m->host[3], i));
+        float *gm = bytes_of(ctx, m->dev[0]), *gmo = bytes_of(ctx, m->dev[1]), *gv = bytes_of(ctx, m->dev[2]);
+        /* the elements before offset are outside the segment: untouched on both sides */
+        for (int64_t i = 0; i < m->n + m->offset; i++)
+            ck_assert_msg(memcmp(&gm[i], &hm[i], 4) == 0 && memcmp(&gmo[i], &hmo[i], 4) == 0 &&
+                              memcmp(&gv[i], &hv[i], 4) == 0,
+                          "segment %d (n %lld offset %lld grad %s) element %lld: GPU (%.9g %.9g %.9g) CPU (%.9g %.9g %.9g)",
+                          s, (long long)m->n, (long long)m->offset, an_dtype_name(m->grad_dtype), (long long)i, gm[i],
+                          gmo[i], gv[i], hm[i], hmo[i], hv[i]);
+        if (m->param) {
+            size_t es = an_dtype_size(m->param_dtype);
+            int64_t total = m->n + m->offset;
+            char *want = malloc((size_t)total * es), *got = bytes_of(ctx, m->param);
+            an_dtype_convert(hm, AN_F32, want, m->param_dtype, (size_t)total);
+            for (int64_t i = 0; i < total; i++) {
+                bool inside = i >= m->offset;
+                uint8_t poison[4] = {0xFF, 0xFF, 0xFF, 0xFF};
+                ck_assert_msg(memcmp(got + i * es, inside ? want + i * es : (char *)poison, es) == 0,
+                              "segment %d param %s n %lld element %lld: %.9g, master %.9g", s,
+                              an_dtype_name(m->param_dtype), (long long)m->n, (long long)i,
+                              an_dtype_load(got, m->param_dtype, (size_t)i), hm[i]);
+            }
+            free(want), free(got);
+        }
+        free(gm), free(gmo), free(gv);
+    }
+    multi_free(ctx, ms, table);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_cuda_sum_squares_multi_is_float64_and_deterministic) {
+    an_ctx *ctx = gpu_ctx(7, "cuda sum_squares multi-tensor launch");
+    if (!ctx) return;
+    multi_seg ms[N_SEG];
+    int64_t chunks;
+    an_adamw_segment *table = multi_make(ctx, ms, &chunks);
+    double want = 0;
+    for (int s = 0; s < N_SEG; s++)
+        for (int64_t i = ms[s].offset; i < ms[s].n + ms[s].offset; i++)
+            want += an_tensor_get(ms[s].host[3], i) * an_tensor_get(ms[s].host[3], i);
+    double *sums = an_mem_alloc(ctx, AN_CUDA, 3 * sizeof(double));
+    ck_assert_ptr_nonnull(sums);
+    test_ok(ctx, an_cuda_memset(ctx, sums, 0xFF, 3 * sizeof(double)), "poison");
+    test_ok(ctx, an_cuda_sum_squares_multi(ctx, table, N_SEG, chunks, sums), "sum_squares_multi");
+    test_ok(ctx, an_cuda_sum_squares_multi(ctx, table, N_SEG, chunks, sums + 1), "again");
+    test_ok(ctx, an_cuda_sum_squares_multi(ctx, table, 0, 0, sums + 2), "empty table");
+    double got[3];
+    test_ok(ctx, an_cuda_memcpy(ctx, got, AN_CPU, sums, AN_CUDA, sizeof got), "copy");
+    ck_assert_msg(!isnan(got[0]) && fabs(got[0] - want) <= 1e-12 * want, "%.17g, expected %.17g", got[0], want);
+    ck_assert_msg(memcmp(&got[0], &got[1], sizeof got[0]) == 0, "%.17g then %.17g", got[0], got[1]);
+    ck_assert_msg(got[2] == 0.0, "empty table: %.17g", got[2]);
+    an_mem_free(ctx, AN_CUDA, sums, 3 * sizeof(double));
+    multi_free(ctx, ms, table);
     test_ctx_free(ctx);
 }
 END_TEST
@@ -321,6 +462,8 @@ int main(void) {
     Suite *s = suite_create("cuda_adamw");
     test_add_case(s, "launcher", test_cuda_adamw_launcher_is_bit_identical_to_the_cpu_formula);
     test_add_case(s, "sum_squares", test_cuda_sum_squares_is_float64_and_deterministic);
+    test_add_case(s, "multi", test_cuda_adamw_multi_is_bit_identical_to_the_cpu_formula);
+    test_add_case(s, "sum_squares_multi", test_cuda_sum_squares_multi_is_float64_and_deterministic);
     test_add_case(s, "steps", test_cuda_adamw_steps_match_cpu_bit_for_bit_without_clipping);
     test_add_case(s, "clipped_steps", test_cuda_adamw_steps_with_clipping_match_cpu);
     test_add_case(s, "clip_and_nan", test_cuda_clip_grad_norm_and_nan_gradients);

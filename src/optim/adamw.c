@@ -5,10 +5,13 @@
  * update is computed there and every stored value is rounded to fp32 once; a bf16/f16 parameter
  * then receives its master rounded to nearest even. Nothing is modified until every parameter
  * and gradient has been checked and the global gradient norm is known to be finite.
- * Devices: a parameter's state lives on its device. CUDA parameters are updated by an_cuda_adamw
- * (kernels/adamw.cu), which applies the same float64 operations in the same order, so an update
- * is bit-identical on either device for the same inputs; only the gradient norm's summation order
- * differs (grad.c), which can move the clipping factor in its last bits. */
+ * Devices: a parameter's state lives on its device. All CUDA parameters are updated by one
+ * an_cuda_adamw_multi launch over a device table of their element ranges (kernels/adamw.cu; the
+ * table is uploaded again only when an address in it changes), which applies the same float64
+ * operations in the same order, so an update is bit-identical on either device for the same
+ * inputs; only the gradient norm's summation order differs (grad.c: one launch over the same
+ * table), which can move the clipping factor in its last bits. Clipping never rewrites the
+ * gradients here: its factor is the update's grad_scale. */
 #include "optim/internal.h"
 
 #include <math.h>
@@ -16,7 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda.h"  /* an_cuda_adamw */
+#include "kernels/cuda.h"  /* an_cuda_adamw_multi, an_adamw_segment */
 
 enum { CHUNK = 1024 }; /* gradient elements widened at a time */
 
@@ -43,6 +46,7 @@ an_status an_optim_create(an_ctx *ctx, const an_adamw_config *config, an_optim *
     an_optim *opt = calloc(1, sizeof *opt);
     AN_CHECK(ctx, opt != NULL, AN_ERR_INTERNAL, "out of host memory");
     opt->config = *config;
+    opt->n_table = -1;
     *out = opt;
     return AN_OK;
 }
@@ -52,6 +56,8 @@ void an_optim_free(an_optim *opt) {
     for (int i = 0; i < opt->n_entries; i++)
         for (int s = 0; s < 3; s++) an_tensor_release(opt->entries[i].state[s]);
     free(opt->entries);
+    free(opt->table);
+    an_tensor_release(opt->table_dev);
     free(opt);
 }
 
@@ -162,7 +168,8 @@ int64_t an_optim_step_count(const an_optim *opt) { return opt->step; }
  *     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
  *     param.addcdiv_(exp_avg, denom, value=-step_size)
  * As in torch, the update reads exp_avg and exp_avg_sq after they were stored (rounded to fp32).
- * an_cuda_adamw (kernels/adamw.cu) repeats these float64 operations in this order: change both. */
+ * an_cuda_adamw and an_cuda_adamw_multi (kernels/adamw.cu) repeat these float64 operations in this
+ * order: change all three. */
 static void adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
                       an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
     size_t grad_size = an_dtype_size(grad_dtype), param_size = an_dtype_size(param_dtype);
@@ -204,23 +211,88 @@ static an_status check_entry(an_ctx *ctx, const optim_entry *e) {
     return AN_OK;
 }
 
+/* The segment of a CUDA entry with a gradient (zeroed padding, so tables compare with memcmp). */
+static an_adamw_segment entry_segment(const optim_entry *e) {
+    an_tensor *p = *e->slot;
+    size_t ps = an_dtype_size(p->dtype), gs = an_dtype_size(p->grad->dtype);
+    char *param = (char *)an_tensor_data(p) + (size_t)e->start * ps;
+    an_tensor *master = e->state[STATE_MASTER];
+    an_adamw_segment seg;
+    memset(&seg, 0, sizeof seg);
+    seg.master = master ? an_tensor_data(master) : (float *)(void *)param;
+    seg.exp_avg = an_tensor_data(e->state[STATE_EXP_AVG]);
+    seg.exp_avg_sq = an_tensor_data(e->state[STATE_EXP_AVG_SQ]);
+    seg.grad = (const char *)an_tensor_data(p->grad) + (size_t)e->start * gs;
+    seg.param = master ? param : NULL;
+    seg.n = e->end - e->start;
+    seg.grad_dtype = (int32_t)p->grad->dtype;
+    seg.param_dtype = (int32_t)p->dtype;
+    seg.no_decay = e->no_decay;
+    return seg;
+}
+
+/* Puts the table of this step's CUDA entries (n, laid out) on the device, unless table_dev
+ * already holds exactly it: parameters and state do not move, and gradients from the caching
+ * allocator usually come back at the same addresses, so most steps upload nothing. */
+static an_status sync_table(an_ctx *ctx, an_optim *opt, const an_adamw_segment *table, int n, int64_t chunks) {
+    size_t bytes = (size_t)n * sizeof *table;
+    if (n == 0 || (n == opt->n_table && memcmp(table, opt->table, bytes) == 0)) {
+        opt->n_table = n, opt->table_chunks = chunks;
+        return AN_OK;
+    }
+    if (n > opt->table_cap || !opt->table_dev) {
+        an_adamw_segment *grown = realloc(opt->table, bytes);
+        AN_CHECK(ctx, grown != NULL, AN_ERR_INTERNAL, "optimizer: out of host memory");
+        opt->table = grown;
+        opt->n_table = -1;
+        an_tensor_release(opt->table_dev);
+        int64_t dev_bytes = (int64_t)(bytes + sizeof(double));
+        opt->table_dev = an_tensor_new(ctx, AN_U8, AN_CUDA, 1, &dev_bytes);
+        opt->table_cap = opt->table_dev ? n : 0;
+        if (!opt->table_dev) return an_error_status(ctx);
+    }
+    opt->n_table = -1; /* until the copy succeeded */
+    AN_TRY(an_cuda_memcpy(ctx, an_tensor_data(opt->table_dev), AN_CUDA, table, AN_CPU, bytes));
+    memcpy(opt->table, table, bytes);
+    opt->n_table = n;
+    opt->table_chunks = chunks;
+    return AN_OK;
+}
+
+/* The global gradient norm's sum of squares: the CUDA entries' in one launch over the device
+ * table (uploaded first when it changed), then each host entry's in order. */
+static an_status step_sum_sq(an_ctx *ctx, an_optim *opt, double *sum_sq) {
+    int n = opt->n_entries, n_dev = 0;
+    an_adamw_segment *table = calloc((size_t)(n ? n : 1), sizeof *table); /* (n) at most */
+    AN_CHECK(ctx, table != NULL, AN_ERR_INTERNAL, "optimizer: out of host memory");
+    for (int i = 0; i < n; i++) {
+        const optim_entry *e = &opt->entries[i];
+        const an_tensor *p = *e->slot;
+        if (p->device == AN_CUDA && p->grad && e->end > e->start) table[n_dev++] = entry_segment(e);
+    }
+    int64_t chunks = optim_layout(table, n_dev);
+    an_status st = sync_table(ctx, opt, table, n_dev, chunks);
+    free(table);
+    AN_TRY(st);
+    *sum_sq = 0;
+    if (n_dev) {
+        size_t bytes = (size_t)n_dev * sizeof *table;
+        double *slot = (double *)(void *)((char *)an_tensor_data(opt->table_dev) + bytes);
+        AN_TRY(optim_table_sum_sq(ctx, an_tensor_data(opt->table_dev), n_dev, chunks, slot, sum_sq));
+    }
+    for (int i = 0; i < n; i++) {
+        const optim_entry *e = &opt->entries[i];
+        const an_tensor *p = *e->slot;
+        if (p->device != AN_CUDA && p->grad) *sum_sq += optim_cpu_sum_sq(p->grad, e->start, e->end);
+    }
+    return AN_OK;
+}
+
 an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
     const an_adamw_config *c = &opt->config;
+    for (int i = 0; i < opt->n_entries; i++) AN_TRY(check_entry(ctx, &opt->entries[i]));
     double sum_sq = 0;
-    int n = opt->n_entries;
-    const an_tensor **grads = malloc((size_t)(n ? n : 1) * sizeof *grads);
-    int64_t *starts = malloc((size_t)(n ? n : 1) * sizeof *starts), *ends = malloc((size_t)(n ? n : 1) * sizeof *ends);
-    an_status st = grads && starts && ends ? AN_OK
-                                           : an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
-                                                          "optimizer: out of host memory");
-    for (int i = 0; i < n && st == AN_OK; i++) {
-        const optim_entry *e = &opt->entries[i];
-        st = check_entry(ctx, e);
-        grads[i] = (*e->slot)->grad, starts[i] = e->start, ends[i] = e->end;
-    }
-    if (st == AN_OK) st = optim_grads_sum_sq(ctx, grads, starts, ends, n, &sum_sq);
-    free(grads), free(starts), free(ends);
-    AN_TRY(st);
+    AN_TRY(step_sum_sq(ctx, opt, &sum_sq));
     double norm = sqrt(sum_sq), lr = an_optim_lr(opt);
     double scale = optim_clip_scale(c->max_grad_norm, norm);
     if (report) *report = (an_optim_report){.step = opt->step, .lr = lr, .grad_norm = norm, .grad_scale = 1.0};
@@ -228,31 +300,29 @@ an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
              "optimizer: the gradient norm is %g at step %lld; the step was skipped (no parameter changed)", norm,
              (long long)opt->step + 1);
 
+    /* clipping is folded into the update (grad_scale): the gradients themselves are not rescaled */
     double t = (double)(opt->step + 1);
     an_adamw_scalars k = {.beta1 = c->beta1, .beta2 = c->beta2, .eps = c->eps, .grad_scale = scale};
     k.step_size = lr / (1 - pow(c->beta1, t));
     k.bc2_sqrt = sqrt(1 - pow(c->beta2, t));
+    k.decay = 1 - lr * c->weight_decay; /* the CUDA table's no_decay entries use 1 instead */
+    /* every CUDA entry in one launch: a failure here is a device error */
+    if (opt->n_table > 0)
+        AN_TRY(an_cuda_adamw_multi(ctx, &k, an_tensor_data(opt->table_dev), opt->n_table, opt->table_chunks));
     for (int i = 0; i < opt->n_entries; i++) {
         optim_entry *e = &opt->entries[i];
         an_tensor *p = *e->slot;
-        if (!p->grad) continue; /* torch skips parameters whose grad is None */
-        k.decay = e->no_decay ? 1.0 : 1 - lr * c->weight_decay;
+        if (!p->grad || p->device == AN_CUDA) continue; /* torch skips parameters whose grad is None */
+        an_adamw_scalars ke = k;
+        ke.decay = e->no_decay ? 1.0 : k.decay;
         size_t ps = an_dtype_size(p->dtype), gs = an_dtype_size(p->grad->dtype);
         char *param = (char *)an_tensor_data(p) + (size_t)e->start * ps;
         const char *grad = (const char *)an_tensor_data(p->grad) + (size_t)e->start * gs;
         an_tensor *master = e->state[STATE_MASTER];
         float *master_data = master ? an_tensor_data(master) : (float *)(void *)param;
-        if (p->device == AN_CUDA) {
-            /* checked with every entry above; a failure here is a device error, and the entries
-             * updated before it stay updated (as a CPU crash half way would leave them) */
-            AN_TRY(an_cuda_adamw(ctx, &k, master_data, an_tensor_data(e->state[STATE_EXP_AVG]),
-                                 an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype,
-                                 master ? param : NULL, p->dtype, e->end - e->start));
-        } else {
-            adamw_cpu(&k, master_data, an_tensor_data(e->state[STATE_EXP_AVG]),
-                      an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype, master ? param : NULL,
-                      p->dtype, e->end - e->start);
-        }
+        adamw_cpu(&ke, master_data, an_tensor_data(e->state[STATE_EXP_AVG]),
+                  an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype, master ? param : NULL, p->dtype,
+                  e->end - e->start);
     }
     opt->step++;
     if (report) *report = (an_optim_report){.step = opt->step, .lr = lr, .grad_norm = norm, .grad_scale = scale};

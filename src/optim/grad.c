@@ -1,9 +1,9 @@
 /* grad.c — what the optimizer does to gradients before it uses them: the weight-decay name rule,
  * zero_grad, the float64 sum of squares behind the global norm, and clip_grad_norm_.
  *
- * Norms are accumulated in float64 whatever the gradient dtype (on CUDA by an_cuda_sum_squares,
- * in a fixed order of its own: deterministic, but not the CPU's sequential order; every
- * parameter's sum stays on the device until one copy brings them all back); clipping
+ * Norms are accumulated in float64 whatever the gradient dtype (on CUDA by one
+ * an_cuda_sum_squares_multi launch over every gradient, in a fixed order of its own:
+ * deterministic, but not the CPU's sequential order; one copy brings the sum back); clipping
  * multiplies in float64 on the CPU (fp32 on CUDA, an_cuda_scale) and rounds once into the
  * gradient's dtype. */
 #include "optim/internal.h"
@@ -13,7 +13,7 @@
 #include <string.h>
 #include <strings.h>  /* strncasecmp */
 
-#include "kernels/cuda.h"  /* an_cuda_scale, an_cuda_sum_squares */
+#include "kernels/cuda.h"  /* an_cuda_scale, an_cuda_sum_squares_multi */
 
 enum { CHUNK = 1024 }; /* elements widened to float64 at a time */
 
@@ -55,8 +55,7 @@ an_tensor *optim_slice(an_ctx *ctx, an_tensor *t, int64_t start, int64_t end) {
     return rows;
 }
 
-/* The CPU sum of squares of grad elements [start, end). */
-static double cpu_sum_sq(const an_tensor *grad, int64_t start, int64_t end) {
+double optim_cpu_sum_sq(const an_tensor *grad, int64_t start, int64_t end) {
     size_t size = an_dtype_size(grad->dtype);
     const char *data = (const char *)an_tensor_data(grad) + (size_t)start * size;
     double buf[CHUNK], sum = 0;
@@ -68,38 +67,60 @@ static double cpu_sum_sq(const an_tensor *grad, int64_t start, int64_t end) {
     return sum;
 }
 
+int64_t optim_layout(an_adamw_segment *table, int n) {
+    int64_t chunks = 0;
+    for (int i = 0; i < n; i++) {
+        table[i].first_chunk = chunks;
+        chunks += (table[i].n + AN_ADAMW_CHUNK - 1) / AN_ADAMW_CHUNK;
+    }
+    return chunks;
+}
+
+an_status optim_table_sum_sq(an_ctx *ctx, const an_adamw_segment *table, int n, int64_t n_chunks, double *slot,
+                             double *sum) {
+    AN_TRY(an_cuda_sum_squares_multi(ctx, table, n, n_chunks, slot));
+    return an_cuda_memcpy(ctx, sum, AN_CPU, slot, AN_CUDA, sizeof *sum);
+}
+
 an_status optim_grads_sum_sq(an_ctx *ctx, const an_tensor *const *grads, const int64_t *starts, const int64_t *ends,
                              int n, double *total) {
     int n_cuda = 0;
     for (int i = 0; i < n; i++) n_cuda += grads[i] && grads[i]->device == AN_CUDA;
-    size_t bytes = (size_t)n_cuda * sizeof(double);
-    double *slots = n_cuda ? an_mem_alloc(ctx, AN_CUDA, bytes) : NULL; /* (n_cuda) on the device */
-    double *host = n_cuda ? malloc(bytes) : NULL;
+    an_adamw_segment *table = n_cuda ? calloc((size_t)n_cuda, sizeof *table) : NULL; /* (n_cuda) */
+    AN_CHECK(ctx, !n_cuda || table, AN_ERR_INTERNAL, "gradient norm: out of host memory");
+    int used = 0;
     an_status st = AN_OK;
-    if (n_cuda && !slots) st = an_error_status(ctx); /* an_mem_alloc recorded why */
-    else if (n_cuda && !host)
-        st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "gradient norm: out of host memory");
-    for (int i = 0, j = 0; i < n && st == AN_OK; i++) {
+    for (int i = 0; i < n && st == AN_OK; i++) {
         const an_tensor *g = grads[i];
         if (!g || g->device != AN_CUDA) continue;
         int64_t start = starts ? starts[i] : 0, end = ends ? ends[i] : an_tensor_numel(g);
         if (g->dtype != AN_F32 && g->dtype != AN_BF16 && g->dtype != AN_F16)
             st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__,
                               "gradient norm: a %s gradient on CUDA; f32, bf16 or f16 expected", an_dtype_name(g->dtype));
-        else
-            st = an_cuda_sum_squares(ctx, g->dtype, (const char *)an_tensor_data(g) + (size_t)start * an_dtype_size(g->dtype),
-                                     end - start, slots + j++);
+        else if (end > start)
+            table[used++] = (an_adamw_segment){
+                .grad = (const char *)an_tensor_data(g) + (size_t)start * an_dtype_size(g->dtype),
+                .n = end - start, .grad_dtype = (int32_t)g->dtype};
     }
-    if (st == AN_OK && n_cuda)
-        st = an_cuda_memcpy(ctx, host, AN_CPU, slots, AN_CUDA, bytes);
-    for (int i = 0, j = 0; i < n && st == AN_OK; i++) /* in parameter order, whatever the device */
-        if (grads[i])
-            *total += grads[i]->device == AN_CUDA
-                          ? host[j++]
-                          : cpu_sum_sq(grads[i], starts ? starts[i] : 0, ends ? ends[i] : an_tensor_numel(grads[i]));
-    free(host);
-    if (slots) an_mem_free(ctx, AN_CUDA, slots, bytes);
-    return st;
+    double cuda_sum = 0;
+    if (st == AN_OK && used) {
+        int64_t chunks = optim_layout(table, used);
+        size_t bytes = (size_t)used * sizeof *table;
+        char *dev = an_mem_alloc(ctx, AN_CUDA, bytes + sizeof(double)); /* the table, then the sum */
+        if (!dev) st = an_error_status(ctx);                             /* an_mem_alloc recorded why */
+        if (st == AN_OK) st = an_cuda_memcpy(ctx, dev, AN_CUDA, table, AN_CPU, bytes);
+        if (st == AN_OK)
+            st = optim_table_sum_sq(ctx, (const an_adamw_segment *)(void *)dev, used, chunks,
+                                    (double *)(void *)(dev + bytes), &cuda_sum);
+        if (dev) an_mem_free(ctx, AN_CUDA, dev, bytes + sizeof(double));
+    }
+    free(table);
+    AN_TRY(st);
+    *total += cuda_sum;
+    for (int i = 0; i < n; i++) /* the host gradients, in order */
+        if (grads[i] && grads[i]->device != AN_CUDA)
+            *total += optim_cpu_sum_sq(grads[i], starts ? starts[i] : 0, ends ? ends[i] : an_tensor_numel(grads[i]));
+    return AN_OK;
 }
 
 double optim_clip_scale(double max_norm, double total_norm) {

@@ -4,6 +4,7 @@
 #define AN_OPTIM_INTERNAL_H
 
 #include "optim/optim.h"
+#include "kernels/cuda.h"  /* an_adamw_segment */
 
 #define OPTIM_NAME_MAX 96                 /* as an_param.name */
 #define OPTIM_STATE_NAME_MAX (OPTIM_NAME_MAX + 16)
@@ -26,13 +27,29 @@ struct an_optim {
     optim_entry *entries;
     int n_entries, cap;
     int64_t step;              /* steps taken */
+    /* The CUDA entries with a gradient as one table for an_cuda_adamw_multi and
+     * an_cuda_sum_squares_multi: table (n_table, host) is what table_dev holds, uploaded again only
+     * when a step's table differs (a new gradient address, a swapped parameter); n_table < 0: none. */
+    an_adamw_segment *table;
+    int n_table, table_cap;
+    int64_t table_chunks;
+    an_tensor *table_dev;      /* (n_table * sizeof(an_adamw_segment) + 8) u8 on CUDA; the last 8
+                                  bytes are the device double the gradient norm's sum lands in */
 };
 
+/* Sets each segment's first_chunk (in order) and returns the chunks they cover together. */
+int64_t optim_layout(an_adamw_segment *table, int n);
+/* The float64 sum of squares of the gradients of a device table (n segments, n_chunks chunks, on
+ * the device), through *slot (a device double) and one copy back into *sum. */
+an_status optim_table_sum_sq(an_ctx *ctx, const an_adamw_segment *table, int n, int64_t n_chunks, double *slot,
+                             double *sum);
+/* The CPU sum of squares of grad elements [start, end), in order. */
+double optim_cpu_sum_sq(const an_tensor *grad, int64_t start, int64_t end);
 /* Elements [start, end) of t as a 1-D view sharing storage (new reference), or NULL. */
 an_tensor *optim_slice(an_ctx *ctx, an_tensor *t, int64_t start, int64_t end);
 /* The float64 sum of squares of the elements [starts[i], ends[i]) of grads[i] (NULL entries skipped;
- * starts and ends NULL: whole tensors), added in order into *total. CUDA gradients are summed on the device into one buffer that comes
- * back with a single copy (one synchronisation for the whole model, not one per parameter). */
+ * starts and ends NULL: whole tensors), added into *total: the CUDA gradients' sum first (one
+ * launch over all of them, one copy back), then each host gradient's in order. */
 an_status optim_grads_sum_sq(an_ctx *ctx, const an_tensor *const *grads, const int64_t *starts, const int64_t *ends,
                              int n, double *total);
 /* max_norm / (total + 1e-6) clamped to at most 1, or 1 when max_norm <= 0. */

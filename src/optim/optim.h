@@ -16,8 +16,9 @@
  * - Loss normalisation for gradient accumulation is the caller's job: each micro-batch loss is
  *   divided by the whole batch's normaliser, and backward adds into .grad (see an_optim_zero_grad).
  * - Updates are computed in float64 from the fp32 state and rounded once per stored value, on the
- *   parameter's device: CUDA parameters through an_cuda_adamw (kernels/cuda.h), bit-identical to
- *   the CPU loop for the same inputs and clipping factor (never a silent CPU detour). */
+ *   parameter's device: all CUDA parameters in one an_cuda_adamw_multi launch (kernels/cuda.h),
+ *   bit-identical to the CPU loop for the same inputs and clipping factor (never a silent CPU
+ *   detour). */
 #ifndef AN_OPTIM_OPTIM_H
 #define AN_OPTIM_OPTIM_H
 
