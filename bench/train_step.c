@@ -6,6 +6,7 @@
  *                    [--adapter DIR (start from this PEFT adapter)] [--lr X] [--losses]
  *                    [--profile (one more step, timed op by op: autograd/profile.h)]
  *                    [--peak-tflops X (the MFU denominator; 989, dense bf16 of an H100/H200 SXM)]
+ *                    [--loss-chunk N (rows of logits per chunk of the fused loss; 0: its default)]
  *
  * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
  * them, so with --adapter (the peer's initial adapter) both runs start from the same point and
@@ -29,13 +30,14 @@
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N] [--lora R] "
-                        "[--targets qv|all] [--steps N] [--checkpointing] [--profile] [--peak-tflops X]\n", argv[0]);
+                        "[--targets qv|all] [--steps N] [--checkpointing] [--profile] [--peak-tflops X] [--loss-chunk N]\n", argv[0]);
         return 2;
     }
     const char *dir = argv[1], *targets = "qv", *adapter = NULL;
     double lr = 1e-5;
     bool losses = false, profile = false;
     double peak_tflops = 989; /* dense bf16 of an H100/H200 SXM, the MFU denominator */
+    an_cross_entropy_opts loss_opts = {AN_IGNORE_INDEX, 0, 0.0}; /* chunk_rows 0: the op's default */
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
@@ -54,6 +56,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--losses")) losses = true;
         else if (!strcmp(argv[i], "--profile")) profile = true;
         else if (!strcmp(argv[i], "--peak-tflops") && i + 1 < argc) peak_tflops = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--loss-chunk") && i + 1 < argc) loss_opts.chunk_rows = atol(argv[++i]);
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -102,7 +105,7 @@ int main(int argc, char **argv) {
         an_mem_reset_peak(ctx, device);
         if (profile && s == steps + 2) an_profile_begin(ctx); /* an extra last step: syncing after every op slows it */
         double t0 = an_metrics_now();
-        an_tensor *loss = an_model_loss(ctx, m, ids, ids, NULL, NULL, NULL);
+        an_tensor *loss = an_model_loss(ctx, m, ids, ids, NULL, NULL, &loss_opts);
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
         double t_forward = an_metrics_now() - t0;
         double loss_value = NAN;
