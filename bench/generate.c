@@ -16,8 +16,10 @@
  * --breakdown (CUDA) first times the pieces of a decode step at this batch, each repeated back to
  * back (the slower of host issue and GPU) and, for the ops, also 50 calls captured in one CUDA
  * graph (GPU time alone): every projection shape through an_linear (and through cuBLASLt on W^T
- * for comparison), cached attention, the small ops, the sampler, and whole cached forward steps
- * (op by op, and one step captured and replayed).
+ * for comparison), at batch <= 8 the fused norm + q/k/v GEMV against the four ops it replaces,
+ * cached attention, the small ops, the sampler, and whole
+ * cached forward steps (op by op, and one step captured and replayed, with the fused decode
+ * kernels and without them: model.decode_unfused).
  * --eager runs the decode steps op by op instead of replaying CUDA graphs (opts.eager). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -93,6 +95,15 @@ static an_tensor *randn(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *sh
     return t;
 }
 
+/* rmsnorm and the q, k, v projections (with biases) of x as the op-by-op block runs them. */
+static void qkv_unfused(an_ctx *ctx, const an_layer *l, an_tensor *x) {
+    an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, l->model->config.rms_norm_eps);
+    an_tensor_release(an_linear(ctx, xn, l->q_proj.weight, l->q_proj.bias));
+    an_tensor_release(an_linear(ctx, xn, l->k_proj.weight, l->k_proj.bias));
+    an_tensor_release(an_linear(ctx, xn, l->v_proj.weight, l->v_proj.bias));
+    an_tensor_release(xn);
+}
+
 static void breakdown(an_ctx *ctx, an_model *m, long batch) {
     const an_model_config *c = &m->config;
     const an_layer *l = &m->layers[0];
@@ -147,6 +158,24 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
     per_layer += t;
     TIME_PER_CALL(ctx, t, an_tensor_release(an_linear(ctx, x, l->q_proj.weight, l->q_proj.bias)));
     printf("breakdown batch %ld q_proj with bias %.1f us\n", batch, t * 1e6);
+    if (B <= AN_CUDA_GEMV_MAX_ROWS) { /* the fused decode kernels (kernels/decode.cu), in a graph */
+        int64_t nq = l->q_proj.weight->shape[0], nk = l->k_proj.weight->shape[0];
+        an_tensor *yq = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){B, nq});
+        an_tensor *yk = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){B, nk});
+        an_tensor *yv = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){B, nk});
+        an_cuda_proj p3[3] = {
+            {an_tensor_data(l->q_proj.weight), l->q_proj.bias ? an_tensor_data(l->q_proj.bias) : NULL, an_tensor_data(yq), nq},
+            {an_tensor_data(l->k_proj.weight), l->k_proj.bias ? an_tensor_data(l->k_proj.bias) : NULL, an_tensor_data(yk), nk},
+            {an_tensor_data(l->v_proj.weight), l->v_proj.bias ? an_tensor_data(l->v_proj.bias) : NULL, an_tensor_data(yv), nk}};
+        double t_qkv = 0, t_sep = 0;
+        double qkv_bytes = (double)(an_tensor_nbytes(l->q_proj.weight) + 2 * an_tensor_nbytes(l->k_proj.weight));
+        TIME_IN_GRAPH(ctx, t_qkv, an_cuda_rmsnorm_gemv(ctx, dt, an_tensor_data(x), B, H, an_tensor_data(l->input_layernorm),
+                                                       c->rms_norm_eps, p3, 3));
+        TIME_IN_GRAPH(ctx, t_sep, qkv_unfused(ctx, l, x));
+        printf("breakdown batch %ld fused rmsnorm + q/k/v (+bias) GEMV in a graph %.1f us (%.0f GB/s); rmsnorm, "
+               "q, k, v op by op in a graph %.1f us\n", batch, t_qkv * 1e6, qkv_bytes / t_qkv / 1e9, t_sep * 1e6);
+        an_tensor_release(yq), an_tensor_release(yk), an_tensor_release(yv);
+    }
     an_kv_cache *cache = NULL;
     if (an_kv_cache_create(ctx, m, B, 512, &cache) == AN_OK) {
         int64_t *len = an_tensor_data(cache->length), *rows_h = malloc((size_t)B * sizeof *rows_h);
@@ -182,9 +211,12 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
         t = (an_metrics_now() - t0) / 20;
         printf("breakdown batch %ld cached forward (no head): %.3f ms/step (host returns after %.3f ms)\n", batch,
                t * 1e3, t_issue / 20 * 1e3);
-        /* the same step captured once and replayed: the GPU's own time for it, no host in the way */
-        an_cuda_graph *graph = NULL;
-        if (an_cuda_graph_begin(ctx) == AN_OK) {
+        /* the same step captured once and replayed: the GPU's own time for it, no host in the way;
+         * with the fused decode kernels (model.c's decode rule) and without them */
+        for (int unfused = 0; unfused < 2; unfused++) {
+            m->decode_unfused = unfused;
+            an_cuda_graph *graph = NULL;
+            if (an_cuda_graph_begin(ctx) != AN_OK) break;
             an_tensor *h = an_model_forward_cached_trusted(ctx, m, ids, rows, cache);
             an_status body = h ? AN_OK : an_error_status(ctx);
             an_tensor_release(h);
@@ -195,11 +227,12 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
                 for (int r = 0; r < 20; r++) an_cuda_graph_launch(ctx, graph);
                 an_cuda_synchronize(ctx);
                 t = (an_metrics_now() - t0) / 20;
-                printf("breakdown batch %ld cached forward (no head) replayed as a CUDA graph: %.3f ms/step\n", batch,
-                       t * 1e3);
+                printf("breakdown batch %ld cached forward (no head) replayed as a CUDA graph, %s: %.3f ms/step\n",
+                       batch, unfused ? "op by op kernels (decode_unfused)" : "fused decode kernels", t * 1e3);
             }
             an_cuda_graph_free(ctx, graph);
         }
+        m->decode_unfused = false;
         an_tensor *logits = randn(ctx, dt, 2, (int64_t[]){B, c->vocab_size});
         an_tensor *picked = an_tensor_new(ctx, AN_I32, AN_CUDA, 1, (int64_t[]){B});
         int32_t *host = malloc((size_t)B * sizeof *host);

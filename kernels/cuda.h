@@ -145,6 +145,35 @@ an_status an_cuda_kv_store(an_ctx *ctx, const void *k, const void *v, void *k_ca
 /* lengths[rows[b]] += T for every b (rows distinct). */
 an_status an_cuda_kv_advance(an_ctx *ctx, const int64_t *rows, int64_t *lengths, int64_t B, int64_t T);
 
+/* ---- Fused kernels of a decode step (decode.cu; model/model.c's decode rule says when they run).
+ * Device data only, no sync: capturable in a CUDA graph. ---- */
+
+/* One projection of an_cuda_rmsnorm_gemv: y (M, n) = x' W^T (+ bias) for W (n, K). */
+typedef struct {
+    const void *w;    /* (n, K) */
+    const void *bias; /* (n), or NULL */
+    void *y;          /* (M, n) */
+    int64_t n;
+} an_cuda_proj;
+/* x' = rmsnorm(x (M, K)) with weight norm_w (K) and eps, rounded to the dtype as an_cuda_rmsnorm
+ * writes it (never stored), then y_i = x' W_i^T + bias_i for n_proj (1 to 3) projections, all in
+ * one launch; 1 <= M <= AN_CUDA_GEMV_MAX_ROWS; an_cuda_gemv's numerics (fp32 accumulation, bias
+ * in fp32, one rounding). rstd is recomputed per block (its fp32 sum may differ from
+ * an_cuda_rmsnorm's in the last bit). */
+an_status an_cuda_rmsnorm_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *norm_w,
+                               double eps, const an_cuda_proj *proj, int n_proj);
+/* q_bias (Hq D), k_bias and v_bias (Hkv D) added to q, k, v (each may be NULL: none) as
+ * an_cuda_binary adds them, an_cuda_rope of q (B', T, Hq, D) in place and of k (B', T, Hkv, D),
+ * then an_cuda_kv_store of the rotated k and of v, bit for bit, in one launch: positions are lengths[rows[b]] + t (rows (B'),
+ * lengths (Bc) i64 device arrays as for an_cuda_kv_store; slots at or past capacity are not
+ * written); caches (Bc, capacity, Hkv, D); inv_freq (D/2) float64 on the host; even D <=
+ * AN_CUDA_ROPE_MAX_D. */
+an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q, const void *k, const void *v,
+                                const void *q_bias, const void *k_bias, const void *v_bias, void *k_cache,
+                                void *v_cache, const int64_t *rows, const int64_t *lengths, int64_t B, int64_t seq,
+                                int64_t Hq, int64_t Hkv, int64_t D, int64_t capacity, const double *inv_freq,
+                                int interleaved);
+
 /* ---- CUDA graphs of the state's stream (graph.cu; its header says the memory and capture rules) ---- */
 typedef struct an_cuda_graph an_cuda_graph;
 /* Starts capturing the stream: launches until an_cuda_graph_end are recorded, not run. */

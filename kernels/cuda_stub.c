@@ -139,6 +139,21 @@ an_status an_cuda_kv_advance(an_ctx *ctx, const int64_t *rows, int64_t *lengths,
     (void)rows, (void)lengths, (void)B, (void)T;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_rmsnorm_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *norm_w,
+                               double eps, const an_cuda_proj *proj, int n_proj) {
+    (void)dtype, (void)x, (void)M, (void)K, (void)norm_w, (void)eps, (void)proj, (void)n_proj;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q, const void *k, const void *v,
+                                const void *q_bias, const void *k_bias, const void *v_bias, void *k_cache,
+                                void *v_cache, const int64_t *rows, const int64_t *lengths, int64_t B, int64_t seq,
+                                int64_t Hq, int64_t Hkv, int64_t D, int64_t capacity, const double *inv_freq,
+                                int interleaved) {
+    (void)dtype, (void)q, (void)k, (void)v, (void)q_bias, (void)k_bias, (void)v_bias, (void)k_cache, (void)v_cache;
+    (void)rows, (void)lengths, (void)B;
+    (void)seq, (void)Hq, (void)Hkv, (void)D, (void)capacity, (void)inv_freq, (void)interleaved;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_graph_begin(an_ctx *ctx) { return NO_CUDA(ctx); }
 an_status an_cuda_graph_end(an_ctx *ctx, an_status body, an_cuda_graph **out) {
     (void)body;

@@ -3,8 +3,10 @@
  * large M mostly wait. One warp per output column n streams row n of W in 16-byte loads and keeps
  * the M dot products in fp32 registers, then reduces across the warp in a fixed order (the same
  * bits every run). Outputs round once to the dtype: the bias (N, or none) and, with `accumulate`,
- * the old y are added in fp32 before that rounding. */
+ * the old y are added in fp32 before that rounding. Launched with Programmatic Dependent Launch
+ * (kernels/pdl.cuh): each warp prefetches its row of W into L2 while the kernel before finishes. */
 #include "kernels/cuda_common.cuh"
+#include "kernels/pdl.cuh" /* launched with Programmatic Dependent Launch: prefetch W, then wait */
 
 namespace {
 
@@ -27,6 +29,9 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_rows(const T *x, int64_t K, 
                                                          bool accumulate, T *y, int64_t M) {
     int lane = threadIdx.x % 32;
     int64_t n = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+    if (n < N) an_prefetch_l2_warp(w + n * K, K * (int64_t)sizeof(T), lane); /* W: no wait needed */
+    an_pdl_wait(); /* x (and y when accumulating) come from the kernels before */
+    an_pdl_trigger();
     if (n >= N) return;
     const T *wr = w + n * K;
     float acc[MR];
@@ -81,8 +86,11 @@ an_status launch(an_ctx *ctx, an_cuda_state *s, const T *x, int64_t M, int64_t K
                  const T *bias, bool accumulate, T *y) {
     unsigned blocks = (unsigned)((N + kWarps - 1) / kWarps);
     bool vec = K % Vec<T>::n == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0;
-    if (vec) gemv_rows<T, MR, true><<<blocks, kWarps * 32, 0, s->stream>>>(x, K, w, N, bias, accumulate, y, M);
-    else gemv_rows<T, MR, false><<<blocks, kWarps * 32, 0, s->stream>>>(x, K, w, N, bias, accumulate, y, M);
+    cudaError_t err = vec ? an_launch_pdl(gemv_rows<T, MR, true>, dim3(blocks), dim3(kWarps * 32), s->stream, x, K, w,
+                                          N, bias, accumulate, y, M)
+                          : an_launch_pdl(gemv_rows<T, MR, false>, dim3(blocks), dim3(kWarps * 32), s->stream, x, K,
+                                          w, N, bias, accumulate, y, M);
+    AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of gemv_rows failed: %s", cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "gemv_rows");
     return AN_OK;
 }

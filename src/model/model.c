@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/cpu/cpu.h" /* an_cpu_rope_inv_freq for the fused decode block */
 #include "autograd/ops.h"   /* the ops the transformer is built from */
 #include "autograd/tape.h"  /* an_checkpoint */
 #include "kernels/cuda.h"   /* an_cuda_kv_* : the KV cache's device bookkeeping */
@@ -165,10 +166,120 @@ static an_status cache_store(an_ctx *ctx, const cache_step *cs, an_tensor *k, an
     return AN_OK;
 }
 
+/* The decode rule: a cached forward on CUDA (device row table) takes block_decode's fused kernels
+ * unless m->decode_unfused is set, an enabled adapter sits on one of the layer's projections (its
+ * extra terms need an_lora_linear), o_proj or down_proj has a bias (the residual is accumulated
+ * into x by their GEMMs), or the head dim is odd or above AN_CUDA_ROPE_MAX_D; those take the op
+ * by op path of block_forward. Within the fused block, q, k and v come from one
+ * an_cuda_rmsnorm_gemv (with their biases) when the step has at most AN_CUDA_GEMV_MAX_ROWS tokens
+ * and each of their weights is below AN_CUDA_GEMV_MAX_WEIGHT_BYTES (an_cuda_gemm's GEMV rule),
+ * else from an_rmsnorm and three an_linear without bias (the rope kernel adds the biases). */
+static bool decode_fused(const an_layer *l, const cache_step *cs) {
+    const an_model *m = l->model;
+    const an_projection *p[7] = {&l->q_proj, &l->k_proj, &l->v_proj, &l->o_proj, &l->gate_proj, &l->up_proj, &l->down_proj};
+    if (!cs || !cs->dev_rows || m->decode_unfused || l->o_proj.bias || l->down_proj.bias) return false;
+    for (int i = 0; i < 7; i++)
+        if (p[i]->lora_a && m->lora_enabled) return false;
+    int64_t d = m->config.head_dim;
+    return d % 2 == 0 && d <= AN_CUDA_ROPE_MAX_D;
+}
+
+/* y (rows, N) += a (rows, K) W^T for W (N, K): the residual added by the projection's GEMM. */
+static an_status project_into(an_ctx *ctx, const an_tensor *a, const an_tensor *w, an_tensor *y, int64_t rows) {
+    an_gemm_shape sh = {.batch = 1, .m = rows, .n = w->shape[0], .k = w->shape[1], .trans_b = true, .accumulate = true};
+    AN_CHECK(ctx, a->dtype == w->dtype && y->dtype == w->dtype && an_tensor_numel(a) == rows * sh.k &&
+                      an_tensor_numel(y) == rows * sh.n,
+             AN_ERR_INPUT, "decode block: projection shapes or dtypes disagree");
+    return an_cuda_gemm(ctx, &sh, w->dtype, an_tensor_data(a), an_tensor_data(w), an_tensor_data(y));
+}
+
+/* q, k, v (B, T, heads, D) of norm(x) for the fused block (decode_fused's rule for the GEMV).
+ * bias[i]: the bias still to add to q, k, v (the GEMMs path leaves them to the rope kernel), or NULL. */
+static an_status decode_qkv(an_ctx *ctx, const an_layer *l, an_tensor *x, an_tensor **q, an_tensor **k, an_tensor **v,
+                            const an_tensor **bias) {
+    const an_model *m = l->model;
+    const an_model_config *c = &m->config;
+    int64_t b = x->shape[0], t = x->shape[1], h = x->shape[2], d = c->head_dim;
+    const an_projection *p[3] = {&l->q_proj, &l->k_proj, &l->v_proj};
+    int64_t heads[3] = {c->num_heads, c->num_kv_heads, c->num_kv_heads};
+    bool gemv = b * t <= AN_CUDA_GEMV_MAX_ROWS;
+    for (int i = 0; i < 3; i++)
+        gemv = gemv && an_tensor_nbytes(p[i]->weight) < AN_CUDA_GEMV_MAX_WEIGHT_BYTES && p[i]->weight->dtype == x->dtype;
+    an_tensor **out[3] = {q, k, v};
+    for (int i = 0; i < 3; i++) bias[i] = NULL;
+    if (!gemv) {
+        an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
+        for (int i = 0; i < 3; i++) {
+            *out[i] = split_heads(ctx, xn ? an_linear(ctx, xn, p[i]->weight, NULL) : NULL, heads[i], d);
+            bias[i] = p[i]->bias;
+        }
+        an_tensor_release(xn);
+        return *q && *k && *v ? AN_OK : an_error_status(ctx);
+    }
+    an_cuda_proj proj[3];
+    for (int i = 0; i < 3; i++) {
+        *out[i] = an_tensor_new(ctx, x->dtype, AN_CUDA, 4, (int64_t[]){b, t, heads[i], d});
+        if (!*out[i]) return an_error_status(ctx);
+        proj[i] = (an_cuda_proj){an_tensor_data(p[i]->weight), p[i]->bias ? an_tensor_data(p[i]->bias) : NULL,
+                                 an_tensor_data(*out[i]), heads[i] * d};
+    }
+    AN_CHECK(ctx, l->input_layernorm->dtype == x->dtype && p[0]->weight->shape[1] == h, AN_ERR_INPUT,
+             "decode block: the norm or q_proj does not match x");
+    return an_cuda_rmsnorm_gemv(ctx, x->dtype, an_tensor_data(x), b * t, h, an_tensor_data(l->input_layernorm),
+                                c->rms_norm_eps, proj, 3);
+}
+
+/* The decoder block of a cached forward on CUDA by the fused kernels (decode_fused's rule): the
+ * same arithmetic as block_forward with fewer launches. x (B, T, H) is owned by the cached forward
+ * alone and is updated in place: it becomes the block's output (returned with a new reference).
+ * Launches: q/k/v (one GEMV with the norm, or norm + 3 GEMMs), bias + rope + cache write (one kernel),
+ * attention, o_proj adding into x, norm, gate, up, swiglu, down_proj adding into x. */
+static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs) {
+    const an_model *m = l->model;
+    const an_model_config *c = &m->config;
+    an_kv_cache *cache = cs->cache;
+    int64_t b = x->shape[0], t = x->shape[1], hq = c->num_heads, hkv = c->num_kv_heads, d = c->head_dim;
+    an_tensor *q = NULL, *k = NULL, *v = NULL, *attn = NULL, *hn = NULL, *gate = NULL, *up = NULL, *act = NULL;
+    an_tensor *kc = cache->k[cs->layer], *vc = cache->v[cs->layer];
+    const an_tensor *bias[3];
+    an_status st = decode_qkv(ctx, l, x, &q, &k, &v, bias);
+    if (st == AN_OK && (kc->dtype != x->dtype || k->dtype != x->dtype || v->dtype != x->dtype))
+        st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "cached forward: keys and values must have the cache's dtype");
+    for (int i = 0; i < 3 && st == AN_OK; i++)
+        if (bias[i] && (bias[i]->dtype != x->dtype || bias[i]->device != AN_CUDA))
+            st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "cached forward: q/k/v biases must be x's dtype on CUDA");
+    if (st == AN_OK) {
+        double inv_freq[AN_CUDA_ROPE_MAX_D / 2];
+        an_cpu_rope_inv_freq(&c->rope, d, inv_freq);
+        const void *bd[3];
+        for (int i = 0; i < 3; i++) bd[i] = bias[i] ? an_tensor_data(bias[i]) : NULL;
+        st = an_cuda_kv_rope_store(ctx, x->dtype, an_tensor_data(q), an_tensor_data(k), an_tensor_data(v), bd[0], bd[1],
+                                   bd[2], an_tensor_data(kc), an_tensor_data(vc), an_tensor_data(cs->dev_rows),
+                                   an_tensor_data(cache->device_length), b, t, hq, hkv, d, cache->capacity, inv_freq,
+                                   c->rope.style == AN_ROPE_INTERLEAVED);
+    }
+    if (st == AN_OK) {
+        attn = an_attention_cached(ctx, q, kc, vc, cs->dev_rows, cache->device_length, 1.0 / sqrt((double)d));
+        st = attn ? project_into(ctx, attn, l->o_proj.weight, x, b * t) : an_error_status(ctx);
+    }
+    if (st == AN_OK) { /* gate and up (8960 x 1536 here) stream fastest through cuBLASLt (docs/performance.md) */
+        hn = an_rmsnorm(ctx, x, l->post_attention_layernorm, c->rms_norm_eps);
+        gate = hn ? an_linear(ctx, hn, l->gate_proj.weight, l->gate_proj.bias) : NULL;
+        up = gate ? an_linear(ctx, hn, l->up_proj.weight, l->up_proj.bias) : NULL;
+        act = up ? an_swiglu(ctx, gate, up) : NULL;
+        if (!act) st = an_error_status(ctx);
+    }
+    if (st == AN_OK) st = project_into(ctx, act, l->down_proj.weight, x, b * t);
+    an_tensor_release(q), an_tensor_release(k), an_tensor_release(v), an_tensor_release(attn);
+    an_tensor_release(hn), an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
+    return st == AN_OK ? an_tensor_retain(x) : NULL;
+}
+
 /* One decoder block: x + attn(norm(x)), then + mlp(norm(.)). x (B, T, H), positions (B, T),
  * segments (B, T) or NULL; with a cache step, attention reads and extends the KV cache. */
 static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an_tensor *positions,
                                 an_tensor *segments, const cache_step *cs) {
+    if (decode_fused(l, cs)) return block_decode(ctx, l, x, cs);
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
     int64_t b = x->shape[0], t = x->shape[1], hq = c->num_heads, hkv = c->num_kv_heads, d = c->head_dim;

@@ -68,6 +68,7 @@ struct an_model {
     double lora_scale;        /* alpha / r or alpha / sqrt(r) */
     bool lora_enabled;        /* false: the frozen base alone (the RL reference policy) */
     bool training;            /* dropout on */
+    bool decode_unfused;      /* cached forward on CUDA op by op, not by the fused decode kernels (model.c) */
     an_param *adapter_params;
     int n_adapter_params;
 };
