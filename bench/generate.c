@@ -3,7 +3,7 @@
  * device), after one warm-up run of 8 new tokens.
  *
  *   bench/generate MODEL_DIR [--batch N] [--prompt 128] [--new 256] [--device cuda|cpu] [--dtype bf16|f32]
- *                  [--breakdown] [--eager]
+ *                  [--breakdown] [--eager] [--no-pdl]
  *
  * Prompt ids are ((b * prompt + t) * 2654435761) mod (vocab - 1), as bench/peer_generate.py makes
  * them; no eos stops a row, so every row yields exactly --new tokens. Prints
@@ -20,7 +20,8 @@
  * cached attention, the small ops, the sampler, and whole
  * cached forward steps (op by op, and one step captured and replayed, with the fused decode
  * kernels and without them: model.decode_unfused).
- * --eager runs the decode steps op by op instead of replaying CUDA graphs (opts.eager). */
+ * --eager runs the decode steps op by op instead of replaying CUDA graphs (opts.eager); --no-pdl
+ * launches the decode kernels without programmatic dependent launch (an_cuda_set_pdl). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -258,7 +259,7 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL_DIR [--batch N] [--prompt N] [--new N] [--device cuda|cpu] [--dtype bf16|f32] [--breakdown] [--eager]\n",
+        fprintf(stderr, "usage: %s MODEL_DIR [--batch N] [--prompt N] [--new N] [--device cuda|cpu] [--dtype bf16|f32] [--breakdown] [--eager] [--no-pdl]\n",
                 argv[0]);
         return 2;
     }
@@ -266,7 +267,7 @@ int main(int argc, char **argv) {
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long batch = 1, prompt = 128, new_tokens = 256;
-    bool show_breakdown = false, eager = false;
+    bool show_breakdown = false, eager = false, pdl = true;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -275,6 +276,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--new") && i + 1 < argc) new_tokens = atol(argv[++i]);
         else if (!strcmp(argv[i], "--breakdown")) show_breakdown = true;
         else if (!strcmp(argv[i], "--eager")) eager = true;
+        else if (!strcmp(argv[i], "--no-pdl")) pdl = false;
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -286,7 +288,8 @@ int main(int argc, char **argv) {
     }
     an_ctx *ctx = an_ctx_new(1);
     an_model *m = NULL;
-    if ((device == AN_CUDA && an_ctx_use_cuda(ctx, 0) != AN_OK) || an_model_load(ctx, dir, dtype, device, &m) != AN_OK) {
+    if ((device == AN_CUDA && (an_ctx_use_cuda(ctx, 0) != AN_OK || an_cuda_set_pdl(ctx, pdl) != AN_OK)) ||
+        an_model_load(ctx, dir, dtype, device, &m) != AN_OK) {
         fprintf(stderr, "%s\n", an_error_message(ctx));
         return 1;
     }

@@ -602,8 +602,8 @@ template <typename T, int DP> an_status decode_dp(an_ctx *ctx, const an_attentio
      * on an H200, 256 keys: batch 1 (12 blocks) 10.4 vs 12.1 us, batch 32 (384 blocks) 30 vs 24 us. */
     bool few = (int64_t)grid.x * grid.y < 2LL * s->sm_count;
     cudaError_t err = DP <= 128 && few
-                          ? an_launch_pdl(decode_kernel<T, DP, 8>, grid, dim3(kDecodeWarps * 32), s->stream, a)
-                          : an_launch_pdl(decode_kernel<T, DP, 4>, grid, dim3(kDecodeWarps * 32), s->stream, a);
+                          ? an_launch_pdl(s, decode_kernel<T, DP, 8>, grid, dim3(kDecodeWarps * 32), a)
+                          : an_launch_pdl(s, decode_kernel<T, DP, 4>, grid, dim3(kDecodeWarps * 32), a);
     AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of attention decode_kernel failed: %s",
              cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "attention decode_kernel");

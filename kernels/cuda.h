@@ -59,6 +59,9 @@ an_status an_cuda_memcpy_2d(an_ctx *ctx, void *dst, size_t dst_pitch, const void
  * events. Allocates and frees its two buffers with cudaMalloc (outside the caching allocator):
  * for benchmarks, not for a training loop. */
 an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *bytes_per_second);
+/* Whether the decode-step kernels launch with programmatic dependent launch (kernels/pdl.cuh; on
+ * by default): off only to measure what it gains. */
+an_status an_cuda_set_pdl(an_ctx *ctx, int on);
 
 /* Elementwise (f32, bf16, f16; math in fp32). b is broadcast: element i of a pairs with i % nb. */
 an_status an_cuda_cast(an_ctx *ctx, const void *src, an_dtype src_dtype, void *dst, an_dtype dst_dtype, size_t n);

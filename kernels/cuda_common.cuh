@@ -34,6 +34,8 @@ struct an_cuda_state {
     int plan_next;             /* next slot to overwrite when the cache is full */
     int capturing;             /* 1 while graph.cu captures the stream: host copies, syncs and scratch
                                   growth are refused (see an_cuda_graph_begin) */
+    int no_pdl;                /* 1: the decode kernels launch without programmatic dependent launch
+                                  (kernels/pdl.cuh; an_cuda_set_pdl, for measurement) */
 };
 
 #define AN_GEMM_PLAN_SLOTS 64

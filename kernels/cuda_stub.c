@@ -40,6 +40,10 @@ an_status an_cuda_memcpy_2d(an_ctx *ctx, void *dst, size_t dst_pitch, const void
     (void)dst, (void)dst_pitch, (void)src, (void)src_pitch, (void)width, (void)height;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_pdl(an_ctx *ctx, int on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *bytes_per_second) {
     (void)bytes, (void)reps, (void)bytes_per_second;
     return NO_CUDA(ctx);

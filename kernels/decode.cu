@@ -136,9 +136,10 @@ __global__ void __launch_bounds__(kWarps * 32) norm_gemv_kernel(NormGemvArgs<T> 
     }
 }
 
-template <typename T, int MR> cudaError_t norm_gemv_launch(cudaStream_t stream, unsigned blocks, bool vec, const NormGemvArgs<T> &a) {
-    if (vec) return an_launch_pdl(norm_gemv_kernel<T, MR, true>, dim3(blocks), dim3(kWarps * 32), stream, a);
-    return an_launch_pdl(norm_gemv_kernel<T, MR, false>, dim3(blocks), dim3(kWarps * 32), stream, a);
+template <typename T, int MR>
+cudaError_t norm_gemv_launch(const an_cuda_state *s, unsigned blocks, bool vec, const NormGemvArgs<T> &a) {
+    if (vec) return an_launch_pdl(s, norm_gemv_kernel<T, MR, true>, dim3(blocks), dim3(kWarps * 32), a);
+    return an_launch_pdl(s, norm_gemv_kernel<T, MR, false>, dim3(blocks), dim3(kWarps * 32), a);
 }
 
 /* ---- rope + cache store ---- */
@@ -236,10 +237,10 @@ extern "C" an_status an_cuda_rmsnorm_gemv(an_ctx *ctx, an_dtype dtype, const voi
         a.w0 = w[0], a.w1 = w[1], a.w2 = w[2], a.b0 = bias[0], a.b1 = bias[1], a.b2 = bias[2];
         a.y0 = y[0], a.y1 = y[1], a.y2 = y[2], a.end0 = end[0], a.end1 = end[1], a.end2 = end[2];
         unsigned blocks = (unsigned)((total + kWarps - 1) / kWarps);
-        cudaError_t err = M == 1   ? norm_gemv_launch<T, 1>(s->stream, blocks, vec, a)
-                          : M == 2 ? norm_gemv_launch<T, 2>(s->stream, blocks, vec, a)
-                          : M <= 4 ? norm_gemv_launch<T, 4>(s->stream, blocks, vec, a)
-                                   : norm_gemv_launch<T, 8>(s->stream, blocks, vec, a);
+        cudaError_t err = M == 1   ? norm_gemv_launch<T, 1>(s, blocks, vec, a)
+                          : M == 2 ? norm_gemv_launch<T, 2>(s, blocks, vec, a)
+                          : M <= 4 ? norm_gemv_launch<T, 4>(s, blocks, vec, a)
+                                   : norm_gemv_launch<T, 8>(s, blocks, vec, a);
         AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of norm_gemv_kernel failed: %s", cudaGetErrorString(err));
         AN_CUDA_LAUNCH_CHECK(ctx, "norm_gemv_kernel");
     });
@@ -260,7 +261,7 @@ extern "C" an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q,
     InvFreq inv = {};
     for (int64_t i = 0; i < D / 2; i++) inv.v[i] = inv_freq[i];
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "kv_rope_store", {
-        cudaError_t err = an_launch_pdl(rope_store_kernel<T>, dim3((unsigned)(B * seq)), dim3(128), s->stream, (T *)q,
+        cudaError_t err = an_launch_pdl(s, rope_store_kernel<T>, dim3((unsigned)(B * seq)), dim3(128), (T *)q,
                                         (const T *)k, (const T *)v, (const T *)q_bias, (const T *)k_bias,
                                         (const T *)v_bias, (T *)k_cache, (T *)v_cache, rows, lengths, seq, (int)Hq,
                                         (int)Hkv, (int)D, capacity, inv, interleaved != 0);

@@ -86,9 +86,9 @@ an_status launch(an_ctx *ctx, an_cuda_state *s, const T *x, int64_t M, int64_t K
                  const T *bias, bool accumulate, T *y) {
     unsigned blocks = (unsigned)((N + kWarps - 1) / kWarps);
     bool vec = K % Vec<T>::n == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0;
-    cudaError_t err = vec ? an_launch_pdl(gemv_rows<T, MR, true>, dim3(blocks), dim3(kWarps * 32), s->stream, x, K, w,
+    cudaError_t err = vec ? an_launch_pdl(s, gemv_rows<T, MR, true>, dim3(blocks), dim3(kWarps * 32), x, K, w,
                                           N, bias, accumulate, y, M)
-                          : an_launch_pdl(gemv_rows<T, MR, false>, dim3(blocks), dim3(kWarps * 32), s->stream, x, K,
+                          : an_launch_pdl(s, gemv_rows<T, MR, false>, dim3(blocks), dim3(kWarps * 32), x, K,
                                           w, N, bias, accumulate, y, M);
     AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of gemv_rows failed: %s", cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "gemv_rows");

@@ -17,31 +17,21 @@
 
 #include "kernels/cuda_common.cuh"
 
-/* Whether the decode kernels launch with programmatic stream serialization: on unless the
- * environment sets ANNEAL_DECODE_PDL=0 (read once). */
-inline bool an_pdl_enabled() {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("ANNEAL_DECODE_PDL");
-        on = !(e && e[0] == '0');
-    }
-    return on != 0;
-}
-
-/* kernel<<<grid, block, 0, stream>>>(args...) with the programmatic-serialization attribute when
- * an_pdl_enabled(). Returns the launch's error code. */
+/* kernel<<<grid, block, 0, s->stream>>>(args...) with the programmatic-serialization attribute
+ * unless the state has it switched off (an_cuda_set_pdl; on by default). Returns the launch's
+ * error code. */
 template <typename... KArgs, typename... Args>
-cudaError_t an_launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t stream, Args &&...args) {
+cudaError_t an_launch_pdl(const an_cuda_state *s, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args &&...args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = 0;
-    cfg.stream = stream;
+    cfg.stream = s->stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
-    cfg.numAttrs = an_pdl_enabled() ? 1 : 0;
+    cfg.numAttrs = s->no_pdl ? 0 : 1;
     return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 

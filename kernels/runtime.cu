@@ -213,6 +213,12 @@ an_status an_cuda_memcpy_2d(an_ctx *ctx, void *dst, size_t dst_pitch, const void
     return AN_OK;
 }
 
+an_status an_cuda_set_pdl(an_ctx *ctx, int on) {
+    AN_CUDA_STATE(ctx, s);
+    s->no_pdl = !on;
+    return AN_OK;
+}
+
 an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *bytes_per_second) {
     AN_CUDA_STATE(ctx, s);
     AN_CHECK(ctx, bytes > 0 && reps >= 1, AN_ERR_INPUT, "copy bandwidth: %zu bytes, %d repetitions", bytes, reps);

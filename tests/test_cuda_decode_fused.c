@@ -248,6 +248,11 @@ static void check_model(const char *family, an_dtype dtype, double tol_fused, do
         for (int64_t i = 0; i < n; i++) ids[i] = (int32_t)((i * 2654435761u + 17) % (uint64_t)gpu->config.vocab_size);
         gpu->decode_unfused = false;
         an_tensor *fused = cached_run(ctx, gpu, B, T0, ids);
+        test_ok(ctx, an_cuda_set_pdl(ctx, 0), "pdl off");
+        an_tensor *no_pdl = cached_run(ctx, gpu, B, T0, ids); /* the launch attribute changes no value */
+        test_ok(ctx, an_cuda_set_pdl(ctx, 1), "pdl on");
+        ck_assert_msg(test_scaled_error(no_pdl, fused) == 0.0, "%s batch %lld: PDL off differs", family, (long long)B);
+        an_tensor_release(no_pdl);
         gpu->decode_unfused = true;
         an_tensor *plain = cached_run(ctx, gpu, B, T0, ids);
         gpu->decode_unfused = false;
