@@ -55,7 +55,8 @@ template <typename T> __device__ __forceinline__ an_max_sum row_max_sum(const T 
             if (v[k] != -INFINITY) acc.s += v[k] == acc.m ? 1.0f : expf(v[k] - acc.m);
     }
     for (int64_t j = threadIdx.x; j < sp.head; j += blockDim.x) acc = an_max_sum_add(acc, an_load(xr[j]));
-    for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += blockDim.x) acc = an_max_sum_add(acc, an_load(xr[j]));
+    for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += blockDim.x)
+        acc = an_max_sum_add(acc, an_load(xr[j]));
     return an_block_max_sum(acc);
 }
 

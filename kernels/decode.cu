@@ -21,6 +21,7 @@
  * while the kernel before them finishes, then wait for it before reading x. */
 #include "kernels/block_reduce.cuh" /* an_block_sum */
 #include "kernels/cuda_common.cuh"
+#include "kernels/vec.cuh" /* an_vec_width, an_unpack16 */
 #include "kernels/pdl.cuh" /* an_launch_pdl: every kernel here waits (an_pdl_wait) before reading activations */
 
 #include <stdint.h>
@@ -29,16 +30,6 @@ namespace {
 
 constexpr int kWarps = 8; /* per block of the GEMV: 8 output columns */
 
-template <typename T> struct Vec; /* 16 bytes of T */
-template <> struct Vec<__nv_bfloat16> { static constexpr int n = 8; };
-template <> struct Vec<__half> { static constexpr int n = 8; };
-template <> struct Vec<float> { static constexpr int n = 4; };
-
-template <typename T> __device__ __forceinline__ void unpack(const uint4 &v, float *out) {
-    const T *e = reinterpret_cast<const T *>(&v);
-#pragma unroll
-    for (int i = 0; i < Vec<T>::n; i++) out[i] = an_load(e[i]);
-}
 
 template <typename T> struct NormGemvArgs {
     const T *x;                  /* (M, K) */
@@ -75,7 +66,8 @@ __device__ __forceinline__ void block_rstd(const T *x, int M, int64_t K, double 
     __syncthreads();
 }
 
-/* MR: rows the registers hold (M <= MR <= 8). vec: K % Vec<T>::n == 0 and 16-byte aligned x, nw, w. */
+/* MR: rows the registers hold (M <= MR <= 8). vec: K a whole number of 16-byte packs and x, nw, w
+ * 16-byte aligned. */
 template <typename T, int MR, bool vec>
 __global__ void __launch_bounds__(kWarps * 32) norm_gemv_kernel(NormGemvArgs<T> a) {
     __shared__ float rstd_s[MR];
@@ -97,19 +89,19 @@ __global__ void __launch_bounds__(kWarps * 32) norm_gemv_kernel(NormGemvArgs<T> 
 #pragma unroll
     for (int r = 0; r < MR; r++) rstd[r] = r < a.M ? rstd_s[r] : 0.0f, acc[r] = 0.0f;
     if (vec) {
-        constexpr int V = Vec<T>::n;
+        constexpr int V = an_vec_width<T>::value;
         const uint4 *wv = reinterpret_cast<const uint4 *>(wr), *nv = reinterpret_cast<const uint4 *>(a.nw);
         const int64_t chunks = K / V;
 #pragma unroll 4 /* several 16-byte loads of W in flight per lane */
         for (int64_t i = lane; i < chunks; i += 32) {
             float wf[V], nf[V];
-            unpack<T>(__ldg(wv + i), wf); /* W is read once: the read-only path */
-            unpack<T>(nv[i], nf);
+            an_unpack16<T>(__ldg(wv + i), wf); /* W is read once: the read-only path */
+            an_unpack16<T>(nv[i], nf);
 #pragma unroll
             for (int r = 0; r < MR; r++) {
                 if (r >= a.M) break;
                 float xf[V];
-                unpack<T>(*(reinterpret_cast<const uint4 *>(a.x + r * K) + i), xf);
+                an_unpack16<T>(*(reinterpret_cast<const uint4 *>(a.x + r * K) + i), xf);
 #pragma unroll
                 for (int j = 0; j < V; j++) acc[r] = fmaf(wf[j], normed<T>(xf[j], rstd[r], nf[j]), acc[r]);
             }
@@ -226,7 +218,7 @@ extern "C" an_status an_cuda_rmsnorm_gemv(an_ctx *ctx, an_dtype dtype, const voi
         const T *w[3] = {nullptr, nullptr, nullptr}, *bias[3] = {nullptr, nullptr, nullptr};
         T *y[3] = {nullptr, nullptr, nullptr};
         int64_t end[3];
-        bool vec = K % Vec<T>::n == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)norm_w % 16 == 0;
+        bool vec = K % an_vec_width<T>::value == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)norm_w % 16 == 0;
         for (int i = 0; i < 3; i++) {
             if (i < n_proj) {
                 w[i] = (const T *)proj[i].w, bias[i] = (const T *)proj[i].bias, y[i] = (T *)proj[i].y;
@@ -241,7 +233,8 @@ extern "C" an_status an_cuda_rmsnorm_gemv(an_ctx *ctx, an_dtype dtype, const voi
                           : M == 2 ? norm_gemv_launch<T, 2>(s, blocks, vec, a)
                           : M <= 4 ? norm_gemv_launch<T, 4>(s, blocks, vec, a)
                                    : norm_gemv_launch<T, 8>(s, blocks, vec, a);
-        AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of norm_gemv_kernel failed: %s", cudaGetErrorString(err));
+        AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of norm_gemv_kernel failed: %s",
+                 cudaGetErrorString(err));
         AN_CUDA_LAUNCH_CHECK(ctx, "norm_gemv_kernel");
     });
     return AN_OK;
@@ -265,7 +258,8 @@ extern "C" an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q,
                                         (const T *)k, (const T *)v, (const T *)q_bias, (const T *)k_bias,
                                         (const T *)v_bias, (T *)k_cache, (T *)v_cache, rows, lengths, seq, (int)Hq,
                                         (int)Hkv, (int)D, capacity, inv, interleaved != 0);
-        AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of rope_store_kernel failed: %s", cudaGetErrorString(err));
+        AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of rope_store_kernel failed: %s",
+                 cudaGetErrorString(err));
         AN_CUDA_LAUNCH_CHECK(ctx, "rope_store_kernel");
     });
     return AN_OK;

@@ -6,24 +6,16 @@
  * the old y are added in fp32 before that rounding. Launched with Programmatic Dependent Launch
  * (kernels/pdl.cuh): each warp prefetches its row of W into L2 while the kernel before finishes. */
 #include "kernels/cuda_common.cuh"
+#include "kernels/vec.cuh" /* an_vec_width, an_unpack16 */
 #include "kernels/pdl.cuh" /* launched with Programmatic Dependent Launch: prefetch W, then wait */
 
 namespace {
 
 constexpr int kWarps = 8; /* per block: 8 output columns */
 
-template <typename T> struct Vec; /* 16 bytes of T */
-template <> struct Vec<__nv_bfloat16> { static constexpr int n = 8; };
-template <> struct Vec<__half> { static constexpr int n = 8; };
-template <> struct Vec<float> { static constexpr int n = 4; };
 
-template <typename T> __device__ __forceinline__ void unpack(const uint4 &v, float *out) {
-    const T *e = reinterpret_cast<const T *>(&v);
-#pragma unroll
-    for (int i = 0; i < Vec<T>::n; i++) out[i] = an_load(e[i]);
-}
-
-/* MR: rows of x the registers hold (M <= MR <= 8). vec: K % Vec<T>::n == 0 and 16-byte aligned rows. */
+/* MR: rows of x the registers hold (M <= MR <= 8). vec: K a whole number of 16-byte packs and
+ * 16-byte aligned rows. */
 template <typename T, int MR, bool vec>
 __global__ void __launch_bounds__(kWarps * 32) gemv_rows(const T *x, int64_t K, const T *w, int64_t N, const T *bias,
                                                          bool accumulate, T *y, int64_t M) {
@@ -38,18 +30,18 @@ __global__ void __launch_bounds__(kWarps * 32) gemv_rows(const T *x, int64_t K, 
 #pragma unroll
     for (int r = 0; r < MR; r++) acc[r] = 0.0f;
     if (vec) {
-        constexpr int V = Vec<T>::n;
+        constexpr int V = an_vec_width<T>::value;
         const uint4 *wv = reinterpret_cast<const uint4 *>(wr);
         int64_t nv = K / V;
 #pragma unroll 4 /* several 16-byte loads of W in flight per lane */
         for (int64_t i = lane; i < nv; i += 32) {
             float wf[V];
-            unpack<T>(__ldg(wv + i), wf); /* W is read once: the read-only path */
+            an_unpack16<T>(__ldg(wv + i), wf); /* W is read once: the read-only path */
 #pragma unroll
             for (int r = 0; r < MR; r++) {
                 if (r >= M) break;
                 float xf[V];
-                unpack<T>(*(reinterpret_cast<const uint4 *>(x + r * K) + i), xf);
+                an_unpack16<T>(*(reinterpret_cast<const uint4 *>(x + r * K) + i), xf);
 #pragma unroll
                 for (int j = 0; j < V; j++) acc[r] = fmaf(wf[j], xf[j], acc[r]);
             }
@@ -85,12 +77,13 @@ template <typename T, int MR>
 an_status launch(an_ctx *ctx, an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *w, int64_t N,
                  const T *bias, bool accumulate, T *y) {
     unsigned blocks = (unsigned)((N + kWarps - 1) / kWarps);
-    bool vec = K % Vec<T>::n == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0;
+    bool vec = K % an_vec_width<T>::value == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0;
     cudaError_t err = vec ? an_launch_pdl(s, gemv_rows<T, MR, true>, dim3(blocks), dim3(kWarps * 32), x, K, w,
                                           N, bias, accumulate, y, M)
                           : an_launch_pdl(s, gemv_rows<T, MR, false>, dim3(blocks), dim3(kWarps * 32), x, K,
                                           w, N, bias, accumulate, y, M);
-    AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of gemv_rows failed: %s", cudaGetErrorString(err));
+    AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of gemv_rows failed: %s",
+             cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "gemv_rows");
     return AN_OK;
 }

@@ -1,5 +1,6 @@
-/* vec.cuh — 16-byte vector access for the row kernels (rmsnorm, rope): a pack of 16 / sizeof(T)
- * elements loaded or stored with one instruction, widened to fp32 or rounded from it once.
+/* vec.cuh — 16-byte vector access for the row kernels (rmsnorm, rope, the loss, the decode GEMVs):
+ * a pack of 16 / sizeof(T) elements loaded or stored with one instruction, widened to fp32 or
+ * rounded from it once.
  *
  * Rules: a pack's address must be 16-byte aligned; callers check that with an_aligned16 on every
  * pointer and take a scalar path otherwise. Conversions are those of cuda_common.cuh (round to
@@ -26,6 +27,13 @@ template <typename T> __device__ __forceinline__ an_pack<T> an_pack_load(const T
 
 template <typename T> __device__ __forceinline__ void an_pack_store(T *p, const an_pack<T> &pk) {
     *reinterpret_cast<an_pack<T> *>(p) = pk;
+}
+
+/* The 16 / sizeof(T) elements of a 16-byte word (a uint4 load), widened to fp32. */
+template <typename T> __device__ __forceinline__ void an_unpack16(const uint4 &v, float *out) {
+    const T *e = reinterpret_cast<const T *>(&v);
+#pragma unroll
+    for (int i = 0; i < an_vec_width<T>::value; i++) out[i] = an_load(e[i]);
 }
 
 /* True for NULL too (an absent operand does not block the vector path). */

@@ -329,6 +329,20 @@ static const struct {
     {3, {2, 33, 1536}}, {2, {4500, 64}}, {2, {3, 8192}}, {2, {3, 16384}}, {2, {5, 24}}, {3, {2, 3, 12}},
 };
 
+/* The size of rmsnorm's dx terms, rstd |g| |w| with |g| < 1, over rows of x (+ res when given). */
+static double dx_term(const an_tensor *x, const an_tensor *res, const an_tensor *w, int64_t rows, int64_t D,
+                      double eps) {
+    double term = 0, w_max = 0;
+    for (int64_t j = 0; j < D; j++) w_max = fmax(w_max, fabs(an_tensor_get(w, j)));
+    for (int64_t i = 0; i < rows; i++) {
+        double ss = 0;
+        for (int64_t j = 0; j < D; j++)
+            ss += pow(an_tensor_get(x, i * D + j) + (res ? an_tensor_get(res, i * D + j) : 0.0), 2);
+        term = fmax(term, w_max / sqrt(ss / (double)D + eps));
+    }
+    return term;
+}
+
 START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_across_runs) {
     an_ctx *ctx = gpu_ctx(3, "cuda rmsnorm");
     if (!ctx) return;
@@ -344,14 +358,7 @@ START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_acros
             an_tensor *w = test_uniform(ctx, dtype, 1, &D, -1.5, 1.5, true);
             fmt(what, sizeof what, "rmsnorm %s rows %lld D %lld", an_dtype_name(dtype), (long long)rows, (long long)D);
             double rtol = rtol_of(dtype);
-            /* the size of dx's two terms, rstd |g| |w| with |g| < 1 */
-            double term = 0, w_max = 0;
-            for (int64_t j = 0; j < D; j++) w_max = fmax(w_max, fabs(an_tensor_get(w, j)));
-            for (int64_t i = 0; i < rows; i++) {
-                double ss = 0;
-                for (int64_t j = 0; j < D; j++) ss += pow(an_tensor_get(x, i * D + j), 2);
-                term = fmax(term, w_max / sqrt(ss / (double)D + eps));
-            }
+            double term = dx_term(x, NULL, w, rows, D, eps);
             gpu_run r = run_both(ctx, rmsnorm_fn, &eps, (an_tensor *[]){x, w}, 2, rtol, rtol, rtol * term, what);
             if (!r.ok) { /* the FAIL line says why; the launchers would fail the same way */
                 gpu_run_release(&r);
@@ -875,15 +882,9 @@ START_TEST(test_cuda_add_rmsnorm_matches_cpu_and_the_unfused_kernels) {
             an_tensor *w = test_uniform(ctx, dtype, 1, &D, -1.5, 1.5, true);
             fmt(what, sizeof what, "add_rmsnorm %s rows %lld D %lld", an_dtype_name(dtype), (long long)rows, (long long)D);
             double rtol = rtol_of(dtype);
-            /* the GPU rounds the sum to the dtype before normalising, as the CPU op does; dx's terms
-             * are bounded by rstd |g| |w| as in the rmsnorm test, plus the sum's own |g| */
-            double term = 0, w_max = 0;
-            for (int64_t j = 0; j < D; j++) w_max = fmax(w_max, fabs(an_tensor_get(w, j)));
-            for (int64_t i = 0; i < rows; i++) {
-                double ss = 0;
-                for (int64_t j = 0; j < D; j++) ss += pow(an_tensor_get(x, i * D + j) + an_tensor_get(res, i * D + j), 2);
-                term = fmax(term, w_max / sqrt(ss / (double)D + eps) + 1);
-            }
+            /* the GPU rounds the sum to the dtype before normalising, as the CPU op does; dx is
+             * rmsnorm's (dx_term) plus the sum's own upstream gradient (|g| < 1) */
+            double term = dx_term(x, res, w, rows, D, eps) + 1;
             gpu_run r = run_both(ctx, add_rmsnorm_fn, &eps, (an_tensor *[]){x, res, w}, 3, 2 * rtol, 2 * rtol,
                                  2 * rtol * term, what);
             for (int aligned = 1; aligned >= 0 && r.ok; aligned--) {
