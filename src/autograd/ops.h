@@ -108,17 +108,18 @@ an_tensor *an_softmax(an_ctx *ctx, an_tensor *x);
 
 typedef struct {
     int64_t ignore_index;  /* targets equal to this are not counted (default -100) */
-    int64_t chunk_rows;    /* rows of logits alive at once in the fused linear variant (default 1024) */
+    int64_t chunk_rows;    /* rows of logits alive at once in the fused linear variant; 0: 1024, or
+                              4096 when it forms the weight's gradient on CUDA (cross_entropy.c) */
     double normalizer;     /* divide the summed loss by this; 0 = the number of counted targets.
                               Gradient accumulation passes the whole batch's count here. */
 } an_cross_entropy_opts;
 
 /* Start from this rather than a zeroed struct (which would ignore target 0). */
-#define AN_CROSS_ENTROPY_DEFAULTS ((an_cross_entropy_opts){AN_IGNORE_INDEX, 1024, 0.0})
+#define AN_CROSS_ENTROPY_DEFAULTS ((an_cross_entropy_opts){AN_IGNORE_INDEX, 0, 0.0})
 
 /* Mean negative log-likelihood of targets (N) i32/i64 under logits (N, V); 0 when no target counts.
  * opts may be NULL for AN_CROSS_ENTROPY_DEFAULTS; a given struct is used as is, except chunk_rows
- * 0, which means 1024. */
+ * 0, which means the op's default (above). */
 an_tensor *an_cross_entropy(an_ctx *ctx, an_tensor *logits, an_tensor *targets, const an_cross_entropy_opts *opts);
 /* The same loss for logits = hidden (N, D) @ weight (V, D)^T computed chunk_rows rows at a time:
  * full (N, V) logits never exist, in forward or backward. */
