@@ -57,8 +57,14 @@ python3 bench/peer_train_step.py --load "$model" --lora 16 --targets qv --save-a
 "$bin/train_step" "$model" --adapter "$adapter" --lr 1e-4 --losses --steps 8 > /tmp/our_losses.txt 2>&1
 cat /tmp/peer_losses.txt /tmp/our_losses.txt >> "$log"
 echo "== loss curves (LoRA q,v, lr 1e-4, same weights, adapter and tokens)"
-paste <(grep -E '^pytorch step' /tmp/peer_losses.txt | awk '{print $3, $5}') \
-      <(grep -E '^anneal step' /tmp/our_losses.txt | awk '{print $5}') | awk '{printf "step %2d  pytorch %.5f  anneal %.5f  diff %+.5f\n", $1, $2, $3, $3 - $2}'
+curves=$(paste <(grep -E '^pytorch step' /tmp/peer_losses.txt | awk '{print $3, $5}') \
+               <(grep -E '^anneal step' /tmp/our_losses.txt | awk '{print $5}'))
+echo "$curves" | awk 'NF == 3 {printf "step %2d  pytorch %.5f  anneal %.5f  diff %+.5f\n", $1, $2, $3, $3 - $2}'
+# Every step within one bf16 ulp of the loss (2^-8 relative), and all ten present.
+rows+=("$(echo "$curves" | awk 'NF == 3 { n++; d = $3 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2);
+  if (r > worst) worst = r }
+  END { printf "%-28s %d steps, worst |diff| %.2e of the loss (bound 2^-8 = 3.91e-03): %s", "loss curve vs pytorch",
+        n, worst, n == 10 && worst <= 1 / 256 ? "PASS" : "FAIL" }')")
 
 echo "== summary"
 printf '%s\n' "${rows[@]}"
