@@ -46,6 +46,9 @@ measure "pytorch full"             peer --lora 0
 measure "pytorch full compiled"    peer --lora 0 --compile
 # Greedy generation, prompt 128, 256 new tokens (bench/generate.c, bench/peer_generate.py).
 measure "anneal generate b1"       "$bin/generate" "$model" --batch 1
+# The issue states batch 1 against the memory-bandwidth limit: generate prints the share.
+rows+=("$(printf '%-28s %s' "anneal decode b1 bandwidth" \
+  "$(grep -E 'batch 1 decode reaches' "$log" | tail -1 | sed -E 's/.*weight bytes per decode step/weight bytes per decode step/')")")
 measure "pytorch generate b1"      python3 bench/peer_generate.py "$model" --batch 1
 measure "anneal generate b32"      "$bin/generate" "$model" --batch 32
 measure "pytorch generate b32"     python3 bench/peer_generate.py "$model" --batch 32
