@@ -19,7 +19,7 @@
 
 /* kernel<<<grid, block, 0, s->stream>>>(args...) with the programmatic-serialization attribute
  * unless the state has it switched off (an_cuda_set_pdl; on by default). Returns the launch's
- * error code. */
+ * error code, cleared from the runtime's last-error slot (as AN_CUDA_CHECK does). */
 template <typename... KArgs, typename... Args>
 cudaError_t an_launch_pdl(const an_cuda_state *s, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args &&...args) {
     cudaLaunchConfig_t cfg = {};
@@ -32,7 +32,9 @@ cudaError_t an_launch_pdl(const an_cuda_state *s, void (*kernel)(KArgs...), dim3
     attr[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = attr;
     cfg.numAttrs = s->no_pdl ? 0 : 1;
-    return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
+    if (err != cudaSuccess) (void)cudaGetLastError(); /* reported by the caller, not by the next launch check */
+    return err;
 }
 
 /* Waits until the kernels this one depends on have completed (a no-op without the attribute). */
