@@ -53,21 +53,29 @@ measure "pytorch generate b1"      python3 bench/peer_generate.py "$model" --bat
 measure "anneal generate b32"      "$bin/generate" "$model" --batch 32
 measure "pytorch generate b32"     python3 bench/peer_generate.py "$model" --batch 32
 
-# Ten LoRA steps from the same weights and the same initial adapter: the loss curves side by side.
+# Loss curves side by side: prints ten steps of ours against the peer's and adds a summary row that
+# passes when every step is within one bf16 ulp of the loss (2^-8 relative) and all ten are there.
+compare_curves() { # label, peer output file, our output file
+  local curves
+  curves=$(paste <(grep -E '^pytorch step' "$2" | awk '{print $3, $5}') <(grep -E '^anneal step' "$3" | awk '{print $5}'))
+  cat "$2" "$3" >> "$log"
+  echo "== loss curves ($1)"
+  echo "$curves" | awk 'NF == 3 {printf "step %2d  pytorch %.5f  anneal %.5f  diff %+.5f\n", $1, $2, $3, $3 - $2}'
+  rows+=("$(echo "$curves" | awk -v label="loss curve, $1" 'NF == 3 { n++; d = $3 - $2; if (d < 0) d = -d;
+    r = d / ($2 < 0 ? -$2 : $2); if (r > worst) worst = r }
+    END { printf "%-28s %d steps, worst |diff| %.2e of the loss (bound 2^-8 = 3.91e-03): %s", label, n, worst,
+          n == 10 && worst <= 1 / 256 ? "PASS" : "FAIL" }')")
+}
+# LoRA q,v from the same weights and the same initial adapter (saved by peft), and the full
+# fine-tune from the same weights; the same tokens, lr 1e-4.
 adapter=/tmp/anneal-bench-adapter
 python3 bench/peer_train_step.py --load "$model" --lora 16 --targets qv --save-adapter "$adapter" --lr 1e-4 \
   --losses --steps 8 > /tmp/peer_losses.txt 2>&1
 "$bin/train_step" "$model" --adapter "$adapter" --lr 1e-4 --losses --steps 8 > /tmp/our_losses.txt 2>&1
-cat /tmp/peer_losses.txt /tmp/our_losses.txt >> "$log"
-echo "== loss curves (LoRA q,v, lr 1e-4, same weights, adapter and tokens)"
-curves=$(paste <(grep -E '^pytorch step' /tmp/peer_losses.txt | awk '{print $3, $5}') \
-               <(grep -E '^anneal step' /tmp/our_losses.txt | awk '{print $5}'))
-echo "$curves" | awk 'NF == 3 {printf "step %2d  pytorch %.5f  anneal %.5f  diff %+.5f\n", $1, $2, $3, $3 - $2}'
-# Every step within one bf16 ulp of the loss (2^-8 relative), and all ten present.
-rows+=("$(echo "$curves" | awk 'NF == 3 { n++; d = $3 - $2; if (d < 0) d = -d; r = d / ($2 < 0 ? -$2 : $2);
-  if (r > worst) worst = r }
-  END { printf "%-28s %d steps, worst |diff| %.2e of the loss (bound 2^-8 = 3.91e-03): %s", "loss curve vs pytorch",
-        n, worst, n == 10 && worst <= 1 / 256 ? "PASS" : "FAIL" }')")
+compare_curves "LoRA q,v" /tmp/peer_losses.txt /tmp/our_losses.txt
+python3 bench/peer_train_step.py --load "$model" --lora 0 --lr 1e-4 --losses --steps 8 > /tmp/peer_full_losses.txt 2>&1
+"$bin/train_step" "$model" --lora 0 --lr 1e-4 --losses --steps 8 > /tmp/our_full_losses.txt 2>&1
+compare_curves "full" /tmp/peer_full_losses.txt /tmp/our_full_losses.txt
 
 echo "== summary"
 printf '%s\n' "${rows[@]}"
