@@ -1,8 +1,8 @@
 /* optim.c — milliseconds per AdamW step of a full fine-tune shaped like DeepSeek-R1-Distill-Qwen-1.5B
- * (339 parameters, 1.78 G elements: bf16 parameters with fp32 masters and moments, fp32 gradients),
- * the per-parameter launches (one an_cuda_sum_squares and one an_cuda_adamw per parameter, as
- * src/optim did before the multi-tensor table) next to the multi-tensor ones and an_optim_step
- * itself, in the same process on the same buffers.
+ * (339 parameters, 1.78 G elements: bf16 parameters with fp32 masters and moments, fp32 gradients):
+ * the one-launch gradient norm and update (an_cuda_sum_squares_multi, an_cuda_adamw_multi) and
+ * an_optim_step itself, in the same process on the same buffers. (The per-parameter launches they
+ * replaced were measured by this program at commit dc8521d; docs/performance.md has both.)
  *
  *   bench/optim [--layers N (28)] [--repeats N (10)] [--clip X (1.0)]
  *
@@ -30,7 +30,7 @@ typedef struct {
     char names[MAX_PARAMS][96];
     an_adamw_segment *table_dev;             /* (n) on the device: the multi-tensor launches' table */
     int64_t chunks;
-    double *slots;                           /* (n + 1) device doubles */
+    double *sum_dev;                         /* one device double: the norm's sum of squares */
     an_adamw_scalars k;
     an_tensor *copy_src, *copy_dst;          /* 1 GB each */
     an_tensor *tile_bf16, *tile_f32;         /* (TILE) N(0, 0.02) and N(0, 1e-3): what tensors are filled with */
@@ -51,7 +51,7 @@ static an_status fill(bench *b, an_tensor *t) {
     return AN_OK;
 }
 
-enum { NORM_BEFORE, UPDATE_BEFORE, STEP_BEFORE, NORM_AFTER, UPDATE_AFTER, STEP_AFTER, COPY };
+enum { NORM, UPDATE, STEP, COPY };
 
 static double now_ms(void) {
     struct timespec ts;
@@ -65,43 +65,17 @@ static an_tensor *state(bench *b, int i, const char *suffix) {
     return an_optim_state_find(b->opt, name);
 }
 
-static an_status norm_before(bench *b) {
-    an_ctx *ctx = b->ctx;
-    for (int i = 0; i < b->n; i++) {
-        const an_tensor *g = b->params[i]->grad;
-        AN_TRY(an_cuda_sum_squares(ctx, g->dtype, an_tensor_data(g), an_tensor_numel(g), b->slots + i));
-    }
-    double *host = malloc((size_t)b->n * sizeof *host);
-    an_status st = host ? an_cuda_memcpy(ctx, host, AN_CPU, b->slots, AN_CUDA, (size_t)b->n * sizeof *host)
-                        : AN_ERR_INTERNAL;
-    free(host);
-    return st;
-}
-
-static an_status update_before(bench *b) {
-    for (int i = 0; i < b->n; i++) {
-        an_tensor *p = b->params[i];
-        AN_TRY(an_cuda_adamw(b->ctx, &b->k, an_tensor_data(state(b, i, "master")), an_tensor_data(state(b, i, "exp_avg")),
-                             an_tensor_data(state(b, i, "exp_avg_sq")), an_tensor_data(p->grad), p->grad->dtype,
-                             an_tensor_data(p), p->dtype, an_tensor_numel(p)));
-    }
-    return AN_OK;
-}
-
-static an_status norm_after(bench *b) {
+static an_status norm(bench *b) {
     double sum;
-    AN_TRY(an_cuda_sum_squares_multi(b->ctx, b->table_dev, b->n, b->chunks, b->slots + b->n));
-    return an_cuda_memcpy(b->ctx, &sum, AN_CPU, b->slots + b->n, AN_CUDA, sizeof sum);
+    AN_TRY(an_cuda_sum_squares_multi(b->ctx, b->table_dev, b->n, b->chunks, b->sum_dev));
+    return an_cuda_memcpy(b->ctx, &sum, AN_CPU, b->sum_dev, AN_CUDA, sizeof sum);
 }
 
 static an_status run(bench *b, int what) {
     switch (what) {
-    case NORM_BEFORE: return norm_before(b);
-    case UPDATE_BEFORE: return update_before(b);
-    case STEP_BEFORE: AN_TRY(norm_before(b)); return update_before(b);
-    case NORM_AFTER: return norm_after(b);
-    case UPDATE_AFTER: return an_cuda_adamw_multi(b->ctx, &b->k, b->table_dev, b->n, b->chunks);
-    case STEP_AFTER: return an_optim_step(b->ctx, b->opt, NULL);
+    case NORM: return norm(b);
+    case UPDATE: return an_cuda_adamw_multi(b->ctx, &b->k, b->table_dev, b->n, b->chunks);
+    case STEP: return an_optim_step(b->ctx, b->opt, NULL);
     default:
         return an_cuda_memcpy(b->ctx, an_tensor_data(b->copy_dst), AN_CUDA, an_tensor_data(b->copy_src), AN_CUDA,
                               an_tensor_nbytes(b->copy_src));
@@ -219,11 +193,11 @@ int main(int argc, char **argv) {
         total += table[i].n;
     }
     b->table_dev = an_mem_alloc(ctx, AN_CUDA, (size_t)b->n * sizeof *table);
-    b->slots = an_mem_alloc(ctx, AN_CUDA, (size_t)(b->n + 1) * sizeof(double));
+    b->sum_dev = an_mem_alloc(ctx, AN_CUDA, sizeof(double));
     int64_t gb = (int64_t)1 << 30;
     b->copy_src = an_tensor_new(ctx, AN_U8, AN_CUDA, 1, &gb);
     b->copy_dst = an_tensor_new(ctx, AN_U8, AN_CUDA, 1, &gb);
-    bool ok = b->table_dev && b->slots && b->copy_src && b->copy_dst &&
+    bool ok = b->table_dev && b->sum_dev && b->copy_src && b->copy_dst &&
               an_cuda_memcpy(ctx, b->table_dev, AN_CUDA, table, AN_CPU, (size_t)b->n * sizeof *table) == AN_OK;
     free(table);
     if (!ok) goto fail;
@@ -239,12 +213,9 @@ int main(int argc, char **argv) {
         const char *label;
         double bytes_per_param;
     } jobs[] = {{COPY, "copy 1 GiB device to device", 0},
-                {NORM_BEFORE, "before: norm, one launch per parameter", 4},
-                {UPDATE_BEFORE, "before: update, one launch per parameter", 30},
-                {STEP_BEFORE, "before: norm + update", 34},
-                {NORM_AFTER, "after: norm, one launch (an_cuda_sum_squares_multi)", 4},
-                {UPDATE_AFTER, "after: update, one launch (an_cuda_adamw_multi)", 30},
-                {STEP_AFTER, "after: an_optim_step (norm, clip, update)", 34}};
+                {NORM, "norm, one launch (an_cuda_sum_squares_multi)", 4},
+                {UPDATE, "update, one launch (an_cuda_adamw_multi)", 30},
+                {STEP, "an_optim_step (norm, clip, update)", 34}};
     rc = 0;
     for (size_t j = 0; j < sizeof jobs / sizeof *jobs; j++) {
         double ms = time_it(b, jobs[j].what, (int)repeats);
@@ -262,7 +233,7 @@ done:
     for (int i = 0; i < b->n; i++) an_tensor_release(b->params[i]);
     an_optim_free(b->opt);
     if (b->table_dev) an_mem_free(ctx, AN_CUDA, b->table_dev, (size_t)b->n * sizeof(an_adamw_segment));
-    if (b->slots) an_mem_free(ctx, AN_CUDA, b->slots, (size_t)(b->n + 1) * sizeof(double));
+    if (b->sum_dev) an_mem_free(ctx, AN_CUDA, b->sum_dev, sizeof(double));
     an_tensor_release(b->copy_src), an_tensor_release(b->copy_dst);
     an_tensor_release(b->tile_bf16), an_tensor_release(b->tile_f32);
     an_ctx_free(ctx);

@@ -1,6 +1,6 @@
-/* adamw.cu — the AdamW update and the float64 sum of squares behind the global gradient norm: for
- * one parameter's element range (an_cuda_adamw, an_cuda_sum_squares), and for every parameter in
- * one launch over a device table of segments (an_cuda_adamw_multi, an_cuda_sum_squares_multi).
+/* adamw.cu — the AdamW update and the float64 sum of squares behind the global gradient norm, for
+ * every parameter in one launch over a device table of segments (an_cuda_adamw_multi,
+ * an_cuda_sum_squares_multi).
  *
  * Numerics: the update is src/optim/adamw.c's loop transcribed operation for operation in float64
  * with the explicitly rounded intrinsics (__dadd_rn, __dmul_rn, __ddiv_rn, __dsqrt_rn), so nvcc
@@ -20,8 +20,7 @@
 
 namespace {
 
-const int kThreads = 256;
-const int kMaxBlocks = 1024; /* fixed, so the summation order depends only on n */
+const int kMaxBlocks = 1024; /* the finishing block of the sum of squares */
 
 /* One element's update: src/optim/adamw.c's float64 operations in its order (see the top). */
 template <typename P>
@@ -45,42 +44,6 @@ __device__ __forceinline__ void adamw_element(const an_adamw_scalars &k, double 
     if (param) *param = an_store<P>(w);
 }
 
-template <typename G, typename P>
-__global__ void adamw_kernel(an_adamw_scalars k, float *master, float *exp_avg, float *exp_avg_sq, const G *grad,
-                             P *param, int64_t n) {
-    const double one_minus_beta1 = __dadd_rn(1.0, -k.beta1), one_minus_beta2 = __dadd_rn(1.0, -k.beta2);
-    int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-        adamw_element(k, one_minus_beta1, one_minus_beta2, an_load(grad[i]), master[i], exp_avg[i], exp_avg_sq[i],
-                      param ? param + i : (P *)nullptr);
-}
-
-/* Four elements per thread with 16-byte loads and stores of the f32 state (n4 groups of 4; the
- * caller checked 16-byte alignment of master, exp_avg, exp_avg_sq and 4-element alignment of
- * grad and param). Each element's arithmetic is adamw_element's, so results are the same bits. */
-template <typename G, typename P>
-__global__ void adamw_vec4_kernel(an_adamw_scalars k, float4 *master, float4 *exp_avg, float4 *exp_avg_sq,
-                                  const G *grad, P *param, int64_t n4) {
-    const double one_minus_beta1 = __dadd_rn(1.0, -k.beta1), one_minus_beta2 = __dadd_rn(1.0, -k.beta2);
-    int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n4; i += stride) {
-        float4 w = master[i], m = exp_avg[i], v = exp_avg_sq[i];
-        float g[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) g[j] = an_load(grad[4 * i + j]);
-        P out[4];
-        P *po = param ? out : (P *)nullptr;
-        adamw_element(k, one_minus_beta1, one_minus_beta2, g[0], w.x, m.x, v.x, po ? po + 0 : po);
-        adamw_element(k, one_minus_beta1, one_minus_beta2, g[1], w.y, m.y, v.y, po ? po + 1 : po);
-        adamw_element(k, one_minus_beta1, one_minus_beta2, g[2], w.z, m.z, v.z, po ? po + 2 : po);
-        adamw_element(k, one_minus_beta1, one_minus_beta2, g[3], w.w, m.w, v.w, po ? po + 3 : po);
-        master[i] = w, exp_avg[i] = m, exp_avg_sq[i] = v;
-        if (param)
-#pragma unroll
-            for (int j = 0; j < 4; j++) param[4 * i + j] = out[j];
-    }
-}
-
 /* Sum of the block's doubles in a fixed order; thread 0 gets it. */
 __device__ __forceinline__ double block_sum(double v) {
     __shared__ double warp_sums[32];
@@ -97,25 +60,7 @@ __device__ __forceinline__ double block_sum(double v) {
     return v;
 }
 
-template <typename T> __global__ void sum_squares_kernel(const T *x, int64_t n, double *partial) {
-    double acc = 0.0;
-    int64_t stride = (int64_t)gridDim.x * blockDim.x;
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        double v = (double)an_load(x[i]);
-        acc = __dadd_rn(acc, __dmul_rn(v, v));
-    }
-    acc = block_sum(acc);
-    if (threadIdx.x == 0) partial[blockIdx.x] = acc;
-}
-
-/* *out = sum of partial[0 .. count); one block of kMaxBlocks threads. */
-__global__ void sum_finish_kernel(const double *partial, int count, double *out) {
-    double v = (int)threadIdx.x < count ? partial[threadIdx.x] : 0.0;
-    v = block_sum(v);
-    if (threadIdx.x == 0) *out = v;
-}
-
-/* ---- many tensors in one launch ---------------------------------------------------------------
+/* ---- the launches ------------------------------------------------------------------------------
  * A launch covers a device table of segments (an_adamw_segment): segment s owns the chunks
  * [first_chunk, first_chunk + ceil(n / AN_ADAMW_CHUNK)) and block b works on chunk b, found by a
  * binary search over first_chunk. Within a chunk, thread t takes the groups of N elements
@@ -281,85 +226,9 @@ an_status check_table(an_ctx *ctx, const char *what, const an_adamw_segment *tab
     return AN_OK;
 }
 
-template <typename G> an_status adamw_grad(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg,
-                                           float *exp_avg_sq, const G *grad, void *param, an_dtype param_dtype,
-                                           int64_t n) {
-    AN_CUDA_STATE(ctx, s);
-    bool vec = n % 4 == 0 && (uintptr_t)master % 16 == 0 && (uintptr_t)exp_avg % 16 == 0 &&
-               (uintptr_t)exp_avg_sq % 16 == 0 && (uintptr_t)grad % (4 * sizeof(G)) == 0 &&
-               (!param || (uintptr_t)param % (4 * an_dtype_size(param_dtype)) == 0);
-    if (vec) { /* the usual case: whole tensors from the caching allocator */
-        unsigned blocks4 = an_cuda_blocks(s, n / 4, kThreads);
-        float4 *w4 = (float4 *)master, *m4 = (float4 *)exp_avg, *v4 = (float4 *)exp_avg_sq;
-        if (!param)
-            adamw_vec4_kernel<G, float><<<blocks4, kThreads, 0, s->stream>>>(*k, w4, m4, v4, grad, nullptr, n / 4);
-        else if (param_dtype == AN_BF16)
-            adamw_vec4_kernel<G, __nv_bfloat16><<<blocks4, kThreads, 0, s->stream>>>(*k, w4, m4, v4, grad,
-                                                                                     (__nv_bfloat16 *)param, n / 4);
-        else if (param_dtype == AN_F16)
-            adamw_vec4_kernel<G, __half><<<blocks4, kThreads, 0, s->stream>>>(*k, w4, m4, v4, grad, (__half *)param,
-                                                                              n / 4);
-        else if (param_dtype == AN_F32)
-            adamw_vec4_kernel<G, float><<<blocks4, kThreads, 0, s->stream>>>(*k, w4, m4, v4, grad, (float *)param,
-                                                                             n / 4);
-        else
-            return an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "adamw: no CUDA kernel for %s parameters",
-                                an_dtype_name(param_dtype));
-        AN_CUDA_LAUNCH_CHECK(ctx, "adamw_vec4_kernel");
-        return AN_OK;
-    }
-    unsigned blocks = an_cuda_blocks(s, n, kThreads);
-    if (!param) {
-        adamw_kernel<G, float><<<blocks, kThreads, 0, s->stream>>>(*k, master, exp_avg, exp_avg_sq, grad, nullptr, n);
-    } else {
-        AN_CHECK(ctx, param_dtype == AN_BF16 || param_dtype == AN_F16 || param_dtype == AN_F32, AN_ERR_INPUT,
-                 "adamw: no CUDA kernel for %s parameters", an_dtype_name(param_dtype));
-        if (param_dtype == AN_BF16)
-            adamw_kernel<G, __nv_bfloat16><<<blocks, kThreads, 0, s->stream>>>(*k, master, exp_avg, exp_avg_sq, grad,
-                                                                               (__nv_bfloat16 *)param, n);
-        else if (param_dtype == AN_F16)
-            adamw_kernel<G, __half><<<blocks, kThreads, 0, s->stream>>>(*k, master, exp_avg, exp_avg_sq, grad,
-                                                                        (__half *)param, n);
-        else
-            adamw_kernel<G, float><<<blocks, kThreads, 0, s->stream>>>(*k, master, exp_avg, exp_avg_sq, grad,
-                                                                       (float *)param, n);
-    }
-    AN_CUDA_LAUNCH_CHECK(ctx, "adamw_kernel");
-    return AN_OK;
-}
-
 } // namespace
 
 extern "C" {
-
-an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq,
-                        const void *grad, an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
-    AN_CHECK(ctx, n >= 0, AN_ERR_INTERNAL, "adamw: negative element count %lld", (long long)n);
-    if (n == 0) return AN_OK;
-    AN_CUDA_DISPATCH_FLOAT(ctx, grad_dtype, "adamw",
-                           return adamw_grad<T>(ctx, k, master, exp_avg, exp_avg_sq, (const T *)grad, param,
-                                                param_dtype, n));
-    return AN_OK;
-}
-
-an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum) {
-    AN_CHECK(ctx, n >= 0, AN_ERR_INTERNAL, "sum_squares: negative element count %lld", (long long)n);
-    AN_CUDA_STATE(ctx, s);
-    if (n == 0) return an_cuda_memset(ctx, sum, 0, sizeof *sum);
-    int64_t per_block = (int64_t)kThreads * 4; /* at least 4 elements per thread before adding blocks */
-    int64_t blocks64 = (n + per_block - 1) / per_block;
-    int blocks = (int)(blocks64 > kMaxBlocks ? kMaxBlocks : blocks64);
-    void *scratch = nullptr;
-    AN_TRY(an_cuda_scratch(ctx, kMaxBlocks * sizeof(double), &scratch));
-    double *partial = (double *)scratch;
-    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "sum_squares", {
-        sum_squares_kernel<T><<<blocks, kThreads, 0, s->stream>>>((const T *)x, n, partial);
-        AN_CUDA_LAUNCH_CHECK(ctx, "sum_squares_kernel");
-    });
-    sum_finish_kernel<<<1, kMaxBlocks, 0, s->stream>>>(partial, blocks, sum);
-    AN_CUDA_LAUNCH_CHECK(ctx, "sum_finish_kernel");
-    return AN_OK;
-}
 
 an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *table, int n,
                               int64_t n_chunks) {

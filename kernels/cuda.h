@@ -192,23 +192,14 @@ void an_cuda_graph_free(an_ctx *ctx, an_cuda_graph *g);
 /* 1 while a capture is open on ctx's stream. */
 int an_cuda_capturing(an_ctx *ctx);
 
-/* AdamW (kernels/adamw.cu). One update of n elements with src/optim/adamw.c's float64 formula and
- * operation order (no fused multiply-adds), so results are bit-identical to the CPU path: master,
- * exp_avg, exp_avg_sq (n) f32 on the device; grad (n) f32/bf16/f16; param (n) of param_dtype gets
- * the new master rounded to nearest even, or is NULL when master is the f32 parameter itself. */
-an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq,
-                        const void *grad, an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n);
-/* *sum (a DEVICE double) = the sum of squares of x (n, f32/bf16/f16 on the device), accumulated in
- * float64 in a fixed order that depends only on n (bit-reproducible on one device). Asynchronous:
- * the optimizer gathers every parameter's sum with one copy (src/optim/grad.c). */
-an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum);
-
-/* Many tensors in one launch (kernels/adamw.cu): a table of segments, built and uploaded by
- * src/optim, each an element range of one parameter. Segment s owns the launch's chunks
+/* AdamW and the gradient norm (kernels/adamw.cu), every tensor in one launch: a table of
+ * segments, built and uploaded by src/optim, each an element range of one parameter. Segment s owns the launch's chunks
  * [first_chunk, first_chunk + ceil(n / AN_ADAMW_CHUNK)): first_chunk of segment 0 is 0, each next
  * one starts where the previous ends, n > 0, and n_chunks is where the last one ends. grad_dtype
- * and param_dtype are f32/bf16/f16 (an_dtype values). Element updates are an_cuda_adamw's, bit for
- * bit; 16-byte loads and stores wherever a segment's pointers are 16-byte aligned. */
+ * and param_dtype are f32/bf16/f16 (an_dtype values). Each element is updated with
+ * src/optim/adamw.c's float64 formula in its operation order (no fused multiply-adds), so results
+ * are bit-identical to the CPU path; param gets the new master rounded to nearest even.
+ * 16-byte loads and stores wherever a segment's pointers are 16-byte aligned. */
 #define AN_ADAMW_CHUNK 32768 /* elements of one segment per block; a multiple of 8 */
 typedef struct {
     float *master;               /* (n) f32: the master, or the f32 parameter itself (param NULL) */

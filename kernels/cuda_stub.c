@@ -173,16 +173,6 @@ int an_cuda_capturing(an_ctx *ctx) {
     (void)ctx;
     return 0;
 }
-an_status an_cuda_adamw(an_ctx *ctx, const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq,
-                        const void *grad, an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
-    (void)k, (void)master, (void)exp_avg, (void)exp_avg_sq, (void)grad, (void)grad_dtype, (void)param;
-    (void)param_dtype, (void)n;
-    return NO_CUDA(ctx);
-}
-an_status an_cuda_sum_squares(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double *sum) {
-    (void)dtype, (void)x, (void)n, (void)sum;
-    return NO_CUDA(ctx);
-}
 an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *table, int n,
                               int64_t n_chunks) {
     (void)k, (void)table, (void)n, (void)n_chunks;

@@ -25,7 +25,7 @@ typedef struct {
 } an_attention_shape;
 
 /* The scalars one AdamW step shares across a parameter's elements (src/optim/adamw.c computes
- * them; the CPU loop and an_cuda_adamw apply them in the same float64 operation order). */
+ * them; the CPU loop and an_cuda_adamw_multi apply them in the same float64 operation order). */
 typedef struct {
     double decay;      /* 1 - lr * weight_decay, or 1 without decay */
     double beta1, beta2;

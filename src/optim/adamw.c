@@ -168,8 +168,8 @@ int64_t an_optim_step_count(const an_optim *opt) { return opt->step; }
  *     denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(eps)
  *     param.addcdiv_(exp_avg, denom, value=-step_size)
  * As in torch, the update reads exp_avg and exp_avg_sq after they were stored (rounded to fp32).
- * an_cuda_adamw and an_cuda_adamw_multi (kernels/adamw.cu) repeat these float64 operations in this
- * order: change all three. */
+ * an_cuda_adamw_multi (kernels/adamw.cu) repeats these float64 operations in this
+ * order: change both. */
 static void adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
                       an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
     size_t grad_size = an_dtype_size(grad_dtype), param_size = an_dtype_size(param_dtype);
