@@ -60,6 +60,18 @@ template <typename T> __device__ __forceinline__ an_max_sum row_max_sum(const T 
     return an_block_max_sum(acc);
 }
 
+/* dr (V) = 0 without reading anything (an ignored target's gradient row). */
+template <typename T> __device__ __forceinline__ void zero_row(T *dr, int64_t V) {
+    const int W = an_vec_width<T>::value;
+    row_split<T> sp = split_row(dr, V);
+    an_pack<T> z;
+#pragma unroll
+    for (int k = 0; k < W; k++) z.v[k] = an_store<T>(0.0f);
+    for (int64_t p = threadIdx.x; p < sp.packs; p += blockDim.x) an_pack_store(dr + sp.head + p * W, z);
+    for (int64_t j = threadIdx.x; j < sp.head; j += blockDim.x) dr[j] = an_store<T>(0.0f);
+    for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += blockDim.x) dr[j] = an_store<T>(0.0f);
+}
+
 /* dr[j] = f(j, xr[j]) over a row of V; dr may be xr (each element is read before it is written).
  * Packs when both rows split alike. */
 template <typename T, typename F> __device__ __forceinline__ void map_row(const T *xr, T *dr, int64_t V, F f) {
@@ -119,7 +131,7 @@ __global__ void ce_backward_kernel(const T *x, const float *lse, const void *tar
     const T *xr = x + r * V; /* (V) */
     T *dr = dx + r * V;      /* (V); may be xr: each element is read before it is written */
     if (t == ignore_index) {
-        for (int64_t j = threadIdx.x; j < V; j += blockDim.x) dr[j] = an_store<T>(0.0f);
+        zero_row(dr, V);
         return;
     }
     float g = (float)((double)an_load(grad[0]) * scale), l = lse[r];
@@ -140,7 +152,7 @@ __global__ void ce_rows_grad_kernel(T *x, const void *targets, bool t64, int64_t
     T *xr = x + r * V; /* (V): logits in, dlogits out */
     if (t == ignore_index) {
         if (threadIdx.x == 0) lse[r] = 0.0f, loss_rows[r] = 0.0f;
-        map_row(xr, xr, V, [](int64_t, float) { return 0.0f; });
+        zero_row(xr, V);
         return;
     }
     float xt = an_load(xr[t]);
