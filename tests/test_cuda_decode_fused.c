@@ -16,7 +16,6 @@
 #include "model/load.h"
 #include "support/test_util.h"
 
-#define MODELS ANNEAL_SOURCE_DIR "/tests/fixtures/models"
 
 static an_tensor *to_host_f64(an_ctx *ctx, an_tensor *t) {
     an_tensor *h = an_tensor_to(ctx, t, AN_F64, AN_CPU);
@@ -235,11 +234,7 @@ static an_tensor *cached_run(an_ctx *ctx, an_model *m, int64_t B, int64_t T0, co
 static void check_model(const char *family, an_dtype dtype, double tol_fused, double tol_cpu) {
     an_ctx *ctx = test_gpu_ctx(7, "cuda fused decode block");
     if (!ctx) return;
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/tiny-%s", MODELS, family);
-    an_model *gpu = NULL, *cpu = NULL;
-    test_ok(ctx, an_model_load(ctx, dir, dtype, AN_CUDA, &gpu), "load gpu");
-    test_ok(ctx, an_model_load(ctx, dir, AN_F32, AN_CPU, &cpu), "load cpu");
+    an_model *gpu = test_fixture_model(ctx, family, dtype, AN_CUDA), *cpu = test_fixture_model(ctx, family, AN_F32, AN_CPU);
     const int64_t batches[] = {1, 3, 8, 32};
     for (int bi = 0; bi < 4; bi++) {
         int64_t B = batches[bi], T0 = 7 + 2 * bi; /* odd prompt lengths */

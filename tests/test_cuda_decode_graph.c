@@ -16,7 +16,6 @@
 #include "model/load.h"
 #include "support/test_util.h"
 
-#define MODELS ANNEAL_SOURCE_DIR "/tests/fixtures/models"
 #define ROWS 5
 
 /* Stops row r after limits[r] tokens (rows finish at different steps without an eos). */
@@ -66,11 +65,7 @@ static void expect_same(const run *a, const run *b, const char *what) {
 static void check_family(const char *family, const an_generate_opts *base) {
     an_ctx *ctx = test_gpu_ctx(3, "cuda decode graphs");
     if (!ctx) return;
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/tiny-%s", MODELS, family);
-    an_model *cpu = NULL, *gpu = NULL;
-    test_ok(ctx, an_model_load(ctx, dir, AN_F32, AN_CPU, &cpu), "load cpu");
-    test_ok(ctx, an_model_load(ctx, dir, AN_F32, AN_CUDA, &gpu), "load gpu");
+    an_model *cpu = test_fixture_model(ctx, family, AN_F32, AN_CPU), *gpu = test_fixture_model(ctx, family, AN_F32, AN_CUDA);
     an_generate_opts o = *base;
     o.max_new_tokens = 12;
     o.n_eos_ids = 0;

@@ -22,7 +22,6 @@
 #include "model/load.h"
 #include "support/test_util.h"
 
-#define MODELS ANNEAL_SOURCE_DIR "/tests/fixtures/models"
 
 /* ids (B) from an_sample_rows on logits (a tensor of either device) with ctx's RNG at `offset`. */
 static void pick(an_ctx *ctx, an_tensor *logits, const an_generate_opts *o, uint64_t offset, int32_t *ids) {
@@ -123,11 +122,7 @@ END_TEST
 static void check_generation(const char *family, const an_generate_opts *base, bool eos_mid_row) {
     an_ctx *ctx = test_gpu_ctx(3, "cuda generation");
     if (!ctx) return;
-    char dir[512];
-    snprintf(dir, sizeof dir, "%s/tiny-%s", MODELS, family);
-    an_model *cpu = NULL, *gpu = NULL;
-    test_ok(ctx, an_model_load(ctx, dir, AN_F32, AN_CPU, &cpu), "load cpu");
-    test_ok(ctx, an_model_load(ctx, dir, AN_F32, AN_CUDA, &gpu), "load gpu");
+    an_model *cpu = test_fixture_model(ctx, family, AN_F32, AN_CPU), *gpu = test_fixture_model(ctx, family, AN_F32, AN_CUDA);
     /* rows 1-3 share a length (one prefill, one strided cache write per layer), 0 and 4 do not */
     const int32_t p0[] = {5, 6, 7, 8, 9, 10, 11}, p1[] = {200, 3, 9}, p2[] = {17, 42, 99}, p3[] = {1, 2, 3},
                   p4[] = {250};

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "kernels/cuda.h"  /* an_cuda_memset */
+#include "model/load.h"   /* an_model_load */
 
 an_ctx *test_ctx(uint64_t seed) {
     an_ctx *ctx = an_ctx_new(seed);
@@ -74,6 +75,15 @@ void test_assert_gradcheck(an_ctx *ctx, an_gradcheck_fn fn, an_tensor *const *in
     ck_assert_msg(r.points > 0, "%s: gradcheck checked no element (no input requires grad?)", what);
     ck_assert_msg(r.passed, "%s: gradient of input %d element %lld is %.12g, finite differences say %.12g", what,
                   r.worst_input, (long long)r.worst_index, r.worst_analytic, r.worst_numeric);
+}
+
+an_model *test_fixture_model(an_ctx *ctx, const char *family, an_dtype dtype, an_device device) {
+    char dir[512];
+    snprintf(dir, sizeof dir, "%s/tests/fixtures/models/tiny-%s", ANNEAL_SOURCE_DIR, family);
+    an_model *m = NULL;
+    an_status st = an_model_load(ctx, dir, dtype, device, &m);
+    ck_assert_msg(st == AN_OK, "loading %s: %s", dir, an_error_message(ctx));
+    return m;
 }
 
 an_ctx *test_gpu_ctx(uint64_t seed, const char *what) {

@@ -36,6 +36,11 @@ void test_assert_gradcheck(an_ctx *ctx, an_gradcheck_fn fn, an_tensor *const *in
  * or machine). */
 an_ctx *test_gpu_ctx(uint64_t seed, const char *what);
 
+/* The fixture model tests/fixtures/models/tiny-<family> (qwen2, llama) loaded in dtype on device;
+ * fails the test when it does not load. */
+struct an_model;
+struct an_model *test_fixture_model(an_ctx *ctx, const char *family, an_dtype dtype, an_device device);
+
 /* Fails (naming `what` and ctx's message) unless st is AN_OK. */
 void test_ok(an_ctx *ctx, an_status st, const char *what);
 /* The elements of a CPU tensor as doubles (malloc'ed; caller frees). */
