@@ -2,8 +2,10 @@
  * backward (flash-attention style), and decode attention over a key/value cache.
  *
  * bf16/f16 with head_dim 64 or 128 (every DeepSeek-R1-Distill shape) and 16-byte-aligned buffers
- * go to the tensor-core kernels of attention_mma.cu; the kernels here take the rest (f32, which
- * keeps fp32 accuracy, and other head sizes up to 256).
+ * go to cuDNN's fused flash attention (attention_cudnn.cu) when there are no segments and the
+ * state's switch is on (an_cuda_set_attention_cudnn), else to the tensor-core kernels of
+ * attention_mma.cu; the kernels here take the rest (f32, which keeps fp32 accuracy, and other
+ * head sizes up to 256).
  *
  * Numerics: f32, bf16 and f16 inputs are widened to fp32 in shared memory; scores, the softmax,
  * every product and every gradient are fp32 FFMA on the CUDA cores; each output is rounded once
@@ -47,6 +49,7 @@
  * 1: 15.2 vs 10.4 us, batch 32: 38.5 vs 23 us, 256 keys): its per-key warp reductions, six per
  * key, run in one warp's chain instead of six blocks'; it was not kept. */
 #include "kernels/attention_mma.cuh" /* the tensor-core path for bf16/f16, head_dim 64 and 128 */
+#include "kernels/attention_cudnn.cuh" /* cuDNN's fused flash attention for those without segments */
 #include "kernels/block_reduce.cuh" /* an_lanes_sum, an_lanes_max */
 #include "kernels/cuda_common.cuh"
 #include "kernels/pdl.cuh"           /* the decode kernel launches with Programmatic Dependent Launch */
@@ -636,6 +639,13 @@ Args<T> make_args(const an_attention_shape *sh, const void *q, const void *k, co
     return a;
 }
 
+/* Whether this call goes to cuDNN (attention_cudnn.cuh): switch on, no segments, a cuDNN dtype
+ * and head_dim, every buffer 16-byte aligned. By shape and switch, never by failure. */
+bool cudnn_takes(an_ctx *ctx, an_dtype dtype, int64_t head_dim, const void *segments, const void *const *bufs, int n) {
+    return ctx->cuda && !ctx->cuda->attention_cudnn_off && !segments && an_attention_cudnn_takes(dtype, head_dim) &&
+           an_attention_mma_aligned(bufs, n);
+}
+
 } // namespace
 
 extern "C" {
@@ -650,7 +660,9 @@ an_status an_cuda_attention(an_ctx *ctx, const an_attention_shape *sh, an_dtype 
     Segments seg = {nullptr, false};
     AN_TRY(segments_of(ctx, segments, seg_dtype, &seg));
     if (sh->batch == 0 || sh->seq == 0) return AN_OK;
-    const void *bufs[] = {q, k, v, out};
+    const void *bufs[] = {q, k, v, out, lse};
+    if (cudnn_takes(ctx, dtype, sh->head_dim, segments, bufs, 5))
+        return an_attention_cudnn_forward(ctx, sh, dtype, q, k, v, out, lse);
     if (an_attention_mma_takes(dtype, sh->head_dim) && an_attention_mma_aligned(bufs, 4))
         return an_attention_mma_forward(ctx, sh, dtype, q, k, v, segments, seg.wide, out, lse);
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "attention", {
@@ -673,7 +685,9 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *sh, 
              "attention backward: the tensor-core path needs the forward's output");
     if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
     void *delta = nullptr;
-    const void *bufs[] = {q, k, v, out, grad_out, grad_q, grad_k, grad_v};
+    const void *bufs[] = {q, k, v, out, grad_out, grad_q, grad_k, grad_v, lse};
+    if (cudnn_takes(ctx, dtype, sh->head_dim, segments, bufs, 9))
+        return an_attention_cudnn_backward(ctx, sh, dtype, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v);
     if (an_attention_mma_takes(dtype, sh->head_dim) && an_attention_mma_aligned(bufs, 8)) {
         AN_TRY(an_cuda_scratch(ctx, (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float), &delta));
         return an_attention_mma_backward(ctx, sh, dtype, q, k, v, segments, seg.wide, out, lse, grad_out,

@@ -62,6 +62,20 @@ an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *by
 /* Whether the decode-step kernels launch with programmatic dependent launch (kernels/pdl.cuh; on
  * by default): off only to measure what it gains. */
 an_status an_cuda_set_pdl(an_ctx *ctx, int on);
+/* Whether unsegmented bf16/f16 attention with head_dim 64 or 128 runs on cuDNN's fused flash
+ * attention (kernels/attention_cudnn.cu; on by default) or on our tensor-core kernels
+ * (kernels/attention_mma.cu): off to compare the two. */
+an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on);
+/* Whether cuDNN's attention backward is its deterministic one (on by default, bit-reproducible
+ * like our kernels) or the one that accumulates dQ with atomics: off only to measure it. */
+an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on);
+/* cudnnGetVersion() of the loaded cuDNN (e.g. 91400), 0 in a build without CUDA. */
+int an_cuda_cudnn_version(void);
+/* Timing on the state's stream: an event recorded now (free it with an_cuda_event_free), and the
+ * milliseconds from start to stop once stop has completed (waits for it). */
+an_status an_cuda_event_record(an_ctx *ctx, void **event);
+an_status an_cuda_event_elapsed(an_ctx *ctx, void *start, void *stop, double *ms);
+void an_cuda_event_free(void *event);
 
 /* Elementwise (f32, bf16, f16; math in fp32). b is broadcast: element i of a pairs with i % nb. */
 an_status an_cuda_cast(an_ctx *ctx, const void *src, an_dtype src_dtype, void *dst, an_dtype dst_dtype, size_t n);
@@ -112,15 +126,18 @@ an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, in
 an_status an_cuda_attention(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
                             const void *k, const void *v, const void *segments, an_dtype seg_dtype, void *out,
                             float *lse);
-/* Whether dtype and head_dim take the tensor-core path (given 16-byte-aligned buffers). */
+/* Whether dtype and head_dim take a tensor-core path (given 16-byte-aligned buffers): cuDNN's
+ * (no segments, switch on) or ours; both read the forward's out in the backward. */
 bool an_cuda_attention_uses_tensor_cores(an_dtype dtype, int64_t head_dim);
 /* Backward from the forward's out and lse: grad_q (B, T, Hq, D), grad_k and grad_v (B, T, Hkv, D)
  * of dtype, grad_k/grad_v summed over the query heads of each kv head in a fixed order
  * (deterministic). Any gradient pointer may be NULL.
- * Paths: bf16/f16 with head_dim 64 or 128 and 16-byte-aligned buffers run on the tensor cores
- * (kernels/attention_mma.cu, which reads out for delta = rowsum(grad_out * out)); everything else
- * on the fp32 CUDA-core kernels of kernels/attention.cu, which do not read out (it may be NULL
- * where an_cuda_attention_uses_tensor_cores is false). */
+ * Paths: bf16/f16 with head_dim 64 or 128 and 16-byte-aligned buffers run on the tensor cores:
+ * without segments on cuDNN's fused flash attention (kernels/attention_cudnn.cu; unless
+ * an_cuda_set_attention_cudnn turned it off), else on ours (kernels/attention_mma.cu); both read
+ * out for delta = rowsum(grad_out * out). Everything else runs on the fp32 CUDA-core kernels of
+ * kernels/attention.cu, which do not read out (it may be NULL where
+ * an_cuda_attention_uses_tensor_cores is false). */
 an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
                                      const void *k, const void *v, const void *segments, an_dtype seg_dtype,
                                      const void *out, const float *lse, const void *grad_out, void *grad_q,

@@ -19,6 +19,7 @@
 #include "kernels/cuda.h"
 
 struct an_gemm_plan; /* gemm.cu: cached cuBLASLt descriptors and algorithm for one shape */
+struct an_cudnn_attention; /* attention_cudnn.cu: the cuDNN handle and the cached attention plans */
 
 struct an_cuda_state {
     int device;                /* CUDA device index */
@@ -36,6 +37,10 @@ struct an_cuda_state {
                                   growth are refused (see an_cuda_graph_begin) */
     int no_pdl;                /* 1: the decode kernels launch without programmatic dependent launch
                                   (kernels/pdl.cuh; an_cuda_set_pdl, for measurement) */
+    struct an_cudnn_attention *cudnn; /* created on the first cuDNN attention call (attention_cudnn.cu) */
+    int attention_cudnn_off;   /* 1: attention never takes the cuDNN path (an_cuda_set_attention_cudnn) */
+    int attention_cudnn_nondeterministic; /* 1: cuDNN's backward accumulates dQ with atomics
+                                  (an_cuda_set_attention_cudnn_deterministic, for measurement) */
 };
 
 #define AN_GEMM_PLAN_SLOTS 64

@@ -44,6 +44,24 @@ an_status an_cuda_set_pdl(an_ctx *ctx, int on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
+int an_cuda_cudnn_version(void) { return 0; }
+an_status an_cuda_event_record(an_ctx *ctx, void **event) {
+    (void)event;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_event_elapsed(an_ctx *ctx, void *start, void *stop, double *ms) {
+    (void)start, (void)stop, (void)ms;
+    return NO_CUDA(ctx);
+}
+void an_cuda_event_free(void *event) { (void)event; }
 an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *bytes_per_second) {
     (void)bytes, (void)reps, (void)bytes_per_second;
     return NO_CUDA(ctx);

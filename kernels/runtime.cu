@@ -11,6 +11,7 @@
  * another stream will need an event per freed block first. While graph.cu captures the stream,
  * host copies, synchronisation, emptying the cache and the scratch buffer are refused with an
  * error (they cannot be part of a graph). */
+#include "kernels/attention_cudnn.cuh" /* an_cuda_cudnn_free */
 #include "kernels/cuda_common.cuh"
 
 #include <stdio.h>
@@ -108,6 +109,7 @@ void an_cuda_state_free(an_cuda_state *s) {
         (void)cudaStreamSynchronize(s->stream);
     }
     an_cuda_gemm_plans_free(s);
+    an_cuda_cudnn_free(s);
     an_block_cache_destroy(&s->cache); /* the workspace, the scratch and any leaked block */
     if (s->lt) (void)cublasLtDestroy(s->lt);
     if (s->stream) (void)cudaStreamDestroy(s->stream);
@@ -217,6 +219,41 @@ an_status an_cuda_set_pdl(an_ctx *ctx, int on) {
     AN_CUDA_STATE(ctx, s);
     s->no_pdl = !on;
     return AN_OK;
+}
+
+an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) {
+    AN_CUDA_STATE(ctx, s);
+    s->attention_cudnn_off = !on;
+    return AN_OK;
+}
+
+an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on) {
+    AN_CUDA_STATE(ctx, s);
+    s->attention_cudnn_nondeterministic = !on;
+    return AN_OK;
+}
+
+an_status an_cuda_event_record(an_ctx *ctx, void **event) {
+    AN_CUDA_STATE(ctx, s);
+    cudaEvent_t e = nullptr;
+    AN_CUDA_CHECK(ctx, cudaEventCreate(&e));
+    cudaError_t err = cudaEventRecord(e, s->stream);
+    if (err != cudaSuccess) (void)cudaEventDestroy(e);
+    AN_CUDA_CHECK(ctx, err);
+    *event = e;
+    return AN_OK;
+}
+
+an_status an_cuda_event_elapsed(an_ctx *ctx, void *start, void *stop, double *ms) {
+    float f = 0;
+    AN_CUDA_CHECK(ctx, cudaEventSynchronize((cudaEvent_t)stop));
+    AN_CUDA_CHECK(ctx, cudaEventElapsedTime(&f, (cudaEvent_t)start, (cudaEvent_t)stop));
+    *ms = f;
+    return AN_OK;
+}
+
+void an_cuda_event_free(void *event) {
+    if (event) (void)cudaEventDestroy((cudaEvent_t)event);
 }
 
 an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *bytes_per_second) {
