@@ -18,7 +18,9 @@
  *             masked as above; dV = P^T dO; dS = scale P (dO V^T - delta); dK = dS^T Q; dQ = dS K.
  *             With Hq > Hkv, dV and dK are formed per query head and summed over the group by a
  *             reduction node. cuDNN <= 9.15 also needs an explicit padding mask (seq lengths T,
- *             int32 in our workspace) when T is not a multiple of 128, as the frontend adds.
+ *             int32 in our workspace) when T is not a multiple of 128, as the frontend adds
+ *             (an_cuda_set_attention_cudnn_padding_mask forces it, to test that graph on newer
+ *             cuDNN).
  * Math is fp32 (matmul compute type, softmax, every intermediate); P and dS are rounded to the
  * dtype before their matmuls, as in any flash-attention kernel.
  *
@@ -28,7 +30,7 @@
  * state's switch (an_cuda_set_attention_cudnn_deterministic) picks; deterministic by default, as
  * our own kernels are.
  *
- * Plans: one execution plan per (pass, dtype, B, T, Hq, Hkv, D, determinism), built on first use
+ * Plans: one execution plan per (pass, dtype, B, T, Hq, Hkv, D, determinism, padding mask), built on first use
  * (heuristics mode A, the first engine config that finalises) and cached in the state
  * (kPlanSlots, replaced round-robin) with every descriptor it was built from. The scale and -inf
  * travel by value at execution, so they are not in the key. Workspace (the plan's plus ours) comes
@@ -67,7 +69,7 @@ struct Plan {
     an_dtype dtype;
     int64_t B, T, Hq, Hkv, D;
     /* what the key built */
-    bool padding_mask;          /* the <= 9.15 workaround is in the graph */
+    bool padding_mask;          /* the explicit padding mask (cuDNN <= 9.15 at T % 128 != 0, or forced) */
     cudnnBackendDescriptor_t plan;
     cudnnBackendDescriptor_t descs[kMaxDescs]; /* everything the plan was built from */
     int n_descs;
@@ -463,6 +465,7 @@ an_status plan_build(an_ctx *ctx, cudnnHandle_t handle, Plan *p) {
     G_CHECK(g, cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, kConfigs,
                                         &n_cfgs, cfgs), "heuristics results");
     char first_why[512] = "";
+    if (n_cfgs > kConfigs) n_cfgs = kConfigs;
     for (int64_t i = 0; g->st == AN_OK && i < n_cfgs && !p->plan; i++) {
         cudnnBackendDescriptor_t plan = nullptr;
         cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
@@ -531,8 +534,8 @@ an_status plan_get(an_ctx *ctx, const Plan &key, cudnnHandle_t *handle, Plan **o
     *handle = c->handle;
     for (int i = 0; i < kPlanSlots; i++) {
         Plan *p = &c->plans[i];
-        if (p->used && p->backward == key.backward && p->deterministic == key.deterministic && p->dtype == key.dtype &&
-            p->B == key.B && p->T == key.T && p->Hq == key.Hq && p->Hkv == key.Hkv && p->D == key.D) {
+        if (p->used && p->backward == key.backward && p->deterministic == key.deterministic &&
+            p->padding_mask == key.padding_mask && p->dtype == key.dtype && p->B == key.B && p->T == key.T && p->Hq == key.Hq && p->Hkv == key.Hkv && p->D == key.D) {
             *out = p;
             return AN_OK;
         }
@@ -544,18 +547,20 @@ an_status plan_get(an_ctx *ctx, const Plan &key, cudnnHandle_t *handle, Plan **o
     Plan *p = &c->plans[slot];
     plan_destroy(p);
     *p = key;
-    p->padding_mask = key.backward && cudnnGetVersion() <= 91500 && key.T % 128 != 0;
     AN_TRY(plan_build(ctx, c->handle, p));
     p->used = true;
     *out = p;
     return AN_OK;
 }
 
-Plan key_of(const an_attention_shape *sh, an_dtype dtype, bool backward, bool deterministic) {
+/* The plan key of a call; the backward's options come from the state's switches. */
+Plan key_of(const an_cuda_state *s, const an_attention_shape *sh, an_dtype dtype, bool backward) {
     Plan k;
     memset(&k, 0, sizeof k);
-    k.backward = backward, k.deterministic = backward && deterministic, k.dtype = dtype;
+    k.backward = backward, k.dtype = dtype;
     k.B = sh->batch, k.T = sh->seq, k.Hq = sh->q_heads, k.Hkv = sh->kv_heads, k.D = sh->head_dim;
+    k.deterministic = backward && !s->attention_cudnn_nondeterministic;
+    k.padding_mask = backward && (s->attention_cudnn_padding_mask || (cudnnGetVersion() <= 91500 && k.T % 128 != 0));
     return k;
 }
 
@@ -577,8 +582,8 @@ an_status execute(an_ctx *ctx, cudnnHandle_t handle, const Plan *p, const an_att
     }
     float scale = (float)sh->scale, one = 1.0f;
     float neg_inf = cudnnGetVersion() < 91000 ? -FLT_MAX : -INFINITY; /* older engines want the lowest finite */
-    int64_t uids[16];
-    void *ptrs[16];
+    int64_t uids[20]; /* at most 9 buffers, 3 scalars and 4 workspace parts */
+    void *ptrs[20];
     int n = 0;
     for (int i = 0; i < n_io; i++) uids[n] = io_uids[i], ptrs[n++] = io_ptrs[i];
     uids[n] = UID_SCALE, ptrs[n++] = &scale;
@@ -633,9 +638,10 @@ an_status an_attention_cudnn_forward(an_ctx *ctx, const an_attention_shape *sh, 
     AN_CHECK(ctx, an_attention_cudnn_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
              "cuDNN attention: %s head_dim %lld is not a cuDNN shape", an_dtype_name(dtype), (long long)sh->head_dim);
     if (sh->batch == 0 || sh->seq == 0) return AN_OK;
+    AN_CUDA_STATE(ctx, s);
     Plan *p;
     cudnnHandle_t handle;
-    AN_TRY(plan_get(ctx, key_of(sh, dtype, false, false), &handle, &p));
+    AN_TRY(plan_get(ctx, key_of(s, sh, dtype, false), &handle, &p));
     const int64_t uids[] = {UID_Q, UID_K, UID_V, UID_O, UID_STATS};
     void *const ptrs[] = {(void *)q, (void *)k, (void *)v, out, lse};
     return execute(ctx, handle, p, sh, 5, uids, ptrs);
@@ -650,7 +656,7 @@ an_status an_attention_cudnn_backward(an_ctx *ctx, const an_attention_shape *sh,
     if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
     Plan *p;
     cudnnHandle_t handle;
-    AN_TRY(plan_get(ctx, key_of(sh, dtype, true, !s->attention_cudnn_nondeterministic), &handle, &p));
+    AN_TRY(plan_get(ctx, key_of(s, sh, dtype, true), &handle, &p));
     /* cuDNN writes all three gradients: an unwanted one goes to a temporary block */
     size_t elem = an_dtype_size(dtype);
     size_t q_bytes = (size_t)(sh->batch * sh->seq * sh->q_heads * sh->head_dim) * elem;

@@ -69,6 +69,10 @@ an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on);
 /* Whether cuDNN's attention backward is its deterministic one (on by default, bit-reproducible
  * like our kernels) or the one that accumulates dQ with atomics: off only to measure it. */
 an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on);
+/* Whether every cuDNN attention backward graph carries the explicit padding mask that cuDNN <= 9.15
+ * needs when T is not a multiple of 128 (off by default: added only there); on only so tests can
+ * run that graph on a newer cuDNN. */
+an_status an_cuda_set_attention_cudnn_padding_mask(an_ctx *ctx, bool always);
 /* cudnnGetVersion() of the loaded cuDNN (e.g. 91400), 0 in a build without CUDA. */
 int an_cuda_cudnn_version(void);
 /* Timing on the state's stream: an event recorded now (free it with an_cuda_event_free), and the

@@ -41,6 +41,8 @@ struct an_cuda_state {
     int attention_cudnn_off;   /* 1: attention never takes the cuDNN path (an_cuda_set_attention_cudnn) */
     int attention_cudnn_nondeterministic; /* 1: cuDNN's backward accumulates dQ with atomics
                                   (an_cuda_set_attention_cudnn_deterministic, for measurement) */
+    int attention_cudnn_padding_mask; /* 1: every cuDNN backward graph has the explicit padding mask
+                                  (an_cuda_set_attention_cudnn_padding_mask, for tests) */
 };
 
 #define AN_GEMM_PLAN_SLOTS 64

@@ -233,6 +233,12 @@ an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on) {
     return AN_OK;
 }
 
+an_status an_cuda_set_attention_cudnn_padding_mask(an_ctx *ctx, bool always) {
+    AN_CUDA_STATE(ctx, s);
+    s->attention_cudnn_padding_mask = always;
+    return AN_OK;
+}
+
 an_status an_cuda_event_record(an_ctx *ctx, void **event) {
     AN_CUDA_STATE(ctx, s);
     cudaEvent_t e = nullptr;

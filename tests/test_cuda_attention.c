@@ -4,7 +4,9 @@
  * when repeated), T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
  * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernel over
  * a KV cache; and the autograd ops (an_attention forward + backward, an_attention_cached) on CUDA
- * tensors against the same ops on the CPU.
+ * tensors against the same ops on the CPU. Unsegmented bf16/f16 shapes at head_dim 64 and 128 run
+ * on cuDNN (its default switch; tests/test_cuda_attention_cudnn.c tests that path on its own), and
+ * again on our tensor-core kernels with the switch off.
  *
  * Every launcher output is poisoned with 0xFF bytes (NaN in every float dtype) before the launch,
  * so an element left unwritten fails; NaN never passes. Bounds, with rtol by dtype (f32 1e-5,
@@ -235,7 +237,15 @@ START_TEST(test_cuda_attention_forward_and_backward_match_float64_reference) {
     an_ctx *ctx = gpu_ctx(1, "cuda attention");
     if (!ctx) return;
     for (int d = 0; d < N_DTYPES; d++)
-        for (size_t s = 0; s < N_SHAPES; s++) check_shape(ctx, float_dtypes[d], shapes[s]);
+        for (size_t s = 0; s < N_SHAPES; s++) {
+            check_shape(ctx, float_dtypes[d], shapes[s]);
+            /* unsegmented tensor-core shapes went to cuDNN: run them on our kernels as well */
+            if (shapes[s].seg == SEG_NONE && an_cuda_attention_uses_tensor_cores(float_dtypes[d], shapes[s].D)) {
+                test_ok(ctx, an_cuda_set_attention_cudnn(ctx, false), "cuDNN switch");
+                check_shape(ctx, float_dtypes[d], shapes[s]);
+                test_ok(ctx, an_cuda_set_attention_cudnn(ctx, true), "cuDNN switch");
+            }
+        }
     test_ctx_free(ctx);
 }
 END_TEST
@@ -437,7 +447,7 @@ static void time_shape(an_ctx *ctx, int64_t B, int64_t T, int64_t Hq, int64_t Hk
     printf("attention bf16 B %lld T %lld Hq %lld Hkv %lld D %lld causal (%s): forward %.3f ms (%.1f TFLOP/s), "
            "backward %.3f ms (%.1f TFLOP/s at 2.5x the forward's useful work; dq alone %.3f ms, dk and dv alone %.3f ms)\n",
            (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)D,
-           an_cuda_attention_uses_tensor_cores(AN_BF16, D) ? "tensor cores" : "CUDA cores", fwd * 1e3, flops / fwd * 1e-12,
+           an_cuda_attention_uses_tensor_cores(AN_BF16, D) ? "tensor cores: cuDNN, no segments" : "CUDA cores", fwd * 1e3, flops / fwd * 1e-12,
            bwd * 1e3, 2.5 * flops / bwd * 1e-12, part[0] * 1e3, part[1] * 1e3);
     fflush(stdout);
     for (int i = 0; i < 9; i++) an_tensor_release(t[i]);

@@ -3,7 +3,7 @@
  * against the float64 CPU reference (an_cpu_attention, an_cpu_attention_backward) on fresh random
  * inputs: B 1-2, T in {1, 17, 128, 300}, Hq/Hkv in {2/2, 12/2, 8/1}, D 64 and 128, bf16 and f16;
  * forward (out and lse), backward (all gradients, bit-identical when repeated, and one gradient
- * alone); then cuDNN against our tensor-core kernels (an_cuda_set_attention_cudnn off) at the
+ * alone); the same for the backward graph with the explicit padding mask of cuDNN <= 9.15; then cuDNN against our tensor-core kernels (an_cuda_set_attention_cudnn off) at the
  * benchmark shape B 8, T 1024, Hq 12, Hkv 2, D 128 bf16, each path's backward also from the
  * other's forward, with both paths' forward and backward times printed (cudaEvent, mean of 20
  * calls after 3 warm-ups) and cuDNN's non-deterministic backward timed beside its deterministic one.
@@ -227,6 +227,25 @@ START_TEST(test_cuda_attention_cudnn_matches_float64_reference) {
 }
 END_TEST
 
+/* The backward graph with the explicit padding mask cuDNN <= 9.15 needs at T % 128 != 0, run on
+ * whatever cuDNN is loaded (an_cuda_set_attention_cudnn_padding_mask forces it). */
+START_TEST(test_cuda_attention_cudnn_padding_mask_graph_matches_float64_reference) {
+    an_ctx *ctx = gpu_ctx(13, "cudnn attention, padding-mask graph");
+    if (!ctx) return;
+    test_ok(ctx, an_cuda_set_attention_cudnn_padding_mask(ctx, true), "padding mask switch");
+    const int64_t seqs[] = {1, 17, 300}, heads[][2] = {{2, 2}, {12, 2}, {8, 1}};
+    int bad = 0, cases = 0;
+    for (int t = 0; t < 3; t++)
+        for (int h = 0; h < 3; h++) {
+            an_dtype dtype = (t + h) % 2 ? AN_F16 : AN_BF16;
+            bad += check_shape(ctx, dtype, seqs[t] == 300 ? 1 : 2, seqs[t], heads[h][0], heads[h][1], h == 1 ? 64 : 128);
+            cases++;
+        }
+    ck_assert_msg(bad == 0, "%d failures over %d padding-mask cases (printed above)", bad, cases);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* ---- cuDNN against our tensor-core kernels at the benchmark shape, with times ---- */
 
 enum { WARMUP = 3, REPS = 20 };
@@ -375,6 +394,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("cuda_attention_cudnn");
     test_add_case(s, "reference", test_cuda_attention_cudnn_matches_float64_reference);
+    test_add_case(s, "padding", test_cuda_attention_cudnn_padding_mask_graph_matches_float64_reference);
     test_add_case(s, "bench", test_cuda_attention_cudnn_agrees_with_tensor_core_kernels_and_is_timed);
     return test_run(s);
 }
