@@ -43,15 +43,17 @@
  * softmax; the 16 partial results are merged in warp order. (Before the chunks: 8 warps, one key
  * at a time, 16 us per layer at batch 1 and 256 keys on an H200.) The (row, length) table is read from the device (the KV cache keeps
  * it there), so a decode step neither uploads nor synchronises and can be captured in a CUDA graph.
- * It launches with Programmatic Dependent Launch (kernels/pdl.cuh) and waits before reading. A
- * grouped-query variant (one block per kv head and split of the keys, each K/V row read once for
- * the group's 6 query heads, splits merged by a second kernel) measured slower on an H200 (batch
- * 1: 15.2 vs 10.4 us, batch 32: 38.5 vs 23 us, 256 keys): its per-key warp reductions, six per
- * key, run in one warp's chain instead of six blocks'; it was not kept. */
+ * It launches with Programmatic Dependent Launch (kernels/pdl.cuh) and waits before reading.
+ * bf16/f16 at head_dim 128 with 2 to 8 query heads a kv head first go to the grouped kernel of
+ * decode_attention.cu (each K/V row read once per kv head, a half-warp per key: 4-step reductions
+ * shared by both halves of a warp). An earlier grouped variant with a whole warp per key (six
+ * 5-step reductions a key in one warp's chain) measured slower than this kernel on an H200
+ * (batch 1: 15.2 vs 10.4 us, batch 32: 38.5 vs 23 us, 256 keys). */
 #include "kernels/attention_mma.cuh" /* the tensor-core path for bf16/f16, head_dim 64 and 128 */
 #include "kernels/attention_cudnn.cuh" /* cuDNN's fused flash attention for those without segments */
 #include "kernels/block_reduce.cuh" /* an_lanes_sum, an_lanes_max */
 #include "kernels/cuda_common.cuh"
+#include "kernels/decode_attention.cuh" /* the grouped-query decode kernel, tried first */
 #include "kernels/pdl.cuh"           /* the decode kernel launches with Programmatic Dependent Launch */
 
 #include <math.h>
@@ -713,6 +715,10 @@ an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *sh, in
     AN_CHECK(ctx, sh->batch * sh->seq <= INT32_MAX, AN_ERR_INPUT, "attention_cached: %lld query tokens exceed the CUDA grid",
              (long long)(sh->batch * sh->seq));
     if (sh->batch == 0 || sh->seq == 0) return AN_OK;
+    bool grouped = false; /* decode_attention.cuh's rule: bf16/f16, head_dim 128, 2-8 query heads a kv head */
+    AN_TRY(an_decode_attention_grouped(ctx, sh, cache_len, cache_rows, dtype, q, k_cache, v_cache, rows, lengths, out,
+                                       &grouped));
+    if (grouped) return AN_OK;
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "attention_cached", {
         DecodeArgs<T> a = {};
         a.q = (const T *)q, a.k = (const T *)k_cache, a.v = (const T *)v_cache, a.out = (T *)out;

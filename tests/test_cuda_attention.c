@@ -2,11 +2,13 @@
  * CPU reference (an_cpu_attention, an_cpu_attention_backward, an_cpu_attention_cached) on fresh
  * random inputs: forward (out and lse), backward (dq, dk, dv, together and alone, bit-identical
  * when repeated), T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
- * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernel over
- * a KV cache; and the autograd ops (an_attention forward + backward, an_attention_cached) on CUDA
- * tensors against the same ops on the CPU. Unsegmented bf16/f16 shapes at head_dim 64 and 128 run
- * on cuDNN (its default switch; tests/test_cuda_attention_cudnn.c tests that path on its own), and
- * again on our tensor-core kernels with the switch off.
+ * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernels over
+ * a KV cache (per query head, and grouped per kv head for bf16/f16 at head_dim 128: 150 keys in 3
+ * splits merged by a second kernel, 40 keys in one); and the autograd ops (an_attention forward +
+ * backward, an_attention_cached) on CUDA tensors against the same ops on the CPU. Unsegmented
+ * bf16/f16 shapes at head_dim 64 and 128 run on cuDNN (its default switch;
+ * tests/test_cuda_attention_cudnn.c tests that path on its own), and again on our tensor-core
+ * kernels with the switch off.
  *
  * Every launcher output is poisoned with 0xFF bytes (NaN in every float dtype) before the launch,
  * so an element left unwritten fails; NaN never passes. Bounds, with rtol by dtype (f32 1e-5,
@@ -272,14 +274,16 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
     an_ctx *ctx = gpu_ctx(3, "cuda attention_cached");
     if (!ctx) return;
     const int64_t head_dims[] = {1, 16, 64, 128, 200, 256};
-    const int64_t Bc = 3, S = 150, rows[2] = {2, 0}, lengths[3] = {5, 0, 129};
+    const int64_t Bc = 3, rows[2] = {2, 0};
     char what[128];
     for (int d = 0; d < N_DTYPES; d++)
         for (size_t z = 0; z < sizeof head_dims / sizeof *head_dims; z++)
             for (int64_t T = 1; T <= 3; T += 2)
-                for (int gqa = 0; gqa < 2; gqa++) {
+                for (int gqa = 0; gqa < 3; gqa++) { /* 1, 6 and 3 query heads a kv head */
                     an_dtype dtype = float_dtypes[d];
-                    int64_t D = head_dims[z], Hq = gqa ? 12 : 2, Hkv = 2, B = 2;
+                    int64_t D = head_dims[z], Hq = gqa == 0 ? 2 : gqa == 1 ? 12 : 6, Hkv = 2, B = 2;
+                    /* 150 keys: the grouped kernel splits them over 3 blocks and merges; 40: one block */
+                    int64_t S = T == 1 ? 150 : 40, lengths[3] = {5, 0, S - 21};
                     int64_t qs[4] = {B, T, Hq, D}, cs[4] = {Bc, S, Hkv, D};
                     pair q = random_pair(ctx, dtype, 4, qs, -2, 2), k = random_pair(ctx, dtype, 4, cs, -2, 2);
                     pair v = random_pair(ctx, dtype, 4, cs, -2, 2);
@@ -295,8 +299,8 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                                                      an_tensor_data(v.dev), an_tensor_data(r_dev), an_tensor_data(len_dev),
                                                      an_tensor_data(out)),
                        "attention_cached");
-                    snprintf(what, sizeof what, "decode %s D %lld T %lld Hq %lld", an_dtype_name(dtype), (long long)D,
-                             (long long)T, (long long)Hq);
+                    snprintf(what, sizeof what, "decode %s D %lld T %lld Hq %lld S %lld", an_dtype_name(dtype),
+                             (long long)D, (long long)T, (long long)Hq, (long long)S);
                     expect_dev_close(ctx, out, want, rtol_of(dtype), rtol_of(dtype), 0, what);
 
                     /* the op on CUDA tensors against the op on the CPU */
