@@ -3,20 +3,21 @@
  * of the kv head's group, so each K and V row is read once for the group (the per-head kernel of
  * attention.cu reads it once per query head: six times for the 1.5B model).
  *
- * Layout: a block is 8 warps = 16 half-warps. A half-warp takes a key at a time (kKB keys a pass);
- * lane li of it holds head dims [8 li, 8 li + 8) as one 16-byte load of the K row and one of the V
- * row, so a key's G dot products reduce over 16 lanes in 4 shuffle steps, and both halves of a warp
- * share the shuffle instructions. Passes are warp-uniform (both halves loop together; keys past the
- * visible ones are masked), so the full-mask shuffles never diverge.
- * Merges, all in a fixed order (a launch of one shape repeats bit for bit): each half-warp keeps
- * its own online softmax per head; a warp's two halves merge by shuffles (half 0's result kept),
- * the block's 8 warps through shared memory in warp order, and with several splits a second kernel
- * adds the splits in split order from an fp32 buffer of (o, max, sum) per split.
+ * Layout: a block is 64 threads and walks its split 64 keys at a time. Scores: thread i takes key
+ * i of the chunk and forms the G dot products alone (its K row in 16 16-byte loads, the scaled q
+ * of the group broadcast from shared memory), so no shuffles per key. Values: thread i owns head
+ * dims 2i and 2i + 1 and adds p * V over the chunk's keys from shared memory, where the block
+ * copied the chunk's V rows asynchronously (cp.async) before the K loads: both are in flight
+ * together, so a chunk costs one memory latency. Per chunk the block reduces each head's max and sum (two
+ * warps: butterfly, then warp 0 before warp 1) and rescales the running output (online softmax).
+ * With several splits a second kernel adds them in split order from an fp32 buffer of (o, max,
+ * sum) per split. Every order is fixed: a launch of one shape repeats bit for bit.
  * Numerics: fp32; q is scaled by the softmax scale once on load (the per-head kernel scales each
  * dot product instead: last-bit differences). A row of the batch whose cache row is out of range
  * (never: the op validates rows) gets zeros, as in the per-head kernel. */
 #include "kernels/decode_attention.cuh"
 
+#include "kernels/block_reduce.cuh" /* an_lanes_max, an_lanes_sum */
 #include "kernels/pdl.cuh" /* an_launch_pdl, an_pdl_wait: launched like the rest of the decode step */
 #include "kernels/vec.cuh" /* an_unpack16 */
 
@@ -25,10 +26,9 @@
 
 namespace {
 
-constexpr int kD = 128;     /* the head dim this kernel takes */
-constexpr int kWarps = 8;   /* 16 half-warps a block */
-constexpr int kKB = 2;      /* keys per half-warp per pass */
-constexpr int kChunk = 64;  /* keys per split while the splits stay at most kMaxSplits */
+constexpr int kD = 128;      /* the head dim this kernel takes */
+constexpr int kThreads = 64; /* keys per chunk: one a thread; two head dims a thread */
+constexpr int kChunk = 64;   /* keys per split while the splits stay at most kMaxSplits */
 constexpr int kMaxSplits = 64;
 
 template <typename T> struct GqaArgs {
@@ -39,25 +39,34 @@ template <typename T> struct GqaArgs {
     const int64_t *rows;    /* (B'): cache row of each batch entry */
     const int64_t *lengths; /* (Bc): keys each cache row held before these T tokens */
     int64_t seq, cache_len, cache_rows; /* T, S, Bc */
-    int64_t chunk;          /* keys per split */
+    int64_t chunk;          /* keys per split, a multiple of kThreads */
     int Hq, Hkv, nsplit;
     float scale;
 };
 
-/* x summed over this lane's half-warp (xor 8, 4, 2, 1: the same bits in its 16 lanes). */
-__device__ __forceinline__ float half_sum(float x) {
-#pragma unroll
-    for (int off = 8; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
-    return x;
+/* Two bf16/f16 values of a 32-bit word, widened. */
+template <typename T> __device__ __forceinline__ void unpack2(uint32_t w, float *f) {
+    const T *e = reinterpret_cast<const T *>(&w);
+    f[0] = an_load(e[0]), f[1] = an_load(e[1]);
 }
 
+/* 16 bytes global -> shared without registers (cp.async); the group is waited for by copy_async_wait. */
+template <typename T> __device__ __forceinline__ void copy_async16(T *smem, const T *gmem) {
+    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
+
 /* Block (row, kv head g, split): the G query heads g G .. g G + G - 1 over the split's keys. */
-template <typename T, int G> __global__ void __launch_bounds__(kWarps * 32) gqa_split_kernel(GqaArgs<T> a) {
-    __shared__ float sm_m[kWarps][G], sm_l[kWarps][G];
-    __shared__ float sm_o[kWarps][G][kD];
+template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_split_kernel(GqaArgs<T> a) {
+    __shared__ __align__(16) float q_s[G][kD]; /* the group's q, scaled */
+    __shared__ float p_s[G][kThreads];          /* the chunk's probabilities */
+    __shared__ float max_s[2][G], sum_s[2][G];  /* per-warp partials */
+    __shared__ __align__(16) T v_s[kThreads][kD]; /* the chunk's V rows */
     an_pdl_wait(); /* q, the cache and its lengths come from the kernels before */
     an_pdl_trigger();
-    const int lane = threadIdx.x % 32, w = threadIdx.x / 32, hw = lane / 16, li = lane % 16;
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int64_t row = blockIdx.x, b = row / a.seq, t = row % a.seq; /* row = b T + t */
     const int g = blockIdx.y, split = blockIdx.z;
     const int64_t cache_row = a.rows[b];
@@ -67,105 +76,90 @@ template <typename T, int G> __global__ void __launch_bounds__(kWarps * 32) gqa_
     const int64_t k_begin = (int64_t)split * a.chunk;
     const int64_t k_end = k_begin + a.chunk < visible ? k_begin + a.chunk : visible;
     const int64_t key_stride = (int64_t)a.Hkv * kD;
-    const int64_t cache_base = (valid_row ? cache_row : 0) * a.cache_len * key_stride + (int64_t)g * kD + li * 8;
-    const T *kc = a.k + cache_base, *vc = a.v + cache_base; /* this lane's 8 dims of key 0 */
+    const int64_t cache_base = (valid_row ? cache_row : 0) * a.cache_len * key_stride + (int64_t)g * kD;
+    const T *qg = a.q + (row * a.Hq + (int64_t)g * G) * kD; /* (G, D) */
+    for (int i = tid; i < G * kD; i += kThreads) q_s[i / kD][i % kD] = an_load(qg[i]) * a.scale;
+    __syncthreads();
 
-    float q[G][8], o[G][8], m[G], l[G];
+    float m[G], l[G], o[G][2];
 #pragma unroll
-    for (int h = 0; h < G; h++) {
-        const T *qh = a.q + (row * a.Hq + (int64_t)g * G + h) * kD + li * 8;
-        an_unpack16<T>(*reinterpret_cast<const uint4 *>(qh), q[h]);
-#pragma unroll
-        for (int e = 0; e < 8; e++) q[h][e] *= a.scale, o[h][e] = 0.0f;
-        m[h] = -INFINITY, l[h] = 0.0f;
-    }
-    /* warp w takes keys base .. base + 2 kKB - 1 of a pass, its half hw the kKB from base + hw kKB */
-    for (int64_t base = k_begin + (int64_t)w * 2 * kKB; base < k_end; base += (int64_t)kWarps * 2 * kKB) {
-        uint4 kr[kKB], vr[kKB];
-        bool in[kKB];
-#pragma unroll
-        for (int i = 0; i < kKB; i++) { /* the pass's loads together: one memory latency, not kKB */
-            const int64_t j = base + hw * kKB + i;
-            in[i] = j < k_end;
-            kr[i] = in[i] ? __ldg(reinterpret_cast<const uint4 *>(kc + j * key_stride)) : make_uint4(0, 0, 0, 0);
-            vr[i] = in[i] ? __ldg(reinterpret_cast<const uint4 *>(vc + j * key_stride)) : make_uint4(0, 0, 0, 0);
+    for (int h = 0; h < G; h++) m[h] = -INFINITY, l[h] = 0.0f, o[h][0] = o[h][1] = 0.0f;
+    for (int64_t c = k_begin; c < k_end; c += kThreads) { /* block-uniform */
+        const int64_t key = c + tid;
+        const bool live = key < k_end;
+        const int n = k_end - c < kThreads ? (int)(k_end - c) : kThreads; /* live keys of the chunk */
+        /* the chunk's V rows into shared memory (16-byte asynchronous copies, 16 a thread) */
+        for (int i = tid; i < n * (kD / 8); i += kThreads) {
+            const int j = i / (kD / 8), part = i % (kD / 8);
+            copy_async16(&v_s[j][part * 8], a.v + cache_base + (c + j) * key_stride + part * 8);
         }
-        float s[kKB][G];
+        copy_async_commit();
+        uint4 kr[kD / 8];
+        const uint4 *kp = reinterpret_cast<const uint4 *>(a.k + cache_base + (live ? key : c) * key_stride);
 #pragma unroll
-        for (int i = 0; i < kKB; i++) {
+        for (int i = 0; i < kD / 8; i++) kr[i] = live ? __ldg(kp + i) : make_uint4(0, 0, 0, 0);
+        float s[G];
+#pragma unroll
+        for (int h = 0; h < G; h++) s[h] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < kD / 8; i++) {
             float kf[8];
             an_unpack16<T>(kr[i], kf);
 #pragma unroll
             for (int h = 0; h < G; h++) {
-                float dot = 0.0f;
-#pragma unroll
-                for (int e = 0; e < 8; e++) dot = fmaf(q[h][e], kf[e], dot);
-                dot = half_sum(dot); /* every lane of the warp shuffles: in[i] only masks the result */
-                s[i][h] = in[i] ? dot : -INFINITY;
+                const float4 q0 = *reinterpret_cast<const float4 *>(&q_s[h][i * 8]);
+                const float4 q1 = *reinterpret_cast<const float4 *>(&q_s[h][i * 8 + 4]);
+                s[h] = fmaf(q0.x, kf[0], s[h]), s[h] = fmaf(q0.y, kf[1], s[h]);
+                s[h] = fmaf(q0.z, kf[2], s[h]), s[h] = fmaf(q0.w, kf[3], s[h]);
+                s[h] = fmaf(q1.x, kf[4], s[h]), s[h] = fmaf(q1.y, kf[5], s[h]);
+                s[h] = fmaf(q1.z, kf[6], s[h]), s[h] = fmaf(q1.w, kf[7], s[h]);
             }
         }
 #pragma unroll
         for (int h = 0; h < G; h++) {
-            float m_new = m[h];
+            if (!live) s[h] = -INFINITY;
+            const float wm = an_lanes_max<32>(s[h]);
+            if (lane == 0) max_s[warp][h] = wm;
+        }
+        __syncthreads();
 #pragma unroll
-            for (int i = 0; i < kKB; i++) m_new = fmaxf(m_new, s[i][h]);
-            if (m_new == -INFINITY) continue; /* no visible key of this half-warp in this pass */
+        for (int h = 0; h < G; h++) {
+            const float m_new = fmaxf(m[h], fmaxf(max_s[0][h], max_s[1][h])); /* finite: key c is live */
             const float alpha = expf(m[h] - m_new); /* 0 while m is -inf */
-            l[h] *= alpha;
-#pragma unroll
-            for (int e = 0; e < 8; e++) o[h][e] *= alpha;
-#pragma unroll
-            for (int i = 0; i < kKB; i++) {
-                const float p = expf(s[i][h] - m_new); /* 0 for a masked key */
-                float vf[8];
-                an_unpack16<T>(vr[i], vf);
-                l[h] += p;
-#pragma unroll
-                for (int e = 0; e < 8; e++) o[h][e] = fmaf(p, vf[e], o[h][e]);
-            }
+            const float p = live ? expf(s[h] - m_new) : 0.0f;
+            p_s[h][tid] = p;
+            const float ws = an_lanes_sum<32>(p);
+            if (lane == 0) sum_s[warp][h] = ws;
+            l[h] *= alpha, o[h][0] *= alpha, o[h][1] *= alpha;
             m[h] = m_new;
         }
+        copy_async_wait();
+        __syncthreads();
+#pragma unroll
+        for (int h = 0; h < G; h++) l[h] += sum_s[0][h] + sum_s[1][h];
+#pragma unroll 4
+        for (int j = 0; j < n; j++) {
+            float vf[2];
+            unpack2<T>(*reinterpret_cast<const uint32_t *>(&v_s[j][2 * tid]), vf);
+#pragma unroll
+            for (int h = 0; h < G; h++) {
+                const float p = p_s[h][j];
+                o[h][0] = fmaf(p, vf[0], o[h][0]), o[h][1] = fmaf(p, vf[1], o[h][1]);
+            }
+        }
+        __syncthreads(); /* p_s and the partials are rewritten by the next chunk */
     }
-    /* the warp's two halves; half 0's result (its own partial first) is the one kept */
 #pragma unroll
     for (int h = 0; h < G; h++) {
-        const float m2 = __shfl_xor_sync(0xffffffffu, m[h], 16), l2 = __shfl_xor_sync(0xffffffffu, l[h], 16);
-        const float mx = fmaxf(m[h], m2);
-        const float f1 = m[h] == -INFINITY ? 0.0f : expf(m[h] - mx), f2 = m2 == -INFINITY ? 0.0f : expf(m2 - mx);
-        l[h] = l[h] * f1 + l2 * f2;
-#pragma unroll
-        for (int e = 0; e < 8; e++) o[h][e] = o[h][e] * f1 + __shfl_xor_sync(0xffffffffu, o[h][e], 16) * f2;
-        m[h] = mx;
-    }
-    if (hw == 0) {
-#pragma unroll
-        for (int h = 0; h < G; h++) {
-#pragma unroll
-            for (int e = 0; e < 8; e++) sm_o[w][h][li * 8 + e] = o[h][e];
-            if (li == 0) sm_m[w][h] = m[h], sm_l[w][h] = l[h];
-        }
-    }
-    __syncthreads();
-    /* the 8 warps in warp order, one (head, dim) output per thread and step */
-    for (int idx = threadIdx.x; idx < G * kD; idx += kWarps * 32) {
-        const int h = idx / kD, d = idx % kD;
-        float mx = -INFINITY;
-        for (int x = 0; x < kWarps; x++) mx = fmaxf(mx, sm_m[x][h]);
-        float L = 0.0f, O = 0.0f;
-        if (mx != -INFINITY)
-            for (int x = 0; x < kWarps; x++) {
-                if (sm_m[x][h] == -INFINITY) continue; /* a warp that saw no key */
-                const float f = expf(sm_m[x][h] - mx);
-                L += sm_l[x][h] * f;
-                O += sm_o[x][h][d] * f;
-            }
         const int64_t qh = row * a.Hq + (int64_t)g * G + h; /* (row, query head) */
         if (a.nsplit == 1) {
-            a.out[qh * kD + d] = an_store<T>(L > 0.0f ? O / L : 0.0f);
+            const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
+            T *op = a.out + qh * kD + 2 * tid;
+            op[0] = an_store<T>(o[h][0] * inv), op[1] = an_store<T>(o[h][1] * inv);
         } else {
             float *p = a.partial + (qh * a.nsplit + split) * (kD + 2);
-            p[d] = O;
-            if (d == 0) p[kD] = mx, p[kD + 1] = L;
+            p[2 * tid] = o[h][0], p[2 * tid + 1] = o[h][1];
+            if (tid == 0) p[kD] = m[h], p[kD + 1] = l[h];
         }
     }
 }
@@ -193,7 +187,7 @@ template <typename T> __global__ void __launch_bounds__(kD) gqa_merge_kernel(Gqa
 
 template <typename T, int G> an_status launch_group(an_ctx *ctx, an_cuda_state *s, const GqaArgs<T> &a, int64_t rows) {
     dim3 grid((unsigned)rows, (unsigned)a.Hkv, (unsigned)a.nsplit);
-    cudaError_t err = an_launch_pdl(s, gqa_split_kernel<T, G>, grid, dim3(kWarps * 32), a);
+    cudaError_t err = an_launch_pdl(s, gqa_split_kernel<T, G>, grid, dim3(kThreads), a);
     AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of gqa_split_kernel failed: %s",
              cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "gqa_split_kernel");
@@ -232,11 +226,10 @@ an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh,
         !aligned16(out) || n < 1 || cache_len < 1 || sh->kv_heads > 65535 || sh->q_heads > 65535 || n > INT32_MAX)
         return AN_OK;
     *taken = true;
-    int64_t nsplit = (cache_len + kChunk - 1) / kChunk, chunk = kChunk;
-    if (nsplit > kMaxSplits) {
-        nsplit = kMaxSplits;
-        chunk = (cache_len + nsplit - 1) / nsplit;
-    }
+    /* kChunk keys a split up to kMaxSplits splits, then longer splits (whole chunks of kThreads) */
+    int64_t chunk = (cache_len + kMaxSplits - 1) / kMaxSplits;
+    chunk = chunk <= kChunk ? kChunk : (chunk + kThreads - 1) / kThreads * kThreads;
+    const int64_t nsplit = (cache_len + chunk - 1) / chunk;
     float *partial = nullptr;
     if (nsplit > 1) {
         char why[256];

@@ -3,8 +3,9 @@
  * random inputs: forward (out and lse), backward (dq, dk, dv, together and alone, bit-identical
  * when repeated), T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
  * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernels over
- * a KV cache (per query head, and grouped per kv head for bf16/f16 at head_dim 128: 150 keys in 3
- * splits merged by a second kernel, 40 keys in one); and the autograd ops (an_attention forward +
+ * a KV cache (per query head, and grouped per kv head for bf16/f16 at head_dim 128: 4500 keys in 36
+ * splits of two chunks each, 150 keys in 3 splits merged by a second kernel, 40 keys in one; the
+ * grouped kernel also replayed from a CUDA graph); and the autograd ops (an_attention forward +
  * backward, an_attention_cached) on CUDA tensors against the same ops on the CPU. Unsegmented
  * bf16/f16 shapes at head_dim 64 and 128 run on cuDNN (its default switch;
  * tests/test_cuda_attention_cudnn.c tests that path on its own), and again on our tensor-core
@@ -278,12 +279,14 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
     char what[128];
     for (int d = 0; d < N_DTYPES; d++)
         for (size_t z = 0; z < sizeof head_dims / sizeof *head_dims; z++)
-            for (int64_t T = 1; T <= 3; T += 2)
+            for (int64_t T = 1; T <= 5; T += 2)
                 for (int gqa = 0; gqa < 3; gqa++) { /* 1, 6 and 3 query heads a kv head */
                     an_dtype dtype = float_dtypes[d];
                     int64_t D = head_dims[z], Hq = gqa == 0 ? 2 : gqa == 1 ? 12 : 6, Hkv = 2, B = 2;
-                    /* 150 keys: the grouped kernel splits them over 3 blocks and merges; 40: one block */
-                    int64_t S = T == 1 ? 150 : 40, lengths[3] = {5, 0, S - 21};
+                    if (T == 5 && D != 128) continue;
+                    /* 150 keys: the grouped kernel splits them over 3 blocks and merges; 40: one block;
+                     * 4500 (head_dim 128): 36 splits of 128 keys, each two chunks, the last ones empty */
+                    int64_t S = T == 1 ? 150 : T == 3 ? 40 : 4500, lengths[3] = {5, 0, S - 21};
                     int64_t qs[4] = {B, T, Hq, D}, cs[4] = {Bc, S, Hkv, D};
                     pair q = random_pair(ctx, dtype, 4, qs, -2, 2), k = random_pair(ctx, dtype, 4, cs, -2, 2);
                     pair v = random_pair(ctx, dtype, 4, cs, -2, 2);
@@ -302,6 +305,23 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                     snprintf(what, sizeof what, "decode %s D %lld T %lld Hq %lld S %lld", an_dtype_name(dtype),
                              (long long)D, (long long)T, (long long)Hq, (long long)S);
                     expect_dev_close(ctx, out, want, rtol_of(dtype), rtol_of(dtype), 0, what);
+                    if (D == 128) { /* captured in a CUDA graph (as generation runs it): the same bits */
+                        an_tensor *replayed = test_poisoned_gpu(ctx, dtype, 4, qs);
+                        an_cuda_graph *graph = NULL;
+                        test_ok(ctx, an_cuda_graph_begin(ctx), "capture");
+                        an_status body = an_cuda_attention_cached(ctx, &sh, S, Bc, dtype, an_tensor_data(q.dev),
+                                                                  an_tensor_data(k.dev), an_tensor_data(v.dev),
+                                                                  an_tensor_data(r_dev), an_tensor_data(len_dev),
+                                                                  an_tensor_data(replayed));
+                        test_ok(ctx, an_cuda_graph_end(ctx, body, &graph), "captured attention_cached");
+                        test_ok(ctx, an_cuda_graph_launch(ctx, graph), "replay");
+                        an_tensor *e = an_tensor_to(ctx, out, AN_F64, AN_CPU), *g = an_tensor_to(ctx, replayed, AN_F64, AN_CPU);
+                        ck_assert(e && g);
+                        ck_assert_msg(memcmp(an_tensor_data(e), an_tensor_data(g), an_tensor_nbytes(e)) == 0,
+                                      "%s: graph replay differs", what);
+                        an_tensor_release(e), an_tensor_release(g), an_tensor_release(replayed);
+                        an_cuda_graph_free(ctx, graph);
+                    }
 
                     /* the op on CUDA tensors against the op on the CPU */
                     an_tensor *cpu = an_attention_cached(ctx, q.host, k.host, v.host, r, len, sh.scale);
