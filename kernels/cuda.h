@@ -115,9 +115,10 @@ an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype
  * accumulation, one rounding. an_cuda_gemm sends such shapes with small weights (a decode step's
  * projections) here, and an_linear its biased ones. */
 #define AN_CUDA_GEMV_MAX_ROWS 8
-/* an_cuda_gemm's rule at M <= AN_CUDA_GEMV_MAX_ROWS against W^T: the GEMV below this many weight
- * bytes, cuBLASLt at and above it (its kernels read large weights faster; gemm.cu). */
-#define AN_CUDA_GEMV_MAX_WEIGHT_BYTES ((size_t)16 << 20)
+/* an_cuda_gemm's rule at M <= AN_CUDA_GEMV_MAX_ROWS against W^T: the GEMV up to this many weight
+ * bytes (every projection of the 1.5B model), cuBLASLt above it (its kernels stream a 467 MB
+ * lm_head faster; gemm.cu). */
+#define AN_CUDA_GEMV_MAX_WEIGHT_BYTES ((size_t)64 << 20)
 an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
                        const void *bias, int accumulate, void *y);
 
@@ -179,13 +180,21 @@ typedef struct {
     void *y;          /* (M, n) */
     int64_t n;
 } an_cuda_proj;
-/* x' = rmsnorm(x (M, K)) with weight norm_w (K) and eps, rounded to the dtype as an_cuda_rmsnorm
- * writes it (never stored), then y_i = x' W_i^T + bias_i for n_proj (1 to 3) projections, all in
- * one launch; 1 <= M <= AN_CUDA_GEMV_MAX_ROWS; an_cuda_gemv's numerics (fp32 accumulation, bias
- * in fp32, one rounding). rstd is recomputed per block (its fp32 sum may differ from
- * an_cuda_rmsnorm's in the last bit). */
+/* x' = rmsnorm(x (M, K)) with weight norm_w (K) and eps (never stored), then y_i = x' W_i^T + bias_i
+ * for n_proj (1 to 3) projections, all in one launch; 1 <= M <= AN_CUDA_GEMV_MAX_ROWS. Numerics:
+ * fp32; the norm's scale is applied to the finished dot product (rstd * sum_k W x w_k), so x' is
+ * not rounded to the dtype as an_cuda_rmsnorm writes it; bias in fp32, one rounding. */
 an_status an_cuda_rmsnorm_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *norm_w,
                                double eps, const an_cuda_proj *proj, int n_proj);
+/* act (M, N) = swiglu(x' Wg^T + bg, x' Wu^T + bu) for x' = rmsnorm(x (M, K)) with weight norm_w (K)
+ * and eps, gate_w and up_w (N, K), biases (N) or NULL: a decode step's MLP up to down_proj in one
+ * launch; 1 <= M <= AN_CUDA_GEMV_MAX_ROWS. Numerics: fp32 throughout; the norm's scale is factored
+ * out of the dot products (rstd * sum_k W x w_k, so the normalised x is not rounded to the dtype as
+ * an_cuda_rmsnorm would write it); gate and up are rounded to the dtype, then an_cuda_swiglu's
+ * formula, one rounding. */
+an_status an_cuda_rmsnorm_swiglu_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                      const void *norm_w, double eps, const void *gate_w, const void *gate_b,
+                                      const void *up_w, const void *up_b, int64_t N, void *act);
 /* q_bias (Hq D), k_bias and v_bias (Hkv D) added to q, k, v (each may be NULL: none) as
  * an_cuda_binary adds them, an_cuda_rope of q (B', T, Hq, D) in place and of k (B', T, Hkv, D),
  * then an_cuda_kv_store of the rotated k and of v, bit for bit, in one launch: positions are lengths[rows[b]] + t (rows (B'),

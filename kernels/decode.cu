@@ -2,15 +2,20 @@
  * rule): fewer, larger launches where the step is a chain of small latency-bound kernels.
  *
  * - an_cuda_rmsnorm_gemv: RMSNorm of the few rows of x fused into up to three projections (q, k,
- *   v and their biases) in one launch. Every block recomputes the rows' sums of squares (M rows
- *   of K elements: a few KB from L2, cheap next to its share of the weights) and normalises x as
- *   it loads it, so the normalised rows never go through memory. Numerics: x is widened to fp32,
- *   the sum of squares is fp32 (per thread, warp butterfly, warps in order), rstd = 1 / sqrt(sum /
- *   K + eps) in fp64 stored as fp32, and each normalised element x * rstd * w is rounded to the
- *   dtype before it is used, as an_cuda_rmsnorm writes it (its sum order can differ, so rstd may
- *   differ in the last fp32 bit); then kernels/gemv.cu's rule: one warp per output column, 16-byte
- *   loads of the weight row, fp32 accumulation, a fixed warp reduction, bias added in fp32, one
- *   rounding.
+ *   v and their biases) in one launch. A warp takes one output column, streams its weight row in
+ *   16-byte loads that skip L1 (8 a lane in flight at one or two rows) and sums x^2 over the packs
+ *   it reads, so rstd needs no block reduction and no barrier before the weight loads. Numerics:
+ *   fp32; the norm's scale is factored out of the dot product, y = rstd * sum_k W x w_k + bias
+ *   with rstd = 1 / sqrt(sum / K + eps) (fp32 sum of squares over lanes then a fixed butterfly,
+ *   the root in fp64 stored as fp32; every warp forms the same rstd in the same order), one
+ *   rounding. The normalised x is not rounded to the dtype as an_cuda_rmsnorm would write it, so
+ *   outputs can differ from the op-by-op path by that rounding (tests/test_cuda_decode_fused.c).
+ * - an_cuda_rmsnorm_swiglu_gemv: the MLP up to down_proj (norm, gate, up, swiglu) in one launch.
+ *   A warp takes one output column and streams its gate and up rows together (16-byte loads that
+ *   skip L1); it also sums x^2 over the packs it reads, so rstd needs no block reduction: the
+ *   norm's scale is applied to the two finished dot products (rstd * sum_k W x w_k), every warp
+ *   forming the same rstd in the same order. gate and up are rounded to the dtype as their GEMMs
+ *   write them, then an_cuda_swiglu's formula and one rounding.
  * - an_cuda_kv_rope_store: the q/k/v biases added (optional: where the projections came from
  *   GEMMs without them), rope of q (in place) and k at positions lengths[rows[b]] + t, the rotated
  *   k and v written into the cache: what an_cuda_binary's bias add, an_cuda_rope (float64 angle
@@ -19,7 +24,7 @@
  * All read only device data (no host copy, no sync): capturable in a CUDA graph. All launch with
  * Programmatic Dependent Launch (kernels/pdl.cuh): the GEMVs prefetch their weight rows into L2
  * while the kernel before them finishes, then wait for it before reading x. */
-#include "kernels/block_reduce.cuh" /* an_block_sum */
+#include "kernels/block_reduce.cuh" /* an_lanes_sum */
 #include "kernels/cuda_common.cuh"
 #include "kernels/vec.cuh" /* an_vec_width, an_unpack16 */
 #include "kernels/pdl.cuh" /* an_launch_pdl: every kernel here waits (an_pdl_wait) before reading activations */
@@ -43,34 +48,20 @@ template <typename T> struct NormGemvArgs {
     double eps;
 };
 
-/* The normalised element x * rstd * w rounded to the dtype (an_cuda_rmsnorm's formula). */
-template <typename T> __device__ __forceinline__ float normed(float x, float rstd, float w) {
-    return an_load(an_store<T>(x * rstd * w));
+/* A 16-byte load of a weight read once: not kept in L1. */
+__device__ __forceinline__ uint4 load_stream(const uint4 *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
 }
 
-/* rstd_s[r] = 1 / sqrt(mean(x_r^2) + eps) for the M rows of x (M, K), computed by the whole block
- * (every thread must call it: the block sums hold barriers); ends with a barrier. */
-template <typename T, int MR>
-__device__ __forceinline__ void block_rstd(const T *x, int M, int64_t K, double eps, float *rstd_s) {
-#pragma unroll
-    for (int r = 0; r < MR; r++) {
-        if (r >= M) break;
-        float ss = 0.0f;
-        for (int64_t k = threadIdx.x; k < K; k += blockDim.x) {
-            float v = an_load(x[r * K + k]);
-            ss += v * v;
-        }
-        ss = an_block_sum(ss);
-        if (threadIdx.x == 0) rstd_s[r] = (float)(1.0 / sqrt((double)ss / (double)K + eps));
-    }
-    __syncthreads();
-}
-
-/* MR: rows the registers hold (M <= MR <= 8). vec: K a whole number of 16-byte packs and x, nw, w
- * 16-byte aligned. */
-template <typename T, int MR, bool vec>
+/* MR: rows the registers hold (M <= MR <= 8); UNR 16-byte packs of the weight row in flight a
+ * lane. vec: K a whole number of 16-byte packs and x, nw, w 16-byte aligned. */
+template <typename T, int MR, int UNR, bool vec>
 __global__ void __launch_bounds__(kWarps * 32) norm_gemv_kernel(NormGemvArgs<T> a) {
-    __shared__ float rstd_s[MR];
+    constexpr int V = vec ? an_vec_width<T>::value : 1;
     const int64_t K = a.K;
     const int lane = threadIdx.x % 32;
     const int64_t n = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
@@ -81,57 +72,143 @@ __global__ void __launch_bounds__(kWarps * 32) norm_gemv_kernel(NormGemvArgs<T> 
     if (n < a.end2) an_prefetch_l2_warp(wr, K * (int64_t)sizeof(T), lane); /* weights: no wait needed */
     an_pdl_wait();
     an_pdl_trigger();
-    block_rstd<T, MR>(a.x, a.M, K, a.eps, rstd_s);
     if (n >= a.end2) return;
-    const T *bias = seg == 0 ? a.b0 : seg == 1 ? a.b1 : a.b2;
-    T *y = seg == 0 ? a.y0 : seg == 1 ? a.y1 : a.y2;
-    float rstd[MR], acc[MR];
+    const int64_t packs = K / V;
+    float acc[MR], ss[MR];
 #pragma unroll
-    for (int r = 0; r < MR; r++) rstd[r] = r < a.M ? rstd_s[r] : 0.0f, acc[r] = 0.0f;
-    if (vec) {
-        constexpr int V = an_vec_width<T>::value;
-        const uint4 *wv = reinterpret_cast<const uint4 *>(wr), *nv = reinterpret_cast<const uint4 *>(a.nw);
-        const int64_t chunks = K / V;
-#pragma unroll 4 /* several 16-byte loads of W in flight per lane */
-        for (int64_t i = lane; i < chunks; i += 32) {
-            float wf[V], nf[V];
-            an_unpack16<T>(__ldg(wv + i), wf); /* W is read once: the read-only path */
-            an_unpack16<T>(nv[i], nf);
+    for (int r = 0; r < MR; r++) acc[r] = ss[r] = 0.0f;
+    for (int64_t base = lane; base < packs; base += 32 * UNR) {
+        float wf[UNR][V];
+#pragma unroll
+        for (int k = 0; k < UNR; k++) { /* every load of the pass in flight before the math */
+            const int64_t i = base + k * 32;
+            if (vec) an_unpack16<T>(i < packs ? load_stream(reinterpret_cast<const uint4 *>(wr) + i) : make_uint4(0, 0, 0, 0), wf[k]);
+            else wf[k][0] = i < packs ? an_load(wr[i]) : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < UNR; k++) {
+            const int64_t i = base + k * 32;
+            if (i >= packs) break;
+            float nf[V];
+            if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(a.nw) + i), nf);
+            else nf[0] = an_load(a.nw[i]);
 #pragma unroll
             for (int r = 0; r < MR; r++) {
                 if (r >= a.M) break;
                 float xf[V];
-                an_unpack16<T>(*(reinterpret_cast<const uint4 *>(a.x + r * K) + i), xf);
+                if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(a.x + r * K) + i), xf);
+                else xf[0] = an_load(a.x[r * K + i]);
 #pragma unroll
-                for (int j = 0; j < V; j++) acc[r] = fmaf(wf[j], normed<T>(xf[j], rstd[r], nf[j]), acc[r]);
+                for (int j = 0; j < V; j++) {
+                    ss[r] = fmaf(xf[j], xf[j], ss[r]);
+                    acc[r] = fmaf(wf[k][j], xf[j] * nf[j], acc[r]);
+                }
             }
         }
-    } else {
-        for (int64_t i = lane; i < K; i += 32) {
-            float wf = an_load(wr[i]), nf = an_load(a.nw[i]);
-#pragma unroll
-            for (int r = 0; r < MR; r++)
-                if (r < a.M) acc[r] = fmaf(wf, normed<T>(an_load(a.x[r * K + i]), rstd[r], nf), acc[r]);
-        }
     }
+    float v = 0.0f, sv = 0.0f; /* lane r keeps row r: selected without dynamic register indexing */
 #pragma unroll
-    for (int r = 0; r < MR; r++) acc[r] = an_lanes_sum<32>(acc[r]);
-    if (lane < MR) { /* lane r writes row r: select it without dynamic register indexing */
-        float v = 0.0f;
-#pragma unroll
-        for (int r = 0; r < MR; r++)
-            if (r == lane) v = acc[r];
-        if (lane < a.M) {
-            if (bias) v += an_load(bias[col]);
-            y[(int64_t)lane * N + col] = an_store<T>(v);
-        }
+    for (int r = 0; r < MR; r++) {
+        acc[r] = an_lanes_sum<32>(acc[r]), ss[r] = an_lanes_sum<32>(ss[r]);
+        if (r == lane) v = acc[r], sv = ss[r];
     }
+    if (lane >= a.M) return;
+    const float rstd = (float)(1.0 / sqrt((double)sv / (double)K + a.eps));
+    const T *bias = seg == 0 ? a.b0 : seg == 1 ? a.b1 : a.b2;
+    T *y = seg == 0 ? a.y0 : seg == 1 ? a.y1 : a.y2;
+    y[(int64_t)lane * N + col] = an_store<T>(v * rstd + (bias ? an_load(bias[col]) : 0.0f));
 }
 
 template <typename T, int MR>
 cudaError_t norm_gemv_launch(const an_cuda_state *s, unsigned blocks, bool vec, const NormGemvArgs<T> &a) {
-    if (vec) return an_launch_pdl(s, norm_gemv_kernel<T, MR, true>, dim3(blocks), dim3(kWarps * 32), a);
-    return an_launch_pdl(s, norm_gemv_kernel<T, MR, false>, dim3(blocks), dim3(kWarps * 32), a);
+    constexpr int UNR = MR <= 2 ? 8 : MR == 4 ? 4 : 2; /* registers: UNR packs of W, one of x per row */
+    if (vec) return an_launch_pdl(s, norm_gemv_kernel<T, MR, UNR, true>, dim3(blocks), dim3(kWarps * 32), a);
+    return an_launch_pdl(s, norm_gemv_kernel<T, MR, 4, false>, dim3(blocks), dim3(kWarps * 32), a);
+}
+
+/* ---- rmsnorm + gate/up + swiglu ---- */
+
+constexpr int kSwigluWarps = 4; /* per block: 4 outputs, each a warp streaming its gate and up rows */
+
+template <typename T> struct NormSwigluArgs {
+    const T *x;        /* (M, K) */
+    const T *nw;       /* (K): the RMSNorm weight */
+    const T *wg, *wu;  /* (N, K): gate_proj, up_proj */
+    const T *bg, *bu;  /* (N) or null */
+    T *act;            /* (M, N) */
+    int64_t K, N;
+    int M;
+    double eps;
+};
+
+/* MR: rows the registers hold (M <= MR <= 8); UNR 16-byte packs of each weight row in flight a lane.
+ * vec: K a whole number of 16-byte packs and x, nw, the weights 16-byte aligned. */
+template <typename T, int MR, int UNR, bool vec>
+__global__ void __launch_bounds__(kSwigluWarps * 32) norm_swiglu_kernel(NormSwigluArgs<T> a) {
+    constexpr int V = vec ? an_vec_width<T>::value : 1;
+    const int lane = threadIdx.x % 32;
+    const int64_t n = (int64_t)blockIdx.x * kSwigluWarps + threadIdx.x / 32, K = a.K;
+    if (n < a.N) { /* weights: no wait needed */
+        an_prefetch_l2_warp(a.wg + n * K, K * (int64_t)sizeof(T), lane);
+        an_prefetch_l2_warp(a.wu + n * K, K * (int64_t)sizeof(T), lane);
+    }
+    an_pdl_wait(); /* x comes from the kernels before */
+    an_pdl_trigger();
+    if (n >= a.N) return;
+    const int64_t packs = K / V;
+    float g[MR], u[MR], ss[MR];
+#pragma unroll
+    for (int r = 0; r < MR; r++) g[r] = u[r] = ss[r] = 0.0f;
+    for (int64_t base = lane; base < packs; base += 32 * UNR) {
+        float wgf[UNR][V], wuf[UNR][V];
+#pragma unroll
+        for (int k = 0; k < UNR; k++) { /* every load of the pass in flight before the math */
+            const int64_t i = base + k * 32;
+            if (vec) {
+                const uint4 zero = make_uint4(0, 0, 0, 0);
+                const uint4 wg = i < packs ? load_stream(reinterpret_cast<const uint4 *>(a.wg + n * K) + i) : zero;
+                const uint4 wu = i < packs ? load_stream(reinterpret_cast<const uint4 *>(a.wu + n * K) + i) : zero;
+                an_unpack16<T>(wg, wgf[k]), an_unpack16<T>(wu, wuf[k]);
+            } else {
+                wgf[k][0] = i < packs ? an_load(a.wg[n * K + i]) : 0.0f;
+                wuf[k][0] = i < packs ? an_load(a.wu[n * K + i]) : 0.0f;
+            }
+        }
+#pragma unroll
+        for (int k = 0; k < UNR; k++) {
+            const int64_t i = base + k * 32;
+            if (i >= packs) break;
+            float nf[V];
+            if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(a.nw) + i), nf);
+            else nf[0] = an_load(a.nw[i]);
+#pragma unroll
+            for (int r = 0; r < MR; r++) {
+                if (r >= a.M) break;
+                float xf[V];
+                if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(a.x + r * K) + i), xf);
+                else xf[0] = an_load(a.x[r * K + i]);
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    const float xw = xf[j] * nf[j];
+                    ss[r] = fmaf(xf[j], xf[j], ss[r]);
+                    g[r] = fmaf(wgf[k][j], xw, g[r]);
+                    u[r] = fmaf(wuf[k][j], xw, u[r]);
+                }
+            }
+        }
+    }
+    float gv = 0.0f, uv = 0.0f, sv = 0.0f; /* lane r keeps row r: selected without dynamic indexing */
+#pragma unroll
+    for (int r = 0; r < MR; r++) {
+        g[r] = an_lanes_sum<32>(g[r]), u[r] = an_lanes_sum<32>(u[r]), ss[r] = an_lanes_sum<32>(ss[r]);
+        if (r == lane) gv = g[r], uv = u[r], sv = ss[r];
+    }
+    if (lane >= a.M) return;
+    const float rstd = (float)(1.0 / sqrt((double)sv / (double)K + a.eps));
+    /* gate and up rounded to the dtype as their projections write them, then swiglu's formula */
+    const float gate = an_load(an_store<T>(gv * rstd + (a.bg ? an_load(a.bg[n]) : 0.0f)));
+    const float up = an_load(an_store<T>(uv * rstd + (a.bu ? an_load(a.bu[n]) : 0.0f)));
+    a.act[(int64_t)lane * a.N + n] = an_store<T>(gate * (1.0f / (1.0f + expf(-gate))) * up);
 }
 
 /* ---- rope + cache store ---- */
@@ -261,6 +338,33 @@ extern "C" an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q,
         AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of rope_store_kernel failed: %s",
                  cudaGetErrorString(err));
         AN_CUDA_LAUNCH_CHECK(ctx, "rope_store_kernel");
+    });
+    return AN_OK;
+}
+
+extern "C" an_status an_cuda_rmsnorm_swiglu_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                                 const void *norm_w, double eps, const void *gate_w,
+                                                 const void *gate_b, const void *up_w, const void *up_b, int64_t N,
+                                                 void *act) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, M >= 1 && M <= AN_CUDA_GEMV_MAX_ROWS && K >= 1 && N >= 1 && N / kSwigluWarps < INT32_MAX,
+             AN_ERR_INPUT, "rmsnorm_swiglu_gemv: %lld rows (at most %d), K %lld, N %lld", (long long)M,
+             AN_CUDA_GEMV_MAX_ROWS, (long long)K, (long long)N);
+    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "rmsnorm_swiglu_gemv", {
+        NormSwigluArgs<T> a = {(const T *)x, (const T *)norm_w, (const T *)gate_w, (const T *)up_w,
+                               (const T *)gate_b, (const T *)up_b, (T *)act, K, N, (int)M, eps};
+        const bool vec = K % an_vec_width<T>::value == 0 && an_aligned16(x) && an_aligned16(norm_w) &&
+                         an_aligned16(gate_w) && an_aligned16(up_w);
+        const dim3 grid((unsigned)((N + kSwigluWarps - 1) / kSwigluWarps)), block(kSwigluWarps * 32);
+        cudaError_t err;
+        if (!vec) err = an_launch_pdl(s, norm_swiglu_kernel<T, 8, 4, false>, grid, block, a);
+        else if (M == 1) err = an_launch_pdl(s, norm_swiglu_kernel<T, 1, 4, true>, grid, block, a);
+        else if (M == 2) err = an_launch_pdl(s, norm_swiglu_kernel<T, 2, 4, true>, grid, block, a);
+        else if (M <= 4) err = an_launch_pdl(s, norm_swiglu_kernel<T, 4, 2, true>, grid, block, a);
+        else err = an_launch_pdl(s, norm_swiglu_kernel<T, 8, 2, true>, grid, block, a);
+        AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of norm_swiglu_kernel failed: %s",
+                 cudaGetErrorString(err));
+        AN_CUDA_LAUNCH_CHECK(ctx, "norm_swiglu_kernel");
     });
     return AN_OK;
 }

@@ -30,6 +30,8 @@ constexpr int kD = 128;      /* the head dim this kernel takes */
 constexpr int kThreads = 64; /* keys per chunk: one a thread; two head dims a thread */
 constexpr int kChunk = 64;   /* keys per split while the splits stay at most kMaxSplits */
 constexpr int kMaxSplits = 64;
+constexpr int kMinChunk = 16;      /* the shortest split */
+constexpr int kTargetBlocks = 264; /* two blocks an SM of an H100/H200 */
 
 template <typename T> struct GqaArgs {
     const T *q;             /* (B', T, Hq, D) */
@@ -39,7 +41,7 @@ template <typename T> struct GqaArgs {
     const int64_t *rows;    /* (B'): cache row of each batch entry */
     const int64_t *lengths; /* (Bc): keys each cache row held before these T tokens */
     int64_t seq, cache_len, cache_rows; /* T, S, Bc */
-    int64_t chunk;          /* keys per split, a multiple of kThreads */
+    int64_t chunk;          /* keys per split: kMinChunk to kThreads, or a multiple of kThreads */
     int Hq, Hkv, nsplit;
     float scale;
 };
@@ -226,9 +228,18 @@ an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh,
         !aligned16(out) || n < 1 || cache_len < 1 || sh->kv_heads > 65535 || sh->q_heads > 65535 || n > INT32_MAX)
         return AN_OK;
     *taken = true;
-    /* kChunk keys a split up to kMaxSplits splits, then longer splits (whole chunks of kThreads) */
+    /* Keys a split: kChunk up to kMaxSplits splits, longer splits (whole chunks of kThreads) past
+     * that; at small batches shorter ones (down to kMinChunk) while the grid has fewer than
+     * kTargetBlocks blocks, so that more SMs share the keys (batch 1: 48 blocks instead of 12). */
     int64_t chunk = (cache_len + kMaxSplits - 1) / kMaxSplits;
-    chunk = chunk <= kChunk ? kChunk : (chunk + kThreads - 1) / kThreads * kThreads;
+    if (chunk > kChunk) {
+        chunk = (chunk + kThreads - 1) / kThreads * kThreads;
+    } else {
+        chunk = kChunk;
+        while (chunk > kMinChunk && n * sh->kv_heads * ((cache_len + chunk - 1) / chunk) < kTargetBlocks &&
+               (cache_len + chunk / 2 - 1) / (chunk / 2) <= kMaxSplits)
+            chunk /= 2;
+    }
     const int64_t nsplit = (cache_len + chunk - 1) / chunk;
     float *partial = nullptr;
     if (nsplit > 1) {

@@ -1,90 +1,167 @@
 /* gemv.cu — y (M, N) = x (M, K) W^T (+ bias) for a few rows M and a weight W (N, K): the decode-step shape
  * of every projection, where the time is one read of W and a GEMM library's tiles sized for
- * large M mostly wait. One warp per output column n streams row n of W in 16-byte loads and keeps
- * the M dot products in fp32 registers, then reduces across the warp in a fixed order (the same
- * bits every run). Outputs round once to the dtype: the bias (N, or none) and, with `accumulate`,
- * the old y are added in fp32 before that rounding. Launched with Programmatic Dependent Launch
- * (kernels/pdl.cuh): each warp prefetches its row of W into L2 while the kernel before finishes. */
+ * large M mostly wait. Outputs round once to the dtype: the bias (N, or none) and, with
+ * `accumulate`, the old y are added in fp32 before that rounding. Launched with Programmatic
+ * Dependent Launch (kernels/pdl.cuh): the warps prefetch their rows of W into L2 while the kernel
+ * before finishes.
+ *
+ * Vector path (K a whole number of 16-byte packs, x and W 16-byte aligned): a warp takes COLS
+ * output columns and streams their rows of W in 16-byte loads that skip L1 (read once), UNR
+ * loads a row and lane in flight before the FMAs; the M dot products of each column stay in fp32
+ * registers. Two shapes (an H200, weights streamed from HBM, bench notes in docs/performance.md):
+ * - K < 4096 or N > 8192: 4 warps a block, 2 columns a warp (8960 x 1536: 8.8 us, 3.1 TB/s);
+ * - K >= 4096 and N <= 8192: 8 warps a block, 2 columns a block, each column's K split over 4 warps
+ *   (interleaved 16-byte packs) added through shared memory in warp order: long rows otherwise
+ *   leave too few warps streaming (1536 x 8960: 8.9 us against 14.4 us unsplit, 12.2 for cuBLASLt).
+ * Every sum runs in a fixed order (lanes by butterfly, split warps in order): the same bits every
+ * run. The scalar path (any K or alignment) keeps one column a warp. */
+#include "kernels/block_reduce.cuh" /* an_lanes_sum */
 #include "kernels/cuda_common.cuh"
 #include "kernels/vec.cuh" /* an_vec_width, an_unpack16 */
 #include "kernels/pdl.cuh" /* launched with Programmatic Dependent Launch: prefetch W, then wait */
 
 namespace {
 
-constexpr int kWarps = 8; /* per block: 8 output columns */
+/* A 16-byte load of a weight read once: not kept in L1. */
+__device__ __forceinline__ uint4 load_stream(const void *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
 
+/* y[r, n] for the lanes that hold one (lane = c MR + r after the sums): bias and old y in fp32, one rounding. */
+template <typename T>
+__device__ __forceinline__ void write_out(float v, int64_t n, int64_t r, int64_t N, const T *bias, bool accumulate, T *y) {
+    T *out = y + r * N + n;
+    if (bias) v += an_load(bias[n]);
+    *out = an_store<T>(accumulate ? an_load(*out) + v : v);
+}
 
-/* MR: rows of x the registers hold (M <= MR <= 8). vec: K a whole number of 16-byte packs and
- * 16-byte aligned rows. */
-template <typename T, int MR, bool vec>
-__global__ void __launch_bounds__(kWarps * 32) gemv_rows(const T *x, int64_t K, const T *w, int64_t N, const T *bias,
-                                                         bool accumulate, T *y, int64_t M) {
-    int lane = threadIdx.x % 32;
-    int64_t n = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
-    if (n < N) an_prefetch_l2_warp(w + n * K, K * (int64_t)sizeof(T), lane); /* W: no wait needed */
+/* MR: rows of x the registers hold (M <= MR <= 8); COLS columns a warp; UNR 16-byte packs of each
+ * row in flight a lane; WARPS a block; SPLIT warps share a column group (K interleaved). */
+template <typename T, int MR, int COLS, int UNR, int WARPS, int SPLIT>
+__global__ void __launch_bounds__(WARPS * 32) gemv_vec(const T *x, int64_t K, const T *w, int64_t N, const T *bias,
+                                                       bool accumulate, T *y, int64_t M) {
+    constexpr int V = an_vec_width<T>::value;
+    __shared__ float part[SPLIT > 1 ? WARPS : 1][COLS * MR];
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, group = warp / SPLIT, s = warp % SPLIT;
+    const int64_t n0 = ((int64_t)blockIdx.x * (WARPS / SPLIT) + group) * COLS;
+    if (s == 0)
+#pragma unroll
+        for (int c = 0; c < COLS; c++)
+            if (n0 + c < N) an_prefetch_l2_warp(w + (n0 + c) * K, K * (int64_t)sizeof(T), lane); /* W: no wait needed */
     an_pdl_wait(); /* x (and y when accumulating) come from the kernels before */
+    an_pdl_trigger();
+    const int64_t nv = K / V;
+    float acc[COLS][MR];
+#pragma unroll
+    for (int c = 0; c < COLS; c++)
+#pragma unroll
+        for (int r = 0; r < MR; r++) acc[c][r] = 0.0f;
+    for (int64_t base = (int64_t)s * 32 + lane; base < nv; base += (int64_t)32 * SPLIT * UNR) {
+        uint4 wv[COLS][UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            const int64_t i = base + (int64_t)u * 32 * SPLIT;
+#pragma unroll
+            for (int c = 0; c < COLS; c++)
+                wv[c][u] = i < nv && n0 + c < N ? load_stream(reinterpret_cast<const uint4 *>(w + (n0 + c) * K) + i)
+                                                : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; u++) {
+            const int64_t i = base + (int64_t)u * 32 * SPLIT;
+            if (i >= nv) break;
+            float wf[COLS][V];
+#pragma unroll
+            for (int c = 0; c < COLS; c++) an_unpack16<T>(wv[c][u], wf[c]);
+#pragma unroll
+            for (int r = 0; r < MR; r++) {
+                if (r >= M) break;
+                float xf[V];
+                an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(x + r * K) + i), xf);
+#pragma unroll
+                for (int c = 0; c < COLS; c++)
+#pragma unroll
+                    for (int j = 0; j < V; j++) acc[c][r] = fmaf(wf[c][j], xf[j], acc[c][r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int c = 0; c < COLS; c++)
+#pragma unroll
+        for (int r = 0; r < MR; r++) acc[c][r] = an_lanes_sum<32>(acc[c][r]);
+    /* lane c MR + r holds output (r, n0 + c): selected without dynamic register indexing */
+    float v = 0.0f;
+#pragma unroll
+    for (int c = 0; c < COLS; c++)
+#pragma unroll
+        for (int r = 0; r < MR; r++)
+            if (c * MR + r == lane) v = acc[c][r];
+    if (SPLIT > 1) {
+        if (lane < COLS * MR) part[warp][lane] = v;
+        __syncthreads();
+        if (s != 0) return;
+        v = 0.0f;
+        if (lane < COLS * MR)
+#pragma unroll
+            for (int t = 0; t < SPLIT; t++) v += part[group * SPLIT + t][lane];
+    }
+    const int c = lane / MR, r = lane % MR;
+    if (lane < COLS * MR && r < M && n0 + c < N) write_out(v, n0 + c, r, N, bias, accumulate, y);
+}
+
+/* Any K and alignment: one column a warp, element loads. */
+template <typename T, int MR>
+__global__ void __launch_bounds__(256) gemv_scalar(const T *x, int64_t K, const T *w, int64_t N, const T *bias,
+                                                   bool accumulate, T *y, int64_t M) {
+    const int lane = threadIdx.x % 32;
+    const int64_t n = (int64_t)blockIdx.x * 8 + threadIdx.x / 32;
+    an_pdl_wait();
     an_pdl_trigger();
     if (n >= N) return;
     const T *wr = w + n * K;
     float acc[MR];
 #pragma unroll
     for (int r = 0; r < MR; r++) acc[r] = 0.0f;
-    if (vec) {
-        constexpr int V = an_vec_width<T>::value;
-        const uint4 *wv = reinterpret_cast<const uint4 *>(wr);
-        int64_t nv = K / V;
-#pragma unroll 4 /* several 16-byte loads of W in flight per lane */
-        for (int64_t i = lane; i < nv; i += 32) {
-            float wf[V];
-            an_unpack16<T>(__ldg(wv + i), wf); /* W is read once: the read-only path */
-#pragma unroll
-            for (int r = 0; r < MR; r++) {
-                if (r >= M) break;
-                float xf[V];
-                an_unpack16<T>(*(reinterpret_cast<const uint4 *>(x + r * K) + i), xf);
-#pragma unroll
-                for (int j = 0; j < V; j++) acc[r] = fmaf(wf[j], xf[j], acc[r]);
-            }
-        }
-    } else {
-        for (int64_t i = lane; i < K; i += 32) {
-            float wf = an_load(wr[i]);
-#pragma unroll
-            for (int r = 0; r < MR; r++)
-                if (r < M) acc[r] = fmaf(wf, an_load(x[r * K + i]), acc[r]);
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < MR; r++) {
-        float v = acc[r];
-        for (int off = 16; off > 0; off /= 2) v += __shfl_xor_sync(0xffffffffu, v, off);
-        acc[r] = v;
-    }
-    if (lane < MR) { /* lane r writes row r: select it without dynamic register indexing */
-        float v = 0.0f;
+    for (int64_t i = lane; i < K; i += 32) {
+        float wf = an_load(wr[i]);
 #pragma unroll
         for (int r = 0; r < MR; r++)
-            if (r == lane) v = acc[r];
-        if (lane < M) {
-            T *out = y + (int64_t)lane * N + n;
-            if (bias) v += an_load(bias[n]);
-            *out = an_store<T>(accumulate ? an_load(*out) + v : v);
-        }
+            if (r < M) acc[r] = fmaf(wf, an_load(x[r * K + i]), acc[r]);
     }
+    float v = 0.0f;
+#pragma unroll
+    for (int r = 0; r < MR; r++) {
+        acc[r] = an_lanes_sum<32>(acc[r]);
+        if (r == lane) v = acc[r];
+    }
+    if (lane < MR && lane < M) write_out(v, n, lane, N, bias, accumulate, y);
+}
+
+template <typename T, int MR, int COLS, int UNR, int WARPS, int SPLIT>
+cudaError_t launch_vec(an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *w, int64_t N, const T *bias,
+                       bool accumulate, T *y) {
+    const int64_t per_block = (WARPS / SPLIT) * COLS;
+    const unsigned blocks = (unsigned)((N + per_block - 1) / per_block);
+    return an_launch_pdl(s, gemv_vec<T, MR, COLS, UNR, WARPS, SPLIT>, dim3(blocks), dim3(WARPS * 32), x, K, w, N, bias,
+                         accumulate, y, M);
 }
 
 template <typename T, int MR>
 an_status launch(an_ctx *ctx, an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *w, int64_t N,
                  const T *bias, bool accumulate, T *y) {
-    unsigned blocks = (unsigned)((N + kWarps - 1) / kWarps);
-    bool vec = K % an_vec_width<T>::value == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0;
-    cudaError_t err = vec ? an_launch_pdl(s, gemv_rows<T, MR, true>, dim3(blocks), dim3(kWarps * 32), x, K, w,
-                                          N, bias, accumulate, y, M)
-                          : an_launch_pdl(s, gemv_rows<T, MR, false>, dim3(blocks), dim3(kWarps * 32), x, K,
-                                          w, N, bias, accumulate, y, M);
-    AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of gemv_rows failed: %s",
-             cudaGetErrorString(err));
-    AN_CUDA_LAUNCH_CHECK(ctx, "gemv_rows");
+    constexpr int UNR = MR <= 2 ? 4 : 2; /* registers: UNR packs of W per column, one of x per row */
+    const bool vec = K % an_vec_width<T>::value == 0 && an_aligned16(x) && an_aligned16(w);
+    const bool split = K >= 4096 && N <= 8192;
+    cudaError_t err = !vec   ? an_launch_pdl(s, gemv_scalar<T, MR>, dim3((unsigned)((N + 7) / 8)), dim3(256), x, K, w, N,
+                                             bias, accumulate, y, M)
+                      : split ? launch_vec<T, MR, 1, UNR, 8, 4>(s, x, M, K, w, N, bias, accumulate, y)
+                              : launch_vec<T, MR, 2, UNR, 4, 1>(s, x, M, K, w, N, bias, accumulate, y);
+    AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of the gemv kernel failed: %s", cudaGetErrorString(err));
+    AN_CUDA_LAUNCH_CHECK(ctx, "gemv");
     return AN_OK;
 }
 
@@ -93,7 +170,7 @@ an_status launch(an_ctx *ctx, an_cuda_state *s, const T *x, int64_t M, int64_t K
 extern "C" an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w,
                                   int64_t N, const void *bias, int accumulate, void *y) {
     AN_CUDA_STATE(ctx, s);
-    AN_CHECK(ctx, M >= 1 && M <= AN_CUDA_GEMV_MAX_ROWS && K >= 1 && N >= 1 && N / kWarps < INT32_MAX, AN_ERR_INPUT,
+    AN_CHECK(ctx, M >= 1 && M <= AN_CUDA_GEMV_MAX_ROWS && K >= 1 && N >= 1 && N / 2 < INT32_MAX, AN_ERR_INPUT,
              "gemv: %lld rows (at most %d), K %lld, N %lld", (long long)M, AN_CUDA_GEMV_MAX_ROWS, (long long)K,
              (long long)N);
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "gemv", {

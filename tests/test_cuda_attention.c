@@ -4,7 +4,7 @@
  * when repeated), T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
  * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernels over
  * a KV cache (per query head, and grouped per kv head for bf16/f16 at head_dim 128: 4500 keys in 36
- * splits of two chunks each, 150 keys in 3 splits merged by a second kernel, 40 keys in one; the
+ * splits of two chunks each, 150 keys in 10 splits merged by a second kernel, 16 keys in one; the
  * grouped kernel also replayed from a CUDA graph); and the autograd ops (an_attention forward +
  * backward, an_attention_cached) on CUDA tensors against the same ops on the CPU. Unsegmented
  * bf16/f16 shapes at head_dim 64 and 128 run on cuDNN (its default switch;
@@ -284,9 +284,10 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                     an_dtype dtype = float_dtypes[d];
                     int64_t D = head_dims[z], Hq = gqa == 0 ? 2 : gqa == 1 ? 12 : 6, Hkv = 2, B = 2;
                     if (T == 5 && D != 128) continue;
-                    /* 150 keys: the grouped kernel splits them over 3 blocks and merges; 40: one block;
-                     * 4500 (head_dim 128): 36 splits of 128 keys, each two chunks, the last ones empty */
-                    int64_t S = T == 1 ? 150 : T == 3 ? 40 : 4500, lengths[3] = {5, 0, S - 21};
+                    /* 150 keys: the grouped kernel splits them over 10 blocks of 16 keys (small batch)
+                     * and merges; 16: one block; 4500 (head_dim 128): 36 splits of 128 keys, each two
+                     * chunks, the last ones empty */
+                    int64_t S = T == 1 ? 150 : T == 3 ? 16 : 4500, lengths[3] = {5, 0, S > 21 ? S - 21 : S - T};
                     int64_t qs[4] = {B, T, Hq, D}, cs[4] = {Bc, S, Hkv, D};
                     pair q = random_pair(ctx, dtype, 4, qs, -2, 2), k = random_pair(ctx, dtype, 4, cs, -2, 2);
                     pair v = random_pair(ctx, dtype, 4, cs, -2, 2);

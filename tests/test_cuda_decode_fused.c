@@ -1,7 +1,9 @@
 /* test_cuda_decode_fused.c — the fused kernels of a decode step (kernels/decode.cu) and the
  * cached forward's fused block (model/model.c's decode rule): an_cuda_rmsnorm_gemv against a
- * float64 reference loop (norm, rounding of the normalised rows to the dtype, three projections
- * with and without bias) at 1, 3 and 8 rows, vector and scalar paths; an_cuda_kv_rope_store
+ * float64 reference loop (norm, three projections
+ * with and without bias) at 1, 3 and 8 rows, vector and scalar paths; an_cuda_rmsnorm_swiglu_gemv
+ * (norm, gate, up, swiglu) at 1 to 8 rows, f32/bf16/f16, vector and scalar paths, with and
+ * without biases; an_cuda_kv_rope_store
  * against bias adds + an_cuda_rope + an_cuda_kv_store bit for bit (with and without biases, NEOX
  * and interleaved, a full slot, rows out of order); and the whole cached forward of the tiny Qwen2 (q/k/v biases) and Llama fixtures,
  * prefill of odd lengths and decode steps at batch 1, 3, 8 and 32, fused against op by op
@@ -62,7 +64,8 @@ START_TEST(test_rmsnorm_gemv_matches_float64_reference) {
                 }
                 test_ok(ctx, an_cuda_rmsnorm_gemv(ctx, dt, an_tensor_data(xd), M, K, an_tensor_data(nwd), eps, proj, 3),
                         "rmsnorm_gemv");
-                /* reference: x' = round(x * rstd * w), y = x' W^T + b in float64 */
+                /* reference: x' = x * rstd * w (not rounded: the kernel applies rstd to the finished
+                 * dot product), y = x' W^T + b in float64 */
                 an_tensor *xh = to_host_f64(ctx, x), *nh = to_host_f64(ctx, nw);
                 const double *xv = an_tensor_data(xh), *nv = an_tensor_data(nh);
                 an_tensor *xn = an_tensor_new(ctx, AN_F64, AN_CPU, 2, (int64_t[]){M, K});
@@ -70,10 +73,9 @@ START_TEST(test_rmsnorm_gemv_matches_float64_reference) {
                 for (int64_t r = 0; r < M; r++) {
                     double ss = 0;
                     for (int64_t k = 0; k < K; k++) ss += xv[r * K + k] * xv[r * K + k];
-                    float rstd = (float)(1.0 / sqrt(ss / (double)K + eps));
+                    double rstd = 1.0 / sqrt(ss / (double)K + eps);
                     for (int64_t k = 0; k < K; k++) xnv[r * K + k] = xv[r * K + k] * rstd * nv[k];
                 }
-                round_to(ctx, xn, dt);
                 for (int i = 0; i < 3; i++) {
                     an_tensor *wh = to_host_f64(ctx, w[i]), *bh = bias[i] ? to_host_f64(ctx, bias[i]) : NULL;
                     double *want = malloc((size_t)(M * ns[i]) * sizeof *want);
@@ -87,8 +89,7 @@ START_TEST(test_rmsnorm_gemv_matches_float64_reference) {
                     an_tensor *got = to_host_f64(ctx, y[i]);
                     snprintf(what, sizeof what, "rmsnorm_gemv %s M %lld K %lld projection %d", an_dtype_name(dt),
                              (long long)M, (long long)K, i);
-                    /* one rounding of the output; the normalised x may differ by an ulp of the dtype
-                     * where rstd differs in its last fp32 bit */
+                    /* one rounding of the output, fp32 sums against float64 */
                     double tol = dt == AN_F32 ? 1e-5 : 2e-2;
                     double atol = dt == AN_F32 ? 1e-5 * sqrt((double)K) : 0.05 * sqrt((double)K) / 8;
                     test_assert_close(got, want, tol, atol, what);
@@ -99,6 +100,83 @@ START_TEST(test_rmsnorm_gemv_matches_float64_reference) {
                 for (int i = 0; i < 3; i++)
                     an_tensor_release(w[i]), an_tensor_release(bias[i]), an_tensor_release(wd[i]),
                         an_tensor_release(bd[i]), an_tensor_release(y[i]);
+                an_tensor_release(x), an_tensor_release(nw), an_tensor_release(xd), an_tensor_release(nwd);
+            }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* an_cuda_rmsnorm_swiglu_gemv against float64: g = rstd sum_k Wg (x w) + bg and u likewise, each
+ * rounded to the dtype, then silu(g) u; every row count 1-8 (register widths 1, 2, 4, 8), vector
+ * (K 64, 1536) and scalar (K 37) paths, biases on both, one or neither. */
+START_TEST(test_rmsnorm_swiglu_gemv_matches_float64_reference) {
+    an_ctx *ctx = test_gpu_ctx(6, "cuda rmsnorm_swiglu_gemv");
+    if (!ctx) return;
+    const an_dtype dtypes[] = {AN_F32, AN_BF16, AN_F16};
+    const int64_t Ks[] = {64, 37, 1536}, N = 301;
+    const double eps = 1e-6;
+    char what[160];
+    for (int di = 0; di < 3; di++)
+        for (int64_t M = 1; M <= AN_CUDA_GEMV_MAX_ROWS; M++)
+            for (int ki = 0; ki < 3; ki++) {
+                an_dtype dt = dtypes[di];
+                int64_t K = Ks[ki];
+                int biases = (int)((M + ki) % 3); /* 0: none; 1: gate only; 2: both */
+                an_tensor *x = test_uniform(ctx, dt, 2, (int64_t[]){M, K}, -2, 2, false);
+                an_tensor *nw = test_uniform(ctx, dt, 1, (int64_t[]){K}, 0.5, 1.5, false);
+                an_tensor *w[2], *b[2] = {NULL, NULL}, *wd[2], *bd[2] = {NULL, NULL};
+                for (int i = 0; i < 2; i++) {
+                    w[i] = test_uniform(ctx, dt, 2, (int64_t[]){N, K}, -0.5, 0.5, false);
+                    wd[i] = an_tensor_to(ctx, w[i], dt, AN_CUDA);
+                    if (biases > i) {
+                        b[i] = test_uniform(ctx, dt, 1, (int64_t[]){N}, -1, 1, false);
+                        bd[i] = an_tensor_to(ctx, b[i], dt, AN_CUDA);
+                    }
+                }
+                an_tensor *xd = an_tensor_to(ctx, x, dt, AN_CUDA), *nwd = an_tensor_to(ctx, nw, dt, AN_CUDA);
+                an_tensor *act = test_poisoned_gpu(ctx, dt, 2, (int64_t[]){M, N});
+                test_ok(ctx, an_cuda_rmsnorm_swiglu_gemv(ctx, dt, an_tensor_data(xd), M, K, an_tensor_data(nwd), eps,
+                                                         an_tensor_data(wd[0]), bd[0] ? an_tensor_data(bd[0]) : NULL,
+                                                         an_tensor_data(wd[1]), bd[1] ? an_tensor_data(bd[1]) : NULL, N,
+                                                         an_tensor_data(act)),
+                        "rmsnorm_swiglu_gemv");
+                an_tensor *xh = to_host_f64(ctx, x), *nh = to_host_f64(ctx, nw), *wh[2], *bh[2] = {NULL, NULL};
+                for (int i = 0; i < 2; i++) wh[i] = to_host_f64(ctx, w[i]), bh[i] = b[i] ? to_host_f64(ctx, b[i]) : NULL;
+                const double *xv = an_tensor_data(xh), *nv = an_tensor_data(nh);
+                an_tensor *gu[2] = {an_tensor_new(ctx, AN_F64, AN_CPU, 2, (int64_t[]){M, N}),
+                                    an_tensor_new(ctx, AN_F64, AN_CPU, 2, (int64_t[]){M, N})};
+                for (int64_t r = 0; r < M; r++) {
+                    double ss = 0;
+                    for (int64_t k = 0; k < K; k++) ss += xv[r * K + k] * xv[r * K + k];
+                    double rstd = 1.0 / sqrt(ss / (double)K + eps);
+                    for (int i = 0; i < 2; i++)
+                        for (int64_t n = 0; n < N; n++) {
+                            double acc = 0;
+                            for (int64_t k = 0; k < K; k++)
+                                acc += ((double *)an_tensor_data(wh[i]))[n * K + k] * xv[r * K + k] * nv[k];
+                            ((double *)an_tensor_data(gu[i]))[r * N + n] =
+                                acc * rstd + (bh[i] ? ((double *)an_tensor_data(bh[i]))[n] : 0.0);
+                        }
+                }
+                round_to(ctx, gu[0], dt), round_to(ctx, gu[1], dt);
+                double *want = malloc((size_t)(M * N) * sizeof *want);
+                for (int64_t i = 0; i < M * N; i++) {
+                    double g = ((double *)an_tensor_data(gu[0]))[i], u = ((double *)an_tensor_data(gu[1]))[i];
+                    want[i] = g / (1.0 + exp(-g)) * u;
+                }
+                an_tensor *got = to_host_f64(ctx, act);
+                snprintf(what, sizeof what, "rmsnorm_swiglu_gemv %s M %lld K %lld biases %d", an_dtype_name(dt),
+                         (long long)M, (long long)K, biases);
+                /* gate and up may round the other way where fp32 and float64 sums straddle a tie */
+                double tol = dt == AN_F32 ? 1e-5 : dt == AN_BF16 ? 2e-2 : 4e-3;
+                double atol = dt == AN_F32 ? 1e-5 * sqrt((double)K) : 0.05 * sqrt((double)K) / 8;
+                test_assert_close(got, want, tol, atol, what);
+                free(want);
+                an_tensor_release(got), an_tensor_release(gu[0]), an_tensor_release(gu[1]);
+                an_tensor_release(xh), an_tensor_release(nh), an_tensor_release(act);
+                for (int i = 0; i < 2; i++)
+                    an_tensor_release(w[i]), an_tensor_release(b[i]), an_tensor_release(wd[i]), an_tensor_release(bd[i]),
+                        an_tensor_release(wh[i]), an_tensor_release(bh[i]);
                 an_tensor_release(x), an_tensor_release(nw), an_tensor_release(xd), an_tensor_release(nwd);
             }
     test_ctx_free(ctx);
@@ -277,6 +355,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("cuda_decode_fused");
     test_add_case(s, "rmsnorm_gemv", test_rmsnorm_gemv_matches_float64_reference);
+    test_add_case(s, "rmsnorm_swiglu_gemv", test_rmsnorm_swiglu_gemv_matches_float64_reference);
     test_add_case(s, "kv_rope_store", test_kv_rope_store_equals_rope_then_store);
     test_add_case(s, "fused_block_qwen2_f32", test_fused_block_qwen2_f32);
     test_add_case(s, "fused_block_llama_f32", test_fused_block_llama_f32);

@@ -172,8 +172,8 @@ static an_status cache_store(an_ctx *ctx, const cache_step *cs, an_tensor *k, an
  * into x by their GEMMs), or the head dim is odd or above AN_CUDA_ROPE_MAX_D; those take the op
  * by op path of block_forward. Within the fused block, q, k and v come from one
  * an_cuda_rmsnorm_gemv (with their biases) when the step has at most AN_CUDA_GEMV_MAX_ROWS tokens
- * and each of their weights is below AN_CUDA_GEMV_MAX_WEIGHT_BYTES (an_cuda_gemm's GEMV rule),
- * else from an_rmsnorm and three an_linear without bias (the rope kernel adds the biases). */
+ * (an_cuda_gemm's GEMV rule), else from an_rmsnorm and three an_linear without bias (the rope
+ * kernel adds the biases). */
 static bool decode_fused(const an_layer *l, const cache_step *cs) {
     const an_model *m = l->model;
     const an_projection *p[7] = {&l->q_proj, &l->k_proj, &l->v_proj, &l->o_proj, &l->gate_proj, &l->up_proj, &l->down_proj};
@@ -204,7 +204,7 @@ static an_status decode_qkv(an_ctx *ctx, const an_layer *l, an_tensor *x, an_ten
     int64_t heads[3] = {c->num_heads, c->num_kv_heads, c->num_kv_heads};
     bool gemv = b * t <= AN_CUDA_GEMV_MAX_ROWS;
     for (int i = 0; i < 3; i++)
-        gemv = gemv && an_tensor_nbytes(p[i]->weight) < AN_CUDA_GEMV_MAX_WEIGHT_BYTES && p[i]->weight->dtype == x->dtype;
+        gemv = gemv && p[i]->weight->dtype == x->dtype;
     an_tensor **out[3] = {q, k, v};
     for (int i = 0; i < 3; i++) bias[i] = NULL;
     if (!gemv) {
@@ -229,11 +229,28 @@ static an_status decode_qkv(an_ctx *ctx, const an_layer *l, an_tensor *x, an_ten
                                 c->rms_norm_eps, proj, 3);
 }
 
+/* act (B, T, I) = swiglu(gate, up) of norm(x) from one an_cuda_rmsnorm_swiglu_gemv launch (the
+ * fused block's MLP at most AN_CUDA_GEMV_MAX_ROWS tokens). */
+static an_status decode_mlp_act(an_ctx *ctx, const an_layer *l, const an_tensor *x, an_tensor **act) {
+    const an_tensor *wg = l->gate_proj.weight, *wu = l->up_proj.weight, *bg = l->gate_proj.bias, *bu = l->up_proj.bias;
+    const an_tensor *nw = l->post_attention_layernorm;
+    int64_t b = x->shape[0], t = x->shape[1], h = x->shape[2], inter = wg->shape[0];
+    AN_CHECK(ctx, wg->dtype == x->dtype && wu->dtype == x->dtype && nw->dtype == x->dtype && wg->shape[1] == h &&
+                      an_tensor_same_shape(wg, wu) && (!bg || bg->dtype == x->dtype) && (!bu || bu->dtype == x->dtype),
+             AN_ERR_INPUT, "decode block: the MLP's norm, gate or up does not match x");
+    *act = an_tensor_new(ctx, x->dtype, AN_CUDA, 3, (int64_t[]){b, t, inter});
+    if (!*act) return an_error_status(ctx);
+    return an_cuda_rmsnorm_swiglu_gemv(ctx, x->dtype, an_tensor_data(x), b * t, h, an_tensor_data(nw),
+                                       l->model->config.rms_norm_eps, an_tensor_data(wg), bg ? an_tensor_data(bg) : NULL,
+                                       an_tensor_data(wu), bu ? an_tensor_data(bu) : NULL, inter, an_tensor_data(*act));
+}
+
 /* The decoder block of a cached forward on CUDA by the fused kernels (decode_fused's rule): the
  * same arithmetic as block_forward with fewer launches. x (B, T, H) is owned by the cached forward
  * alone and is updated in place: it becomes the block's output (returned with a new reference).
  * Launches: q/k/v (one GEMV with the norm, or norm + 3 GEMMs), bias + rope + cache write (one kernel),
- * attention, o_proj adding into x, norm, gate, up, swiglu, down_proj adding into x. */
+ * attention, o_proj adding into x, norm + gate + up + swiglu (one GEMV at most
+ * AN_CUDA_GEMV_MAX_ROWS tokens, else four launches), down_proj adding into x. */
 static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs) {
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
@@ -262,7 +279,9 @@ static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, con
         attn = an_attention_cached(ctx, q, kc, vc, cs->dev_rows, cache->device_length, 1.0 / sqrt((double)d));
         st = attn ? project_into(ctx, attn, l->o_proj.weight, x, b * t) : an_error_status(ctx);
     }
-    if (st == AN_OK) { /* gate and up (8960 x 1536 here) stream fastest through cuBLASLt (docs/performance.md) */
+    if (st == AN_OK && b * t <= AN_CUDA_GEMV_MAX_ROWS) { /* norm, gate, up and swiglu in one launch */
+        st = decode_mlp_act(ctx, l, x, &act);
+    } else if (st == AN_OK) {
         hn = an_rmsnorm(ctx, x, l->post_attention_layernorm, c->rms_norm_eps);
         gate = hn ? an_linear(ctx, hn, l->gate_proj.weight, l->gate_proj.bias) : NULL;
         up = gate ? an_linear(ctx, hn, l->up_proj.weight, l->up_proj.bias) : NULL;
