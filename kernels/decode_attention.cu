@@ -8,10 +8,11 @@
  * of the group broadcast from shared memory), so no shuffles per key. Values: thread i owns head
  * dims 2i and 2i + 1 and adds p * V over the chunk's keys from shared memory, where the block
  * copied the chunk's V rows asynchronously (cp.async) before the K loads: both are in flight
- * together, so a chunk costs one memory latency. Per chunk the block reduces each head's max and sum (two
- * warps: butterfly, then warp 0 before warp 1) and rescales the running output (online softmax).
- * With several splits a second kernel adds them in split order from an fp32 buffer of (o, max,
- * sum) per split. Every order is fixed: a launch of one shape repeats bit for bit.
+ * together, so a chunk costs one memory latency. Per chunk the block reduces each head's max and
+ * sum (two warps: butterfly, then warp 0 before warp 1) and rescales the running output (online
+ * softmax). With several splits a second kernel merges them from an fp32 buffer of (o, max, sum)
+ * per split, reading only the splits that hold visible keys. Every order is fixed: a launch of one
+ * shape repeats bit for bit.
  * Numerics: fp32; q is scaled by the softmax scale once on load (the per-head kernel scales each
  * dot product instead: last-bit differences). A row of the batch whose cache row is out of range
  * (never: the op validates rows) gets zeros, as in the per-head kernel. */
@@ -30,6 +31,7 @@ constexpr int kD = 128;      /* the head dim this kernel takes */
 constexpr int kThreads = 64; /* keys per chunk: one a thread; two head dims a thread */
 constexpr int kChunk = 64;   /* keys per split while the splits stay at most kMaxSplits */
 constexpr int kMaxSplits = 64;
+static_assert(kMaxSplits <= kD, "the merge kernel gives each split a thread");
 constexpr int kMinChunk = 16;      /* the shortest split */
 constexpr int kTargetBlocks = 264; /* two blocks an SM of an H100/H200 */
 
@@ -166,24 +168,39 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
     }
 }
 
-/* Block (row, query head): the splits' partials added in split order. */
+/* Block (row, query head): the partials of the splits that hold visible keys, merged in one
+ * parallel pass: thread s reads split s's max (at most kD splits), the block forms the overall max
+ * and each split's weight, then thread d adds the splits' o[d] in split order (independent loads,
+ * no serial chain through memory). Sums over splits: lanes by butterfly, warps in order. */
 template <typename T> __global__ void __launch_bounds__(kD) gqa_merge_kernel(GqaArgs<T> a) {
+    __shared__ float f_s[kD], max_s[kD / 32], sum_s[kD / 32];
     an_pdl_wait();
     an_pdl_trigger();
-    const int64_t qh = (int64_t)blockIdx.x * a.Hq + blockIdx.y;
-    const int d = threadIdx.x;
+    const int64_t row = blockIdx.x, b = row / a.seq, t = row % a.seq, qh = row * a.Hq + blockIdx.y;
+    const int d = threadIdx.x, lane = d % 32, warp = d / 32;
+    const int64_t cache_row = a.rows[b];
+    int64_t visible = cache_row >= 0 && cache_row < a.cache_rows ? a.lengths[cache_row] + t + 1 : 0;
+    if (visible > a.cache_len) visible = a.cache_len;
+    const int64_t covering = (visible + a.chunk - 1) / a.chunk;
+    const int used = covering < a.nsplit ? (int)covering : a.nsplit; /* the later splits saw no key */
     const float *p = a.partial + qh * a.nsplit * (kD + 2);
-    float mx = -INFINITY;
-    for (int s = 0; s < a.nsplit; s++) mx = fmaxf(mx, p[s * (kD + 2) + kD]);
-    float L = 0.0f, O = 0.0f;
-    if (mx != -INFINITY)
-        for (int s = 0; s < a.nsplit; s++) {
-            const float ms = p[s * (kD + 2) + kD];
-            if (ms == -INFINITY) continue; /* a split past the visible keys */
-            const float f = expf(ms - mx);
-            L += p[s * (kD + 2) + kD + 1] * f;
-            O += p[s * (kD + 2) + d] * f;
-        }
+    const float ms = d < used ? p[d * (kD + 2) + kD] : -INFINITY;
+    float wm = an_lanes_max<32>(ms);
+    if (lane == 0) max_s[warp] = wm;
+    __syncthreads();
+    float mx = max_s[0];
+#pragma unroll
+    for (int w = 1; w < kD / 32; w++) mx = fmaxf(mx, max_s[w]);
+    const float f = ms == -INFINITY ? 0.0f : expf(ms - mx);
+    f_s[d] = f;
+    const float wl = an_lanes_sum<32>(d < used ? p[d * (kD + 2) + kD + 1] * f : 0.0f);
+    if (lane == 0) sum_s[warp] = wl;
+    __syncthreads();
+    float L = sum_s[0], O = 0.0f;
+#pragma unroll
+    for (int w = 1; w < kD / 32; w++) L += sum_s[w];
+#pragma unroll 8
+    for (int sp = 0; sp < used; sp++) O = fmaf(p[sp * (kD + 2) + d], f_s[sp], O);
     a.out[qh * kD + d] = an_store<T>(L > 0.0f ? O / L : 0.0f);
 }
 
@@ -240,7 +257,7 @@ an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh,
                (cache_len + chunk / 2 - 1) / (chunk / 2) <= kMaxSplits)
             chunk /= 2;
     }
-    const int64_t nsplit = (cache_len + chunk - 1) / chunk;
+    const int64_t nsplit = (cache_len + chunk - 1) / chunk; /* <= kMaxSplits <= kD: the merge's threads */
     float *partial = nullptr;
     if (nsplit > 1) {
         char why[256];
