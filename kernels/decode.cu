@@ -26,7 +26,7 @@
  * while the kernel before them finishes, then wait for it before reading x. */
 #include "kernels/block_reduce.cuh" /* an_lanes_sum */
 #include "kernels/cuda_common.cuh"
-#include "kernels/vec.cuh" /* an_vec_width, an_unpack16 */
+#include "kernels/vec.cuh" /* an_vec_width, an_unpack16, an_load_stream16 */
 #include "kernels/pdl.cuh" /* an_launch_pdl: every kernel here waits (an_pdl_wait) before reading activations */
 
 #include <stdint.h>
@@ -47,15 +47,6 @@ template <typename T> struct NormGemvArgs {
     int M;
     double eps;
 };
-
-/* A 16-byte load of a weight read once: not kept in L1. */
-__device__ __forceinline__ uint4 load_stream(const uint4 *p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-}
 
 /* MR: rows the registers hold (M <= MR <= 8); UNR 16-byte packs of the weight row in flight a
  * lane. vec: K a whole number of 16-byte packs and x, nw, w 16-byte aligned. */
@@ -82,7 +73,8 @@ __global__ void __launch_bounds__(kWarps * 32) norm_gemv_kernel(NormGemvArgs<T> 
 #pragma unroll
         for (int k = 0; k < UNR; k++) { /* every load of the pass in flight before the math */
             const int64_t i = base + k * 32;
-            if (vec) an_unpack16<T>(i < packs ? load_stream(reinterpret_cast<const uint4 *>(wr) + i) : make_uint4(0, 0, 0, 0), wf[k]);
+            const uint4 zero = make_uint4(0, 0, 0, 0);
+            if (vec) an_unpack16<T>(i < packs ? an_load_stream16(reinterpret_cast<const uint4 *>(wr) + i) : zero, wf[k]);
             else wf[k][0] = i < packs ? an_load(wr[i]) : 0.0f;
         }
 #pragma unroll
@@ -166,8 +158,8 @@ __global__ void __launch_bounds__(kSwigluWarps * 32) norm_swiglu_kernel(NormSwig
             const int64_t i = base + k * 32;
             if (vec) {
                 const uint4 zero = make_uint4(0, 0, 0, 0);
-                const uint4 wg = i < packs ? load_stream(reinterpret_cast<const uint4 *>(a.wg + n * K) + i) : zero;
-                const uint4 wu = i < packs ? load_stream(reinterpret_cast<const uint4 *>(a.wu + n * K) + i) : zero;
+                const uint4 wg = i < packs ? an_load_stream16(reinterpret_cast<const uint4 *>(a.wg + n * K) + i) : zero;
+                const uint4 wu = i < packs ? an_load_stream16(reinterpret_cast<const uint4 *>(a.wu + n * K) + i) : zero;
                 an_unpack16<T>(wg, wgf[k]), an_unpack16<T>(wu, wuf[k]);
             } else {
                 wgf[k][0] = i < packs ? an_load(a.wg[n * K + i]) : 0.0f;

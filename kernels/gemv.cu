@@ -17,19 +17,10 @@
  * run. The scalar path (any K or alignment) keeps one column a warp. */
 #include "kernels/block_reduce.cuh" /* an_lanes_sum */
 #include "kernels/cuda_common.cuh"
-#include "kernels/vec.cuh" /* an_vec_width, an_unpack16 */
+#include "kernels/vec.cuh" /* an_vec_width, an_unpack16, an_load_stream16 */
 #include "kernels/pdl.cuh" /* launched with Programmatic Dependent Launch: prefetch W, then wait */
 
 namespace {
-
-/* A 16-byte load of a weight read once: not kept in L1. */
-__device__ __forceinline__ uint4 load_stream(const void *p) {
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-}
 
 /* y[r, n] for the lanes that hold one (lane = c MR + r after the sums): bias and old y in fp32, one rounding. */
 template <typename T>
@@ -67,7 +58,7 @@ __global__ void __launch_bounds__(WARPS * 32) gemv_vec(const T *x, int64_t K, co
             const int64_t i = base + (int64_t)u * 32 * SPLIT;
 #pragma unroll
             for (int c = 0; c < COLS; c++)
-                wv[c][u] = i < nv && n0 + c < N ? load_stream(reinterpret_cast<const uint4 *>(w + (n0 + c) * K) + i)
+                wv[c][u] = i < nv && n0 + c < N ? an_load_stream16(reinterpret_cast<const uint4 *>(w + (n0 + c) * K) + i)
                                                 : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll

@@ -36,6 +36,16 @@ template <typename T> __device__ __forceinline__ void an_unpack16(const uint4 &v
     for (int i = 0; i < an_vec_width<T>::value; i++) out[i] = an_load(e[i]);
 }
 
+/* A 16-byte load through the read-only path that does not allocate in L1: for weights a kernel
+ * reads once (the decode GEMVs), where caching them would only evict what is reused. */
+__device__ __forceinline__ uint4 an_load_stream16(const void *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
 /* True for NULL too (an absent operand does not block the vector path). */
 static inline bool an_aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
 

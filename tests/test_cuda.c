@@ -63,16 +63,6 @@ static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int64_t n, int64_t offse
     return v;
 }
 
-/* Synchronises (surfacing asynchronous errors) and copies a CUDA tensor's values to the host. */
-static double *download(an_ctx *ctx, const an_tensor *dev) {
-    test_ok(ctx, an_cuda_synchronize(ctx), "synchronize");
-    an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
-    ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
-    double *v = test_values(h);
-    an_tensor_release(h);
-    return v;
-}
-
 /* Fails unless every element of got is a number within bound[i] of want[i]. */
 static void expect_close(const double *got, const double *want, const double *bound, int64_t n, const char *fmt,
                          ...) {
@@ -92,7 +82,7 @@ static void expect_close(const double *got, const double *want, const double *bo
 static void expect_dev_close(an_ctx *ctx, const an_tensor *dev, const double *want, double rtol, double atol,
                              const char *what) {
     int64_t n = an_tensor_numel(dev);
-    double *got = download(ctx, dev), *bound = malloc((size_t)(n ? n : 1) * sizeof *bound);
+    double *got = test_download(ctx, dev), *bound = malloc((size_t)(n ? n : 1) * sizeof *bound);
     for (int64_t i = 0; i < n; i++) bound[i] = rtol * fabs(want[i]) + atol;
     expect_close(got, want, bound, n, "%s", what);
     free(got);
@@ -113,7 +103,7 @@ START_TEST(test_cuda_runtime_copies_and_reports_errors) {
         an_tensor *copy = poisoned(ctx, AN_F32, sizes[s], 1);
         test_ok(ctx, an_cuda_memcpy(ctx, an_tensor_data(copy), AN_CUDA, an_tensor_data(p.dev), AN_CUDA,
                                an_tensor_nbytes(copy)), "d2d");
-        double *want = test_values(p.host), *got = download(ctx, copy);
+        double *want = test_values(p.host), *got = test_download(ctx, copy);
         ck_assert_msg(memcmp(want, got, (size_t)sizes[s] * sizeof *got) == 0, "round trip of %lld floats differs",
                       (long long)sizes[s]);
         free(want);
@@ -124,7 +114,7 @@ START_TEST(test_cuda_runtime_copies_and_reports_errors) {
     /* memset writes every byte */
     an_tensor *z = an_tensor_zeros(ctx, AN_BF16, AN_CUDA, 1, (int64_t[]){4099});
     ck_assert_ptr_nonnull(z);
-    double *zv = download(ctx, z);
+    double *zv = test_download(ctx, z);
     for (int i = 0; i < 4099; i++) ck_assert_msg(zv[i] == 0.0, "zeros: element %d is %g", i, zv[i]);
     free(zv);
     an_tensor_release(z);
@@ -354,14 +344,14 @@ START_TEST(test_cuda_binary_backward_sums_broadcast_deterministically) {
                             bound[i % nb] += 1e-5 * fabs(t); /* fp32 accumulation */
                         }
                         for (int64_t j = 0; j < nb; j++) bound[j] += rtol * fabs(want[j]) + 1e-6;
-                        double *got = download(ctx, gb);
+                        double *got = test_download(ctx, gb);
                         expect_close(got, want, bound, nb, "%s (grad_b)", what);
                         /* a second run gives the same bits */
                         test_ok(ctx, an_cuda_binary_backward(ctx, (an_binary_kind)kind, dtype, an_tensor_data(a.dev), n,
                                                         an_tensor_data(b.dev), nb, an_tensor_data(g.dev), NULL,
                                                         an_tensor_data(gb)),
                            "binary_backward again");
-                        double *again = download(ctx, gb);
+                        double *again = test_download(ctx, gb);
                         ck_assert_msg(memcmp(got, again, (size_t)nb * sizeof *got) == 0, "%s: grad_b not reproducible",
                                       what);
                         free(got);
@@ -431,12 +421,12 @@ START_TEST(test_cuda_swiglu_and_silu_match_reference) {
                             bound_up[i] = rtol * fabs(want_up[i]) + 1e-6 * scale;
                         }
                         if (gg) {
-                            double *got = download(ctx, gg);
+                            double *got = test_download(ctx, gg);
                             expect_close(got, want, bound, n, "%s grad_gate (grads %d)", what, which);
                             free(got);
                         }
                         if (gu) {
-                            double *got = download(ctx, gu);
+                            double *got = test_download(ctx, gu);
                             expect_close(got, want_up, bound_up, n, "%s grad_up (grads %d)", what, which);
                             free(got);
                         }
@@ -481,12 +471,12 @@ START_TEST(test_cuda_sum_accumulates_in_fp32_deterministically) {
                         total_abs += fabs(an_tensor_get(x.host, i));
                     }
                     double want = total * scale, bound = rtol_of(dtype) * fabs(want) + 1e-6 * total_abs * scale + 1e-30;
-                    double *got = download(ctx, out);
+                    double *got = test_download(ctx, out);
                     snprintf(what, sizeof what, "%s %s n %lld offset %lld", mean ? "mean" : "sum", an_dtype_name(dtype),
                              (long long)n, (long long)offset);
                     expect_close(got, &want, &bound, 1, "%s", what);
                     test_ok(ctx, an_cuda_sum(ctx, dtype, an_tensor_data(x.dev), n, scale, an_tensor_data(out)), "sum again");
-                    double *again = download(ctx, out);
+                    double *again = test_download(ctx, out);
                     ck_assert_msg(memcmp(got, again, sizeof *got) == 0, "%s: %.9g then %.9g", what, got[0], again[0]);
                     free(got);
                     free(again);
@@ -534,7 +524,7 @@ static void check_gemm(an_ctx *ctx, an_dtype dtype, an_gemm_shape s, int64_t off
     test_ok(ctx, an_cuda_gemm(ctx, &s, dtype, an_tensor_data(a.dev), an_tensor_data(b.dev), an_tensor_data(c)), "gemm");
     double rtol = rtol_of(dtype), err2 = 0, ref2 = 0;
     for (int64_t i = 0; i < nc; i++) bound[i] = rtol * (fabs(want[i]) + sqrt((double)s.k));
-    double *got = download(ctx, c);
+    double *got = test_download(ctx, c);
     expect_close(got, want, bound, nc, "gemm %s batch %lld m %lld n %lld k %lld ta %d tb %d shared %d acc %d offset %lld",
                  an_dtype_name(dtype), (long long)s.batch, (long long)s.m, (long long)s.n, (long long)s.k, s.trans_a,
                  s.trans_b, s.b_shared, s.accumulate, (long long)offset);
@@ -595,7 +585,7 @@ START_TEST(test_cuda_gemv_rows_match_the_reference) {
                 }
                 an_tensor *want = an_linear(ctx, x, w, b), *got = an_linear(ctx, xd, wd, bd);
                 ck_assert_msg(want && got, "%s", an_error_message(ctx));
-                double *wv = test_values(want), *gv = download(ctx, got), *bound = calloc((size_t)(m * 300), sizeof *bound);
+                double *wv = test_values(want), *gv = test_download(ctx, got), *bound = calloc((size_t)(m * 300), sizeof *bound);
                 for (int64_t i = 0; i < m * 300; i++) bound[i] = 2 * rtol_of(float_dtypes[d]) * (fabs(wv[i]) + sqrt(1536.0));
                 expect_close(gv, wv, bound, m * 300, "linear with bias %s rows %lld%s", an_dtype_name(float_dtypes[d]),
                              (long long)m, off ? " (misaligned bias)" : "");
@@ -671,7 +661,7 @@ static void expect_like_cpu(an_ctx *ctx, const an_tensor *gpu, const an_tensor *
     ck_assert_msg(gpu && cpu, "%s: missing tensor", what);
     int64_t n = an_tensor_numel(cpu);
     ck_assert_int_eq(an_tensor_numel(gpu), n);
-    double *want = test_values(cpu), *got = download(ctx, gpu), *bound = malloc((size_t)n * sizeof *bound), ms = 0;
+    double *want = test_values(cpu), *got = test_download(ctx, gpu), *bound = malloc((size_t)n * sizeof *bound), ms = 0;
     for (int64_t i = 0; i < n; i++) ms += want[i] * want[i] / (double)n;
     for (int64_t i = 0; i < n; i++) bound[i] = 2 * rtol * fabs(want[i]) + rtol * sqrt(ms) + 1e-12;
     expect_close(got, want, bound, n, "%s", what);
@@ -702,7 +692,7 @@ START_TEST(test_cuda_autograd_forward_and_backward_match_cpu) {
         ck_assert_int_eq(loss_gpu->device, AN_CUDA);
         test_ok(ctx, an_backward(ctx, loss_gpu), "gpu backward");
 
-        double want = an_tensor_get(loss_cpu, 0), *got = download(ctx, loss_gpu), bound = 4 * rtol * (fabs(want) + 1);
+        double want = an_tensor_get(loss_cpu, 0), *got = test_download(ctx, loss_gpu), bound = 4 * rtol * (fabs(want) + 1);
         snprintf(what, sizeof what, "%s loss", an_dtype_name(dtype));
         expect_close(got, &want, &bound, 1, "%s", what);
         free(got);

@@ -40,16 +40,6 @@ static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
     return ctx;
 }
 
-/* Synchronises (surfacing asynchronous errors) and copies a CUDA tensor's values to the host. */
-static double *download(an_ctx *ctx, const an_tensor *dev) {
-    test_ok(ctx, an_cuda_synchronize(ctx), "synchronize");
-    an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
-    ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
-    double *v = test_values(h);
-    an_tensor_release(h);
-    return v;
-}
-
 /* A CUDA tensor of `shape`, every byte 0xFF (NaN in each float dtype). */
 /* Fails unless got (n) matches want elementwise within rtol (|want| + rms) + atol and as a whole
  * within norm_rtol ||want|| + atol sqrt(n); NaN fails. */
@@ -76,7 +66,7 @@ static void expect_close(const double *got, const double *want, int64_t n, doubl
 
 static void expect_dev_close(an_ctx *ctx, const an_tensor *dev, const double *want, double rtol, double norm_rtol,
                              double atol, const char *what) {
-    double *got = download(ctx, dev);
+    double *got = test_download(ctx, dev);
     expect_close(got, want, an_tensor_numel(dev), rtol, norm_rtol, atol, "%s", what);
     free(got);
 }
@@ -192,7 +182,7 @@ static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
                               segp, seg_dtype, an_tensor_data(o), an_tensor_data(l)), "forward");
     snprintf(msg, sizeof msg, "%s: out", what);
     expect_dev_close(ctx, o, out, rtol, rtol, 0, msg);
-    double *lse_got = download(ctx, l);
+    double *lse_got = test_download(ctx, l);
     for (int64_t i = 0; i < nl; i++)
         ck_assert_msg(!isnan(lse_got[i]) && fabs(lse_got[i] - lse[i]) <= 1e-5 * (fabs(lse[i]) + 1),
                       "%s: lse %lld is %.9g, expected %.9g", what, (long long)i, lse_got[i], lse[i]);

@@ -31,16 +31,6 @@ static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
     return ctx;
 }
 
-/* Copies a CUDA tensor's values to the host (synchronising first). */
-static double *download(an_ctx *ctx, const an_tensor *dev) {
-    test_ok(ctx, an_cuda_synchronize(ctx), "synchronize");
-    an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
-    ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
-    double *v = test_values(h);
-    an_tensor_release(h);
-    return v;
-}
-
 /* 1 (after printing why) unless got (n) is within rtol (|want| + rms) + atol elementwise and
  * norm_rtol ||want|| + atol sqrt(n) as a whole; NaN fails. */
 static int mismatch(const double *got, const double *want, int64_t n, double rtol, double norm_rtol, double atol,
@@ -66,14 +56,14 @@ static int mismatch(const double *got, const double *want, int64_t n, double rto
 
 static int dev_mismatch(an_ctx *ctx, const an_tensor *dev, const double *want, double rtol, double norm_rtol,
                         double atol, const char *what) {
-    double *got = download(ctx, dev);
+    double *got = test_download(ctx, dev);
     int bad = mismatch(got, want, an_tensor_numel(dev), rtol, norm_rtol, atol, what);
     free(got);
     return bad;
 }
 
 static int lse_mismatch(an_ctx *ctx, const an_tensor *dev, const double *want, const char *what) {
-    double *got = download(ctx, dev);
+    double *got = test_download(ctx, dev);
     int bad = 0;
     for (int64_t i = 0; i < an_tensor_numel(dev) && !bad; i++)
         if (isnan(got[i]) || fabs(got[i] - want[i]) > 1e-5 * (fabs(want[i]) + 1)) {
@@ -315,16 +305,16 @@ START_TEST(test_cuda_attention_cudnn_agrees_with_tensor_core_kernels_and_is_time
     const char *names[3] = {"dq", "dk", "dv"};
     double rtol = rtol_of(AN_BF16), atol = 1e-5 * b.sh.scale * sqrt((double)D) * 4;
     int bad = 0;
-    double *want = download(ctx, o[0]);
+    double *want = test_download(ctx, o[0]);
     bad += dev_mismatch(ctx, o[1], want, 2 * rtol, rtol, 0, "bench out: cuDNN vs ours");
     free(want);
-    want = download(ctx, l[0]);
+    want = test_download(ctx, l[0]);
     bad += lse_mismatch(ctx, l[1], want, "bench lse: cuDNN vs ours");
     free(want);
     double *want_g[3];
     for (int i = 0; i < 3; i++) {
         char msg[96];
-        want_g[i] = download(ctx, g[0][i]);
+        want_g[i] = test_download(ctx, g[0][i]);
         snprintf(msg, sizeof msg, "bench %s: cuDNN vs ours", names[i]);
         bad += dev_mismatch(ctx, g[1][i], want_g[i], 8 * rtol, 2 * rtol, atol, msg);
     }

@@ -4,7 +4,7 @@
 #include <math.h>
 #include <stdlib.h>
 
-#include "kernels/cuda.h"  /* an_cuda_memset */
+#include "kernels/cuda.h"  /* an_cuda_memset, an_cuda_synchronize */
 #include "model/load.h"   /* an_model_load */
 
 an_ctx *test_ctx(uint64_t seed) {
@@ -109,6 +109,15 @@ double *test_values(const an_tensor *t) {
     double *v = malloc((size_t)(n ? n : 1) * sizeof *v);
     ck_assert_ptr_nonnull(v);
     for (int64_t i = 0; i < n; i++) v[i] = an_tensor_get(t, i);
+    return v;
+}
+
+double *test_download(an_ctx *ctx, const an_tensor *dev) {
+    test_ok(ctx, an_cuda_synchronize(ctx), "synchronize");
+    an_tensor *h = an_tensor_to(ctx, dev, dev->dtype, AN_CPU);
+    ck_assert_msg(h != NULL, "download: %s", an_error_message(ctx));
+    double *v = test_values(h);
+    an_tensor_release(h);
     return v;
 }
 

@@ -45,6 +45,9 @@ struct an_model *test_fixture_model(an_ctx *ctx, const char *family, an_dtype dt
 void test_ok(an_ctx *ctx, an_status st, const char *what);
 /* The elements of a CPU tensor as doubles (malloc'ed; caller frees). */
 double *test_values(const an_tensor *t);
+/* Synchronises the device (surfacing asynchronous errors, failing the test on one) and returns a
+ * CUDA tensor's values on the host as test_values does (malloc'd; the caller frees). */
+double *test_download(an_ctx *ctx, const an_tensor *dev);
 /* A new CUDA tensor whose every byte is 0xFF (NaN in f32, bf16 and f16), so an output a kernel
  * fails to write cannot pass a comparison. */
 an_tensor *test_poisoned_gpu(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape);
