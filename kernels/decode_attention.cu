@@ -73,35 +73,44 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int64_t row = blockIdx.x, b = row / a.seq, t = row % a.seq; /* row = b T + t */
     const int g = blockIdx.y, split = blockIdx.z;
-    const int64_t cache_row = a.rows[b];
-    const bool valid_row = cache_row >= 0 && cache_row < a.cache_rows;
-    int64_t visible = valid_row ? a.lengths[cache_row] + t + 1 : 0;
-    if (visible > a.cache_len) visible = a.cache_len;
-    const int64_t k_begin = (int64_t)split * a.chunk;
-    const int64_t k_end = k_begin + a.chunk < visible ? k_begin + a.chunk : visible;
-    const int64_t key_stride = (int64_t)a.Hkv * kD;
-    const int64_t cache_base = (valid_row ? cache_row : 0) * a.cache_len * key_stride + (int64_t)g * kD;
     const T *qg = a.q + (row * a.Hq + (int64_t)g * G) * kD; /* (G, D) */
     for (int i = tid; i < G * kD; i += kThreads) q_s[i / kD][i % kD] = an_load(qg[i]) * a.scale;
-    __syncthreads();
+    const int64_t cache_row = a.rows[b];
+    const bool valid_row = cache_row >= 0 && cache_row < a.cache_rows;
+    const int64_t k_begin = (int64_t)split * a.chunk;
+    const int64_t cap_end = k_begin + a.chunk < a.cache_len ? k_begin + a.chunk : a.cache_len; /* keys the cache holds */
+    const int64_t key_stride = (int64_t)a.Hkv * kD;
+    const int64_t cache_base = (valid_row ? cache_row : 0) * a.cache_len * key_stride + (int64_t)g * kD;
+    uint4 kr[kD / 8]; /* this thread's key of the chunk */
+    /* The chunk from key c: K rows into registers, V rows into shared memory (16-byte asynchronous
+     * copies), every key the cache holds (those past the visible ones are masked later). */
+    auto load_chunk = [&](int64_t c) {
+        const int64_t held = cap_end - c < kThreads ? cap_end - c : kThreads;
+        for (int i = tid; i < held * (kD / 8); i += kThreads) {
+            const int j = i / (kD / 8), part = i % (kD / 8);
+            copy_async16(&v_s[j][part * 8], a.v + cache_base + (c + j) * key_stride + part * 8);
+        }
+        copy_async_commit();
+        const bool held_key = tid < held;
+        const uint4 *kp = reinterpret_cast<const uint4 *>(a.k + cache_base + (held_key ? c + tid : c) * key_stride);
+#pragma unroll
+        for (int i = 0; i < kD / 8; i++) kr[i] = held_key ? __ldg(kp + i) : make_uint4(0, 0, 0, 0);
+    };
+    /* the first chunk's loads go out before the row's length arrives: one memory latency fewer */
+    if (k_begin < cap_end) load_chunk(k_begin);
+    int64_t visible = valid_row ? a.lengths[cache_row] + t + 1 : 0;
+    if (visible > a.cache_len) visible = a.cache_len;
+    const int64_t k_end = k_begin + a.chunk < visible ? k_begin + a.chunk : visible;
+    __syncthreads(); /* q_s */
 
     float m[G], l[G], o[G][2];
 #pragma unroll
     for (int h = 0; h < G; h++) m[h] = -INFINITY, l[h] = 0.0f, o[h][0] = o[h][1] = 0.0f;
     for (int64_t c = k_begin; c < k_end; c += kThreads) { /* block-uniform */
+        if (c != k_begin) load_chunk(c);
         const int64_t key = c + tid;
         const bool live = key < k_end;
         const int n = k_end - c < kThreads ? (int)(k_end - c) : kThreads; /* live keys of the chunk */
-        /* the chunk's V rows into shared memory (16-byte asynchronous copies, 16 a thread) */
-        for (int i = tid; i < n * (kD / 8); i += kThreads) {
-            const int j = i / (kD / 8), part = i % (kD / 8);
-            copy_async16(&v_s[j][part * 8], a.v + cache_base + (c + j) * key_stride + part * 8);
-        }
-        copy_async_commit();
-        uint4 kr[kD / 8];
-        const uint4 *kp = reinterpret_cast<const uint4 *>(a.k + cache_base + (live ? key : c) * key_stride);
-#pragma unroll
-        for (int i = 0; i < kD / 8; i++) kr[i] = live ? __ldg(kp + i) : make_uint4(0, 0, 0, 0);
         float s[G];
 #pragma unroll
         for (int h = 0; h < G; h++) s[h] = 0.0f;
@@ -153,6 +162,7 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
         }
         __syncthreads(); /* p_s and the partials are rewritten by the next chunk */
     }
+    copy_async_wait(); /* a split past the visible keys issued its first chunk's copies too */
 #pragma unroll
     for (int h = 0; h < G; h++) {
         const int64_t qh = row * a.Hq + (int64_t)g * G + h; /* (row, query head) */
@@ -168,21 +178,17 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
     }
 }
 
-/* Block (row, query head): the partials of the splits that hold visible keys, merged in one
- * parallel pass: thread s reads split s's max (at most kD splits), the block forms the overall max
- * and each split's weight, then thread d adds the splits' o[d] in split order (independent loads,
- * no serial chain through memory). Sums over splits: lanes by butterfly, warps in order. */
+/* Block (row, query head): the splits' partials merged in one parallel pass: thread s reads split
+ * s's max (at most kD splits; a split past the visible keys holds -inf and weighs 0), the block
+ * forms the overall max and each split's weight, then thread d adds the weighted o[d] of the
+ * splits that saw keys, in split order (independent loads: no chain through memory, and no read
+ * of the row table). Sums over splits: lanes by butterfly, warps in order. */
 template <typename T> __global__ void __launch_bounds__(kD) gqa_merge_kernel(GqaArgs<T> a) {
     __shared__ float f_s[kD], max_s[kD / 32], sum_s[kD / 32];
     an_pdl_wait();
     an_pdl_trigger();
-    const int64_t row = blockIdx.x, b = row / a.seq, t = row % a.seq, qh = row * a.Hq + blockIdx.y;
-    const int d = threadIdx.x, lane = d % 32, warp = d / 32;
-    const int64_t cache_row = a.rows[b];
-    int64_t visible = cache_row >= 0 && cache_row < a.cache_rows ? a.lengths[cache_row] + t + 1 : 0;
-    if (visible > a.cache_len) visible = a.cache_len;
-    const int64_t covering = (visible + a.chunk - 1) / a.chunk;
-    const int used = covering < a.nsplit ? (int)covering : a.nsplit; /* the later splits saw no key */
+    const int64_t qh = (int64_t)blockIdx.x * a.Hq + blockIdx.y;
+    const int d = threadIdx.x, lane = d % 32, warp = d / 32, used = a.nsplit;
     const float *p = a.partial + qh * a.nsplit * (kD + 2);
     const float ms = d < used ? p[d * (kD + 2) + kD] : -INFINITY;
     float wm = an_lanes_max<32>(ms);
@@ -200,7 +206,8 @@ template <typename T> __global__ void __launch_bounds__(kD) gqa_merge_kernel(Gqa
 #pragma unroll
     for (int w = 1; w < kD / 32; w++) L += sum_s[w];
 #pragma unroll 8
-    for (int sp = 0; sp < used; sp++) O = fmaf(p[sp * (kD + 2) + d], f_s[sp], O);
+    for (int sp = 0; sp < used; sp++)
+        if (f_s[sp] != 0.0f) O = fmaf(p[sp * (kD + 2) + d], f_s[sp], O); /* block-uniform branch */
     a.out[qh * kD + d] = an_store<T>(L > 0.0f ? O / L : 0.0f);
 }
 
