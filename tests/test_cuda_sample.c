@@ -97,23 +97,46 @@ END_TEST
 START_TEST(test_gpu_greedy_ties_go_to_the_lowest_id) {
     an_ctx *ctx = test_gpu_ctx(2, "cuda sampling ties");
     if (!ctx) return;
-    int64_t V = 3001;
-    an_tensor *cpu = test_uniform(ctx, AN_F32, 2, (int64_t[]){3, V}, -4.0, 4.0, false);
-    float *x = an_tensor_data(cpu);
-    /* row 0: the maximum at 2999 and 17; row 1: at 0 and 3000; row 2: at 1500, 1501 and 1502 */
-    x[2999] = x[17] = 9.0f;
-    x[V + 0] = x[V + 3000] = 9.0f;
-    x[2 * V + 1500] = x[2 * V + 1501] = x[2 * V + 1502] = 9.0f;
-    an_tensor *gpu = an_tensor_to(ctx, cpu, AN_F32, AN_CUDA);
-    an_generate_opts o = {.temperature = 0.0, .top_p = 1.0};
-    int32_t want[3], got[3];
-    pick(ctx, cpu, &o, 0, want);
-    pick(ctx, gpu, &o, 0, got);
-    ck_assert_int_eq(want[0], 17);
-    ck_assert_int_eq(want[1], 0);
-    ck_assert_int_eq(want[2], 1500);
-    for (int r = 0; r < 3; r++) ck_assert_int_eq(got[r], want[r]);
-    an_tensor_release(gpu), an_tensor_release(cpu);
+    /* 3001 logits: element loads; 3008 (rows 16-byte aligned for f32 and bf16): 16-byte packs */
+    const int64_t Vs[] = {3001, 3008};
+    const an_dtype dtypes[] = {AN_F32, AN_BF16};
+    for (int vi = 0; vi < 2; vi++)
+        for (int di = 0; di < 2; di++) {
+            int64_t V = Vs[vi];
+            an_tensor *cpu = test_uniform(ctx, AN_F32, 2, (int64_t[]){4, V}, -4.0, 4.0, false);
+            float *x = an_tensor_data(cpu);
+            /* row 0: the maximum at V-2 and 17; row 1: at 0 and V-1; row 2: at 1500, 1501 and 1502
+             * (one pack); row 3: at 1503 and 1496 (one bf16 pack, two f32 packs) */
+            x[V - 2] = x[17] = 9.0f;
+            x[V + 0] = x[V + V - 1] = 9.0f;
+            x[2 * V + 1500] = x[2 * V + 1501] = x[2 * V + 1502] = 9.0f;
+            x[3 * V + 1503] = x[3 * V + 1496] = 9.0f;
+            an_tensor *typed = an_tensor_to(ctx, cpu, dtypes[di], AN_CPU); /* the ties survive the rounding */
+            an_tensor *gpu = an_tensor_to(ctx, typed, dtypes[di], AN_CUDA);
+            an_generate_opts o = {.temperature = 0.0, .top_p = 1.0};
+            int32_t want[4], got[4];
+            pick(ctx, typed, &o, 0, want);
+            pick(ctx, gpu, &o, 0, got);
+            ck_assert_int_eq(want[0], 17);
+            ck_assert_int_eq(want[1], 0);
+            ck_assert_int_eq(want[2], 1500);
+            ck_assert_int_eq(want[3], 1496);
+            for (int r = 0; r < 4; r++)
+                ck_assert_msg(got[r] == want[r], "V %lld %s row %d: %d, expected %d", (long long)V,
+                              an_dtype_name(dtypes[di]), r, got[r], want[r]);
+            /* a vocab limit that ends mid-pack: ids past the last whole pack go one by one */
+            x[V - 3] = 10.0f, x[V - 1] = 11.0f; /* row 0: 11 is outside the limit, 10 inside */
+            an_tensor_release(gpu), an_tensor_release(typed);
+            typed = an_tensor_to(ctx, cpu, dtypes[di], AN_CPU), gpu = an_tensor_to(ctx, typed, dtypes[di], AN_CUDA);
+            o.vocab_limit = V - 2;
+            pick(ctx, typed, &o, 0, want);
+            pick(ctx, gpu, &o, 0, got);
+            ck_assert_int_eq(want[0], V - 3);
+            for (int r = 0; r < 4; r++)
+                ck_assert_msg(got[r] == want[r], "V %lld %s limit %lld row %d: %d, expected %d", (long long)V,
+                              an_dtype_name(dtypes[di]), (long long)(V - 2), r, got[r], want[r]);
+            an_tensor_release(gpu), an_tensor_release(typed), an_tensor_release(cpu);
+        }
     test_ctx_free(ctx);
 }
 END_TEST
