@@ -8,7 +8,7 @@
  * Vector path (K a whole number of 16-byte packs, x and W 16-byte aligned): a warp takes COLS
  * output columns and streams their rows of W in 16-byte loads that skip L1 (read once), UNR
  * loads a row and lane in flight before the FMAs; the M dot products of each column stay in fp32
- * registers. Two shapes (an H200, weights streamed from HBM, bench notes in docs/performance.md):
+ * registers. Two shapes (an H200, weights streamed from HBM; bench/gemv_variants.cu measured them):
  * - K < 4096 or N > 8192: 4 warps a block, 2 columns a warp (8960 x 1536: 8.8 us, 3.1 TB/s);
  * - K >= 4096 and N <= 8192: 8 warps a block, 2 columns a block, each column's K split over 4 warps
  *   (interleaved 16-byte packs) added through shared memory in warp order: long rows otherwise
