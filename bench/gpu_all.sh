@@ -75,9 +75,10 @@ python3 bench/peer_train_step.py --load "$model" --lora 16 --targets qv --save-a
   --losses --steps 8 > /tmp/peer_losses.txt 2>&1
 "$bin/train_step" "$model" --adapter "$adapter" --lr 1e-4 --losses --steps 8 > /tmp/our_losses.txt 2>&1
 compare_curves "LoRA q,v" /tmp/peer_losses.txt /tmp/our_losses.txt
-# Full fine-tune at 1e-4. (At 1e-5 ours falls more slowly from step 1 on, by 0.4-1.4%: PyTorch's
-# autocast keeps the embeddings, the norm weights and the residual stream in fp32, so updates below
-# half a bf16 ulp reach its forward, while ours runs them in bf16; docs/performance.md.)
+# Full fine-tune at 1e-4. (At 1e-5 ours falls more slowly from step 1 on, by 0.4-1.4%; the likely
+# cause, not confirmed: PyTorch's autocast keeps the embeddings, the norm weights and the residual
+# stream in fp32, so updates below half a bf16 ulp reach its forward, while ours runs them in bf16;
+# docs/performance.md.)
 python3 bench/peer_train_step.py --load "$model" --lora 0 --lr 1e-4 --losses --steps 8 > /tmp/peer_full_losses.txt 2>&1
 "$bin/train_step" "$model" --lora 0 --lr 1e-4 --losses --steps 8 > /tmp/our_full_losses.txt 2>&1
 compare_curves "full" /tmp/peer_full_losses.txt /tmp/our_full_losses.txt

@@ -82,27 +82,6 @@ static void expect_same_bits(an_ctx *ctx, const an_tensor *a, const an_tensor *b
     free(y);
 }
 
-/* A random tensor on both devices with the same stored values. */
-typedef struct {
-    an_tensor *host, *dev;
-    double *v; /* the stored values */
-} pair;
-
-static pair random_pair(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape, double lo, double hi) {
-    pair p;
-    p.host = test_uniform(ctx, dtype, ndim, shape, lo, hi, false);
-    p.dev = an_tensor_to(ctx, p.host, dtype, AN_CUDA);
-    ck_assert_msg(p.dev != NULL, "upload: %s", an_error_message(ctx));
-    p.v = test_values(p.host);
-    return p;
-}
-
-static void pair_release(pair p) {
-    an_tensor_release(p.host);
-    an_tensor_release(p.dev);
-    free(p.v);
-}
-
 typedef enum { SEG_NONE, SEG_RUNS, SEG_RUNS_I32, SEG_SCATTERED } seg_kind;
 
 /* Segment ids (B, T) on the host (NULL for SEG_NONE): contiguous documents of random lengths
@@ -151,8 +130,8 @@ static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
     snprintf(what, sizeof what, "%s B %lld T %lld Hq %lld Hkv %lld D %lld seg %d", an_dtype_name(dtype),
              (long long)s.B, (long long)s.T, (long long)s.Hq, (long long)s.Hkv, (long long)s.D, (int)s.seg);
     int64_t qs[4] = {s.B, s.T, s.Hq, s.D}, ks[4] = {s.B, s.T, s.Hkv, s.D}, ls[3] = {s.B, s.Hq, s.T};
-    pair q = random_pair(ctx, dtype, 4, qs, -2, 2), k = random_pair(ctx, dtype, 4, ks, -2, 2);
-    pair v = random_pair(ctx, dtype, 4, ks, -2, 2), go = random_pair(ctx, dtype, 4, qs, -1, 1);
+    test_pair q = test_pair_uniform(ctx, dtype, 4, qs, -2, 2), k = test_pair_uniform(ctx, dtype, 4, ks, -2, 2);
+    test_pair v = test_pair_uniform(ctx, dtype, 4, ks, -2, 2), go = test_pair_uniform(ctx, dtype, 4, qs, -1, 1);
     an_tensor *seg_dev;
     int64_t *seg = random_segments(ctx, s.B, s.T, s.seg, &seg_dev);
     an_attention_shape sh = {s.B, s.T, s.Hq, s.Hkv, s.D, 1.0 / sqrt((double)s.D)};
@@ -223,7 +202,7 @@ static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
     an_tensor_release(l);
     an_tensor_release(seg_dev);
     free(seg), free(out), free(lse), free(dq), free(dk), free(dv);
-    pair_release(q), pair_release(k), pair_release(v), pair_release(go);
+    test_pair_release(q), test_pair_release(k), test_pair_release(v), test_pair_release(go);
 }
 
 START_TEST(test_cuda_attention_forward_and_backward_match_float64_reference) {
@@ -279,8 +258,8 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                      * chunks, the last ones empty */
                     int64_t S = T == 1 ? 150 : T == 3 ? 16 : 4500, lengths[3] = {5, 0, S > 21 ? S - 21 : S - T};
                     int64_t qs[4] = {B, T, Hq, D}, cs[4] = {Bc, S, Hkv, D};
-                    pair q = random_pair(ctx, dtype, 4, qs, -2, 2), k = random_pair(ctx, dtype, 4, cs, -2, 2);
-                    pair v = random_pair(ctx, dtype, 4, cs, -2, 2);
+                    test_pair q = test_pair_uniform(ctx, dtype, 4, qs, -2, 2), k = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
+                    test_pair v = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
                     an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
                     double *want = malloc((size_t)(B * T * Hq * D) * sizeof *want);
                     test_ok(ctx, an_cpu_attention_cached(ctx, &sh, S, q.v, k.v, v.v, rows, lengths, want), "reference");
@@ -335,7 +314,7 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                     an_tensor_release(cpu), an_tensor_release(gpu), an_tensor_release(r), an_tensor_release(len);
                     an_tensor_release(out);
                     free(want);
-                    pair_release(q), pair_release(k), pair_release(v);
+                    test_pair_release(q), test_pair_release(k), test_pair_release(v);
                 }
     test_ctx_free(ctx);
 }

@@ -93,26 +93,6 @@ static int failed(an_ctx *ctx, an_status st, const char *what) {
     return 1;
 }
 
-typedef struct {
-    an_tensor *host, *dev;
-    double *v; /* the stored values */
-} pair;
-
-static pair random_pair(an_ctx *ctx, an_dtype dtype, const int64_t *shape, double lo, double hi) {
-    pair p;
-    p.host = test_uniform(ctx, dtype, 4, shape, lo, hi, false);
-    p.dev = an_tensor_to(ctx, p.host, dtype, AN_CUDA);
-    ck_assert_msg(p.dev != NULL, "upload: %s", an_error_message(ctx));
-    p.v = test_values(p.host);
-    return p;
-}
-
-static void pair_release(pair p) {
-    an_tensor_release(p.host);
-    an_tensor_release(p.dev);
-    free(p.v);
-}
-
 /* Forward and backward of one shape on the cuDNN path against the float64 reference; returns the
  * number of failures (each printed). */
 static int check_shape(an_ctx *ctx, an_dtype dtype, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
@@ -120,8 +100,8 @@ static int check_shape(an_ctx *ctx, an_dtype dtype, int64_t B, int64_t T, int64_
     snprintf(what, sizeof what, "cudnn %s B %lld T %lld Hq %lld Hkv %lld D %lld", an_dtype_name(dtype), (long long)B,
              (long long)T, (long long)Hq, (long long)Hkv, (long long)D);
     int64_t qs[4] = {B, T, Hq, D}, ks[4] = {B, T, Hkv, D}, ls[3] = {B, Hq, T};
-    pair q = random_pair(ctx, dtype, qs, -2, 2), k = random_pair(ctx, dtype, ks, -2, 2);
-    pair v = random_pair(ctx, dtype, ks, -2, 2), go = random_pair(ctx, dtype, qs, -1, 1);
+    test_pair q = test_pair_uniform(ctx, dtype, 4, qs, -2, 2), k = test_pair_uniform(ctx, dtype, 4, ks, -2, 2);
+    test_pair v = test_pair_uniform(ctx, dtype, 4, ks, -2, 2), go = test_pair_uniform(ctx, dtype, 4, qs, -1, 1);
     an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
     int64_t nq = B * T * Hq * D, nk = B * T * Hkv * D, nl = B * Hq * T;
     double *out = malloc((size_t)nq * sizeof *out), *lse = malloc((size_t)nl * sizeof *lse);
@@ -194,7 +174,7 @@ static int check_shape(an_ctx *ctx, an_dtype dtype, int64_t B, int64_t T, int64_
     an_tensor_release(o), an_tensor_release(l), an_tensor_release(o_ref), an_tensor_release(l_ref);
     an_tensor_release(o_dev), an_tensor_release(l_dev);
     free(out), free(lse), free(dq), free(dk), free(dv);
-    pair_release(q), pair_release(k), pair_release(v), pair_release(go);
+    test_pair_release(q), test_pair_release(k), test_pair_release(v), test_pair_release(go);
     return bad;
 }
 

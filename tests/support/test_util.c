@@ -121,6 +121,21 @@ double *test_download(an_ctx *ctx, const an_tensor *dev) {
     return v;
 }
 
+test_pair test_pair_uniform(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape, double lo, double hi) {
+    test_pair p;
+    p.host = test_uniform(ctx, dtype, ndim, shape, lo, hi, false);
+    p.dev = an_tensor_to(ctx, p.host, dtype, AN_CUDA);
+    ck_assert_msg(p.dev != NULL, "upload: %s", an_error_message(ctx));
+    p.v = test_values(p.host);
+    return p;
+}
+
+void test_pair_release(test_pair p) {
+    an_tensor_release(p.host);
+    an_tensor_release(p.dev);
+    free(p.v);
+}
+
 an_tensor *test_poisoned_gpu(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape) {
     an_tensor *t = an_tensor_new(ctx, dtype, AN_CUDA, ndim, shape);
     ck_assert_msg(t != NULL, "alloc: %s", an_error_message(ctx));

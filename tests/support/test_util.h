@@ -50,6 +50,14 @@ double *test_values(const an_tensor *t);
 double *test_download(an_ctx *ctx, const an_tensor *dev);
 /* A new CUDA tensor whose every byte is 0xFF (NaN in f32, bf16 and f16), so an output a kernel
  * fails to write cannot pass a comparison. */
+/* A random tensor on the host, its copy on the GPU, and its stored values widened to float64. */
+typedef struct {
+    an_tensor *host, *dev;
+    double *v; /* (numel) malloc'd */
+} test_pair;
+/* test_uniform(ctx, dtype, ndim, shape, lo, hi) uploaded to CUDA (fails the test if the upload does). */
+test_pair test_pair_uniform(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape, double lo, double hi);
+void test_pair_release(test_pair p);
 an_tensor *test_poisoned_gpu(an_ctx *ctx, an_dtype dtype, int ndim, const int64_t *shape);
 
 /* Adds `test` as a test case of its own named `name` (timeout 300 s), so CK_RUN_CASE=name runs it alone. */
