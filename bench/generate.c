@@ -176,6 +176,18 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
         printf("breakdown batch %ld fused rmsnorm + q/k/v (+bias) GEMV in a graph %.1f us (%.0f GB/s); rmsnorm, "
                "q, k, v op by op in a graph %.1f us\n", batch, t_qkv * 1e6, qkv_bytes / t_qkv / 1e9, t_sep * 1e6);
         an_tensor_release(yq), an_tensor_release(yk), an_tensor_release(yv);
+        /* the MLP up to down_proj: one launch streaming gate and up (weights from HBM: 55 MB at 1.5B) */
+        const an_tensor *wg = l->gate_proj.weight, *wu = l->up_proj.weight;
+        int64_t inter = wg->shape[0];
+        an_tensor *act = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){B, inter});
+        double t_mlp = 0, mlp_bytes = (double)(an_tensor_nbytes(wg) + an_tensor_nbytes(wu));
+        TIME_IN_GRAPH(ctx, t_mlp, an_cuda_rmsnorm_swiglu_gemv(ctx, dt, an_tensor_data(x), B, H,
+                                                              an_tensor_data(l->post_attention_layernorm), c->rms_norm_eps,
+                                                              an_tensor_data(wg), NULL, an_tensor_data(wu), NULL, inter,
+                                                              an_tensor_data(act)));
+        printf("breakdown batch %ld fused rmsnorm + gate/up + swiglu GEMV in a graph %.1f us (%.0f GB/s)\n", batch,
+               t_mlp * 1e6, mlp_bytes / t_mlp / 1e9);
+        an_tensor_release(act);
     }
     an_kv_cache *cache = NULL;
     if (an_kv_cache_create(ctx, m, B, 512, &cache) == AN_OK) {

@@ -207,6 +207,27 @@ an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q, const void
                                 int64_t Hq, int64_t Hkv, int64_t D, int64_t capacity, const double *inv_freq,
                                 int interleaved);
 
+/* Where an_cuda_rmsnorm_qkv_rope puts k and v: the cache rows and positions of
+ * an_cuda_kv_rope_store. */
+typedef struct {
+    void *k_cache, *v_cache;  /* (Bc, capacity, Hkv, D) */
+    const int64_t *rows;      /* (B') cache row of each batch entry, device */
+    const int64_t *lengths;   /* (Bc) keys each cache row held before this step, device */
+    int64_t seq;              /* T: tokens a batch entry (M = B' T) */
+    int64_t capacity;         /* slots a cache row */
+    int64_t q_heads, kv_heads, head_dim;
+    const double *inv_freq;   /* (D/2) float64, host */
+    int interleaved;          /* rope pairs (2i, 2i + 1) instead of (i, i + D/2) */
+} an_cuda_kv_rope;
+/* an_cuda_rmsnorm_gemv of q, k, v (proj[0..2], with their biases) followed by
+ * an_cuda_kv_rope_store (no biases left to add), bit for bit, in one launch: q rotated into
+ * proj[0].y (M, Hq D); k rotated and v written into the caches only (proj[1].y and proj[2].y are
+ * not used); slots at or past capacity are not written. 1 <= M <= AN_CUDA_GEMV_MAX_ROWS, M a
+ * multiple of seq; even D <= AN_CUDA_ROPE_MAX_D. */
+an_status an_cuda_rmsnorm_qkv_rope(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                   const void *norm_w, double eps, const an_cuda_proj *proj,
+                                   const an_cuda_kv_rope *kv);
+
 /* ---- CUDA graphs of the state's stream (graph.cu; its header says the memory and capture rules) ---- */
 typedef struct an_cuda_graph an_cuda_graph;
 /* Starts capturing the stream: launches until an_cuda_graph_end are recorded, not run. */

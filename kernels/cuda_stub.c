@@ -177,6 +177,12 @@ an_status an_cuda_rmsnorm_swiglu_gemv(an_ctx *ctx, an_dtype dtype, const void *x
     (void)up_b, (void)N, (void)act;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_rmsnorm_qkv_rope(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                   const void *norm_w, double eps, const an_cuda_proj *proj,
+                                   const an_cuda_kv_rope *kv) {
+    (void)dtype, (void)x, (void)M, (void)K, (void)norm_w, (void)eps, (void)proj, (void)kv;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q, const void *k, const void *v,
                                 const void *q_bias, const void *k_bias, const void *v_bias, void *k_cache,
                                 void *v_cache, const int64_t *rows, const int64_t *lengths, int64_t B, int64_t seq,

@@ -21,6 +21,10 @@
  *   k and v written into the cache: what an_cuda_binary's bias add, an_cuda_rope (float64 angle
  *   and sincos, cos/sin rounded to fp32, the rotation in fp32 without fused multiply-adds) and
  *   an_cuda_kv_store do, bit for bit, in one launch of one block per token.
+ * - an_cuda_rmsnorm_qkv_rope: the two above in one launch for a decode step whose q/k/v come from
+ *   the norm-GEMV: blocks of 4 rope pairs (the low columns in warps 0-3, the high ones in 4-7)
+ *   rotate through shared memory after the dot products and write q in place and k, v into the
+ *   cache; the same bits as an_cuda_rmsnorm_gemv then an_cuda_kv_rope_store.
  * All read only device data (no host copy, no sync): capturable in a CUDA graph. All launch with
  * Programmatic Dependent Launch (kernels/pdl.cuh): the GEMVs prefetch their weight rows into L2
  * while the kernel before them finishes, then wait for it before reading x. */
@@ -30,6 +34,8 @@
 #include "kernels/pdl.cuh" /* an_launch_pdl: every kernel here waits (an_pdl_wait) before reading activations */
 
 #include <stdint.h>
+
+#include <type_traits> /* std::integral_constant: by_rows */
 
 namespace {
 
@@ -48,67 +54,107 @@ template <typename T> struct NormGemvArgs {
     double eps;
 };
 
-/* MR: rows the registers hold (M <= MR <= 8); UNR 16-byte packs of the weight row in flight a
- * lane. vec: K a whole number of 16-byte packs and x, nw, w 16-byte aligned. */
-template <typename T, int MR, int UNR, bool vec>
-__global__ void __launch_bounds__(kWarps * 32) norm_gemv_kernel(NormGemvArgs<T> a) {
+/* The inner pass of every norm-GEMV kernel here: a warp streams NW weight rows w[i] (K) against
+ * the M rows of x (M, K) times the norm weight nw (K), UNR 16-byte packs of each row in flight a
+ * lane, and also sums x^2 over the packs it reads (so rstd needs no block reduction). Lane r < M
+ * gets dot[i] = sum_k w[i][k] x[r][k] nw[k] and *ss = sum_k x[r][k]^2, fp32, lanes summed by a
+ * fixed butterfly: every warp forms the same *ss in the same order. MR: rows the registers hold
+ * (M <= MR <= 8); vec: K a whole number of 16-byte packs and x, nw, w 16-byte aligned. */
+template <typename T, int MR, int UNR, bool vec, int NW>
+__device__ __forceinline__ void norm_dots(const T *x, const T *nw, const T *const (&w)[NW], int64_t K, int M, int lane,
+                                          float (&dot)[NW], float *ss) {
     constexpr int V = vec ? an_vec_width<T>::value : 1;
-    const int64_t K = a.K;
-    const int lane = threadIdx.x % 32;
-    const int64_t n = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
-    const int seg = n < a.end0 ? 0 : n < a.end1 ? 1 : 2;
-    const int64_t col = n - (seg == 0 ? 0 : seg == 1 ? a.end0 : a.end1);
-    const int64_t N = seg == 0 ? a.end0 : seg == 1 ? a.end1 - a.end0 : a.end2 - a.end1;
-    const T *wr = (seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2) + col * K;
-    if (n < a.end2) an_prefetch_l2_warp(wr, K * (int64_t)sizeof(T), lane); /* weights: no wait needed */
-    an_pdl_wait();
-    an_pdl_trigger();
-    if (n >= a.end2) return;
     const int64_t packs = K / V;
-    float acc[MR], ss[MR];
+    float acc[NW][MR], sq[MR];
 #pragma unroll
-    for (int r = 0; r < MR; r++) acc[r] = ss[r] = 0.0f;
+    for (int r = 0; r < MR; r++) {
+        sq[r] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < NW; i++) acc[i][r] = 0.0f;
+    }
     for (int64_t base = lane; base < packs; base += 32 * UNR) {
-        float wf[UNR][V];
+        float wf[NW][UNR][V];
 #pragma unroll
         for (int k = 0; k < UNR; k++) { /* every load of the pass in flight before the math */
             const int64_t i = base + k * 32;
             const uint4 zero = make_uint4(0, 0, 0, 0);
-            if (vec) an_unpack16<T>(i < packs ? an_load_stream16(reinterpret_cast<const uint4 *>(wr) + i) : zero, wf[k]);
-            else wf[k][0] = i < packs ? an_load(wr[i]) : 0.0f;
+#pragma unroll
+            for (int j = 0; j < NW; j++) {
+                if (vec) an_unpack16<T>(i < packs ? an_load_stream16(reinterpret_cast<const uint4 *>(w[j]) + i) : zero, wf[j][k]);
+                else wf[j][k][0] = i < packs ? an_load(w[j][i]) : 0.0f;
+            }
         }
 #pragma unroll
         for (int k = 0; k < UNR; k++) {
             const int64_t i = base + k * 32;
             if (i >= packs) break;
             float nf[V];
-            if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(a.nw) + i), nf);
-            else nf[0] = an_load(a.nw[i]);
+            if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(nw) + i), nf);
+            else nf[0] = an_load(nw[i]);
 #pragma unroll
             for (int r = 0; r < MR; r++) {
-                if (r >= a.M) break;
+                if (r >= M) break;
                 float xf[V];
-                if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(a.x + r * K) + i), xf);
-                else xf[0] = an_load(a.x[r * K + i]);
+                if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(x + r * K) + i), xf);
+                else xf[0] = an_load(x[r * K + i]);
 #pragma unroll
                 for (int j = 0; j < V; j++) {
-                    ss[r] = fmaf(xf[j], xf[j], ss[r]);
-                    acc[r] = fmaf(wf[k][j], xf[j] * nf[j], acc[r]);
+                    const float xw = xf[j] * nf[j];
+                    sq[r] = fmaf(xf[j], xf[j], sq[r]);
+#pragma unroll
+                    for (int e = 0; e < NW; e++) acc[e][r] = fmaf(wf[e][k][j], xw, acc[e][r]);
                 }
             }
         }
     }
-    float v = 0.0f, sv = 0.0f; /* lane r keeps row r: selected without dynamic register indexing */
+    /* lane r keeps row r: selected without dynamic register indexing */
+#pragma unroll
+    for (int e = 0; e < NW; e++) dot[e] = 0.0f;
+    *ss = 0.0f;
 #pragma unroll
     for (int r = 0; r < MR; r++) {
-        acc[r] = an_lanes_sum<32>(acc[r]), ss[r] = an_lanes_sum<32>(ss[r]);
-        if (r == lane) v = acc[r], sv = ss[r];
+        const float s = an_lanes_sum<32>(sq[r]);
+        if (r == lane) *ss = s;
+#pragma unroll
+        for (int e = 0; e < NW; e++) {
+            const float d = an_lanes_sum<32>(acc[e][r]);
+            if (r == lane) dot[e] = d;
+        }
     }
+}
+
+/* 1 / sqrt(ss / K + eps): the root in fp64, stored as fp32. */
+__device__ __forceinline__ float norm_rstd(float ss, int64_t K, double eps) {
+    return (float)(1.0 / sqrt((double)ss / (double)K + eps));
+}
+
+/* One output column a warp. */
+template <typename T, int MR, int UNR, bool vec>
+__global__ void __launch_bounds__(kWarps * 32) norm_gemv_kernel(NormGemvArgs<T> a) {
+    const int lane = threadIdx.x % 32;
+    const int64_t n = (int64_t)blockIdx.x * kWarps + threadIdx.x / 32;
+    const int seg = n < a.end0 ? 0 : n < a.end1 ? 1 : 2;
+    const int64_t col = n - (seg == 0 ? 0 : seg == 1 ? a.end0 : a.end1);
+    const int64_t N = seg == 0 ? a.end0 : seg == 1 ? a.end1 - a.end0 : a.end2 - a.end1;
+    const T *const wr[1] = {(seg == 0 ? a.w0 : seg == 1 ? a.w1 : a.w2) + col * a.K};
+    if (n < a.end2) an_prefetch_l2_warp(wr[0], a.K * (int64_t)sizeof(T), lane); /* weights: no wait needed */
+    an_pdl_wait();
+    an_pdl_trigger();
+    if (n >= a.end2) return;
+    float v[1], sv;
+    norm_dots<T, MR, UNR, vec, 1>(a.x, a.nw, wr, a.K, a.M, lane, v, &sv);
     if (lane >= a.M) return;
-    const float rstd = (float)(1.0 / sqrt((double)sv / (double)K + a.eps));
     const T *bias = seg == 0 ? a.b0 : seg == 1 ? a.b1 : a.b2;
     T *y = seg == 0 ? a.y0 : seg == 1 ? a.y1 : a.y2;
-    y[(int64_t)lane * N + col] = an_store<T>(v * rstd + (bias ? an_load(bias[col]) : 0.0f));
+    y[(int64_t)lane * N + col] = an_store<T>(v[0] * norm_rstd(sv, a.K, a.eps) + (bias ? an_load(bias[col]) : 0.0f));
+}
+
+/* launch(std::integral_constant<int, MR>) for the registers' rows MR (1, 2, 4 or 8) that hold M rows. */
+template <typename F> cudaError_t by_rows(int64_t M, F &&launch) {
+    return M == 1   ? launch(std::integral_constant<int, 1>())
+           : M == 2 ? launch(std::integral_constant<int, 2>())
+           : M <= 4 ? launch(std::integral_constant<int, 4>())
+                    : launch(std::integral_constant<int, 8>());
 }
 
 template <typename T, int MR>
@@ -133,73 +179,26 @@ template <typename T> struct NormSwigluArgs {
     double eps;
 };
 
-/* MR: rows the registers hold (M <= MR <= 8); UNR 16-byte packs of each weight row in flight a lane.
- * vec: K a whole number of 16-byte packs and x, nw, the weights 16-byte aligned. */
+/* One output column a warp, its gate and up rows streamed together. */
 template <typename T, int MR, int UNR, bool vec>
 __global__ void __launch_bounds__(kSwigluWarps * 32) norm_swiglu_kernel(NormSwigluArgs<T> a) {
-    constexpr int V = vec ? an_vec_width<T>::value : 1;
     const int lane = threadIdx.x % 32;
     const int64_t n = (int64_t)blockIdx.x * kSwigluWarps + threadIdx.x / 32, K = a.K;
+    const T *const wr[2] = {a.wg + n * K, a.wu + n * K};
     if (n < a.N) { /* weights: no wait needed */
-        an_prefetch_l2_warp(a.wg + n * K, K * (int64_t)sizeof(T), lane);
-        an_prefetch_l2_warp(a.wu + n * K, K * (int64_t)sizeof(T), lane);
+        an_prefetch_l2_warp(wr[0], K * (int64_t)sizeof(T), lane);
+        an_prefetch_l2_warp(wr[1], K * (int64_t)sizeof(T), lane);
     }
     an_pdl_wait(); /* x comes from the kernels before */
     an_pdl_trigger();
     if (n >= a.N) return;
-    const int64_t packs = K / V;
-    float g[MR], u[MR], ss[MR];
-#pragma unroll
-    for (int r = 0; r < MR; r++) g[r] = u[r] = ss[r] = 0.0f;
-    for (int64_t base = lane; base < packs; base += 32 * UNR) {
-        float wgf[UNR][V], wuf[UNR][V];
-#pragma unroll
-        for (int k = 0; k < UNR; k++) { /* every load of the pass in flight before the math */
-            const int64_t i = base + k * 32;
-            if (vec) {
-                const uint4 zero = make_uint4(0, 0, 0, 0);
-                const uint4 wg = i < packs ? an_load_stream16(reinterpret_cast<const uint4 *>(a.wg + n * K) + i) : zero;
-                const uint4 wu = i < packs ? an_load_stream16(reinterpret_cast<const uint4 *>(a.wu + n * K) + i) : zero;
-                an_unpack16<T>(wg, wgf[k]), an_unpack16<T>(wu, wuf[k]);
-            } else {
-                wgf[k][0] = i < packs ? an_load(a.wg[n * K + i]) : 0.0f;
-                wuf[k][0] = i < packs ? an_load(a.wu[n * K + i]) : 0.0f;
-            }
-        }
-#pragma unroll
-        for (int k = 0; k < UNR; k++) {
-            const int64_t i = base + k * 32;
-            if (i >= packs) break;
-            float nf[V];
-            if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(a.nw) + i), nf);
-            else nf[0] = an_load(a.nw[i]);
-#pragma unroll
-            for (int r = 0; r < MR; r++) {
-                if (r >= a.M) break;
-                float xf[V];
-                if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(a.x + r * K) + i), xf);
-                else xf[0] = an_load(a.x[r * K + i]);
-#pragma unroll
-                for (int j = 0; j < V; j++) {
-                    const float xw = xf[j] * nf[j];
-                    ss[r] = fmaf(xf[j], xf[j], ss[r]);
-                    g[r] = fmaf(wgf[k][j], xw, g[r]);
-                    u[r] = fmaf(wuf[k][j], xw, u[r]);
-                }
-            }
-        }
-    }
-    float gv = 0.0f, uv = 0.0f, sv = 0.0f; /* lane r keeps row r: selected without dynamic indexing */
-#pragma unroll
-    for (int r = 0; r < MR; r++) {
-        g[r] = an_lanes_sum<32>(g[r]), u[r] = an_lanes_sum<32>(u[r]), ss[r] = an_lanes_sum<32>(ss[r]);
-        if (r == lane) gv = g[r], uv = u[r], sv = ss[r];
-    }
+    float gu[2], sv;
+    norm_dots<T, MR, UNR, vec, 2>(a.x, a.nw, wr, K, a.M, lane, gu, &sv);
     if (lane >= a.M) return;
-    const float rstd = (float)(1.0 / sqrt((double)sv / (double)K + a.eps));
+    const float rstd = norm_rstd(sv, K, a.eps);
     /* gate and up rounded to the dtype as their projections write them, then swiglu's formula */
-    const float gate = an_load(an_store<T>(gv * rstd + (a.bg ? an_load(a.bg[n]) : 0.0f)));
-    const float up = an_load(an_store<T>(uv * rstd + (a.bu ? an_load(a.bu[n]) : 0.0f)));
+    const float gate = an_load(an_store<T>(gu[0] * rstd + (a.bg ? an_load(a.bg[n]) : 0.0f)));
+    const float up = an_load(an_store<T>(gu[1] * rstd + (a.bu ? an_load(a.bu[n]) : 0.0f)));
     a.act[(int64_t)lane * a.N + n] = an_store<T>(gate * (1.0f / (1.0f + expf(-gate))) * up);
 }
 
@@ -267,6 +266,91 @@ __global__ void rope_store_kernel(T *q, const T *k, const T *v, const T *bq, con
         for (int e = threadIdx.x; e < Hkv * D; e += blockDim.x) vd[e] = bv ? an_store<T>(biased(vr, bv, e)) : vr[e];
 }
 
+/* ---- rmsnorm + q/k/v + bias + rope + cache store ---- */
+
+template <typename T> struct QkvRopeArgs {
+    NormGemvArgs<T> g;          /* w0/b0/y0: q; w1/b1: k; w2/b2: v (y1, y2 unused: k and v go to the cache) */
+    T *k_cache, *v_cache;       /* (Bc, capacity, Hkv, D) */
+    const int64_t *rows;        /* (B'): cache row of each batch entry */
+    const int64_t *lengths;     /* (Bc): keys each cache row held before this step */
+    int64_t seq, capacity;
+    int Hq, Hkv, D;
+    int q_blocks, k_blocks;     /* blocks of 4 rope pairs of q, then of k; then blocks of 8 v columns */
+    bool interleaved;
+    InvFreq inv;
+};
+
+/* Blocks of kWarps = 8 warps. A q or k block takes 4 rope pairs: warp w < 4 the low column of pair
+ * w, warp w + 4 its high column, so after the dot products the block rotates its pairs through
+ * shared memory (rope_store_kernel's arithmetic on the values the GEMV rounded, bit for bit) and
+ * writes q in place and k into the cache; a v block takes 8 columns and writes them into the cache. */
+template <typename T, int MR, int UNR, bool vec>
+__global__ void __launch_bounds__(kWarps * 32) norm_qkv_rope_kernel(QkvRopeArgs<T> a) {
+    static_assert(kWarps == 8, "4 pairs a block");
+    __shared__ float y_s[kWarps][8]; /* (warp, row): the rounded projections */
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, half = a.D / 2;
+    const int64_t blk = blockIdx.x;
+    const int seg = blk < a.q_blocks ? 0 : blk < a.q_blocks + a.k_blocks ? 1 : 2;
+    const int heads = seg == 0 ? a.Hq : a.Hkv;
+    int64_t col, pair = 0;
+    bool valid;
+    if (seg < 2) { /* pair = head * half + p: columns lo and lo + (interleaved ? 1 : half) of the head */
+        pair = (blk - (seg == 0 ? 0 : a.q_blocks)) * 4 + (warp & 3);
+        valid = pair < (int64_t)heads * half;
+        const int64_t head = pair / half, p = pair % half;
+        const int64_t lo = head * a.D + (a.interleaved ? 2 * p : p);
+        col = warp < 4 ? lo : lo + (a.interleaved ? 1 : half);
+    } else {
+        col = (blk - a.q_blocks - a.k_blocks) * kWarps + warp;
+        valid = col < (int64_t)heads * a.D;
+    }
+    const T *const wr[1] = {(seg == 0 ? a.g.w0 : seg == 1 ? a.g.w1 : a.g.w2) + (valid ? col : 0) * a.g.K};
+    if (valid) an_prefetch_l2_warp(wr[0], a.g.K * (int64_t)sizeof(T), lane); /* weights: no wait needed */
+    an_pdl_wait();
+    an_pdl_trigger();
+    float y = 0.0f;
+    if (valid) {
+        float v[1], sv;
+        norm_dots<T, MR, UNR, vec, 1>(a.g.x, a.g.nw, wr, a.g.K, a.g.M, lane, v, &sv);
+        const T *bias = seg == 0 ? a.g.b0 : seg == 1 ? a.g.b1 : a.g.b2;
+        y = an_load(an_store<T>(v[0] * norm_rstd(sv, a.g.K, a.g.eps) + (bias ? an_load(bias[col]) : 0.0f)));
+    }
+    /* row r = b T + t of lane r: its cache slot */
+    const int r = lane;
+    int64_t pos = -1, cache_row = 0;
+    if (valid && r < a.g.M) {
+        cache_row = a.rows[r / a.seq];
+        pos = a.lengths[cache_row] + r % a.seq;
+    }
+    const bool store = pos >= 0 && pos < a.capacity;
+    const int64_t slot = (store ? cache_row * a.capacity + pos : 0) * (int64_t)a.Hkv * a.D; /* (Hkv, D) */
+    if (seg == 2) {
+        if (valid && r < a.g.M && store) a.v_cache[slot + col] = an_store<T>(y);
+        return;
+    }
+    if (r < 8) y_s[warp][r] = y; /* block-uniform segment: every warp of the block reaches the barrier */
+    __syncthreads();
+    if (warp >= 4 || !valid || r >= a.g.M) return;
+    double sd, cd;
+    sincos((double)pos * a.inv.v[pair % half], &sd, &cd);
+    float o1, o2;
+    rotate(y, y_s[warp + 4][r], (float)cd, 1.0f * (float)sd, &o1, &o2);
+    const int64_t hi = col + (a.interleaved ? 1 : half);
+    if (seg == 0) {
+        T *q = a.g.y0 + (int64_t)r * a.Hq * a.D;
+        q[col] = an_store<T>(o1), q[hi] = an_store<T>(o2);
+    } else if (store) {
+        a.k_cache[slot + col] = an_store<T>(o1), a.k_cache[slot + hi] = an_store<T>(o2);
+    }
+}
+
+template <typename T, int MR>
+cudaError_t norm_qkv_rope_launch(const an_cuda_state *s, unsigned blocks, bool vec, const QkvRopeArgs<T> &a) {
+    constexpr int UNR = MR <= 2 ? 8 : MR == 4 ? 4 : 2; /* as norm_gemv_launch */
+    if (vec) return an_launch_pdl(s, norm_qkv_rope_kernel<T, MR, UNR, true>, dim3(blocks), dim3(kWarps * 32), a);
+    return an_launch_pdl(s, norm_qkv_rope_kernel<T, MR, 4, false>, dim3(blocks), dim3(kWarps * 32), a);
+}
+
 } // namespace
 
 extern "C" an_status an_cuda_rmsnorm_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
@@ -298,13 +382,49 @@ extern "C" an_status an_cuda_rmsnorm_gemv(an_ctx *ctx, an_dtype dtype, const voi
         a.w0 = w[0], a.w1 = w[1], a.w2 = w[2], a.b0 = bias[0], a.b1 = bias[1], a.b2 = bias[2];
         a.y0 = y[0], a.y1 = y[1], a.y2 = y[2], a.end0 = end[0], a.end1 = end[1], a.end2 = end[2];
         unsigned blocks = (unsigned)((total + kWarps - 1) / kWarps);
-        cudaError_t err = M == 1   ? norm_gemv_launch<T, 1>(s, blocks, vec, a)
-                          : M == 2 ? norm_gemv_launch<T, 2>(s, blocks, vec, a)
-                          : M <= 4 ? norm_gemv_launch<T, 4>(s, blocks, vec, a)
-                                   : norm_gemv_launch<T, 8>(s, blocks, vec, a);
+        cudaError_t err = by_rows(M, [&](auto mr) { return norm_gemv_launch<T, decltype(mr)::value>(s, blocks, vec, a); });
         AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of norm_gemv_kernel failed: %s",
                  cudaGetErrorString(err));
         AN_CUDA_LAUNCH_CHECK(ctx, "norm_gemv_kernel");
+    });
+    return AN_OK;
+}
+
+extern "C" an_status an_cuda_rmsnorm_qkv_rope(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                               const void *norm_w, double eps, const an_cuda_proj *proj,
+                                               const an_cuda_kv_rope *kv) {
+    AN_CUDA_STATE(ctx, s);
+    const int64_t D = kv->head_dim, Hq = kv->q_heads, Hkv = kv->kv_heads;
+    AN_CHECK(ctx, D >= 2 && D % 2 == 0 && D <= AN_CUDA_ROPE_MAX_D, AN_ERR_INPUT,
+             "rmsnorm_qkv_rope: head dim D = %lld; the kernel takes even D up to %d", (long long)D, AN_CUDA_ROPE_MAX_D);
+    AN_CHECK(ctx, M >= 1 && M <= AN_CUDA_GEMV_MAX_ROWS && K >= 1 && kv->seq >= 1 && M % kv->seq == 0 && Hq >= 1 &&
+                      Hkv >= 1 && (Hq + Hkv) * D <= INT32_MAX,
+             AN_ERR_INPUT, "rmsnorm_qkv_rope: %lld rows (at most %d, whole steps of %lld), K %lld, %lld + %lld heads",
+             (long long)M, AN_CUDA_GEMV_MAX_ROWS, (long long)kv->seq, (long long)K, (long long)Hq, (long long)Hkv);
+    AN_CHECK(ctx, proj[0].n == Hq * D && proj[1].n == Hkv * D && proj[2].n == Hkv * D && proj[0].w && proj[1].w &&
+                      proj[2].w && proj[0].y,
+             AN_ERR_INPUT, "rmsnorm_qkv_rope: projections of %lld, %lld, %lld columns for %lld + %lld heads of %lld",
+             (long long)proj[0].n, (long long)proj[1].n, (long long)proj[2].n, (long long)Hq, (long long)Hkv,
+             (long long)D);
+    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "rmsnorm_qkv_rope", {
+        QkvRopeArgs<T> a = {};
+        a.g.x = (const T *)x, a.g.nw = (const T *)norm_w, a.g.K = K, a.g.M = (int)M, a.g.eps = eps;
+        a.g.w0 = (const T *)proj[0].w, a.g.w1 = (const T *)proj[1].w, a.g.w2 = (const T *)proj[2].w;
+        a.g.b0 = (const T *)proj[0].bias, a.g.b1 = (const T *)proj[1].bias, a.g.b2 = (const T *)proj[2].bias;
+        a.g.y0 = (T *)proj[0].y;
+        a.k_cache = (T *)kv->k_cache, a.v_cache = (T *)kv->v_cache, a.rows = kv->rows, a.lengths = kv->lengths;
+        a.seq = kv->seq, a.capacity = kv->capacity, a.Hq = (int)Hq, a.Hkv = (int)Hkv, a.D = (int)D;
+        a.interleaved = kv->interleaved != 0;
+        for (int64_t i = 0; i < D / 2; i++) a.inv.v[i] = kv->inv_freq[i];
+        a.q_blocks = (int)((Hq * D / 2 + 3) / 4), a.k_blocks = (int)((Hkv * D / 2 + 3) / 4);
+        const unsigned blocks = (unsigned)(a.q_blocks + a.k_blocks + (Hkv * D + kWarps - 1) / kWarps);
+        bool vec = K % an_vec_width<T>::value == 0 && an_aligned16(x) && an_aligned16(norm_w);
+        for (int i = 0; i < 3; i++) vec = vec && an_aligned16(proj[i].w);
+        cudaError_t err =
+            by_rows(M, [&](auto mr) { return norm_qkv_rope_launch<T, decltype(mr)::value>(s, blocks, vec, a); });
+        AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of norm_qkv_rope_kernel failed: %s",
+                 cudaGetErrorString(err));
+        AN_CUDA_LAUNCH_CHECK(ctx, "norm_qkv_rope_kernel");
     });
     return AN_OK;
 }

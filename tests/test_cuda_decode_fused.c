@@ -5,7 +5,10 @@
  * (norm, gate, up, swiglu) at 1 to 8 rows, f32/bf16/f16, vector and scalar paths, with and
  * without biases; an_cuda_kv_rope_store
  * against bias adds + an_cuda_rope + an_cuda_kv_store bit for bit (with and without biases, NEOX
- * and interleaved, a full slot, rows out of order); and the whole cached forward of the tiny Qwen2 (q/k/v biases) and Llama fixtures,
+ * and interleaved, a full slot, rows out of order); an_cuda_rmsnorm_qkv_rope against
+ * an_cuda_rmsnorm_gemv then an_cuda_kv_rope_store bit for bit (f32/bf16/f16, 1 to 8 rows of up to
+ * 5 tokens, head dims 128, 16 and 6, vector and scalar paths, NEOX and interleaved, with and
+ * without biases, slots past the capacity); and the whole cached forward of the tiny Qwen2 (q/k/v biases) and Llama fixtures,
  * prefill of odd lengths and decode steps at batch 1, 3, 8 and 32, fused against op by op
  * (decode_unfused) on the GPU and against the CPU. Without a GPU every test prints SKIP. */
 #include <math.h>
@@ -191,6 +194,32 @@ static void expect_same_bits(an_ctx *ctx, an_tensor *a, an_tensor *b, const char
     an_tensor_release(ha), an_tensor_release(hb);
 }
 
+/* Two device copies of a random (Bc, S, Hkv, D) cache for k and for v (index 0: the path under
+ * test, 1: the reference path), and the row table (B) and lengths (Bc) on both devices. */
+typedef struct {
+    an_tensor *host;           /* (Bc, S, Hkv, D) */
+    an_tensor *kc[2], *vc[2];  /* device copies of host */
+    an_tensor *r, *len;        /* host (B), (Bc) */
+    an_tensor *rd, *ld;        /* device copies */
+} cache_pair;
+
+static cache_pair cache_pair_new(an_ctx *ctx, an_dtype dt, int64_t Bc, int64_t S, int64_t Hkv, int64_t D, int64_t B,
+                                 const int64_t *rows, const int64_t *lengths) {
+    cache_pair c;
+    c.host = test_uniform(ctx, dt, 4, (int64_t[]){Bc, S, Hkv, D}, -2, 2, false);
+    for (int i = 0; i < 2; i++) c.kc[i] = an_tensor_to(ctx, c.host, dt, AN_CUDA), c.vc[i] = an_tensor_to(ctx, c.host, dt, AN_CUDA);
+    c.r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
+    c.len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
+    c.rd = an_tensor_to(ctx, c.r, AN_I64, AN_CUDA), c.ld = an_tensor_to(ctx, c.len, AN_I64, AN_CUDA);
+    ck_assert(c.kc[0] && c.kc[1] && c.vc[0] && c.vc[1] && c.rd && c.ld);
+    return c;
+}
+
+static void cache_pair_release(cache_pair *c) {
+    an_tensor *t[] = {c->host, c->kc[0], c->kc[1], c->vc[0], c->vc[1], c->r, c->len, c->rd, c->ld};
+    for (size_t i = 0; i < sizeof t / sizeof *t; i++) an_tensor_release(t[i]);
+}
+
 START_TEST(test_kv_rope_store_equals_rope_then_store) {
     an_ctx *ctx = test_gpu_ctx(6, "cuda kv_rope_store");
     if (!ctx) return;
@@ -212,17 +241,14 @@ START_TEST(test_kv_rope_store_equals_rope_then_store) {
                     an_tensor *qh = test_uniform(ctx, dt, 4, (int64_t[]){B, T, Hq, D}, -2, 2, false);
                     an_tensor *kh = test_uniform(ctx, dt, 4, (int64_t[]){B, T, Hkv, D}, -2, 2, false);
                     an_tensor *vh = test_uniform(ctx, dt, 4, (int64_t[]){B, T, Hkv, D}, -2, 2, false);
-                    an_tensor *ch = test_uniform(ctx, dt, 4, (int64_t[]){Bc, S, Hkv, D}, -2, 2, false);
+                    cache_pair cp = cache_pair_new(ctx, dt, Bc, S, Hkv, D, B, rows, lengths);
+                    an_tensor *ch = cp.host, *kc1 = cp.kc[1], *kc2 = cp.kc[0], *vc1 = cp.vc[1], *vc2 = cp.vc[0];
+                    an_tensor *rd = cp.rd, *ld = cp.ld;
                     an_tensor *q1 = an_tensor_to(ctx, qh, dt, AN_CUDA), *q2 = an_tensor_to(ctx, qh, dt, AN_CUDA);
                     an_tensor *k = an_tensor_to(ctx, kh, dt, AN_CUDA), *v = an_tensor_to(ctx, vh, dt, AN_CUDA);
-                    an_tensor *kc1 = an_tensor_to(ctx, ch, dt, AN_CUDA), *kc2 = an_tensor_to(ctx, ch, dt, AN_CUDA);
-                    an_tensor *vc1 = an_tensor_to(ctx, ch, dt, AN_CUDA), *vc2 = an_tensor_to(ctx, ch, dt, AN_CUDA);
-                    an_tensor *r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
-                    an_tensor *len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
-                    an_tensor *rd = an_tensor_to(ctx, r, AN_I64, AN_CUDA), *ld = an_tensor_to(ctx, len, AN_I64, AN_CUDA);
                     an_tensor *pos = an_tensor_new(ctx, AN_I64, AN_CUDA, 2, (int64_t[]){B, T});
                     an_tensor *kr = an_tensor_new(ctx, dt, AN_CUDA, 4, kh->shape);
-                    ck_assert(q1 && q2 && k && v && kc1 && kc2 && vc1 && vc2 && rd && ld && pos && kr);
+                    ck_assert(q1 && q2 && k && v && pos && kr);
                     /* with biases (every other case): the unfused path adds them first, into copies */
                     an_tensor *bh[3] = {NULL, NULL, NULL}, *bdv[3] = {NULL, NULL, NULL};
                     an_tensor *k1 = an_tensor_to(ctx, kh, dt, AN_CUDA), *v1 = an_tensor_to(ctx, vh, dt, AN_CUDA);
@@ -271,9 +297,93 @@ START_TEST(test_kv_rope_store_equals_rope_then_store) {
                     ck_assert_msg(memcmp(an_tensor_data(h1), an_tensor_data(h2), an_tensor_nbytes(h1)) != 0,
                                   "%s: nothing stored", what);
                     an_tensor_release(h1), an_tensor_release(h2), an_tensor_release(orig);
-                    an_tensor *tens[] = {qh, kh, vh, ch, q1, q2, k, v, kc1, kc2, vc1, vc2, r, len, rd, ld, pos, kr,
-                                         k1, v1, bh[0], bh[1], bh[2], bdv[0], bdv[1], bdv[2]};
+                    an_tensor *tens[] = {qh, kh, vh, q1, q2, k, v, pos, kr, k1, v1, bh[0], bh[1], bh[2], bdv[0], bdv[1], bdv[2]};
                     for (size_t i = 0; i < sizeof tens / sizeof *tens; i++) an_tensor_release(tens[i]);
+                    cache_pair_release(&cp);
+                }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+START_TEST(test_rmsnorm_qkv_rope_equals_gemv_then_rope_store) {
+    an_ctx *ctx = test_gpu_ctx(8, "cuda rmsnorm_qkv_rope");
+    if (!ctx) return;
+    const an_dtype dtypes[] = {AN_F32, AN_BF16, AN_F16};
+    const int64_t Ds[] = {128, 16, 6}; /* 6: 9 q pairs (a partial block of 4), 3 k pairs */
+    const int64_t Ks[] = {1536, 64, 37}; /* 37: the scalar path */
+    const int64_t steps[][2] = {{1, 1}, {3, 1}, {2, 3}, {8, 1}, {1, 5}}; /* (B, T) */
+    const int64_t Bc = 8, S = 40, Hq = 6, Hkv = 2;
+    const int64_t rows_all[8] = {2, 0, 5, 1, 7, 3, 6, 4}, lengths[8] = {3, 0, 38, 17, 1, 39, 9, 22}; /* 2, 5 fill up */
+    an_rope_config rc = {.style = AN_ROPE_NEOX, .theta = 10000.0};
+    const double eps = 1e-6;
+    char what[160];
+    int n_case = 0;
+    for (int di = 0; di < 3; di++)
+        for (int zi = 0; zi < 3; zi++)
+            for (int si = 0; si < 5; si++)
+                for (int style = 0; style < 2; style++, n_case++) {
+                    an_dtype dt = dtypes[di];
+                    int64_t D = Ds[zi], K = Ks[(zi + si) % 3], B = steps[si][0], T = steps[si][1], M = B * T;
+                    rc.style = style ? AN_ROPE_INTERLEAVED : AN_ROPE_NEOX;
+                    double inv[AN_CUDA_ROPE_MAX_D / 2];
+                    an_cpu_rope_inv_freq(&rc, D, inv);
+                    int64_t ns[3] = {Hq * D, Hkv * D, Hkv * D};
+                    bool biased = n_case % 2 == 0;
+                    an_tensor *xh = test_uniform(ctx, dt, 2, (int64_t[]){M, K}, -2, 2, false);
+                    an_tensor *nwh = test_uniform(ctx, dt, 1, (int64_t[]){K}, 0.5, 1.5, false);
+                    cache_pair cp = cache_pair_new(ctx, dt, Bc, S, Hkv, D, B, rows_all, lengths);
+                    an_tensor *ch = cp.host, *kc1 = cp.kc[1], *kc2 = cp.kc[0], *vc1 = cp.vc[1], *vc2 = cp.vc[0];
+                    an_tensor *rd = cp.rd, *ld = cp.ld;
+                    an_tensor *x = an_tensor_to(ctx, xh, dt, AN_CUDA), *nw = an_tensor_to(ctx, nwh, dt, AN_CUDA);
+                    an_tensor *wh[3], *w[3], *bh[3] = {NULL, NULL, NULL}, *bd[3] = {NULL, NULL, NULL}, *y1[3];
+                    ck_assert(x && nw);
+                    an_cuda_proj p1[3], p2[3];
+                    for (int i = 0; i < 3; i++) {
+                        wh[i] = test_uniform(ctx, dt, 2, (int64_t[]){ns[i], K}, -0.5, 0.5, false);
+                        w[i] = an_tensor_to(ctx, wh[i], dt, AN_CUDA);
+                        if (biased) {
+                            bh[i] = test_uniform(ctx, dt, 1, (int64_t[]){ns[i]}, -1, 1, false);
+                            bd[i] = an_tensor_to(ctx, bh[i], dt, AN_CUDA);
+                        }
+                        y1[i] = test_poisoned_gpu(ctx, dt, 2, (int64_t[]){M, ns[i]});
+                        ck_assert(w[i] && y1[i] && (!biased || bd[i]));
+                        p1[i] = (an_cuda_proj){an_tensor_data(w[i]), bd[i] ? an_tensor_data(bd[i]) : NULL,
+                                               an_tensor_data(y1[i]), ns[i]};
+                        p2[i] = p1[i];
+                        p2[i].y = NULL;
+                    }
+                    an_tensor *q2 = test_poisoned_gpu(ctx, dt, 2, (int64_t[]){M, ns[0]});
+                    p2[0].y = an_tensor_data(q2);
+                    /* two launches: the norm-GEMV with biases, then rope and store (no biases left) */
+                    test_ok(ctx, an_cuda_rmsnorm_gemv(ctx, dt, an_tensor_data(x), M, K, an_tensor_data(nw), eps, p1, 3),
+                            "rmsnorm_gemv");
+                    test_ok(ctx, an_cuda_kv_rope_store(ctx, dt, an_tensor_data(y1[0]), an_tensor_data(y1[1]),
+                                                       an_tensor_data(y1[2]), NULL, NULL, NULL, an_tensor_data(kc1),
+                                                       an_tensor_data(vc1), an_tensor_data(rd), an_tensor_data(ld), B, T,
+                                                       Hq, Hkv, D, S, inv, style),
+                            "kv_rope_store");
+                    an_cuda_kv_rope kv = {an_tensor_data(kc2), an_tensor_data(vc2), an_tensor_data(rd), an_tensor_data(ld),
+                                          T, S, Hq, Hkv, D, inv, style};
+                    test_ok(ctx, an_cuda_rmsnorm_qkv_rope(ctx, dt, an_tensor_data(x), M, K, an_tensor_data(nw), eps, p2, &kv),
+                            "rmsnorm_qkv_rope");
+                    snprintf(what, sizeof what, "rmsnorm_qkv_rope %s D %lld K %lld B %lld T %lld %s%s", an_dtype_name(dt),
+                             (long long)D, (long long)K, (long long)B, (long long)T, style ? "interleaved" : "neox",
+                             biased ? " with biases" : "");
+                    expect_same_bits(ctx, q2, y1[0], what);
+                    expect_same_bits(ctx, kc2, kc1, what);
+                    expect_same_bits(ctx, vc2, vc1, what);
+                    /* and both caches were written: they differ from the fresh one */
+                    an_tensor *h0 = to_host_f64(ctx, ch), *hk = to_host_f64(ctx, kc2), *hv = to_host_f64(ctx, vc2);
+                    ck_assert_msg(memcmp(an_tensor_data(h0), an_tensor_data(hk), an_tensor_nbytes(h0)) != 0 &&
+                                      memcmp(an_tensor_data(h0), an_tensor_data(hv), an_tensor_nbytes(h0)) != 0,
+                                  "%s: nothing stored", what);
+                    an_tensor_release(h0), an_tensor_release(hk), an_tensor_release(hv);
+                    an_tensor *tens[] = {xh, nwh, x, nw, q2};
+                    for (size_t i = 0; i < sizeof tens / sizeof *tens; i++) an_tensor_release(tens[i]);
+                    cache_pair_release(&cp);
+                    for (int i = 0; i < 3; i++)
+                        an_tensor_release(wh[i]), an_tensor_release(w[i]), an_tensor_release(bh[i]),
+                            an_tensor_release(bd[i]), an_tensor_release(y1[i]);
                 }
     test_ctx_free(ctx);
 }
@@ -357,6 +467,7 @@ int main(void) {
     test_add_case(s, "rmsnorm_gemv", test_rmsnorm_gemv_matches_float64_reference);
     test_add_case(s, "rmsnorm_swiglu_gemv", test_rmsnorm_swiglu_gemv_matches_float64_reference);
     test_add_case(s, "kv_rope_store", test_kv_rope_store_equals_rope_then_store);
+    test_add_case(s, "rmsnorm_qkv_rope", test_rmsnorm_qkv_rope_equals_gemv_then_rope_store);
     test_add_case(s, "fused_block_qwen2_f32", test_fused_block_qwen2_f32);
     test_add_case(s, "fused_block_llama_f32", test_fused_block_llama_f32);
     test_add_case(s, "fused_block_qwen2_bf16", test_fused_block_qwen2_bf16);

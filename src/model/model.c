@@ -193,40 +193,62 @@ static an_status project_into(an_ctx *ctx, const an_tensor *a, const an_tensor *
     return an_cuda_gemm(ctx, &sh, w->dtype, an_tensor_data(a), an_tensor_data(w), an_tensor_data(y));
 }
 
-/* q, k, v (B, T, heads, D) of norm(x) for the fused block (decode_fused's rule for the GEMV).
- * bias[i]: the bias still to add to q, k, v (the GEMMs path leaves them to the rope kernel), or NULL. */
-static an_status decode_qkv(an_ctx *ctx, const an_layer *l, an_tensor *x, an_tensor **q, an_tensor **k, an_tensor **v,
-                            const an_tensor **bias) {
+/* q (B, T, Hq, D) of norm(x), rotated, with the rotated k and v of these tokens written into the
+ * layer's cache rows (decode_fused's rule for the GEMV): one an_cuda_rmsnorm_qkv_rope launch at
+ * most AN_CUDA_GEMV_MAX_ROWS tokens, else an_rmsnorm, three an_linear without bias and
+ * an_cuda_kv_rope_store (which adds the biases). */
+static an_status decode_qkv_rope(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs, an_tensor **q) {
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
+    an_kv_cache *cache = cs->cache;
+    an_tensor *kc = cache->k[cs->layer], *vc = cache->v[cs->layer];
     int64_t b = x->shape[0], t = x->shape[1], h = x->shape[2], d = c->head_dim;
     const an_projection *p[3] = {&l->q_proj, &l->k_proj, &l->v_proj};
     int64_t heads[3] = {c->num_heads, c->num_kv_heads, c->num_kv_heads};
+    AN_CHECK(ctx, kc->dtype == x->dtype, AN_ERR_INPUT, "cached forward: keys and values must have the cache's dtype");
     bool gemv = b * t <= AN_CUDA_GEMV_MAX_ROWS;
-    for (int i = 0; i < 3; i++)
-        gemv = gemv && p[i]->weight->dtype == x->dtype;
-    an_tensor **out[3] = {q, k, v};
-    for (int i = 0; i < 3; i++) bias[i] = NULL;
-    if (!gemv) {
-        an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
-        for (int i = 0; i < 3; i++) {
-            *out[i] = split_heads(ctx, xn ? an_linear(ctx, xn, p[i]->weight, NULL) : NULL, heads[i], d);
-            bias[i] = p[i]->bias;
-        }
-        an_tensor_release(xn);
-        return *q && *k && *v ? AN_OK : an_error_status(ctx);
-    }
-    an_cuda_proj proj[3];
     for (int i = 0; i < 3; i++) {
-        *out[i] = an_tensor_new(ctx, x->dtype, AN_CUDA, 4, (int64_t[]){b, t, heads[i], d});
-        if (!*out[i]) return an_error_status(ctx);
-        proj[i] = (an_cuda_proj){an_tensor_data(p[i]->weight), p[i]->bias ? an_tensor_data(p[i]->bias) : NULL,
-                                 an_tensor_data(*out[i]), heads[i] * d};
+        AN_CHECK(ctx, !p[i]->bias || (p[i]->bias->dtype == x->dtype && p[i]->bias->device == AN_CUDA), AN_ERR_INPUT,
+                 "cached forward: q/k/v biases must be x's dtype on CUDA");
+        gemv = gemv && p[i]->weight->dtype == x->dtype;
     }
-    AN_CHECK(ctx, l->input_layernorm->dtype == x->dtype && p[0]->weight->shape[1] == h, AN_ERR_INPUT,
-             "decode block: the norm or q_proj does not match x");
-    return an_cuda_rmsnorm_gemv(ctx, x->dtype, an_tensor_data(x), b * t, h, an_tensor_data(l->input_layernorm),
-                                c->rms_norm_eps, proj, 3);
+    double inv_freq[AN_CUDA_ROPE_MAX_D / 2];
+    an_cpu_rope_inv_freq(&c->rope, d, inv_freq);
+    const int interleaved = c->rope.style == AN_ROPE_INTERLEAVED;
+    if (gemv) {
+        AN_CHECK(ctx, l->input_layernorm->dtype == x->dtype && p[0]->weight->shape[1] == h, AN_ERR_INPUT,
+                 "decode block: the norm or q_proj does not match x");
+        *q = an_tensor_new(ctx, x->dtype, AN_CUDA, 4, (int64_t[]){b, t, heads[0], d});
+        if (!*q) return an_error_status(ctx);
+        an_cuda_proj proj[3];
+        for (int i = 0; i < 3; i++)
+            proj[i] = (an_cuda_proj){an_tensor_data(p[i]->weight), p[i]->bias ? an_tensor_data(p[i]->bias) : NULL,
+                                     i == 0 ? an_tensor_data(*q) : NULL, heads[i] * d};
+        an_cuda_kv_rope kv = {an_tensor_data(kc), an_tensor_data(vc), an_tensor_data(cs->dev_rows),
+                              an_tensor_data(cache->device_length), t, cache->capacity, heads[0], heads[1], d,
+                              inv_freq, interleaved};
+        return an_cuda_rmsnorm_qkv_rope(ctx, x->dtype, an_tensor_data(x), b * t, h, an_tensor_data(l->input_layernorm),
+                                        c->rms_norm_eps, proj, &kv);
+    }
+    an_tensor *out[3] = {NULL, NULL, NULL};
+    an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
+    for (int i = 0; i < 3; i++) out[i] = split_heads(ctx, xn ? an_linear(ctx, xn, p[i]->weight, NULL) : NULL, heads[i], d);
+    an_tensor_release(xn);
+    an_status st = out[0] && out[1] && out[2] ? AN_OK : an_error_status(ctx);
+    if (st == AN_OK && (out[1]->dtype != x->dtype || out[2]->dtype != x->dtype))
+        st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "cached forward: keys and values must have the cache's dtype");
+    if (st == AN_OK) {
+        const void *bd[3];
+        for (int i = 0; i < 3; i++) bd[i] = p[i]->bias ? an_tensor_data(p[i]->bias) : NULL;
+        st = an_cuda_kv_rope_store(ctx, x->dtype, an_tensor_data(out[0]), an_tensor_data(out[1]), an_tensor_data(out[2]),
+                                   bd[0], bd[1], bd[2], an_tensor_data(kc), an_tensor_data(vc),
+                                   an_tensor_data(cs->dev_rows), an_tensor_data(cache->device_length), b, t, heads[0],
+                                   heads[1], d, cache->capacity, inv_freq, interleaved);
+    }
+    an_tensor_release(out[1]), an_tensor_release(out[2]);
+    if (st == AN_OK) *q = out[0];
+    else an_tensor_release(out[0]);
+    return st;
 }
 
 /* act (B, T, I) = swiglu(gate, up) of norm(x) from one an_cuda_rmsnorm_swiglu_gemv launch (the
@@ -248,33 +270,17 @@ static an_status decode_mlp_act(an_ctx *ctx, const an_layer *l, const an_tensor 
 /* The decoder block of a cached forward on CUDA by the fused kernels (decode_fused's rule): the
  * same arithmetic as block_forward with fewer launches. x (B, T, H) is owned by the cached forward
  * alone and is updated in place: it becomes the block's output (returned with a new reference).
- * Launches: q/k/v (one GEMV with the norm, or norm + 3 GEMMs), bias + rope + cache write (one kernel),
- * attention, o_proj adding into x, norm + gate + up + swiglu (one GEMV at most
+ * Launches: q/k/v with bias, rope and the cache write (one kernel at most AN_CUDA_GEMV_MAX_ROWS
+ * tokens, else norm + 3 GEMMs + one kernel), attention, o_proj adding into x, norm + gate + up + swiglu (one GEMV at most
  * AN_CUDA_GEMV_MAX_ROWS tokens, else four launches), down_proj adding into x. */
 static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs) {
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
     an_kv_cache *cache = cs->cache;
-    int64_t b = x->shape[0], t = x->shape[1], hq = c->num_heads, hkv = c->num_kv_heads, d = c->head_dim;
-    an_tensor *q = NULL, *k = NULL, *v = NULL, *attn = NULL, *hn = NULL, *gate = NULL, *up = NULL, *act = NULL;
+    int64_t b = x->shape[0], t = x->shape[1], d = c->head_dim;
+    an_tensor *q = NULL, *attn = NULL, *hn = NULL, *gate = NULL, *up = NULL, *act = NULL;
     an_tensor *kc = cache->k[cs->layer], *vc = cache->v[cs->layer];
-    const an_tensor *bias[3];
-    an_status st = decode_qkv(ctx, l, x, &q, &k, &v, bias);
-    if (st == AN_OK && (kc->dtype != x->dtype || k->dtype != x->dtype || v->dtype != x->dtype))
-        st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "cached forward: keys and values must have the cache's dtype");
-    for (int i = 0; i < 3 && st == AN_OK; i++)
-        if (bias[i] && (bias[i]->dtype != x->dtype || bias[i]->device != AN_CUDA))
-            st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "cached forward: q/k/v biases must be x's dtype on CUDA");
-    if (st == AN_OK) {
-        double inv_freq[AN_CUDA_ROPE_MAX_D / 2];
-        an_cpu_rope_inv_freq(&c->rope, d, inv_freq);
-        const void *bd[3];
-        for (int i = 0; i < 3; i++) bd[i] = bias[i] ? an_tensor_data(bias[i]) : NULL;
-        st = an_cuda_kv_rope_store(ctx, x->dtype, an_tensor_data(q), an_tensor_data(k), an_tensor_data(v), bd[0], bd[1],
-                                   bd[2], an_tensor_data(kc), an_tensor_data(vc), an_tensor_data(cs->dev_rows),
-                                   an_tensor_data(cache->device_length), b, t, hq, hkv, d, cache->capacity, inv_freq,
-                                   c->rope.style == AN_ROPE_INTERLEAVED);
-    }
+    an_status st = decode_qkv_rope(ctx, l, x, cs, &q);
     if (st == AN_OK) {
         attn = an_attention_cached(ctx, q, kc, vc, cs->dev_rows, cache->device_length, 1.0 / sqrt((double)d));
         st = attn ? project_into(ctx, attn, l->o_proj.weight, x, b * t) : an_error_status(ctx);
@@ -289,7 +295,7 @@ static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, con
         if (!act) st = an_error_status(ctx);
     }
     if (st == AN_OK) st = project_into(ctx, act, l->down_proj.weight, x, b * t);
-    an_tensor_release(q), an_tensor_release(k), an_tensor_release(v), an_tensor_release(attn);
+    an_tensor_release(q), an_tensor_release(attn);
     an_tensor_release(hn), an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
     return st == AN_OK ? an_tensor_retain(x) : NULL;
 }
