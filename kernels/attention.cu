@@ -59,6 +59,8 @@
 #include <math.h>
 #include <stdint.h>
 
+#include <type_traits> /* std::integral_constant: by_padded_dim */
+
 namespace {
 
 const int kThreads = 256;    /* 16 row groups x 16 column groups */
@@ -536,6 +538,16 @@ __global__ void __launch_bounds__(kDecodeWarps * 32) decode_kernel(DecodeArgs<T>
 
 int padded_dim(int64_t D) { return D <= 32 ? 32 : D <= 64 ? 64 : D <= 128 ? 128 : 256; }
 
+/* run(std::integral_constant<int, DP>) for head_dim's padded dim DP (32, 64, 128 or 256). */
+template <typename F> an_status by_padded_dim(int64_t D, F &&run) {
+    switch (padded_dim(D)) {
+    case 32: return run(std::integral_constant<int, 32>());
+    case 64: return run(std::integral_constant<int, 64>());
+    case 128: return run(std::integral_constant<int, 128>());
+    default: return run(std::integral_constant<int, 256>());
+    }
+}
+
 an_status check_shape(an_ctx *ctx, const an_attention_shape *sh, const char *what) {
     AN_CHECK(ctx, sh->batch >= 0 && sh->seq >= 0 && sh->kv_heads > 0 && sh->q_heads % sh->kv_heads == 0,
              AN_ERR_INTERNAL, "%s: bad shape B %lld T %lld Hq %lld Hkv %lld", what, (long long)sh->batch,
@@ -582,21 +594,11 @@ template <typename T, int DP> an_status backward_dp(an_ctx *ctx, const an_attent
 }
 
 template <typename T> an_status forward(an_ctx *ctx, const an_attention_shape *sh, const Args<T> &a) {
-    switch (padded_dim(sh->head_dim)) {
-    case 32: return forward_dp<T, 32>(ctx, sh, a);
-    case 64: return forward_dp<T, 64>(ctx, sh, a);
-    case 128: return forward_dp<T, 128>(ctx, sh, a);
-    default: return forward_dp<T, 256>(ctx, sh, a);
-    }
+    return by_padded_dim(sh->head_dim, [&](auto dp) { return forward_dp<T, decltype(dp)::value>(ctx, sh, a); });
 }
 
 template <typename T> an_status backward(an_ctx *ctx, const an_attention_shape *sh, const Args<T> &a) {
-    switch (padded_dim(sh->head_dim)) {
-    case 32: return backward_dp<T, 32>(ctx, sh, a);
-    case 64: return backward_dp<T, 64>(ctx, sh, a);
-    case 128: return backward_dp<T, 128>(ctx, sh, a);
-    default: return backward_dp<T, 256>(ctx, sh, a);
-    }
+    return by_padded_dim(sh->head_dim, [&](auto dp) { return backward_dp<T, decltype(dp)::value>(ctx, sh, a); });
 }
 
 template <typename T, int DP> an_status decode_dp(an_ctx *ctx, const an_attention_shape *sh, const DecodeArgs<T> &a) {
@@ -616,12 +618,7 @@ template <typename T, int DP> an_status decode_dp(an_ctx *ctx, const an_attentio
 }
 
 template <typename T> an_status decode(an_ctx *ctx, const an_attention_shape *sh, const DecodeArgs<T> &a) {
-    switch (padded_dim(sh->head_dim)) {
-    case 32: return decode_dp<T, 32>(ctx, sh, a);
-    case 64: return decode_dp<T, 64>(ctx, sh, a);
-    case 128: return decode_dp<T, 128>(ctx, sh, a);
-    default: return decode_dp<T, 256>(ctx, sh, a);
-    }
+    return by_padded_dim(sh->head_dim, [&](auto dp) { return decode_dp<T, decltype(dp)::value>(ctx, sh, a); });
 }
 
 an_status segments_of(an_ctx *ctx, const void *segments, an_dtype seg_dtype, Segments *out) {
