@@ -8,18 +8,23 @@
  * of 2^-40 units: every sum below is an integer sum, exact and independent of the thread order, so
  * a seed repeats a run bit for bit. The order is the CPU's sort order (probability descending, id
  * ascending), as one integer a logit: the composite (order key of the logit, then 2^24-1 - id),
- * larger first. Three launches: (1) many blocks a row take each row's max of x; (2) many blocks a
- * row compute every weight once and add it to the row's histogram over 2048 bins (the key's top
- * 11 bits: elements and weight a bin); (3) one block a row answers the rule's questions (the k-th
- * element, the top-p element, the drawn element: each the first element where a running total of
- * elements or weight reaches a target) by finding the bin from the histogram's prefix sums, then
- * gathering that bin's elements (one read of the row, kept in shared memory) and selecting among
- * them by radix passes over the composite. Only a bin of more than kListCap elements (all logits
- * in one narrow range, or equal) is resolved from the row itself, pass by pass: slower, the same
- * result. Nothing is sorted, nothing read back to the host, so the step can be captured in a
- * graph; the scratch (histograms, maxima: about 12 KB a row) comes from the state's caching
- * allocator. Row b draws its uniform number from counter offset + b of ctx's RNG stream
- * (an_rng_at), as the CPU loop draws one per row in order. */
+ * larger first. Every question of the rule (the k-th element, the top-p element, the drawn
+ * element) is "the first element at which a running total of elements or weight reaches a
+ * target". Four launches: (1) many blocks a row take each row's max of x; (2) many blocks a row
+ * compute every weight once and add it to the row's histogram over 2048 bins (the key's top 11
+ * bits: elements and weight a bin), and the row's last block plans which bins the questions can
+ * land on (the k-th element's bin and those above it; or top-p's bin, known from the whole mass,
+ * and the bins the draw can reach from it); (3) many blocks a row gather the planned bins'
+ * elements (composite and weight) into the row's list; (4) one block a row loads the list into
+ * shared memory and answers each question: the histogram's prefix sums name the bin, radix
+ * passes over the bits that differ inside that bin pick the element. A bin the plan missed, or a
+ * plan of more than kListCap elements, is gathered by that block itself; a bin of more than
+ * kListCap elements (all logits equal, or in one narrow range) is resolved from the row, pass by
+ * pass: slower, the same result. Nothing is sorted and nothing read back to the host, so the
+ * step can be captured in a graph; the scratch (histograms, maxima and a list of up to kListCap
+ * elements: about 210 KB a row) comes from the state's caching allocator. Row b draws its uniform
+ * number from counter offset + b of ctx's RNG stream (an_rng_at), as the CPU loop draws one per
+ * row in order. */
 #include "kernels/cuda_common.cuh"
 #include "kernels/vec.cuh" /* an_vec_width, an_unpack16, an_aligned16 */
 
@@ -29,7 +34,8 @@ namespace {
 
 constexpr int kThreads = 1024;
 constexpr double kUnit = 1099511627776.0; /* 2^40: one weight of 1.0 in fixed point */
-constexpr int kSweepThreads = 256;        /* the two many-blocks-a-row sweeps */
+constexpr int kSweepThreads = 256;        /* the many-blocks-a-row sweeps */
+constexpr int kMaxChunk = 4095;           /* logits a sweep block: its 32-bit weight halves cannot overflow */
 constexpr int kBinBits = 11, kBins = 1 << kBinBits; /* a row's histogram: the order key's top 11 bits */
 constexpr int kListCap = 12288;           /* elements of one bin held in shared memory (192 KB) */
 
@@ -97,19 +103,31 @@ struct Row {
     double temperature, max; /* max of logit / temperature */
 };
 
+/* logit / temperature in float64, as the CPU (a division by 1 is exact, so it is skipped). */
+__device__ __forceinline__ double scaled(float f, double temperature) {
+    return temperature == 1.0 ? (double)f : (double)f / temperature;
+}
+
 /* The weight exp(x / temperature - max) of logit value f, in 2^-40 units (<= 2^40). */
 __device__ __forceinline__ uint64_t weight_of(float f, const Row &r) {
-    double w = exp((double)f / r.temperature - r.max);
+    double w = exp(scaled(f, r.temperature) - r.max);
     return (uint64_t)__double2ull_rn(w * kUnit);
 }
 
 /* The order as one integer: larger composite = earlier (key descending, then id ascending; ids
- * < 2^23). The top 11 bits of the key (the coarse bin) are the composite's bits 55..45. */
+ * < 2^23). The top 11 bits of the key (its bin) are the composite's bits 55..45. */
 __device__ __forceinline__ uint64_t composite(uint32_t key, int id) {
     return ((uint64_t)key << 24) | (uint64_t)(0xffffffu - (uint32_t)id);
 }
 __device__ __forceinline__ int composite_id(uint64_t c) { return (int)(0xffffffu - (uint32_t)(c & 0xffffffu)); }
 __device__ __forceinline__ int key_bin(uint32_t key) { return (int)(key >> (32 - kBinBits)); }
+__device__ __forceinline__ int composite_bin(uint64_t c) { return (int)(c >> (56 - kBinBits)); }
+
+/* The draw's target for a kept mass: the first element whose running mass exceeds u * mass. */
+__device__ __forceinline__ uint64_t draw_target(double u, uint64_t mass) {
+    uint64_t target = (uint64_t)floor(u * (double)mass) + 1;
+    return target > mass ? mass : target;
+}
 
 /* The inclusive prefix sum of v over the block, and the block total in *total. */
 __device__ uint64_t block_inclusive_scan(uint64_t v, uint64_t *total) {
@@ -154,87 +172,76 @@ struct SampleArgs {
     double temperature, top_p;
     int64_t top_k;
     uint64_t seed, offset;
-    int parts, chunk; /* blocks a row of the two sweeps, logits each (the last part may be shorter) */
+    int parts, chunk; /* blocks a row of the sweeps, logits each (<= kMaxChunk; the last may be shorter) */
 };
 
-/* Sweep 1, grid (B, parts): partial[b][part] = max over the part's logits of logit / temperature
- * (float64, as the CPU), and the row's bin histogram zeroed for sweep 2. */
-template <typename T>
-__global__ void __launch_bounds__(kSweepThreads) sample_sweep_max(const T *logits, SampleArgs a, double *partial,
-                                                                  uint32_t *bin_count, uint64_t *bin_weight) {
-    const int64_t b = blockIdx.x;
-    const T *x = logits + b * a.V;
-    const int lo = (int)blockIdx.y * a.chunk, hi = min(a.allowed, lo + a.chunk);
-    double m = -INFINITY;
-    for (int i = lo + (int)threadIdx.x; i < hi; i += blockDim.x) m = fmax(m, (double)an_load(x[i]) / a.temperature);
-    m = block_max(m);
-    if (threadIdx.x == 0) partial[b * a.parts + blockIdx.y] = m;
-    for (int j = (int)(blockIdx.y * blockDim.x + threadIdx.x); j < kBins; j += a.parts * (int)blockDim.x)
-        bin_count[b * kBins + j] = 0, bin_weight[b * kBins + j] = 0;
+/* Row b's uniform number: counter offset + b of the RNG stream (an_rng_uniform's 53 bits). */
+__device__ __forceinline__ double row_uniform(const SampleArgs &a, int64_t b) {
+    return (double)(rng_at(a.seed, a.offset + (uint64_t)b) >> 11) * 0x1.0p-53;
 }
 
-/* Sweep 2, grid (B, parts): every logit's fixed weight (the float64 exp, done once per logit here
- * by many blocks a row), added to the row's histogram over bins (the key's top 11 bits): elements
- * and weight a bin. Lanes of a warp in one bin add together first (__match_any_sync), the block
- * in shared memory, then one global atomic a bin a block; integer sums, so any order is exact. */
-template <typename T>
-__global__ void __launch_bounds__(kSweepThreads) sample_sweep_bins(const T *logits, SampleArgs a, const double *partial,
-                                                                   uint32_t *bin_count, uint64_t *bin_weight) {
-    __shared__ uint32_t cnt[kBins];
-    __shared__ unsigned long long wt[kBins];
-    const int64_t b = blockIdx.x;
-    const T *x = logits + b * a.V;
-    for (int j = threadIdx.x; j < kBins; j += blockDim.x) cnt[j] = 0, wt[j] = 0;
+/* The bins sweep 3 gathers for a row: [lo1, hi1] and [lo2, hi2] (empty: lo > hi). */
+struct Plan {
+    int lo1, hi1, lo2, hi2;
+    int ok; /* 1: the bins hold at most kListCap elements and are gathered into the row's list */
+};
+__device__ __forceinline__ bool planned(const Plan &p, int bin) {
+    return (bin >= p.lo1 && bin <= p.hi1) || (bin >= p.lo2 && bin <= p.hi2);
+}
+
+/* The per-row scratch (caching allocator; stream-ordered, so the next call may reuse it at once). */
+struct Scratch {
+    double *partial;           /* (B, parts): sweep 1's maxima */
+    uint64_t *bin_weight;      /* (B, kBins): the histogram's weight a bin */
+    uint32_t *bin_count;       /* (B, kBins): its elements a bin */
+    Plan *plan;                /* (B) */
+    uint32_t *ticket;          /* (B): blocks of sweep 2 done (the last one plans) */
+    uint32_t *list_n;          /* (B): elements gathered by sweep 3 */
+    uint64_t *list_c, *list_w; /* (B, kListCap): their composites and weights */
+};
+
+/* The row's max (every thread), from sweep 1's partial maxima. */
+__device__ double row_max(const SampleArgs &a, const Scratch &s, int64_t b) {
     double m = -INFINITY;
-    for (int p = threadIdx.x; p < a.parts; p += blockDim.x) m = fmax(m, partial[b * a.parts + p]);
-    const Row r = {a.temperature, block_max(m)}; /* its barriers also order the zeroing above */
-    const int lo = (int)blockIdx.y * a.chunk, hi = min(a.allowed, lo + a.chunk), lane = threadIdx.x % 32;
-    for (int base = lo; base < hi; base += blockDim.x) { /* the whole warp runs every iteration */
-        int i = base + (int)threadIdx.x;
-        uint32_t bin = kBins; /* none */
-        uint64_t v = 0;
-        if (i < hi) {
-            float f = an_load(x[i]);
-            bin = (uint32_t)key_bin(order_key(f));
-            v = weight_of(f, r);
-        }
-        unsigned peers = __match_any_sync(0xffffffffu, bin);
-        /* v <= 2^40: 20-bit halves of up to 32 lanes sum within 32 bits */
-        uint32_t lo20 = __reduce_add_sync(peers, (uint32_t)(v & 0xfffffu));
-        uint32_t hi20 = __reduce_add_sync(peers, (uint32_t)(v >> 20));
-        if (i < hi && lane == __ffs(peers) - 1) {
-            atomicAdd(&cnt[bin], (uint32_t)__popc(peers));
-            atomicAdd(&wt[bin], (unsigned long long)lo20 + ((unsigned long long)hi20 << 20));
-        }
-    }
-    __syncthreads();
-    for (int j = threadIdx.x; j < kBins; j += blockDim.x)
-        if (cnt[j]) {
-            atomicAdd(&bin_count[b * kBins + j], cnt[j]);
-            atomicAdd((unsigned long long *)&bin_weight[b * kBins + j], wt[j]);
-        }
+    for (int p = threadIdx.x; p < a.parts; p += blockDim.x) m = fmax(m, s.partial[b * a.parts + p]);
+    return block_max(m);
 }
 
 struct Loc {
-    int bin;                   /* -1: the target is past the row's total (never, for the callers' targets) */
+    int bin;                     /* -1: the target is past the row's total (never, for the callers' targets) */
     uint64_t before_c, before_w; /* elements and weight of the bins before it in the order */
 };
 
-/* The bin (of the row's histogram) holding the first element, in the order, at which the running
+/* The bin of the row's histogram holding the first element, in the order, at which the running
  * total (elements when by_count, else weight) reaches target; *total_w = the row's whole weight.
- * Thread t owns bins kBins-1-2t and kBins-2-2t (the order runs from the highest bin down). */
+ * Thread t owns kPer bins from kBins-1-kPer*t down (the order runs from the highest bin down). */
+template <int kPer>
 __device__ Loc locate(const uint32_t *hc, const uint64_t *hw, uint64_t target, bool by_count, uint64_t *total_w) {
-    static_assert(kBins == 2 * kThreads, "locate: two bins a thread");
     __shared__ Loc s_loc;
     if (threadIdx.x == 0) s_loc = Loc{-1, 0, 0};
-    const int b0 = kBins - 1 - 2 * (int)threadIdx.x, b1 = b0 - 1;
-    const uint64_t c0 = hc[b0], c1 = hc[b1], w0 = hw[b0], w1 = hw[b1];
+    const int top = kBins - 1 - kPer * (int)threadIdx.x;
+    uint64_t c[kPer], w[kPer], sc = 0, sw = 0;
+#pragma unroll
+    for (int j = 0; j < kPer; j++) {
+        c[j] = __ldcg(hc + top - j);
+        w[j] = __ldcg(reinterpret_cast<const unsigned long long *>(hw) + top - j);
+        sc += c[j], sw += w[j];
+    }
     uint64_t tc, tw;
-    const uint64_t bc = block_inclusive_scan(c0 + c1, &tc) - c0 - c1; /* its barriers order s_loc's reset */
-    const uint64_t bw = block_inclusive_scan(w0 + w1, &tw) - w0 - w1;
-    const uint64_t sel = by_count ? bc : bw, m0 = by_count ? c0 : w0, m1 = by_count ? c1 : w1;
-    if (sel < target && sel + m0 >= target) s_loc = Loc{b0, bc, bw};
-    else if (sel + m0 < target && sel + m0 + m1 >= target) s_loc = Loc{b1, bc + c0, bw + w0};
+    uint64_t bc = block_inclusive_scan(sc, &tc) - sc; /* its barriers order s_loc's reset */
+    uint64_t bw = block_inclusive_scan(sw, &tw) - sw;
+    uint64_t sel = by_count ? bc : bw;
+    if (sel < target && sel + (by_count ? sc : sw) >= target) { /* exactly one thread */
+#pragma unroll
+        for (int j = 0; j < kPer; j++) {
+            uint64_t m = by_count ? c[j] : w[j];
+            if (sel + m >= target) {
+                s_loc = Loc{top - j, bc, bw};
+                break;
+            }
+            sel += m, bc += c[j], bw += w[j];
+        }
+    }
     __syncthreads();
     Loc l = s_loc;
     __syncthreads();
@@ -242,9 +249,145 @@ __device__ Loc locate(const uint32_t *hc, const uint64_t *hw, uint64_t target, b
     return l;
 }
 
+/* Sweep 1, grid (B, parts): partial[b][part] = max over the part's logits of logit / temperature
+ * (float64, as the CPU); the row's histogram and counters zeroed for sweeps 2 and 3. */
+template <typename T>
+__global__ void __launch_bounds__(kSweepThreads) sample_sweep_max(const T *logits, SampleArgs a, Scratch s) {
+    const int64_t b = blockIdx.x;
+    const T *x = logits + b * a.V;
+    const int lo = (int)blockIdx.y * a.chunk, hi = min(a.allowed, lo + a.chunk);
+    double m = -INFINITY;
+    for (int i = lo + (int)threadIdx.x; i < hi; i += blockDim.x) m = fmax(m, scaled(an_load(x[i]), a.temperature));
+    m = block_max(m);
+    if (threadIdx.x == 0) s.partial[b * a.parts + blockIdx.y] = m;
+    for (int j = (int)(blockIdx.y * blockDim.x + threadIdx.x); j < kBins; j += a.parts * (int)blockDim.x)
+        s.bin_count[b * kBins + j] = 0, s.bin_weight[b * kBins + j] = 0;
+    if (blockIdx.y == 0 && threadIdx.x == 0) s.ticket[b] = 0, s.list_n[b] = 0;
+}
+
+/* The plan of row b (by sweep 2's last block, from the finished histogram): the bins holding the
+ * elements the rule's questions can land on. top-k: the k-th element's bin and all above it (top-p
+ * and the draw stay inside the top k). Else top-p: its bin (known, as the whole mass is) and the
+ * bins the draw can reach for any top-p mass that bin allows (the draw's target only grows with
+ * the mass). Else the draw's bin. */
+template <int kPer>
+__device__ void plan_row(const SampleArgs &a, const Scratch &s, int64_t b) {
+    const uint32_t *hc = s.bin_count + b * kBins;
+    const uint64_t *hw = s.bin_weight + b * kBins;
+    const int n = a.allowed;
+    const double u = row_uniform(a, b);
+    Plan p = {1, 0, 1, 0, 0};
+    bool found = true;
+    uint64_t total;
+    Loc l = locate<kPer>(hc, hw, 1, false, &total);
+    if (a.top_k > 0 && a.top_k < n) {
+        l = locate<kPer>(hc, hw, (uint64_t)a.top_k, true, &total);
+        p.lo1 = l.bin, p.hi1 = kBins - 1, found = l.bin >= 0;
+    } else if (a.top_p < 1.0) {
+        uint64_t target = (uint64_t)ceil(a.top_p * (double)total);
+        target = target < 1 ? 1 : target;
+        l = locate<kPer>(hc, hw, target, false, &total);
+        p.lo1 = p.hi1 = l.bin, found = l.bin >= 0;
+        if (found) { /* the top-p mass lies in [target, the weight through its bin] */
+            uint64_t through = l.before_w + __ldcg(reinterpret_cast<const unsigned long long *>(hw) + l.bin);
+            Loc first = locate<kPer>(hc, hw, draw_target(u, target), false, &total);
+            Loc last = locate<kPer>(hc, hw, draw_target(u, through), false, &total);
+            p.lo2 = last.bin, p.hi2 = first.bin, found = first.bin >= 0 && last.bin >= 0;
+        }
+    } else {
+        l = locate<kPer>(hc, hw, draw_target(u, total), false, &total);
+        p.lo1 = p.hi1 = l.bin, found = l.bin >= 0;
+    }
+    uint64_t mine = 0, count;
+    for (int j = threadIdx.x; j < kBins; j += blockDim.x)
+        if (planned(p, j)) mine += __ldcg(hc + j);
+    block_inclusive_scan(mine, &count);
+    p.ok = found && count <= (uint64_t)kListCap;
+    if (threadIdx.x == 0) s.plan[b] = p;
+}
+
+/* Sweep 2, grid (B, parts): every logit's fixed weight (the float64 exp, done once per logit here
+ * by many blocks a row), added to the row's histogram over bins (the key's top 11 bits): elements
+ * and weight a bin. A warp whose logits share one bin adds them together first; else each lane
+ * adds its own (32-bit shared atomics: the weight in 20-bit halves, which a part of <= kMaxChunk
+ * logits cannot overflow); then one global atomic a bin a block. Integer sums: exact in any
+ * order. The row's last block to finish plans sweep 3 (plan_row). */
+template <typename T>
+__global__ void __launch_bounds__(kSweepThreads) sample_sweep_bins(const T *logits, SampleArgs a, Scratch s) {
+    __shared__ uint32_t cnt[kBins], wlo[kBins], whi[kBins];
+    __shared__ bool s_last;
+    const int64_t b = blockIdx.x;
+    const T *x = logits + b * a.V;
+    for (int j = threadIdx.x; j < kBins; j += blockDim.x) cnt[j] = 0, wlo[j] = 0, whi[j] = 0;
+    const Row r = {a.temperature, row_max(a, s, b)}; /* its barriers also order the zeroing above */
+    const int lo = (int)blockIdx.y * a.chunk, hi = min(a.allowed, lo + a.chunk), lane = threadIdx.x % 32;
+    for (int base = lo; base < hi; base += blockDim.x) { /* the whole warp runs every iteration */
+        int i = base + (int)threadIdx.x;
+        bool in = i < hi;
+        uint32_t bin = 0, lo20 = 0, hi20 = 0;
+        if (in) {
+            float f = an_load(x[i]);
+            bin = (uint32_t)key_bin(order_key(f));
+            uint64_t v = weight_of(f, r);
+            lo20 = (uint32_t)(v & 0xfffffu), hi20 = (uint32_t)(v >> 20);
+        }
+        uint32_t bmin = __reduce_min_sync(0xffffffffu, in ? bin : 0xffffffffu);
+        uint32_t bmax = __reduce_max_sync(0xffffffffu, in ? bin : 0u);
+        if (bmin == bmax) { /* every lane holding a logit is in one bin (some lane is) */
+            uint32_t sl = __reduce_add_sync(0xffffffffu, lo20), sh = __reduce_add_sync(0xffffffffu, hi20);
+            uint32_t k = (uint32_t)__popc(__ballot_sync(0xffffffffu, in));
+            if (lane == 0) atomicAdd(&cnt[bmin], k), atomicAdd(&wlo[bmin], sl), atomicAdd(&whi[bmin], sh);
+        } else if (in) {
+            atomicAdd(&cnt[bin], 1u), atomicAdd(&wlo[bin], lo20), atomicAdd(&whi[bin], hi20);
+        }
+    }
+    __syncthreads();
+    for (int j = threadIdx.x; j < kBins; j += blockDim.x)
+        if (cnt[j]) {
+            atomicAdd(&s.bin_count[b * kBins + j], cnt[j]);
+            atomicAdd(reinterpret_cast<unsigned long long *>(s.bin_weight) + b * kBins + j,
+                      (unsigned long long)wlo[j] + ((unsigned long long)whi[j] << 20));
+        }
+    __threadfence(); /* this block's sums are visible before its ticket */
+    __syncthreads();
+    if (threadIdx.x == 0) s_last = atomicAdd(&s.ticket[b], 1u) == (uint32_t)a.parts - 1;
+    __syncthreads();
+    if (!s_last) return;
+    __threadfence();
+    plan_row<kBins / kSweepThreads>(a, s, b);
+}
+
+/* Sweep 3, grid (B, parts): the logits in the planned bins, with their weights, appended to the
+ * row's list (unordered: the order is in the composites). Nothing when the plan is off. */
+template <typename T>
+__global__ void __launch_bounds__(kSweepThreads) sample_sweep_gather(const T *logits, SampleArgs a, Scratch s) {
+    const int64_t b = blockIdx.x;
+    const Plan p = s.plan[b];
+    if (!p.ok) return;
+    const T *x = logits + b * a.V;
+    const Row r = {a.temperature, row_max(a, s, b)};
+    const int lo = (int)blockIdx.y * a.chunk, hi = min(a.allowed, lo + a.chunk), lane = threadIdx.x % 32;
+    for (int base = lo; base < hi; base += blockDim.x) {
+        int i = base + (int)threadIdx.x;
+        float f = i < hi ? an_load(x[i]) : 0.0f;
+        uint32_t key = order_key(f);
+        bool hit = i < hi && planned(p, key_bin(key));
+        unsigned ballot = __ballot_sync(0xffffffffu, hit);
+        if (!ballot) continue;
+        int leader = __ffs(ballot) - 1;
+        uint32_t pos = 0;
+        if (lane == leader) pos = atomicAdd(&s.list_n[b], (uint32_t)__popc(ballot));
+        pos = __shfl_sync(0xffffffffu, pos, leader) + (uint32_t)__popc(ballot & ((1u << lane) - 1u));
+        if (hit && pos < (uint32_t)kListCap) {
+            s.list_c[b * kListCap + pos] = composite(key, i);
+            s.list_w[b * kListCap + pos] = weight_of(f, r);
+        }
+    }
+}
+
 /* Gathers the composite and fixed weight of every logit of the row in bin `bin` into lc / lw (at
- * most kListCap: the caller checked the bin's count) and returns how many, in every thread.
- * vec: 16-byte packs, four in flight a thread. Unordered (the order is in the composites). */
+ * most kListCap: the caller checked the bin's count) and returns how many, in every thread: the
+ * pick's own gathering, for a bin the plan did not gather. vec: 16-byte packs. */
 template <typename T, bool vec>
 __device__ int collect(const T *x, int n, const Row &r, int bin, uint64_t *lc, uint64_t *lw) {
     constexpr int W = vec ? an_vec_width<T>::value : 1, U = vec ? 2 : 4; /* packs in flight a thread */
@@ -302,49 +445,74 @@ struct Pick {
 
 /* The first element, in the order, at which the running total (elements when by_count, else
  * fixed weight) reaches target, among the elements of one bin, given the totals of the bins
- * before it (above_c, above_w) and above_w < target <= above_w + the bin's weight (or the same in
- * elements). Radix selection on the composite, 8 bits a pass from the top, warp-aggregated
- * shared-memory histograms of elements and weight; it stops at the first pass whose chosen digit
- * holds one element (the composite is unique, so at the latest after 7 passes). The elements come
- * from the list lc / lw (m of them; kRow false) or, for a bin too large for the list, from the
- * row itself (the logits re-read, keys and weights recomputed every pass; kRow true). */
+ * before it (above_c, above_w) and above < target <= above + the bin's total. Radix selection on
+ * the composite, 8 bits a pass, over only the bits that differ between the bin's elements (one
+ * pass of OR / AND finds them: for bf16 logits the key's low 16 bits never do); shared-memory
+ * histograms of elements and weight (a warp whose elements share a digit adds them together
+ * first); it stops at the first pass whose chosen digit holds one element (the composite is
+ * unique). The elements come from the list lc / lw (m of them, those of other bins skipped;
+ * kRow false) or, for a bin too large for the list, from the row itself (the logits re-read,
+ * keys and weights recomputed every pass; kRow true). */
 template <typename T, bool kRow>
 __device__ Pick resolve(const uint64_t *lc, const uint64_t *lw, int m, const T *x, int n, const Row &r, int bin,
                         uint64_t target, bool by_count, uint64_t above_c, uint64_t above_w) {
-    __shared__ uint32_t hc[256];
+    __shared__ uint32_t hc[256], s_or[2], s_and[2];
     __shared__ unsigned long long hw[256], hany[256];
     __shared__ uint64_t s_prefix, s_mask, s_above_c, s_above_w, s_cnt, s_val, s_any;
+    const unsigned full = 0xffffffffu;
     const int lane = threadIdx.x % 32, count = kRow ? n : m;
+    auto load = [&](int i, uint64_t *c) -> bool { /* element i's composite; whether it is in the bin */
+        if (kRow) {
+            uint32_t key = order_key(an_load(x[i]));
+            *c = composite(key, i);
+            return key_bin(key) == bin;
+        }
+        *c = lc[i];
+        return composite_bin(*c) == bin;
+    };
+    /* the bits that differ between the bin's elements */
+    if (threadIdx.x < 2) s_or[threadIdx.x] = 0, s_and[threadIdx.x] = 0xffffffffu;
+    __syncthreads();
+    uint64_t any_or = 0, all_and = ~0ull;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) {
+        uint64_t c;
+        if (load(i, &c)) any_or |= c, all_and &= c;
+    }
+    {
+        uint32_t ol = __reduce_or_sync(full, (uint32_t)any_or), oh = __reduce_or_sync(full, (uint32_t)(any_or >> 32));
+        uint32_t al = __reduce_and_sync(full, (uint32_t)all_and), ah = __reduce_and_sync(full, (uint32_t)(all_and >> 32));
+        if (lane == 0) atomicOr(&s_or[0], ol), atomicOr(&s_or[1], oh), atomicAnd(&s_and[0], al), atomicAnd(&s_and[1], ah);
+    }
+    __syncthreads();
+    uint64_t todo = (((uint64_t)s_or[1] << 32) | s_or[0]) ^ (((uint64_t)s_and[1] << 32) | s_and[0]);
     uint64_t prefix = 0, mask = 0;
-    for (int shift = 48; shift >= 0; shift -= 8) {
+    for (;;) {
+        const int shift = todo ? max(63 - __clzll((long long)todo) - 7, 0) : 0;
         for (int j = threadIdx.x; j < 256; j += blockDim.x) hc[j] = 0, hw[j] = 0;
         if (threadIdx.x == 0) s_cnt = 0;
         __syncthreads();
         for (int base = 0; base < count; base += blockDim.x) { /* the whole warp runs every iteration */
             int i = base + (int)threadIdx.x;
-            bool in = false;
             uint64_t c = 0, w = 0;
-            if (i < count) {
-                if (kRow) {
-                    float f = an_load(x[i]);
-                    uint32_t key = order_key(f);
-                    c = composite(key, i);
-                    in = key_bin(key) == bin && (c & mask) == prefix;
-                    if (in) w = weight_of(f, r);
-                } else {
-                    c = lc[i];
-                    in = (c & mask) == prefix;
-                    if (in) w = lw[i];
+            bool in = i < count && load(i, &c) && (c & mask) == prefix;
+            if (in) w = kRow ? weight_of(an_load(x[i]), r) : lw[i];
+            uint32_t bucket = (uint32_t)(c >> shift) & 255u;
+            uint32_t bmin = __reduce_min_sync(full, in ? bucket : 0xffffffffu);
+            uint32_t bmax = __reduce_max_sync(full, in ? bucket : 0u);
+            if (bmin == bmax) { /* every lane holding an element has this digit (some lane does) */
+                /* w <= 2^40: 20-bit halves of up to 32 lanes sum within 32 bits */
+                uint32_t lo20 = __reduce_add_sync(full, (uint32_t)(w & 0xfffffu));
+                uint32_t hi20 = __reduce_add_sync(full, (uint32_t)(w >> 20));
+                unsigned ins = __ballot_sync(full, in);
+                if (lane == __ffs(ins) - 1) {
+                    atomicAdd(&hc[bucket], (uint32_t)__popc(ins));
+                    atomicAdd(&hw[bucket], (unsigned long long)lo20 + ((unsigned long long)hi20 << 20));
+                    hany[bucket] = c; /* read only when the bucket holds one element: then the only write */
                 }
-            }
-            uint32_t bucket = in ? (uint32_t)(c >> shift) & 255u : 256u;
-            unsigned peers = __match_any_sync(0xffffffffu, bucket);
-            uint32_t lo20 = __reduce_add_sync(peers, (uint32_t)(w & 0xfffffu));
-            uint32_t hi20 = __reduce_add_sync(peers, (uint32_t)(w >> 20));
-            if (in && lane == __ffs(peers) - 1) {
-                atomicAdd(&hc[bucket], (uint32_t)__popc(peers));
-                atomicAdd(&hw[bucket], (unsigned long long)lo20 + ((unsigned long long)hi20 << 20));
-                hany[bucket] = c; /* read only when the bucket holds one element: then the only write */
+            } else if (in) {
+                atomicAdd(&hc[bucket], 1u);
+                atomicAdd(&hw[bucket], (unsigned long long)w);
+                hany[bucket] = c;
             }
         }
         __syncthreads();
@@ -353,7 +521,7 @@ __device__ Pick resolve(const uint64_t *lc, const uint64_t *lw, int m, const T *
             for (int j = 0; j < 8; j++) mc += hc[255 - 8 * lane - j], mw += hw[255 - 8 * lane - j];
             uint64_t ic = mc, iw = mw;
             for (int off = 1; off < 32; off *= 2) {
-                uint64_t oc = __shfl_up_sync(0xffffffffu, ic, off), ow = __shfl_up_sync(0xffffffffu, iw, off);
+                uint64_t oc = __shfl_up_sync(full, ic, off), ow = __shfl_up_sync(full, iw, off);
                 if (lane >= off) ic += oc, iw += ow;
             }
             uint64_t ac = above_c + ic - mc, aw = above_w + iw - mw; /* before this lane's buckets */
@@ -377,111 +545,131 @@ __device__ Pick resolve(const uint64_t *lc, const uint64_t *lw, int m, const T *
         prefix = s_prefix, mask = s_mask, above_c = s_above_c, above_w = s_above_w;
         const uint64_t cnt = s_cnt, val = s_val, any = s_any;
         __syncthreads(); /* every thread has read them before the next pass rewrites them */
-        if (cnt == 0) break; /* the target was out of range: never, for the callers' targets */
         if (cnt == 1) return Pick{any, above_c + 1, above_w + val};
+        todo &= shift > 0 ? (1ull << shift) - 1 : 0; /* the bits below this digit */
+        if (cnt == 0 || todo == 0) break; /* the target out of range: never, for the callers' targets */
     }
     return Pick{0xffffffull, 0, 0}; /* id 0 */
 }
 
-/* One query of the rule: the first element, in the order over the whole row, at which the
- * running total reaches target. The row's histogram names its bin; that bin's elements are
- * gathered into the shared list (unless it holds them already: *have) and resolved there, or,
- * past kListCap elements, resolved from the row. */
+/* One question of the rule: the first element, in the order over the whole row, at which the
+ * running total reaches target. The row's histogram names its bin; the shared list holds that
+ * bin's elements when sweep 3 gathered it (*have == -2 and the plan has it) or this block did
+ * before (*have == bin); else the block gathers the bin now or, past kListCap elements, resolves
+ * it from the row. */
 template <typename T, bool vec>
-__device__ Pick query(const T *x, int n, const Row &r, const uint32_t *hc, const uint64_t *hw, uint64_t target,
-                      bool by_count, uint64_t *lc, uint64_t *lw, int *have, int *m) {
+__device__ Pick query(const T *x, int n, const Row &r, const uint32_t *hc, const uint64_t *hw, const Plan &plan,
+                      uint64_t target, bool by_count, uint64_t *lc, uint64_t *lw, int *have, int *m) {
     uint64_t total;
-    Loc l = locate(hc, hw, target, by_count, &total);
+    Loc l = locate<kBins / kThreads>(hc, hw, target, by_count, &total);
     if (l.bin < 0) return Pick{0xffffffull, 0, 0};
-    if (hc[l.bin] > (uint32_t)kListCap)
-        return resolve<T, true>(lc, lw, 0, x, n, r, l.bin, target, by_count, l.before_c, l.before_w);
-    if (*have != l.bin) *m = collect<T, vec>(x, n, r, l.bin, lc, lw), *have = l.bin;
+    if (!((*have == -2 && planned(plan, l.bin)) || *have == l.bin)) {
+        if (__ldcg(hc + l.bin) > (uint32_t)kListCap)
+            return resolve<T, true>(lc, lw, 0, x, n, r, l.bin, target, by_count, l.before_c, l.before_w);
+        *m = collect<T, vec>(x, n, r, l.bin, lc, lw), *have = l.bin;
+    }
     return resolve<T, false>(lc, lw, *m, x, n, r, l.bin, target, by_count, l.before_c, l.before_w);
 }
 
-/* The rule for one row a block (after the two sweeps): top-k, top-p, the draw, each a query. */
+/* The rule for one row a block (after the sweeps): top-k, top-p, the draw, each a question. */
 template <typename T, bool vec>
-__global__ void __launch_bounds__(kThreads) sample_pick(const T *logits, SampleArgs a, const double *partial,
-                                                        const uint32_t *bin_count, const uint64_t *bin_weight,
-                                                        int32_t *tokens) {
+__global__ void __launch_bounds__(kThreads) sample_pick(const T *logits, SampleArgs a, Scratch s, int32_t *tokens) {
     extern __shared__ uint64_t list[]; /* composites (kListCap), then weights (kListCap) */
     uint64_t *lc = list, *lw = list + kListCap;
     const int64_t b = blockIdx.x;
     const T *x = logits + b * a.V;
     const int n = a.allowed;
-    const uint32_t *hc = bin_count + b * kBins;
-    const uint64_t *hw = bin_weight + b * kBins;
-    double mx = -INFINITY;
-    for (int p = threadIdx.x; p < a.parts; p += blockDim.x) mx = fmax(mx, partial[b * a.parts + p]);
-    const Row r = {a.temperature, block_max(mx)};
+    const uint32_t *hc = s.bin_count + b * kBins;
+    const uint64_t *hw = s.bin_weight + b * kBins;
+    const Row r = {a.temperature, row_max(a, s, b)};
+    const Plan plan = s.plan[b];
     int have = -1, m = 0;
+    if (plan.ok) { /* sweep 3's list */
+        m = (int)min(s.list_n[b], (uint32_t)kListCap);
+        for (int i = threadIdx.x; i < m; i += blockDim.x) lc[i] = s.list_c[b * kListCap + i], lw[i] = s.list_w[b * kListCap + i];
+        __syncthreads();
+        have = -2;
+    }
     uint64_t total;
-    (void)locate(hc, hw, 1, false, &total);
+    (void)locate<kBins / kThreads>(hc, hw, 1, false, &total);
     /* top-k: the kept prefix ends at the k-th element; its mass */
     uint64_t mass = total;
-    if (a.top_k > 0 && a.top_k < n) mass = query<T, vec>(x, n, r, hc, hw, (uint64_t)a.top_k, true, lc, lw, &have, &m).cum_w;
+    if (a.top_k > 0 && a.top_k < n)
+        mass = query<T, vec>(x, n, r, hc, hw, plan, (uint64_t)a.top_k, true, lc, lw, &have, &m).cum_w;
     /* top-p: the smallest prefix holding top_p of that mass (at least one element) */
     if (a.top_p < 1.0) {
         uint64_t target = (uint64_t)ceil(a.top_p * (double)mass);
-        mass = query<T, vec>(x, n, r, hc, hw, target < 1 ? 1 : target, false, lc, lw, &have, &m).cum_w;
+        mass = query<T, vec>(x, n, r, hc, hw, plan, target < 1 ? 1 : target, false, lc, lw, &have, &m).cum_w;
     }
     /* the draw: the first element whose running mass exceeds u * mass */
-    double u = (double)(rng_at(a.seed, a.offset + (uint64_t)b) >> 11) * 0x1.0p-53;
-    uint64_t target = (uint64_t)floor(u * (double)mass) + 1;
-    Pick d = query<T, vec>(x, n, r, hc, hw, target > mass ? mass : target, false, lc, lw, &have, &m);
+    Pick d = query<T, vec>(x, n, r, hc, hw, plan, draw_target(row_uniform(a, b), mass), false, lc, lw, &have, &m);
     if (threadIdx.x == 0) tokens[b] = composite_id(d.c);
 }
 
-
-/* The three launches of the sampling rule on the state's stream (rows 16-byte aligned: vec). */
+/* The four launches of the sampling rule on the state's stream (rows 16-byte aligned: vec). */
 template <typename T, bool vec>
-an_status sample_launch(an_ctx *ctx, an_cuda_state *s, const T *logits, int64_t B, const SampleArgs &a,
-                        double *partial, uint32_t *bin_count, uint64_t *bin_weight, int32_t *tokens) {
+an_status sample_launch(an_ctx *ctx, an_cuda_state *st, const T *logits, int64_t B, const SampleArgs &a,
+                        const Scratch &s, int32_t *tokens) {
     const dim3 grid((unsigned)B, (unsigned)a.parts);
-    sample_sweep_max<T><<<grid, kSweepThreads, 0, s->stream>>>(logits, a, partial, bin_count, bin_weight);
+    sample_sweep_max<T><<<grid, kSweepThreads, 0, st->stream>>>(logits, a, s);
     AN_CUDA_LAUNCH_CHECK(ctx, "sample_sweep_max");
-    sample_sweep_bins<T><<<grid, kSweepThreads, 0, s->stream>>>(logits, a, partial, bin_count, bin_weight);
+    sample_sweep_bins<T><<<grid, kSweepThreads, 0, st->stream>>>(logits, a, s);
     AN_CUDA_LAUNCH_CHECK(ctx, "sample_sweep_bins");
+    sample_sweep_gather<T><<<grid, kSweepThreads, 0, st->stream>>>(logits, a, s);
+    AN_CUDA_LAUNCH_CHECK(ctx, "sample_sweep_gather");
     const size_t smem = 2 * (size_t)kListCap * sizeof(uint64_t);
     AN_CUDA_CHECK(ctx, cudaFuncSetAttribute(sample_pick<T, vec>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    sample_pick<T, vec><<<(unsigned)B, kThreads, smem, s->stream>>>(logits, a, partial, bin_count, bin_weight, tokens);
+    sample_pick<T, vec><<<(unsigned)B, kThreads, smem, st->stream>>>(logits, a, s, tokens);
     AN_CUDA_LAUNCH_CHECK(ctx, "sample_pick");
     return AN_OK;
 }
 
-an_status sample_dispatch(an_ctx *ctx, an_cuda_state *s, an_dtype dtype, const void *logits, int64_t B, int64_t V,
-                          const SampleArgs &a, double *partial, uint32_t *bin_count, uint64_t *bin_weight,
-                          int32_t *tokens) {
+an_status sample_dispatch(an_ctx *ctx, an_cuda_state *st, an_dtype dtype, const void *logits, int64_t B, int64_t V,
+                          const SampleArgs &a, const Scratch &s, int32_t *tokens) {
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "sample", {
         const T *x = (const T *)logits;
-        if (an_aligned16(logits) && (V * (int64_t)sizeof(T)) % 16 == 0)
-            return sample_launch<T, true>(ctx, s, x, B, a, partial, bin_count, bin_weight, tokens);
-        return sample_launch<T, false>(ctx, s, x, B, a, partial, bin_count, bin_weight, tokens);
+        if (an_aligned16(logits) && (V * (int64_t)sizeof(T)) % 16 == 0) return sample_launch<T, true>(ctx, st, x, B, a, s, tokens);
+        return sample_launch<T, false>(ctx, st, x, B, a, s, tokens);
     });
     return AN_OK;
 }
 
-an_status launch_sample(an_ctx *ctx, an_cuda_state *s, an_dtype dtype, const void *logits, int64_t B, int64_t V,
+an_status launch_sample(an_ctx *ctx, an_cuda_state *st, an_dtype dtype, const void *logits, int64_t B, int64_t V,
                         int64_t allowed, double temperature, int64_t top_k, double top_p, uint64_t seed,
                         uint64_t offset, int32_t *tokens) {
-    /* blocks a row of the sweeps: about 8 a multiprocessor over the whole grid, >= 1024 logits each */
-    const int n = (int)allowed;
-    int64_t parts = ((int64_t)s->sm_count * 8 + B - 1) / B;
-    parts = parts < 1 ? 1 : parts > (n + 1023) / 1024 ? (n + 1023) / 1024 : parts;
-    const int chunk = (int)((n + parts - 1) / parts);
+    /* blocks a row of the sweeps: about 8 a multiprocessor over the whole grid, 1024 to kMaxChunk
+     * logits each */
+    const int64_t n = allowed, fewest = (n + kMaxChunk - 1) / kMaxChunk, most = (n + 1023) / 1024;
+    int64_t parts = ((int64_t)st->sm_count * 8 + B - 1) / B;
+    parts = parts > most ? most : parts;
+    parts = parts < fewest ? fewest : parts < 1 ? 1 : parts;
+    const int64_t chunk = (n + parts - 1) / parts; /* <= kMaxChunk */
     parts = (n + chunk - 1) / chunk;
-    const size_t bins = (size_t)B * kBins;
-    const size_t bytes = bins * (sizeof(uint64_t) + sizeof(uint32_t)) + (size_t)B * (size_t)parts * sizeof(double);
+    /* scratch: each array 16-byte aligned */
+    auto up = [](size_t bytes) { return (bytes + 15) / 16 * 16; };
+    const size_t rows = (size_t)B, list = rows * (size_t)kListCap * sizeof(uint64_t);
+    const size_t sizes[] = {up(rows * (size_t)parts * sizeof(double)), up(rows * kBins * sizeof(uint64_t)),
+                            up(rows * kBins * sizeof(uint32_t)), up(rows * sizeof(Plan)), up(rows * sizeof(uint32_t)),
+                            up(rows * sizeof(uint32_t)), list, list};
+    size_t bytes = 0;
+    for (size_t sz : sizes) bytes += sz;
     char why[256];
-    char *scratch = (char *)an_cuda_malloc(s, bytes, why, sizeof why);
-    AN_CHECK(ctx, scratch != nullptr, AN_ERR_INTERNAL, "sample: scratch for %lld rows: %s", (long long)B, why);
-    uint64_t *bin_weight = (uint64_t *)scratch;
-    double *partial = (double *)(bin_weight + bins);
-    uint32_t *bin_count = (uint32_t *)(partial + (size_t)B * (size_t)parts);
-    const SampleArgs a = {V, n, temperature, top_p, top_k, seed, offset, (int)parts, chunk};
-    const an_status st = sample_dispatch(ctx, s, dtype, logits, B, V, a, partial, bin_count, bin_weight, tokens);
-    an_cuda_free(s, scratch); /* stream order: a later owner of the block runs after these launches */
-    return st;
+    char *base = (char *)an_cuda_malloc(st, bytes, why, sizeof why);
+    AN_CHECK(ctx, base != nullptr, AN_ERR_INTERNAL, "sample: scratch for %lld rows: %s", (long long)B, why);
+    char *p = base;
+    Scratch s;
+    s.partial = (double *)p, p += sizes[0];
+    s.bin_weight = (uint64_t *)p, p += sizes[1];
+    s.bin_count = (uint32_t *)p, p += sizes[2];
+    s.plan = (Plan *)p, p += sizes[3];
+    s.ticket = (uint32_t *)p, p += sizes[4];
+    s.list_n = (uint32_t *)p, p += sizes[5];
+    s.list_c = (uint64_t *)p, p += sizes[6];
+    s.list_w = (uint64_t *)p;
+    const SampleArgs a = {V, (int)n, temperature, top_p, top_k, seed, offset, (int)parts, (int)chunk};
+    const an_status status = sample_dispatch(ctx, st, dtype, logits, B, V, a, s, tokens);
+    an_cuda_free(st, base); /* stream order: a later owner of the block runs after these launches */
+    return status;
 }
 
 } // namespace
