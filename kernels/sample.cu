@@ -257,7 +257,13 @@ __global__ void __launch_bounds__(kSweepThreads) sample_sweep_max(const T *logit
     const T *x = logits + b * a.V;
     const int lo = (int)blockIdx.y * a.chunk, hi = min(a.allowed, lo + a.chunk);
     double m = -INFINITY;
-    for (int i = lo + (int)threadIdx.x; i < hi; i += blockDim.x) m = fmax(m, scaled(an_load(x[i]), a.temperature));
+    for (int i = lo + (int)threadIdx.x; i < hi; i += 4 * blockDim.x) { /* four loads in flight a thread */
+        float f[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++) f[u] = i + u * (int)blockDim.x < hi ? an_load(x[i + u * (int)blockDim.x]) : -INFINITY;
+#pragma unroll
+        for (int u = 0; u < 4; u++) m = fmax(m, scaled(f[u], a.temperature));
+    }
     m = block_max(m);
     if (threadIdx.x == 0) s.partial[b * a.parts + blockIdx.y] = m;
     for (int j = (int)(blockIdx.y * blockDim.x + threadIdx.x); j < kBins; j += a.parts * (int)blockDim.x)
@@ -279,24 +285,27 @@ __device__ void plan_row(const SampleArgs &a, const Scratch &s, int64_t b) {
     Plan p = {1, 0, 1, 0, 0};
     bool found = true;
     uint64_t total;
-    Loc l = locate<kPer>(hc, hw, 1, false, &total);
+    Loc l;
     if (a.top_k > 0 && a.top_k < n) {
         l = locate<kPer>(hc, hw, (uint64_t)a.top_k, true, &total);
         p.lo1 = l.bin, p.hi1 = kBins - 1, found = l.bin >= 0;
-    } else if (a.top_p < 1.0) {
-        uint64_t target = (uint64_t)ceil(a.top_p * (double)total);
-        target = target < 1 ? 1 : target;
-        l = locate<kPer>(hc, hw, target, false, &total);
-        p.lo1 = p.hi1 = l.bin, found = l.bin >= 0;
-        if (found) { /* the top-p mass lies in [target, the weight through its bin] */
-            uint64_t through = l.before_w + __ldcg(reinterpret_cast<const unsigned long long *>(hw) + l.bin);
-            Loc first = locate<kPer>(hc, hw, draw_target(u, target), false, &total);
-            Loc last = locate<kPer>(hc, hw, draw_target(u, through), false, &total);
-            p.lo2 = last.bin, p.hi2 = first.bin, found = first.bin >= 0 && last.bin >= 0;
-        }
     } else {
-        l = locate<kPer>(hc, hw, draw_target(u, total), false, &total);
-        p.lo1 = p.hi1 = l.bin, found = l.bin >= 0;
+        (void)locate<kPer>(hc, hw, 1, false, &total);
+        if (a.top_p < 1.0) {
+            uint64_t target = (uint64_t)ceil(a.top_p * (double)total);
+            target = target < 1 ? 1 : target;
+            l = locate<kPer>(hc, hw, target, false, &total);
+            p.lo1 = p.hi1 = l.bin, found = l.bin >= 0;
+            if (found) { /* the top-p mass lies in [target, the weight through its bin] */
+                uint64_t through = l.before_w + __ldcg(reinterpret_cast<const unsigned long long *>(hw) + l.bin);
+                Loc first = locate<kPer>(hc, hw, draw_target(u, target), false, &total);
+                Loc last = locate<kPer>(hc, hw, draw_target(u, through), false, &total);
+                p.lo2 = last.bin, p.hi2 = first.bin, found = first.bin >= 0 && last.bin >= 0;
+            }
+        } else {
+            l = locate<kPer>(hc, hw, draw_target(u, total), false, &total);
+            p.lo1 = p.hi1 = l.bin, found = l.bin >= 0;
+        }
     }
     uint64_t mine = 0, count;
     for (int j = threadIdx.x; j < kBins; j += blockDim.x)
@@ -358,30 +367,34 @@ __global__ void __launch_bounds__(kSweepThreads) sample_sweep_bins(const T *logi
 }
 
 /* Sweep 3, grid (B, parts): the logits in the planned bins, with their weights, appended to the
- * row's list (unordered: the order is in the composites). Nothing when the plan is off. */
+ * row's list (unordered: the order is in the composites). Each block counts its own first, then
+ * takes its place in the list with one atomic. Nothing when the plan is off. */
 template <typename T>
 __global__ void __launch_bounds__(kSweepThreads) sample_sweep_gather(const T *logits, SampleArgs a, Scratch s) {
+    __shared__ uint32_t s_base;
     const int64_t b = blockIdx.x;
     const Plan p = s.plan[b];
     if (!p.ok) return;
     const T *x = logits + b * a.V;
     const Row r = {a.temperature, row_max(a, s, b)};
-    const int lo = (int)blockIdx.y * a.chunk, hi = min(a.allowed, lo + a.chunk), lane = threadIdx.x % 32;
-    for (int base = lo; base < hi; base += blockDim.x) {
-        int i = base + (int)threadIdx.x;
-        float f = i < hi ? an_load(x[i]) : 0.0f;
+    const int lo = (int)blockIdx.y * a.chunk, hi = min(a.allowed, lo + a.chunk);
+    uint32_t mine = 0;
+    for (int i = lo + (int)threadIdx.x; i < hi; i += blockDim.x) mine += planned(p, key_bin(order_key(an_load(x[i]))));
+    uint64_t total;
+    uint32_t at = (uint32_t)(block_inclusive_scan(mine, &total) - mine); /* this thread's first place in the block's */
+    if (total == 0) return;
+    if (threadIdx.x == 0) s_base = atomicAdd(&s.list_n[b], (uint32_t)total);
+    __syncthreads();
+    at += s_base;
+    for (int i = lo + (int)threadIdx.x; i < hi; i += blockDim.x) {
+        float f = an_load(x[i]);
         uint32_t key = order_key(f);
-        bool hit = i < hi && planned(p, key_bin(key));
-        unsigned ballot = __ballot_sync(0xffffffffu, hit);
-        if (!ballot) continue;
-        int leader = __ffs(ballot) - 1;
-        uint32_t pos = 0;
-        if (lane == leader) pos = atomicAdd(&s.list_n[b], (uint32_t)__popc(ballot));
-        pos = __shfl_sync(0xffffffffu, pos, leader) + (uint32_t)__popc(ballot & ((1u << lane) - 1u));
-        if (hit && pos < (uint32_t)kListCap) {
-            s.list_c[b * kListCap + pos] = composite(key, i);
-            s.list_w[b * kListCap + pos] = weight_of(f, r);
+        if (!planned(p, key_bin(key))) continue;
+        if (at < (uint32_t)kListCap) {
+            s.list_c[b * kListCap + at] = composite(key, i);
+            s.list_w[b * kListCap + at] = weight_of(f, r);
         }
+        at++;
     }
 }
 
@@ -456,8 +469,8 @@ struct Pick {
 template <typename T, bool kRow>
 __device__ Pick resolve(const uint64_t *lc, const uint64_t *lw, int m, const T *x, int n, const Row &r, int bin,
                         uint64_t target, bool by_count, uint64_t above_c, uint64_t above_w) {
-    __shared__ uint32_t hc[256], s_or[2], s_and[2];
-    __shared__ unsigned long long hw[256], hany[256];
+    __shared__ uint32_t hc[256], hp[3][256], s_or[2], s_and[2]; /* hp: list mode's weight in 14-bit pieces */
+    __shared__ unsigned long long hw64[256], hany[256];            /* hw64: row mode's weight */
     __shared__ uint64_t s_prefix, s_mask, s_above_c, s_above_w, s_cnt, s_val, s_any;
     const unsigned full = 0xffffffffu;
     const int lane = threadIdx.x % 32, count = kRow ? n : m;
@@ -488,7 +501,7 @@ __device__ Pick resolve(const uint64_t *lc, const uint64_t *lw, int m, const T *
     uint64_t prefix = 0, mask = 0;
     for (;;) {
         const int shift = todo ? max(63 - __clzll((long long)todo) - 7, 0) : 0;
-        for (int j = threadIdx.x; j < 256; j += blockDim.x) hc[j] = 0, hw[j] = 0;
+        for (int j = threadIdx.x; j < 256; j += blockDim.x) hc[j] = 0, hp[0][j] = hp[1][j] = hp[2][j] = 0, hw64[j] = 0;
         if (threadIdx.x == 0) s_cnt = 0;
         __syncthreads();
         for (int base = 0; base < count; base += blockDim.x) { /* the whole warp runs every iteration */
@@ -499,26 +512,34 @@ __device__ Pick resolve(const uint64_t *lc, const uint64_t *lw, int m, const T *
             uint32_t bucket = (uint32_t)(c >> shift) & 255u;
             uint32_t bmin = __reduce_min_sync(full, in ? bucket : 0xffffffffu);
             uint32_t bmax = __reduce_max_sync(full, in ? bucket : 0u);
+            /* w <= 2^40 in pieces of 14, 14 and 12 bits: a bucket of <= kListCap elements sums each
+             * within 32 bits (row mode, with up to 2^23 elements, adds whole 64-bit weights) */
+            uint32_t p0 = (uint32_t)(w & 0x3fffu), p1 = (uint32_t)((w >> 14) & 0x3fffu), p2 = (uint32_t)(w >> 28);
             if (bmin == bmax) { /* every lane holding an element has this digit (some lane does) */
-                /* w <= 2^40: 20-bit halves of up to 32 lanes sum within 32 bits */
-                uint32_t lo20 = __reduce_add_sync(full, (uint32_t)(w & 0xfffffu));
-                uint32_t hi20 = __reduce_add_sync(full, (uint32_t)(w >> 20));
+                p0 = __reduce_add_sync(full, p0), p1 = __reduce_add_sync(full, p1), p2 = __reduce_add_sync(full, p2);
                 unsigned ins = __ballot_sync(full, in);
                 if (lane == __ffs(ins) - 1) {
                     atomicAdd(&hc[bucket], (uint32_t)__popc(ins));
-                    atomicAdd(&hw[bucket], (unsigned long long)lo20 + ((unsigned long long)hi20 << 20));
+                    if (kRow) atomicAdd(&hw64[bucket], (unsigned long long)p0 + ((unsigned long long)p1 << 14) +
+                                                           ((unsigned long long)p2 << 28));
+                    else atomicAdd(&hp[0][bucket], p0), atomicAdd(&hp[1][bucket], p1), atomicAdd(&hp[2][bucket], p2);
                     hany[bucket] = c; /* read only when the bucket holds one element: then the only write */
                 }
             } else if (in) {
                 atomicAdd(&hc[bucket], 1u);
-                atomicAdd(&hw[bucket], (unsigned long long)w);
+                if (kRow) atomicAdd(&hw64[bucket], (unsigned long long)w);
+                else atomicAdd(&hp[0][bucket], p0), atomicAdd(&hp[1][bucket], p1), atomicAdd(&hp[2][bucket], p2);
                 hany[bucket] = c;
             }
         }
         __syncthreads();
         if (threadIdx.x < 32) { /* lane l owns buckets 255 - 8l down to 248 - 8l, scanned high to low */
+            auto weight = [&](int b) -> uint64_t {
+                return kRow ? (uint64_t)hw64[b]
+                            : (uint64_t)hp[0][b] + ((uint64_t)hp[1][b] << 14) + ((uint64_t)hp[2][b] << 28);
+            };
             uint64_t mc = 0, mw = 0;
-            for (int j = 0; j < 8; j++) mc += hc[255 - 8 * lane - j], mw += hw[255 - 8 * lane - j];
+            for (int j = 0; j < 8; j++) mc += hc[255 - 8 * lane - j], mw += weight(255 - 8 * lane - j);
             uint64_t ic = mc, iw = mw;
             for (int off = 1; off < 32; off *= 2) {
                 uint64_t oc = __shfl_up_sync(full, ic, off), ow = __shfl_up_sync(full, iw, off);
@@ -529,15 +550,15 @@ __device__ Pick resolve(const uint64_t *lc, const uint64_t *lw, int m, const T *
             if (sel < target && sel + mine >= target) { /* exactly one lane */
                 for (int j = 0; j < 8; j++) {
                     int b = 255 - 8 * lane - j;
-                    uint64_t hb = by_count ? (uint64_t)hc[b] : (uint64_t)hw[b];
+                    uint64_t wb = weight(b), hb = by_count ? (uint64_t)hc[b] : wb;
                     if (sel + hb >= target) {
                         s_prefix = prefix | ((uint64_t)b << shift);
                         s_mask = mask | (255ull << shift);
                         s_above_c = ac, s_above_w = aw;
-                        s_cnt = hc[b], s_val = hw[b], s_any = hany[b];
+                        s_cnt = hc[b], s_val = wb, s_any = hany[b];
                         break;
                     }
-                    sel += hb, ac += hc[b], aw += hw[b];
+                    sel += hb, ac += hc[b], aw += wb;
                 }
             }
         }
@@ -553,56 +574,77 @@ __device__ Pick resolve(const uint64_t *lc, const uint64_t *lw, int m, const T *
 }
 
 /* One question of the rule: the first element, in the order over the whole row, at which the
- * running total reaches target. The row's histogram names its bin; the shared list holds that
- * bin's elements when sweep 3 gathered it (*have == -2 and the plan has it) or this block did
- * before (*have == bin); else the block gathers the bin now or, past kListCap elements, resolves
- * it from the row. */
+ * running total reaches target. The row's histogram names its bin. The shared list holds that
+ * bin's elements when sweep 3 gathered it (*have == -2 and the plan has it: the plan's first bin
+ * lies in [0, *na), the others in [*na, *m)) or this block did before (*have == bin); else the
+ * block gathers the bin now or, past kListCap elements, resolves it from the row. */
 template <typename T, bool vec>
 __device__ Pick query(const T *x, int n, const Row &r, const uint32_t *hc, const uint64_t *hw, const Plan &plan,
-                      uint64_t target, bool by_count, uint64_t *lc, uint64_t *lw, int *have, int *m) {
+                      uint64_t target, bool by_count, uint64_t *lc, uint64_t *lw, int *have, int *m, int na) {
     uint64_t total;
     Loc l = locate<kBins / kThreads>(hc, hw, target, by_count, &total);
     if (l.bin < 0) return Pick{0xffffffull, 0, 0};
-    if (!((*have == -2 && planned(plan, l.bin)) || *have == l.bin)) {
+    const uint64_t *qc = lc, *qw = lw;
+    int qm = *m;
+    if (*have == -2 && planned(plan, l.bin)) {
+        if (l.bin == plan.lo1) qm = na;
+        else qc += na, qw += na, qm = *m - na;
+    } else if (*have != l.bin) {
         if (__ldcg(hc + l.bin) > (uint32_t)kListCap)
             return resolve<T, true>(lc, lw, 0, x, n, r, l.bin, target, by_count, l.before_c, l.before_w);
-        *m = collect<T, vec>(x, n, r, l.bin, lc, lw), *have = l.bin;
+        *m = qm = collect<T, vec>(x, n, r, l.bin, lc, lw), *have = l.bin;
     }
-    return resolve<T, false>(lc, lw, *m, x, n, r, l.bin, target, by_count, l.before_c, l.before_w);
+    return resolve<T, false>(qc, qw, qm, x, n, r, l.bin, target, by_count, l.before_c, l.before_w);
 }
 
 /* The rule for one row a block (after the sweeps): top-k, top-p, the draw, each a question. */
 template <typename T, bool vec>
 __global__ void __launch_bounds__(kThreads) sample_pick(const T *logits, SampleArgs a, Scratch s, int32_t *tokens) {
     extern __shared__ uint64_t list[]; /* composites (kListCap), then weights (kListCap) */
+    __shared__ int s_na, s_nb;
     uint64_t *lc = list, *lw = list + kListCap;
     const int64_t b = blockIdx.x;
     const T *x = logits + b * a.V;
-    const int n = a.allowed;
+    const int n = a.allowed, lane = threadIdx.x % 32;
     const uint32_t *hc = s.bin_count + b * kBins;
     const uint64_t *hw = s.bin_weight + b * kBins;
     const Row r = {a.temperature, row_max(a, s, b)};
     const Plan plan = s.plan[b];
-    int have = -1, m = 0;
-    if (plan.ok) { /* sweep 3's list */
-        m = (int)min(s.list_n[b], (uint32_t)kListCap);
-        for (int i = threadIdx.x; i < m; i += blockDim.x) lc[i] = s.list_c[b * kListCap + i], lw[i] = s.list_w[b * kListCap + i];
+    int have = -1, m = 0, na = 0;
+    if (plan.ok) { /* sweep 3's list: the plan's first bin to the front, the other bins to the back */
+        if (threadIdx.x == 0) s_na = 0, s_nb = 0;
         __syncthreads();
+        m = (int)min(s.list_n[b], (uint32_t)kListCap);
+        for (int base = 0; base < m; base += blockDim.x) { /* the whole warp runs every iteration */
+            int i = base + (int)threadIdx.x;
+            uint64_t c = 0, w = 0;
+            if (i < m) c = s.list_c[b * kListCap + i], w = s.list_w[b * kListCap + i];
+            bool front = i < m && composite_bin(c) == plan.lo1, back = i < m && !front;
+            unsigned bf = __ballot_sync(0xffffffffu, front), bb = __ballot_sync(0xffffffffu, back);
+            int pf = 0, pb = 0;
+            if (lane == 0) pf = bf ? atomicAdd(&s_na, __popc(bf)) : 0, pb = bb ? atomicAdd(&s_nb, __popc(bb)) : 0;
+            pf = __shfl_sync(0xffffffffu, pf, 0), pb = __shfl_sync(0xffffffffu, pb, 0);
+            unsigned below = (1u << lane) - 1u;
+            if (front) pf += __popc(bf & below), lc[pf] = c, lw[pf] = w;
+            if (back) pb = m - 1 - (pb + __popc(bb & below)), lc[pb] = c, lw[pb] = w;
+        }
+        __syncthreads();
+        na = s_na;
         have = -2;
     }
-    uint64_t total;
-    (void)locate<kBins / kThreads>(hc, hw, 1, false, &total);
-    /* top-k: the kept prefix ends at the k-th element; its mass */
-    uint64_t mass = total;
+    /* top-k: the kept prefix ends at the k-th element; its mass (else the whole row's) */
+    uint64_t mass;
     if (a.top_k > 0 && a.top_k < n)
-        mass = query<T, vec>(x, n, r, hc, hw, plan, (uint64_t)a.top_k, true, lc, lw, &have, &m).cum_w;
+        mass = query<T, vec>(x, n, r, hc, hw, plan, (uint64_t)a.top_k, true, lc, lw, &have, &m, na).cum_w;
+    else
+        (void)locate<kBins / kThreads>(hc, hw, 1, false, &mass);
     /* top-p: the smallest prefix holding top_p of that mass (at least one element) */
     if (a.top_p < 1.0) {
         uint64_t target = (uint64_t)ceil(a.top_p * (double)mass);
-        mass = query<T, vec>(x, n, r, hc, hw, plan, target < 1 ? 1 : target, false, lc, lw, &have, &m).cum_w;
+        mass = query<T, vec>(x, n, r, hc, hw, plan, target < 1 ? 1 : target, false, lc, lw, &have, &m, na).cum_w;
     }
     /* the draw: the first element whose running mass exceeds u * mass */
-    Pick d = query<T, vec>(x, n, r, hc, hw, plan, draw_target(row_uniform(a, b), mass), false, lc, lw, &have, &m);
+    Pick d = query<T, vec>(x, n, r, hc, hw, plan, draw_target(row_uniform(a, b), mass), false, lc, lw, &have, &m, na);
     if (threadIdx.x == 0) tokens[b] = composite_id(d.c);
 }
 
