@@ -10,6 +10,12 @@
  * the CPU's doubles and the GPU's integers settle differently): the GPU's ids
  * equal the CPU's exactly for every row, both contexts' RNG offsets advance alike, and the GPU run
  * repeated from the same RNG state gives the same ids. Greedy ties go to the lowest id.
+ * The same comparison on logits that stress kernels/sample.cu's paths: normal logits (the bench's),
+ * a dozen distinct values (ties in bins larger than the shared-memory list: resolved from the row),
+ * every logit equal, f32 logits all in one narrow bin (distinct, one bin), at vocabularies 151936,
+ * 151935 (rows not 16-byte aligned), 12289, 7 and 3, batch 1 and more, with top-k beyond the number
+ * of distinct logits, top-p near 0 and near 1, temperatures 0.05 to 2.5 and a vocab limit
+ * (top_p x top_k and top_p x V never near a whole number, for the reason above).
  * Generation: the tiny Qwen2 and Llama fixtures in f32, prompts of different and of equal lengths
  * (batched prefill, one strided KV-cache write per run of rows), greedy and sampled with one seed,
  * and an eos that stops one row early: the GPU's tokens equal the CPU's token for token.
@@ -90,6 +96,80 @@ START_TEST(test_gpu_sampling_equals_the_cpu_reference_on_random_logits) {
     }
     printf("cuda sampling: %lld rows equal to the CPU reference\n", (long long)checked);
     ck_assert_int_gt(distinct_draws, 0); /* rows really differ: the comparison can fail */
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* Logits of one of the stress patterns (f32 made, then rounded to dtype), a fixed stream a case. */
+enum { NORMAL, FEW_VALUES, ALL_EQUAL, NARROW };
+
+static double unit(uint64_t *st) { /* (0, 1] */
+    *st = *st * 6364136223846793005ull + 1442695040888963407ull;
+    return ((double)(*st >> 11) + 1.0) * 0x1.0p-53;
+}
+
+static an_tensor *patterned(an_ctx *ctx, an_dtype dtype, int64_t rows, int64_t V, int pattern) {
+    an_tensor *f = test_uniform(ctx, AN_F32, 2, (int64_t[]){rows, V}, -4.0, 4.0, false);
+    float *x = an_tensor_data(f);
+    uint64_t st = 0x9e3779b97f4a7c15ull ^ (uint64_t)(V * 131 + pattern * 7 + rows);
+    for (int64_t i = 0; i < rows * V; i++) {
+        double u1 = unit(&st), u2 = unit(&st);
+        if (pattern == NORMAL) x[i] = (float)(sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2));
+        else if (pattern == FEW_VALUES) x[i] = (float)(floor(u1 * 11.999) / 4.0 - 1.0); /* 12 values, 0 included */
+        else if (pattern == ALL_EQUAL) x[i] = 0.75f;
+        else x[i] = (float)(1.0 + 0.2499 * u1); /* [1, 1.25): one bin of the key's top 11 bits */
+    }
+    an_tensor *t = an_tensor_to(ctx, f, dtype, AN_CPU);
+    ck_assert_ptr_nonnull(t);
+    an_tensor_release(f);
+    return t;
+}
+
+START_TEST(test_gpu_sampling_stress_equals_the_cpu_reference) {
+    an_ctx *ctx = test_gpu_ctx(4, "cuda sampling stress");
+    if (!ctx) return;
+    static const char *names[] = {"normal", "few values", "all equal", "narrow"};
+    const struct {
+        int pattern;
+        int64_t V, rows;
+    } cases[] = {
+        {NORMAL, 151936, 3}, {NORMAL, 151935, 1}, {FEW_VALUES, 151936, 2}, {ALL_EQUAL, 151936, 2},
+        {NARROW, 151936, 2}, {NORMAL, 12289, 9},  {FEW_VALUES, 7, 9},      {NORMAL, 3, 5},
+    };
+    const setting settings[] = {
+        {1.0, 51, 0.9, 0},   {1.0, 0, 0.9, 0},    {1.0, 0, 1.0, 0},         {0.6, 0, 0.97, 0},
+        {1.7, 0, 0.35, 0},   {1.0, 0, 0.001, 0},  {1.0, 0, 0.9999, 0},      {0.3, 37, 0.53, 0},
+        {2.5, 19999, 0.77, 100003}, {0.05, 0, 0.9, 0}, {1.3, 200, 1.0, 0},
+    };
+    const an_dtype dtypes[] = {AN_F32, AN_BF16};
+    int64_t checked = 0;
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++)
+        for (int d = 0; d < 2; d++) {
+            int64_t V = cases[ci].V, rows = cases[ci].rows;
+            an_tensor *cpu = patterned(ctx, dtypes[d], rows, V, cases[ci].pattern);
+            an_tensor *gpu = an_tensor_to(ctx, cpu, dtypes[d], AN_CUDA);
+            ck_assert_ptr_nonnull(gpu);
+            for (size_t s = 0; s < sizeof settings / sizeof *settings; s++) {
+                const setting *c = &settings[s];
+                if (c->vocab_limit >= V) continue;
+                an_generate_opts o = {.temperature = c->temperature, .top_k = c->top_k, .top_p = c->top_p,
+                                      .vocab_limit = c->vocab_limit};
+                int32_t want[9], got[9], again[9];
+                pick(ctx, cpu, &o, 500 + 17 * (uint64_t)s, want);
+                pick(ctx, gpu, &o, 500 + 17 * (uint64_t)s, got);
+                pick(ctx, gpu, &o, 500 + 17 * (uint64_t)s, again);
+                for (int64_t r = 0; r < rows; r++) {
+                    ck_assert_msg(got[r] == want[r], "%s %s V %lld setting %zu (T %g, k %lld, p %g, limit %lld) row %lld: "
+                                  "GPU id %d, CPU id %d", names[cases[ci].pattern], an_dtype_name(dtypes[d]), (long long)V, s,
+                                  c->temperature, (long long)c->top_k, c->top_p, (long long)c->vocab_limit, (long long)r,
+                                  got[r], want[r]);
+                    ck_assert_int_eq(again[r], got[r]);
+                    checked++;
+                }
+            }
+            an_tensor_release(gpu), an_tensor_release(cpu);
+        }
+    printf("cuda sampling stress: %lld rows equal to the CPU reference\n", (long long)checked);
     test_ctx_free(ctx);
 }
 END_TEST
@@ -200,6 +280,7 @@ END_TEST
 int main(void) {
     Suite *s = suite_create("cuda_sample");
     test_add_case(s, "sampling", test_gpu_sampling_equals_the_cpu_reference_on_random_logits);
+    test_add_case(s, "sampling_stress", test_gpu_sampling_stress_equals_the_cpu_reference);
     test_add_case(s, "greedy_ties", test_gpu_greedy_ties_go_to_the_lowest_id);
     test_add_case(s, "greedy_generation", test_gpu_greedy_generation_equals_cpu_token_for_token);
     test_add_case(s, "sampled_generation", test_gpu_sampled_generation_with_a_seed_equals_cpu);
