@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # Every GPU test and benchmark in one invocation on a CUDA machine, with a short table last.
-#   bash bench/gpu_all.sh BIN_DIR
+#   bash bench/gpu_all.sh BIN_DIR [PARTS]
+# PARTS: a comma list of tests, kernels, train, generate, curves (default: all of them, about
+# 600 s on an H100); a subset runs only those sections, e.g. to stay within a per-call time limit
+# (the summary and the ratios then cover what ran; pairs not run print "missing").
 # BIN_DIR holds the CUDA build's test_cuda* binaries, bench/train_step and bench/generate (as
 # train_step and generate) and a lib/ with the shared libraries the machine lacks (see
 # bench/pack_gpu.sh). Run from the repository root (the tests read tests/fixtures). Writes its log
 # to ${OUT:-/tmp}/gpu_all.log.
 set -uo pipefail
 bin=$(cd "$1" && pwd)
+parts=",${2:-tests,kernels,train,generate,curves},"
+want() { [[ $parts == *",$1,"* ]]; }
 # cuDNN (linked by every CUDA binary): the GPU machine has it only inside torch's environment
 cudnn_lib=$(python3 -c "import nvidia.cudnn, os; print(os.path.join(list(nvidia.cudnn.__path__)[0], 'lib'))" 2>/dev/null)
 export LD_LIBRARY_PATH="$bin/lib:${cudnn_lib:+$cudnn_lib:}/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}" PYTHONUNBUFFERED=1
@@ -15,20 +20,24 @@ log=${OUT:-/tmp}/gpu_all.log
 rows=()
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
 
-for t in "$bin"/test_cuda*; do
-  name=$(basename "$t")
-  out=$("$t" 2>&1); rc=$?
-  echo "$out" >> "$log"
-  rows+=("$(printf '%-28s %s' "$name" "$(echo "$out" | grep -E '^[0-9]+%: Checks' | tail -1) (rc $rc)")")
-done
+if want tests; then
+  for t in "$bin"/test_cuda*; do
+    name=$(basename "$t")
+    out=$("$t" 2>&1); rc=$?
+    echo "$out" >> "$log"
+    rows+=("$(printf '%-28s %s' "$name" "$(echo "$out" | grep -E '^[0-9]+%: Checks' | tail -1) (rc $rc)")")
+  done
+fi
 
-echo "== memory-bound kernels (bench/kernels.c)" | tee -a "$log"
-"$bin/kernels" 2>&1 | tee -a "$log"
-echo "== optimizer step, 1.5B full fine-tune shape (bench/optim.c)" | tee -a "$log"
-"$bin/optim" 2>&1 | tee -a "$log"
+if want kernels; then
+  echo "== memory-bound kernels (bench/kernels.c)" | tee -a "$log"
+  "$bin/kernels" 2>&1 | tee -a "$log"
+  echo "== optimizer step, 1.5B full fine-tune shape (bench/optim.c)" | tee -a "$log"
+  "$bin/optim" 2>&1 | tee -a "$log"
+fi
 
 model=/tmp/anneal-bench-1.5b
-if [ ! -d "$model" ]; then python3 bench/peer_train_step.py --save "$model" --steps 0 >> "$log" 2>&1; fi
+if { want train || want generate || want curves; } && [ ! -d "$model" ]; then python3 bench/peer_train_step.py --save "$model" --steps 0 >> "$log" 2>&1; fi
 measure() { # label, command...
   local label=$1; shift
   local line; line=$("$@" 2>&1 | tee -a "$log" | grep -E '^(anneal|pytorch) .*tokens/s' | tail -1)
@@ -36,24 +45,28 @@ measure() { # label, command...
   echo "${rows[-1]}"
 }
 peer() { python3 bench/peer_train_step.py --load "$model" --steps 4 "$@"; }
-measure "anneal lora q,v"          "$bin/train_step" "$model" --lora 16 --targets qv --steps 4
-measure "pytorch lora q,v"         peer --lora 16 --targets qv
-measure "pytorch lora q,v compiled" peer --lora 16 --targets qv --compile
-measure "anneal lora all"          "$bin/train_step" "$model" --lora 16 --targets all --steps 4
-measure "pytorch lora all"         peer --lora 16 --targets all
-measure "anneal lora all +ckpt"    "$bin/train_step" "$model" --lora 16 --targets all --checkpointing --steps 4
-measure "pytorch lora all +ckpt"   peer --lora 16 --targets all --checkpointing
-measure "anneal full"              "$bin/train_step" "$model" --lora 0 --steps 4
-measure "pytorch full"             peer --lora 0
-measure "pytorch full compiled"    peer --lora 0 --compile
-# Greedy generation, prompt 128, 256 new tokens (bench/generate.c, bench/peer_generate.py).
-measure "anneal generate b1"       "$bin/generate" "$model" --batch 1
-# The issue states batch 1 against the memory-bandwidth limit: generate prints the share.
-rows+=("$(printf '%-28s %s' "anneal decode b1 bandwidth" \
-  "$(grep -E 'batch 1 decode reaches' "$log" | tail -1 | sed -E 's/.*weight bytes per decode step/weight bytes per decode step/')")")
-measure "pytorch generate b1"      python3 bench/peer_generate.py "$model" --batch 1
-measure "anneal generate b32"      "$bin/generate" "$model" --batch 32
-measure "pytorch generate b32"     python3 bench/peer_generate.py "$model" --batch 32
+if want train; then
+  measure "anneal lora q,v"          "$bin/train_step" "$model" --lora 16 --targets qv --steps 4
+  measure "pytorch lora q,v"         peer --lora 16 --targets qv
+  measure "pytorch lora q,v compiled" peer --lora 16 --targets qv --compile
+  measure "anneal lora all"          "$bin/train_step" "$model" --lora 16 --targets all --steps 4
+  measure "pytorch lora all"         peer --lora 16 --targets all
+  measure "anneal lora all +ckpt"    "$bin/train_step" "$model" --lora 16 --targets all --checkpointing --steps 4
+  measure "pytorch lora all +ckpt"   peer --lora 16 --targets all --checkpointing
+  measure "anneal full"              "$bin/train_step" "$model" --lora 0 --steps 4
+  measure "pytorch full"             peer --lora 0
+  measure "pytorch full compiled"    peer --lora 0 --compile
+fi
+if want generate; then
+  # Greedy generation, prompt 128, 256 new tokens (bench/generate.c, bench/peer_generate.py).
+  measure "anneal generate b1"       "$bin/generate" "$model" --batch 1
+  # The issue states batch 1 against the memory-bandwidth limit: generate prints the share.
+  rows+=("$(printf '%-28s %s' "anneal decode b1 bandwidth" \
+    "$(grep -E 'batch 1 decode reaches' "$log" | tail -1 | sed -E 's/.*weight bytes per decode step/weight bytes per decode step/')")")
+  measure "pytorch generate b1"      python3 bench/peer_generate.py "$model" --batch 1
+  measure "anneal generate b32"      "$bin/generate" "$model" --batch 32
+  measure "pytorch generate b32"     python3 bench/peer_generate.py "$model" --batch 32
+fi
 
 # Loss curves side by side: prints ten steps of ours against the peer's and adds a summary row that
 # passes when every step is within one bf16 ulp of the loss (2^-8 relative) and all ten are there.
@@ -69,25 +82,28 @@ compare_curves() { # label, peer output file, our output file[, info: report the
           else printf "%-28s %d steps, worst |diff| %.2e of the loss (bound 2^-8 = 3.91e-03): %s", label, n, worst,
           n == 10 && worst <= 1 / 256 ? "PASS" : "FAIL" }')")
 }
-# LoRA q,v from the same weights and the same initial adapter (saved by peft), and the full
-# fine-tune from the same weights; the same tokens, lr 1e-4.
-adapter=/tmp/anneal-bench-adapter
-python3 bench/peer_train_step.py --load "$model" --lora 16 --targets qv --save-adapter "$adapter" --lr 1e-4 \
-  --losses --steps 8 > /tmp/peer_losses.txt 2>&1
-"$bin/train_step" "$model" --adapter "$adapter" --lr 1e-4 --losses --steps 8 > /tmp/our_losses.txt 2>&1
-compare_curves "LoRA q,v" /tmp/peer_losses.txt /tmp/our_losses.txt
-# Full fine-tune from the same weights and tokens at lr 1e-5 (the peer's default), against the peer
-# run under anneal's precision policy (--precision bf16: forward and backward in bf16, fp32 master
-# weights and moments; DESIGN.md), which must pass; and, for information, against the autocast peer
-# (fp32 embeddings, norm weights and residual stream), which ours follows only as closely as
-# PyTorch's own bf16-policy run does (docs/performance.md, "Loss curves").
-python3 bench/peer_train_step.py --load "$model" --lora 0 --lr 1e-5 --losses --steps 8 --precision bf16 \
-  > /tmp/peer_full_losses.txt 2>&1
-"$bin/train_step" "$model" --lora 0 --lr 1e-5 --losses --steps 8 > /tmp/our_full_losses.txt 2>&1
-compare_curves "full" /tmp/peer_full_losses.txt /tmp/our_full_losses.txt
-python3 bench/peer_train_step.py --load "$model" --lora 0 --lr 1e-5 --losses --steps 8 \
-  > /tmp/peer_autocast_losses.txt 2>&1
-compare_curves "full vs autocast" /tmp/peer_autocast_losses.txt /tmp/our_full_losses.txt info
+if want curves; then
+  # LoRA q,v from the same weights and the same initial adapter (saved by peft), the same tokens,
+  # lr 1e-4.
+  adapter=/tmp/anneal-bench-adapter
+  python3 bench/peer_train_step.py --load "$model" --lora 16 --targets qv --save-adapter "$adapter" --lr 1e-4 \
+    --losses --steps 8 > /tmp/peer_losses.txt 2>&1
+  "$bin/train_step" "$model" --adapter "$adapter" --lr 1e-4 --losses --steps 8 > /tmp/our_losses.txt 2>&1
+  compare_curves "LoRA q,v" /tmp/peer_losses.txt /tmp/our_losses.txt
+  # Full fine-tune from the same weights and tokens at lr 1e-5 (the peer's default), against the peer
+  # run under anneal's precision policy (--precision bf16: forward and backward in bf16, fp32 master
+  # weights and moments; DESIGN.md), which must pass; and, for information, against the autocast peer
+  # (fp32 embeddings, norm weights and residual stream), which ours follows only as closely as
+  # PyTorch's own bf16-policy run does (docs/performance.md, "Full fine-tune loss curves and the
+  # precision policy").
+  python3 bench/peer_train_step.py --load "$model" --lora 0 --lr 1e-5 --losses --steps 8 --precision bf16 \
+    > /tmp/peer_full_losses.txt 2>&1
+  "$bin/train_step" "$model" --lora 0 --lr 1e-5 --losses --steps 8 > /tmp/our_full_losses.txt 2>&1
+  compare_curves "full" /tmp/peer_full_losses.txt /tmp/our_full_losses.txt
+  python3 bench/peer_train_step.py --load "$model" --lora 0 --lr 1e-5 --losses --steps 8 \
+    > /tmp/peer_autocast_losses.txt 2>&1
+  compare_curves "full vs autocast" /tmp/peer_autocast_losses.txt /tmp/our_full_losses.txt info
+fi
 
 echo "== summary"
 printf '%s\n' "${rows[@]}"
