@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--checkpointing", action="store_true")
     ap.add_argument("--precision", choices=["autocast", "bf16-norms", "bf16"], default="autocast")
     a = ap.parse_args()
+    if a.lora and a.precision != "autocast":
+        ap.error("--precision applies to the full fine-tune (--lora 0); LoRA runs the bf16 model as it is")
     torch.manual_seed(0)
     cfg = transformers.Qwen2Config(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                                    num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=131072,

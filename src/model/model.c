@@ -271,8 +271,9 @@ static an_status decode_mlp_act(an_ctx *ctx, const an_layer *l, const an_tensor 
  * same arithmetic as block_forward with fewer launches. x (B, T, H) is owned by the cached forward
  * alone and is updated in place: it becomes the block's output (returned with a new reference).
  * Launches: q/k/v with bias, rope and the cache write (one kernel at most AN_CUDA_GEMV_MAX_ROWS
- * tokens, else norm + 3 GEMMs + one kernel), attention, o_proj adding into x, norm + gate + up + swiglu (one GEMV at most
- * AN_CUDA_GEMV_MAX_ROWS tokens, else four launches), down_proj adding into x. */
+ * tokens, else norm + 3 GEMMs + one kernel), attention, o_proj adding into x, norm + gate + up +
+ * swiglu (one GEMV at most AN_CUDA_GEMV_MAX_ROWS tokens, else four launches), down_proj adding
+ * into x. */
 static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs) {
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
