@@ -77,14 +77,23 @@ START_TEST(test_cached_forward_equals_full_forward) {
     ck_assert_int_eq(an_kv_cache_create(ctx, m, 2, 16, &cache), AN_OK);
     int64_t row = 1;
     an_tensor *rows = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){1}, &row);
-    /* first 4 tokens at once, then one at a time */
+    /* first 4 tokens at once into the empty row (the fresh prompt's own attention), then 3 at once
+     * through the cache (a row already holding keys), then one at a time */
     int64_t done = 0, h = m->config.hidden_size;
     while (done < T) {
-        int64_t step = done == 0 ? 4 : 1;
+        int64_t step = done == 0 ? 4 : done == 4 ? 3 : 1;
         an_tensor *chunk = an_tensor_new(ctx, AN_I32, AN_CPU, 2, (int64_t[]){1, step});
         for (int64_t i = 0; i < step; i++) an_tensor_set(chunk, i, an_tensor_get(ids, done + i));
         an_tensor *hc = an_model_forward_cached(ctx, m, chunk, rows, cache);
         ck_assert_msg(hc != NULL, "%s", an_error_message(ctx));
+        if (done == 0) { /* the prompt's own attention: the very ops of a forward of the chunk, the same bits */
+            an_tensor *alone = an_model_hidden(ctx, m, chunk, NULL, NULL);
+            ck_assert(alone != NULL);
+            for (int64_t i = 0; i < step * h; i++)
+                ck_assert_msg(an_tensor_get(hc, i) == an_tensor_get(alone, i), "fresh prompt, element %lld: %.9g vs %.9g",
+                              (long long)i, an_tensor_get(hc, i), an_tensor_get(alone, i));
+            an_tensor_release(alone);
+        }
         for (int64_t i = 0; i < step * h; i++) {
             double got = an_tensor_get(hc, i), want = an_tensor_get(full, done * h + i);
             ck_assert_msg(fabs(got - want) <= 1e-5 * (1 + fabs(want)), "position %lld: %g vs %g", (long long)(done + i / h),

@@ -136,6 +136,8 @@ typedef struct {
     int64_t layer;
     an_tensor *rows;       /* (B') i64 on the CPU: cache row of each batch entry */
     an_tensor *dev_rows;   /* (B') i64 on the GPU for a CUDA cache (the cache's row table), else NULL */
+    bool fresh;            /* every row empty before this step, T > 1, not in a graph capture: attention
+                              over the new tokens alone (the training attention), then the cache write */
 } cache_step;
 
 /* k and v (B', T, Hkv, D) into the cache rows at each row's current length. On CUDA one kernel
@@ -177,7 +179,7 @@ static an_status cache_store(an_ctx *ctx, const cache_step *cs, an_tensor *k, an
 static bool decode_fused(const an_layer *l, const cache_step *cs) {
     const an_model *m = l->model;
     const an_projection *p[7] = {&l->q_proj, &l->k_proj, &l->v_proj, &l->o_proj, &l->gate_proj, &l->up_proj, &l->down_proj};
-    if (!cs || !cs->dev_rows || m->decode_unfused || l->o_proj.bias || l->down_proj.bias) return false;
+    if (!cs || !cs->dev_rows || cs->fresh || m->decode_unfused || l->o_proj.bias || l->down_proj.bias) return false;
     for (int i = 0; i < 7; i++)
         if (p[i]->lora_a && m->lora_enabled) return false;
     int64_t d = m->config.head_dim;
@@ -320,8 +322,9 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
     k = step(k, an_rope_trusted(ctx, k, positions, &c->rope));
     double scale = 1.0 / sqrt((double)d);
     an_tensor *attn = NULL;
-    if (!cs) attn = an_attention(ctx, q, k, v, segments, scale);
-    else if (q && k && v && cache_store(ctx, cs, k, v) == AN_OK)
+    bool stored = !cs || (q && k && v && cache_store(ctx, cs, k, v) == AN_OK);
+    if (stored && (!cs || cs->fresh)) attn = an_attention(ctx, q, k, v, segments, scale);
+    else if (stored)
         attn = cs->dev_rows ? an_attention_cached(ctx, q, cs->cache->k[cs->layer], cs->cache->v[cs->layer],
                                                   cs->dev_rows, cs->cache->device_length, scale)
                             : an_attention_cached(ctx, q, cs->cache->k[cs->layer], cs->cache->v[cs->layer], cs->rows,
@@ -460,13 +463,18 @@ static an_tensor *forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_te
             AN_CHECK_NULL(ctx, r[e] != r[b], AN_ERR_INPUT, "cached forward: cache row %lld appears twice in rows",
                           (long long)r[b]);
     }
+    /* A prompt into empty rows attends only to itself: the training attention (flash / cuDNN) instead
+     * of the decode kernel's walk over the cache. Not inside a graph capture: a replay would find
+     * the rows no longer empty. */
+    bool fresh = t > 1 && !(ids->device == AN_CUDA && an_cuda_capturing(ctx));
+    for (int64_t b = 0; b < bq && fresh; b++) fresh = len[r[b]] == 0;
     an_tensor *dev_rows = cache->device_length ? an_kv_cache_device_rows(ctx, cache, rows) : NULL;
     if (cache->device_length && !dev_rows) return NULL;
     an_tensor *pos = cached_positions(ctx, cache, rows, dev_rows, t);
     an_tensor *x = pos ? (trusted ? an_embedding_trusted(ctx, ids, m->embed_tokens) : an_embedding(ctx, ids, m->embed_tokens))
                        : NULL;
     for (int64_t l = 0; l < m->config.num_layers && x; l++) {
-        cache_step cs = {cache, l, rows, dev_rows};
+        cache_step cs = {cache, l, rows, dev_rows, fresh};
         x = step(x, block_forward(ctx, &m->layers[l], x, pos, NULL, &cs));
     }
     an_tensor_release(pos);
