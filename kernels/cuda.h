@@ -92,6 +92,9 @@ an_status an_cuda_binary_backward(an_ctx *ctx, an_binary_kind kind, an_dtype dty
 an_status an_cuda_scale(an_ctx *ctx, an_dtype dtype, const void *x, int64_t n, double s, void *out);
 /* out = silu(x) when up is NULL, else silu(x) * up. */
 an_status an_cuda_swiglu(an_ctx *ctx, an_dtype dtype, const void *gate, const void *up, int64_t n, void *out);
+/* out (rows, n) = silu(gate) * up for gate_up (rows, 2 n) holding gate | up a row (one GEMM's
+ * output against the stacked weights): an_cuda_swiglu's formula and bits. */
+an_status an_cuda_swiglu_rows(an_ctx *ctx, an_dtype dtype, const void *gate_up, int64_t rows, int64_t n, void *out);
 /* grad_gate (and grad_up when up is given) from grad_out; written with =. */
 an_status an_cuda_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *gate, const void *up, int64_t n,
                                   const void *grad_out, void *grad_gate, void *grad_up);
@@ -206,6 +209,13 @@ an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q, const void
                                 void *v_cache, const int64_t *rows, const int64_t *lengths, int64_t B, int64_t seq,
                                 int64_t Hq, int64_t Hkv, int64_t D, int64_t capacity, const double *inv_freq,
                                 int interleaved);
+/* an_cuda_kv_rope_store with q, k and v read from the rows of one GEMM output qkv (B', T,
+ * (Hq + 2 Hkv) D): q | k | v a token; the rotated q goes to q (B', T, Hq, D), k and v into the
+ * caches. The same bits as an_cuda_kv_rope_store on the three parts. */
+an_status an_cuda_qkv_rope_store(an_ctx *ctx, an_dtype dtype, const void *qkv, void *q, const void *q_bias,
+                                 const void *k_bias, const void *v_bias, void *k_cache, void *v_cache,
+                                 const int64_t *rows, const int64_t *lengths, int64_t B, int64_t seq, int64_t Hq,
+                                 int64_t Hkv, int64_t D, int64_t capacity, const double *inv_freq, int interleaved);
 
 /* Where an_cuda_rmsnorm_qkv_rope puts k and v: the cache rows and positions of
  * an_cuda_kv_rope_store. */

@@ -96,6 +96,10 @@ an_status an_cuda_swiglu(an_ctx *ctx, an_dtype dtype, const void *gate, const vo
     (void)dtype, (void)gate, (void)up, (void)n, (void)out;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_swiglu_rows(an_ctx *ctx, an_dtype dtype, const void *gate_up, int64_t rows, int64_t n, void *out) {
+    (void)dtype, (void)gate_up, (void)rows, (void)n, (void)out;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *gate, const void *up, int64_t n,
                                   const void *grad_out, void *grad_gate, void *grad_up) {
     (void)dtype, (void)gate, (void)up, (void)n, (void)grad_out, (void)grad_gate, (void)grad_up;
@@ -189,6 +193,15 @@ an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q, const void
                                 int64_t Hq, int64_t Hkv, int64_t D, int64_t capacity, const double *inv_freq,
                                 int interleaved) {
     (void)dtype, (void)q, (void)k, (void)v, (void)q_bias, (void)k_bias, (void)v_bias, (void)k_cache, (void)v_cache;
+    (void)rows, (void)lengths, (void)B;
+    (void)seq, (void)Hq, (void)Hkv, (void)D, (void)capacity, (void)inv_freq, (void)interleaved;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_qkv_rope_store(an_ctx *ctx, an_dtype dtype, const void *qkv, void *q, const void *q_bias,
+                                 const void *k_bias, const void *v_bias, void *k_cache, void *v_cache,
+                                 const int64_t *rows, const int64_t *lengths, int64_t B, int64_t seq, int64_t Hq,
+                                 int64_t Hkv, int64_t D, int64_t capacity, const double *inv_freq, int interleaved) {
+    (void)dtype, (void)qkv, (void)q, (void)q_bias, (void)k_bias, (void)v_bias, (void)k_cache, (void)v_cache;
     (void)rows, (void)lengths, (void)B;
     (void)seq, (void)Hq, (void)Hkv, (void)D, (void)capacity, (void)inv_freq, (void)interleaved;
     return NO_CUDA(ctx);

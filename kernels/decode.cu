@@ -21,6 +21,8 @@
  *   k and v written into the cache: what an_cuda_binary's bias add, an_cuda_rope (float64 angle
  *   and sincos, cos/sin rounded to fp32, the rotation in fp32 without fused multiply-adds) and
  *   an_cuda_kv_store do, bit for bit, in one launch of one block per token.
+ *   an_cuda_qkv_rope_store does the same from the rows of one q | k | v GEMM output, q rotated
+ *   into a tensor of its own.
  * - an_cuda_rmsnorm_qkv_rope: the two above in one launch for a decode step whose q/k/v come from
  *   the norm-GEMV: blocks of 4 rope pairs (the low columns in warps 0-3, the high ones in 4-7)
  *   rotate through shared memory after the dot products and write q in place and k, v into the
@@ -222,10 +224,13 @@ template <typename T> __device__ __forceinline__ float biased(const T *x, const 
     return bias ? an_load(an_store<T>(an_load(x[i]) + an_load(bias[i]))) : an_load(x[i]);
 }
 
+/* q, k, v rows of token i at q_src + i src_stride (k, v likewise); the rotated q goes to q_dst + i Hq D
+ * (q_dst may be q_src when src_stride is Hq D: in place). */
 template <typename T>
-__global__ void rope_store_kernel(T *q, const T *k, const T *v, const T *bq, const T *bk, const T *bv, T *k_cache,
-                                  T *v_cache, const int64_t *rows, const int64_t *lengths, int64_t seq, int Hq, int Hkv,
-                                  int D, int64_t capacity, InvFreq inv, bool interleaved) {
+__global__ void rope_store_kernel(const T *q_src, T *q_dst, const T *k, const T *v, int64_t q_stride, int64_t kv_stride,
+                                  const T *bq, const T *bk, const T *bv, T *k_cache, T *v_cache, const int64_t *rows,
+                                  const int64_t *lengths, int64_t seq, int Hq, int Hkv, int D, int64_t capacity,
+                                  InvFreq inv, bool interleaved) {
     __shared__ float cs[kMaxPairs], sn[kMaxPairs];
     an_pdl_wait();
     an_pdl_trigger();
@@ -240,9 +245,10 @@ __global__ void rope_store_kernel(T *q, const T *k, const T *v, const T *bq, con
     }
     __syncthreads();
     const bool store = pos >= 0 && pos < capacity;
-    T *qr = q + i * (int64_t)Hq * D;                  /* (Hq, D) */
-    const T *kr = k + i * (int64_t)Hkv * D;           /* (Hkv, D) */
-    const T *vr = v + i * (int64_t)Hkv * D;           /* (Hkv, D) */
+    const T *qr = q_src + i * q_stride;               /* (Hq, D) */
+    T *qo = q_dst + i * (int64_t)Hq * D;              /* (Hq, D) */
+    const T *kr = k + i * kv_stride;                  /* (Hkv, D) */
+    const T *vr = v + i * kv_stride;                  /* (Hkv, D) */
     const int64_t slot = ((store ? row * capacity + pos : 0)) * (int64_t)Hkv * D;
     T *kd = k_cache + slot, *vd = v_cache + slot;     /* (Hkv, D) */
     for (int e = threadIdx.x; e < (Hq + Hkv) * half; e += blockDim.x) {
@@ -250,11 +256,10 @@ __global__ void rope_store_kernel(T *q, const T *k, const T *v, const T *bq, con
         const int lo = interleaved ? 2 * p : p, hi = lo + (interleaved ? 1 : half);
         float o1, o2;
         if (h < Hq) {
-            T *x = qr + h * D;
-            const T *b = bq ? bq + h * D : nullptr;
+            const T *x = qr + h * D, *b = bq ? bq + h * D : nullptr;
             rotate(biased(x, b, lo), biased(x, b, hi), cs[p], sn[p], &o1, &o2);
-            x[lo] = an_store<T>(o1);
-            x[hi] = an_store<T>(o2);
+            qo[h * D + lo] = an_store<T>(o1); /* in place: this thread alone read these two */
+            qo[h * D + hi] = an_store<T>(o2);
         } else if (store) {
             const T *x = kr + (h - Hq) * D, *b = bk ? bk + (h - Hq) * D : nullptr;
             rotate(biased(x, b, lo), biased(x, b, hi), cs[p], sn[p], &o1, &o2);
@@ -429,29 +434,53 @@ extern "C" an_status an_cuda_rmsnorm_qkv_rope(an_ctx *ctx, an_dtype dtype, const
     return AN_OK;
 }
 
-extern "C" an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q, const void *k, const void *v,
-                                           const void *q_bias, const void *k_bias, const void *v_bias, void *k_cache,
-                                           void *v_cache, const int64_t *rows, const int64_t *lengths,
-                                           int64_t B, int64_t seq, int64_t Hq, int64_t Hkv, int64_t D,
-                                           int64_t capacity, const double *inv_freq, int interleaved) {
+/* The launch of both entry points below: rope_store_kernel over B seq tokens. */
+static an_status launch_rope_store(an_ctx *ctx, const char *what, an_dtype dtype, const void *q_src, void *q_dst,
+                                   const void *k, const void *v, int64_t q_stride, int64_t kv_stride,
+                                   const void *q_bias, const void *k_bias, const void *v_bias, void *k_cache,
+                                   void *v_cache, const int64_t *rows, const int64_t *lengths, int64_t B, int64_t seq,
+                                   int64_t Hq, int64_t Hkv, int64_t D, int64_t capacity, const double *inv_freq,
+                                   int interleaved) {
     AN_CUDA_STATE(ctx, s);
     AN_CHECK(ctx, D >= 2 && D % 2 == 0 && D <= AN_CUDA_ROPE_MAX_D, AN_ERR_INPUT,
-             "kv_rope_store: head dim D = %lld; the kernel takes even D up to %d", (long long)D, AN_CUDA_ROPE_MAX_D);
+             "%s: head dim D = %lld; the kernel takes even D up to %d", what, (long long)D, AN_CUDA_ROPE_MAX_D);
     AN_CHECK(ctx, B * seq <= INT32_MAX && Hq >= 1 && Hkv >= 1 && (Hq + Hkv) * D <= INT32_MAX, AN_ERR_INPUT,
-             "kv_rope_store: %lld tokens of %lld + %lld heads", (long long)(B * seq), (long long)Hq, (long long)Hkv);
+             "%s: %lld tokens of %lld + %lld heads", what, (long long)(B * seq), (long long)Hq, (long long)Hkv);
     if (B * seq == 0) return AN_OK;
     InvFreq inv = {};
     for (int64_t i = 0; i < D / 2; i++) inv.v[i] = inv_freq[i];
-    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "kv_rope_store", {
-        cudaError_t err = an_launch_pdl(s, rope_store_kernel<T>, dim3((unsigned)(B * seq)), dim3(128), (T *)q,
-                                        (const T *)k, (const T *)v, (const T *)q_bias, (const T *)k_bias,
-                                        (const T *)v_bias, (T *)k_cache, (T *)v_cache, rows, lengths, seq, (int)Hq,
-                                        (int)Hkv, (int)D, capacity, inv, interleaved != 0);
+    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, what, {
+        cudaError_t err = an_launch_pdl(s, rope_store_kernel<T>, dim3((unsigned)(B * seq)), dim3(128),
+                                        (const T *)q_src, (T *)q_dst, (const T *)k, (const T *)v, q_stride, kv_stride,
+                                        (const T *)q_bias, (const T *)k_bias, (const T *)v_bias, (T *)k_cache,
+                                        (T *)v_cache, rows, lengths, seq, (int)Hq, (int)Hkv, (int)D, capacity, inv,
+                                        interleaved != 0);
         AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of rope_store_kernel failed: %s",
                  cudaGetErrorString(err));
         AN_CUDA_LAUNCH_CHECK(ctx, "rope_store_kernel");
     });
     return AN_OK;
+}
+
+extern "C" an_status an_cuda_kv_rope_store(an_ctx *ctx, an_dtype dtype, void *q, const void *k, const void *v,
+                                           const void *q_bias, const void *k_bias, const void *v_bias, void *k_cache,
+                                           void *v_cache, const int64_t *rows, const int64_t *lengths,
+                                           int64_t B, int64_t seq, int64_t Hq, int64_t Hkv, int64_t D,
+                                           int64_t capacity, const double *inv_freq, int interleaved) {
+    return launch_rope_store(ctx, "kv_rope_store", dtype, q, q, k, v, Hq * D, Hkv * D, q_bias, k_bias, v_bias, k_cache,
+                             v_cache, rows, lengths, B, seq, Hq, Hkv, D, capacity, inv_freq, interleaved);
+}
+
+extern "C" an_status an_cuda_qkv_rope_store(an_ctx *ctx, an_dtype dtype, const void *qkv, void *q, const void *q_bias,
+                                            const void *k_bias, const void *v_bias, void *k_cache, void *v_cache,
+                                            const int64_t *rows, const int64_t *lengths, int64_t B, int64_t seq,
+                                            int64_t Hq, int64_t Hkv, int64_t D, int64_t capacity,
+                                            const double *inv_freq, int interleaved) {
+    const int64_t stride = (Hq + 2 * Hkv) * D;
+    const char *base = (const char *)qkv, *k = base + Hq * D * an_dtype_size(dtype);
+    const char *v = base + (Hq + Hkv) * D * an_dtype_size(dtype);
+    return launch_rope_store(ctx, "qkv_rope_store", dtype, qkv, q, k, v, stride, stride, q_bias, k_bias, v_bias,
+                             k_cache, v_cache, rows, lengths, B, seq, Hq, Hkv, D, capacity, inv_freq, interleaved);
 }
 
 extern "C" an_status an_cuda_rmsnorm_swiglu_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,

@@ -11,8 +11,10 @@
  * together, so a chunk costs one memory latency. Per chunk the block reduces each head's max and
  * sum (two warps: butterfly, then warp 0 before warp 1) and rescales the running output (online
  * softmax). With several splits a second kernel merges them from an fp32 buffer of (o, max, sum)
- * per split, reading only the splits that hold visible keys. Every order is fixed: a launch of one
- * shape repeats bit for bit.
+ * per split, reading only the splits that hold visible keys. Small grids (latency-bound: a few
+ * rows) issue the first chunk's loads before the row's length arrives, every key the cache holds;
+ * large ones (bandwidth-bound) wait for the length and read visible keys only. Every order is
+ * fixed: a launch of one shape repeats bit for bit.
  * Numerics: fp32; q is scaled by the softmax scale once on load (the per-head kernel scales each
  * dot product instead: last-bit differences). A row of the batch whose cache row is out of range
  * (never: the op validates rows) gets zeros, as in the per-head kernel. */
@@ -45,6 +47,7 @@ template <typename T> struct GqaArgs {
     int64_t seq, cache_len, cache_rows; /* T, S, Bc */
     int64_t chunk;          /* keys per split: kMinChunk to kThreads, or a multiple of kThreads */
     int Hq, Hkv, nsplit;
+    int speculate;          /* load the first chunk before the row's length arrives (small grids) */
     float scale;
 };
 
@@ -83,9 +86,9 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
     const int64_t cache_base = (valid_row ? cache_row : 0) * a.cache_len * key_stride + (int64_t)g * kD;
     uint4 kr[kD / 8]; /* this thread's key of the chunk */
     /* The chunk from key c: K rows into registers, V rows into shared memory (16-byte asynchronous
-     * copies), every key the cache holds (those past the visible ones are masked later). */
-    auto load_chunk = [&](int64_t c) {
-        const int64_t held = cap_end - c < kThreads ? cap_end - c : kThreads;
+     * copies), the keys before `end` (any past the visible ones are masked later). */
+    auto load_chunk = [&](int64_t c, int64_t end) {
+        const int64_t held = end - c < kThreads ? end - c : kThreads;
         for (int i = tid; i < held * (kD / 8); i += kThreads) {
             const int j = i / (kD / 8), part = i % (kD / 8);
             copy_async16(&v_s[j][part * 8], a.v + cache_base + (c + j) * key_stride + part * 8);
@@ -96,18 +99,20 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
 #pragma unroll
         for (int i = 0; i < kD / 8; i++) kr[i] = held_key ? __ldg(kp + i) : make_uint4(0, 0, 0, 0);
     };
-    /* the first chunk's loads go out before the row's length arrives: one memory latency fewer */
-    if (k_begin < cap_end) load_chunk(k_begin);
+    /* small grids: the first chunk's loads go out before the row's length arrives (one memory
+     * latency fewer); large ones read visible keys only (bandwidth is what they spend) */
+    if (a.speculate && k_begin < cap_end) load_chunk(k_begin, cap_end);
     int64_t visible = valid_row ? a.lengths[cache_row] + t + 1 : 0;
     if (visible > a.cache_len) visible = a.cache_len;
     const int64_t k_end = k_begin + a.chunk < visible ? k_begin + a.chunk : visible;
+    if (!a.speculate && k_begin < k_end) load_chunk(k_begin, k_end);
     __syncthreads(); /* q_s */
 
     float m[G], l[G], o[G][2];
 #pragma unroll
     for (int h = 0; h < G; h++) m[h] = -INFINITY, l[h] = 0.0f, o[h][0] = o[h][1] = 0.0f;
     for (int64_t c = k_begin; c < k_end; c += kThreads) { /* block-uniform */
-        if (c != k_begin) load_chunk(c);
+        if (c != k_begin) load_chunk(c, k_end);
         const int64_t key = c + tid;
         const bool live = key < k_end;
         const int n = k_end - c < kThreads ? (int)(k_end - c) : kThreads; /* live keys of the chunk */
@@ -162,7 +167,7 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
         }
         __syncthreads(); /* p_s and the partials are rewritten by the next chunk */
     }
-    copy_async_wait(); /* a split past the visible keys issued its first chunk's copies too */
+    copy_async_wait(); /* a split past the visible keys may have issued its first chunk's copies */
 #pragma unroll
     for (int h = 0; h < G; h++) {
         const int64_t qh = row * a.Hq + (int64_t)g * G + h; /* (row, query head) */
@@ -265,6 +270,7 @@ an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh,
             chunk /= 2;
     }
     const int64_t nsplit = (cache_len + chunk - 1) / chunk; /* <= kMaxSplits <= kD: the merge's threads */
+    const int speculate = n * sh->kv_heads * nsplit < kTargetBlocks;
     float *partial = nullptr;
     if (nsplit > 1) {
         char why[256];
@@ -277,12 +283,12 @@ an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh,
         GqaArgs<__nv_bfloat16> a = {(const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k_cache,
                                     (const __nv_bfloat16 *)v_cache, (__nv_bfloat16 *)out, partial, rows, lengths,
                                     sh->seq, cache_len, cache_rows, chunk, (int)sh->q_heads, (int)sh->kv_heads,
-                                    (int)nsplit, (float)sh->scale};
+                                    (int)nsplit, speculate, (float)sh->scale};
         st = launch(ctx, s, a, (int)group, n);
     } else {
         GqaArgs<__half> a = {(const __half *)q, (const __half *)k_cache, (const __half *)v_cache, (__half *)out,
                              partial, rows, lengths, sh->seq, cache_len, cache_rows, chunk, (int)sh->q_heads,
-                             (int)sh->kv_heads, (int)nsplit, (float)sh->scale};
+                             (int)sh->kv_heads, (int)nsplit, speculate, (float)sh->scale};
         st = launch(ctx, s, a, (int)group, n);
     }
     /* stream order: a later allocation of this block runs its kernels after these */

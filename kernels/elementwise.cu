@@ -142,6 +142,24 @@ template <typename T> struct SwigluOp {
     }
 };
 
+/* SwigluOp on gate | up rows of width 2 n: element i = r n + j reads gate_up[r 2n + j] and
+ * gate_up[r 2n + n + j] (a pack of N never crosses a row: n is a multiple of N when vectorised). */
+template <typename T> struct SwigluRowsOp {
+    const T *gate_up;
+    T *out;
+    int64_t n;
+    template <int N> __device__ void apply(int64_t i) const {
+        const int64_t r = i / n, j = i - r * n;
+        const T *g_row = gate_up + 2 * r * n + j;
+        float g[N], u[N];
+        load<N>(g_row, g);
+        load<N>(g_row + n, u);
+#pragma unroll
+        for (int k = 0; k < N; k++) g[k] = g[k] * sigmoid(g[k]) * u[k];
+        store<N>(out + i, g);
+    }
+};
+
 template <typename T> struct SwigluBackwardOp {
     const T *gate, *up, *grad_out;
     T *grad_gate, *grad_up; /* either may be null; grad_up is ignored without up */
@@ -436,6 +454,16 @@ an_status an_cuda_swiglu(an_ctx *ctx, an_dtype dtype, const void *gate, const vo
         const int N = vec_of<T>();
         bool vec = aligned(gate, 16) && aligned(up, 16) && aligned(out, 16);
         return launch_map<N>(ctx, n, vec, SwigluOp<T>{(const T *)gate, (const T *)up, (T *)out}, "swiglu");
+    });
+    return AN_OK;
+}
+
+an_status an_cuda_swiglu_rows(an_ctx *ctx, an_dtype dtype, const void *gate_up, int64_t rows, int64_t n, void *out) {
+    AN_TRY(check_count(ctx, "swiglu_rows", rows * n));
+    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "swiglu_rows", {
+        const int N = vec_of<T>();
+        bool vec = aligned(gate_up, 16) && aligned(out, 16) && n % N == 0;
+        return launch_map<N>(ctx, rows * n, vec, SwigluRowsOp<T>{(const T *)gate_up, (T *)out, n}, "swiglu_rows");
     });
     return AN_OK;
 }

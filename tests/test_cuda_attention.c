@@ -5,7 +5,8 @@
  * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernels over
  * a KV cache (per query head, and grouped per kv head for bf16/f16 at head_dim 128: 4500 keys in 36
  * splits of two chunks each, 150 keys in 10 splits merged by a second kernel, 16 keys in one; the
- * grouped kernel also replayed from a CUDA graph); and the autograd ops (an_attention forward +
+ * grouped kernel also replayed from a CUDA graph; its launch regimes at batch 1 to 32 in a test of
+ * their own); and the autograd ops (an_attention forward +
  * backward, an_attention_cached) on CUDA tensors against the same ops on the CPU. Unsegmented
  * bf16/f16 shapes at head_dim 64 and 128 run on cuDNN (its default switch;
  * tests/test_cuda_attention_cudnn.c tests that path on its own), and again on our tensor-core
@@ -322,6 +323,65 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
 }
 END_TEST
 
+/* The grouped kernel's launch regimes (kernels/decode_attention.cu), bf16 and f16, Hq 12 / Hkv 2,
+ * head_dim 128, every batch row at its own length and cache row (an empty one included): small
+ * grids that load the first chunk before the lengths arrive (batch 1 at 20, 384 and 1000 keys:
+ * 2, 24 and 63 splits), large ones that read visible keys only (batch 32 at 384 and 1500 keys: 6
+ * and 24 splits), and 3 tokens a row (4 rows, 700 keys); each also replayed from a CUDA graph,
+ * which must give the same bits. */
+START_TEST(test_cuda_attention_grouped_regimes_match_float64_reference) {
+    an_ctx *ctx = gpu_ctx(7, "cuda grouped decode attention");
+    if (!ctx) return;
+    const struct { int64_t B, T, S; } cases[] = {{1, 1, 20}, {1, 1, 384}, {1, 1, 1000}, {32, 1, 384}, {32, 1, 1500}, {4, 3, 700}};
+    char what[128];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+            an_dtype dtype = float_dtypes[d];
+            if (dtype == AN_F32) continue; /* the grouped kernel takes bf16 and f16 */
+            int64_t B = cases[c].B, T = cases[c].T, S = cases[c].S, Hq = 12, Hkv = 2, D = 128, Bc = B + 2;
+            int64_t *rows = malloc((size_t)B * sizeof *rows), *lengths = malloc((size_t)Bc * sizeof *lengths);
+            for (int64_t i = 0; i < Bc; i++) lengths[i] = (S - T) - (i * 37) % (S - T); /* 1 .. S - T keys held */
+            lengths[Bc - 1] = 0;
+            for (int64_t b = 0; b < B; b++) rows[b] = (b * 5 + 3) % Bc; /* scattered, the empty row included */
+            int64_t qs[4] = {B, T, Hq, D}, cs[4] = {Bc, S, Hkv, D};
+            test_pair q = test_pair_uniform(ctx, dtype, 4, qs, -2, 2), k = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
+            test_pair v = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
+            an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
+            double *want = malloc((size_t)(B * T * Hq * D) * sizeof *want);
+            test_ok(ctx, an_cpu_attention_cached(ctx, &sh, S, q.v, k.v, v.v, rows, lengths, want), "reference");
+            an_tensor *r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
+            an_tensor *len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
+            an_tensor *r_dev = an_tensor_to(ctx, r, AN_I64, AN_CUDA), *len_dev = an_tensor_to(ctx, len, AN_I64, AN_CUDA);
+            ck_assert(r_dev && len_dev);
+            an_tensor *out = test_poisoned_gpu(ctx, dtype, 4, qs), *replayed = test_poisoned_gpu(ctx, dtype, 4, qs);
+            test_ok(ctx, an_cuda_attention_cached(ctx, &sh, S, Bc, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+                                                  an_tensor_data(v.dev), an_tensor_data(r_dev), an_tensor_data(len_dev),
+                                                  an_tensor_data(out)),
+                    "attention_cached");
+            snprintf(what, sizeof what, "grouped decode %s B %lld T %lld S %lld", an_dtype_name(dtype), (long long)B,
+                     (long long)T, (long long)S);
+            expect_dev_close(ctx, out, want, rtol_of(dtype), rtol_of(dtype), 0, what);
+            an_cuda_graph *graph = NULL;
+            test_ok(ctx, an_cuda_graph_begin(ctx), "capture");
+            an_status body = an_cuda_attention_cached(ctx, &sh, S, Bc, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+                                                      an_tensor_data(v.dev), an_tensor_data(r_dev), an_tensor_data(len_dev),
+                                                      an_tensor_data(replayed));
+            test_ok(ctx, an_cuda_graph_end(ctx, body, &graph), "captured grouped attention");
+            for (int rep = 0; rep < 2; rep++) {
+                test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(replayed), 0xff, an_tensor_nbytes(replayed)), "poison");
+                test_ok(ctx, an_cuda_graph_launch(ctx, graph), "replay");
+                expect_same_bits(ctx, out, replayed, what);
+            }
+            an_cuda_graph_free(ctx, graph);
+            an_tensor_release(out), an_tensor_release(replayed), an_tensor_release(r), an_tensor_release(len);
+            an_tensor_release(r_dev), an_tensor_release(len_dev);
+            free(want), free(rows), free(lengths);
+            test_pair_release(q), test_pair_release(k), test_pair_release(v);
+        }
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* ---- the autograd op on CUDA tensors ---- */
 
 /* loss = sum(attention(q, k, v) * w): the output gradient is w on both devices. */
@@ -464,6 +524,7 @@ int main(void) {
     test_add_case(s, "kernels", test_cuda_attention_forward_and_backward_match_float64_reference);
     test_add_case(s, "limits", test_cuda_attention_refuses_head_dim_over_256);
     test_add_case(s, "decode", test_cuda_attention_cached_matches_float64_reference);
+    test_add_case(s, "decode regimes", test_cuda_attention_grouped_regimes_match_float64_reference);
     test_add_case(s, "op", test_cuda_attention_op_forward_and_backward_match_cpu_op);
     test_add_case(s, "timing", test_cuda_attention_timing_is_printed);
     return test_run(s);

@@ -3,7 +3,7 @@
  * float64 reference loop (norm, three projections
  * with and without bias) at 1, 3 and 8 rows, vector and scalar paths; an_cuda_rmsnorm_swiglu_gemv
  * (norm, gate, up, swiglu) at 1 to 8 rows, f32/bf16/f16, vector and scalar paths, with and
- * without biases; an_cuda_kv_rope_store
+ * without biases; an_cuda_kv_rope_store, and an_cuda_qkv_rope_store from stacked q | k | v rows,
  * against bias adds + an_cuda_rope + an_cuda_kv_store bit for bit (with and without biases, NEOX
  * and interleaved, a full slot, rows out of order); an_cuda_rmsnorm_qkv_rope against
  * an_cuda_rmsnorm_gemv then an_cuda_kv_rope_store bit for bit (f32/bf16/f16, 1 to 8 rows of up to
@@ -297,6 +297,33 @@ START_TEST(test_kv_rope_store_equals_rope_then_store) {
                     ck_assert_msg(memcmp(an_tensor_data(h1), an_tensor_data(h2), an_tensor_nbytes(h1)) != 0,
                                   "%s: nothing stored", what);
                     an_tensor_release(h1), an_tensor_release(h2), an_tensor_release(orig);
+                    /* the same from one stacked q | k | v GEMM output: the same bits, q into its own tensor */
+                    int64_t W = (Hq + 2 * Hkv) * D, parts[3] = {Hq * D, Hkv * D, Hkv * D};
+                    an_tensor *qkvh = an_tensor_new(ctx, dt, AN_CPU, 3, (int64_t[]){B, T, W});
+                    an_tensor *src[3] = {qh, kh, vh};
+                    size_t el = an_dtype_size(dt);
+                    for (int64_t i = 0, at = 0; i < B * T; i++)
+                        for (int j = 0; j < 3; j++) {
+                            memcpy((char *)an_tensor_data(qkvh) + (size_t)at * el,
+                                   (char *)an_tensor_data(src[j]) + (size_t)(i * parts[j]) * el, (size_t)parts[j] * el);
+                            at += parts[j];
+                        }
+                    an_tensor *qkv = an_tensor_to(ctx, qkvh, dt, AN_CUDA), *q3 = test_poisoned_gpu(ctx, dt, 4, qh->shape);
+                    an_tensor *kc3 = an_tensor_to(ctx, ch, dt, AN_CUDA), *vc3 = an_tensor_to(ctx, ch, dt, AN_CUDA);
+                    ck_assert(qkv && q3 && kc3 && vc3);
+                    test_ok(ctx, an_cuda_qkv_rope_store(ctx, dt, an_tensor_data(qkv), an_tensor_data(q3),
+                                                        bdv[0] ? an_tensor_data(bdv[0]) : NULL,
+                                                        bdv[1] ? an_tensor_data(bdv[1]) : NULL,
+                                                        bdv[2] ? an_tensor_data(bdv[2]) : NULL, an_tensor_data(kc3),
+                                                        an_tensor_data(vc3), an_tensor_data(rd), an_tensor_data(ld), B, T,
+                                                        Hq, Hkv, D, S, inv, style),
+                            "qkv_rope_store");
+                    snprintf(what + strlen(what), sizeof what - strlen(what), " (stacked q|k|v)");
+                    expect_same_bits(ctx, q3, q1, what);
+                    expect_same_bits(ctx, kc3, kc1, what);
+                    expect_same_bits(ctx, vc3, vc1, what);
+                    an_tensor_release(qkvh), an_tensor_release(qkv), an_tensor_release(q3);
+                    an_tensor_release(kc3), an_tensor_release(vc3);
                     an_tensor *tens[] = {qh, kh, vh, q1, q2, k, v, pos, kr, k1, v1, bh[0], bh[1], bh[2], bdv[0], bdv[1], bdv[2]};
                     for (size_t i = 0; i < sizeof tens / sizeof *tens; i++) an_tensor_release(tens[i]);
                     cache_pair_release(&cp);

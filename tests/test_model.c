@@ -216,6 +216,41 @@ START_TEST(test_saved_model_reloads_identically) {
 }
 END_TEST
 
+/* an_model_create lays a layer's q, k, v weights (and biases) out as consecutive rows of one
+ * allocation, and gate and up likewise (the decode step's stacked GEMMs rely on it); loading
+ * fills the views in place. */
+static void expect_stacked(an_tensor *const *t, int n, const char *what, int layer) {
+    for (int i = 1; i < n; i++) {
+        size_t gap = (size_t)((char *)an_tensor_data(t[i]) - (char *)an_tensor_data(t[i - 1]));
+        ck_assert_msg(t[i]->storage == t[0]->storage && gap == an_tensor_nbytes(t[i - 1]),
+                      "layer %d: %s part %d does not follow part %d in one allocation", layer, what, i, i - 1);
+    }
+}
+
+START_TEST(test_layer_projections_are_stacked_views) {
+    an_ctx *ctx = test_ctx(6);
+    an_model *m = load(ctx, FIXTURES "/tiny-qwen2", AN_F32);
+    ck_assert(m->config.qkv_bias);
+    for (int i = 0; i < m->config.num_layers; i++) {
+        const an_layer *l = &m->layers[i];
+        expect_stacked((an_tensor *const[]){l->q_proj.weight, l->k_proj.weight, l->v_proj.weight}, 3, "q/k/v weight", i);
+        expect_stacked((an_tensor *const[]){l->q_proj.bias, l->k_proj.bias, l->v_proj.bias}, 3, "q/k/v bias", i);
+        expect_stacked((an_tensor *const[]){l->gate_proj.weight, l->up_proj.weight}, 2, "gate/up weight", i);
+    }
+    /* the loaded values sit in the views: k_proj's first row as the checkpoint holds it */
+    an_safetensors *st = NULL;
+    ck_assert_msg(an_safetensors_open(ctx, FIXTURES "/tiny-qwen2/model.safetensors", &st) == AN_OK, "%s",
+                  an_error_message(ctx));
+    an_tensor *k = an_safetensors_load(ctx, st, "model.layers.1.self_attn.k_proj.weight", AN_F32, AN_CPU);
+    ck_assert_msg(k != NULL, "%s", an_error_message(ctx));
+    ck_assert(memcmp(an_tensor_data(k), an_tensor_data(m->layers[1].k_proj.weight), an_tensor_nbytes(k)) == 0);
+    an_tensor_release(k);
+    an_safetensors_close(st);
+    an_model_free(m);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("model");
     TCase *tc = tcase_create("core");
@@ -227,6 +262,7 @@ int main(void) {
     tcase_add_test(tc, test_negative_positions_are_rejected_once_per_forward);
     tcase_add_test(tc, test_bad_model_directories_are_named_errors);
     tcase_add_test(tc, test_saved_model_reloads_identically);
+    tcase_add_test(tc, test_layer_projections_are_stacked_views);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -51,6 +51,44 @@ static void build_table(an_model *m) {
     if (!c->tie_word_embeddings) add_param(m, &m->lm_head, false, 2, c->vocab_size, h, "lm_head.weight", 0);
 }
 
+/* *slots[i] = rows [start_i, start_i + rows[i]) of one new (sum rows, cols) tensor (cols 0: a 1-D
+ * one of sum rows elements), in order. */
+static an_status alloc_row_views(an_ctx *ctx, an_dtype dtype, an_device device, int64_t cols, const int64_t *rows,
+                                 an_tensor **const *slots, int n) {
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += rows[i];
+    an_tensor *whole = cols ? an_tensor_new(ctx, dtype, device, 2, (int64_t[]){total, cols})
+                            : an_tensor_new(ctx, dtype, device, 1, (int64_t[]){total});
+    if (!whole) return an_error_status(ctx);
+    an_status st = AN_OK;
+    for (int i = 0, start = 0; i < n && st == AN_OK; start += (int)rows[i++]) {
+        *slots[i] = an_tensor_rows(ctx, whole, start, rows[i]);
+        if (!*slots[i]) st = an_error_status(ctx);
+    }
+    an_tensor_release(whole);
+    return st;
+}
+
+/* A layer's q, k and v weights (and biases) share one allocation, rows q | k | v, and gate and up
+ * another, gate | up: each parameter is a view of its rows, so a decode step of many tokens can
+ * project q, k and v with one GEMM (model_qkv_fused, block_decode). */
+static an_status alloc_grouped_params(an_ctx *ctx, an_model *m, an_dtype dtype, an_device device) {
+    const an_model_config *c = &m->config;
+    int64_t h = c->hidden_size, q = c->num_heads * c->head_dim, kv = c->num_kv_heads * c->head_dim;
+    int64_t inter = c->intermediate_size;
+    for (int i = 0; i < c->num_layers; i++) {
+        an_layer *l = &m->layers[i];
+        AN_TRY(alloc_row_views(ctx, dtype, device, h, (int64_t[]){q, kv, kv},
+                               (an_tensor **const[]){&l->q_proj.weight, &l->k_proj.weight, &l->v_proj.weight}, 3));
+        if (c->qkv_bias)
+            AN_TRY(alloc_row_views(ctx, dtype, device, 0, (int64_t[]){q, kv, kv},
+                                   (an_tensor **const[]){&l->q_proj.bias, &l->k_proj.bias, &l->v_proj.bias}, 3));
+        AN_TRY(alloc_row_views(ctx, dtype, device, h, (int64_t[]){inter, inter},
+                               (an_tensor **const[]){&l->gate_proj.weight, &l->up_proj.weight}, 2));
+    }
+    return AN_OK;
+}
+
 an_status an_model_create(an_ctx *ctx, const an_model_config *config, an_dtype dtype, an_device device,
                           an_model **out) {
     an_model *m = calloc(1, sizeof *m);
@@ -63,8 +101,13 @@ an_status an_model_create(an_ctx *ctx, const an_model_config *config, an_dtype d
         AN_CHECK(ctx, 0, AN_ERR_INTERNAL, "out of host memory");
     }
     build_table(m);
+    if (alloc_grouped_params(ctx, m, dtype, device) != AN_OK) {
+        an_model_free(m);
+        return an_error_status(ctx);
+    }
     for (int i = 0; i < m->n_params; i++) {
         an_param *p = &m->params[i];
+        if (*p->slot) continue; /* a view of a grouped allocation */
         *p->slot = an_tensor_new(ctx, dtype, device, p->ndim, p->shape);
         if (!*p->slot) {
             an_model_free(m);
@@ -173,9 +216,9 @@ static an_status cache_store(an_ctx *ctx, const cache_step *cs, an_tensor *k, an
  * extra terms need an_lora_linear), o_proj or down_proj has a bias (the residual is accumulated
  * into x by their GEMMs), or the head dim is odd or above AN_CUDA_ROPE_MAX_D; those take the op
  * by op path of block_forward. Within the fused block, q, k and v come from one
- * an_cuda_rmsnorm_gemv (with their biases) when the step has at most AN_CUDA_GEMV_MAX_ROWS tokens
- * (an_cuda_gemm's GEMV rule), else from an_rmsnorm and three an_linear without bias (the rope
- * kernel adds the biases). */
+ * an_cuda_rmsnorm_qkv_rope (with their biases) when the step has at most AN_CUDA_GEMV_MAX_ROWS
+ * tokens (an_cuda_gemm's GEMV rule), else from an_rmsnorm and one GEMM against the stacked weights
+ * (the rope kernel adds the biases). */
 static bool decode_fused(const an_layer *l, const cache_step *cs) {
     const an_model *m = l->model;
     const an_projection *p[7] = {&l->q_proj, &l->k_proj, &l->v_proj, &l->o_proj, &l->gate_proj, &l->up_proj, &l->down_proj};
@@ -195,10 +238,34 @@ static an_status project_into(an_ctx *ctx, const an_tensor *a, const an_tensor *
     return an_cuda_gemm(ctx, &sh, w->dtype, an_tensor_data(a), an_tensor_data(w), an_tensor_data(y));
 }
 
+/* Whether the n tensors follow each other in one storage (a grouped allocation of
+ * an_model_create): then the first one's data is the stacked matrix of all of them. */
+static bool stacked(const an_tensor *const *t, int n) {
+    for (int i = 1; i < n; i++)
+        if (!t[0]->storage || t[i]->storage != t[0]->storage || t[i]->dtype != t[0]->dtype ||
+            t[i]->offset != t[i - 1]->offset + an_tensor_numel(t[i - 1]))
+            return false;
+    return true;
+}
+
+/* y (rows, sum of N_i) = a (rows, K) W^T for W the stacked weights w[0..n) (each (N_i, K)): one GEMM. */
+static an_status project_stacked(an_ctx *ctx, const an_tensor *a, const an_tensor *const *w, int n, an_tensor *y,
+                                 int64_t rows) {
+    int64_t total = 0;
+    for (int i = 0; i < n; i++) total += w[i]->shape[0];
+    AN_CHECK(ctx, stacked(w, n), AN_ERR_INTERNAL,
+             "decode block: the weights of one GEMM must be one allocation (an_model_create lays them out so)");
+    an_gemm_shape sh = {.batch = 1, .m = rows, .n = total, .k = w[0]->shape[1], .trans_b = true};
+    AN_CHECK(ctx, a->dtype == w[0]->dtype && y->dtype == a->dtype && an_tensor_numel(a) == rows * sh.k &&
+                      an_tensor_numel(y) == rows * total,
+             AN_ERR_INPUT, "decode block: stacked projection shapes or dtypes disagree");
+    return an_cuda_gemm(ctx, &sh, a->dtype, an_tensor_data(a), an_tensor_data(w[0]), an_tensor_data(y));
+}
+
 /* q (B, T, Hq, D) of norm(x), rotated, with the rotated k and v of these tokens written into the
  * layer's cache rows (decode_fused's rule for the GEMV): one an_cuda_rmsnorm_qkv_rope launch at
- * most AN_CUDA_GEMV_MAX_ROWS tokens, else an_rmsnorm, three an_linear without bias and
- * an_cuda_kv_rope_store (which adds the biases). */
+ * most AN_CUDA_GEMV_MAX_ROWS tokens, else an_rmsnorm, one GEMM against the stacked q | k | v
+ * weights and an_cuda_qkv_rope_store (which adds the biases). */
 static an_status decode_qkv_rope(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs, an_tensor **q) {
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
@@ -208,20 +275,19 @@ static an_status decode_qkv_rope(an_ctx *ctx, const an_layer *l, an_tensor *x, c
     const an_projection *p[3] = {&l->q_proj, &l->k_proj, &l->v_proj};
     int64_t heads[3] = {c->num_heads, c->num_kv_heads, c->num_kv_heads};
     AN_CHECK(ctx, kc->dtype == x->dtype, AN_ERR_INPUT, "cached forward: keys and values must have the cache's dtype");
-    bool gemv = b * t <= AN_CUDA_GEMV_MAX_ROWS;
-    for (int i = 0; i < 3; i++) {
-        AN_CHECK(ctx, !p[i]->bias || (p[i]->bias->dtype == x->dtype && p[i]->bias->device == AN_CUDA), AN_ERR_INPUT,
-                 "cached forward: q/k/v biases must be x's dtype on CUDA");
-        gemv = gemv && p[i]->weight->dtype == x->dtype;
-    }
+    for (int i = 0; i < 3; i++)
+        AN_CHECK(ctx, p[i]->weight->dtype == x->dtype && (!p[i]->bias || (p[i]->bias->dtype == x->dtype &&
+                                                                            p[i]->bias->device == AN_CUDA)),
+                 AN_ERR_INPUT, "cached forward: q/k/v weights and biases must be x's dtype on CUDA");
     double inv_freq[AN_CUDA_ROPE_MAX_D / 2];
     an_cpu_rope_inv_freq(&c->rope, d, inv_freq);
     const int interleaved = c->rope.style == AN_ROPE_INTERLEAVED;
-    if (gemv) {
+    *q = an_tensor_new(ctx, x->dtype, AN_CUDA, 4, (int64_t[]){b, t, heads[0], d});
+    if (!*q) return an_error_status(ctx);
+    an_status st;
+    if (b * t <= AN_CUDA_GEMV_MAX_ROWS) {
         AN_CHECK(ctx, l->input_layernorm->dtype == x->dtype && p[0]->weight->shape[1] == h, AN_ERR_INPUT,
                  "decode block: the norm or q_proj does not match x");
-        *q = an_tensor_new(ctx, x->dtype, AN_CUDA, 4, (int64_t[]){b, t, heads[0], d});
-        if (!*q) return an_error_status(ctx);
         an_cuda_proj proj[3];
         for (int i = 0; i < 3; i++)
             proj[i] = (an_cuda_proj){an_tensor_data(p[i]->weight), p[i]->bias ? an_tensor_data(p[i]->bias) : NULL,
@@ -229,27 +295,24 @@ static an_status decode_qkv_rope(an_ctx *ctx, const an_layer *l, an_tensor *x, c
         an_cuda_kv_rope kv = {an_tensor_data(kc), an_tensor_data(vc), an_tensor_data(cs->dev_rows),
                               an_tensor_data(cache->device_length), t, cache->capacity, heads[0], heads[1], d,
                               inv_freq, interleaved};
-        return an_cuda_rmsnorm_qkv_rope(ctx, x->dtype, an_tensor_data(x), b * t, h, an_tensor_data(l->input_layernorm),
-                                        c->rms_norm_eps, proj, &kv);
-    }
-    an_tensor *out[3] = {NULL, NULL, NULL};
-    an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
-    for (int i = 0; i < 3; i++) out[i] = split_heads(ctx, xn ? an_linear(ctx, xn, p[i]->weight, NULL) : NULL, heads[i], d);
-    an_tensor_release(xn);
-    an_status st = out[0] && out[1] && out[2] ? AN_OK : an_error_status(ctx);
-    if (st == AN_OK && (out[1]->dtype != x->dtype || out[2]->dtype != x->dtype))
-        st = an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "cached forward: keys and values must have the cache's dtype");
-    if (st == AN_OK) {
+        st = an_cuda_rmsnorm_qkv_rope(ctx, x->dtype, an_tensor_data(x), b * t, h, an_tensor_data(l->input_layernorm),
+                                      c->rms_norm_eps, proj, &kv);
+    } else {
+        const an_tensor *w[3] = {p[0]->weight, p[1]->weight, p[2]->weight};
+        an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
+        an_tensor *qkv = xn ? an_tensor_new(ctx, x->dtype, AN_CUDA, 2, (int64_t[]){b * t, (heads[0] + 2 * heads[1]) * d})
+                            : NULL;
+        st = qkv ? project_stacked(ctx, xn, w, 3, qkv, b * t) : an_error_status(ctx);
         const void *bd[3];
         for (int i = 0; i < 3; i++) bd[i] = p[i]->bias ? an_tensor_data(p[i]->bias) : NULL;
-        st = an_cuda_kv_rope_store(ctx, x->dtype, an_tensor_data(out[0]), an_tensor_data(out[1]), an_tensor_data(out[2]),
-                                   bd[0], bd[1], bd[2], an_tensor_data(kc), an_tensor_data(vc),
-                                   an_tensor_data(cs->dev_rows), an_tensor_data(cache->device_length), b, t, heads[0],
-                                   heads[1], d, cache->capacity, inv_freq, interleaved);
+        if (st == AN_OK)
+            st = an_cuda_qkv_rope_store(ctx, x->dtype, an_tensor_data(qkv), an_tensor_data(*q), bd[0], bd[1], bd[2],
+                                        an_tensor_data(kc), an_tensor_data(vc), an_tensor_data(cs->dev_rows),
+                                        an_tensor_data(cache->device_length), b, t, heads[0], heads[1], d,
+                                        cache->capacity, inv_freq, interleaved);
+        an_tensor_release(xn), an_tensor_release(qkv);
     }
-    an_tensor_release(out[1]), an_tensor_release(out[2]);
-    if (st == AN_OK) *q = out[0];
-    else an_tensor_release(out[0]);
+    if (st != AN_OK) *q = step(*q, NULL);
     return st;
 }
 
@@ -273,15 +336,15 @@ static an_status decode_mlp_act(an_ctx *ctx, const an_layer *l, const an_tensor 
  * same arithmetic as block_forward with fewer launches. x (B, T, H) is owned by the cached forward
  * alone and is updated in place: it becomes the block's output (returned with a new reference).
  * Launches: q/k/v with bias, rope and the cache write (one kernel at most AN_CUDA_GEMV_MAX_ROWS
- * tokens, else norm + 3 GEMMs + one kernel), attention, o_proj adding into x, norm + gate + up +
- * swiglu (one GEMV at most AN_CUDA_GEMV_MAX_ROWS tokens, else four launches), down_proj adding
- * into x. */
+ * tokens, else norm + one GEMM over the stacked q | k | v + one kernel), attention, o_proj adding
+ * into x, norm + gate + up + swiglu (one GEMV at most AN_CUDA_GEMV_MAX_ROWS tokens, else norm +
+ * one GEMM over the stacked gate | up + swiglu), down_proj adding into x. */
 static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs) {
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
     an_kv_cache *cache = cs->cache;
     int64_t b = x->shape[0], t = x->shape[1], d = c->head_dim;
-    an_tensor *q = NULL, *attn = NULL, *hn = NULL, *gate = NULL, *up = NULL, *act = NULL;
+    an_tensor *q = NULL, *attn = NULL, *hn = NULL, *gate_up = NULL, *act = NULL;
     an_tensor *kc = cache->k[cs->layer], *vc = cache->v[cs->layer];
     an_status st = decode_qkv_rope(ctx, l, x, cs, &q);
     if (st == AN_OK) {
@@ -290,16 +353,21 @@ static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, con
     }
     if (st == AN_OK && b * t <= AN_CUDA_GEMV_MAX_ROWS) { /* norm, gate, up and swiglu in one launch */
         st = decode_mlp_act(ctx, l, x, &act);
-    } else if (st == AN_OK) {
-        hn = an_rmsnorm(ctx, x, l->post_attention_layernorm, c->rms_norm_eps);
-        gate = hn ? an_linear(ctx, hn, l->gate_proj.weight, l->gate_proj.bias) : NULL;
-        up = gate ? an_linear(ctx, hn, l->up_proj.weight, l->up_proj.bias) : NULL;
-        act = up ? an_swiglu(ctx, gate, up) : NULL;
-        if (!act) st = an_error_status(ctx);
+    } else if (st == AN_OK) { /* norm, one GEMM against the stacked gate | up, swiglu of its halves */
+        const an_tensor *w[2] = {l->gate_proj.weight, l->up_proj.weight};
+        int64_t inter = w[0]->shape[0];
+        if (l->gate_proj.bias || l->up_proj.bias || !an_tensor_same_shape(w[0], w[1]))
+            st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
+                              "decode block: gate and up must be bias-free and of one shape");
+        hn = st == AN_OK ? an_rmsnorm(ctx, x, l->post_attention_layernorm, c->rms_norm_eps) : NULL;
+        gate_up = hn ? an_tensor_new(ctx, x->dtype, AN_CUDA, 2, (int64_t[]){b * t, 2 * inter}) : NULL;
+        act = gate_up ? an_tensor_new(ctx, x->dtype, AN_CUDA, 3, (int64_t[]){b, t, inter}) : NULL;
+        if (st == AN_OK) st = act ? project_stacked(ctx, hn, w, 2, gate_up, b * t) : an_error_status(ctx);
+        if (st == AN_OK) st = an_cuda_swiglu_rows(ctx, x->dtype, an_tensor_data(gate_up), b * t, inter, an_tensor_data(act));
     }
     if (st == AN_OK) st = project_into(ctx, act, l->down_proj.weight, x, b * t);
     an_tensor_release(q), an_tensor_release(attn);
-    an_tensor_release(hn), an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
+    an_tensor_release(hn), an_tensor_release(gate_up), an_tensor_release(act);
     return st == AN_OK ? an_tensor_retain(x) : NULL;
 }
 
