@@ -122,6 +122,12 @@ an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype
  * bytes (every projection of the 1.5B model), cuBLASLt above it (its kernels stream a 467 MB
  * lm_head faster; gemm.cu). */
 #define AN_CUDA_GEMV_MAX_WEIGHT_BYTES ((size_t)64 << 20)
+/* The rows at or below which a decode step (model/model.c's fused block) and an_cuda_gemm take
+ * the weight-streaming GEMV kernels instead of cuBLASLt (at most AN_CUDA_GEMV_MAX_ROWS). Measured
+ * on an H100 at the 1.5B shape (ms a decode step, GEMV to 8 / 4 / 2 / 1 rows): batch 2 2.092 /
+ * 2.098 / 2.093 / 2.106, batch 4 2.628 / 2.617 / 2.135 / 2.139, batch 8 3.808 / 2.161 / 2.161 /
+ * 2.160: past two rows the GEMV's fp32 FMAs per weight byte outweigh cuBLASLt's launch. */
+#define AN_CUDA_GEMV_RULE_ROWS 2
 an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
                        const void *bias, int accumulate, void *y);
 

@@ -11,7 +11,7 @@
  * So C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T: cuBLASLt's first operand is our B,
  * its second our A, and its (N, M) column-major output is our (M, N) row-major C. Batches are
  * strided; a shared B has batch stride 0, and with an untransposed A it folds into one GEMM of
- * batch*M rows. At most AN_CUDA_GEMV_MAX_ROWS rows against a transposed B of at most
+ * batch*M rows. At most AN_CUDA_GEMV_RULE_ROWS rows against a transposed B of at most
  * AN_CUDA_GEMV_MAX_WEIGHT_BYTES go to an_cuda_gemv (kernels/gemv.cu) instead. Descriptors and the chosen algorithm are cached per shape, dtype and
  * pointer alignment in the state (AN_GEMM_PLAN_SLOTS entries, replaced round-robin). */
 #include "kernels/cuda_common.cuh"
@@ -229,7 +229,7 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
     /* A few rows times a transposed B (a decode step's x W^T): the weight-streaming GEMV up to
      * AN_CUDA_GEMV_MAX_WEIGHT_BYTES (H200, M = 1, in a decode graph: down_proj 8.0 vs 11.1 us for
      * cuBLASLt), cuBLASLt above it (the 467 MB lm_head: 107 vs 119 us; docs/performance.md). */
-    if (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_MAX_ROWS && c_dtype == dtype &&
+    if (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS && c_dtype == dtype &&
         (size_t)sh.n * (size_t)sh.k * es <= AN_CUDA_GEMV_MAX_WEIGHT_BYTES)
         return an_cuda_gemv(ctx, dtype, a, sh.m, sh.k, b, sh.n, bias, sh.accumulate, c);
     AN_CHECK(ctx, sh.batch <= INT32_MAX, AN_ERR_INPUT, "gemm: batch %lld exceeds cuBLASLt's limit",

@@ -2,8 +2,9 @@
  * copies B token ids to the host per step instead of B x V logits: greedy argmax, and the
  * temperature / top-k / top-p / one-draw rule of src/model/sample.c (an_sample_token).
  *
- * Rules: greedy is one block per row; it compares the logits as they are (exact for f32/bf16/f16)
- * and ties go to the lowest id, as the CPU's argmax does. Sampling computes x = logit / temperature
+ * Rules: greedy splits each row over up to 32 blocks and merges their winners with one warp a
+ * row; it compares the logits as they are (exact for f32/bf16/f16), ties go to the lowest id and
+ * NaN is skipped unless it sits at id 0, as the CPU's argmax does. Sampling computes x = logit / temperature
  * and the weights w = exp(x - max x) in float64 like the CPU, then holds each weight as an integer
  * of 2^-40 units: every sum below is an integer sum, exact and independent of the thread order, so
  * a seed repeats a run bit for bit. The order is the CPU's sort order (probability descending, id
@@ -53,49 +54,86 @@ __device__ __forceinline__ uint32_t order_key(float f) {
     return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
 }
 
-/* Greedy: tokens[row] = the lowest id holding the row's largest logit. vec: rows 16-byte aligned
- * (the base and V * sizeof(T)): each thread reads 16-byte packs (4 in flight), ids ascending within
- * a pack, then the ids past the last whole pack one by one; one block per row reads its 300 KB
- * (the 151936-logit vocabulary) in a few microseconds instead of 2-byte loads one chain long. */
+/* Whether candidate (ov, oi) beats (v, id) for the greedy rule: a larger logit, or an equal one at
+ * a lower id; id -1 is no candidate. A total order over the candidates (NaN never becomes one),
+ * so any reduction order gives the same winner. */
+__device__ __forceinline__ bool beats(float ov, int oi, float v, int id) {
+    return oi >= 0 && (id < 0 || ov > v || (ov == v && oi < id));
+}
+
+/* (v, id) <- the best over the block's threads, in thread 0. */
+__device__ __forceinline__ void block_best(float &v, int &id) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    for (int off = 16; off > 0; off /= 2) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+        const int oi = __shfl_xor_sync(0xffffffffu, id, off);
+        if (beats(ov, oi, v, id)) v = ov, id = oi;
+    }
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) sv[warp] = v, si[warp] = id;
+    __syncthreads();
+    if (warp == 0) {
+        v = lane < (int)(blockDim.x / 32) ? sv[lane] : -INFINITY;
+        id = lane < (int)(blockDim.x / 32) ? si[lane] : -1;
+        for (int off = 16; off > 0; off /= 2) {
+            const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+            const int oi = __shfl_xor_sync(0xffffffffu, id, off);
+            if (beats(ov, oi, v, id)) v = ov, id = oi;
+        }
+    }
+}
+
+/* Greedy, part 1: block (row, slice) takes the best logit of its slice of the row's packs (pps
+ * packs a slice; the last slice also the ids past the last whole pack), NaN skipped. vec: rows
+ * 16-byte aligned (the base and V * sizeof(T)): 16-byte packs, 4 in flight a thread. Many blocks a
+ * row: batch 1 reads its 300 KB (151936 logits) over 32 blocks instead of one. */
 template <typename T, bool vec>
-__global__ void __launch_bounds__(kThreads) argmax_rows(const T *logits, int64_t V, int allowed, int32_t *tokens) {
+__global__ void __launch_bounds__(kSweepThreads) argmax_slices(const T *logits, int64_t V, int allowed, int pps,
+                                                               float *best_v, int *best_id) {
     constexpr int W = vec ? an_vec_width<T>::value : 1;
-    const T *x = logits + (int64_t)blockIdx.x * V;
+    const int64_t row = blockIdx.x;
+    const int slice = blockIdx.y, slices = gridDim.y;
+    const T *x = logits + row * V;
+    const int packs = allowed / W, p_end = (slice + 1) * pps < packs ? (slice + 1) * pps : packs;
     float best = -INFINITY;
-    int best_id = -1;
-    const int packs = allowed / W;
+    int id = -1;
 #pragma unroll 4
-    for (int p = threadIdx.x; p < packs; p += blockDim.x) { /* ids ascend: strict > keeps the lowest */
+    for (int p = slice * pps + (int)threadIdx.x; p < p_end; p += blockDim.x) { /* ids ascend: strict > keeps the lowest */
         float v[W];
         if (vec) an_unpack16<T>(__ldg(reinterpret_cast<const uint4 *>(x) + p), v);
         else v[0] = an_load(x[p]);
 #pragma unroll
         for (int j = 0; j < W; j++)
-            if (best_id < 0 || v[j] > best) best = v[j], best_id = p * W + j;
+            if (v[j] == v[j] && (id < 0 || v[j] > best)) best = v[j], id = p * W + j;
     }
-    for (int i = packs * W + threadIdx.x; i < allowed; i += blockDim.x) {
-        float v = an_load(x[i]);
-        if (best_id < 0 || v > best) best = v, best_id = i;
-    }
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    for (int off = 16; off > 0; off /= 2) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, off);
-        int oi = __shfl_xor_sync(0xffffffffu, best_id, off);
-        if (oi >= 0 && (best_id < 0 || ov > best || (ov == best && oi < best_id))) best = ov, best_id = oi;
-    }
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) sv[warp] = best, si[warp] = best_id;
-    __syncthreads();
-    if (warp == 0) {
-        best = lane < (int)(blockDim.x / 32) ? sv[lane] : -INFINITY;
-        best_id = lane < (int)(blockDim.x / 32) ? si[lane] : -1;
-        for (int off = 16; off > 0; off /= 2) {
-            float ov = __shfl_xor_sync(0xffffffffu, best, off);
-            int oi = __shfl_xor_sync(0xffffffffu, best_id, off);
-            if (oi >= 0 && (best_id < 0 || ov > best || (ov == best && oi < best_id))) best = ov, best_id = oi;
+    if (slice == slices - 1)
+        for (int i = packs * W + threadIdx.x; i < allowed; i += blockDim.x) {
+            const float v = an_load(x[i]);
+            if (v == v && (id < 0 || v > best)) best = v, id = i;
         }
-        if (lane == 0) tokens[blockIdx.x] = best_id < 0 ? 0 : best_id; /* all NaN: id 0, as the CPU */
+    block_best(best, id);
+    if (threadIdx.x == 0) best_v[row * slices + slice] = best, best_id[row * slices + slice] = id;
+}
+
+/* Greedy, part 2: warp `row` merges the row's slices (lane s: slice s). As the CPU's argmax: the
+ * lowest id of the largest logit, NaN skipped, except that a NaN at id 0 (or no logit but NaN)
+ * gives id 0. */
+template <typename T>
+__global__ void __launch_bounds__(32) argmax_merge(const T *logits, int64_t V, int slices, const float *best_v,
+                                                   const int *best_id, int32_t *tokens) {
+    const int64_t row = blockIdx.x;
+    const int lane = threadIdx.x;
+    float v = lane < slices ? best_v[row * slices + lane] : -INFINITY;
+    int id = lane < slices ? best_id[row * slices + lane] : -1;
+    for (int off = 16; off > 0; off /= 2) {
+        const float ov = __shfl_xor_sync(0xffffffffu, v, off);
+        const int oi = __shfl_xor_sync(0xffffffffu, id, off);
+        if (beats(ov, oi, v, id)) v = ov, id = oi;
+    }
+    if (lane == 0) {
+        const float first = an_load(logits[row * V]);
+        tokens[row] = first != first || id < 0 ? 0 : id;
     }
 }
 
@@ -730,13 +768,30 @@ an_status an_cuda_sample(an_ctx *ctx, an_dtype dtype, const void *logits, int64_
     if (B == 0) return AN_OK;
     bool greedy = temperature <= 0 || top_k == 1;
     if (!greedy) return launch_sample(ctx, s, dtype, logits, B, V, allowed, temperature, top_k, top_p, seed, offset, tokens);
+    /* greedy: slices of the row over enough blocks to fill the GPU (at most 32 a row, at least 256
+     * packs each), then one warp a row merges them */
+    const int64_t width = dtype == AN_F32 ? 4 : 8, packs = allowed / width;
+    int64_t slices = (2 * 132 + B - 1) / B, most = packs / kSweepThreads > 1 ? packs / kSweepThreads : 1;
+    slices = slices < 32 ? slices : 32;
+    slices = slices < most ? slices : most;
+    const int pps = (int)((packs + slices - 1) / slices);
+    char why[256];
+    void *scratch = an_cuda_malloc(s, (size_t)(B * slices) * (sizeof(float) + sizeof(int)), why, sizeof why);
+    AN_CHECK(ctx, scratch != nullptr, AN_ERR_INTERNAL, "sample: argmax scratch for %lld rows: %s", (long long)B, why);
+    float *best_v = (float *)scratch;
+    int *best_id = (int *)(best_v + B * slices);
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "sample", {
+        const dim3 grid((unsigned)B, (unsigned)slices);
         if (an_aligned16(logits) && (V * (int64_t)sizeof(T)) % 16 == 0)
-            argmax_rows<T, true><<<(unsigned)B, kThreads, 0, s->stream>>>((const T *)logits, V, (int)allowed, tokens);
+            argmax_slices<T, true><<<grid, kSweepThreads, 0, s->stream>>>((const T *)logits, V, (int)allowed, pps, best_v, best_id);
         else
-            argmax_rows<T, false><<<(unsigned)B, kThreads, 0, s->stream>>>((const T *)logits, V, (int)allowed, tokens);
+            argmax_slices<T, false><<<grid, kSweepThreads, 0, s->stream>>>((const T *)logits, V, (int)allowed,
+                                                                            (int)((allowed + slices - 1) / slices), best_v, best_id);
+        argmax_merge<T><<<(unsigned)B, 32, 0, s->stream>>>((const T *)logits, V, (int)slices, best_v, best_id, tokens);
     });
-    AN_CUDA_LAUNCH_CHECK(ctx, "argmax_rows");
+    an_cuda_free(s, scratch); /* stream order: a later owner of the block runs after these launches */
+    AN_CUDA_LAUNCH_CHECK(ctx, "argmax");
+    return AN_OK;
     return AN_OK;
 }
 

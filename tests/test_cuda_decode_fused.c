@@ -9,7 +9,7 @@
  * an_cuda_rmsnorm_gemv then an_cuda_kv_rope_store bit for bit (f32/bf16/f16, 1 to 8 rows of up to
  * 5 tokens, head dims 128, 16 and 6, vector and scalar paths, NEOX and interleaved, with and
  * without biases, slots past the capacity); and the whole cached forward of the tiny Qwen2 (q/k/v biases) and Llama fixtures,
- * prefill of odd lengths and decode steps at batch 1, 3, 8 and 32, fused against op by op
+ * prefill of odd lengths and decode steps at batch 1, 2, 3, 8 and 32, fused against op by op
  * (decode_unfused) on the GPU and against the CPU. Without a GPU every test prints SKIP. */
 #include <math.h>
 #include <stdlib.h>
@@ -450,8 +450,8 @@ static void check_model(const char *family, an_dtype dtype, double tol_fused, do
     an_ctx *ctx = test_gpu_ctx(7, "cuda fused decode block");
     if (!ctx) return;
     an_model *gpu = test_fixture_model(ctx, family, dtype, AN_CUDA), *cpu = test_fixture_model(ctx, family, AN_F32, AN_CPU);
-    const int64_t batches[] = {1, 3, 8, 32};
-    for (int bi = 0; bi < 4; bi++) {
+    const int64_t batches[] = {1, 2, 3, 8, 32}; /* the GEMV kernels at 1 and 2 rows a step, cuBLASLt past that */
+    for (int bi = 0; bi < 5; bi++) {
         int64_t B = batches[bi], T0 = 7 + 2 * bi; /* odd prompt lengths */
         int64_t n = B * T0 + 3 * B;
         int32_t *ids = malloc((size_t)n * sizeof *ids);

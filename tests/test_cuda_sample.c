@@ -9,7 +9,8 @@
  * top_p * mass is reached at a whole count is then a rounding of the two sums' last bits, which
  * the CPU's doubles and the GPU's integers settle differently): the GPU's ids
  * equal the CPU's exactly for every row, both contexts' RNG offsets advance alike, and the GPU run
- * repeated from the same RNG state gives the same ids. Greedy ties go to the lowest id.
+ * repeated from the same RNG state gives the same ids. Greedy ties go to the lowest id, NaN as
+ * the CPU's argmax treats it, and rows of 151936 logits split over many blocks agree with the CPU.
  * The same comparison on logits that stress kernels/sample.cu's paths: normal logits (the bench's),
  * a dozen distinct values (ties in bins larger than the shared-memory list: resolved from the row),
  * every logit equal, f32 logits all in one narrow bin (distinct, one bin), at vocabularies 151936,
@@ -215,8 +216,58 @@ START_TEST(test_gpu_greedy_ties_go_to_the_lowest_id) {
             for (int r = 0; r < 4; r++)
                 ck_assert_msg(got[r] == want[r], "V %lld %s limit %lld row %d: %d, expected %d", (long long)V,
                               an_dtype_name(dtypes[di]), (long long)(V - 2), r, got[r], want[r]);
+            /* NaN as the CPU's argmax treats it: skipped (row 0: NaN at 3 and 2000, the maximum 11
+             * at V - 1), except at id 0 (row 1) or everywhere (row 2): id 0 */
+            x[3] = x[2000] = NAN;
+            x[V + 0] = NAN;
+            for (int64_t i = 0; i < V; i++) x[2 * V + i] = NAN;
+            an_tensor_release(gpu), an_tensor_release(typed);
+            typed = an_tensor_to(ctx, cpu, dtypes[di], AN_CPU), gpu = an_tensor_to(ctx, typed, dtypes[di], AN_CUDA);
+            o.vocab_limit = 0;
+            pick(ctx, typed, &o, 0, want);
+            pick(ctx, gpu, &o, 0, got);
+            ck_assert_int_eq(want[0], V - 1);
+            ck_assert_int_eq(want[1], 0);
+            ck_assert_int_eq(want[2], 0);
+            for (int r = 0; r < 4; r++)
+                ck_assert_msg(got[r] == want[r], "V %lld %s NaN row %d: %d, expected %d", (long long)V,
+                              an_dtype_name(dtypes[di]), r, got[r], want[r]);
             an_tensor_release(gpu), an_tensor_release(typed), an_tensor_release(cpu);
         }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* Greedy over the 1.5B model's vocabulary (151936 logits: 32 slices a row at batch 1) at batch 1,
+ * 3 and 40 (slices of other widths), the maximum placed in every slice in turn and ties across
+ * slices, against the CPU. */
+START_TEST(test_gpu_greedy_wide_rows_match_cpu) {
+    an_ctx *ctx = test_gpu_ctx(4, "cuda greedy wide rows");
+    if (!ctx) return;
+    const int64_t V = 151936, Bs[] = {1, 3, 40};
+    for (int bi = 0; bi < 3; bi++) {
+        int64_t B = Bs[bi];
+        an_tensor *cpu = test_uniform(ctx, AN_F32, 2, (int64_t[]){B, V}, -4.0, 4.0, false);
+        float *x = an_tensor_data(cpu);
+        for (int64_t r = 0; r < B; r++) {
+            int64_t at = (r * 4751 + 13) % V; /* a different slice each row */
+            x[r * V + at] = 9.0f;
+            if (r % 2) x[r * V + (at + V / 2) % V] = 9.0f; /* a tie in another slice */
+        }
+        an_tensor *typed = an_tensor_to(ctx, cpu, AN_BF16, AN_CPU), *gpu = an_tensor_to(ctx, typed, AN_BF16, AN_CUDA);
+        int32_t *want = malloc((size_t)B * sizeof *want), *got = malloc((size_t)B * sizeof *got);
+        an_generate_opts o = {.temperature = 0.0, .top_p = 1.0};
+        pick(ctx, typed, &o, 0, want);
+        pick(ctx, gpu, &o, 0, got);
+        for (int64_t r = 0; r < B; r++) {
+            int64_t at = (r * 4751 + 13) % V, other = (at + V / 2) % V;
+            ck_assert_int_eq(want[r], r % 2 && other < at ? other : at);
+            ck_assert_msg(got[r] == want[r], "batch %lld row %lld: %d, expected %d", (long long)B, (long long)r, got[r],
+                          want[r]);
+        }
+        free(want), free(got);
+        an_tensor_release(gpu), an_tensor_release(typed), an_tensor_release(cpu);
+    }
     test_ctx_free(ctx);
 }
 END_TEST
@@ -282,6 +333,7 @@ int main(void) {
     test_add_case(s, "sampling", test_gpu_sampling_equals_the_cpu_reference_on_random_logits);
     test_add_case(s, "sampling_stress", test_gpu_sampling_stress_equals_the_cpu_reference);
     test_add_case(s, "greedy_ties", test_gpu_greedy_ties_go_to_the_lowest_id);
+    test_add_case(s, "greedy_wide", test_gpu_greedy_wide_rows_match_cpu);
     test_add_case(s, "greedy_generation", test_gpu_greedy_generation_equals_cpu_token_for_token);
     test_add_case(s, "sampled_generation", test_gpu_sampled_generation_with_a_seed_equals_cpu);
     return test_run(s);

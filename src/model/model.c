@@ -216,7 +216,7 @@ static an_status cache_store(an_ctx *ctx, const cache_step *cs, an_tensor *k, an
  * extra terms need an_lora_linear), o_proj or down_proj has a bias (the residual is accumulated
  * into x by their GEMMs), or the head dim is odd or above AN_CUDA_ROPE_MAX_D; those take the op
  * by op path of block_forward. Within the fused block, q, k and v come from one
- * an_cuda_rmsnorm_qkv_rope (with their biases) when the step has at most AN_CUDA_GEMV_MAX_ROWS
+ * an_cuda_rmsnorm_qkv_rope (with their biases) when the step has at most AN_CUDA_GEMV_RULE_ROWS
  * tokens (an_cuda_gemm's GEMV rule), else from an_rmsnorm and one GEMM against the stacked weights
  * (the rope kernel adds the biases). */
 static bool decode_fused(const an_layer *l, const cache_step *cs) {
@@ -264,7 +264,7 @@ static an_status project_stacked(an_ctx *ctx, const an_tensor *a, const an_tenso
 
 /* q (B, T, Hq, D) of norm(x), rotated, with the rotated k and v of these tokens written into the
  * layer's cache rows (decode_fused's rule for the GEMV): one an_cuda_rmsnorm_qkv_rope launch at
- * most AN_CUDA_GEMV_MAX_ROWS tokens, else an_rmsnorm, one GEMM against the stacked q | k | v
+ * most AN_CUDA_GEMV_RULE_ROWS tokens, else an_rmsnorm, one GEMM against the stacked q | k | v
  * weights and an_cuda_qkv_rope_store (which adds the biases). */
 static an_status decode_qkv_rope(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs, an_tensor **q) {
     const an_model *m = l->model;
@@ -285,7 +285,7 @@ static an_status decode_qkv_rope(an_ctx *ctx, const an_layer *l, an_tensor *x, c
     *q = an_tensor_new(ctx, x->dtype, AN_CUDA, 4, (int64_t[]){b, t, heads[0], d});
     if (!*q) return an_error_status(ctx);
     an_status st;
-    if (b * t <= AN_CUDA_GEMV_MAX_ROWS) {
+    if (b * t <= AN_CUDA_GEMV_RULE_ROWS) {
         AN_CHECK(ctx, l->input_layernorm->dtype == x->dtype && p[0]->weight->shape[1] == h, AN_ERR_INPUT,
                  "decode block: the norm or q_proj does not match x");
         an_cuda_proj proj[3];
@@ -317,7 +317,7 @@ static an_status decode_qkv_rope(an_ctx *ctx, const an_layer *l, an_tensor *x, c
 }
 
 /* act (B, T, I) = swiglu(gate, up) of norm(x) from one an_cuda_rmsnorm_swiglu_gemv launch (the
- * fused block's MLP at most AN_CUDA_GEMV_MAX_ROWS tokens). */
+ * fused block's MLP at most AN_CUDA_GEMV_RULE_ROWS tokens). */
 static an_status decode_mlp_act(an_ctx *ctx, const an_layer *l, const an_tensor *x, an_tensor **act) {
     const an_tensor *wg = l->gate_proj.weight, *wu = l->up_proj.weight, *bg = l->gate_proj.bias, *bu = l->up_proj.bias;
     const an_tensor *nw = l->post_attention_layernorm;
@@ -335,9 +335,9 @@ static an_status decode_mlp_act(an_ctx *ctx, const an_layer *l, const an_tensor 
 /* The decoder block of a cached forward on CUDA by the fused kernels (decode_fused's rule): the
  * same arithmetic as block_forward with fewer launches. x (B, T, H) is owned by the cached forward
  * alone and is updated in place: it becomes the block's output (returned with a new reference).
- * Launches: q/k/v with bias, rope and the cache write (one kernel at most AN_CUDA_GEMV_MAX_ROWS
+ * Launches: q/k/v with bias, rope and the cache write (one kernel at most AN_CUDA_GEMV_RULE_ROWS
  * tokens, else norm + one GEMM over the stacked q | k | v + one kernel), attention, o_proj adding
- * into x, norm + gate + up + swiglu (one GEMV at most AN_CUDA_GEMV_MAX_ROWS tokens, else norm +
+ * into x, norm + gate + up + swiglu (one GEMV at most AN_CUDA_GEMV_RULE_ROWS tokens, else norm +
  * one GEMM over the stacked gate | up + swiglu), down_proj adding into x. */
 static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs) {
     const an_model *m = l->model;
@@ -351,7 +351,7 @@ static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, con
         attn = an_attention_cached(ctx, q, kc, vc, cs->dev_rows, cache->device_length, 1.0 / sqrt((double)d));
         st = attn ? project_into(ctx, attn, l->o_proj.weight, x, b * t) : an_error_status(ctx);
     }
-    if (st == AN_OK && b * t <= AN_CUDA_GEMV_MAX_ROWS) { /* norm, gate, up and swiglu in one launch */
+    if (st == AN_OK && b * t <= AN_CUDA_GEMV_RULE_ROWS) { /* norm, gate, up and swiglu in one launch */
         st = decode_mlp_act(ctx, l, x, &act);
     } else if (st == AN_OK) { /* norm, one GEMM against the stacked gate | up, swiglu of its halves */
         const an_tensor *w[2] = {l->gate_proj.weight, l->up_proj.weight};
