@@ -51,7 +51,7 @@ static an_status launch(bench *b, const job *j) {
         return an_cuda_rmsnorm(b->ctx, b->dtype, b->x, b->w, j->rows, j->width, 1e-6, b->y, b->rstd);
     case RMSNORM_BWD:
         return an_cuda_rmsnorm_backward(b->ctx, b->dtype, b->x, b->w, b->rstd, b->g, j->rows, j->width, b->dx,
-                                        j->grad_w ? b->dw : NULL);
+                                        j->grad_w ? b->dw : NULL, 0);
     case ROPE:
         return an_cuda_rope(b->ctx, b->dtype, b->x, b->pos, AN_I32, j->rows, j->heads, b->head_dim, b->inv_freq, 0,
                             j->sign, b->y);

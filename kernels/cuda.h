@@ -323,10 +323,11 @@ an_status an_cuda_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void
  * out, and y its rmsnorm: one read of x and res. */
 an_status an_cuda_add_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const void *res, const void *w, int64_t rows,
                               int64_t D, double eps, void *sum, void *y, float *rstd);
-/* grad_x (rows, D) and grad_w (D) from the forward's rstd, written with =; either may be NULL.
- * grad_w is deterministic: fp32 partial column sums per split of rows, then the splits in order. */
+/* grad_x (rows, D) and grad_w (D) from the forward's rstd, written with = (grad_x with += when
+ * add_x: the sum in fp32, one rounding); either may be NULL. grad_w is deterministic: fp32 partial
+ * column sums per split of rows, then the splits in order. */
 an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, const float *rstd,
-                                   const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w);
+                                   const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w, int add_x);
 
 /* ---- RoPE (rope.cu) ---- */
 

@@ -257,8 +257,8 @@ an_status an_cuda_add_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const 
     return NO_CUDA(ctx);
 }
 an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, const float *rstd,
-                                   const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w) {
-    (void)dtype, (void)x, (void)w, (void)rstd, (void)grad_y, (void)rows, (void)D, (void)grad_x, (void)grad_w;
+                                   const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w, int add_x) {
+    (void)dtype, (void)x, (void)w, (void)rstd, (void)grad_y, (void)rows, (void)D, (void)grad_x, (void)grad_w, (void)add_x;
     return NO_CUDA(ctx);
 }
 an_status an_cuda_rope(an_ctx *ctx, an_dtype dtype, const void *x, const void *positions, an_dtype pos_dtype,

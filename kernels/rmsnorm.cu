@@ -53,9 +53,9 @@ __global__ void rmsnorm_kernel(const T *x, const T *res, const T *w, int64_t D, 
     if (threadIdx.x == 0) rstd[r] = s;
 }
 
-/* grad_x row r = s * g * w - s^3 * x * mean(g * w * x). */
+/* grad_x row r = s * g * w - s^3 * x * mean(g * w * x), plus the old grad_x when add (one rounding). */
 template <typename T>
-__global__ void rmsnorm_dx_kernel(const T *x, const T *w, const float *rstd, const T *g, int64_t D, T *dx) {
+__global__ void rmsnorm_dx_kernel(const T *x, const T *w, const float *rstd, const T *g, int64_t D, T *dx, bool add) {
     int64_t r = blockIdx.x;
     const T *xr = x + r * D, *gr = g + r * D; /* (D) each */
     T *dr = dx + r * D;                      /* (D) */
@@ -65,7 +65,7 @@ __global__ void rmsnorm_dx_kernel(const T *x, const T *w, const float *rstd, con
     float s = rstd[r];
     float coef = s * s * s * dot / (float)D;
     for (int64_t d = threadIdx.x; d < D; d += blockDim.x)
-        dr[d] = an_store<T>(s * an_load(gr[d]) * an_load(w[d]) - coef * an_load(xr[d]));
+        dr[d] = an_store<T>(s * an_load(gr[d]) * an_load(w[d]) - coef * an_load(xr[d]) + (add ? an_load(dr[d]) : 0.0f));
 }
 
 /* Pass 1: partial[split * D + col] = sum over rows of split `blockIdx.y` of g * x * rstd. */
@@ -238,12 +238,12 @@ __global__ void rmsnorm_vec_kernel(const T *x, const T *res, const T *w, int64_t
     if (t == 0) rstd[r] = s;
 }
 
-/* grad_x as rmsnorm_dx_kernel, rows r = blockIdx.x R + team + i gridDim.x R; dx may be null.
+/* grad_x as rmsnorm_dx_kernel (add: into the old grad_x), rows r = blockIdx.x R + team + i gridDim.x R; dx may be null.
  * partial (gridDim.x, D) or null: the block's column sums of g * x * rstd over its rows, each lane
  * adding its rows in order, then the block's teams added in team order (dynamic shared: D floats). */
 template <typename T, int P>
 __global__ void rmsnorm_bwd_vec_kernel(const T *x, const T *w, const float *rstd, const T *g, int64_t rows, int64_t D,
-                                       int W, T *dx, float *partial) {
+                                       int W, T *dx, bool add, float *partial) {
     extern __shared__ float colsum[]; /* (D) when partial */
     const int V = an_vec_width<T>::value;
     int L = 32 * W, team = threadIdx.x / L, t = threadIdx.x % L, R = blockDim.x / L;
@@ -280,10 +280,12 @@ __global__ void rmsnorm_bwd_vec_kernel(const T *x, const T *w, const float *rstd
             int64_t p = t + k * L;
             if (p >= packs) continue;
             if (dx) {
-                an_pack<T> out;
+                an_pack<T> out, old;
+                if (add) old = an_pack_load(dx + r * D + p * V);
 #pragma unroll
                 for (int e = 0; e < V; e++)
-                    out.v[e] = an_store<T>(s * an_load(gv[k].v[e]) * an_load(wv[k].v[e]) - coef * an_load(xv[k].v[e]));
+                    out.v[e] = an_store<T>(s * an_load(gv[k].v[e]) * an_load(wv[k].v[e]) - coef * an_load(xv[k].v[e]) +
+                                           (add ? an_load(old.v[e]) : 0.0f));
                 an_pack_store(dx + r * D + p * V, out);
             }
             if (partial)
@@ -357,8 +359,8 @@ template <typename T, int P> struct BwdOccupancy {
 
 template <typename T, int P> struct BwdLaunch {
     static void run(unsigned blocks, int threads, size_t shared, cudaStream_t stream, const T *x, const T *w,
-                    const float *rstd, const T *g, int64_t rows, int64_t D, int W, T *dx, float *partial) {
-        rmsnorm_bwd_vec_kernel<T, P><<<blocks, threads, shared, stream>>>(x, w, rstd, g, rows, D, W, dx, partial);
+                    const float *rstd, const T *g, int64_t rows, int64_t D, int W, T *dx, bool add, float *partial) {
+        rmsnorm_bwd_vec_kernel<T, P><<<blocks, threads, shared, stream>>>(x, w, rstd, g, rows, D, W, dx, add, partial);
     }
 };
 
@@ -366,7 +368,7 @@ template <typename T, int P> struct BwdLaunch {
  * two-pass weight_grad after it). */
 template <typename T>
 an_status backward_vec(an_ctx *ctx, an_cuda_state *s, const VecPlan &plan, const T *x, const T *w, const float *rstd,
-                       const T *g, int64_t rows, int64_t D, T *dx, T *dw) {
+                       const T *g, int64_t rows, int64_t D, T *dx, bool add, T *dw) {
     int threads = 32 * plan.warps * plan.rows;
     int64_t blocks = (rows + plan.rows - 1) / plan.rows;
     bool fuse = dw != nullptr && D <= kMaxFusedD;
@@ -386,7 +388,7 @@ an_status backward_vec(an_ctx *ctx, an_cuda_state *s, const VecPlan &plan, const
     }
     if (dx || fuse) {
         with_packs<T, BwdLaunch, kMaxPacks>(plan.packs, (unsigned)blocks, threads, shared, s->stream, x, w, rstd, g,
-                                            rows, D, plan.warps, dx, partial);
+                                            rows, D, plan.warps, dx, add, partial);
         AN_CUDA_LAUNCH_CHECK(ctx, "rmsnorm_bwd_vec_kernel");
     }
     if (fuse) return finish_weight_grad<T>(ctx, s, partial, blocks, D, dw);
@@ -436,7 +438,8 @@ an_status an_cuda_add_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const 
 }
 
 an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, const void *w, const float *rstd,
-                                   const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w) {
+                                   const void *grad_y, int64_t rows, int64_t D, void *grad_x, void *grad_w,
+                                   int add_x) {
     AN_CUDA_STATE(ctx, s);
     AN_TRY(check_sizes(ctx, "rmsnorm_backward", rows, D));
     int threads = an_row_threads(D, 256);
@@ -446,10 +449,10 @@ an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, c
         if (!plan.ok) plan = vec_plan(D, an_vec_width<T>::value, kMaxPacks);
         if (plan.ok && aligned && rows > 0 && plan_fits<T, BwdLimit>(plan))
             return backward_vec<T>(ctx, s, plan, (const T *)x, (const T *)w, rstd, (const T *)grad_y, rows, D,
-                                   (T *)grad_x, (T *)grad_w);
+                                   (T *)grad_x, add_x != 0, (T *)grad_w);
         if (grad_x && rows > 0) {
             rmsnorm_dx_kernel<T><<<(unsigned)rows, threads, 0, s->stream>>>((const T *)x, (const T *)w, rstd,
-                                                                           (const T *)grad_y, D, (T *)grad_x);
+                                                                           (const T *)grad_y, D, (T *)grad_x, add_x != 0);
             AN_CUDA_LAUNCH_CHECK(ctx, "rmsnorm_dx_kernel");
         }
         if (grad_w) return weight_grad<T>(ctx, s, (const T *)x, rstd, (const T *)grad_y, rows, D, (T *)grad_w);

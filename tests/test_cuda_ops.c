@@ -21,7 +21,8 @@
  * chosen by shape and alignment: the cases include shapes that take it (D a multiple of 8, the
  * 1.5B model's sizes) and shapes that do not (odd D), and every case also runs the launchers on
  * misaligned copies, which take the scalar path: rope must give the same bits, rmsnorm (whose sums
- * run in another order) results within the bounds above of the vector path's.
+ * run in another order) results within the bounds above of the vector path's. rmsnorm's backward
+ * also adds dx into a gradient that holds values (add_x, both paths): within the bounds of the sum.
  * A failed comparison prints a FAIL line and the test goes on, so one run names every failing
  * case; the test fails at its end. Without a GPU (or in a build without CUDA) every test prints
  * SKIP and passes. */
@@ -388,7 +389,7 @@ START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_acros
                 dw[k] = test_poisoned_gpu(ctx, dtype, 1, &D);
                 test_ok(ctx, an_cuda_rmsnorm_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]),
                                                  an_tensor_data(rstd), an_tensor_data(r.upstream), rows, D,
-                                                 an_tensor_data(dx[k]), an_tensor_data(dw[k])),
+                                                 an_tensor_data(dx[k]), an_tensor_data(dw[k]), 0),
                    "an_cuda_rmsnorm_backward");
             }
             expect_same_bits(ctx, dx[0], dx[1], what);
@@ -405,7 +406,7 @@ START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_acros
                                     an_tensor_data(my), an_tensor_data(mrstd)), "an_cuda_rmsnorm misaligned");
             test_ok(ctx, an_cuda_rmsnorm_backward(ctx, dtype, an_tensor_data(mx), an_tensor_data(mw),
                                              an_tensor_data(mrstd), an_tensor_data(mg), rows, D, an_tensor_data(mdx),
-                                             an_tensor_data(mdw)),
+                                             an_tensor_data(mdw), 0),
                "an_cuda_rmsnorm_backward misaligned");
             an_tensor *want_y = to_host(ctx, r.out), *want_dx = to_host(ctx, r.grad[0]);
             an_tensor *want_dw = to_host(ctx, r.grad[1]);
@@ -413,6 +414,22 @@ START_TEST(test_cuda_rmsnorm_matches_cpu_and_its_gradient_is_bit_identical_acros
             expect_like_cpu(ctx, my, want_y, rtol, 0.0, fmt(mwhat, sizeof mwhat, "%s: misaligned forward", what));
             expect_like_cpu(ctx, mdx, want_dx, rtol, rtol * term, fmt(mwhat, sizeof mwhat, "%s: misaligned dx", what));
             expect_like_cpu(ctx, mdw, want_dw, rtol, 0.0, fmt(mwhat, sizeof mwhat, "%s: misaligned dw", what));
+            /* add_x: dx added into a gradient that already holds values (the upstream's), vector and
+             * scalar paths: within the bounds of old + dx */
+            an_tensor *old = to_host(ctx, r.upstream), *want_sum = an_tensor_new(ctx, AN_F64, AN_CPU, 1, &n);
+            for (int64_t i = 0; i < n; i++) an_tensor_set(want_sum, i, an_tensor_get(old, i) + an_tensor_get(want_dx, i));
+            an_tensor *acc = to_gpu(ctx, old), *macc = misaligned(ctx, dtype, n, old);
+            test_ok(ctx, an_cuda_rmsnorm_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(r.in[1]),
+                                                  an_tensor_data(rstd), an_tensor_data(r.upstream), rows, D,
+                                                  an_tensor_data(acc), NULL, 1),
+                    "an_cuda_rmsnorm_backward add_x");
+            test_ok(ctx, an_cuda_rmsnorm_backward(ctx, dtype, an_tensor_data(mx), an_tensor_data(mw),
+                                                  an_tensor_data(mrstd), an_tensor_data(mg), rows, D,
+                                                  an_tensor_data(macc), NULL, 1),
+                    "an_cuda_rmsnorm_backward add_x misaligned");
+            expect_like_cpu(ctx, acc, want_sum, rtol, rtol * term, fmt(mwhat, sizeof mwhat, "%s: dx added", what));
+            expect_like_cpu(ctx, macc, want_sum, rtol, rtol * term, fmt(mwhat, sizeof mwhat, "%s: misaligned dx added", what));
+            an_tensor_release(old), an_tensor_release(want_sum), an_tensor_release(acc), an_tensor_release(macc);
             an_tensor_release(mx), an_tensor_release(mw), an_tensor_release(mg), an_tensor_release(my);
             an_tensor_release(mdx), an_tensor_release(mdw), an_tensor_release(mrstd);
             an_tensor_release(want_y), an_tensor_release(want_dx), an_tensor_release(want_dw);

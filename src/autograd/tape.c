@@ -173,6 +173,15 @@ an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad)
     return st;
 }
 
+an_tensor *an_node_grad_sink(an_node *node, int i) {
+    if (!an_node_needs_grad(node, i)) return NULL;
+    an_tensor *t = node->inputs[i], *g = t->grad;
+    if (!g || !g->storage || g->storage->refcount != 1 || g->refcount != 1 || g->dtype != t->dtype ||
+        g->device != t->device || an_tensor_numel(g) != an_tensor_numel(t))
+        return NULL;
+    return g;
+}
+
 an_status an_node_pass_grad(an_ctx *ctx, an_node *node, int i, an_tensor *grad_out) {
     if (!an_node_needs_grad(node, i)) return AN_OK;
     an_tensor *t = node->inputs[i];

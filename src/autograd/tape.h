@@ -59,6 +59,11 @@ an_status an_tensor_materialize(an_ctx *ctx, an_tensor *t);
 bool an_node_needs_grad(const an_node *node, int i);
 /* Adds grad into node->inputs[i]->grad and releases the caller's reference to grad. */
 an_status an_node_accumulate(an_ctx *ctx, an_node *node, int i, an_tensor *grad);
+/* Input i's existing gradient when a backward rule may add its product straight into it (a GEMM
+ * with beta 1 instead of a fresh buffer and an_node_accumulate's add pass): the input needs a
+ * gradient, already has one of its dtype, device and size, and that gradient alone holds its
+ * storage. NULL otherwise: form a fresh gradient and hand it to an_node_accumulate. Borrowed. */
+an_tensor *an_node_grad_sink(an_node *node, int i);
 /* Hands the node's upstream gradient itself to input i (borrowed): when nothing else holds it and the
  * input has no gradient yet, the input's gradient becomes a view of it (no copy; the backward loop
  * drops its own reference right after); otherwise it is added like an_node_accumulate would. For

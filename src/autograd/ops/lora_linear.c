@@ -118,13 +118,15 @@ an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_ou
                        down);
     if (st == AN_OK && an_node_needs_grad(node, 4)) /* dA = d_down^T x_lora */
         st = grad_gemm(ctx, node, 4, (an_gemm_shape){1, r, in, rows, true, false, false, false}, d_down, x_lora);
-    if (st == AN_OK && need_x) { /* dX = dY W (+ d_down A when x_lora is x) */
-        an_tensor *gx = an_op_new_like(ctx, x, x->ndim, x->shape);
-        an_gemm_shape s = {1, rows, in, out_features, false, false, false, false};
+    if (st == AN_OK && need_x) { /* dX = dY W (+ d_down A when x_lora is x), added into x's gradient so far */
+        an_tensor *sink = an_node_grad_sink(node, 0);
+        an_tensor *gx = sink ? sink : an_op_new_like(ctx, x, x->ndim, x->shape);
+        an_gemm_shape s = {1, rows, in, out_features, false, false, false, sink != NULL};
         an_gemm_shape branch = {1, rows, in, r, false, false, false, true};
         st = gx ? an_op_gemm(ctx, &s, grad_out, w, gx) : an_error_status(ctx);
         if (st == AN_OK && shared) st = an_op_gemm(ctx, &branch, d_down, a, gx);
-        if (st == AN_OK) st = an_node_accumulate(ctx, node, 0, gx);
+        if (sink) {} /* borrowed: already x's gradient */
+        else if (st == AN_OK) st = an_node_accumulate(ctx, node, 0, gx);
         else an_tensor_release(gx);
     }
     if (st == AN_OK && need_xl) /* d x_lora = d_down A */

@@ -221,7 +221,11 @@ an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
 an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     an_tensor *x = node->inputs[0], *w = node->inputs[1], *bias = node->inputs[2];
     int64_t in = w->shape[1], out_features = w->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
-    if (an_node_needs_grad(node, 0)) {
+    an_tensor *sink = an_node_grad_sink(node, 0); /* x's gradient so far: the GEMM adds into it */
+    if (sink) {
+        an_gemm_shape s = {1, rows, in, out_features, false, false, false, true}; /* dX += dY @ W */
+        AN_TRY(an_op_gemm(ctx, &s, grad_out, w, sink));
+    } else if (an_node_needs_grad(node, 0)) {
         an_tensor *gx = an_op_new_like(ctx, x, x->ndim, x->shape);
         if (!gx) return an_error_status(ctx);
         an_gemm_shape s = {1, rows, in, out_features, false, false, false, false}; /* dX = dY @ W */

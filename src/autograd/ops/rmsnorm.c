@@ -107,15 +107,18 @@ an_tensor *an_add_rmsnorm(an_ctx *ctx, an_tensor *x, an_tensor *residual, an_ten
 an_status an_rmsnorm_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     an_tensor *x = node->inputs[0], *w = node->inputs[1], *rstd = node->saved[0];
     int64_t D = w->shape[0], rows = an_tensor_numel(x) / D;
+    /* on CUDA x's gradient so far (the residual's, usually) takes dx in the same pass */
+    an_tensor *sink = x->device == AN_CUDA ? an_node_grad_sink(node, 0) : NULL;
     an_tensor *grads[2] = {
-        an_node_needs_grad(node, 0) ? an_op_new_like(ctx, x, x->ndim, x->shape) : NULL,
+        an_node_needs_grad(node, 0) && !sink ? an_op_new_like(ctx, x, x->ndim, x->shape) : NULL,
         an_node_needs_grad(node, 1) ? an_op_new_like(ctx, w, 1, w->shape) : NULL,
     };
     an_status st = an_error_status(ctx);
     if (st == AN_OK && x->device == AN_CUDA) {
+        an_tensor *gx = sink ? sink : grads[0];
         st = an_cuda_rmsnorm_backward(ctx, x->dtype, an_tensor_data(x), an_tensor_data(w), an_tensor_data(rstd),
-                                      an_tensor_data(grad_out), rows, D, grads[0] ? an_tensor_data(grads[0]) : NULL,
-                                      grads[1] ? an_tensor_data(grads[1]) : NULL);
+                                      an_tensor_data(grad_out), rows, D, gx ? an_tensor_data(gx) : NULL,
+                                      grads[1] ? an_tensor_data(grads[1]) : NULL, sink != NULL);
     } else if (st == AN_OK) {
         an_f64 in[4], res[2];
         st = an_f64_read_all(ctx, (an_tensor *[]){x, w, rstd, grad_out}, 4, in);
