@@ -78,9 +78,15 @@ an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tenso
     return out;
 }
 
-/* A fresh (rows, cols) gradient = op(p) @ op(q), handed to input i of node. */
+/* op(p) @ op(q) as input i's gradient: added by the GEMM into the gradient it already has
+ * (an_node_grad_sink: a later micro-batch), else a fresh one handed to an_node_accumulate. */
 static an_status grad_gemm(an_ctx *ctx, an_node *node, int i, an_gemm_shape s, const an_tensor *p,
                            const an_tensor *q) {
+    an_tensor *sink = an_node_grad_sink(node, i);
+    if (sink) {
+        s.accumulate = true;
+        return an_op_gemm(ctx, &s, p, q, sink);
+    }
     an_tensor *x = node->inputs[i];
     an_tensor *g = an_op_new_like(ctx, x, x->ndim, x->shape);
     an_status st = g ? an_op_gemm(ctx, &s, p, q, g) : an_error_status(ctx);

@@ -238,15 +238,16 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     }
     if (an_node_needs_grad(node, 1)) {
         AN_TRY(an_tensor_materialize(ctx, x));
-        an_tensor *gw = an_op_new_like(ctx, w, 2, w->shape);
+        an_tensor *w_sink = an_node_grad_sink(node, 1); /* a later micro-batch: dW adds into W's gradient */
+        an_tensor *gw = w_sink ? w_sink : an_op_new_like(ctx, w, 2, w->shape);
         if (!gw) return an_error_status(ctx);
-        an_gemm_shape s = {1, out_features, in, rows, true, false, false, false}; /* dW = dY^T @ X */
+        an_gemm_shape s = {1, out_features, in, rows, true, false, false, w_sink != NULL}; /* dW (+)= dY^T @ X */
         an_status st = an_op_gemm(ctx, &s, grad_out, x, gw);
-        if (st != AN_OK) {
+        if (w_sink) AN_TRY(st);
+        else if (st != AN_OK) {
             an_tensor_release(gw);
             return st;
-        }
-        AN_TRY(an_node_accumulate(ctx, node, 1, gw));
+        } else AN_TRY(an_node_accumulate(ctx, node, 1, gw));
     }
     if (an_node_needs_grad(node, 2)) {
         an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
