@@ -71,7 +71,7 @@ static an_status alloc_row_views(an_ctx *ctx, an_dtype dtype, an_device device, 
 
 /* A layer's q, k and v weights (and biases) share one allocation, rows q | k | v, and gate and up
  * another, gate | up: each parameter is a view of its rows, so a decode step of many tokens can
- * project q, k and v with one GEMM (model_qkv_fused, block_decode). */
+ * project q, k and v with one GEMM (decode_qkv_rope, block_decode). */
 static an_status alloc_grouped_params(an_ctx *ctx, an_model *m, an_dtype dtype, an_device device) {
     const an_model_config *c = &m->config;
     int64_t h = c->hidden_size, q = c->num_heads * c->head_dim, kv = c->num_kv_heads * c->head_dim;
@@ -282,12 +282,12 @@ static an_status decode_qkv_rope(an_ctx *ctx, const an_layer *l, an_tensor *x, c
     double inv_freq[AN_CUDA_ROPE_MAX_D / 2];
     an_cpu_rope_inv_freq(&c->rope, d, inv_freq);
     const int interleaved = c->rope.style == AN_ROPE_INTERLEAVED;
+    AN_CHECK(ctx, l->input_layernorm->dtype == x->dtype && p[0]->weight->shape[1] == h, AN_ERR_INPUT,
+             "decode block: the norm or q_proj does not match x");
     *q = an_tensor_new(ctx, x->dtype, AN_CUDA, 4, (int64_t[]){b, t, heads[0], d});
     if (!*q) return an_error_status(ctx);
     an_status st;
     if (b * t <= AN_CUDA_GEMV_RULE_ROWS) {
-        AN_CHECK(ctx, l->input_layernorm->dtype == x->dtype && p[0]->weight->shape[1] == h, AN_ERR_INPUT,
-                 "decode block: the norm or q_proj does not match x");
         an_cuda_proj proj[3];
         for (int i = 0; i < 3; i++)
             proj[i] = (an_cuda_proj){an_tensor_data(p[i]->weight), p[i]->bias ? an_tensor_data(p[i]->bias) : NULL,
