@@ -768,10 +768,10 @@ an_status an_cuda_sample(an_ctx *ctx, an_dtype dtype, const void *logits, int64_
     if (B == 0) return AN_OK;
     bool greedy = temperature <= 0 || top_k == 1;
     if (!greedy) return launch_sample(ctx, s, dtype, logits, B, V, allowed, temperature, top_k, top_p, seed, offset, tokens);
-    /* greedy: slices of the row over enough blocks to fill the GPU (at most 32 a row, at least 256
+    /* greedy: slices of the row over enough blocks to fill the GPU twice (at most 32 a row, at least 256
      * packs each), then one warp a row merges them */
     const int64_t width = dtype == AN_F32 ? 4 : 8, packs = allowed / width;
-    int64_t slices = (2 * 132 + B - 1) / B, most = packs / kSweepThreads > 1 ? packs / kSweepThreads : 1;
+    int64_t slices = (2 * (int64_t)s->sm_count + B - 1) / B, most = packs / kSweepThreads > 1 ? packs / kSweepThreads : 1;
     slices = slices < 32 ? slices : 32;
     slices = slices < most ? slices : most;
     const int pps = (int)((packs + slices - 1) / slices);
