@@ -224,8 +224,8 @@ template <typename T> __device__ __forceinline__ float biased(const T *x, const 
     return bias ? an_load(an_store<T>(an_load(x[i]) + an_load(bias[i]))) : an_load(x[i]);
 }
 
-/* q, k, v rows of token i at q_src + i src_stride (k, v likewise); the rotated q goes to q_dst + i Hq D
- * (q_dst may be q_src when src_stride is Hq D: in place). */
+/* Token i's q at q_src + i q_stride, k and v at k, v + i kv_stride; the rotated q goes to
+ * q_dst + i Hq D (q_dst may be q_src when q_stride is Hq D: in place). */
 template <typename T>
 __global__ void rope_store_kernel(const T *q_src, T *q_dst, const T *k, const T *v, int64_t q_stride, int64_t kv_stride,
                                   const T *bq, const T *bk, const T *bv, T *k_cache, T *v_cache, const int64_t *rows,
