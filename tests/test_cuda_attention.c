@@ -241,6 +241,69 @@ END_TEST
 
 /* ---- decode over a KV cache ---- */
 
+/* One decode case: q (B, T, Hq, D) and caches (Bc, S, Hkv, D) uniform in [-2, 2) on both devices,
+ * the row table (B) and lengths (Bc) on both, and the float64 reference output. */
+typedef struct {
+    an_dtype dtype;
+    an_attention_shape sh;
+    int64_t S, Bc, qs[4];
+    test_pair q, k, v;
+    an_tensor *r, *len, *r_dev, *len_dev;
+    double *want;
+} decode_case;
+
+static decode_case decode_case_new(an_ctx *ctx, an_dtype dtype, int64_t B, int64_t T, int64_t Hq, int64_t Hkv,
+                                   int64_t D, int64_t S, int64_t Bc, const int64_t *rows, const int64_t *lengths) {
+    decode_case c = {.dtype = dtype, .sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)}, .S = S, .Bc = Bc,
+                     .qs = {B, T, Hq, D}};
+    int64_t cs[4] = {Bc, S, Hkv, D};
+    c.q = test_pair_uniform(ctx, dtype, 4, c.qs, -2, 2), c.k = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
+    c.v = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
+    c.want = malloc((size_t)(B * T * Hq * D) * sizeof *c.want);
+    test_ok(ctx, an_cpu_attention_cached(ctx, &c.sh, S, c.q.v, c.k.v, c.v.v, rows, lengths, c.want), "reference");
+    c.r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
+    c.len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
+    c.r_dev = an_tensor_to(ctx, c.r, AN_I64, AN_CUDA), c.len_dev = an_tensor_to(ctx, c.len, AN_I64, AN_CUDA);
+    ck_assert(c.want && c.r_dev && c.len_dev);
+    return c;
+}
+
+static void decode_case_free(decode_case *c) {
+    an_tensor_release(c->r), an_tensor_release(c->len), an_tensor_release(c->r_dev), an_tensor_release(c->len_dev);
+    free(c->want);
+    test_pair_release(c->q), test_pair_release(c->k), test_pair_release(c->v);
+}
+
+/* an_cuda_attention_cached into out (poisoned here) with the case's device tables. */
+static an_status decode_launch(an_ctx *ctx, const decode_case *c, an_tensor *out) {
+    return an_cuda_attention_cached(ctx, &c->sh, c->S, c->Bc, c->dtype, an_tensor_data(c->q.dev),
+                                    an_tensor_data(c->k.dev), an_tensor_data(c->v.dev), an_tensor_data(c->r_dev),
+                                    an_tensor_data(c->len_dev), an_tensor_data(out));
+}
+
+/* The launcher's output against the reference, then `replays` replays of the launch captured in a
+ * CUDA graph (as generation runs it), each into a poisoned output: the same bits every time.
+ * Returns the launcher's output. */
+static an_tensor *decode_check(an_ctx *ctx, const decode_case *c, int replays, const char *what) {
+    an_tensor *out = test_poisoned_gpu(ctx, c->dtype, 4, c->qs);
+    test_ok(ctx, decode_launch(ctx, c, out), "attention_cached");
+    expect_dev_close(ctx, out, c->want, rtol_of(c->dtype), rtol_of(c->dtype), 0, what);
+    if (replays == 0) return out;
+    an_tensor *replayed = test_poisoned_gpu(ctx, c->dtype, 4, c->qs);
+    an_cuda_graph *graph = NULL;
+    test_ok(ctx, an_cuda_graph_begin(ctx), "capture");
+    an_status body = decode_launch(ctx, c, replayed);
+    test_ok(ctx, an_cuda_graph_end(ctx, body, &graph), "captured attention_cached");
+    for (int rep = 0; rep < replays; rep++) {
+        test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(replayed), 0xff, an_tensor_nbytes(replayed)), "poison");
+        test_ok(ctx, an_cuda_graph_launch(ctx, graph), "replay");
+        expect_same_bits(ctx, out, replayed, what);
+    }
+    an_tensor_release(replayed);
+    an_cuda_graph_free(ctx, graph);
+    return out;
+}
+
 START_TEST(test_cuda_attention_cached_matches_float64_reference) {
     an_ctx *ctx = gpu_ctx(3, "cuda attention_cached");
     if (!ctx) return;
@@ -258,66 +321,33 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
                      * and merges; 16: one block; 4500 (head_dim 128): 36 splits of 128 keys, each two
                      * chunks, the last ones empty */
                     int64_t S = T == 1 ? 150 : T == 3 ? 16 : 4500, lengths[3] = {5, 0, S > 21 ? S - 21 : S - T};
-                    int64_t qs[4] = {B, T, Hq, D}, cs[4] = {Bc, S, Hkv, D};
-                    test_pair q = test_pair_uniform(ctx, dtype, 4, qs, -2, 2), k = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
-                    test_pair v = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
-                    an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
-                    double *want = malloc((size_t)(B * T * Hq * D) * sizeof *want);
-                    test_ok(ctx, an_cpu_attention_cached(ctx, &sh, S, q.v, k.v, v.v, rows, lengths, want), "reference");
-                    an_tensor *out = test_poisoned_gpu(ctx, dtype, 4, qs);
-                    an_tensor *r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
-                    an_tensor *len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
-                    an_tensor *r_dev = an_tensor_to(ctx, r, AN_I64, AN_CUDA), *len_dev = an_tensor_to(ctx, len, AN_I64, AN_CUDA);
-                    ck_assert(r_dev && len_dev);
-                    test_ok(ctx, an_cuda_attention_cached(ctx, &sh, S, Bc, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
-                                                     an_tensor_data(v.dev), an_tensor_data(r_dev), an_tensor_data(len_dev),
-                                                     an_tensor_data(out)),
-                       "attention_cached");
+                    decode_case dc = decode_case_new(ctx, dtype, B, T, Hq, Hkv, D, S, Bc, rows, lengths);
                     snprintf(what, sizeof what, "decode %s D %lld T %lld Hq %lld S %lld", an_dtype_name(dtype),
                              (long long)D, (long long)T, (long long)Hq, (long long)S);
-                    expect_dev_close(ctx, out, want, rtol_of(dtype), rtol_of(dtype), 0, what);
-                    if (D == 128) { /* captured in a CUDA graph (as generation runs it): the same bits */
-                        an_tensor *replayed = test_poisoned_gpu(ctx, dtype, 4, qs);
-                        an_cuda_graph *graph = NULL;
-                        test_ok(ctx, an_cuda_graph_begin(ctx), "capture");
-                        an_status body = an_cuda_attention_cached(ctx, &sh, S, Bc, dtype, an_tensor_data(q.dev),
-                                                                  an_tensor_data(k.dev), an_tensor_data(v.dev),
-                                                                  an_tensor_data(r_dev), an_tensor_data(len_dev),
-                                                                  an_tensor_data(replayed));
-                        test_ok(ctx, an_cuda_graph_end(ctx, body, &graph), "captured attention_cached");
-                        /* three replays: the same bits each time */
-                        for (int rep = 0; rep < 3; rep++) {
-                            test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(replayed), 0xff, an_tensor_nbytes(replayed)),
-                                    "poison");
-                            test_ok(ctx, an_cuda_graph_launch(ctx, graph), "replay");
-                            expect_same_bits(ctx, out, replayed, what);
-                        }
-                        an_tensor_release(replayed);
-                        an_cuda_graph_free(ctx, graph);
-                    }
+                    /* at head_dim 128 also three replays from a CUDA graph */
+                    an_tensor *out = decode_check(ctx, &dc, D == 128 ? 3 : 0, what);
 
                     /* the op on CUDA tensors against the op on the CPU */
-                    an_tensor *cpu = an_attention_cached(ctx, q.host, k.host, v.host, r, len, sh.scale);
-                    an_tensor *gpu = an_attention_cached(ctx, q.dev, k.dev, v.dev, r, len, sh.scale);
+                    double scale = dc.sh.scale;
+                    an_tensor *cpu = an_attention_cached(ctx, dc.q.host, dc.k.host, dc.v.host, dc.r, dc.len, scale);
+                    an_tensor *gpu = an_attention_cached(ctx, dc.q.dev, dc.k.dev, dc.v.dev, dc.r, dc.len, scale);
                     /* the device tables (the KV cache's): the same result bit for bit */
-                    an_tensor *gpu_dev = an_attention_cached(ctx, q.dev, k.dev, v.dev, r_dev, len_dev, sh.scale);
+                    an_tensor *gpu_dev = an_attention_cached(ctx, dc.q.dev, dc.k.dev, dc.v.dev, dc.r_dev, dc.len_dev, scale);
                     ck_assert_msg(cpu && gpu && gpu_dev, "%s: op: %s", what, an_error_message(ctx));
                     an_tensor *h1 = an_tensor_to(ctx, gpu, AN_F64, AN_CPU), *h2 = an_tensor_to(ctx, gpu_dev, AN_F64, AN_CPU);
                     ck_assert(h1 && h2);
                     ck_assert_msg(memcmp(an_tensor_data(h1), an_tensor_data(h2), an_tensor_nbytes(h1)) == 0,
                                   "%s: device tables", what);
                     an_tensor_release(h1), an_tensor_release(h2);
-                    an_tensor_release(gpu_dev), an_tensor_release(r_dev), an_tensor_release(len_dev);
+                    an_tensor_release(gpu_dev);
                     ck_assert_int_eq(gpu->device, AN_CUDA);
                     double *cv = test_values(cpu);
                     snprintf(what + strlen(what), sizeof what - strlen(what), " (op)");
                     /* both sides rounded to the dtype: allow one more rounding */
                     expect_dev_close(ctx, gpu, cv, 2 * rtol_of(dtype), 2 * rtol_of(dtype), 0, what);
                     free(cv);
-                    an_tensor_release(cpu), an_tensor_release(gpu), an_tensor_release(r), an_tensor_release(len);
-                    an_tensor_release(out);
-                    free(want);
-                    test_pair_release(q), test_pair_release(k), test_pair_release(v);
+                    an_tensor_release(cpu), an_tensor_release(gpu), an_tensor_release(out);
+                    decode_case_free(&dc);
                 }
     test_ctx_free(ctx);
 }
@@ -343,40 +373,12 @@ START_TEST(test_cuda_attention_grouped_regimes_match_float64_reference) {
             for (int64_t i = 0; i < Bc; i++) lengths[i] = (S - T) - (i * 37) % (S - T); /* 1 .. S - T keys held */
             lengths[Bc - 1] = 0;
             for (int64_t b = 0; b < B; b++) rows[b] = (b * 5 + 3) % Bc; /* scattered, the empty row included */
-            int64_t qs[4] = {B, T, Hq, D}, cs[4] = {Bc, S, Hkv, D};
-            test_pair q = test_pair_uniform(ctx, dtype, 4, qs, -2, 2), k = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
-            test_pair v = test_pair_uniform(ctx, dtype, 4, cs, -2, 2);
-            an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
-            double *want = malloc((size_t)(B * T * Hq * D) * sizeof *want);
-            test_ok(ctx, an_cpu_attention_cached(ctx, &sh, S, q.v, k.v, v.v, rows, lengths, want), "reference");
-            an_tensor *r = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){B}, rows);
-            an_tensor *len = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){Bc}, lengths);
-            an_tensor *r_dev = an_tensor_to(ctx, r, AN_I64, AN_CUDA), *len_dev = an_tensor_to(ctx, len, AN_I64, AN_CUDA);
-            ck_assert(r_dev && len_dev);
-            an_tensor *out = test_poisoned_gpu(ctx, dtype, 4, qs), *replayed = test_poisoned_gpu(ctx, dtype, 4, qs);
-            test_ok(ctx, an_cuda_attention_cached(ctx, &sh, S, Bc, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
-                                                  an_tensor_data(v.dev), an_tensor_data(r_dev), an_tensor_data(len_dev),
-                                                  an_tensor_data(out)),
-                    "attention_cached");
+            decode_case dc = decode_case_new(ctx, dtype, B, T, Hq, Hkv, D, S, Bc, rows, lengths);
             snprintf(what, sizeof what, "grouped decode %s B %lld T %lld S %lld", an_dtype_name(dtype), (long long)B,
                      (long long)T, (long long)S);
-            expect_dev_close(ctx, out, want, rtol_of(dtype), rtol_of(dtype), 0, what);
-            an_cuda_graph *graph = NULL;
-            test_ok(ctx, an_cuda_graph_begin(ctx), "capture");
-            an_status body = an_cuda_attention_cached(ctx, &sh, S, Bc, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
-                                                      an_tensor_data(v.dev), an_tensor_data(r_dev), an_tensor_data(len_dev),
-                                                      an_tensor_data(replayed));
-            test_ok(ctx, an_cuda_graph_end(ctx, body, &graph), "captured grouped attention");
-            for (int rep = 0; rep < 2; rep++) {
-                test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(replayed), 0xff, an_tensor_nbytes(replayed)), "poison");
-                test_ok(ctx, an_cuda_graph_launch(ctx, graph), "replay");
-                expect_same_bits(ctx, out, replayed, what);
-            }
-            an_cuda_graph_free(ctx, graph);
-            an_tensor_release(out), an_tensor_release(replayed), an_tensor_release(r), an_tensor_release(len);
-            an_tensor_release(r_dev), an_tensor_release(len_dev);
-            free(want), free(rows), free(lengths);
-            test_pair_release(q), test_pair_release(k), test_pair_release(v);
+            an_tensor_release(decode_check(ctx, &dc, 2, what));
+            decode_case_free(&dc);
+            free(rows), free(lengths);
         }
     test_ctx_free(ctx);
 }

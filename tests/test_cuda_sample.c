@@ -53,6 +53,41 @@ typedef struct {
     int64_t vocab_limit;
 } setting;
 
+/* For each setting that fits the vocabulary of cpu / gpu (the same logits, rows <= 16): the GPU's
+ * ids equal the CPU's row for row, the GPU run repeated from the same RNG state gives the same ids,
+ * both runs advance the RNG offset alike, and every id lies below the vocab limit. Setting s draws
+ * from counter offset seed0 + s * seed_step. Returns the rows compared; *distinct (may be NULL)
+ * gains the rows whose id differs from row 0's. */
+static int64_t compare_settings(an_ctx *ctx, const char *what, an_tensor *cpu, an_tensor *gpu, const setting *settings,
+                                size_t n_settings, uint64_t seed0, uint64_t seed_step, int64_t *distinct) {
+    int64_t rows = cpu->shape[0], V = cpu->shape[1], checked = 0;
+    ck_assert(rows <= 16);
+    for (size_t s = 0; s < n_settings; s++) {
+        const setting *c = &settings[s];
+        if (c->vocab_limit >= V) continue;
+        an_generate_opts o = {.temperature = c->temperature, .top_k = c->top_k, .top_p = c->top_p,
+                              .vocab_limit = c->vocab_limit};
+        int32_t want[16], got[16], again[16];
+        uint64_t seed = seed0 + seed_step * (uint64_t)s;
+        pick(ctx, cpu, &o, seed, want);
+        uint64_t cpu_offset = ctx->rng.offset;
+        pick(ctx, gpu, &o, seed, got);
+        ck_assert_uint_eq(ctx->rng.offset, cpu_offset);
+        pick(ctx, gpu, &o, seed, again);
+        int64_t allowed = c->vocab_limit ? c->vocab_limit : V;
+        for (int64_t r = 0; r < rows; r++) {
+            ck_assert_msg(got[r] == want[r], "%s %s V %lld setting %zu (T %g, k %lld, p %g, limit %lld) row %lld: "
+                          "GPU id %d, CPU id %d", what, an_dtype_name(cpu->dtype), (long long)V, s, c->temperature,
+                          (long long)c->top_k, c->top_p, (long long)c->vocab_limit, (long long)r, got[r], want[r]);
+            ck_assert_int_eq(again[r], got[r]);
+            ck_assert(got[r] >= 0 && got[r] < allowed);
+            checked++;
+            if (distinct) *distinct += r > 0 && got[r] != got[0];
+        }
+    }
+    return checked;
+}
+
 START_TEST(test_gpu_sampling_equals_the_cpu_reference_on_random_logits) {
     an_ctx *ctx = test_gpu_ctx(1, "cuda sampling");
     if (!ctx) return;
@@ -70,28 +105,8 @@ START_TEST(test_gpu_sampling_equals_the_cpu_reference_on_random_logits) {
             an_tensor *cpu = test_uniform(ctx, dtypes[d], 2, (int64_t[]){rows, V}, -4.0, 4.0, false);
             an_tensor *gpu = an_tensor_to(ctx, cpu, dtypes[d], AN_CUDA);
             ck_assert_ptr_nonnull(gpu);
-            for (size_t s = 0; s < sizeof settings / sizeof *settings; s++) {
-                const setting *c = &settings[s];
-                if (c->vocab_limit >= V) continue;
-                an_generate_opts o = {.temperature = c->temperature, .top_k = c->top_k, .top_p = c->top_p,
-                                      .vocab_limit = c->vocab_limit};
-                int32_t want[6], got[6], again[6];
-                pick(ctx, cpu, &o, 1000 + (uint64_t)s, want);
-                uint64_t cpu_offset = ctx->rng.offset;
-                pick(ctx, gpu, &o, 1000 + (uint64_t)s, got);
-                ck_assert_uint_eq(ctx->rng.offset, cpu_offset);
-                pick(ctx, gpu, &o, 1000 + (uint64_t)s, again);
-                int64_t allowed = c->vocab_limit ? c->vocab_limit : V;
-                for (int64_t r = 0; r < rows; r++) {
-                    ck_assert_msg(got[r] == want[r], "%s V %lld setting %zu (T %g, k %lld, p %g, limit %lld) row %lld: "
-                                  "GPU id %d, CPU id %d", an_dtype_name(dtypes[d]), (long long)V, s, c->temperature,
-                                  (long long)c->top_k, c->top_p, (long long)c->vocab_limit, (long long)r, got[r], want[r]);
-                    ck_assert_int_eq(again[r], got[r]);
-                    ck_assert(got[r] >= 0 && got[r] < allowed);
-                    checked++;
-                    distinct_draws += r > 0 && got[r] != got[0];
-                }
-            }
+            checked += compare_settings(ctx, "random", cpu, gpu, settings, sizeof settings / sizeof *settings, 1000, 1,
+                                        &distinct_draws);
             an_tensor_release(gpu), an_tensor_release(cpu);
         }
     }
@@ -150,24 +165,8 @@ START_TEST(test_gpu_sampling_stress_equals_the_cpu_reference) {
             an_tensor *cpu = patterned(ctx, dtypes[d], rows, V, cases[ci].pattern);
             an_tensor *gpu = an_tensor_to(ctx, cpu, dtypes[d], AN_CUDA);
             ck_assert_ptr_nonnull(gpu);
-            for (size_t s = 0; s < sizeof settings / sizeof *settings; s++) {
-                const setting *c = &settings[s];
-                if (c->vocab_limit >= V) continue;
-                an_generate_opts o = {.temperature = c->temperature, .top_k = c->top_k, .top_p = c->top_p,
-                                      .vocab_limit = c->vocab_limit};
-                int32_t want[9], got[9], again[9];
-                pick(ctx, cpu, &o, 500 + 17 * (uint64_t)s, want);
-                pick(ctx, gpu, &o, 500 + 17 * (uint64_t)s, got);
-                pick(ctx, gpu, &o, 500 + 17 * (uint64_t)s, again);
-                for (int64_t r = 0; r < rows; r++) {
-                    ck_assert_msg(got[r] == want[r], "%s %s V %lld setting %zu (T %g, k %lld, p %g, limit %lld) row %lld: "
-                                  "GPU id %d, CPU id %d", names[cases[ci].pattern], an_dtype_name(dtypes[d]), (long long)V, s,
-                                  c->temperature, (long long)c->top_k, c->top_p, (long long)c->vocab_limit, (long long)r,
-                                  got[r], want[r]);
-                    ck_assert_int_eq(again[r], got[r]);
-                    checked++;
-                }
-            }
+            checked += compare_settings(ctx, names[cases[ci].pattern], cpu, gpu, settings,
+                                        sizeof settings / sizeof *settings, 500, 17, NULL);
             an_tensor_release(gpu), an_tensor_release(cpu);
         }
     printf("cuda sampling stress: %lld rows equal to the CPU reference\n", (long long)checked);
