@@ -118,10 +118,14 @@ an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype
  * accumulation, one rounding. an_cuda_gemm sends such shapes with small weights (a decode step's
  * projections) here, and an_linear its biased ones. */
 #define AN_CUDA_GEMV_MAX_ROWS 8
-/* an_cuda_gemm's rule at M <= AN_CUDA_GEMV_MAX_ROWS against W^T: the GEMV up to this many weight
- * bytes (every projection of the 1.5B model), cuBLASLt above it (its kernels stream a 467 MB
- * lm_head faster; gemm.cu). */
+/* an_cuda_gemm's rule at M <= AN_CUDA_GEMV_RULE_ROWS against W^T: the GEMV up to this many weight
+ * bytes on every card (every projection of the 1.5B model); a larger weight (the 467 MB lm_head)
+ * takes the GEMV only on cards whose peak memory bandwidth is below
+ * AN_CUDA_GEMV_LARGE_MAX_BANDWIDTH, cuBLASLt on faster ones. Measured in decode graphs, lm_head
+ * at M = 1, GEMV against cuBLASLt: H100 (3.35 TB/s) 151.2 against 164.8 us, H200 (4.8 TB/s)
+ * 119 against 107 us (docs/performance.md). */
 #define AN_CUDA_GEMV_MAX_WEIGHT_BYTES ((size_t)64 << 20)
+#define AN_CUDA_GEMV_LARGE_MAX_BANDWIDTH 4.0e12 /* bytes/s */
 /* The rows at or below which a decode step (model/model.c's fused block) and an_cuda_gemm take
  * the weight-streaming GEMV kernels instead of cuBLASLt (at most AN_CUDA_GEMV_MAX_ROWS). Measured
  * on an H100 at the 1.5B shape (ms a decode step, GEMV to 8 / 4 / 2 / 1 rows): batch 2 2.092 /

@@ -11,9 +11,10 @@
  * So C = op(A) op(B) is computed as C^T = op(B)^T op(A)^T: cuBLASLt's first operand is our B,
  * its second our A, and its (N, M) column-major output is our (M, N) row-major C. Batches are
  * strided; a shared B has batch stride 0, and with an untransposed A it folds into one GEMM of
- * batch*M rows. At most AN_CUDA_GEMV_RULE_ROWS rows against a transposed B of at most
- * AN_CUDA_GEMV_MAX_WEIGHT_BYTES go to an_cuda_gemv (kernels/gemv.cu) instead. Descriptors and the chosen algorithm are cached per shape, dtype and
- * pointer alignment in the state (AN_GEMM_PLAN_SLOTS entries, replaced round-robin). */
+ * batch*M rows. At most AN_CUDA_GEMV_RULE_ROWS rows against a transposed B go to an_cuda_gemv
+ * (kernels/gemv.cu) instead, by cuda.h's rule on the weight's bytes and the card's bandwidth.
+ * Descriptors and the chosen algorithm are cached per shape, dtype and pointer alignment in the
+ * state (AN_GEMM_PLAN_SLOTS entries, replaced round-robin). */
 #include "kernels/cuda_common.cuh"
 
 #include <stdint.h>
@@ -226,11 +227,13 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
         sh.batch = 1;
     }
     if (sh.batch == 1) sh.b_shared = false;
-    /* A few rows times a transposed B (a decode step's x W^T): the weight-streaming GEMV up to
-     * AN_CUDA_GEMV_MAX_WEIGHT_BYTES (H200, M = 1, in a decode graph: down_proj 8.0 vs 11.1 us for
-     * cuBLASLt), cuBLASLt above it (the 467 MB lm_head: 107 vs 119 us; docs/performance.md). */
-    if (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS && c_dtype == dtype &&
-        (size_t)sh.n * (size_t)sh.k * es <= AN_CUDA_GEMV_MAX_WEIGHT_BYTES)
+    /* A few rows times a transposed B (a decode step's x W^T): the weight-streaming GEMV (H200,
+     * M = 1, in a decode graph: down_proj 8.0 vs 11.1 us for cuBLASLt) by cuda.h's rule on the
+     * weight's size and the card's bandwidth (the lm_head: faster than cuBLASLt on an H100, slower
+     * on an H200). */
+    const bool gemv_weight = (size_t)sh.n * (size_t)sh.k * es <= AN_CUDA_GEMV_MAX_WEIGHT_BYTES ||
+                             s->peak_bandwidth < AN_CUDA_GEMV_LARGE_MAX_BANDWIDTH;
+    if (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS && c_dtype == dtype && gemv_weight)
         return an_cuda_gemv(ctx, dtype, a, sh.m, sh.k, b, sh.n, bias, sh.accumulate, c);
     AN_CHECK(ctx, sh.batch <= INT32_MAX, AN_ERR_INPUT, "gemm: batch %lld exceeds cuBLASLt's limit",
              (long long)sh.batch);

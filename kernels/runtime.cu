@@ -84,6 +84,12 @@ an_cuda_state *an_cuda_state_new(int index, char *why, size_t why_size) {
     }
     WHY_CHECK(cudaSetDevice(index));
     WHY_CHECK(cudaDeviceGetAttribute(&s->sm_count, cudaDevAttrMultiProcessorCount, index));
+    {
+        int mem_khz = 0, bus_bits = 0;
+        WHY_CHECK(cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, index));
+        WHY_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, index));
+        s->peak_bandwidth = 2.0 * mem_khz * 1e3 * bus_bits / 8.0; /* double data rate */
+    }
     WHY_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
     bst = cublasLtCreate(&s->lt);
     if (bst != CUBLAS_STATUS_SUCCESS) {

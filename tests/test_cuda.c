@@ -549,7 +549,8 @@ static void check_gemm(an_ctx *ctx, an_dtype dtype, an_gemm_shape s, int64_t off
 }
 
 /* The decode shapes an_cuda_gemm sends to an_cuda_gemv (x W^T with at most AN_CUDA_GEMV_MAX_ROWS
- * rows): every row count, K a multiple of the 16-byte vector and not, aligned and one element off;
+ * rows): every row count, K a multiple of the 16-byte vector and not, aligned and one element off,
+ * a weight over AN_CUDA_GEMV_MAX_WEIGHT_BYTES;
  * and an_linear's bias (GEMV, cuBLASLt epilogue, or a misaligned bias added after) against the CPU. */
 START_TEST(test_cuda_gemv_rows_match_the_reference) {
     an_ctx *ctx = gpu_ctx(9, "cuda gemv");
@@ -563,6 +564,10 @@ START_TEST(test_cuda_gemv_rows_match_the_reference) {
                     for (int variant = 0; variant < 3; variant++) /* 0: plain; 1: accumulate; 2: misaligned */
                         check_gemm(ctx, float_dtypes[d], (an_gemm_shape){1, m, ns[ni], ks[ki], 0, 1, 0, variant == 1},
                                    variant == 2 ? 1 : 0);
+    /* a weight past AN_CUDA_GEMV_MAX_WEIGHT_BYTES (67.6 MB of bf16): the GEMV or cuBLASLt by the
+     * card's bandwidth (cuda.h), the same values either way */
+    for (int64_t m = 1; m <= AN_CUDA_GEMV_RULE_ROWS; m++)
+        check_gemm(ctx, AN_BF16, (an_gemm_shape){1, m, 22000, 1536, 0, 1, 0, m == 2}, 0);
     /* an_linear with a bias: inside the GEMV on so few rows, in cuBLASLt's bias epilogue on more, and
      * added by a second kernel when the bias is not 16-byte aligned: the same values as the CPU */
     an_no_grad_begin(ctx);
