@@ -313,6 +313,16 @@ __global__ void __launch_bounds__(kWarps * 32) norm_qkv_rope_kernel(QkvRopeArgs<
     if (valid) an_prefetch_l2_warp(wr[0], a.g.K * (int64_t)sizeof(T), lane); /* weights: no wait needed */
     an_pdl_wait();
     an_pdl_trigger();
+    /* the row's cache slot and its rope angle before the dot products: the dependent loads of the
+     * row table and the lengths, and the fp64 sincos, overlap the weight stream instead of
+     * following it (batch-1 decode 1.843 -> 1.826 ms/step on an H100) */
+    int64_t pos = -1, cache_row = 0;
+    double sd = 0.0, cd = 1.0;
+    if (valid && lane < a.g.M) {
+        cache_row = a.rows[lane / a.seq];
+        pos = a.lengths[cache_row] + lane % a.seq;
+        if (seg < 2 && warp < 4) sincos((double)pos * a.inv.v[pair % half], &sd, &cd);
+    }
     float y = 0.0f;
     if (valid) {
         float v[1], sv;
@@ -322,11 +332,6 @@ __global__ void __launch_bounds__(kWarps * 32) norm_qkv_rope_kernel(QkvRopeArgs<
     }
     /* row r = b T + t of lane r: its cache slot */
     const int r = lane;
-    int64_t pos = -1, cache_row = 0;
-    if (valid && r < a.g.M) {
-        cache_row = a.rows[r / a.seq];
-        pos = a.lengths[cache_row] + r % a.seq;
-    }
     const bool store = pos >= 0 && pos < a.capacity;
     const int64_t slot = (store ? cache_row * a.capacity + pos : 0) * (int64_t)a.Hkv * a.D; /* (Hkv, D) */
     if (seg == 2) {
@@ -336,8 +341,6 @@ __global__ void __launch_bounds__(kWarps * 32) norm_qkv_rope_kernel(QkvRopeArgs<
     if (r < 8) y_s[warp][r] = y; /* block-uniform segment: every warp of the block reaches the barrier */
     __syncthreads();
     if (warp >= 4 || !valid || r >= a.g.M) return;
-    double sd, cd;
-    sincos((double)pos * a.inv.v[pair % half], &sd, &cd);
     float o1, o2;
     rotate(y, y_s[warp + 4][r], (float)cd, 1.0f * (float)sd, &o1, &o2);
     const int64_t hi = col + (a.interleaved ? 1 : half);
@@ -499,7 +502,9 @@ extern "C" an_status an_cuda_rmsnorm_swiglu_gemv(an_ctx *ctx, an_dtype dtype, co
         const dim3 grid((unsigned)((N + kSwigluWarps - 1) / kSwigluWarps)), block(kSwigluWarps * 32);
         cudaError_t err;
         if (!vec) err = an_launch_pdl(s, norm_swiglu_kernel<T, 8, 4, false>, grid, block, a);
-        else if (M == 1) err = an_launch_pdl(s, norm_swiglu_kernel<T, 1, 4, true>, grid, block, a);
+        /* one row: all 6 packs a lane reads of each weight row in flight at once (UNR 8 against 4: batch-1
+         * decode 1.843 -> 1.827 ms/step on an H100; at two rows 8 gained nothing) */
+        else if (M == 1) err = an_launch_pdl(s, norm_swiglu_kernel<T, 1, 8, true>, grid, block, a);
         else if (M == 2) err = an_launch_pdl(s, norm_swiglu_kernel<T, 2, 4, true>, grid, block, a);
         else if (M <= 4) err = an_launch_pdl(s, norm_swiglu_kernel<T, 4, 2, true>, grid, block, a);
         else err = an_launch_pdl(s, norm_swiglu_kernel<T, 8, 2, true>, grid, block, a);

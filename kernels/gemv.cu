@@ -9,10 +9,14 @@
  * output columns and streams their rows of W in 16-byte loads that skip L1 (read once), UNR
  * loads a row and lane in flight before the FMAs; the M dot products of each column stay in fp32
  * registers. Two shapes (an H200, weights streamed from HBM; bench/gemv_variants.cu measured them):
- * - K < 4096 or N > 8192: 4 warps a block, 2 columns a warp (8960 x 1536: 8.8 us, 3.1 TB/s);
- * - K >= 4096 and N <= 8192: 8 warps a block, 2 columns a block, each column's K split over 4 warps
- *   (interleaved 16-byte packs) added through shared memory in warp order: long rows otherwise
- *   leave too few warps streaming (1536 x 8960: 8.9 us against 14.4 us unsplit, 12.2 for cuBLASLt).
+ * - N > 8192, or K < 4096 with M > 1: 4 warps a block, 2 columns a warp (8960 x 1536: 8.8 us,
+ *   3.1 TB/s);
+ * - N <= 8192 and K >= 4096 or M = 1: 8 warps a block, 2 columns a block, each column's K split
+ *   over 4 warps (interleaved 16-byte packs) added through shared memory in warp order: long rows
+ *   otherwise leave too few warps streaming (1536 x 8960: 8.9 us against 14.4 us unsplit, 12.2
+ *   for cuBLASLt), and a single row's o_proj (1536 x 1536) then has every load of a lane in flight
+ *   at once (batch-1 decode on an H100: 1.843 / 1.838 -> 1.830 / 1.825 ms/step; at two rows it
+ *   lost 11 us a step).
  * Every sum runs in a fixed order (lanes by butterfly, split warps in order): the same bits every
  * run. The scalar path (any K or alignment) keeps one column a warp. */
 #include "kernels/block_reduce.cuh" /* an_lanes_sum */
@@ -144,9 +148,11 @@ cudaError_t launch_vec(an_cuda_state *s, const T *x, int64_t M, int64_t K, const
 template <typename T, int MR>
 an_status launch(an_ctx *ctx, an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *w, int64_t N,
                  const T *bias, bool accumulate, T *y) {
-    constexpr int UNR = MR <= 2 ? 4 : 2; /* registers: UNR packs of W per column, one of x per row */
+    /* registers: UNR packs of W per column, one of x per row (8 at one or two rows: batch-1 decode
+     * 1.84 -> 1.95 ms/step on an H100, fewer warps resident) */
+    constexpr int UNR = MR <= 2 ? 4 : 2;
     const bool vec = K % an_vec_width<T>::value == 0 && an_aligned16(x) && an_aligned16(w);
-    const bool split = K >= 4096 && N <= 8192;
+    const bool split = (K >= 4096 || M == 1) && N <= 8192;
     cudaError_t err = !vec   ? an_launch_pdl(s, gemv_scalar<T, MR>, dim3((unsigned)((N + 7) / 8)), dim3(256), x, K, w, N,
                                              bias, accumulate, y, M)
                       : split ? launch_vec<T, MR, 1, UNR, 8, 4>(s, x, M, K, w, N, bias, accumulate, y)
