@@ -12,11 +12,11 @@
  * - N > 8192, or K < 4096 with M > 1: 4 warps a block, 2 columns a warp (8960 x 1536: 8.8 us,
  *   3.1 TB/s);
  * - N <= 8192 and K >= 4096 or M = 1: 8 warps a block, 2 columns a block, each column's K split
- *   over 4 warps (interleaved 16-byte packs) added through shared memory in warp order: long rows
- *   otherwise leave too few warps streaming (1536 x 8960: 8.9 us against 14.4 us unsplit, 12.2
- *   for cuBLASLt), and a single row's o_proj (1536 x 1536) then has every load of a lane in flight
- *   at once (batch-1 decode on an H100: 1.843 / 1.838 -> 1.830 / 1.825 ms/step; at two rows it
- *   lost 11 us a step).
+ *   over 4 warps (one column over all 8 at M = 2; interleaved 16-byte packs) added through shared
+ *   memory in warp order: long rows otherwise leave too few warps streaming (1536 x 8960: 8.9 us
+ *   against 14.4 us unsplit, 12.2 for cuBLASLt), and a single row's o_proj (1536 x 1536) then has
+ *   every load of a lane in flight at once (batch-1 decode on an H100: 1.843 / 1.838 -> 1.830 /
+ *   1.825 ms/step; split at two rows it lost 11 us a step).
  * Every sum runs in a fixed order (lanes by butterfly, split warps in order): the same bits every
  * run. The scalar path (any K or alignment) keeps one column a warp. */
 #include "kernels/block_reduce.cuh" /* an_lanes_sum */
@@ -151,11 +151,14 @@ an_status launch(an_ctx *ctx, an_cuda_state *s, const T *x, int64_t M, int64_t K
     /* registers: UNR packs of W per column, one of x per row (8 at one or two rows: batch-1 decode
      * 1.84 -> 1.95 ms/step on an H100, fewer warps resident) */
     constexpr int UNR = MR <= 2 ? 4 : 2;
+    /* warps sharing a split column: 8 at two rows (batch-2 decode 2.088 / 2.087 -> 2.049 / 2.025
+     * ms/step on an H100), 4 otherwise (8 at one row: 1.801 / 1.807 -> 1.851 / 1.859) */
+    constexpr int SPLIT = MR == 2 ? 8 : 4;
     const bool vec = K % an_vec_width<T>::value == 0 && an_aligned16(x) && an_aligned16(w);
     const bool split = (K >= 4096 || M == 1) && N <= 8192;
     cudaError_t err = !vec   ? an_launch_pdl(s, gemv_scalar<T, MR>, dim3((unsigned)((N + 7) / 8)), dim3(256), x, K, w, N,
                                              bias, accumulate, y, M)
-                      : split ? launch_vec<T, MR, 1, UNR, 8, 4>(s, x, M, K, w, N, bias, accumulate, y)
+                      : split ? launch_vec<T, MR, 1, UNR, 8, SPLIT>(s, x, M, K, w, N, bias, accumulate, y)
                               : launch_vec<T, MR, 2, UNR, 4, 1>(s, x, M, K, w, N, bias, accumulate, y);
     AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of the gemv kernel failed: %s", cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "gemv");
