@@ -186,8 +186,10 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
 /* Block (row, query head): the splits' partials merged in one parallel pass: thread s reads split
  * s's max (at most kD splits; a split past the visible keys holds -inf and weighs 0), the block
  * forms the overall max and each split's weight, then thread d adds the weighted o[d] of the
- * splits that saw keys, in split order (independent loads: no chain through memory, and no read
- * of the row table). Sums over splits: lanes by butterfly, warps in order. */
+ * splits that saw keys, in split order. Thread d loads every split's o[d] together with the maxes
+ * (no chain through memory, and no read of the row table): batch-1 decode 1.808 -> 1.777 ms/step
+ * on an H100 against loading them after the weights. Sums over splits: lanes by butterfly, warps
+ * in order. */
 template <typename T> __global__ void __launch_bounds__(kD) gqa_merge_kernel(GqaArgs<T> a) {
     __shared__ float f_s[kD], max_s[kD / 32], sum_s[kD / 32];
     an_pdl_wait();
@@ -195,6 +197,9 @@ template <typename T> __global__ void __launch_bounds__(kD) gqa_merge_kernel(Gqa
     const int64_t qh = (int64_t)blockIdx.x * a.Hq + blockIdx.y;
     const int d = threadIdx.x, lane = d % 32, warp = d / 32, used = a.nsplit;
     const float *p = a.partial + qh * a.nsplit * (kD + 2);
+    float ov[kMaxSplits]; /* every split's o[d], loaded with the maxes: one memory latency, not three */
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplits; sp++) ov[sp] = sp < used ? p[sp * (kD + 2) + d] : 0.0f;
     const float ms = d < used ? p[d * (kD + 2) + kD] : -INFINITY;
     float wm = an_lanes_max<32>(ms);
     if (lane == 0) max_s[warp] = wm;
@@ -210,9 +215,9 @@ template <typename T> __global__ void __launch_bounds__(kD) gqa_merge_kernel(Gqa
     float L = sum_s[0], O = 0.0f;
 #pragma unroll
     for (int w = 1; w < kD / 32; w++) L += sum_s[w];
-#pragma unroll 8
-    for (int sp = 0; sp < used; sp++)
-        if (f_s[sp] != 0.0f) O = fmaf(p[sp * (kD + 2) + d], f_s[sp], O); /* block-uniform branch */
+#pragma unroll
+    for (int sp = 0; sp < kMaxSplits; sp++)
+        if (sp < used && f_s[sp] != 0.0f) O = fmaf(ov[sp], f_s[sp], O); /* block-uniform branch */
     a.out[qh * kD + d] = an_store<T>(L > 0.0f ? O / L : 0.0f);
 }
 
