@@ -44,6 +44,21 @@ measure() { # label, command...
   rows+=("$(printf '%-28s %s' "$label" "${line:-failed (see log)}")")
   echo "${rows[-1]}"
 }
+# The same over `runs` runs, keeping the run of median tokens/s: transformers' generate moved
+# between 482 and 589 tokens/s at batch 32 from one call to the next, one run each.
+measure_median() { # label, runs, command...
+  local label=$1 runs=$2; shift 2
+  local all="" line i
+  for ((i = 0; i < runs; i++)); do
+    line=$("$@" 2>&1 | tee -a "$log" | grep -E '^(anneal|pytorch) .*tokens/s' | tail -1)
+    [ -n "$line" ] && all+="$line"$'\n'
+  done
+  line=$(printf '%s' "$all" | awk 'match($0, /[0-9.]+ tokens\/s/) { print substr($0, RSTART, RLENGTH - 9) + 0 "\t" $0 }' |
+    sort -n | awk -F '\t' '{ l[NR] = $2 } END { if (NR) print l[int((NR + 1) / 2)] }')
+  rows+=("$(printf '%-28s %s' "$label" "${line:+$line (median of $runs runs)}")")
+  [ -n "$line" ] || rows[-1]="$(printf '%-28s %s' "$label" "failed (see log)")"
+  echo "${rows[-1]}"
+}
 peer() { python3 bench/peer_train_step.py --load "$model" --steps 4 "$@"; }
 if want train; then
   measure "anneal lora q,v"          "$bin/train_step" "$model" --lora 16 --targets qv --steps 4
@@ -59,13 +74,13 @@ if want train; then
 fi
 if want generate; then
   # Greedy generation, prompt 128, 256 new tokens (bench/generate.c, bench/peer_generate.py).
-  measure "anneal generate b1"       "$bin/generate" "$model" --batch 1
+  measure_median "anneal generate b1" 3 "$bin/generate" "$model" --batch 1
   # The issue states batch 1 against the memory-bandwidth limit: generate prints the share.
   rows+=("$(printf '%-28s %s' "anneal decode b1 bandwidth" \
-    "$(grep -E 'batch 1 decode reaches' "$log" | tail -1 | sed -E 's/.*weight bytes per decode step/weight bytes per decode step/')")")
-  measure "pytorch generate b1"      python3 bench/peer_generate.py "$model" --batch 1
-  measure "anneal generate b32"      "$bin/generate" "$model" --batch 32
-  measure "pytorch generate b32"     python3 bench/peer_generate.py "$model" --batch 32
+    "$(grep -E 'batch 1 decode reaches' "$log" | tail -1 | sed -E 's/.*weight bytes per decode step/weight bytes per decode step/') (the last of the runs)")")
+  measure_median "pytorch generate b1" 3 python3 bench/peer_generate.py "$model" --batch 1
+  measure_median "anneal generate b32" 3 "$bin/generate" "$model" --batch 32
+  measure_median "pytorch generate b32" 3 python3 bench/peer_generate.py "$model" --batch 32
 fi
 
 # Loss curves side by side: prints ten steps of ours against the peer's and adds a summary row that
