@@ -2,7 +2,8 @@
 # Every GPU test and benchmark in one invocation on a CUDA machine, with a short table last.
 #   bash bench/gpu_all.sh BIN_DIR [PARTS]
 # PARTS: a comma list of tests, kernels, train, generate, curves (default: all of them, about
-# 600 s on an H100); a subset runs only those sections, e.g. to stay within a per-call time limit
+# 600 s on an H100 before the generation rows became medians of three runs, which add about 80 s);
+# a subset runs only those sections, e.g. to stay within a per-call time limit
 # (the summary and the ratios then cover what ran; pairs not run print "missing").
 # BIN_DIR holds the CUDA build's test_cuda* binaries, bench/train_step and bench/generate (as
 # train_step and generate) and a lib/ with the shared libraries the machine lacks (see
