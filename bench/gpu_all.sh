@@ -47,15 +47,22 @@ measure() { # label, command...
 }
 # The same over `runs` runs, keeping the run of median tokens/s: transformers' generate moved
 # between 482 and 589 tokens/s at batch 32 from one call to the next, one run each.
+# The chosen run's whole output stays in $median_out (the batch-1 bandwidth row reads it).
+median_out=${OUT:-/tmp}/gpu_all_median.txt
 measure_median() { # label, runs, command...
   local label=$1 runs=$2; shift 2
-  local all="" line i
+  local line i best=-1 rates=""
   for ((i = 0; i < runs; i++)); do
-    line=$("$@" 2>&1 | tee -a "$log" | grep -E '^(anneal|pytorch) .*tokens/s' | tail -1)
-    [ -n "$line" ] && all+="$line"$'\n'
+    "$@" > "$median_out.$i" 2>&1
+    cat "$median_out.$i" >> "$log"
+    line=$(grep -E '^(anneal|pytorch) .*tokens/s' "$median_out.$i" | tail -1 | grep -oE '[0-9.]+ tokens/s' | head -1)
+    [ -n "$line" ] && rates+="${line% tokens/s} $i"$'\n'
   done
-  line=$(printf '%s' "$all" | awk 'match($0, /[0-9.]+ tokens\/s/) { print substr($0, RSTART, RLENGTH - 9) + 0 "\t" $0 }' |
-    sort -n | awk -F '\t' '{ l[NR] = $2 } END { if (NR) print l[int((NR + 1) / 2)] }')
+  best=$(printf '%s' "$rates" | sort -n | awk '{ r[NR] = $2 } END { print NR ? r[int((NR + 1) / 2)] : -1 }')
+  line=""
+  [ "$best" -ge 0 ] && line=$(grep -E '^(anneal|pytorch) .*tokens/s' "$median_out.$best" | tail -1)
+  [ "$best" -ge 0 ] && cp "$median_out.$best" "$median_out" || : > "$median_out"
+  rm -f "$median_out".[0-9]*
   rows+=("$(printf '%-28s %s' "$label" "${line:+$line (median of $runs runs)}")")
   [ -n "$line" ] || rows[-1]="$(printf '%-28s %s' "$label" "failed (see log)")"
   echo "${rows[-1]}"
@@ -78,7 +85,7 @@ if want generate; then
   measure_median "anneal generate b1" 3 "$bin/generate" "$model" --batch 1
   # The issue states batch 1 against the memory-bandwidth limit: generate prints the share.
   rows+=("$(printf '%-28s %s' "anneal decode b1 bandwidth" \
-    "$(grep -E 'batch 1 decode reaches' "$log" | tail -1 | sed -E 's/.*weight bytes per decode step/weight bytes per decode step/') (the last of the runs)")")
+    "$(grep -E 'batch 1 decode reaches' "$median_out" | tail -1 | sed -E 's/.*weight bytes per decode step/weight bytes per decode step/')")")
   measure_median "pytorch generate b1" 3 python3 bench/peer_generate.py "$model" --batch 1
   measure_median "anneal generate b32" 3 "$bin/generate" "$model" --batch 32
   measure_median "pytorch generate b32" 3 python3 bench/peer_generate.py "$model" --batch 32
