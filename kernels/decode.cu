@@ -314,11 +314,10 @@ __global__ void __launch_bounds__(kWarps * 32) norm_qkv_rope_kernel(QkvRopeArgs<
     }
     const T *const wr[1] = {(seg == 0 ? a.g.w0 : seg == 1 ? a.g.w1 : a.g.w2) + (valid ? col : 0) * a.g.K};
     if (valid) an_prefetch_l2_warp(wr[0], a.g.K * (int64_t)sizeof(T), lane); /* weights: no wait needed */
-    an_pdl_wait();
-    an_pdl_trigger();
-    /* the row's cache slot and its rope angle before the dot products: the dependent loads of the
-     * row table and the lengths, and the fp64 sincos, overlap the weight stream instead of
-     * following it (batch-1 decode 1.843 -> 1.826 ms/step on an H100) */
+    /* the row's cache slot and its rope angle before the wait (the step's tables: pdl.cuh's rule),
+     * so the dependent loads of the row table and the lengths and the fp64 sincos overlap the
+     * kernel before; after the wait (1c77f98) they overlapped the weight stream: batch-1 decode
+     * 1.843 -> 1.826 ms/step on an H100 */
     int64_t pos = -1, cache_row = 0;
     double sd = 0.0, cd = 1.0;
     if (valid && lane < a.g.M) {
@@ -326,6 +325,8 @@ __global__ void __launch_bounds__(kWarps * 32) norm_qkv_rope_kernel(QkvRopeArgs<
         pos = a.lengths[cache_row] + lane % a.seq;
         if (seg < 2 && warp < 4) sincos((double)pos * a.inv.v[pair % half], &sd, &cd);
     }
+    an_pdl_wait();
+    an_pdl_trigger();
     float y = 0.0f;
     if (valid) {
         float v[1], sv;

@@ -71,15 +71,18 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
     __shared__ float p_s[G][kThreads];          /* the chunk's probabilities */
     __shared__ float max_s[2][G], sum_s[2][G];  /* per-warp partials */
     __shared__ __align__(16) T v_s[kThreads][kD]; /* the chunk's V rows */
-    an_pdl_wait(); /* q, the cache and its lengths come from the kernels before */
-    an_pdl_trigger();
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     const int64_t row = blockIdx.x, b = row / a.seq, t = row % a.seq; /* row = b T + t */
     const int g = blockIdx.y, split = blockIdx.z;
-    const T *qg = a.q + (row * a.Hq + (int64_t)g * G) * kD; /* (G, D) */
-    for (int i = tid; i < G * kD; i += kThreads) q_s[i / kD][i % kD] = an_load(qg[i]) * a.scale;
+    /* the step's tables before the wait (pdl.cuh's rule): the cache row and its length arrive
+     * while the kernel before finishes */
     const int64_t cache_row = a.rows[b];
     const bool valid_row = cache_row >= 0 && cache_row < a.cache_rows;
+    const int64_t held_before = valid_row ? a.lengths[cache_row] : 0;
+    an_pdl_wait(); /* q and the cache's new keys come from the kernels before */
+    an_pdl_trigger();
+    const T *qg = a.q + (row * a.Hq + (int64_t)g * G) * kD; /* (G, D) */
+    for (int i = tid; i < G * kD; i += kThreads) q_s[i / kD][i % kD] = an_load(qg[i]) * a.scale;
     const int64_t k_begin = (int64_t)split * a.chunk;
     const int64_t cap_end = k_begin + a.chunk < a.cache_len ? k_begin + a.chunk : a.cache_len; /* keys the cache holds */
     const int64_t key_stride = (int64_t)a.Hkv * kD;
@@ -102,7 +105,7 @@ template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_spl
     /* small grids: the first chunk's loads go out before the row's length arrives (one memory
      * latency fewer); large ones read visible keys only (bandwidth is what they spend) */
     if (a.speculate && k_begin < cap_end) load_chunk(k_begin, cap_end);
-    int64_t visible = valid_row ? a.lengths[cache_row] + t + 1 : 0;
+    int64_t visible = valid_row ? held_before + t + 1 : 0;
     if (visible > a.cache_len) visible = a.cache_len;
     const int64_t k_end = k_begin + a.chunk < visible ? k_begin + a.chunk : visible;
     if (!a.speculate && k_begin < k_end) load_chunk(k_begin, k_end);

@@ -9,7 +9,10 @@
  *
  * Rule: every kernel launched through an_launch_pdl calls an_pdl_wait before its first read of
  * activations and before its first write (the caching allocator may hand it a buffer an earlier
- * kernel still reads). L2 prefetches are hints: never a correctness question. */
+ * kernel still reads). L2 prefetches are hints: never a correctness question. Before the wait a
+ * kernel may read weights and a cached forward's row table and cache lengths: no kernel of the
+ * forward writes them (the rows are uploaded before it, the lengths advance after its last layer,
+ * model.c: forward_cached), and whatever wrote them before it completed before the chain began. */
 #ifndef AN_PDL_CUH
 #define AN_PDL_CUH
 
