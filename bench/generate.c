@@ -3,7 +3,7 @@
  * device), after one warm-up run of 8 new tokens.
  *
  *   bench/generate MODEL_DIR [--batch N] [--prompt 128] [--new 256] [--device cuda|cpu] [--dtype bf16|f32]
- *                  [--breakdown] [--eager] [--no-pdl]
+ *                  [--breakdown] [--eager] [--no-pdl] [--no-overlap]
  *
  * Prompt ids are ((b * prompt + t) * 2654435761) mod (vocab - 1), as bench/peer_generate.py makes
  * them; no eos stops a row, so every row yields exactly --new tokens. Prints
@@ -21,7 +21,8 @@
  * cached forward steps (op by op, and one step captured and replayed, with the fused decode
  * kernels and without them: model.decode_unfused).
  * --eager runs the decode steps op by op instead of replaying CUDA graphs (opts.eager); --no-pdl
- * launches the decode kernels without programmatic dependent launch (an_cuda_set_pdl). */
+ * launches the decode kernels without programmatic dependent launch (an_cuda_set_pdl);
+ * --no-overlap reads each step's ids before queuing the next step (opts.no_overlap). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,9 +36,10 @@
 
 /* One greedy generation of new_tokens per row (no eos stop); its wall time in seconds. */
 static double run(an_ctx *ctx, an_model *m, long batch, int32_t **prompts, const int64_t *lens, long new_tokens,
-                  bool eager, int32_t **out, int64_t *out_lens) {
+                  bool eager, bool overlap, int32_t **out, int64_t *out_lens) {
     an_generate_opts o = an_generate_defaults(m);
     o.eager = eager;
+    o.no_overlap = !overlap;
     o.max_new_tokens = new_tokens;
     o.n_eos_ids = 0;
     if (m->embed_tokens->device == AN_CUDA) an_cuda_synchronize(ctx);
@@ -271,7 +273,7 @@ static void breakdown(an_ctx *ctx, an_model *m, long batch) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: %s MODEL_DIR [--batch N] [--prompt N] [--new N] [--device cuda|cpu] [--dtype bf16|f32] [--breakdown] [--eager] [--no-pdl]\n",
+        fprintf(stderr, "usage: %s MODEL_DIR [--batch N] [--prompt N] [--new N] [--device cuda|cpu] [--dtype bf16|f32] [--breakdown] [--eager] [--no-pdl] [--no-overlap]\n",
                 argv[0]);
         return 2;
     }
@@ -279,7 +281,7 @@ int main(int argc, char **argv) {
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long batch = 1, prompt = 128, new_tokens = 256;
-    bool show_breakdown = false, eager = false, pdl = true;
+    bool show_breakdown = false, eager = false, pdl = true, overlap = true;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -289,6 +291,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--breakdown")) show_breakdown = true;
         else if (!strcmp(argv[i], "--eager")) eager = true;
         else if (!strcmp(argv[i], "--no-pdl")) pdl = false;
+        else if (!strcmp(argv[i], "--no-overlap")) overlap = false;
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -314,15 +317,15 @@ int main(int argc, char **argv) {
             prompts[b][t] = (int32_t)((uint64_t)(b * prompt + t) * 2654435761ull % (uint64_t)(m->config.vocab_size - 1));
     }
     if (show_breakdown && device == AN_CUDA) breakdown(ctx, m, batch);
-    run(ctx, m, batch, prompts, lens, 8, eager, out, out_lens); /* warm-up: GEMM plans, allocator cache */
-    double prefill = run(ctx, m, batch, prompts, lens, 1, eager, out, out_lens);
-    double total = run(ctx, m, batch, prompts, lens, new_tokens, eager, out, out_lens);
+    run(ctx, m, batch, prompts, lens, 8, eager, overlap, out, out_lens); /* warm-up: GEMM plans, allocator cache */
+    double prefill = run(ctx, m, batch, prompts, lens, 1, eager, overlap, out, out_lens);
+    double total = run(ctx, m, batch, prompts, lens, new_tokens, eager, overlap, out, out_lens);
     double step_ms = (total - prefill) / (double)(new_tokens - 1) * 1e3;
     printf("anneal generate batch %ld: %.1f tokens/s (new tokens over wall time incl. prefill), decode %.3f ms/step "
            "(prefill %.1f ms, %s %s, prompt %ld, new %ld%s)\n",
            batch, (double)(batch * new_tokens) / total, step_ms, prefill * 1e3, an_dtype_name(dtype),
            device == AN_CUDA ? "cuda" : "cpu", prompt, new_tokens,
-           device == AN_CUDA ? (eager ? ", eager: no CUDA graphs" : ", decode steps as CUDA graphs") : "");
+           device == AN_CUDA ? (eager ? ", eager: no CUDA graphs" : overlap ? ", decode steps as CUDA graphs" : ", decode steps as CUDA graphs, not overlapped") : "");
     if (device == AN_CUDA) {
         double bw = 0;
         if (an_cuda_copy_bandwidth(ctx, (size_t)1 << 30, 20, &bw) != AN_OK) {

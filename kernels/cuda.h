@@ -49,6 +49,13 @@ an_status an_cuda_empty_cache(an_ctx *ctx);
 an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dst_device, const void *src, an_device src_device,
                          size_t bytes);
 an_status an_cuda_memset(an_ctx *ctx, void *ptr, int value, size_t bytes);
+/* Reading a few device bytes while later work runs: an_cuda_read_mark notes the work queued so far
+ * on the stream; an_cuda_read_marked copies `bytes` of device src, written by that work, to host
+ * dst on a second stream and returns once they have arrived, without waiting for what was queued
+ * after the mark (generation queues the next decode step between the two). The device memory
+ * must stay allocated until it returns. Not while capturing a graph. */
+an_status an_cuda_read_mark(an_ctx *ctx);
+an_status an_cuda_read_marked(an_ctx *ctx, void *dst, const void *src, size_t bytes);
 an_status an_cuda_synchronize(an_ctx *ctx);
 /* Device-to-device copy of `height` rows of `width` bytes from src (rows src_pitch apart) to dst
  * (rows dst_pitch apart); asynchronous on the stream. */

@@ -44,6 +44,12 @@ struct an_cuda_state {
                                   (an_cuda_set_attention_cudnn_deterministic, for measurement) */
     int attention_cudnn_padding_mask; /* 1: every cuDNN backward graph has the explicit padding mask
                                   (an_cuda_set_attention_cudnn_padding_mask, for tests) */
+    /* an_cuda_read_mark / an_cuda_read_marked (runtime.cu), created on first use */
+    cudaStream_t read_stream;  /* the marked reads' copies: they do not wait for work after the mark */
+    cudaEvent_t read_mark;     /* the point of the stream's work a read waits for */
+    int read_marked;           /* 1 once read_mark has been recorded */
+    void *read_staging;        /* pinned host buffer of read_staging_bytes the copies land in */
+    size_t read_staging_bytes;
 };
 
 #define AN_GEMM_PLAN_SLOTS 64

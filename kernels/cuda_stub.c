@@ -35,6 +35,11 @@ an_status an_cuda_memset(an_ctx *ctx, void *ptr, int value, size_t bytes) {
     return NO_CUDA(ctx);
 }
 an_status an_cuda_synchronize(an_ctx *ctx) { return NO_CUDA(ctx); }
+an_status an_cuda_read_mark(an_ctx *ctx) { return NO_CUDA(ctx); }
+an_status an_cuda_read_marked(an_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    (void)dst, (void)src, (void)bytes;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_memcpy_2d(an_ctx *ctx, void *dst, size_t dst_pitch, const void *src, size_t src_pitch,
                             size_t width, size_t height) {
     (void)dst, (void)dst_pitch, (void)src, (void)src_pitch, (void)width, (void)height;

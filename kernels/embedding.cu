@@ -8,6 +8,7 @@
  * table was zeroed. No float atomics: two runs give the same bits. ids are checked by the op
  * (0 <= id < V); should one be outside anyway, the backward still never writes outside the table. */
 #include "kernels/cuda_common.cuh"
+#include "kernels/pdl.cuh" /* an_launch_pdl for the gather */
 
 #include <stdint.h>
 
@@ -20,6 +21,8 @@ const int kThreads = 256;
 /* out word w of row i (row_words words of type W) = table row ids[i], word w. */
 template <typename W>
 __global__ void gather_kernel(const void *ids, bool is64, int64_t n, const W *table, int64_t row_words, W *out) {
+    an_pdl_wait(); /* launched with PDL: the ids may come from the kernel before */
+    an_pdl_trigger();
     int64_t total = n * row_words, stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t k = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; k < total; k += stride) {
         int64_t i = k / row_words, w = k - i * row_words;
@@ -32,8 +35,11 @@ template <typename W>
 an_status gather(an_ctx *ctx, an_cuda_state *s, const void *ids, bool is64, int64_t n, const void *table,
                  int64_t row_bytes, void *out) {
     int64_t row_words = row_bytes / (int64_t)sizeof(W);
-    gather_kernel<W><<<an_cuda_blocks(s, n * row_words, kThreads), kThreads, 0, s->stream>>>(
-        ids, is64, n, (const W *)table, row_words, (W *)out);
+    /* with PDL: a decode step's first layer launches while the gather runs (pdl.cuh) */
+    cudaError_t err = an_launch_pdl(s, gather_kernel<W>, dim3(an_cuda_blocks(s, n * row_words, kThreads)), dim3(kThreads),
+                                    ids, is64, n, (const W *)table, row_words, (W *)out);
+    AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of the embedding gather_kernel failed: %s",
+             cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "embedding gather_kernel");
     return AN_OK;
 }

@@ -4,6 +4,7 @@
  * Rules: rows are distinct and were validated by the host against its mirror of the lengths;
  * the kernels still never write past a row's capacity. Copies are bit for bit. */
 #include "kernels/cuda_common.cuh"
+#include "kernels/pdl.cuh" /* an_launch_pdl for the advance */
 
 #include <stdint.h>
 
@@ -28,6 +29,8 @@ __global__ void store_kernel(const char *k, const char *v, char *k_cache, char *
 }
 
 __global__ void advance_kernel(const int64_t *rows, int64_t *lengths, int64_t B, int64_t T) {
+    an_pdl_wait(); /* every kernel of the step that reads the lengths has completed */
+    an_pdl_trigger();
     int64_t b = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (b < B) lengths[rows[b]] += T;
 }
@@ -67,7 +70,10 @@ an_status an_cuda_kv_store(an_ctx *ctx, const void *k, const void *v, void *k_ca
 an_status an_cuda_kv_advance(an_ctx *ctx, const int64_t *rows, int64_t *lengths, int64_t B, int64_t T) {
     AN_CUDA_STATE(ctx, s);
     if (B == 0) return AN_OK;
-    advance_kernel<<<(unsigned)((B + 255) / 256), 256, 0, s->stream>>>(rows, lengths, B, T);
+    /* in the decode chain (pdl.cuh): between the last layer's down_proj and the final norm */
+    cudaError_t err = an_launch_pdl(s, advance_kernel, dim3((unsigned)((B + 255) / 256)), dim3(256), rows, lengths, B, T);
+    AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of the kv advance_kernel failed: %s",
+             cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "kv advance_kernel");
     return AN_OK;
 }

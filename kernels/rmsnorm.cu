@@ -20,6 +20,7 @@
  * the same shape on the same GPU gives the same bits every time. */
 #include "kernels/block_reduce.cuh"  /* an_block_sum, an_row_threads (the scalar path) */
 #include "kernels/vec.cuh"           /* an_pack: 16-byte loads and stores */
+#include "kernels/pdl.cuh"           /* an_launch_pdl, an_pdl_wait / an_pdl_trigger: the vector forward */
 
 #include <stdint.h>
 
@@ -194,6 +195,8 @@ __device__ __forceinline__ float team_sum(float v, int W) {
 template <typename T, int P>
 __global__ void rmsnorm_vec_kernel(const T *x, const T *res, const T *w, int64_t rows, int64_t D, int W, double eps,
                                    T *sum, T *y, float *rstd) {
+    an_pdl_wait(); /* launched with PDL (FwdLaunch): x and res come from the kernels before */
+    an_pdl_trigger();
     const int V = an_vec_width<T>::value;
     int L = 32 * W, team = threadIdx.x / L, t = threadIdx.x % L;
     int64_t packs = D / V, r = (int64_t)blockIdx.x * (blockDim.x / L) + team;
@@ -318,10 +321,13 @@ void with_packs(int packs, Args... args) {
     Launch<T, 1>::run(args...);
 }
 
+/* With programmatic dependent launch (pdl.cuh): in a decode step the model's final norm follows
+ * the cache's advance and precedes the head's GEMV, both in the chain. */
 template <typename T, int P> struct FwdLaunch {
-    static void run(unsigned blocks, int threads, cudaStream_t stream, const T *x, const T *res, const T *w,
-                    int64_t rows, int64_t D, int W, double eps, T *sum, T *y, float *rstd) {
-        rmsnorm_vec_kernel<T, P><<<blocks, threads, 0, stream>>>(x, res, w, rows, D, W, eps, sum, y, rstd);
+    static void run(const an_cuda_state *s, cudaError_t *err, unsigned blocks, int threads, const T *x, const T *res,
+                    const T *w, int64_t rows, int64_t D, int W, double eps, T *sum, T *y, float *rstd) {
+        *err = an_launch_pdl(s, rmsnorm_vec_kernel<T, P>, dim3(blocks), dim3(threads), x, res, w, rows, D, W, eps, sum,
+                             y, rstd);
     }
 };
 
@@ -424,9 +430,12 @@ an_status an_cuda_add_rmsnorm(an_ctx *ctx, an_dtype dtype, const void *x, const 
         if (!plan.ok) plan = vec_plan(D, an_vec_width<T>::value, kMaxPacks);
         if (plan.ok && aligned && plan_fits<T, FwdLimit>(plan)) {
             unsigned blocks = (unsigned)((rows + plan.rows - 1) / plan.rows);
-            with_packs<T, FwdLaunch, kMaxPacks>(plan.packs, blocks, 32 * plan.warps * plan.rows, s->stream,
+            cudaError_t err = cudaSuccess;
+            with_packs<T, FwdLaunch, kMaxPacks>(plan.packs, s, &err, blocks, 32 * plan.warps * plan.rows,
                                                 (const T *)x, (const T *)res, (const T *)w, rows, D, plan.warps, eps,
                                                 (T *)sum, (T *)y, rstd);
+            AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of rmsnorm_vec_kernel failed: %s",
+                     cudaGetErrorString(err));
             AN_CUDA_LAUNCH_CHECK(ctx, "rmsnorm_vec_kernel");
         } else {
             rmsnorm_kernel<T><<<(unsigned)rows, threads, 0, s->stream>>>((const T *)x, (const T *)res, (const T *)w, D,

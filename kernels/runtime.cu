@@ -118,6 +118,12 @@ void an_cuda_state_free(an_cuda_state *s) {
     an_cuda_cudnn_free(s);
     an_block_cache_destroy(&s->cache); /* the workspace, the scratch and any leaked block */
     if (s->lt) (void)cublasLtDestroy(s->lt);
+    if (s->read_stream) {
+        (void)cudaStreamSynchronize(s->read_stream);
+        (void)cudaStreamDestroy(s->read_stream);
+    }
+    if (s->read_mark) (void)cudaEventDestroy(s->read_mark);
+    if (s->read_staging) (void)cudaFreeHost(s->read_staging);
     if (s->stream) (void)cudaStreamDestroy(s->stream);
     free(s);
 }
@@ -195,6 +201,34 @@ an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dst_device, const voi
     if (kind != cudaMemcpyDeviceToDevice) NOT_WHILE_CAPTURING(ctx, s, "a copy to or from host memory");
     AN_CUDA_CHECK(ctx, cudaMemcpyAsync(dst, src, bytes, kind, s->stream));
     if (kind != cudaMemcpyDeviceToDevice) AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream));
+    return AN_OK;
+}
+
+an_status an_cuda_read_mark(an_ctx *ctx) {
+    AN_CUDA_STATE(ctx, s);
+    NOT_WHILE_CAPTURING(ctx, s, "a read mark");
+    if (!s->read_mark) AN_CUDA_CHECK(ctx, cudaEventCreateWithFlags(&s->read_mark, cudaEventDisableTiming));
+    AN_CUDA_CHECK(ctx, cudaEventRecord(s->read_mark, s->stream));
+    s->read_marked = 1;
+    return AN_OK;
+}
+
+an_status an_cuda_read_marked(an_ctx *ctx, void *dst, const void *src, size_t bytes) {
+    AN_CUDA_STATE(ctx, s);
+    NOT_WHILE_CAPTURING(ctx, s, "a marked read");
+    AN_CHECK(ctx, s->read_marked, AN_ERR_INTERNAL, "an_cuda_read_marked without an_cuda_read_mark before it");
+    if (bytes == 0) return AN_OK;
+    if (!s->read_stream) AN_CUDA_CHECK(ctx, cudaStreamCreateWithFlags(&s->read_stream, cudaStreamNonBlocking));
+    if (s->read_staging_bytes < bytes) { /* pinned: the copy is a DMA the host waits for, not a staged one */
+        if (s->read_staging) AN_CUDA_CHECK(ctx, cudaFreeHost(s->read_staging));
+        s->read_staging = nullptr, s->read_staging_bytes = 0;
+        AN_CUDA_CHECK(ctx, cudaMallocHost(&s->read_staging, bytes));
+        s->read_staging_bytes = bytes;
+    }
+    AN_CUDA_CHECK(ctx, cudaStreamWaitEvent(s->read_stream, s->read_mark, 0));
+    AN_CUDA_CHECK(ctx, cudaMemcpyAsync(s->read_staging, src, bytes, cudaMemcpyDeviceToHost, s->read_stream));
+    AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->read_stream));
+    memcpy(dst, s->read_staging, bytes);
     return AN_OK;
 }
 

@@ -2,8 +2,9 @@
  * kernels/graph.cu): generation through captured graphs equals op-by-op (eager) generation on the
  * GPU and generation on the CPU token for token, greedy and sampled with a seed, with rows that
  * stop at different steps (a per-row limit in the token callback, and an eos) so the graph is
- * re-captured at every smaller batch; the graph path is really taken (captures and replays are
- * counted); the caching allocator's counters are the same after a generation as before it and a
+ * re-captured at smaller batches; the graph path is really taken (captures and replays are
+ * counted) and each replay is queued before the host has read the ids it continues, also where rows
+ * stop under it (their survivors' logits are gathered); the caching allocator's counters are the same after a generation as before it and a
  * repeated generation makes no cudaMalloc; a captured add replays on new input data, the blocks
  * it freed stay parked (in use) until the graph is freed, and calls that cannot be captured are
  * refused with an error. Without a GPU (or in a build without CUDA) every test prints SKIP. */
@@ -87,13 +88,33 @@ static void check_family(const char *family, const an_generate_opts *base) {
         generate(ctx, gpu, &o, true, pass ? limits : NULL, &eager, "generate eager");
         ck_assert_int_eq(eager.stats.graph_captures, 0);
         ck_assert_int_eq(eager.stats.graph_replays, 0);
+        ck_assert_int_eq(eager.stats.overlapped_steps, 0);
+        /* every replay is queued before the host reads the ids it continues (none where this token is
+         * a row's last) */
+        ck_assert_int_eq(graph.stats.overlapped_steps, graph.stats.graph_replays);
         if (pass == 0) ck_assert_int_eq(graph.stats.graph_captures, 1);
         if (pass == 0) ck_assert_int_eq(graph.stats.graph_replays, 9);
         ck_assert_int_eq(graph.stats.decode_steps, eager.stats.decode_steps);
-        if (pass == 1) { /* sizes 5, 4, 3, 2, 1 run 2, 1, 3, 2, 3 steps: captured at 5, 3, 2, 1 */
-            ck_assert_int_eq(graph.stats.graph_captures, 4);
-            ck_assert_int_eq(graph.stats.graph_replays, 2);
+        if (pass == 1) {
+            /* a row that stops under a queued step leaves its survivors that step at the old size:
+             * size 5 runs eager, capture, replay (row 1 stops under it); size 4 none; size 3 eager,
+             * capture, replay, replay (row 2 stops under the last); size 2 eager; size 1 eager,
+             * capture, replay: 11 steps, captures at 5, 3 and 1, 4 replays */
+            ck_assert_int_eq(graph.stats.graph_captures, 3);
+            ck_assert_int_eq(graph.stats.graph_replays, 4);
         }
+        /* the same with each step's ids read before the next step is queued (opts.no_overlap) */
+        run serial;
+        an_generate_opts serial_opts = o;
+        serial_opts.no_overlap = true;
+        generate(ctx, gpu, &serial_opts, false, pass ? limits : NULL, &serial, "generate with graphs, no overlap");
+        ck_assert_int_eq(serial.stats.overlapped_steps, 0);
+        ck_assert_int_eq(serial.stats.decode_steps, eager.stats.decode_steps);
+        if (pass == 1) { /* sizes 5, 4, 3, 2, 1 run 2, 1, 3, 2, 3 steps: captured at 5, 3, 2, 1 */
+            ck_assert_int_eq(serial.stats.graph_captures, 4);
+            ck_assert_int_eq(serial.stats.graph_replays, 2);
+        }
+        expect_same(&serial, &eager, "graph without overlap vs eager");
         expect_same(&graph, &eager, "graph vs eager");
         expect_same(&graph, &want, "graph vs cpu");
         /* the same generation again: the allocator already holds what it needs */
@@ -112,7 +133,7 @@ static void check_family(const char *family, const an_generate_opts *base) {
             eos[0] = want.tokens[4][2];
             o.eos_ids = eos, o.n_eos_ids = 1;
         }
-        run_free(&want), run_free(&eager), run_free(&graph), run_free(&again);
+        run_free(&want), run_free(&eager), run_free(&graph), run_free(&again), run_free(&serial);
     }
     an_model_free(gpu), an_model_free(cpu);
     test_ctx_free(ctx);

@@ -18,7 +18,15 @@
  * writing their cache rows, and the sampler would need a map from rows to draws to stay
  * identical to the CPU; a re-capture costs one op-by-op step and one capture per distinct batch
  * size, at most n). On a replay the host code of the step does not run, so this loop validates
- * and advances the cache's host mirror of the lengths itself. */
+ * and advances the cache's host mirror of the lengths itself.
+ *
+ * Overlap: once a size has its graph, the next step's replay is queued right behind the sampler,
+ * before the host has read the ids (an_cuda_read_mark / an_cuda_read_marked), so the GPU never
+ * waits for the host's bookkeeping and launch. Not where a row reaches max_new_tokens with this
+ * token. If a row then stops (eos, the callback), the queued step has advanced every row once:
+ * right for the survivors, whose logits rows are gathered into a batch of the smaller size and
+ * sampled as the op-by-op path would sample them (same draw offsets); the finished rows' extra
+ * cache entries are never read. */
 #include "model/generate.h"
 
 #include <stdlib.h>
@@ -153,6 +161,45 @@ static an_status step_graph_replay(an_ctx *ctx, an_kv_cache *cache, const an_ten
     return AN_OK;
 }
 
+/* Rows at[0..k) of src (B, V) on the GPU, in that order, as a new (k, V) tensor. */
+static an_tensor *gather_rows(an_ctx *ctx, const an_tensor *src, const int64_t *at, int64_t k) {
+    an_tensor *dst = an_tensor_new(ctx, src->dtype, src->device, 2, (int64_t[]){k, src->shape[1]});
+    size_t row = an_tensor_nbytes(src) / (size_t)src->shape[0];
+    for (int64_t j = 0; j < k && dst; j++)
+        if (an_cuda_memcpy(ctx, (char *)an_tensor_data(dst) + (size_t)j * row, AN_CUDA,
+                           (const char *)an_tensor_data(src) + (size_t)at[j] * row, AN_CUDA, row) != AN_OK) {
+            an_tensor_release(dst);
+            dst = NULL;
+        }
+    return dst;
+}
+
+/* The GPU's choice for logits (B', V) into device_picked's first B' ids and the host's picked, with
+ * the next step's replay queued between the two where it may be (the file's "Overlap"): *queued
+ * receives that step's logits. */
+static an_status choose_and_queue(an_ctx *ctx, const an_generate_opts *o, const an_tensor *logits,
+                                  an_tensor *device_picked, int64_t n_active, const int64_t *active,
+                                  const int64_t *count, an_kv_cache *cache, const an_tensor *rows, step_graph *graph,
+                                  int32_t *picked, an_tensor **queued, an_generate_stats *stats) {
+    an_tensor *out_view = an_tensor_rows(ctx, device_picked, 0, n_active);
+    an_status st = out_view ? an_sample_rows_on_device(ctx, logits, o, out_view) : an_error_status(ctx);
+    an_tensor_release(out_view);
+    if (st == AN_OK) st = an_cuda_read_mark(ctx);
+    bool overlap = st == AN_OK && graph->graph && !o->no_overlap;
+    for (int64_t a = 0; a < n_active && overlap; a++)
+        if (count[active[a]] + 1 >= o->max_new_tokens) overlap = false; /* this token is the row's last */
+    if (overlap) {
+        st = step_graph_replay(ctx, cache, rows, graph);
+        if (st == AN_OK) {
+            *queued = an_tensor_retain(graph->logits);
+            stats->graph_replays++, stats->decode_steps++, stats->overlapped_steps++;
+        }
+    }
+    if (st == AN_OK)
+        st = an_cuda_read_marked(ctx, picked, an_tensor_data(device_picked), (size_t)n_active * sizeof *picked);
+    return st;
+}
+
 an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const *prompts, const int64_t *prompt_lens,
                       const an_generate_opts *o, int32_t **out, int64_t *out_lens) {
     AN_CHECK(ctx, n >= 1 && o->max_new_tokens >= 0, AN_ERR_INPUT, "generate: %lld prompts, %lld new tokens",
@@ -171,7 +218,8 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
     int32_t *tokens = calloc((size_t)(n * (o->max_new_tokens ? o->max_new_tokens : 1)), sizeof *tokens);
     int64_t *count = calloc((size_t)n, sizeof *count), *active = malloc((size_t)n * sizeof *active);
     int32_t *picked = malloc((size_t)n * sizeof *picked); /* the token chosen for each active row */
-    an_status st = tokens && count && active && picked
+    int64_t *kept_at = malloc((size_t)n * sizeof *kept_at); /* a survivor's row in the step it survived */
+    an_status st = tokens && count && active && picked && kept_at
                        ? AN_OK
                        : an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__, "generate: out of host memory");
     /* (n) i32 on the GPU: the sampler's output, and the next step's ids while no row finishes */
@@ -191,9 +239,14 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
     /* Each pass: choose a token for every active row (logits row a belongs to active[a]), record
      * it, drop finished rows, and run the rest one step. */
     while (logits && st == AN_OK) {
-        an_tensor *out_view = device_picked ? an_tensor_rows(ctx, device_picked, 0, n_active) : NULL;
-        st = device_picked && !out_view ? an_error_status(ctx) : an_sample_rows(ctx, logits, o, out_view, picked);
-        an_tensor_release(logits), an_tensor_release(out_view);
+        an_tensor *queued = NULL; /* the next step's logits when it was queued before the ids were read */
+        if (device_picked) {
+            st = choose_and_queue(ctx, o, logits, device_picked, n_active, active, count, cache, rows, &graph, picked,
+                                  &queued, &stats);
+        } else {
+            st = an_sample_rows(ctx, logits, o, NULL, picked);
+        }
+        an_tensor_release(logits);
         logits = NULL;
         int64_t kept = 0;
         for (int64_t a = 0; a < n_active && st == AN_OK; a++) {
@@ -202,9 +255,28 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
             tokens[i * o->max_new_tokens + count[i]++] = t;
             bool stop = is_eos(o, t) || count[i] == o->max_new_tokens;
             if (o->on_token && o->on_token(o->user, i, t)) stop = true;
-            if (!stop) picked[kept] = t, active[kept++] = i;
+            if (!stop) picked[kept] = t, kept_at[kept] = a, active[kept++] = i;
         }
-        if (st != AN_OK || kept == 0) break;
+        if (st != AN_OK || kept == 0) {
+            an_tensor_release(queued);
+            break;
+        }
+        if (queued && kept == n_active) { /* the usual step: it is already running */
+            logits = queued;
+            continue;
+        }
+        if (queued) { /* rows finished under a queued step: the survivors' logits at the smaller size */
+            logits = gather_rows(ctx, queued, kept_at, kept);
+            an_tensor_release(queued);
+            if (!logits) st = an_error_status(ctx);
+            step_graph_clear(ctx, &graph);
+            steps_at_size = 0;
+            an_tensor_release(rows);
+            n_active = kept;
+            rows = st == AN_OK ? an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){kept}, active) : NULL;
+            if (st == AN_OK && !rows) st = an_error_status(ctx);
+            continue; /* the sampler writes the survivors' ids in their new order */
+        }
         if (kept != n_active || !rows) { /* a new active set: compact, drop the graph of the old size */
             step_graph_clear(ctx, &graph);
             steps_at_size = 0;
@@ -260,7 +332,7 @@ an_status an_generate(an_ctx *ctx, an_model *m, int64_t n, const int32_t *const 
         memcpy(out[i], tokens + i * o->max_new_tokens, (size_t)count[i] * sizeof **out);
         out_lens[i] = count[i];
     }
-    free(tokens), free(count), free(active), free(picked);
+    free(tokens), free(count), free(active), free(picked), free(kept_at);
     an_kv_cache_free(cache);
     return st;
 }

@@ -15,6 +15,7 @@ typedef struct {
     int64_t decode_steps;        /* forward passes after the prefill */
     int64_t graph_captures;      /* CUDA graphs captured (one per active batch size that ran twice) */
     int64_t graph_replays;       /* decode steps run as a replay of a captured graph */
+    int64_t overlapped_steps;    /* replays queued before the host read the tokens they continue */
 } an_generate_stats;
 
 typedef struct {
@@ -32,6 +33,8 @@ typedef struct {
     void *user;
     bool eager;                  /* CUDA: run every decode step op by op, never as a CUDA graph (for
                                     comparison and debugging); the CPU is always eager */
+    bool no_overlap;             /* CUDA: read each step's ids before queuing the next step (generate.c,
+                                    "Overlap"; on by default, off only to measure what it gains) */
     an_generate_stats *stats;    /* filled when not NULL */
 } an_generate_opts;
 
@@ -56,5 +59,10 @@ int32_t an_sample_token(const double *logits, int64_t vocab, const an_generate_o
  * draw the same numbers and a seed repeats a run. */
 an_status an_sample_rows(an_ctx *ctx, const an_tensor *logits, const an_generate_opts *opts, an_tensor *device_tokens,
                          int32_t *tokens);
+/* The GPU half of an_sample_rows: queues the choice for logits (B, V) on the GPU into
+ * device_tokens (B) i32 on the GPU and advances the draw offset, without waiting for it; the ids
+ * reach the host by a copy the caller makes (generate.c overlaps it with the next decode step). */
+an_status an_sample_rows_on_device(an_ctx *ctx, const an_tensor *logits, const an_generate_opts *opts,
+                                   an_tensor *device_tokens);
 
 #endif

@@ -538,9 +538,17 @@ static an_tensor *forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_te
     for (int64_t b = 0; b < bq && fresh; b++) fresh = len[r[b]] == 0;
     an_tensor *dev_rows = cache->device_length ? an_kv_cache_device_rows(ctx, cache, rows) : NULL;
     if (cache->device_length && !dev_rows) return NULL;
-    an_tensor *pos = cached_positions(ctx, cache, rows, dev_rows, t);
-    an_tensor *x = pos ? (trusted ? an_embedding_trusted(ctx, ids, m->embed_tokens) : an_embedding(ctx, ids, m->embed_tokens))
-                       : NULL;
+    /* positions for the layers that rope through an_rope: the fused decode kernels form their own
+     * from the cache's lengths (one launch fewer a step) */
+    bool need_pos = false;
+    for (int64_t l = 0; l < m->config.num_layers && !need_pos; l++) {
+        cache_step cs = {cache, l, rows, dev_rows, fresh};
+        need_pos = !decode_fused(&m->layers[l], &cs);
+    }
+    an_tensor *pos = need_pos ? cached_positions(ctx, cache, rows, dev_rows, t) : NULL;
+    an_tensor *x = pos || !need_pos ? (trusted ? an_embedding_trusted(ctx, ids, m->embed_tokens)
+                                               : an_embedding(ctx, ids, m->embed_tokens))
+                                    : NULL;
     for (int64_t l = 0; l < m->config.num_layers && x; l++) {
         cache_step cs = {cache, l, rows, dev_rows, fresh};
         x = step(x, block_forward(ctx, &m->layers[l], x, pos, NULL, &cs));

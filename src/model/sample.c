@@ -60,21 +60,29 @@ int32_t an_sample_token(const double *logits, int64_t vocab, const an_generate_o
     return (int32_t)c[keep - 1].id;
 }
 
+an_status an_sample_rows_on_device(an_ctx *ctx, const an_tensor *logits, const an_generate_opts *o,
+                                   an_tensor *device_tokens) {
+    AN_CHECK(ctx, logits->ndim == 2 && logits->device == AN_CUDA, AN_ERR_INPUT,
+             "sample: logits must be (rows, vocab) on the GPU");
+    int64_t b = logits->shape[0], vocab = logits->shape[1];
+    int64_t allowed = o->vocab_limit > 0 && o->vocab_limit < vocab ? o->vocab_limit : vocab;
+    AN_CHECK(ctx, device_tokens && device_tokens->dtype == AN_I32 && device_tokens->device == AN_CUDA &&
+                      an_tensor_numel(device_tokens) == b,
+             AN_ERR_INPUT, "sample: device_tokens must be (%lld) i32 on the GPU", (long long)b);
+    AN_TRY(an_cuda_sample(ctx, logits->dtype, an_tensor_data(logits), b, vocab, allowed, o->temperature, o->top_k,
+                          o->top_p, ctx->rng.seed, ctx->rng.offset, an_tensor_data(device_tokens)));
+    if (!(o->temperature <= 0 || o->top_k == 1)) ctx->rng.offset += (uint64_t)b; /* greedy draws nothing */
+    return AN_OK;
+}
+
 an_status an_sample_rows(an_ctx *ctx, const an_tensor *logits, const an_generate_opts *o, an_tensor *device_tokens,
                          int32_t *tokens) {
     AN_CHECK(ctx, logits->ndim == 2, AN_ERR_INPUT, "sample: logits must be (rows, vocab)");
     int64_t b = logits->shape[0], vocab = logits->shape[1];
     int64_t allowed = o->vocab_limit > 0 && o->vocab_limit < vocab ? o->vocab_limit : vocab;
-    bool greedy = o->temperature <= 0 || o->top_k == 1;
     if (logits->device == AN_CUDA) {
-        AN_CHECK(ctx, device_tokens && device_tokens->dtype == AN_I32 && device_tokens->device == AN_CUDA &&
-                          an_tensor_numel(device_tokens) == b,
-                 AN_ERR_INPUT, "sample: device_tokens must be (%lld) i32 on the GPU", (long long)b);
-        int32_t *dev = an_tensor_data(device_tokens);
-        AN_TRY(an_cuda_sample(ctx, logits->dtype, an_tensor_data(logits), b, vocab, allowed, o->temperature, o->top_k,
-                              o->top_p, ctx->rng.seed, ctx->rng.offset, dev));
-        if (!greedy) ctx->rng.offset += (uint64_t)b;
-        return an_cuda_memcpy(ctx, tokens, AN_CPU, dev, AN_CUDA, (size_t)b * sizeof *tokens);
+        AN_TRY(an_sample_rows_on_device(ctx, logits, o, device_tokens));
+        return an_cuda_memcpy(ctx, tokens, AN_CPU, an_tensor_data(device_tokens), AN_CUDA, (size_t)b * sizeof *tokens);
     }
     an_tensor *host = an_tensor_to(ctx, logits, AN_F64, AN_CPU);
     double *scratch = malloc((size_t)(2 * vocab) * sizeof *scratch);
