@@ -137,8 +137,13 @@ an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype
  * the weight-streaming GEMV kernels instead of cuBLASLt (at most AN_CUDA_GEMV_MAX_ROWS). Measured
  * on an H100 at the 1.5B shape (ms a decode step, GEMV to 8 / 4 / 2 / 1 rows): batch 2 2.092 /
  * 2.098 / 2.093 / 2.106, batch 4 2.628 / 2.617 / 2.135 / 2.139, batch 8 3.808 / 2.161 / 2.161 /
- * 2.160: past two rows the GEMV's fp32 FMAs per weight byte outweigh cuBLASLt's launch. */
+ * 2.160: past two rows the GEMV's fp32 FMAs per weight byte outweigh cuBLASLt's launch. Again
+ * after the GEMVs' loads went out together (f2e2b35; rule 2 / 4 / 8, ms a step): batch 3 2.037 /
+ * 2.116 / 2.114, batch 4 2.059 / 2.225 / 2.227, batch 6 2.063 / 2.065 / 2.971, batch 8 2.098 /
+ * 2.101 / 3.329; batch 1 and 2 alike. */
+#ifndef AN_CUDA_GEMV_RULE_ROWS /* -D only to measure another rule */
 #define AN_CUDA_GEMV_RULE_ROWS 2
+#endif
 an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
                        const void *bias, int accumulate, void *y);
 
