@@ -44,6 +44,7 @@ namespace {
 constexpr int kWarps = 8; /* per block of the GEMV: 8 output columns */
 
 
+
 template <typename T> struct NormGemvArgs {
     const T *x;                  /* (M, K) */
     const T *nw;                 /* (K): the RMSNorm weight */
@@ -536,9 +537,10 @@ extern "C" an_status an_cuda_rmsnorm_swiglu_gemv(an_ctx *ctx, an_dtype dtype, co
         cudaError_t err;
         if (!vec) err = an_launch_pdl(s, norm_swiglu_kernel<T, 8, 4, false>, grid, block, a);
         /* one row: all 6 packs a lane reads of each weight row in flight at once (UNR 8 against 4: batch-1
-         * decode 1.843 -> 1.827 ms/step on an H100; at two rows 8 gained nothing) */
+         * decode 1.843 -> 1.827 ms/step on an H100); two rows likewise once x's loads went out with W's
+         * (UNR 6 against 4: batch-2 decode 1.866 / 1.859 -> 1.845 / 1.843 ms/step on an H100) */
         else if (M == 1) err = an_launch_pdl(s, norm_swiglu_kernel<T, 1, 8, true>, grid, block, a);
-        else if (M == 2) err = an_launch_pdl(s, norm_swiglu_kernel<T, 2, 4, true>, grid, block, a);
+        else if (M == 2) err = an_launch_pdl(s, norm_swiglu_kernel<T, 2, 6, true>, grid, block, a);
         else if (M <= 4) err = an_launch_pdl(s, norm_swiglu_kernel<T, 4, 2, true>, grid, block, a);
         else err = an_launch_pdl(s, norm_swiglu_kernel<T, 8, 2, true>, grid, block, a);
         AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of norm_swiglu_kernel failed: %s",
