@@ -7,7 +7,8 @@
  * next ids into a fixed device buffer that is the next step's input (their range check is skipped:
  * an_model_forward_cached_trusted), the KV cache keeps lengths and the row table on the device,
  * and positions are formed there. The step's one synchronisation is the copy of the B chosen ids
- * to the host (eos, callbacks, output), after the sampler.
+ * to the host (eos, callbacks, output), after the sampler, and once a size has its graph the next
+ * step already runs while the host waits for it ("Overlap" below).
  *
  * CUDA graphs (unless opts->eager): at a given active batch size the first decode step runs op by
  * op (it creates the GEMM plans and uploads the row table), the second is captured into a graph
