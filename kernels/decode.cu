@@ -43,8 +43,6 @@ namespace {
 
 constexpr int kWarps = 8; /* per block of the GEMV: 8 output columns */
 
-
-
 template <typename T> struct NormGemvArgs {
     const T *x;                  /* (M, K) */
     const T *nw;                 /* (K): the RMSNorm weight */

@@ -546,9 +546,9 @@ static an_tensor *forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_te
         need_pos = !decode_fused(&m->layers[l], &cs);
     }
     an_tensor *pos = need_pos ? cached_positions(ctx, cache, rows, dev_rows, t) : NULL;
-    an_tensor *x = pos || !need_pos ? (trusted ? an_embedding_trusted(ctx, ids, m->embed_tokens)
-                                               : an_embedding(ctx, ids, m->embed_tokens))
-                                    : NULL;
+    an_tensor *x = need_pos && !pos ? NULL
+                   : trusted        ? an_embedding_trusted(ctx, ids, m->embed_tokens)
+                                    : an_embedding(ctx, ids, m->embed_tokens);
     for (int64_t l = 0; l < m->config.num_layers && x; l++) {
         cache_step cs = {cache, l, rows, dev_rows, fresh};
         x = step(x, block_forward(ctx, &m->layers[l], x, pos, NULL, &cs));
