@@ -7,6 +7,7 @@
  *                    [--profile (one more step, timed op by op: autograd/profile.h)]
  *                    [--peak-tflops X (the MFU denominator; 989, dense bf16 of an H100/H200 SXM)]
  *                    [--loss-chunk N (rows of logits per chunk of the fused loss; 0: its default)]
+ *                    [--attention-nondeterministic (cuDNN's atomic dQ backward, not bit-reproducible)]
  *
  * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
  * them, so with --adapter (the peer's initial adapter) both runs start from the same point and
@@ -41,7 +42,7 @@ int main(int argc, char **argv) {
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
-    bool checkpointing = false;
+    bool checkpointing = false, attention_nondeterministic = false;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -57,6 +58,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--profile")) profile = true;
         else if (!strcmp(argv[i], "--peak-tflops") && i + 1 < argc) peak_tflops = atof(argv[++i]);
         else if (!strcmp(argv[i], "--loss-chunk") && i + 1 < argc) loss_opts.chunk_rows = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--attention-nondeterministic")) attention_nondeterministic = true;
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -66,6 +68,10 @@ int main(int argc, char **argv) {
     an_model *m = NULL;
     an_optim *opt = NULL;
     if ((device == AN_CUDA && an_ctx_use_cuda(ctx, 0) != AN_OK) || an_model_load(ctx, dir, dtype, device, &m) != AN_OK) {
+        fprintf(stderr, "%s\n", an_error_message(ctx));
+        return 1;
+    }
+    if (attention_nondeterministic && an_cuda_set_attention_cudnn_deterministic(ctx, false) != AN_OK) {
         fprintf(stderr, "%s\n", an_error_message(ctx));
         return 1;
     }

@@ -116,6 +116,11 @@ an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, 
  * C's one rounding (cuBLASLt's bias epilogue, or the GEMV's). */
 an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
                             const void *bias, void *c);
+/* C = op(A) op(B) + bias (NULL: none) + addend, addend of C's layout and dtype (may be C itself;
+ * shape->accumulate must be false): a residual added in cuBLASLt's epilogue (beta 1 with its C
+ * and D pointers apart), in fp32 before C's one rounding. */
+an_status an_cuda_gemm_addend(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
+                              const void *bias, const void *addend, void *c);
 /* The same with an f32 C (bf16/f16/f32 operands): accumulating into an fp32 buffer without a
  * rounding to the operand dtype per call (linear_cross_entropy's weight gradient over chunks). */
 an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,

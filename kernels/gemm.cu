@@ -2,7 +2,9 @@
  *
  * Numerics: bf16 and f16 operands multiply with fp32 accumulation (CUBLAS_COMPUTE_32F) and round
  * once to the output dtype; f32 uses CUBLAS_COMPUTE_32F too, so TF32 is never used. C is written
- * with = (beta 0: the old C is not read) or += with shape->accumulate (beta 1). A bias
+ * with = (beta 0: the old C is not read) or += with shape->accumulate (beta 1), or as D = op(A) op(B)
+ * + C with C another matrix of D's layout (an_cuda_gemm_addend: a residual added in the epilogue,
+ * beta 1 with cuBLASLt's C and D pointers apart, one rounding). A bias
  * (an_cuda_gemm_bias) rides in cuBLASLt's epilogue (CUBLASLT_EPILOGUE_BIAS): added to the fp32
  * result before the one rounding, so a biased projection is one pass, not a GEMM and an add (a
  * bias that is not 16-byte aligned, which the epilogue refuses, is added by a second kernel).
@@ -163,7 +165,7 @@ an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_ge
 /* One cuBLASLt call for (possibly batched) row-major shape s, plus bias (n) on every row when
  * given; false in *ran when cuBLASLt has no algorithm for it. */
 an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, an_dtype dtype, an_dtype c_dtype,
-                    const void *a, const void *b, const void *bias, void *c, bool *ran) {
+                    const void *a, const void *b, const void *bias, const void *addend, void *c, bool *ran) {
     *ran = false;
     size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
     an_gemm_plan key = {};
@@ -180,13 +182,18 @@ an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, a
     key.align_a = alignment_of(a, shape.m * shape.k * (int64_t)es, shape.batch);
     key.align_b = alignment_of(b, shape.b_shared ? 0 : shape.k * shape.n * (int64_t)es, shape.batch);
     key.align_c = alignment_of(c, shape.m * shape.n * (int64_t)cs, shape.batch);
+    if (addend) { /* C and D share one layout: the smaller alignment of the two */
+        uint32_t align_addend = alignment_of(addend, shape.m * shape.n * (int64_t)cs, shape.batch);
+        if (align_addend < key.align_c) key.align_c = align_addend;
+    }
     an_gemm_plan *p = nullptr;
     AN_TRY(plan_get(ctx, s, key, &p));
     if (!p) return AN_OK;
-    float alpha = 1.0f, beta = shape.accumulate ? 1.0f : 0.0f;
+    float alpha = 1.0f, beta = shape.accumulate || addend ? 1.0f : 0.0f;
     if (bias)
         AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
-    AN_CUBLAS_CHECK(ctx, cublasLtMatmul(s->lt, p->op, &alpha, b, p->lt_a, a, p->lt_b, &beta, c, p->lt_c, c, p->lt_c,
+    const void *c_in = addend ? addend : c;
+    AN_CUBLAS_CHECK(ctx, cublasLtMatmul(s->lt, p->op, &alpha, b, p->lt_a, a, p->lt_b, &beta, c_in, p->lt_c, c, p->lt_c,
                                         &p->algo, s->workspace, s->workspace_bytes, s->stream));
     *ran = true;
     return AN_OK;
@@ -204,9 +211,9 @@ void an_cuda_gemm_plans_free(an_cuda_state *s) {
 namespace {
 
 /* C of c_dtype (dtype, or f32 for bf16/f16 operands) = op(A) op(B) of dtype, plus bias (N, of
- * dtype = c_dtype) on every row when given. */
+ * dtype = c_dtype) on every row when given, plus addend (C's layout and dtype; may be C) when given. */
 an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype c_dtype, const void *a, const void *b,
-               const void *bias, void *c) {
+               const void *bias, const void *addend, void *c) {
     AN_CUDA_STATE(ctx, s);
     AN_CHECK(ctx, dtype == AN_F32 || dtype == AN_BF16 || dtype == AN_F16, AN_ERR_INPUT, "gemm: no CUDA kernel for %s",
              an_dtype_name(dtype));
@@ -215,8 +222,16 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
              "gemm: negative size (batch %lld, m %lld, n %lld, k %lld)", (long long)sh.batch, (long long)sh.m,
              (long long)sh.n, (long long)sh.k);
     AN_CHECK(ctx, !bias || c_dtype == dtype, AN_ERR_INTERNAL, "gemm: a bias needs C in the operand dtype");
+    AN_CHECK(ctx, !addend || !sh.accumulate, AN_ERR_INTERNAL, "gemm: an addend and accumulate together");
     if (sh.batch == 0 || sh.m == 0 || sh.n == 0) return AN_OK;
     size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
+    if (addend == c) addend = nullptr, sh.accumulate = true; /* C += op(A) op(B) */
+    if (addend && (sh.k == 0 || (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS))) {
+        /* the paths below without a C pointer of their own: C = addend first, then accumulate */
+        AN_CUDA_CHECK(ctx, cudaMemcpyAsync(c, addend, (size_t)(sh.batch * sh.m * sh.n) * cs, cudaMemcpyDeviceToDevice,
+                                           s->stream));
+        addend = nullptr, sh.accumulate = true;
+    }
     if (sh.k == 0) { /* an empty sum: C = 0 (+ bias), or C unchanged (+ bias) when accumulating */
         if (!sh.accumulate) AN_TRY(an_cuda_memset(ctx, c, 0, (size_t)(sh.batch * sh.m * sh.n) * cs));
         if (bias) AN_TRY(an_cuda_binary(ctx, AN_BINARY_ADD, dtype, c, sh.batch * sh.m * sh.n, bias, sh.n, c));
@@ -238,11 +253,11 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
     AN_CHECK(ctx, sh.batch <= INT32_MAX, AN_ERR_INPUT, "gemm: batch %lld exceeds cuBLASLt's limit",
              (long long)sh.batch);
     if (bias && (uintptr_t)bias % 16 != 0) { /* the epilogue wants a 16-byte aligned bias: add it after */
-        AN_TRY(gemm(ctx, &sh, dtype, c_dtype, a, b, nullptr, c));
+        AN_TRY(gemm(ctx, &sh, dtype, c_dtype, a, b, nullptr, addend, c));
         return an_cuda_binary(ctx, AN_BINARY_ADD, dtype, c, sh.batch * sh.m * sh.n, bias, sh.n, c);
     }
     bool ran = false;
-    AN_TRY(gemm_once(ctx, s, sh, dtype, c_dtype, a, b, bias, c, &ran));
+    AN_TRY(gemm_once(ctx, s, sh, dtype, c_dtype, a, b, bias, addend, c, &ran));
     if (ran) return AN_OK;
     /* No batched algorithm (a shared B with stride 0 can have none): one call per batch entry. */
     AN_CHECK(ctx, sh.batch > 1, AN_ERR_INTERNAL,
@@ -255,7 +270,8 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
         const char *ai = (const char *)a + (size_t)(i * sh.m * sh.k) * es;
         const char *bi = (const char *)b + (sh.b_shared ? 0 : (size_t)(i * sh.k * sh.n) * es);
         char *ci = (char *)c + (size_t)(i * sh.m * sh.n) * cs;
-        AN_TRY(gemm_once(ctx, s, one, dtype, c_dtype, ai, bi, bias, ci, &ran));
+        const char *di = addend ? (const char *)addend + (size_t)(i * sh.m * sh.n) * cs : nullptr;
+        AN_TRY(gemm_once(ctx, s, one, dtype, c_dtype, ai, bi, bias, di, ci, &ran));
         AN_CHECK(ctx, ran, AN_ERR_INTERNAL, "gemm: cuBLASLt has no algorithm for %s m %lld n %lld k %lld",
                  an_dtype_name(dtype), (long long)sh.m, (long long)sh.n, (long long)sh.k);
     }
@@ -266,15 +282,20 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
 
 extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
                                   const void *b, void *c) {
-    return gemm(ctx, shape, dtype, dtype, a, b, nullptr, c);
+    return gemm(ctx, shape, dtype, dtype, a, b, nullptr, nullptr, c);
 }
 
 extern "C" an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
                                        const void *b, const void *bias, void *c) {
-    return gemm(ctx, shape, dtype, dtype, a, b, bias, c);
+    return gemm(ctx, shape, dtype, dtype, a, b, bias, nullptr, c);
+}
+
+extern "C" an_status an_cuda_gemm_addend(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
+                                         const void *b, const void *bias, const void *addend, void *c) {
+    return gemm(ctx, shape, dtype, dtype, a, b, bias, addend, c);
 }
 
 extern "C" an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
                                           const void *b, float *c) {
-    return gemm(ctx, shape, dtype, AN_F32, a, b, nullptr, c);
+    return gemm(ctx, shape, dtype, AN_F32, a, b, nullptr, nullptr, c);
 }

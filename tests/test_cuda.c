@@ -595,6 +595,17 @@ START_TEST(test_cuda_gemv_rows_match_the_reference) {
                 expect_close(gv, wv, bound, m * 300, "linear with bias %s rows %lld%s", an_dtype_name(float_dtypes[d]),
                              (long long)m, off ? " (misaligned bias)" : "");
                 free(wv), free(gv), free(bound);
+                /* plus a residual: copied in first on the GEMV's rows, cuBLASLt's C on more (one rounding) */
+                an_tensor *r = test_uniform(ctx, float_dtypes[d], 2, (int64_t[]){m, 300}, -8, 8, false);
+                an_tensor *rd = an_tensor_to(ctx, r, r->dtype, AN_CUDA);
+                an_tensor *want_r = an_linear_residual(ctx, x, w, b, r), *got_r = an_linear_residual(ctx, xd, wd, bd, rd);
+                ck_assert_msg(want_r && got_r, "%s", an_error_message(ctx));
+                wv = test_values(want_r), gv = test_download(ctx, got_r), bound = calloc((size_t)(m * 300), sizeof *bound);
+                for (int64_t i = 0; i < m * 300; i++) bound[i] = 2 * rtol_of(float_dtypes[d]) * (fabs(wv[i]) + sqrt(1536.0));
+                expect_close(gv, wv, bound, m * 300, "linear with bias and residual %s rows %lld%s",
+                             an_dtype_name(float_dtypes[d]), (long long)m, off ? " (misaligned bias)" : "");
+                free(wv), free(gv), free(bound);
+                an_tensor_release(r), an_tensor_release(rd), an_tensor_release(want_r), an_tensor_release(got_r);
                 an_tensor_release(x), an_tensor_release(w), an_tensor_release(b), an_tensor_release(xd);
                 an_tensor_release(wd), an_tensor_release(bd), an_tensor_release(want), an_tensor_release(got);
             }
@@ -635,7 +646,7 @@ static const int64_t leaf_shapes[N_LEAVES][4] = {
 };
 static const int leaf_ndim[N_LEAVES] = {3, 2, 1, 2, 1, 2, 3, 3, 2};
 
-/* A loss touching every op with a CUDA path: linear (with and without bias), swiglu, silu, mul with
+/* A loss touching every op with a CUDA path: linear (with and without bias, with a residual), swiglu, silu, mul with
  * broadcast, add, sub, scale, matmul (shared B, batched with trans_b, trans_a, shared B with
  * trans_a), a tensor used twice, sum and mean. Intermediates are released at once (the tape keeps
  * what backward needs). */
@@ -645,8 +656,10 @@ static an_tensor *model_loss(an_ctx *ctx, an_tensor *const *in) {
     an_tensor *s = an_swiglu(ctx, h, g);
     an_tensor *u = an_silu(ctx, h);
     an_tensor *m = an_mul(ctx, s, in[C]);
-    an_tensor *a = an_add(ctx, m, u);
-    an_tensor *d = an_sub(ctx, a, g);                                    /* (3, 5, 19) */
+    an_tensor *am = an_mul(ctx, u, u), *l5 = an_sum(ctx, am); /* between: u's gradient copied while m's is pending */
+    an_tensor *a = an_add(ctx, m, u);                         /* m and u share one gradient */
+    an_tensor *e = an_linear_residual(ctx, in[X], in[W2], in[B1], a);     /* a + x W2^T + b1: a also below */
+    an_tensor *d = an_sub(ctx, e, g);                                    /* (3, 5, 19) */
     an_tensor *p1 = an_matmul(ctx, d, in[R], false, false);              /* (3, 5, 6) */
     an_tensor *p2 = an_matmul(ctx, d, in[Q], false, true);               /* (3, 5, 4) */
     an_tensor *p3 = an_matmul(ctx, d, in[T], true, false);               /* (3, 19, 7) */
@@ -654,9 +667,9 @@ static an_tensor *model_loss(an_ctx *ctx, an_tensor *const *in) {
     an_tensor *p2s = an_scale(ctx, p2, 0.5);
     an_tensor *p33 = an_mul(ctx, p3, p3);
     an_tensor *l1 = an_sum(ctx, p1), *l2 = an_mean(ctx, p2s), *l3 = an_sum(ctx, p33), *l4 = an_sum(ctx, p4);
-    an_tensor *l12 = an_add(ctx, l1, l2), *l34 = an_add(ctx, l3, l4);
-    an_tensor *loss = an_add(ctx, l12, l34);
-    an_tensor *tmp[] = {h, g, s, u, m, a, d, p1, p2, p3, p4, p2s, p33, l1, l2, l3, l4, l12, l34};
+    an_tensor *l12 = an_add(ctx, l1, l2), *l34 = an_add(ctx, l3, l4), *l125 = an_add(ctx, l12, l5);
+    an_tensor *loss = an_add(ctx, l125, l34);
+    an_tensor *tmp[] = {h, g, s, u, m, a, e, d, p1, p2, p3, p4, p2s, p33, l1, l2, l3, l4, l12, l34, am, l5, l125};
     for (size_t i = 0; i < sizeof tmp / sizeof *tmp; i++) an_tensor_release(tmp[i]);
     return loss;
 }

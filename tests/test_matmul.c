@@ -1,6 +1,7 @@
 /* test_matmul.c — matmul (batched, every transpose combination, shared right operand) and
- * linear (with and without bias): forward against naive float64 loops, f32 through OpenBLAS
+ * linear (with and without bias, and with a residual): forward against naive float64 loops, f32 through OpenBLAS
  * sgemm, bf16 through the widened path, and float64 gradient checks of every operand. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -108,6 +109,60 @@ START_TEST(test_linear_with_and_without_bias) {
 }
 END_TEST
 
+static an_tensor *run_linear_residual(an_ctx *ctx, an_tensor *const *in, void *user) {
+    (void)user;
+    return an_linear_residual(ctx, in[0], in[1], in[2], in[3]);
+}
+
+/* residual + x w^T + bias: forward against float64 loops, gradcheck of all four inputs, bf16 rounded
+ * once (the sum of the product, bias and residual, not of a rounded product), shape errors. */
+START_TEST(test_linear_residual) {
+    const int64_t b = 2, t = 3, in = 5, out = 7;
+    an_ctx *ctx = test_ctx(300);
+    an_tensor *x = test_uniform(ctx, AN_F64, 3, (int64_t[]){b, t, in}, -1, 1, true);
+    an_tensor *w = test_uniform(ctx, AN_F64, 2, (int64_t[]){out, in}, -1, 1, true);
+    an_tensor *bias = test_uniform(ctx, AN_F64, 1, (int64_t[]){out}, -1, 1, true);
+    an_tensor *res = test_uniform(ctx, AN_F64, 3, (int64_t[]){b, t, out}, -300, 300, true);
+    an_tensor *y = an_linear_residual(ctx, x, w, bias, res);
+    ck_assert_msg(y != NULL, "%s", an_error_message(ctx));
+    double want[2 * 3 * 7];
+    for (int64_t r = 0; r < b * t; r++)
+        for (int64_t o = 0; o < out; o++) {
+            double acc = an_tensor_get(bias, o) + an_tensor_get(res, r * out + o);
+            for (int64_t i = 0; i < in; i++) acc += an_tensor_get(x, r * in + i) * an_tensor_get(w, o * in + i);
+            want[r * out + o] = acc;
+        }
+    test_assert_close(y, want, 1e-13, 1e-14, "linear_residual forward");
+    an_tensor_release(y);
+    an_tape_clear(ctx);
+    test_assert_gradcheck(ctx, run_linear_residual, (an_tensor *[]){x, w, bias, res}, 4, NULL, "linear_residual");
+
+    /* bf16: one rounding of the whole sum; the residual's large values make a rounded product show */
+    an_tensor *xh = an_tensor_to(ctx, x, AN_BF16, AN_CPU), *wh = an_tensor_to(ctx, w, AN_BF16, AN_CPU);
+    an_tensor *bh = an_tensor_to(ctx, bias, AN_BF16, AN_CPU), *rh = an_tensor_to(ctx, res, AN_BF16, AN_CPU);
+    an_tensor *yh = an_linear_residual(ctx, xh, wh, bh, rh);
+    ck_assert_msg(yh != NULL, "%s", an_error_message(ctx));
+    for (int64_t r = 0; r < b * t; r++)
+        for (int64_t o = 0; o < out; o++) {
+            double acc = an_tensor_get(bh, o) + an_tensor_get(rh, r * out + o);
+            for (int64_t i = 0; i < in; i++) acc += an_tensor_get(xh, r * in + i) * an_tensor_get(wh, o * in + i);
+            double half_ulp = ldexp(1.0, (int)floor(log2(fabs(acc))) - 8); /* bf16 keeps 8 significant bits */
+            ck_assert_double_le(fabs(an_tensor_get(yh, r * out + o) - acc), half_ulp * (1 + 1e-9));
+        }
+    an_tensor_release(yh);
+
+    /* the residual must have the output's shape */
+    an_tensor *bad = test_uniform(ctx, AN_F64, 3, (int64_t[]){b, t, out + 1}, -1, 1, false);
+    ck_assert_ptr_null(an_linear_residual(ctx, x, w, bias, bad));
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "residual"));
+    an_error_clear(ctx);
+    an_tensor_release(xh), an_tensor_release(wh), an_tensor_release(bh), an_tensor_release(rh), an_tensor_release(bad);
+    an_tensor_release(x), an_tensor_release(w), an_tensor_release(bias), an_tensor_release(res);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_shape_errors_name_the_operands) {
     an_ctx *ctx = test_ctx(3);
     an_tensor *a = test_uniform(ctx, AN_F32, 2, (int64_t[]){3, 4}, -1, 1, false);
@@ -134,6 +189,7 @@ int main(void) {
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_matmul_all_layouts);
     tcase_add_test(tc, test_linear_with_and_without_bias);
+    tcase_add_test(tc, test_linear_residual);
     tcase_add_test(tc, test_shape_errors_name_the_operands);
     suite_add_tcase(s, tc);
     return test_run(s);

@@ -1,8 +1,8 @@
 /* test_tape.c — the tape itself: gradients of a tensor used twice add up, intermediates the
  * caller released still carry gradient, no-grad scopes record nothing, repeated backward calls
  * accumulate, gradient checkpointing gives bit-identical gradients with fewer bytes alive, and the
- * op profiler counts each op once per pass, and inputs held only to route gradients let their
- * storage go early. */
+ * op profiler counts each op once per pass, inputs held only to route gradients let their
+ * storage go early, and an add's two non-leaf inputs share one gradient until one of them gets more. */
 #include <math.h>
 #include <string.h>
 
@@ -259,6 +259,34 @@ START_TEST(test_recomputable_input_is_formed_again_for_backward) {
 }
 END_TEST
 
+/* s = p + q of two non-leaves shares one gradient buffer between p and q (no copy); p also feeds a
+ * mul whose gradient then adds to p's: the shared buffer is copied first, so q's stays ds. Analytic
+ * gradients: loss = sum(s * s) + sum(p * c), p = 2 x, q = 3 y: dx = 2 (2 s + c), dy = 3 (2 s). */
+START_TEST(test_add_shares_its_gradient_and_copies_before_a_sum) {
+    an_ctx *ctx = test_ctx(10);
+    an_tensor *x = test_uniform(ctx, AN_F64, 2, (int64_t[]){3, 4}, -1, 1, true);
+    an_tensor *y = test_uniform(ctx, AN_F64, 2, (int64_t[]){3, 4}, -1, 1, true);
+    an_tensor *c = test_uniform(ctx, AN_F64, 2, (int64_t[]){3, 4}, -1, 1, false);
+    for (int order = 0; order < 2; order++) { /* p first in the add, then q first */
+        an_tensor *p = an_scale(ctx, x, 2.0), *q = an_scale(ctx, y, 3.0);
+        an_tensor *pc = an_mul(ctx, p, c); /* recorded before the add: its backward runs after */
+        an_tensor *s = order ? an_add(ctx, q, p) : an_add(ctx, p, q);
+        an_tensor *ss = an_mul(ctx, s, s), *l1 = an_sum(ctx, ss), *l2 = an_sum(ctx, pc), *loss = an_add(ctx, l1, l2);
+        ck_assert_int_eq(an_backward(ctx, loss), AN_OK);
+        for (int i = 0; i < 12; i++) {
+            double sv = an_tensor_get(s, i), cv = an_tensor_get(c, i);
+            ck_assert_double_eq_tol(an_tensor_get(x->grad, i), 2 * (2 * sv + cv), 1e-12);
+            ck_assert_double_eq_tol(an_tensor_get(y->grad, i), 3 * (2 * sv), 1e-12);
+        }
+        an_tensor *tmp[] = {p, q, pc, s, ss, l1, l2, loss};
+        for (size_t i = 0; i < sizeof tmp / sizeof *tmp; i++) an_tensor_release(tmp[i]);
+        an_tensor_zero_grad(x), an_tensor_zero_grad(y);
+    }
+    an_tensor_release(x), an_tensor_release(y), an_tensor_release(c);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tape");
     TCase *tc = tcase_create("core");
@@ -269,6 +297,7 @@ int main(void) {
     tcase_add_test(tc, test_profile_counts_each_op_once_per_pass);
     tcase_add_test(tc, test_routing_only_inputs_free_their_storage_early);
     tcase_add_test(tc, test_recomputable_input_is_formed_again_for_backward);
+    tcase_add_test(tc, test_add_shares_its_gradient_and_copies_before_a_sum);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -33,6 +33,10 @@ an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a
  * to a bf16/f16 c on both devices (on CUDA the bias rides in the GEMM's epilogue). */
 an_status an_op_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
                           const an_tensor *bias, an_tensor *c);
+/* The same plus addend (c's shape; NULL: none, or c itself) in the one rounding: c = op(a) @ op(b) +
+ * bias + addend (shape->accumulate false). */
+an_status an_op_gemm_bias_add(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
+                              const an_tensor *bias, const an_tensor *addend, an_tensor *c);
 an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb);
 
 /* Records out = a op b as an add / sub / mul node whose output was computed elsewhere (a fused

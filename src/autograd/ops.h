@@ -37,6 +37,9 @@ an_tensor *an_reshape(an_ctx *ctx, an_tensor *x, int ndim, const int64_t *shape)
 an_tensor *an_matmul(an_ctx *ctx, an_tensor *a, an_tensor *b, bool trans_a, bool trans_b);
 /* x (..., in) @ w(out, in)^T + bias(out); bias may be NULL. */
 an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias);
+/* residual + x @ w^T + bias, residual of the output's shape: one GEMM (the residual in its epilogue
+ * on CUDA, one rounding) instead of a linear and an add; the residual's gradient is the output's. */
+an_tensor *an_linear_residual(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual);
 /* A linear layer with its LoRA branch, fused (ops/lora_linear.c): x W^T + bias + scale (x_lora A^T) B^T.
  * x_lora is x, or x after the adapter's dropout (same shape); A (r, in), B (out, r); bias may be NULL. */
 an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,

@@ -136,10 +136,14 @@ an_status an_grad_accumulate(an_ctx *ctx, an_tensor *t, an_tensor *src) {
     AN_CHECK(ctx, an_tensor_numel(src) == an_tensor_numel(t) && src->dtype == t->dtype && src->device == t->device,
              AN_ERR_INTERNAL, "gradient %s does not match its tensor %s", an_tensor_describe(src, b, sizeof b),
              an_tensor_describe(t, a, sizeof a));
-    if (!t->grad) {
-        t->grad = an_tensor_new(ctx, t->dtype, t->device, t->ndim, t->shape);
-        if (!t->grad) return an_error_status(ctx);
-        return an_tensor_copy_into(ctx, t->grad, src);
+    if (!t->grad || t->grad->storage->refcount > 1) {
+        /* none yet, or one shared with another tensor's (an_node_pass_grad): a copy of its own, then the sum */
+        an_tensor *shared = t->grad, *own = an_tensor_new(ctx, t->dtype, t->device, t->ndim, t->shape);
+        if (!own) return an_error_status(ctx);
+        t->grad = own;
+        an_status st = an_tensor_copy_into(ctx, own, shared ? shared : src);
+        an_tensor_release(shared);
+        if (!shared || st != AN_OK) return st;
     }
     if (t->device == AN_CPU) {
         an_cpu_add_into(an_tensor_data(t->grad), an_tensor_data(src), t->dtype, an_tensor_numel(t));
@@ -182,10 +186,21 @@ an_tensor *an_node_grad_sink(an_node *node, int i) {
     return g;
 }
 
+/* Whether grad, which others may hold too, may become t's gradient as a view: t has none yet and is
+ * no leaf (a non-leaf's gradient is only read, by its producer's backward, then dropped; a leaf's is
+ * kept and changed in place by optimizers). Whoever writes to a shared gradient later copies it
+ * first: an_node_grad_sink refuses shared storage and an_grad_accumulate copies it. */
+static bool can_share(const an_tensor *t, const an_tensor *grad) {
+    return !t->grad && t->grad_fn && grad->storage && grad->dtype == t->dtype && grad->device == t->device &&
+           an_tensor_numel(grad) == an_tensor_numel(t);
+}
+
 an_status an_node_pass_grad(an_ctx *ctx, an_node *node, int i, an_tensor *grad_out) {
     if (!an_node_needs_grad(node, i)) return AN_OK;
     an_tensor *t = node->inputs[i];
-    if (can_adopt(t, grad_out)) { /* the backward loop's reference is the only one: share, don't copy */
+    /* the backward loop's reference is the only one, or t only reads it: share, don't copy (an add's
+     * two inputs both take grad_out so) */
+    if (can_adopt(t, grad_out) || can_share(t, grad_out)) {
         t->grad = an_tensor_view(ctx, grad_out, t->ndim, t->shape);
         return t->grad ? AN_OK : an_error_status(ctx);
     }

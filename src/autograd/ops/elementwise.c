@@ -54,7 +54,7 @@ an_node *an_op_record_binary(an_ctx *ctx, an_binary_kind kind, an_tensor *a, an_
 static an_status binary_backward(an_ctx *ctx, an_binary_kind kind, an_node *node, an_tensor *grad_out) {
     an_tensor *a = node->inputs[0], *b = node->inputs[1];
     if (kind == AN_BINARY_ADD && an_tensor_numel(a) == an_tensor_numel(b)) {
-        /* both gradients are grad_out: the first input takes it as it is, the second a copy */
+        /* both gradients are grad_out, shared (a copy only for a leaf that is the second input) */
         AN_TRY(an_node_pass_grad(ctx, node, 0, grad_out));
         return an_node_pass_grad(ctx, node, 1, grad_out);
     }

@@ -1,4 +1,5 @@
-/* matmul.c — batched matmul with transposed operands, and linear (x @ w^T + bias).
+/* matmul.c — batched matmul with transposed operands, and linear (x @ w^T + bias, plus a residual
+ * of the output's shape when given: the residual rides in the GEMM, its gradient passes through).
  * GEMMs run through an_cpu_gemm (OpenBLAS) or an_cuda_gemm (cuBLASLt, fp32 accumulate);
  * every gradient is one or two more GEMMs with the transposes swapped. */
 #include "autograd/ops.h"
@@ -9,14 +10,18 @@
 #include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_matmul, an_op_linear */
 #include "kernels/cuda.h"         /* an_cuda_gemm, an_cuda_binary, an_cuda_binary_backward */
 
-/* c (rows, n) = op(a) @ op(b) (+ c) + bias (n; NULL: none) on the CPU. bf16/f16 operands widen to
- * f64, multiply, add the bias and round once (as the CUDA GEMM's epilogue rounds once); f32/f64
- * multiply in their own type and take the bias after. */
+/* c (rows, n) = op(a) @ op(b) (+ c, or + addend of c's shape) + bias (n; NULL: none) on the CPU.
+ * bf16/f16 operands widen to f64, multiply, add the bias (and addend) and round once (as the CUDA
+ * GEMM's epilogue rounds once); f32/f64 multiply in their own type, into a copy of the addend, and
+ * take the bias after. */
 static an_status cpu_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
-                               const an_tensor *bias, an_tensor *c) {
+                               const an_tensor *bias, const an_tensor *addend, an_tensor *c) {
     int64_t n = an_tensor_numel(c), width = bias ? bias->shape[0] : 0;
+    an_gemm_shape sh = *shape;
+    sh.accumulate = shape->accumulate || addend;
     if (a->dtype == AN_F32 || a->dtype == AN_F64) {
-        an_cpu_gemm(shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
+        if (addend && addend != c) memcpy(an_tensor_data(c), an_tensor_data(addend), an_tensor_nbytes(c));
+        an_cpu_gemm(&sh, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
         if (!bias) return AN_OK;
         an_f64 o, bv;
         AN_TRY(an_f64_read(ctx, c, &o));
@@ -33,9 +38,19 @@ static an_status cpu_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an
     an_f64 in[3], out;
     int n_in = bias ? 3 : 2;
     AN_TRY(an_f64_read_all(ctx, (an_tensor *[]){(an_tensor *)a, (an_tensor *)b, (an_tensor *)bias}, n_in, in));
-    an_status st = shape->accumulate ? an_f64_read(ctx, c, &out) : an_f64_write(ctx, c, &out);
+    /* the addend widened in a buffer of its own: for an f64 c, an_f64_read would hand back c's data */
+    an_status st = shape->accumulate && !addend ? an_f64_read(ctx, c, &out) : an_f64_write(ctx, c, &out);
+    if (st == AN_OK && addend) {
+        an_f64 add;
+        if ((st = an_f64_read(ctx, addend, &add)) == AN_OK) {
+            memcpy(out.data, add.data, (size_t)n * sizeof(double));
+            an_f64_free(&add);
+        } else {
+            an_f64_free(&out);
+        }
+    }
     if (st == AN_OK) {
-        an_cpu_gemm(shape, AN_F64, in[0].data, in[1].data, out.data);
+        an_cpu_gemm(&sh, AN_F64, in[0].data, in[1].data, out.data);
         if (bias) an_cpu_binary(AN_BINARY_ADD, out.data, n, in[2].data, width, out.data);
         an_f64_commit(c, &out);
     }
@@ -49,11 +64,19 @@ an_status an_op_gemm(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a
 
 an_status an_op_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
                           const an_tensor *bias, an_tensor *c) {
+    return an_op_gemm_bias_add(ctx, shape, a, b, bias, NULL, c);
+}
+
+an_status an_op_gemm_bias_add(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
+                              const an_tensor *bias, const an_tensor *addend, an_tensor *c) {
+    if (a->device == AN_CUDA && addend)
+        return an_cuda_gemm_addend(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b),
+                                   bias ? an_tensor_data(bias) : NULL, an_tensor_data(addend), an_tensor_data(c));
     if (a->device == AN_CUDA)
         return bias ? an_cuda_gemm_bias(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b),
                                         an_tensor_data(bias), an_tensor_data(c))
                     : an_cuda_gemm(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
-    return cpu_gemm_bias(ctx, shape, a, b, bias, c);
+    return cpu_gemm_bias(ctx, shape, a, b, bias, addend, c);
 }
 
 /* Rows (M) and columns (K) of op(t) for the last two dims. */
@@ -190,9 +213,9 @@ an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb)
     return st;
 }
 
-an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
+static an_tensor *linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual) {
     AN_OP_INPUTS(x, w);
-    if (an_op_check_float_peers(ctx, "linear", (an_tensor *[]){x, w, bias}, 3)) return NULL;
+    if (an_op_check_float_peers(ctx, "linear", (an_tensor *[]){x, w, bias, residual}, 4)) return NULL;
     char dx[96], dw[96];
     an_tensor_describe(x, dx, sizeof dx);
     an_tensor_describe(w, dw, sizeof dw);
@@ -204,18 +227,34 @@ an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
     int64_t shape[AN_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out_features;
+    if (residual) {
+        char dr[96];
+        bool same = residual->ndim == x->ndim && !memcmp(residual->shape, shape, (size_t)x->ndim * sizeof *shape);
+        AN_CHECK_NULL(ctx, same, AN_ERR_INPUT, "linear: residual %s does not have the output's shape",
+                      an_tensor_describe(residual, dr, sizeof dr));
+    }
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
     if (!out) return NULL;
     an_gemm_shape s = {1, rows, out_features, in, false, true, false, false};
-    an_status st = an_op_gemm_bias(ctx, &s, x, w, bias, out); /* on CUDA the bias rides in the GEMM */
+    an_status st = an_op_gemm_bias_add(ctx, &s, x, w, bias, residual, out); /* on CUDA both ride in the GEMM */
     if (st != AN_OK) {
         an_tensor_release(out);
         return NULL;
     }
-    an_node *node = an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias}, 3);
+    an_node *node = an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias, residual}, 4);
     if (node && !w->requires_grad) an_node_input_routing_only(node, 0); /* dX = dY W reads no x */
     else an_node_input_recomputable(node, 0);                            /* dW reads x: formed again */
+    if (node && residual) an_node_input_routing_only(node, 3);           /* its gradient is dY itself */
     return out;
+}
+
+an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
+    return linear(ctx, x, w, bias, NULL);
+}
+
+an_tensor *an_linear_residual(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual) {
+    AN_CHECK_NULL(ctx, residual != NULL, AN_ERR_INPUT, "linear_residual: no residual");
+    return linear(ctx, x, w, bias, residual);
 }
 
 an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
@@ -259,5 +298,5 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
         }
         AN_TRY(an_node_accumulate(ctx, node, 2, gb));
     }
-    return AN_OK;
+    return an_node_pass_grad(ctx, node, 3, grad_out); /* the residual's (none without one) */
 }
