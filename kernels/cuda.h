@@ -119,6 +119,11 @@ an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dt
 /* C = op(A) op(B) + bias (NULL: none) + addend, addend of C's layout and dtype (may be C itself;
  * shape->accumulate must be false): a residual added in cuBLASLt's epilogue (beta 1 with its C
  * and D pointers apart), in fp32 before C's one rounding. */
+/* C (+= with shape->accumulate) = op(A) op(B) for a transposed A (K, M), and grad_bias (M, of dtype)
+ * = A's column sums over its K rows: a linear's weight and bias gradients from one GEMM (cuBLASLt's
+ * bias-gradient epilogue where it has one, else the GEMM and a column-sum kernel). */
+an_status an_cuda_gemm_bias_grad(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
+                                 void *grad_bias, void *c);
 an_status an_cuda_gemm_addend(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
                               const void *bias, const void *addend, void *c);
 /* The same with an f32 C (bf16/f16/f32 operands): accumulating into an fp32 buffer without a

@@ -127,6 +127,11 @@ an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dt
     (void)shape, (void)dtype, (void)a, (void)b, (void)bias, (void)c;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_gemm_bias_grad(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
+                                 void *grad_bias, void *c) {
+    (void)shape, (void)dtype, (void)a, (void)b, (void)grad_bias, (void)c;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_gemm_addend(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
                               const void *bias, const void *addend, void *c) {
     (void)shape, (void)dtype, (void)a, (void)b, (void)bias, (void)addend, (void)c;

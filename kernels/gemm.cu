@@ -29,7 +29,8 @@ struct an_gemm_plan {
     an_dtype c_dtype; /* of C: dtype, or f32 (an_cuda_gemm_f32_out) */
     int64_t batch, m, n, k;
     bool trans_a, trans_b, b_shared;
-    bool bias; /* the bias epilogue (its pointer is set per call) */
+    bool bias;      /* the bias epilogue (its pointer is set per call) */
+    bool bias_grad; /* the bias-gradient epilogue: sums of op(A) over K (BGRADB; pointer per call) */
     uint32_t align_a, align_b, align_c;
     /* cuBLASLt objects: lt_a describes our B, lt_b our A (see the top of the file) */
     cublasLtMatmulDesc_t op;
@@ -84,6 +85,10 @@ an_status plan_build(an_ctx *ctx, an_cuda_state *s, an_gemm_plan *p, bool *found
     AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof op_b));
     if (p->bias) { /* a vector over the rows of the column-major output: our columns */
         cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BIAS;
+        AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
+    }
+    if (p->bias_grad) { /* cuBLASLt's B is our A: its reduction over K, one value per column of its D = our row */
+        cublasLtEpilogue_t epi = CUBLASLT_EPILOGUE_BGRADB;
         AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof epi));
     }
     /* Our B: (K, N) row-major = (N, K) column-major, ld N; transposed (N, K) row-major = (K, N), ld K. */
@@ -141,7 +146,7 @@ an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_ge
     for (int i = 0; i < AN_GEMM_PLAN_SLOTS; i++) {
         an_gemm_plan *p = &s->plans[i];
         if (p->used && p->dtype == key.dtype && p->c_dtype == key.c_dtype && p->batch == key.batch && p->m == key.m && p->n == key.n &&
-            p->k == key.k && p->trans_a == key.trans_a && p->trans_b == key.trans_b && p->b_shared == key.b_shared && p->bias == key.bias &&
+            p->k == key.k && p->trans_a == key.trans_a && p->trans_b == key.trans_b && p->b_shared == key.b_shared && p->bias == key.bias && p->bias_grad == key.bias_grad &&
             p->align_a == key.align_a && p->align_b == key.align_b && p->align_c == key.align_c) {
             *out = p;
             return AN_OK;
@@ -165,7 +170,8 @@ an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_ge
 /* One cuBLASLt call for (possibly batched) row-major shape s, plus bias (n) on every row when
  * given; false in *ran when cuBLASLt has no algorithm for it. */
 an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, an_dtype dtype, an_dtype c_dtype,
-                    const void *a, const void *b, const void *bias, const void *addend, void *c, bool *ran) {
+                    const void *a, const void *b, const void *bias, const void *addend, void *c, bool *ran,
+                    void *bias_grad = nullptr) {
     *ran = false;
     size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
     an_gemm_plan key = {};
@@ -179,6 +185,7 @@ an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, a
     key.trans_b = shape.trans_b;
     key.b_shared = shape.b_shared;
     key.bias = bias != nullptr;
+    key.bias_grad = bias_grad != nullptr;
     key.align_a = alignment_of(a, shape.m * shape.k * (int64_t)es, shape.batch);
     key.align_b = alignment_of(b, shape.b_shared ? 0 : shape.k * shape.n * (int64_t)es, shape.batch);
     key.align_c = alignment_of(c, shape.m * shape.n * (int64_t)cs, shape.batch);
@@ -192,6 +199,9 @@ an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, a
     float alpha = 1.0f, beta = shape.accumulate || addend ? 1.0f : 0.0f;
     if (bias)
         AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
+    if (bias_grad)
+        AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias_grad,
+                                                            sizeof bias_grad));
     const void *c_in = addend ? addend : c;
     AN_CUBLAS_CHECK(ctx, cublasLtMatmul(s->lt, p->op, &alpha, b, p->lt_a, a, p->lt_b, &beta, c_in, p->lt_c, c, p->lt_c,
                                         &p->algo, s->workspace, s->workspace_bytes, s->stream));
@@ -293,6 +303,25 @@ extern "C" an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, 
 extern "C" an_status an_cuda_gemm_addend(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
                                          const void *b, const void *bias, const void *addend, void *c) {
     return gemm(ctx, shape, dtype, dtype, a, b, bias, addend, c);
+}
+
+/* C (+)= op(A) op(B) with grad_bias (M) = the sums of op(A) over K in the same GEMM (cuBLASLt's
+ * BGRADB epilogue: a linear's dW = dY^T X with its bias gradient, the column sums of dY); where
+ * cuBLASLt plans no such GEMM (or the shape is batched or small enough for the GEMV), the GEMM and a
+ * column-sum kernel, the same sums. */
+extern "C" an_status an_cuda_gemm_bias_grad(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
+                                            const void *b, void *grad_bias, void *c) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, shape->trans_a, AN_ERR_INTERNAL, "gemm_bias_grad: A must be transposed (dW = dY^T X)");
+    bool ran = false;
+    if (shape->batch == 1 && shape->m > 0 && shape->n > 0 && shape->k > 0 && (uintptr_t)grad_bias % 16 == 0 &&
+        (dtype == AN_BF16 || dtype == AN_F16))
+        AN_TRY(gemm_once(ctx, s, *shape, dtype, dtype, a, b, nullptr, nullptr, c, &ran, grad_bias));
+    if (ran) return AN_OK;
+    AN_TRY(gemm(ctx, shape, dtype, dtype, a, b, nullptr, nullptr, c));
+    /* op(A) = A^T for A (K, M): the column sums of A */
+    return an_cuda_binary_backward(ctx, AN_BINARY_ADD, dtype, a, shape->batch * shape->k * shape->m, grad_bias,
+                                   shape->m, a, nullptr, grad_bias);
 }
 
 extern "C" an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,

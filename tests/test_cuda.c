@@ -548,6 +548,57 @@ static void check_gemm(an_ctx *ctx, an_dtype dtype, an_gemm_shape s, int64_t off
     pair_release(c0);
 }
 
+/* dW (out, in) (+)= dY^T X for dY (rows, out), X (rows, in), with the bias gradient dY's column
+ * sums from the same call (cuBLASLt's BGRADB epilogue, or the column-sum kernel after the GEMM for
+ * f32, a misaligned gradient or a shape cuBLASLt plans no epilogue for): both against float64, and
+ * a second run gives the same bits. */
+START_TEST(test_cuda_gemm_bias_grad_matches_the_reference) {
+    an_ctx *ctx = gpu_ctx(10, "cuda gemm bias grad");
+    if (!ctx) return;
+    const int64_t shapes[][3] = {{300, 256, 1024}, {256, 64, 37}, {1536, 16, 8192}, {7, 5, 3}}; /* out, in, rows */
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+            for (int variant = 0; variant < 3; variant++) { /* 0: plain; 1: accumulate; 2: gradient misaligned */
+                an_dtype dtype = float_dtypes[d];
+                int64_t out = shapes[si][0], in = shapes[si][1], rows = shapes[si][2];
+                an_gemm_shape sh = {1, out, in, rows, true, false, false, variant == 1};
+                pair dy = random_pair(ctx, dtype, rows * out, 0, -1, 1), x = random_pair(ctx, dtype, rows * in, 0, -1, 1);
+                pair c0 = variant == 1 ? random_pair(ctx, dtype, out * in, 0, -1, 1) : (pair){NULL, NULL};
+                an_tensor *c = variant == 1 ? an_tensor_retain(c0.dev) : poisoned(ctx, dtype, out * in, 0);
+                an_tensor *gb_view = poisoned(ctx, dtype, out, variant == 2 ? 1 : 0); /* 1: one element off */
+                void *gb = an_tensor_data(gb_view);
+                double *dyv = test_values(dy.host), *xv = test_values(x.host), *cv = c0.host ? test_values(c0.host) : NULL;
+                double *want = calloc((size_t)(out * in), sizeof *want), *want_b = calloc((size_t)out, sizeof *want_b);
+                gemm_reference(&sh, dyv, xv, cv, want);
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t o = 0; o < out; o++) want_b[o] += dyv[r * out + o];
+                test_ok(ctx, an_cuda_gemm_bias_grad(ctx, &sh, dtype, an_tensor_data(dy.dev), an_tensor_data(x.dev), gb,
+                                                    an_tensor_data(c)), "gemm_bias_grad");
+                double *got = test_download(ctx, c), *got_b = test_download(ctx, gb_view);
+                double rtol = rtol_of(dtype), *bound = calloc((size_t)(out * in), sizeof *bound);
+                for (int64_t i = 0; i < out * in; i++) bound[i] = rtol * (fabs(want[i]) + sqrt((double)rows));
+                expect_close(got, want, bound, out * in, "bias-grad gemm %s out %lld in %lld rows %lld variant %d",
+                             an_dtype_name(dtype), (long long)out, (long long)in, (long long)rows, variant);
+                for (int64_t o = 0; o < out; o++) bound[o] = 2 * rtol * (fabs(want_b[o]) + sqrt((double)rows));
+                expect_close(got_b, want_b, bound, out, "bias gradient %s out %lld rows %lld variant %d",
+                             an_dtype_name(dtype), (long long)out, (long long)rows, variant);
+                if (variant == 0) { /* repeated: the same bits */
+                    test_ok(ctx, an_cuda_gemm_bias_grad(ctx, &sh, dtype, an_tensor_data(dy.dev), an_tensor_data(x.dev),
+                                                        gb, an_tensor_data(c)), "gemm_bias_grad again");
+                    double *again = test_download(ctx, c), *again_b = test_download(ctx, gb_view);
+                    ck_assert_msg(!memcmp(got, again, (size_t)(out * in) * sizeof *got) &&
+                                      !memcmp(got_b, again_b, (size_t)out * sizeof *got_b),
+                                  "bias-grad gemm %s out %lld: a second run differs", an_dtype_name(dtype), (long long)out);
+                    free(again), free(again_b);
+                }
+                free(got), free(got_b), free(bound), free(dyv), free(xv), free(cv), free(want), free(want_b);
+                an_tensor_release(c), an_tensor_release(gb_view);
+                pair_release(dy), pair_release(x), pair_release(c0);
+            }
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* The decode shapes an_cuda_gemm sends to an_cuda_gemv (x W^T with at most AN_CUDA_GEMV_MAX_ROWS
  * rows): every row count, K a multiple of the 16-byte vector and not, aligned and one element off,
  * a weight over AN_CUDA_GEMV_MAX_WEIGHT_BYTES;
@@ -740,6 +791,7 @@ int main(void) {
     test_add_case(s, "swiglu", test_cuda_swiglu_and_silu_match_reference);
     test_add_case(s, "sum", test_cuda_sum_accumulates_in_fp32_deterministically);
     test_add_case(s, "gemm", test_cuda_gemm_every_transpose_batch_shared_and_accumulate);
+    test_add_case(s, "gemm_bias_grad", test_cuda_gemm_bias_grad_matches_the_reference);
     test_add_case(s, "gemv", test_cuda_gemv_rows_match_the_reference);
     test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
     return test_run(s);

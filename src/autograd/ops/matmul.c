@@ -275,28 +275,34 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
         }
         AN_TRY(an_node_accumulate(ctx, node, 0, gx));
     }
+    /* on CUDA the bias gradient (dY's column sums) comes out of the dW GEMM when both are wanted */
+    an_tensor *gb = NULL;
+    bool gb_in_gemm = an_node_needs_grad(node, 1) && an_node_needs_grad(node, 2) && w->device == AN_CUDA;
+    if (gb_in_gemm && !(gb = an_op_new_like(ctx, bias, 1, bias->shape))) return an_error_status(ctx);
     if (an_node_needs_grad(node, 1)) {
-        AN_TRY(an_tensor_materialize(ctx, x));
+        an_status st = an_tensor_materialize(ctx, x);
         an_tensor *w_sink = an_node_grad_sink(node, 1); /* a later micro-batch: dW adds into W's gradient */
-        an_tensor *gw = w_sink ? w_sink : an_op_new_like(ctx, w, 2, w->shape);
-        if (!gw) return an_error_status(ctx);
+        an_tensor *gw = st != AN_OK ? NULL : w_sink ? w_sink : an_op_new_like(ctx, w, 2, w->shape);
         an_gemm_shape s = {1, out_features, in, rows, true, false, false, w_sink != NULL}; /* dW (+)= dY^T @ X */
-        an_status st = an_op_gemm(ctx, &s, grad_out, x, gw);
-        if (w_sink) AN_TRY(st);
-        else if (st != AN_OK) {
-            an_tensor_release(gw);
+        if (!gw) st = an_error_status(ctx);
+        else if (gb) st = an_cuda_gemm_bias_grad(ctx, &s, w->dtype, an_tensor_data(grad_out), an_tensor_data(x),
+                                                 an_tensor_data(gb), an_tensor_data(gw));
+        else st = an_op_gemm(ctx, &s, grad_out, x, gw);
+        if (st == AN_OK && !w_sink) st = an_node_accumulate(ctx, node, 1, gw);
+        else if (!w_sink) an_tensor_release(gw);
+        if (st != AN_OK) {
+            an_tensor_release(gb);
             return st;
-        } else AN_TRY(an_node_accumulate(ctx, node, 1, gw));
+        }
     }
-    if (an_node_needs_grad(node, 2)) {
-        an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
-        if (!gb) return an_error_status(ctx);
+    if (!gb && an_node_needs_grad(node, 2)) {
+        if (!(gb = an_op_new_like(ctx, bias, 1, bias->shape))) return an_error_status(ctx);
         an_status st = an_op_bias_grad(ctx, grad_out, gb);
         if (st != AN_OK) {
             an_tensor_release(gb);
             return st;
         }
-        AN_TRY(an_node_accumulate(ctx, node, 2, gb));
     }
+    if (gb) AN_TRY(an_node_accumulate(ctx, node, 2, gb));
     return an_node_pass_grad(ctx, node, 3, grad_out); /* the residual's (none without one) */
 }
