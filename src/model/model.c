@@ -168,13 +168,25 @@ static bool has_adapter(const an_model *m, const an_projection *p) {
     return p->lora_a && m->lora_enabled;
 }
 
-/* x W^T + b, plus scale * B(A(dropout(x))) when the projection has an enabled adapter. */
-static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p) {
-    if (!has_adapter(m, p)) return an_linear(ctx, x, p->weight, p->bias);
+/* residual (NULL: none) + x W^T + b, plus scale * B(A(dropout(x))) when the projection has an
+ * enabled adapter; the residual rides in the projection's GEMM. */
+static an_tensor *project_residual(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p,
+                                   an_tensor *residual) {
+    if (!x) return NULL;
+    if (!has_adapter(m, p))
+        return residual ? an_linear_residual(ctx, x, p->weight, p->bias, residual) : an_linear(ctx, x, p->weight, p->bias);
     an_tensor *in = m->training && m->lora.dropout > 0 ? an_dropout(ctx, x, m->lora.dropout) : an_tensor_retain(x);
-    an_tensor *out = in ? an_lora_linear(ctx, x, in, p->weight, p->bias, p->lora_a, p->lora_b, m->lora_scale) : NULL;
+    an_tensor *out = !in ? NULL
+                     : residual ? an_lora_linear_residual(ctx, x, in, p->weight, p->bias, p->lora_a, p->lora_b,
+                                                          m->lora_scale, residual)
+                                : an_lora_linear(ctx, x, in, p->weight, p->bias, p->lora_a, p->lora_b, m->lora_scale);
     an_tensor_release(in);
     return out;
+}
+
+/* x W^T + b, plus scale * B(A(dropout(x))) when the projection has an enabled adapter. */
+static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p) {
+    return project_residual(ctx, m, x, p, NULL);
 }
 
 /* Where a cached forward keeps keys and values (NULL in training). */
@@ -403,34 +415,16 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
                                                   cs->cache->length, scale);
     q = step(q, NULL), k = step(k, NULL), v = step(v, NULL);
     attn = step(attn, attn ? an_reshape(ctx, attn, 3, (int64_t[]){b, t, hq * d}) : NULL);
-    /* The residual joins: x + o_proj(attn) and h + down_proj(act) ride in the projections' GEMMs
-     * (an_linear_residual: no add pass); an adapter's projection adds after (x + o together with
-     * the norm after it, in one kernel on CUDA). */
-    an_tensor *h = NULL, *hn = NULL;
-    if (!has_adapter(m, &l->o_proj)) {
-        h = attn ? an_linear_residual(ctx, attn, l->o_proj.weight, l->o_proj.bias, x) : NULL;
-        attn = step(attn, NULL);
-        hn = h ? an_rmsnorm(ctx, h, l->post_attention_layernorm, c->rms_norm_eps) : NULL;
-    } else {
-        an_tensor *o = step(attn, project(ctx, m, attn, &l->o_proj));
-        hn = an_add_rmsnorm(ctx, x, o, l->post_attention_layernorm, c->rms_norm_eps, &h);
-        o = step(o, NULL);
-    }
+    /* The residual joins x + o_proj(attn) and h + down_proj(act) ride in the projections' GEMMs. */
+    an_tensor *h = step(attn, project_residual(ctx, m, attn, &l->o_proj, x));
+    an_tensor *hn = h ? an_rmsnorm(ctx, h, l->post_attention_layernorm, c->rms_norm_eps) : NULL;
 
     an_tensor *gate = project(ctx, m, hn, &l->gate_proj);
     an_tensor *up = project(ctx, m, hn, &l->up_proj);
     hn = step(hn, NULL);
     an_tensor *act = an_swiglu(ctx, gate, up);
     gate = step(gate, NULL), up = step(up, NULL);
-    an_tensor *out = NULL;
-    if (!has_adapter(m, &l->down_proj)) {
-        out = act && h ? an_linear_residual(ctx, act, l->down_proj.weight, l->down_proj.bias, h) : NULL;
-        act = step(act, NULL);
-    } else {
-        an_tensor *down = step(act, project(ctx, m, act, &l->down_proj));
-        out = an_add(ctx, h, down);
-        down = step(down, NULL);
-    }
+    an_tensor *out = h ? step(act, project_residual(ctx, m, act, &l->down_proj, h)) : step(act, NULL);
     h = step(h, NULL);
     return out;
 }
