@@ -113,6 +113,11 @@ if want curves; then
     --losses --steps 8 > /tmp/peer_losses.txt 2>&1
   "$bin/train_step" "$model" --adapter "$adapter" --lr 1e-4 --losses --steps 8 > /tmp/our_losses.txt 2>&1
   compare_curves "LoRA q,v" /tmp/peer_losses.txt /tmp/our_losses.txt
+  # LoRA on every linear layer (o_proj and down_proj add their residual in the adapter op) the same way
+  python3 bench/peer_train_step.py --load "$model" --lora 16 --targets all --save-adapter "$adapter-all" --lr 1e-4 \
+    --losses --steps 8 > /tmp/peer_all_losses.txt 2>&1
+  "$bin/train_step" "$model" --adapter "$adapter-all" --lr 1e-4 --losses --steps 8 > /tmp/our_all_losses.txt 2>&1
+  compare_curves "LoRA all" /tmp/peer_all_losses.txt /tmp/our_all_losses.txt
   # Full fine-tune from the same weights and tokens at lr 1e-5 (the peer's default), against the peer
   # run under anneal's precision policy (--precision bf16: forward and backward in bf16, fp32 master
   # weights and moments; DESIGN.md), which must pass; and, for information, against the autocast peer
