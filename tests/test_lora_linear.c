@@ -1,6 +1,6 @@
 /* test_lora_linear.c — the fused LoRA linear op (ops/lora_linear.c): its forward against the
  * same sum built from separate ops in float64, float64 finite-difference gradient checks of every
- * input (x and x_lora apart, x_lora being x itself, with and without bias and residual, frozen weight), the
+ * input (x and x_lora apart, x_lora being x itself, with and without bias, frozen weight), the
  * bf16 CPU path, and shape errors that name the operands. The CUDA path against this one is in
  * tests/test_cuda_lora_linear.c. */
 #include <math.h>
@@ -10,16 +10,13 @@
 #include "support/test_util.h"
 
 typedef struct {
-    bool shared, with_bias, residual;
+    bool shared, with_bias;
     double scale;
 } case_opts;
 
-/* in: x, x_lora, w, a, b, bias, residual */
+/* in: x, x_lora, w, a, b, bias */
 static an_tensor *run_fused(an_ctx *ctx, an_tensor *const *in, void *user) {
     const case_opts *o = user;
-    if (o->residual)
-        return an_lora_linear_residual(ctx, in[0], o->shared ? in[0] : in[1], in[2], o->with_bias ? in[5] : NULL,
-                                       in[3], in[4], o->scale, in[6]);
     return an_lora_linear(ctx, in[0], o->shared ? in[0] : in[1], in[2], o->with_bias ? in[5] : NULL, in[3], in[4],
                           o->scale);
 }
@@ -32,11 +29,6 @@ static an_tensor *run_composite(an_ctx *ctx, an_tensor *const *in, const case_op
     an_tensor *scaled = an_scale(ctx, up, o->scale);
     an_tensor *out = an_add(ctx, y, scaled);
     an_tensor_release(y), an_tensor_release(down), an_tensor_release(up), an_tensor_release(scaled);
-    if (o->residual) {
-        an_tensor *sum = an_add(ctx, in[6], out);
-        an_tensor_release(out);
-        out = sum;
-    }
     return out;
 }
 
@@ -44,41 +36,39 @@ START_TEST(test_lora_linear_matches_separate_ops_and_passes_gradcheck) {
     /* (batch, time, in, out, r) */
     const int64_t shapes[][5] = {{1, 1, 1, 1, 1}, {2, 3, 5, 7, 2}, {1, 4, 6, 3, 4}, {3, 2, 7, 5, 1}};
     for (size_t z = 0; z < sizeof shapes / sizeof *shapes; z++)
-        for (int variant = 0; variant < 8; variant++) { /* bits: shared input, bias, residual */
+        for (int variant = 0; variant < 4; variant++) {
             int64_t B = shapes[z][0], T = shapes[z][1], in = shapes[z][2], out = shapes[z][3], r = shapes[z][4];
-            case_opts o = {variant & 1, (variant & 2) != 0, (variant & 4) != 0, 0.5 + 0.75 * (double)z};
+            case_opts o = {variant & 1, (variant & 2) != 0, 0.5 + 0.75 * (double)z};
             an_ctx *ctx = test_ctx(300 + 10 * z + variant);
-            an_tensor *t[7] = {
+            an_tensor *t[6] = {
                 test_uniform(ctx, AN_F64, 3, (int64_t[]){B, T, in}, -1, 1, true),
                 test_uniform(ctx, AN_F64, 3, (int64_t[]){B, T, in}, -1, 1, true),
-                test_uniform(ctx, AN_F64, 2, (int64_t[]){out, in}, -1, 1, (variant & 3) == 3), /* frozen unless 3 */
+                test_uniform(ctx, AN_F64, 2, (int64_t[]){out, in}, -1, 1, variant == 3), /* frozen unless 3 */
                 test_uniform(ctx, AN_F64, 2, (int64_t[]){r, in}, -1, 1, true),
                 test_uniform(ctx, AN_F64, 2, (int64_t[]){out, r}, -1, 1, true),
                 test_uniform(ctx, AN_F64, 1, (int64_t[]){out}, -1, 1, true),
-                test_uniform(ctx, AN_F64, 3, (int64_t[]){B, T, out}, -1, 1, true),
             };
             char what[128];
-            snprintf(what, sizeof what, "lora_linear B %lld T %lld in %lld out %lld r %lld shared %d bias %d residual %d",
-                     (long long)B, (long long)T, (long long)in, (long long)out, (long long)r, o.shared, o.with_bias,
-                     o.residual);
+            snprintf(what, sizeof what, "lora_linear B %lld T %lld in %lld out %lld r %lld shared %d bias %d",
+                     (long long)B, (long long)T, (long long)in, (long long)out, (long long)r, o.shared, o.with_bias);
             an_no_grad_begin(ctx);
             an_tensor *got = run_fused(ctx, t, &o), *want = run_composite(ctx, t, &o);
             an_no_grad_end(ctx);
             ck_assert_msg(got && want, "%s: %s", what, an_error_message(ctx));
             test_assert_tensors_close(got, want, 1e-13, 1e-14, what);
             an_tensor_release(got), an_tensor_release(want);
-            test_assert_gradcheck(ctx, run_fused, t, 7, &o, what);
+            test_assert_gradcheck(ctx, run_fused, t, 6, &o, what);
 
             /* bf16 on the CPU: within bf16 rounding of the float64 result */
-            an_tensor *h[7];
-            for (int i = 0; i < 7; i++) h[i] = an_tensor_to(ctx, t[i], AN_BF16, AN_CPU);
+            an_tensor *h[6];
+            for (int i = 0; i < 6; i++) h[i] = an_tensor_to(ctx, t[i], AN_BF16, AN_CPU);
             an_tensor *gh = run_fused(ctx, h, &o);
             an_tensor *w64 = run_composite(ctx, t, &o);
             an_tensor *g64 = an_tensor_to(ctx, gh, AN_F64, AN_CPU);
             ck_assert_msg(test_scaled_error(g64, w64) < 3e-2, "%s bf16: scaled error %g", what,
                           test_scaled_error(g64, w64));
             an_tensor_release(gh), an_tensor_release(w64), an_tensor_release(g64);
-            for (int i = 0; i < 7; i++) an_tensor_release(h[i]), an_tensor_release(t[i]);
+            for (int i = 0; i < 6; i++) an_tensor_release(h[i]), an_tensor_release(t[i]);
             an_tape_clear(ctx);
             test_ctx_free(ctx);
         }
@@ -88,12 +78,11 @@ END_TEST
 /* A shared input gets dY W + d_down A in one gradient, equal to the composite's sum of two. */
 START_TEST(test_lora_linear_shared_input_gradient_equals_composite) {
     an_ctx *ctx = test_ctx(7);
-    case_opts o = {true, true, false, 2.0};
-    an_tensor *t[7] = {
+    case_opts o = {true, true, 2.0};
+    an_tensor *t[6] = {
         test_uniform(ctx, AN_F64, 2, (int64_t[]){5, 6}, -1, 1, true), test_uniform(ctx, AN_F64, 2, (int64_t[]){5, 6}, -1, 1, false),
         test_uniform(ctx, AN_F64, 2, (int64_t[]){4, 6}, -1, 1, true),  test_uniform(ctx, AN_F64, 2, (int64_t[]){3, 6}, -1, 1, true),
         test_uniform(ctx, AN_F64, 2, (int64_t[]){4, 3}, -1, 1, true),  test_uniform(ctx, AN_F64, 1, (int64_t[]){4}, -1, 1, true),
-        NULL, /* no residual */
     };
     an_tensor *want[6] = {0};
     for (int pass = 0; pass < 2; pass++) {

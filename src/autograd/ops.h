@@ -44,9 +44,6 @@ an_tensor *an_linear_residual(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor
  * x_lora is x, or x after the adapter's dropout (same shape); A (r, in), B (out, r); bias may be NULL. */
 an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,
                           an_tensor *b, double scale);
-/* The same plus residual (the output's shape) in the base GEMM, as an_linear_residual. */
-an_tensor *an_lora_linear_residual(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias,
-                                   an_tensor *a, an_tensor *b, double scale, an_tensor *residual);
 
 /* ids (...) i32/i64 rows of table (V, D) -> (..., D). An id outside [0, V) is an error. */
 an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table);

@@ -168,25 +168,33 @@ static bool has_adapter(const an_model *m, const an_projection *p) {
     return p->lora_a && m->lora_enabled;
 }
 
-/* residual (NULL: none) + x W^T + b, plus scale * B(A(dropout(x))) when the projection has an
- * enabled adapter; the residual rides in the projection's GEMM. */
-static an_tensor *project_residual(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p,
-                                   an_tensor *residual) {
-    if (!x) return NULL;
-    if (!has_adapter(m, p))
-        return residual ? an_linear_residual(ctx, x, p->weight, p->bias, residual) : an_linear(ctx, x, p->weight, p->bias);
+/* x W^T + b, plus scale * B(A(dropout(x))) when the projection has an enabled adapter. */
+static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p) {
+    if (!has_adapter(m, p)) return an_linear(ctx, x, p->weight, p->bias);
     an_tensor *in = m->training && m->lora.dropout > 0 ? an_dropout(ctx, x, m->lora.dropout) : an_tensor_retain(x);
-    an_tensor *out = !in ? NULL
-                     : residual ? an_lora_linear_residual(ctx, x, in, p->weight, p->bias, p->lora_a, p->lora_b,
-                                                          m->lora_scale, residual)
-                                : an_lora_linear(ctx, x, in, p->weight, p->bias, p->lora_a, p->lora_b, m->lora_scale);
+    an_tensor *out = in ? an_lora_linear(ctx, x, in, p->weight, p->bias, p->lora_a, p->lora_b, m->lora_scale) : NULL;
     an_tensor_release(in);
     return out;
 }
 
-/* x W^T + b, plus scale * B(A(dropout(x))) when the projection has an enabled adapter. */
-static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p) {
-    return project_residual(ctx, m, x, p, NULL);
+/* residual + x W^T + b: in the projection's GEMM (one rounding) when it has no enabled adapter;
+ * an adapter's projection adds after (its small branch must not meet the residual first:
+ * ops/lora_linear.c). With `norm`, also rmsnorm of the sum in *normed (the add and the norm in one
+ * kernel on CUDA in the adapter's case). */
+static an_tensor *project_residual(an_ctx *ctx, const an_model *m, an_tensor *x, const an_projection *p,
+                                   an_tensor *residual, an_tensor *norm, double eps, an_tensor **normed) {
+    an_tensor *sum = NULL;
+    if (!x) return NULL;
+    if (!has_adapter(m, p)) {
+        sum = an_linear_residual(ctx, x, p->weight, p->bias, residual);
+        if (sum && norm) *normed = an_rmsnorm(ctx, sum, norm, eps);
+        return sum;
+    }
+    an_tensor *y = project(ctx, m, x, p);
+    if (y && norm) *normed = an_add_rmsnorm(ctx, residual, y, norm, eps, &sum);
+    else if (y) sum = an_add(ctx, residual, y);
+    an_tensor_release(y);
+    return sum;
 }
 
 /* Where a cached forward keeps keys and values (NULL in training). */
@@ -415,16 +423,17 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
                                                   cs->cache->length, scale);
     q = step(q, NULL), k = step(k, NULL), v = step(v, NULL);
     attn = step(attn, attn ? an_reshape(ctx, attn, 3, (int64_t[]){b, t, hq * d}) : NULL);
-    /* The residual joins x + o_proj(attn) and h + down_proj(act) ride in the projections' GEMMs. */
-    an_tensor *h = step(attn, project_residual(ctx, m, attn, &l->o_proj, x));
-    an_tensor *hn = h ? an_rmsnorm(ctx, h, l->post_attention_layernorm, c->rms_norm_eps) : NULL;
+    /* The residual joins x + o_proj(attn) and h + down_proj(act), the first with the norm after it. */
+    an_tensor *hn = NULL;
+    an_tensor *h = step(attn, project_residual(ctx, m, attn, &l->o_proj, x, l->post_attention_layernorm,
+                                               c->rms_norm_eps, &hn));
 
     an_tensor *gate = project(ctx, m, hn, &l->gate_proj);
     an_tensor *up = project(ctx, m, hn, &l->up_proj);
     hn = step(hn, NULL);
     an_tensor *act = an_swiglu(ctx, gate, up);
     gate = step(gate, NULL), up = step(up, NULL);
-    an_tensor *out = h ? step(act, project_residual(ctx, m, act, &l->down_proj, h)) : step(act, NULL);
+    an_tensor *out = h ? step(act, project_residual(ctx, m, act, &l->down_proj, h, NULL, 0, NULL)) : step(act, NULL);
     h = step(h, NULL);
     return out;
 }

@@ -1,17 +1,20 @@
 /* lora_linear.c — a linear layer with its LoRA branch in one op (an_lora_linear):
- *   y = x W^T + bias + scale (x_lora A^T) B^T   (+ residual: an_lora_linear_residual)
- * where x_lora is x itself or x after the adapter's dropout; a residual rides in the GEMMs and
- * takes y's gradient as it is. Fused so the branch costs two thin GEMMs and no extra pass over y:
- * the branch's product is written first (with the residual: one pass that only writes y) and the
- * base GEMM adds into it (beta 1: its read of y hides under its math, where the branch adding into
- * the base's output read and wrote y in a pass of its own: LoRA on every projection, 68.6 us a
- * call, 9.6 ms a step). In the backward x's gradient takes d_down A the same way: written by the
- * thin GEMM when x has no gradient yet, then the base dX GEMM adds dY W into it.
+ *   y = x W^T + bias + scale (x_lora A^T) B^T
+ * where x_lora is x itself or x after the adapter's dropout. Fused so the branch costs two thin
+ * GEMMs and no extra pass over y: the branch's product is written first and the base GEMM adds
+ * into it (beta 1: its read of y hides under its math, where the branch adding into the base's
+ * output read and wrote y in a pass of its own: LoRA on every projection, 68.6 us a call, 9.6 ms a
+ * step). In the backward x's gradient takes d_down A the same way: written by the thin GEMM when x
+ * has no gradient yet, then the base dX GEMM adds dY W into it.
  *
  * Numerics: down = x_lora A^T (N, r) is rounded to the dtype, scaled in place and rounded again
- * (N x r is small); y = round(x W^T + bias + round(down B^T + residual)) with fp32 accumulation
- * on CUDA (float64 for bf16/f16 on the CPU, as every GEMM here). The forward saves the scaled
- * down for dB. */
+ * (N x r is small); y = round(x W^T + bias + round(down B^T)) with fp32 accumulation on CUDA
+ * (float64 for bf16/f16 on the CPU, as every GEMM here): the branch's small values enter the sum
+ * before its one rounding at y's scale. A residual is not taken into the op: added to the
+ * branch's product (or to a rounded x W^T) it would round the branch away where it is under half
+ * a unit of the residual's last place (the adapter's first steps, B starting at zero), which a
+ * LoRA on every projection showed as a loss curve drifting from peft's (docs/performance.md).
+ * The forward saves the scaled down for dB. */
 #include "autograd/ops.h"
 
 #include <string.h>
@@ -48,57 +51,39 @@ static an_status check_shapes(an_ctx *ctx, const an_tensor *x, const an_tensor *
     return AN_OK;
 }
 
-static an_tensor *lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias,
-                              an_tensor *a, an_tensor *b, double scale, an_tensor *residual) {
+an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,
+                          an_tensor *b, double scale) {
     AN_OP_INPUTS(x, x_lora, w, a, b);
-    if (an_op_check_float_peers(ctx, "lora_linear", (an_tensor *[]){x, x_lora, w, bias, a, b, residual}, 7) ||
+    if (an_op_check_float_peers(ctx, "lora_linear", (an_tensor *[]){x, x_lora, w, bias, a, b}, 6) ||
         check_shapes(ctx, x, x_lora, w, bias, a, b))
         return NULL;
     int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
     int64_t shape[AN_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out_features;
-    if (residual) {
-        char dr[96];
-        bool same = residual->ndim == x->ndim && !memcmp(residual->shape, shape, (size_t)x->ndim * sizeof *shape);
-        AN_CHECK_NULL(ctx, same, AN_ERR_INPUT, "lora_linear: residual %s does not have the output's shape",
-                      an_tensor_describe(residual, dr, sizeof dr));
-    }
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
     an_tensor *down = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r}); /* (N, r), scaled */
     an_status st = out && down ? AN_OK : an_error_status(ctx);
     an_gemm_shape to_down = {1, rows, r, in, false, true, false, false};          /* down = x_lora A^T */
-    an_gemm_shape branch = {1, rows, out_features, r, false, true, false, false}; /* y = down B^T (+ residual) */
+    an_gemm_shape branch = {1, rows, out_features, r, false, true, false, false}; /* y = down B^T */
     an_gemm_shape base = {1, rows, out_features, in, false, true, false, true};   /* y += x W^T + bias */
     if (st == AN_OK) st = an_op_gemm(ctx, &to_down, x_lora, a, down);
     if (st == AN_OK) st = scale_in_place(ctx, down, scale);
-    if (st == AN_OK) st = an_op_gemm_bias_add(ctx, &branch, down, b, NULL, residual, out);
+    if (st == AN_OK) st = an_op_gemm(ctx, &branch, down, b, out);
     if (st == AN_OK) st = an_op_gemm_bias(ctx, &base, x, w, bias, out);
     if (st != AN_OK) {
         an_tensor_release(out), an_tensor_release(down);
         return NULL;
     }
-    an_node *node = an_tape_record(ctx, &an_op_lora_linear, out, (an_tensor *[]){x, x_lora, w, bias, a, b, residual}, 7);
+    an_node *node = an_tape_record(ctx, &an_op_lora_linear, out, (an_tensor *[]){x, x_lora, w, bias, a, b}, 6);
     if (node) {
         an_node_save(node, down);
         node->args[0] = scale;
         an_node_input_recomputable(node, 0); /* read by dW and dA: formed again in the backward */
         if (x_lora != x) an_node_input_recomputable(node, 1);
-        if (residual) an_node_input_routing_only(node, 6); /* its gradient is dY itself */
     }
     an_tensor_release(down);
     return out;
-}
-
-an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,
-                          an_tensor *b, double scale) {
-    return lora_linear(ctx, x, x_lora, w, bias, a, b, scale, NULL);
-}
-
-an_tensor *an_lora_linear_residual(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias,
-                                   an_tensor *a, an_tensor *b, double scale, an_tensor *residual) {
-    AN_CHECK_NULL(ctx, residual != NULL, AN_ERR_INPUT, "lora_linear_residual: no residual");
-    return lora_linear(ctx, x, x_lora, w, bias, a, b, scale, residual);
 }
 
 /* op(p) @ op(q) as input i's gradient: added by the GEMM into the gradient it already has
@@ -172,6 +157,5 @@ an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_ou
         else an_tensor_release(gb);
     }
     an_tensor_release(d_down);
-    if (st == AN_OK) st = an_node_pass_grad(ctx, node, 6, grad_out); /* the residual's (none without one) */
     return st;
 }
