@@ -116,6 +116,10 @@ an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, 
  * C's one rounding (cuBLASLt's bias epilogue, or the GEMV's). */
 an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
                             const void *bias, void *c);
+/* C = alpha op(A) op(B) (shape->accumulate false), the scale applied in fp32 before C's one
+ * rounding (cuBLASLt's alpha; the GEMV's rows and an empty K take a scaling pass after). */
+an_status an_cuda_gemm_scaled(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, double alpha, const void *a,
+                              const void *b, void *c);
 /* C = op(A) op(B) + bias (NULL: none) + addend, addend of C's layout and dtype (may be C itself;
  * shape->accumulate must be false): a residual added in cuBLASLt's epilogue (beta 1 with its C
  * and D pointers apart), in fp32 before C's one rounding. */

@@ -132,6 +132,11 @@ an_status an_cuda_gemm_bias_grad(an_ctx *ctx, const an_gemm_shape *shape, an_dty
     (void)shape, (void)dtype, (void)a, (void)b, (void)grad_bias, (void)c;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_gemm_scaled(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, double alpha, const void *a,
+                              const void *b, void *c) {
+    (void)shape, (void)dtype, (void)alpha, (void)a, (void)b, (void)c;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_gemm_addend(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
                               const void *bias, const void *addend, void *c) {
     (void)shape, (void)dtype, (void)a, (void)b, (void)bias, (void)addend, (void)c;

@@ -171,7 +171,7 @@ an_status plan_get(an_ctx *ctx, an_cuda_state *s, const an_gemm_plan &key, an_ge
  * given; false in *ran when cuBLASLt has no algorithm for it. */
 an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, an_dtype dtype, an_dtype c_dtype,
                     const void *a, const void *b, const void *bias, const void *addend, void *c, bool *ran,
-                    void *bias_grad = nullptr) {
+                    void *bias_grad = nullptr, float alpha = 1.0f) {
     *ran = false;
     size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
     an_gemm_plan key = {};
@@ -196,7 +196,7 @@ an_status gemm_once(an_ctx *ctx, an_cuda_state *s, const an_gemm_shape &shape, a
     an_gemm_plan *p = nullptr;
     AN_TRY(plan_get(ctx, s, key, &p));
     if (!p) return AN_OK;
-    float alpha = 1.0f, beta = shape.accumulate || addend ? 1.0f : 0.0f;
+    float beta = shape.accumulate || addend ? 1.0f : 0.0f;
     if (bias)
         AN_CUBLAS_CHECK(ctx, cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias));
     if (bias_grad)
@@ -220,10 +220,11 @@ void an_cuda_gemm_plans_free(an_cuda_state *s) {
 
 namespace {
 
-/* C of c_dtype (dtype, or f32 for bf16/f16 operands) = op(A) op(B) of dtype, plus bias (N, of
- * dtype = c_dtype) on every row when given, plus addend (C's layout and dtype; may be C) when given. */
+/* C of c_dtype (dtype, or f32 for bf16/f16 operands) = alpha op(A) op(B) of dtype, plus bias (N, of
+ * dtype = c_dtype) on every row when given, plus addend (C's layout and dtype; may be C) when given;
+ * alpha other than 1 only without bias, addend or accumulate (an_cuda_gemm_scaled). */
 an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype c_dtype, const void *a, const void *b,
-               const void *bias, const void *addend, void *c) {
+               const void *bias, const void *addend, void *c, float alpha = 1.0f) {
     AN_CUDA_STATE(ctx, s);
     AN_CHECK(ctx, dtype == AN_F32 || dtype == AN_BF16 || dtype == AN_F16, AN_ERR_INPUT, "gemm: no CUDA kernel for %s",
              an_dtype_name(dtype));
@@ -233,6 +234,8 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
              (long long)sh.n, (long long)sh.k);
     AN_CHECK(ctx, !bias || c_dtype == dtype, AN_ERR_INTERNAL, "gemm: a bias needs C in the operand dtype");
     AN_CHECK(ctx, !addend || !sh.accumulate, AN_ERR_INTERNAL, "gemm: an addend and accumulate together");
+    AN_CHECK(ctx, alpha == 1.0f || (!bias && !addend && !sh.accumulate), AN_ERR_INTERNAL,
+             "gemm: a scale with a bias, an addend or accumulate");
     if (sh.batch == 0 || sh.m == 0 || sh.n == 0) return AN_OK;
     size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
     if (addend == c) addend = nullptr, sh.accumulate = true; /* C += op(A) op(B) */
@@ -241,6 +244,11 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
         AN_CUDA_CHECK(ctx, cudaMemcpyAsync(c, addend, (size_t)(sh.batch * sh.m * sh.n) * cs, cudaMemcpyDeviceToDevice,
                                            s->stream));
         addend = nullptr, sh.accumulate = true;
+    }
+    if (alpha != 1.0f && (sh.k == 0 || (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS))) {
+        /* the paths below without a scale of their own: the product, then one scaling pass */
+        AN_TRY(gemm(ctx, &sh, dtype, c_dtype, a, b, nullptr, nullptr, c));
+        return an_cuda_scale(ctx, c_dtype, c, sh.batch * sh.m * sh.n, alpha, c);
     }
     if (sh.k == 0) { /* an empty sum: C = 0 (+ bias), or C unchanged (+ bias) when accumulating */
         if (!sh.accumulate) AN_TRY(an_cuda_memset(ctx, c, 0, (size_t)(sh.batch * sh.m * sh.n) * cs));
@@ -267,7 +275,7 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
         return an_cuda_binary(ctx, AN_BINARY_ADD, dtype, c, sh.batch * sh.m * sh.n, bias, sh.n, c);
     }
     bool ran = false;
-    AN_TRY(gemm_once(ctx, s, sh, dtype, c_dtype, a, b, bias, addend, c, &ran));
+    AN_TRY(gemm_once(ctx, s, sh, dtype, c_dtype, a, b, bias, addend, c, &ran, nullptr, alpha));
     if (ran) return AN_OK;
     /* No batched algorithm (a shared B with stride 0 can have none): one call per batch entry. */
     AN_CHECK(ctx, sh.batch > 1, AN_ERR_INTERNAL,
@@ -281,7 +289,7 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
         const char *bi = (const char *)b + (sh.b_shared ? 0 : (size_t)(i * sh.k * sh.n) * es);
         char *ci = (char *)c + (size_t)(i * sh.m * sh.n) * cs;
         const char *di = addend ? (const char *)addend + (size_t)(i * sh.m * sh.n) * cs : nullptr;
-        AN_TRY(gemm_once(ctx, s, one, dtype, c_dtype, ai, bi, bias, di, ci, &ran));
+        AN_TRY(gemm_once(ctx, s, one, dtype, c_dtype, ai, bi, bias, di, ci, &ran, nullptr, alpha));
         AN_CHECK(ctx, ran, AN_ERR_INTERNAL, "gemm: cuBLASLt has no algorithm for %s m %lld n %lld k %lld",
                  an_dtype_name(dtype), (long long)sh.m, (long long)sh.n, (long long)sh.k);
     }
@@ -298,6 +306,11 @@ extern "C" an_status an_cuda_gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dt
 extern "C" an_status an_cuda_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,
                                        const void *b, const void *bias, void *c) {
     return gemm(ctx, shape, dtype, dtype, a, b, bias, nullptr, c);
+}
+
+extern "C" an_status an_cuda_gemm_scaled(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, double alpha,
+                                         const void *a, const void *b, void *c) {
+    return gemm(ctx, shape, dtype, dtype, a, b, nullptr, nullptr, c, (float)alpha);
 }
 
 extern "C" an_status an_cuda_gemm_addend(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a,

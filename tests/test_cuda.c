@@ -599,6 +599,40 @@ START_TEST(test_cuda_gemm_bias_grad_matches_the_reference) {
 }
 END_TEST
 
+/* C = alpha op(A) op(B) (an_cuda_gemm_scaled: the LoRA branch's scale inside its thin GEMMs) on
+ * cuBLASLt's shapes and the GEMV's (a scaling pass after it), against float64. */
+START_TEST(test_cuda_gemm_scaled_matches_the_reference) {
+    an_ctx *ctx = gpu_ctx(11, "cuda gemm scaled");
+    if (!ctx) return;
+    const an_gemm_shape shapes[] = {{1, 8192, 16, 1536, 0, 1, 0, 0}, {1, 300, 16, 2048, 0, 0, 0, 0},
+                                    {1, 2, 16, 1536, 0, 1, 0, 0},    {1, 1, 7, 33, 0, 1, 0, 0},
+                                    {2, 5, 3, 0, 0, 0, 0, 0}};
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++) {
+            an_dtype dtype = float_dtypes[d];
+            an_gemm_shape sh = shapes[si];
+            const double alpha = 2.0 * (double)(si + 1) - 0.75;
+            int64_t na = sh.batch * sh.m * sh.k, nb = sh.batch * sh.k * sh.n, nc = sh.batch * sh.m * sh.n;
+            pair a = random_pair(ctx, dtype, na, 0, -1, 1), b = random_pair(ctx, dtype, nb, 0, -1, 1);
+            an_tensor *c = poisoned(ctx, dtype, nc, 0);
+            double *av = test_values(a.host), *bv = test_values(b.host);
+            double *want = calloc((size_t)nc + 1, sizeof *want), *bound = calloc((size_t)nc + 1, sizeof *bound);
+            gemm_reference(&sh, av, bv, NULL, want);
+            for (int64_t i = 0; i < nc; i++) want[i] *= alpha;
+            test_ok(ctx, an_cuda_gemm_scaled(ctx, &sh, dtype, alpha, an_tensor_data(a.dev), an_tensor_data(b.dev),
+                                             an_tensor_data(c)), "gemm_scaled");
+            double *got = test_download(ctx, c), rtol = rtol_of(dtype);
+            for (int64_t i = 0; i < nc; i++) bound[i] = 2 * rtol * (fabs(want[i]) + fabs(alpha) * sqrt((double)sh.k));
+            expect_close(got, want, bound, nc, "scaled gemm %s m %lld n %lld k %lld alpha %g", an_dtype_name(dtype),
+                         (long long)sh.m, (long long)sh.n, (long long)sh.k, alpha);
+            free(got), free(av), free(bv), free(want), free(bound);
+            an_tensor_release(c);
+            pair_release(a), pair_release(b);
+        }
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* The decode shapes an_cuda_gemm sends to an_cuda_gemv (x W^T with at most AN_CUDA_GEMV_MAX_ROWS
  * rows): every row count, K a multiple of the 16-byte vector and not, aligned and one element off,
  * a weight over AN_CUDA_GEMV_MAX_WEIGHT_BYTES;
@@ -792,6 +826,7 @@ int main(void) {
     test_add_case(s, "sum", test_cuda_sum_accumulates_in_fp32_deterministically);
     test_add_case(s, "gemm", test_cuda_gemm_every_transpose_batch_shared_and_accumulate);
     test_add_case(s, "gemm_bias_grad", test_cuda_gemm_bias_grad_matches_the_reference);
+    test_add_case(s, "gemm_scaled", test_cuda_gemm_scaled_matches_the_reference);
     test_add_case(s, "gemv", test_cuda_gemv_rows_match_the_reference);
     test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
     return test_run(s);

@@ -37,6 +37,9 @@ an_status an_op_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tens
  * bias + addend (shape->accumulate false). */
 an_status an_op_gemm_bias_add(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
                               const an_tensor *bias, const an_tensor *addend, an_tensor *c);
+/* c = alpha op(a) @ op(b), the scale inside the one rounding (shape->accumulate false). */
+an_status an_op_gemm_scaled(an_ctx *ctx, const an_gemm_shape *shape, double alpha, const an_tensor *a,
+                            const an_tensor *b, an_tensor *c);
 an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb);
 
 /* Records out = a op b as an add / sub / mul node whose output was computed elsewhere (a fused

@@ -7,8 +7,9 @@
  * step). In the backward x's gradient takes d_down A the same way: written by the thin GEMM when x
  * has no gradient yet, then the base dX GEMM adds dY W into it.
  *
- * Numerics: down = x_lora A^T (N, r) is rounded to the dtype, scaled in place and rounded again
- * (N x r is small); y = round(x W^T + bias + round(down B^T)) with fp32 accumulation on CUDA
+ * Numerics: down = scale x_lora A^T (N, r) is rounded once to the dtype (the scale rides in the thin
+ * GEMM, cuBLASLt's alpha, as does d_down's); y = round(x W^T + bias + round(down B^T)) with fp32
+ * accumulation on CUDA
  * (float64 for bf16/f16 on the CPU, as every GEMM here): the branch's small values enter the sum
  * before its one rounding at y's scale. A residual is not taken into the op: added to the
  * branch's product (or to a rounded x W^T) it would round the branch away where it is under half
@@ -19,20 +20,7 @@
 
 #include <string.h>
 
-#include "autograd/cpu/cpu.h"     /* an_f64_* */
-#include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_gemm, an_op_gemm_bias, an_op_bias_grad */
-#include "kernels/cuda.h"         /* an_cuda_scale */
-
-/* t *= s in place. */
-static an_status scale_in_place(an_ctx *ctx, an_tensor *t, double s) {
-    int64_t n = an_tensor_numel(t);
-    if (t->device == AN_CUDA) return an_cuda_scale(ctx, t->dtype, an_tensor_data(t), n, s, an_tensor_data(t));
-    an_f64 v;
-    AN_TRY(an_f64_read(ctx, t, &v));
-    for (int64_t i = 0; i < n; i++) v.data[i] *= s;
-    an_f64_commit(t, &v);
-    return AN_OK;
-}
+#include "autograd/op_support.h" /* AN_OP_INPUTS, an_op_gemm, an_op_gemm_scaled, an_op_gemm_bias, an_op_bias_grad */
 
 static an_status check_shapes(an_ctx *ctx, const an_tensor *x, const an_tensor *x_lora, const an_tensor *w,
                               const an_tensor *bias, const an_tensor *a, const an_tensor *b) {
@@ -64,11 +52,10 @@ an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tenso
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
     an_tensor *down = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r}); /* (N, r), scaled */
     an_status st = out && down ? AN_OK : an_error_status(ctx);
-    an_gemm_shape to_down = {1, rows, r, in, false, true, false, false};          /* down = x_lora A^T */
+    an_gemm_shape to_down = {1, rows, r, in, false, true, false, false};          /* down = scale x_lora A^T */
     an_gemm_shape branch = {1, rows, out_features, r, false, true, false, false}; /* y = down B^T */
     an_gemm_shape base = {1, rows, out_features, in, false, true, false, true};   /* y += x W^T + bias */
-    if (st == AN_OK) st = an_op_gemm(ctx, &to_down, x_lora, a, down);
-    if (st == AN_OK) st = scale_in_place(ctx, down, scale);
+    if (st == AN_OK) st = an_op_gemm_scaled(ctx, &to_down, scale, x_lora, a, down);
     if (st == AN_OK) st = an_op_gemm(ctx, &branch, down, b, out);
     if (st == AN_OK) st = an_op_gemm_bias(ctx, &base, x, w, bias, out);
     if (st != AN_OK) {
@@ -119,8 +106,7 @@ an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_ou
     if ((need_x && shared) || need_xl || an_node_needs_grad(node, 4)) {
         an_gemm_shape s = {1, rows, r, out_features, false, false, false, false};
         d_down = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r});
-        an_status st = d_down ? an_op_gemm(ctx, &s, grad_out, b, d_down) : an_error_status(ctx);
-        if (st == AN_OK) st = scale_in_place(ctx, d_down, scale);
+        an_status st = d_down ? an_op_gemm_scaled(ctx, &s, scale, grad_out, b, d_down) : an_error_status(ctx);
         if (st != AN_OK) {
             an_tensor_release(d_down);
             return st;

@@ -10,18 +10,24 @@
 #include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_matmul, an_op_linear */
 #include "kernels/cuda.h"         /* an_cuda_gemm, an_cuda_binary, an_cuda_binary_backward */
 
-/* c (rows, n) = op(a) @ op(b) (+ c, or + addend of c's shape) + bias (n; NULL: none) on the CPU.
- * bf16/f16 operands widen to f64, multiply, add the bias (and addend) and round once (as the CUDA
- * GEMM's epilogue rounds once); f32/f64 multiply in their own type, into a copy of the addend, and
- * take the bias after. */
-static an_status cpu_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an_tensor *a, const an_tensor *b,
-                               const an_tensor *bias, const an_tensor *addend, an_tensor *c) {
+/* c (rows, n) = alpha op(a) @ op(b) (+ c, or + addend of c's shape) + bias (n; NULL: none) on the
+ * CPU (alpha other than 1 only alone). bf16/f16 operands widen to f64, multiply, scale, add the
+ * bias (and addend) and round once (as the CUDA GEMM's epilogue rounds once); f32/f64 multiply in
+ * their own type, into a copy of the addend, and take the scale and the bias after. */
+static an_status cpu_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, double alpha, const an_tensor *a,
+                               const an_tensor *b, const an_tensor *bias, const an_tensor *addend, an_tensor *c) {
     int64_t n = an_tensor_numel(c), width = bias ? bias->shape[0] : 0;
     an_gemm_shape sh = *shape;
     sh.accumulate = shape->accumulate || addend;
     if (a->dtype == AN_F32 || a->dtype == AN_F64) {
         if (addend && addend != c) memcpy(an_tensor_data(c), an_tensor_data(addend), an_tensor_nbytes(c));
         an_cpu_gemm(&sh, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
+        if (alpha != 1.0) {
+            if (a->dtype == AN_F64)
+                for (int64_t i = 0; i < n; i++) ((double *)an_tensor_data(c))[i] *= alpha;
+            else
+                for (int64_t i = 0; i < n; i++) ((float *)an_tensor_data(c))[i] *= (float)alpha;
+        }
         if (!bias) return AN_OK;
         an_f64 o, bv;
         AN_TRY(an_f64_read(ctx, c, &o));
@@ -51,6 +57,8 @@ static an_status cpu_gemm_bias(an_ctx *ctx, const an_gemm_shape *shape, const an
     }
     if (st == AN_OK) {
         an_cpu_gemm(&sh, AN_F64, in[0].data, in[1].data, out.data);
+        if (alpha != 1.0)
+            for (int64_t i = 0; i < n; i++) out.data[i] *= alpha;
         if (bias) an_cpu_binary(AN_BINARY_ADD, out.data, n, in[2].data, width, out.data);
         an_f64_commit(c, &out);
     }
@@ -76,7 +84,15 @@ an_status an_op_gemm_bias_add(an_ctx *ctx, const an_gemm_shape *shape, const an_
         return bias ? an_cuda_gemm_bias(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b),
                                         an_tensor_data(bias), an_tensor_data(c))
                     : an_cuda_gemm(ctx, shape, a->dtype, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
-    return cpu_gemm_bias(ctx, shape, a, b, bias, addend, c);
+    return cpu_gemm_bias(ctx, shape, 1.0, a, b, bias, addend, c);
+}
+
+an_status an_op_gemm_scaled(an_ctx *ctx, const an_gemm_shape *shape, double alpha, const an_tensor *a,
+                            const an_tensor *b, an_tensor *c) {
+    AN_CHECK(ctx, !shape->accumulate, AN_ERR_INTERNAL, "gemm_scaled: accumulate");
+    if (a->device == AN_CUDA)
+        return an_cuda_gemm_scaled(ctx, shape, a->dtype, alpha, an_tensor_data(a), an_tensor_data(b), an_tensor_data(c));
+    return cpu_gemm_bias(ctx, shape, alpha, a, b, NULL, NULL, c);
 }
 
 /* Rows (M) and columns (K) of op(t) for the last two dims. */
