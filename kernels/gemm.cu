@@ -239,14 +239,15 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
     if (sh.batch == 0 || sh.m == 0 || sh.n == 0) return AN_OK;
     size_t es = an_dtype_size(dtype), cs = an_dtype_size(c_dtype);
     if (addend == c) addend = nullptr, sh.accumulate = true; /* C += op(A) op(B) */
-    if (addend && (sh.k == 0 || (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS))) {
-        /* the paths below without a C pointer of their own: C = addend first, then accumulate */
+    /* The empty sum and the GEMV's rows have no C pointer or scale of their own: an addend is copied
+     * into C first (then accumulated into), a scale is a pass after the product. */
+    const bool plain_paths = sh.k == 0 || (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS);
+    if (addend && plain_paths) {
         AN_CUDA_CHECK(ctx, cudaMemcpyAsync(c, addend, (size_t)(sh.batch * sh.m * sh.n) * cs, cudaMemcpyDeviceToDevice,
                                            s->stream));
         addend = nullptr, sh.accumulate = true;
     }
-    if (alpha != 1.0f && (sh.k == 0 || (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS))) {
-        /* the paths below without a scale of their own: the product, then one scaling pass */
+    if (alpha != 1.0f && plain_paths) {
         AN_TRY(gemm(ctx, &sh, dtype, c_dtype, a, b, nullptr, nullptr, c));
         return an_cuda_scale(ctx, c_dtype, c, sh.batch * sh.m * sh.n, alpha, c);
     }
