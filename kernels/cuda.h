@@ -161,6 +161,25 @@ an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype
 an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
                        const void *bias, int accumulate, void *y);
 
+/* y (M, N) = x (M, K) W^T + bias (N; NULL: none) for W (N, K), plus the old y when accumulate,
+ * 1 <= M <= AN_CUDA_DECODE_GEMM_MAX_ROWS, bf16/f16, K a multiple of 8, x and W 16-byte aligned
+ * (kernels/gemm_decode.cu): tensor cores streaming W once through shared memory, fp32
+ * accumulation, one rounding, the same bits every run. an_cuda_gemm sends a batched decode
+ * step's projections here (AN_CUDA_GEMV_RULE_ROWS < M <= AN_CUDA_DECODE_GEMM_RULE_ROWS, bf16/f16,
+ * K % 8 == 0, aligned operands; cuBLASLt otherwise). Measured on an H100 (bench/
+ * gemm_decode_variants, W from HBM, us a call against cuBLASLt at M 3 / 8 / 16): q|k|v 2048 x
+ * 1536 5.35 / 5.35 / 5.37 against 5.20 / 5.13 / 5.12, o 4.66 / 4.79 / 4.82 against 4.83 / 4.84 /
+ * 4.86, gate|up 17920 x 1536 22.3 / 22.5 / 22.8 against 22.4 / 22.7 / 23.0, down 1536 x 8960 13.5 /
+ * 13.6 / 13.7 against 13.6 / 13.7 / 13.8, lm_head 157 / 158 / 160 against 166 / 168 / 170;
+ * batch-8 decode 2.094 / 2.101 -> 2.050 / 2.051 ms/step. At M 32 it lost (q|k|v 5.86 against
+ * 5.15, gate|up 27.4 against 24.0; batch-32 decode 2.305 -> 2.343 ms/step): cuBLASLt keeps it. */
+#define AN_CUDA_DECODE_GEMM_MAX_ROWS 64
+#ifndef AN_CUDA_DECODE_GEMM_RULE_ROWS /* -D only to measure another rule (0: never) */
+#define AN_CUDA_DECODE_GEMM_RULE_ROWS 16
+#endif
+an_status an_cuda_gemm_decode(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w,
+                              int64_t N, const void *bias, int accumulate, void *y);
+
 /* Attention (kernels/attention.cu): causal, grouped-query, packed documents, as an_attention in
  * autograd/ops.h defines it. q (B, T, Hq, D) and k, v (B, T, Hkv, D) of dtype (f32, bf16, f16),
  * 1 <= D <= 256; segments (B, T) of seg_dtype (i32 or i64) on the device, or NULL: query i sees key

@@ -31,6 +31,7 @@ struct an_cuda_state {
     void *scratch;             /* reduction partials (grown on demand from the cache; see an_cuda_scratch) */
     size_t scratch_bytes;
     int sm_count;              /* multiprocessors, to size grids */
+    void *tensor_map_encode;   /* the driver's cuTensorMapEncodeTiled, looked up on first use (gemm_decode.cu) */
     double peak_bandwidth;     /* bytes/s of device memory: 2 x memory clock x bus width (kernel rules) */
     struct an_gemm_plan *plans; /* AN_GEMM_PLAN_SLOTS cached GEMM plans (gemm.cu) */
     int plan_next;             /* next slot to overwrite when the cache is full */

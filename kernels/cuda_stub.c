@@ -340,6 +340,11 @@ an_status an_cuda_sample(an_ctx *ctx, an_dtype dtype, const void *logits, int64_
         (void)seed, (void)offset, (void)tokens;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_gemm_decode(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w,
+                              int64_t N, const void *bias, int accumulate, void *y) {
+    (void)dtype, (void)x, (void)M, (void)K, (void)w, (void)N, (void)bias, (void)accumulate, (void)y;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
                        const void *bias, int accumulate, void *y) {
     (void)dtype, (void)x, (void)M, (void)K, (void)w, (void)N, (void)bias, (void)accumulate, (void)y;

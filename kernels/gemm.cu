@@ -14,7 +14,8 @@
  * its second our A, and its (N, M) column-major output is our (M, N) row-major C. Batches are
  * strided; a shared B has batch stride 0, and with an untransposed A it folds into one GEMM of
  * batch*M rows. At most AN_CUDA_GEMV_RULE_ROWS rows against a transposed B go to an_cuda_gemv
- * (kernels/gemv.cu) instead, by cuda.h's rule on the weight's bytes and the card's bandwidth.
+ * (kernels/gemv.cu) instead, by cuda.h's rule on the weight's bytes and the card's bandwidth, and
+ * up to AN_CUDA_DECODE_GEMM_RULE_ROWS to an_cuda_gemm_decode (kernels/gemm_decode.cu).
  * Descriptors and the chosen algorithm are cached per shape, dtype and pointer alignment in the
  * state (AN_GEMM_PLAN_SLOTS entries, replaced round-robin). */
 #include "kernels/cuda_common.cuh"
@@ -241,7 +242,10 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
     if (addend == c) addend = nullptr, sh.accumulate = true; /* C += op(A) op(B) */
     /* The empty sum and the GEMV's rows have no C pointer or scale of their own: an addend is copied
      * into C first (then accumulated into), a scale is a pass after the product. */
-    const bool plain_paths = sh.k == 0 || (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS);
+    const bool rows_shape = sh.batch == 1 && !sh.trans_a && sh.trans_b && c_dtype == dtype;
+    const bool decode_gemm = rows_shape && sh.m > AN_CUDA_GEMV_RULE_ROWS && sh.m <= AN_CUDA_DECODE_GEMM_RULE_ROWS &&
+                             dtype != AN_F32 && sh.k % 8 == 0 && (uintptr_t)a % 16 == 0 && (uintptr_t)b % 16 == 0;
+    const bool plain_paths = sh.k == 0 || decode_gemm || (rows_shape && sh.m <= AN_CUDA_GEMV_RULE_ROWS);
     if (addend && plain_paths) {
         AN_CUDA_CHECK(ctx, cudaMemcpyAsync(c, addend, (size_t)(sh.batch * sh.m * sh.n) * cs, cudaMemcpyDeviceToDevice,
                                            s->stream));
@@ -267,8 +271,10 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
      * on an H200). */
     const bool gemv_weight = (size_t)sh.n * (size_t)sh.k * es <= AN_CUDA_GEMV_MAX_WEIGHT_BYTES ||
                              s->peak_bandwidth < AN_CUDA_GEMV_LARGE_MAX_BANDWIDTH;
-    if (sh.batch == 1 && !sh.trans_a && sh.trans_b && sh.m <= AN_CUDA_GEMV_RULE_ROWS && c_dtype == dtype && gemv_weight)
+    if (rows_shape && sh.m <= AN_CUDA_GEMV_RULE_ROWS && gemv_weight)
         return an_cuda_gemv(ctx, dtype, a, sh.m, sh.k, b, sh.n, bias, sh.accumulate, c);
+    /* A batched decode step's rows (3-16 tokens): W streamed once on tensor cores (gemm_decode.cu) */
+    if (decode_gemm) return an_cuda_gemm_decode(ctx, dtype, a, sh.m, sh.k, b, sh.n, bias, sh.accumulate, c);
     AN_CHECK(ctx, sh.batch <= INT32_MAX, AN_ERR_INPUT, "gemm: batch %lld exceeds cuBLASLt's limit",
              (long long)sh.batch);
     if (bias && (uintptr_t)bias % 16 != 0) { /* the epilogue wants a 16-byte aligned bias: add it after */

@@ -20,15 +20,16 @@
 
 #include "kernels/cuda_common.cuh"
 
-/* kernel<<<grid, block, 0, s->stream>>>(args...) with the programmatic-serialization attribute
- * unless the state has it switched off (an_cuda_set_pdl; on by default). Returns the launch's
- * error code, cleared from the runtime's last-error slot (as AN_CUDA_CHECK does). */
+/* kernel<<<grid, block, smem_bytes, s->stream>>>(args...) with the programmatic-serialization
+ * attribute unless the state has it switched off (an_cuda_set_pdl; on by default). Returns the
+ * launch's error code, cleared from the runtime's last-error slot (as AN_CUDA_CHECK does). */
 template <typename... KArgs, typename... Args>
-cudaError_t an_launch_pdl(const an_cuda_state *s, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args &&...args) {
+cudaError_t an_launch_pdl_smem(const an_cuda_state *s, void (*kernel)(KArgs...), dim3 grid, dim3 block,
+                               size_t smem_bytes, Args &&...args) {
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
+    cfg.dynamicSmemBytes = smem_bytes;
     cfg.stream = s->stream;
     cudaLaunchAttribute attr[1];
     attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -38,6 +39,12 @@ cudaError_t an_launch_pdl(const an_cuda_state *s, void (*kernel)(KArgs...), dim3
     cudaError_t err = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
     if (err != cudaSuccess) (void)cudaGetLastError(); /* reported by the caller, not by the next launch check */
     return err;
+}
+
+/* The same without dynamic shared memory. */
+template <typename... KArgs, typename... Args>
+cudaError_t an_launch_pdl(const an_cuda_state *s, void (*kernel)(KArgs...), dim3 grid, dim3 block, Args &&...args) {
+    return an_launch_pdl_smem(s, kernel, grid, block, 0, std::forward<Args>(args)...);
 }
 
 /* Waits until the kernels this one depends on have completed (a no-op without the attribute). */

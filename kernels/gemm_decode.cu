@@ -1,0 +1,326 @@
+/* gemm_decode.cu — y (M, N) = x (M, K) W^T (+ bias) for W (N, K) and the few rows of a batched
+ * decode step, AN_CUDA_GEMV_RULE_ROWS < M <= AN_CUDA_DECODE_GEMM_MAX_ROWS (64), bf16 and f16, on
+ * tensor cores. At these M the time is one read of W; cuBLASLt's tiles, sized for large M, stream
+ * the batch-32 projections at 0.7-2.3 TB/s (docs/performance.md). The contract is an_cuda_gemv's:
+ * fp32 accumulation, the bias (N, or none) and with `accumulate` the old y added in fp32
+ * ((sum + bias) + old), one rounding to the dtype. Launched with Programmatic Dependent Launch
+ * (kernels/pdl.cuh): a block's first stages of W are in flight before an_pdl_wait, x after.
+ *
+ * Shape of the work: a block owns BN = 16 WN rows of W (output columns) and every token, and
+ * streams its rows through shared memory in stages of 64 k (the tensor memory accelerator: one
+ * thread issues a stage's two box copies, an mbarrier counts their bytes; STAGES deep; the
+ * 128-byte swizzle puts chunk c of row r at c ^ (r % 8), so ldmatrix reads are conflict-free;
+ * rows past N or M and k past K arrive as zeros); x's stage (MT = 8 NT rows) sits beside W's,
+ * read once a block, not once a warp (the earlier
+ * skinny kernel's x traffic grew with M and lost to cuBLASLt at batch 32). Warp (wn, wk) takes W
+ * rows 16 wn .. 16 wn + 15 as the A operand of mma.sync m16n8k16 and tokens as B, over the k16
+ * steps wk, wk + WK, .. of each stage. S blocks of a thread-block cluster split K (chunks of 64:
+ * the small projections have too few rows to fill the card otherwise).
+ *
+ * Sums run in a fixed order: each warp's MMAs in k order, the WK warps of a row group added in
+ * warp order through shared memory, the S cluster ranks in rank order through distributed shared
+ * memory (each rank finishes its slice of the tile): the same bits every run and in graphs.
+ * K must be a multiple of 8 (the tensor maps' row pitch is a multiple of 16 bytes) and x, W
+ * 16-byte aligned; the launcher checks.
+ *
+ * bench/gemv_variants.cu includes this file with AN_DECODE_GEMM_KERNEL_ONLY defined to time the
+ * kernel template at other shapes; it then supplies an_pdl_wait, an_pdl_trigger, an_load and
+ * an_store itself. */
+#ifndef AN_DECODE_GEMM_KERNEL_ONLY
+#include "kernels/cuda_common.cuh"
+#include "kernels/pdl.cuh" /* an_launch_pdl_smem, an_pdl_wait, an_pdl_trigger */
+#endif
+
+#include <cooperative_groups.h>
+#include <cuda.h>         /* CUtensorMap (the encoder comes from the runtime's driver entry point) */
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled_v12000 */
+#include <stdint.h>
+#include <type_traits>
+
+namespace decode_gemm {
+
+/* d += a b for one m16n8k16 tile: a = 16 x 16 (4 registers of 2 elements), b = 16 x 8 (2). */
+template <typename T>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+                 "{%0, %1, %2, %3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Four 8x8 matrices of 16-bit elements from shared memory; lane l gives the row address of
+ * matrix l / 8, row l % 8. */
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+/* mbarrier and tensor-memory-accelerator primitives (shared addresses as 32-bit). */
+__device__ __forceinline__ void bar_init(uint32_t bar) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void bar_expect(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n .reg .pred p;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 " @!p bra WAIT_%=;\n}" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+/* The box at (k, row) of map into shared dst; its bytes complete on bar. */
+__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap *map, int32_t k, int32_t row, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+                 ::"r"(dst), "l"(map), "r"(k), "r"(row), "r"(bar)
+                 : "memory");
+}
+
+/* Byte offset of 16-byte chunk c (0..7) of row r in a stage of 128-byte rows as the 128-byte
+ * swizzle lays it out (the box 1024-byte aligned): the 8 rows an ldmatrix phase reads hit 8
+ * different bank groups. */
+__device__ __forceinline__ uint32_t swz(int r, int c) { return (uint32_t)(r * 128 + ((c ^ (r & 7)) << 4)); }
+
+constexpr int BK = 64; /* k a stage: 128 bytes of a row */
+
+/* NT token tiles of 8 (M <= 8 NT); WN row groups of 16 and WK k-split warps a block; S cluster
+ * ranks splitting K; STAGES stages in flight. wmap: W (N, K) in boxes of (BN, 64); xmap: x (M, K)
+ * in boxes of (MT, 64), both 128-byte swizzled. Dynamic shared memory: smem_bytes(). */
+template <typename T, int NT, int WN, int WK, int S, int STAGES>
+__global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
+    kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap, int64_t M, int64_t K,
+           int64_t N, const T *bias, bool accumulate, T *y) {
+    static_assert(NT % 2 == 0 && 4 % WK == 0, "token tiles come in pairs; WK divides the 4 k16 steps");
+    constexpr int BN = 16 * WN, MT = 8 * NT, THREADS = WN * WK * 32;
+    constexpr int WBYTES = BN * 128, STAGE = (BN + MT) * 128;
+    constexpr int RS = BN + 4; /* floats a token row of the partial tile (padding: no bank conflicts) */
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
+    unsigned char *smem = smem_raw + (base - raw);  /* 1024-byte aligned: the swizzle's unit */
+    const uint32_t bars = base + STAGES * STAGE;     /* STAGES mbarriers of 8 bytes */
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wn = warp % WN, wk = warp / WN;
+    const int rank = S > 1 ? (int)cooperative_groups::this_cluster().block_rank() : 0;
+    const int64_t n0 = (int64_t)(blockIdx.x / S) * BN;
+    const int64_t nc = (K + BK - 1) / BK, per = (nc + S - 1) / S;
+    const int64_t cb = rank * per < nc ? rank * per : nc, ce = cb + per < nc ? cb + per : nc, count = ce - cb;
+
+    if (tid == 0) {
+#pragma unroll
+        for (int s = 0; s < STAGES; s++) bar_init(bars + 8 * s);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+    /* W of the first stages before the wait (no kernel before writes W); x after it. */
+    if (tid == 0)
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; s++)
+            if (s < count) {
+                bar_expect(bars + 8 * s, STAGE);
+                tma_load(base + s * STAGE, &wmap, (int32_t)((cb + s) * BK), (int32_t)n0, bars + 8 * s);
+            }
+    an_pdl_wait(); /* x (and y when accumulating) come from the kernels before */
+    an_pdl_trigger();
+    if (tid == 0)
+#pragma unroll
+        for (int s = 0; s < STAGES - 1; s++)
+            if (s < count) tma_load(base + s * STAGE + WBYTES, &xmap, (int32_t)((cb + s) * BK), 0, bars + 8 * s);
+
+    float acc[NT][4];
+#pragma unroll
+    for (int j = 0; j < NT; j++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc[j][i] = 0.0f;
+    /* ldmatrix lane roles: A (W rows 16 wn + ar, chunk 2 kk + ac), B (token rows, chunk 2 kk + bc) */
+    const int ar = 16 * wn + (lane % 8) + 8 * ((lane / 8) % 2), ac = lane / 16;
+    const int br = (lane % 8) + 8 * (lane / 16), bc = (lane / 8) % 2;
+
+    for (int64_t i = 0; i < count; i++) {
+        __syncthreads(); /* every warp is done with stage i - 1: its slot takes stage i + STAGES - 1 */
+        const int64_t next = i + STAGES - 1;
+        if (tid == 0 && next < count) {
+            const int slot = (int)(next % STAGES);
+            bar_expect(bars + 8 * slot, STAGE);
+            tma_load(base + slot * STAGE, &wmap, (int32_t)((cb + next) * BK), (int32_t)n0, bars + 8 * slot);
+            tma_load(base + slot * STAGE + WBYTES, &xmap, (int32_t)((cb + next) * BK), 0, bars + 8 * slot);
+        }
+        const int slot = (int)(i % STAGES);
+        bar_wait(bars + 8 * slot, (uint32_t)((i / STAGES) & 1));
+        const uint32_t st = base + slot * STAGE;
+#pragma unroll
+        for (int kk = wk; kk < 4; kk += WK) {
+            uint32_t a[4];
+            ldmatrix_x4(a, st + swz(ar, 2 * kk + ac));
+#pragma unroll
+            for (int p = 0; p < NT / 2; p++) {
+                uint32_t b[4];
+                ldmatrix_x4(b, st + BN * 128 + swz(16 * p + br, 2 * kk + bc));
+                mma<T>(acc[2 * p], a, b[0], b[1]);
+                mma<T>(acc[2 * p + 1], a, b[2], b[3]);
+            }
+        }
+    }
+    __syncthreads(); /* every stage arrived and was read: the pipeline's shared memory becomes the partial tile */
+
+    /* part[token][col] (col = W row within the tile): the WK warps of a row group in warp order */
+    float *part = reinterpret_cast<float *>(smem);
+    const int g = lane / 4, t = lane % 4;
+#pragma unroll
+    for (int q = 0; q < WK; q++) {
+        if (wk == q)
+#pragma unroll
+            for (int j = 0; j < NT; j++)
+#pragma unroll
+                for (int h = 0; h < 4; h++) {
+                    const int token = 8 * j + 2 * t + (h & 1), col = 16 * wn + g + 8 * (h >> 1);
+                    float *p = &part[token * RS + col];
+                    *p = q == 0 ? acc[j][h] : *p + acc[j][h];
+                }
+        if (WK > 1) __syncthreads();
+    }
+    if (WK == 1) __syncthreads();
+
+    /* This rank's slice of the tile, summed over the ranks in rank order; then the epilogue. */
+    constexpr int E = MT * BN, SLICE = E / S;
+    if constexpr (S > 1) cooperative_groups::this_cluster().sync();
+    for (int e = rank * SLICE + tid; e < (rank + 1) * SLICE; e += THREADS) {
+        const int token = e / BN, col = e % BN;
+        const int64_t n = n0 + col;
+        float v;
+        if constexpr (S > 1) {
+            auto cluster = cooperative_groups::this_cluster();
+            v = 0.0f;
+#pragma unroll
+            for (int q = 0; q < S; q++) v += cluster.map_shared_rank(part, q)[token * RS + col];
+        } else {
+            v = part[token * RS + col];
+        }
+        if (token < M && n < N) {
+            T *out = y + token * N + n;
+            if (bias) v += an_load(bias[n]);
+            *out = an_store<T>(accumulate ? an_load(*out) + v : v);
+        }
+    }
+    if constexpr (S > 1) cooperative_groups::this_cluster().sync(); /* the others still read our tile */
+}
+
+/* The stages, their mbarriers, and 1024 bytes to align the first stage. */
+template <int NT, int WN, int STAGES> constexpr int smem_bytes() { return STAGES * (16 * WN + 8 * NT) * 128 + 8 * STAGES + 1024; }
+
+/* A 128-byte-swizzled tensor map over a (rows, K) row-major matrix of T in boxes of (box_rows, 64). */
+template <typename T>
+cudaError_t encode_map(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap *map, const T *p, int64_t rows, int64_t K,
+                       int box_rows) {
+    const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)K * sizeof(T)};
+    const cuuint32_t box[2] = {BK, (cuuint32_t)box_rows}, elem[2] = {1, 1};
+    CUresult r = encode(map, sizeof(T) == 2 && std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                                                              : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                        2, (void *)p, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+/* The driver's tensor-map encoder through the runtime (no link to the driver library). */
+inline cudaError_t get_encoder(PFN_cuTensorMapEncodeTiled_v12000 *out) {
+    cudaDriverEntryPointQueryResult q;
+    void *fn = nullptr;
+    cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q);
+    if (err == cudaSuccess && (q != cudaDriverEntryPointSuccess || !fn)) err = cudaErrorSymbolNotFound;
+    *out = (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    return err;
+}
+
+} // namespace decode_gemm
+
+#ifndef AN_DECODE_GEMM_KERNEL_ONLY
+namespace {
+
+using decode_gemm::kernel;
+using decode_gemm::smem_bytes;
+
+/* The block: 4 row groups (64 rows of W), no in-block k split, 4 stages (bench/
+ * gemm_decode_variants: 6 stages won the isolated gate|up GEMM but lost batch-8 and batch-32
+ * decode steps end to end). */
+constexpr int WN = 4, WK = 1, STAGES = 4, BN = 16 * WN;
+
+template <typename T, int NT, int S>
+cudaError_t launch(an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *w, int64_t N, const T *bias,
+                   bool accumulate, T *y) {
+    constexpr int bytes = smem_bytes<NT, WN, STAGES>();
+    auto *k = kernel<T, NT, WN, WK, S, STAGES>;
+    cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess && !s->tensor_map_encode) {
+        PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
+        err = decode_gemm::get_encoder(&fn);
+        s->tensor_map_encode = (void *)fn;
+    }
+    CUtensorMap wmap, xmap;
+    const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)s->tensor_map_encode;
+    if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &wmap, w, N, K, BN);
+    if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &xmap, x, M, K, 8 * NT);
+    if (err != cudaSuccess) return err;
+    const int64_t tiles = (N + BN - 1) / BN;
+    return an_launch_pdl_smem(s, k, dim3((unsigned)(tiles * S)), dim3(WN * WK * 32), (size_t)bytes, wmap, xmap, M, K, N,
+                              bias, accumulate, y);
+}
+
+/* Cluster ranks splitting K: enough blocks for every multiprocessor, each rank at least 4 stages. */
+int split_of(const an_cuda_state *s, int64_t N, int64_t K) {
+    const int64_t tiles = (N + BN - 1) / BN, chunks = (K + decode_gemm::BK - 1) / decode_gemm::BK;
+    int split = 1;
+    while (split < 8 && tiles * split < s->sm_count && chunks / (2 * split) >= 4) split *= 2;
+    return split;
+}
+
+template <typename T, int NT>
+cudaError_t launch_split(an_cuda_state *s, int split, const T *x, int64_t M, int64_t K, const T *w, int64_t N,
+                         const T *bias, bool accumulate, T *y) {
+    switch (split) {
+    case 1: return launch<T, NT, 1>(s, x, M, K, w, N, bias, accumulate, y);
+    case 2: return launch<T, NT, 2>(s, x, M, K, w, N, bias, accumulate, y);
+    case 4: return launch<T, NT, 4>(s, x, M, K, w, N, bias, accumulate, y);
+    default: return launch<T, NT, 8>(s, x, M, K, w, N, bias, accumulate, y);
+    }
+}
+
+} // namespace
+
+extern "C" an_status an_cuda_gemm_decode(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                         const void *w, int64_t N, const void *bias, int accumulate, void *y) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, dtype == AN_BF16 || dtype == AN_F16, AN_ERR_INPUT, "gemm_decode: no kernel for %s",
+             an_dtype_name(dtype));
+    AN_CHECK(ctx, M >= 1 && M <= AN_CUDA_DECODE_GEMM_MAX_ROWS && K >= 8 && K % 8 == 0 && N >= 1 &&
+                      (N + BN - 1) / BN * 8 <= INT32_MAX,
+             AN_ERR_INPUT, "gemm_decode: %lld rows (1 to %d), K %lld (a multiple of 8), N %lld", (long long)M,
+             AN_CUDA_DECODE_GEMM_MAX_ROWS, (long long)K, (long long)N);
+    AN_CHECK(ctx, (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0, AN_ERR_INPUT,
+             "gemm_decode: x and W must be 16-byte aligned");
+    const int split = split_of(s, N, K);
+    cudaError_t err = cudaSuccess;
+    if (dtype == AN_BF16) {
+        typedef __nv_bfloat16 T;
+        const T *xt = (const T *)x, *wt = (const T *)w, *bt = (const T *)bias;
+        err = M <= 16   ? launch_split<T, 2>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y)
+              : M <= 32 ? launch_split<T, 4>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y)
+                        : launch_split<T, 8>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y);
+    } else {
+        typedef __half T;
+        const T *xt = (const T *)x, *wt = (const T *)w, *bt = (const T *)bias;
+        err = M <= 16   ? launch_split<T, 2>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y)
+              : M <= 32 ? launch_split<T, 4>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y)
+                        : launch_split<T, 8>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y);
+    }
+    AN_CUDA_CHECK(ctx, err);
+    return AN_OK;
+}
+#endif
