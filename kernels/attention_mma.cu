@@ -44,6 +44,7 @@
  * split costs. */
 #include "kernels/attention_mma.cuh"
 #include "kernels/block_reduce.cuh" /* an_lanes_sum, an_lanes_max */
+#include "kernels/mma.cuh"        /* Mma, ldsm_x4(_trans), cp_async16 */
 
 #include <limits.h>
 #include <math.h>
@@ -74,33 +75,7 @@ struct Args {
     float scale_log2;        /* scale * log2(e) */
 };
 
-/* ---- tensor-core and copy primitives ---- */
-
-/* c (16x8 f32) += a (16x16, row) b (16x8, col) for operands of type TYPE ("bf16" or "f16"). */
-#define AN_MMA_16816(TYPE, c, a, b0, b1)                                                                   \
-    asm("mma.sync.aligned.m16n8k16.row.col.f32." TYPE "." TYPE ".f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "      \
-        "{%8,%9}, {%0,%1,%2,%3};\n"                                                                        \
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])                                                   \
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1))
-
-/* The MMA and the pair packing of T (__nv_bfloat16 or __half). */
-template <typename T> struct Mma {
-    static constexpr bool bf16 = std::is_same<T, __nv_bfloat16>::value;
-    static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-        if constexpr (bf16) AN_MMA_16816("bf16", c, a, b0, b1);
-        else AN_MMA_16816("f16", c, a, b0, b1);
-    }
-    /* lo in the low 16 bits, both rounded to nearest even */
-    static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-        if constexpr (bf16) {
-            __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-            return *reinterpret_cast<uint32_t *>(&v);
-        } else {
-            __half2 v = __floats2half2_rn(lo, hi);
-            return *reinterpret_cast<uint32_t *>(&v);
-        }
-    }
-};
+/* ---- tensor-core and copy primitives: kernels/mma.cuh ---- */
 
 /* The row and column offsets at which this lane points ldmatrix: A fragments (row-major 16x16:
  * rows lane % 16, columns 8 (lane / 16); the transposed B loads of ldsm_x4_trans use the same),
@@ -111,38 +86,6 @@ struct LdsmLanes {
     __device__ __forceinline__ explicit LdsmLanes(int lane)
         : a_row(lane % 16), a_col((lane / 16) * 8), b_row(lane % 8 + (lane / 16) * 8), b_col(((lane / 8) % 2) * 8) {}
 };
-
-__device__ __forceinline__ uint32_t smem_addr(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-/* 16 bytes global -> shared, asynchronously; zero-filled when !valid (src is then not read). */
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src),
-                 "r"(valid ? 16 : 0)
-                 : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-/* Waits until at most N of this thread's committed groups are still in flight. */
-template <int N> __device__ __forceinline__ void cp_async_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
-/* The B fragments of two adjacent 8-column blocks from a row-major (k, n) tile: lane l gives the
- * address of row l % 16, columns 8 (l / 16) on; r[0..1] serve columns [0, 8), r[2..3] [8, 16). */
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t (&r)[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p))
-                 : "memory");
-}
-
-/* Four 8x8 b16 matrices, untransposed: lane l gives the address of a row of matrix l / 8, and gets
- * row l / 4, elements 2 (l % 4) (+1) of each in r[0..3]. */
-__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_addr(p))
-                 : "memory");
-}
 
 /* dst (ROWS, D + 8) <- tokens [t0, t0 + ROWS) of head h of x (B, T, H, D) at batch row b (t0 < T);
  * rows past T are zero. Thread t copies 16-byte chunk t % (D / 8) of rows t / (D / 8) + k STEP.

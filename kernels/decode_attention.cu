@@ -3,26 +3,30 @@
  * of the kv head's group, so each K and V row is read once for the group (the per-head kernel of
  * attention.cu reads it once per query head: six times for the 1.5B model).
  *
- * Layout: a block is 64 threads and walks its split 64 keys at a time. Scores: thread i takes key
- * i of the chunk and forms the G dot products alone (its K row in 16 16-byte loads, the scaled q
- * of the group broadcast from shared memory), so no shuffles per key. Values: thread i owns head
- * dims 2i and 2i + 1 and adds p * V over the chunk's keys from shared memory, where the block
- * copied the chunk's V rows asynchronously (cp.async) before the K loads: both are in flight
- * together, so a chunk costs one memory latency. Per chunk the block reduces each head's max and
- * sum (two warps: butterfly, then warp 0 before warp 1) and rescales the running output (online
- * softmax). With several splits a second kernel merges them from an fp32 buffer of (o, max, sum)
- * per split, reading only the splits that hold visible keys. Small grids (latency-bound: a few
- * rows) issue the first chunk's loads before the row's length arrives, every key the cache holds;
- * large ones (bandwidth-bound) wait for the length and read visible keys only. Every order is
- * fixed: a launch of one shape repeats bit for bit.
- * Numerics: fp32; q is scaled by the softmax scale once on load (the per-head kernel scales each
- * dot product instead: last-bit differences). A row of the batch whose cache row is out of range
- * (never: the op validates rows) gets zeros, as in the per-head kernel. */
+ * Layout: a block is 64 threads (two warps) and walks its split 64 keys at a time on tensor cores.
+ * The chunk's K and V rows go to shared memory (cp.async; rows past the live keys zero-filled;
+ * 16-byte chunks XOR-swizzled by row, so ldmatrix reads are conflict-free); warp w takes keys
+ * 32 w .. 32 w + 31. Scores S (16 x 32: the group's G <= 8 query heads in rows 0..7, rows 8..15
+ * zero) = Q K^T with mma.sync m16n8k16 (q as A fragments straight from global memory, K rows as B
+ * through ldmatrix), scaled in fp32, masked past the visible keys; the warp's online softmax (a
+ * row's maximum over its four lanes by shuffles; each lane keeps its share of the sum); P rounded
+ * to the dtype, as flash attention does, times V (ldmatrix.trans) into the warp's O (16 x 128,
+ * fp32). The two warps merge in warp order through shared memory. With several splits a second
+ * kernel merges them from an fp32 buffer of (o, max, sum) per split, reading only the splits that
+ * hold visible keys. Every order is fixed: a launch of one shape repeats bit for bit.
+ * Measured on an H100 against the thread-per-key kernel this replaced (each thread forming a key's
+ * G dot products from registers, ~3.5 us a 64-key chunk): attention over 256 keys at batch 32
+ * 14.5 -> 7.6 us a layer in a graph; decode steps at batch 1 / 2 / 8 / 32 1.584 / 1.852 / 2.054 /
+ * 2.309 -> 1.499 / 1.739 / 2.003 / 2.199 ms (docs/performance.md).
+ * Numerics: fp32 scores and sums; the softmax scale multiplies each fp32 score (q is used as
+ * stored); P meets V in the dtype. A row of the batch whose cache row is out of range (never: the
+ * op validates rows) gets zeros, as in the per-head kernel. */
 #include "kernels/decode_attention.cuh"
 
 #include "kernels/block_reduce.cuh" /* an_lanes_max, an_lanes_sum */
+#include "kernels/mma.cuh"          /* Mma, ldsm_x4_at, ldsm_x4_trans_at, cp_async16_at */
 #include "kernels/pdl.cuh" /* an_launch_pdl, an_pdl_wait: launched like the rest of the decode step */
-#include "kernels/vec.cuh" /* an_unpack16 */
+#include "kernels/vec.cuh" /* an_aligned16 */
 
 #include <math.h>
 #include <stdint.h>
@@ -30,7 +34,7 @@
 namespace {
 
 constexpr int kD = 128;      /* the head dim this kernel takes */
-constexpr int kThreads = 64; /* keys per chunk: one a thread; two head dims a thread */
+constexpr int kThreads = 64; /* keys per chunk: 32 a warp */
 constexpr int kChunk = 64;   /* keys per split while the splits stay at most kMaxSplits */
 constexpr int kMaxSplits = 64;
 static_assert(kMaxSplits <= kD, "the merge kernel gives each split a thread");
@@ -47,142 +51,141 @@ template <typename T> struct GqaArgs {
     int64_t seq, cache_len, cache_rows; /* T, S, Bc */
     int64_t chunk;          /* keys per split: kMinChunk to kThreads, or a multiple of kThreads */
     int Hq, Hkv, nsplit;
-    int speculate;          /* load the first chunk before the row's length arrives (small grids) */
     float scale;
 };
 
-/* Two bf16/f16 values of a 32-bit word, widened. */
-template <typename T> __device__ __forceinline__ void unpack2(uint32_t w, float *f) {
-    const T *e = reinterpret_cast<const T *>(&w);
-    f[0] = an_load(e[0]), f[1] = an_load(e[1]);
-}
-
-/* 16 bytes global -> shared without registers (cp.async); the group is waited for by copy_async_wait. */
-template <typename T> __device__ __forceinline__ void copy_async16(T *smem, const T *gmem) {
-    const unsigned dst = (unsigned)__cvta_generic_to_shared(smem);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-__device__ __forceinline__ void copy_async_wait() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
-
-/* Block (row, kv head g, split): the G query heads g G .. g G + G - 1 over the split's keys. */
-template <typename T, int G> __global__ void __launch_bounds__(kThreads) gqa_split_kernel(GqaArgs<T> a) {
-    __shared__ __align__(16) float q_s[G][kD]; /* the group's q, scaled */
-    __shared__ float p_s[G][kThreads];          /* the chunk's probabilities */
-    __shared__ float max_s[2][G], sum_s[2][G];  /* per-warp partials */
-    __shared__ __align__(16) T v_s[kThreads][kD]; /* the chunk's V rows */
-    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+/* Block (row, kv head, split): the G query heads of the kv head over the split's keys (the
+ * layout is the file header's). */
+template <typename T> __global__ void __launch_bounds__(kThreads) gqa_split_kernel(GqaArgs<T> a, int G) {
+    static_assert(kThreads == 64 && kD == 128, "two warps of 32 keys; 16 chunks of 16 bytes a row");
+    __shared__ __align__(128) T k_s[kThreads * kD], v_s[kThreads * kD]; /* (keys, D), swizzled */
+    __shared__ float mo_s[8][kD], m_s[8], l_s[8];                       /* warp 1's partials */
+    const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, gr = lane / 4, tq = lane % 4;
     const int64_t row = blockIdx.x, b = row / a.seq, t = row % a.seq; /* row = b T + t */
-    const int g = blockIdx.y, split = blockIdx.z;
-    /* the step's tables before the wait (pdl.cuh's rule): the cache row and its length arrive
-     * while the kernel before finishes */
-    const int64_t cache_row = a.rows[b];
+    const int kvh = blockIdx.y, split = blockIdx.z;
+    const int64_t cache_row = a.rows[b]; /* the step's tables before the wait (pdl.cuh's rule) */
     const bool valid_row = cache_row >= 0 && cache_row < a.cache_rows;
     const int64_t held_before = valid_row ? a.lengths[cache_row] : 0;
     an_pdl_wait(); /* q and the cache's new keys come from the kernels before */
     an_pdl_trigger();
-    const T *qg = a.q + (row * a.Hq + (int64_t)g * G) * kD; /* (G, D) */
-    for (int i = tid; i < G * kD; i += kThreads) q_s[i / kD][i % kD] = an_load(qg[i]) * a.scale;
-    const int64_t k_begin = (int64_t)split * a.chunk;
-    const int64_t cap_end = k_begin + a.chunk < a.cache_len ? k_begin + a.chunk : a.cache_len; /* keys the cache holds */
-    const int64_t key_stride = (int64_t)a.Hkv * kD;
-    const int64_t cache_base = (valid_row ? cache_row : 0) * a.cache_len * key_stride + (int64_t)g * kD;
-    uint4 kr[kD / 8]; /* this thread's key of the chunk */
-    /* The chunk from key c: K rows into registers, V rows into shared memory (16-byte asynchronous
-     * copies), the keys before `end` (any past the visible ones are masked later). */
-    auto load_chunk = [&](int64_t c, int64_t end) {
-        const int64_t held = end - c < kThreads ? end - c : kThreads;
-        for (int i = tid; i < held * (kD / 8); i += kThreads) {
-            const int j = i / (kD / 8), part = i % (kD / 8);
-            copy_async16(&v_s[j][part * 8], a.v + cache_base + (c + j) * key_stride + part * 8);
-        }
-        copy_async_commit();
-        const bool held_key = tid < held;
-        const uint4 *kp = reinterpret_cast<const uint4 *>(a.k + cache_base + (held_key ? c + tid : c) * key_stride);
-#pragma unroll
-        for (int i = 0; i < kD / 8; i++) kr[i] = held_key ? __ldg(kp + i) : make_uint4(0, 0, 0, 0);
-    };
-    /* small grids: the first chunk's loads go out before the row's length arrives (one memory
-     * latency fewer); large ones read visible keys only (bandwidth is what they spend) */
-    if (a.speculate && k_begin < cap_end) load_chunk(k_begin, cap_end);
     int64_t visible = valid_row ? held_before + t + 1 : 0;
     if (visible > a.cache_len) visible = a.cache_len;
+    const int64_t k_begin = (int64_t)split * a.chunk;
     const int64_t k_end = k_begin + a.chunk < visible ? k_begin + a.chunk : visible;
-    if (!a.speculate && k_begin < k_end) load_chunk(k_begin, k_end);
-    __syncthreads(); /* q_s */
+    const int64_t key_stride = (int64_t)a.Hkv * kD;
+    const int64_t cache_base = (valid_row ? cache_row : 0) * a.cache_len * key_stride + (int64_t)kvh * kD;
+    const int64_t qh0 = row * a.Hq + (int64_t)kvh * G; /* the group's first (row, query head) */
 
-    float m[G], l[G], o[G][2];
+    /* Q as A fragments (rows 8..15 and heads past G zero), all 8 k16 steps of D in registers */
+    uint32_t qa[kD / 16][4];
+    const T *qrow = a.q + (qh0 + gr) * kD;
 #pragma unroll
-    for (int h = 0; h < G; h++) m[h] = -INFINITY, l[h] = 0.0f, o[h][0] = o[h][1] = 0.0f;
-    for (int64_t c = k_begin; c < k_end; c += kThreads) { /* block-uniform */
-        if (c != k_begin) load_chunk(c, k_end);
-        const int64_t key = c + tid;
-        const bool live = key < k_end;
-        const int n = k_end - c < kThreads ? (int)(k_end - c) : kThreads; /* live keys of the chunk */
-        float s[G];
-#pragma unroll
-        for (int h = 0; h < G; h++) s[h] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kD / 8; i++) {
-            float kf[8];
-            an_unpack16<T>(kr[i], kf);
-#pragma unroll
-            for (int h = 0; h < G; h++) {
-                const float4 q0 = *reinterpret_cast<const float4 *>(&q_s[h][i * 8]);
-                const float4 q1 = *reinterpret_cast<const float4 *>(&q_s[h][i * 8 + 4]);
-                s[h] = fmaf(q0.x, kf[0], s[h]), s[h] = fmaf(q0.y, kf[1], s[h]);
-                s[h] = fmaf(q0.z, kf[2], s[h]), s[h] = fmaf(q0.w, kf[3], s[h]);
-                s[h] = fmaf(q1.x, kf[4], s[h]), s[h] = fmaf(q1.y, kf[5], s[h]);
-                s[h] = fmaf(q1.z, kf[6], s[h]), s[h] = fmaf(q1.w, kf[7], s[h]);
-            }
-        }
-#pragma unroll
-        for (int h = 0; h < G; h++) {
-            if (!live) s[h] = -INFINITY;
-            const float wm = an_lanes_max<32>(s[h]);
-            if (lane == 0) max_s[warp][h] = wm;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int h = 0; h < G; h++) {
-            const float m_new = fmaxf(m[h], fmaxf(max_s[0][h], max_s[1][h])); /* finite: key c is live */
-            const float alpha = expf(m[h] - m_new); /* 0 while m is -inf */
-            const float p = live ? expf(s[h] - m_new) : 0.0f;
-            p_s[h][tid] = p;
-            const float ws = an_lanes_sum<32>(p);
-            if (lane == 0) sum_s[warp][h] = ws;
-            l[h] *= alpha, o[h][0] *= alpha, o[h][1] *= alpha;
-            m[h] = m_new;
-        }
-        copy_async_wait();
-        __syncthreads();
-#pragma unroll
-        for (int h = 0; h < G; h++) l[h] += sum_s[0][h] + sum_s[1][h];
-#pragma unroll 4
-        for (int j = 0; j < n; j++) {
-            float vf[2];
-            unpack2<T>(*reinterpret_cast<const uint32_t *>(&v_s[j][2 * tid]), vf);
-#pragma unroll
-            for (int h = 0; h < G; h++) {
-                const float p = p_s[h][j];
-                o[h][0] = fmaf(p, vf[0], o[h][0]), o[h][1] = fmaf(p, vf[1], o[h][1]);
-            }
-        }
-        __syncthreads(); /* p_s and the partials are rewritten by the next chunk */
+    for (int kk = 0; kk < kD / 16; kk++) {
+        qa[kk][0] = gr < G ? *reinterpret_cast<const uint32_t *>(qrow + 16 * kk + 2 * tq) : 0u;
+        qa[kk][2] = gr < G ? *reinterpret_cast<const uint32_t *>(qrow + 16 * kk + 8 + 2 * tq) : 0u;
+        qa[kk][1] = qa[kk][3] = 0u;
     }
-    copy_async_wait(); /* a split past the visible keys may have issued its first chunk's copies */
+    const uint32_t ks = smem_addr(k_s), vs = smem_addr(v_s);
+    auto swz = [](int r, int c) { return (uint32_t)(r * (kD * 2) + ((c ^ (r & 7)) << 4)); }; /* 16 chunks a row */
+    float m = -INFINITY, l = 0.0f; /* row gr of this warp: running max, this lane's share of the sum */
+    float o[kD / 8][4];
 #pragma unroll
-    for (int h = 0; h < G; h++) {
-        const int64_t qh = row * a.Hq + (int64_t)g * G + h; /* (row, query head) */
-        if (a.nsplit == 1) {
-            const float inv = l[h] > 0.0f ? 1.0f / l[h] : 0.0f;
-            T *op = a.out + qh * kD + 2 * tid;
-            op[0] = an_store<T>(o[h][0] * inv), op[1] = an_store<T>(o[h][1] * inv);
-        } else {
-            float *p = a.partial + (qh * a.nsplit + split) * (kD + 2);
-            p[2 * tid] = o[h][0], p[2 * tid + 1] = o[h][1];
-            if (tid == 0) p[kD] = m[h], p[kD + 1] = l[h];
+    for (int j = 0; j < kD / 8; j++) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.0f;
+
+    for (int64_t c = k_begin; c < k_end; c += kThreads) { /* block-uniform */
+        const int64_t live = k_end - c < kThreads ? k_end - c : kThreads;
+        for (int i = tid; i < kThreads * (kD / 8); i += kThreads) {
+            const int j = i / (kD / 8), part = i % (kD / 8);
+            const int64_t off = cache_base + (c + (j < live ? j : 0)) * key_stride + part * 8;
+            cp_async16_at(ks + swz(j, part), a.k + off, j < live);
+            cp_async16_at(vs + swz(j, part), a.v + off, j < live);
         }
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        const int kb = 32 * warp; /* this warp's keys in the chunk */
+        float s[4][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < kD / 16; kk++)
+#pragma unroll
+            for (int p = 0; p < 2; p++) { /* keys kb + 16 p .. + 15 as two B blocks of 8 */
+                uint32_t bf[4];
+                ldsm_x4_at(bf, ks + swz(kb + 16 * p + lane % 8 + 8 * (lane / 16), 2 * kk + (lane / 8) % 2));
+                Mma<T>::run(s[2 * p], qa[kk], bf[0], bf[1]);
+                Mma<T>::run(s[2 * p + 1], qa[kk], bf[2], bf[3]);
+            }
+        /* row gr's scores at keys kb + 8 j + 2 tq (+1): scaled, masked, online softmax */
+        float mx = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const bool in = kb + 8 * j + 2 * tq + e < live;
+                s[j][e] = in ? s[j][e] * a.scale : -INFINITY;
+                mx = fmaxf(mx, s[j][e]);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m, mx);
+        const float alpha = m == -INFINITY ? 0.0f : expf(m - m_new);
+        uint32_t pa[2][4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const float p0 = s[j][0] == -INFINITY ? 0.0f : expf(s[j][0] - m_new);
+            const float p1 = s[j][1] == -INFINITY ? 0.0f : expf(s[j][1] - m_new);
+            l = l * (j == 0 ? alpha : 1.0f) + p0 + p1;
+            pa[j / 2][(j % 2) * 2] = Mma<T>::pack(p0, p1); /* A: row gr, keys 16 (j/2) + 8 (j%2) + 2 tq */
+            pa[j / 2][(j % 2) * 2 + 1] = 0u;               /* rows 8..15 */
+        }
+#pragma unroll
+        for (int j = 0; j < kD / 8; j++) o[j][0] *= alpha, o[j][1] *= alpha;
+        m = m_new;
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++)      /* keys kb + 16 kk .. + 15 */
+#pragma unroll
+            for (int np = 0; np < kD / 16; np++) { /* head dims 16 np .. + 15 as two B blocks of 8 */
+                uint32_t bf[4];
+                ldsm_x4_trans_at(bf, vs + swz(kb + 16 * kk + lane % 16, 2 * np + lane / 16));
+                Mma<T>::run(o[2 * np], pa[kk], bf[0], bf[1]);
+                Mma<T>::run(o[2 * np + 1], pa[kk], bf[2], bf[3]);
+            }
+        __syncthreads(); /* the chunk's rows are rewritten next */
+    }
+    l += __shfl_xor_sync(0xffffffffu, l, 1);
+    l += __shfl_xor_sync(0xffffffffu, l, 2);
+    if (warp == 1) {
+#pragma unroll
+        for (int j = 0; j < kD / 8; j++) mo_s[gr][8 * j + 2 * tq] = o[j][0], mo_s[gr][8 * j + 2 * tq + 1] = o[j][1];
+        if (tq == 0) m_s[gr] = m, l_s[gr] = l;
+    }
+    __syncthreads();
+    if (warp == 1 || gr >= G) return;
+    const float m1 = m_s[gr], mt = fmaxf(m, m1);
+    const float f0 = m == -INFINITY ? 0.0f : expf(m - mt), f1 = m1 == -INFINITY ? 0.0f : expf(m1 - mt);
+    const float lt = l * f0 + l_s[gr] * f1;
+    const int64_t qh = qh0 + gr;
+    if (a.nsplit == 1) {
+        const float inv = lt > 0.0f ? 1.0f / lt : 0.0f;
+        T *op = a.out + qh * kD;
+#pragma unroll
+        for (int j = 0; j < kD / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = 8 * j + 2 * tq + e;
+                op[d] = an_store<T>((o[j][e] * f0 + mo_s[gr][d] * f1) * inv);
+            }
+    } else {
+        float *p = a.partial + (qh * a.nsplit + split) * (kD + 2);
+#pragma unroll
+        for (int j = 0; j < kD / 8; j++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int d = 8 * j + 2 * tq + e;
+                p[d] = o[j][e] * f0 + mo_s[gr][d] * f1;
+            }
+        if (tq == 0) p[kD] = mt, p[kD + 1] = lt;
     }
 }
 
@@ -224,9 +227,9 @@ template <typename T> __global__ void __launch_bounds__(kD) gqa_merge_kernel(Gqa
     a.out[qh * kD + d] = an_store<T>(L > 0.0f ? O / L : 0.0f);
 }
 
-template <typename T, int G> an_status launch_group(an_ctx *ctx, an_cuda_state *s, const GqaArgs<T> &a, int64_t rows) {
+template <typename T> an_status launch(an_ctx *ctx, an_cuda_state *s, const GqaArgs<T> &a, int group, int64_t rows) {
     dim3 grid((unsigned)rows, (unsigned)a.Hkv, (unsigned)a.nsplit);
-    cudaError_t err = an_launch_pdl(s, gqa_split_kernel<T, G>, grid, dim3(kThreads), a);
+    cudaError_t err = an_launch_pdl(s, gqa_split_kernel<T>, grid, dim3(kThreads), a, group);
     AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of gqa_split_kernel failed: %s",
              cudaGetErrorString(err));
     AN_CUDA_LAUNCH_CHECK(ctx, "gqa_split_kernel");
@@ -238,20 +241,6 @@ template <typename T, int G> an_status launch_group(an_ctx *ctx, an_cuda_state *
     return AN_OK;
 }
 
-template <typename T> an_status launch(an_ctx *ctx, an_cuda_state *s, const GqaArgs<T> &a, int group, int64_t rows) {
-    switch (group) {
-    case 2: return launch_group<T, 2>(ctx, s, a, rows);
-    case 3: return launch_group<T, 3>(ctx, s, a, rows);
-    case 4: return launch_group<T, 4>(ctx, s, a, rows);
-    case 5: return launch_group<T, 5>(ctx, s, a, rows);
-    case 6: return launch_group<T, 6>(ctx, s, a, rows);
-    case 7: return launch_group<T, 7>(ctx, s, a, rows);
-    default: return launch_group<T, 8>(ctx, s, a, rows);
-    }
-}
-
-bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
-
 } // namespace
 
 an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh, int64_t cache_len, int64_t cache_rows,
@@ -261,8 +250,8 @@ an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh,
     *taken = false;
     int64_t group = sh->kv_heads > 0 ? sh->q_heads / sh->kv_heads : 0, n = sh->batch * sh->seq;
     if ((dtype != AN_BF16 && dtype != AN_F16) || sh->head_dim != kD || group < 2 || group > 8 ||
-        sh->q_heads != group * sh->kv_heads || !aligned16(q) || !aligned16(k_cache) || !aligned16(v_cache) ||
-        !aligned16(out) || n < 1 || cache_len < 1 || sh->kv_heads > 65535 || sh->q_heads > 65535 || n > INT32_MAX)
+        sh->q_heads != group * sh->kv_heads || !an_aligned16(q) || !an_aligned16(k_cache) || !an_aligned16(v_cache) ||
+        !an_aligned16(out) || n < 1 || cache_len < 1 || sh->kv_heads > 65535 || sh->q_heads > 65535 || n > INT32_MAX)
         return AN_OK;
     *taken = true;
     /* Keys a split: kChunk up to kMaxSplits splits, longer splits (whole chunks of kThreads) past
@@ -278,7 +267,6 @@ an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh,
             chunk /= 2;
     }
     const int64_t nsplit = (cache_len + chunk - 1) / chunk; /* <= kMaxSplits <= kD: the merge's threads */
-    const int speculate = n * sh->kv_heads * nsplit < kTargetBlocks;
     float *partial = nullptr;
     if (nsplit > 1) {
         char why[256];
@@ -291,12 +279,12 @@ an_status an_decode_attention_grouped(an_ctx *ctx, const an_attention_shape *sh,
         GqaArgs<__nv_bfloat16> a = {(const __nv_bfloat16 *)q, (const __nv_bfloat16 *)k_cache,
                                     (const __nv_bfloat16 *)v_cache, (__nv_bfloat16 *)out, partial, rows, lengths,
                                     sh->seq, cache_len, cache_rows, chunk, (int)sh->q_heads, (int)sh->kv_heads,
-                                    (int)nsplit, speculate, (float)sh->scale};
+                                    (int)nsplit, (float)sh->scale};
         st = launch(ctx, s, a, (int)group, n);
     } else {
         GqaArgs<__half> a = {(const __half *)q, (const __half *)k_cache, (const __half *)v_cache, (__half *)out,
                              partial, rows, lengths, sh->seq, cache_len, cache_rows, chunk, (int)sh->q_heads,
-                             (int)sh->kv_heads, (int)nsplit, speculate, (float)sh->scale};
+                             (int)sh->kv_heads, (int)nsplit, (float)sh->scale};
         st = launch(ctx, s, a, (int)group, n);
     }
     /* stream order: a later allocation of this block runs its kernels after these */

@@ -31,6 +31,8 @@
 #include "kernels/pdl.cuh" /* an_launch_pdl_smem, an_pdl_wait, an_pdl_trigger */
 #endif
 
+#include "kernels/mma.cuh" /* Mma, ldsm_x4_at */
+
 #include <cooperative_groups.h>
 #include <cuda.h>         /* CUtensorMap (the encoder comes from the runtime's driver entry point) */
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled_v12000 */
@@ -38,32 +40,6 @@
 #include <type_traits>
 
 namespace decode_gemm {
-
-/* d += a b for one m16n8k16 tile: a = 16 x 16 (4 registers of 2 elements), b = 16 x 8 (2). */
-template <typename T>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                 "{%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-                 "{%0, %1, %2, %3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-/* Four 8x8 matrices of 16-bit elements from shared memory; lane l gives the row address of
- * matrix l / 8, row l % 8. */
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(addr));
-}
 
 /* mbarrier and tensor-memory-accelerator primitives (shared addresses as 32-bit). */
 __device__ __forceinline__ void bar_init(uint32_t bar) {
@@ -158,13 +134,13 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
 #pragma unroll
         for (int kk = wk; kk < 4; kk += WK) {
             uint32_t a[4];
-            ldmatrix_x4(a, st + swz(ar, 2 * kk + ac));
+            ldsm_x4_at(a, st + swz(ar, 2 * kk + ac));
 #pragma unroll
             for (int p = 0; p < NT / 2; p++) {
                 uint32_t b[4];
-                ldmatrix_x4(b, st + BN * 128 + swz(16 * p + br, 2 * kk + bc));
-                mma<T>(acc[2 * p], a, b[0], b[1]);
-                mma<T>(acc[2 * p + 1], a, b[2], b[3]);
+                ldsm_x4_at(b, st + BN * 128 + swz(16 * p + br, 2 * kk + bc));
+                Mma<T>::run(acc[2 * p], a, b[0], b[1]);
+                Mma<T>::run(acc[2 * p + 1], a, b[2], b[3]);
             }
         }
     }

@@ -354,15 +354,16 @@ START_TEST(test_cuda_attention_cached_matches_float64_reference) {
 END_TEST
 
 /* The grouped kernel's launch regimes (kernels/decode_attention.cu), bf16 and f16, Hq 12 / Hkv 2,
- * head_dim 128, every batch row at its own length and cache row (an empty one included): small
- * grids that load the first chunk before the lengths arrive (batch 1 at 20, 384 and 1000 keys:
- * 2, 24 and 63 splits), large ones that read visible keys only (16 rows of 384 keys: 12 splits of
- * 32; batch 32 at 384 and 1500 keys: 6 and 24 splits of 64), and 3 tokens a row (4 rows, 700
- * keys); each also replayed from a CUDA graph, which must give the same bits. */
+ * head_dim 128, every batch row at its own length and cache row (an empty one included): short
+ * splits for small grids (batch 1 at 20, 384 and 1000 keys: 2, 24 and 63 splits of 16; 16 rows of
+ * 384 keys: 12 splits of 32, half of each block's keys masked), whole 64-key chunks (batch 32 at 384
+ * and 1500 keys: 6 and 24 splits of 64) and several chunks a split (batch 1 at 5000 keys: 40 splits
+ * of 128), and 3 tokens a row (4 rows, 700 keys); each also replayed from a CUDA graph, which must
+ * give the same bits. */
 START_TEST(test_cuda_attention_grouped_regimes_match_float64_reference) {
     an_ctx *ctx = gpu_ctx(7, "cuda grouped decode attention");
     if (!ctx) return;
-    const struct { int64_t B, T, S; } cases[] = {{1, 1, 20}, {1, 1, 384}, {1, 1, 1000}, {16, 1, 384}, {32, 1, 384}, {32, 1, 1500}, {4, 3, 700}};
+    const struct { int64_t B, T, S; } cases[] = {{1, 1, 20}, {1, 1, 384}, {1, 1, 1000}, {16, 1, 384}, {32, 1, 384}, {32, 1, 1500}, {1, 1, 5000}, {4, 3, 700}};
     char what[128];
     for (int d = 0; d < N_DTYPES; d++)
         for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
