@@ -179,6 +179,13 @@ an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, in
 #endif
 an_status an_cuda_gemm_decode(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w,
                               int64_t N, const void *bias, int accumulate, void *y);
+/* y (M, N) = swiglu of x (M, K) gate_up^T for the stacked gate | up weights gate_up (2N, K): the
+ * same GEMM with the swiglu in its epilogue (the gate and up sums rounded to the dtype first, then
+ * silu(g) u as an_cuda_swiglu_rows forms it; a batched decode step's MLP, no bias). */
+an_status an_cuda_gemm_decode_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                     const void *gate_up, int64_t N, void *y);
+/* 1 when an_cuda_gemm takes the decode GEMM for x (M, K) W^T (its rule above), else 0. */
+int an_cuda_decode_gemm_rule(an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w);
 
 /* Attention (kernels/attention.cu): causal, grouped-query, packed documents, as an_attention in
  * autograd/ops.h defines it. q (B, T, Hq, D) and k, v (B, T, Hkv, D) of dtype (f32, bf16, f16),

@@ -345,6 +345,15 @@ an_status an_cuda_gemm_decode(an_ctx *ctx, an_dtype dtype, const void *x, int64_
     (void)dtype, (void)x, (void)M, (void)K, (void)w, (void)N, (void)bias, (void)accumulate, (void)y;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_gemm_decode_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                     const void *gate_up, int64_t N, void *y) {
+    (void)dtype, (void)x, (void)M, (void)K, (void)gate_up, (void)N, (void)y;
+    return NO_CUDA(ctx);
+}
+int an_cuda_decode_gemm_rule(an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w) {
+    (void)dtype, (void)x, (void)M, (void)K, (void)w;
+    return 0;
+}
 an_status an_cuda_gemv(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w, int64_t N,
                        const void *bias, int accumulate, void *y) {
     (void)dtype, (void)x, (void)M, (void)K, (void)w, (void)N, (void)bias, (void)accumulate, (void)y;

@@ -243,8 +243,7 @@ an_status gemm(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, an_dtype
     /* The empty sum and the GEMV's rows have no C pointer or scale of their own: an addend is copied
      * into C first (then accumulated into), a scale is a pass after the product. */
     const bool rows_shape = sh.batch == 1 && !sh.trans_a && sh.trans_b && c_dtype == dtype;
-    const bool decode_gemm = rows_shape && sh.m > AN_CUDA_GEMV_RULE_ROWS && sh.m <= AN_CUDA_DECODE_GEMM_RULE_ROWS &&
-                             dtype != AN_F32 && sh.k % 8 == 0 && (uintptr_t)a % 16 == 0 && (uintptr_t)b % 16 == 0;
+    const bool decode_gemm = rows_shape && an_cuda_decode_gemm_rule(dtype, a, sh.m, sh.k, b);
     const bool plain_paths = sh.k == 0 || decode_gemm || (rows_shape && sh.m <= AN_CUDA_GEMV_RULE_ROWS);
     if (addend && plain_paths) {
         AN_CUDA_CHECK(ctx, cudaMemcpyAsync(c, addend, (size_t)(sh.batch * sh.m * sh.n) * cs, cudaMemcpyDeviceToDevice,

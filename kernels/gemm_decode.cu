@@ -70,8 +70,12 @@ constexpr int BK = 64; /* k a stage: 128 bytes of a row */
 
 /* NT token tiles of 8 (M <= 8 NT); WN row groups of 16 and WK k-split warps a block; S cluster
  * ranks splitting K; STAGES stages in flight. wmap: W (N, K) in boxes of (BN, 64); xmap: x (M, K)
- * in boxes of (MT, 64), both 128-byte swizzled. Dynamic shared memory: smem_bytes(). */
-template <typename T, int NT, int WN, int WK, int S, int STAGES>
+ * in boxes of (MT, 64), both 128-byte swizzled. Dynamic shared memory: smem_bytes().
+ * GLU: W is the stacked (2N, K) gate | up and y (M, N) = swiglu: a block's tile takes BN / 2 gate
+ * rows and the same BN / 2 up rows (wmap's boxes are (BN / 2, 64)), and the epilogue rounds each
+ * sum to T, as the GEMM would store it, then forms silu(g) u as an_cuda_swiglu_rows does (no bias,
+ * no accumulate). */
+template <typename T, int NT, int WN, int WK, int S, int STAGES, bool GLU = false>
 __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
     kernel(const __grid_constant__ CUtensorMap wmap, const __grid_constant__ CUtensorMap xmap, int64_t M, int64_t K,
            int64_t N, const T *bias, bool accumulate, T *y) {
@@ -85,7 +89,13 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
     const uint32_t bars = base + STAGES * STAGE;     /* STAGES mbarriers of 8 bytes */
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32, wn = warp % WN, wk = warp / WN;
     const int rank = S > 1 ? (int)cooperative_groups::this_cluster().block_rank() : 0;
-    const int64_t n0 = (int64_t)(blockIdx.x / S) * BN;
+    constexpr int BO = GLU ? BN / 2 : BN; /* output columns a tile */
+    const int64_t n0 = (int64_t)(blockIdx.x / S) * BO;
+    /* this stage's W: one box of BN rows, or BN / 2 gate rows and the matching up rows */
+    auto load_w = [&](uint32_t dst, int64_t chunk, uint32_t bar) {
+        tma_load(dst, &wmap, (int32_t)(chunk * BK), (int32_t)n0, bar);
+        if (GLU) tma_load(dst + BO * 128, &wmap, (int32_t)(chunk * BK), (int32_t)(N + n0), bar);
+    };
     const int64_t nc = (K + BK - 1) / BK, per = (nc + S - 1) / S;
     const int64_t cb = rank * per < nc ? rank * per : nc, ce = cb + per < nc ? cb + per : nc, count = ce - cb;
 
@@ -101,7 +111,7 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
         for (int s = 0; s < STAGES - 1; s++)
             if (s < count) {
                 bar_expect(bars + 8 * s, STAGE);
-                tma_load(base + s * STAGE, &wmap, (int32_t)((cb + s) * BK), (int32_t)n0, bars + 8 * s);
+                load_w(base + s * STAGE, cb + s, bars + 8 * s);
             }
     an_pdl_wait(); /* x (and y when accumulating) come from the kernels before */
     an_pdl_trigger();
@@ -125,7 +135,7 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
         if (tid == 0 && next < count) {
             const int slot = (int)(next % STAGES);
             bar_expect(bars + 8 * slot, STAGE);
-            tma_load(base + slot * STAGE, &wmap, (int32_t)((cb + next) * BK), (int32_t)n0, bars + 8 * slot);
+            load_w(base + slot * STAGE, cb + next, bars + 8 * slot);
             tma_load(base + slot * STAGE + WBYTES, &xmap, (int32_t)((cb + next) * BK), 0, bars + 8 * slot);
         }
         const int slot = (int)(i % STAGES);
@@ -165,24 +175,32 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
     if (WK == 1) __syncthreads();
 
     /* This rank's slice of the tile, summed over the ranks in rank order; then the epilogue. */
-    constexpr int E = MT * BN, SLICE = E / S;
+    constexpr int E = MT * BO, SLICE = E / S;
     if constexpr (S > 1) cooperative_groups::this_cluster().sync();
-    for (int e = rank * SLICE + tid; e < (rank + 1) * SLICE; e += THREADS) {
-        const int token = e / BN, col = e % BN;
-        const int64_t n = n0 + col;
-        float v;
+    auto sum_ranks = [&](int i) { /* part[i] over the cluster's ranks, in rank order */
         if constexpr (S > 1) {
             auto cluster = cooperative_groups::this_cluster();
-            v = 0.0f;
+            float v = 0.0f;
 #pragma unroll
-            for (int q = 0; q < S; q++) v += cluster.map_shared_rank(part, q)[token * RS + col];
+            for (int q = 0; q < S; q++) v += cluster.map_shared_rank(part, q)[i];
+            return v;
         } else {
-            v = part[token * RS + col];
+            return part[i];
         }
+    };
+    for (int e = rank * SLICE + tid; e < (rank + 1) * SLICE; e += THREADS) {
+        const int token = e / BO, col = e % BO;
+        const int64_t n = n0 + col;
+        float v = sum_ranks(token * RS + col);
         if (token < M && n < N) {
             T *out = y + token * N + n;
-            if (bias) v += an_load(bias[n]);
-            *out = an_store<T>(accumulate ? an_load(*out) + v : v);
+            if constexpr (GLU) {
+                const float g = an_load(an_store<T>(v)), u = an_load(an_store<T>(sum_ranks(token * RS + col + BO)));
+                *out = an_store<T>(g * (1.0f / (1.0f + expf(-g))) * u);
+            } else {
+                if (bias) v += an_load(bias[n]);
+                *out = an_store<T>(accumulate ? an_load(*out) + v : v);
+            }
         }
     }
     if constexpr (S > 1) cooperative_groups::this_cluster().sync(); /* the others still read our tile */
@@ -228,11 +246,11 @@ using decode_gemm::smem_bytes;
  * decode steps end to end). */
 constexpr int WN = 4, WK = 1, STAGES = 4, BN = 16 * WN;
 
-template <typename T, int NT, int S>
+template <typename T, int NT, int S, bool GLU>
 cudaError_t launch(an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *w, int64_t N, const T *bias,
                    bool accumulate, T *y) {
     constexpr int bytes = smem_bytes<NT, WN, STAGES>();
-    auto *k = kernel<T, NT, WN, WK, S, STAGES>;
+    auto *k = kernel<T, NT, WN, WK, S, STAGES, GLU>;
     cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess && !s->tensor_map_encode) {
         PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
@@ -241,61 +259,84 @@ cudaError_t launch(an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *
     }
     CUtensorMap wmap, xmap;
     const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)s->tensor_map_encode;
-    if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &wmap, w, N, K, BN);
+    constexpr int BO = GLU ? BN / 2 : BN; /* output columns a tile */
+    if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &wmap, w, GLU ? 2 * N : N, K, BO);
     if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &xmap, x, M, K, 8 * NT);
     if (err != cudaSuccess) return err;
-    const int64_t tiles = (N + BN - 1) / BN;
+    const int64_t tiles = (N + BO - 1) / BO;
     return an_launch_pdl_smem(s, k, dim3((unsigned)(tiles * S)), dim3(WN * WK * 32), (size_t)bytes, wmap, xmap, M, K, N,
                               bias, accumulate, y);
 }
 
-/* Cluster ranks splitting K: enough blocks for every multiprocessor, each rank at least 4 stages. */
-int split_of(const an_cuda_state *s, int64_t N, int64_t K) {
-    const int64_t tiles = (N + BN - 1) / BN, chunks = (K + decode_gemm::BK - 1) / decode_gemm::BK;
+/* Cluster ranks splitting K for `tiles` tiles: enough blocks for every multiprocessor, each rank at
+ * least 4 stages. */
+int split_of(const an_cuda_state *s, int64_t tiles, int64_t K) {
+    const int64_t chunks = (K + decode_gemm::BK - 1) / decode_gemm::BK;
     int split = 1;
     while (split < 8 && tiles * split < s->sm_count && chunks / (2 * split) >= 4) split *= 2;
     return split;
 }
 
-template <typename T, int NT>
-cudaError_t launch_split(an_cuda_state *s, int split, const T *x, int64_t M, int64_t K, const T *w, int64_t N,
-                         const T *bias, bool accumulate, T *y) {
-    switch (split) {
-    case 1: return launch<T, NT, 1>(s, x, M, K, w, N, bias, accumulate, y);
-    case 2: return launch<T, NT, 2>(s, x, M, K, w, N, bias, accumulate, y);
-    case 4: return launch<T, NT, 4>(s, x, M, K, w, N, bias, accumulate, y);
-    default: return launch<T, NT, 8>(s, x, M, K, w, N, bias, accumulate, y);
+template <typename T, bool GLU>
+cudaError_t launch_rows(an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *w, int64_t N, const T *bias,
+                        bool accumulate, T *y) {
+    const int split = split_of(s, (N + (GLU ? BN / 2 : BN) - 1) / (GLU ? BN / 2 : BN), K);
+#define AN_DECODE_GEMM_SPLIT(NT)                                                                       \
+    switch (split) {                                                                                   \
+    case 1: return launch<T, NT, 1, GLU>(s, x, M, K, w, N, bias, accumulate, y);                       \
+    case 2: return launch<T, NT, 2, GLU>(s, x, M, K, w, N, bias, accumulate, y);                       \
+    case 4: return launch<T, NT, 4, GLU>(s, x, M, K, w, N, bias, accumulate, y);                       \
+    default: return launch<T, NT, 8, GLU>(s, x, M, K, w, N, bias, accumulate, y);                      \
     }
+    if (M <= 16) AN_DECODE_GEMM_SPLIT(2)
+    if (M <= 32) AN_DECODE_GEMM_SPLIT(4)
+    AN_DECODE_GEMM_SPLIT(8)
+#undef AN_DECODE_GEMM_SPLIT
+}
+
+an_status check_rows(an_ctx *ctx, const char *what, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w,
+                     int64_t N) {
+    AN_CHECK(ctx, dtype == AN_BF16 || dtype == AN_F16, AN_ERR_INPUT, "%s: no kernel for %s", what, an_dtype_name(dtype));
+    AN_CHECK(ctx, M >= 1 && M <= AN_CUDA_DECODE_GEMM_MAX_ROWS && K >= 8 && K % 8 == 0 && N >= 1 && N <= INT32_MAX / 2 &&
+                      (N + BN - 1) / BN * 8 <= INT32_MAX,
+             AN_ERR_INPUT, "%s: %lld rows (1 to %d), K %lld (a multiple of 8), N %lld", what, (long long)M,
+             AN_CUDA_DECODE_GEMM_MAX_ROWS, (long long)K, (long long)N);
+    AN_CHECK(ctx, (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0, AN_ERR_INPUT, "%s: x and W must be 16-byte aligned",
+             what);
+    return AN_OK;
 }
 
 } // namespace
 
+extern "C" int an_cuda_decode_gemm_rule(an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w) {
+    return (dtype == AN_BF16 || dtype == AN_F16) && M > AN_CUDA_GEMV_RULE_ROWS && M <= AN_CUDA_DECODE_GEMM_RULE_ROWS &&
+           K >= 8 && K % 8 == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0;
+}
+
 extern "C" an_status an_cuda_gemm_decode(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
                                          const void *w, int64_t N, const void *bias, int accumulate, void *y) {
     AN_CUDA_STATE(ctx, s);
-    AN_CHECK(ctx, dtype == AN_BF16 || dtype == AN_F16, AN_ERR_INPUT, "gemm_decode: no kernel for %s",
-             an_dtype_name(dtype));
-    AN_CHECK(ctx, M >= 1 && M <= AN_CUDA_DECODE_GEMM_MAX_ROWS && K >= 8 && K % 8 == 0 && N >= 1 &&
-                      (N + BN - 1) / BN * 8 <= INT32_MAX,
-             AN_ERR_INPUT, "gemm_decode: %lld rows (1 to %d), K %lld (a multiple of 8), N %lld", (long long)M,
-             AN_CUDA_DECODE_GEMM_MAX_ROWS, (long long)K, (long long)N);
-    AN_CHECK(ctx, (uintptr_t)x % 16 == 0 && (uintptr_t)w % 16 == 0, AN_ERR_INPUT,
-             "gemm_decode: x and W must be 16-byte aligned");
-    const int split = split_of(s, N, K);
-    cudaError_t err = cudaSuccess;
-    if (dtype == AN_BF16) {
-        typedef __nv_bfloat16 T;
-        const T *xt = (const T *)x, *wt = (const T *)w, *bt = (const T *)bias;
-        err = M <= 16   ? launch_split<T, 2>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y)
-              : M <= 32 ? launch_split<T, 4>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y)
-                        : launch_split<T, 8>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y);
-    } else {
-        typedef __half T;
-        const T *xt = (const T *)x, *wt = (const T *)w, *bt = (const T *)bias;
-        err = M <= 16   ? launch_split<T, 2>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y)
-              : M <= 32 ? launch_split<T, 4>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y)
-                        : launch_split<T, 8>(s, split, xt, M, K, wt, N, bt, accumulate != 0, (T *)y);
-    }
+    AN_TRY(check_rows(ctx, "gemm_decode", dtype, x, M, K, w, N));
+    cudaError_t err = dtype == AN_BF16
+                          ? launch_rows<__nv_bfloat16, false>(s, (const __nv_bfloat16 *)x, M, K, (const __nv_bfloat16 *)w,
+                                                              N, (const __nv_bfloat16 *)bias, accumulate != 0,
+                                                              (__nv_bfloat16 *)y)
+                          : launch_rows<__half, false>(s, (const __half *)x, M, K, (const __half *)w, N,
+                                                       (const __half *)bias, accumulate != 0, (__half *)y);
+    AN_CUDA_CHECK(ctx, err);
+    return AN_OK;
+}
+
+extern "C" an_status an_cuda_gemm_decode_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                                const void *gate_up, int64_t N, void *y) {
+    AN_CUDA_STATE(ctx, s);
+    AN_TRY(check_rows(ctx, "gemm_decode_swiglu", dtype, x, M, K, gate_up, N));
+    cudaError_t err = dtype == AN_BF16
+                          ? launch_rows<__nv_bfloat16, true>(s, (const __nv_bfloat16 *)x, M, K,
+                                                             (const __nv_bfloat16 *)gate_up, N, nullptr, false,
+                                                             (__nv_bfloat16 *)y)
+                          : launch_rows<__half, true>(s, (const __half *)x, M, K, (const __half *)gate_up, N, nullptr,
+                                                      false, (__half *)y);
     AN_CUDA_CHECK(ctx, err);
     return AN_OK;
 }

@@ -450,7 +450,7 @@ static void check_model(const char *family, an_dtype dtype, double tol_fused, do
     an_ctx *ctx = test_gpu_ctx(7, "cuda fused decode block");
     if (!ctx) return;
     an_model *gpu = test_fixture_model(ctx, family, dtype, AN_CUDA), *cpu = test_fixture_model(ctx, family, AN_F32, AN_CPU);
-    const int64_t batches[] = {1, 2, 3, 8, 32}; /* the GEMV kernels at 1 and 2 rows a step, cuBLASLt past that */
+    const int64_t batches[] = {1, 2, 3, 8, 32}; /* GEMV at 1-2 rows, gemm_decode at 3-16, cuBLASLt past */
     for (int bi = 0; bi < 5; bi++) {
         int64_t B = batches[bi], T0 = 7 + 2 * bi; /* odd prompt lengths */
         int64_t n = B * T0 + 3 * B;

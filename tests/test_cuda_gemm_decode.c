@@ -203,6 +203,65 @@ START_TEST(test_cuda_gemm_decode_is_deterministic_in_graphs_and_routed) {
 }
 END_TEST
 
+/* an_cuda_gemm_decode_swiglu: y = silu(g) u for g, u the gate and up halves of x W^T over the
+ * stacked (2N, K) weights, each rounded to the dtype first. Against float64 (g and u rounded as the
+ * dtype rounds, bound as above on each and on the product), and bit for bit against the two-step
+ * path the decode block takes otherwise (an_cuda_gemm_decode into (M, 2N), then
+ * an_cuda_swiglu_rows). M 3-64, N 8 / 40 / 8960 (a ragged last tile), K 64 / 1536. */
+START_TEST(test_cuda_gemm_decode_swiglu_matches_the_reference_and_the_two_step_path) {
+    an_ctx *ctx = gpu_ctx(35, "cuda gemm_decode_swiglu");
+    if (!ctx) return;
+    const int64_t shapes[][3] = {{3, 8, 64}, {8, 40, 1536}, {16, 8960, 1536}, {5, 8960, 64}, {33, 40, 1536}, {64, 8, 64}};
+    const an_dtype dtypes[] = {AN_BF16, AN_F16};
+    for (int d = 0; d < 2; d++)
+        for (int si = 0; si < COUNT(shapes); si++) {
+            an_dtype dtype = dtypes[d];
+            int64_t M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            test_pair x = test_pair_uniform(ctx, dtype, 2, (int64_t[]){M, K}, -1, 1);
+            test_pair w = test_pair_uniform(ctx, dtype, 2, (int64_t[]){2 * N, K}, -1, 1);
+            an_tensor *y = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){M, N});
+            an_tensor *gu = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){M, 2 * N});
+            an_tensor *y2 = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){M, N});
+            test_ok(ctx, an_cuda_gemm_decode_swiglu(ctx, dtype, an_tensor_data(x.dev), M, K, an_tensor_data(w.dev), N,
+                                                    an_tensor_data(y)),
+                    "gemm_decode_swiglu");
+            test_ok(ctx, an_cuda_gemm_decode(ctx, dtype, an_tensor_data(x.dev), M, K, an_tensor_data(w.dev), 2 * N, NULL,
+                                             0, an_tensor_data(gu)),
+                    "gemm_decode");
+            test_ok(ctx, an_cuda_swiglu_rows(ctx, dtype, an_tensor_data(gu), M, N, an_tensor_data(y2)), "swiglu_rows");
+            double *got = test_download(ctx, y), *two = test_download(ctx, y2), *gup = test_download(ctx, gu);
+            expect_same_bits(got, two, M * N, "fused against GEMM + swiglu_rows");
+            double *dot = calloc((size_t)(M * 2 * N), sizeof *dot);
+            for (int64_t n = 0; n < 2 * N; n++)
+                for (int64_t r = 0; r < M; r++) {
+                    double acc = 0;
+                    for (int64_t k = 0; k < K; k++) acc += x.v[r * K + k] * w.v[n * K + k];
+                    dot[r * 2 * N + n] = acc;
+                }
+            double rtol = rtol_of(dtype);
+            for (int64_t r = 0; r < M; r++)
+                for (int64_t n = 0; n < N; n++) {
+                    double g = dot[r * 2 * N + n], u = dot[r * 2 * N + N + n];
+                    double gb = rtol * (fabs(g) + sqrt((double)K)), ub = rtol * (fabs(u) + sqrt((double)K));
+                    /* the GEMM's rounded halves are within bound of float64, and y is their swiglu */
+                    ck_assert_msg(fabs(gup[r * 2 * N + n] - g) <= gb && fabs(gup[r * 2 * N + N + n] - u) <= ub,
+                                  "%s M %lld N %lld K %lld: gate/up [%lld, %lld] off", an_dtype_name(dtype), (long long)M,
+                                  (long long)N, (long long)K, (long long)r, (long long)n);
+                    double gr = gup[r * 2 * N + n], ur = gup[r * 2 * N + N + n];
+                    double want = gr / (1.0 + exp(-gr)) * ur;
+                    ck_assert_msg(!isnan(got[r * N + n]) && fabs(got[r * N + n] - want) <= rtol * (fabs(want) + 1e-3),
+                                  "%s M %lld N %lld K %lld: y[%lld, %lld] is %.9g, expected %.9g", an_dtype_name(dtype),
+                                  (long long)M, (long long)N, (long long)K, (long long)r, (long long)n, got[r * N + n],
+                                  want);
+                }
+            free(dot), free(got), free(two), free(gup);
+            an_tensor_release(y), an_tensor_release(gu), an_tensor_release(y2);
+            test_pair_release(x), test_pair_release(w);
+        }
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* What the kernel does not take is an input error, not a silent fallback. */
 START_TEST(test_cuda_gemm_decode_refuses_what_it_does_not_take) {
     an_ctx *ctx = gpu_ctx(34, "cuda gemm_decode errors");
@@ -230,6 +289,7 @@ int main(void) {
     test_add_case(s, "bf16", test_cuda_gemm_decode_bf16_matches_the_reference);
     test_add_case(s, "f16", test_cuda_gemm_decode_f16_matches_the_reference);
     test_add_case(s, "determinism", test_cuda_gemm_decode_is_deterministic_in_graphs_and_routed);
+    test_add_case(s, "swiglu", test_cuda_gemm_decode_swiglu_matches_the_reference_and_the_two_step_path);
     test_add_case(s, "errors", test_cuda_gemm_decode_refuses_what_it_does_not_take);
     return test_run(s);
 }

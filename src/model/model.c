@@ -362,7 +362,8 @@ static an_status decode_mlp_act(an_ctx *ctx, const an_layer *l, const an_tensor 
  * Launches: q/k/v with bias, rope and the cache write (one kernel at most AN_CUDA_GEMV_RULE_ROWS
  * tokens, else norm + one GEMM over the stacked q | k | v + one kernel), attention, o_proj adding
  * into x, norm + gate + up + swiglu (one GEMV at most AN_CUDA_GEMV_RULE_ROWS tokens, else norm +
- * one GEMM over the stacked gate | up + swiglu), down_proj adding into x. */
+ * one GEMM over the stacked gate | up + swiglu, the swiglu in that GEMM's epilogue at 3-16 rows:
+ * an_cuda_gemm_decode_swiglu), down_proj adding into x. */
 static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, const cache_step *cs) {
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
@@ -384,10 +385,19 @@ static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, con
             st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
                               "decode block: gate and up must be bias-free and of one shape");
         hn = st == AN_OK ? an_rmsnorm(ctx, x, l->post_attention_layernorm, c->rms_norm_eps) : NULL;
-        gate_up = hn ? an_tensor_new(ctx, x->dtype, AN_CUDA, 2, (int64_t[]){b * t, 2 * inter}) : NULL;
-        act = gate_up ? an_tensor_new(ctx, x->dtype, AN_CUDA, 3, (int64_t[]){b, t, inter}) : NULL;
-        if (st == AN_OK) st = act ? project_stacked(ctx, hn, w, 2, gate_up, b * t) : an_error_status(ctx);
-        if (st == AN_OK) st = an_cuda_swiglu_rows(ctx, x->dtype, an_tensor_data(gate_up), b * t, inter, an_tensor_data(act));
+        act = hn ? an_tensor_new(ctx, x->dtype, AN_CUDA, 3, (int64_t[]){b, t, inter}) : NULL;
+        if (st == AN_OK && !act) st = an_error_status(ctx);
+        const bool fused = st == AN_OK && stacked(w, 2) &&
+                           an_cuda_decode_gemm_rule(x->dtype, an_tensor_data(hn), b * t, hn->shape[2], an_tensor_data(w[0]));
+        if (fused) { /* 3-16 rows: the swiglu in the decode GEMM's epilogue */
+            st = an_cuda_gemm_decode_swiglu(ctx, x->dtype, an_tensor_data(hn), b * t, hn->shape[2], an_tensor_data(w[0]),
+                                            inter, an_tensor_data(act));
+        } else if (st == AN_OK) {
+            gate_up = an_tensor_new(ctx, x->dtype, AN_CUDA, 2, (int64_t[]){b * t, 2 * inter});
+            st = gate_up ? project_stacked(ctx, hn, w, 2, gate_up, b * t) : an_error_status(ctx);
+            if (st == AN_OK)
+                st = an_cuda_swiglu_rows(ctx, x->dtype, an_tensor_data(gate_up), b * t, inter, an_tensor_data(act));
+        }
     }
     if (st == AN_OK) st = project_into(ctx, act, l->down_proj.weight, x, b * t);
     an_tensor_release(q), an_tensor_release(attn);
