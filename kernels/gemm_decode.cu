@@ -1,7 +1,7 @@
 /* gemm_decode.cu — y (M, N) = x (M, K) W^T (+ bias) for W (N, K) and the few rows of a batched
  * decode step, AN_CUDA_GEMV_RULE_ROWS < M <= AN_CUDA_DECODE_GEMM_MAX_ROWS (64), bf16 and f16, on
  * tensor cores. At these M the time is one read of W; cuBLASLt's tiles, sized for large M, stream
- * the batch-32 projections at 0.7-2.3 TB/s (docs/performance.md). The contract is an_cuda_gemv's:
+ * the decode projections at 1.0-2.4 TB/s (docs/performance.md). The contract is an_cuda_gemv's:
  * fp32 accumulation, the bias (N, or none) and with `accumulate` the old y added in fp32
  * ((sum + bias) + old), one rounding to the dtype. Launched with Programmatic Dependent Launch
  * (kernels/pdl.cuh): a block's first stages of W are in flight before an_pdl_wait, x after.
@@ -11,8 +11,8 @@
  * thread issues a stage's two box copies, an mbarrier counts their bytes; STAGES deep; the
  * 128-byte swizzle puts chunk c of row r at c ^ (r % 8), so ldmatrix reads are conflict-free;
  * rows past N or M and k past K arrive as zeros); x's stage (MT = 8 NT rows) sits beside W's,
- * read once a block, not once a warp (the earlier
- * skinny kernel's x traffic grew with M and lost to cuBLASLt at batch 32). Warp (wn, wk) takes W
+ * read once a block, not once a warp (an earlier skinny kernel's x traffic grew with M, and a
+ * version of this one with 16-byte cp.async stages lost everywhere). Warp (wn, wk) takes W
  * rows 16 wn .. 16 wn + 15 as the A operand of mma.sync m16n8k16 and tokens as B, over the k16
  * steps wk, wk + WK, .. of each stage. S blocks of a thread-block cluster split K (chunks of 64:
  * the small projections have too few rows to fill the card otherwise).
@@ -23,9 +23,13 @@
  * K must be a multiple of 8 (the tensor maps' row pitch is a multiple of 16 bytes) and x, W
  * 16-byte aligned; the launcher checks.
  *
- * bench/gemv_variants.cu includes this file with AN_DECODE_GEMM_KERNEL_ONLY defined to time the
- * kernel template at other shapes; it then supplies an_pdl_wait, an_pdl_trigger, an_load and
- * an_store itself. */
+ * The epilogue can instead form the swiglu of a stacked gate | up GEMM (the kernel's GLU form,
+ * an_cuda_gemm_decode_swiglu). an_cuda_gemm routes 3-16 rows here: at 32 rows cuBLASLt won a
+ * batch-32 decode step (kernels/cuda.h has the numbers).
+ *
+ * bench/gemm_decode_variants.cu includes this file with AN_DECODE_GEMM_KERNEL_ONLY defined to
+ * time the kernel template at other shapes; it then supplies an_pdl_wait, an_pdl_trigger, an_load
+ * and an_store itself. */
 #ifndef AN_DECODE_GEMM_KERNEL_ONLY
 #include "kernels/cuda_common.cuh"
 #include "kernels/pdl.cuh" /* an_launch_pdl_smem, an_pdl_wait, an_pdl_trigger */
