@@ -1,6 +1,6 @@
 /* gemm_decode.cu — y (M, N) = x (M, K) W^T (+ bias) for W (N, K) and the few rows of a batched
- * decode step, AN_CUDA_GEMV_RULE_ROWS < M <= AN_CUDA_DECODE_GEMM_MAX_ROWS (64), bf16 and f16, on
- * tensor cores. At these M the time is one read of W; cuBLASLt's tiles, sized for large M, stream
+ * decode step, 1 <= M <= AN_CUDA_DECODE_GEMM_MAX_ROWS (64; an_cuda_gemm sends 3-16), bf16 and
+ * f16, on tensor cores. At these M the time is one read of W; cuBLASLt's tiles, sized for large M, stream
  * the decode projections at 1.0-2.4 TB/s (docs/performance.md). The contract is an_cuda_gemv's:
  * fp32 accumulation, the bias (N, or none) and with `accumulate` the old y added in fp32
  * ((sum + bias) + old), one rounding to the dtype. Launched with Programmatic Dependent Launch
