@@ -186,7 +186,12 @@ int main(int argc, char **argv) {
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));
     sms = p.multiProcessorCount;
-    CK(decode_gemm::get_encoder(&encoder));
+    {
+        cudaDriverEntryPointQueryResult q;
+        void *fn = nullptr;
+        CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
+        encoder = (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    }
     printf("%s L2 %d MB SMs %d\n", p.name, p.l2CacheSize >> 20, sms);
     bf *x, *y;
     float *yr;

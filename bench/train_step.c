@@ -8,6 +8,9 @@
  *                    [--peak-tflops X (the MFU denominator; 989, dense bf16 of an H100/H200 SXM)]
  *                    [--loss-chunk N (rows of logits per chunk of the fused loss; 0: its default)]
  *                    [--attention-nondeterministic (cuDNN's atomic dQ backward, not bit-reproducible)]
+ *                    [--no-wgmma (cuBLASLt and separate kernels where kernels/gemm_wgmma.cu would run)]
+ *                    [--ab-wgmma (steps alternate with and without them; both rates printed: an A/B under
+ *                     the same clocks and temperature, where separate runs differ by 2-3%)]
  *
  * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
  * them, so with --adapter (the peer's initial adapter) both runs start from the same point and
@@ -42,7 +45,7 @@ int main(int argc, char **argv) {
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
-    bool checkpointing = false, attention_nondeterministic = false;
+    bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -59,6 +62,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--peak-tflops") && i + 1 < argc) peak_tflops = atof(argv[++i]);
         else if (!strcmp(argv[i], "--loss-chunk") && i + 1 < argc) loss_opts.chunk_rows = atol(argv[++i]);
         else if (!strcmp(argv[i], "--attention-nondeterministic")) attention_nondeterministic = true;
+        else if (!strcmp(argv[i], "--no-wgmma")) no_wgmma = true;
+        else if (!strcmp(argv[i], "--ab-wgmma")) ab_wgmma = true;
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -71,7 +76,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", an_error_message(ctx));
         return 1;
     }
-    if (attention_nondeterministic && an_cuda_set_attention_cudnn_deterministic(ctx, false) != AN_OK) {
+    if ((attention_nondeterministic && an_cuda_set_attention_cudnn_deterministic(ctx, false) != AN_OK) ||
+        (no_wgmma && an_cuda_set_wgmma(ctx, false) != AN_OK)) {
         fprintf(stderr, "%s\n", an_error_message(ctx));
         return 1;
     }
@@ -104,9 +110,13 @@ int main(int argc, char **argv) {
     double P = (double)an_model_config_num_params(&m->config);
     double attn = 2.0 * 2.0 * (double)m->config.num_layers * (double)seq * (double)(m->config.num_heads * m->config.head_dim);
     double flops_per_token = (rank > 0 ? 4.0 : 6.0) * P + (rank > 0 ? 2.0 : 3.0) * attn / 2.0;
-    double total = 0;
-    int measured = 0;
+    double total = 0, ab_total[2] = {0, 0};
+    int measured = 0, ab_measured[2] = {0, 0};
     for (long s = 0; s < steps + 2 + (profile ? 1 : 0); s++) {
+        if (ab_wgmma && an_cuda_set_wgmma(ctx, s % 2 == 0) != AN_OK) {
+            fprintf(stderr, "%s\n", an_error_message(ctx));
+            return 1;
+        }
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
         an_mem_reset_peak(ctx, device);
         if (profile && s == steps + 2) an_profile_begin(ctx); /* an extra last step: syncing after every op slows it */
@@ -140,9 +150,18 @@ int main(int argc, char **argv) {
             printf("per-op time of step %ld (synchronised after every op, so slower than the step above):\n", s);
             an_profile_print(ctx, stdout);
             an_profile_end(ctx);
-        } else if (s >= 2) total += dt, measured++; /* two warm-up steps */
+        } else if (s >= 2) { /* two warm-up steps */
+            total += dt, measured++;
+            ab_total[s % 2] += dt, ab_measured[s % 2]++;
+        }
         printf("step %ld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, peak %.2f GiB\n", s, dt,
                t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
+    }
+    if (ab_wgmma && ab_measured[0] && ab_measured[1]) {
+        double on = (double)(batch * seq) * ab_measured[0] / ab_total[0];
+        double off = (double)(batch * seq) * ab_measured[1] / ab_total[1];
+        printf("ab-wgmma: with %.0f tokens/s (%d steps), without %.0f tokens/s (%d steps): %.4fx\n", on, ab_measured[0],
+               off, ab_measured[1], on / off);
     }
     double tps = (double)(batch * seq) * measured / total;
     double tflops = tps * flops_per_token / 1e12;

@@ -69,6 +69,9 @@ an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *by
 /* Whether the decode-step kernels launch with programmatic dependent launch (kernels/pdl.cuh; on
  * by default): off only to measure what it gains. */
 an_status an_cuda_set_pdl(an_ctx *ctx, int on);
+/* Whether the Hopper GEMMs of kernels/gemm_wgmma.cu run where they apply (on by default on
+ * compute capability 9.0, which alone can turn it on): off only to measure what they gain. */
+an_status an_cuda_set_wgmma(an_ctx *ctx, bool on);
 /* Whether unsegmented bf16/f16 attention with head_dim 64 or 128 runs on cuDNN's fused flash
  * attention (kernels/attention_cudnn.cu; on by default) or on our tensor-core kernels
  * (kernels/attention_mma.cu): off to compare the two. */
@@ -186,6 +189,31 @@ an_status an_cuda_gemm_decode_swiglu(an_ctx *ctx, an_dtype dtype, const void *x,
                                      const void *gate_up, int64_t N, void *y);
 /* 1 when an_cuda_gemm takes the decode GEMM for x (M, K) W^T (its rule above), else 0. */
 int an_cuda_decode_gemm_rule(an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w);
+
+/* gate (M, N) = x (M, K) W_gate^T, up = x W_up^T and act = silu(gate) up for W_gate, W_up (N, K),
+ * each rounded to the dtype, in one launch of kernels/gemm_wgmma.cu's Hopper GEMM: fp32
+ * accumulation over k in order, the swiglu in the epilogue formed from the rounded gate and up
+ * exactly as an_cuda_swiglu forms it (the same bits as the GEMMs + an_cuda_swiglu wherever the
+ * GEMMs agree; cuBLASLt's did at every training shape measured). The training MLP's forward: on an
+ * H100 at 8192 x 8960 x 1536, 697 us against 818 for cuBLASLt's two GEMMs and the swiglu pass
+ * (bench/gemm_wgmma_variants). Only where an_cuda_gemm_swiglu_rule allows. */
+an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w_gate,
+                              const void *w_up, int64_t N, void *gate, void *up, void *act);
+/* The gradient of silu(gate) up through y = act W^T: d act = dy (M, K) w (K, N) for w (K, N) row-major
+ * (the down projection's weight, K = its outputs), then dgate = d act u silu'(gate) and dup = d act
+ * silu(gate), each rounded to the dtype, in one launch (the same kernel, the swiglu gradient in its
+ * epilogue: d act rounded to the dtype first, then an_cuda_swiglu_backward's formula, so the same
+ * bits as an_cuda_gemm + an_cuda_swiglu_backward wherever the GEMMs agree). gate, up, dgate, dup (M,
+ * N). On an H100 at 8192 x 8960 x 1536: 500 us against 549 for cuBLASLt's GEMM and the separate
+ * pass (bench/gemm_wgmma_variants). Only where an_cuda_gemm_swiglu_rule allows (its M, K, N). */
+an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
+                                       const void *w, int64_t N, const void *gate, const void *up, void *dgate,
+                                       void *dup);
+/* 1 when ctx's device runs gemm_wgmma.cu's kernels (compute capability 9.0) and the operands fit
+ * its tensor maps: bf16 or f16, K and N multiples of 8, M, N, K below 2^31, every one of the n_ptrs
+ * pointers 16-byte aligned; else 0. */
+int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
+                             int n_ptrs);
 
 /* Attention (kernels/attention.cu): causal, grouped-query, packed documents, as an_attention in
  * autograd/ops.h defines it. q (B, T, Hq, D) and k, v (B, T, Hkv, D) of dtype (f32, bf16, f16),

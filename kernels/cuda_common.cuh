@@ -31,7 +31,10 @@ struct an_cuda_state {
     void *scratch;             /* reduction partials (grown on demand from the cache; see an_cuda_scratch) */
     size_t scratch_bytes;
     int sm_count;              /* multiprocessors, to size grids */
-    void *tensor_map_encode;   /* the driver's cuTensorMapEncodeTiled, looked up on first use (gemm_decode.cu) */
+    void *tensor_map_encode;   /* the driver's cuTensorMapEncodeTiled, looked up on first use
+                                  (an_cuda_tensor_map_encoder, gemm_decode.cu) */
+    int wgmma;                 /* 1: compute capability 9.0, whose sm_90a code runs gemm_wgmma.cu's kernels */
+    int wgmma_off;             /* 1: they do not run (an_cuda_set_wgmma, for measurement) */
     double peak_bandwidth;     /* bytes/s of device memory: 2 x memory clock x bus width (kernel rules) */
     struct an_gemm_plan *plans; /* AN_GEMM_PLAN_SLOTS cached GEMM plans (gemm.cu) */
     int plan_next;             /* next slot to overwrite when the cache is full */
@@ -97,6 +100,9 @@ const char *an_cublas_status_string(cublasStatus_t status);
 /* A device buffer of at least `bytes` owned by the state, valid until the next an_cuda_scratch
  * call; reuse is ordered by the single stream. */
 an_status an_cuda_scratch(an_ctx *ctx, size_t bytes, void **out);
+/* The driver's cuTensorMapEncodeTiled (as void *: cudaTypedefs.h's PFN_cuTensorMapEncodeTiled_v12000)
+ * through the runtime's entry-point query, cached in the state (gemm_decode.cu). */
+cudaError_t an_cuda_tensor_map_encoder(an_cuda_state *s, void **out);
 /* Releases the cached GEMM plans (gemm.cu); called by an_cuda_state_free. */
 void an_cuda_gemm_plans_free(an_cuda_state *state);
 

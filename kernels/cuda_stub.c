@@ -49,6 +49,10 @@ an_status an_cuda_set_pdl(an_ctx *ctx, int on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_wgmma(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
@@ -349,6 +353,22 @@ an_status an_cuda_gemm_decode_swiglu(an_ctx *ctx, an_dtype dtype, const void *x,
                                      const void *gate_up, int64_t N, void *y) {
     (void)dtype, (void)x, (void)M, (void)K, (void)gate_up, (void)N, (void)y;
     return NO_CUDA(ctx);
+}
+an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w_gate,
+                              const void *w_up, int64_t N, void *gate, void *up, void *act) {
+    (void)dtype, (void)x, (void)M, (void)K, (void)w_gate, (void)w_up, (void)N, (void)gate, (void)up, (void)act;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
+                                       const void *w, int64_t N, const void *gate, const void *up, void *dgate,
+                                       void *dup) {
+    (void)dtype, (void)dy, (void)M, (void)K, (void)w, (void)N, (void)gate, (void)up, (void)dgate, (void)dup;
+    return NO_CUDA(ctx);
+}
+int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
+                             int n_ptrs) {
+    (void)ctx, (void)dtype, (void)M, (void)K, (void)N, (void)ptrs, (void)n_ptrs;
+    return 0;
 }
 int an_cuda_decode_gemm_rule(an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w) {
     (void)dtype, (void)x, (void)M, (void)K, (void)w;

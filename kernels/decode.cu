@@ -32,6 +32,7 @@
  * while the kernel before them finishes, then wait for it before reading x. */
 #include "kernels/block_reduce.cuh" /* an_lanes_sum */
 #include "kernels/cuda_common.cuh"
+#include "kernels/silu.cuh" /* an_silu */
 #include "kernels/vec.cuh" /* an_vec_width, an_unpack16, an_load_stream16 */
 #include "kernels/pdl.cuh" /* an_launch_pdl: every kernel here waits (an_pdl_wait) before reading activations */
 
@@ -232,7 +233,7 @@ __global__ void __launch_bounds__(kSwigluWarps * 32) norm_swiglu_kernel(NormSwig
     /* gate and up rounded to the dtype as their projections write them, then swiglu's formula */
     const float gate = an_load(an_store<T>(gu[0] * rstd + (a.bg ? an_load(a.bg[n]) : 0.0f)));
     const float up = an_load(an_store<T>(gu[1] * rstd + (a.bu ? an_load(a.bu[n]) : 0.0f)));
-    a.act[(int64_t)lane * a.N + n] = an_store<T>(gate * (1.0f / (1.0f + expf(-gate))) * up);
+    a.act[(int64_t)lane * a.N + n] = an_store<T>(an_silu(gate) * up);
 }
 
 /* ---- rope + cache store ---- */

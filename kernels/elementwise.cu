@@ -7,6 +7,7 @@
  * device. Outputs are written with = (add_into excepted: dst +=). Loads and stores are 16-byte
  * vectors when every pointer allows it, scalar otherwise. */
 #include "kernels/cuda_common.cuh"
+#include "kernels/silu.cuh" /* an_sigmoid */
 
 #include <stdint.h>
 
@@ -30,8 +31,6 @@ template <int N, typename T> __device__ __forceinline__ void store(T *p, const f
     for (int k = 0; k < N; k++) pk.v[k] = an_store<T>(in[k]);
     *reinterpret_cast<Pack<T, N> *>(p) = pk;
 }
-
-__device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 /* Each thread takes packs of N elements (grid-stride); the last, partial pack goes one by one. */
 template <int N, typename Op> __global__ void map_kernel(int64_t n, Op op) {
@@ -135,7 +134,7 @@ template <typename T> struct SwigluOp {
         if (up) load<N>(up + i, u);
 #pragma unroll
         for (int k = 0; k < N; k++) {
-            float silu = g[k] * sigmoid(g[k]);
+            float silu = g[k] * an_sigmoid(g[k]);
             g[k] = up ? silu * u[k] : silu;
         }
         store<N>(out + i, g);
@@ -155,7 +154,7 @@ template <typename T> struct SwigluRowsOp {
         load<N>(g_row, g);
         load<N>(g_row + n, u);
 #pragma unroll
-        for (int k = 0; k < N; k++) g[k] = g[k] * sigmoid(g[k]) * u[k];
+        for (int k = 0; k < N; k++) g[k] = g[k] * an_sigmoid(g[k]) * u[k];
         store<N>(out + i, g);
     }
 };
@@ -170,7 +169,7 @@ template <typename T> struct SwigluBackwardOp {
         if (up) load<N>(up + i, u);
 #pragma unroll
         for (int k = 0; k < N; k++) {
-            float s = sigmoid(g[k]);
+            float s = an_sigmoid(g[k]);
             float silu = g[k] * s;
             float dsilu = s * (1.0f + g[k] * (1.0f - s));
             dg[k] = go[k] * (up ? u[k] : 1.0f) * dsilu;

@@ -35,7 +35,8 @@
 #include "kernels/pdl.cuh" /* an_launch_pdl_smem, an_pdl_wait, an_pdl_trigger */
 #endif
 
-#include "kernels/mma.cuh" /* Mma, ldsm_x4_at */
+#include "kernels/mma.cuh"  /* Mma, ldsm_x4_at */
+#include "kernels/silu.cuh" /* an_silu */
 
 #include <cooperative_groups.h>
 #include <cuda.h>         /* CUtensorMap (the encoder comes from the runtime's driver entry point) */
@@ -200,7 +201,7 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
             T *out = y + token * N + n;
             if constexpr (GLU) {
                 const float g = an_load(an_store<T>(v)), u = an_load(an_store<T>(sum_ranks(token * RS + col + BO)));
-                *out = an_store<T>(g * (1.0f / (1.0f + expf(-g))) * u);
+                *out = an_store<T>(an_silu(g) * u);
             } else {
                 if (bias) v += an_load(bias[n]);
                 *out = an_store<T>(accumulate ? an_load(*out) + v : v);
@@ -227,16 +228,6 @@ cudaError_t encode_map(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap *ma
     return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-/* The driver's tensor-map encoder through the runtime (no link to the driver library). */
-inline cudaError_t get_encoder(PFN_cuTensorMapEncodeTiled_v12000 *out) {
-    cudaDriverEntryPointQueryResult q;
-    void *fn = nullptr;
-    cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q);
-    if (err == cudaSuccess && (q != cudaDriverEntryPointSuccess || !fn)) err = cudaErrorSymbolNotFound;
-    *out = (PFN_cuTensorMapEncodeTiled_v12000)fn;
-    return err;
-}
-
 } // namespace decode_gemm
 
 #ifndef AN_DECODE_GEMM_KERNEL_ONLY
@@ -255,14 +246,11 @@ cudaError_t launch(an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *
                    bool accumulate, T *y) {
     constexpr int bytes = smem_bytes<NT, WN, STAGES>();
     auto *k = kernel<T, NT, WN, WK, S, STAGES, GLU>;
+    void *fn = nullptr;
     cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-    if (err == cudaSuccess && !s->tensor_map_encode) {
-        PFN_cuTensorMapEncodeTiled_v12000 fn = nullptr;
-        err = decode_gemm::get_encoder(&fn);
-        s->tensor_map_encode = (void *)fn;
-    }
+    if (err == cudaSuccess) err = an_cuda_tensor_map_encoder(s, &fn);
     CUtensorMap wmap, xmap;
-    const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)s->tensor_map_encode;
+    const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
     constexpr int BO = GLU ? BN / 2 : BN; /* output columns a tile */
     if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &wmap, w, GLU ? 2 * N : N, K, BO);
     if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &xmap, x, M, K, 8 * NT);
@@ -311,6 +299,20 @@ an_status check_rows(an_ctx *ctx, const char *what, an_dtype dtype, const void *
 }
 
 } // namespace
+
+/* Through the runtime: no link to the driver library. */
+cudaError_t an_cuda_tensor_map_encoder(an_cuda_state *s, void **out) {
+    if (!s->tensor_map_encode) {
+        cudaDriverEntryPointQueryResult q;
+        void *fn = nullptr;
+        cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q);
+        if (err == cudaSuccess && (q != cudaDriverEntryPointSuccess || !fn)) err = cudaErrorSymbolNotFound;
+        if (err != cudaSuccess) return err;
+        s->tensor_map_encode = fn;
+    }
+    *out = s->tensor_map_encode;
+    return cudaSuccess;
+}
 
 extern "C" int an_cuda_decode_gemm_rule(an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w) {
     return (dtype == AN_BF16 || dtype == AN_F16) && M > AN_CUDA_GEMV_RULE_ROWS && M <= AN_CUDA_DECODE_GEMM_RULE_ROWS &&

@@ -85,6 +85,12 @@ an_cuda_state *an_cuda_state_new(int index, char *why, size_t why_size) {
     WHY_CHECK(cudaSetDevice(index));
     WHY_CHECK(cudaDeviceGetAttribute(&s->sm_count, cudaDevAttrMultiProcessorCount, index));
     {
+        int major = 0, minor = 0;
+        WHY_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+        WHY_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+        s->wgmma = major == 9 && minor == 0;
+    }
+    {
         int mem_khz = 0, bus_bits = 0;
         WHY_CHECK(cudaDeviceGetAttribute(&mem_khz, cudaDevAttrMemoryClockRate, index));
         WHY_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, index));
@@ -258,6 +264,12 @@ an_status an_cuda_memcpy_2d(an_ctx *ctx, void *dst, size_t dst_pitch, const void
 an_status an_cuda_set_pdl(an_ctx *ctx, int on) {
     AN_CUDA_STATE(ctx, s);
     s->no_pdl = !on;
+    return AN_OK;
+}
+
+an_status an_cuda_set_wgmma(an_ctx *ctx, bool on) {
+    AN_CUDA_STATE(ctx, s);
+    s->wgmma_off = !on;
     return AN_OK;
 }
 

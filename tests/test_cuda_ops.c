@@ -1,5 +1,5 @@
 /* test_cuda_ops.c — the CUDA paths of embedding, rmsnorm, rope, softmax, cross_entropy,
- * log_softmax_gather and linear_cross_entropy, forward and backward, against the CPU path on the
+ * log_softmax_gather, linear_cross_entropy and swiglu_mlp, forward and backward, against the CPU path on the
  * same fresh random inputs, at awkward shapes (one row, odd D, V not a multiple of anything,
  * chunk_rows not dividing N, ignored targets, packed and long positions), in f32, bf16 and f16.
  *
@@ -37,7 +37,7 @@
 
 static const an_dtype float_dtypes[] = {AN_F32, AN_BF16, AN_F16};
 #define N_DTYPES 3
-#define MAX_IN 4
+#define MAX_IN 5
 
 static double rtol_of(an_dtype dtype) { return dtype == AN_F32 ? 1e-5 : dtype == AN_BF16 ? 1e-2 : 2e-3; }
 
@@ -939,6 +939,128 @@ START_TEST(test_cuda_add_rmsnorm_matches_cpu_and_the_unfused_kernels) {
 }
 END_TEST
 
+/* ---- swiglu_mlp: the gated MLP, its GEMMs fused with the swiglu and its gradient ---- */
+
+static an_tensor *swiglu_mlp_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    (void)user;
+    return an_swiglu_mlp(ctx, in[0], in[1], in[2], in[3], in[4]);
+}
+
+/* x (rows, in), W_gate and W_up (inter, in), W_down (out, inter), residual (rows, out). The fused
+ * kernels take in, inter and out multiples of 8 in bf16 and f16 on compute capability 9.0: one row,
+ * ragged row and column tiles, k past one stage, the 1.5B model's width; {5, 12, 20, 6} and f32
+ * take the separate ops. */
+static const int64_t mlp_cases[][4] = {{1, 8, 8, 8},        {210, 64, 136, 64}, {300, 1096, 392, 72},
+                                       {129, 64, 200, 128}, {5, 12, 20, 6},     {64, 1536, 72, 1536}};
+
+/* A fresh poisoned (rows, cols) tensor on the GPU. */
+static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int64_t rows, int64_t cols) {
+    return test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){rows, cols});
+}
+
+/* The op against the CPU (forward and the five gradients); then both launchers with poisoned
+ * outputs: an_cuda_gemm_swiglu's gate and up within the GEMM bound of cuBLASLt's, its act bit for
+ * bit an_cuda_swiglu of its own gate and up; an_cuda_gemm_swiglu_backward's dgate and dup within
+ * the bound of cuBLASLt's d act GEMM + an_cuda_swiglu_backward; the same bits on a repeat; a shape
+ * the kernels cannot take is an input error naming the launcher. */
+START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
+    an_ctx *ctx = gpu_ctx(12, "cuda swiglu_mlp");
+    if (!ctx) return;
+    char what[160], w2[220];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof mlp_cases / sizeof *mlp_cases; c++) {
+            an_dtype dtype = float_dtypes[d];
+            int64_t rows = mlp_cases[c][0], in = mlp_cases[c][1], n = mlp_cases[c][2], out = mlp_cases[c][3];
+            an_tensor *x = test_uniform(ctx, dtype, 2, (int64_t[]){rows, in}, -1, 1, true);
+            an_tensor *wg = test_uniform(ctx, dtype, 2, (int64_t[]){n, in}, -0.5, 0.5, true);
+            an_tensor *wu = test_uniform(ctx, dtype, 2, (int64_t[]){n, in}, -0.5, 0.5, true);
+            an_tensor *wd = test_uniform(ctx, dtype, 2, (int64_t[]){out, n}, -0.5, 0.5, true);
+            an_tensor *res = test_uniform(ctx, dtype, 2, (int64_t[]){rows, out}, -1, 1, true);
+            fmt(what, sizeof what, "swiglu_mlp %s rows %lld in %lld inter %lld out %lld", an_dtype_name(dtype),
+                (long long)rows, (long long)in, (long long)n, (long long)out);
+            double rtol = rtol_of(dtype);
+            gpu_run r = run_both(ctx, swiglu_mlp_fn, NULL, (an_tensor *[]){x, wg, wu, wd, res}, 5, 2 * rtol, 2 * rtol,
+                                 0.0, what);
+            const void *fwd[] = {an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), an_tensor_data(r.in[2]),
+                                 an_tensor_data(r.out), an_tensor_data(r.out), an_tensor_data(r.out)};
+            bool fused = r.ok && an_cuda_gemm_swiglu_rule(ctx, dtype, rows, in, n, fwd, 6);
+            if (r.ok && dtype != AN_F32 && in % 8 == 0 && n % 8 == 0 && !fused)
+                printf("SKIP %s: the device does not run the fused kernels (compute capability 9.0 only)\n", what);
+            if (fused) {
+                an_tensor *o[2][3], *ref[3];
+                for (int k = 0; k < 2; k++) {
+                    for (int i = 0; i < 3; i++) o[k][i] = poisoned(ctx, dtype, rows, n);
+                    test_ok(ctx, an_cuda_gemm_swiglu(ctx, dtype, fwd[0], rows, in, fwd[1], fwd[2], n, an_tensor_data(o[k][0]),
+                                                     an_tensor_data(o[k][1]), an_tensor_data(o[k][2])),
+                            "an_cuda_gemm_swiglu");
+                }
+                an_gemm_shape shape = {1, rows, n, in, false, true, false, false};
+                for (int i = 0; i < 2; i++) {
+                    ref[i] = poisoned(ctx, dtype, rows, n);
+                    test_ok(ctx, an_cuda_gemm(ctx, &shape, dtype, fwd[0], fwd[1 + i], an_tensor_data(ref[i])), "an_cuda_gemm");
+                    an_tensor *ref_host = to_host(ctx, ref[i]);
+                    expect_like_cpu(ctx, o[0][i], ref_host, rtol, 0.0,
+                                    fmt(w2, sizeof w2, "%s: %s against cuBLASLt", what, i ? "up" : "gate"));
+                    an_tensor_release(ref_host), an_tensor_release(ref[i]);
+                }
+                ref[2] = poisoned(ctx, dtype, rows, n);
+                test_ok(ctx, an_cuda_swiglu(ctx, dtype, an_tensor_data(o[0][0]), an_tensor_data(o[0][1]), rows * n,
+                                            an_tensor_data(ref[2])),
+                        "an_cuda_swiglu");
+                expect_same_bits(ctx, o[0][2], ref[2], fmt(w2, sizeof w2, "%s: act against an_cuda_swiglu", what));
+                for (int i = 0; i < 3; i++) expect_same_bits(ctx, o[0][i], o[1][i], fmt(w2, sizeof w2, "%s: a repeat", what));
+                an_tensor_release(ref[2]);
+
+                /* the backward launcher at dy = R (the upstream gradient), over this gate and up */
+                an_tensor *dg[3], *du[3], *dact = poisoned(ctx, dtype, rows, n);
+                const void *bwd[] = {an_tensor_data(r.upstream), an_tensor_data(r.in[3]), an_tensor_data(o[0][0]),
+                                     an_tensor_data(o[0][1]), an_tensor_data(dact), an_tensor_data(dact)};
+                bool bwd_ok = an_cuda_gemm_swiglu_rule(ctx, dtype, rows, out, n, bwd, 6);
+                for (int k = 0; k < 3; k++) dg[k] = poisoned(ctx, dtype, rows, n), du[k] = poisoned(ctx, dtype, rows, n);
+                for (int k = 0; k < 2 && bwd_ok; k++)
+                    test_ok(ctx, an_cuda_gemm_swiglu_backward(ctx, dtype, bwd[0], rows, out, bwd[1], n, bwd[2], bwd[3],
+                                                              an_tensor_data(dg[k]), an_tensor_data(du[k])),
+                            "an_cuda_gemm_swiglu_backward");
+                if (bwd_ok) {
+                    an_gemm_shape ds = {1, rows, n, out, false, false, false, false}; /* d act = dy @ W_down */
+                    test_ok(ctx, an_cuda_gemm(ctx, &ds, dtype, bwd[0], bwd[1], an_tensor_data(dact)), "an_cuda_gemm d act");
+                    test_ok(ctx, an_cuda_swiglu_backward(ctx, dtype, bwd[2], bwd[3], rows * n, an_tensor_data(dact),
+                                                         an_tensor_data(dg[2]), an_tensor_data(du[2])),
+                            "an_cuda_swiglu_backward");
+                    for (int i = 0; i < 2; i++) {
+                        an_tensor *want = to_host(ctx, i ? du[2] : dg[2]);
+                        expect_like_cpu(ctx, i ? du[0] : dg[0], want, 2 * rtol, 0.0,
+                                        fmt(w2, sizeof w2, "%s: %s against cuBLASLt + swiglu_backward", what, i ? "dup" : "dgate"));
+                        an_tensor_release(want);
+                    }
+                    expect_same_bits(ctx, dg[0], dg[1], fmt(w2, sizeof w2, "%s: dgate on a repeat", what));
+                    expect_same_bits(ctx, du[0], du[1], fmt(w2, sizeof w2, "%s: dup on a repeat", what));
+                }
+                for (int k = 0; k < 3; k++) an_tensor_release(dg[k]), an_tensor_release(du[k]);
+                an_tensor_release(dact);
+                for (int k = 0; k < 2; k++)
+                    for (int i = 0; i < 3; i++) an_tensor_release(o[k][i]);
+            }
+            if (r.ok && dtype != AN_F32 && in % 8) { /* the launchers refuse what the op sends to the separate ops */
+                an_status st = an_cuda_gemm_swiglu(ctx, dtype, fwd[0], rows, in, fwd[1], fwd[2], n, an_tensor_data(r.out),
+                                                   an_tensor_data(r.out), an_tensor_data(r.out));
+                ck_assert_int_eq(st, AN_ERR_INPUT);
+                ck_assert_msg(strstr(an_error_message(ctx), "gemm_swiglu") != NULL, "%s", an_error_message(ctx));
+                an_error_clear(ctx);
+                st = an_cuda_gemm_swiglu_backward(ctx, dtype, an_tensor_data(r.upstream), rows, out, fwd[1], in,
+                                                  fwd[0], fwd[0], an_tensor_data(r.out), an_tensor_data(r.out));
+                ck_assert_int_eq(st, AN_ERR_INPUT);
+                ck_assert_msg(strstr(an_error_message(ctx), "gemm_swiglu_backward") != NULL, "%s", an_error_message(ctx));
+                an_error_clear(ctx);
+            }
+            gpu_run_release(&r);
+            an_tensor_release(x), an_tensor_release(wg), an_tensor_release(wu), an_tensor_release(wd), an_tensor_release(res);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* One test case per area, so CK_RUN_CASE=rope (say) runs one of them. */
 int main(void) {
     Suite *s = suite_create("cuda_ops");
@@ -953,5 +1075,6 @@ int main(void) {
     test_add_case(s, "loss_errors", test_cuda_losses_reject_targets_outside_the_vocabulary);
     test_add_case(s, "log_softmax_gather", test_cuda_log_softmax_gather_matches_cpu);
     test_add_case(s, "linear_cross_entropy", test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks);
+    test_add_case(s, "swiglu_mlp", test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels);
     return test_run(s);
 }

@@ -1,6 +1,7 @@
-/* test_matmul.c — matmul (batched, every transpose combination, shared right operand) and
- * linear (with and without bias, and with a residual): forward against naive float64 loops, f32 through OpenBLAS
- * sgemm, bf16 through the widened path, and float64 gradient checks of every operand. */
+/* test_matmul.c — matmul (batched, every transpose combination, shared right operand),
+ * linear (with and without bias, and with a residual) and the gated MLP (swiglu_linear, swiglu_mlp):
+ * forward against naive float64 loops, f32 through OpenBLAS sgemm, bf16 through the widened path,
+ * and float64 gradient checks of every operand. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +164,105 @@ START_TEST(test_linear_residual) {
 }
 END_TEST
 
+static an_tensor *run_swiglu_mlp(an_ctx *ctx, an_tensor *const *in, void *user) {
+    return an_swiglu_mlp(ctx, in[0], in[1], in[2], in[3], user ? in[4] : NULL);
+}
+static an_tensor *run_swiglu_linear(an_ctx *ctx, an_tensor *const *in, void *user) {
+    (void)user;
+    return an_swiglu_linear(ctx, in[0], in[1], in[2], in[3]);
+}
+
+/* The MLP composed of the ops it replaces: residual + swiglu(x wg^T, x wu^T) wd^T. */
+static an_tensor *composed_mlp(an_ctx *ctx, an_tensor *x, an_tensor *wg, an_tensor *wu, an_tensor *wd, an_tensor *res) {
+    an_tensor *g = an_linear(ctx, x, wg, NULL), *u = an_linear(ctx, x, wu, NULL);
+    an_tensor *a = an_swiglu(ctx, g, u);
+    an_tensor *y = res ? an_linear_residual(ctx, a, wd, NULL, res) : an_linear(ctx, a, wd, NULL);
+    an_tensor_release(g), an_tensor_release(u), an_tensor_release(a);
+    return y;
+}
+
+/* swiglu_mlp and swiglu_linear: forward against float64 loops, gradcheck of every input with and
+ * without the residual; in bf16 the output and every gradient bit for bit those of the ops they
+ * replace (the same rounding points: gate, up, act, d act); shape errors name the operands. */
+START_TEST(test_swiglu_mlp_and_swiglu_linear) {
+    const int64_t b = 2, t = 3, in = 5, inter = 6, out = 4;
+    an_ctx *ctx = test_ctx(400);
+    an_tensor *x = test_uniform(ctx, AN_F64, 3, (int64_t[]){b, t, in}, -1, 1, true);
+    an_tensor *wg = test_uniform(ctx, AN_F64, 2, (int64_t[]){inter, in}, -1, 1, true);
+    an_tensor *wu = test_uniform(ctx, AN_F64, 2, (int64_t[]){inter, in}, -1, 1, true);
+    an_tensor *wd = test_uniform(ctx, AN_F64, 2, (int64_t[]){out, inter}, -1, 1, true);
+    an_tensor *res = test_uniform(ctx, AN_F64, 3, (int64_t[]){b, t, out}, -1, 1, true);
+    an_tensor *y = an_swiglu_mlp(ctx, x, wg, wu, wd, res);
+    ck_assert_msg(y != NULL, "%s", an_error_message(ctx));
+    double want[2 * 3 * 4];
+    for (int64_t r = 0; r < b * t; r++)
+        for (int64_t o = 0; o < out; o++) {
+            double acc = an_tensor_get(res, r * out + o);
+            for (int64_t j = 0; j < inter; j++) {
+                double g = 0, u = 0;
+                for (int64_t i = 0; i < in; i++) {
+                    g += an_tensor_get(x, r * in + i) * an_tensor_get(wg, j * in + i);
+                    u += an_tensor_get(x, r * in + i) * an_tensor_get(wu, j * in + i);
+                }
+                acc += g / (1 + exp(-g)) * u * an_tensor_get(wd, o * inter + j);
+            }
+            want[r * out + o] = acc;
+        }
+    test_assert_close(y, want, 1e-13, 1e-14, "swiglu_mlp forward");
+    an_tensor_release(y);
+    an_tape_clear(ctx);
+    test_assert_gradcheck(ctx, run_swiglu_mlp, (an_tensor *[]){x, wg, wu, wd, res}, 5, (void *)1, "swiglu_mlp");
+    test_assert_gradcheck(ctx, run_swiglu_mlp, (an_tensor *[]){x, wg, wu, wd}, 4, NULL, "swiglu_mlp, no residual");
+    an_tensor *g = test_uniform(ctx, AN_F64, 3, (int64_t[]){b, t, inter}, -3, 3, true);
+    an_tensor *u = test_uniform(ctx, AN_F64, 3, (int64_t[]){b, t, inter}, -2, 2, true);
+    test_assert_gradcheck(ctx, run_swiglu_linear, (an_tensor *[]){g, u, wd, res}, 4, NULL, "swiglu_linear");
+
+    /* bf16: the ops it replaces, bit for bit, forward and every gradient */
+    an_tensor *h[5], *grads[2][5];
+    an_tensor *src[5] = {x, wg, wu, wd, res};
+    for (int i = 0; i < 5; i++) {
+        h[i] = an_tensor_to(ctx, src[i], AN_BF16, AN_CPU);
+        an_tensor_set_requires_grad(h[i], true);
+    }
+    an_tensor *ys[2];
+    for (int k = 0; k < 2; k++) {
+        ys[k] = k ? composed_mlp(ctx, h[0], h[1], h[2], h[3], h[4]) : an_swiglu_mlp(ctx, h[0], h[1], h[2], h[3], h[4]);
+        ck_assert_msg(ys[k] != NULL, "%s", an_error_message(ctx));
+        an_tensor *loss = an_sum(ctx, ys[k]);
+        test_ok(ctx, an_backward(ctx, loss), "bf16 backward");
+        an_tensor_release(loss);
+        for (int i = 0; i < 5; i++) {
+            ck_assert_msg(h[i]->grad != NULL, "input %d has no gradient", i);
+            grads[k][i] = an_tensor_retain(h[i]->grad);
+            an_tensor_zero_grad(h[i]);
+        }
+    }
+    ck_assert(memcmp(an_tensor_data(ys[0]), an_tensor_data(ys[1]), an_tensor_nbytes(ys[0])) == 0);
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(memcmp(an_tensor_data(grads[0][i]), an_tensor_data(grads[1][i]), an_tensor_nbytes(grads[0][i])) == 0,
+                      "bf16 gradient of input %d differs from the composed ops'", i);
+
+    /* shapes */
+    ck_assert_ptr_null(an_swiglu_mlp(ctx, x, wg, wd, wd, res));
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "swiglu_mlp: gate weight"));
+    an_error_clear(ctx);
+    ck_assert_ptr_null(an_swiglu_linear(ctx, g, u, wg, NULL));
+    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "swiglu_linear: gate"));
+    an_error_clear(ctx);
+    ck_assert_ptr_null(an_swiglu_mlp(ctx, x, wg, wu, wd, x));
+    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "residual"));
+    an_error_clear(ctx);
+    for (int k = 0; k < 2; k++) {
+        an_tensor_release(ys[k]);
+        for (int i = 0; i < 5; i++) an_tensor_release(grads[k][i]);
+    }
+    for (int i = 0; i < 5; i++) an_tensor_release(h[i]), an_tensor_release(src[i]);
+    an_tensor_release(g), an_tensor_release(u);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_shape_errors_name_the_operands) {
     an_ctx *ctx = test_ctx(3);
     an_tensor *a = test_uniform(ctx, AN_F32, 2, (int64_t[]){3, 4}, -1, 1, false);
@@ -190,6 +290,7 @@ int main(void) {
     tcase_add_test(tc, test_matmul_all_layouts);
     tcase_add_test(tc, test_linear_with_and_without_bias);
     tcase_add_test(tc, test_linear_residual);
+    tcase_add_test(tc, test_swiglu_mlp_and_swiglu_linear);
     tcase_add_test(tc, test_shape_errors_name_the_operands);
     suite_add_tcase(s, tc);
     return test_run(s);

@@ -438,12 +438,22 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
     an_tensor *h = step(attn, project_residual(ctx, m, attn, &l->o_proj, x, l->post_attention_layernorm,
                                                c->rms_norm_eps, &hn));
 
-    an_tensor *gate = project(ctx, m, hn, &l->gate_proj);
-    an_tensor *up = project(ctx, m, hn, &l->up_proj);
-    hn = step(hn, NULL);
-    an_tensor *act = an_swiglu(ctx, gate, up);
-    gate = step(gate, NULL), up = step(up, NULL);
-    an_tensor *out = h ? step(act, project_residual(ctx, m, act, &l->down_proj, h, NULL, 0, NULL)) : step(act, NULL);
+    /* The MLP: one op (ops/swiglu_mlp.c: fused GEMMs on an H100) unless an adapter or a bias joins in */
+    const an_projection *mlp[3] = {&l->gate_proj, &l->up_proj, &l->down_proj};
+    bool plain = h != NULL;
+    for (int i = 0; i < 3; i++) plain = plain && !has_adapter(m, mlp[i]) && !mlp[i]->bias;
+    an_tensor *out = NULL;
+    if (plain) {
+        out = hn ? an_swiglu_mlp(ctx, hn, l->gate_proj.weight, l->up_proj.weight, l->down_proj.weight, h) : NULL;
+        hn = step(hn, NULL);
+    } else {
+        an_tensor *gate = project(ctx, m, hn, &l->gate_proj);
+        an_tensor *up = project(ctx, m, hn, &l->up_proj);
+        hn = step(hn, NULL);
+        an_tensor *act = an_swiglu(ctx, gate, up);
+        gate = step(gate, NULL), up = step(up, NULL);
+        out = h ? step(act, project_residual(ctx, m, act, &l->down_proj, h, NULL, 0, NULL)) : step(act, NULL);
+    }
     h = step(h, NULL);
     return out;
 }

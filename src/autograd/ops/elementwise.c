@@ -131,7 +131,7 @@ an_status an_scale_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
 }
 
 /* out = silu(gate) * up, or silu(gate) when up is NULL. */
-static an_status swiglu_into(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *out) {
+an_status an_op_swiglu_into(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *out) {
     int64_t n = an_tensor_numel(gate);
     if (gate->device == AN_CUDA)
         return an_cuda_swiglu(ctx, gate->dtype, an_tensor_data(gate), up ? an_tensor_data(up) : NULL, n,
@@ -149,7 +149,13 @@ static an_status swiglu_into(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_ten
 /* The output again from the inputs the node keeps: one elementwise pass, so a consumer that
  * needs it in backward (a trained down projection) lets it go after the forward. */
 static an_status swiglu_recompute(an_ctx *ctx, an_node *node, an_tensor *out) {
-    return swiglu_into(ctx, node->inputs[0], node->n_inputs > 1 ? node->inputs[1] : NULL, out);
+    return an_op_swiglu_into(ctx, node->inputs[0], node->n_inputs > 1 ? node->inputs[1] : NULL, out);
+}
+
+static an_node *record_swiglu(an_ctx *ctx, const an_op *op, an_tensor *gate, an_tensor *up, an_tensor *out) {
+    an_node *node = an_tape_record(ctx, op, out, (an_tensor *[]){gate, up}, up ? 2 : 1);
+    if (node) node->recompute = swiglu_recompute;
+    return node;
 }
 
 /* silu(gate) * up, or silu(gate) alone when up is NULL. */
@@ -161,23 +167,20 @@ static an_tensor *swiglu(an_ctx *ctx, const an_op *op, an_tensor *gate, an_tenso
                   an_tensor_describe(gate, dg, sizeof dg), an_tensor_describe(up, du, sizeof du));
     an_tensor *out = an_op_new_like(ctx, gate, gate->ndim, gate->shape);
     if (!out) return NULL;
-    if (swiglu_into(ctx, gate, up, out) != AN_OK) {
+    if (an_op_swiglu_into(ctx, gate, up, out) != AN_OK) {
         an_tensor_release(out);
         return NULL;
     }
-    an_node *node = an_tape_record(ctx, op, out, operands, up ? 2 : 1);
-    if (node) node->recompute = swiglu_recompute;
+    record_swiglu(ctx, op, gate, up, out);
     return out;
 }
 
-static an_status swiglu_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
-    an_tensor *gate = node->inputs[0], *up = node->n_inputs > 1 ? node->inputs[1] : NULL;
-    an_tensor *grads[2] = {
-        an_node_needs_grad(node, 0) ? an_op_new_like(ctx, gate, gate->ndim, gate->shape) : NULL,
-        an_node_needs_grad(node, 1) ? an_op_new_like(ctx, up, up->ndim, up->shape) : NULL,
-    };
+
+an_status an_op_swiglu_grad(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *grad_out, an_tensor *dgate,
+                            an_tensor *dup) {
     int64_t n = an_tensor_numel(gate);
     an_status st = an_error_status(ctx);
+    an_tensor *grads[2] = {dgate, dup};
     if (st == AN_OK && gate->device == AN_CPU) {
         an_f64 in[3], res[2];
         st = an_f64_read_all(ctx, (an_tensor *[]){gate, up, grad_out}, 3, in);
@@ -188,9 +191,19 @@ static an_status swiglu_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out
         an_f64_free_all(in, 3);
     } else if (st == AN_OK) {
         st = an_cuda_swiglu_backward(ctx, gate->dtype, an_tensor_data(gate), up ? an_tensor_data(up) : NULL, n,
-                                     an_tensor_data(grad_out), grads[0] ? an_tensor_data(grads[0]) : NULL,
-                                     grads[1] ? an_tensor_data(grads[1]) : NULL);
+                                     an_tensor_data(grad_out), dgate ? an_tensor_data(dgate) : NULL,
+                                     dup ? an_tensor_data(dup) : NULL);
     }
+    return st;
+}
+
+static an_status swiglu_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *gate = node->inputs[0], *up = node->n_inputs > 1 ? node->inputs[1] : NULL;
+    an_tensor *grads[2] = {
+        an_node_needs_grad(node, 0) ? an_op_new_like(ctx, gate, gate->ndim, gate->shape) : NULL,
+        an_node_needs_grad(node, 1) ? an_op_new_like(ctx, up, up->ndim, up->shape) : NULL,
+    };
+    an_status st = an_op_swiglu_grad(ctx, gate, up, grad_out, grads[0], grads[1]);
     for (int i = 0; i < 2; i++) {
         if (st == AN_OK && grads[i]) st = an_node_accumulate(ctx, node, i, grads[i]);
         else an_tensor_release(grads[i]);

@@ -257,11 +257,17 @@ static an_tensor *linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bia
         an_tensor_release(out);
         return NULL;
     }
+    an_op_record_linear(ctx, x, w, bias, residual, out);
+    return out;
+}
+
+an_node *an_op_record_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual,
+                             an_tensor *out) {
     an_node *node = an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias, residual}, 4);
     if (node && !w->requires_grad) an_node_input_routing_only(node, 0); /* dX = dY W reads no x */
     else an_node_input_recomputable(node, 0);                            /* dW reads x: formed again */
     if (node && residual) an_node_input_routing_only(node, 3);           /* its gradient is dY itself */
-    return out;
+    return node;
 }
 
 an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
@@ -271,6 +277,28 @@ an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
 an_tensor *an_linear_residual(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual) {
     AN_CHECK_NULL(ctx, residual != NULL, AN_ERR_INPUT, "linear_residual: no residual");
     return linear(ctx, x, w, bias, residual);
+}
+
+/* dW (+)= dY^T x for node input `index` (w), with gb (not NULL: on CUDA) the bias gradient from the
+ * same GEMM's epilogue. */
+static an_status weight_grad(an_ctx *ctx, an_node *node, int index, an_tensor *grad_out, an_tensor *x, an_tensor *gb) {
+    an_tensor *w = node->inputs[index];
+    int64_t in = w->shape[1], out_features = w->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    an_status st = an_tensor_materialize(ctx, x);
+    an_tensor *w_sink = an_node_grad_sink(node, index); /* a later micro-batch: dW adds into W's gradient */
+    an_tensor *gw = st != AN_OK ? NULL : w_sink ? w_sink : an_op_new_like(ctx, w, 2, w->shape);
+    an_gemm_shape s = {1, out_features, in, rows, true, false, false, w_sink != NULL}; /* dW (+)= dY^T @ X */
+    if (!gw) st = an_error_status(ctx);
+    else if (gb) st = an_cuda_gemm_bias_grad(ctx, &s, w->dtype, an_tensor_data(grad_out), an_tensor_data(x),
+                                             an_tensor_data(gb), an_tensor_data(gw));
+    else st = an_op_gemm(ctx, &s, grad_out, x, gw);
+    if (st == AN_OK && !w_sink) st = an_node_accumulate(ctx, node, index, gw);
+    else if (!w_sink) an_tensor_release(gw);
+    return st;
+}
+
+an_status an_op_linear_weight_grad(an_ctx *ctx, an_node *node, int index, an_tensor *grad_out, an_tensor *x) {
+    return weight_grad(ctx, node, index, grad_out, x, NULL);
 }
 
 an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
@@ -296,16 +324,7 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     bool gb_in_gemm = an_node_needs_grad(node, 1) && an_node_needs_grad(node, 2) && w->device == AN_CUDA;
     if (gb_in_gemm && !(gb = an_op_new_like(ctx, bias, 1, bias->shape))) return an_error_status(ctx);
     if (an_node_needs_grad(node, 1)) {
-        an_status st = an_tensor_materialize(ctx, x);
-        an_tensor *w_sink = an_node_grad_sink(node, 1); /* a later micro-batch: dW adds into W's gradient */
-        an_tensor *gw = st != AN_OK ? NULL : w_sink ? w_sink : an_op_new_like(ctx, w, 2, w->shape);
-        an_gemm_shape s = {1, out_features, in, rows, true, false, false, w_sink != NULL}; /* dW (+)= dY^T @ X */
-        if (!gw) st = an_error_status(ctx);
-        else if (gb) st = an_cuda_gemm_bias_grad(ctx, &s, w->dtype, an_tensor_data(grad_out), an_tensor_data(x),
-                                                 an_tensor_data(gb), an_tensor_data(gw));
-        else st = an_op_gemm(ctx, &s, grad_out, x, gw);
-        if (st == AN_OK && !w_sink) st = an_node_accumulate(ctx, node, 1, gw);
-        else if (!w_sink) an_tensor_release(gw);
+        an_status st = weight_grad(ctx, node, 1, grad_out, x, gb);
         if (st != AN_OK) {
             an_tensor_release(gb);
             return st;

@@ -1,0 +1,359 @@
+/* gemm_wgmma_variants.cu — kernels/gemm_wgmma.cu's kernel template (included with
+ * AN_WGMMA_GEMM_KERNEL_ONLY) at several tile shapes next to cuBLASLt (its heuristic's first
+ * algorithm, as kernels/gemm.cu runs it) on the training GEMMs of the 1.5B model at 8 x 1024
+ * tokens: D (M, N) = A (M, K) B (N, K)^T in bf16. Prints microseconds a call (median of 20 after
+ * 5 warm-ups), TFLOP/s, the ratio to cuBLASLt, and WRONG where a result is further from cuBLASLt's
+ * than two units in the last place of bf16 at the output's scale. A small ragged shape is checked
+ * against a float64 host reference first. The swiglu epilogue (gate and up maps, three outputs) is
+ * timed against cuBLASLt's gate and up GEMMs plus an elementwise swiglu pass.
+ *
+ *   bench/gemm_wgmma_variants      (a standalone CUDA program, not linked to anneal)
+ *
+ * Exits 1 on any CUDA or cuBLASLt error or wrong result (a benchmark, not library code). */
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <iterator>
+#include <cstdio>
+#include <cstdlib>
+#include <vector>
+
+#include <cublasLt.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
+#define CB(x) do { cublasStatus_t e = (x); if (e != CUBLAS_STATUS_SUCCESS) { printf("%s:%d cublas %d\n", __FILE__, __LINE__, (int)e); exit(1);} } while (0)
+typedef __nv_bfloat16 bf;
+
+#define AN_WGMMA_GEMM_KERNEL_ONLY
+#include "../kernels/gemm_wgmma.cu"
+
+static cublasLtHandle_t lt;
+static void *ws;
+static int sms;
+static PFN_cuTensorMapEncodeTiled_v12000 encoder;
+static bool failed;
+
+/* D = A B^T with cuBLASLt (column-major view: D^T (N, M) = B (N, K) A^T), or with bt D = A B for B
+ * (K, N). */
+static void lt_gemm(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaStream_t st, bool bt = false) {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t la, lb, lc;
+    CB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+    cublasOperation_t t = CUBLAS_OP_T;
+    if (!bt) CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
+    if (bt) CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, N, K, N));
+    else CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K));
+    CB(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K));
+    CB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, N, M, N));
+    cublasLtMatmulPreference_t pref;
+    CB(cublasLtMatmulPreferenceCreate(&pref));
+    size_t wsz = 32 << 20;
+    CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz));
+    cublasLtMatmulHeuristicResult_t h;
+    int n = 0;
+    CB(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &n));
+    if (n < 1) { printf("no cuBLASLt algorithm\n"); exit(1); }
+    float alpha = 1.0f, beta = 0.0f;
+    CB(cublasLtMatmul(lt, op, &alpha, b, la, a, lb, &beta, d, lc, d, lc, &h.algo, ws, wsz, st));
+    CB(cublasLtMatmulPreferenceDestroy(pref));
+    CB(cublasLtMatmulDescDestroy(op));
+    CB(cublasLtMatrixLayoutDestroy(la));
+    CB(cublasLtMatrixLayoutDestroy(lb));
+    CB(cublasLtMatrixLayoutDestroy(lc));
+}
+
+/* One launch of the kernel template: outputs out0..2, gate and up inputs in0, in1 (SWIGLU_BWD). */
+template <int BN, int STAGES, int EPI, bool BT = false>
+static void wg_launch(const bf *a, const bf *b, const bf *b2, const bf *in0, const bf *in1, bf *out0, bf *out1,
+                      bf *out2, int M, int N, int K, cudaStream_t st) {
+    constexpr int bytes = wgmma_gemm::smem_bytes<BN, STAGES, EPI>();
+    auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT>;
+    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    constexpr int TN = EPI == wgmma_gemm::SWIGLU ? BN / 2 : BN, BW = TN % 64 == 0 ? 64 : 32;
+    CUtensorMap am, bm, bm2, im0, im1, om0, om1, om2;
+    CK(wgmma_gemm::encode_map(encoder, &am, a, M, K, 64, wgmma_gemm::BM));
+    if (BT) CK(wgmma_gemm::encode_map(encoder, &bm, b, K, N, 64, 64)); /* B (K, N) */
+    else CK(wgmma_gemm::encode_map(encoder, &bm, b, N, K, 64, TN));
+    CK(wgmma_gemm::encode_map(encoder, &bm2, b2 ? b2 : b, N, K, 64, TN));
+    CK(wgmma_gemm::encode_map(encoder, &im0, in0 ? in0 : out0, M, N, 64, 64));
+    CK(wgmma_gemm::encode_map(encoder, &im1, in1 ? in1 : out0, M, N, 64, 64));
+    CK(wgmma_gemm::encode_map(encoder, &om0, out0, M, N, BW, 64));
+    CK(wgmma_gemm::encode_map(encoder, &om1, out1 ? out1 : out0, M, N, BW, 64));
+    CK(wgmma_gemm::encode_map(encoder, &om2, out2 ? out2 : out0, M, N, BW, 64));
+    const int tiles = ((M + 127) / 128) * ((N + TN - 1) / TN);
+    k<<<std::min(tiles, sms), wgmma_gemm::THREADS, bytes, st>>>(am, bm, bm2, im0, im1, om0, om1, om2, M, N, K);
+    CK(cudaGetLastError());
+}
+
+template <int BN, int STAGES, int EPI, bool BT = false>
+static void wg_gemm(const bf *a, const bf *b, const bf *b2, bf *d, bf *d2, bf *d3, int M, int N, int K, cudaStream_t st) {
+    wg_launch<BN, STAGES, EPI, BT>(a, b, b2, nullptr, nullptr, d, d2, d3, M, N, K, st);
+}
+
+/* dg, du = swiglu's gradient at (g, u) for d act = dy (M, K) w (K, N): the SWIGLU_BWD form. */
+template <int BN, int STAGES>
+static void wg_swiglu_bwd(const bf *dy, const bf *w, const bf *g, const bf *u, bf *dg, bf *du, int M, int N, int K,
+                          cudaStream_t st) {
+    wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD, true>(dy, w, nullptr, g, u, dg, du, nullptr, M, N, K, st);
+}
+
+/* The separate swiglu gradient pass as elementwise.cu runs it: 8 elements a thread in 16-byte loads. */
+__global__ void swiglu_bwd_ref(const bf *g, const bf *u, const bf *go, bf *dg, bf *du, int64_t n) {
+    int64_t i = 8 * (blockIdx.x * (int64_t)blockDim.x + threadIdx.x);
+    if (i + 8 > n) return;
+    uint4 gv = *reinterpret_cast<const uint4 *>(g + i), uv = *reinterpret_cast<const uint4 *>(u + i);
+    uint4 ov = *reinterpret_cast<const uint4 *>(go + i), dgv, duv;
+    const bf *gp = reinterpret_cast<const bf *>(&gv), *up = reinterpret_cast<const bf *>(&uv);
+    const bf *op = reinterpret_cast<const bf *>(&ov);
+    bf *dgp = reinterpret_cast<bf *>(&dgv), *dup = reinterpret_cast<bf *>(&duv);
+    for (int k = 0; k < 8; k++) {
+        float gg = __bfloat162float(gp[k]), uu = __bfloat162float(up[k]), o = __bfloat162float(op[k]);
+        float s = an_sigmoid(gg), silu = gg * s, dsilu = s * (1.0f + gg * (1.0f - s));
+        dgp[k] = __float2bfloat16_rn(o * uu * dsilu);
+        dup[k] = __float2bfloat16_rn(o * silu);
+    }
+    *reinterpret_cast<uint4 *>(dg + i) = dgv;
+    *reinterpret_cast<uint4 *>(du + i) = duv;
+}
+
+/* The separate swiglu pass as elementwise.cu runs it: 8 elements a thread in 16-byte loads. */
+__global__ void swiglu_ref(const bf *g, const bf *u, bf *out, int64_t n) {
+    int64_t i = 8 * (blockIdx.x * (int64_t)blockDim.x + threadIdx.x);
+    if (i + 8 > n) return;
+    uint4 gv = *reinterpret_cast<const uint4 *>(g + i), uv = *reinterpret_cast<const uint4 *>(u + i), ov;
+    const bf *gp = reinterpret_cast<const bf *>(&gv), *up = reinterpret_cast<const bf *>(&uv);
+    bf *op = reinterpret_cast<bf *>(&ov);
+    for (int k = 0; k < 8; k++) op[k] = __float2bfloat16_rn(an_silu(__bfloat162float(gp[k])) * __bfloat162float(up[k]));
+    *reinterpret_cast<uint4 *>(out + i) = ov;
+}
+
+static void fill(bf *d, size_t n, unsigned seed, float scale) {
+    std::vector<bf> h(n);
+    srand(seed);
+    for (size_t i = 0; i < n; i++) h[i] = __float2bfloat16(scale * ((float)rand() / RAND_MAX * 2.0f - 1.0f));
+    CK(cudaMemcpy(d, h.data(), n * sizeof(bf), cudaMemcpyHostToDevice));
+}
+
+static std::vector<float> host(const bf *d, size_t n) {
+    std::vector<bf> h(n);
+    CK(cudaMemcpy(h.data(), d, n * sizeof(bf), cudaMemcpyDeviceToHost));
+    std::vector<float> f(n);
+    for (size_t i = 0; i < n; i++) f[i] = __bfloat162float(h[i]);
+    return f;
+}
+
+/* max |x - ref| over the output's rms, in units of bf16's 2^-8 */
+static double mismatch(const bf *x, const bf *ref, size_t n) {
+    std::vector<float> a = host(x, n), b = host(ref, n);
+    double ss = 0, worst = 0;
+    for (size_t i = 0; i < n; i++) ss += (double)b[i] * b[i];
+    double rms = sqrt(ss / n) + 1e-30;
+    for (size_t i = 0; i < n; i++) {
+        double e = fabs((double)a[i] - b[i]);
+        if (!(e == e) || !(a[i] == a[i])) return 1e30;
+        worst = std::max(worst, e);
+    }
+    return worst / rms * 256.0;
+}
+
+template <typename F> static double time_us(F f, cudaStream_t st) {
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    for (int i = 0; i < 5; i++) f();
+    std::vector<float> t;
+    for (int i = 0; i < 20; i++) {
+        CK(cudaEventRecord(e0, st));
+        f();
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        t.push_back(ms * 1000.0f);
+    }
+    std::sort(t.begin(), t.end());
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return t[t.size() / 2];
+}
+
+typedef void (*wg_fn)(const bf *, const bf *, const bf *, bf *, bf *, bf *, int, int, int, cudaStream_t);
+struct Variant { const char *name; wg_fn fn; };
+static const Variant variants[] = {
+    {"128x256 s3", wg_gemm<256, 3, wgmma_gemm::STORE>},
+    {"128x192 s4", wg_gemm<192, 4, wgmma_gemm::STORE>},
+    {"128x128 s5", wg_gemm<128, 5, wgmma_gemm::STORE>},
+};
+static const Variant nn_variants[] = {
+    {"128x256 s3 B(K,N)", wg_gemm<256, 3, wgmma_gemm::STORE, true>},
+    {"128x128 s5 B(K,N)", wg_gemm<128, 5, wgmma_gemm::STORE, true>},
+};
+
+/* The ragged shape against a float64 host reference (every variant). */
+static void check_small(cudaStream_t st, bool bt) {
+    const int M = 300, N = 392, K = 1096;
+    bf *a, *b, *d;
+    CK(cudaMalloc(&a, (size_t)M * K * 2));
+    CK(cudaMalloc(&b, (size_t)N * K * 2));
+    CK(cudaMalloc(&d, (size_t)M * N * 2));
+    fill(a, (size_t)M * K, 1, 1.0f);
+    fill(b, (size_t)N * K, 2, 1.0f);
+    std::vector<float> ha = host(a, (size_t)M * K), hb = host(b, (size_t)N * K);
+    std::vector<double> ref((size_t)M * N);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int k = 0; k < K; k++) s += (double)ha[(size_t)i * K + k] * (bt ? hb[(size_t)k * N + j] : hb[(size_t)j * K + k]);
+            ref[(size_t)i * N + j] = s;
+        }
+    for (const Variant &v : bt ? std::vector<Variant>(std::begin(nn_variants), std::end(nn_variants))
+                               : std::vector<Variant>(std::begin(variants), std::end(variants))) {
+        CK(cudaMemset(d, 0xff, (size_t)M * N * 2)); /* NaN poison */
+        v.fn(a, b, nullptr, d, nullptr, nullptr, M, N, K, st);
+        CK(cudaStreamSynchronize(st));
+        std::vector<float> got = host(d, (size_t)M * N);
+        double worst = 0;
+        for (size_t i = 0; i < got.size(); i++) {
+            double e = fabs(got[i] - ref[i]) / (fabs(ref[i]) + 1.0);
+            if (!(got[i] == got[i])) e = 1e30;
+            worst = std::max(worst, e);
+        }
+        bool ok = worst <= 1.0 / 128;
+        printf("check %-20s %s M %d N %d K %d: worst |err| / (|ref| + 1) %.3g %s\n", v.name, bt ? "A B  " : "A B^T", M, N, K, worst, ok ? "ok" : "WRONG");
+        failed |= !ok;
+    }
+    CK(cudaFree(a));
+    CK(cudaFree(b));
+    CK(cudaFree(d));
+}
+
+int main() {
+    CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
+    CB(cublasLtCreate(&lt));
+    CK(cudaMalloc(&ws, 32 << 20));
+    cudaDriverEntryPointQueryResult q;
+    void *fn = nullptr;
+    CK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q));
+    encoder = (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    cudaStream_t st;
+    CK(cudaStreamCreate(&st));
+    check_small(st, false);
+    check_small(st, true);
+
+    struct Shape { const char *name; int M, N, K; bool bt; };
+    const Shape shapes[] = {
+        {"gate|up", 8192, 17920, 1536, false}, {"gate", 8192, 8960, 1536, false}, {"down", 8192, 1536, 8960, false},
+        {"q / o", 8192, 1536, 1536, false},    {"k|v", 8192, 512, 1536, false},  {"8192^3", 8192, 8192, 8192, false},
+        {"dX down", 8192, 8960, 1536, true},   {"dX g|u", 8192, 1536, 17920, true}, {"dX q", 8192, 1536, 1536, true},
+    };
+    for (const Shape &s : shapes) {
+        bf *a, *b, *d, *ref;
+        CK(cudaMalloc(&a, (size_t)s.M * s.K * 2));
+        CK(cudaMalloc(&b, (size_t)s.N * s.K * 2));
+        CK(cudaMalloc(&d, (size_t)s.M * s.N * 2));
+        CK(cudaMalloc(&ref, (size_t)s.M * s.N * 2));
+        fill(a, (size_t)s.M * s.K, 3, 1.0f);
+        fill(b, (size_t)s.N * s.K, 4, 0.05f);
+        const double flop = 2.0 * s.M * s.N * s.K;
+        lt_gemm(a, b, ref, s.M, s.N, s.K, st, s.bt);
+        double tl = time_us([&] { lt_gemm(a, b, ref, s.M, s.N, s.K, st, s.bt); }, st);
+        printf("%-8s %5d x %5d x %5d  %-20s %9.1f us %6.0f TFLOP/s\n", s.name, s.M, s.N, s.K, "cublasLt", tl,
+               flop / tl / 1e6);
+        for (const Variant &v : s.bt ? std::vector<Variant>(std::begin(nn_variants), std::end(nn_variants))
+                                     : std::vector<Variant>(std::begin(variants), std::end(variants))) {
+            CK(cudaMemset(d, 0xff, (size_t)s.M * s.N * 2));
+            v.fn(a, b, nullptr, d, nullptr, nullptr, s.M, s.N, s.K, st);
+            CK(cudaStreamSynchronize(st));
+            double mis = mismatch(d, ref, (size_t)s.M * s.N);
+            double t = time_us([&] { v.fn(a, b, nullptr, d, nullptr, nullptr, s.M, s.N, s.K, st); }, st);
+            printf("%-8s %5d x %5d x %5d  %-20s %9.1f us %6.0f TFLOP/s  %.3fx  max err %.2f ulp-of-rms %s\n", s.name,
+                   s.M, s.N, s.K, v.name, t, flop / t / 1e6, tl / t, mis, mis <= 2.0 ? "" : "WRONG");
+            failed |= mis > 2.0;
+        }
+        CK(cudaFree(a));
+        CK(cudaFree(b));
+        CK(cudaFree(d));
+        CK(cudaFree(ref));
+    }
+
+    /* the swiglu epilogue: g, u and silu(g) u of the training MLP's gate and up projections */
+    {
+        const int M = 8192, N = 8960, K = 1536;
+        const size_t out = (size_t)M * N;
+        bf *x, *wg, *wu, *g, *u, *act, *rg, *ru, *ract;
+        CK(cudaMalloc(&x, (size_t)M * K * 2));
+        CK(cudaMalloc(&wg, (size_t)N * K * 2));
+        CK(cudaMalloc(&wu, (size_t)N * K * 2));
+        for (bf **p : {&g, &u, &act, &rg, &ru, &ract}) CK(cudaMalloc(p, out * 2));
+        fill(x, (size_t)M * K, 5, 1.0f);
+        fill(wg, (size_t)N * K, 6, 0.05f);
+        fill(wu, (size_t)N * K, 7, 0.05f);
+        auto reference = [&] {
+            lt_gemm(x, wg, rg, M, N, K, st);
+            lt_gemm(x, wu, ru, M, N, K, st);
+            swiglu_ref<<<(unsigned)((out / 8 + 255) / 256), 256, 0, st>>>(rg, ru, ract, (int64_t)out);
+        };
+        reference();
+        double tl = time_us(reference, st);
+        printf("swiglu   %5d x %5d x %5d  %-20s %9.1f us\n", M, N, K, "cublasLt x2 + pass", tl);
+        typedef void (*fused_fn)(const bf *, const bf *, const bf *, bf *, bf *, bf *, int, int, int, cudaStream_t);
+        const struct { const char *name; fused_fn fn; } fused[] = {
+            {"128x128 s5 (the library's)", wg_gemm<128, 5, wgmma_gemm::SWIGLU>},
+            {"128x128 s4", wg_gemm<128, 4, wgmma_gemm::SWIGLU>},
+            {"128x192 s3", wg_gemm<192, 3, wgmma_gemm::SWIGLU>},
+        };
+        for (const auto &f : fused) {
+            auto run = [&] { f.fn(x, wg, wu, g, u, act, M, N, K, st); };
+            for (bf *p : {g, u, act}) CK(cudaMemset(p, 0xff, out * 2));
+            run();
+            CK(cudaStreamSynchronize(st));
+            double mg = mismatch(g, rg, out), mu = mismatch(u, ru, out), ma = mismatch(act, ract, out);
+            double t = time_us(run, st);
+            bool ok = mg <= 2.0 && mu <= 2.0 && ma <= 2.0;
+            printf("swiglu   %5d x %5d x %5d  %-24s %9.1f us  %.3fx  max err g %.2f u %.2f act %.2f %s\n", M, N, K,
+                   f.name, t, tl / t, mg, mu, ma, ok ? "" : "WRONG");
+            failed |= !ok;
+        }
+    }
+    /* the swiglu gradient epilogue: dg, du from d act = dY W_down, g and u (the training MLP's backward) */
+    {
+        const int M = 8192, N = 8960, K = 1536;
+        const size_t out = (size_t)M * N;
+        bf *dy, *w, *g, *u, *dg, *du, *dact, *rdg, *rdu;
+        CK(cudaMalloc(&dy, (size_t)M * K * 2));
+        CK(cudaMalloc(&w, (size_t)K * N * 2));
+        for (bf **p : {&g, &u, &dg, &du, &dact, &rdg, &rdu}) CK(cudaMalloc(p, out * 2));
+        fill(dy, (size_t)M * K, 8, 1.0f);
+        fill(w, (size_t)K * N, 9, 0.05f);
+        fill(g, out, 10, 4.0f);
+        fill(u, out, 11, 2.0f);
+        auto reference = [&] {
+            lt_gemm(dy, w, dact, M, N, K, st, true);
+            swiglu_bwd_ref<<<(unsigned)((out / 8 + 255) / 256), 256, 0, st>>>(g, u, dact, rdg, rdu, (int64_t)out);
+        };
+        reference();
+        double tl = time_us(reference, st);
+        printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us\n", M, N, K, "cublasLt + pass", tl);
+        typedef void (*bwd_fn)(const bf *, const bf *, const bf *, const bf *, bf *, bf *, int, int, int, cudaStream_t);
+        const struct { const char *name; bwd_fn fn; } fused[] = {
+            {"128x128 s5 (the library's)", wg_swiglu_bwd<128, 5>},
+            {"128x128 s4", wg_swiglu_bwd<128, 4>},
+        };
+        for (const auto &f : fused) {
+            auto run = [&] { f.fn(dy, w, g, u, dg, du, M, N, K, st); };
+            for (bf *p : {dg, du}) CK(cudaMemset(p, 0xff, out * 2));
+            run();
+            CK(cudaStreamSynchronize(st));
+            double mg = mismatch(dg, rdg, out), mu = mismatch(du, rdu, out);
+            double t = time_us(run, st);
+            bool ok = mg <= 2.0 && mu <= 2.0;
+            printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us  %.3fx  max err dg %.2f du %.2f %s\n", M, N, K, f.name, t,
+                   tl / t, mg, mu, ok ? "" : "WRONG");
+            failed |= !ok;
+        }
+    }
+    printf(failed ? "FAILED\n" : "all results agree\n");
+    return failed ? 1 : 0;
+}

@@ -1,0 +1,373 @@
+/* gemm_wgmma.cu — D (M, N) = A (M, K) B^T in bf16 or f16 with fp32 accumulation on Hopper's
+ * warpgroup tensor cores (sm_90a), for B (N, K) or, with BT, B stored (K, N): a GEMM of our own so
+ * that its epilogue can do what cuBLASLt's cannot. Two forms serve the training MLP
+ * (ops/swiglu_mlp.c): SWIGLU writes gate = x W_gate^T, up = x W_up^T and silu(gate) up from one
+ * tile of both projections, and SWIGLU_BWD turns d act = dY W_down into the swiglu's gradients
+ * dgate, dup in the epilogue, so neither act nor d act makes a trip through memory of its own.
+ * At parity with cuBLASLt as a plain GEMM (STORE) on the 1.5B model's training shapes, bit for bit
+ * equal to it at every one measured (bench/gemm_wgmma_variants, docs/performance.md).
+ *
+ * Shape of the work: a persistent grid (one block a multiprocessor) walks 128 x BN output tiles
+ * in a grouped order (GROUP_M row tiles at a time share the L2). Warpgroup 0 is the producer: one
+ * thread streams 64-wide k slices of A (128 rows) and B (BN rows or columns) into STAGES stages
+ * with the tensor memory accelerator (128-byte swizzle, zero fill past M, N and K), each stage
+ * counted by a "full" mbarrier and handed back by an "empty" one. Warpgroups 1 and 2 each own 64
+ * rows of the tile: wgmma m64nBNk16 from the stage's descriptors, the accumulators in registers
+ * (the producer gives its registers to them: setmaxnreg). Each tile's epilogue rounds the sums to
+ * T once, forms its outputs, writes them into a swizzled staging buffer in shared memory and sends
+ * them out with the tensor memory accelerator's stores, while the producer already fills the next
+ * tile's stages. SWIGLU_BWD's gate and up tiles come into the staging halfway through the main
+ * loop, once the last tile's stores have left it.
+ *
+ * Sums: each output is one thread's fp32 accumulation over k in a fixed order (k16 steps in k
+ * order), one rounding to T: the same bits every run. The epilogues' swiglu formulas are
+ * kernels/silu.cuh's, on the rounded values the separate kernels would read, so the fused forms
+ * give the separate path's bits wherever the GEMMs agree.
+ *
+ * bench/gemm_wgmma_variants.cu includes this file with AN_WGMMA_GEMM_KERNEL_ONLY defined to time
+ * the kernel template against cuBLASLt. */
+#ifndef AN_WGMMA_GEMM_KERNEL_ONLY
+#include "kernels/cuda_common.cuh" /* an_cuda_state, AN_CUDA_CHECK, an_cuda_tensor_map_encoder */
+#endif
+#include "kernels/silu.cuh"  /* an_silu, an_sigmoid */
+#include "kernels/wgmma.cuh" /* desc_k128, desc_mn128, Mma, fence/commit/wait, mbarriers, tma_load/tma_store */
+
+#include <cuda.h>         /* CUtensorMap */
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled_v12000 */
+#include <stdint.h>
+#include <type_traits>
+
+namespace wgmma_gemm {
+
+constexpr int BM = 128, BK = 64, THREADS = 384, GROUP_M = 8;
+
+/* The epilogue's forms (the maps' roles are the kernel's comment's):
+ * STORE: D = the sums.
+ * SWIGLU: B's tile is BN / 2 gate rows then the same BN / 2 up rows; the tile's outputs are g and u
+ *   (each rounded to T) and silu(g) u of those rounded values.
+ * SWIGLU_BWD (with BT): the sums are d act; with g and u of the same tile, the outputs are
+ *   dg = d act u silu'(g) and du = d act silu(g), d act rounded to T first. */
+enum Epilogue { STORE = 0, SWIGLU = 1, SWIGLU_BWD = 2 };
+
+/* Shared memory: the stages, each consumer warpgroup's staging of its 64 output rows (as T, in
+ * boxes of 64 rows and BW columns: BN columns, for SWIGLU three outputs of BN / 2, for SWIGLU_BWD
+ * two of BN), the full, empty and gate-and-up mbarriers, and 1024 bytes to align the first stage
+ * (the swizzle's unit). */
+template <int BN, int STAGES, int EPI> struct Layout {
+    static constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
+    static constexpr int WG_STAGING = 64 * 2 * (EPI == SWIGLU ? 3 * (BN / 2) : EPI == SWIGLU_BWD ? 2 * BN : BN);
+    static constexpr int BARS = STAGES * STAGE + 2 * WG_STAGING;
+    static constexpr int BYTES = BARS + 16 * STAGES + 16 + 1024;
+};
+
+template <int BN, int STAGES, int EPI> constexpr int smem_bytes() { return Layout<BN, STAGES, EPI>::BYTES; }
+
+__device__ __forceinline__ void tile_of(int t, int tiles_m, int tiles_n, int *tm, int *tn) {
+    const int group = GROUP_M * tiles_n, first = (t / group) * GROUP_M;
+    const int rows = tiles_m - first < GROUP_M ? tiles_m - first : GROUP_M;
+    *tm = first + (t % group) % rows;
+    *tn = (t % group) / rows;
+}
+
+/* Byte offset of the 4-byte pair at (row r, column c, even) of a BW-column box of b16 (BW 64:
+ * 128-byte rows in the 128-byte swizzle; BW 32: 64-byte rows in the 64-byte swizzle), as the
+ * tensor map reads it back. Both put a warp's 8 rows of one 16-byte chunk in 8 bank groups. */
+template <int BW> __device__ __forceinline__ uint32_t staged(int r, int c) {
+    if constexpr (BW == 64) return (uint32_t)(r * 128 + ((((c >> 3) ^ r) & 7) << 4) + (c & 7) * 2);
+    else return (uint32_t)(r * 64 + ((((c >> 3) ^ (r >> 1)) & 3) << 4) + (c & 7) * 2);
+}
+
+template <typename T> __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        __nv_bfloat162 p = __floats2bfloat162_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&p);
+    } else {
+        __half2 p = __floats2half2_rn(lo, hi);
+        return *reinterpret_cast<uint32_t *>(&p);
+    }
+}
+template <typename T> __device__ __forceinline__ void unpack(uint32_t v, float (&f)[2]) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+        __nv_bfloat162 p = *reinterpret_cast<__nv_bfloat162 *>(&v);
+        f[0] = __low2float(p), f[1] = __high2float(p);
+    } else {
+        __half2 p = *reinterpret_cast<__half2 *>(&v);
+        f[0] = __low2float(p), f[1] = __high2float(p);
+    }
+}
+
+/* Tensor maps (each 128-byte swizzled in boxes of 64 columns, or 32 with the 64-byte swizzle):
+ * amap A (M, K) in boxes (64, 128); bmap B (N, K) in boxes (64, BN), with BT B (K, N) in boxes
+ * (64, 64), for SWIGLU the gate weight (N, K) and bmap2 the up weight in boxes (64, BN / 2);
+ * omap0..2 the outputs (M, N) in boxes (BW, 64): D; gate, up, act; dgate, dup. imap0, imap1
+ * (SWIGLU_BWD): gate and up (M, N) in boxes (64, 64). Maps a form does not use may be any. */
+template <typename T, int BN, int STAGES, int EPI, bool BT = false>
+__global__ void __launch_bounds__(THREADS, 1)
+    kernel(const __grid_constant__ CUtensorMap amap, const __grid_constant__ CUtensorMap bmap,
+           const __grid_constant__ CUtensorMap bmap2, const __grid_constant__ CUtensorMap imap0,
+           const __grid_constant__ CUtensorMap imap1, const __grid_constant__ CUtensorMap omap0,
+           const __grid_constant__ CUtensorMap omap1, const __grid_constant__ CUtensorMap omap2, int M, int N, int K) {
+#if AN_WGMMA_AVAILABLE
+    using L = Layout<BN, STAGES, EPI>;
+    static_assert(EPI != SWIGLU_BWD || BT, "the swiglu gradient epilogue follows dX = dY W");
+    static_assert(EPI != SWIGLU || !BT, "the swiglu epilogue follows y = x W^T");
+    extern __shared__ unsigned char smem_raw[];
+    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
+    const uint32_t full = base + L::BARS, empty = full + 8 * STAGES, inputs = empty + 8 * STAGES;
+    const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
+    constexpr int TN = EPI == SWIGLU ? BN / 2 : BN; /* output columns a tile */
+    const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + TN - 1) / TN;
+    const int tiles = tiles_m * tiles_n, nk = (K + BK - 1) / BK;
+
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < STAGES; s++) {
+            wgmma::bar_init(full + 8 * s, 1);
+            wgmma::bar_init(empty + 8 * s, 8); /* lane 0 of each consumer warp */
+        }
+        wgmma::bar_init(inputs, 1);     /* SWIGLU_BWD: warpgroup c's gate and up tiles landed (inputs + 8c) */
+        wgmma::bar_init(inputs + 8, 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+    __syncthreads();
+
+    if (wg == 0) { /* producer */
+        wgmma::regs_dec<40>();
+        if (tid == 0) {
+            int it = 0;
+            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+                int tm, tn;
+                tile_of(t, tiles_m, tiles_n, &tm, &tn);
+                for (int kb = 0; kb < nk; kb++, it++) {
+                    const int s = it % STAGES;
+                    wgmma::bar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
+                    const uint32_t st = base + s * L::STAGE;
+                    wgmma::bar_expect(full + 8 * s, L::STAGE);
+                    wgmma::tma_load(st, &amap, kb * BK, tm * BM, full + 8 * s);
+                    if constexpr (EPI == SWIGLU) {
+                        wgmma::tma_load(st + L::A_BYTES, &bmap, kb * BK, tn * (BN / 2), full + 8 * s);
+                        wgmma::tma_load(st + L::A_BYTES + BN / 2 * 128, &bmap2, kb * BK, tn * (BN / 2), full + 8 * s);
+                    } else if constexpr (BT) { /* B (K, N): BN / 64 boxes of (64 n, 64 k) */
+#pragma unroll
+                        for (int b = 0; b < BN / 64; b++)
+                            wgmma::tma_load(st + L::A_BYTES + b * BK * 128, &bmap, tn * BN + 64 * b, kb * BK, full + 8 * s);
+                    } else {
+                        wgmma::tma_load(st + L::A_BYTES, &bmap, kb * BK, tn * BN, full + 8 * s);
+                    }
+                }
+            }
+        }
+        return;
+    }
+
+    /* consumers: warpgroup c = wg - 1 owns rows 64c .. 64c + 63 of every tile */
+    wgmma::regs_inc<232>();
+    const int c = wg - 1, warp = tid / 32, lane = tid % 32;
+    const uint32_t staging = base + STAGES * L::STAGE + c * L::WG_STAGING;
+    unsigned char *stg = smem_raw + (staging - raw);
+    float acc[BN / 2];
+    int i = 0; /* tiles of this block so far */
+    for (int t = blockIdx.x; t < tiles; t += gridDim.x, i++) {
+        int tm, tn;
+        tile_of(t, tiles_m, tiles_n, &tm, &tn);
+        const int m0 = tm * BM + 64 * c;
+        int it = i * nk; /* this tile's first stage use */
+        for (int kb = 0; kb < nk; kb++, it++) {
+            const int s = it % STAGES;
+            wgmma::bar_wait(full + 8 * s, (it / STAGES) & 1);
+            const uint32_t st = base + s * L::STAGE;
+            const uint64_t da = wgmma::desc_k128(st + c * 64 * 128);
+            const uint64_t db = BT ? wgmma::desc_mn128(st + L::A_BYTES, BK * 128) : wgmma::desc_k128(st + L::A_BYTES);
+            wgmma::fence();
+#pragma unroll
+            for (int kk = 0; kk < BK / 16; kk++)
+                wgmma::Mma<T, BN, BT ? 1 : 0>::run(acc, da + 2 * kk, db + (BT ? 128 : 2) * kk, (kb > 0 || kk > 0) ? 1 : 0);
+            wgmma::commit();
+            if (EPI == SWIGLU_BWD && kb == nk / 2 && tid == 0) {
+                /* this tile's gate and up into the staging, once the last tile's stores have read it */
+                wgmma::tma_store_wait_read<0>();
+                wgmma::bar_expect(inputs + 8 * c, 2 * 64 * BN * 2);
+#pragma unroll
+                for (int o = 0; o < 2; o++)
+#pragma unroll
+                    for (int cb = 0; cb < BN / 64; cb++)
+                        wgmma::tma_load(staging + (o * (BN / 64) + cb) * 64 * 128, o ? &imap1 : &imap0, tn * BN + 64 * cb,
+                                        m0, inputs + 8 * c);
+            }
+            if (kb > 0) { /* the previous stage's MMAs are done: hand it back */
+                wgmma::wait<1>();
+                if (lane == 0) wgmma::bar_arrive(empty + 8 * ((it - 1) % STAGES));
+            }
+        }
+        wgmma::wait<0>();
+        wgmma::fence_regs(acc);
+        if (lane == 0) wgmma::bar_arrive(empty + 8 * ((it - 1) % STAGES));
+
+        /* epilogue: the staging is free once this warpgroup's last stores have read it (for
+         * SWIGLU_BWD that was waited for before its gate and up came in) */
+        if (EPI == SWIGLU_BWD) wgmma::bar_wait(inputs + 8 * c, i & 1);
+        else if (tid == 0) wgmma::tma_store_wait_read<0>();
+        wgmma::named_sync(1 + c, 128);
+        const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
+        /* boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
+        constexpr int BW = TN % 64 == 0 ? 64 : 32, NB = TN / BW, BOX = 64 * BW * 2;
+        constexpr int OUTS = EPI == STORE ? 1 : EPI == SWIGLU ? 3 : 2;
+        auto at = [&](int o, int col, int r) -> uint32_t * {
+            return reinterpret_cast<uint32_t *>(stg + (o * NB + col / BW) * BOX + staged<BW>(r, col % BW));
+        };
+#pragma unroll
+        for (int j = 0; j < TN / 8; j++) {
+            const int col = 8 * j + c0;
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = r0 + 8 * h, e = 4 * j + 2 * h;
+                if constexpr (EPI == STORE) {
+                    *at(0, col, r) = pack<T>(acc[e], acc[e + 1]);
+                } else if constexpr (EPI == SWIGLU) { /* column j is gate, j + TN / 8 the matching up */
+                    const int ue = e + 4 * (TN / 8);
+                    const uint32_t vg = pack<T>(acc[e], acc[e + 1]), vu = pack<T>(acc[ue], acc[ue + 1]);
+                    float g[2], u[2];
+                    unpack<T>(vg, g), unpack<T>(vu, u);
+                    *at(0, col, r) = vg;
+                    *at(1, col, r) = vu;
+                    *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
+                } else { /* d act rounded as the GEMM would store it, then an_cuda_swiglu_backward's formula */
+                    float go[2], g[2], u[2], dg[2], du[2];
+                    unpack<T>(pack<T>(acc[e], acc[e + 1]), go);
+                    unpack<T>(*at(0, col, r), g), unpack<T>(*at(1, col, r), u);
+#pragma unroll
+                    for (int q = 0; q < 2; q++) {
+                        const float sg = an_sigmoid(g[q]), silu = g[q] * sg, dsilu = sg * (1.0f + g[q] * (1.0f - sg));
+                        dg[q] = go[q] * u[q] * dsilu;
+                        du[q] = go[q] * silu;
+                    }
+                    *at(0, col, r) = pack<T>(dg[0], dg[1]);
+                    *at(1, col, r) = pack<T>(du[0], du[1]);
+                }
+            }
+        }
+        wgmma::fence_async_shared();
+        wgmma::named_sync(1 + c, 128);
+        if (tid == 0) {
+            const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
+#pragma unroll
+            for (int o = 0; o < OUTS; o++)
+#pragma unroll
+                for (int cb = 0; cb < NB; cb++) wgmma::tma_store(maps[o], tn * TN + BW * cb, m0, staging + (o * NB + cb) * BOX);
+            wgmma::tma_store_commit();
+        }
+    }
+    if (tid == 0) wgmma::tma_store_wait<0>();
+#else
+    __trap();
+#endif
+}
+
+/* A tensor map over a (rows, cols) row-major matrix of T in boxes of (box_cols, box_rows), swizzled
+ * by the box's row bytes (box_cols 64: 128 bytes, 32: 64 bytes). */
+template <typename T>
+cudaError_t encode_map(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap *map, const T *p, int64_t rows,
+                       int64_t cols, int box_cols, int box_rows) {
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * sizeof(T)};
+    const cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, elem[2] = {1, 1};
+    CUresult r = encode(map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                        2, (void *)p, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+} // namespace wgmma_gemm
+
+#ifndef AN_WGMMA_GEMM_KERNEL_ONLY
+namespace {
+
+/* The forms' tiles and stages (bench/gemm_wgmma_variants, H100): SWIGLU 128 x (64 gate + 64 up) with
+ * 5 stages (128 x 192 with 3 and 128 x 128 with 4 were slower; 128 x 256 does not fit three staged
+ * outputs); SWIGLU_BWD 128 x 128 with 5 (4 lost 7%). */
+constexpr int SWIGLU_BN = 128, SWIGLU_STAGES = 5, BWD_BN = 128, BWD_STAGES = 5;
+
+template <typename T, int BN, int STAGES, int EPI, bool BT>
+cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b, const T *b2, const T *in0,
+                   const T *in1, T *out0, T *out1, T *out2) {
+    using namespace wgmma_gemm;
+    constexpr int bytes = smem_bytes<BN, STAGES, EPI>();
+    constexpr int TN = EPI == SWIGLU ? BN / 2 : BN;
+    auto *k = kernel<T, BN, STAGES, EPI, BT>;
+    void *fn = nullptr;
+    cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess) err = an_cuda_tensor_map_encoder(s, &fn);
+    const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
+    CUtensorMap am, bm, bm2, im0, im1, om0, om1, om2;
+    if (err == cudaSuccess) err = encode_map(encode, &am, a, M, K, BK, BM);
+    if (err == cudaSuccess) err = BT ? encode_map(encode, &bm, b, K, N, 64, BK) : encode_map(encode, &bm, b, N, K, BK, TN);
+    if (err == cudaSuccess) err = encode_map(encode, &bm2, b2 ? b2 : b, BT ? K : N, BT ? N : K, 64, BT ? BK : TN);
+    if (err == cudaSuccess) err = encode_map(encode, &im0, in0 ? in0 : out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = encode_map(encode, &im1, in1 ? in1 : out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = encode_map(encode, &om0, out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = encode_map(encode, &om1, out1 ? out1 : out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = encode_map(encode, &om2, out2 ? out2 : out0, M, N, 64, 64);
+    if (err != cudaSuccess) return err;
+    const int64_t tiles = (int64_t)((M + BM - 1) / BM) * ((N + TN - 1) / TN);
+    const unsigned grid = (unsigned)(tiles < s->sm_count ? tiles : s->sm_count);
+    k<<<grid, THREADS, bytes, s->stream>>>(am, bm, bm2, im0, im1, om0, om1, om2, M, N, K);
+    return cudaGetLastError();
+}
+
+bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
+
+} // namespace
+
+extern "C" int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N,
+                                        const void *const *ptrs, int n_ptrs) {
+    if (!ctx->cuda || !ctx->cuda->wgmma || ctx->cuda->wgmma_off || (dtype != AN_BF16 && dtype != AN_F16)) return 0;
+    if (M < 1 || N < 8 || K < 8 || K % 8 || N % 8 || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) return 0;
+    for (int i = 0; i < n_ptrs; i++)
+        if (!aligned16(ptrs[i])) return 0;
+    return 1;
+}
+
+extern "C" an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                         const void *w_gate, const void *w_up, int64_t N, void *gate, void *up,
+                                         void *act) {
+    AN_CUDA_STATE(ctx, s);
+    const void *ptrs[] = {x, w_gate, w_up, gate, up, act};
+    AN_CHECK(ctx, an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, N, ptrs, 6), AN_ERR_INPUT,
+             "gemm_swiglu: %s (%lld, %lld) x (%lld, %lld)^T on this device: needs compute capability 9.0, bf16 or "
+             "f16, K and N multiples of 8, 16-byte aligned operands",
+             an_dtype_name(dtype), (long long)M, (long long)K, (long long)N, (long long)K);
+    cudaError_t err =
+        dtype == AN_BF16
+            ? launch<__nv_bfloat16, SWIGLU_BN, SWIGLU_STAGES, wgmma_gemm::SWIGLU, false>(
+                  s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)x, (const __nv_bfloat16 *)w_gate,
+                  (const __nv_bfloat16 *)w_up, nullptr, nullptr, (__nv_bfloat16 *)gate, (__nv_bfloat16 *)up,
+                  (__nv_bfloat16 *)act)
+            : launch<__half, SWIGLU_BN, SWIGLU_STAGES, wgmma_gemm::SWIGLU, false>(
+                  s, (int)M, (int)N, (int)K, (const __half *)x, (const __half *)w_gate, (const __half *)w_up, nullptr,
+                  nullptr, (__half *)gate, (__half *)up, (__half *)act);
+    AN_CUDA_CHECK(ctx, err);
+    return AN_OK;
+}
+
+extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
+                                                  const void *w, int64_t N, const void *gate, const void *up,
+                                                  void *dgate, void *dup) {
+    AN_CUDA_STATE(ctx, s);
+    const void *ptrs[] = {dy, w, gate, up, dgate, dup};
+    AN_CHECK(ctx, an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, N, ptrs, 6), AN_ERR_INPUT,
+             "gemm_swiglu_backward: %s (%lld, %lld) x (%lld, %lld) on this device: needs compute capability 9.0, "
+             "bf16 or f16, K and N multiples of 8, 16-byte aligned operands",
+             an_dtype_name(dtype), (long long)M, (long long)K, (long long)K, (long long)N);
+    cudaError_t err =
+        dtype == AN_BF16
+            ? launch<__nv_bfloat16, BWD_BN, BWD_STAGES, wgmma_gemm::SWIGLU_BWD, true>(
+                  s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)dy, (const __nv_bfloat16 *)w, nullptr,
+                  (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up, (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup,
+                  nullptr)
+            : launch<__half, BWD_BN, BWD_STAGES, wgmma_gemm::SWIGLU_BWD, true>(
+                  s, (int)M, (int)N, (int)K, (const __half *)dy, (const __half *)w, nullptr, (const __half *)gate,
+                  (const __half *)up, (__half *)dgate, (__half *)dup, nullptr);
+    AN_CUDA_CHECK(ctx, err);
+    return AN_OK;
+}
+#endif

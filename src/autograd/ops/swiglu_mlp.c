@@ -1,0 +1,145 @@
+/* swiglu_mlp.c — the gated MLP: residual + (silu(x W_gate^T) * (x W_up^T)) W_down^T.
+ *
+ * an_swiglu_linear is its second half as one node, residual + swiglu(gate, up) W^T: the swiglu's
+ * output lives only inside the op (formed for the GEMM, formed again in backward only when W is
+ * trained), and the backward takes d act = dY W and the swiglu's gradient in one launch on an
+ * H100 (an_cuda_gemm_swiglu_backward), else as the GEMM and the elementwise pass. an_swiglu_mlp
+ * adds the gate and up projections, recorded as the two linears an_linear records; on an H100
+ * their GEMMs and the swiglu are one launch (an_cuda_gemm_swiglu). Where neither kernel takes the
+ * shape (another device, f32, K or N not a multiple of 8) the same values come from the separate
+ * ops, so every device and dtype computes the same function with the same rounding points: gate
+ * and up rounded to the dtype, act rounded, y rounded once with its residual. */
+#include "autograd/ops.h"
+
+#include "autograd/op_support.h" /* an_op_record_linear, an_op_swiglu_into, an_op_swiglu_grad, an_op_linear_weight_grad */
+#include "kernels/cuda.h"        /* an_cuda_gemm_swiglu(_backward), an_cuda_gemm_swiglu_rule */
+
+#include <string.h>
+
+/* residual + act w^T with act = swiglu(gate, up) given (formed with gate and up) or NULL (formed
+ * here). */
+static an_tensor *swiglu_linear(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *act, an_tensor *w,
+                                an_tensor *residual) {
+    AN_OP_INPUTS(gate, up, w);
+    if (an_op_check_float_peers(ctx, "swiglu_linear", (an_tensor *[]){gate, up, w, residual}, 4)) return NULL;
+    char dg[96], du[96], dw[96];
+    an_tensor_describe(gate, dg, sizeof dg);
+    an_tensor_describe(up, du, sizeof du);
+    an_tensor_describe(w, dw, sizeof dw);
+    AN_CHECK_NULL(ctx, an_tensor_same_shape(gate, up), AN_ERR_INPUT, "swiglu_linear: gate %s and up %s differ", dg, du);
+    AN_CHECK_NULL(ctx, w->ndim == 2 && gate->ndim >= 1 && gate->shape[gate->ndim - 1] == w->shape[1], AN_ERR_INPUT,
+                  "swiglu_linear: gate %s does not match weight %s (out, in)", dg, dw);
+    int64_t inner = w->shape[1], outer = w->shape[0], rows = an_tensor_numel(gate) / (inner ? inner : 1);
+    int64_t shape[AN_MAX_DIMS];
+    memcpy(shape, gate->shape, sizeof shape);
+    shape[gate->ndim - 1] = outer;
+    if (residual) {
+        char dr[96];
+        bool same = residual->ndim == gate->ndim && !memcmp(residual->shape, shape, (size_t)gate->ndim * sizeof *shape);
+        AN_CHECK_NULL(ctx, same, AN_ERR_INPUT, "swiglu_linear: residual %s does not have the output's shape",
+                      an_tensor_describe(residual, dr, sizeof dr));
+    }
+    an_tensor *own = act ? NULL : an_op_new_like(ctx, gate, gate->ndim, gate->shape);
+    if (!act && (!own || an_op_swiglu_into(ctx, gate, up, own) != AN_OK)) {
+        an_tensor_release(own);
+        return NULL;
+    }
+    an_tensor *out = an_op_new_like(ctx, gate, gate->ndim, shape);
+    an_gemm_shape s = {1, rows, outer, inner, false, true, false, false}; /* act @ W^T + residual */
+    an_status st = out ? an_op_gemm_bias_add(ctx, &s, act ? act : own, w, NULL, residual, out) : an_error_status(ctx);
+    an_tensor_release(own);
+    if (st != AN_OK) {
+        an_tensor_release(out);
+        return NULL;
+    }
+    an_node *node = an_tape_record(ctx, &an_op_swiglu_linear, out, (an_tensor *[]){gate, up, w, residual}, 4);
+    if (node && residual) an_node_input_routing_only(node, 3); /* its gradient is dY itself */
+    return out;
+}
+
+an_tensor *an_swiglu_linear(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *w, an_tensor *residual) {
+    return swiglu_linear(ctx, gate, up, NULL, w, residual);
+}
+
+an_status an_swiglu_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *gate = node->inputs[0], *up = node->inputs[1], *w = node->inputs[2];
+    int64_t inner = w->shape[1], outer = w->shape[0], rows = an_tensor_numel(gate) / (inner ? inner : 1);
+    an_status st = AN_OK;
+    if (an_node_needs_grad(node, 0) || an_node_needs_grad(node, 1)) {
+        an_tensor *g[2] = {an_op_new_like(ctx, gate, gate->ndim, gate->shape),
+                           an_op_new_like(ctx, up, up->ndim, up->shape)};
+        st = g[0] && g[1] ? AN_OK : an_error_status(ctx);
+        const void *ptrs[] = {an_tensor_data(grad_out), an_tensor_data(w), an_tensor_data(gate), an_tensor_data(up),
+                              g[0] ? an_tensor_data(g[0]) : NULL, g[1] ? an_tensor_data(g[1]) : NULL};
+        if (st == AN_OK && gate->device == AN_CUDA && an_cuda_gemm_swiglu_rule(ctx, gate->dtype, rows, outer, inner, ptrs, 6)) {
+            st = an_cuda_gemm_swiglu_backward(ctx, gate->dtype, ptrs[0], rows, outer, ptrs[1], inner, ptrs[2], ptrs[3],
+                                              an_tensor_data(g[0]), an_tensor_data(g[1]));
+        } else if (st == AN_OK) { /* d act = dY @ W, then the swiglu's gradient */
+            an_tensor *dact = an_op_new_like(ctx, gate, gate->ndim, gate->shape);
+            an_gemm_shape s = {1, rows, inner, outer, false, false, false, false};
+            st = dact ? an_op_gemm(ctx, &s, grad_out, w, dact) : an_error_status(ctx);
+            if (st == AN_OK) st = an_op_swiglu_grad(ctx, gate, up, dact, g[0], g[1]);
+            an_tensor_release(dact);
+        }
+        for (int i = 0; i < 2; i++) {
+            if (st == AN_OK && an_node_needs_grad(node, i)) st = an_node_accumulate(ctx, node, i, g[i]);
+            else an_tensor_release(g[i]);
+        }
+        AN_TRY(st);
+    }
+    if (an_node_needs_grad(node, 2)) { /* dW = dY^T act, act formed again from gate and up */
+        an_tensor *act = an_op_new_like(ctx, gate, gate->ndim, gate->shape);
+        st = act ? an_op_swiglu_into(ctx, gate, up, act) : an_error_status(ctx);
+        if (st == AN_OK) st = an_op_linear_weight_grad(ctx, node, 2, grad_out, act);
+        an_tensor_release(act);
+        AN_TRY(st);
+    }
+    return an_node_pass_grad(ctx, node, 3, grad_out); /* the residual's (none without one) */
+}
+
+an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor *w_up, an_tensor *w_down,
+                         an_tensor *residual) {
+    AN_OP_INPUTS(x, w_gate, w_up, w_down);
+    if (an_op_check_float_peers(ctx, "swiglu_mlp", (an_tensor *[]){x, w_gate, w_up, w_down, residual}, 5)) return NULL;
+    char dx[96], dg[96], du[96];
+    an_tensor_describe(x, dx, sizeof dx);
+    an_tensor_describe(w_gate, dg, sizeof dg);
+    an_tensor_describe(w_up, du, sizeof du);
+    AN_CHECK_NULL(ctx, w_gate->ndim == 2 && an_tensor_same_shape(w_gate, w_up), AN_ERR_INPUT,
+                  "swiglu_mlp: gate weight %s and up weight %s must be the same (out, in)", dg, du);
+    AN_CHECK_NULL(ctx, x->ndim >= 1 && x->shape[x->ndim - 1] == w_gate->shape[1], AN_ERR_INPUT,
+                  "swiglu_mlp: input %s does not match gate weight %s (out, in)", dx, dg);
+    int64_t in = w_gate->shape[1], n = w_gate->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    an_tensor *gate = NULL, *up = NULL, *act = NULL;
+    if (x->device == AN_CUDA) { /* gate, up and act from one launch where the kernel takes the shape */
+        int64_t shape[AN_MAX_DIMS];
+        memcpy(shape, x->shape, sizeof shape);
+        shape[x->ndim - 1] = n;
+        gate = an_op_new_like(ctx, x, x->ndim, shape);
+        up = gate ? an_op_new_like(ctx, x, x->ndim, shape) : NULL;
+        act = up ? an_op_new_like(ctx, x, x->ndim, shape) : NULL;
+        if (!act) {
+            an_tensor_release(gate), an_tensor_release(up);
+            return NULL;
+        }
+        const void *ptrs[] = {an_tensor_data(x),    an_tensor_data(w_gate), an_tensor_data(w_up),
+                              an_tensor_data(gate), an_tensor_data(up),     an_tensor_data(act)};
+        if (an_cuda_gemm_swiglu_rule(ctx, x->dtype, rows, in, n, ptrs, 6) &&
+            an_cuda_gemm_swiglu(ctx, x->dtype, ptrs[0], rows, in, ptrs[1], ptrs[2], n, an_tensor_data(gate),
+                                an_tensor_data(up), an_tensor_data(act)) == AN_OK) {
+            an_op_record_linear(ctx, x, w_gate, NULL, NULL, gate);
+            an_op_record_linear(ctx, x, w_up, NULL, NULL, up);
+        } else {
+            an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
+            gate = up = act = NULL;
+            if (an_error_status(ctx) != AN_OK) return NULL;
+        }
+    }
+    if (!gate) { /* the two linears */
+        gate = an_linear(ctx, x, w_gate, NULL);
+        up = gate ? an_linear(ctx, x, w_up, NULL) : NULL;
+    }
+    an_tensor *out = up ? swiglu_linear(ctx, gate, up, act, w_down, residual) : NULL;
+    an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
+    return out;
+}
