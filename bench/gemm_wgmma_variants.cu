@@ -1,11 +1,15 @@
 /* gemm_wgmma_variants.cu — kernels/gemm_wgmma.cu's kernel template (included with
  * AN_WGMMA_GEMM_KERNEL_ONLY) at several tile shapes next to cuBLASLt (its heuristic's first
  * algorithm, as kernels/gemm.cu runs it) on the training GEMMs of the 1.5B model at 8 x 1024
- * tokens: D (M, N) = A (M, K) B (N, K)^T in bf16. Prints microseconds a call (median of 20 after
- * 5 warm-ups), TFLOP/s, the ratio to cuBLASLt, and WRONG where a result is further from cuBLASLt's
- * than two units in the last place of bf16 at the output's scale. A small ragged shape is checked
- * against a float64 host reference first. The swiglu epilogue (gate and up maps, three outputs) is
- * timed against cuBLASLt's gate and up GEMMs plus an elementwise swiglu pass.
+ * tokens, in bf16: D (M, N) = A (M, K) B^T with B (N, K), and the backward's dX = dY W with B
+ * stored (K, N). Prints microseconds a call (median of 20 after 5 warm-ups), TFLOP/s, the ratio to
+ * cuBLASLt, and WRONG where a result is further from cuBLASLt's than two units in the last place
+ * of bf16 at the output's scale. A ragged 300 x 392 x 1096 is checked against a float64 host
+ * reference first in both layouts. Then the two fused forms the library uses, against what they
+ * replace: SWIGLU (gate, up and silu(gate) up from one tile of both projections) against
+ * cuBLASLt's two GEMMs and a 16-byte-vector swiglu pass, and SWIGLU_BWD (dgate, dup from d act =
+ * dY W_down and the tile's gate and up) against cuBLASLt's GEMM and the separate gradient pass;
+ * both must give the same bits (the same kernels/silu.cuh formulas on the same rounded values).
  *
  *   bench/gemm_wgmma_variants      (a standalone CUDA program, not linked to anneal)
  *
