@@ -58,8 +58,8 @@ static void launch_s(const bf *x, int M, const bf *w, bf *y, int N, int K, cudaS
     auto *k = decode_gemm::kernel<bf, NT, WN, WK, S, STAGES>;
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CUtensorMap wmap, xmap;
-    CK(decode_gemm::encode_map(encoder, &wmap, w, N, K, 16 * WN));
-    CK(decode_gemm::encode_map(encoder, &xmap, x, M, K, 8 * NT));
+    CK(tma::encode_2d(encoder, &wmap, w, N, K, decode_gemm::BK, 16 * WN));
+    CK(tma::encode_2d(encoder, &xmap, x, M, K, decode_gemm::BK, 8 * NT));
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3((unsigned)(((N + 16 * WN - 1) / (16 * WN)) * S));
     cfg.blockDim = dim3(WN * WK * 32);

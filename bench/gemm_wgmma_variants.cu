@@ -77,15 +77,15 @@ static void wg_launch(const bf *a, const bf *b, const bf *b2, const bf *in0, con
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     constexpr int TN = EPI == wgmma_gemm::SWIGLU ? BN / 2 : BN, BW = TN % 64 == 0 ? 64 : 32;
     CUtensorMap am, bm, bm2, im0, im1, om0, om1, om2;
-    CK(wgmma_gemm::encode_map(encoder, &am, a, M, K, 64, wgmma_gemm::BM));
-    if (BT) CK(wgmma_gemm::encode_map(encoder, &bm, b, K, N, 64, 64)); /* B (K, N) */
-    else CK(wgmma_gemm::encode_map(encoder, &bm, b, N, K, 64, TN));
-    CK(wgmma_gemm::encode_map(encoder, &bm2, b2 ? b2 : b, N, K, 64, TN));
-    CK(wgmma_gemm::encode_map(encoder, &im0, in0 ? in0 : out0, M, N, 64, 64));
-    CK(wgmma_gemm::encode_map(encoder, &im1, in1 ? in1 : out0, M, N, 64, 64));
-    CK(wgmma_gemm::encode_map(encoder, &om0, out0, M, N, BW, 64));
-    CK(wgmma_gemm::encode_map(encoder, &om1, out1 ? out1 : out0, M, N, BW, 64));
-    CK(wgmma_gemm::encode_map(encoder, &om2, out2 ? out2 : out0, M, N, BW, 64));
+    CK(tma::encode_2d(encoder, &am, a, M, K, 64, wgmma_gemm::BM));
+    if (BT) CK(tma::encode_2d(encoder, &bm, b, K, N, 64, 64)); /* B (K, N) */
+    else CK(tma::encode_2d(encoder, &bm, b, N, K, 64, TN));
+    CK(tma::encode_2d(encoder, &bm2, b2 ? b2 : b, N, K, 64, TN));
+    CK(tma::encode_2d(encoder, &im0, in0 ? in0 : out0, M, N, 64, 64));
+    CK(tma::encode_2d(encoder, &im1, in1 ? in1 : out0, M, N, 64, 64));
+    CK(tma::encode_2d(encoder, &om0, out0, M, N, BW, 64));
+    CK(tma::encode_2d(encoder, &om1, out1 ? out1 : out0, M, N, BW, 64));
+    CK(tma::encode_2d(encoder, &om2, out2 ? out2 : out0, M, N, BW, 64));
     const int tiles = ((M + 127) / 128) * ((N + TN - 1) / TN);
     k<<<std::min(tiles, sms), wgmma_gemm::THREADS, bytes, st>>>(am, bm, bm2, im0, im1, om0, om1, om2, M, N, K);
     CK(cudaGetLastError());

@@ -37,6 +37,7 @@
 
 #include "kernels/mma.cuh"  /* Mma, ldsm_x4_at */
 #include "kernels/silu.cuh" /* an_silu */
+#include "kernels/tma.cuh"  /* mbarriers, tma::load, tma::encode_2d */
 
 #include <cooperative_groups.h>
 #include <cuda.h>         /* CUtensorMap (the encoder comes from the runtime's driver entry point) */
@@ -45,26 +46,6 @@
 #include <type_traits>
 
 namespace decode_gemm {
-
-/* mbarrier and tensor-memory-accelerator primitives (shared addresses as 32-bit). */
-__device__ __forceinline__ void bar_init(uint32_t bar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void bar_expect(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
-    asm volatile("{\n .reg .pred p;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 " @!p bra WAIT_%=;\n}" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-}
-/* The box at (k, row) of map into shared dst; its bytes complete on bar. */
-__device__ __forceinline__ void tma_load(uint32_t dst, const CUtensorMap *map, int32_t k, int32_t row, uint32_t bar) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
-                 ::"r"(dst), "l"(map), "r"(k), "r"(row), "r"(bar)
-                 : "memory");
-}
 
 /* Byte offset of 16-byte chunk c (0..7) of row r in a stage of 128-byte rows as the 128-byte
  * swizzle lays it out (the box 1024-byte aligned): the 8 rows an ldmatrix phase reads hit 8
@@ -98,15 +79,15 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
     const int64_t n0 = (int64_t)(blockIdx.x / S) * BO;
     /* this stage's W: one box of BN rows, or BN / 2 gate rows and the matching up rows */
     auto load_w = [&](uint32_t dst, int64_t chunk, uint32_t bar) {
-        tma_load(dst, &wmap, (int32_t)(chunk * BK), (int32_t)n0, bar);
-        if (GLU) tma_load(dst + BO * 128, &wmap, (int32_t)(chunk * BK), (int32_t)(N + n0), bar);
+        tma::load(dst, &wmap, (int32_t)(chunk * BK), (int32_t)n0, bar);
+        if (GLU) tma::load(dst + BO * 128, &wmap, (int32_t)(chunk * BK), (int32_t)(N + n0), bar);
     };
     const int64_t nc = (K + BK - 1) / BK, per = (nc + S - 1) / S;
     const int64_t cb = rank * per < nc ? rank * per : nc, ce = cb + per < nc ? cb + per : nc, count = ce - cb;
 
     if (tid == 0) {
 #pragma unroll
-        for (int s = 0; s < STAGES; s++) bar_init(bars + 8 * s);
+        for (int s = 0; s < STAGES; s++) tma::bar_init(bars + 8 * s, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -115,7 +96,7 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
 #pragma unroll
         for (int s = 0; s < STAGES - 1; s++)
             if (s < count) {
-                bar_expect(bars + 8 * s, STAGE);
+                tma::bar_expect(bars + 8 * s, STAGE);
                 load_w(base + s * STAGE, cb + s, bars + 8 * s);
             }
     an_pdl_wait(); /* x (and y when accumulating) come from the kernels before */
@@ -123,7 +104,7 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
     if (tid == 0)
 #pragma unroll
         for (int s = 0; s < STAGES - 1; s++)
-            if (s < count) tma_load(base + s * STAGE + WBYTES, &xmap, (int32_t)((cb + s) * BK), 0, bars + 8 * s);
+            if (s < count) tma::load(base + s * STAGE + WBYTES, &xmap, (int32_t)((cb + s) * BK), 0, bars + 8 * s);
 
     float acc[NT][4];
 #pragma unroll
@@ -139,12 +120,12 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
         const int64_t next = i + STAGES - 1;
         if (tid == 0 && next < count) {
             const int slot = (int)(next % STAGES);
-            bar_expect(bars + 8 * slot, STAGE);
+            tma::bar_expect(bars + 8 * slot, STAGE);
             load_w(base + slot * STAGE, cb + next, bars + 8 * slot);
-            tma_load(base + slot * STAGE + WBYTES, &xmap, (int32_t)((cb + next) * BK), 0, bars + 8 * slot);
+            tma::load(base + slot * STAGE + WBYTES, &xmap, (int32_t)((cb + next) * BK), 0, bars + 8 * slot);
         }
         const int slot = (int)(i % STAGES);
-        bar_wait(bars + 8 * slot, (uint32_t)((i / STAGES) & 1));
+        tma::bar_wait(bars + 8 * slot, (uint32_t)((i / STAGES) & 1));
         const uint32_t st = base + slot * STAGE;
 #pragma unroll
         for (int kk = wk; kk < 4; kk += WK) {
@@ -214,20 +195,6 @@ __global__ void __cluster_dims__(S, 1, 1) __launch_bounds__(WN *WK * 32)
 /* The stages, their mbarriers, and 1024 bytes to align the first stage. */
 template <int NT, int WN, int STAGES> constexpr int smem_bytes() { return STAGES * (16 * WN + 8 * NT) * 128 + 8 * STAGES + 1024; }
 
-/* A 128-byte-swizzled tensor map over a (rows, K) row-major matrix of T in boxes of (box_rows, 64). */
-template <typename T>
-cudaError_t encode_map(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap *map, const T *p, int64_t rows, int64_t K,
-                       int box_rows) {
-    const cuuint64_t dims[2] = {(cuuint64_t)K, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)K * sizeof(T)};
-    const cuuint32_t box[2] = {BK, (cuuint32_t)box_rows}, elem[2] = {1, 1};
-    CUresult r = encode(map, sizeof(T) == 2 && std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
-                                                                              : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                        2, (void *)p, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
-}
-
 } // namespace decode_gemm
 
 #ifndef AN_DECODE_GEMM_KERNEL_ONLY
@@ -252,8 +219,8 @@ cudaError_t launch(an_cuda_state *s, const T *x, int64_t M, int64_t K, const T *
     CUtensorMap wmap, xmap;
     const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
     constexpr int BO = GLU ? BN / 2 : BN; /* output columns a tile */
-    if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &wmap, w, GLU ? 2 * N : N, K, BO);
-    if (err == cudaSuccess) err = decode_gemm::encode_map(encode, &xmap, x, M, K, 8 * NT);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &wmap, w, GLU ? 2 * N : N, K, decode_gemm::BK, BO);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &xmap, x, M, K, decode_gemm::BK, 8 * NT);
     if (err != cudaSuccess) return err;
     const int64_t tiles = (N + BO - 1) / BO;
     return an_launch_pdl_smem(s, k, dim3((unsigned)(tiles * S)), dim3(WN * WK * 32), (size_t)bytes, wmap, xmap, M, K, N,

@@ -30,7 +30,8 @@
 #include "kernels/cuda_common.cuh" /* an_cuda_state, AN_CUDA_CHECK, an_cuda_tensor_map_encoder */
 #endif
 #include "kernels/silu.cuh"  /* an_silu, an_sigmoid */
-#include "kernels/wgmma.cuh" /* desc_k128, desc_mn128, Mma, fence/commit/wait, mbarriers, tma_load/tma_store */
+#include "kernels/tma.cuh"   /* mbarriers, tma::load / store, tma::encode_2d */
+#include "kernels/wgmma.cuh" /* desc_k128, desc_mn128, Mma, fence / commit / wait, regs_dec / inc, named_sync */
 
 #include <cuda.h>         /* CUtensorMap */
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled_v12000 */
@@ -121,11 +122,11 @@ __global__ void __launch_bounds__(THREADS, 1)
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
-            wgmma::bar_init(full + 8 * s, 1);
-            wgmma::bar_init(empty + 8 * s, 8); /* lane 0 of each consumer warp */
+            tma::bar_init(full + 8 * s, 1);
+            tma::bar_init(empty + 8 * s, 8); /* lane 0 of each consumer warp */
         }
-        wgmma::bar_init(inputs, 1);     /* SWIGLU_BWD: warpgroup c's gate and up tiles landed (inputs + 8c) */
-        wgmma::bar_init(inputs + 8, 1);
+        tma::bar_init(inputs, 1);     /* SWIGLU_BWD: warpgroup c's gate and up tiles landed (inputs + 8c) */
+        tma::bar_init(inputs + 8, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -139,19 +140,19 @@ __global__ void __launch_bounds__(THREADS, 1)
                 tile_of(t, tiles_m, tiles_n, &tm, &tn);
                 for (int kb = 0; kb < nk; kb++, it++) {
                     const int s = it % STAGES;
-                    wgmma::bar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
+                    tma::bar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
                     const uint32_t st = base + s * L::STAGE;
-                    wgmma::bar_expect(full + 8 * s, L::STAGE);
-                    wgmma::tma_load(st, &amap, kb * BK, tm * BM, full + 8 * s);
+                    tma::bar_expect(full + 8 * s, L::STAGE);
+                    tma::load(st, &amap, kb * BK, tm * BM, full + 8 * s);
                     if constexpr (EPI == SWIGLU) {
-                        wgmma::tma_load(st + L::A_BYTES, &bmap, kb * BK, tn * (BN / 2), full + 8 * s);
-                        wgmma::tma_load(st + L::A_BYTES + BN / 2 * 128, &bmap2, kb * BK, tn * (BN / 2), full + 8 * s);
+                        tma::load(st + L::A_BYTES, &bmap, kb * BK, tn * (BN / 2), full + 8 * s);
+                        tma::load(st + L::A_BYTES + BN / 2 * 128, &bmap2, kb * BK, tn * (BN / 2), full + 8 * s);
                     } else if constexpr (BT) { /* B (K, N): BN / 64 boxes of (64 n, 64 k) */
 #pragma unroll
                         for (int b = 0; b < BN / 64; b++)
-                            wgmma::tma_load(st + L::A_BYTES + b * BK * 128, &bmap, tn * BN + 64 * b, kb * BK, full + 8 * s);
+                            tma::load(st + L::A_BYTES + b * BK * 128, &bmap, tn * BN + 64 * b, kb * BK, full + 8 * s);
                     } else {
-                        wgmma::tma_load(st + L::A_BYTES, &bmap, kb * BK, tn * BN, full + 8 * s);
+                        tma::load(st + L::A_BYTES, &bmap, kb * BK, tn * BN, full + 8 * s);
                     }
                 }
             }
@@ -173,7 +174,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         int it = i * nk; /* this tile's first stage use */
         for (int kb = 0; kb < nk; kb++, it++) {
             const int s = it % STAGES;
-            wgmma::bar_wait(full + 8 * s, (it / STAGES) & 1);
+            tma::bar_wait(full + 8 * s, (it / STAGES) & 1);
             const uint32_t st = base + s * L::STAGE;
             const uint64_t da = wgmma::desc_k128(st + c * 64 * 128);
             const uint64_t db = BT ? wgmma::desc_mn128(st + L::A_BYTES, BK * 128) : wgmma::desc_k128(st + L::A_BYTES);
@@ -184,28 +185,28 @@ __global__ void __launch_bounds__(THREADS, 1)
             wgmma::commit();
             if (EPI == SWIGLU_BWD && kb == nk / 2 && tid == 0) {
                 /* this tile's gate and up into the staging, once the last tile's stores have read it */
-                wgmma::tma_store_wait_read<0>();
-                wgmma::bar_expect(inputs + 8 * c, 2 * 64 * BN * 2);
+                tma::store_wait_read<0>();
+                tma::bar_expect(inputs + 8 * c, 2 * 64 * BN * 2);
 #pragma unroll
                 for (int o = 0; o < 2; o++)
 #pragma unroll
                     for (int cb = 0; cb < BN / 64; cb++)
-                        wgmma::tma_load(staging + (o * (BN / 64) + cb) * 64 * 128, o ? &imap1 : &imap0, tn * BN + 64 * cb,
+                        tma::load(staging + (o * (BN / 64) + cb) * 64 * 128, o ? &imap1 : &imap0, tn * BN + 64 * cb,
                                         m0, inputs + 8 * c);
             }
             if (kb > 0) { /* the previous stage's MMAs are done: hand it back */
                 wgmma::wait<1>();
-                if (lane == 0) wgmma::bar_arrive(empty + 8 * ((it - 1) % STAGES));
+                if (lane == 0) tma::bar_arrive(empty + 8 * ((it - 1) % STAGES));
             }
         }
         wgmma::wait<0>();
         wgmma::fence_regs(acc);
-        if (lane == 0) wgmma::bar_arrive(empty + 8 * ((it - 1) % STAGES));
+        if (lane == 0) tma::bar_arrive(empty + 8 * ((it - 1) % STAGES));
 
         /* epilogue: the staging is free once this warpgroup's last stores have read it (for
          * SWIGLU_BWD that was waited for before its gate and up came in) */
-        if (EPI == SWIGLU_BWD) wgmma::bar_wait(inputs + 8 * c, i & 1);
-        else if (tid == 0) wgmma::tma_store_wait_read<0>();
+        if (EPI == SWIGLU_BWD) tma::bar_wait(inputs + 8 * c, i & 1);
+        else if (tid == 0) tma::store_wait_read<0>();
         wgmma::named_sync(1 + c, 128);
         const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
         /* boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
@@ -245,36 +246,21 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
             }
         }
-        wgmma::fence_async_shared();
+        tma::fence_async_shared();
         wgmma::named_sync(1 + c, 128);
         if (tid == 0) {
             const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
 #pragma unroll
             for (int o = 0; o < OUTS; o++)
 #pragma unroll
-                for (int cb = 0; cb < NB; cb++) wgmma::tma_store(maps[o], tn * TN + BW * cb, m0, staging + (o * NB + cb) * BOX);
-            wgmma::tma_store_commit();
+                for (int cb = 0; cb < NB; cb++) tma::store(maps[o], tn * TN + BW * cb, m0, staging + (o * NB + cb) * BOX);
+            tma::store_commit();
         }
     }
-    if (tid == 0) wgmma::tma_store_wait<0>();
+    if (tid == 0) tma::store_wait<0>();
 #else
     __trap();
 #endif
-}
-
-/* A tensor map over a (rows, cols) row-major matrix of T in boxes of (box_cols, box_rows), swizzled
- * by the box's row bytes (box_cols 64: 128 bytes, 32: 64 bytes). */
-template <typename T>
-cudaError_t encode_map(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap *map, const T *p, int64_t rows,
-                       int64_t cols, int box_cols, int box_rows) {
-    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * sizeof(T)};
-    const cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, elem[2] = {1, 1};
-    CUresult r = encode(map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                        2, (void *)p, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
-                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
 } // namespace wgmma_gemm
@@ -299,14 +285,14 @@ cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b
     if (err == cudaSuccess) err = an_cuda_tensor_map_encoder(s, &fn);
     const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
     CUtensorMap am, bm, bm2, im0, im1, om0, om1, om2;
-    if (err == cudaSuccess) err = encode_map(encode, &am, a, M, K, BK, BM);
-    if (err == cudaSuccess) err = BT ? encode_map(encode, &bm, b, K, N, 64, BK) : encode_map(encode, &bm, b, N, K, BK, TN);
-    if (err == cudaSuccess) err = encode_map(encode, &bm2, b2 ? b2 : b, BT ? K : N, BT ? N : K, 64, BT ? BK : TN);
-    if (err == cudaSuccess) err = encode_map(encode, &im0, in0 ? in0 : out0, M, N, 64, 64);
-    if (err == cudaSuccess) err = encode_map(encode, &im1, in1 ? in1 : out0, M, N, 64, 64);
-    if (err == cudaSuccess) err = encode_map(encode, &om0, out0, M, N, 64, 64);
-    if (err == cudaSuccess) err = encode_map(encode, &om1, out1 ? out1 : out0, M, N, 64, 64);
-    if (err == cudaSuccess) err = encode_map(encode, &om2, out2 ? out2 : out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &am, a, M, K, BK, BM);
+    if (err == cudaSuccess) err = BT ? tma::encode_2d(encode, &bm, b, K, N, 64, BK) : tma::encode_2d(encode, &bm, b, N, K, BK, TN);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &bm2, b2 ? b2 : b, BT ? K : N, BT ? N : K, 64, BT ? BK : TN);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &im0, in0 ? in0 : out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &im1, in1 ? in1 : out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &om0, out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &om1, out1 ? out1 : out0, M, N, 64, 64);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &om2, out2 ? out2 : out0, M, N, 64, 64);
     if (err != cudaSuccess) return err;
     const int64_t tiles = (int64_t)((M + BM - 1) / BM) * ((N + TN - 1) / TN);
     const unsigned grid = (unsigned)(tiles < s->sm_count ? tiles : s->sm_count);

@@ -1,7 +1,8 @@
 /* wgmma.cuh — the Hopper (sm_90a) warpgroup tensor-core primitives of kernels/gemm_wgmma.cu:
  * shared-memory matrix descriptors for 128-byte-swizzled K-major tiles, wgmma.mma_async
- * m64n128k16 / m64n192k16 / m64n256k16 with fp32 accumulators in registers, its fence / commit / wait, the
- * warpgroup register reallocation, mbarriers and the tensor memory accelerator's loads and stores.
+ * m64n128k16 / m64n192k16 / m64n256k16 with fp32 accumulators in registers, its fence / commit /
+ * wait, the warpgroup register reallocation and named barriers (mbarriers and the tensor memory
+ * accelerator: kernels/tma.cuh).
  *
  * Accumulator layout (PTX ISA, wgmma .m64nNk16, f32 D): thread t of the warpgroup (warp w = t / 32,
  * lane l) holds d[4j .. 4j + 3] = rows 16w + l/4 (d[4j], d[4j+1]) and 16w + l/4 + 8 (d[4j+2],
@@ -53,44 +54,6 @@ template <int R> __device__ __forceinline__ void fence_regs(float (&r)[R]) {
 template <int R> __device__ __forceinline__ void regs_dec() { asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(R)); }
 template <int R> __device__ __forceinline__ void regs_inc() { asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(R)); }
 
-/* mbarriers (shared addresses as 32-bit). */
-__device__ __forceinline__ void bar_init(uint32_t bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void bar_expect(uint32_t bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void bar_arrive(uint32_t bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
-    asm volatile("{\n .reg .pred p;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
-                 " @!p bra WAIT_%=;\n}" ::"r"(bar),
-                 "r"(parity)
-                 : "memory");
-}
-/* The box at (c0, c1) of map into shared dst; its bytes complete on bar. */
-__device__ __forceinline__ void tma_load(uint32_t dst, const void *map, int32_t c0, int32_t c1, uint32_t bar) {
-    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
-                 ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar)
-                 : "memory");
-}
-/* Shared src to the box at (c0, c1) of map (parts outside the tensor are not written). */
-__device__ __forceinline__ void tma_store(const void *map, int32_t c0, int32_t c1, uint32_t src) {
-    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"(map), "r"(c0),
-                 "r"(c1), "r"(src)
-                 : "memory");
-}
-__device__ __forceinline__ void tma_store_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
-/* Until the shared sources of all but N committed stores have been read. */
-template <int N> __device__ __forceinline__ void tma_store_wait_read() {
-    asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
-}
-template <int N> __device__ __forceinline__ void tma_store_wait() {
-    asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
-}
-/* Shared-memory writes made visible to the tensor memory accelerator (the async proxy). */
-__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
 /* A barrier of `threads` threads (a multiple of 32) on named barrier id (1-15; 0 is __syncthreads). */
 __device__ __forceinline__ void named_sync(int id, int threads) {
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");

@@ -251,7 +251,10 @@ START_TEST(test_swiglu_mlp_and_swiglu_linear) {
     ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "swiglu_linear: gate"));
     an_error_clear(ctx);
     ck_assert_ptr_null(an_swiglu_mlp(ctx, x, wg, wu, wd, x));
-    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "residual"));
+    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "swiglu_mlp: residual"));
+    an_error_clear(ctx);
+    ck_assert_ptr_null(an_swiglu_mlp(ctx, x, wg, wu, wg, res));
+    ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "swiglu_mlp: down weight"));
     an_error_clear(ctx);
     for (int k = 0; k < 2; k++) {
         an_tensor_release(ys[k]);

@@ -1,6 +1,8 @@
 /* op_support.c — shared input checks for the op files. */
 #include "autograd/op_support.h"
 
+#include <string.h>
+
 an_status an_op_check_float_peers(an_ctx *ctx, const char *op, an_tensor *const *ts, int n) {
     const an_tensor *first = NULL;
     for (int i = 0; i < n; i++) {
@@ -17,6 +19,15 @@ an_status an_op_check_float_peers(an_ctx *ctx, const char *op, an_tensor *const 
                  t->device == AN_CPU ? "cpu" : "cuda", an_dtype_name(first->dtype),
                  first->device == AN_CPU ? "cpu" : "cuda");
     }
+    return AN_OK;
+}
+
+an_status an_op_check_residual(an_ctx *ctx, const char *op, const an_tensor *residual, int ndim, const int64_t *shape) {
+    if (!residual) return AN_OK;
+    char d[96];
+    bool same = residual->ndim == ndim && !memcmp(residual->shape, shape, (size_t)ndim * sizeof *shape);
+    AN_CHECK(ctx, same, AN_ERR_INPUT, "%s: residual %s does not have the output's shape", op,
+             an_tensor_describe(residual, d, sizeof d));
     return AN_OK;
 }
 

@@ -17,6 +17,8 @@
 
 /* Inputs of one float dtype on one device (NULLs skipped): an error naming op and operands. */
 an_status an_op_check_float_peers(an_ctx *ctx, const char *op, an_tensor *const *ts, int n);
+/* residual (NULL: none) has the output's shape (ndim, shape): an error naming op and residual. */
+an_status an_op_check_residual(an_ctx *ctx, const char *op, const an_tensor *residual, int ndim, const int64_t *shape);
 /* Integer index tensor on the same device as `like`. */
 an_status an_op_check_indices(an_ctx *ctx, const char *op, const char *what, const an_tensor *ids,
                               const an_tensor *like);

@@ -243,12 +243,7 @@ static an_tensor *linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bia
     int64_t shape[AN_MAX_DIMS];
     memcpy(shape, x->shape, sizeof shape);
     shape[x->ndim - 1] = out_features;
-    if (residual) {
-        char dr[96];
-        bool same = residual->ndim == x->ndim && !memcmp(residual->shape, shape, (size_t)x->ndim * sizeof *shape);
-        AN_CHECK_NULL(ctx, same, AN_ERR_INPUT, "linear: residual %s does not have the output's shape",
-                      an_tensor_describe(residual, dr, sizeof dr));
-    }
+    if (an_op_check_residual(ctx, "linear", residual, x->ndim, shape) != AN_OK) return NULL;
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
     if (!out) return NULL;
     an_gemm_shape s = {1, rows, out_features, in, false, true, false, false};

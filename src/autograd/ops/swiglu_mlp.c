@@ -33,12 +33,7 @@ static an_tensor *swiglu_linear(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_
     int64_t shape[AN_MAX_DIMS];
     memcpy(shape, gate->shape, sizeof shape);
     shape[gate->ndim - 1] = outer;
-    if (residual) {
-        char dr[96];
-        bool same = residual->ndim == gate->ndim && !memcmp(residual->shape, shape, (size_t)gate->ndim * sizeof *shape);
-        AN_CHECK_NULL(ctx, same, AN_ERR_INPUT, "swiglu_linear: residual %s does not have the output's shape",
-                      an_tensor_describe(residual, dr, sizeof dr));
-    }
+    if (an_op_check_residual(ctx, "swiglu_linear", residual, gate->ndim, shape) != AN_OK) return NULL;
     an_tensor *own = act ? NULL : an_op_new_like(ctx, gate, gate->ndim, gate->shape);
     if (!act && (!own || an_op_swiglu_into(ctx, gate, up, own) != AN_OK)) {
         an_tensor_release(own);
@@ -110,6 +105,15 @@ an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor
     AN_CHECK_NULL(ctx, x->ndim >= 1 && x->shape[x->ndim - 1] == w_gate->shape[1], AN_ERR_INPUT,
                   "swiglu_mlp: input %s does not match gate weight %s (out, in)", dx, dg);
     int64_t in = w_gate->shape[1], n = w_gate->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    /* the second half's operands too, before anything runs or is recorded */
+    char dd[96];
+    AN_CHECK_NULL(ctx, w_down->ndim == 2 && w_down->shape[1] == n, AN_ERR_INPUT,
+                  "swiglu_mlp: down weight %s does not match gate weight %s (out, in)",
+                  an_tensor_describe(w_down, dd, sizeof dd), dg);
+    int64_t out_shape[AN_MAX_DIMS];
+    memcpy(out_shape, x->shape, sizeof out_shape);
+    out_shape[x->ndim - 1] = w_down->shape[0];
+    if (an_op_check_residual(ctx, "swiglu_mlp", residual, x->ndim, out_shape) != AN_OK) return NULL;
     an_tensor *gate = NULL, *up = NULL, *act = NULL;
     if (x->device == AN_CUDA) { /* gate, up and act from one launch where the kernel takes the shape */
         int64_t shape[AN_MAX_DIMS];

@@ -1,0 +1,73 @@
+/* tma.cuh — mbarriers and the tensor memory accelerator's 2-D box copies (sm_90), shared by
+ * gemm_decode.cu and gemm_wgmma.cu: barrier init / expect / arrive / wait, box loads that complete
+ * on an mbarrier, box stores in bulk groups with their waits, the proxy fence between thread
+ * writes and a store, and the host's encoding of a row-major matrix's tensor map. Shared addresses
+ * are 32-bit. */
+#ifndef AN_TMA_CUH
+#define AN_TMA_CUH
+
+#include <cuda.h>         /* CUtensorMap */
+#include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled_v12000 */
+#include <cuda_fp16.h>
+#include <stdint.h>
+#include <type_traits>
+
+namespace tma {
+
+__device__ __forceinline__ void bar_init(uint32_t bar, int count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void bar_expect(uint32_t bar, uint32_t bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bar_arrive(uint32_t bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void bar_wait(uint32_t bar, uint32_t parity) {
+    asm volatile("{\n .reg .pred p;\n WAIT_%=:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], %1;\n"
+                 " @!p bra WAIT_%=;\n}" ::"r"(bar),
+                 "r"(parity)
+                 : "memory");
+}
+/* The box at (c0, c1) (column, row) of map into shared dst; its bytes complete on bar. */
+__device__ __forceinline__ void load(uint32_t dst, const void *map, int32_t c0, int32_t c1, uint32_t bar) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];"
+                 ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar)
+                 : "memory");
+}
+/* Shared src to the box at (c0, c1) of map (parts outside the tensor are not written). */
+__device__ __forceinline__ void store(const void *map, int32_t c0, int32_t c1, uint32_t src) {
+    asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"(map), "r"(c0),
+                 "r"(c1), "r"(src)
+                 : "memory");
+}
+__device__ __forceinline__ void store_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+/* Until the shared sources of all but N committed store groups have been read. */
+template <int N> __device__ __forceinline__ void store_wait_read() {
+    asm volatile("cp.async.bulk.wait_group.read %0;" ::"n"(N) : "memory");
+}
+/* Until all but N committed store groups are done. */
+template <int N> __device__ __forceinline__ void store_wait() {
+    asm volatile("cp.async.bulk.wait_group %0;" ::"n"(N) : "memory");
+}
+/* Shared-memory writes made visible to the tensor memory accelerator (the async proxy). */
+__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+/* A tensor map over a (rows, cols) row-major matrix of T (b16) in boxes of (box_cols, box_rows),
+ * swizzled by the box's row bytes (box_cols 64: the 128-byte swizzle, 32: the 64-byte one), zero
+ * fill past the edges. */
+template <typename T>
+cudaError_t encode_2d(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap *map, const T *p, int64_t rows,
+                      int64_t cols, int box_cols, int box_rows) {
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * sizeof(T)};
+    const cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, elem[2] = {1, 1};
+    CUresult r = encode(map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+                        2, (void *)p, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        box_cols == 64 ? CU_TENSOR_MAP_SWIZZLE_128B : CU_TENSOR_MAP_SWIZZLE_64B,
+                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+} // namespace tma
+
+#endif
