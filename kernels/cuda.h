@@ -210,8 +210,8 @@ an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *
                                        const void *w, int64_t N, const void *gate, const void *up, void *dgate,
                                        void *dup);
 /* 1 when ctx's device runs gemm_wgmma.cu's kernels (compute capability 9.0) and the operands fit
- * its tensor maps: bf16 or f16, K and N multiples of 8, M, N, K below 2^31, every one of the n_ptrs
- * pointers 16-byte aligned; else 0. */
+ * its tensor maps: bf16 or f16, K and N multiples of 8, M, N, K and the tile count below 2^31,
+ * every one of the n_ptrs pointers 16-byte aligned; else 0. */
 int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
                              int n_ptrs);
 

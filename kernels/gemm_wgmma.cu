@@ -308,6 +308,7 @@ extern "C" int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, 
                                         const void *const *ptrs, int n_ptrs) {
     if (!ctx->cuda || !ctx->cuda->wgmma || ctx->cuda->wgmma_off || (dtype != AN_BF16 && dtype != AN_F16)) return 0;
     if (M < 1 || N < 8 || K < 8 || K % 8 || N % 8 || M > INT32_MAX || N > INT32_MAX || K > INT32_MAX) return 0;
+    if ((M + 127) / 128 * ((N + 63) / 64) > INT32_MAX) return 0; /* the tile index is an int */
     for (int i = 0; i < n_ptrs; i++)
         if (!aligned16(ptrs[i])) return 0;
     return 1;
