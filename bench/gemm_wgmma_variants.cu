@@ -96,11 +96,13 @@ static void wg_gemm(const bf *a, const bf *b, const bf *b2, bf *d, bf *d2, bf *d
     wg_launch<BN, STAGES, EPI, BT>(a, b, b2, nullptr, nullptr, d, d2, d3, M, N, K, st);
 }
 
-/* dg, du = swiglu's gradient at (g, u) for d act = dy (M, K) w (K, N): the SWIGLU_BWD form. */
+/* dg, du = swiglu's gradient at (g, u) for d act = dy (M, K) w (K, N): the SWIGLU_BWD form; with act
+ * not NULL the SWIGLU_BWD_ACT form, act = silu(g) u as well. */
 template <int BN, int STAGES>
-static void wg_swiglu_bwd(const bf *dy, const bf *w, const bf *g, const bf *u, bf *dg, bf *du, int M, int N, int K,
-                          cudaStream_t st) {
-    wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD, true>(dy, w, nullptr, g, u, dg, du, nullptr, M, N, K, st);
+static void wg_swiglu_bwd(const bf *dy, const bf *w, const bf *g, const bf *u, bf *dg, bf *du, bf *act, int M, int N,
+                          int K, cudaStream_t st) {
+    if (act) wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD_ACT, true>(dy, w, nullptr, g, u, dg, du, act, M, N, K, st);
+    else wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD, true>(dy, w, nullptr, g, u, dg, du, nullptr, M, N, K, st);
 }
 
 /* The separate swiglu gradient pass as elementwise.cu runs it: 8 elements a thread in 16-byte loads. */
@@ -340,13 +342,14 @@ int main() {
         reference();
         double tl = time_us(reference, st);
         printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us\n", M, N, K, "cublasLt + pass", tl);
-        typedef void (*bwd_fn)(const bf *, const bf *, const bf *, const bf *, bf *, bf *, int, int, int, cudaStream_t);
+        typedef void (*bwd_fn)(const bf *, const bf *, const bf *, const bf *, bf *, bf *, bf *, int, int, int,
+                               cudaStream_t);
         const struct { const char *name; bwd_fn fn; } fused[] = {
             {"128x128 s5 (the library's)", wg_swiglu_bwd<128, 5>},
             {"128x128 s4", wg_swiglu_bwd<128, 4>},
         };
         for (const auto &f : fused) {
-            auto run = [&] { f.fn(dy, w, g, u, dg, du, M, N, K, st); };
+            auto run = [&] { f.fn(dy, w, g, u, dg, du, nullptr, M, N, K, st); };
             for (bf *p : {dg, du}) CK(cudaMemset(p, 0xff, out * 2));
             run();
             CK(cudaStreamSynchronize(st));
@@ -355,6 +358,32 @@ int main() {
             bool ok = mg <= 2.0 && mu <= 2.0;
             printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us  %.3fx  max err dg %.2f du %.2f %s\n", M, N, K, f.name, t,
                    tl / t, mg, mu, ok ? "" : "WRONG");
+            failed |= !ok;
+        }
+        /* with act as well (a trained down projection's dW reads it): against the same plus the swiglu pass */
+        bf *act, *ract;
+        CK(cudaMalloc(&act, out * 2));
+        CK(cudaMalloc(&ract, out * 2));
+        auto reference_act = [&] {
+            reference();
+            swiglu_ref<<<(unsigned)((out / 8 + 255) / 256), 256, 0, st>>>(g, u, ract, (int64_t)out);
+        };
+        reference_act();
+        double tla = time_us(reference_act, st);
+        printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us\n", M, N, K, "+ act: cublasLt + 2 passes", tla);
+        const struct { const char *name; bwd_fn fn; } with_act[] = {
+            {"+ act 128x128 s4 (library)", wg_swiglu_bwd<128, 4>},
+        };
+        for (const auto &f : with_act) {
+            auto run = [&] { f.fn(dy, w, g, u, dg, du, act, M, N, K, st); };
+            for (bf *p : {dg, du, act}) CK(cudaMemset(p, 0xff, out * 2));
+            run();
+            CK(cudaStreamSynchronize(st));
+            double mg = mismatch(dg, rdg, out), mu = mismatch(du, rdu, out), ma = mismatch(act, ract, out);
+            double t = time_us(run, st);
+            bool ok = mg <= 2.0 && mu <= 2.0 && ma <= 2.0;
+            printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us  %.3fx  max err dg %.2f du %.2f act %.2f %s\n", M, N, K,
+                   f.name, t, tla / t, mg, mu, ma, ok ? "" : "WRONG");
             failed |= !ok;
         }
     }

@@ -203,12 +203,14 @@ an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_
  * (the down projection's weight, K = its outputs), then dgate = d act u silu'(gate) and dup = d act
  * silu(gate), each rounded to the dtype, in one launch (the same kernel, the swiglu gradient in its
  * epilogue: d act rounded to the dtype first, then an_cuda_swiglu_backward's formula, so the same
- * bits as an_cuda_gemm + an_cuda_swiglu_backward wherever the GEMMs agree). gate, up, dgate, dup (M,
- * N). On an H100 at 8192 x 8960 x 1536: 500 us against 549 for cuBLASLt's GEMM and the separate
- * pass (bench/gemm_wgmma_variants). Only where an_cuda_gemm_swiglu_rule allows (its M, K, N). */
+ * bits as an_cuda_gemm + an_cuda_swiglu_backward wherever the GEMMs agree); with act not NULL also
+ * act = silu(gate) up as an_cuda_swiglu forms it (a trained down projection's dW reads it). gate,
+ * up, dgate, dup, act (M, N). On an H100 at 8192 x 8960 x 1536: 481-499 us against 549-552 for
+ * cuBLASLt's GEMM and the separate pass (bench/gemm_wgmma_variants). Only where
+ * an_cuda_gemm_swiglu_rule allows (its M, K, N). */
 an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
                                        const void *w, int64_t N, const void *gate, const void *up, void *dgate,
-                                       void *dup);
+                                       void *dup, void *act);
 /* 1 when ctx's device runs gemm_wgmma.cu's kernels (compute capability 9.0) and the operands fit
  * its tensor maps: bf16 or f16, K and N multiples of 8, M, N, K and the tile count below 2^31,
  * every one of the n_ptrs pointers 16-byte aligned; else 0. */

@@ -361,8 +361,8 @@ an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_
 }
 an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
                                        const void *w, int64_t N, const void *gate, const void *up, void *dgate,
-                                       void *dup) {
-    (void)dtype, (void)dy, (void)M, (void)K, (void)w, (void)N, (void)gate, (void)up, (void)dgate, (void)dup;
+                                       void *dup, void *act) {
+    (void)dtype, (void)dy, (void)M, (void)K, (void)w, (void)N, (void)gate, (void)up, (void)dgate, (void)dup, (void)act;
     return NO_CUDA(ctx);
 }
 int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,

@@ -47,16 +47,20 @@ constexpr int BM = 128, BK = 64, THREADS = 384, GROUP_M = 8;
  * SWIGLU: B's tile is BN / 2 gate rows then the same BN / 2 up rows; the tile's outputs are g and u
  *   (each rounded to T) and silu(g) u of those rounded values.
  * SWIGLU_BWD (with BT): the sums are d act; with g and u of the same tile, the outputs are
- *   dg = d act u silu'(g) and du = d act silu(g), d act rounded to T first. */
-enum Epilogue { STORE = 0, SWIGLU = 1, SWIGLU_BWD = 2 };
+ *   dg = d act u silu'(g) and du = d act silu(g), d act rounded to T first.
+ * SWIGLU_BWD_ACT: the same and silu(g) u as a third output (the trained down projection's dW
+ *   reads it; it is not kept from the forward). */
+enum Epilogue { STORE = 0, SWIGLU = 1, SWIGLU_BWD = 2, SWIGLU_BWD_ACT = 3 };
+__host__ __device__ constexpr bool backward_form(int epi) { return epi == SWIGLU_BWD || epi == SWIGLU_BWD_ACT; }
 
 /* Shared memory: the stages, each consumer warpgroup's staging of its 64 output rows (as T, in
- * boxes of 64 rows and BW columns: BN columns, for SWIGLU three outputs of BN / 2, for SWIGLU_BWD
+ * boxes of 64 rows and BW columns: BN columns, for SWIGLU three outputs of BN / 2, for SWIGLU_BWD(_ACT)
  * two of BN), the full, empty and gate-and-up mbarriers, and 1024 bytes to align the first stage
  * (the swizzle's unit). */
 template <int BN, int STAGES, int EPI> struct Layout {
     static constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
-    static constexpr int WG_STAGING = 64 * 2 * (EPI == SWIGLU ? 3 * (BN / 2) : EPI == SWIGLU_BWD ? 2 * BN : BN);
+    static constexpr int WG_STAGING =
+        64 * 2 * (EPI == SWIGLU ? 3 * (BN / 2) : EPI == SWIGLU_BWD ? 2 * BN : EPI == SWIGLU_BWD_ACT ? 3 * BN : BN);
     static constexpr int BARS = STAGES * STAGE + 2 * WG_STAGING;
     static constexpr int BYTES = BARS + 16 * STAGES + 16 + 1024;
 };
@@ -110,7 +114,7 @@ __global__ void __launch_bounds__(THREADS, 1)
            const __grid_constant__ CUtensorMap omap1, const __grid_constant__ CUtensorMap omap2, int M, int N, int K) {
 #if AN_WGMMA_AVAILABLE
     using L = Layout<BN, STAGES, EPI>;
-    static_assert(EPI != SWIGLU_BWD || BT, "the swiglu gradient epilogue follows dX = dY W");
+    static_assert(!backward_form(EPI) || BT, "the swiglu gradient epilogue follows dX = dY W");
     static_assert(EPI != SWIGLU || !BT, "the swiglu epilogue follows y = x W^T");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
@@ -183,7 +187,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             for (int kk = 0; kk < BK / 16; kk++)
                 wgmma::Mma<T, BN, BT ? 1 : 0>::run(acc, da + 2 * kk, db + (BT ? 128 : 2) * kk, (kb > 0 || kk > 0) ? 1 : 0);
             wgmma::commit();
-            if (EPI == SWIGLU_BWD && kb == nk / 2 && tid == 0) {
+            if (backward_form(EPI) && kb == nk / 2 && tid == 0) {
                 /* this tile's gate and up into the staging, once the last tile's stores have read it */
                 tma::store_wait_read<0>();
                 tma::bar_expect(inputs + 8 * c, 2 * 64 * BN * 2);
@@ -205,13 +209,13 @@ __global__ void __launch_bounds__(THREADS, 1)
 
         /* epilogue: the staging is free once this warpgroup's last stores have read it (for
          * SWIGLU_BWD that was waited for before its gate and up came in) */
-        if (EPI == SWIGLU_BWD) tma::bar_wait(inputs + 8 * c, i & 1);
+        if (backward_form(EPI)) tma::bar_wait(inputs + 8 * c, i & 1);
         else if (tid == 0) tma::store_wait_read<0>();
         wgmma::named_sync(1 + c, 128);
         const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
         /* boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
         constexpr int BW = TN % 64 == 0 ? 64 : 32, NB = TN / BW, BOX = 64 * BW * 2;
-        constexpr int OUTS = EPI == STORE ? 1 : EPI == SWIGLU ? 3 : 2;
+        constexpr int OUTS = EPI == STORE ? 1 : EPI == SWIGLU_BWD ? 2 : 3;
         auto at = [&](int o, int col, int r) -> uint32_t * {
             return reinterpret_cast<uint32_t *>(stg + (o * NB + col / BW) * BOX + staged<BW>(r, col % BW));
         };
@@ -243,6 +247,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     }
                     *at(0, col, r) = pack<T>(dg[0], dg[1]);
                     *at(1, col, r) = pack<T>(du[0], du[1]);
+                    if constexpr (EPI == SWIGLU_BWD_ACT) *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
                 }
             }
         }
@@ -270,8 +275,8 @@ namespace {
 
 /* The forms' tiles and stages (bench/gemm_wgmma_variants, H100): SWIGLU 128 x (64 gate + 64 up) with
  * 5 stages (128 x 192 with 3 and 128 x 128 with 4 were slower; 128 x 256 does not fit three staged
- * outputs); SWIGLU_BWD 128 x 128 with 5 (4 lost 7%). */
-constexpr int SWIGLU_BN = 128, SWIGLU_STAGES = 5, BWD_BN = 128, BWD_STAGES = 5;
+ * outputs); SWIGLU_BWD 128 x 128 with 5 (4 lost 7%), with act as well 4 (what fits three staged outputs). */
+constexpr int SWIGLU_BN = 128, SWIGLU_STAGES = 5, BWD_BN = 128, BWD_STAGES = 5, BWD_ACT_STAGES = 4;
 
 template <typename T, int BN, int STAGES, int EPI, bool BT>
 cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b, const T *b2, const T *in0,
@@ -336,24 +341,32 @@ extern "C" an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void
     return AN_OK;
 }
 
+template <typename T>
+cudaError_t launch_backward(an_cuda_state *s, int M, int N, int K, const T *dy, const T *w, const T *gate, const T *up,
+                            T *dgate, T *dup, T *act) {
+    using namespace wgmma_gemm;
+    if (act)
+        return launch<T, BWD_BN, BWD_ACT_STAGES, SWIGLU_BWD_ACT, true>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup, act);
+    return launch<T, BWD_BN, BWD_STAGES, SWIGLU_BWD, true>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup, nullptr);
+}
+
 extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
                                                   const void *w, int64_t N, const void *gate, const void *up,
-                                                  void *dgate, void *dup) {
+                                                  void *dgate, void *dup, void *act) {
     AN_CUDA_STATE(ctx, s);
-    const void *ptrs[] = {dy, w, gate, up, dgate, dup};
-    AN_CHECK(ctx, an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, N, ptrs, 6), AN_ERR_INPUT,
+    const void *ptrs[] = {dy, w, gate, up, dgate, dup, act};
+    AN_CHECK(ctx, an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, N, ptrs, act ? 7 : 6), AN_ERR_INPUT,
              "gemm_swiglu_backward: %s (%lld, %lld) x (%lld, %lld) on this device: needs compute capability 9.0, "
              "bf16 or f16, K and N multiples of 8, 16-byte aligned operands",
              an_dtype_name(dtype), (long long)M, (long long)K, (long long)K, (long long)N);
-    cudaError_t err =
-        dtype == AN_BF16
-            ? launch<__nv_bfloat16, BWD_BN, BWD_STAGES, wgmma_gemm::SWIGLU_BWD, true>(
-                  s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)dy, (const __nv_bfloat16 *)w, nullptr,
-                  (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up, (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup,
-                  nullptr)
-            : launch<__half, BWD_BN, BWD_STAGES, wgmma_gemm::SWIGLU_BWD, true>(
-                  s, (int)M, (int)N, (int)K, (const __half *)dy, (const __half *)w, nullptr, (const __half *)gate,
-                  (const __half *)up, (__half *)dgate, (__half *)dup, nullptr);
+    cudaError_t err = dtype == AN_BF16
+                          ? launch_backward<__nv_bfloat16>(s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)dy,
+                                                           (const __nv_bfloat16 *)w, (const __nv_bfloat16 *)gate,
+                                                           (const __nv_bfloat16 *)up, (__nv_bfloat16 *)dgate,
+                                                           (__nv_bfloat16 *)dup, (__nv_bfloat16 *)act)
+                          : launch_backward<__half>(s, (int)M, (int)N, (int)K, (const __half *)dy, (const __half *)w,
+                                                    (const __half *)gate, (const __half *)up, (__half *)dgate,
+                                                    (__half *)dup, (__half *)act);
     AN_CUDA_CHECK(ctx, err);
     return AN_OK;
 }

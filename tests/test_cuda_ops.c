@@ -961,7 +961,8 @@ static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int64_t rows, int64_t co
 /* The op against the CPU (forward and the five gradients); then both launchers with poisoned
  * outputs: an_cuda_gemm_swiglu's gate and up within the GEMM bound of cuBLASLt's, its act bit for
  * bit an_cuda_swiglu of its own gate and up; an_cuda_gemm_swiglu_backward's dgate and dup within
- * the bound of cuBLASLt's d act GEMM + an_cuda_swiglu_backward; the same bits on a repeat; a shape
+ * the bound of cuBLASLt's d act GEMM + an_cuda_swiglu_backward, the same bits again when it also
+ * forms act, and that act bit for bit the forward's; the same bits on a repeat; a shape
  * the kernels cannot take is an input error naming the launcher. */
 START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
     an_ctx *ctx = gpu_ctx(12, "cuda swiglu_mlp");
@@ -1017,9 +1018,11 @@ START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
                                      an_tensor_data(o[0][1]), an_tensor_data(dact), an_tensor_data(dact)};
                 bool bwd_ok = an_cuda_gemm_swiglu_rule(ctx, dtype, rows, out, n, bwd, 6);
                 for (int k = 0; k < 3; k++) dg[k] = poisoned(ctx, dtype, rows, n), du[k] = poisoned(ctx, dtype, rows, n);
-                for (int k = 0; k < 2 && bwd_ok; k++)
+                an_tensor *act = poisoned(ctx, dtype, rows, n);
+                for (int k = 0; k < 2 && bwd_ok; k++) /* the second launch also forms act */
                     test_ok(ctx, an_cuda_gemm_swiglu_backward(ctx, dtype, bwd[0], rows, out, bwd[1], n, bwd[2], bwd[3],
-                                                              an_tensor_data(dg[k]), an_tensor_data(du[k])),
+                                                              an_tensor_data(dg[k]), an_tensor_data(du[k]),
+                                                              k ? an_tensor_data(act) : NULL),
                             "an_cuda_gemm_swiglu_backward");
                 if (bwd_ok) {
                     an_gemm_shape ds = {1, rows, n, out, false, false, false, false}; /* d act = dy @ W_down */
@@ -1033,9 +1036,11 @@ START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
                                         fmt(w2, sizeof w2, "%s: %s against cuBLASLt + swiglu_backward", what, i ? "dup" : "dgate"));
                         an_tensor_release(want);
                     }
-                    expect_same_bits(ctx, dg[0], dg[1], fmt(w2, sizeof w2, "%s: dgate on a repeat", what));
-                    expect_same_bits(ctx, du[0], du[1], fmt(w2, sizeof w2, "%s: dup on a repeat", what));
+                    expect_same_bits(ctx, dg[0], dg[1], fmt(w2, sizeof w2, "%s: dgate with act formed too", what));
+                    expect_same_bits(ctx, du[0], du[1], fmt(w2, sizeof w2, "%s: dup with act formed too", what));
+                    expect_same_bits(ctx, act, o[0][2], fmt(w2, sizeof w2, "%s: the backward's act against the forward's", what));
                 }
+                an_tensor_release(act);
                 for (int k = 0; k < 3; k++) an_tensor_release(dg[k]), an_tensor_release(du[k]);
                 an_tensor_release(dact);
                 for (int k = 0; k < 2; k++)
@@ -1048,7 +1053,7 @@ START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
                 ck_assert_msg(strstr(an_error_message(ctx), "gemm_swiglu") != NULL, "%s", an_error_message(ctx));
                 an_error_clear(ctx);
                 st = an_cuda_gemm_swiglu_backward(ctx, dtype, an_tensor_data(r.upstream), rows, out, fwd[1], in,
-                                                  fwd[0], fwd[0], an_tensor_data(r.out), an_tensor_data(r.out));
+                                                  fwd[0], fwd[0], an_tensor_data(r.out), an_tensor_data(r.out), NULL);
                 ck_assert_int_eq(st, AN_ERR_INPUT);
                 ck_assert_msg(strstr(an_error_message(ctx), "gemm_swiglu_backward") != NULL, "%s", an_error_message(ctx));
                 an_error_clear(ctx);

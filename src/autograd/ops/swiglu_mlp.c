@@ -3,7 +3,8 @@
  * an_swiglu_linear is its second half as one node, residual + swiglu(gate, up) W^T: the swiglu's
  * output lives only inside the op (formed for the GEMM, formed again in backward only when W is
  * trained), and the backward takes d act = dY W and the swiglu's gradient in one launch on an
- * H100 (an_cuda_gemm_swiglu_backward), else as the GEMM and the elementwise pass. an_swiglu_mlp
+ * H100 (an_cuda_gemm_swiglu_backward, which also forms act for a trained W's dW), else as the
+ * GEMM and the elementwise passes. an_swiglu_mlp
  * adds the gate and up projections, recorded as the two linears an_linear records; on an H100
  * their GEMMs and the swiglu are one launch (an_cuda_gemm_swiglu). Where neither kernel takes the
  * shape (another device, f32, K or N not a multiple of 8) the same values come from the separate
@@ -59,16 +60,23 @@ an_tensor *an_swiglu_linear(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tens
 an_status an_swiglu_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     an_tensor *gate = node->inputs[0], *up = node->inputs[1], *w = node->inputs[2];
     int64_t inner = w->shape[1], outer = w->shape[0], rows = an_tensor_numel(gate) / (inner ? inner : 1);
-    an_status st = AN_OK;
-    if (an_node_needs_grad(node, 0) || an_node_needs_grad(node, 1)) {
+    bool want_w = an_node_needs_grad(node, 2), act_formed = false;
+    /* act for dW (trained W only): from the fused kernel beside dgate and dup, else formed again */
+    an_tensor *act = want_w ? an_op_new_like(ctx, gate, gate->ndim, gate->shape) : NULL;
+    an_status st = !want_w || act ? AN_OK : an_error_status(ctx);
+    if (st == AN_OK && (an_node_needs_grad(node, 0) || an_node_needs_grad(node, 1))) {
         an_tensor *g[2] = {an_op_new_like(ctx, gate, gate->ndim, gate->shape),
                            an_op_new_like(ctx, up, up->ndim, up->shape)};
         st = g[0] && g[1] ? AN_OK : an_error_status(ctx);
         const void *ptrs[] = {an_tensor_data(grad_out), an_tensor_data(w), an_tensor_data(gate), an_tensor_data(up),
-                              g[0] ? an_tensor_data(g[0]) : NULL, g[1] ? an_tensor_data(g[1]) : NULL};
-        if (st == AN_OK && gate->device == AN_CUDA && an_cuda_gemm_swiglu_rule(ctx, gate->dtype, rows, outer, inner, ptrs, 6)) {
+                              g[0] ? an_tensor_data(g[0]) : NULL, g[1] ? an_tensor_data(g[1]) : NULL,
+                              act ? an_tensor_data(act) : NULL};
+        if (st == AN_OK && gate->device == AN_CUDA &&
+            an_cuda_gemm_swiglu_rule(ctx, gate->dtype, rows, outer, inner, ptrs, act ? 7 : 6)) {
             st = an_cuda_gemm_swiglu_backward(ctx, gate->dtype, ptrs[0], rows, outer, ptrs[1], inner, ptrs[2], ptrs[3],
-                                              an_tensor_data(g[0]), an_tensor_data(g[1]));
+                                              an_tensor_data(g[0]), an_tensor_data(g[1]),
+                                              act ? an_tensor_data(act) : NULL);
+            act_formed = act != NULL;
         } else if (st == AN_OK) { /* d act = dY @ W, then the swiglu's gradient */
             an_tensor *dact = an_op_new_like(ctx, gate, gate->ndim, gate->shape);
             an_gemm_shape s = {1, rows, inner, outer, false, false, false, false};
@@ -80,15 +88,13 @@ an_status an_swiglu_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_
             if (st == AN_OK && an_node_needs_grad(node, i)) st = an_node_accumulate(ctx, node, i, g[i]);
             else an_tensor_release(g[i]);
         }
-        AN_TRY(st);
     }
-    if (an_node_needs_grad(node, 2)) { /* dW = dY^T act, act formed again from gate and up */
-        an_tensor *act = an_op_new_like(ctx, gate, gate->ndim, gate->shape);
-        st = act ? an_op_swiglu_into(ctx, gate, up, act) : an_error_status(ctx);
+    if (st == AN_OK && want_w) { /* dW = dY^T act */
+        if (!act_formed) st = an_op_swiglu_into(ctx, gate, up, act);
         if (st == AN_OK) st = an_op_linear_weight_grad(ctx, node, 2, grad_out, act);
-        an_tensor_release(act);
-        AN_TRY(st);
     }
+    an_tensor_release(act);
+    AN_TRY(st);
     return an_node_pass_grad(ctx, node, 3, grad_out); /* the residual's (none without one) */
 }
 
