@@ -195,8 +195,8 @@ int an_cuda_decode_gemm_rule(an_dtype dtype, const void *x, int64_t M, int64_t K
  * accumulation over k in order, the swiglu in the epilogue formed from the rounded gate and up
  * exactly as an_cuda_swiglu forms it (the same bits as the GEMMs + an_cuda_swiglu wherever the
  * GEMMs agree; cuBLASLt's did at every training shape measured). The training MLP's forward: on an
- * H100 at 8192 x 8960 x 1536, 697 us against 818 for cuBLASLt's two GEMMs and the swiglu pass
- * (bench/gemm_wgmma_variants). Only where an_cuda_gemm_swiglu_rule allows. */
+ * H100 at 8192 x 8960 x 1536, 693-702 us against 723-731 for cuBLASLt's two GEMMs and a vectorized
+ * swiglu pass (bench/gemm_wgmma_variants). Only where an_cuda_gemm_swiglu_rule allows. */
 an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w_gate,
                               const void *w_up, int64_t N, void *gate, void *up, void *act);
 /* The gradient of silu(gate) up through y = act W^T: d act = dy (M, K) w (K, N) for w (K, N) row-major

@@ -1,9 +1,10 @@
 /* gemm_wgmma.cu — D (M, N) = A (M, K) B^T in bf16 or f16 with fp32 accumulation on Hopper's
  * warpgroup tensor cores (sm_90a), for B (N, K) or, with BT, B stored (K, N): a GEMM of our own so
- * that its epilogue can do what cuBLASLt's cannot. Two forms serve the training MLP
+ * that its epilogue can do what cuBLASLt's cannot. Its forms serve the training MLP
  * (ops/swiglu_mlp.c): SWIGLU writes gate = x W_gate^T, up = x W_up^T and silu(gate) up from one
  * tile of both projections, and SWIGLU_BWD turns d act = dY W_down into the swiglu's gradients
- * dgate, dup in the epilogue, so neither act nor d act makes a trip through memory of its own.
+ * dgate, dup in the epilogue (SWIGLU_BWD_ACT also writes act again for a trained W_down's dW), so
+ * neither act nor d act makes a trip through memory of its own.
  * At parity with cuBLASLt as a plain GEMM (STORE) on the 1.5B model's training shapes, bit for bit
  * equal to it at every one measured (bench/gemm_wgmma_variants, docs/performance.md).
  *
