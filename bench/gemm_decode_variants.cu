@@ -24,7 +24,6 @@
 #include <cuda_fp16.h>
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
-#define CB(x) do { cublasStatus_t e = (x); if (e != CUBLAS_STATUS_SUCCESS) { printf("%s:%d cublas %d\n", __FILE__, __LINE__, (int)e); exit(1);} } while (0)
 typedef __nv_bfloat16 bf;
 
 __device__ __forceinline__ void an_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
@@ -34,6 +33,8 @@ __device__ __forceinline__ float an_load(__half v) { return __half2float(v); }
 template <typename T> __device__ __forceinline__ T an_store(float v);
 template <> __device__ __forceinline__ bf an_store<bf>(float v) { return __float2bfloat16_rn(v); }
 template <> __device__ __forceinline__ __half an_store<__half>(float v) { return __float2half_rn(v); }
+#include "cublaslt_plan.cuh" /* lt_plan, lt_run, lt_free */
+
 #define AN_DECODE_GEMM_KERNEL_ONLY
 #include "../kernels/gemm_decode.cu"
 
@@ -94,34 +95,14 @@ static Variant variants[] = {
 
 static float run_graph(cudaStream_t st, int reps, const std::vector<bf *> &W, const bf *x, bf *y, int M, int N, int K,
                        launch_fn f) {
-    cublasLtMatmulDesc_t op = nullptr;
-    cublasLtMatrixLayout_t la = nullptr, lb = nullptr, lc = nullptr;
-    cublasLtMatmulAlgo_t algo;
-    if (!f) {
-        CB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-        cublasOperation_t t = CUBLAS_OP_T;
-        CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
-        CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K));
-        CB(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K));
-        CB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, N, M, N));
-        cublasLtMatmulPreference_t pref;
-        CB(cublasLtMatmulPreferenceCreate(&pref));
-        size_t wsz = 32 << 20;
-        CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz));
-        cublasLtMatmulHeuristicResult_t h;
-        int n = 0;
-        CB(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &n));
-        if (!n) { printf("no algo\n"); exit(1); }
-        algo = h.algo;
-        CB(cublasLtMatmulPreferenceDestroy(pref));
-    }
-    float alpha = 1, beta = 0;
+    LtPlan plan;
+    if (!f) plan = lt_plan(lt, M, N, K);
     cudaGraph_t g;
     cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
     for (int r = 0; r < reps; r++) {
         const bf *w = W[r % W.size()];
-        if (!f) CB(cublasLtMatmul(lt, op, &alpha, w, la, x, lb, &beta, y, lc, y, lc, &algo, ws, 32 << 20, st));
+        if (!f) lt_run(lt, plan, x, w, y, ws, st);
         else f(x, M, w, y, N, K, st);
     }
     CK(cudaStreamEndCapture(st, &g));
@@ -145,12 +126,7 @@ static float run_graph(cudaStream_t st, int reps, const std::vector<bf *> &W, co
     CK(cudaGraphDestroy(g));
     CK(cudaEventDestroy(a));
     CK(cudaEventDestroy(b));
-    if (!f) {
-        CB(cublasLtMatmulDescDestroy(op));
-        CB(cublasLtMatrixLayoutDestroy(la));
-        CB(cublasLtMatrixLayoutDestroy(lb));
-        CB(cublasLtMatrixLayoutDestroy(lc));
-    }
+    lt_free(plan);
     return best * 1000.f / reps;
 }
 
@@ -181,7 +157,7 @@ int main(int argc, char **argv) {
     const int rows[] = {3, 8, 16, 32, 64};
     cudaStream_t st;
     CK(cudaStreamCreate(&st));
-    CB(cublasLtCreate(&lt));
+    LT_CHECK(cublasLtCreate(&lt));
     CK(cudaMalloc(&ws, 32 << 20));
     cudaDeviceProp p;
     CK(cudaGetDeviceProperties(&p, 0));

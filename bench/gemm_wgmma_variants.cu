@@ -27,8 +27,9 @@
 #include <cuda_fp16.h>
 
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
-#define CB(x) do { cublasStatus_t e = (x); if (e != CUBLAS_STATUS_SUCCESS) { printf("%s:%d cublas %d\n", __FILE__, __LINE__, (int)e); exit(1);} } while (0)
 typedef __nv_bfloat16 bf;
+
+#include "cublaslt_plan.cuh" /* lt_plan, lt_run, lt_free */
 
 #define AN_WGMMA_GEMM_KERNEL_ONLY
 #include "../kernels/gemm_wgmma.cu"
@@ -39,33 +40,11 @@ static int sms;
 static PFN_cuTensorMapEncodeTiled_v12000 encoder;
 static bool failed;
 
-/* D = A B^T with cuBLASLt (column-major view: D^T (N, M) = B (N, K) A^T), or with bt D = A B for B
- * (K, N). */
+/* D = A B^T with cuBLASLt, or with bt D = A B for B (K, N) (bench/cublaslt_plan.cuh). */
 static void lt_gemm(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaStream_t st, bool bt = false) {
-    cublasLtMatmulDesc_t op;
-    cublasLtMatrixLayout_t la, lb, lc;
-    CB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-    cublasOperation_t t = CUBLAS_OP_T;
-    if (!bt) CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
-    if (bt) CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, N, K, N));
-    else CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K));
-    CB(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K));
-    CB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, N, M, N));
-    cublasLtMatmulPreference_t pref;
-    CB(cublasLtMatmulPreferenceCreate(&pref));
-    size_t wsz = 32 << 20;
-    CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz));
-    cublasLtMatmulHeuristicResult_t h;
-    int n = 0;
-    CB(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &n));
-    if (n < 1) { printf("no cuBLASLt algorithm\n"); exit(1); }
-    float alpha = 1.0f, beta = 0.0f;
-    CB(cublasLtMatmul(lt, op, &alpha, b, la, a, lb, &beta, d, lc, d, lc, &h.algo, ws, wsz, st));
-    CB(cublasLtMatmulPreferenceDestroy(pref));
-    CB(cublasLtMatmulDescDestroy(op));
-    CB(cublasLtMatrixLayoutDestroy(la));
-    CB(cublasLtMatrixLayoutDestroy(lb));
-    CB(cublasLtMatrixLayoutDestroy(lc));
+    LtPlan p = lt_plan(lt, M, N, K, bt);
+    lt_run(lt, p, a, b, d, ws, st);
+    lt_free(p);
 }
 
 /* One launch of the kernel template: outputs out0..2, gate and up inputs in0, in1 (SWIGLU_BWD). */
@@ -237,7 +216,7 @@ static void check_small(cudaStream_t st, bool bt) {
 
 int main() {
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
-    CB(cublasLtCreate(&lt));
+    LT_CHECK(cublasLtCreate(&lt));
     CK(cudaMalloc(&ws, 32 << 20));
     cudaDriverEntryPointQueryResult q;
     void *fn = nullptr;

@@ -15,8 +15,9 @@
 #include <cmath>
 #include <cuda_bf16.h>
 #include <cublasLt.h>
+
+#include "cublaslt_plan.cuh" /* lt_plan, lt_run, lt_free */
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
-#define CB(x) do { cublasStatus_t e = (x); if (e != CUBLAS_STATUS_SUCCESS) { printf("%s:%d cublas %d\n", __FILE__, __LINE__, (int)e); exit(1);} } while (0)
 typedef __nv_bfloat16 bf;
 
 __device__ __forceinline__ void unpack(const uint4 &v, float *f) {
@@ -111,24 +112,13 @@ static Variant variants[] = {
 static cublasLtHandle_t lt;
 static void *ws;
 static float run_graph(cudaStream_t st, int reps, const std::vector<bf *> &W, const bf *x, bf *y, int N, int K, launch_fn f, bool blas) {
-    cublasLtMatmulDesc_t op; cublasLtMatrixLayout_t la, lb, lc; cublasLtMatmulAlgo_t algo; 
-    if (blas) {
-        CB(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
-        cublasOperation_t t = CUBLAS_OP_T; CB(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSA, &t, sizeof t));
-        CB(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K)); CB(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, 1, K));
-        CB(cublasLtMatrixLayoutCreate(&lc, CUDA_R_16BF, N, 1, N));
-        cublasLtMatmulPreference_t pref; CB(cublasLtMatmulPreferenceCreate(&pref)); size_t wsz = 32 << 20;
-        CB(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz));
-        cublasLtMatmulHeuristicResult_t h; int n = 0;
-        CB(cublasLtMatmulAlgoGetHeuristic(lt, op, la, lb, lc, lc, pref, 1, &h, &n)); if (!n) { printf("no algo\n"); exit(1); }
-        algo = h.algo;
-    }
-    float alpha = 1, beta = 0;
+    LtPlan plan;
+    if (blas) plan = lt_plan(lt, 1, N, K);
     cudaGraph_t g; cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal));
     for (int r = 0; r < reps; r++) {
         const bf *w = W[r % W.size()];
-        if (blas) CB(cublasLtMatmul(lt, op, &alpha, w, la, x, lb, &beta, y, lc, y, lc, &algo, ws, 32 << 20, st));
+        if (blas) lt_run(lt, plan, x, w, y, ws, st);
         else f(x, w, y, N, K, st);
     }
     CK(cudaStreamEndCapture(st, &g)); CK(cudaGraphInstantiate(&ge, g, 0));
@@ -140,6 +130,7 @@ static float run_graph(cudaStream_t st, int reps, const std::vector<bf *> &W, co
         float ms; CK(cudaEventElapsedTime(&ms, a, b)); if (ms < best) best = ms;
     }
     CK(cudaGraphExecDestroy(ge)); CK(cudaGraphDestroy(g));
+    lt_free(plan);
     return best * 1000.f / reps;
 }
 
@@ -158,7 +149,7 @@ int main() {
     Shape shapes[] = {{"q/o 1536x1536", 1536, 1536}, {"k/v 256x1536", 256, 1536}, {"qkv 2048x1536", 2048, 1536},
                       {"gate 8960x1536", 8960, 1536}, {"gate+up 17920x1536", 17920, 1536}, {"down 1536x8960", 1536, 8960},
                       {"lm_head 151936x1536", 151936, 1536}};
-    cudaStream_t st; CK(cudaStreamCreate(&st)); CB(cublasLtCreate(&lt)); CK(cudaMalloc(&ws, 32 << 20));
+    cudaStream_t st; CK(cudaStreamCreate(&st)); LT_CHECK(cublasLtCreate(&lt)); CK(cudaMalloc(&ws, 32 << 20));
     bf *x, *y; float *yr; CK(cudaMalloc(&x, 16 << 20)); CK(cudaMalloc(&y, 16 << 20)); CK(cudaMalloc(&yr, 4 << 20));
     fill<<<1024, 256>>>(x, 8 << 20, 7);
     size_t free_b, tot; CK(cudaMemGetInfo(&free_b, &tot));
