@@ -290,15 +290,18 @@ cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b
     cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess) err = an_cuda_tensor_map_encoder(s, &fn);
     const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
-    CUtensorMap am, bm, bm2, im0, im1, om0, om1, om2;
+    static_assert(TN % 64 == 0, "the output maps' boxes are 64 columns");
+    /* the maps a form does not read stay zero (b2: SWIGLU's up weight; in0, in1: the backward
+     * forms' gate and up; out1, out2: the second and third outputs) */
+    CUtensorMap am, bm, bm2{}, im0{}, im1{}, om0, om1{}, om2{};
     if (err == cudaSuccess) err = tma::encode_2d(encode, &am, a, M, K, BK, BM);
     if (err == cudaSuccess) err = BT ? tma::encode_2d(encode, &bm, b, K, N, 64, BK) : tma::encode_2d(encode, &bm, b, N, K, BK, TN);
-    if (err == cudaSuccess) err = tma::encode_2d(encode, &bm2, b2 ? b2 : b, BT ? K : N, BT ? N : K, 64, BT ? BK : TN);
-    if (err == cudaSuccess) err = tma::encode_2d(encode, &im0, in0 ? in0 : out0, M, N, 64, 64);
-    if (err == cudaSuccess) err = tma::encode_2d(encode, &im1, in1 ? in1 : out0, M, N, 64, 64);
+    if (err == cudaSuccess && b2) err = tma::encode_2d(encode, &bm2, b2, N, K, BK, TN);
+    if (err == cudaSuccess && in0) err = tma::encode_2d(encode, &im0, in0, M, N, 64, 64);
+    if (err == cudaSuccess && in1) err = tma::encode_2d(encode, &im1, in1, M, N, 64, 64);
     if (err == cudaSuccess) err = tma::encode_2d(encode, &om0, out0, M, N, 64, 64);
-    if (err == cudaSuccess) err = tma::encode_2d(encode, &om1, out1 ? out1 : out0, M, N, 64, 64);
-    if (err == cudaSuccess) err = tma::encode_2d(encode, &om2, out2 ? out2 : out0, M, N, 64, 64);
+    if (err == cudaSuccess && out1) err = tma::encode_2d(encode, &om1, out1, M, N, 64, 64);
+    if (err == cudaSuccess && out2) err = tma::encode_2d(encode, &om2, out2, M, N, 64, 64);
     if (err != cudaSuccess) return err;
     const int64_t tiles = (int64_t)((M + BM - 1) / BM) * ((N + TN - 1) / TN);
     const unsigned grid = (unsigned)(tiles < s->sm_count ? tiles : s->sm_count);

@@ -121,7 +121,9 @@ an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor
     out_shape[x->ndim - 1] = w_down->shape[0];
     if (an_op_check_residual(ctx, "swiglu_mlp", residual, x->ndim, out_shape) != AN_OK) return NULL;
     an_tensor *gate = NULL, *up = NULL, *act = NULL;
-    if (x->device == AN_CUDA) { /* gate, up and act from one launch where the kernel takes the shape */
+    const void *in_ptrs[] = {an_tensor_data(x), an_tensor_data(w_gate), an_tensor_data(w_up)};
+    if (x->device == AN_CUDA && an_cuda_gemm_swiglu_rule(ctx, x->dtype, rows, in, n, in_ptrs, 3)) {
+        /* gate, up and act from one launch (the outputs' alignment checked once they exist) */
         int64_t shape[AN_MAX_DIMS];
         memcpy(shape, x->shape, sizeof shape);
         shape[x->ndim - 1] = n;
