@@ -11,7 +11,11 @@
  * dY W_down and the tile's gate and up) against cuBLASLt's GEMM and the separate gradient pass;
  * both must give the same bits (the same kernels/silu.cuh formulas on the same rounded values).
  *
+ * Variants named c2 run in thread-block clusters of two CTAs sharing B's tiles (multicast).
+ *
  *   bench/gemm_wgmma_variants      (a standalone CUDA program, not linked to anneal)
+ *   WG_ONLY=NAME   only the plain shapes whose name starts so (none: only the fused forms)
+ *   WG_INPUTS_KB=K the backward forms bring gate and up in at k slice K (default: the library's)
  *
  * Exits 1 on any CUDA or cuBLASLt error or wrong result (a benchmark, not library code). */
 #include <algorithm>
@@ -20,6 +24,7 @@
 #include <iterator>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <vector>
 
 #include <cublasLt.h>
@@ -47,41 +52,47 @@ static void lt_gemm(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaSt
     lt_free(p);
 }
 
-/* One launch of the kernel template: outputs out0..2, gate and up inputs in0, in1 (SWIGLU_BWD). */
-template <int BN, int STAGES, int EPI, bool BT = false>
+/* One launch of the kernel template (clusters of CM CTAs): outputs out0..2, gate and up inputs in0,
+ * in1 (the backward forms). */
+template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
 static void wg_launch(const bf *a, const bf *b, const bf *b2, const bf *in0, const bf *in1, bf *out0, bf *out1,
                       bf *out2, int M, int N, int K, cudaStream_t st) {
     constexpr int bytes = wgmma_gemm::smem_bytes<BN, STAGES, EPI>();
-    auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT>;
+    auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT, CM>;
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     constexpr int TN = EPI == wgmma_gemm::SWIGLU ? BN / 2 : BN, BW = TN % 64 == 0 ? 64 : 32;
     CUtensorMap am, bm, bm2, im0, im1, om0, om1, om2;
     CK(tma::encode_2d(encoder, &am, a, M, K, 64, wgmma_gemm::BM));
     if (BT) CK(tma::encode_2d(encoder, &bm, b, K, N, 64, 64)); /* B (K, N) */
-    else CK(tma::encode_2d(encoder, &bm, b, N, K, 64, TN));
+    else CK(tma::encode_2d(encoder, &bm, b, N, K, 64, EPI == wgmma_gemm::SWIGLU ? TN : TN / CM));
     CK(tma::encode_2d(encoder, &bm2, b2 ? b2 : b, N, K, 64, TN));
     CK(tma::encode_2d(encoder, &im0, in0 ? in0 : out0, M, N, 64, 64));
     CK(tma::encode_2d(encoder, &im1, in1 ? in1 : out0, M, N, 64, 64));
     CK(tma::encode_2d(encoder, &om0, out0, M, N, BW, 64));
     CK(tma::encode_2d(encoder, &om1, out1 ? out1 : out0, M, N, BW, 64));
     CK(tma::encode_2d(encoder, &om2, out2 ? out2 : out0, M, N, BW, 64));
-    const int tiles = ((M + 127) / 128) * ((N + TN - 1) / TN);
-    k<<<std::min(tiles, sms), wgmma_gemm::THREADS, bytes, st>>>(am, bm, bm2, im0, im1, om0, om1, om2, M, N, K);
-    CK(cudaGetLastError());
+    const int64_t tiles = (int64_t)((M + 128 * CM - 1) / (128 * CM)) * ((N + TN - 1) / TN);
+    wgmma_gemm::Grid g;
+    CK(wgmma_gemm::grid_of(k, CM, tiles, sms, bytes, st, &g));
+    /* the backward forms' k slice for gate and up: the library's rule, or WG_INPUTS_KB */
+    static const int inputs_kb = getenv("WG_INPUTS_KB") ? atoi(getenv("WG_INPUTS_KB")) : -1;
+    const int nk = (K + 63) / 64;
+    CK(cudaLaunchKernelEx(&g.config, k, am, bm, bm2, im0, im1, om0, om1, om2, M, N, K,
+                          inputs_kb < 0 ? nk * wgmma_gemm::BWD_INPUTS_NUM / wgmma_gemm::BWD_INPUTS_DEN : inputs_kb));
 }
 
-template <int BN, int STAGES, int EPI, bool BT = false>
+template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
 static void wg_gemm(const bf *a, const bf *b, const bf *b2, bf *d, bf *d2, bf *d3, int M, int N, int K, cudaStream_t st) {
-    wg_launch<BN, STAGES, EPI, BT>(a, b, b2, nullptr, nullptr, d, d2, d3, M, N, K, st);
+    wg_launch<BN, STAGES, EPI, BT, CM>(a, b, b2, nullptr, nullptr, d, d2, d3, M, N, K, st);
 }
 
 /* dg, du = swiglu's gradient at (g, u) for d act = dy (M, K) w (K, N): the SWIGLU_BWD form; with act
  * not NULL the SWIGLU_BWD_ACT form, act = silu(g) u as well. */
-template <int BN, int STAGES>
+template <int BN, int STAGES, int CM = 1>
 static void wg_swiglu_bwd(const bf *dy, const bf *w, const bf *g, const bf *u, bf *dg, bf *du, bf *act, int M, int N,
                           int K, cudaStream_t st) {
-    if (act) wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD_ACT, true>(dy, w, nullptr, g, u, dg, du, act, M, N, K, st);
-    else wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD, true>(dy, w, nullptr, g, u, dg, du, nullptr, M, N, K, st);
+    if (act) wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD_ACT, true, CM>(dy, w, nullptr, g, u, dg, du, act, M, N, K, st);
+    else wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD, true, CM>(dy, w, nullptr, g, u, dg, du, nullptr, M, N, K, st);
 }
 
 /* The separate swiglu gradient pass as elementwise.cu runs it: 8 elements a thread in 16-byte loads. */
@@ -170,10 +181,15 @@ static const Variant variants[] = {
     {"128x256 s3", wg_gemm<256, 3, wgmma_gemm::STORE>},
     {"128x192 s4", wg_gemm<192, 4, wgmma_gemm::STORE>},
     {"128x128 s5", wg_gemm<128, 5, wgmma_gemm::STORE>},
+    {"128x256 s3 c2", wg_gemm<256, 3, wgmma_gemm::STORE, false, 2>},
+    {"128x192 s4 c2", wg_gemm<192, 4, wgmma_gemm::STORE, false, 2>},
+    {"128x128 s5 c2", wg_gemm<128, 5, wgmma_gemm::STORE, false, 2>},
 };
 static const Variant nn_variants[] = {
     {"128x256 s3 B(K,N)", wg_gemm<256, 3, wgmma_gemm::STORE, true>},
     {"128x128 s5 B(K,N)", wg_gemm<128, 5, wgmma_gemm::STORE, true>},
+    {"128x256 s3 B(K,N) c2", wg_gemm<256, 3, wgmma_gemm::STORE, true, 2>},
+    {"128x128 s5 B(K,N) c2", wg_gemm<128, 5, wgmma_gemm::STORE, true, 2>},
 };
 
 /* The ragged shape against a float64 host reference (every variant). */
@@ -227,6 +243,7 @@ int main() {
     check_small(st, false);
     check_small(st, true);
 
+    const char *only = getenv("WG_ONLY"); /* the plain shapes whose name starts so ("none": only the fused forms) */
     struct Shape { const char *name; int M, N, K; bool bt; };
     const Shape shapes[] = {
         {"gate|up", 8192, 17920, 1536, false}, {"gate", 8192, 8960, 1536, false}, {"down", 8192, 1536, 8960, false},
@@ -234,6 +251,7 @@ int main() {
         {"dX down", 8192, 8960, 1536, true},   {"dX g|u", 8192, 1536, 17920, true}, {"dX q", 8192, 1536, 1536, true},
     };
     for (const Shape &s : shapes) {
+        if (only && strncmp(s.name, only, strlen(only))) continue;
         bf *a, *b, *d, *ref;
         CK(cudaMalloc(&a, (size_t)s.M * s.K * 2));
         CK(cudaMalloc(&b, (size_t)s.N * s.K * 2));
@@ -286,8 +304,8 @@ int main() {
         typedef void (*fused_fn)(const bf *, const bf *, const bf *, bf *, bf *, bf *, int, int, int, cudaStream_t);
         const struct { const char *name; fused_fn fn; } fused[] = {
             {"128x128 s5 (the library's)", wg_gemm<128, 5, wgmma_gemm::SWIGLU>},
+            {"128x128 s5 c2", wg_gemm<128, 5, wgmma_gemm::SWIGLU, false, 2>},
             {"128x128 s4", wg_gemm<128, 4, wgmma_gemm::SWIGLU>},
-            {"128x192 s3", wg_gemm<192, 3, wgmma_gemm::SWIGLU>},
         };
         for (const auto &f : fused) {
             auto run = [&] { f.fn(x, wg, wu, g, u, act, M, N, K, st); };
@@ -325,6 +343,7 @@ int main() {
                                cudaStream_t);
         const struct { const char *name; bwd_fn fn; } fused[] = {
             {"128x128 s5 (the library's)", wg_swiglu_bwd<128, 5>},
+            {"128x128 s5 c2", wg_swiglu_bwd<128, 5, 2>},
             {"128x128 s4", wg_swiglu_bwd<128, 4>},
         };
         for (const auto &f : fused) {
@@ -352,6 +371,7 @@ int main() {
         printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us\n", M, N, K, "+ act: cublasLt + 2 passes", tla);
         const struct { const char *name; bwd_fn fn; } with_act[] = {
             {"+ act 128x128 s4 (library)", wg_swiglu_bwd<128, 4>},
+            {"+ act 128x128 s4 c2", wg_swiglu_bwd<128, 4, 2>},
         };
         for (const auto &f : with_act) {
             auto run = [&] { f.fn(dy, w, g, u, dg, du, act, M, N, K, st); };

@@ -9,7 +9,12 @@
  * equal to it at every one measured (bench/gemm_wgmma_variants, docs/performance.md).
  *
  * Shape of the work: a persistent grid (one block a multiprocessor) walks 128 x BN output tiles
- * in a grouped order (GROUP_M row tiles at a time share the L2). Warpgroup 0 is the producer: one
+ * in a grouped order (8 row tiles at a time share the L2). With CM = 2 the blocks run in
+ * thread-block clusters of two that take two row tiles over the same columns at once: each loads
+ * its own A and half of B's tile, multicast into both (B leaves the L2 once for two tiles), and a
+ * stage is free again once the consumers of both blocks handed it back (their empty barriers
+ * count both); the library launches CM = 1 (see BWD_INPUTS_NUM's comment). Warpgroup 0 is the
+ * producer: one
  * thread streams 64-wide k slices of A (128 rows) and B (BN rows or columns) into STAGES stages
  * with the tensor memory accelerator (128-byte swizzle, zero fill past M, N and K), each stage
  * counted by a "full" mbarrier and handed back by an "empty" one. Warpgroups 1 and 2 each own 64
@@ -17,8 +22,9 @@
  * (the producer gives its registers to them: setmaxnreg). Each tile's epilogue rounds the sums to
  * T once, forms its outputs, writes them into a swizzled staging buffer in shared memory and sends
  * them out with the tensor memory accelerator's stores, while the producer already fills the next
- * tile's stages. SWIGLU_BWD's gate and up tiles come into the staging halfway through the main
- * loop, once the last tile's stores have left it.
+ * tile's stages. SWIGLU_BWD's gate and up tiles come into the staging at k slice inputs_kb of the
+ * main loop (the launcher: three quarters in, BWD_INPUTS_NUM / BWD_INPUTS_DEN), once the last
+ * tile's stores have left it.
  *
  * Sums: each output is one thread's fp32 accumulation over k in a fixed order (k16 steps in k
  * order), one rounding to T: the same bits every run. The epilogues' swiglu formulas are
@@ -41,7 +47,7 @@
 
 namespace wgmma_gemm {
 
-constexpr int BM = 128, BK = 64, THREADS = 384, GROUP_M = 8;
+constexpr int BM = 128, BK = 64, THREADS = 384;
 
 /* The epilogue's forms (the maps' roles are the kernel's comment's):
  * STORE: D = the sums.
@@ -68,9 +74,12 @@ template <int BN, int STAGES, int EPI> struct Layout {
 
 template <int BN, int STAGES, int EPI> constexpr int smem_bytes() { return Layout<BN, STAGES, EPI>::BYTES; }
 
-__device__ __forceinline__ void tile_of(int t, int tiles_m, int tiles_n, int *tm, int *tn) {
-    const int group = GROUP_M * tiles_n, first = (t / group) * GROUP_M;
-    const int rows = tiles_m - first < GROUP_M ? tiles_m - first : GROUP_M;
+/* Tile t's (row, column) in the grouped order: 8 rows of tiles at a time walk the columns (they
+ * share the L2); CM rows of tiles count as one, a cluster's. */
+template <int CM> __device__ __forceinline__ void tile_of(int t, int tiles_m, int tiles_n, int *tm, int *tn) {
+    constexpr int group_m = 8 / CM;
+    const int group = group_m * tiles_n, first = (t / group) * group_m;
+    const int rows = tiles_m - first < group_m ? tiles_m - first : group_m;
     *tm = first + (t % group) % rows;
     *tn = (t % group) / rows;
 }
@@ -107,166 +116,243 @@ template <typename T> __device__ __forceinline__ void unpack(uint32_t v, float (
  * (64, 64), for SWIGLU the gate weight (N, K) and bmap2 the up weight in boxes (64, BN / 2);
  * omap0..2 the outputs (M, N) in boxes (BW, 64): D; gate, up, act; dgate, dup. imap0, imap1
  * (SWIGLU_BWD): gate and up (M, N) in boxes (64, 64). Maps a form does not use may be any. */
-template <typename T, int BN, int STAGES, int EPI, bool BT = false>
+template <typename T, int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
 __global__ void __launch_bounds__(THREADS, 1)
     kernel(const __grid_constant__ CUtensorMap amap, const __grid_constant__ CUtensorMap bmap,
            const __grid_constant__ CUtensorMap bmap2, const __grid_constant__ CUtensorMap imap0,
            const __grid_constant__ CUtensorMap imap1, const __grid_constant__ CUtensorMap omap0,
-           const __grid_constant__ CUtensorMap omap1, const __grid_constant__ CUtensorMap omap2, int M, int N, int K) {
+           const __grid_constant__ CUtensorMap omap1, const __grid_constant__ CUtensorMap omap2, int M, int N, int K,
+           int inputs_kb) {
 #if AN_WGMMA_AVAILABLE
     using L = Layout<BN, STAGES, EPI>;
     static_assert(!backward_form(EPI) || BT, "the swiglu gradient epilogue follows dX = dY W");
     static_assert(EPI != SWIGLU || !BT, "the swiglu epilogue follows y = x W^T");
+    static_assert(CM == 1 || CM == 2, "clusters of one or two CTAs");
+    static_assert(CM == 1 || !BT || BN % 128 == 0, "B (K, N)'s boxes split evenly over the cluster");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
     const uint32_t full = base + L::BARS, empty = full + 8 * STAGES, inputs = empty + 8 * STAGES;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN; /* output columns a tile */
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + TN - 1) / TN;
-    const int tiles = tiles_m * tiles_n, nk = (K + BK - 1) / BK;
+    /* a cluster of CM CTAs takes CM row tiles over the same columns: CTA rank's row tile is
+     * CM tmc + rank of the cluster tile (tmc, tn) */
+    const int tiles_mc = (tiles_m + CM - 1) / CM, tiles = tiles_mc * tiles_n, nk = (K + BK - 1) / BK;
+    const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
+    const int rank = CM > 1 ? (int)tma::cluster_rank() : 0;
 
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
             tma::bar_init(full + 8 * s, 1);
-            tma::bar_init(empty + 8 * s, 8); /* lane 0 of each consumer warp */
+            tma::bar_init(empty + 8 * s, 8 * CM); /* lane 0 of each consumer warp of each CTA of the cluster */
         }
         tma::bar_init(inputs, 1);     /* SWIGLU_BWD: warpgroup c's gate and up tiles landed (inputs + 8c) */
         tma::bar_init(inputs + 8, 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
-    __syncthreads();
+    if constexpr (CM > 1) tma::cluster_sync(); /* the peers' barriers exist before anything reaches them */
+    else __syncthreads();
 
     if (wg == 0) { /* producer */
         wgmma::regs_dec<40>();
         if (tid == 0) {
             int it = 0;
-            for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-                int tm, tn;
-                tile_of(t, tiles_m, tiles_n, &tm, &tn);
+            for (int t = cluster; t < tiles; t += clusters) {
+                int tmc, tn;
+                tile_of<CM>(t, tiles_mc, tiles_n, &tmc, &tn);
+                const int tm = tmc * CM + rank;
                 for (int kb = 0; kb < nk; kb++, it++) {
                     const int s = it % STAGES;
+                    /* with CM > 1 the stage is free once every CTA's consumers handed it back: B's
+                     * parts are written into all of them */
                     tma::bar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
                     const uint32_t st = base + s * L::STAGE;
                     tma::bar_expect(full + 8 * s, L::STAGE);
                     tma::load(st, &amap, kb * BK, tm * BM, full + 8 * s);
-                    if constexpr (EPI == SWIGLU) {
-                        tma::load(st + L::A_BYTES, &bmap, kb * BK, tn * (BN / 2), full + 8 * s);
-                        tma::load(st + L::A_BYTES + BN / 2 * 128, &bmap2, kb * BK, tn * (BN / 2), full + 8 * s);
-                    } else if constexpr (BT) { /* B (K, N): BN / 64 boxes of (64 n, 64 k) */
+                    if constexpr (CM == 1) {
+                        if constexpr (EPI == SWIGLU) {
+                            tma::load(st + L::A_BYTES, &bmap, kb * BK, tn * (BN / 2), full + 8 * s);
+                            tma::load(st + L::A_BYTES + BN / 2 * 128, &bmap2, kb * BK, tn * (BN / 2), full + 8 * s);
+                        } else if constexpr (BT) { /* B (K, N): BN / 64 boxes of (64 n, 64 k) */
 #pragma unroll
-                        for (int b = 0; b < BN / 64; b++)
-                            tma::load(st + L::A_BYTES + b * BK * 128, &bmap, tn * BN + 64 * b, kb * BK, full + 8 * s);
-                    } else {
-                        tma::load(st + L::A_BYTES, &bmap, kb * BK, tn * BN, full + 8 * s);
+                            for (int b = 0; b < BN / 64; b++)
+                                tma::load(st + L::A_BYTES + b * BK * 128, &bmap, tn * BN + 64 * b, kb * BK, full + 8 * s);
+                        } else {
+                            tma::load(st + L::A_BYTES, &bmap, kb * BK, tn * BN, full + 8 * s);
+                        }
+                    } else { /* B's tile in CM parts, part rank loaded here and multicast to the cluster */
+                        constexpr uint16_t all = (uint16_t)((1u << CM) - 1);
+                        if constexpr (EPI == SWIGLU) { /* rank 0 the gate rows, rank 1 the up rows */
+                            tma::load_multicast(st + L::A_BYTES + rank * (BN / 2) * 128, rank ? &bmap2 : &bmap,
+                                                kb * BK, tn * (BN / 2), full + 8 * s, all);
+                        } else if constexpr (BT) {
+#pragma unroll
+                            for (int b = rank; b < BN / 64; b += CM)
+                                tma::load_multicast(st + L::A_BYTES + b * BK * 128, &bmap, tn * BN + 64 * b, kb * BK,
+                                                    full + 8 * s, all);
+                        } else { /* bmap's boxes are BN / CM rows */
+                            tma::load_multicast(st + L::A_BYTES + rank * (BN / CM) * 128, &bmap, kb * BK,
+                                                tn * BN + rank * (BN / CM), full + 8 * s, all);
+                        }
                     }
                 }
             }
         }
-        return;
-    }
-
-    /* consumers: warpgroup c = wg - 1 owns rows 64c .. 64c + 63 of every tile */
-    wgmma::regs_inc<232>();
-    const int c = wg - 1, warp = tid / 32, lane = tid % 32;
-    const uint32_t staging = base + STAGES * L::STAGE + c * L::WG_STAGING;
-    unsigned char *stg = smem_raw + (staging - raw);
-    float acc[BN / 2];
-    int i = 0; /* tiles of this block so far */
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x, i++) {
-        int tm, tn;
-        tile_of(t, tiles_m, tiles_n, &tm, &tn);
-        const int m0 = tm * BM + 64 * c;
-        int it = i * nk; /* this tile's first stage use */
-        for (int kb = 0; kb < nk; kb++, it++) {
-            const int s = it % STAGES;
-            tma::bar_wait(full + 8 * s, (it / STAGES) & 1);
-            const uint32_t st = base + s * L::STAGE;
-            const uint64_t da = wgmma::desc_k128(st + c * 64 * 128);
-            const uint64_t db = BT ? wgmma::desc_mn128(st + L::A_BYTES, BK * 128) : wgmma::desc_k128(st + L::A_BYTES);
-            wgmma::fence();
-#pragma unroll
-            for (int kk = 0; kk < BK / 16; kk++)
-                wgmma::Mma<T, BN, BT ? 1 : 0>::run(acc, da + 2 * kk, db + (BT ? 128 : 2) * kk, (kb > 0 || kk > 0) ? 1 : 0);
-            wgmma::commit();
-            if (backward_form(EPI) && kb == nk / 2 && tid == 0) {
-                /* this tile's gate and up into the staging, once the last tile's stores have read it */
-                tma::store_wait_read<0>();
-                tma::bar_expect(inputs + 8 * c, 2 * 64 * BN * 2);
-#pragma unroll
-                for (int o = 0; o < 2; o++)
-#pragma unroll
-                    for (int cb = 0; cb < BN / 64; cb++)
-                        tma::load(staging + (o * (BN / 64) + cb) * 64 * 128, o ? &imap1 : &imap0, tn * BN + 64 * cb,
-                                        m0, inputs + 8 * c);
+    } else {
+        /* consumers: warpgroup c = wg - 1 owns rows 64c .. 64c + 63 of every tile */
+        wgmma::regs_inc<232>();
+        const int c = wg - 1, warp = tid / 32, lane = tid % 32;
+        const uint32_t staging = base + STAGES * L::STAGE + c * L::WG_STAGING;
+        unsigned char *stg = smem_raw + (staging - raw);
+        float acc[BN / 2];
+        int i = 0; /* tiles of this block so far */
+        /* a stage goes back to every CTA of the cluster whose producer writes into it */
+        auto release = [&](int s) {
+            if (lane != 0) return;
+            if constexpr (CM == 1) {
+                tma::bar_arrive(empty + 8 * s);
+            } else {
+                for (int r = 0; r < CM; r++) {
+                    if (r == rank) tma::bar_arrive(empty + 8 * s);
+                    else tma::bar_arrive_cluster(empty + 8 * s, (uint32_t)r);
+                }
             }
-            if (kb > 0) { /* the previous stage's MMAs are done: hand it back */
-                wgmma::wait<1>();
-                if (lane == 0) tma::bar_arrive(empty + 8 * ((it - 1) % STAGES));
-            }
-        }
-        wgmma::wait<0>();
-        wgmma::fence_regs(acc);
-        if (lane == 0) tma::bar_arrive(empty + 8 * ((it - 1) % STAGES));
-
-        /* epilogue: the staging is free once this warpgroup's last stores have read it (for
-         * SWIGLU_BWD that was waited for before its gate and up came in) */
-        if (backward_form(EPI)) tma::bar_wait(inputs + 8 * c, i & 1);
-        else if (tid == 0) tma::store_wait_read<0>();
-        wgmma::named_sync(1 + c, 128);
-        const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
-        /* boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
-        constexpr int BW = TN % 64 == 0 ? 64 : 32, NB = TN / BW, BOX = 64 * BW * 2;
-        constexpr int OUTS = EPI == STORE ? 1 : EPI == SWIGLU_BWD ? 2 : 3;
-        auto at = [&](int o, int col, int r) -> uint32_t * {
-            return reinterpret_cast<uint32_t *>(stg + (o * NB + col / BW) * BOX + staged<BW>(r, col % BW));
         };
+        for (int t = cluster; t < tiles; t += clusters, i++) {
+            int tmc, tn;
+            tile_of<CM>(t, tiles_mc, tiles_n, &tmc, &tn);
+            const int m0 = (tmc * CM + rank) * BM + 64 * c;
+            int it = i * nk; /* this tile's first stage use */
+            for (int kb = 0; kb < nk; kb++, it++) {
+                const int s = it % STAGES;
+                tma::bar_wait(full + 8 * s, (it / STAGES) & 1);
+                const uint32_t st = base + s * L::STAGE;
+                const uint64_t da = wgmma::desc_k128(st + c * 64 * 128);
+                const uint64_t db = BT ? wgmma::desc_mn128(st + L::A_BYTES, BK * 128) : wgmma::desc_k128(st + L::A_BYTES);
+                wgmma::fence();
 #pragma unroll
-        for (int j = 0; j < TN / 8; j++) {
-            const int col = 8 * j + c0;
+                for (int kk = 0; kk < BK / 16; kk++)
+                    wgmma::Mma<T, BN, BT ? 1 : 0>::run(acc, da + 2 * kk, db + (BT ? 128 : 2) * kk, (kb > 0 || kk > 0) ? 1 : 0);
+                wgmma::commit();
+                if (backward_form(EPI) && kb == (inputs_kb < nk ? inputs_kb : nk - 1) && tid == 0) {
+                    /* this tile's gate and up into the staging, once the last tile's stores have read it */
+                    tma::store_wait_read<0>();
+                    tma::bar_expect(inputs + 8 * c, 2 * 64 * BN * 2);
 #pragma unroll
-            for (int h = 0; h < 2; h++) {
-                const int r = r0 + 8 * h, e = 4 * j + 2 * h;
-                if constexpr (EPI == STORE) {
-                    *at(0, col, r) = pack<T>(acc[e], acc[e + 1]);
-                } else if constexpr (EPI == SWIGLU) { /* column j is gate, j + TN / 8 the matching up */
-                    const int ue = e + 4 * (TN / 8);
-                    const uint32_t vg = pack<T>(acc[e], acc[e + 1]), vu = pack<T>(acc[ue], acc[ue + 1]);
-                    float g[2], u[2];
-                    unpack<T>(vg, g), unpack<T>(vu, u);
-                    *at(0, col, r) = vg;
-                    *at(1, col, r) = vu;
-                    *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
-                } else { /* d act rounded as the GEMM would store it, then an_cuda_swiglu_backward's formula */
-                    float go[2], g[2], u[2], dg[2], du[2];
-                    unpack<T>(pack<T>(acc[e], acc[e + 1]), go);
-                    unpack<T>(*at(0, col, r), g), unpack<T>(*at(1, col, r), u);
+                    for (int o = 0; o < 2; o++)
 #pragma unroll
-                    for (int q = 0; q < 2; q++) {
-                        const float sg = an_sigmoid(g[q]), silu = g[q] * sg, dsilu = sg * (1.0f + g[q] * (1.0f - sg));
-                        dg[q] = go[q] * u[q] * dsilu;
-                        du[q] = go[q] * silu;
-                    }
-                    *at(0, col, r) = pack<T>(dg[0], dg[1]);
-                    *at(1, col, r) = pack<T>(du[0], du[1]);
-                    if constexpr (EPI == SWIGLU_BWD_ACT) *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
+                        for (int cb = 0; cb < BN / 64; cb++)
+                            tma::load(staging + (o * (BN / 64) + cb) * 64 * 128, o ? &imap1 : &imap0, tn * BN + 64 * cb,
+                                            m0, inputs + 8 * c);
+                }
+                if (kb > 0) { /* the previous stage's MMAs are done: hand it back */
+                    wgmma::wait<1>();
+                    release((it - 1) % STAGES);
                 }
             }
-        }
-        tma::fence_async_shared();
-        wgmma::named_sync(1 + c, 128);
-        if (tid == 0) {
-            const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
+            wgmma::wait<0>();
+            wgmma::fence_regs(acc);
+            release((it - 1) % STAGES);
+
+            /* epilogue: the staging is free once this warpgroup's last stores have read it (for
+             * SWIGLU_BWD that was waited for before its gate and up came in) */
+            if (backward_form(EPI)) tma::bar_wait(inputs + 8 * c, i & 1);
+            else if (tid == 0) tma::store_wait_read<0>();
+            wgmma::named_sync(1 + c, 128);
+            const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
+            /* boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
+            constexpr int BW = TN % 64 == 0 ? 64 : 32, NB = TN / BW, BOX = 64 * BW * 2;
+            constexpr int OUTS = EPI == STORE ? 1 : EPI == SWIGLU_BWD ? 2 : 3;
+            auto at = [&](int o, int col, int r) -> uint32_t * {
+                return reinterpret_cast<uint32_t *>(stg + (o * NB + col / BW) * BOX + staged<BW>(r, col % BW));
+            };
 #pragma unroll
-            for (int o = 0; o < OUTS; o++)
+            for (int j = 0; j < TN / 8; j++) {
+                const int col = 8 * j + c0;
 #pragma unroll
-                for (int cb = 0; cb < NB; cb++) tma::store(maps[o], tn * TN + BW * cb, m0, staging + (o * NB + cb) * BOX);
-            tma::store_commit();
+                for (int h = 0; h < 2; h++) {
+                    const int r = r0 + 8 * h, e = 4 * j + 2 * h;
+                    if constexpr (EPI == STORE) {
+                        *at(0, col, r) = pack<T>(acc[e], acc[e + 1]);
+                    } else if constexpr (EPI == SWIGLU) { /* column j is gate, j + TN / 8 the matching up */
+                        const int ue = e + 4 * (TN / 8);
+                        const uint32_t vg = pack<T>(acc[e], acc[e + 1]), vu = pack<T>(acc[ue], acc[ue + 1]);
+                        float g[2], u[2];
+                        unpack<T>(vg, g), unpack<T>(vu, u);
+                        *at(0, col, r) = vg;
+                        *at(1, col, r) = vu;
+                        *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
+                    } else { /* d act rounded as the GEMM would store it, then an_cuda_swiglu_backward's formula */
+                        float go[2], g[2], u[2], dg[2], du[2];
+                        unpack<T>(pack<T>(acc[e], acc[e + 1]), go);
+                        unpack<T>(*at(0, col, r), g), unpack<T>(*at(1, col, r), u);
+#pragma unroll
+                        for (int q = 0; q < 2; q++) {
+                            const float sg = an_sigmoid(g[q]), silu = g[q] * sg, dsilu = sg * (1.0f + g[q] * (1.0f - sg));
+                            dg[q] = go[q] * u[q] * dsilu;
+                            du[q] = go[q] * silu;
+                        }
+                        *at(0, col, r) = pack<T>(dg[0], dg[1]);
+                        *at(1, col, r) = pack<T>(du[0], du[1]);
+                        if constexpr (EPI == SWIGLU_BWD_ACT) *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
+                    }
+                }
+            }
+            tma::fence_async_shared();
+            wgmma::named_sync(1 + c, 128);
+            if (tid == 0) {
+                const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
+#pragma unroll
+                for (int o = 0; o < OUTS; o++)
+#pragma unroll
+                    for (int cb = 0; cb < NB; cb++) tma::store(maps[o], tn * TN + BW * cb, m0, staging + (o * NB + cb) * BOX);
+                tma::store_commit();
+            }
         }
+        if (tid == 0) tma::store_wait<0>();
     }
-    if (tid == 0) tma::store_wait<0>();
+    /* no CTA leaves while a peer may still multicast into it or arrive on its barriers */
+    if constexpr (CM > 1) tma::cluster_sync();
 #else
     __trap();
 #endif
+}
+
+/* Clusters of two (CM = 2) gained nothing in a training step on an H100 (LoRA q,v 1.0002x, full
+ * 0.9975x, steps alternating), so the library runs one CTA a tile; bench/gemm_wgmma_variants
+ * keeps them as variants. The backward forms bring gate and up in at k slice
+ * BWD_INPUTS_NUM / BWD_INPUTS_DEN of the main loop: late enough that the last tile's stores have
+ * left the staging (the wait for that stalls the MMAs' issue), early enough to land before the
+ * epilogue (the same bench, WG_INPUTS_KB). */
+constexpr int BWD_INPUTS_NUM = 3, BWD_INPUTS_DEN = 4;
+
+/* The launch configuration of kernel's persistent grid over cluster_tiles tiles of clusters of CM
+ * CTAs: one CTA a multiprocessor (every form's shared memory keeps a second one off), at most as
+ * many clusters as the device holds at once, which with CM > 1 may be fewer than sm_count / CM
+ * (a cluster's CTAs share a GPC; cudaOccupancyMaxActiveClusters says how many fit). */
+struct Grid {
+    cudaLaunchConfig_t config;
+    cudaLaunchAttribute attr;
+};
+template <typename Kernel>
+cudaError_t grid_of(Kernel k, int CM, int64_t cluster_tiles, int sm_count, int bytes, cudaStream_t stream, Grid *g) {
+    *g = Grid{};
+    g->config.blockDim = dim3(THREADS);
+    g->config.dynamicSmemBytes = (size_t)bytes;
+    g->config.stream = stream;
+    g->attr.id = cudaLaunchAttributeClusterDimension;
+    g->attr.val.clusterDim.x = (unsigned)CM, g->attr.val.clusterDim.y = 1, g->attr.val.clusterDim.z = 1;
+    g->config.attrs = &g->attr;
+    g->config.numAttrs = CM > 1; /* no cluster launch for one CTA (placed otherwise: see bench) */
+    int clusters = sm_count / CM;
+    if (CM > 1) {
+        g->config.gridDim = dim3((unsigned)(clusters * CM));
+        cudaError_t err = cudaOccupancyMaxActiveClusters(&clusters, (const void *)k, &g->config);
+        if (err != cudaSuccess) return err;
+        if (clusters < 1) return cudaErrorInvalidConfiguration;
+    }
+    g->config.gridDim = dim3((unsigned)(CM * (cluster_tiles < clusters ? cluster_tiles : clusters)));
+    return cudaSuccess;
 }
 
 } // namespace wgmma_gemm
@@ -279,13 +365,13 @@ namespace {
  * outputs); SWIGLU_BWD 128 x 128 with 5 (4 lost 7%), with act as well 4 (what fits three staged outputs). */
 constexpr int SWIGLU_BN = 128, SWIGLU_STAGES = 5, BWD_BN = 128, BWD_STAGES = 5, BWD_ACT_STAGES = 4;
 
-template <typename T, int BN, int STAGES, int EPI, bool BT>
+template <typename T, int BN, int STAGES, int EPI, bool BT, int CM>
 cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b, const T *b2, const T *in0,
                    const T *in1, T *out0, T *out1, T *out2) {
     using namespace wgmma_gemm;
     constexpr int bytes = smem_bytes<BN, STAGES, EPI>();
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN;
-    auto *k = kernel<T, BN, STAGES, EPI, BT>;
+    auto *k = kernel<T, BN, STAGES, EPI, BT, CM>;
     void *fn = nullptr;
     cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess) err = an_cuda_tensor_map_encoder(s, &fn);
@@ -295,7 +381,10 @@ cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b
      * forms' gate and up; out1, out2: the second and third outputs) */
     CUtensorMap am, bm, bm2{}, im0{}, im1{}, om0, om1{}, om2{};
     if (err == cudaSuccess) err = tma::encode_2d(encode, &am, a, M, K, BK, BM);
-    if (err == cudaSuccess) err = BT ? tma::encode_2d(encode, &bm, b, K, N, 64, BK) : tma::encode_2d(encode, &bm, b, N, K, BK, TN);
+    /* without BT, each CTA of a cluster loads its 1 / CM of B's rows (SWIGLU: rank 0 the gate's, rank 1 the up's) */
+    if (err == cudaSuccess)
+        err = BT ? tma::encode_2d(encode, &bm, b, K, N, 64, BK)
+                 : tma::encode_2d(encode, &bm, b, N, K, BK, EPI == SWIGLU ? TN : TN / CM);
     if (err == cudaSuccess && b2) err = tma::encode_2d(encode, &bm2, b2, N, K, BK, TN);
     if (err == cudaSuccess && in0) err = tma::encode_2d(encode, &im0, in0, M, N, 64, 64);
     if (err == cudaSuccess && in1) err = tma::encode_2d(encode, &im1, in1, M, N, 64, 64);
@@ -303,10 +392,13 @@ cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b
     if (err == cudaSuccess && out1) err = tma::encode_2d(encode, &om1, out1, M, N, 64, 64);
     if (err == cudaSuccess && out2) err = tma::encode_2d(encode, &om2, out2, M, N, 64, 64);
     if (err != cudaSuccess) return err;
-    const int64_t tiles = (int64_t)((M + BM - 1) / BM) * ((N + TN - 1) / TN);
-    const unsigned grid = (unsigned)(tiles < s->sm_count ? tiles : s->sm_count);
-    k<<<grid, THREADS, bytes, s->stream>>>(am, bm, bm2, im0, im1, om0, om1, om2, M, N, K);
-    return cudaGetLastError();
+    const int64_t tiles = (int64_t)((M + BM * CM - 1) / (BM * CM)) * ((N + TN - 1) / TN);
+    Grid g;
+    if (err == cudaSuccess) err = grid_of(k, CM, tiles, s->sm_count, bytes, s->stream, &g);
+    if (err == cudaSuccess)
+        err = cudaLaunchKernelEx(&g.config, k, am, bm, bm2, im0, im1, om0, om1, om2, M, N, K,
+                                 (K + BK - 1) / BK * BWD_INPUTS_NUM / BWD_INPUTS_DEN);
+    return err;
 }
 
 bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
@@ -323,6 +415,13 @@ extern "C" int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, 
     return 1;
 }
 
+template <typename T>
+cudaError_t launch_swiglu(an_cuda_state *s, int M, int N, int K, const void *x, const void *w_gate, const void *w_up,
+                          void *gate, void *up, void *act) {
+    return launch<T, SWIGLU_BN, SWIGLU_STAGES, wgmma_gemm::SWIGLU, false, 1>(
+        s, M, N, K, (const T *)x, (const T *)w_gate, (const T *)w_up, nullptr, nullptr, (T *)gate, (T *)up, (T *)act);
+}
+
 extern "C" an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
                                          const void *w_gate, const void *w_up, int64_t N, void *gate, void *up,
                                          void *act) {
@@ -332,15 +431,8 @@ extern "C" an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void
              "gemm_swiglu: %s (%lld, %lld) x (%lld, %lld)^T on this device: needs compute capability 9.0, bf16 or "
              "f16, K and N multiples of 8, 16-byte aligned operands",
              an_dtype_name(dtype), (long long)M, (long long)K, (long long)N, (long long)K);
-    cudaError_t err =
-        dtype == AN_BF16
-            ? launch<__nv_bfloat16, SWIGLU_BN, SWIGLU_STAGES, wgmma_gemm::SWIGLU, false>(
-                  s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)x, (const __nv_bfloat16 *)w_gate,
-                  (const __nv_bfloat16 *)w_up, nullptr, nullptr, (__nv_bfloat16 *)gate, (__nv_bfloat16 *)up,
-                  (__nv_bfloat16 *)act)
-            : launch<__half, SWIGLU_BN, SWIGLU_STAGES, wgmma_gemm::SWIGLU, false>(
-                  s, (int)M, (int)N, (int)K, (const __half *)x, (const __half *)w_gate, (const __half *)w_up, nullptr,
-                  nullptr, (__half *)gate, (__half *)up, (__half *)act);
+    cudaError_t err = dtype == AN_BF16 ? launch_swiglu<__nv_bfloat16>(s, (int)M, (int)N, (int)K, x, w_gate, w_up, gate, up, act)
+                                       : launch_swiglu<__half>(s, (int)M, (int)N, (int)K, x, w_gate, w_up, gate, up, act);
     AN_CUDA_CHECK(ctx, err);
     return AN_OK;
 }
@@ -350,8 +442,8 @@ cudaError_t launch_backward(an_cuda_state *s, int M, int N, int K, const T *dy, 
                             T *dgate, T *dup, T *act) {
     using namespace wgmma_gemm;
     if (act)
-        return launch<T, BWD_BN, BWD_ACT_STAGES, SWIGLU_BWD_ACT, true>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup, act);
-    return launch<T, BWD_BN, BWD_STAGES, SWIGLU_BWD, true>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup, nullptr);
+        return launch<T, BWD_BN, BWD_ACT_STAGES, SWIGLU_BWD_ACT, true, 1>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup, act);
+    return launch<T, BWD_BN, BWD_STAGES, SWIGLU_BWD, true, 1>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup, nullptr);
 }
 
 extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,

@@ -1,8 +1,9 @@
 /* tma.cuh — mbarriers and the tensor memory accelerator's 2-D box copies (sm_90), shared by
  * gemm_decode.cu and gemm_wgmma.cu: barrier init / expect / arrive / wait, box loads that complete
  * on an mbarrier, box stores in bulk groups with their waits, the proxy fence between thread
- * writes and a store, and the host's encoding of a row-major matrix's tensor map. Shared addresses
- * are 32-bit. */
+ * writes and a store, the cluster's rank, barrier and remote mbarrier arrival (a load multicast
+ * to several CTAs of a cluster), and the host's encoding of a row-major matrix's tensor map.
+ * Shared addresses are 32-bit. */
 #ifndef AN_TMA_CUH
 #define AN_TMA_CUH
 
@@ -35,6 +36,35 @@ __device__ __forceinline__ void load(uint32_t dst, const void *map, int32_t c0, 
                  ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar)
                  : "memory");
 }
+/* The box at (c0, c1) of map into dst of every CTA in mask of this one's cluster (the same
+ * CTA-relative offset in each), its bytes completing on each one's bar at bar's offset. */
+__device__ __forceinline__ void load_multicast(uint32_t dst, const void *map, int32_t c0, int32_t c1, uint32_t bar,
+                                               uint16_t mask) {
+    asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+                 " [%0], [%1, {%2, %3}], [%4], %5;" ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
+                 : "memory");
+}
+
+/* ---- thread-block clusters ---- */
+__device__ __forceinline__ uint32_t cluster_rank() {
+    uint32_t r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+/* Every thread of every CTA of the cluster: arrive (releasing this thread's writes) and wait. */
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n barrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+/* Arrives on the mbarrier at bar's offset in CTA rank's shared memory (this cluster's), with the
+ * default (CTA-scope) release: a cluster-scope release waits for this thread's memory operations
+ * to reach the whole cluster, which made every stage's hand-back about a stage's time late. */
+__device__ __forceinline__ void bar_arrive_cluster(uint32_t bar, uint32_t rank) {
+    asm volatile("{\n .reg .b32 remote;\n mapa.shared::cluster.u32 remote, %0, %1;\n"
+                 " mbarrier.arrive.shared::cluster.b64 _, [remote];\n}" ::"r"(bar),
+                 "r"(rank)
+                 : "memory");
+}
+
 /* Shared src to the box at (c0, c1) of map (parts outside the tensor are not written). */
 __device__ __forceinline__ void store(const void *map, int32_t c0, int32_t c1, uint32_t src) {
     asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%1, %2}], [%3];" ::"l"(map), "r"(c0),

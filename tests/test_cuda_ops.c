@@ -951,7 +951,8 @@ static an_tensor *swiglu_mlp_fn(an_ctx *ctx, an_tensor *const *in, const void *u
  * ragged row and column tiles, k past one stage, the 1.5B model's width; {5, 12, 20, 6} and f32
  * take the separate ops. */
 static const int64_t mlp_cases[][4] = {{1, 8, 8, 8},        {210, 64, 136, 64}, {300, 1096, 392, 72},
-                                       {129, 64, 200, 128}, {5, 12, 20, 6},     {64, 1536, 72, 1536}};
+                                       {129, 64, 200, 128}, {5, 12, 20, 6},     {64, 1536, 72, 1536},
+                                       {1100, 256, 1040, 64}}; /* the last: several tiles a CTA */
 
 /* A fresh poisoned (rows, cols) tensor on the GPU. */
 static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int64_t rows, int64_t cols) {
@@ -1009,39 +1010,44 @@ START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
                                             an_tensor_data(ref[2])),
                         "an_cuda_swiglu");
                 expect_same_bits(ctx, o[0][2], ref[2], fmt(w2, sizeof w2, "%s: act against an_cuda_swiglu", what));
-                for (int i = 0; i < 3; i++) expect_same_bits(ctx, o[0][i], o[1][i], fmt(w2, sizeof w2, "%s: a repeat", what));
+                for (int i = 0; i < 3; i++)
+                    expect_same_bits(ctx, o[0][i], o[1][i], fmt(w2, sizeof w2, "%s: a repeat", what));
                 an_tensor_release(ref[2]);
 
                 /* the backward launcher at dy = R (the upstream gradient), over this gate and up */
-                an_tensor *dg[3], *du[3], *dact = poisoned(ctx, dtype, rows, n);
+                an_tensor *dg[4], *du[4], *dact = poisoned(ctx, dtype, rows, n);
                 const void *bwd[] = {an_tensor_data(r.upstream), an_tensor_data(r.in[3]), an_tensor_data(o[0][0]),
                                      an_tensor_data(o[0][1]), an_tensor_data(dact), an_tensor_data(dact)};
                 bool bwd_ok = an_cuda_gemm_swiglu_rule(ctx, dtype, rows, out, n, bwd, 6);
-                for (int k = 0; k < 3; k++) dg[k] = poisoned(ctx, dtype, rows, n), du[k] = poisoned(ctx, dtype, rows, n);
-                an_tensor *act = poisoned(ctx, dtype, rows, n);
-                for (int k = 0; k < 2 && bwd_ok; k++) /* the second launch also forms act */
+                for (int k = 0; k < 4; k++) dg[k] = poisoned(ctx, dtype, rows, n), du[k] = poisoned(ctx, dtype, rows, n);
+                an_tensor *act[2] = {poisoned(ctx, dtype, rows, n), poisoned(ctx, dtype, rows, n)};
+                for (int k = 0; k < 3 && bwd_ok; k++) { /* the second launch also forms act; the third repeats it */
                     test_ok(ctx, an_cuda_gemm_swiglu_backward(ctx, dtype, bwd[0], rows, out, bwd[1], n, bwd[2], bwd[3],
                                                               an_tensor_data(dg[k]), an_tensor_data(du[k]),
-                                                              k ? an_tensor_data(act) : NULL),
+                                                              k ? an_tensor_data(act[k - 1]) : NULL),
                             "an_cuda_gemm_swiglu_backward");
+                }
                 if (bwd_ok) {
                     an_gemm_shape ds = {1, rows, n, out, false, false, false, false}; /* d act = dy @ W_down */
                     test_ok(ctx, an_cuda_gemm(ctx, &ds, dtype, bwd[0], bwd[1], an_tensor_data(dact)), "an_cuda_gemm d act");
                     test_ok(ctx, an_cuda_swiglu_backward(ctx, dtype, bwd[2], bwd[3], rows * n, an_tensor_data(dact),
-                                                         an_tensor_data(dg[2]), an_tensor_data(du[2])),
+                                                         an_tensor_data(dg[3]), an_tensor_data(du[3])),
                             "an_cuda_swiglu_backward");
                     for (int i = 0; i < 2; i++) {
-                        an_tensor *want = to_host(ctx, i ? du[2] : dg[2]);
+                        an_tensor *want = to_host(ctx, i ? du[3] : dg[3]);
                         expect_like_cpu(ctx, i ? du[0] : dg[0], want, 2 * rtol, 0.0,
                                         fmt(w2, sizeof w2, "%s: %s against cuBLASLt + swiglu_backward", what, i ? "dup" : "dgate"));
                         an_tensor_release(want);
                     }
                     expect_same_bits(ctx, dg[0], dg[1], fmt(w2, sizeof w2, "%s: dgate with act formed too", what));
                     expect_same_bits(ctx, du[0], du[1], fmt(w2, sizeof w2, "%s: dup with act formed too", what));
-                    expect_same_bits(ctx, act, o[0][2], fmt(w2, sizeof w2, "%s: the backward's act against the forward's", what));
+                    expect_same_bits(ctx, act[0], o[0][2], fmt(w2, sizeof w2, "%s: the backward's act against the forward's", what));
+                    expect_same_bits(ctx, dg[1], dg[2], fmt(w2, sizeof w2, "%s: dgate on a repeat", what));
+                    expect_same_bits(ctx, du[1], du[2], fmt(w2, sizeof w2, "%s: dup on a repeat", what));
+                    expect_same_bits(ctx, act[0], act[1], fmt(w2, sizeof w2, "%s: act on a repeat", what));
                 }
-                an_tensor_release(act);
-                for (int k = 0; k < 3; k++) an_tensor_release(dg[k]), an_tensor_release(du[k]);
+                an_tensor_release(act[0]), an_tensor_release(act[1]);
+                for (int k = 0; k < 4; k++) an_tensor_release(dg[k]), an_tensor_release(du[k]);
                 an_tensor_release(dact);
                 for (int k = 0; k < 2; k++)
                     for (int i = 0; i < 3; i++) an_tensor_release(o[k][i]);
