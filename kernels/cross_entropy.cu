@@ -2,18 +2,31 @@
  * (N, V), their gradients with respect to the logits, and the loss total.
  *
  * Numerics: one block per row, fp32 math: a running (max, sum of exp(x - max)) per thread merged
- * over the block in a fixed order (rows are read in 16-byte packs where aligned, each pack's own
- * maximum taken first so a pack rescales the sum once), lse = max + log(sum) (an infinite max is returned as it is, as
- * the CPU does). lse is kept in fp32. The loss total adds the per-row fp32 losses in fp64 in one
- * block in a fixed order. Targets equal to the ignore index give lse 0, loss 0 and zero gradient
- * rows; targets/ids are checked by the op, and the backward kernels only compare them with column
- * indices (they never index memory with them). Everything is written with =; no float atomics,
- * so a launch of one shape repeats bit for bit. linear_cross_entropy's chunks take one fused
- * kernel (ce_rows_grad_kernel): lse, loss and the dlogits in place of the logits. */
+ * over the block in a fixed order (rows are read in 16-byte packs where aligned, thread i taking
+ * packs i, i + blockDim.x, .. in order, each pack's own maximum taken first so a pack rescales the
+ * sum once), lse = max + log(sum) (an infinite max is returned as it is, as the CPU does). lse is
+ * kept in fp32. The loss total adds the per-row fp32 losses in fp64 in one block in a fixed order.
+ * Targets equal to the ignore index give lse 0, loss 0 and zero gradient rows; targets/ids are
+ * checked by the op, and the backward kernels only compare them with column indices (they never
+ * index memory with them). Everything is written with =; no float atomics, so a launch of one
+ * shape repeats bit for bit.
+ *
+ * linear_cross_entropy's chunks take one fused kernel (ce_rows_grad_kernel): lse, loss and the
+ * dlogits in place of the logits, the same bits as lse_rows_kernel then ce_backward_kernel at a
+ * unit gradient (the same packs a thread in the same order, the same block merge, the same
+ * per-element gradient). It reads the row twice, max/sum then gradient, each thread with four
+ * 16-byte loads in flight. The second read is meant to hit L2, the row having been read moments
+ * before: the second pass's loads and the stores are evict-first, so they leave L2 ahead of the
+ * rows still to be read again, and full blocks (1024 threads, rows past about 16k columns) run one
+ * a multiprocessor (half its shared memory reserved, unused), so about 132 rows (40 MB at bf16
+ * V = 151936 on an H100) sit between the passes. bench/kernels on an H100, 1024 x 151936 bf16:
+ * 296 us; one load in flight with plain loads and stores 334 us, four in flight without
+ * evict-first 324 us; a copy of the same bytes 208 us. */
 #include "kernels/block_reduce.cuh"
 #include "kernels/vec.cuh" /* an_pack, an_vec_width: 16-byte row access */
 
 #include <stdint.h>
+#include <string.h> /* memcpy: packs to and from uint4 */
 
 namespace {
 
@@ -35,29 +48,95 @@ template <typename T> __device__ __forceinline__ row_split<T> split_row(const T 
     return {head, (V - head) / W};
 }
 
-/* The running log-sum-exp of this thread's share of row xr (V); merge over the block after. Packs
- * take their own maximum first, so a pack costs one rescale at most. */
+/* acc with a pack's W elements added: the pack's own maximum first, so a pack costs one rescale at
+ * most. Both row_max_sum and row_max_sum_wide add packs through this one function (the same bits). */
+template <typename T> __device__ __forceinline__ an_max_sum pack_max_sum(an_max_sum acc, const an_pack<T> &pk) {
+    const int W = an_vec_width<T>::value;
+    float v[W], m = -INFINITY;
+#pragma unroll
+    for (int k = 0; k < W; k++) v[k] = an_load(pk.v[k]), m = fmaxf(m, v[k]);
+    if (m > acc.m) {
+        acc.s = acc.s == 0.0f ? 0.0f : acc.s * expf(acc.m - m);
+        acc.m = m;
+    }
+#pragma unroll
+    for (int k = 0; k < W; k++) /* as an_max_sum_add: -inf adds nothing, NaN makes s NaN (fmaxf skipped it) */
+        if (v[k] != -INFINITY) acc.s += v[k] == acc.m ? 1.0f : expf(v[k] - acc.m);
+    return acc;
+}
+
+/* The running log-sum-exp of this thread's share of row xr (V), merged over the block: thread i
+ * takes packs i, i + blockDim.x, .. in order, then head element i and tail element i. */
 template <typename T> __device__ __forceinline__ an_max_sum row_max_sum(const T *xr, int64_t V) {
     const int W = an_vec_width<T>::value;
     row_split<T> sp = split_row(xr, V);
     an_max_sum acc = {-INFINITY, 0.0f};
-    for (int64_t p = threadIdx.x; p < sp.packs; p += blockDim.x) {
-        an_pack<T> pk = an_pack_load(xr + sp.head + p * W);
-        float v[W], m = -INFINITY;
-#pragma unroll
-        for (int k = 0; k < W; k++) v[k] = an_load(pk.v[k]), m = fmaxf(m, v[k]);
-        if (m > acc.m) {
-            acc.s = acc.s == 0.0f ? 0.0f : acc.s * expf(acc.m - m);
-            acc.m = m;
-        }
-#pragma unroll
-        for (int k = 0; k < W; k++) /* as an_max_sum_add: -inf adds nothing, NaN makes s NaN (fmaxf skipped it) */
-            if (v[k] != -INFINITY) acc.s += v[k] == acc.m ? 1.0f : expf(v[k] - acc.m);
-    }
+    for (int64_t p = threadIdx.x; p < sp.packs; p += blockDim.x)
+        acc = pack_max_sum(acc, an_pack_load(xr + sp.head + p * W));
     for (int64_t j = threadIdx.x; j < sp.head; j += blockDim.x) acc = an_max_sum_add(acc, an_load(xr[j]));
     for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += blockDim.x)
         acc = an_max_sum_add(acc, an_load(xr[j]));
     return an_block_max_sum(acc);
+}
+
+const int kWide = 4; /* packs a thread of ce_rows_grad_kernel loads before it uses any, in either pass */
+
+/* The pack of T in a 16-byte word. */
+template <typename T> __device__ __forceinline__ an_pack<T> as_pack(const uint4 &u) {
+    an_pack<T> pk;
+    memcpy(&pk, &u, 16);
+    return pk;
+}
+
+/* row_max_sum, each thread loading its next kWide packs before adding them in the same order (the
+ * same bits). The loads are plain: the row stays in L2 for the second pass. */
+template <typename T> __device__ __forceinline__ an_max_sum row_max_sum_wide(const T *xr, int64_t V) {
+    const int W = an_vec_width<T>::value;
+    const int64_t B = blockDim.x;
+    row_split<T> sp = split_row(xr, V);
+    an_max_sum acc = {-INFINITY, 0.0f};
+    const T *q = xr + sp.head + threadIdx.x * W; /* this thread's next pack */
+    for (int64_t p = threadIdx.x; p < sp.packs; p += kWide * B, q += kWide * B * W) {
+        uint4 v[kWide];
+#pragma unroll
+        for (int u = 0; u < kWide; u++)
+            if (p + u * B < sp.packs) v[u] = *reinterpret_cast<const uint4 *>(q + u * B * W);
+#pragma unroll
+        for (int u = 0; u < kWide; u++)
+            if (p + u * B < sp.packs) acc = pack_max_sum(acc, as_pack<T>(v[u]));
+    }
+    for (int64_t j = threadIdx.x; j < sp.head; j += B) acc = an_max_sum_add(acc, an_load(xr[j]));
+    for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += B) acc = an_max_sum_add(acc, an_load(xr[j]));
+    return an_block_max_sum(acc);
+}
+
+/* The gradient of the loss of a row with target t and log-sum-exp l at logit x in column j, times
+ * g: g (exp(x - l) - onehot(t)). Every cross-entropy gradient here is formed by it or grad_pack. */
+__device__ __forceinline__ float ce_grad(int64_t j, float x, int64_t t, float l, float g) {
+    float p = expf(x - l);
+    return g * (j == t ? p - 1.0f : p);
+}
+
+/* ce_grad over a pack pk (the same bits) whose element dk is the target's column (none where dk is
+ * outside 0 .. W - 1): the target is found once a pack, not compared a column at a time. */
+template <typename T> __device__ __forceinline__ an_pack<T> grad_pack(const an_pack<T> &pk, int dk, float l, float g) {
+    const int W = an_vec_width<T>::value;
+    an_pack<T> o;
+#pragma unroll
+    for (int k = 0; k < W; k++) {
+        float p = expf(an_load(pk.v[k]) - l);
+        o.v[k] = an_store<T>(g * (k == dk ? p - 1.0f : p));
+    }
+    return o;
+}
+
+/* A 16-byte store marked evict-first (st.global.cs; the matching loads are __ldcs): what
+ * ce_rows_grad_kernel's second pass reads for the last time and writes, so it leaves L2 before
+ * rows still to be read again. */
+template <typename T> __device__ __forceinline__ void pack_store_cs(T *p, const an_pack<T> &pk) {
+    uint4 u;
+    memcpy(&u, &pk, 16);
+    __stcs(reinterpret_cast<uint4 *>(p), u);
 }
 
 /* dr (V) = 0 without reading anything (an ignored target's gradient row). */
@@ -135,18 +214,20 @@ __global__ void ce_backward_kernel(const T *x, const float *lse, const void *tar
         return;
     }
     float g = (float)((double)an_load(grad[0]) * scale), l = lse[r];
-    map_row(xr, dr, V, [=](int64_t j, float x) {
-        float p = expf(x - l);
-        return g * (j == t ? p - 1.0f : p);
-    });
+    map_row(xr, dr, V, [=](int64_t j, float x) { return ce_grad(j, x, t, l, g); });
 }
 
 /* lse_rows_kernel's lse and loss for row r, then the row's logits replaced in place by
- * g * (exp(x - lse) - onehot(t)) (ce_backward_kernel's values at grad[0] = 1): one launch and one
- * read of the row fewer than the two kernels. The target's logit is read before any is written. */
+ * g * (exp(x - lse) - onehot(t)) (ce_backward_kernel's values at grad[0] = 1), bit for bit: one
+ * launch and one read of the row from memory fewer than the two kernels. Each thread has kWide
+ * packs in flight in either pass; the second pass's pack loads and stores are evict-first (see the
+ * top of the file). The target's logit is read before any is written. */
 template <typename T>
-__global__ void ce_rows_grad_kernel(T *x, const void *targets, bool t64, int64_t V, int64_t ignore_index, float g,
-                                    float *lse, float *loss_rows) {
+__global__ void __launch_bounds__(1024)
+    ce_rows_grad_kernel(T *x, const void *targets, bool t64, int64_t V, int64_t ignore_index, float g, float *lse,
+                        float *loss_rows) {
+    const int W = an_vec_width<T>::value;
+    const int64_t B = blockDim.x;
     int64_t r = blockIdx.x;
     int64_t t = an_load_id(targets, t64, r);
     T *xr = x + r * V; /* (V): logits in, dlogits out */
@@ -157,12 +238,26 @@ __global__ void ce_rows_grad_kernel(T *x, const void *targets, bool t64, int64_t
     }
     float xt = an_load(xr[t]);
     /* the block reduction's barriers order every thread's reads (xr[t] included) before any write */
-    float l = an_lse_value(row_max_sum(xr, V));
+    float l = an_lse_value(row_max_sum_wide(xr, V));
     if (threadIdx.x == 0) lse[r] = l, loss_rows[r] = l - xt;
-    map_row(xr, xr, V, [=](int64_t j, float xv) {
-        float p = expf(xv - l);
-        return g * (j == t ? p - 1.0f : p);
-    });
+    row_split<T> sp = split_row(xr, V);
+    T *q = xr + sp.head + threadIdx.x * W;     /* this thread's next pack */
+    int64_t d = t - sp.head - threadIdx.x * W; /* the target's place in it */
+    for (int64_t p = threadIdx.x; p < sp.packs; p += kWide * B, q += kWide * B * W, d -= kWide * B * W) {
+        uint4 v[kWide];
+#pragma unroll
+        for (int u = 0; u < kWide; u++)
+            if (p + u * B < sp.packs) v[u] = __ldcs(reinterpret_cast<const uint4 *>(q + u * B * W));
+#pragma unroll
+        for (int u = 0; u < kWide; u++)
+            if (p + u * B < sp.packs) {
+                const int64_t du = d - u * B * W;
+                pack_store_cs(q + u * B * W, grad_pack(as_pack<T>(v[u]), du >= 0 && du < W ? (int)du : -1, l, g));
+            }
+    }
+    for (int64_t j = threadIdx.x; j < sp.head; j += B) xr[j] = an_store<T>(ce_grad(j, an_load(xr[j]), t, l, g));
+    for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += B)
+        xr[j] = an_store<T>(ce_grad(j, an_load(xr[j]), t, l, g));
 }
 
 /* dx row r = grad[r] * (onehot(ids[r]) - exp(x - lse[r])). */
@@ -178,6 +273,26 @@ __global__ void lsg_backward_kernel(const T *x, const float *lse, const void *id
         float p = expf(x - l);
         return g * (j == id ? 1.0f - p : -p);
     });
+}
+
+/* The dynamic shared memory (unused) that holds ce_rows_grad_kernel<T> at `threads` a block to one
+ * block a multiprocessor, opted in: half a multiprocessor's for full blocks of 1024 threads (their
+ * rows are long enough for the rows resident at once to matter to L2); 0 for shorter rows, whose
+ * resident rows fit L2 anyway, and where a block may not have that much. Asked of the device on
+ * every launch (a few attribute queries against a launch of hundreds of microseconds). */
+template <typename T> an_status rows_grad_reserve(an_ctx *ctx, int device, int threads, size_t *bytes) {
+    *bytes = 0;
+    if (threads < 1024) return AN_OK;
+    int per_sm = 0, optin = 0;
+    AN_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    AN_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    cudaFuncAttributes fa;
+    AN_CUDA_CHECK(ctx, cudaFuncGetAttributes(&fa, ce_rows_grad_kernel<T>));
+    const int want = per_sm / 2; /* with the static and per-block reserved bytes, two no longer fit */
+    if (want + (int)fa.sharedSizeBytes > optin) return AN_OK;
+    AN_CUDA_CHECK(ctx, cudaFuncSetAttribute(ce_rows_grad_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, want));
+    *bytes = (size_t)want;
+    return AN_OK;
 }
 
 an_status check_rows(an_ctx *ctx, const char *what, an_dtype id_dtype, int64_t N, int64_t V) {
@@ -213,7 +328,10 @@ an_status an_cuda_cross_entropy_rows_grad(an_ctx *ctx, an_dtype dtype, void *log
     AN_TRY(check_rows(ctx, "cross_entropy_rows_grad", target_dtype, N, V));
     if (N == 0) return AN_OK;
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "cross_entropy_rows_grad", {
-        ce_rows_grad_kernel<T><<<(unsigned)N, row_threads(V), 0, s->stream>>>(
+        const int threads = row_threads(V);
+        size_t reserve = 0;
+        AN_TRY(rows_grad_reserve<T>(ctx, s->device, threads, &reserve));
+        ce_rows_grad_kernel<T><<<(unsigned)N, threads, reserve, s->stream>>>(
             (T *)logits, targets, target_dtype == AN_I64, V, ignore_index, (float)scale, lse, loss_rows);
         AN_CUDA_LAUNCH_CHECK(ctx, "ce_rows_grad_kernel");
     });

@@ -26,6 +26,8 @@
  * Its backward launcher then runs in each mode (dx, dx added, dx + dw, dx added + dw, dw alone),
  * outputs poisoned, twice (the same bits), on its warp path and on the team kernel
  * (an_cuda_set_rmsnorm_warp), against the CPU's gradients from the same inputs and the GPU's rstd.
+ * linear_cross_entropy's per-chunk launcher an_cuda_cross_entropy_rows_grad is also driven on its
+ * own at the chunk's shape and ragged ones against the two-kernel path's bits.
  * A failed comparison prints a FAIL line and the test goes on, so one run names every failing
  * case; the test fails at its end. Without a GPU (or in a build without CUDA) every test prints
  * SKIP and passes. */
@@ -857,6 +859,113 @@ START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normaliz
 }
 END_TEST
 
+/* an_cuda_cross_entropy_rows_grad (linear_cross_entropy's per-chunk kernel) on its own, at the
+ * chunk's shape (bf16 V = 151936: full blocks, four packs in flight, the reserved shared memory)
+ * and at ragged ones: V odd or prime, rows starting one element past a 16-byte boundary (a head
+ * and tail read one element at a time, every row split differently), rows shorter than a block.
+ * Every third row is ignored; row 0's target is column 0 and row 2's column V - 1 (the head and the
+ * tail). lse, the losses and the dlogits it leaves over the logits must have the bits of
+ * an_cuda_cross_entropy_rows then an_cuda_cross_entropy_backward at a unit upstream gradient on the
+ * same address (every output NaN-poisoned first), lse must match float64, and a second launch on
+ * a fresh copy must give the same bits. */
+static const struct {
+    an_dtype dtype;
+    int64_t N, V;
+    int offset; /* elements past a 16-byte boundary the logits start at (0 or 1) */
+} rows_grad_cases[] = {
+    {AN_BF16, 6, 151936, 0}, {AN_BF16, 5, 151936, 1}, {AN_F16, 4, 50257, 1}, {AN_F32, 3, 151936, 0},
+    {AN_F32, 4, 50021, 1},   {AN_BF16, 37, 1000, 0},  {AN_F16, 9, 7, 1},     {AN_BF16, 3, 1, 0},
+    {AN_BF16, 300, 4096, 1}, {AN_BF16, 2, 1000003, 1},
+};
+
+/* A CUDA copy (n) of host's values starting `offset` (0 or 1) elements past an allocation's start. */
+static an_tensor *gpu_copy_at(an_ctx *ctx, const an_tensor *host, int64_t n, int offset) {
+    if (offset) return misaligned(ctx, host->dtype, n, host);
+    an_tensor *d = test_poisoned_gpu(ctx, host->dtype, 1, &n);
+    test_ok(ctx, an_tensor_copy_into(ctx, d, host), "upload");
+    return d;
+}
+
+/* lse (N), losses (N) and dlogits (N V) of one an_cuda_cross_entropy_rows_grad launch on a fresh
+ * copy of logits (host, N V) at `offset`, with poisoned lse and losses. */
+static void rows_grad_once(an_ctx *ctx, const an_tensor *logits, const an_tensor *targets_dev, int64_t N, int64_t V,
+                           int offset, int64_t ignore_index, double scale, an_tensor **out) {
+    an_tensor *x = gpu_copy_at(ctx, logits, N * V, offset);
+    an_tensor *lse = test_poisoned_gpu(ctx, AN_F32, 1, &N), *loss = test_poisoned_gpu(ctx, AN_F32, 1, &N);
+    test_ok(ctx, an_cuda_cross_entropy_rows_grad(ctx, logits->dtype, an_tensor_data(x), an_tensor_data(targets_dev),
+                                                 targets_dev->dtype, N, V, ignore_index, scale, an_tensor_data(lse),
+                                                 an_tensor_data(loss)),
+            "an_cuda_cross_entropy_rows_grad");
+    out[0] = lse, out[1] = loss, out[2] = x;
+}
+
+START_TEST(test_cuda_cross_entropy_rows_grad_gives_the_two_kernel_bits_at_the_chunk_shape_and_ragged_rows) {
+    an_ctx *ctx = gpu_ctx(13, "cuda cross_entropy_rows_grad");
+    if (!ctx) return;
+    const int64_t ignore_index = -100;
+    static const char *const names[3] = {"lse", "loss", "dlogits"};
+    char what[160], w2[200];
+    for (size_t c = 0; c < sizeof rows_grad_cases / sizeof *rows_grad_cases; c++) {
+        an_dtype dtype = rows_grad_cases[c].dtype, t_dtype = c % 2 ? AN_I32 : AN_I64;
+        int64_t N = rows_grad_cases[c].N, V = rows_grad_cases[c].V, n = N * V;
+        int offset = rows_grad_cases[c].offset;
+        fmt(what, sizeof what, "cross_entropy_rows_grad %s N %lld V %lld offset %d", an_dtype_name(dtype),
+            (long long)N, (long long)V, offset);
+        an_tensor *logits = test_uniform(ctx, dtype, 1, &n, -6, 6, false); /* (N V) */
+        an_tensor *targets = ce_targets(ctx, t_dtype, N, V, IGNORE_SOME, ignore_index);
+        an_tensor_set(targets, 0, 0);
+        if (N > 2) an_tensor_set(targets, 2, (double)(V - 1));
+        an_tensor *targets_dev = to_gpu(ctx, targets);
+        an_cross_entropy_opts o = {ignore_index, 1024, 0};
+        double scale = ce_inv(targets, &o);
+
+        /* the two kernels on the same address (lse's bits depend on how rows split into packs): lse and
+         * losses, then dlogits at a unit gradient into dx one element past a boundary (each element's
+         * gradient has the same bits on the packed and scalar paths) */
+        an_tensor *x = gpu_copy_at(ctx, logits, n, offset), *dx = misaligned(ctx, dtype, n, NULL);
+        an_tensor *two[3] = {test_poisoned_gpu(ctx, AN_F32, 1, &N), test_poisoned_gpu(ctx, AN_F32, 1, &N), dx};
+        an_tensor *unit = an_tensor_scalar(ctx, dtype, AN_CUDA, 1.0);
+        test_ok(ctx, an_cuda_cross_entropy_rows(ctx, dtype, an_tensor_data(x), an_tensor_data(targets_dev), t_dtype, N,
+                                                V, ignore_index, an_tensor_data(two[0]), an_tensor_data(two[1])),
+                "an_cuda_cross_entropy_rows");
+        test_ok(ctx, an_cuda_cross_entropy_backward(ctx, dtype, an_tensor_data(x), an_tensor_data(two[0]),
+                                                    an_tensor_data(targets_dev), t_dtype, N, V, ignore_index,
+                                                    an_tensor_data(unit), scale, an_tensor_data(dx)),
+                "an_cuda_cross_entropy_backward at a unit gradient");
+
+        an_tensor *got[3], *again[3];
+        rows_grad_once(ctx, logits, targets_dev, N, V, offset, ignore_index, scale, got);
+        rows_grad_once(ctx, logits, targets_dev, N, V, offset, ignore_index, scale, again);
+        for (int k = 0; k < 3; k++) {
+            expect_same_bits(ctx, got[k], two[k], fmt(w2, sizeof w2, "%s %s against the two kernels", what, names[k]));
+            expect_same_bits(ctx, again[k], got[k], fmt(w2, sizeof w2, "%s %s on a second launch", what, names[k]));
+        }
+
+        an_tensor *lse_h = to_host(ctx, got[0]);
+        for (int64_t i = 0; i < N; i++) {
+            double want = 0;
+            if ((int64_t)an_tensor_get(targets, i) != ignore_index) {
+                double m = -INFINITY, sum = 0;
+                for (int64_t j = 0; j < V; j++) m = fmax(m, an_tensor_get(logits, i * V + j));
+                for (int64_t j = 0; j < V; j++) sum += exp(an_tensor_get(logits, i * V + j) - m);
+                want = m + log(sum);
+            }
+            double l = an_tensor_get(lse_h, i);
+            if (isnan(l) || fabs(l - want) > 2e-6 * (fabs(want) + 1)) {
+                soft_fail("%s: lse[%lld] = %.9g, expected %.9g", what, (long long)i, l, want);
+                break;
+            }
+        }
+        an_tensor_release(lse_h);
+        for (int k = 0; k < 3; k++) an_tensor_release(got[k]), an_tensor_release(again[k]), an_tensor_release(two[k]);
+        an_tensor_release(unit), an_tensor_release(x);
+        an_tensor_release(targets_dev), an_tensor_release(targets), an_tensor_release(logits);
+    }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
 START_TEST(test_cuda_losses_reject_targets_outside_the_vocabulary) {
     an_ctx *ctx = gpu_ctx(8, "cuda loss errors");
     if (!ctx) return;
@@ -1185,6 +1294,8 @@ int main(void) {
     test_add_case(s, "rope_errors", test_cuda_rope_rejects_negative_positions_and_too_long_heads);
     test_add_case(s, "softmax", test_cuda_softmax_matches_cpu);
     test_add_case(s, "cross_entropy", test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normalizer);
+    test_add_case(s, "cross_entropy_rows_grad",
+                  test_cuda_cross_entropy_rows_grad_gives_the_two_kernel_bits_at_the_chunk_shape_and_ragged_rows);
     test_add_case(s, "loss_errors", test_cuda_losses_reject_targets_outside_the_vocabulary);
     test_add_case(s, "log_softmax_gather", test_cuda_log_softmax_gather_matches_cpu);
     test_add_case(s, "linear_cross_entropy", test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks);
