@@ -15,9 +15,7 @@
  * CLOCK_MONOTONIC and divided by K (the launches queue up, so the host's launch cost hides behind
  * the GPU's work); the median of N samples after three warm-up samples is printed. GB/s counts the
  * bytes the op must move at least (each input read once, each output written once), so 100% of
- * the copy's figure means the kernel runs at the copy's bandwidth. Inputs are N(0, 1). rmsnorm's
- * backward is timed on its warp path (where the shape takes it) and on the team-of-warps kernel
- * ("team" rows, an_cuda_set_rmsnorm_warp off), so one run compares them. */
+ * the copy's figure means the kernel runs at the copy's bandwidth. Inputs are N(0, 1). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,8 +32,6 @@ typedef struct {
     int64_t heads;       /* rope only */
     double sign;         /* rope only */
     bool grad_w;         /* rmsnorm backward: also grad_w */
-    bool add_x;          /* rmsnorm backward: grad_x added into the gradient there (a residual's) */
-    bool team;           /* rmsnorm backward: the team-of-warps kernel, not the warp path */
 } job;
 
 enum { RMSNORM_FWD, RMSNORM_BWD, ROPE, MEMCPY, CE_ROWS_GRAD, CE_MEMCPY };
@@ -61,12 +57,9 @@ static an_status launch(bench *b, const job *j) {
     switch (j->kind) {
     case RMSNORM_FWD:
         return an_cuda_rmsnorm(b->ctx, b->dtype, b->x, b->w, j->rows, j->width, 1e-6, b->y, b->rstd);
-    case RMSNORM_BWD: {
-        an_status st = an_cuda_set_rmsnorm_warp(b->ctx, !j->team);
-        return st != AN_OK ? st
-                           : an_cuda_rmsnorm_backward(b->ctx, b->dtype, b->x, b->w, b->rstd, b->g, j->rows, j->width,
-                                                      b->dx, j->grad_w ? b->dw : NULL, j->add_x);
-    }
+    case RMSNORM_BWD:
+        return an_cuda_rmsnorm_backward(b->ctx, b->dtype, b->x, b->w, b->rstd, b->g, j->rows, j->width, b->dx,
+                                        j->grad_w ? b->dw : NULL, 0);
     case ROPE:
         return an_cuda_rope(b->ctx, b->dtype, b->x, b->pos, AN_I32, j->rows, j->heads, b->head_dim, b->inv_freq, 0,
                             j->sign, b->y);
@@ -110,15 +103,15 @@ fail:
 }
 
 /* Bytes j must move at least: rmsnorm forward reads x, w and writes y, rstd; backward reads x, w,
- * rstd, grad_y (and the old grad_x when adding) and writes grad_x (and grad_w); rope reads x and
- * writes out; the cross-entropy chunk reads its logits and writes dlogits over them (its targets,
- * lse and losses left out: 12 bytes a row); the copy reads and writes its bytes. */
+ * rstd, grad_y and writes grad_x (and grad_w); rope reads x and writes out; the cross-entropy
+ * chunk reads its logits and writes dlogits over them (its targets, lse and losses left out: 12
+ * bytes a row); the copy reads and writes its bytes. */
 static double job_bytes(const bench *b, const job *j) {
     double es = (double)an_dtype_size(b->dtype), n = (double)(j->rows * j->width);
     double row_f32 = 4.0 * (double)j->rows, vec = es * (double)j->width;
     switch (j->kind) {
     case RMSNORM_FWD: return 2 * n * es + vec + row_f32;
-    case RMSNORM_BWD: return (j->add_x ? 4 : 3) * n * es + vec + row_f32 + (j->grad_w ? vec : 0);
+    case RMSNORM_BWD: return 3 * n * es + vec + row_f32 + (j->grad_w ? vec : 0);
     default: return 2 * n * es;
     }
 }
@@ -202,27 +195,18 @@ int main(int argc, char **argv) {
     an_cpu_rope_inv_freq(&rope, head_dim, b.inv_freq);
     /* rmsnorm runs in the forward of 57 norms; every one of them is its own launch. */
     const job jobs[] = {
-        {"copy (rmsnorm bytes)", MEMCPY, rows, hidden, 0, 0, false, false, false},
-        {"rmsnorm forward", RMSNORM_FWD, rows, hidden, 0, 0, false, false, false},
-        /* the LoRA fine-tune's backward (norm weight frozen: dx only) and the full fine-tune's (dx
-         * and dw), each with dx written and added into the residual's gradient (as autograd does
-         * when that gradient exists); then the same on the team-of-warps kernel, to compare */
-        {"rmsnorm backward dx", RMSNORM_BWD, rows, hidden, 0, 0, false, false, false},
-        {"rmsnorm backward dx+=", RMSNORM_BWD, rows, hidden, 0, 0, false, true, false},
-        {"rmsnorm backward dx+dw", RMSNORM_BWD, rows, hidden, 0, 0, true, false, false},
-        {"rmsnorm backward dx+=,dw", RMSNORM_BWD, rows, hidden, 0, 0, true, true, false},
-        {"rmsnorm bwd team dx", RMSNORM_BWD, rows, hidden, 0, 0, false, false, true},
-        {"rmsnorm bwd team dx+=", RMSNORM_BWD, rows, hidden, 0, 0, false, true, true},
-        {"rmsnorm bwd team dx+dw", RMSNORM_BWD, rows, hidden, 0, 0, true, false, true},
-        {"rmsnorm bwd team dx+=,dw", RMSNORM_BWD, rows, hidden, 0, 0, true, true, true},
-        {"copy (rope q bytes)", MEMCPY, rows, heads * head_dim, 0, 0, false, false, false},
-        {"rope forward q", ROPE, rows, heads * head_dim, heads, 1.0, false, false, false},
-        {"rope backward q", ROPE, rows, heads * head_dim, heads, -1.0, false, false, false},
-        {"copy (rope k bytes)", MEMCPY, rows, kv_heads * head_dim, 0, 0, false, false, false},
-        {"rope forward k", ROPE, rows, kv_heads * head_dim, kv_heads, 1.0, false, false, false},
-        {"rope backward k", ROPE, rows, kv_heads * head_dim, kv_heads, -1.0, false, false, false},
-        {"copy (ce chunk bytes)", CE_MEMCPY, ce_rows, vocab, 0, 0, false, false, false},
-        {"cross_entropy rows_grad", CE_ROWS_GRAD, ce_rows, vocab, 0, 0, false, false, false},
+        {"copy (rmsnorm bytes)", MEMCPY, rows, hidden, 0, 0, false},
+        {"rmsnorm forward", RMSNORM_FWD, rows, hidden, 0, 0, false},
+        {"rmsnorm backward dx", RMSNORM_BWD, rows, hidden, 0, 0, false},
+        {"rmsnorm backward dx+dw", RMSNORM_BWD, rows, hidden, 0, 0, true},
+        {"copy (rope q bytes)", MEMCPY, rows, heads * head_dim, 0, 0, false},
+        {"rope forward q", ROPE, rows, heads * head_dim, heads, 1.0, false},
+        {"rope backward q", ROPE, rows, heads * head_dim, heads, -1.0, false},
+        {"copy (rope k bytes)", MEMCPY, rows, kv_heads * head_dim, 0, 0, false},
+        {"rope forward k", ROPE, rows, kv_heads * head_dim, kv_heads, 1.0, false},
+        {"rope backward k", ROPE, rows, kv_heads * head_dim, kv_heads, -1.0, false},
+        {"copy (ce chunk bytes)", CE_MEMCPY, ce_rows, vocab, 0, 0, false},
+        {"cross_entropy rows_grad", CE_ROWS_GRAD, ce_rows, vocab, 0, 0, false},
     };
     printf("kernels: %s rows %ld hidden %ld heads %ld/%ld head_dim %ld, cross-entropy chunk %ld x %ld; median of "
            "%ld samples of %ld calls\n",

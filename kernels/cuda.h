@@ -83,9 +83,6 @@ an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on);
  * needs when T is not a multiple of 128 (off by default: added only there); on only so tests can
  * run that graph on a newer cuDNN. */
 an_status an_cuda_set_attention_cudnn_padding_mask(an_ctx *ctx, bool always);
-/* Whether rmsnorm's backward takes its warp-per-row kernel where it applies (kernels/rmsnorm.cu; on
- * by default) or the team-of-warps kernel: off only to compare the two. */
-an_status an_cuda_set_rmsnorm_warp(an_ctx *ctx, bool on);
 /* cudnnGetVersion() of the loaded cuDNN (e.g. 91400), 0 in a build without CUDA. */
 int an_cuda_cudnn_version(void);
 /* Timing on the state's stream: an event recorded now (free it with an_cuda_event_free), and the

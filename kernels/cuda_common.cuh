@@ -48,8 +48,6 @@ struct an_cuda_state {
                                   (an_cuda_set_attention_cudnn_deterministic, for measurement) */
     int attention_cudnn_padding_mask; /* 1: every cuDNN backward graph has the explicit padding mask
                                   (an_cuda_set_attention_cudnn_padding_mask, for tests) */
-    int rmsnorm_warp_off;      /* 1: rmsnorm's backward never takes its warp-per-row kernel
-                                  (an_cuda_set_rmsnorm_warp, for measurement and tests) */
     /* an_cuda_read_mark / an_cuda_read_marked (runtime.cu), created on first use */
     cudaStream_t read_stream;  /* the marked reads' copies: they do not wait for work after the mark */
     cudaEvent_t read_mark;     /* the point of the stream's work a read waits for */

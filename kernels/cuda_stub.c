@@ -65,10 +65,6 @@ an_status an_cuda_set_attention_cudnn_padding_mask(an_ctx *ctx, bool always) {
     (void)always;
     return NO_CUDA(ctx);
 }
-an_status an_cuda_set_rmsnorm_warp(an_ctx *ctx, bool on) {
-    (void)on;
-    return NO_CUDA(ctx);
-}
 int an_cuda_cudnn_version(void) { return 0; }
 an_status an_cuda_event_record(an_ctx *ctx, void **event) {
     (void)event;

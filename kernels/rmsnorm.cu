@@ -7,27 +7,20 @@
  * bf16/f16), the row fits 32 warps of packs and x, w, y / grad_y, grad_x are 16-byte aligned: one
  * team of warps per row reads the row once into registers with 16-byte loads, reduces, and writes
  * from the registers. Every other shape (and a row too long for the registers of one block)
- * takes the scalar path (one block per row, 2- or 4-byte accesses, x read twice). The backward
- * has a third, the warp path, taken before the vector path where it applies (the same alignment,
- * rows of at most 6 packs per lane: D <= 1536 in bf16/f16, <= 768 in f32; an_cuda_set_rmsnorm_warp
- * turns it off to compare): one warp per row, a grid of one wave looping over the rows, no block
- * barrier per row. Both are correct for those shapes; the warp path is the faster (the training
- * shape, 8192 x 1536 bf16, is its case), and its sums run in another order than the vector
- * path's, so its bits differ from the vector path's within the rounding of the dtype.
- * Numerics (every path): elements are widened to fp32; each row's sum of squares (and the
+ * takes the scalar path (one block per row, 2- or 4-byte accesses, x read twice).
+ * Numerics (both paths): elements are widened to fp32; each row's sum of squares (and the
  * backward's sum of g w x) is an fp32 sum in a fixed order that depends only on the path, D and
  * the dtype (per thread, then a warp butterfly, then the warps in order), and rstd =
  * 1 / sqrt(sum / D + eps) is taken in fp64 and stored as fp32 (the CPU op saves the same fp32
- * rstd). The per-element formulas are the same on every path; outputs round once to the dtype and
+ * rstd). The per-element formulas are the same on both paths; outputs round once to the dtype and
  * are written with =. grad_w is a deterministic two-pass reduction: pass 1 writes fp32 partial
- * column sums, one per split of the rows (vector and warp paths: fused into the grad_x kernel, one
- * split per block, each lane adding its rows in order, then the block's teams or warps in order;
- * the split count depends only on the shape and the GPU's SM count), pass 2 adds the splits in a
- * fixed order (launched with PDL, so it is resident before pass 1 ends). No atomics anywhere: a
- * launch of the same shape on the same GPU gives the same bits every time. */
+ * column sums, one per split of the rows (vector path: fused into the grad_x kernel, one split
+ * per block, each lane adding its rows in order; the split count depends only on the shape and
+ * the GPU's SM count), pass 2 adds the splits in a fixed order. No atomics anywhere: a launch of
+ * the same shape on the same GPU gives the same bits every time. */
 #include "kernels/block_reduce.cuh"  /* an_block_sum, an_row_threads (the scalar path) */
 #include "kernels/vec.cuh"           /* an_pack: 16-byte loads and stores */
-#include "kernels/pdl.cuh"           /* an_launch_pdl, an_pdl_wait / an_pdl_trigger: the vector forward, grad_w's finish */
+#include "kernels/pdl.cuh"           /* an_launch_pdl, an_pdl_wait / an_pdl_trigger: the vector forward */
 
 #include <stdint.h>
 
@@ -101,13 +94,11 @@ __global__ void rmsnorm_dw_partial_kernel(const T *x, const float *rstd, const T
 /* Pass 2: dw[col] = the sum over splits of partial (splits, D): row lane ty of a block of 32
  * columns x 8 lanes adds splits ty, ty + 8, ... in order, then the lanes are added as a tree. */
 template <typename T> __global__ void rmsnorm_dw_finish_kernel(const float *partial, int64_t splits, int64_t D, T *dw) {
-    an_pdl_wait(); /* launched with PDL (finish_weight_grad): partial comes from the kernel before */
     __shared__ float sm[kColThreads];
     int tx = threadIdx.x % kColWidth, ty = threadIdx.x / kColWidth, lanes = kColThreads / kColWidth;
     int64_t col = (int64_t)blockIdx.x * kColWidth + tx;
     float acc = 0.0f;
     if (col < D)
-#pragma unroll 8
         for (int64_t sp = ty; sp < splits; sp += lanes) acc += partial[sp * D + col];
     sm[threadIdx.x] = acc;
     __syncthreads();
@@ -121,11 +112,7 @@ template <typename T> __global__ void rmsnorm_dw_finish_kernel(const float *part
 template <typename T>
 an_status finish_weight_grad(an_ctx *ctx, an_cuda_state *s, const float *partial, int64_t splits, int64_t D, T *dw) {
     unsigned col_blocks = (unsigned)((D + kColWidth - 1) / kColWidth);
-    /* with PDL: launched while pass 1 still runs, it waits for it on the GPU, not behind its end */
-    cudaError_t err = an_launch_pdl(s, rmsnorm_dw_finish_kernel<T>, dim3(col_blocks), dim3(kColThreads), partial,
-                                    splits, D, dw);
-    AN_CHECK(ctx, err == cudaSuccess, AN_ERR_INTERNAL, "launch of rmsnorm_dw_finish_kernel failed: %s",
-             cudaGetErrorString(err));
+    rmsnorm_dw_finish_kernel<T><<<col_blocks, kColThreads, 0, s->stream>>>(partial, splits, D, dw);
     AN_CUDA_LAUNCH_CHECK(ctx, "rmsnorm_dw_finish_kernel");
     return AN_OK;
 }
@@ -415,174 +402,6 @@ an_status backward_vec(an_ctx *ctx, an_cuda_state *s, const VecPlan &plan, const
     return AN_OK;
 }
 
-/* ---- the warp path of the backward: one warp per row ----
- * For rows of at most 32 * kWarpMaxPacks packs: lane t holds packs t, t + 32, ... of its row (P of
- * them, a template argument: 6 for the 1.5B model's 1536 bf16), issues every load of the row (x,
- * grad_y, rstd, and an L1 prefetch of the old grad_x when adding) before the sum of g w x, which is
- * a butterfly of the warp (no block barrier), then reads x and g again (L1) for the outputs. The
- * grid is one wave (the blocks that fit at once); warp i of it takes rows i, i + warps of grid,
- * ..., and w sits in shared memory, loaded once per block. grad_w: each warp
- * adds g * x * rstd of its rows, in order, into its own fp32 column sums in shared memory; at the
- * end the block adds its warps' sums in warp order into its partial (one per block), which the
- * finish kernel adds in block order. */
-
-const int kWarpMaxPacks = 6;  /* packs per lane: D <= 1536 in bf16/f16, <= 768 in f32 (8 would spill in bf16) */
-const int kWarpWarpsDx = 8;   /* warps per block without grad_w */
-const int kWarpWarpsDw = 16;  /* with grad_w: more warps share a block's partial, so the partials are fewer */
-
-/* grad_x as rmsnorm_dx_kernel (ADD: into the old grad_x), one warp per row. DW: partial
- * (gridDim.x, D) gets the block's column sums of g * x * rstd, and dx may be null. Shared memory
- * (DW): per warp, P * V / 4 float4 column sums per lane, float4 j of lane t at j * 32 + t (no bank
- * conflicts); pack p = t + 32 k's elements 4h .. 4h + 3 are float4 k V / 4 + h. */
-template <typename T, int P, bool ADD, bool DW>
-__global__ void __launch_bounds__(32 * (DW ? kWarpWarpsDw : kWarpWarpsDx), DW ? 1 : 2)
-    rmsnorm_bwd_warp_kernel(const T *x, const T *w, const float *rstd, const T *g, int64_t rows, int64_t D, T *dx,
-                            float *partial) {
-    extern __shared__ float4 warp_sums[]; /* DW: (warps, P * V / 4, 32) */
-    const int V = an_vec_width<T>::value, Q = V / 4; /* Q: float4 per pack */
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
-    const int64_t packs = D / V;
-    __shared__ an_pack<T> wv[32 * P]; /* w, read from here at each use: in registers it would be held
-                                        widened to fp32, P V of them per lane */
-    float4 *sums = warp_sums + warp * (P * Q * 32) + lane; /* this lane's: float4 j at sums[32 j] */
-    for (int p = threadIdx.x; p < packs; p += blockDim.x) wv[p] = an_pack_load(w + (int64_t)p * V);
-    if (DW)
-#pragma unroll
-        for (int j = 0; j < P * Q; j++) sums[32 * j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-    __syncthreads();
-    an_pdl_trigger(); /* the finish kernel (DW) may launch; its an_pdl_wait still waits for this grid's end */
-    for (int64_t r = (int64_t)blockIdx.x * warps + warp; r < rows; r += (int64_t)gridDim.x * warps) {
-        an_pack<T> xv[P], gv[P], ov[P];
-        float s = rstd[r];
-#pragma unroll
-        for (int k = 0; k < P; k++) {
-            int64_t at = r * D + (int64_t)(lane + 32 * k) * V;
-            if (lane + 32 * k < packs) {
-                xv[k] = an_pack_load(x + at);
-                gv[k] = an_pack_load(g + at);
-                if (ADD) asm volatile("prefetch.global.L1 [%0];" ::"l"(dx + at)); /* read after the sum */
-            }
-        }
-        float dot = 0.0f;
-#pragma unroll
-        for (int k = 0; k < P; k++)
-            if (lane + 32 * k < packs)
-#pragma unroll
-                for (int e = 0; e < V; e++)
-                    dot += an_load(gv[k].v[e]) * an_load(wv[lane + 32 * k].v[e]) * an_load(xv[k].v[e]);
-        /* x and g are read again below (L1 hits) rather than kept: kept, they would be held widened
-         * to fp32 across the sum, twice the registers, and fewer warps would fit an SM */
-        asm volatile("" ::: "memory");
-        dot = an_lanes_sum<32>(dot);
-        float coef = s * s * s * dot / (float)D;
-#pragma unroll
-        for (int k = 0; k < P; k++) {
-            if (lane + 32 * k >= packs) continue;
-            xv[k] = an_pack_load(x + r * D + (int64_t)(lane + 32 * k) * V);
-            gv[k] = an_pack_load(g + r * D + (int64_t)(lane + 32 * k) * V);
-            if (ADD) ov[k] = an_pack_load(dx + r * D + (int64_t)(lane + 32 * k) * V);
-            if (!DW || dx) {
-                an_pack<T> out;
-#pragma unroll
-                for (int e = 0; e < V; e++)
-                    out.v[e] = an_store<T>(s * an_load(gv[k].v[e]) * an_load(wv[lane + 32 * k].v[e]) -
-                                           coef * an_load(xv[k].v[e]) + (ADD ? an_load(ov[k].v[e]) : 0.0f));
-                an_pack_store(dx + r * D + (int64_t)(lane + 32 * k) * V, out);
-            }
-            if (DW)
-#pragma unroll
-                for (int h = 0; h < Q; h++) {
-                    float4 a = sums[32 * (k * Q + h)];
-                    a.x += an_load(gv[k].v[4 * h]) * an_load(xv[k].v[4 * h]) * s;
-                    a.y += an_load(gv[k].v[4 * h + 1]) * an_load(xv[k].v[4 * h + 1]) * s;
-                    a.z += an_load(gv[k].v[4 * h + 2]) * an_load(xv[k].v[4 * h + 2]) * s;
-                    a.w += an_load(gv[k].v[4 * h + 3]) * an_load(xv[k].v[4 * h + 3]) * s;
-                    sums[32 * (k * Q + h)] = a;
-                }
-        }
-    }
-    if (!DW) return;
-    __syncthreads();
-    /* float4 j = (k Q + h) 32 + t of every warp, added in warp order: columns (t + 32 k) V + 4 h .. + 3 */
-    for (int j = threadIdx.x; j < P * Q * 32; j += blockDim.x) {
-        int t = j % 32, k = j / 32 / Q, h = j / 32 % Q;
-        if (t + 32 * k >= packs) continue;
-        float4 a = warp_sums[j];
-        for (int i = 1; i < warps; i++) {
-            float4 b = warp_sums[i * (P * Q * 32) + j];
-            a.x += b.x, a.y += b.y, a.z += b.z, a.w += b.w;
-        }
-        float *out = partial + (int64_t)blockIdx.x * D + (int64_t)(t + 32 * k) * V + 4 * h;
-        out[0] = a.x, out[1] = a.y, out[2] = a.z, out[3] = a.w;
-    }
-}
-
-/* One launch of the warp kernel: a wave of blocks (fewer when the rows are fewer), then grad_w's
- * finish. *taken = false, and nothing launched, when its blocks do not fit an SM. */
-template <typename T, int P, bool ADD, bool DW>
-an_status backward_warp_run(an_ctx *ctx, an_cuda_state *s, const T *x, const T *w, const float *rstd, const T *g,
-                            int64_t rows, int64_t D, T *dx, T *dw, bool *taken) {
-    void (*kernel)(const T *, const T *, const float *, const T *, int64_t, int64_t, T *, float *) =
-        rmsnorm_bwd_warp_kernel<T, P, ADD, DW>;
-    int warps = DW ? kWarpWarpsDw : kWarpWarpsDx;
-    size_t per_warp = DW ? (size_t)P * 32 * an_vec_width<T>::value * sizeof(float) : 0, shared = 0;
-    if (DW) {
-        int optin = 0;
-        AN_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, s->device));
-        size_t room = (size_t)optin - sizeof(an_pack<T>) * 32 * P; /* less the kernel's static copy of w */
-        if ((size_t)warps * per_warp > room) warps = (int)(room / per_warp);
-        if (warps < 1) return AN_OK;
-        shared = (size_t)warps * per_warp;
-        if (shared > 48 * 1024)
-            AN_CUDA_CHECK(ctx, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)shared));
-    }
-    int threads = 32 * warps, per_sm = 0;
-    AN_CUDA_CHECK(ctx, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, shared));
-    if (per_sm < 1) return AN_OK;
-    int64_t blocks = (rows + warps - 1) / warps, wave = (int64_t)per_sm * s->sm_count;
-    if (blocks > wave) blocks = wave;
-    float *partial = nullptr;
-    if (DW) {
-        void *scratch = nullptr;
-        AN_TRY(an_cuda_scratch(ctx, (size_t)(blocks * D) * sizeof(float), &scratch));
-        partial = (float *)scratch;
-    }
-    kernel<<<(unsigned)blocks, threads, shared, s->stream>>>(x, w, rstd, g, rows, D, dx, partial);
-    AN_CUDA_LAUNCH_CHECK(ctx, "rmsnorm_bwd_warp_kernel");
-    *taken = true;
-    if (DW) return finish_weight_grad<T>(ctx, s, partial, blocks, D, dw);
-    return AN_OK;
-}
-
-template <typename T, int P>
-an_status backward_warp_p(an_ctx *ctx, an_cuda_state *s, const T *x, const T *w, const float *rstd, const T *g,
-                          int64_t rows, int64_t D, T *dx, bool add, T *dw, bool *taken) {
-    if (dw && add) return backward_warp_run<T, P, true, true>(ctx, s, x, w, rstd, g, rows, D, dx, dw, taken);
-    if (dw) return backward_warp_run<T, P, false, true>(ctx, s, x, w, rstd, g, rows, D, dx, dw, taken);
-    if (add) return backward_warp_run<T, P, true, false>(ctx, s, x, w, rstd, g, rows, D, dx, dw, taken);
-    return backward_warp_run<T, P, false, false>(ctx, s, x, w, rstd, g, rows, D, dx, dw, taken);
-}
-
-/* Whether the warp path applies: D a whole number of packs, at most 32 * kWarpMaxPacks of them. */
-template <typename T> bool warp_path_fits(int64_t D) {
-    const int V = an_vec_width<T>::value;
-    return D % V == 0 && D / V <= 32 * kWarpMaxPacks;
-}
-
-/* The warp path for grad_x (add: into it; may be null when dw is not) and/or grad_w, with P the
- * smallest of 2, 4, 6 packs per lane that holds a row. */
-template <typename T>
-an_status backward_warp(an_ctx *ctx, an_cuda_state *s, const T *x, const T *w, const float *rstd, const T *g,
-                        int64_t rows, int64_t D, T *dx, bool add, T *dw, bool *taken) {
-    *taken = false;
-    if (!dx && !dw) return AN_OK;
-    add = add && dx;
-    int64_t need = (D / an_vec_width<T>::value + 31) / 32;
-    if (need <= 2) return backward_warp_p<T, 2>(ctx, s, x, w, rstd, g, rows, D, dx, add, dw, taken);
-    if (need <= 4) return backward_warp_p<T, 4>(ctx, s, x, w, rstd, g, rows, D, dx, add, dw, taken);
-    return backward_warp_p<T, 6>(ctx, s, x, w, rstd, g, rows, D, dx, add, dw, taken);
-}
-
 an_status check_sizes(an_ctx *ctx, const char *what, int64_t rows, int64_t D) {
     AN_CHECK(ctx, rows >= 0 && rows <= INT32_MAX && D >= 1 && D <= INT32_MAX, AN_ERR_INPUT,
              "%s: %lld rows of %lld is outside the CUDA kernel's range", what, (long long)rows, (long long)D);
@@ -635,12 +454,6 @@ an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, c
     int threads = an_row_threads(D, 256);
     bool aligned = an_aligned16(x) && an_aligned16(w) && an_aligned16(grad_y) && an_aligned16(grad_x);
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "rmsnorm_backward", {
-        if (!s->rmsnorm_warp_off && aligned && rows > 0 && warp_path_fits<T>(D)) {
-            bool taken = false;
-            AN_TRY(backward_warp<T>(ctx, s, (const T *)x, (const T *)w, rstd, (const T *)grad_y, rows, D, (T *)grad_x,
-                                    add_x != 0, (T *)grad_w, &taken));
-            if (taken || (!grad_x && !grad_w)) return AN_OK;
-        }
         VecPlan plan = vec_plan(D, an_vec_width<T>::value, kBwdPacks);
         if (!plan.ok) plan = vec_plan(D, an_vec_width<T>::value, kMaxPacks);
         if (plan.ok && aligned && rows > 0 && plan_fits<T, BwdLimit>(plan))

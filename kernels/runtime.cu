@@ -291,12 +291,6 @@ an_status an_cuda_set_attention_cudnn_padding_mask(an_ctx *ctx, bool always) {
     return AN_OK;
 }
 
-an_status an_cuda_set_rmsnorm_warp(an_ctx *ctx, bool on) {
-    AN_CUDA_STATE(ctx, s);
-    s->rmsnorm_warp_off = !on;
-    return AN_OK;
-}
-
 an_status an_cuda_event_record(an_ctx *ctx, void **event) {
     AN_CUDA_STATE(ctx, s);
     cudaEvent_t e = nullptr;
