@@ -648,6 +648,26 @@ static an_tensor *ce_targets(an_ctx *ctx, an_dtype dtype, int64_t N, int64_t V, 
 }
 
 /* 1 / the loss denominator, as the op computes it. */
+/* Each row's lse (host lse_h, (N)) against the float64 log-sum-exp of the host logits (N, V); 0 on
+ * an ignored row. */
+static void expect_lse_like_f64(const an_tensor *logits, const an_tensor *targets, int64_t ignore_index,
+                                const an_tensor *lse_h, int64_t N, int64_t V, const char *what) {
+    for (int64_t i = 0; i < N; i++) {
+        double want = 0;
+        if ((int64_t)an_tensor_get(targets, i) != ignore_index) {
+            double m = -INFINITY, sum = 0;
+            for (int64_t j = 0; j < V; j++) m = fmax(m, an_tensor_get(logits, i * V + j));
+            for (int64_t j = 0; j < V; j++) sum += exp(an_tensor_get(logits, i * V + j) - m);
+            want = m + log(sum);
+        }
+        double got = an_tensor_get(lse_h, i);
+        if (isnan(got) || fabs(got - want) > 2e-6 * (fabs(want) + 1)) {
+            soft_fail("%s: lse[%lld] = %.9g, expected %.9g", what, (long long)i, got, want);
+            return;
+        }
+    }
+}
+
 static double ce_inv(const an_tensor *targets, const an_cross_entropy_opts *o) {
     int64_t counted = 0;
     for (int64_t i = 0; i < an_tensor_numel(targets); i++)
@@ -708,20 +728,7 @@ START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normaliz
                "an_cuda_loss_total");
             expect_same_bits(ctx, loss, r.out, what);
             an_tensor *lse_h = to_host(ctx, lse);
-            for (int64_t i = 0; i < N; i++) {
-                double want = 0;
-                if ((int64_t)an_tensor_get(targets, i) != o.ignore_index) {
-                    double m = -INFINITY, s = 0;
-                    for (int64_t j = 0; j < V; j++) m = fmax(m, an_tensor_get(logits, i * V + j));
-                    for (int64_t j = 0; j < V; j++) s += exp(an_tensor_get(logits, i * V + j) - m);
-                    want = m + log(s);
-                }
-                double got = an_tensor_get(lse_h, i);
-                if (isnan(got) || fabs(got - want) > 2e-6 * (fabs(want) + 1)) {
-                    soft_fail("%s: lse[%lld] = %.9g, expected %.9g", what, (long long)i, got, want);
-                    break;
-                }
-            }
+            expect_lse_like_f64(logits, targets, o.ignore_index, lse_h, N, V, what);
             test_ok(ctx, an_cuda_cross_entropy_backward(ctx, dtype, an_tensor_data(r.in[0]), an_tensor_data(lse),
                                                    an_tensor_data(r.in[1]), t_dtype, N, V, o.ignore_index,
                                                    an_tensor_data(upstream), inv, an_tensor_data(dx)),
@@ -841,20 +848,7 @@ START_TEST(test_cuda_cross_entropy_rows_grad_gives_the_two_kernel_bits_at_the_ch
         }
 
         an_tensor *lse_h = to_host(ctx, got[0]);
-        for (int64_t i = 0; i < N; i++) {
-            double want = 0;
-            if ((int64_t)an_tensor_get(targets, i) != ignore_index) {
-                double m = -INFINITY, sum = 0;
-                for (int64_t j = 0; j < V; j++) m = fmax(m, an_tensor_get(logits, i * V + j));
-                for (int64_t j = 0; j < V; j++) sum += exp(an_tensor_get(logits, i * V + j) - m);
-                want = m + log(sum);
-            }
-            double l = an_tensor_get(lse_h, i);
-            if (isnan(l) || fabs(l - want) > 2e-6 * (fabs(want) + 1)) {
-                soft_fail("%s: lse[%lld] = %.9g, expected %.9g", what, (long long)i, l, want);
-                break;
-            }
-        }
+        expect_lse_like_f64(logits, targets, ignore_index, lse_h, N, V, what);
         an_tensor_release(lse_h);
         for (int k = 0; k < 3; k++) an_tensor_release(got[k]), an_tensor_release(again[k]), an_tensor_release(two[k]);
         an_tensor_release(unit), an_tensor_release(x);
