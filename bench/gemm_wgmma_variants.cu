@@ -230,6 +230,27 @@ static void check_small(cudaStream_t st, bool bt) {
     CK(cudaFree(d));
 }
 
+/* One fused form's row: outputs outs[0 .. n) poisoned, one run checked against refs (two units in
+ * the last place of bf16 at the output's scale), then timed against the reference's tl us. */
+template <typename F>
+static void fused_row(const char *tag, int M, int N, int K, const char *name, F run, bf *const *outs,
+                      const bf *const *refs, const char *const *names, int n, size_t count, double tl, cudaStream_t st) {
+    for (int i = 0; i < n; i++) CK(cudaMemset(outs[i], 0xff, count * 2));
+    run();
+    CK(cudaStreamSynchronize(st));
+    char errs[128] = "";
+    bool ok = true;
+    for (int i = 0; i < n; i++) {
+        double e = mismatch(outs[i], refs[i], count);
+        ok &= e <= 2.0;
+        snprintf(errs + strlen(errs), sizeof errs - strlen(errs), " %s %.2f", names[i], e);
+    }
+    double t = time_us(run, st);
+    printf("%-8s %5d x %5d x %5d  %-28s %9.1f us  %.3fx  max err%s %s\n", tag, M, N, K, name, t, tl / t, errs,
+           ok ? "" : "WRONG");
+    failed |= !ok;
+}
+
 int main() {
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     LT_CHECK(cublasLtCreate(&lt));
@@ -307,18 +328,11 @@ int main() {
             {"128x128 s5 c2", wg_gemm<128, 5, wgmma_gemm::SWIGLU, false, 2>},
             {"128x128 s4", wg_gemm<128, 4, wgmma_gemm::SWIGLU>},
         };
-        for (const auto &f : fused) {
-            auto run = [&] { f.fn(x, wg, wu, g, u, act, M, N, K, st); };
-            for (bf *p : {g, u, act}) CK(cudaMemset(p, 0xff, out * 2));
-            run();
-            CK(cudaStreamSynchronize(st));
-            double mg = mismatch(g, rg, out), mu = mismatch(u, ru, out), ma = mismatch(act, ract, out);
-            double t = time_us(run, st);
-            bool ok = mg <= 2.0 && mu <= 2.0 && ma <= 2.0;
-            printf("swiglu   %5d x %5d x %5d  %-24s %9.1f us  %.3fx  max err g %.2f u %.2f act %.2f %s\n", M, N, K,
-                   f.name, t, tl / t, mg, mu, ma, ok ? "" : "WRONG");
-            failed |= !ok;
-        }
+        bf *const outs[] = {g, u, act}, *const refs[] = {rg, ru, ract};
+        const char *const names[] = {"g", "u", "act"};
+        for (const auto &f : fused)
+            fused_row("swiglu", M, N, K, f.name, [&] { f.fn(x, wg, wu, g, u, act, M, N, K, st); }, outs, refs, names, 3,
+                      out, tl, st);
     }
     /* the swiglu gradient epilogue: dg, du from d act = dY W_down, g and u (the training MLP's backward) */
     {
@@ -346,22 +360,15 @@ int main() {
             {"128x128 s5 c2", wg_swiglu_bwd<128, 5, 2>},
             {"128x128 s4", wg_swiglu_bwd<128, 4>},
         };
-        for (const auto &f : fused) {
-            auto run = [&] { f.fn(dy, w, g, u, dg, du, nullptr, M, N, K, st); };
-            for (bf *p : {dg, du}) CK(cudaMemset(p, 0xff, out * 2));
-            run();
-            CK(cudaStreamSynchronize(st));
-            double mg = mismatch(dg, rdg, out), mu = mismatch(du, rdu, out);
-            double t = time_us(run, st);
-            bool ok = mg <= 2.0 && mu <= 2.0;
-            printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us  %.3fx  max err dg %.2f du %.2f %s\n", M, N, K, f.name, t,
-                   tl / t, mg, mu, ok ? "" : "WRONG");
-            failed |= !ok;
-        }
-        /* with act as well (a trained down projection's dW reads it): against the same plus the swiglu pass */
         bf *act, *ract;
         CK(cudaMalloc(&act, out * 2));
         CK(cudaMalloc(&ract, out * 2));
+        bf *const outs[] = {dg, du, act}, *const refs[] = {rdg, rdu, ract};
+        const char *const names[] = {"dg", "du", "act"};
+        for (const auto &f : fused)
+            fused_row("swiglu'", M, N, K, f.name, [&] { f.fn(dy, w, g, u, dg, du, nullptr, M, N, K, st); }, outs, refs,
+                      names, 2, out, tl, st);
+        /* with act as well (a trained down projection's dW reads it): against the same plus the swiglu pass */
         auto reference_act = [&] {
             reference();
             swiglu_ref<<<(unsigned)((out / 8 + 255) / 256), 256, 0, st>>>(g, u, ract, (int64_t)out);
@@ -373,18 +380,9 @@ int main() {
             {"+ act 128x128 s4 (library)", wg_swiglu_bwd<128, 4>},
             {"+ act 128x128 s4 c2", wg_swiglu_bwd<128, 4, 2>},
         };
-        for (const auto &f : with_act) {
-            auto run = [&] { f.fn(dy, w, g, u, dg, du, act, M, N, K, st); };
-            for (bf *p : {dg, du, act}) CK(cudaMemset(p, 0xff, out * 2));
-            run();
-            CK(cudaStreamSynchronize(st));
-            double mg = mismatch(dg, rdg, out), mu = mismatch(du, rdu, out), ma = mismatch(act, ract, out);
-            double t = time_us(run, st);
-            bool ok = mg <= 2.0 && mu <= 2.0 && ma <= 2.0;
-            printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us  %.3fx  max err dg %.2f du %.2f act %.2f %s\n", M, N, K,
-                   f.name, t, tla / t, mg, mu, ma, ok ? "" : "WRONG");
-            failed |= !ok;
-        }
+        for (const auto &f : with_act)
+            fused_row("swiglu'", M, N, K, f.name, [&] { f.fn(dy, w, g, u, dg, du, act, M, N, K, st); }, outs, refs,
+                      names, 3, out, tla, st);
     }
     printf(failed ? "FAILED\n" : "all results agree\n");
     return failed ? 1 : 0;
