@@ -18,8 +18,8 @@
  * 16-byte loads in flight. The second read is meant to hit L2, the row having been read moments
  * before: the second pass's loads and the stores are evict-first, so they leave L2 ahead of the
  * rows still to be read again, and full blocks (1024 threads, rows past about 16k columns) run one
- * a multiprocessor (half its shared memory reserved, unused), so about 132 rows (40 MB at bf16
- * V = 151936 on an H100) sit between the passes. bench/kernels on an H100, 1024 x 151936 bf16:
+ * a multiprocessor (their 58-64 registers a thread leave no room for a second: 2 x 1024 x 58 >
+ * 65536), so about 132 rows (40 MB at bf16 V = 151936 on an H100) sit between the passes. bench/kernels on an H100, 1024 x 151936 bf16:
  * 296 us; one load in flight with plain loads and stores 334 us, four in flight without
  * evict-first 324 us; a copy of the same bytes 208 us. */
 #include "kernels/block_reduce.cuh"
@@ -275,26 +275,6 @@ __global__ void lsg_backward_kernel(const T *x, const float *lse, const void *id
     });
 }
 
-/* The dynamic shared memory (unused) that holds ce_rows_grad_kernel<T> at `threads` a block to one
- * block a multiprocessor, opted in: half a multiprocessor's for full blocks of 1024 threads (their
- * rows are long enough for the rows resident at once to matter to L2); 0 for shorter rows, whose
- * resident rows fit L2 anyway, and where a block may not have that much. Asked of the device on
- * every launch (a few attribute queries against a launch of hundreds of microseconds). */
-template <typename T> an_status rows_grad_reserve(an_ctx *ctx, int device, int threads, size_t *bytes) {
-    *bytes = 0;
-    if (threads < 1024) return AN_OK;
-    int per_sm = 0, optin = 0;
-    AN_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
-    AN_CUDA_CHECK(ctx, cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    cudaFuncAttributes fa;
-    AN_CUDA_CHECK(ctx, cudaFuncGetAttributes(&fa, ce_rows_grad_kernel<T>));
-    const int want = per_sm / 2; /* with the static and per-block reserved bytes, two no longer fit */
-    if (want + (int)fa.sharedSizeBytes > optin) return AN_OK;
-    AN_CUDA_CHECK(ctx, cudaFuncSetAttribute(ce_rows_grad_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, want));
-    *bytes = (size_t)want;
-    return AN_OK;
-}
-
 an_status check_rows(an_ctx *ctx, const char *what, an_dtype id_dtype, int64_t N, int64_t V) {
     AN_CHECK(ctx, id_dtype == AN_I32 || id_dtype == AN_I64, AN_ERR_INPUT, "%s: ids must be i32 or i64, got %s", what,
              an_dtype_name(id_dtype));
@@ -328,10 +308,7 @@ an_status an_cuda_cross_entropy_rows_grad(an_ctx *ctx, an_dtype dtype, void *log
     AN_TRY(check_rows(ctx, "cross_entropy_rows_grad", target_dtype, N, V));
     if (N == 0) return AN_OK;
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "cross_entropy_rows_grad", {
-        const int threads = row_threads(V);
-        size_t reserve = 0;
-        AN_TRY(rows_grad_reserve<T>(ctx, s->device, threads, &reserve));
-        ce_rows_grad_kernel<T><<<(unsigned)N, threads, reserve, s->stream>>>(
+        ce_rows_grad_kernel<T><<<(unsigned)N, row_threads(V), 0, s->stream>>>(
             (T *)logits, targets, target_dtype == AN_I64, V, ignore_index, (float)scale, lse, loss_rows);
         AN_CUDA_LAUNCH_CHECK(ctx, "ce_rows_grad_kernel");
     });
