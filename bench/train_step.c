@@ -11,6 +11,9 @@
  *                    [--no-wgmma (cuBLASLt and separate kernels where kernels/gemm_wgmma.cu would run)]
  *                    [--ab-wgmma (steps alternate with and without them; both rates printed: an A/B under
  *                     the same clocks and temperature, where separate runs differ by 2-3%)]
+ *                    [--update-in-backward (AdamW during backward, on the side stream: src/optim/in_backward.c)]
+ *                    [--ab-update (steps alternate with and without it; both rates printed)]
+ *                    [--side-equal-priority (the side stream at the stream's priority, not the lowest)]
  *
  * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
  * them, so with --adapter (the peer's initial adapter) both runs start from the same point and
@@ -46,6 +49,7 @@ int main(int argc, char **argv) {
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
     bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false;
+    bool update_in_backward = false, ab_update = false, side_equal = false;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -64,6 +68,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--attention-nondeterministic")) attention_nondeterministic = true;
         else if (!strcmp(argv[i], "--no-wgmma")) no_wgmma = true;
         else if (!strcmp(argv[i], "--ab-wgmma")) ab_wgmma = true;
+        else if (!strcmp(argv[i], "--update-in-backward")) update_in_backward = true;
+        else if (!strcmp(argv[i], "--ab-update")) ab_update = true;
+        else if (!strcmp(argv[i], "--side-equal-priority")) side_equal = true;
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -77,7 +84,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     if ((attention_nondeterministic && an_cuda_set_attention_cudnn_deterministic(ctx, false) != AN_OK) ||
-        (no_wgmma && an_cuda_set_wgmma(ctx, false) != AN_OK)) {
+        (no_wgmma && an_cuda_set_wgmma(ctx, false) != AN_OK) ||
+        (side_equal && an_cuda_set_side_equal_priority(ctx, true) != AN_OK)) {
         fprintf(stderr, "%s\n", an_error_message(ctx));
         return 1;
     }
@@ -131,10 +139,13 @@ int main(int argc, char **argv) {
             an_tensor_release(h);
         }
         double t1 = an_metrics_now();
-        an_status st = loss ? an_backward(ctx, loss) : an_error_status(ctx);
+        bool in_backward = update_in_backward || (ab_update && s % 2 == 0);
+        an_status st = !loss ? an_error_status(ctx) : in_backward ? an_optim_backward_begin(ctx, opt) : AN_OK;
+        if (st == AN_OK) st = an_backward(ctx, loss);
+        if (st != AN_OK && in_backward) an_optim_backward_cancel(ctx, opt);
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
         double t_backward = an_metrics_now() - t1, t2 = an_metrics_now();
-        if (st == AN_OK) st = an_optim_step(ctx, opt, NULL);
+        if (st == AN_OK) st = in_backward ? an_optim_backward_end(ctx, opt, NULL) : an_optim_step(ctx, opt, NULL);
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
         double t_optim = an_metrics_now() - t2;
         if (st != AN_OK) {
@@ -157,18 +168,18 @@ int main(int argc, char **argv) {
         printf("step %ld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, peak %.2f GiB\n", s, dt,
                t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
     }
-    if (ab_wgmma && ab_measured[0] && ab_measured[1]) {
+    if ((ab_wgmma || ab_update) && ab_measured[0] && ab_measured[1]) {
         double on = (double)(batch * seq) * ab_measured[0] / ab_total[0];
         double off = (double)(batch * seq) * ab_measured[1] / ab_total[1];
-        printf("ab-wgmma: with %.0f tokens/s (%d steps), without %.0f tokens/s (%d steps): %.4fx\n", on, ab_measured[0],
-               off, ab_measured[1], on / off);
+        printf("%s: with %.0f tokens/s (%d steps), without %.0f tokens/s (%d steps): %.4fx\n",
+               ab_wgmma ? "ab-wgmma" : "ab-update", on, ab_measured[0], off, ab_measured[1], on / off);
     }
     double tps = (double)(batch * seq) * measured / total;
     double tflops = tps * flops_per_token / 1e12;
-    printf("anneal %s %s %s seq %ld batch %ld%s: %.0f tokens/s, %.3f s/step, peak %.2f GiB, %.1f TFLOP/s model, "
+    printf("anneal %s %s %s seq %ld batch %ld%s%s: %.0f tokens/s, %.3f s/step, peak %.2f GiB, %.1f TFLOP/s model, "
            "MFU %.1f%% of %.0f\n",
            rank > 0 ? "lora" : "full", rank > 0 ? targets : "", dtype == AN_BF16 ? "bf16" : "f32", seq, batch,
-           checkpointing ? " +ckpt" : "", tps, total / measured, (double)ctx->mem[device].peak / (1u << 30), tflops,
+           checkpointing ? " +ckpt" : "", update_in_backward ? " +update-in-backward" : "", tps, total / measured, (double)ctx->mem[device].peak / (1u << 30), tflops,
            100 * tflops / peak_tflops, peak_tflops);
     return 0;
 }

@@ -121,10 +121,12 @@ template <int N, typename T> __device__ __forceinline__ void store_n(T *p, const
     *reinterpret_cast<small_pack<T, N> *>(p) = pk;
 }
 
-/* Elements [begin, end) of one segment (grad G, parameter P; P unused when param is NULL). */
-template <int N, typename G, typename P>
-__device__ __forceinline__ void adamw_chunk(const an_adamw_scalars &k, double decay, const an_adamw_segment &seg,
-                                            int64_t begin, int64_t end) {
+/* Elements [begin, end) of one segment (grad G, parameter P; P unused when param is NULL). With
+ * SUM_SQ, returns this thread's float64 sum of the squared gradient elements, in its element order. */
+template <int N, typename G, typename P, bool SUM_SQ>
+__device__ __forceinline__ double adamw_chunk(const an_adamw_scalars &k, double decay, const an_adamw_segment &seg,
+                                              int64_t begin, int64_t end) {
+    double acc = 0.0;
     const double one_minus_beta1 = __dadd_rn(1.0, -k.beta1), one_minus_beta2 = __dadd_rn(1.0, -k.beta2);
     an_adamw_scalars kk = k;
     kk.decay = decay;
@@ -138,25 +140,44 @@ __device__ __forceinline__ void adamw_chunk(const an_adamw_scalars &k, double de
             float w[N], m[N], v[N], g[N];
             load_n<N>(master + i, w), load_n<N>(exp_avg + i, m), load_n<N>(exp_avg_sq + i, v), load_n<N>(grad + i, g);
 #pragma unroll
-            for (int j = 0; j < N; j++)
+            for (int j = 0; j < N; j++) {
+                if (SUM_SQ) acc = __dadd_rn(acc, __dmul_rn((double)g[j], (double)g[j]));
                 adamw_element(kk, one_minus_beta1, one_minus_beta2, g[j], w[j], m[j], v[j], (P *)nullptr);
+            }
             store_n<N>(master + i, w), store_n<N>(exp_avg + i, m), store_n<N>(exp_avg_sq + i, v);
             if (param) store_n<N>(param + i, w); /* the new master rounded, as adamw_element stores it */
         } else {
             int64_t stop = i + N < end ? i + N : end;
-            for (int64_t e = i; e < stop; e++)
-                adamw_element(kk, one_minus_beta1, one_minus_beta2, an_load(grad[e]), master[e], exp_avg[e],
-                              exp_avg_sq[e], param ? param + e : (P *)nullptr);
+            for (int64_t e = i; e < stop; e++) {
+                float g = an_load(grad[e]);
+                if (SUM_SQ) acc = __dadd_rn(acc, __dmul_rn((double)g, (double)g));
+                adamw_element(kk, one_minus_beta1, one_minus_beta2, g, master[e], exp_avg[e], exp_avg_sq[e],
+                              param ? param + e : (P *)nullptr);
+            }
         }
     }
+    return acc;
 }
 
-template <int N, typename G>
-__device__ __forceinline__ void adamw_chunk_param(const an_adamw_scalars &k, double decay, const an_adamw_segment &seg,
-                                                  int64_t begin, int64_t end) {
-    if (!seg.param || seg.param_dtype == AN_F32) adamw_chunk<N, G, float>(k, decay, seg, begin, end);
-    else if (seg.param_dtype == AN_BF16) adamw_chunk<N, G, __nv_bfloat16>(k, decay, seg, begin, end);
-    else adamw_chunk<N, G, __half>(k, decay, seg, begin, end);
+template <int N, typename G, bool SUM_SQ>
+__device__ __forceinline__ double adamw_chunk_param(const an_adamw_scalars &k, double decay,
+                                                    const an_adamw_segment &seg, int64_t begin, int64_t end) {
+    if (!seg.param || seg.param_dtype == AN_F32) return adamw_chunk<N, G, float, SUM_SQ>(k, decay, seg, begin, end);
+    if (seg.param_dtype == AN_BF16) return adamw_chunk<N, G, __nv_bfloat16, SUM_SQ>(k, decay, seg, begin, end);
+    return adamw_chunk<N, G, __half, SUM_SQ>(k, decay, seg, begin, end);
+}
+
+/* Chunk c (from 0, of CHUNK elements) of seg: the update, and with SUM_SQ this thread's part of
+ * the chunk's sum of squares. */
+template <int N, bool SUM_SQ, int64_t CHUNK>
+__device__ __forceinline__ double adamw_segment_chunk(const an_adamw_scalars &k, const an_adamw_segment &seg,
+                                                      int64_t c) {
+    int64_t begin = c * CHUNK;
+    int64_t end = begin + CHUNK < seg.n ? begin + CHUNK : seg.n;
+    double decay = seg.no_decay ? 1.0 : k.decay;
+    if (seg.grad_dtype == AN_F32) return adamw_chunk_param<N, float, SUM_SQ>(k, decay, seg, begin, end);
+    if (seg.grad_dtype == AN_BF16) return adamw_chunk_param<N, __nv_bfloat16, SUM_SQ>(k, decay, seg, begin, end);
+    return adamw_chunk_param<N, __half, SUM_SQ>(k, decay, seg, begin, end);
 }
 
 template <int N>
@@ -164,12 +185,21 @@ __global__ void __launch_bounds__(kMultiThreads) adamw_multi_kernel(an_adamw_sca
                                                                     int n) {
     __shared__ an_adamw_segment seg;
     find_segment(table, n, blockIdx.x, &seg);
-    int64_t begin = ((int64_t)blockIdx.x - seg.first_chunk) * AN_ADAMW_CHUNK;
-    int64_t end = begin + AN_ADAMW_CHUNK < seg.n ? begin + AN_ADAMW_CHUNK : seg.n;
-    double decay = seg.no_decay ? 1.0 : k.decay;
-    if (seg.grad_dtype == AN_F32) adamw_chunk_param<N, float>(k, decay, seg, begin, end);
-    else if (seg.grad_dtype == AN_BF16) adamw_chunk_param<N, __nv_bfloat16>(k, decay, seg, begin, end);
-    else adamw_chunk_param<N, __half>(k, decay, seg, begin, end);
+    adamw_segment_chunk<N, false, AN_ADAMW_CHUNK>(k, seg, (int64_t)blockIdx.x - seg.first_chunk);
+}
+
+/* One segment, passed by value (no table to upload while the backward runs); block b does side
+ * chunk b (AN_ADAMW_SIDE_CHUNK elements) and, when partial is given, writes its sum of squares to
+ * partial[seg.first_chunk + b]. */
+template <int N>
+__global__ void __launch_bounds__(kMultiThreads) adamw_side_kernel(an_adamw_scalars k, an_adamw_segment seg,
+                                                                   double *partial) {
+    if (!partial) {
+        adamw_segment_chunk<N, false, AN_ADAMW_SIDE_CHUNK>(k, seg, blockIdx.x);
+        return;
+    }
+    double acc = block_sum(adamw_segment_chunk<N, true, AN_ADAMW_SIDE_CHUNK>(k, seg, blockIdx.x));
+    if (threadIdx.x == 0) partial[seg.first_chunk + blockIdx.x] = acc;
 }
 
 /* The float64 sum of squares of grad elements [begin, end), this thread's groups in order. */
@@ -237,6 +267,27 @@ an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_a
     AN_CUDA_STATE(ctx, s);
     adamw_multi_kernel<kUpdateGroup><<<(unsigned)n_chunks, kMultiThreads, 0, s->stream>>>(*k, table, n);
     AN_CUDA_LAUNCH_CHECK(ctx, "adamw_multi_kernel");
+    return AN_OK;
+}
+
+an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *seg, double *partial) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, !s->capturing, AN_ERR_INTERNAL, "adamw_side: not while a graph is captured");
+    int64_t chunks = (seg->n + AN_ADAMW_SIDE_CHUNK - 1) / AN_ADAMW_SIDE_CHUNK;
+    AN_CHECK(ctx, seg->n > 0 && chunks <= INT32_MAX && seg->first_chunk >= 0, AN_ERR_INTERNAL,
+             "adamw_side: %lld elements from chunk %lld", (long long)seg->n, (long long)seg->first_chunk);
+    cudaStream_t side = nullptr;
+    AN_CUDA_CHECK(ctx, an_cuda_side_enter(s, &side));
+    adamw_side_kernel<kUpdateGroup><<<(unsigned)chunks, kMultiThreads, 0, side>>>(*k, *seg, partial);
+    AN_CUDA_LAUNCH_CHECK(ctx, "adamw_side_kernel");
+    return AN_OK;
+}
+
+an_status an_cuda_sum_doubles(an_ctx *ctx, const double *partial, int64_t count, double *sum) {
+    AN_CUDA_STATE(ctx, s);
+    if (count == 0) return an_cuda_memset(ctx, sum, 0, sizeof *sum);
+    sum_finish_strided_kernel<<<1, kMaxBlocks, 0, s->stream>>>(partial, count, sum);
+    AN_CUDA_LAUNCH_CHECK(ctx, "sum_finish_strided_kernel");
     return AN_OK;
 }
 

@@ -345,6 +345,17 @@ void an_cuda_graph_free(an_ctx *ctx, an_cuda_graph *g);
 /* 1 while a capture is open on ctx's stream. */
 int an_cuda_capturing(an_ctx *ctx);
 
+/* The side stream (runtime.cu): updates that overlap the backward's kernels. A side launch runs
+ * after everything queued on the stream before it, and concurrently with what is queued there
+ * after it; an_cuda_side_join makes the stream's later work wait for all side work so far. Side
+ * launches read and write only memory that the stream's work leaves alone until the join (the
+ * caching allocator knows one stream: nothing a side launch uses may be freed before the join).
+ * The stream has the device's highest priority and the side stream its lowest, so side work
+ * takes the multiprocessors the stream's kernels leave idle. */
+an_status an_cuda_side_join(an_ctx *ctx);
+/* The side stream at the stream's priority instead of the lowest (for measurement only). */
+an_status an_cuda_set_side_equal_priority(an_ctx *ctx, bool equal);
+
 /* AdamW and the gradient norm (kernels/adamw.cu), every tensor in one launch: a table of
  * segments, built and uploaded by src/optim, each an element range of one parameter. Segment s owns the launch's chunks
  * [first_chunk, first_chunk + ceil(n / AN_ADAMW_CHUNK)): first_chunk of segment 0 is 0, each next
@@ -368,6 +379,16 @@ typedef struct {
 /* One AdamW step over every segment of table (n segments, ON THE DEVICE) in one launch. */
 an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *table, int n,
                               int64_t n_chunks);
+/* One segment's AdamW step on the side stream (see above), its table row passed by value: the
+ * same per-element operations as an_cuda_adamw_multi, over blocks of AN_ADAMW_SIDE_CHUNK elements
+ * (a finer grain, so a block leaves its multiprocessor soon after the stream's next kernel wants
+ * it); when partial is not NULL, side chunk c of the segment also writes the float64 sum of
+ * squares of its gradient elements to partial[seg->first_chunk + c] (a fixed order within it). */
+#define AN_ADAMW_SIDE_CHUNK 4096
+an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *seg, double *partial);
+/* *sum (a DEVICE double) = the sum of the device doubles partial[0 .. count) in a fixed order,
+ * on the stream. */
+an_status an_cuda_sum_doubles(an_ctx *ctx, const double *partial, int64_t count, double *sum);
 /* *sum (a DEVICE double) = the float64 sum of squares of every segment's grad (only grad, n,
  * first_chunk and grad_dtype are read), in a fixed order that depends only on the table's sizes:
  * per chunk a fixed thread order and block tree, then the chunks' sums in a fixed order. */

@@ -54,6 +54,12 @@ struct an_cuda_state {
     int read_marked;           /* 1 once read_mark has been recorded */
     void *read_staging;        /* pinned host buffer of read_staging_bytes the copies land in */
     size_t read_staging_bytes;
+    /* the side stream (runtime.cu, an_cuda_side_*), created on first use: optimizer updates
+       that overlap the backward. Lower priority than the stream unless side_equal_priority. */
+    cudaStream_t side_stream;
+    cudaEvent_t side_mark;     /* the point of the stream's work the side stream's next launch waits for */
+    cudaEvent_t side_done;     /* the side stream's work so far, which the stream waits for at a join */
+    int side_equal_priority;   /* 1: the side stream has the stream's priority (for measurement) */
 };
 
 #define AN_GEMM_PLAN_SLOTS 64
@@ -97,6 +103,10 @@ struct an_cuda_state {
              __func__)
 
 const char *an_cublas_status_string(cublasStatus_t status);
+/* The side stream (created on first use) made to wait for everything queued on the stream so
+ * far; launch the side work on *side next. runtime.cu. */
+cudaError_t an_cuda_side_enter(an_cuda_state *s, cudaStream_t *side);
+
 /* A device buffer of at least `bytes` owned by the state, valid until the next an_cuda_scratch
  * call; reuse is ordered by the single stream. */
 an_status an_cuda_scratch(an_ctx *ctx, size_t bytes, void **out);

@@ -250,6 +250,19 @@ an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_a
     (void)k, (void)table, (void)n, (void)n_chunks;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *seg, double *partial) {
+    (void)k, (void)seg, (void)partial;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_sum_doubles(an_ctx *ctx, const double *partial, int64_t count, double *sum) {
+    (void)partial, (void)count, (void)sum;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_side_join(an_ctx *ctx) { return NO_CUDA(ctx); }
+an_status an_cuda_set_side_equal_priority(an_ctx *ctx, bool equal) {
+    (void)equal;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_sum_squares_multi(an_ctx *ctx, const an_adamw_segment *table, int n, int64_t n_chunks,
                                     double *sum) {
     (void)table, (void)n, (void)n_chunks, (void)sum;

@@ -96,7 +96,13 @@ an_cuda_state *an_cuda_state_new(int index, char *why, size_t why_size) {
         WHY_CHECK(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, index));
         s->peak_bandwidth = 2.0 * mem_khz * 1e3 * bus_bits / 8.0; /* double data rate */
     }
-    WHY_CHECK(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+    {
+        /* the highest priority: work queued on the side stream (an_cuda_side_*) fills only what
+           the stream's kernels leave free */
+        int least = 0, greatest = 0;
+        WHY_CHECK(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+        WHY_CHECK(cudaStreamCreateWithPriority(&s->stream, cudaStreamNonBlocking, greatest));
+    }
     bst = cublasLtCreate(&s->lt);
     if (bst != CUBLAS_STATUS_SUCCESS) {
         s->lt = NULL;
@@ -129,6 +135,12 @@ void an_cuda_state_free(an_cuda_state *s) {
         (void)cudaStreamDestroy(s->read_stream);
     }
     if (s->read_mark) (void)cudaEventDestroy(s->read_mark);
+    if (s->side_stream) {
+        (void)cudaStreamSynchronize(s->side_stream);
+        (void)cudaStreamDestroy(s->side_stream);
+    }
+    if (s->side_mark) (void)cudaEventDestroy(s->side_mark);
+    if (s->side_done) (void)cudaEventDestroy(s->side_done);
     if (s->read_staging) (void)cudaFreeHost(s->read_staging);
     if (s->stream) (void)cudaStreamDestroy(s->stream);
     free(s);
@@ -207,6 +219,48 @@ an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dst_device, const voi
     if (kind != cudaMemcpyDeviceToDevice) NOT_WHILE_CAPTURING(ctx, s, "a copy to or from host memory");
     AN_CUDA_CHECK(ctx, cudaMemcpyAsync(dst, src, bytes, kind, s->stream));
     if (kind != cudaMemcpyDeviceToDevice) AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream));
+    return AN_OK;
+}
+
+/* ---- the side stream ---- */
+
+cudaError_t an_cuda_side_enter(an_cuda_state *s, cudaStream_t *side) {
+    cudaError_t e = cudaSuccess;
+    if (!s->side_stream) {
+        int least = 0, greatest = 0;
+        e = cudaDeviceGetStreamPriorityRange(&least, &greatest);
+        if (e == cudaSuccess)
+            e = cudaStreamCreateWithPriority(&s->side_stream, cudaStreamNonBlocking,
+                                             s->side_equal_priority ? greatest : least);
+        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&s->side_mark, cudaEventDisableTiming);
+        if (e == cudaSuccess) e = cudaEventCreateWithFlags(&s->side_done, cudaEventDisableTiming);
+        if (e != cudaSuccess) return e;
+    }
+    e = cudaEventRecord(s->side_mark, s->stream);
+    if (e == cudaSuccess) e = cudaStreamWaitEvent(s->side_stream, s->side_mark, 0);
+    *side = s->side_stream;
+    return e;
+}
+
+an_status an_cuda_side_join(an_ctx *ctx) {
+    AN_CUDA_STATE(ctx, s);
+    if (!s->side_stream) return AN_OK;
+    AN_CUDA_CHECK(ctx, cudaEventRecord(s->side_done, s->side_stream));
+    AN_CUDA_CHECK(ctx, cudaStreamWaitEvent(s->stream, s->side_done, 0));
+    return AN_OK;
+}
+
+an_status an_cuda_set_side_equal_priority(an_ctx *ctx, bool equal) {
+    AN_CUDA_STATE(ctx, s);
+    if (s->side_stream && s->side_equal_priority != (int)equal) { /* made again at the next use */
+        AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->side_stream));
+        AN_CUDA_CHECK(ctx, cudaStreamDestroy(s->side_stream));
+        s->side_stream = nullptr;
+        AN_CUDA_CHECK(ctx, cudaEventDestroy(s->side_mark));
+        AN_CUDA_CHECK(ctx, cudaEventDestroy(s->side_done));
+        s->side_mark = s->side_done = nullptr;
+    }
+    s->side_equal_priority = equal;
     return AN_OK;
 }
 

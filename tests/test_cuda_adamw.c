@@ -9,7 +9,8 @@
  * - with clipping, the reported norms agree to 1e-12 (the GPU sums squares in another fixed order)
  *   and the state within 1e-6 relative (masters, moments) and one ulp (bf16/f16 parameters).
  * Also: clip_grad_norm on CUDA gradients, and a NaN gradient on the GPU is an error that changes
- * nothing. Without a GPU (or in a build without CUDA) every test prints SKIP and passes. */
+ * nothing. The update in backward (src/optim/in_backward.c, on the side stream) keeps every bit
+ * of the step after backward on a small bf16 network. Without a GPU (or in a build without CUDA) every test prints SKIP and passes. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +18,7 @@
 #include "kernels/cuda.h"  /* an_cuda_adamw_multi, an_cuda_sum_squares_multi */
 #include "optim/optim.h"
 #include "support/test_util.h"
+#include "support/update_in_backward.h"
 
 static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
     an_ctx *ctx = test_gpu_ctx(seed, what);
@@ -366,6 +368,26 @@ START_TEST(test_cuda_clip_grad_norm_and_nan_gradients) {
 }
 END_TEST
 
+/* The update in backward on the side stream against the step after backward on the same GPU: the
+ * same bits in every parameter and state (a side update racing the backward's later reads of its
+ * weight, or run before its gradient is complete, would show), at both side-stream priorities,
+ * with and without earlier micro-batches. */
+START_TEST(test_cuda_update_in_backward_matches_the_step_after) {
+    an_ctx *ctx = gpu_ctx(8, "cuda update in backward");
+    if (!ctx) return;
+    for (int equal = 0; equal < 2; equal++) {
+        test_ok(ctx, an_cuda_set_side_equal_priority(ctx, equal), "side priority");
+        for (int micro = 1; micro <= 2; micro++) {
+            test_update_in_backward_shape bf16 = {AN_CUDA, AN_BF16, 4, 1024, 256, 704, micro, 3};
+            test_update_in_backward_matches_step(ctx, &bf16);
+        }
+    }
+    test_update_in_backward_shape f32 = {AN_CUDA, AN_F32, 2, 96, 40, 72, 1, 2}; /* f32: no masters; ragged sizes */
+    test_update_in_backward_matches_step(ctx, &f32);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("cuda_adamw");
     test_add_case(s, "multi", test_cuda_adamw_multi_is_bit_identical_to_the_cpu_formula);
@@ -373,5 +395,6 @@ int main(void) {
     test_add_case(s, "steps", test_cuda_adamw_steps_match_cpu_bit_for_bit_without_clipping);
     test_add_case(s, "clipped_steps", test_cuda_adamw_steps_with_clipping_match_cpu);
     test_add_case(s, "clip_and_nan", test_cuda_clip_grad_norm_and_nan_gradients);
+    test_add_case(s, "update_in_backward", test_cuda_update_in_backward_matches_the_step_after);
     return test_run(s);
 }

@@ -1,7 +1,7 @@
 /* test_optim.c — AdamW against a float64 transcription of torch's algorithm (f32 parameters, and
  * bf16/f16 parameters through fp32 masters), the transformers schedules, gradient clipping,
- * gradient accumulation, ZeRO-style slices, the weight-decay name rule, and the checkpoint state
- * round trip. When tests/fixtures/optim/adamw_reference.json exists (written by
+ * gradient accumulation, ZeRO-style slices, the weight-decay name rule, the checkpoint state
+ * round trip, and the step taken during backward (bit-identical to the step after it). When tests/fixtures/optim/adamw_reference.json exists (written by
  * tests/fixtures/make_adamw_reference.py with torch), AdamW and the schedules are also compared
  * with what torch and transformers computed. */
 #include <jansson.h>
@@ -13,6 +13,7 @@
 #include "model/model.h"
 #include "optim/optim.h"
 #include "support/test_util.h"
+#include "support/update_in_backward.h"
 
 /* ---- float64 references, written from the Python sources ------------------------------------- */
 
@@ -902,6 +903,88 @@ START_TEST(test_matches_torch_and_transformers_fixture) {
 }
 END_TEST
 
+/* ---- the update in backward ------------------------------------------------------------------- */
+
+START_TEST(test_update_in_backward_is_bit_identical_to_the_step_after) {
+    an_ctx *ctx = test_ctx(41);
+    const an_dtype dtypes[2] = {AN_F32, AN_BF16};
+    for (int d = 0; d < 2; d++)
+        for (int micro = 1; micro <= 3; micro += 2) {
+            test_update_in_backward_shape shape = {AN_CPU, dtypes[d], 3, 6, 5, 7, micro, 3};
+            test_update_in_backward_matches_step(ctx, &shape);
+        }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+static an_tensor *tied_block(an_ctx *ctx, an_tensor *const *in, int n, void *user) {
+    (void)n;
+    return an_linear(ctx, in[0], (an_tensor *)user, NULL);
+}
+
+START_TEST(test_update_in_backward_errors) {
+    an_ctx *ctx = test_ctx(42);
+    an_tensor *w = test_uniform(ctx, AN_F32, 2, (int64_t[]){4, 4}, -1, 1, true);
+    an_tensor *x = test_uniform(ctx, AN_F32, 2, (int64_t[]){3, 4}, -1, 1, false);
+    an_adamw_config c = an_adamw_config_default();
+    c.max_grad_norm = 1.0;
+    an_optim *clipped, *opt;
+    ck_assert_int_eq(an_optim_create(ctx, &c, &clipped), AN_OK);
+    ck_assert_int_eq(an_optim_add(ctx, clipped, "w", &w, false, 0, 16), AN_OK);
+    ck_assert_int_eq(an_optim_backward_begin(ctx, clipped), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "max_grad_norm 1") != NULL, "%s", an_error_message(ctx));
+    an_error_clear(ctx);
+    ck_assert_ptr_null(ctx->grad_ready);
+    an_optim_free(clipped);
+
+    c.max_grad_norm = 0;
+    ck_assert_int_eq(an_optim_create(ctx, &c, &opt), AN_OK);
+    ck_assert_int_eq(an_optim_add(ctx, opt, "w", &w, false, 0, 16), AN_OK);
+    ck_assert_int_eq(an_optim_backward_end(ctx, opt, NULL), AN_ERR_INTERNAL); /* no begin */
+    an_error_clear(ctx);
+    ck_assert_int_eq(an_optim_backward_begin(ctx, opt), AN_OK);
+    ck_assert_int_eq(an_optim_backward_begin(ctx, opt), AN_ERR_INTERNAL); /* twice */
+    an_error_clear(ctx);
+    ck_assert_int_eq(an_optim_step(ctx, opt, NULL), AN_ERR_INTERNAL); /* a step while one is open */
+    an_error_clear(ctx);
+    ck_assert_int_eq(an_optim_backward_cancel(ctx, opt), AN_OK);
+    ck_assert_ptr_null(ctx->grad_ready);
+    ck_assert_int_eq(an_optim_step_count(opt), 0);
+
+    /* a weight in two checkpointed segments: the re-run of the later one is its only reader when
+       that ends, so it is reported then, and the earlier segment's re-run adds more gradient */
+    ck_assert_int_eq(an_optim_backward_begin(ctx, opt), AN_OK);
+    an_tensor *h1 = an_checkpoint(ctx, tied_block, &x, 1, w);
+    an_tensor *h2 = an_checkpoint(ctx, tied_block, &h1, 1, w);
+    an_tensor *loss = an_sum(ctx, h2);
+    ck_assert_int_eq(an_backward(ctx, loss), AN_ERR_INTERNAL);
+    ck_assert_msg(strstr(an_error_message(ctx), "w gained gradient after its update") != NULL, "%s",
+                  an_error_message(ctx));
+    an_error_clear(ctx);
+    ck_assert_int_eq(an_optim_backward_cancel(ctx, opt), AN_OK);
+    ck_assert_ptr_null(ctx->grad_ready);
+    an_tensor_release(h1), an_tensor_release(h2), an_tensor_release(loss);
+    an_tape_clear(ctx);
+
+    /* a non-finite gradient: the error comes after the update (which cannot be skipped) */
+    ck_assert_int_eq(an_optim_backward_begin(ctx, opt), AN_OK);
+    an_tensor *nan = an_tensor_scalar(ctx, AN_F32, AN_CPU, NAN);
+    an_tensor *y = an_linear(ctx, x, w, NULL), *s1 = an_sum(ctx, y), *bad = an_mul(ctx, s1, nan);
+    ck_assert_int_eq(an_backward(ctx, bad), AN_OK);
+    an_optim_report r;
+    ck_assert_int_eq(an_optim_backward_end(ctx, opt, &r), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "already applied") != NULL, "%s", an_error_message(ctx));
+    ck_assert(isnan(r.grad_norm));
+    ck_assert_int_eq(an_optim_step_count(opt), 1);
+    an_error_clear(ctx);
+    an_tensor_release(nan), an_tensor_release(y), an_tensor_release(s1), an_tensor_release(bad);
+    an_optim_zero_grad(opt);
+    an_optim_free(opt);
+    an_tensor_release(w), an_tensor_release(x);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("optim");
     TCase *tc = tcase_create("optim");
@@ -920,6 +1003,8 @@ int main(void) {
     tcase_add_test(tc, test_sync_masters_picks_up_new_weights);
     tcase_add_test(tc, test_cuda_parameter_with_a_host_gradient_is_an_explicit_error);
     tcase_add_test(tc, test_matches_torch_and_transformers_fixture);
+    tcase_add_test(tc, test_update_in_backward_is_bit_identical_to_the_step_after);
+    tcase_add_test(tc, test_update_in_backward_errors);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -2,7 +2,8 @@
  * caller released still carry gradient, no-grad scopes record nothing, repeated backward calls
  * accumulate, gradient checkpointing gives bit-identical gradients with fewer bytes alive, and the
  * op profiler counts each op once per pass, inputs held only to route gradients let their
- * storage go early, and an add's two non-leaf inputs share one gradient until one of them gets more. */
+ * storage go early, an add's two non-leaf inputs share one gradient until one of them gets more,
+ * and ctx->grad_ready reports each leaf once, when its gradient is final. */
 #include <math.h>
 #include <string.h>
 
@@ -287,6 +288,90 @@ START_TEST(test_add_shares_its_gradient_and_copies_before_a_sum) {
 }
 END_TEST
 
+/* ctx->grad_ready's record: which leaf, in which order, with a copy of its gradient then. */
+typedef struct {
+    an_tensor *leaf[32];
+    an_tensor *grad_then[32];
+    int n;
+} ready_log;
+
+static an_status log_ready(an_ctx *ctx, an_tensor *leaf, void *user) {
+    ready_log *log = user;
+    ck_assert_int_lt(log->n, 32);
+    log->leaf[log->n] = leaf;
+    log->grad_then[log->n] = an_tensor_to(ctx, leaf->grad, leaf->grad->dtype, AN_CPU);
+    log->n++;
+    return AN_OK;
+}
+
+static int logged_at(const ready_log *log, const an_tensor *t) {
+    for (int i = 0; i < log->n; i++)
+        if (log->leaf[i] == t) return i;
+    return -1;
+}
+
+START_TEST(test_grad_ready_reports_each_leaf_once_its_gradient_is_final) {
+    enum { layers = 3, rows = 16, dim = 8, ff = 24 };
+    for (int checkpointed = 0; checkpointed < 2; checkpointed++) {
+        an_ctx *ctx = test_ctx(31);
+        block_params p[layers];
+        for (int l = 0; l < layers; l++) {
+            p[l].w1 = test_uniform(ctx, AN_F64, 2, (int64_t[]){ff, dim}, -0.3, 0.3, true);
+            p[l].w2 = test_uniform(ctx, AN_F64, 2, (int64_t[]){ff, dim}, -0.3, 0.3, true);
+            p[l].w3 = test_uniform(ctx, AN_F64, 2, (int64_t[]){dim, ff}, -0.3, 0.3, true);
+            p[l].dropout = false;
+        }
+        /* tied: the last layer reuses the first one's w1. Not under checkpointing: the re-run of
+           the last layer's block is the only reader on the tape when it ends, so the tied weight
+           would be reported there and again after the first layer's re-run (the optimizer refuses
+           the second report: test_optim's update-in-backward case) */
+        if (!checkpointed) {
+            an_tensor_release(p[2].w1);
+            p[2].w1 = an_tensor_retain(p[0].w1);
+        }
+        an_tensor *frozen = p[1].w2;
+        frozen->requires_grad = false; /* never reported: it gets no gradient */
+        an_tensor *x = test_uniform(ctx, AN_F64, 2, (int64_t[]){rows, dim}, -1, 1, true);
+        ready_log log = {.n = 0};
+        ctx->grad_ready = log_ready, ctx->grad_ready_user = &log;
+        run_stack(ctx, x, p, layers, checkpointed);
+        ctx->grad_ready = NULL;
+        /* x and eight distinct weights (one tied, one frozen of nine), each once; checkpointing
+           adds its re-run's detached inputs (leaves of the re-run's graph) */
+        int ours = 0;
+        for (int l = 0; l < layers; l++)
+            ours += (logged_at(&log, p[l].w1) >= 0) + (logged_at(&log, p[l].w2) >= 0) + (logged_at(&log, p[l].w3) >= 0);
+        int tied = !checkpointed;
+        ck_assert_int_eq(ours + (logged_at(&log, x) >= 0), 1 + 3 * layers - 1); /* the tied one counted twice */
+        if (!checkpointed) ck_assert_int_eq(log.n, 1 + 3 * layers - 2);
+        an_tensor *known[1 + 3 * layers] = {x};
+        for (int l = 0; l < layers; l++) known[1 + 3 * l] = p[l].w1, known[2 + 3 * l] = p[l].w2, known[3 + 3 * l] = p[l].w3;
+        for (int k = 0; k < 1 + 3 * layers; k++) {
+            int i = logged_at(&log, known[k]);
+            if (known[k] == frozen) continue;
+            ck_assert_int_ge(i, 0);
+            for (int j = i + 1; j < log.n; j++) ck_assert_ptr_ne(log.leaf[j], known[k]); /* once */
+            ck_assert_msg(memcmp(an_tensor_data(log.grad_then[i]), an_tensor_data(known[k]->grad),
+                                 an_tensor_nbytes(known[k]->grad)) == 0,
+                          "checkpointed %d: leaf %d was reported before its gradient was final", checkpointed, k);
+        }
+        for (int i = 0; i < log.n; i++) an_tensor_release(log.grad_then[i]);
+        ck_assert_int_eq(logged_at(&log, frozen), -1);
+        /* the last layer's weights are final long before the first layer's; the tied w1 only after
+           its first layer's use, with x (the same node, the first one recorded, reads both) */
+        ck_assert_int_lt(logged_at(&log, p[2].w3), logged_at(&log, p[0].w3));
+        if (tied) ck_assert_int_gt(logged_at(&log, p[0].w1), logged_at(&log, p[1].w1));
+        ck_assert_int_ge(logged_at(&log, x), log.n - 2);
+        ck_assert_int_ge(logged_at(&log, p[0].w1), log.n - 2);
+        for (int l = 0; l < layers; l++) {
+            an_tensor_release(p[l].w1), an_tensor_release(p[l].w2), an_tensor_release(p[l].w3);
+        }
+        an_tensor_release(x);
+        test_ctx_free(ctx);
+    }
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("tape");
     TCase *tc = tcase_create("core");
@@ -298,6 +383,7 @@ int main(void) {
     tcase_add_test(tc, test_routing_only_inputs_free_their_storage_early);
     tcase_add_test(tc, test_recomputable_input_is_formed_again_for_backward);
     tcase_add_test(tc, test_add_shares_its_gradient_and_copies_before_a_sum);
+    tcase_add_test(tc, test_grad_ready_reports_each_leaf_once_its_gradient_is_final);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

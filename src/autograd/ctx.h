@@ -19,6 +19,10 @@ typedef struct {
 
 typedef struct an_tape an_tape;
 typedef struct an_cuda_state an_cuda_state;
+typedef struct an_tensor an_tensor;
+/* Called by backward for a leaf that requires grad once no node left on the tape reads it: its
+ * gradient is final and its values may change (src/optim's update in backward installs it). */
+typedef an_status (*an_grad_ready_fn)(an_ctx *ctx, an_tensor *leaf, void *user);
 
 struct an_ctx {
     an_device device;        /* where new tensors go unless a call says otherwise */
@@ -31,6 +35,8 @@ struct an_ctx {
     char error[1024];
     an_cuda_state *cuda;     /* stream, cuBLASLt handle, workspace; NULL until an_ctx_use_cuda */
     struct an_profile *profile; /* per-op times (autograd/profile.h); NULL when off */
+    an_grad_ready_fn grad_ready; /* NULL unless an optimizer updates during backward */
+    void *grad_ready_user;
 };
 
 /* A new CPU context seeded with `seed`; NULL only when out of memory. Caller frees it. */

@@ -1,6 +1,9 @@
 /* tape.c — the node list, the backward walk, gradient accumulation and checkpointing.
  * Gradients are added with += into .grad; a non-leaf's .grad is released as soon as the node
- * that produced it has run, so only leaves keep gradients after backward. */
+ * that produced it has run, so only leaves keep gradients after backward.
+ * A leaf's storage counts the nodes that read it (inputs and saved tensors, views included):
+ * when backward has freed the last of them, the leaf's gradient is final and nothing will read
+ * its values again this step, which is when ctx->grad_ready may update it. */
 #include "autograd/tape.h"
 
 #include <stdlib.h>
@@ -18,7 +21,23 @@ struct an_tape {
 
 an_tape *an_tape_new(void) { return calloc(1, sizeof(an_tape)); }
 
+_Static_assert(AN_NODE_MAX_INPUTS + AN_NODE_MAX_SAVED <= 32, "an_node.counted has a bit for each input and saved tensor");
+#define SAVED_BIT(j) (AN_NODE_MAX_INPUTS + (j))
+
+/* Whether node reads of t count in its storage's tape_uses: t is a leaf with values. */
+static bool counts_use(const an_tensor *t) { return t && !t->grad_fn && t->storage; }
+
+/* t NULL: an op moved the saved tensor out (cross_entropy.c hands its saved gradient on), and
+ * its count stays with the storage it took along; storage NULL: let go, the count went with it. */
+static void uncount(an_tensor *t) {
+    if (t && t->storage) t->storage->tape_uses--;
+}
+
 static void node_free(an_node *node) {
+    for (int i = 0; i < node->n_inputs; i++)
+        if (node->counted >> i & 1u) uncount(node->inputs[i]);
+    for (int i = 0; i < node->n_saved; i++)
+        if (node->counted >> SAVED_BIT(i) & 1u) uncount(node->saved[i]);
     for (int i = 0; i < node->n_inputs; i++) {
         an_tensor *t = node->inputs[i];
         /* During backward this node may hold the last reference to an input whose producer has
@@ -76,7 +95,10 @@ static an_node *record(an_ctx *ctx, const an_op *op, an_tensor *output, an_tenso
     AN_CHECK_NULL(ctx, node != NULL, AN_ERR_INTERNAL, "out of host memory");
     node->op = op;
     node->n_inputs = n_inputs;
-    for (int i = 0; i < n_inputs; i++) node->inputs[i] = an_tensor_retain(inputs[i]);
+    for (int i = 0; i < n_inputs; i++) {
+        node->inputs[i] = an_tensor_retain(inputs[i]);
+        if (counts_use(inputs[i])) inputs[i]->storage->tape_uses++, node->counted |= 1u << i;
+    }
     node->output = output;
     output->requires_grad = true;
     output->grad_fn = node;
@@ -93,7 +115,9 @@ an_node *an_tape_record(an_ctx *ctx, const an_op *op, an_tensor *output, an_tens
 }
 
 void an_node_save(an_node *node, an_tensor *t) {
-    if (node->n_saved < AN_NODE_MAX_SAVED) node->saved[node->n_saved++] = an_tensor_retain(t);
+    if (node->n_saved >= AN_NODE_MAX_SAVED) return;
+    if (counts_use(t)) t->storage->tape_uses++, node->counted |= 1u << SAVED_BIT(node->n_saved);
+    node->saved[node->n_saved++] = an_tensor_retain(t);
 }
 
 void an_node_input_routing_only(an_node *node, int i) {
@@ -207,6 +231,29 @@ an_status an_node_pass_grad(an_ctx *ctx, an_node *node, int i, an_tensor *grad_o
     return an_grad_accumulate(ctx, t, grad_out);
 }
 
+/* Frees node and calls ctx->grad_ready for each leaf that requires grad, has a gradient and is
+ * read by no node left on the tape (its storage's count reached 0 with this node). */
+static an_status free_and_report(an_ctx *ctx, an_node *node) {
+    an_tensor *leaves[AN_NODE_MAX_INPUTS + AN_NODE_MAX_SAVED];
+    int n = 0;
+    for (int i = 0; ctx->grad_ready && i < node->n_inputs + node->n_saved; i++) {
+        an_tensor *t = i < node->n_inputs ? node->inputs[i] : node->saved[i - node->n_inputs];
+        int bit = i < node->n_inputs ? i : SAVED_BIT(i - node->n_inputs);
+        bool seen = false;
+        for (int j = 0; j < n; j++) seen = seen || leaves[j] == t;
+        if (t && (node->counted >> bit & 1u) && t->requires_grad && !seen) leaves[n++] = an_tensor_retain(t);
+    }
+    node_free(node);
+    an_status st = AN_OK;
+    for (int j = 0; j < n; j++) {
+        an_tensor *t = leaves[j];
+        if (st == AN_OK && t->grad && t->storage && t->storage->tape_uses == 0)
+            st = ctx->grad_ready(ctx, t, ctx->grad_ready_user);
+        an_tensor_release(t);
+    }
+    return st;
+}
+
 /* Runs nodes [from, len) in reverse, then drops them. */
 static an_status run_backward(an_ctx *ctx, int64_t from) {
     an_tape *tape = ctx->tape;
@@ -223,7 +270,8 @@ static an_status run_backward(an_ctx *ctx, int64_t from) {
             if (ctx->profile) an_profile_backward(ctx, node->op, an_profile_clock(ctx) - t0);
             an_tensor_release(grad_out);
         }
-        node_free(node);
+        if (st == AN_OK) st = free_and_report(ctx, node);
+        else node_free(node);
         tape->nodes[i] = NULL;
     }
     ctx->no_grad_depth--;

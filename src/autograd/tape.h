@@ -28,6 +28,9 @@ struct an_node {
     an_tensor *output;                     /* weak: cleared when the output is released... */
     bool owns_output;                      /* ...unless backward handed this node a reference */
     unsigned routing_only;                 /* bit i: input i is held only to route its gradient */
+    uint32_t counted;                      /* bit i: input i, bit AN_NODE_MAX_INPUTS + j: saved j,
+                                              counted in its storage's tape_uses (a leaf's; see
+                                              an_grad_ready_fn) */
     /* Set by ops whose output is cheap to form again from their inputs: writes the output's values
      * into out (whose storage was restored) so a consumer can let them go (an_node_input_recomputable). */
     an_status (*recompute)(an_ctx *ctx, an_node *node, an_tensor *out);

@@ -20,6 +20,7 @@ static an_storage *storage_new(an_ctx *ctx, an_device device, size_t nbytes) {
     s->nbytes = nbytes;
     s->device = device;
     s->refcount = 1;
+    s->tape_uses = 0;
     s->ctx = ctx;
     return s;
 }

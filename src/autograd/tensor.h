@@ -20,6 +20,9 @@ typedef struct an_storage {
     size_t nbytes;
     an_device device;
     int refcount;
+    int tape_uses;       /* tape nodes that read a leaf tensor on this storage (as an input or saved
+                            tensor): 0 during backward means a parameter's gradient is final and its
+                            values are read no more (autograd/tape.c, ctx->grad_ready) */
     an_ctx *ctx;         /* for the memory counters and the CUDA free */
 } an_storage;
 

@@ -58,6 +58,9 @@ void an_optim_free(an_optim *opt) {
     free(opt->entries);
     free(opt->table);
     an_tensor_release(opt->table_dev);
+    free(opt->bwd_done);
+    free(opt->bwd_first_chunk);
+    an_tensor_release(opt->bwd_partial);
     free(opt);
 }
 
@@ -75,6 +78,7 @@ an_status an_optim_add(an_ctx *ctx, an_optim *opt, const char *name, an_tensor *
     AN_CHECK(ctx, name && strlen(name) < OPTIM_NAME_MAX, AN_ERR_INPUT,
              "optimizer: parameter name missing or longer than %d characters", OPTIM_NAME_MAX - 1);
     AN_CHECK(ctx, slot && *slot, AN_ERR_INPUT, "optimizer: %s has no tensor", name);
+    AN_CHECK(ctx, !opt->in_backward, AN_ERR_INTERNAL, "optimizer: %s registered during an update in backward", name);
     an_tensor *p = *slot;
     AN_CHECK(ctx, param_dtype_ok(p->dtype), AN_ERR_INPUT, "optimizer: %s is %s; f32, bf16 or f16 expected", name,
              an_dtype_name(p->dtype));
@@ -170,8 +174,8 @@ int64_t an_optim_step_count(const an_optim *opt) { return opt->step; }
  * As in torch, the update reads exp_avg and exp_avg_sq after they were stored (rounded to fp32).
  * an_cuda_adamw_multi (kernels/adamw.cu) repeats these float64 operations in this
  * order: change both. */
-static void adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
-                      an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
+void optim_adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
+                     an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
     size_t grad_size = an_dtype_size(grad_dtype), param_size = an_dtype_size(param_dtype);
     float g32[CHUNK];
     for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
@@ -192,8 +196,18 @@ static void adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, 
     }
 }
 
+an_adamw_scalars optim_scalars(const an_optim *opt, double grad_scale) {
+    const an_adamw_config *c = &opt->config;
+    double t = (double)(opt->step + 1), lr = an_optim_lr(opt);
+    an_adamw_scalars k = {.beta1 = c->beta1, .beta2 = c->beta2, .eps = c->eps, .grad_scale = grad_scale};
+    k.step_size = lr / (1 - pow(c->beta1, t));
+    k.bc2_sqrt = sqrt(1 - pow(c->beta2, t));
+    k.decay = 1 - lr * c->weight_decay; /* no_decay entries use 1 instead */
+    return k;
+}
+
 /* Everything an entry's update reads is present and consistent. */
-static an_status check_entry(an_ctx *ctx, const optim_entry *e) {
+an_status optim_check_entry(an_ctx *ctx, const optim_entry *e) {
     const an_tensor *p = *e->slot;
     AN_CHECK(ctx, p != NULL, AN_ERR_INPUT, "optimizer: %s has no tensor", e->name);
     AN_CHECK(ctx, param_dtype_ok(p->dtype) && (p->dtype == AN_F32) == (e->state[STATE_MASTER] == NULL),
@@ -212,7 +226,7 @@ static an_status check_entry(an_ctx *ctx, const optim_entry *e) {
 }
 
 /* The segment of a CUDA entry with a gradient (zeroed padding, so tables compare with memcmp). */
-static an_adamw_segment entry_segment(const optim_entry *e) {
+an_adamw_segment optim_entry_segment(const optim_entry *e) {
     an_tensor *p = *e->slot;
     size_t ps = an_dtype_size(p->dtype), gs = an_dtype_size(p->grad->dtype);
     char *param = (char *)an_tensor_data(p) + (size_t)e->start * ps;
@@ -268,7 +282,7 @@ static an_status step_sum_sq(an_ctx *ctx, an_optim *opt, double *sum_sq) {
     for (int i = 0; i < n; i++) {
         const optim_entry *e = &opt->entries[i];
         const an_tensor *p = *e->slot;
-        if (p->device == AN_CUDA && p->grad && e->end > e->start) table[n_dev++] = entry_segment(e);
+        if (p->device == AN_CUDA && p->grad && e->end > e->start) table[n_dev++] = optim_entry_segment(e);
     }
     int64_t chunks = optim_layout(table, n_dev);
     an_status st = sync_table(ctx, opt, table, n_dev, chunks);
@@ -290,7 +304,9 @@ static an_status step_sum_sq(an_ctx *ctx, an_optim *opt, double *sum_sq) {
 
 an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
     const an_adamw_config *c = &opt->config;
-    for (int i = 0; i < opt->n_entries; i++) AN_TRY(check_entry(ctx, &opt->entries[i]));
+    AN_CHECK(ctx, !opt->in_backward, AN_ERR_INTERNAL,
+             "optimizer: an_optim_step between an_optim_backward_begin and its end (the step is in backward)");
+    for (int i = 0; i < opt->n_entries; i++) AN_TRY(optim_check_entry(ctx, &opt->entries[i]));
     double sum_sq = 0;
     AN_TRY(step_sum_sq(ctx, opt, &sum_sq));
     double norm = sqrt(sum_sq), lr = an_optim_lr(opt);
@@ -301,11 +317,7 @@ an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
              (long long)opt->step + 1);
 
     /* clipping is folded into the update (grad_scale): the gradients themselves are not rescaled */
-    double t = (double)(opt->step + 1);
-    an_adamw_scalars k = {.beta1 = c->beta1, .beta2 = c->beta2, .eps = c->eps, .grad_scale = scale};
-    k.step_size = lr / (1 - pow(c->beta1, t));
-    k.bc2_sqrt = sqrt(1 - pow(c->beta2, t));
-    k.decay = 1 - lr * c->weight_decay; /* the CUDA table's no_decay entries use 1 instead */
+    an_adamw_scalars k = optim_scalars(opt, scale);
     /* every CUDA entry in one launch: a failure here is a device error */
     if (opt->n_table > 0)
         AN_TRY(an_cuda_adamw_multi(ctx, &k, an_tensor_data(opt->table_dev), opt->n_table, opt->table_chunks));
@@ -320,7 +332,7 @@ an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
         const char *grad = (const char *)an_tensor_data(p->grad) + (size_t)e->start * gs;
         an_tensor *master = e->state[STATE_MASTER];
         float *master_data = master ? an_tensor_data(master) : (float *)(void *)param;
-        adamw_cpu(&ke, master_data, an_tensor_data(e->state[STATE_EXP_AVG]),
+        optim_adamw_cpu(&ke, master_data, an_tensor_data(e->state[STATE_EXP_AVG]),
                   an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype, master ? param : NULL, p->dtype,
                   e->end - e->start);
     }

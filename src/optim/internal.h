@@ -35,7 +35,24 @@ struct an_optim {
     int64_t table_chunks;
     an_tensor *table_dev;      /* (n_table * sizeof(an_adamw_segment) + 8) u8 on CUDA; the last 8
                                   bytes are the device double the gradient norm's sum lands in */
+    /* the update in backward (in_backward.c), between an_optim_backward_begin and _end */
+    bool in_backward;
+    an_adamw_scalars bwd_scalars;
+    bool *bwd_done;            /* (n_entries) updated during this backward */
+    int64_t *bwd_first_chunk;  /* (n_entries) a CUDA entry's first chunk in bwd_partial */
+    an_tensor *bwd_partial;    /* (bwd_chunks + 1) doubles on CUDA (u8): each chunk's sum of squares, then their total */
+    int64_t bwd_chunks;
+    double bwd_host_sum_sq;    /* the CPU entries' sum of squares */
 };
+
+/* adamw.c: the step's scalars (learning rate and bias corrections of step + 1) with this clipping
+ * factor; an entry's checks before an update; a CUDA entry with a gradient as a table row
+ * (first_chunk 0); the CPU update of n elements (see adamw.c for the formula). */
+an_adamw_scalars optim_scalars(const an_optim *opt, double grad_scale);
+an_status optim_check_entry(an_ctx *ctx, const optim_entry *e);
+an_adamw_segment optim_entry_segment(const optim_entry *e);
+void optim_adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
+                     an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n);
 
 /* Sets each segment's first_chunk (in order) and returns the chunks they cover together. */
 int64_t optim_layout(an_adamw_segment *table, int n);

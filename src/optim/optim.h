@@ -106,6 +106,21 @@ an_status an_optim_add_params(an_ctx *ctx, an_optim *opt, const an_param *params
  * so the two differ only for a parameter that had no gradient at some earlier step. */
 an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report);
 
+/* The step taken during backward (in_backward.c): between an_optim_backward_begin and
+ * an_optim_backward_end, backward updates each registered parameter as soon as its gradient is
+ * final, on the CUDA side stream beside the backward's remaining kernels (CPU parameters at once,
+ * in the hook), with an_optim_step's arithmetic and no clipping. Begin right before the backward
+ * of a step's last micro-batch; end after it (it updates any parameter whose gradient the
+ * backward did not report, joins the side stream, counts the step and fills report, whose
+ * grad_norm is summed as the updates read the gradients). Then an_optim_zero_grad as usual.
+ * begin: AN_ERR_INPUT when config.max_grad_norm > 0 (the norm is known only after the last
+ * gradient). end: AN_ERR_INPUT for a non-finite norm, after the parameters took it. After a failed
+ * backward call an_optim_backward_cancel (parameters already updated stay so; the count does not
+ * move). */
+an_status an_optim_backward_begin(an_ctx *ctx, an_optim *opt);
+an_status an_optim_backward_end(an_ctx *ctx, an_optim *opt, an_optim_report *report);
+an_status an_optim_backward_cancel(an_ctx *ctx, an_optim *opt);
+
 /* The learning rate the next step will use, and the number of steps taken. */
 double an_optim_lr(const an_optim *opt);
 int64_t an_optim_step_count(const an_optim *opt);
