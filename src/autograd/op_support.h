@@ -47,6 +47,10 @@ an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb)
 /* Records out = a op b as an add / sub / mul node whose output was computed elsewhere (a fused
  * kernel, ops/rmsnorm.c's add_rmsnorm): the node an_add / an_sub / an_mul would record. */
 an_node *an_op_record_binary(an_ctx *ctx, an_binary_kind kind, an_tensor *a, an_tensor *b, an_tensor *out);
+/* The same for out = residual + x w^T + bias (ops/matmul.c; bias and residual may be NULL): the
+ * node an_linear(_residual) records, with its input flags (ops/swiglu_mlp.c's fused projections). */
+an_node *an_op_record_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual,
+                             an_tensor *out);
 /* The swiglu pieces (ops/elementwise.c) on gate's device: out = silu(gate) up (up NULL: silu), and
  * its gradients at grad_out (dgate or dup NULL: not formed). */
 an_status an_op_swiglu_into(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *out);

@@ -43,9 +43,9 @@ an_tensor *an_linear_residual(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor
 /* residual + swiglu(gate, up) w^T for w (out, in) and gate, up (..., in); residual (..., out) may be
  * NULL. One node: swiglu's output is not kept (ops/swiglu_mlp.c). */
 an_tensor *an_swiglu_linear(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *w, an_tensor *residual);
-/* The gated MLP without biases: residual + an_swiglu_linear(x w_gate^T, x w_up^T, w_down) as one
- * node (on an H100 both GEMMs and the swiglu are one launch, the backward's d act GEMM and the
- * swiglu's gradient another, and x's gradient from both projections a third). */
+/* The gated MLP without biases: residual + an_swiglu_linear(x w_gate^T, x w_up^T, w_down), the gate
+ * and up projections recorded as an_linear records them (on an H100 both GEMMs and the swiglu are
+ * one launch, and the backward's d act GEMM and the swiglu's gradient another). */
 an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor *w_up, an_tensor *w_down,
                          an_tensor *residual);
 /* A linear layer with its LoRA branch, fused (ops/lora_linear.c): x W^T + bias + scale (x_lora A^T) B^T.

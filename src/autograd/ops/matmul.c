@@ -229,16 +229,6 @@ an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb)
     return st;
 }
 
-/* The node an_linear(_residual) records for out = residual + x w^T + bias, with its input flags. */
-static an_node *record_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual,
-                              an_tensor *out) {
-    an_node *node = an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias, residual}, 4);
-    if (node && !w->requires_grad) an_node_input_routing_only(node, 0); /* dX = dY W reads no x */
-    else an_node_input_recomputable(node, 0);                            /* dW reads x: formed again */
-    if (node && residual) an_node_input_routing_only(node, 3);           /* its gradient is dY itself */
-    return node;
-}
-
 static an_tensor *linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual) {
     AN_OP_INPUTS(x, w);
     if (an_op_check_float_peers(ctx, "linear", (an_tensor *[]){x, w, bias, residual}, 4)) return NULL;
@@ -262,10 +252,18 @@ static an_tensor *linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bia
         an_tensor_release(out);
         return NULL;
     }
-    record_linear(ctx, x, w, bias, residual, out);
+    an_op_record_linear(ctx, x, w, bias, residual, out);
     return out;
 }
 
+an_node *an_op_record_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual,
+                             an_tensor *out) {
+    an_node *node = an_tape_record(ctx, &an_op_linear, out, (an_tensor *[]){x, w, bias, residual}, 4);
+    if (node && !w->requires_grad) an_node_input_routing_only(node, 0); /* dX = dY W reads no x */
+    else an_node_input_recomputable(node, 0);                            /* dW reads x: formed again */
+    if (node && residual) an_node_input_routing_only(node, 3);           /* its gradient is dY itself */
+    return node;
+}
 
 an_tensor *an_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias) {
     return linear(ctx, x, w, bias, NULL);

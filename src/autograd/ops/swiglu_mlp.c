@@ -4,25 +4,23 @@
  * output lives only inside the op (formed for the GEMM, formed again in backward only when W is
  * trained), and the backward takes d act = dY W and the swiglu's gradient in one launch on an
  * H100 (an_cuda_gemm_swiglu_backward, which also forms act for a trained W's dW), else as the
- * GEMM and the elementwise passes. an_swiglu_mlp is the whole MLP as one node: on an H100 the
- * gate and up GEMMs and the swiglu are one launch (an_cuda_gemm_swiglu), and its backward forms
- * dgate and dup once (as above) and x's gradient dg W_gate + du W_up as one sum
- * (an_cuda_gemm_segments: one launch, one rounding; elsewhere, or when x already has a gradient
- * to add into, the two GEMMs an_linear's backwards would run, up's first). Where neither kernel takes the
+ * GEMM and the elementwise passes. an_swiglu_mlp
+ * adds the gate and up projections, recorded as the two linears an_linear records; on an H100
+ * their GEMMs and the swiglu are one launch (an_cuda_gemm_swiglu). Where neither kernel takes the
  * shape (another device, f32, K or N not a multiple of 8) the same values come from the separate
  * ops, so every device and dtype computes the same function with the same rounding points: gate
  * and up rounded to the dtype, act rounded, y rounded once with its residual. */
 #include "autograd/ops.h"
 
-#include "autograd/op_support.h" /* an_op_swiglu_into, an_op_swiglu_grad, an_op_linear_weight_grad */
-#include "kernels/cuda.h"        /* an_cuda_gemm_swiglu(_backward), an_cuda_gemm_segments, an_cuda_gemm_swiglu_rule */
+#include "autograd/op_support.h" /* an_op_record_linear, an_op_swiglu_into, an_op_swiglu_grad, an_op_linear_weight_grad */
+#include "kernels/cuda.h"        /* an_cuda_gemm_swiglu(_backward), an_cuda_gemm_swiglu_rule */
 
 #include <string.h>
 
 /* residual + act w^T with act = swiglu(gate, up) given (formed with gate and up) or NULL (formed
- * here); nothing recorded. */
-static an_tensor *swiglu_linear_out(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *act, an_tensor *w,
-                                    an_tensor *residual) {
+ * here). */
+static an_tensor *swiglu_linear(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *act, an_tensor *w,
+                                an_tensor *residual) {
     AN_OP_INPUTS(gate, up, w);
     if (an_op_check_float_peers(ctx, "swiglu_linear", (an_tensor *[]){gate, up, w, residual}, 4)) return NULL;
     char dg[96], du[96], dw[96];
@@ -50,14 +48,7 @@ static an_tensor *swiglu_linear_out(an_ctx *ctx, an_tensor *gate, an_tensor *up,
         an_tensor_release(out);
         return NULL;
     }
-    return out;
-}
-
-static an_tensor *swiglu_linear(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *act, an_tensor *w,
-                                an_tensor *residual) {
-    an_tensor *out = swiglu_linear_out(ctx, gate, up, act, w, residual);
-    an_node *node = out ? an_tape_record(ctx, &an_op_swiglu_linear, out, (an_tensor *[]){gate, up, w, residual}, 4)
-                        : NULL;
+    an_node *node = an_tape_record(ctx, &an_op_swiglu_linear, out, (an_tensor *[]){gate, up, w, residual}, 4);
     if (node && residual) an_node_input_routing_only(node, 3); /* its gradient is dY itself */
     return out;
 }
@@ -66,110 +57,45 @@ an_tensor *an_swiglu_linear(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tens
     return swiglu_linear(ctx, gate, up, NULL, w, residual);
 }
 
-/* The second half's gradients under dY = grad_out (rows, outer) through w (outer, inner): dgate,
- * dup into fresh *dg, *du when want_gu, and act (for w's dW) into *act when want_act: one launch on
- * an H100 (an_cuda_gemm_swiglu_backward, act beside them), else d act = dY W, the swiglu's gradient
- * and act formed again. The caller releases what comes back. */
-static an_status swiglu_linear_grads(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *w, an_tensor *grad_out,
-                                     bool want_gu, bool want_act, an_tensor **dg, an_tensor **du, an_tensor **act) {
+an_status an_swiglu_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *gate = node->inputs[0], *up = node->inputs[1], *w = node->inputs[2];
     int64_t inner = w->shape[1], outer = w->shape[0], rows = an_tensor_numel(gate) / (inner ? inner : 1);
-    bool act_formed = false;
-    *dg = *du = *act = NULL;
-    if (want_act && !(*act = an_op_new_like(ctx, gate, gate->ndim, gate->shape))) return an_error_status(ctx);
-    an_status st = AN_OK;
-    if (want_gu) {
-        *dg = an_op_new_like(ctx, gate, gate->ndim, gate->shape);
-        *du = *dg ? an_op_new_like(ctx, up, up->ndim, up->shape) : NULL;
-        st = *du ? AN_OK : an_error_status(ctx);
-        const void *ptrs[] = {an_tensor_data(grad_out), an_tensor_data(w),  an_tensor_data(gate), an_tensor_data(up),
-                              *dg ? an_tensor_data(*dg) : NULL, *du ? an_tensor_data(*du) : NULL,
-                              *act ? an_tensor_data(*act) : NULL};
+    bool want_w = an_node_needs_grad(node, 2), act_formed = false;
+    /* act for dW (trained W only): from the fused kernel beside dgate and dup, else formed again */
+    an_tensor *act = want_w ? an_op_new_like(ctx, gate, gate->ndim, gate->shape) : NULL;
+    an_status st = !want_w || act ? AN_OK : an_error_status(ctx);
+    if (st == AN_OK && (an_node_needs_grad(node, 0) || an_node_needs_grad(node, 1))) {
+        an_tensor *g[2] = {an_op_new_like(ctx, gate, gate->ndim, gate->shape),
+                           an_op_new_like(ctx, up, up->ndim, up->shape)};
+        st = g[0] && g[1] ? AN_OK : an_error_status(ctx);
+        const void *ptrs[] = {an_tensor_data(grad_out), an_tensor_data(w), an_tensor_data(gate), an_tensor_data(up),
+                              g[0] ? an_tensor_data(g[0]) : NULL, g[1] ? an_tensor_data(g[1]) : NULL,
+                              act ? an_tensor_data(act) : NULL};
         if (st == AN_OK && gate->device == AN_CUDA &&
-            an_cuda_gemm_swiglu_rule(ctx, gate->dtype, rows, outer, inner, ptrs, *act ? 7 : 6)) {
+            an_cuda_gemm_swiglu_rule(ctx, gate->dtype, rows, outer, inner, ptrs, act ? 7 : 6)) {
             st = an_cuda_gemm_swiglu_backward(ctx, gate->dtype, ptrs[0], rows, outer, ptrs[1], inner, ptrs[2], ptrs[3],
-                                              an_tensor_data(*dg), an_tensor_data(*du),
-                                              *act ? an_tensor_data(*act) : NULL);
-            act_formed = *act != NULL;
+                                              an_tensor_data(g[0]), an_tensor_data(g[1]),
+                                              act ? an_tensor_data(act) : NULL);
+            act_formed = act != NULL;
         } else if (st == AN_OK) { /* d act = dY @ W, then the swiglu's gradient */
             an_tensor *dact = an_op_new_like(ctx, gate, gate->ndim, gate->shape);
             an_gemm_shape s = {1, rows, inner, outer, false, false, false, false};
             st = dact ? an_op_gemm(ctx, &s, grad_out, w, dact) : an_error_status(ctx);
-            if (st == AN_OK) st = an_op_swiglu_grad(ctx, gate, up, dact, *dg, *du);
+            if (st == AN_OK) st = an_op_swiglu_grad(ctx, gate, up, dact, g[0], g[1]);
             an_tensor_release(dact);
         }
+        for (int i = 0; i < 2; i++) {
+            if (st == AN_OK && an_node_needs_grad(node, i)) st = an_node_accumulate(ctx, node, i, g[i]);
+            else an_tensor_release(g[i]);
+        }
     }
-    if (st == AN_OK && *act && !act_formed) st = an_op_swiglu_into(ctx, gate, up, *act);
-    if (st != AN_OK) {
-        an_tensor_release(*dg), an_tensor_release(*du), an_tensor_release(*act);
-        *dg = *du = *act = NULL;
+    if (st == AN_OK && want_w) { /* dW = dY^T act */
+        if (!act_formed) st = an_op_swiglu_into(ctx, gate, up, act);
+        if (st == AN_OK) st = an_op_linear_weight_grad(ctx, node, 2, grad_out, act);
     }
-    return st;
-}
-
-an_status an_swiglu_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
-    an_tensor *gate = node->inputs[0], *up = node->inputs[1], *w = node->inputs[2], *g[2], *act;
-    bool want_w = an_node_needs_grad(node, 2);
-    an_status st = swiglu_linear_grads(ctx, gate, up, w, grad_out, an_node_needs_grad(node, 0) || an_node_needs_grad(node, 1),
-                                       want_w, &g[0], &g[1], &act);
-    for (int i = 0; i < 2; i++) {
-        if (st == AN_OK && g[i] && an_node_needs_grad(node, i)) st = an_node_accumulate(ctx, node, i, g[i]);
-        else an_tensor_release(g[i]);
-    }
-    if (st == AN_OK && want_w) st = an_op_linear_weight_grad(ctx, node, 2, grad_out, act); /* dW = dY^T act */
     an_tensor_release(act);
     AN_TRY(st);
     return an_node_pass_grad(ctx, node, 3, grad_out); /* the residual's (none without one) */
-}
-
-/* x's gradient dg W_gate + du W_up: added into its gradient so far in place when it has one (two
- * GEMMs, up's then gate's, as the two linears' backwards would), else one launch over both
- * operand pairs on an H100 (an_cuda_gemm_segments: one rounding) or the same two GEMMs. */
-static an_status swiglu_mlp_input_grad(an_ctx *ctx, an_node *node, an_tensor *dg, an_tensor *du) {
-    an_tensor *x = node->inputs[0], *wg = node->inputs[1], *wu = node->inputs[2];
-    int64_t in = wg->shape[1], n = wg->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
-    an_tensor *sink = an_node_grad_sink(node, 0);
-    if (sink) {
-        an_gemm_shape s = {1, rows, in, n, false, false, false, true}; /* dX += du @ W_up, then dg @ W_gate */
-        AN_TRY(an_op_gemm(ctx, &s, du, wu, sink));
-        return an_op_gemm(ctx, &s, dg, wg, sink);
-    }
-    an_tensor *gx = an_op_new_like(ctx, x, x->ndim, x->shape);
-    if (!gx) return an_error_status(ctx);
-    const void *ptrs[] = {an_tensor_data(dg), an_tensor_data(du), an_tensor_data(wg), an_tensor_data(wu),
-                          an_tensor_data(gx)};
-    an_status st;
-    if (x->device == AN_CUDA && an_cuda_gemm_swiglu_rule(ctx, x->dtype, rows, n, in, ptrs, 5)) {
-        st = an_cuda_gemm_segments(ctx, x->dtype, rows, in, 2, (const void *const[]){ptrs[0], ptrs[1]},
-                                   (const int64_t[]){n, n}, (const void *const[]){ptrs[2], ptrs[3]}, true,
-                                   an_tensor_data(gx));
-    } else {
-        an_gemm_shape s = {1, rows, in, n, false, false, false, false}; /* dX = du @ W_up; dX += dg @ W_gate */
-        st = an_op_gemm(ctx, &s, du, wu, gx);
-        s.accumulate = true;
-        if (st == AN_OK) st = an_op_gemm(ctx, &s, dg, wg, gx);
-    }
-    if (st != AN_OK) {
-        an_tensor_release(gx);
-        return st;
-    }
-    return an_node_accumulate(ctx, node, 0, gx);
-}
-
-/* x's values are read only by the weight gradients (an_op_linear_weight_grad materialises them). */
-an_status an_swiglu_mlp_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
-    an_tensor *x = node->inputs[0], *wd = node->inputs[3], *gate = node->saved[0], *up = node->saved[1];
-    bool want_x = an_node_needs_grad(node, 0), want_g = an_node_needs_grad(node, 1), want_u = an_node_needs_grad(node, 2);
-    bool want_d = an_node_needs_grad(node, 3);
-    an_tensor *dg, *du, *act;
-    an_status st = swiglu_linear_grads(ctx, gate, up, wd, grad_out, want_x || want_g || want_u, want_d, &dg, &du, &act);
-    if (st == AN_OK && want_d) st = an_op_linear_weight_grad(ctx, node, 3, grad_out, act); /* dW_down = dY^T act */
-    an_tensor_release(act);
-    if (st == AN_OK && want_x) st = swiglu_mlp_input_grad(ctx, node, dg, du);
-    if (st == AN_OK && want_u) st = an_op_linear_weight_grad(ctx, node, 2, du, x); /* dW_up = du^T x */
-    if (st == AN_OK && want_g) st = an_op_linear_weight_grad(ctx, node, 1, dg, x); /* dW_gate = dg^T x */
-    an_tensor_release(dg), an_tensor_release(du);
-    AN_TRY(st);
-    return an_node_pass_grad(ctx, node, 4, grad_out); /* the residual's (none without one) */
 }
 
 an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor *w_up, an_tensor *w_down,
@@ -210,38 +136,22 @@ an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor
         }
         const void *ptrs[] = {an_tensor_data(x),    an_tensor_data(w_gate), an_tensor_data(w_up),
                               an_tensor_data(gate), an_tensor_data(up),     an_tensor_data(act)};
-        if (!an_cuda_gemm_swiglu_rule(ctx, x->dtype, rows, in, n, ptrs, 6) ||
+        if (an_cuda_gemm_swiglu_rule(ctx, x->dtype, rows, in, n, ptrs, 6) &&
             an_cuda_gemm_swiglu(ctx, x->dtype, ptrs[0], rows, in, ptrs[1], ptrs[2], n, an_tensor_data(gate),
-                                an_tensor_data(up), an_tensor_data(act)) != AN_OK) {
+                                an_tensor_data(up), an_tensor_data(act)) == AN_OK) {
+            an_op_record_linear(ctx, x, w_gate, NULL, NULL, gate);
+            an_op_record_linear(ctx, x, w_up, NULL, NULL, up);
+        } else {
             an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
             gate = up = act = NULL;
             if (an_error_status(ctx) != AN_OK) return NULL;
         }
     }
-    if (!gate) { /* the two projections' GEMMs, x W^T each (what an_linear computes) */
-        int64_t shape[AN_MAX_DIMS];
-        memcpy(shape, x->shape, sizeof shape);
-        shape[x->ndim - 1] = n;
-        an_gemm_shape s = {1, rows, n, in, false, true, false, false};
-        gate = an_op_new_like(ctx, x, x->ndim, shape);
-        up = gate ? an_op_new_like(ctx, x, x->ndim, shape) : NULL;
-        if (!up || an_op_gemm(ctx, &s, x, w_gate, gate) != AN_OK || an_op_gemm(ctx, &s, x, w_up, up) != AN_OK) {
-            an_tensor_release(gate), an_tensor_release(up);
-            return NULL;
-        }
+    if (!gate) { /* the two linears */
+        gate = an_linear(ctx, x, w_gate, NULL);
+        up = gate ? an_linear(ctx, x, w_up, NULL) : NULL;
     }
-    an_tensor *out = swiglu_linear_out(ctx, gate, up, act, w_down, residual);
-    /* one node: its backward forms dgate and dup once and x's gradient from both in one sum */
-    an_node *node = out ? an_tape_record(ctx, &an_op_swiglu_mlp, out, (an_tensor *[]){x, w_gate, w_up, w_down, residual}, 5)
-                        : NULL;
-    if (node) {
-        an_node_save(node, gate);
-        an_node_save(node, up);
-        /* x is read only for W_gate's and W_up's gradients (formed again then), as an_linear has it */
-        if (!w_gate->requires_grad && !w_up->requires_grad) an_node_input_routing_only(node, 0);
-        else an_node_input_recomputable(node, 0);
-        if (residual) an_node_input_routing_only(node, 4); /* its gradient is dY itself */
-    }
+    an_tensor *out = up ? swiglu_linear(ctx, gate, up, act, w_down, residual) : NULL;
     an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
     return out;
 }
