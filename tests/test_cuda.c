@@ -633,6 +633,17 @@ START_TEST(test_cuda_gemm_scaled_matches_the_reference) {
 }
 END_TEST
 
+/* A refused an_cuda_gemm_segments call: an input error whose message names the launcher and the
+ * case (needle), cleared so the next case is checked on its own. */
+static void expect_segments_error(an_ctx *ctx, an_status st, const char *needle) {
+    ck_assert_int_eq(st, AN_ERR_INPUT);
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+    const char *msg = an_error_message(ctx);
+    ck_assert_msg(strstr(msg, "gemm_segments") != NULL && strstr(msg, needle) != NULL, "message '%s' lacks '%s'",
+                  msg, needle);
+    an_error_clear(ctx);
+}
+
 /* an_cuda_gemm_segments (Hopper only; SKIP elsewhere): D = sum of A_s op(B_s) over 1-6 segments of
  * ragged K (a segment shorter than a k slice, K_s not a multiple of 64), B (N, K) and stored (K, N),
  * against a float64 reference within the GEMM bound, the poisoned output fully written, a second
@@ -699,11 +710,17 @@ START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
     const void *ap[7], *bp[7];
     int64_t ks[7];
     for (int s = 0; s < 7; s++) ap[s] = bp[s] = an_tensor_data(a.dev), ks[s] = 64;
-    ck_assert_int_eq(an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 0, ap, ks, bp, false, an_tensor_data(c)), AN_ERR_INPUT);
-    ck_assert_int_eq(an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 7, ap, ks, bp, false, an_tensor_data(c)), AN_ERR_INPUT);
+    double *before = test_download(ctx, c);
+    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 0, ap, ks, bp, false, an_tensor_data(c)),
+                          "0 segments");
+    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 7, ap, ks, bp, false, an_tensor_data(c)),
+                          "7 segments");
     ks[1] = 12; /* not a multiple of 8: off the tensor maps */
-    ck_assert_int_eq(an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 2, ap, ks, bp, true, an_tensor_data(c)), AN_ERR_INPUT);
-    ck_assert_msg(strstr(an_error_message(ctx), "gemm_segments") != NULL, "%s", an_error_message(ctx));
+    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 2, ap, ks, bp, true, an_tensor_data(c)),
+                          "segment 1");
+    double *after = test_download(ctx, c);
+    ck_assert_msg(memcmp(before, after, 64 * 64 * sizeof *before) == 0, "gemm_segments: a refused call wrote D");
+    free(before), free(after);
     an_tensor_release(c);
     pair_release(a);
     test_ctx_free(ctx);
