@@ -52,9 +52,10 @@ inline LtPlan lt_plan(cublasLtHandle_t lt, int M, int N, int K, bool bt = false)
     return p;
 }
 
+/* y = x op(W), or with beta 1 y += x op(W) (y's old values added before the one rounding). */
 inline void lt_run(cublasLtHandle_t lt, const LtPlan &p, const __nv_bfloat16 *x, const __nv_bfloat16 *w,
-                   __nv_bfloat16 *y, void *workspace, cudaStream_t st) {
-    float alpha = 1.0f, beta = 0.0f;
+                   __nv_bfloat16 *y, void *workspace, cudaStream_t st, float beta = 0.0f) {
+    float alpha = 1.0f;
     LT_CHECK(cublasLtMatmul(lt, p.op, &alpha, w, p.w, x, p.x, &beta, y, p.y, y, p.y, &p.algo, workspace,
                             LtPlan::WORKSPACE, st));
 }

@@ -16,6 +16,8 @@
  *   bench/gemm_wgmma_variants      (a standalone CUDA program, not linked to anneal)
  *   WG_ONLY=NAME   only the plain shapes whose name starts so (none: only the fused forms)
  *   WG_INPUTS_KB=K the backward forms bring gate and up in at k slice K (default: the library's)
+ * Last, sums of products into one output (the segments' form, an_cuda_gemm_segments) against
+ * cuBLASLt's GEMM a pair adding into D and its one GEMM over the concatenated operands.
  *
  * Exits 1 on any CUDA or cuBLASLt error or wrong result (a benchmark, not library code). */
 #include <algorithm>
@@ -46,26 +48,27 @@ static PFN_cuTensorMapEncodeTiled_v12000 encoder;
 static bool failed;
 
 /* D = A B^T with cuBLASLt, or with bt D = A B for B (K, N) (bench/cublaslt_plan.cuh). */
-static void lt_gemm(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaStream_t st, bool bt = false) {
+static void lt_gemm(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaStream_t st, bool bt = false,
+                    float beta = 0.0f) {
     LtPlan p = lt_plan(lt, M, N, K, bt);
-    lt_run(lt, p, a, b, d, ws, st);
+    lt_run(lt, p, a, b, d, ws, st, beta);
     lt_free(p);
 }
 
 /* One launch of the kernel template (clusters of CM CTAs): outputs out0..2, gate and up inputs in0,
  * in1 (the backward forms). */
 template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
-static void wg_launch(const bf *a, const bf *b, const bf *b2, const bf *in0, const bf *in1, bf *out0, bf *out1,
-                      bf *out2, int M, int N, int K, cudaStream_t st) {
+static void wg_launch_segments(int segments, const bf *const *as, const int *ks, const bf *const *bs, const bf *b2,
+                               const bf *in0, const bf *in1, bf *out0, bf *out1, bf *out2, int M, int N,
+                               cudaStream_t st) {
     constexpr int bytes = wgmma_gemm::smem_bytes<BN, STAGES, EPI>();
     auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT, CM>;
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     constexpr int TN = EPI == wgmma_gemm::SWIGLU ? BN / 2 : BN, BW = TN % 64 == 0 ? 64 : 32;
-    CUtensorMap am, bm, bm2, im0, im1, om0, om1, om2;
-    CK(tma::encode_2d(encoder, &am, a, M, K, 64, wgmma_gemm::BM));
-    if (BT) CK(tma::encode_2d(encoder, &bm, b, K, N, 64, 64)); /* B (K, N) */
-    else CK(tma::encode_2d(encoder, &bm, b, N, K, 64, EPI == wgmma_gemm::SWIGLU ? TN : TN / CM));
-    CK(tma::encode_2d(encoder, &bm2, b2 ? b2 : b, N, K, 64, TN));
+    CUtensorMap bm2, im0, im1, om0, om1, om2;
+    wgmma_gemm::Operands ops;
+    CK((wgmma_gemm::encode_operands<bf, BN, EPI, BT, CM>(encoder, M, N, segments, as, ks, bs, &ops)));
+    CK(tma::encode_2d(encoder, &bm2, b2 ? b2 : bs[0], N, ks[0], 64, TN));
     CK(tma::encode_2d(encoder, &im0, in0 ? in0 : out0, M, N, 64, 64));
     CK(tma::encode_2d(encoder, &im1, in1 ? in1 : out0, M, N, 64, 64));
     CK(tma::encode_2d(encoder, &om0, out0, M, N, BW, 64));
@@ -76,9 +79,16 @@ static void wg_launch(const bf *a, const bf *b, const bf *b2, const bf *in0, con
     CK(wgmma_gemm::grid_of(k, CM, tiles, sms, bytes, st, &g));
     /* the backward forms' k slice for gate and up: the library's rule, or WG_INPUTS_KB */
     static const int inputs_kb = getenv("WG_INPUTS_KB") ? atoi(getenv("WG_INPUTS_KB")) : -1;
-    const int nk = (K + 63) / 64;
-    CK(cudaLaunchKernelEx(&g.config, k, am, bm, bm2, im0, im1, om0, om1, om2, M, N, K,
+    const int nk = ops.end_kb[segments - 1];
+    CK(cudaLaunchKernelEx(&g.config, k, ops, bm2, im0, im1, om0, om1, om2, M, N,
                           inputs_kb < 0 ? nk * wgmma_gemm::BWD_INPUTS_NUM / wgmma_gemm::BWD_INPUTS_DEN : inputs_kb));
+}
+
+/* One launch over one operand pair. */
+template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
+static void wg_launch(const bf *a, const bf *b, const bf *b2, const bf *in0, const bf *in1, bf *out0, bf *out1,
+                      bf *out2, int M, int N, int K, cudaStream_t st) {
+    wg_launch_segments<BN, STAGES, EPI, BT, CM>(1, &a, &K, &b, b2, in0, in1, out0, out1, out2, M, N, st);
 }
 
 template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
@@ -383,6 +393,69 @@ int main() {
         for (const auto &f : with_act)
             fused_row("swiglu'", M, N, K, f.name, [&] { f.fn(dy, w, g, u, dg, du, act, M, N, K, st); }, outs, refs,
                       names, 3, out, tla, st);
+    }
+    /* sums of products into one output (an_cuda_gemm_segments): one launch over the operand pairs
+     * against cuBLASLt's GEMM a pair, each adding into D (the library's path today), and cuBLASLt's one
+     * GEMM over the concatenated operands (the same sum, the reference) */
+    {
+        struct SumCase { const char *name; int M, N, segments; int k[wgmma_gemm::MAX_SEGMENTS]; bool bt; };
+        const SumCase cases[] = {
+            {"dX gate|up: dg Wg + du Wu", 8192, 1536, 2, {8960, 8960}, true},
+            {"dX q,k,v + q,v LoRA", 8192, 1536, 5, {1536, 256, 256, 16, 16}, true},
+            {"q + its LoRA B", 8192, 1536, 2, {1536, 16}, false},
+            {"v + its LoRA B", 8192, 256, 2, {1536, 16}, false},
+        };
+        for (const SumCase &c : cases) {
+            int ksum = 0;
+            bf *a[wgmma_gemm::MAX_SEGMENTS], *b[wgmma_gemm::MAX_SEGMENTS], *acat, *bcat, *d, *ref, *chain;
+            for (int i = 0; i < c.segments; i++) {
+                CK(cudaMalloc(&a[i], (size_t)c.M * c.k[i] * 2));
+                CK(cudaMalloc(&b[i], (size_t)c.N * c.k[i] * 2));
+                fill(a[i], (size_t)c.M * c.k[i], 20 + i, 1.0f);
+                fill(b[i], (size_t)c.N * c.k[i], 30 + i, 0.05f);
+                ksum += c.k[i];
+            }
+            CK(cudaMalloc(&acat, (size_t)c.M * ksum * 2));
+            CK(cudaMalloc(&bcat, (size_t)c.N * ksum * 2));
+            for (bf **p : {&d, &ref, &chain}) CK(cudaMalloc(p, (size_t)c.M * c.N * 2));
+            for (int i = 0, off = 0; i < c.segments; off += c.k[i], i++) { /* A (M, sum K) and B stacked */
+                CK(cudaMemcpy2D(acat + off, (size_t)ksum * 2, a[i], (size_t)c.k[i] * 2, (size_t)c.k[i] * 2, c.M,
+                                cudaMemcpyDeviceToDevice));
+                if (c.bt) CK(cudaMemcpy(bcat + (size_t)off * c.N, b[i], (size_t)c.k[i] * c.N * 2, cudaMemcpyDeviceToDevice));
+                else CK(cudaMemcpy2D(bcat + off, (size_t)ksum * 2, b[i], (size_t)c.k[i] * 2, (size_t)c.k[i] * 2, c.N,
+                                     cudaMemcpyDeviceToDevice));
+            }
+            const double flop = 2.0 * c.M * c.N * ksum;
+            auto cat = [&] { lt_gemm(acat, bcat, ref, c.M, c.N, ksum, st, c.bt); };
+            auto chained = [&] {
+                for (int i = 0; i < c.segments; i++) lt_gemm(a[i], b[i], chain, c.M, c.N, c.k[i], st, c.bt, i ? 1.0f : 0.0f);
+            };
+            const bf *const *ca = a, *const *cb = b;
+            auto ours = [&] {
+                if (c.bt) wg_launch_segments<256, 3, wgmma_gemm::STORE, true>(c.segments, ca, c.k, cb, nullptr, nullptr,
+                                                                               nullptr, d, nullptr, nullptr, c.M, c.N, st);
+                else wg_launch_segments<256, 3, wgmma_gemm::STORE, false>(c.segments, ca, c.k, cb, nullptr, nullptr,
+                                                                           nullptr, d, nullptr, nullptr, c.M, c.N, st);
+            };
+            cat();
+            chained();
+            CK(cudaMemset(d, 0xff, (size_t)c.M * c.N * 2));
+            ours();
+            CK(cudaStreamSynchronize(st));
+            double mis = mismatch(d, ref, (size_t)c.M * c.N), mis_chain = mismatch(chain, ref, (size_t)c.M * c.N);
+            double t_chain = time_us(chained, st), t_cat = time_us(cat, st), t = time_us(ours, st);
+            bool ok = mis <= 2.0;
+            printf("sum      %-26s %5d x %5d x %5d  cuBLASLt a pair %8.1f us, over the concatenation %8.1f us, "
+                   "one launch %8.1f us (%4.0f TFLOP/s, %.3fx the pairs)  max err %.2f (pairs %.2f) ulp-of-rms %s\n",
+                   c.name, c.M, c.N, ksum, t_chain, t_cat, t, flop / t / 1e6, t_chain / t, mis, mis_chain,
+                   ok ? "" : "WRONG");
+            failed |= !ok;
+            for (int i = 0; i < c.segments; i++) {
+                CK(cudaFree(a[i]));
+                CK(cudaFree(b[i]));
+            }
+            for (bf *p : {acat, bcat, d, ref, chain}) CK(cudaFree(p));
+        }
     }
     printf(failed ? "FAILED\n" : "all results agree\n");
     return failed ? 1 : 0;

@@ -211,6 +211,13 @@ an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_
 an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
                                        const void *w, int64_t N, const void *gate, const void *up, void *dgate,
                                        void *dup, void *act);
+/* D (M, N) = sum over s < segments of A_s (M, K_s) op(B_s), one fp32 accumulation over every
+ * segment and one rounding to the dtype: op(B) = B^T for B_s (N, K_s), or with bt B_s stored
+ * (K_s, N). Sums of products that share D (dX of several projections of one input, dg W_gate + du
+ * W_up, a LoRA branch's (x A^T s) B^T beside x W^T) in one launch instead of a GEMM each adding
+ * into D. 1 <= segments <= 6; each (M, K_s, N) as an_cuda_gemm_swiglu_rule allows. */
+an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,
+                                const void *const *a, const int64_t *k, const void *const *b, bool bt, void *d);
 /* 1 when ctx's device runs gemm_wgmma.cu's kernels (compute capability 9.0) and the operands fit
  * its tensor maps: bf16 or f16, K and N multiples of 8, M, N, K and the tile count below 2^31,
  * every one of the n_ptrs pointers 16-byte aligned; else 0. */

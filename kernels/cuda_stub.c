@@ -378,6 +378,11 @@ an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *
     (void)dtype, (void)dy, (void)M, (void)K, (void)w, (void)N, (void)gate, (void)up, (void)dgate, (void)dup, (void)act;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,
+                                const void *const *a, const int64_t *k, const void *const *b, bool bt, void *d) {
+    (void)dtype, (void)M, (void)N, (void)segments, (void)a, (void)k, (void)b, (void)bt, (void)d;
+    return NO_CUDA(ctx);
+}
 int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
                              int n_ptrs) {
     (void)ctx, (void)dtype, (void)M, (void)K, (void)N, (void)ptrs, (void)n_ptrs;

@@ -4,7 +4,10 @@
  * (ops/swiglu_mlp.c): SWIGLU writes gate = x W_gate^T, up = x W_up^T and silu(gate) up from one
  * tile of both projections, and SWIGLU_BWD turns d act = dY W_down into the swiglu's gradients
  * dgate, dup in the epilogue (SWIGLU_BWD_ACT also writes act again for a trained W_down's dW), so
- * neither act nor d act makes a trip through memory of its own.
+ * neither act nor d act makes a trip through memory of its own. Its main loop may run over several
+ * operand pairs (Operands: K segments, each zero-filled past its own K), so a sum of products into
+ * one output, dX = dq Wq + dk Wk + dv Wv or a LoRA branch beside its base projection, is one launch
+ * and one rounding (an_cuda_gemm_segments).
  * At parity with cuBLASLt as a plain GEMM (STORE) on the 1.5B model's training shapes, bit for bit
  * equal to it at every one measured (bench/gemm_wgmma_variants, docs/performance.md).
  *
@@ -111,6 +114,17 @@ template <typename T> __device__ __forceinline__ void unpack(uint32_t v, float (
     }
 }
 
+/* The main loop's operands: D = sum over segments s of A_s B_s^T (with BT, A_s B_s), segment s
+ * covering k slices [end_kb[s - 1], end_kb[s]) of the loop (k slices of 64; a segment's last slice
+ * zero-filled past its K_s by the tensor maps), so sums such as dX = dq Wq + dk Wk + dv Wv take
+ * one launch and one rounding. a[s], b[s] are amap and bmap below for that segment. */
+constexpr int MAX_SEGMENTS = 6;
+struct Operands {
+    CUtensorMap a[MAX_SEGMENTS], b[MAX_SEGMENTS];
+    int end_kb[MAX_SEGMENTS];
+    int segments;
+};
+
 /* Tensor maps (each 128-byte swizzled in boxes of 64 columns, or 32 with the 64-byte swizzle):
  * amap A (M, K) in boxes (64, 128); bmap B (N, K) in boxes (64, BN), with BT B (K, N) in boxes
  * (64, 64), for SWIGLU the gate weight (N, K) and bmap2 the up weight in boxes (64, BN / 2);
@@ -118,10 +132,9 @@ template <typename T> __device__ __forceinline__ void unpack(uint32_t v, float (
  * (SWIGLU_BWD): gate and up (M, N) in boxes (64, 64). Maps a form does not use may be any. */
 template <typename T, int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
 __global__ void __launch_bounds__(THREADS, 1)
-    kernel(const __grid_constant__ CUtensorMap amap, const __grid_constant__ CUtensorMap bmap,
-           const __grid_constant__ CUtensorMap bmap2, const __grid_constant__ CUtensorMap imap0,
+    kernel(const __grid_constant__ Operands ops, const __grid_constant__ CUtensorMap bmap2, const __grid_constant__ CUtensorMap imap0,
            const __grid_constant__ CUtensorMap imap1, const __grid_constant__ CUtensorMap omap0,
-           const __grid_constant__ CUtensorMap omap1, const __grid_constant__ CUtensorMap omap2, int M, int N, int K,
+           const __grid_constant__ CUtensorMap omap1, const __grid_constant__ CUtensorMap omap2, int M, int N,
            int inputs_kb) {
 #if AN_WGMMA_AVAILABLE
     using L = Layout<BN, STAGES, EPI>;
@@ -137,7 +150,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + TN - 1) / TN;
     /* a cluster of CM CTAs takes CM row tiles over the same columns: CTA rank's row tile is
      * CM tmc + rank of the cluster tile (tmc, tn) */
-    const int tiles_mc = (tiles_m + CM - 1) / CM, tiles = tiles_mc * tiles_n, nk = (K + BK - 1) / BK;
+    const int tiles_mc = (tiles_m + CM - 1) / CM, tiles = tiles_mc * tiles_n, nk = ops.end_kb[ops.segments - 1];
     const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
     const int rank = CM > 1 ? (int)tma::cluster_rank() : 0;
 
@@ -161,37 +174,41 @@ __global__ void __launch_bounds__(THREADS, 1)
                 int tmc, tn;
                 tile_of<CM>(t, tiles_mc, tiles_n, &tmc, &tn);
                 const int tm = tmc * CM + rank;
+                int seg = 0;
                 for (int kb = 0; kb < nk; kb++, it++) {
                     const int s = it % STAGES;
+                    while (kb >= ops.end_kb[seg]) seg++;
+                    const int kl = kb - (seg ? ops.end_kb[seg - 1] : 0); /* the k slice within the segment */
+                    const CUtensorMap *amap = &ops.a[seg], *bmap = &ops.b[seg];
                     /* with CM > 1 the stage is free once every CTA's consumers handed it back: B's
                      * parts are written into all of them */
                     tma::bar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
                     const uint32_t st = base + s * L::STAGE;
                     tma::bar_expect(full + 8 * s, L::STAGE);
-                    tma::load(st, &amap, kb * BK, tm * BM, full + 8 * s);
+                    tma::load(st, amap, kl * BK, tm * BM, full + 8 * s);
                     if constexpr (CM == 1) {
                         if constexpr (EPI == SWIGLU) {
-                            tma::load(st + L::A_BYTES, &bmap, kb * BK, tn * (BN / 2), full + 8 * s);
-                            tma::load(st + L::A_BYTES + BN / 2 * 128, &bmap2, kb * BK, tn * (BN / 2), full + 8 * s);
+                            tma::load(st + L::A_BYTES, bmap, kl * BK, tn * (BN / 2), full + 8 * s);
+                            tma::load(st + L::A_BYTES + BN / 2 * 128, &bmap2, kl * BK, tn * (BN / 2), full + 8 * s);
                         } else if constexpr (BT) { /* B (K, N): BN / 64 boxes of (64 n, 64 k) */
 #pragma unroll
                             for (int b = 0; b < BN / 64; b++)
-                                tma::load(st + L::A_BYTES + b * BK * 128, &bmap, tn * BN + 64 * b, kb * BK, full + 8 * s);
+                                tma::load(st + L::A_BYTES + b * BK * 128, bmap, tn * BN + 64 * b, kl * BK, full + 8 * s);
                         } else {
-                            tma::load(st + L::A_BYTES, &bmap, kb * BK, tn * BN, full + 8 * s);
+                            tma::load(st + L::A_BYTES, bmap, kl * BK, tn * BN, full + 8 * s);
                         }
                     } else { /* B's tile in CM parts, part rank loaded here and multicast to the cluster */
                         constexpr uint16_t all = (uint16_t)((1u << CM) - 1);
                         if constexpr (EPI == SWIGLU) { /* rank 0 the gate rows, rank 1 the up rows */
-                            tma::load_multicast(st + L::A_BYTES + rank * (BN / 2) * 128, rank ? &bmap2 : &bmap,
-                                                kb * BK, tn * (BN / 2), full + 8 * s, all);
+                            tma::load_multicast(st + L::A_BYTES + rank * (BN / 2) * 128, rank ? &bmap2 : bmap,
+                                                kl * BK, tn * (BN / 2), full + 8 * s, all);
                         } else if constexpr (BT) {
 #pragma unroll
                             for (int b = rank; b < BN / 64; b += CM)
-                                tma::load_multicast(st + L::A_BYTES + b * BK * 128, &bmap, tn * BN + 64 * b, kb * BK,
+                                tma::load_multicast(st + L::A_BYTES + b * BK * 128, bmap, tn * BN + 64 * b, kl * BK,
                                                     full + 8 * s, all);
                         } else { /* bmap's boxes are BN / CM rows */
-                            tma::load_multicast(st + L::A_BYTES + rank * (BN / CM) * 128, &bmap, kb * BK,
+                            tma::load_multicast(st + L::A_BYTES + rank * (BN / CM) * 128, bmap, kl * BK,
                                                 tn * BN + rank * (BN / CM), full + 8 * s, all);
                         }
                     }
@@ -355,6 +372,29 @@ cudaError_t grid_of(Kernel k, int CM, int64_t cluster_tiles, int sm_count, int b
     return cudaSuccess;
 }
 
+/* The main loop's operands for `segments` pairs A_s (M, K_s), B_s (N, K_s) or with BT (K_s, N),
+ * encoded for the form (without BT, each CTA of a cluster loads its 1 / CM of B's rows; SWIGLU:
+ * rank 0 the gate's, rank 1 the up's). */
+template <typename T, int BN, int EPI, bool BT, int CM>
+cudaError_t encode_operands(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, int N, int segments, const T *const *a,
+                            const int *k, const T *const *b, Operands *ops) {
+    constexpr int TN = EPI == SWIGLU ? BN / 2 : BN;
+    *ops = Operands{};
+    if (segments < 1 || segments > MAX_SEGMENTS || (EPI != STORE && segments != 1)) return cudaErrorInvalidValue;
+    int end = 0;
+    for (int i = 0; i < segments; i++) {
+        cudaError_t err = tma::encode_2d(encode, &ops->a[i], a[i], M, k[i], BK, BM);
+        if (err == cudaSuccess)
+            err = BT ? tma::encode_2d(encode, &ops->b[i], b[i], k[i], N, 64, BK)
+                     : tma::encode_2d(encode, &ops->b[i], b[i], N, k[i], BK, EPI == SWIGLU ? TN : TN / CM);
+        if (err != cudaSuccess) return err;
+        end += (k[i] + BK - 1) / BK;
+        ops->end_kb[i] = end;
+    }
+    ops->segments = segments;
+    return cudaSuccess;
+}
+
 } // namespace wgmma_gemm
 
 #ifndef AN_WGMMA_GEMM_KERNEL_ONLY
@@ -365,27 +405,25 @@ namespace {
  * outputs); SWIGLU_BWD 128 x 128 with 5 (4 lost 7%), with act as well 4 (what fits three staged outputs). */
 constexpr int SWIGLU_BN = 128, SWIGLU_STAGES = 5, BWD_BN = 128, BWD_STAGES = 5, BWD_ACT_STAGES = 4;
 
+/* One launch of the form over `segments` operand pairs (one but for STORE). */
 template <typename T, int BN, int STAGES, int EPI, bool BT, int CM>
-cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b, const T *b2, const T *in0,
-                   const T *in1, T *out0, T *out1, T *out2) {
+cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const T *const *a, const int *k,
+                            const T *const *b, const T *b2, const T *in0, const T *in1, T *out0, T *out1, T *out2) {
     using namespace wgmma_gemm;
     constexpr int bytes = smem_bytes<BN, STAGES, EPI>();
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN;
-    auto *k = kernel<T, BN, STAGES, EPI, BT, CM>;
+    auto *kern = kernel<T, BN, STAGES, EPI, BT, CM>;
     void *fn = nullptr;
-    cudaError_t err = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess) err = an_cuda_tensor_map_encoder(s, &fn);
     const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
     static_assert(TN % 64 == 0, "the output maps' boxes are 64 columns");
     /* the maps a form does not read stay zero (b2: SWIGLU's up weight; in0, in1: the backward
      * forms' gate and up; out1, out2: the second and third outputs) */
-    CUtensorMap am, bm, bm2{}, im0{}, im1{}, om0, om1{}, om2{};
-    if (err == cudaSuccess) err = tma::encode_2d(encode, &am, a, M, K, BK, BM);
-    /* without BT, each CTA of a cluster loads its 1 / CM of B's rows (SWIGLU: rank 0 the gate's, rank 1 the up's) */
-    if (err == cudaSuccess)
-        err = BT ? tma::encode_2d(encode, &bm, b, K, N, 64, BK)
-                 : tma::encode_2d(encode, &bm, b, N, K, BK, EPI == SWIGLU ? TN : TN / CM);
-    if (err == cudaSuccess && b2) err = tma::encode_2d(encode, &bm2, b2, N, K, BK, TN);
+    Operands ops;
+    CUtensorMap bm2{}, im0{}, im1{}, om0, om1{}, om2{};
+    if (err == cudaSuccess) err = wgmma_gemm::encode_operands<T, BN, EPI, BT, CM>(encode, M, N, segments, a, k, b, &ops);
+    if (err == cudaSuccess && b2) err = tma::encode_2d(encode, &bm2, b2, N, k[0], BK, TN);
     if (err == cudaSuccess && in0) err = tma::encode_2d(encode, &im0, in0, M, N, 64, 64);
     if (err == cudaSuccess && in1) err = tma::encode_2d(encode, &im1, in1, M, N, 64, 64);
     if (err == cudaSuccess) err = tma::encode_2d(encode, &om0, out0, M, N, 64, 64);
@@ -394,11 +432,17 @@ cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b
     if (err != cudaSuccess) return err;
     const int64_t tiles = (int64_t)((M + BM * CM - 1) / (BM * CM)) * ((N + TN - 1) / TN);
     Grid g;
-    if (err == cudaSuccess) err = grid_of(k, CM, tiles, s->sm_count, bytes, s->stream, &g);
+    err = grid_of(kern, CM, tiles, s->sm_count, bytes, s->stream, &g);
     if (err == cudaSuccess)
-        err = cudaLaunchKernelEx(&g.config, k, am, bm, bm2, im0, im1, om0, om1, om2, M, N, K,
-                                 (K + BK - 1) / BK * BWD_INPUTS_NUM / BWD_INPUTS_DEN);
+        err = cudaLaunchKernelEx(&g.config, kern, ops, bm2, im0, im1, om0, om1, om2, M, N,
+                                 ops.end_kb[segments - 1] * BWD_INPUTS_NUM / BWD_INPUTS_DEN);
     return err;
+}
+
+template <typename T, int BN, int STAGES, int EPI, bool BT, int CM>
+cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b, const T *b2, const T *in0,
+                   const T *in1, T *out0, T *out1, T *out2) {
+    return launch_segments<T, BN, STAGES, EPI, BT, CM>(s, M, N, 1, &a, &K, &b, b2, in0, in1, out0, out1, out2);
 }
 
 bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
@@ -463,6 +507,42 @@ extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, c
                           : launch_backward<__half>(s, (int)M, (int)N, (int)K, (const __half *)dy, (const __half *)w,
                                                     (const __half *)gate, (const __half *)up, (__half *)dgate,
                                                     (__half *)dup, (__half *)act);
+    AN_CUDA_CHECK(ctx, err);
+    return AN_OK;
+}
+/* The segments' GEMM: 128 x 256 tiles, 3 stages (the plain GEMM's best on the training shapes). */
+template <typename T, bool BT>
+cudaError_t launch_sum(an_cuda_state *s, int M, int N, int segments, const void *const *a, const int *k,
+                       const void *const *b, void *d) {
+    const T *as[wgmma_gemm::MAX_SEGMENTS], *bs[wgmma_gemm::MAX_SEGMENTS];
+    for (int i = 0; i < segments; i++) as[i] = (const T *)a[i], bs[i] = (const T *)b[i];
+    return launch_segments<T, 256, 3, wgmma_gemm::STORE, BT, 1>(s, M, N, segments, as, k, bs, nullptr, nullptr,
+                                                                 nullptr, (T *)d, nullptr, nullptr);
+}
+
+extern "C" an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,
+                                           const void *const *a, const int64_t *k, const void *const *b, bool bt,
+                                           void *d) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, segments >= 1 && segments <= wgmma_gemm::MAX_SEGMENTS, AN_ERR_INPUT,
+             "gemm_segments: %d segments, expected 1 to %d", segments, wgmma_gemm::MAX_SEGMENTS);
+    int ks[wgmma_gemm::MAX_SEGMENTS];
+    int64_t k_blocks = 0;
+    for (int i = 0; i < segments; i++) {
+        const void *ptrs[] = {a[i], b[i], d};
+        AN_CHECK(ctx, an_cuda_gemm_swiglu_rule(ctx, dtype, M, k[i], N, ptrs, 3), AN_ERR_INPUT,
+                 "gemm_segments: segment %d, %s (%lld, %lld) x (%lld, %lld) on this device: needs compute "
+                 "capability 9.0, bf16 or f16, K and N multiples of 8, 16-byte aligned operands",
+                 i, an_dtype_name(dtype), (long long)M, (long long)k[i], (long long)k[i], (long long)N);
+        ks[i] = (int)k[i];
+        k_blocks += (k[i] + 63) / 64;
+    }
+    AN_CHECK(ctx, k_blocks <= INT32_MAX / 64, AN_ERR_INPUT, "gemm_segments: %lld k slices", (long long)k_blocks);
+    cudaError_t err = dtype == AN_BF16
+                          ? (bt ? launch_sum<__nv_bfloat16, true>(s, (int)M, (int)N, segments, a, ks, b, d)
+                                : launch_sum<__nv_bfloat16, false>(s, (int)M, (int)N, segments, a, ks, b, d))
+                          : (bt ? launch_sum<__half, true>(s, (int)M, (int)N, segments, a, ks, b, d)
+                                : launch_sum<__half, false>(s, (int)M, (int)N, segments, a, ks, b, d));
     AN_CUDA_CHECK(ctx, err);
     return AN_OK;
 }

@@ -633,6 +633,100 @@ START_TEST(test_cuda_gemm_scaled_matches_the_reference) {
 }
 END_TEST
 
+/* A refused an_cuda_gemm_segments call: an input error whose message names the launcher and the
+ * case (needle), cleared so the next case is checked on its own. */
+static void expect_segments_error(an_ctx *ctx, an_status st, const char *needle) {
+    ck_assert_int_eq(st, AN_ERR_INPUT);
+    ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
+    const char *msg = an_error_message(ctx);
+    ck_assert_msg(strstr(msg, "gemm_segments") != NULL && strstr(msg, needle) != NULL, "message '%s' lacks '%s'",
+                  msg, needle);
+    an_error_clear(ctx);
+}
+
+/* an_cuda_gemm_segments (Hopper only; SKIP elsewhere): D = sum of A_s op(B_s) over 1-6 segments of
+ * ragged K (a segment shorter than a k slice, K_s not a multiple of 64), B (N, K) and stored (K, N),
+ * against a float64 reference within the GEMM bound, the poisoned output fully written, a second
+ * launch the same bits; 0 or 7 segments and a K off the tensor maps are input errors. */
+START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
+    an_ctx *ctx = gpu_ctx(13, "cuda gemm_segments");
+    if (!ctx) return;
+    const struct {
+        int64_t m, n;
+        int segments;
+        int64_t k[6];
+    } cases[] = {{300, 392, 3, {1096, 24, 16}}, {520, 264, 6, {64, 200, 8, 8, 136, 56}}, {1, 8, 1, {8}},
+                 {257, 512, 2, {1536, 16}}};
+    const void *probe[] = {NULL};
+    if (!an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0)) {
+        printf("SKIP cuda gemm_segments: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n");
+        test_ctx_free(ctx);
+        return;
+    }
+    for (int d = 1; d < N_DTYPES; d++) /* bf16, f16 */
+        for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++)
+            for (int bt = 0; bt < 2; bt++) {
+                an_dtype dtype = float_dtypes[d];
+                int64_t m = cases[ci].m, n = cases[ci].n, ksum = 0;
+                int segs = cases[ci].segments;
+                pair a[6], b[6];
+                const void *ap[6], *bp[6];
+                double *want = calloc((size_t)(m * n), sizeof *want), *bound = calloc((size_t)(m * n), sizeof *bound);
+                for (int s = 0; s < segs; s++) {
+                    int64_t k = cases[ci].k[s];
+                    a[s] = random_pair(ctx, dtype, m * k, 0, -1, 1);
+                    b[s] = random_pair(ctx, dtype, n * k, 0, -1, 1);
+                    ap[s] = an_tensor_data(a[s].dev), bp[s] = an_tensor_data(b[s].dev);
+                    double *av = test_values(a[s].host), *bv = test_values(b[s].host);
+                    for (int64_t i = 0; i < m; i++)
+                        for (int64_t j = 0; j < n; j++) {
+                            double acc = 0;
+                            for (int64_t t = 0; t < k; t++) acc += av[i * k + t] * (bt ? bv[t * n + j] : bv[j * k + t]);
+                            want[i * n + j] += acc;
+                        }
+                    free(av), free(bv);
+                    ksum += k;
+                }
+                double rtol = rtol_of(dtype);
+                for (int64_t i = 0; i < m * n; i++) bound[i] = 2 * rtol * (fabs(want[i]) + sqrt((double)ksum));
+                an_tensor *c = poisoned(ctx, dtype, m * n, 0);
+                test_ok(ctx, an_cuda_gemm_segments(ctx, dtype, m, n, segs, ap, cases[ci].k, bp, bt, an_tensor_data(c)),
+                        "gemm_segments");
+                double *got = test_download(ctx, c);
+                expect_close(got, want, bound, m * n, "gemm_segments %s m %lld n %lld segments %d%s",
+                             an_dtype_name(dtype), (long long)m, (long long)n, segs, bt ? " B (K, N)" : "");
+                test_ok(ctx, an_cuda_gemm_segments(ctx, dtype, m, n, segs, ap, cases[ci].k, bp, bt, an_tensor_data(c)),
+                        "gemm_segments again");
+                double *again = test_download(ctx, c);
+                ck_assert_msg(memcmp(got, again, (size_t)(m * n) * sizeof *got) == 0,
+                              "gemm_segments %s case %zu: a second launch gave other bits", an_dtype_name(dtype), ci);
+                free(got), free(again), free(want), free(bound);
+                an_tensor_release(c);
+                for (int s = 0; s < segs; s++) pair_release(a[s]), pair_release(b[s]);
+            }
+    /* input errors name the launcher and change nothing */
+    pair a = random_pair(ctx, AN_BF16, 64 * 64, 0, -1, 1);
+    an_tensor *c = poisoned(ctx, AN_BF16, 64 * 64, 0);
+    const void *ap[7], *bp[7];
+    int64_t ks[7];
+    for (int s = 0; s < 7; s++) ap[s] = bp[s] = an_tensor_data(a.dev), ks[s] = 64;
+    double *before = test_download(ctx, c);
+    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 0, ap, ks, bp, false, an_tensor_data(c)),
+                          "0 segments");
+    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 7, ap, ks, bp, false, an_tensor_data(c)),
+                          "7 segments");
+    ks[1] = 12; /* not a multiple of 8: off the tensor maps */
+    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 2, ap, ks, bp, true, an_tensor_data(c)),
+                          "segment 1");
+    double *after = test_download(ctx, c);
+    ck_assert_msg(memcmp(before, after, 64 * 64 * sizeof *before) == 0, "gemm_segments: a refused call wrote D");
+    free(before), free(after);
+    an_tensor_release(c);
+    pair_release(a);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* The decode shapes an_cuda_gemm sends to an_cuda_gemv (x W^T with at most AN_CUDA_GEMV_MAX_ROWS
  * rows): every row count, K a multiple of the 16-byte vector and not, aligned and one element off,
  * a weight over AN_CUDA_GEMV_MAX_WEIGHT_BYTES;
@@ -828,6 +922,7 @@ int main(void) {
     test_add_case(s, "gemm_bias_grad", test_cuda_gemm_bias_grad_matches_the_reference);
     test_add_case(s, "gemm_scaled", test_cuda_gemm_scaled_matches_the_reference);
     test_add_case(s, "gemv", test_cuda_gemv_rows_match_the_reference);
+    test_add_case(s, "gemm_segments", test_cuda_gemm_segments_sums_every_pair_once);
     test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
     return test_run(s);
 }

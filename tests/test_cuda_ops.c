@@ -1,7 +1,8 @@
 /* test_cuda_ops.c — the CUDA paths of embedding, rmsnorm, rope, softmax, cross_entropy,
  * log_softmax_gather, linear_cross_entropy and swiglu_mlp, forward and backward, against the CPU path on the
  * same fresh random inputs, at awkward shapes (one row, odd D, V not a multiple of anything,
- * chunk_rows not dividing N, ignored targets, packed and long positions), in f32, bf16 and f16.
+ * chunk_rows not dividing N, ignored targets, packed and long positions), in f32, bf16 and f16;
+ * and qkv_linear (q, k and v as one node) against the separate ops it replaced, on the GPU.
  *
  * Each op runs through autograd on each device: out = op(inputs), then loss = sum(out * R) for a
  * random R (or 1.7 * out for a scalar loss), backward, and every output and gradient is compared
@@ -1175,6 +1176,193 @@ START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
 }
 END_TEST
 
+/* ---- qkv_linear: q, k and v as one node, x's gradient as one sum ---- */
+
+/* rows, in, q and kv widths, adapter rank; adapters on q and v (lora 1) or all three (2) or none
+ * (0: a full fine-tune, weights and biases trained); biases; dropout masks on the adapters. */
+typedef struct {
+    int64_t rows, in, q, kv, r;
+    int lora;
+    bool bias, mask;
+} qkv_case;
+
+/* An H100 sums x's gradient in one an_cuda_gemm_segments launch where in, the widths and the rank
+ * are multiples of 8 in bf16 and f16: one row; ragged tiles (the bench's dX q,k,v + LoRA widths
+ * at other sizes); the 1.5B model's widths with biases; six operand pairs; dropout terms added
+ * after the sum; a full fine-tune. {5, 12, 20, 6, 4}, rank 4 and f32 take the separate GEMMs. */
+static const qkv_case qkv_cases[] = {
+    {1, 8, 8, 8, 8, 1, false, false},       {300, 1096, 392, 72, 16, 1, false, false},
+    {257, 1536, 1536, 256, 16, 1, true, false}, {130, 64, 64, 16, 8, 2, true, false},
+    {129, 64, 64, 16, 8, 2, false, true},   {96, 256, 128, 64, 0, 0, true, false},
+    {5, 12, 20, 6, 4, 1, true, true},       {200, 64, 64, 32, 4, 1, false, false},
+};
+
+/* the node's operands: x, W_q, W_k, W_v, bias_q, bias_k, bias_v, then A and B of q, k and v */
+enum { QKV_X = 0, QKV_W = 1, QKV_BIAS = 4, QKV_A = 7, QKV_N = 13 };
+
+static bool qkv_has_lora(const qkv_case *c, int p) { return c->lora == 2 || (c->lora == 1 && p != 1); }
+static double qkv_scale(int p) { return 2.0 - 0.25 * p; }
+
+/* The node (fused) or the separate ops the model ran before (an_dropout's multiply, an_lora_linear,
+ * an_linear; q, k, v), forward and backward of sum over p of out_p * up[p] on the GPU inputs: the
+ * outputs and the inputs' gradients (NULL where none) into out and grads (the caller releases). */
+static void qkv_side(an_ctx *ctx, bool fused, const qkv_case *c, an_tensor *const *in, an_tensor *const *mask,
+                     an_tensor *const *up, an_tensor *out[3], an_tensor *grads[QKV_N]) {
+    an_tensor *o[3] = {0};
+    if (fused) {
+        an_qkv_proj proj[3];
+        for (int p = 0; p < 3; p++) {
+            bool l = qkv_has_lora(c, p);
+            proj[p] = (an_qkv_proj){in[QKV_W + p], c->bias ? in[QKV_BIAS + p] : NULL, l ? in[QKV_A + 2 * p] : NULL,
+                                    l ? in[QKV_A + 2 * p + 1] : NULL, l ? mask[p] : NULL, qkv_scale(p)};
+        }
+        test_ok(ctx, an_qkv_linear(ctx, in[QKV_X], proj, o), "qkv_linear");
+    } else {
+        for (int p = 0; p < 3; p++) {
+            an_tensor *x = in[QKV_X], *b = c->bias ? in[QKV_BIAS + p] : NULL;
+            if (qkv_has_lora(c, p)) {
+                an_tensor *xl = mask[p] ? an_mul(ctx, x, mask[p]) : an_tensor_retain(x);
+                o[p] = an_lora_linear(ctx, x, xl, in[QKV_W + p], b, in[QKV_A + 2 * p], in[QKV_A + 2 * p + 1],
+                                      qkv_scale(p));
+                an_tensor_release(xl);
+            } else {
+                o[p] = an_linear(ctx, x, in[QKV_W + p], b);
+            }
+            ck_assert_msg(o[p] != NULL, "separate ops: %s", an_error_message(ctx));
+        }
+    }
+    an_tensor *loss = NULL;
+    for (int p = 0; p < 3; p++) {
+        an_tensor *m = an_mul(ctx, o[p], up[p]), *sum = an_sum(ctx, m);
+        an_tensor *next = loss ? an_add(ctx, loss, sum) : an_tensor_retain(sum);
+        an_tensor_release(m), an_tensor_release(sum), an_tensor_release(loss);
+        loss = next;
+        out[p] = o[p];
+    }
+    test_ok(ctx, an_backward(ctx, loss), fused ? "qkv_linear backward" : "separate ops' backward");
+    an_tensor_release(loss);
+    for (int i = 0; i < QKV_N; i++) {
+        grads[i] = in[i]->grad;
+        in[i]->grad = NULL;
+    }
+}
+
+/* Both NULL, or the same bits. */
+static void expect_same_or_none(an_ctx *ctx, const an_tensor *got, const an_tensor *want, const char *what) {
+    if (!got || !want) {
+        if (got != want) soft_fail("%s: one side has no gradient", what);
+        return;
+    }
+    expect_same_bits(ctx, got, want, what);
+}
+
+/* The node against the separate ops on the same GPU inputs: q, k, v and every gradient but x's
+ * the same bits (the same GEMMs); x's the same bits where the separate GEMMs form it (f32, shapes
+ * off the tensor maps, another device), else within the bound of 2 rtol (bf16: 4% of the element
+ * plus 2% of the rms; the separate GEMMs round after each product) and bit for bit one
+ * an_cuda_gemm_segments launch over (dq, W_q), (d_down_q, A_q), (dk, W_k), ... in that order
+ * where no dropout mask joins in; a repeat gives the same bits everywhere. */
+START_TEST(test_cuda_qkv_linear_matches_the_separate_ops_and_repeats_its_bits) {
+    an_ctx *ctx = gpu_ctx(14, "cuda qkv_linear");
+    if (!ctx) return;
+    static const char *const names[QKV_N] = {"dx",  "dW_q", "dW_k", "dW_v", "dbias_q", "dbias_k", "dbias_v",
+                                             "dA_q", "dB_q", "dA_k", "dB_k", "dA_v",    "dB_v"};
+    const void *probe[] = {NULL};
+    bool hopper = an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0);
+    char what[200], w2[260];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t ci = 0; ci < sizeof qkv_cases / sizeof *qkv_cases; ci++) {
+            const qkv_case *c = &qkv_cases[ci];
+            an_dtype dtype = float_dtypes[d];
+            int64_t width[3] = {c->q, c->kv, c->kv};
+            bool train_w = c->lora == 0;
+            an_tensor *in[QKV_N] = {0}, *mask[3] = {0}, *up[3];
+            an_tensor *h = test_uniform(ctx, dtype, 2, (int64_t[]){c->rows, c->in}, -1, 1, false);
+            in[QKV_X] = to_gpu(ctx, h);
+            an_tensor_release(h);
+            an_tensor_set_requires_grad(in[QKV_X], true);
+            for (int p = 0; p < 3; p++) {
+                an_tensor *hw = test_uniform(ctx, dtype, 2, (int64_t[]){width[p], c->in}, -0.5, 0.5, false);
+                an_tensor *hb = test_uniform(ctx, dtype, 1, (int64_t[]){width[p]}, -1, 1, false);
+                an_tensor *hu = test_uniform(ctx, dtype, 2, (int64_t[]){c->rows, width[p]}, -1, 1, false);
+                in[QKV_W + p] = to_gpu(ctx, hw), in[QKV_BIAS + p] = to_gpu(ctx, hb), up[p] = to_gpu(ctx, hu);
+                an_tensor_set_requires_grad(in[QKV_W + p], train_w);
+                an_tensor_set_requires_grad(in[QKV_BIAS + p], train_w);
+                an_tensor_release(hw), an_tensor_release(hb), an_tensor_release(hu);
+                if (!qkv_has_lora(c, p)) continue;
+                an_tensor *ha = test_uniform(ctx, dtype, 2, (int64_t[]){c->r, c->in}, -0.5, 0.5, false);
+                an_tensor *hB = test_uniform(ctx, dtype, 2, (int64_t[]){width[p], c->r}, -0.5, 0.5, false);
+                in[QKV_A + 2 * p] = to_gpu(ctx, ha), in[QKV_A + 2 * p + 1] = to_gpu(ctx, hB);
+                an_tensor_set_requires_grad(in[QKV_A + 2 * p], true);
+                an_tensor_set_requires_grad(in[QKV_A + 2 * p + 1], true);
+                an_tensor_release(ha), an_tensor_release(hB);
+                if (c->mask) {
+                    mask[p] = an_dropout_mask(ctx, in[QKV_X], 0.25);
+                    ck_assert_msg(mask[p] != NULL, "mask: %s", an_error_message(ctx));
+                }
+            }
+            fmt(what, sizeof what, "qkv_linear %s rows %lld in %lld q %lld kv %lld r %lld lora %d bias %d mask %d",
+                an_dtype_name(dtype), (long long)c->rows, (long long)c->in, (long long)c->q, (long long)c->kv,
+                (long long)c->r, c->lora, c->bias, c->mask);
+            bool fits = dtype != AN_F32 && c->in % 8 == 0 && c->q % 8 == 0 && c->kv % 8 == 0 && c->r % 8 == 0;
+            if (fits && !hopper)
+                printf("SKIP %s: one sum: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n", what);
+            bool one_sum = fits && hopper;
+
+            an_tensor *out[3][3], *grads[3][QKV_N]; /* the node, the separate ops, the node again */
+            qkv_side(ctx, true, c, in, mask, up, out[0], grads[0]);
+            qkv_side(ctx, false, c, in, mask, up, out[1], grads[1]);
+            qkv_side(ctx, true, c, in, mask, up, out[2], grads[2]);
+            for (int p = 0; p < 3; p++) {
+                fmt(w2, sizeof w2, "%s: %s against the separate ops", what, p ? p == 1 ? "k" : "v" : "q");
+                expect_same_bits(ctx, out[0][p], out[1][p], w2);
+                expect_same_bits(ctx, out[2][p], out[0][p], fmt(w2, sizeof w2, "%s: output %d on a repeat", what, p));
+            }
+            for (int i = 0; i < QKV_N; i++) {
+                fmt(w2, sizeof w2, "%s: %s against the separate ops", what, names[i]);
+                if (i == QKV_X && one_sum) {
+                    an_tensor *want = to_host(ctx, grads[1][i]);
+                    expect_like_cpu(ctx, grads[0][i], want, 2 * rtol_of(dtype), 0.0, w2);
+                    an_tensor_release(want);
+                } else {
+                    expect_same_or_none(ctx, grads[0][i], grads[1][i], w2);
+                }
+                expect_same_or_none(ctx, grads[2][i], grads[0][i], fmt(w2, sizeof w2, "%s: %s on a repeat", what, names[i]));
+            }
+            if (one_sum && !c->mask) { /* x's gradient is the one launch over every pair */
+                const void *a[6], *b[6];
+                int64_t k[6];
+                an_tensor *d_down[3] = {0};
+                int n = 0;
+                for (int p = 0; p < 3; p++) {
+                    a[n] = an_tensor_data(up[p]), b[n] = an_tensor_data(in[QKV_W + p]), k[n++] = width[p];
+                    if (!qkv_has_lora(c, p)) continue;
+                    an_gemm_shape s = {1, c->rows, c->r, width[p], false, false, false, false}; /* scale dY B */
+                    d_down[p] = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){c->rows, c->r});
+                    test_ok(ctx, an_cuda_gemm_scaled(ctx, &s, dtype, qkv_scale(p), an_tensor_data(up[p]),
+                                                     an_tensor_data(in[QKV_A + 2 * p + 1]), an_tensor_data(d_down[p])),
+                            "d_down");
+                    a[n] = an_tensor_data(d_down[p]), b[n] = an_tensor_data(in[QKV_A + 2 * p]), k[n++] = c->r;
+                }
+                an_tensor *gx = test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){c->rows, c->in});
+                test_ok(ctx, an_cuda_gemm_segments(ctx, dtype, c->rows, c->in, n, a, k, b, true, an_tensor_data(gx)),
+                        "an_cuda_gemm_segments");
+                expect_same_bits(ctx, grads[0][QKV_X], gx, fmt(w2, sizeof w2, "%s: dx against one gemm_segments", what));
+                an_tensor_release(gx);
+                for (int p = 0; p < 3; p++) an_tensor_release(d_down[p]);
+            }
+            for (int side = 0; side < 3; side++) {
+                for (int p = 0; p < 3; p++) an_tensor_release(out[side][p]);
+                for (int i = 0; i < QKV_N; i++) an_tensor_release(grads[side][i]);
+            }
+            for (int i = 0; i < QKV_N; i++) an_tensor_release(in[i]);
+            for (int p = 0; p < 3; p++) an_tensor_release(mask[p]), an_tensor_release(up[p]);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* One test case per area, so CK_RUN_CASE=rope (say) runs one of them. */
 int main(void) {
     Suite *s = suite_create("cuda_ops");
@@ -1192,5 +1380,6 @@ int main(void) {
     test_add_case(s, "log_softmax_gather", test_cuda_log_softmax_gather_matches_cpu);
     test_add_case(s, "linear_cross_entropy", test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks);
     test_add_case(s, "swiglu_mlp", test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels);
+    test_add_case(s, "qkv_linear", test_cuda_qkv_linear_matches_the_separate_ops_and_repeats_its_bits);
     return test_run(s);
 }

@@ -44,6 +44,9 @@ an_status an_op_gemm_scaled(an_ctx *ctx, const an_gemm_shape *shape, double alph
                             const an_tensor *b, an_tensor *c);
 an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb);
 
+/* out = a op b (b broadcast as an_add has it) on a's device, recording nothing: an_add / an_sub /
+ * an_mul's values (ops/elementwise.c); a mul is also the mul's gradient dout * b. */
+an_status an_op_binary_into(an_ctx *ctx, an_binary_kind kind, an_tensor *a, an_tensor *b, an_tensor *out);
 /* Records out = a op b as an add / sub / mul node whose output was computed elsewhere (a fused
  * kernel, ops/rmsnorm.c's add_rmsnorm): the node an_add / an_sub / an_mul would record. */
 an_node *an_op_record_binary(an_ctx *ctx, an_binary_kind kind, an_tensor *a, an_tensor *b, an_tensor *out);
@@ -59,5 +62,31 @@ an_status an_op_swiglu_grad(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tens
 /* A linear node's weight gradient (ops/matmul.c): node input `index` (w, (out, in)) gets dY^T x
  * (x (rows, in) materialised first), added into its gradient so far in place when it has one. */
 an_status an_op_linear_weight_grad(an_ctx *ctx, an_node *node, int index, an_tensor *grad_out, an_tensor *x);
+/* A linear's parameter gradients as an_linear's backward forms them (ops/matmul.c), for the node
+ * inputs at w_index (w (out, in)) and bias_index (bias (out) or NULL): dW = dY^T x (x materialised
+ * first) and the bias's dY column sums (on CUDA from the dW GEMM's epilogue when both are wanted),
+ * each only where that input needs a gradient, added into its gradient so far. */
+an_status an_op_linear_param_grads(an_ctx *ctx, an_node *node, int w_index, int bias_index, an_tensor *grad_out,
+                                   an_tensor *x);
+
+/* The LoRA linear's pieces (ops/lora_linear.c). out (rows, out) = x W^T + bias + down B^T with
+ * down (rows, r) = scale x_lora A^T rounded to the dtype: an_lora_linear's three GEMMs. */
+an_status an_op_lora_linear_into(an_ctx *ctx, const an_tensor *x, const an_tensor *x_lora, const an_tensor *w,
+                                 const an_tensor *bias, const an_tensor *a, const an_tensor *b, double scale,
+                                 an_tensor *out, an_tensor *down);
+/* Where a node holds a LoRA linear's operands: input slots of x, x_lora (-1: not an input of the
+ * node, its gradient is the caller's), w, bias (may hold NULL), A and B. */
+typedef struct {
+    int x, x_lora, w, bias, a, b;
+} an_lora_slots;
+/* Every gradient of that LoRA linear but x's, as an_lora_linear's backward forms them at dY =
+ * grad_out with the forward's down and x_lora (x itself, or the adapter's input): dB, dA, x_lora's
+ * own (when it is another input of the node), dW and the bias's, each only where that input needs
+ * one, added into its gradient so far. With want_d_down also d_down = scale dY B (rows, r), the
+ * gradient of x_lora A^T, in *d_down (the caller releases it): x's gradient (or x_lora's, when the
+ * caller forms it) takes d_down A. */
+an_status an_op_lora_param_grads(an_ctx *ctx, an_node *node, const an_lora_slots *at, an_tensor *x_lora,
+                                 an_tensor *grad_out, an_tensor *down, double scale, bool want_d_down,
+                                 an_tensor **d_down);
 
 #endif

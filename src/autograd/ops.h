@@ -24,6 +24,9 @@ an_tensor *an_swiglu(an_ctx *ctx, an_tensor *gate, an_tensor *up);     /* silu(g
 /* x * mask / (1 - p) with mask ~ Bernoulli(1 - p) drawn from ctx's RNG (a composite of an_mul
  * with a constant mask, so gradient checkpointing replays it by restoring the RNG). 0 <= p < 1. */
 an_tensor *an_dropout(an_ctx *ctx, an_tensor *x, double p);
+/* The mask an_dropout multiplies by: a new tensor of x's dtype, shape and device, each element 0
+ * (probability p) or 1 / (1 - p), drawn from ctx's RNG as an_dropout draws it; not recorded. */
+an_tensor *an_dropout_mask(an_ctx *ctx, an_tensor *x, double p);
 
 /* Reductions over every element, to a scalar. */
 an_tensor *an_sum(an_ctx *ctx, an_tensor *x);
@@ -52,6 +55,24 @@ an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor
  * x_lora is x, or x after the adapter's dropout (same shape); A (r, in), B (out, r); bias may be NULL. */
 an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,
                           an_tensor *b, double scale);
+
+/* One projection of an_qkv_linear: x W^T + bias, plus scale ((x * dropout_mask) A^T) B^T when
+ * lora_a is given. */
+typedef struct {
+    an_tensor *weight; /* (out, in) */
+    an_tensor *bias;   /* (out) or NULL */
+    an_tensor *lora_a; /* (r, in), or NULL: no adapter */
+    an_tensor *lora_b; /* (out, r) */
+    an_tensor *dropout_mask; /* the adapter's dropout, x's shape (an_dropout_mask), or NULL: none */
+    double scale;            /* the adapter's */
+} an_qkv_proj;
+/* The q, k and v projections of one input x (..., in) as one op (ops/qkv_linear.c): out[p]
+ * (..., out_p) = what an_linear, or an_lora_linear with x_lora = an_mul(x, dropout_mask) (x itself
+ * without a mask), returns for proj[p], the same bits; one backward forms x's gradient from all
+ * three (on an H100 one GEMM launch over their products). Unlike the other ops it returns a
+ * status: AN_OK with three new tensors in out, or an error with out all NULL (a NULL x or weight:
+ * the error an earlier op recorded). */
+an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *out[3]);
 
 /* ids (...) i32/i64 rows of table (V, D) -> (..., D). An id outside [0, V) is an error. */
 an_tensor *an_embedding(an_ctx *ctx, an_tensor *ids, an_tensor *table);

@@ -9,7 +9,7 @@
 
 #include "autograd/tensor.h"
 
-#define AN_NODE_MAX_INPUTS 6
+#define AN_NODE_MAX_INPUTS 16 /* qkv_linear: x and five per projection */
 #define AN_NODE_MAX_SAVED 6
 
 /* One row of the op table: what backward needs to know about an op. */

@@ -177,6 +177,26 @@ static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an
     return out;
 }
 
+/* q, k and v of the attention block's normed input xn into out[0..2] as one op (ops/qkv_linear.c:
+ * its backward forms xn's gradient from all three projections in one sum), each what project()
+ * gives: the adapters' dropout masks drawn in q, k, v order, as project() draws them. On error
+ * out stays NULL. */
+static void project_qkv(an_ctx *ctx, const an_model *m, const an_layer *l, an_tensor *xn, an_tensor *out[3]) {
+    const an_projection *p[3] = {&l->q_proj, &l->k_proj, &l->v_proj};
+    an_qkv_proj proj[3];
+    bool ok = xn != NULL;
+    for (int i = 0; i < 3; i++) {
+        proj[i] = (an_qkv_proj){p[i]->weight, p[i]->bias, NULL, NULL, NULL, 0.0};
+        if (!ok || !has_adapter(m, p[i])) continue;
+        proj[i].lora_a = p[i]->lora_a, proj[i].lora_b = p[i]->lora_b, proj[i].scale = m->lora_scale;
+        if (m->training && m->lora.dropout > 0)
+            ok = (proj[i].dropout_mask = an_dropout_mask(ctx, xn, m->lora.dropout)) != NULL;
+    }
+    out[0] = out[1] = out[2] = NULL;
+    if (ok) an_qkv_linear(ctx, xn, proj, out);
+    for (int i = 0; i < 3; i++) an_tensor_release(proj[i].dropout_mask);
+}
+
 /* residual + x W^T + b: in the projection's GEMM (one rounding) when it has no enabled adapter;
  * an adapter's projection adds after (its small branch must not meet the residual first:
  * ops/lora_linear.c). With `norm`, also rmsnorm of the sum in *normed (the add and the norm in one
@@ -414,10 +434,11 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
     const an_model_config *c = &m->config;
     int64_t b = x->shape[0], t = x->shape[1], hq = c->num_heads, hkv = c->num_kv_heads, d = c->head_dim;
 
-    an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps);
-    an_tensor *q = split_heads(ctx, project(ctx, m, xn, &l->q_proj), hq, d);
-    an_tensor *k = split_heads(ctx, project(ctx, m, xn, &l->k_proj), hkv, d);
-    an_tensor *v = split_heads(ctx, project(ctx, m, xn, &l->v_proj), hkv, d);
+    an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps), *qkv[3];
+    project_qkv(ctx, m, l, xn, qkv);
+    an_tensor *q = split_heads(ctx, qkv[0], hq, d);
+    an_tensor *k = split_heads(ctx, qkv[1], hkv, d);
+    an_tensor *v = split_heads(ctx, qkv[2], hkv, d);
     xn = step(xn, NULL);
     /* positions checked once per forward (an_model_hidden) or formed from the cache's lengths */
     q = step(q, an_rope_trusted(ctx, q, positions, &c->rope));

@@ -4,7 +4,7 @@
 
 #include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_check_float_peers */
 
-an_tensor *an_dropout(an_ctx *ctx, an_tensor *x, double p) {
+an_tensor *an_dropout_mask(an_ctx *ctx, an_tensor *x, double p) {
     AN_OP_INPUTS(x);
     if (an_op_check_float_peers(ctx, "dropout", &x, 1)) return NULL;
     AN_CHECK_NULL(ctx, p >= 0 && p < 1, AN_ERR_INPUT, "dropout: probability %g must be in [0, 1)", p);
@@ -18,7 +18,12 @@ an_tensor *an_dropout(an_ctx *ctx, an_tensor *x, double p) {
         an_tensor_release(mask);
         mask = device_mask;
     }
-    an_tensor *out = an_mul(ctx, x, mask);
+    return mask;
+}
+
+an_tensor *an_dropout(an_ctx *ctx, an_tensor *x, double p) {
+    an_tensor *mask = an_dropout_mask(ctx, x, p);
+    an_tensor *out = mask ? an_mul(ctx, x, mask) : NULL;
     an_tensor_release(mask);
     return out;
 }

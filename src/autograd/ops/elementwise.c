@@ -22,25 +22,26 @@ static an_tensor *binary(an_ctx *ctx, an_binary_kind kind, const an_op *op, an_t
         return NULL;
     an_tensor *out = an_op_new_like(ctx, a, a->ndim, a->shape);
     if (!out) return NULL;
-    int64_t n = an_tensor_numel(a), nb = an_tensor_numel(b);
-    an_status st;
-    if (a->device == AN_CPU) {
-        an_f64 in[2], res;
-        st = an_f64_read_all(ctx, (an_tensor *[]){a, b}, 2, in);
-        if (st == AN_OK && (st = an_f64_write(ctx, out, &res)) == AN_OK) {
-            an_cpu_binary(kind, in[0].data, n, in[1].data, nb, res.data);
-            an_f64_commit(out, &res);
-        }
-        an_f64_free_all(in, 2);
-    } else {
-        st = an_cuda_binary(ctx, kind, a->dtype, an_tensor_data(a), n, an_tensor_data(b), nb, an_tensor_data(out));
-    }
-    if (st != AN_OK) {
+    if (an_op_binary_into(ctx, kind, a, b, out) != AN_OK) {
         an_tensor_release(out);
         return NULL;
     }
     an_op_record_binary(ctx, kind, a, b, out);
     return out;
+}
+
+an_status an_op_binary_into(an_ctx *ctx, an_binary_kind kind, an_tensor *a, an_tensor *b, an_tensor *out) {
+    int64_t n = an_tensor_numel(a), nb = an_tensor_numel(b);
+    if (a->device != AN_CPU)
+        return an_cuda_binary(ctx, kind, a->dtype, an_tensor_data(a), n, an_tensor_data(b), nb, an_tensor_data(out));
+    an_f64 in[2], res;
+    an_status st = an_f64_read_all(ctx, (an_tensor *[]){a, b}, 2, in);
+    if (st == AN_OK && (st = an_f64_write(ctx, out, &res)) == AN_OK) {
+        an_cpu_binary(kind, in[0].data, n, in[1].data, nb, res.data);
+        an_f64_commit(out, &res);
+    }
+    an_f64_free_all(in, 2);
+    return st;
 }
 
 an_node *an_op_record_binary(an_ctx *ctx, an_binary_kind kind, an_tensor *a, an_tensor *b, an_tensor *out) {

@@ -39,6 +39,18 @@ static an_status check_shapes(an_ctx *ctx, const an_tensor *x, const an_tensor *
     return AN_OK;
 }
 
+an_status an_op_lora_linear_into(an_ctx *ctx, const an_tensor *x, const an_tensor *x_lora, const an_tensor *w,
+                                 const an_tensor *bias, const an_tensor *a, const an_tensor *b, double scale,
+                                 an_tensor *out, an_tensor *down) {
+    int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    an_gemm_shape to_down = {1, rows, r, in, false, true, false, false};          /* down = scale x_lora A^T */
+    an_gemm_shape branch = {1, rows, out_features, r, false, true, false, false}; /* y = down B^T */
+    an_gemm_shape base = {1, rows, out_features, in, false, true, false, true};   /* y += x W^T + bias */
+    AN_TRY(an_op_gemm_scaled(ctx, &to_down, scale, x_lora, a, down));
+    AN_TRY(an_op_gemm(ctx, &branch, down, b, out));
+    return an_op_gemm_bias(ctx, &base, x, w, bias, out);
+}
+
 an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,
                           an_tensor *b, double scale) {
     AN_OP_INPUTS(x, x_lora, w, a, b);
@@ -52,12 +64,7 @@ an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tenso
     an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
     an_tensor *down = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r}); /* (N, r), scaled */
     an_status st = out && down ? AN_OK : an_error_status(ctx);
-    an_gemm_shape to_down = {1, rows, r, in, false, true, false, false};          /* down = scale x_lora A^T */
-    an_gemm_shape branch = {1, rows, out_features, r, false, true, false, false}; /* y = down B^T */
-    an_gemm_shape base = {1, rows, out_features, in, false, true, false, true};   /* y += x W^T + bias */
-    if (st == AN_OK) st = an_op_gemm_scaled(ctx, &to_down, scale, x_lora, a, down);
-    if (st == AN_OK) st = an_op_gemm(ctx, &branch, down, b, out);
-    if (st == AN_OK) st = an_op_gemm_bias(ctx, &base, x, w, bias, out);
+    if (st == AN_OK) st = an_op_lora_linear_into(ctx, x, x_lora, w, bias, a, b, scale, out, down);
     if (st != AN_OK) {
         an_tensor_release(out), an_tensor_release(down);
         return NULL;
@@ -92,18 +99,20 @@ static an_status grad_gemm(an_ctx *ctx, an_node *node, int i, an_gemm_shape s, c
     return an_node_accumulate(ctx, node, i, g);
 }
 
-an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
-    an_tensor *x = node->inputs[0], *x_lora = node->inputs[1], *w = node->inputs[2], *bias = node->inputs[3];
-    an_tensor *a = node->inputs[4], *b = node->inputs[5], *down = node->saved[0]; /* down: (N, r), scaled */
-    double scale = node->args[0];
+an_status an_op_lora_param_grads(an_ctx *ctx, an_node *node, const an_lora_slots *at, an_tensor *x_lora,
+                                 an_tensor *grad_out, an_tensor *down, double scale, bool want_d_down,
+                                 an_tensor **d_down_out) {
+    an_tensor *x = node->inputs[at->x], *w = node->inputs[at->w], *bias = node->inputs[at->bias];
+    an_tensor *a = node->inputs[at->a], *b = node->inputs[at->b];
     int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
-    bool shared = x == x_lora; /* one input: its gradient takes both products in one buffer */
-    if (an_node_needs_grad(node, 2)) AN_TRY(an_tensor_materialize(ctx, x));
-    if (an_node_needs_grad(node, 4)) AN_TRY(an_tensor_materialize(ctx, x_lora));
-    bool need_x = an_node_needs_grad(node, 0), need_xl = !shared && an_node_needs_grad(node, 1);
+    if (d_down_out) *d_down_out = NULL;
+    if (an_node_needs_grad(node, at->w)) AN_TRY(an_tensor_materialize(ctx, x));
+    if (an_node_needs_grad(node, at->a)) AN_TRY(an_tensor_materialize(ctx, x_lora));
+    /* x_lora's own gradient: where it is an input of its own (x's takes d_down A from the caller) */
+    bool need_xl = x_lora != x && at->x_lora >= 0 && an_node_needs_grad(node, at->x_lora);
 
     an_tensor *d_down = NULL; /* (N, r) = scale dY B: the gradient of x_lora A^T */
-    if ((need_x && shared) || need_xl || an_node_needs_grad(node, 4)) {
+    if (want_d_down || need_xl || an_node_needs_grad(node, at->a)) {
         an_gemm_shape s = {1, rows, r, out_features, false, false, false, false};
         d_down = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r});
         an_status st = d_down ? an_op_gemm_scaled(ctx, &s, scale, grad_out, b, d_down) : an_error_status(ctx);
@@ -113,11 +122,34 @@ an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_ou
         }
     }
     an_status st = AN_OK;
-    if (an_node_needs_grad(node, 5)) /* dB = dY^T down */
-        st = grad_gemm(ctx, node, 5, (an_gemm_shape){1, out_features, r, rows, true, false, false, false}, grad_out,
-                       down);
-    if (st == AN_OK && an_node_needs_grad(node, 4)) /* dA = d_down^T x_lora */
-        st = grad_gemm(ctx, node, 4, (an_gemm_shape){1, r, in, rows, true, false, false, false}, d_down, x_lora);
+    if (an_node_needs_grad(node, at->b)) /* dB = dY^T down */
+        st = grad_gemm(ctx, node, at->b, (an_gemm_shape){1, out_features, r, rows, true, false, false, false},
+                       grad_out, down);
+    if (st == AN_OK && an_node_needs_grad(node, at->a)) /* dA = d_down^T x_lora */
+        st = grad_gemm(ctx, node, at->a, (an_gemm_shape){1, r, in, rows, true, false, false, false}, d_down, x_lora);
+    if (st == AN_OK && need_xl) /* d x_lora = d_down A */
+        st = grad_gemm(ctx, node, at->x_lora, (an_gemm_shape){1, rows, in, r, false, false, false, false}, d_down, a);
+    if (st == AN_OK && an_node_needs_grad(node, at->w)) /* dW = dY^T X */
+        st = grad_gemm(ctx, node, at->w, (an_gemm_shape){1, out_features, in, rows, true, false, false, false},
+                       grad_out, x);
+    if (st == AN_OK && an_node_needs_grad(node, at->bias)) {
+        an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
+        st = gb ? an_op_bias_grad(ctx, grad_out, gb) : an_error_status(ctx);
+        if (st == AN_OK) st = an_node_accumulate(ctx, node, at->bias, gb);
+        else an_tensor_release(gb);
+    }
+    if (st == AN_OK && want_d_down) *d_down_out = d_down;
+    else an_tensor_release(d_down);
+    return st;
+}
+
+an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *x = node->inputs[0], *x_lora = node->inputs[1], *w = node->inputs[2], *a = node->inputs[4];
+    int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    bool shared = x == x_lora, need_x = an_node_needs_grad(node, 0);
+    an_tensor *d_down = NULL; /* scale dY B, for x's gradient when x_lora is x */
+    an_status st = an_op_lora_param_grads(ctx, node, &(an_lora_slots){0, 1, 2, 3, 4, 5}, x_lora, grad_out,
+                                          node->saved[0], node->args[0], need_x && shared, &d_down);
     if (st == AN_OK && need_x) { /* dX = dY W (+ d_down A when x_lora is x), added into x's gradient so far */
         an_tensor *sink = an_node_grad_sink(node, 0);
         an_tensor *gx = sink ? sink : an_op_new_like(ctx, x, x->ndim, x->shape);
@@ -130,17 +162,6 @@ an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_ou
         if (sink) {} /* borrowed: already x's gradient */
         else if (st == AN_OK) st = an_node_accumulate(ctx, node, 0, gx);
         else an_tensor_release(gx);
-    }
-    if (st == AN_OK && need_xl) /* d x_lora = d_down A */
-        st = grad_gemm(ctx, node, 1, (an_gemm_shape){1, rows, in, r, false, false, false, false}, d_down, a);
-    if (st == AN_OK && an_node_needs_grad(node, 2)) /* dW = dY^T X */
-        st = grad_gemm(ctx, node, 2, (an_gemm_shape){1, out_features, in, rows, true, false, false, false}, grad_out,
-                       x);
-    if (st == AN_OK && an_node_needs_grad(node, 3)) {
-        an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
-        st = gb ? an_op_bias_grad(ctx, grad_out, gb) : an_error_status(ctx);
-        if (st == AN_OK) st = an_node_accumulate(ctx, node, 3, gb);
-        else an_tensor_release(gb);
     }
     an_tensor_release(d_down);
     return st;

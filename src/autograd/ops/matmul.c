@@ -296,8 +296,34 @@ an_status an_op_linear_weight_grad(an_ctx *ctx, an_node *node, int index, an_ten
     return weight_grad(ctx, node, index, grad_out, x, NULL);
 }
 
+an_status an_op_linear_param_grads(an_ctx *ctx, an_node *node, int w_index, int bias_index, an_tensor *grad_out,
+                                   an_tensor *x) {
+    an_tensor *w = node->inputs[w_index], *bias = node->inputs[bias_index];
+    /* on CUDA the bias gradient (dY's column sums) comes out of the dW GEMM when both are wanted */
+    an_tensor *gb = NULL;
+    bool want_w = an_node_needs_grad(node, w_index), want_b = an_node_needs_grad(node, bias_index);
+    if (want_w && want_b && w->device == AN_CUDA && !(gb = an_op_new_like(ctx, bias, 1, bias->shape)))
+        return an_error_status(ctx);
+    if (want_w) {
+        an_status st = weight_grad(ctx, node, w_index, grad_out, x, gb);
+        if (st != AN_OK) {
+            an_tensor_release(gb);
+            return st;
+        }
+    }
+    if (!gb && want_b) {
+        if (!(gb = an_op_new_like(ctx, bias, 1, bias->shape))) return an_error_status(ctx);
+        an_status st = an_op_bias_grad(ctx, grad_out, gb);
+        if (st != AN_OK) {
+            an_tensor_release(gb);
+            return st;
+        }
+    }
+    return gb ? an_node_accumulate(ctx, node, bias_index, gb) : AN_OK;
+}
+
 an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
-    an_tensor *x = node->inputs[0], *w = node->inputs[1], *bias = node->inputs[2];
+    an_tensor *x = node->inputs[0], *w = node->inputs[1];
     int64_t in = w->shape[1], out_features = w->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
     an_tensor *sink = an_node_grad_sink(node, 0); /* x's gradient so far: the GEMM adds into it */
     if (sink) {
@@ -314,25 +340,6 @@ an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
         }
         AN_TRY(an_node_accumulate(ctx, node, 0, gx));
     }
-    /* on CUDA the bias gradient (dY's column sums) comes out of the dW GEMM when both are wanted */
-    an_tensor *gb = NULL;
-    bool gb_in_gemm = an_node_needs_grad(node, 1) && an_node_needs_grad(node, 2) && w->device == AN_CUDA;
-    if (gb_in_gemm && !(gb = an_op_new_like(ctx, bias, 1, bias->shape))) return an_error_status(ctx);
-    if (an_node_needs_grad(node, 1)) {
-        an_status st = weight_grad(ctx, node, 1, grad_out, x, gb);
-        if (st != AN_OK) {
-            an_tensor_release(gb);
-            return st;
-        }
-    }
-    if (!gb && an_node_needs_grad(node, 2)) {
-        if (!(gb = an_op_new_like(ctx, bias, 1, bias->shape))) return an_error_status(ctx);
-        an_status st = an_op_bias_grad(ctx, grad_out, gb);
-        if (st != AN_OK) {
-            an_tensor_release(gb);
-            return st;
-        }
-    }
-    if (gb) AN_TRY(an_node_accumulate(ctx, node, 2, gb));
+    AN_TRY(an_op_linear_param_grads(ctx, node, 1, 2, grad_out, x));
     return an_node_pass_grad(ctx, node, 3, grad_out); /* the residual's (none without one) */
 }
