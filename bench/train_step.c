@@ -14,6 +14,7 @@
  *                    [--update-in-backward (AdamW during backward, on the side stream: src/optim/in_backward.c)]
  *                    [--ab-update (steps alternate with and without it; both rates printed)]
  *                    [--side-equal-priority (the side stream at the stream's priority, not the lowest)]
+ *                    [--side-grain N (elements a block of the update in backward covers; 2048)]
  *
  * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
  * them, so with --adapter (the peer's initial adapter) both runs start from the same point and
@@ -50,6 +51,7 @@ int main(int argc, char **argv) {
     long seq = 1024, batch = 8, rank = 16, steps = 6;
     bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false;
     bool update_in_backward = false, ab_update = false, side_equal = false;
+    long side_grain = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -71,6 +73,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--update-in-backward")) update_in_backward = true;
         else if (!strcmp(argv[i], "--ab-update")) ab_update = true;
         else if (!strcmp(argv[i], "--side-equal-priority")) side_equal = true;
+        else if (!strcmp(argv[i], "--side-grain") && i + 1 < argc) side_grain = atol(argv[++i]);
         else {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
@@ -109,6 +112,10 @@ int main(int argc, char **argv) {
     an_adamw_config oc = an_adamw_config_default();
     oc.lr = lr;
     an_optim_create(ctx, &oc, &opt);
+    if (side_grain && an_optim_backward_grain(ctx, opt, side_grain) != AN_OK) {
+        fprintf(stderr, "%s\n", an_error_message(ctx));
+        return 2;
+    }
     if (rank > 0) an_optim_add_params(ctx, opt, m->adapter_params, m->n_adapter_params);
     else an_optim_add_params(ctx, opt, m->params, m->n_params);
     an_tensor *host = an_tensor_new(ctx, AN_I32, AN_CPU, 2, (int64_t[]){batch, seq});

@@ -167,13 +167,13 @@ __device__ __forceinline__ double adamw_chunk_param(const an_adamw_scalars &k, d
     return adamw_chunk<N, G, __half, SUM_SQ>(k, decay, seg, begin, end);
 }
 
-/* Chunk c (from 0, of CHUNK elements) of seg: the update, and with SUM_SQ this thread's part of
+/* Chunk c (from 0, of `chunk` elements, a multiple of 8) of seg: the update, and with SUM_SQ this thread's part of
  * the chunk's sum of squares. */
-template <int N, bool SUM_SQ, int64_t CHUNK>
+template <int N, bool SUM_SQ>
 __device__ __forceinline__ double adamw_segment_chunk(const an_adamw_scalars &k, const an_adamw_segment &seg,
-                                                      int64_t c) {
-    int64_t begin = c * CHUNK;
-    int64_t end = begin + CHUNK < seg.n ? begin + CHUNK : seg.n;
+                                                      int64_t c, int64_t chunk) {
+    int64_t begin = c * chunk;
+    int64_t end = begin + chunk < seg.n ? begin + chunk : seg.n;
     double decay = seg.no_decay ? 1.0 : k.decay;
     if (seg.grad_dtype == AN_F32) return adamw_chunk_param<N, float, SUM_SQ>(k, decay, seg, begin, end);
     if (seg.grad_dtype == AN_BF16) return adamw_chunk_param<N, __nv_bfloat16, SUM_SQ>(k, decay, seg, begin, end);
@@ -185,20 +185,20 @@ __global__ void __launch_bounds__(kMultiThreads) adamw_multi_kernel(an_adamw_sca
                                                                     int n) {
     __shared__ an_adamw_segment seg;
     find_segment(table, n, blockIdx.x, &seg);
-    adamw_segment_chunk<N, false, AN_ADAMW_CHUNK>(k, seg, (int64_t)blockIdx.x - seg.first_chunk);
+    adamw_segment_chunk<N, false>(k, seg, (int64_t)blockIdx.x - seg.first_chunk, AN_ADAMW_CHUNK);
 }
 
-/* One segment, passed by value (no table to upload while the backward runs); block b does side
- * chunk b (AN_ADAMW_SIDE_CHUNK elements) and, when partial is given, writes its sum of squares to
+/* One segment, passed by value (no table to upload while the backward runs); block b does chunk b
+ * of `chunk` elements and, when partial is given, writes its sum of squares to
  * partial[seg.first_chunk + b]. */
 template <int N>
 __global__ void __launch_bounds__(kMultiThreads) adamw_side_kernel(an_adamw_scalars k, an_adamw_segment seg,
-                                                                   double *partial) {
+                                                                   int64_t chunk, double *partial) {
     if (!partial) {
-        adamw_segment_chunk<N, false, AN_ADAMW_SIDE_CHUNK>(k, seg, blockIdx.x);
+        adamw_segment_chunk<N, false>(k, seg, blockIdx.x, chunk);
         return;
     }
-    double acc = block_sum(adamw_segment_chunk<N, true, AN_ADAMW_SIDE_CHUNK>(k, seg, blockIdx.x));
+    double acc = block_sum(adamw_segment_chunk<N, true>(k, seg, blockIdx.x, chunk));
     if (threadIdx.x == 0) partial[seg.first_chunk + blockIdx.x] = acc;
 }
 
@@ -270,15 +270,18 @@ an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_a
     return AN_OK;
 }
 
-an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *seg, double *partial) {
+an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *seg, int64_t chunk,
+                             double *partial) {
     AN_CUDA_STATE(ctx, s);
     AN_CHECK(ctx, !s->capturing, AN_ERR_INTERNAL, "adamw_side: not while a graph is captured");
-    int64_t chunks = (seg->n + AN_ADAMW_SIDE_CHUNK - 1) / AN_ADAMW_SIDE_CHUNK;
+    AN_CHECK(ctx, chunk >= 8 && chunk % 8 == 0, AN_ERR_INTERNAL, "adamw_side: chunks of %lld elements",
+             (long long)chunk);
+    int64_t chunks = (seg->n + chunk - 1) / chunk;
     AN_CHECK(ctx, seg->n > 0 && chunks <= INT32_MAX && seg->first_chunk >= 0, AN_ERR_INTERNAL,
              "adamw_side: %lld elements from chunk %lld", (long long)seg->n, (long long)seg->first_chunk);
     cudaStream_t side = nullptr;
     AN_CUDA_CHECK(ctx, an_cuda_side_enter(s, &side));
-    adamw_side_kernel<kUpdateGroup><<<(unsigned)chunks, kMultiThreads, 0, side>>>(*k, *seg, partial);
+    adamw_side_kernel<kUpdateGroup><<<(unsigned)chunks, kMultiThreads, 0, side>>>(*k, *seg, chunk, partial);
     AN_CUDA_LAUNCH_CHECK(ctx, "adamw_side_kernel");
     return AN_OK;
 }

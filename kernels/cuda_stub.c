@@ -250,8 +250,9 @@ an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_a
     (void)k, (void)table, (void)n, (void)n_chunks;
     return NO_CUDA(ctx);
 }
-an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *seg, double *partial) {
-    (void)k, (void)seg, (void)partial;
+an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *seg, int64_t chunk,
+                             double *partial) {
+    (void)k, (void)seg, (void)chunk, (void)partial;
     return NO_CUDA(ctx);
 }
 an_status an_cuda_sum_doubles(an_ctx *ctx, const double *partial, int64_t count, double *sum) {

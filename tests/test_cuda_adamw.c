@@ -378,11 +378,11 @@ START_TEST(test_cuda_update_in_backward_matches_the_step_after) {
     for (int equal = 0; equal < 2; equal++) {
         test_ok(ctx, an_cuda_set_side_equal_priority(ctx, equal), "side priority");
         for (int micro = 1; micro <= 2; micro++) {
-            test_update_in_backward_shape bf16 = {AN_CUDA, AN_BF16, 4, 1024, 256, 704, micro, 3};
+            test_update_in_backward_shape bf16 = {AN_CUDA, AN_BF16, 4, 1024, 256, 704, micro, 3, micro == 2 ? 1024 : 0};
             test_update_in_backward_matches_step(ctx, &bf16);
         }
     }
-    test_update_in_backward_shape f32 = {AN_CUDA, AN_F32, 2, 96, 40, 72, 1, 2}; /* f32: no masters; ragged sizes */
+    test_update_in_backward_shape f32 = {AN_CUDA, AN_F32, 2, 96, 40, 72, 1, 2, 64}; /* f32: no masters; ragged */
     test_update_in_backward_matches_step(ctx, &f32);
     test_ctx_free(ctx);
 }

@@ -1241,9 +1241,9 @@ static void qkv_side(an_ctx *ctx, bool fused, const qkv_case *c, an_tensor *cons
     }
     test_ok(ctx, an_backward(ctx, loss), fused ? "qkv_linear backward" : "separate ops' backward");
     an_tensor_release(loss);
-    for (int i = 0; i < QKV_N; i++) {
-        grads[i] = in[i]->grad;
-        in[i]->grad = NULL;
+    for (int i = 0; i < QKV_N; i++) { /* a projection without an adapter has no A or B */
+        grads[i] = in[i] ? in[i]->grad : NULL;
+        if (in[i]) in[i]->grad = NULL;
     }
 }
 

@@ -910,7 +910,7 @@ START_TEST(test_update_in_backward_is_bit_identical_to_the_step_after) {
     const an_dtype dtypes[2] = {AN_F32, AN_BF16};
     for (int d = 0; d < 2; d++)
         for (int micro = 1; micro <= 3; micro += 2) {
-            test_update_in_backward_shape shape = {AN_CPU, dtypes[d], 3, 6, 5, 7, micro, 3};
+            test_update_in_backward_shape shape = {AN_CPU, dtypes[d], 3, 6, 5, 7, micro, 3, 0};
             test_update_in_backward_matches_step(ctx, &shape);
         }
     test_ctx_free(ctx);

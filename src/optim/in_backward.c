@@ -35,7 +35,7 @@ static an_status update_entry(an_ctx *ctx, an_optim *opt, int i) {
         an_adamw_segment seg = optim_entry_segment(e);
         seg.first_chunk = opt->bwd_first_chunk[i];
         seg.no_decay = 0; /* k carries this entry's decay */
-        return an_cuda_adamw_side(ctx, &k, &seg, an_tensor_data(opt->bwd_partial));
+        return an_cuda_adamw_side(ctx, &k, &seg, opt->bwd_grain, an_tensor_data(opt->bwd_partial));
     }
     opt->bwd_host_sum_sq += optim_cpu_sum_sq(p->grad, e->start, e->end);
     size_t ps = an_dtype_size(p->dtype), gs = an_dtype_size(p->grad->dtype);
@@ -70,6 +70,7 @@ an_status an_optim_backward_begin(an_ctx *ctx, an_optim *opt) {
              opt->config.max_grad_norm);
     int n = opt->n_entries;
     int64_t chunks = 0;
+    if (opt->bwd_grain == 0) opt->bwd_grain = AN_ADAMW_SIDE_CHUNK;
     bool *done = realloc(opt->bwd_done, (size_t)(n ? n : 1) * sizeof *done);
     if (done) opt->bwd_done = done;
     int64_t *first = realloc(opt->bwd_first_chunk, (size_t)(n ? n : 1) * sizeof *first);
@@ -80,8 +81,7 @@ an_status an_optim_backward_begin(an_ctx *ctx, an_optim *opt) {
         AN_TRY(optim_check_entry(ctx, e));
         done[i] = false;
         first[i] = chunks;
-        if ((*e->slot)->device == AN_CUDA)
-            chunks += (e->end - e->start + AN_ADAMW_SIDE_CHUNK - 1) / AN_ADAMW_SIDE_CHUNK;
+        if ((*e->slot)->device == AN_CUDA) chunks += (e->end - e->start + opt->bwd_grain - 1) / opt->bwd_grain;
     }
     if (chunks > 0) {
         if (!opt->bwd_partial || opt->bwd_chunks != chunks) {
@@ -133,6 +133,14 @@ an_status an_optim_backward_end(an_ctx *ctx, an_optim *opt, an_optim_report *rep
              "optimizer: the gradient norm is %g at step %lld; the update in backward has already applied it, so "
              "the parameters hold non-finite values now (resume from the last checkpoint)",
              norm, (long long)opt->step);
+    return AN_OK;
+}
+
+an_status an_optim_backward_grain(an_ctx *ctx, an_optim *opt, int64_t elements) {
+    AN_CHECK(ctx, elements >= 8 && elements % 8 == 0 && !opt->in_backward, AN_ERR_INPUT,
+             "optimizer: update-in-backward blocks of %lld elements (a multiple of 8, set outside a step)",
+             (long long)elements);
+    opt->bwd_grain = elements;
     return AN_OK;
 }
 

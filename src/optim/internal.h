@@ -42,6 +42,7 @@ struct an_optim {
     int64_t *bwd_first_chunk;  /* (n_entries) a CUDA entry's first chunk in bwd_partial */
     an_tensor *bwd_partial;    /* (bwd_chunks + 1) doubles on CUDA (u8): each chunk's sum of squares, then their total */
     int64_t bwd_chunks;
+    int64_t bwd_grain;         /* elements a side block updates (0: AN_ADAMW_SIDE_CHUNK) */
     double bwd_host_sum_sq;    /* the CPU entries' sum of squares */
 };
 

@@ -93,6 +93,7 @@ void test_update_in_backward_matches_step(an_ctx *ctx, const test_update_in_back
     net after, during;
     net_make(ctx, &after, s, init);
     net_make(ctx, &during, s, init);
+    if (s->grain) test_ok(ctx, an_optim_backward_grain(ctx, during.opt, s->grain), "grain");
     for (int step = 0; step < s->steps; step++) {
         an_tensor *xs[8];
         ck_assert_int_le(s->micro_batches, 8);

@@ -14,6 +14,7 @@ typedef struct {
     int64_t rows, dim, ff; /* x (rows, dim); each layer's W1, W2 (ff, dim), W3 (dim, ff), b1 (ff) */
     int micro_batches;     /* > 1: the step's earlier micro-batches backward before begin */
     int steps;
+    int64_t grain;         /* an_optim_backward_grain, or 0 for the default */
 } test_update_in_backward_shape;
 
 /* Runs `steps` steps both ways and fails the test at the first differing bit (parameters, masters,
