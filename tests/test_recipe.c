@@ -420,6 +420,8 @@ START_TEST(test_settings_that_exclude_each_other) {
     expect_minimal_plus_error("schedule: {type: constant, min_lr_ratio: 0.1}\n",
                               "schedule.min_lr_ratio has no effect with schedule.type constant", NULL);
     expect_minimal_plus_error("training: {eval_steps: 20}\n", "training.eval_steps has no effect", NULL);
+    expect_minimal_plus_error("optimizer: {update_in_backward: true}\n",
+                              "optimizer.update_in_backward needs grad_clip: 0 (it is 1)", NULL);
     expect_minimal_plus_error("training: {max_steps: 10}\nschedule: {warmup_steps: 20}\n",
                               "schedule.warmup_steps = 20 is more than training.max_steps = 10", NULL);
     expect_minimal_plus_error("export: {quant: q8_0}\n", "recipe.yaml:3: export.format is required", NULL);

@@ -217,6 +217,27 @@ START_TEST(test_gradient_accumulation_equals_bigger_batch) {
 }
 END_TEST
 
+/* The update during backward (optimizer.update_in_backward) moves every parameter exactly as the
+ * step after backward does: the same losses bit for bit, with gradient accumulation. */
+START_TEST(test_update_in_backward_gives_the_same_losses) {
+    char a[64], b[64], err[1024];
+    an_train_summary s;
+    double after[6], during[6];
+    fresh_dir(a), fresh_dir(b);
+    ck_assert_msg(TRAIN(a, &s, err, "grad_clip=0", "checkpoint.every=0", "logging.samples=0",
+                        "training={micro_batch: 2, grad_accum: 2, max_steps: 6, eval_every: 0}") == AN_OK, "%s", err);
+    ck_assert_msg(TRAIN(b, &s, err, "grad_clip=0", "checkpoint.every=0", "logging.samples=0",
+                        "optimizer.update_in_backward=true",
+                        "training={micro_batch: 2, grad_accum: 2, max_steps: 6, eval_every: 0}") == AN_OK, "%s", err);
+    read_losses(a, after, 6), read_losses(b, during, 6);
+    for (int i = 0; i < 6; i++)
+        ck_assert_msg(memcmp(&after[i], &during[i], sizeof(double)) == 0, "step %d: loss %.17g stepping after backward, "
+                      "%.17g in it", i + 1, after[i], during[i]);
+    ck_assert_msg(after[5] != after[0], "the loss never moved");
+    remove_tree(a), remove_tree(b);
+}
+END_TEST
+
 START_TEST(test_bad_recipes_and_occupied_run_dirs_are_refused) {
     char dir[64], err[1024];
     fresh_dir(dir);
@@ -246,6 +267,7 @@ int main(void) {
     tcase_add_test(tc, test_full_fine_tune_learns);
     tcase_add_test(tc, test_resume_after_sigkill_is_bit_identical);
     tcase_add_test(tc, test_gradient_accumulation_equals_bigger_batch);
+    tcase_add_test(tc, test_update_in_backward_gives_the_same_losses);
     tcase_add_test(tc, test_bad_recipes_and_occupied_run_dirs_are_refused);
     suite_add_tcase(s, tc);
     return test_run(s);

@@ -121,6 +121,9 @@ typedef struct {
         double betas[2];
         double eps;
         double weight_decay;          /* decoupled (AdamW); never applied to norms, biases, embeddings */
+        bool update_in_backward;      /* each parameter updated once its gradient is final, during the
+                                         last micro-batch's backward (src/optim/in_backward.c); needs
+                                         grad_clip 0 */
     } optimizer;
 
     struct {

@@ -96,6 +96,11 @@ static an_status resolve_training(recipe_state *st, an_recipe *r) {
     if (r->schedule.type == AN_RECIPE_SCHEDULE_CONSTANT && r->schedule.min_lr_ratio > 0)
         AN_TRY(inapplicable(st, r, K_SCHEDULE_MIN_LR_RATIO, K_SCHEDULE_TYPE,
                             "has no effect with schedule.type constant (the rate never decays)"));
+    if (r->optimizer.update_in_backward && r->grad_clip > 0)
+        return RECIPE_FAIL(st, K_OPTIMIZER_UPDATE_IN_BACKWARD,
+                           "optimizer.update_in_backward needs grad_clip: 0 (it is %g): clipping needs the global "
+                           "gradient norm, known only after the last gradient, when the parameters have moved",
+                           r->grad_clip);
     if (r->training.eval_every == 0 && r->training.eval_steps > 0)
         AN_TRY(inapplicable(st, r, K_TRAINING_EVAL_STEPS, K_TRAINING_EVAL_EVERY,
                             "has no effect while training.eval_every is 0 (no evaluation)"));

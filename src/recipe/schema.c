@@ -96,6 +96,7 @@ const recipe_key recipe_keys[K_COUNT] = {
     [K_OPTIMIZER_EPS] = {KEY("optimizer.eps", KIND_NUMBER, optimizer.eps), NUMBER_AT_LEAST(0), .min_open = true},
     [K_OPTIMIZER_WEIGHT_DECAY] = {KEY("optimizer.weight_decay", KIND_NUMBER, optimizer.weight_decay),
                                   NUMBER_AT_LEAST(0)},
+    [K_OPTIMIZER_UPDATE_IN_BACKWARD] = {KEY("optimizer.update_in_backward", KIND_BOOL, optimizer.update_in_backward)},
 
     [K_SCHEDULE] = {SECTION("schedule")},
     [K_SCHEDULE_TYPE] = {KEY("schedule.type", KIND_ENUM, schedule.type), ENUM(schedules)},
@@ -140,7 +141,7 @@ const an_recipe recipe_defaults = {
              .seq_len = 2048, .packing = true, .shuffle = true},
     .training = {.micro_batch = 1, .grad_accum = 1, .epochs = 1, .max_steps = -1, .eval_every = 0, .eval_steps = 0},
     .optimizer = {.name = AN_RECIPE_OPTIMIZER_ADAMW, .lr = 2e-4, .betas = {0.9, 0.999}, .eps = 1e-8,
-                  .weight_decay = 0.0},
+                  .weight_decay = 0.0, .update_in_backward = false},
     .schedule = {.type = AN_RECIPE_SCHEDULE_COSINE, .warmup_steps = 0, .warmup_ratio = 0.0, .min_lr_ratio = 0.0},
     .checkpoint = {.every = 500, .keep_last = 3, .resume = AN_RECIPE_RESUME_AUTO},
     .logging = {.every = 10, .progress = AN_RECIPE_PROGRESS_AUTO, .samples = 2, .sample_tokens = 48},

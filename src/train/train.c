@@ -83,6 +83,7 @@ static an_status train_step(an_ctx *ctx, an_run *run, double *loss_out, int64_t 
                             an_optim_report *report) {
     const an_recipe *r = run->recipe;
     int64_t accum = r->training.grad_accum, counted = 0, tokens = 0;
+    bool in_backward = r->optimizer.update_in_backward;
     an_data_batch *batches = calloc((size_t)accum, sizeof *batches);
     AN_CHECK(ctx, batches != NULL, AN_ERR_INTERNAL, "out of host memory");
     an_status st = AN_OK;
@@ -102,14 +103,21 @@ static an_status train_step(an_ctx *ctx, an_run *run, double *loss_out, int64_t 
         an_cross_entropy_opts opts = AN_CROSS_ENTROPY_DEFAULTS;
         opts.normalizer = counted > 0 ? (double)counted : 1.0;
         an_tensor *loss = an_model_loss(ctx, run->model, b->ids, b->labels, b->positions, b->segments, &opts);
-        st = loss ? an_backward(ctx, loss) : an_error_status(ctx);
+        st = loss ? AN_OK : an_error_status(ctx);
+        if (st == AN_OK && in_backward && i == accum - 1) st = an_optim_backward_begin(ctx, run->optim);
+        if (st == AN_OK) st = an_backward(ctx, loss);
         if (st == AN_OK) loss_sum += scalar(ctx, loss);
         an_tensor_release(loss);
         an_tape_clear(ctx);
     }
     for (int64_t i = 0; i < fetched; i++) an_data_batch_release(&batches[i]);
     free(batches);
-    if (st == AN_OK) st = an_optim_step(ctx, run->optim, report);
+    if (in_backward) { /* the parameters moved during the last backward: finish, or close after a failure */
+        if (st == AN_OK) st = an_optim_backward_end(ctx, run->optim, report);
+        else an_optim_backward_cancel(ctx, run->optim);
+    } else if (st == AN_OK) {
+        st = an_optim_step(ctx, run->optim, report);
+    }
     an_optim_zero_grad(run->optim);
     *loss_out = loss_sum;
     *tokens_out = tokens;
