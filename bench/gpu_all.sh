@@ -77,6 +77,8 @@ if want train; then
   measure "anneal lora all +ckpt"    "$bin/train_step" "$model" --lora 16 --targets all --checkpointing --steps 4
   measure "pytorch lora all +ckpt"   peer --lora 16 --targets all --checkpointing
   measure "anneal full"              "$bin/train_step" "$model" --lora 0 --steps 4
+  # optimizer.update_in_backward (the peer steps after backward; both without clipping)
+  measure "anneal full update in bwd" "$bin/train_step" "$model" --lora 0 --steps 4 --update-in-backward
   measure "pytorch full"             peer --lora 0
   measure "pytorch full compiled"    peer --lora 0 --compile
 fi

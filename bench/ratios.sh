@@ -23,6 +23,7 @@ awk '
     pair("anneal lora all +ckpt", "pytorch lora all +ckpt", "LoRA all +ckpt vs eager (target >=2.0x)")
     pair("anneal full", "pytorch full compiled", "full vs compiled (target >=1.3x, <=0.8x)")
     pair("anneal full", "pytorch full", "full vs eager")
+    pair("anneal full update in bwd", "pytorch full compiled", "full, update in backward, vs compiled")
     pair("anneal generate b1", "pytorch generate b1", "generate batch 1 vs HF generate")
     pair("anneal generate b32", "pytorch generate b32", "generate batch 32 vs HF (target >=25x)")
   }'
