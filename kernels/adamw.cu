@@ -189,15 +189,10 @@ __global__ void __launch_bounds__(kMultiThreads) adamw_multi_kernel(an_adamw_sca
 }
 
 /* One segment, passed by value (no table to upload while the backward runs); block b does chunk b
- * of `chunk` elements and, when partial is given, writes its sum of squares to
- * partial[seg.first_chunk + b]. */
+ * of `chunk` elements and writes its sum of squares to partial[seg.first_chunk + b]. */
 template <int N>
 __global__ void __launch_bounds__(kMultiThreads) adamw_side_kernel(an_adamw_scalars k, an_adamw_segment seg,
                                                                    int64_t chunk, double *partial) {
-    if (!partial) {
-        adamw_segment_chunk<N, false>(k, seg, blockIdx.x, chunk);
-        return;
-    }
     double acc = block_sum(adamw_segment_chunk<N, true>(k, seg, blockIdx.x, chunk));
     if (threadIdx.x == 0) partial[seg.first_chunk + blockIdx.x] = acc;
 }
@@ -274,8 +269,8 @@ an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_ad
                              double *partial) {
     AN_CUDA_STATE(ctx, s);
     AN_CHECK(ctx, !s->capturing, AN_ERR_INTERNAL, "adamw_side: not while a graph is captured");
-    AN_CHECK(ctx, chunk >= 8 && chunk % 8 == 0, AN_ERR_INTERNAL, "adamw_side: chunks of %lld elements",
-             (long long)chunk);
+    AN_CHECK(ctx, chunk >= 8 && chunk % 8 == 0 && partial, AN_ERR_INTERNAL,
+             "adamw_side: chunks of %lld elements%s", (long long)chunk, partial ? "" : ", no partial sums");
     int64_t chunks = (seg->n + chunk - 1) / chunk;
     AN_CHECK(ctx, seg->n > 0 && chunks <= INT32_MAX && seg->first_chunk >= 0, AN_ERR_INTERNAL,
              "adamw_side: %lld elements from chunk %lld", (long long)seg->n, (long long)seg->first_chunk);

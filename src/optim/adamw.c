@@ -174,8 +174,8 @@ int64_t an_optim_step_count(const an_optim *opt) { return opt->step; }
  * As in torch, the update reads exp_avg and exp_avg_sq after they were stored (rounded to fp32).
  * an_cuda_adamw_multi (kernels/adamw.cu) repeats these float64 operations in this
  * order: change both. */
-void optim_adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
-                     an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
+static void adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
+                      an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n) {
     size_t grad_size = an_dtype_size(grad_dtype), param_size = an_dtype_size(param_dtype);
     float g32[CHUNK];
     for (int64_t i0 = 0; i0 < n; i0 += CHUNK) {
@@ -204,6 +204,19 @@ an_adamw_scalars optim_scalars(const an_optim *opt, double grad_scale) {
     k.bc2_sqrt = sqrt(1 - pow(c->beta2, t));
     k.decay = 1 - lr * c->weight_decay; /* no_decay entries use 1 instead */
     return k;
+}
+
+void optim_update_cpu_entry(const an_adamw_scalars *k, const optim_entry *e) {
+    an_tensor *p = *e->slot;
+    an_adamw_scalars ke = *k;
+    ke.decay = e->no_decay ? 1.0 : k->decay;
+    size_t ps = an_dtype_size(p->dtype), gs = an_dtype_size(p->grad->dtype);
+    char *param = (char *)an_tensor_data(p) + (size_t)e->start * ps;
+    const char *grad = (const char *)an_tensor_data(p->grad) + (size_t)e->start * gs;
+    an_tensor *master = e->state[STATE_MASTER];
+    adamw_cpu(&ke, master ? an_tensor_data(master) : (float *)(void *)param, an_tensor_data(e->state[STATE_EXP_AVG]),
+                    an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype, master ? param : NULL, p->dtype,
+                    e->end - e->start);
 }
 
 /* Everything an entry's update reads is present and consistent. */
@@ -322,19 +335,9 @@ an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report) {
     if (opt->n_table > 0)
         AN_TRY(an_cuda_adamw_multi(ctx, &k, an_tensor_data(opt->table_dev), opt->n_table, opt->table_chunks));
     for (int i = 0; i < opt->n_entries; i++) {
-        optim_entry *e = &opt->entries[i];
-        an_tensor *p = *e->slot;
-        if (!p->grad || p->device == AN_CUDA) continue; /* torch skips parameters whose grad is None */
-        an_adamw_scalars ke = k;
-        ke.decay = e->no_decay ? 1.0 : k.decay;
-        size_t ps = an_dtype_size(p->dtype), gs = an_dtype_size(p->grad->dtype);
-        char *param = (char *)an_tensor_data(p) + (size_t)e->start * ps;
-        const char *grad = (const char *)an_tensor_data(p->grad) + (size_t)e->start * gs;
-        an_tensor *master = e->state[STATE_MASTER];
-        float *master_data = master ? an_tensor_data(master) : (float *)(void *)param;
-        optim_adamw_cpu(&ke, master_data, an_tensor_data(e->state[STATE_EXP_AVG]),
-                  an_tensor_data(e->state[STATE_EXP_AVG_SQ]), grad, p->grad->dtype, master ? param : NULL, p->dtype,
-                  e->end - e->start);
+        const optim_entry *e = &opt->entries[i];
+        const an_tensor *p = *e->slot;
+        if (p->grad && p->device != AN_CUDA) optim_update_cpu_entry(&k, e); /* torch skips grad None */
     }
     opt->step++;
     if (report) *report = (an_optim_report){.step = opt->step, .lr = lr, .grad_norm = norm, .grad_scale = scale};

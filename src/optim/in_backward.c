@@ -19,32 +19,21 @@
 
 #include <math.h>
 #include <stdlib.h>
-#include <string.h>
 
 #include "kernels/cuda.h" /* an_cuda_adamw_side, an_cuda_side_join, an_cuda_sum_doubles */
 
 static an_status update_entry(an_ctx *ctx, an_optim *opt, int i) {
-    optim_entry *e = &opt->entries[i];
+    const optim_entry *e = &opt->entries[i];
     AN_TRY(optim_check_entry(ctx, e));
-    an_tensor *p = *e->slot;
-    an_adamw_scalars k = opt->bwd_scalars;
-    if (e->no_decay) k.decay = 1.0;
     opt->bwd_done[i] = true;
     if (e->end == e->start) return AN_OK;
-    if (p->device == AN_CUDA) {
+    if ((*e->slot)->device == AN_CUDA) {
         an_adamw_segment seg = optim_entry_segment(e);
         seg.first_chunk = opt->bwd_first_chunk[i];
-        seg.no_decay = 0; /* k carries this entry's decay */
-        return an_cuda_adamw_side(ctx, &k, &seg, opt->bwd_grain, an_tensor_data(opt->bwd_partial));
+        return an_cuda_adamw_side(ctx, &opt->bwd_scalars, &seg, opt->bwd_grain, an_tensor_data(opt->bwd_partial));
     }
-    opt->bwd_host_sum_sq += optim_cpu_sum_sq(p->grad, e->start, e->end);
-    size_t ps = an_dtype_size(p->dtype), gs = an_dtype_size(p->grad->dtype);
-    char *param = (char *)an_tensor_data(p) + (size_t)e->start * ps;
-    an_tensor *master = e->state[STATE_MASTER];
-    optim_adamw_cpu(&k, master ? an_tensor_data(master) : (float *)(void *)param,
-                    an_tensor_data(e->state[STATE_EXP_AVG]), an_tensor_data(e->state[STATE_EXP_AVG_SQ]),
-                    (const char *)an_tensor_data(p->grad) + (size_t)e->start * gs, p->grad->dtype,
-                    master ? param : NULL, p->dtype, e->end - e->start);
+    opt->bwd_host_sum_sq += optim_cpu_sum_sq((*e->slot)->grad, e->start, e->end);
+    optim_update_cpu_entry(&opt->bwd_scalars, e);
     return AN_OK;
 }
 

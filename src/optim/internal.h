@@ -48,12 +48,12 @@ struct an_optim {
 
 /* adamw.c: the step's scalars (learning rate and bias corrections of step + 1) with this clipping
  * factor; an entry's checks before an update; a CUDA entry with a gradient as a table row
- * (first_chunk 0); the CPU update of n elements (see adamw.c for the formula). */
+ * (first_chunk 0); the update of a host entry that has a gradient (k's decay, or 1 for a no_decay
+ * entry; see adamw.c for the formula). */
 an_adamw_scalars optim_scalars(const an_optim *opt, double grad_scale);
 an_status optim_check_entry(an_ctx *ctx, const optim_entry *e);
 an_adamw_segment optim_entry_segment(const optim_entry *e);
-void optim_adamw_cpu(const an_adamw_scalars *k, float *master, float *exp_avg, float *exp_avg_sq, const void *grad,
-                     an_dtype grad_dtype, void *param, an_dtype param_dtype, int64_t n);
+void optim_update_cpu_entry(const an_adamw_scalars *k, const optim_entry *e);
 
 /* Sets each segment's first_chunk (in order) and returns the chunks they cover together. */
 int64_t optim_layout(an_adamw_segment *table, int n);

@@ -250,9 +250,10 @@ static an_status input_grad(an_ctx *ctx, an_node *node, an_tensor *const dy[3], 
         }
         an_gemm_shape s = {1, rows, in, w->shape[0], false, false, false, written}; /* dX (+)= dY W */
         if (st == AN_OK) st = an_op_gemm(ctx, &s, dy[p], w, gx);
-        if (sink) {} /* borrowed: already x's gradient */
-        else if (st == AN_OK) st = an_node_accumulate(ctx, node, 0, gx);
-        else an_tensor_release(gx);
+        if (!sink) { /* a sink is borrowed: it already is x's gradient */
+            if (st == AN_OK) st = an_node_accumulate(ctx, node, 0, gx);
+            else an_tensor_release(gx);
+        }
         if (st == AN_OK && masked[p]) st = dropout_term(ctx, node, p, d_down[p]);
         AN_TRY(st);
     }
