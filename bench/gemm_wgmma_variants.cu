@@ -11,7 +11,9 @@
  * dY W_down and the tile's gate and up) against cuBLASLt's GEMM and the separate gradient pass;
  * both must give the same bits (the same kernels/silu.cuh formulas on the same rounded values).
  *
- * Variants named c2 run in thread-block clusters of two CTAs sharing B's tiles (multicast).
+ * Variants named c2 run in thread-block clusters of two CTAs sharing B's tiles (multicast); those
+ * named pp in ping-pong (each consumer warpgroup takes whole tiles in turn, its epilogue under the
+ * other's MMAs).
  *
  *   bench/gemm_wgmma_variants      (a standalone CUDA program, not linked to anneal)
  *   WG_ONLY=NAME   only the plain shapes whose name starts so (none: only the fused forms)
@@ -57,12 +59,12 @@ static void lt_gemm(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaSt
 
 /* One launch of the kernel template (clusters of CM CTAs): outputs out0..2, gate and up inputs in0,
  * in1 (the backward forms). */
-template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
+template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false>
 static void wg_launch_segments(int segments, const bf *const *as, const int *ks, const bf *const *bs, const bf *b2,
                                const bf *in0, const bf *in1, bf *out0, bf *out1, bf *out2, int M, int N,
                                cudaStream_t st) {
     constexpr int bytes = wgmma_gemm::smem_bytes<BN, STAGES, EPI>();
-    auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT, CM>;
+    auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT, CM, PP>;
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     constexpr int TN = EPI == wgmma_gemm::SWIGLU ? BN / 2 : BN, BW = TN % 64 == 0 ? 64 : 32;
     CUtensorMap bm2, im0, im1, om0, om1, om2;
@@ -85,24 +87,24 @@ static void wg_launch_segments(int segments, const bf *const *as, const int *ks,
 }
 
 /* One launch over one operand pair. */
-template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
+template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false>
 static void wg_launch(const bf *a, const bf *b, const bf *b2, const bf *in0, const bf *in1, bf *out0, bf *out1,
                       bf *out2, int M, int N, int K, cudaStream_t st) {
-    wg_launch_segments<BN, STAGES, EPI, BT, CM>(1, &a, &K, &b, b2, in0, in1, out0, out1, out2, M, N, st);
+    wg_launch_segments<BN, STAGES, EPI, BT, CM, PP>(1, &a, &K, &b, b2, in0, in1, out0, out1, out2, M, N, st);
 }
 
-template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
+template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false>
 static void wg_gemm(const bf *a, const bf *b, const bf *b2, bf *d, bf *d2, bf *d3, int M, int N, int K, cudaStream_t st) {
-    wg_launch<BN, STAGES, EPI, BT, CM>(a, b, b2, nullptr, nullptr, d, d2, d3, M, N, K, st);
+    wg_launch<BN, STAGES, EPI, BT, CM, PP>(a, b, b2, nullptr, nullptr, d, d2, d3, M, N, K, st);
 }
 
 /* dg, du = swiglu's gradient at (g, u) for d act = dy (M, K) w (K, N): the SWIGLU_BWD form; with act
  * not NULL the SWIGLU_BWD_ACT form, act = silu(g) u as well. */
-template <int BN, int STAGES, int CM = 1>
+template <int BN, int STAGES, int CM = 1, bool PP = false>
 static void wg_swiglu_bwd(const bf *dy, const bf *w, const bf *g, const bf *u, bf *dg, bf *du, bf *act, int M, int N,
                           int K, cudaStream_t st) {
-    if (act) wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD_ACT, true, CM>(dy, w, nullptr, g, u, dg, du, act, M, N, K, st);
-    else wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD, true, CM>(dy, w, nullptr, g, u, dg, du, nullptr, M, N, K, st);
+    if (act) wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD_ACT, true, CM, PP>(dy, w, nullptr, g, u, dg, du, act, M, N, K, st);
+    else wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD, true, CM, PP>(dy, w, nullptr, g, u, dg, du, nullptr, M, N, K, st);
 }
 
 /* The separate swiglu gradient pass as elementwise.cu runs it: 8 elements a thread in 16-byte loads. */
@@ -194,12 +196,14 @@ static const Variant variants[] = {
     {"128x256 s3 c2", wg_gemm<256, 3, wgmma_gemm::STORE, false, 2>},
     {"128x192 s4 c2", wg_gemm<192, 4, wgmma_gemm::STORE, false, 2>},
     {"128x128 s5 c2", wg_gemm<128, 5, wgmma_gemm::STORE, false, 2>},
+    {"128x128 s5 pp", wg_gemm<128, 5, wgmma_gemm::STORE, false, 1, true>},
 };
 static const Variant nn_variants[] = {
     {"128x256 s3 B(K,N)", wg_gemm<256, 3, wgmma_gemm::STORE, true>},
     {"128x128 s5 B(K,N)", wg_gemm<128, 5, wgmma_gemm::STORE, true>},
     {"128x256 s3 B(K,N) c2", wg_gemm<256, 3, wgmma_gemm::STORE, true, 2>},
     {"128x128 s5 B(K,N) c2", wg_gemm<128, 5, wgmma_gemm::STORE, true, 2>},
+    {"128x128 s5 B(K,N) pp", wg_gemm<128, 5, wgmma_gemm::STORE, true, 1, true>},
 };
 
 /* The ragged shape against a float64 host reference (every variant). */
@@ -337,6 +341,7 @@ int main() {
             {"128x128 s5 (the library's)", wg_gemm<128, 5, wgmma_gemm::SWIGLU>},
             {"128x128 s5 c2", wg_gemm<128, 5, wgmma_gemm::SWIGLU, false, 2>},
             {"128x128 s4", wg_gemm<128, 4, wgmma_gemm::SWIGLU>},
+            {"128x128 s5 pp", wg_gemm<128, 5, wgmma_gemm::SWIGLU, false, 1, true>},
         };
         bf *const outs[] = {g, u, act}, *const refs[] = {rg, ru, ract};
         const char *const names[] = {"g", "u", "act"};
@@ -366,7 +371,8 @@ int main() {
         typedef void (*bwd_fn)(const bf *, const bf *, const bf *, const bf *, bf *, bf *, bf *, int, int, int,
                                cudaStream_t);
         const struct { const char *name; bwd_fn fn; } fused[] = {
-            {"128x128 s5 (the library's)", wg_swiglu_bwd<128, 5>},
+            {"128x128 s5 pp (the library's)", wg_swiglu_bwd<128, 5, 1, true>},
+            {"128x128 s5", wg_swiglu_bwd<128, 5>},
             {"128x128 s5 c2", wg_swiglu_bwd<128, 5, 2>},
             {"128x128 s4", wg_swiglu_bwd<128, 4>},
         };
@@ -387,7 +393,8 @@ int main() {
         double tla = time_us(reference_act, st);
         printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us\n", M, N, K, "+ act: cublasLt + 2 passes", tla);
         const struct { const char *name; bwd_fn fn; } with_act[] = {
-            {"+ act 128x128 s4 (library)", wg_swiglu_bwd<128, 4>},
+            {"+ act 128x128 s4 pp (library)", wg_swiglu_bwd<128, 4, 1, true>},
+            {"+ act 128x128 s4", wg_swiglu_bwd<128, 4>},
             {"+ act 128x128 s4 c2", wg_swiglu_bwd<128, 4, 2>},
         };
         for (const auto &f : with_act)

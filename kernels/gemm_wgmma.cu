@@ -28,6 +28,12 @@
  * tile's stages. SWIGLU_BWD's gate and up tiles come into the staging at k slice inputs_kb of the
  * main loop (the launcher: three quarters in, BWD_INPUTS_NUM / BWD_INPUTS_DEN), once the last
  * tile's stores have left it.
+ * In ping-pong (PP, what the backward forms run) each consumer warpgroup takes every other tile
+ * whole (both 64-row halves, 2 x BN / 2 sums a thread), their main loops in tile order (turn
+ * barriers), so one warpgroup's epilogue runs while the other's MMAs keep the tensor cores busy;
+ * the two share one staging buffer in turn, and a store thread (the producer warpgroup's second
+ * warp) sends each tile's outputs out and brings the next tile's gate and up in once the stores
+ * have read it, so no consumer waits on a store.
  *
  * Sums: each output is one thread's fp32 accumulation over k in a fixed order (k16 steps in k
  * order), one rounding to T: the same bits every run. The epilogues' swiglu formulas are
@@ -72,7 +78,8 @@ template <int BN, int STAGES, int EPI> struct Layout {
     static constexpr int WG_STAGING =
         64 * 2 * (EPI == SWIGLU ? 3 * (BN / 2) : EPI == SWIGLU_BWD ? 2 * BN : EPI == SWIGLU_BWD_ACT ? 3 * BN : BN);
     static constexpr int BARS = STAGES * STAGE + 2 * WG_STAGING;
-    static constexpr int BYTES = BARS + 16 * STAGES + 16 + 1024;
+    /* full and empty a stage; inputs, turn, ready, written two each */
+    static constexpr int BYTES = BARS + 16 * STAGES + 64 + 1024;
 };
 
 template <int BN, int STAGES, int EPI> constexpr int smem_bytes() { return Layout<BN, STAGES, EPI>::BYTES; }
@@ -130,7 +137,7 @@ struct Operands {
  * (64, 64), for SWIGLU the gate weight (N, K) and bmap2 the up weight in boxes (64, BN / 2);
  * omap0..2 the outputs (M, N) in boxes (BW, 64): D; gate, up, act; dgate, dup. imap0, imap1
  * (SWIGLU_BWD): gate and up (M, N) in boxes (64, 64). Maps a form does not use may be any. */
-template <typename T, int BN, int STAGES, int EPI, bool BT = false, int CM = 1>
+template <typename T, int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false>
 __global__ void __launch_bounds__(THREADS, 1)
     kernel(const __grid_constant__ Operands ops, const __grid_constant__ CUtensorMap bmap2, const __grid_constant__ CUtensorMap imap0,
            const __grid_constant__ CUtensorMap imap1, const __grid_constant__ CUtensorMap omap0,
@@ -142,11 +149,20 @@ __global__ void __launch_bounds__(THREADS, 1)
     static_assert(EPI != SWIGLU || !BT, "the swiglu epilogue follows y = x W^T");
     static_assert(CM == 1 || CM == 2, "clusters of one or two CTAs");
     static_assert(CM == 1 || !BT || BN % 128 == 0, "B (K, N)'s boxes split evenly over the cluster");
+    static_assert(!PP || (CM == 1 && BN <= 128), "ping-pong: one CTA a tile, a whole tile's sums in one warpgroup");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
     const uint32_t full = base + L::BARS, empty = full + 8 * STAGES, inputs = empty + 8 * STAGES;
+    /* ping-pong: turn + 8c, warpgroup c may issue its tile's MMAs (the other's are all issued);
+     * ready + 8c, the staging is warpgroup c's (the last tile's stores have read it; for the
+     * backward forms this tile's gate and up are in it); written + 8c, warpgroup c's outputs are in
+     * the staging, to be stored */
+    const uint32_t turn = inputs + 16, ready = turn + 16, written = ready + 16;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN; /* output columns a tile */
+    /* the staging of a 64-row half: boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
+    constexpr int BW = TN % 64 == 0 ? 64 : 32, NB = TN / BW, BOX = 64 * BW * 2;
+    constexpr int OUTS = EPI == STORE ? 1 : EPI == SWIGLU_BWD ? 2 : 3;
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + TN - 1) / TN;
     /* a cluster of CM CTAs takes CM row tiles over the same columns: CTA rank's row tile is
      * CM tmc + rank of the cluster tile (tmc, tn) */
@@ -157,10 +173,12 @@ __global__ void __launch_bounds__(THREADS, 1)
     if (threadIdx.x == 0) {
         for (int s = 0; s < STAGES; s++) {
             tma::bar_init(full + 8 * s, 1);
-            tma::bar_init(empty + 8 * s, 8 * CM); /* lane 0 of each consumer warp of each CTA of the cluster */
+            /* lane 0 of each consumer warp (ping-pong: of the one warpgroup that took the stage's
+             * tile) of each CTA of the cluster */
+            tma::bar_init(empty + 8 * s, PP ? 4 : 8 * CM);
         }
-        tma::bar_init(inputs, 1);     /* SWIGLU_BWD: warpgroup c's gate and up tiles landed (inputs + 8c) */
-        tma::bar_init(inputs + 8, 1);
+        for (int b = 0; b < 8; b++) tma::bar_init(inputs + 8 * b, 1); /* inputs (SWIGLU_BWD: warpgroup c's gate and up
+                                                                        * tiles landed), turn, ready, written */
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     if constexpr (CM > 1) tma::cluster_sync(); /* the peers' barriers exist before anything reaches them */
@@ -214,15 +232,55 @@ __global__ void __launch_bounds__(THREADS, 1)
                     }
                 }
             }
+        } else if (PP && tid == 32) {
+            /* ping-pong's store thread: tile i's staging is warpgroup i % 2's once tile i - 1's stores
+             * have read it (for the backward forms, once tile i's gate and up landed in it too); once
+             * written, its outputs go out from here, so the warpgroup goes on to its next main loop */
+            const uint32_t staging0 = base + STAGES * L::STAGE;
+            const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
+            int i = 0;
+            for (int t = cluster; t < tiles; t += clusters, i++) {
+                int tm, tn;
+                tile_of<1>(t, tiles_mc, tiles_n, &tm, &tn);
+                const uint32_t c = (uint32_t)(i & 1);
+                if (i > 0) tma::store_wait_read<0>();
+                if constexpr (backward_form(EPI)) {
+                    tma::bar_expect(ready + 8 * c, 2 * BM * BN * 2);
+#pragma unroll
+                    for (int h = 0; h < 2; h++)
+#pragma unroll
+                        for (int o = 0; o < 2; o++)
+#pragma unroll
+                            for (int cb = 0; cb < NB; cb++)
+                                tma::load(staging0 + h * L::WG_STAGING + (o * NB + cb) * BOX, o ? &imap1 : &imap0,
+                                          tn * BN + 64 * cb, tm * BM + 64 * h, ready + 8 * c);
+                } else {
+                    tma::bar_arrive(ready + 8 * c);
+                }
+                tma::bar_wait(written + 8 * c, (i >> 1) & 1);
+#pragma unroll
+                for (int h = 0; h < 2; h++)
+#pragma unroll
+                    for (int o = 0; o < OUTS; o++)
+#pragma unroll
+                        for (int cb = 0; cb < NB; cb++)
+                            tma::store(maps[o], tn * TN + BW * cb, tm * BM + 64 * h,
+                                       staging0 + h * L::WG_STAGING + (o * NB + cb) * BOX);
+                tma::store_commit();
+            }
+            tma::store_wait<0>();
         }
     } else {
-        /* consumers: warpgroup c = wg - 1 owns rows 64c .. 64c + 63 of every tile */
+        /* consumers. Cooperative (PP false): warpgroup c = wg - 1 owns rows 64c .. 64c + 63 of every
+         * tile. Ping-pong: warpgroup c takes every other tile of the block whole (i % 2 == c, both
+         * 64-row halves), so one warpgroup's epilogue runs while the other's MMAs keep the tensor
+         * cores busy; the turn barriers keep their main loops in tile order (a stage's full barrier
+         * is then never waited on two uses ahead). */
         wgmma::regs_inc<232>();
         const int c = wg - 1, warp = tid / 32, lane = tid % 32;
-        const uint32_t staging = base + STAGES * L::STAGE + c * L::WG_STAGING;
-        unsigned char *stg = smem_raw + (staging - raw);
-        float acc[BN / 2];
-        int i = 0; /* tiles of this block so far */
+        constexpr int MH = PP ? 2 : 1, TSTEP = PP ? 2 : 1; /* 64-row halves a warpgroup sums; its tile stride */
+        const uint32_t staging0 = base + STAGES * L::STAGE;
+        float acc[MH][BN / 2];
         /* a stage goes back to every CTA of the cluster whose producer writes into it */
         auto release = [&](int s) {
             if (lane != 0) return;
@@ -235,23 +293,30 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
             }
         };
-        for (int t = cluster; t < tiles; t += clusters, i++) {
+        int i = PP ? c : 0; /* tiles of this block so far */
+        for (int t = cluster + i * clusters; t < tiles; t += TSTEP * clusters, i += TSTEP) {
             int tmc, tn;
             tile_of<CM>(t, tiles_mc, tiles_n, &tmc, &tn);
-            const int m0 = (tmc * CM + rank) * BM + 64 * c;
+            const int row0 = (tmc * CM + rank) * BM; /* the tile's first row */
+            if constexpr (PP) { /* the other warpgroup's last tile has issued all its MMAs */
+                const int turns = c ? (i + 1) / 2 : i / 2; /* its tiles before this one */
+                if (turns > 0) tma::bar_wait(turn + 8 * c, (turns - 1) & 1);
+            }
             int it = i * nk; /* this tile's first stage use */
             for (int kb = 0; kb < nk; kb++, it++) {
                 const int s = it % STAGES;
                 tma::bar_wait(full + 8 * s, (it / STAGES) & 1);
                 const uint32_t st = base + s * L::STAGE;
-                const uint64_t da = wgmma::desc_k128(st + c * 64 * 128);
                 const uint64_t db = BT ? wgmma::desc_mn128(st + L::A_BYTES, BK * 128) : wgmma::desc_k128(st + L::A_BYTES);
                 wgmma::fence();
 #pragma unroll
                 for (int kk = 0; kk < BK / 16; kk++)
-                    wgmma::Mma<T, BN, BT ? 1 : 0>::run(acc, da + 2 * kk, db + (BT ? 128 : 2) * kk, (kb > 0 || kk > 0) ? 1 : 0);
+#pragma unroll
+                    for (int h = 0; h < MH; h++) /* A's 64-row half PP ? h : c */
+                        wgmma::Mma<T, BN, BT ? 1 : 0>::run(acc[h], wgmma::desc_k128(st + (PP ? h : c) * 64 * 128) + 2 * kk,
+                                                         db + (BT ? 128 : 2) * kk, (kb > 0 || kk > 0) ? 1 : 0);
                 wgmma::commit();
-                if (backward_form(EPI) && kb == (inputs_kb < nk ? inputs_kb : nk - 1) && tid == 0) {
+                if (!PP && backward_form(EPI) && kb == (inputs_kb < nk ? inputs_kb : nk - 1) && tid == 0) {
                     /* this tile's gate and up into the staging, once the last tile's stores have read it */
                     tma::store_wait_read<0>();
                     tma::bar_expect(inputs + 8 * c, 2 * 64 * BN * 2);
@@ -259,74 +324,85 @@ __global__ void __launch_bounds__(THREADS, 1)
                     for (int o = 0; o < 2; o++)
 #pragma unroll
                         for (int cb = 0; cb < BN / 64; cb++)
-                            tma::load(staging + (o * (BN / 64) + cb) * 64 * 128, o ? &imap1 : &imap0, tn * BN + 64 * cb,
-                                            m0, inputs + 8 * c);
+                            tma::load(staging0 + c * L::WG_STAGING + (o * NB + cb) * BOX, o ? &imap1 : &imap0,
+                                      tn * BN + 64 * cb, row0 + 64 * c, inputs + 8 * c);
                 }
                 if (kb > 0) { /* the previous stage's MMAs are done: hand it back */
                     wgmma::wait<1>();
                     release((it - 1) % STAGES);
                 }
             }
+            if (PP && tid == 0) tma::bar_arrive(turn + 8 * (1 - c)); /* the other warpgroup's turn */
             wgmma::wait<0>();
-            wgmma::fence_regs(acc);
+#pragma unroll
+            for (int h = 0; h < MH; h++) wgmma::fence_regs(acc[h]);
             release((it - 1) % STAGES);
 
-            /* epilogue: the staging is free once this warpgroup's last stores have read it (for
-             * SWIGLU_BWD that was waited for before its gate and up came in) */
-            if (backward_form(EPI)) tma::bar_wait(inputs + 8 * c, i & 1);
+            /* epilogue: the staging is free once the last stores have read it (for the backward
+             * forms that was waited for before its gate and up came in) */
+            if (PP) tma::bar_wait(ready + 8 * c, (i >> 1) & 1);
+            else if (backward_form(EPI)) tma::bar_wait(inputs + 8 * c, i & 1);
             else if (tid == 0) tma::store_wait_read<0>();
             wgmma::named_sync(1 + c, 128);
             const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
-            /* boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
-            constexpr int BW = TN % 64 == 0 ? 64 : 32, NB = TN / BW, BOX = 64 * BW * 2;
-            constexpr int OUTS = EPI == STORE ? 1 : EPI == SWIGLU_BWD ? 2 : 3;
-            auto at = [&](int o, int col, int r) -> uint32_t * {
-                return reinterpret_cast<uint32_t *>(stg + (o * NB + col / BW) * BOX + staged<BW>(r, col % BW));
-            };
 #pragma unroll
-            for (int j = 0; j < TN / 8; j++) {
-                const int col = 8 * j + c0;
+            for (int h = 0; h < MH; h++) {
+                /* the 64-row half's staging: boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
+                unsigned char *stg = smem_raw + (staging0 + (PP ? h : c) * L::WG_STAGING - raw);
+                auto at = [&](int o, int col, int r) -> uint32_t * {
+                    return reinterpret_cast<uint32_t *>(stg + (o * NB + col / BW) * BOX + staged<BW>(r, col % BW));
+                };
 #pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const int r = r0 + 8 * h, e = 4 * j + 2 * h;
-                    if constexpr (EPI == STORE) {
-                        *at(0, col, r) = pack<T>(acc[e], acc[e + 1]);
-                    } else if constexpr (EPI == SWIGLU) { /* column j is gate, j + TN / 8 the matching up */
-                        const int ue = e + 4 * (TN / 8);
-                        const uint32_t vg = pack<T>(acc[e], acc[e + 1]), vu = pack<T>(acc[ue], acc[ue + 1]);
-                        float g[2], u[2];
-                        unpack<T>(vg, g), unpack<T>(vu, u);
-                        *at(0, col, r) = vg;
-                        *at(1, col, r) = vu;
-                        *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
-                    } else { /* d act rounded as the GEMM would store it, then an_cuda_swiglu_backward's formula */
-                        float go[2], g[2], u[2], dg[2], du[2];
-                        unpack<T>(pack<T>(acc[e], acc[e + 1]), go);
-                        unpack<T>(*at(0, col, r), g), unpack<T>(*at(1, col, r), u);
+                for (int j = 0; j < TN / 8; j++) {
+                    const int col = 8 * j + c0;
 #pragma unroll
-                        for (int q = 0; q < 2; q++) {
-                            const float sg = an_sigmoid(g[q]), silu = g[q] * sg, dsilu = sg * (1.0f + g[q] * (1.0f - sg));
-                            dg[q] = go[q] * u[q] * dsilu;
-                            du[q] = go[q] * silu;
+                    for (int hr = 0; hr < 2; hr++) {
+                        const int r = r0 + 8 * hr, e = 4 * j + 2 * hr;
+                        if constexpr (EPI == STORE) {
+                            *at(0, col, r) = pack<T>(acc[h][e], acc[h][e + 1]);
+                        } else if constexpr (EPI == SWIGLU) { /* column j is gate, j + TN / 8 the matching up */
+                            const int ue = e + 4 * (TN / 8);
+                            const uint32_t vg = pack<T>(acc[h][e], acc[h][e + 1]), vu = pack<T>(acc[h][ue], acc[h][ue + 1]);
+                            float g[2], u[2];
+                            unpack<T>(vg, g), unpack<T>(vu, u);
+                            *at(0, col, r) = vg;
+                            *at(1, col, r) = vu;
+                            *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
+                        } else { /* d act rounded as the GEMM would store it, then an_cuda_swiglu_backward's formula */
+                            float go[2], g[2], u[2], dg[2], du[2];
+                            unpack<T>(pack<T>(acc[h][e], acc[h][e + 1]), go);
+                            unpack<T>(*at(0, col, r), g), unpack<T>(*at(1, col, r), u);
+#pragma unroll
+                            for (int q = 0; q < 2; q++) {
+                                const float sg = an_sigmoid(g[q]), silu = g[q] * sg, dsilu = sg * (1.0f + g[q] * (1.0f - sg));
+                                dg[q] = go[q] * u[q] * dsilu;
+                                du[q] = go[q] * silu;
+                            }
+                            *at(0, col, r) = pack<T>(dg[0], dg[1]);
+                            *at(1, col, r) = pack<T>(du[0], du[1]);
+                            if constexpr (EPI == SWIGLU_BWD_ACT)
+                                *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
                         }
-                        *at(0, col, r) = pack<T>(dg[0], dg[1]);
-                        *at(1, col, r) = pack<T>(du[0], du[1]);
-                        if constexpr (EPI == SWIGLU_BWD_ACT) *at(2, col, r) = pack<T>(an_silu(g[0]) * u[0], an_silu(g[1]) * u[1]);
                     }
                 }
             }
             tma::fence_async_shared();
             wgmma::named_sync(1 + c, 128);
             if (tid == 0) {
-                const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
+                if constexpr (PP) {
+                    tma::bar_arrive(written + 8 * c); /* the store thread sends it */
+                } else {
+                    const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
 #pragma unroll
-                for (int o = 0; o < OUTS; o++)
+                    for (int o = 0; o < OUTS; o++)
 #pragma unroll
-                    for (int cb = 0; cb < NB; cb++) tma::store(maps[o], tn * TN + BW * cb, m0, staging + (o * NB + cb) * BOX);
-                tma::store_commit();
+                        for (int cb = 0; cb < NB; cb++)
+                            tma::store(maps[o], tn * TN + BW * cb, row0 + 64 * c, staging0 + c * L::WG_STAGING + (o * NB + cb) * BOX);
+                    tma::store_commit();
+                }
             }
         }
-        if (tid == 0) tma::store_wait<0>();
+        if (!PP && tid == 0) tma::store_wait<0>();
     }
     /* no CTA leaves while a peer may still multicast into it or arrive on its barriers */
     if constexpr (CM > 1) tma::cluster_sync();
@@ -401,18 +477,21 @@ cudaError_t encode_operands(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, int
 namespace {
 
 /* The forms' tiles and stages (bench/gemm_wgmma_variants, H100): SWIGLU 128 x (64 gate + 64 up) with
- * 5 stages (128 x 192 with 3 and 128 x 128 with 4 were slower; 128 x 256 does not fit three staged
- * outputs); SWIGLU_BWD 128 x 128 with 5 (4 lost 7%), with act as well 4 (what fits three staged outputs). */
+ * 5 stages, cooperative (128 x 192 with 3 and 128 x 128 with 4 were slower; 128 x 256 does not fit
+ * three staged outputs; ping-pong 7% slower: one warpgroup's main loop over a whole tile runs below
+ * two's, and this epilogue is light); SWIGLU_BWD 128 x 128 with 5 (4 lost 7%), with act as well 4
+ * (what fits three staged outputs), both in ping-pong (2-4% and 8-10% faster than cooperative: their
+ * epilogues wait for gate and up and do the most arithmetic). */
 constexpr int SWIGLU_BN = 128, SWIGLU_STAGES = 5, BWD_BN = 128, BWD_STAGES = 5, BWD_ACT_STAGES = 4;
 
 /* One launch of the form over `segments` operand pairs (one but for STORE). */
-template <typename T, int BN, int STAGES, int EPI, bool BT, int CM>
+template <typename T, int BN, int STAGES, int EPI, bool BT, int CM, bool PP = false>
 cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const T *const *a, const int *k,
                             const T *const *b, const T *b2, const T *in0, const T *in1, T *out0, T *out1, T *out2) {
     using namespace wgmma_gemm;
     constexpr int bytes = smem_bytes<BN, STAGES, EPI>();
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN;
-    auto *kern = kernel<T, BN, STAGES, EPI, BT, CM>;
+    auto *kern = kernel<T, BN, STAGES, EPI, BT, CM, PP>;
     void *fn = nullptr;
     cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
     if (err == cudaSuccess) err = an_cuda_tensor_map_encoder(s, &fn);
@@ -439,10 +518,10 @@ cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const 
     return err;
 }
 
-template <typename T, int BN, int STAGES, int EPI, bool BT, int CM>
+template <typename T, int BN, int STAGES, int EPI, bool BT, int CM, bool PP = false>
 cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b, const T *b2, const T *in0,
                    const T *in1, T *out0, T *out1, T *out2) {
-    return launch_segments<T, BN, STAGES, EPI, BT, CM>(s, M, N, 1, &a, &K, &b, b2, in0, in1, out0, out1, out2);
+    return launch_segments<T, BN, STAGES, EPI, BT, CM, PP>(s, M, N, 1, &a, &K, &b, b2, in0, in1, out0, out1, out2);
 }
 
 bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
@@ -486,8 +565,10 @@ cudaError_t launch_backward(an_cuda_state *s, int M, int N, int K, const T *dy, 
                             T *dgate, T *dup, T *act) {
     using namespace wgmma_gemm;
     if (act)
-        return launch<T, BWD_BN, BWD_ACT_STAGES, SWIGLU_BWD_ACT, true, 1>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup, act);
-    return launch<T, BWD_BN, BWD_STAGES, SWIGLU_BWD, true, 1>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup, nullptr);
+        return launch<T, BWD_BN, BWD_ACT_STAGES, SWIGLU_BWD_ACT, true, 1, true>(s, M, N, K, dy, w, nullptr, gate, up,
+                                                                                dgate, dup, act);
+    return launch<T, BWD_BN, BWD_STAGES, SWIGLU_BWD, true, 1, true>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup,
+                                                                     nullptr);
 }
 
 extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,

@@ -1056,7 +1056,9 @@ static an_tensor *swiglu_mlp_fn(an_ctx *ctx, an_tensor *const *in, const void *u
  * take the separate ops. */
 static const int64_t mlp_cases[][4] = {{1, 8, 8, 8},        {210, 64, 136, 64}, {300, 1096, 392, 72},
                                        {129, 64, 200, 128}, {5, 12, 20, 6},     {64, 1536, 72, 1536},
-                                       {1100, 256, 1040, 64}}; /* the last: several tiles a CTA */
+                                       {1100, 256, 1040, 64}, {2100, 64, 4096, 392}};
+/* the last two: several tiles a CTA (the last, about four a CTA of the backward's 128 x 128 tiles in
+ * ping-pong, each warpgroup taking two or more, over more k slices than stages) */
 
 /* A fresh poisoned (rows, cols) tensor on the GPU. */
 static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int64_t rows, int64_t cols) {
