@@ -20,14 +20,14 @@
  * producer: one
  * thread streams 64-wide k slices of A (128 rows) and B (BN rows or columns) into STAGES stages
  * with the tensor memory accelerator (128-byte swizzle, zero fill past M, N and K), each stage
- * counted by a "full" mbarrier and handed back by an "empty" one. Warpgroups 1 and 2 each own 64
- * rows of the tile: wgmma m64nBNk16 from the stage's descriptors, the accumulators in registers
+ * counted by a "full" mbarrier and handed back by an "empty" one. Cooperatively (the forward and
+ * the plain GEMMs) warpgroups 1 and 2 each own 64 rows of the tile: wgmma m64nBNk16 from the stage's descriptors, the accumulators in registers
  * (the producer gives its registers to them: setmaxnreg). Each tile's epilogue rounds the sums to
  * T once, forms its outputs, writes them into a swizzled staging buffer in shared memory and sends
  * them out with the tensor memory accelerator's stores, while the producer already fills the next
- * tile's stages. SWIGLU_BWD's gate and up tiles come into the staging at k slice inputs_kb of the
- * main loop (the launcher: three quarters in, BWD_INPUTS_NUM / BWD_INPUTS_DEN), once the last
- * tile's stores have left it.
+ * tile's stages. Run cooperatively (bench/gemm_wgmma_variants keeps that for comparison), the
+ * backward forms bring gate and up into the staging at k slice inputs_kb of the main loop (three
+ * quarters in, BWD_INPUTS_NUM / BWD_INPUTS_DEN), once the last tile's stores have left it.
  * In ping-pong (PP, what the backward forms run) each consumer warpgroup takes every other tile
  * whole (both 64-row halves, 2 x BN / 2 sums a thread), their main loops in tile order (turn
  * barriers), so one warpgroup's epilogue runs while the other's MMAs keep the tensor cores busy;
@@ -413,7 +413,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 
 /* Clusters of two (CM = 2) gained nothing in a training step on an H100 (LoRA q,v 1.0002x, full
  * 0.9975x, steps alternating), so the library runs one CTA a tile; bench/gemm_wgmma_variants
- * keeps them as variants. The backward forms bring gate and up in at k slice
+ * keeps them as variants. Run cooperatively, the backward forms bring gate and up in at k slice
  * BWD_INPUTS_NUM / BWD_INPUTS_DEN of the main loop: late enough that the last tile's stores have
  * left the staging (the wait for that stalls the MMAs' issue), early enough to land before the
  * epilogue (the same bench, WG_INPUTS_KB). */
