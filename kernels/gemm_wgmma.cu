@@ -69,10 +69,11 @@ constexpr int BM = 128, BK = 64, THREADS = 384;
 enum Epilogue { STORE = 0, SWIGLU = 1, SWIGLU_BWD = 2, SWIGLU_BWD_ACT = 3 };
 __host__ __device__ constexpr bool backward_form(int epi) { return epi == SWIGLU_BWD || epi == SWIGLU_BWD_ACT; }
 
-/* Shared memory: the stages, each consumer warpgroup's staging of its 64 output rows (as T, in
- * boxes of 64 rows and BW columns: BN columns, for SWIGLU three outputs of BN / 2, for SWIGLU_BWD(_ACT)
- * two of BN), the full, empty and gate-and-up mbarriers, and 1024 bytes to align the first stage
- * (the swizzle's unit). */
+/* Shared memory: the stages, two stagings of 64 output rows (cooperative: each consumer
+ * warpgroup's; ping-pong: the tile's two halves, the warpgroups' in turn; as T, in boxes of 64 rows
+ * and BW columns: BN columns, for SWIGLU three outputs of BN / 2, for SWIGLU_BWD(_ACT) two of BN, with
+ * act three), the full, empty, gate-and-up, turn, ready and written mbarriers, and 1024 bytes to
+ * align the first stage (the swizzle's unit). */
 template <int BN, int STAGES, int EPI> struct Layout {
     static constexpr int A_BYTES = BM * 128, B_BYTES = BN * 128, STAGE = A_BYTES + B_BYTES;
     static constexpr int WG_STAGING =

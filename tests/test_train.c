@@ -200,41 +200,43 @@ START_TEST(test_resume_after_sigkill_is_bit_identical) {
 }
 END_TEST
 
-START_TEST(test_gradient_accumulation_equals_bigger_batch) {
-    char a[64], b[64], err[1024];
+/* The first six losses of a fresh run of the test recipe without checkpoints or samples, with
+ * these overrides on top. */
+static void six_losses(const char *const *overrides, int n, double loss[6]) {
+    char dir[64], err[1024];
+    const char *all[8] = {"seed=3", "checkpoint.every=0", "logging.samples=0"};
+    ck_assert_int_le(n, 5);
+    memcpy(all + 3, overrides, (size_t)n * sizeof *all);
     an_train_summary s;
+    fresh_dir(dir);
+    ck_assert_msg(train_with(dir, all, 3 + n, &s, err, sizeof err) == AN_OK, "%s", err);
+    read_losses(dir, loss, 6);
+    remove_tree(dir);
+}
+#define SIX_LOSSES(loss, ...) \
+    six_losses((const char *const[]){__VA_ARGS__}, (int)(sizeof((const char *const[]){__VA_ARGS__}) / sizeof(const char *)), loss)
+
+START_TEST(test_gradient_accumulation_equals_bigger_batch) {
     double one[6], two[6];
-    fresh_dir(a), fresh_dir(b);
-    ck_assert_msg(TRAIN(a, &s, err, "lora.dropout=0.0", "checkpoint.every=0", "logging.samples=0",
-                        "training={micro_batch: 8, grad_accum: 1, max_steps: 6, eval_every: 0}") == AN_OK, "%s", err);
-    ck_assert_msg(TRAIN(b, &s, err, "lora.dropout=0.0", "checkpoint.every=0", "logging.samples=0",
-                        "training={micro_batch: 2, grad_accum: 4, max_steps: 6, eval_every: 0}") == AN_OK, "%s", err);
-    read_losses(a, one, 6), read_losses(b, two, 6);
+    SIX_LOSSES(one, "lora.dropout=0.0", "training={micro_batch: 8, grad_accum: 1, max_steps: 6, eval_every: 0}");
+    SIX_LOSSES(two, "lora.dropout=0.0", "training={micro_batch: 2, grad_accum: 4, max_steps: 6, eval_every: 0}");
     for (int i = 0; i < 6; i++)
         ck_assert_msg(fabs(one[i] - two[i]) <= 1e-5 * fabs(one[i]), "step %d: batch 8 loss %.9g, 4 x 2 accumulated %.9g",
                       i + 1, one[i], two[i]);
-    remove_tree(a), remove_tree(b);
 }
 END_TEST
 
 /* The update during backward (optimizer.update_in_backward) moves every parameter exactly as the
  * step after backward does: the same losses bit for bit, with gradient accumulation. */
 START_TEST(test_update_in_backward_gives_the_same_losses) {
-    char a[64], b[64], err[1024];
-    an_train_summary s;
     double after[6], during[6];
-    fresh_dir(a), fresh_dir(b);
-    ck_assert_msg(TRAIN(a, &s, err, "grad_clip=0", "checkpoint.every=0", "logging.samples=0",
-                        "training={micro_batch: 2, grad_accum: 2, max_steps: 6, eval_every: 0}") == AN_OK, "%s", err);
-    ck_assert_msg(TRAIN(b, &s, err, "grad_clip=0", "checkpoint.every=0", "logging.samples=0",
-                        "optimizer.update_in_backward=true",
-                        "training={micro_batch: 2, grad_accum: 2, max_steps: 6, eval_every: 0}") == AN_OK, "%s", err);
-    read_losses(a, after, 6), read_losses(b, during, 6);
+    SIX_LOSSES(after, "grad_clip=0", "training={micro_batch: 2, grad_accum: 2, max_steps: 6, eval_every: 0}");
+    SIX_LOSSES(during, "grad_clip=0", "optimizer.update_in_backward=true",
+               "training={micro_batch: 2, grad_accum: 2, max_steps: 6, eval_every: 0}");
     for (int i = 0; i < 6; i++)
         ck_assert_msg(memcmp(&after[i], &during[i], sizeof(double)) == 0, "step %d: loss %.17g stepping after backward, "
                       "%.17g in it", i + 1, after[i], during[i]);
     ck_assert_msg(after[5] != after[0], "the loss never moved");
-    remove_tree(a), remove_tree(b);
 }
 END_TEST
 
