@@ -18,6 +18,7 @@
  *   bench/gemm_wgmma_variants      (a standalone CUDA program, not linked to anneal)
  *   WG_ONLY=NAME   only the plain shapes whose name starts so (none: only the fused forms)
  *   WG_INPUTS_KB=K the backward forms bring gate and up in at k slice K (default: the library's)
+ *   WG_REPS=N      time N calls after min(N, 5) warm-ups (default 20; 1 for a profiler's run)
  * Last, sums of products into one output (the segments' form, an_cuda_gemm_segments) against
  * cuBLASLt's GEMM a pair adding into D and its one GEMM over the concatenated operands.
  *
@@ -170,9 +171,10 @@ template <typename F> static double time_us(F f, cudaStream_t st) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
-    for (int i = 0; i < 5; i++) f();
+    static const int reps = getenv("WG_REPS") ? std::max(1, atoi(getenv("WG_REPS"))) : 20;
+    for (int i = 0; i < std::min(reps, 5); i++) f();
     std::vector<float> t;
-    for (int i = 0; i < 20; i++) {
+    for (int i = 0; i < reps; i++) {
         CK(cudaEventRecord(e0, st));
         f();
         CK(cudaEventRecord(e1, st));

@@ -13,6 +13,8 @@
  *                     the same clocks and temperature, where separate runs differ by 2-3%)]
  *                    [--update-in-backward (AdamW during backward, on the side stream: src/optim/in_backward.c)]
  *                    [--ab-update (steps alternate with and without it; both rates printed)]
+ *                    [--sync-phases (synchronise after the forward, the backward and the optimizer, as this
+ *                     bench did before 2026-11-27: the GPU idles while the host queues each next phase)]
  *                    [--side-equal-priority (the side stream at the stream's priority, not the lowest)]
  *                    [--side-grain N (elements a block of the update in backward covers; 2048)]
  *
@@ -35,6 +37,29 @@
 #include "optim/optim.h"
 #include "train/metrics.h"
 
+/* Phase boundary i of a step: a CUDA event on the stream, or the host clock on the CPU (after a
+ * synchronisation with sync). */
+static void mark_phase(an_ctx *ctx, an_device device, bool sync, void **ev, double *t_host, int i) {
+    if (sync && device == AN_CUDA) an_cuda_synchronize(ctx);
+    t_host[i] = an_metrics_now();
+    if (device == AN_CUDA && an_cuda_event_record(ctx, &ev[i]) != AN_OK) ev[i] = NULL;
+}
+
+/* The forward, backward and optimizer seconds between the four marks (events freed). */
+static an_status phase_seconds(an_ctx *ctx, an_device device, void **ev, const double *t_host, double *forward,
+                               double *backward, double *optim) {
+    double *out[3] = {forward, backward, optim};
+    an_status st = AN_OK;
+    for (int i = 0; i < 3; i++) {
+        double ms = 0;
+        if (device != AN_CUDA) ms = 1e3 * (t_host[i + 1] - t_host[i]);
+        else if (st == AN_OK) st = ev[i] && ev[i + 1] ? an_cuda_event_elapsed(ctx, ev[i], ev[i + 1], &ms) : an_error_status(ctx);
+        *out[i] = ms / 1e3;
+    }
+    for (int i = 0; i < 4; i++) an_cuda_event_free(ev[i]);
+    return st;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N] [--lora R] "
@@ -45,12 +70,12 @@ int main(int argc, char **argv) {
     double lr = 1e-5;
     bool losses = false, profile = false;
     double peak_tflops = 989; /* dense bf16 of an H100/H200 SXM, the MFU denominator */
-    an_cross_entropy_opts loss_opts = {AN_IGNORE_INDEX, 0, 0.0}; /* chunk_rows 0: the op's default */
+    an_cross_entropy_opts loss_opts = {AN_IGNORE_INDEX, 0, 0.0, 0}; /* chunk_rows 0: the op's default */
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
     bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false;
-    bool update_in_backward = false, ab_update = false, side_equal = false;
+    bool update_in_backward = false, ab_update = false, side_equal = false, sync_phases = false;
     long side_grain = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
@@ -72,6 +97,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ab-wgmma")) ab_wgmma = true;
         else if (!strcmp(argv[i], "--update-in-backward")) update_in_backward = true;
         else if (!strcmp(argv[i], "--ab-update")) ab_update = true;
+        else if (!strcmp(argv[i], "--sync-phases")) sync_phases = true;
         else if (!strcmp(argv[i], "--side-equal-priority")) side_equal = true;
         else if (!strcmp(argv[i], "--side-grain") && i + 1 < argc) side_grain = atol(argv[++i]);
         else {
@@ -132,38 +158,43 @@ int main(int argc, char **argv) {
             fprintf(stderr, "%s\n", an_error_message(ctx));
             return 1;
         }
-        if (device == AN_CUDA) an_cuda_synchronize(ctx);
+        if (device == AN_CUDA) an_cuda_synchronize(ctx); /* the step boundary, as a training loop's loss readback */
         an_mem_reset_peak(ctx, device);
         if (profile && s == steps + 2) an_profile_begin(ctx); /* an extra last step: syncing after every op slows it */
-        double t0 = an_metrics_now();
+        /* the phases' times: CUDA events between them (no synchronisation inside the step, which
+         * would leave the GPU idle while the host queues the next phase), host clocks on the CPU */
+        void *ev[4] = {NULL, NULL, NULL, NULL};
+        double t_host[4];
+        mark_phase(ctx, device, false, ev, t_host, 0);
+        double t0 = t_host[0];
         an_tensor *loss = an_model_loss(ctx, m, ids, ids, NULL, NULL, &loss_opts);
-        if (device == AN_CUDA) an_cuda_synchronize(ctx);
-        double t_forward = an_metrics_now() - t0;
-        double loss_value = NAN;
-        if (losses && loss) {
-            an_tensor *h = an_tensor_to(ctx, loss, AN_F64, AN_CPU);
-            loss_value = h ? an_tensor_get(h, 0) : NAN;
-            an_tensor_release(h);
-        }
-        double t1 = an_metrics_now();
+        mark_phase(ctx, device, sync_phases, ev, t_host, 1);
         bool in_backward = update_in_backward || (ab_update && s % 2 == 0);
         an_status st = !loss ? an_error_status(ctx) : in_backward ? an_optim_backward_begin(ctx, opt) : AN_OK;
         if (st == AN_OK) st = an_backward(ctx, loss);
         if (st != AN_OK && in_backward) an_optim_backward_cancel(ctx, opt);
-        if (device == AN_CUDA) an_cuda_synchronize(ctx);
-        double t_backward = an_metrics_now() - t1, t2 = an_metrics_now();
+        mark_phase(ctx, device, sync_phases, ev, t_host, 2);
         if (st == AN_OK) st = in_backward ? an_optim_backward_end(ctx, opt, NULL) : an_optim_step(ctx, opt, NULL);
-        if (device == AN_CUDA) an_cuda_synchronize(ctx);
-        double t_optim = an_metrics_now() - t2;
+        mark_phase(ctx, device, sync_phases, ev, t_host, 3);
         if (st != AN_OK) {
             fprintf(stderr, "step failed: %s\n", an_error_message(ctx));
             return 1;
         }
-        if (losses) printf("anneal step %ld loss %.6f\n", s, loss_value);
+        double loss_value = NAN;
+        if (losses) { /* read after the step: the readback is the step's one synchronisation */
+            an_tensor *h = an_tensor_to(ctx, loss, AN_F64, AN_CPU);
+            loss_value = h ? an_tensor_get(h, 0) : NAN;
+            an_tensor_release(h);
+            printf("anneal step %ld loss %.6f\n", s, loss_value);
+        }
         an_optim_zero_grad(opt);
         an_tensor_release(loss);
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
-        double dt = an_metrics_now() - t0;
+        double dt = an_metrics_now() - t0, t_forward, t_backward, t_optim;
+        if (phase_seconds(ctx, device, ev, t_host, &t_forward, &t_backward, &t_optim) != AN_OK) {
+            fprintf(stderr, "step timing: %s\n", an_error_message(ctx));
+            return 1;
+        }
         if (ctx->profile) {
             printf("per-op time of step %ld (synchronised after every op, so slower than the step above):\n", s);
             an_profile_print(ctx, stdout);

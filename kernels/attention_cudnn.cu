@@ -30,8 +30,9 @@
  * state's switch (an_cuda_set_attention_cudnn_deterministic) picks; deterministic by default, as
  * our own kernels are.
  *
- * Plans: one execution plan per (pass, dtype, B, T, Hq, Hkv, D, determinism, padding mask), built on first use
- * (heuristics mode A, the first engine config that finalises) and cached in the state
+ * Plans: one execution plan per (pass, dtype, B, T, Hq, Hkv, D, determinism, padding mask, engine), built on
+ * first use (heuristics mode A, the first engine config that finalises, or the engine-th after it:
+ * an_cuda_set_attention_cudnn_engine, to measure the others) and cached in the state
  * (kPlanSlots, replaced round-robin) with every descriptor it was built from. The scale and -inf
  * travel by value at execution, so they are not in the key. Workspace (the plan's plus ours) comes
  * from the caching allocator per call and goes back after the launch (stream order makes that
@@ -68,6 +69,7 @@ struct Plan {
     bool backward, deterministic;
     an_dtype dtype;
     int64_t B, T, Hq, Hkv, D;
+    int engine; /* which of the heuristics' engine configs that finalise: 0, the first (see the setter) */
     /* what the key built */
     bool padding_mask;          /* the explicit padding mask (cuDNN <= 9.15 at T % 128 != 0, or forced) */
     cudnnBackendDescriptor_t plan;
@@ -81,7 +83,8 @@ struct Plan {
 struct an_cudnn_attention {
     cudnnHandle_t handle;
     Plan plans[kPlanSlots];
-    int next; /* slot to overwrite when all are used */
+    int next;      /* slot to overwrite when all are used */
+    int engine[2]; /* forward's and backward's engine index (an_cuda_set_attention_cudnn_engine) */
 };
 
 namespace {
@@ -458,7 +461,7 @@ an_status plan_build(an_ctx *ctx, cudnnHandle_t handle, Plan *p) {
     set_desc(g, heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, graph, "heuristics");
     set(g, heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode, "heuristics");
     finalize(g, heur, "heuristics");
-    enum { kConfigs = 8 };
+    enum { kConfigs = 16 };
     cudnnBackendDescriptor_t cfgs[kConfigs];
     for (int i = 0; i < kConfigs; i++) cfgs[i] = make(g, CUDNN_BACKEND_ENGINECFG_DESCRIPTOR, "engine configs");
     int64_t n_cfgs = 0;
@@ -466,6 +469,7 @@ an_status plan_build(an_ctx *ctx, cudnnHandle_t handle, Plan *p) {
                                         &n_cfgs, cfgs), "heuristics results");
     char first_why[512] = "";
     if (n_cfgs > kConfigs) n_cfgs = kConfigs;
+    int finalised = 0; /* configs that finalised before this one: the key's engine-th is taken */
     for (int64_t i = 0; g->st == AN_OK && i < n_cfgs && !p->plan; i++) {
         cudnnBackendDescriptor_t plan = nullptr;
         cudnnStatus_t st = cudnnBackendCreateDescriptor(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR, &plan);
@@ -475,9 +479,13 @@ an_status plan_build(an_ctx *ctx, cudnnHandle_t handle, Plan *p) {
             st = cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, CUDNN_TYPE_BACKEND_DESCRIPTOR,
                                           1, &cfgs[i]);
         if (st == CUDNN_STATUS_SUCCESS) st = cudnnBackendFinalize(plan);
-        if (st == CUDNN_STATUS_SUCCESS) {
+        if (st == CUDNN_STATUS_SUCCESS && finalised++ == p->engine) {
             p->plan = plan;
             break;
+        }
+        if (st == CUDNN_STATUS_SUCCESS) { /* an earlier engine than the key's */
+            (void)cudnnBackendDestroyDescriptor(plan);
+            continue;
         }
         if (!first_why[0]) { /* a config the heuristics offered but cannot run here: try the next */
             char msg[400];
@@ -490,10 +498,10 @@ an_status plan_build(an_ctx *ctx, cudnnHandle_t handle, Plan *p) {
         char msg[400];
         last_error(msg, sizeof msg);
         g->st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
-                             "cuDNN attention %s (%s B %lld T %lld Hq %lld Hkv %lld D %lld): no engine config of %lld "
-                             "finalised (first: %s)%s%s", pass, an_dtype_name(p->dtype), (long long)p->B,
-                             (long long)p->T, (long long)p->Hq, (long long)p->Hkv, (long long)p->D,
-                             (long long)n_cfgs, first_why[0] ? first_why : "heuristics returned none",
+                             "cuDNN attention %s (%s B %lld T %lld Hq %lld Hkv %lld D %lld): %d of %lld engine configs "
+                             "finalised, engine %d asked for (first failure: %s)%s%s", pass, an_dtype_name(p->dtype),
+                             (long long)p->B, (long long)p->T, (long long)p->Hq, (long long)p->Hkv, (long long)p->D,
+                             finalised, (long long)n_cfgs, p->engine, first_why[0] ? first_why : "none",
                              msg[0] ? "; last: " : "", msg);
     }
     int64_t got = 0;
@@ -527,15 +535,18 @@ an_status handle_of(an_ctx *ctx, an_cuda_state *s, an_cudnn_attention **out) {
 }
 
 /* The cached plan for the key, built on a miss. */
-an_status plan_get(an_ctx *ctx, const Plan &key, cudnnHandle_t *handle, Plan **out) {
+an_status plan_get(an_ctx *ctx, const Plan &call, cudnnHandle_t *handle, Plan **out) {
     AN_CUDA_STATE(ctx, s);
     an_cudnn_attention *c;
     AN_TRY(handle_of(ctx, s, &c));
     *handle = c->handle;
+    Plan key = call;
+    key.engine = c->engine[call.backward ? 1 : 0];
     for (int i = 0; i < kPlanSlots; i++) {
         Plan *p = &c->plans[i];
         if (p->used && p->backward == key.backward && p->deterministic == key.deterministic &&
-            p->padding_mask == key.padding_mask && p->dtype == key.dtype && p->B == key.B && p->T == key.T && p->Hq == key.Hq && p->Hkv == key.Hkv && p->D == key.D) {
+            p->padding_mask == key.padding_mask && p->engine == key.engine && p->dtype == key.dtype && p->B == key.B &&
+            p->T == key.T && p->Hq == key.Hq && p->Hkv == key.Hkv && p->D == key.D) {
             *out = p;
             return AN_OK;
         }
@@ -691,3 +702,12 @@ void an_cuda_cudnn_free(an_cuda_state *s) {
 }
 
 extern "C" int an_cuda_cudnn_version(void) { return (int)cudnnGetVersion(); }
+
+extern "C" an_status an_cuda_set_attention_cudnn_engine(an_ctx *ctx, int backward, int engine) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, engine >= 0 && engine < 16, AN_ERR_INPUT, "cuDNN attention engine %d: expected 0 to 15", engine);
+    an_cudnn_attention *c = nullptr;
+    AN_TRY(handle_of(ctx, s, &c));
+    c->engine[backward ? 1 : 0] = engine;
+    return AN_OK;
+}

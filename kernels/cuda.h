@@ -49,6 +49,9 @@ an_status an_cuda_empty_cache(an_ctx *ctx);
 an_status an_cuda_memcpy(an_ctx *ctx, void *dst, an_device dst_device, const void *src, an_device src_device,
                          size_t bytes);
 an_status an_cuda_memset(an_ctx *ctx, void *ptr, int value, size_t bytes);
+/* ptr (n elements of elem_size 1, 2, 4 or 8 bytes) = the element bits, asynchronously on the stream
+ * (a constant fill with no host copy, which would wait for the stream: an_tensor_fill). */
+an_status an_cuda_fill_bits(an_ctx *ctx, void *ptr, int64_t n, int elem_size, uint64_t bits);
 /* Reading a few device bytes while later work runs: an_cuda_read_mark notes the work queued so far
  * on the stream; an_cuda_read_marked copies `bytes` of device src, written by that work, to host
  * dst on a second stream and returns once they have arrived, without waiting for what was queued
@@ -79,6 +82,11 @@ an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on);
 /* Whether cuDNN's attention backward is its deterministic one (on by default, bit-reproducible
  * like our kernels) or the one that accumulates dQ with atomics: off only to measure it. */
 an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on);
+/* Which of the engine configs cuDNN's heuristics offer for the attention forward (backward 0) or
+ * backward (1) plans built from now on: 0 (the default) the first that finalises, n the n-th after
+ * it (0 to 15; a plan asked for more engines than finalise fails to build, naming how many did).
+ * For measuring the others (tests/test_cuda_attention_cudnn.c). */
+an_status an_cuda_set_attention_cudnn_engine(an_ctx *ctx, int backward, int engine);
 /* Whether every cuDNN attention backward graph carries the explicit padding mask that cuDNN <= 9.15
  * needs when T is not a multiple of 128 (off by default: added only there); on only so tests can
  * run that graph on a newer cuDNN. */
@@ -93,6 +101,9 @@ void an_cuda_event_free(void *event);
 
 /* Elementwise (f32, bf16, f16; math in fp32). b is broadcast: element i of a pairs with i % nb. */
 an_status an_cuda_cast(an_ctx *ctx, const void *src, an_dtype src_dtype, void *dst, an_dtype dst_dtype, size_t n);
+/* dst (n, dst_dtype) = src (n, fp32) cast to dst_dtype, times the device scalar *scale (dst_dtype):
+ * an_cuda_cast then an_cuda_binary's multiply, bit for bit, in one pass. */
+an_status an_cuda_cast_mul(an_ctx *ctx, const float *src, void *dst, an_dtype dst_dtype, int64_t n, const void *scale);
 an_status an_cuda_add_into(an_ctx *ctx, void *dst, const void *src, an_dtype dtype, int64_t n);
 an_status an_cuda_binary(an_ctx *ctx, an_binary_kind kind, an_dtype dtype, const void *a, int64_t n, const void *b,
                          int64_t nb, void *out);
@@ -418,6 +429,11 @@ typedef struct {
 /* Scans device ids once and copies the report to the host: it synchronises the stream. */
 an_status an_cuda_check_ids(an_ctx *ctx, const void *ids, an_dtype id_dtype, int64_t n, int64_t limit,
                             int allow_ignore, int64_t ignore_index, an_cuda_id_report *report);
+/* out (rows, t) = ids (rows, t) shifted left by one within each row, fill in each row's last column:
+ * the next-token targets of a batch of labels, on the device (no readback). Same dtype in and out
+ * (i32/i64). */
+an_status an_cuda_shift_ids(an_ctx *ctx, const void *ids, an_dtype id_dtype, int64_t rows, int64_t t, int64_t fill,
+                            void *out);
 
 /* ---- Embedding (embedding.cu). ids (n) are i32/i64 already checked to lie in [0, V). ---- */
 

@@ -57,6 +57,10 @@ an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_attention_cudnn_engine(an_ctx *ctx, int backward, int engine) {
+    (void)backward, (void)engine;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
@@ -79,8 +83,16 @@ an_status an_cuda_copy_bandwidth(an_ctx *ctx, size_t bytes, int reps, double *by
     (void)bytes, (void)reps, (void)bytes_per_second;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_fill_bits(an_ctx *ctx, void *ptr, int64_t n, int elem_size, uint64_t bits) {
+    (void)ptr, (void)n, (void)elem_size, (void)bits;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_cast(an_ctx *ctx, const void *src, an_dtype sdt, void *dst, an_dtype ddt, size_t n) {
     (void)src, (void)sdt, (void)dst, (void)ddt, (void)n;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_cast_mul(an_ctx *ctx, const float *src, void *dst, an_dtype dst_dtype, int64_t n, const void *scale) {
+    (void)src, (void)dst, (void)dst_dtype, (void)n, (void)scale;
     return NO_CUDA(ctx);
 }
 an_status an_cuda_add_into(an_ctx *ctx, void *dst, const void *src, an_dtype dtype, int64_t n) {
@@ -272,6 +284,11 @@ an_status an_cuda_sum_squares_multi(an_ctx *ctx, const an_adamw_segment *table, 
 an_status an_cuda_check_ids(an_ctx *ctx, const void *ids, an_dtype id_dtype, int64_t n, int64_t limit,
                             int allow_ignore, int64_t ignore_index, an_cuda_id_report *report) {
     (void)ids, (void)id_dtype, (void)n, (void)limit, (void)allow_ignore, (void)ignore_index, (void)report;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_shift_ids(an_ctx *ctx, const void *ids, an_dtype id_dtype, int64_t rows, int64_t t, int64_t fill,
+                            void *out) {
+    (void)ids, (void)id_dtype, (void)rows, (void)t, (void)fill, (void)out;
     return NO_CUDA(ctx);
 }
 an_status an_cuda_embedding(an_ctx *ctx, an_dtype dtype, const void *ids, an_dtype id_dtype, int64_t n,

@@ -111,6 +111,22 @@ template <typename T> struct BinaryOp {
     }
 };
 
+/* dst = round_T(round_T(src) * scale[0]) for fp32 src: an_cuda_cast to T and then a multiply by the
+ * device scalar, in one pass (the same two roundings). */
+template <typename T> struct CastMulOp {
+    const float *src;
+    const T *scale;
+    T *dst;
+    template <int N> __device__ void apply(int64_t i) const {
+        float v[N];
+        load<N>(src + i, v);
+        const float g = an_load(scale[0]);
+#pragma unroll
+        for (int k = 0; k < N; k++) v[k] = an_load(an_store<T>(v[k])) * g;
+        store<N>(dst + i, v);
+    }
+};
+
 template <typename T> struct ScaleOp {
     const T *x;
     T *out;
@@ -379,6 +395,17 @@ an_status an_cuda_cast(an_ctx *ctx, const void *src, an_dtype src_dtype, void *d
     AN_CHECK(ctx, an_dtype_is_float(src_dtype) && an_dtype_is_float(dst_dtype), AN_ERR_INPUT,
              "cast: no CUDA kernel from %s to %s", an_dtype_name(src_dtype), an_dtype_name(dst_dtype));
     AN_CUDA_DISPATCH_FLOAT(ctx, src_dtype, "cast", return cast_from<T>(ctx, (const T *)src, dst, dst_dtype, (int64_t)n));
+    return AN_OK;
+}
+
+an_status an_cuda_cast_mul(an_ctx *ctx, const float *src, void *dst, an_dtype dst_dtype, int64_t n,
+                           const void *scale) {
+    AN_TRY(check_count(ctx, "cast_mul", n));
+    AN_CUDA_DISPATCH_FLOAT(ctx, dst_dtype, "cast_mul", {
+        const int N = 16 / sizeof(float);
+        bool vec = aligned(src, 16) && aligned(dst, N * sizeof(T));
+        return launch_map<N>(ctx, n, vec, CastMulOp<T>{src, (const T *)scale, (T *)dst}, "cast_mul");
+    });
     return AN_OK;
 }
 

@@ -1,5 +1,6 @@
 /* indices.cu — an_cuda_check_ids: the range check the ops run on device-resident ids, targets and
- * positions before any kernel indexes memory with them (the CUDA side of the CPU ops' checks).
+ * positions before any kernel indexes memory with them (the CUDA side of the CPU ops' checks);
+ * an_cuda_shift_ids: next-token targets from labels, on the device.
  *
  * Rules: one pass over the ids; the smallest bad index is found with an integer atomicMin and
  * the counted ids with an integer atomicAdd, so the report does not depend on the order blocks
@@ -25,6 +26,13 @@ __global__ void check_ids_kernel(const void *ids, bool is64, int64_t n, int64_t 
     }
     if (first_bad != ~0ull) atomicMin(&report[0], first_bad);
     if (counted) atomicAdd(&report[1], counted);
+}
+
+/* out[r t + i] = ids[r t + i + 1] for i < t - 1, fill at i = t - 1. */
+template <typename I> __global__ void shift_ids_kernel(const I *ids, int64_t n, int64_t t, I fill, I *out) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        out[i] = i % t == t - 1 ? fill : ids[i + 1];
 }
 
 } // namespace
@@ -59,5 +67,24 @@ extern "C" an_status an_cuda_check_ids(an_ctx *ctx, const void *ids, an_dtype id
         AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->stream));
         report->bad_value = id_dtype == AN_I64 ? v64 : v32;
     }
+    return AN_OK;
+}
+
+extern "C" an_status an_cuda_shift_ids(an_ctx *ctx, const void *ids, an_dtype id_dtype, int64_t rows, int64_t t,
+                                       int64_t fill, void *out) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, id_dtype == AN_I32 || id_dtype == AN_I64, AN_ERR_INPUT, "shift_ids: expected i32 or i64, got %s",
+             an_dtype_name(id_dtype));
+    AN_CHECK(ctx, rows >= 0 && t >= 0 && (id_dtype == AN_I64 || (fill >= INT32_MIN && fill <= INT32_MAX)),
+             AN_ERR_INTERNAL, "shift_ids: %lld rows of %lld, fill %lld", (long long)rows, (long long)t, (long long)fill);
+    const int64_t n = rows * t;
+    if (n == 0) return AN_OK;
+    if (id_dtype == AN_I64)
+        shift_ids_kernel<int64_t><<<an_cuda_blocks(s, n, kThreads), kThreads, 0, s->stream>>>(
+            (const int64_t *)ids, n, t, (int64_t)fill, (int64_t *)out);
+    else
+        shift_ids_kernel<int32_t><<<an_cuda_blocks(s, n, kThreads), kThreads, 0, s->stream>>>(
+            (const int32_t *)ids, n, t, (int32_t)fill, (int32_t *)out);
+    AN_CUDA_LAUNCH_CHECK(ctx, "shift_ids_kernel");
     return AN_OK;
 }

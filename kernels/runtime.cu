@@ -4,7 +4,7 @@
  * Rules: every call below is checked (AN_CUDA_CHECK / AN_CUBLAS_CHECK, kernels/cuda_common.cuh).
  * All copies and kernels of a state run on its one stream, in order. Copies that touch host memory
  * return only once they are complete, so the caller may reuse or free the host buffer at once;
- * device-to-device copies and memsets are asynchronous on the stream. One process drives one
+ * device-to-device copies, memsets and fills are asynchronous on the stream. One process drives one
  * device (the state's). Device memory (tensors, the workspace, the scratch buffer) comes from the
  * state's caching allocator (autograd/block_cache.h over cudaMalloc/cudaFree): a freed block is
  * handed out again without an event because every user of it runs on the one stream; work on
@@ -289,6 +289,26 @@ an_status an_cuda_read_marked(an_ctx *ctx, void *dst, const void *src, size_t by
     AN_CUDA_CHECK(ctx, cudaMemcpyAsync(s->read_staging, src, bytes, cudaMemcpyDeviceToHost, s->read_stream));
     AN_CUDA_CHECK(ctx, cudaStreamSynchronize(s->read_stream));
     memcpy(dst, s->read_staging, bytes);
+    return AN_OK;
+}
+
+/* ptr[i] = bits for i < n, elements of E bytes (an_cuda_fill_bits). */
+template <typename E> __global__ void fill_bits_kernel(E *ptr, int64_t n, E bits) {
+    int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) ptr[i] = bits;
+}
+
+an_status an_cuda_fill_bits(an_ctx *ctx, void *ptr, int64_t n, int elem_size, uint64_t bits) {
+    AN_CHECK(ctx, n >= 0 && (elem_size == 1 || elem_size == 2 || elem_size == 4 || elem_size == 8), AN_ERR_INTERNAL,
+             "fill_bits: %lld elements of %d bytes", (long long)n, elem_size);
+    if (n == 0) return AN_OK;
+    AN_CUDA_STATE(ctx, s);
+    const unsigned blocks = an_cuda_blocks(s, n, 256);
+    if (elem_size == 1) fill_bits_kernel<uint8_t><<<blocks, 256, 0, s->stream>>>((uint8_t *)ptr, n, (uint8_t)bits);
+    else if (elem_size == 2) fill_bits_kernel<uint16_t><<<blocks, 256, 0, s->stream>>>((uint16_t *)ptr, n, (uint16_t)bits);
+    else if (elem_size == 4) fill_bits_kernel<uint32_t><<<blocks, 256, 0, s->stream>>>((uint32_t *)ptr, n, (uint32_t)bits);
+    else fill_bits_kernel<uint64_t><<<blocks, 256, 0, s->stream>>>((uint64_t *)ptr, n, bits);
+    AN_CUDA_LAUNCH_CHECK(ctx, "fill_bits_kernel");
     return AN_OK;
 }
 

@@ -58,7 +58,7 @@ static bool all_zero(const an_tensor *t) {
     return t != NULL;
 }
 
-static const an_cross_entropy_opts defaults = {AN_IGNORE_INDEX, 0, 0.0};
+static const an_cross_entropy_opts defaults = {AN_IGNORE_INDEX, 0, 0.0, 0};
 
 static an_tensor *run_ce(an_ctx *ctx, an_tensor *const *in, void *user) {
     return an_cross_entropy(ctx, in[0], in[1], user);
@@ -105,9 +105,9 @@ END_TEST
 
 START_TEST(test_cross_entropy_gradcheck_with_ignored_rows_and_options) {
     const an_cross_entropy_opts options[] = {
-        {AN_IGNORE_INDEX, 0, 0.0},  /* mean over counted targets */
-        {AN_IGNORE_INDEX, 0, 10.0}, /* summed / normalizer */
-        {0, 0, 0.0},                /* target 0 is the ignored one */
+        {AN_IGNORE_INDEX, 0, 0.0, 0},  /* mean over counted targets */
+        {AN_IGNORE_INDEX, 0, 10.0, 0}, /* summed / normalizer */
+        {0, 0, 0.0, 0},             /* target 0 is the ignored one */
     };
     for (size_t s = 0; s < 4; s++) {
         for (size_t k = 0; k < sizeof options / sizeof *options; k++) {
@@ -131,7 +131,7 @@ START_TEST(test_custom_ignore_index_skips_those_targets) {
     an_ctx *ctx = test_ctx(7);
     an_tensor *logits = test_uniform(ctx, AN_F64, 2, (int64_t[]){6, 5}, -2, 2, false);
     an_tensor *targets = an_tensor_from_data(ctx, AN_I64, 1, (int64_t[]){6}, (int64_t[]){0, 3, 4, 0, 1, 2});
-    an_cross_entropy_opts o = {0, 0, 0.0};
+    an_cross_entropy_opts o = {0, 0, 0.0, 0};
     int64_t count;
     double want = reference_loss_sum(logits, targets, 0, &count) / (double)count;
     ck_assert_int_eq(count, 4);
@@ -152,7 +152,7 @@ START_TEST(test_normalizer_divides_the_summed_loss) {
     an_ctx *ctx = test_ctx(8);
     an_tensor *logits = test_uniform(ctx, AN_F64, 2, (int64_t[]){9, 6}, -3, 3, true);
     an_tensor *targets = targets_with_ignored(ctx, AN_I32, 9, 6, 4, AN_IGNORE_INDEX);
-    an_cross_entropy_opts o = {AN_IGNORE_INDEX, 0, 13.0};
+    an_cross_entropy_opts o = {AN_IGNORE_INDEX, 0, 13.0, 0};
     int64_t count;
     double want = reference_loss_sum(logits, targets, AN_IGNORE_INDEX, &count) / 13.0;
     an_tensor *loss = an_cross_entropy(ctx, logits, targets, &o);
@@ -166,7 +166,7 @@ START_TEST(test_normalizer_divides_the_summed_loss) {
     ck_assert_ptr_null(an_cross_entropy(ctx, logits, targets, &o));
     ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "normalizer = -1"));
     an_error_clear(ctx);
-    o = (an_cross_entropy_opts){AN_IGNORE_INDEX, -4, 0.0};
+    o = (an_cross_entropy_opts){AN_IGNORE_INDEX, -4, 0.0, 0};
     ck_assert_ptr_null(an_linear_cross_entropy(ctx, logits, logits, targets, &o));
     ck_assert_ptr_nonnull(strstr(an_error_message(ctx), "chunk_rows = -4"));
     an_error_clear(ctx);
@@ -183,7 +183,7 @@ START_TEST(test_normalizer_makes_micro_batches_add_up_to_the_full_batch) {
     an_tensor *hidden = test_uniform(ctx, AN_F64, 2, (int64_t[]){N, D}, -1, 1, true);
     an_tensor *weight = test_uniform(ctx, AN_F64, 2, (int64_t[]){V, D}, -1, 1, true);
     an_tensor *targets = targets_with_ignored(ctx, AN_I64, N, V, 3, AN_IGNORE_INDEX);
-    an_cross_entropy_opts o = {AN_IGNORE_INDEX, 3, 0.0};
+    an_cross_entropy_opts o = {AN_IGNORE_INDEX, 3, 0.0, 0};
     an_tensor *full = an_linear_cross_entropy(ctx, hidden, weight, targets, &o);
     double full_loss = an_tensor_get(full, 0);
     ck_assert_int_eq(an_backward(ctx, full), AN_OK);
@@ -221,7 +221,7 @@ END_TEST
 START_TEST(test_all_ignored_gives_zero_loss_and_zero_gradients) {
     for (int normalized = 0; normalized < 2; normalized++) {
         an_ctx *ctx = test_ctx(10);
-        an_cross_entropy_opts o = {AN_IGNORE_INDEX, 2, normalized ? 8.0 : 0.0};
+        an_cross_entropy_opts o = {AN_IGNORE_INDEX, 2, normalized ? 8.0 : 0.0, 0};
         an_tensor *targets = targets_with_ignored(ctx, AN_I64, 5, 6, 1, AN_IGNORE_INDEX); /* every row */
         an_tensor *logits = test_uniform(ctx, AN_F64, 2, (int64_t[]){5, 6}, -3, 3, true);
         an_tensor *loss = an_cross_entropy(ctx, logits, targets, &o);
@@ -307,7 +307,7 @@ static void check_fused_equals_unfused(an_dtype dtype, double tol) {
         an_tensor *hidden = test_uniform(ctx, dtype, 2, (int64_t[]){N, D}, -1, 1, true);
         an_tensor *weight = test_uniform(ctx, dtype, 2, (int64_t[]){V, D}, -1, 1, true);
         an_tensor *targets = targets_with_ignored(ctx, s % 2 ? AN_I32 : AN_I64, N, V, c[4], AN_IGNORE_INDEX);
-        an_cross_entropy_opts o = {AN_IGNORE_INDEX, c[3], 0.0};
+        an_cross_entropy_opts o = {AN_IGNORE_INDEX, c[3], 0.0, 0};
 
         an_tensor *fused = an_linear_cross_entropy(ctx, hidden, weight, targets, c[3] ? &o : NULL);
         ck_assert_msg(fused != NULL, "%s", an_error_message(ctx));
@@ -344,7 +344,7 @@ START_TEST(test_linear_cross_entropy_gradcheck_with_uneven_chunks) {
         an_tensor *hidden = test_uniform(ctx, AN_F64, 2, (int64_t[]){N, D}, -1, 1, true);
         an_tensor *weight = test_uniform(ctx, AN_F64, 2, (int64_t[]){V, D}, -1, 1, true);
         an_tensor *targets = targets_with_ignored(ctx, AN_I64, N, V, c[4], AN_IGNORE_INDEX);
-        an_cross_entropy_opts o = {AN_IGNORE_INDEX, c[3], s % 2 ? 0.0 : 5.0};
+        an_cross_entropy_opts o = {AN_IGNORE_INDEX, c[3], s % 2 ? 0.0 : 5.0, 0};
         test_assert_gradcheck(ctx, run_linear_ce, (an_tensor *[]){hidden, weight, targets}, 3, &o,
                               "linear_cross_entropy");
         an_tensor_release(hidden), an_tensor_release(weight), an_tensor_release(targets);
@@ -361,7 +361,7 @@ START_TEST(test_linear_cross_entropy_bf16_close_to_float64) {
     an_tensor *hidden = test_uniform(ctx, AN_BF16, 2, (int64_t[]){N, D}, -1, 1, true);
     an_tensor *weight = test_uniform(ctx, AN_BF16, 2, (int64_t[]){V, D}, -1, 1, true);
     an_tensor *targets = targets_with_ignored(ctx, AN_I64, N, V, 4, AN_IGNORE_INDEX);
-    an_cross_entropy_opts o = {AN_IGNORE_INDEX, 4, 0.0};
+    an_cross_entropy_opts o = {AN_IGNORE_INDEX, 4, 0.0, 0};
     an_tensor *loss = an_linear_cross_entropy(ctx, hidden, weight, targets, &o);
     ck_assert_msg(loss && loss->dtype == AN_F32, "%s", an_error_message(ctx)); /* the loss scalar is fp32 */
     ck_assert_int_eq(an_backward(ctx, loss), AN_OK);
@@ -393,7 +393,7 @@ START_TEST(test_linear_cross_entropy_never_allocates_full_logits) {
     an_tensor *hidden = test_uniform(ctx, AN_F32, 2, (int64_t[]){N, D}, -1, 1, true);
     an_tensor *weight = test_uniform(ctx, AN_F32, 2, (int64_t[]){V, D}, -1, 1, true);
     an_tensor *targets = targets_with_ignored(ctx, AN_I32, N, V, 5, AN_IGNORE_INDEX);
-    an_cross_entropy_opts o = {AN_IGNORE_INDEX, chunk, 0.0};
+    an_cross_entropy_opts o = {AN_IGNORE_INDEX, chunk, 0.0, 0};
 
     an_mem_reset_peak(ctx, AN_CPU);
     size_t base = ctx->mem[AN_CPU].current;

@@ -211,6 +211,71 @@ START_TEST(test_cuda_cast_rounds_like_the_cpu) {
 }
 END_TEST
 
+/* an_cuda_cast_mul against an_cuda_cast followed by an_cuda_binary's multiply by the device scalar:
+ * the same bits, at every size (the vector path and the scalar tail) and on a misaligned copy. */
+START_TEST(test_cuda_cast_mul_equals_cast_then_multiply) {
+    an_ctx *ctx = gpu_ctx(12, "cuda cast_mul");
+    if (!ctx) return;
+    char what[128];
+    const double scales[] = {1.7, -0.3125, 3.0e-3};
+    for (int d = 0; d < N_DTYPES; d++) {
+        an_dtype dt = float_dtypes[d];
+        for (int z = 0; z < N_SIZES; z++)
+            for (int64_t offset = 0; offset < 2; offset++) {
+                pair p = random_pair(ctx, AN_F32, sizes[z], offset, -70000, 70000);
+                int64_t n = sizes[z];
+                an_tensor *g = an_tensor_scalar(ctx, dt, AN_CUDA, scales[z % 3]);
+                an_tensor *fused = poisoned(ctx, dt, n, offset), *two = poisoned(ctx, dt, n, 0);
+                snprintf(what, sizeof what, "cast_mul f32->%s n %lld offset %lld", an_dtype_name(dt), (long long)n,
+                         (long long)offset);
+                test_ok(ctx, an_cuda_cast_mul(ctx, an_tensor_data(p.dev), an_tensor_data(fused), dt, n, an_tensor_data(g)),
+                        what);
+                test_ok(ctx, an_cuda_cast(ctx, an_tensor_data(p.dev), AN_F32, an_tensor_data(two), dt, (size_t)n), what);
+                test_ok(ctx, an_cuda_binary(ctx, AN_BINARY_MUL, dt, an_tensor_data(two), n, an_tensor_data(g), 1,
+                                            an_tensor_data(two)),
+                        what);
+                an_tensor *a = an_tensor_to(ctx, fused, dt, AN_CPU), *b = an_tensor_to(ctx, two, dt, AN_CPU);
+                ck_assert_ptr_nonnull(a);
+                ck_assert_ptr_nonnull(b);
+                for (int64_t i = 0; i < n; i++)
+                    ck_assert_msg(same_value(an_tensor_data(a), an_tensor_data(b), dt, i), "%s: element %lld: %.9g vs %.9g",
+                                  what, (long long)i, an_tensor_get(a, i), an_tensor_get(b, i));
+                an_tensor_release(a), an_tensor_release(b), an_tensor_release(fused), an_tensor_release(two);
+                an_tensor_release(g);
+                pair_release(p);
+            }
+    }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* an_cuda_shift_ids: each row's ids moved one left and the fill at its end, i32 and i64, rows of 1. */
+START_TEST(test_cuda_shift_ids_makes_next_token_targets) {
+    an_ctx *ctx = gpu_ctx(13, "cuda shift_ids");
+    if (!ctx) return;
+    const int64_t shapes[][2] = {{1, 1}, {3, 1}, {1, 7}, {8, 1024}, {5, 333}};
+    for (int d = 0; d < 2; d++)
+        for (size_t c = 0; c < sizeof shapes / sizeof *shapes; c++) {
+            const an_dtype dt = d ? AN_I64 : AN_I32;
+            const int64_t rows = shapes[c][0], t = shapes[c][1], n = rows * t;
+            an_tensor *h = test_ids(ctx, dt, 1, &n, 151936);
+            an_tensor *dev = an_tensor_to(ctx, h, dt, AN_CUDA), *out = an_tensor_new(ctx, dt, AN_CUDA, 1, &n);
+            ck_assert_msg(dev && out, "alloc: %s", an_error_message(ctx));
+            test_ok(ctx, an_cuda_memset(ctx, an_tensor_data(out), 0x5a, an_tensor_nbytes(out)), "poison");
+            test_ok(ctx, an_cuda_shift_ids(ctx, an_tensor_data(dev), dt, rows, t, -100, an_tensor_data(out)), "shift_ids");
+            an_tensor *got = an_tensor_to(ctx, out, dt, AN_CPU);
+            ck_assert_ptr_nonnull(got);
+            for (int64_t i = 0; i < n; i++) {
+                double want = i % t == t - 1 ? -100.0 : an_tensor_get(h, i + 1);
+                ck_assert_msg(an_tensor_get(got, i) == want, "%s %lld x %lld: element %lld is %.0f, expected %.0f",
+                              an_dtype_name(dt), (long long)rows, (long long)t, (long long)i, an_tensor_get(got, i), want);
+            }
+            an_tensor_release(got), an_tensor_release(out), an_tensor_release(dev), an_tensor_release(h);
+        }
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* ---- add_into, binary ---- */
 
 START_TEST(test_cuda_add_into_scale_and_fill_match_reference) {
@@ -913,6 +978,8 @@ int main(void) {
     Suite *s = suite_create("cuda");
     test_add_case(s, "runtime", test_cuda_runtime_copies_and_reports_errors);
     test_add_case(s, "cast", test_cuda_cast_rounds_like_the_cpu);
+    test_add_case(s, "cast_mul", test_cuda_cast_mul_equals_cast_then_multiply);
+    test_add_case(s, "shift_ids", test_cuda_shift_ids_makes_next_token_targets);
     test_add_case(s, "elementwise", test_cuda_add_into_scale_and_fill_match_reference);
     test_add_case(s, "binary", test_cuda_binary_forward_matches_reference);
     test_add_case(s, "binary_backward", test_cuda_binary_backward_sums_broadcast_deterministically);

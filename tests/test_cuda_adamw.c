@@ -10,12 +10,13 @@
  *   and the state within 1e-6 relative (masters, moments) and one ulp (bf16/f16 parameters).
  * Also: clip_grad_norm on CUDA gradients, and a NaN gradient on the GPU is an error that changes
  * nothing. The update in backward (src/optim/in_backward.c, on the side stream) keeps every bit
- * of the step after backward on a small bf16 network. Without a GPU (or in a build without CUDA) every test prints SKIP and passes. */
+ * of the step after backward on a small bf16 network, and the float64 sum of its chunk partials
+ * matches a host sum in one or two levels. Without a GPU (or in a build without CUDA) every test prints SKIP and passes. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "kernels/cuda.h"  /* an_cuda_adamw_multi, an_cuda_sum_squares_multi */
+#include "kernels/cuda.h"  /* an_cuda_adamw_multi, an_cuda_sum_squares_multi, an_cuda_sum_doubles */
 #include "optim/optim.h"
 #include "support/test_util.h"
 #include "support/update_in_backward.h"
@@ -368,6 +369,41 @@ START_TEST(test_cuda_clip_grad_norm_and_nan_gradients) {
 }
 END_TEST
 
+/* an_cuda_sum_doubles at counts around one finishing block's span (8192: one level below, spans of
+ * it above) and at the update in backward's size for the 1.5B model's 870 k chunk partials:
+ * within 1e-12 of a host float64 sum of the same random doubles, and the same bits when repeated. */
+START_TEST(test_cuda_sum_doubles_in_one_or_two_levels) {
+    an_ctx *ctx = gpu_ctx(9, "cuda sum_doubles");
+    if (!ctx) return;
+    const int64_t counts[] = {1, 1000, 8192, 8193, 100000, 870000};
+    for (size_t c = 0; c < sizeof counts / sizeof *counts; c++) {
+        const int64_t n = counts[c];
+        double *host = malloc((size_t)n * sizeof *host), ref = 0, scale = 0;
+        uint64_t state = 0x9E3779B97F4A7C15ull * (uint64_t)(c + 1);
+        for (int64_t i = 0; i < n; i++) {
+            state = state * 6364136223846793005ull + 1442695040888963407ull;
+            host[i] = ((double)(state >> 11) / 9007199254740992.0) * 2.0 - 0.5; /* [-0.5, 1.5): no cancellation to 0 */
+            ref += host[i], scale += fabs(host[i]);
+        }
+        an_tensor *dev = an_tensor_new(ctx, AN_I64, AN_CUDA, 1, (int64_t[]){n + 2}); /* 8-byte room for doubles */
+        ck_assert_msg(dev != NULL, "alloc: %s", an_error_message(ctx));
+        double *d = an_tensor_data(dev), got[2] = {NAN, NAN};
+        test_ok(ctx, an_cuda_memcpy(ctx, d, AN_CUDA, host, AN_CPU, (size_t)n * sizeof *host), "upload");
+        for (int rep = 0; rep < 2; rep++) {
+            test_ok(ctx, an_cuda_memset(ctx, d + n + rep, 0xff, sizeof(double)), "poison"); /* a NaN */
+            test_ok(ctx, an_cuda_sum_doubles(ctx, d, n, d + n + rep), "sum_doubles");
+            test_ok(ctx, an_cuda_memcpy(ctx, &got[rep], AN_CPU, d + n + rep, AN_CUDA, sizeof(double)), "download");
+        }
+        ck_assert_msg(fabs(got[0] - ref) <= 1e-12 * scale, "count %lld: %.17g vs host %.17g", (long long)n, got[0], ref);
+        ck_assert_msg(memcmp(&got[0], &got[1], sizeof(double)) == 0, "count %lld: %.17g then %.17g", (long long)n,
+                      got[0], got[1]);
+        an_tensor_release(dev);
+        free(host);
+    }
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* The update in backward on the side stream against the step after backward on the same GPU: the
  * same bits in every parameter and state (a side update racing the backward's later reads of its
  * weight, or run before its gradient is complete, would show), at both side-stream priorities,
@@ -396,5 +432,6 @@ int main(void) {
     test_add_case(s, "clipped_steps", test_cuda_adamw_steps_with_clipping_match_cpu);
     test_add_case(s, "clip_and_nan", test_cuda_clip_grad_norm_and_nan_gradients);
     test_add_case(s, "update_in_backward", test_cuda_update_in_backward_matches_the_step_after);
+    test_add_case(s, "sum_doubles", test_cuda_sum_doubles_in_one_or_two_levels);
     return test_run(s);
 }

@@ -6,7 +6,8 @@
  * alone); the same for the backward graph with the explicit padding mask of cuDNN <= 9.15; then cuDNN against our tensor-core kernels (an_cuda_set_attention_cudnn off) at the
  * benchmark shape B 8, T 1024, Hq 12, Hkv 2, D 128 bf16, each path's backward also from the
  * other's forward, with both paths' forward and backward times printed (cudaEvent, mean of 20
- * calls after 3 warm-ups) and cuDNN's non-deterministic backward timed beside its deterministic one.
+ * calls after 3 warm-ups) and cuDNN's non-deterministic backward timed beside its deterministic one;
+ * then every other engine config cuDNN's heuristics offer for the two passes, checked and timed.
  *
  * Every output is poisoned with 0xFF bytes (NaN) before each launch; NaN never passes. Bounds as
  * tests/test_cuda_attention.c gives the tensor-core path: out within rtol (bf16 1e-2, f16 2e-3) of
@@ -347,6 +348,35 @@ START_TEST(test_cuda_attention_cudnn_agrees_with_tensor_core_kernels_and_is_time
            flops / ms[1][0] * 1e-9, ms[1][1], 2.5 * flops / ms[1][1] * 1e-9,
            det_same ? ", bit-identical when repeated" : ", NOT bit-identical when repeated", nd_ms,
            nd_same ? "bit-identical" : "differ");
+    /* the heuristics' other engine configs, forward and backward: each checked against ours and
+     * timed, until one asked for does not finalise (the library keeps engine 0) */
+    test_ok(ctx, an_cuda_set_attention_cudnn(ctx, true), "switch");
+    for (int pass = 0; pass < 2; pass++)
+        for (int engine = 1; engine < 16; engine++) {
+            test_ok(ctx, an_cuda_set_attention_cudnn_engine(ctx, pass, engine), "engine");
+            an_tensor *eo, *el, *eg[3];
+            poisoned_set(ctx, qs, ks, ls, &eo, &el, eg);
+            an_status st = forward(ctx, &b, eo, el);
+            if (st == AN_OK && pass) st = backward(ctx, &b, o[1], l[1], eg);
+            if (st != AN_OK) {
+                printf("  cuDNN %s engine %d: %s\n", pass ? "backward" : "forward", engine, an_error_message(ctx));
+                an_error_clear(ctx);
+            } else {
+                char msg[96];
+                snprintf(msg, sizeof msg, "bench: cuDNN %s engine %d vs ours", pass ? "backward" : "forward", engine);
+                double *w = test_download(ctx, pass ? g[0][0] : o[0]);
+                bad += dev_mismatch(ctx, pass ? eg[0] : eo, w, pass ? 8 * rtol : 2 * rtol, pass ? 2 * rtol : rtol,
+                                    pass ? atol : 0, msg);
+                free(w);
+                double t = time_pass(ctx, &b, pass, eo, el, pass ? eg : g[1]);
+                printf("  cuDNN %s engine %d: %.3f ms (%.0f TFLOP/s)\n", pass ? "backward" : "forward", engine, t,
+                       (pass ? 2.5 : 1.0) * flops / t * 1e-9);
+            }
+            an_tensor_release(eo), an_tensor_release(el);
+            for (int i = 0; i < 3; i++) an_tensor_release(eg[i]);
+            test_ok(ctx, an_cuda_set_attention_cudnn_engine(ctx, pass, 0), "engine");
+            if (st != AN_OK) break;
+        }
     fflush(stdout);
     ck_assert_msg(det_same, "cuDNN's deterministic backward gave different bits when repeated");
     ck_assert_msg(bad == 0, "%d mismatches between cuDNN and our kernels (printed above)", bad);

@@ -700,7 +700,7 @@ START_TEST(test_cuda_cross_entropy_matches_cpu_with_ignored_targets_and_normaliz
         for (size_t c = 0; c < sizeof ce_cases / sizeof *ce_cases; c++) {
             an_dtype dtype = float_dtypes[d], t_dtype = c % 2 ? AN_I32 : AN_I64;
             int64_t N = ce_cases[c].N, V = ce_cases[c].V;
-            an_cross_entropy_opts o = {ce_cases[c].ignore_index, 1024, ce_cases[c].normalizer};
+            an_cross_entropy_opts o = {ce_cases[c].ignore_index, 1024, ce_cases[c].normalizer, 0};
             an_tensor *logits = test_uniform(ctx, dtype, 2, (int64_t[]){N, V}, -6, 6, true);
             an_tensor *targets = ce_targets(ctx, t_dtype, N, V, ce_cases[c].ignore, o.ignore_index);
             fmt(what, sizeof what, "cross_entropy %s N %lld V %lld ignore %d (index %lld) normalizer %g",
@@ -823,7 +823,7 @@ START_TEST(test_cuda_cross_entropy_rows_grad_gives_the_two_kernel_bits_at_the_ch
         an_tensor_set(targets, 0, 0);
         if (N > 2) an_tensor_set(targets, 2, (double)(V - 1));
         an_tensor *targets_dev = to_gpu(ctx, targets);
-        an_cross_entropy_opts o = {ignore_index, 1024, 0};
+        an_cross_entropy_opts o = {ignore_index, 1024, 0, 0};
         double scale = ce_inv(targets, &o);
 
         /* the two kernels on the same address (lse's bits depend on how rows split into packs): lse and
@@ -880,6 +880,23 @@ START_TEST(test_cuda_losses_reject_targets_outside_the_vocabulary) {
         ck_assert_msg(strstr(an_error_message(ctx), want) != NULL, "message: %s", an_error_message(ctx));
         an_error_clear(ctx);
     }
+    /* the check a caller runs before its forward (an_model_loss): the same message, and on good
+     * targets the count the op would take (the ignored one left out) */
+    int64_t counted = -1;
+    ck_assert_int_eq(an_cross_entropy_check_targets(ctx, "linear_cross_entropy", t, 11, AN_IGNORE_INDEX, &counted),
+                     AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "linear_cross_entropy: targets[5] = 11 is outside [0, 11)") != NULL,
+                  "message: %s", an_error_message(ctx));
+    an_error_clear(ctx);
+    an_tensor_set(h, 5, 10);
+    an_tensor *good = to_gpu(ctx, h);
+    test_ok(ctx, an_cross_entropy_check_targets(ctx, "linear_cross_entropy", good, 11, AN_IGNORE_INDEX, &counted),
+            "check good targets");
+    ck_assert_int_eq(counted, 5);
+    test_ok(ctx, an_cross_entropy_check_targets(ctx, "linear_cross_entropy", h, 11, AN_IGNORE_INDEX, &counted),
+            "check good targets on the CPU");
+    ck_assert_int_eq(counted, 5);
+    an_tensor_release(good);
     an_tensor_release(x), an_tensor_release(w), an_tensor_release(h), an_tensor_release(t);
     expect_no_failures();
     test_ctx_free(ctx);
@@ -955,7 +972,7 @@ START_TEST(test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks) {
         for (size_t c = 0; c < sizeof lce_cases / sizeof *lce_cases; c++) {
             an_dtype dtype = float_dtypes[d], t_dtype = c % 2 ? AN_I32 : AN_I64;
             int64_t N = lce_cases[c].N, D = lce_cases[c].D, V = lce_cases[c].V;
-            an_cross_entropy_opts o = {AN_IGNORE_INDEX, lce_cases[c].chunk_rows, lce_cases[c].normalizer};
+            an_cross_entropy_opts o = {AN_IGNORE_INDEX, lce_cases[c].chunk_rows, lce_cases[c].normalizer, 0};
             an_tensor *hidden = test_uniform(ctx, dtype, 2, (int64_t[]){N, D}, -1, 1, true);
             an_tensor *weight = test_uniform(ctx, dtype, 2, (int64_t[]){V, D}, -1, 1, true);
             an_tensor *targets = ce_targets(ctx, t_dtype, N, V, lce_cases[c].ignore, o.ignore_index);

@@ -144,10 +144,20 @@ typedef struct {
                               4096 when it forms the weight's gradient on CUDA (cross_entropy.c) */
     double normalizer;     /* divide the summed loss by this; 0 = the number of counted targets.
                               Gradient accumulation passes the whole batch's count here. */
+    int64_t checked_count; /* 0: the op checks and counts the targets (on CUDA a device scan read
+                              back, which synchronises mid-step); n > 0: the caller already did
+                              (an_cross_entropy_check_targets, as an_model_loss does before its
+                              forward) and n targets count. Read on CUDA only. */
 } an_cross_entropy_opts;
 
 /* Start from this rather than a zeroed struct (which would ignore target 0). */
-#define AN_CROSS_ENTROPY_DEFAULTS ((an_cross_entropy_opts){AN_IGNORE_INDEX, 0, 0.0})
+#define AN_CROSS_ENTROPY_DEFAULTS ((an_cross_entropy_opts){AN_IGNORE_INDEX, 0, 0.0, 0})
+
+/* The targets check of the losses below, for op's messages: each of targets (N) i32/i64 in [0, V)
+ * or equal to ignore_index, else AN_ERR_INPUT naming the element and its value; *counted = the
+ * targets not ignored. On CUDA it reads a device scan back (a synchronisation). */
+an_status an_cross_entropy_check_targets(an_ctx *ctx, const char *op, const an_tensor *targets, int64_t V,
+                                         int64_t ignore_index, int64_t *counted);
 
 /* Mean negative log-likelihood of targets (N) i32/i64 under logits (N, V); 0 when no target counts.
  * opts may be NULL for AN_CROSS_ENTROPY_DEFAULTS; a given struct is used as is, except chunk_rows

@@ -7,7 +7,7 @@
 #include <string.h>
 
 #include "autograd/tape.h"   /* an_node (grad_fn's weak back-pointer to its output) */
-#include "kernels/cuda.h"    /* an_cuda_memcpy, an_cuda_memset */
+#include "kernels/cuda.h"    /* an_cuda_memcpy, an_cuda_memset, an_cuda_fill_bits */
 
 static an_storage *storage_new(an_ctx *ctx, an_device device, size_t nbytes) {
     an_storage *s = malloc(sizeof *s);
@@ -247,6 +247,11 @@ an_status an_tensor_fill_normal(an_ctx *ctx, an_tensor *t, double mean, double s
     return fill_with(ctx, t, draw_normal, (double[]){mean, std});
 }
 an_status an_tensor_fill(an_ctx *ctx, an_tensor *t, double value) {
+    if (t->device == AN_CUDA) { /* the value's bits, rounded here as on the CPU, filled on the stream */
+        uint64_t bits = 0;
+        an_dtype_store(&bits, t->dtype, 0, value);
+        return an_cuda_fill_bits(ctx, an_tensor_data(t), an_tensor_numel(t), (int)an_dtype_size(t->dtype), bits);
+    }
     return fill_with(ctx, t, draw_constant, (double[]){value});
 }
 

@@ -521,19 +521,28 @@ an_tensor *an_model_logits(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *
 }
 
 /* targets[b, t] = labels[b, t + 1], and -100 at the last position (i64, on labels' device). */
+/* The next-token targets of labels (B, T): row r's labels shifted left by one, the ignore index at
+ * each row's end; on the labels' device (CUDA: a device kernel, no readback). */
 static an_tensor *shifted_targets(an_ctx *ctx, an_tensor *labels) {
-    an_tensor *host = labels->device == AN_CPU ? an_tensor_retain(labels) : an_tensor_to(ctx, labels, labels->dtype, AN_CPU);
-    if (!host) return NULL;
     int64_t b = labels->shape[0], t = labels->shape[1];
+    if (labels->device == AN_CUDA) {
+        AN_CHECK_NULL(ctx, labels->dtype == AN_I32 || labels->dtype == AN_I64, AN_ERR_INPUT,
+                      "model: labels must be i32 or i64, got %s", an_dtype_name(labels->dtype));
+        an_tensor *out = an_tensor_new(ctx, labels->dtype, AN_CUDA, 1, (int64_t[]){b * t});
+        if (out && an_cuda_shift_ids(ctx, an_tensor_data(labels), labels->dtype, b, t, AN_IGNORE_INDEX,
+                                     an_tensor_data(out)) != AN_OK) {
+            an_tensor_release(out);
+            out = NULL;
+        }
+        return out;
+    }
     an_tensor *out = an_tensor_new(ctx, AN_I64, AN_CPU, 1, (int64_t[]){b * t});
     if (out) {
         int64_t *dst = an_tensor_data(out);
         for (int64_t r = 0; r < b; r++)
             for (int64_t i = 0; i < t; i++)
-                dst[r * t + i] = i + 1 < t ? (int64_t)an_tensor_get(host, r * t + i + 1) : AN_IGNORE_INDEX;
+                dst[r * t + i] = i + 1 < t ? (int64_t)an_tensor_get(labels, r * t + i + 1) : AN_IGNORE_INDEX;
     }
-    an_tensor_release(host);
-    if (out && labels->device != AN_CPU) out = step(out, an_tensor_to(ctx, out, AN_I64, labels->device));
     return out;
 }
 
@@ -544,10 +553,19 @@ an_tensor *an_model_loss(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *la
     AN_CHECK_NULL(ctx, labels->ndim == 2 && an_tensor_same_shape(ids, labels), AN_ERR_INPUT,
                   "model: labels %s must have the shape of ids %s", an_tensor_describe(labels, dl, sizeof dl),
                   an_tensor_describe(ids, di, sizeof di));
-    an_tensor *h = an_model_hidden(ctx, m, ids, positions, segments);
-    an_tensor *targets = h ? shifted_targets(ctx, labels) : NULL;
-    an_tensor *flat = h && targets ? an_reshape(ctx, h, 2, (int64_t[]){an_tensor_numel(h) / h->shape[2], h->shape[2]}) : NULL;
-    an_tensor *loss = an_linear_cross_entropy(ctx, flat, m->lm_head, targets, opts);
+    /* targets made and (on CUDA) checked before the forward: their device scan reads back, which
+     * mid-step would idle the GPU between the last layer and the loss */
+    an_cross_entropy_opts o = opts ? *opts : AN_CROSS_ENTROPY_DEFAULTS;
+    an_tensor *targets = shifted_targets(ctx, labels);
+    if (targets && targets->device == AN_CUDA && o.checked_count <= 0 &&
+        an_cross_entropy_check_targets(ctx, "linear_cross_entropy", targets, m->lm_head->shape[0], o.ignore_index,
+                                       &o.checked_count) != AN_OK) {
+        an_tensor_release(targets);
+        return NULL;
+    }
+    an_tensor *h = targets ? an_model_hidden(ctx, m, ids, positions, segments) : NULL;
+    an_tensor *flat = h ? an_reshape(ctx, h, 2, (int64_t[]){an_tensor_numel(h) / h->shape[2], h->shape[2]}) : NULL;
+    an_tensor *loss = flat ? an_linear_cross_entropy(ctx, flat, m->lm_head, targets, &o) : NULL;
     an_tensor_release(flat);
     an_tensor_release(targets);
     an_tensor_release(h);

@@ -17,17 +17,20 @@
  * ctx->mem counts it.
  *
  * CUDA (kernels/cross_entropy.cu): targets/ids are checked by a device scan whose report (first bad
- * element, counted targets) is copied back, which synchronises; rows are computed in fp32, the
+ * element, counted targets) is copied back, which synchronises (unless the caller checked the
+ * targets before and passes their count, opts->checked_count); rows are computed in fp32, the
  * loss is an fp32 scalar on the device (summed in fp64; every device's loss scalar is fp32, or f64
  * for f64 inputs), and the backward reads the upstream gradient on the device. linear_cross_entropy's chunk logits are one (chunk_rows, V) tensor in the input
  * dtype from an_cuda_gemm (fp32 accumulation), turned into dlogits in place; its weight gradient
  * accumulates over chunks in an fp32 (V, D) buffer for bf16/f16 (each chunk's GEMM adds into it
- * with an fp32 C, an_cuda_gemm_f32_out), directly with GEMM accumulation for f32.
+ * with an fp32 C, an_cuda_gemm_f32_out), which the backward casts to the weight's dtype and scales
+ * by the upstream gradient in one pass (an_cuda_cast_mul: the cast's and the multiply's roundings,
+ * one read of the buffer), directly with GEMM accumulation for f32.
  * Saved tensors, one contract on both devices: saved[0] is the per-row log-sum-exp (N) on the
  * logits' device, in the precision that device computes in (f64 on the CPU, f32 on CUDA); args[0]
  * is 1 / the loss denominator, iargs[0] the ignore index, iargs[1] chunk_rows; on CUDA,
- * linear_cross_entropy adds saved[1] dh and saved[2] dw (either NULL when not wanted) with
- * iargs[2] = 1. */
+ * linear_cross_entropy adds saved[1] dh and saved[2] dw (either NULL when not wanted; dw fp32 when it
+ * accumulated over chunks) with iargs[2] = 1. */
 #include "autograd/ops.h"
 
 #include <math.h>
@@ -100,6 +103,18 @@ static an_status check_ids_cuda(an_ctx *ctx, const char *op, const char *what, c
     AN_CHECK(ctx, rep.first_bad == n, AN_ERR_INPUT, "%s: %s[%lld] = %lld is outside [0, %lld)", op, what,
              (long long)rep.first_bad, (long long)rep.bad_value, (long long)V);
     *counted = rep.counted;
+    return AN_OK;
+}
+
+an_status an_cross_entropy_check_targets(an_ctx *ctx, const char *op, const an_tensor *targets, int64_t V,
+                                         int64_t ignore_index, int64_t *counted) {
+    if (targets->device == AN_CUDA) return check_ids_cuda(ctx, op, "targets", targets, V, true, ignore_index, counted);
+    an_i64 ids;
+    AN_TRY(read_ids(ctx, op, "targets", targets, V, true, ignore_index, &ids));
+    int64_t n = an_tensor_numel(targets), c = 0;
+    for (int64_t i = 0; i < n; i++) c += ids.data[i] != ignore_index;
+    an_i64_free(&ids);
+    *counted = c;
     return AN_OK;
 }
 
@@ -234,8 +249,9 @@ typedef an_status (*cuda_rows_fn)(an_ctx *ctx, an_tensor *const *inputs, const a
 static an_tensor *cuda_loss(an_ctx *ctx, const an_op *op, const an_tensor *like, an_tensor *const *inputs,
                             int n_inputs, const an_tensor *targets, int64_t V, const an_cross_entropy_opts *o,
                             cuda_rows_fn rows) {
-    int64_t N = targets->shape[0], counted = 0;
-    if (check_ids_cuda(ctx, op->name, "targets", targets, V, true, o->ignore_index, &counted) != AN_OK) return NULL;
+    int64_t N = targets->shape[0], counted = o->checked_count;
+    if (counted <= 0 && check_ids_cuda(ctx, op->name, "targets", targets, V, true, o->ignore_index, &counted) != AN_OK)
+        return NULL;
     an_tensor *lse = an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N);                   /* (N) */
     an_tensor *loss_rows = lse ? an_tensor_new(ctx, AN_F32, AN_CUDA, 1, &N) : NULL; /* (N) */
     an_tensor *loss = loss_rows ? an_tensor_new(ctx, loss_dtype(like->dtype), AN_CUDA, 0, NULL) : NULL;
@@ -410,11 +426,9 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
     int64_t vd[2] = {V, D};
     an_tensor *chunk = an_tensor_new(ctx, dt, AN_CUDA, 2, (int64_t[]){chunk_rows ? chunk_rows : 1, V}); /* (chunk_rows, V) */
     an_tensor *dh = chunk && grads->want_h ? an_tensor_new(ctx, dt, AN_CUDA, 2, hidden->shape) : NULL; /* (N, D) */
-    an_tensor *dw = chunk && grads->want_w ? an_tensor_new(ctx, dt, AN_CUDA, 2, vd) : NULL;          /* (V, D) */
-    an_tensor *dw_acc = chunk && wide_dw ? an_tensor_new(ctx, AN_F32, AN_CUDA, 2, vd) : NULL;        /* (V, D) fp32 */
-    an_status st = chunk && (dh || !grads->want_h) && (dw || !grads->want_w) && (!wide_dw || dw_acc)
-                       ? AN_OK
-                       : an_error_status(ctx);
+    /* (V, D); fp32 when it accumulates over chunks (the backward casts and scales it in one pass) */
+    an_tensor *dw = chunk && grads->want_w ? an_tensor_new(ctx, wide_dw ? AN_F32 : dt, AN_CUDA, 2, vd) : NULL;
+    an_status st = chunk && (dh || !grads->want_h) && (dw || !grads->want_w) ? AN_OK : an_error_status(ctx);
     for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
         int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
         st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
@@ -433,14 +447,12 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
         if (st == AN_OK && dw) { /* dw (V, D) (+)= dlogits^T (V, c) @ h rows (c, D), into fp32 over chunks */
             an_gemm_shape s = {1, V, D, c, true, false, false, r0 > 0};
             st = wide_dw ? an_cuda_gemm_f32_out(ctx, &s, dt, an_tensor_data(chunk), row_at(hidden, r0),
-                                                an_tensor_data(dw_acc))
+                                                an_tensor_data(dw))
                          : an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), row_at(hidden, r0), an_tensor_data(dw));
         }
     }
-    if (st == AN_OK && wide_dw)
-        st = an_cuda_cast(ctx, an_tensor_data(dw_acc), AN_F32, an_tensor_data(dw), dt, (size_t)(V * D));
     if (st == AN_OK && dw && N == 0) st = an_cuda_memset(ctx, an_tensor_data(dw), 0, an_tensor_nbytes(dw));
-    an_tensor_release(chunk), an_tensor_release(dw_acc);
+    an_tensor_release(chunk);
     if (st == AN_OK) {
         grads->dh = dh, grads->dw = dw;
     } else {
@@ -521,8 +533,18 @@ static an_status linear_cross_entropy_backward_cuda(an_ctx *ctx, an_node *node, 
         AN_CHECK(ctx, unit != NULL, AN_ERR_INTERNAL, "linear_cross_entropy backward: input %d gained requires_grad "
                  "after the forward", i);
         node->saved[1 + i] = NULL;
-        st = an_cuda_binary(ctx, AN_BINARY_MUL, unit->dtype, an_tensor_data(unit), an_tensor_numel(unit),
-                            an_tensor_data(g), 1, an_tensor_data(unit));
+        an_dtype want = node->inputs[i]->dtype;
+        if (unit->dtype != want) { /* dw summed over chunks in fp32: cast and scaled in one pass */
+            an_tensor *cast = an_tensor_new(ctx, want, AN_CUDA, unit->ndim, unit->shape);
+            st = cast ? an_cuda_cast_mul(ctx, an_tensor_data(unit), an_tensor_data(cast), want, an_tensor_numel(unit),
+                                         an_tensor_data(g))
+                      : an_error_status(ctx);
+            an_tensor_release(unit);
+            unit = cast;
+        } else {
+            st = an_cuda_binary(ctx, AN_BINARY_MUL, unit->dtype, an_tensor_data(unit), an_tensor_numel(unit),
+                                an_tensor_data(g), 1, an_tensor_data(unit));
+        }
         if (st == AN_OK) st = an_node_accumulate(ctx, node, i, unit);
         else an_tensor_release(unit);
     }
