@@ -19,6 +19,10 @@
  *   WG_ONLY=NAME   only the plain shapes whose name starts so (none: only the fused forms)
  *   WG_INPUTS_KB=K the backward forms bring gate and up in at k slice K (default: the library's)
  *   WG_REPS=N      time N calls after min(N, 5) warm-ups (default 20; 1 for a profiler's run)
+ *   WG_LT_ALGOS=N  also time cuBLASLt's first N heuristic algorithms on the full fine-tune's weight
+ *                  gradients, dW (M, N) = dY^T X with dY (K, M) and X (K, N) stored row-major (the
+ *                  library takes the first), each compared with the first (other bits are reported,
+ *                  not failed: another algorithm may sum in another order)
  * Last, sums of products into one output (the segments' form, an_cuda_gemm_segments) against
  * cuBLASLt's GEMM a pair adding into D and its one GEMM over the concatenated operands.
  *
@@ -267,6 +271,70 @@ static void fused_row(const char *tag, int M, int N, int K, const char *name, F 
     failed |= !ok;
 }
 
+/* dW (M, N) = A^T B for A (K, M), B (K, N) row-major through cuBLASLt (column-major: dW^T (N, M) =
+ * B^T (N, K) op_T(A^T (M, K))): the descriptors and the heuristic's first 16 algorithms, built once. */
+struct LtDw {
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t lb, la, ld;
+    cublasLtMatmulHeuristicResult_t h[16];
+    int n = 0;
+    LtDw(int M, int N, int K) {
+        LT_CHECK(cublasLtMatmulDescCreate(&op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        cublasOperation_t t = CUBLAS_OP_T;
+        LT_CHECK(cublasLtMatmulDescSetAttribute(op, CUBLASLT_MATMUL_DESC_TRANSB, &t, sizeof t));
+        LT_CHECK(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, N, K, N));
+        LT_CHECK(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, M, K, M));
+        LT_CHECK(cublasLtMatrixLayoutCreate(&ld, CUDA_R_16BF, N, M, N));
+        cublasLtMatmulPreference_t pref;
+        LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+        size_t wsz = LtPlan::WORKSPACE;
+        LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz));
+        LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, op, lb, la, ld, ld, pref, 16, h, &n));
+        LT_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+    }
+    ~LtDw() {
+        for (cublasLtMatrixLayout_t l : {lb, la, ld}) LT_CHECK(cublasLtMatrixLayoutDestroy(l));
+        LT_CHECK(cublasLtMatmulDescDestroy(op));
+    }
+    void run(const bf *a, const bf *b, bf *d, int index, cudaStream_t st) const {
+        float alpha = 1.0f, beta = 0.0f;
+        LT_CHECK(cublasLtMatmul(lt, op, &alpha, b, lb, a, la, &beta, d, ld, d, ld, &h[index].algo, ws, LtPlan::WORKSPACE,
+                                st));
+    }
+};
+
+/* The weight-gradient GEMMs of a full fine-tune step with each of cuBLASLt's first `algos` algorithms. */
+static void dw_algorithms(int algos, cudaStream_t st) {
+    struct Shape { const char *name; int M, N, K; };
+    const Shape shapes[] = {{"dW gate", 8960, 1536, 8192}, {"dW down", 1536, 8960, 8192}, {"dW q/o", 1536, 1536, 8192},
+                            {"dW k|v", 512, 1536, 8192}};
+    for (const Shape &s : shapes) {
+        bf *a, *b, *d, *ref;
+        CK(cudaMalloc(&a, (size_t)s.K * s.M * 2));
+        CK(cudaMalloc(&b, (size_t)s.K * s.N * 2));
+        CK(cudaMalloc(&d, (size_t)s.M * s.N * 2));
+        CK(cudaMalloc(&ref, (size_t)s.M * s.N * 2));
+        fill(a, (size_t)s.K * s.M, 40, 1.0f);
+        fill(b, (size_t)s.K * s.N, 41, 1.0f);
+        const double flop = 2.0 * s.M * s.N * s.K;
+        const LtDw plan(s.M, s.N, s.K);
+        if (plan.n > 0) plan.run(a, b, ref, 0, st);
+        for (int i = 0; i < algos && i < plan.n; i++) {
+            CK(cudaMemset(d, 0xff, (size_t)s.M * s.N * 2));
+            plan.run(a, b, d, i, st);
+            CK(cudaStreamSynchronize(st));
+            double mis = mismatch(d, ref, (size_t)s.M * s.N);
+            double t = time_us([&] { plan.run(a, b, d, i, st); }, st);
+            /* another algorithm may sum in another order (split k): its bits are reported, not failed */
+            printf("%-8s %5d x %5d x %5d  cublasLt algorithm %2d of %2d %9.1f us %6.0f TFLOP/s  max err %.2f ulp-of-rms "
+                   "vs the first%s\n", s.name, s.M, s.N, s.K, i, plan.n, t, flop / t / 1e6, mis,
+                   mis <= 2.0 ? "" : " (other bits)");
+            failed |= !(mis == mis); /* NaN: a launch that wrote nothing */
+        }
+        for (bf *p : {a, b, d, ref}) CK(cudaFree(p));
+    }
+}
+
 int main() {
     CK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0));
     LT_CHECK(cublasLtCreate(&lt));
@@ -279,6 +347,7 @@ int main() {
     CK(cudaStreamCreate(&st));
     check_small(st, false);
     check_small(st, true);
+    if (getenv("WG_LT_ALGOS")) dw_algorithms(atoi(getenv("WG_LT_ALGOS")), st);
 
     const char *only = getenv("WG_ONLY"); /* the plain shapes whose name starts so ("none": only the fused forms) */
     struct Shape { const char *name; int M, N, K; bool bt; };

@@ -520,9 +520,9 @@ an_tensor *an_model_logits(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *
     return h ? step(h, an_linear(ctx, h, m->lm_head, NULL)) : NULL;
 }
 
-/* targets[b, t] = labels[b, t + 1], and -100 at the last position (i64, on labels' device). */
-/* The next-token targets of labels (B, T): row r's labels shifted left by one, the ignore index at
- * each row's end; on the labels' device (CUDA: a device kernel, no readback). */
+/* The next-token targets of labels (B, T): targets[b, t] = labels[b, t + 1] and the ignore index at
+ * each row's end, on the labels' device (CUDA: a device kernel in the labels' dtype, no readback;
+ * CPU: i64). */
 static an_tensor *shifted_targets(an_ctx *ctx, an_tensor *labels) {
     int64_t b = labels->shape[0], t = labels->shape[1];
     if (labels->device == AN_CUDA) {
