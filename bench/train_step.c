@@ -15,6 +15,7 @@
  *                    [--ab-update (steps alternate with and without it; both rates printed)]
  *                    [--sync-phases (synchronise after the forward, the backward and the optimizer, as this
  *                     bench did before 2026-11-27: the GPU idles while the host queues each next phase)]
+ *                    [--host-times (the host's milliseconds after the optimizer call, per step)]
  *                    [--side-equal-priority (the side stream at the stream's priority, not the lowest)]
  *                    [--side-grain N (elements a block of the update in backward covers; 2048)]
  *
@@ -75,7 +76,7 @@ int main(int argc, char **argv) {
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
     bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false;
-    bool update_in_backward = false, ab_update = false, side_equal = false, sync_phases = false;
+    bool update_in_backward = false, ab_update = false, side_equal = false, sync_phases = false, host_times = false;
     long side_grain = 0;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
@@ -98,6 +99,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--update-in-backward")) update_in_backward = true;
         else if (!strcmp(argv[i], "--ab-update")) ab_update = true;
         else if (!strcmp(argv[i], "--sync-phases")) sync_phases = true;
+        else if (!strcmp(argv[i], "--host-times")) host_times = true;
         else if (!strcmp(argv[i], "--side-equal-priority")) side_equal = true;
         else if (!strcmp(argv[i], "--side-grain") && i + 1 < argc) side_grain = atol(argv[++i]);
         else {
@@ -187,10 +189,17 @@ int main(int argc, char **argv) {
             an_tensor_release(h);
             printf("anneal step %ld loss %.6f\n", s, loss_value);
         }
+        double h_end = an_metrics_now();
         an_optim_zero_grad(opt);
+        double h_zero = an_metrics_now();
         an_tensor_release(loss);
+        double h_release = an_metrics_now();
         if (device == AN_CUDA) an_cuda_synchronize(ctx);
         double dt = an_metrics_now() - t0, t_forward, t_backward, t_optim;
+        if (host_times) /* where the host's time after the optimizer goes (the GPU idles in it when nothing is queued) */
+            printf("host: optimizer call returned %.3f ms into the step, zero_grad %.3f ms, loss release %.3f ms, "
+                   "final sync %.3f ms\n", 1e3 * (h_end - t0), 1e3 * (h_zero - h_end), 1e3 * (h_release - h_zero),
+                   1e3 * (t0 + dt - h_release));
         if (phase_seconds(ctx, device, ev, t_host, &t_forward, &t_backward, &t_optim) != AN_OK) {
             fprintf(stderr, "step timing: %s\n", an_error_message(ctx));
             return 1;

@@ -1,6 +1,6 @@
 /* test_block_cache.c — the caching allocator of autograd/block_cache.h on a host-memory raw
  * allocator with a capacity (so it runs everywhere, sanitizers included): rounding, reuse, best
- * fit, splitting, merging, release, the release-and-retry and out-of-memory paths, a repeated
+ * fit (across the free bins), splitting, merging, release, the release-and-retry and out-of-memory paths, a repeated
  * training-like pattern that stops allocating, and a random workload whose live blocks are filled
  * with their own byte and checked for overlap, with every counter checked against a model. */
 #include <stdlib.h>
@@ -91,6 +91,31 @@ START_TEST(test_free_then_same_or_smaller_reuses_without_raw_allocation) {
     ck_assert_int_eq(an_block_cache_free(&c, (char *)s2 + 512), 0); /* not a block start: ignored */
     ck_assert_int_eq(an_block_cache_free(&c, NULL), 1);
     an_block_cache_free(&c, s2);
+    check_close(&c, &d);
+}
+END_TEST
+
+/* Best fit across the free bins (one a power of two of the size): free segments of 6, 8 and 10 MiB
+ * (4 and 6 MiB share a bin, 8 and 10 the next); each request gets the smallest free block that
+ * holds it, within its own bin or from the head of a later one, and the kept 4 MiB block is never
+ * handed out. */
+START_TEST(test_best_fit_across_size_bins) {
+    fake_device d = {64 * MiB, 0, 0};
+    an_block_cache c;
+    an_block_cache_init(&c, fake_alloc, fake_free, &d);
+    char why[256];
+    void *keep = an_block_cache_alloc(&c, 4 * MiB, why, sizeof why);
+    void *p6 = an_block_cache_alloc(&c, 6 * MiB, why, sizeof why), *p10 = an_block_cache_alloc(&c, 10 * MiB, why, sizeof why);
+    void *p8 = an_block_cache_alloc(&c, 8 * MiB, why, sizeof why);
+    ck_assert(keep && p6 && p10 && p8);
+    ck_assert_int_eq(c.stats.raw_allocs, 4); /* one segment each: no neighbours to merge */
+    an_block_cache_free(&c, p6), an_block_cache_free(&c, p10), an_block_cache_free(&c, p8);
+    ck_assert_ptr_eq(an_block_cache_alloc(&c, 5 * MiB, why, sizeof why), p6);  /* its own bin */
+    ck_assert_ptr_eq(an_block_cache_alloc(&c, 7 * MiB, why, sizeof why), p8);  /* the next bin's head */
+    ck_assert_ptr_eq(an_block_cache_alloc(&c, 9 * MiB, why, sizeof why), p10); /* within that bin */
+    ck_assert_int_eq(c.stats.raw_allocs, 4);
+    ck_assert_ptr_nonnull(an_block_cache_alloc(&c, 3 * MiB, why, sizeof why)); /* nothing free: a new segment */
+    ck_assert_int_eq(c.stats.raw_allocs, 5);
     check_close(&c, &d);
 }
 END_TEST
@@ -290,6 +315,7 @@ int main(void) {
     TCase *tc = tcase_create("core");
     tcase_add_test(tc, test_sizes_round_to_512_bytes);
     tcase_add_test(tc, test_free_then_same_or_smaller_reuses_without_raw_allocation);
+    tcase_add_test(tc, test_best_fit_across_size_bins);
     tcase_add_test(tc, test_blocks_split_and_merge_back_into_one_segment);
     tcase_add_test(tc, test_failed_raw_allocation_releases_cache_and_retries_then_reports);
     tcase_add_test(tc, test_repeated_step_pattern_stops_raw_allocation_after_first_step);

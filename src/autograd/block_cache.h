@@ -39,6 +39,7 @@ extern "C" {
 #define AN_BLOCK_SMALL ((size_t)1 << 20)
 #define AN_BLOCK_SMALL_SEGMENT ((size_t)2 << 20)
 #define AN_BLOCK_LARGE_ROUND ((size_t)2 << 20)
+#define AN_BLOCK_BINS 64 /* free-list bins: one a power of two of the size */
 
 /* Raw allocation of `bytes`: 0 and *out on success, else nonzero with the reason in why. */
 typedef int (*an_raw_alloc_fn)(void *user, size_t bytes, void **out, char *why, size_t why_size);
@@ -61,7 +62,9 @@ typedef struct {
     an_raw_alloc_fn raw_alloc;
     an_raw_free_fn raw_free;
     void *user;                 /* passed to raw_alloc/raw_free */
-    an_block *free_blocks[2];   /* [0] small pool, [1] large: free blocks ascending by (size, address) */
+    /* free blocks of pool [0] small, [1] large, binned by floor(log2(size)): each bin ascending by
+       (size, address), and every block of a bin smaller than every block of a later bin */
+    an_block *free_bins[2][AN_BLOCK_BINS];
     an_block **table;           /* blocks handed out, hashed by address (chained), table_size buckets */
     size_t table_size;
     an_block_cache_stats stats;
