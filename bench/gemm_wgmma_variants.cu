@@ -22,7 +22,8 @@
  *   WG_LT_ALGOS=N  also time cuBLASLt's first N heuristic algorithms on the full fine-tune's weight
  *                  gradients, dW (M, N) = dY^T X with dY (K, M) and X (K, N) stored row-major (the
  *                  library takes the first), each compared with the first (other bits are reported,
- *                  not failed: another algorithm may sum in another order)
+ *                  not failed: another algorithm may sum in another order), then the kernel template
+ *                  with A stored (K, M) (AT) at several tiles, checked against cuBLASLt's first
  * Last, sums of products into one output (the segments' form, an_cuda_gemm_segments) against
  * cuBLASLt's GEMM a pair adding into D and its one GEMM over the concatenated operands.
  *
@@ -64,17 +65,17 @@ static void lt_gemm(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaSt
 
 /* One launch of the kernel template (clusters of CM CTAs): outputs out0..2, gate and up inputs in0,
  * in1 (the backward forms). */
-template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false>
+template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false, bool AT = false>
 static void wg_launch_segments(int segments, const bf *const *as, const int *ks, const bf *const *bs, const bf *b2,
                                const bf *in0, const bf *in1, bf *out0, bf *out1, bf *out2, int M, int N,
                                cudaStream_t st) {
     constexpr int bytes = wgmma_gemm::smem_bytes<BN, STAGES, EPI>();
-    auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT, CM, PP>;
+    auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT, CM, PP, AT>;
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     constexpr int TN = EPI == wgmma_gemm::SWIGLU ? BN / 2 : BN, BW = TN % 64 == 0 ? 64 : 32;
     CUtensorMap bm2, im0, im1, om0, om1, om2;
     wgmma_gemm::Operands ops;
-    CK((wgmma_gemm::encode_operands<bf, BN, EPI, BT, CM>(encoder, M, N, segments, as, ks, bs, &ops)));
+    CK((wgmma_gemm::encode_operands<bf, BN, EPI, BT, CM, AT>(encoder, M, N, segments, as, ks, bs, &ops)));
     CK(tma::encode_2d(encoder, &bm2, b2 ? b2 : bs[0], N, ks[0], 64, TN));
     CK(tma::encode_2d(encoder, &im0, in0 ? in0 : out0, M, N, 64, 64));
     CK(tma::encode_2d(encoder, &im1, in1 ? in1 : out0, M, N, 64, 64));
@@ -303,8 +304,51 @@ struct LtDw {
     }
 };
 
-/* The weight-gradient GEMMs of a full fine-tune step with each of cuBLASLt's first `algos` algorithms. */
+/* dW (M, N) = A^T B for A (K, M), B (K, N) on the kernel template (A and B both MN-major). */
+template <int BN, int STAGES, bool PP = false>
+static void wg_dw(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaStream_t st) {
+    wg_launch_segments<BN, STAGES, wgmma_gemm::STORE, true, 1, PP, true>(1, &a, &K, &b, nullptr, nullptr, nullptr, d,
+                                                                         nullptr, nullptr, M, N, st);
+}
+
+/* The weight-gradient GEMMs of a full fine-tune step with each of cuBLASLt's first `algos` algorithms,
+ * then on the kernel template with A stored (K, M). */
 static void dw_algorithms(int algos, cudaStream_t st) {
+    { /* a ragged dW against a float64 host reference first: the M, N and K tails of the (K, M) A
+       * (M a multiple of 8: a tensor map's rows are whole 16-byte units) */
+        const int M = 296, N = 392, K = 1096;
+        bf *a, *b, *d;
+        CK(cudaMalloc(&a, (size_t)K * M * 2));
+        CK(cudaMalloc(&b, (size_t)K * N * 2));
+        CK(cudaMalloc(&d, (size_t)M * N * 2));
+        fill(a, (size_t)K * M, 42, 1.0f);
+        fill(b, (size_t)K * N, 43, 1.0f);
+        std::vector<float> ha = host(a, (size_t)K * M), hb = host(b, (size_t)K * N);
+        std::vector<double> ref((size_t)M * N, 0.0);
+        for (int k = 0; k < K; k++)
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) ref[(size_t)i * N + j] += (double)ha[(size_t)k * M + i] * hb[(size_t)k * N + j];
+        typedef void (*dw_fn)(const bf *, const bf *, bf *, int, int, int, cudaStream_t);
+        const struct { const char *name; dw_fn fn; } ours[] = {
+            {"128x256 s3", wg_dw<256, 3>}, {"128x128 s5 pp", wg_dw<128, 5, true>}};
+        for (const auto &o : ours) {
+            CK(cudaMemset(d, 0xff, (size_t)M * N * 2)); /* NaN poison */
+            o.fn(a, b, d, M, N, K, st);
+            CK(cudaStreamSynchronize(st));
+            std::vector<float> got = host(d, (size_t)M * N);
+            double worst = 0;
+            for (size_t i = 0; i < got.size(); i++) {
+                double e = fabs(got[i] - ref[i]) / (fabs(ref[i]) + 1.0);
+                if (!(got[i] == got[i])) e = 1e30;
+                worst = std::max(worst, e);
+            }
+            bool ok = worst <= 1.0 / 128;
+            printf("check dW %-14s A^T B M %d N %d K %d: worst |err| / (|ref| + 1) %.3g %s\n", o.name, M, N, K, worst,
+                   ok ? "ok" : "WRONG");
+            failed |= !ok;
+        }
+        for (bf *p : {a, b, d}) CK(cudaFree(p));
+    }
     struct Shape { const char *name; int M, N, K; };
     const Shape shapes[] = {{"dW gate", 8960, 1536, 8192}, {"dW down", 1536, 8960, 8192}, {"dW q/o", 1536, 1536, 8192},
                             {"dW k|v", 512, 1536, 8192}};
@@ -330,6 +374,20 @@ static void dw_algorithms(int algos, cudaStream_t st) {
                    "vs the first%s\n", s.name, s.M, s.N, s.K, i, plan.n, t, flop / t / 1e6, mis,
                    mis <= 2.0 ? "" : " (other bits)");
             failed |= !(mis == mis); /* NaN: a launch that wrote nothing */
+        }
+        typedef void (*dw_fn)(const bf *, const bf *, bf *, int, int, int, cudaStream_t);
+        const struct { const char *name; dw_fn fn; } ours[] = {
+            {"128x256 s3", wg_dw<256, 3>}, {"128x192 s4", wg_dw<192, 4>}, {"128x128 s5", wg_dw<128, 5>},
+            {"128x128 s5 pp", wg_dw<128, 5, true>}};
+        for (const auto &o : ours) {
+            CK(cudaMemset(d, 0xff, (size_t)s.M * s.N * 2));
+            o.fn(a, b, d, s.M, s.N, s.K, st);
+            CK(cudaStreamSynchronize(st));
+            double mis = mismatch(d, ref, (size_t)s.M * s.N);
+            double t = time_us([&] { o.fn(a, b, d, s.M, s.N, s.K, st); }, st);
+            printf("%-8s %5d x %5d x %5d  ours %-18s %9.1f us %6.0f TFLOP/s  max err %.2f ulp-of-rms vs cuBLASLt %s\n",
+                   s.name, s.M, s.N, s.K, o.name, t, flop / t / 1e6, mis, mis <= 2.0 ? "" : "WRONG");
+            failed |= mis > 2.0;
         }
         for (bf *p : {a, b, d, ref}) CK(cudaFree(p));
     }

@@ -134,11 +134,12 @@ struct Operands {
 };
 
 /* Tensor maps (each 128-byte swizzled in boxes of 64 columns, or 32 with the 64-byte swizzle):
- * amap A (M, K) in boxes (64, 128); bmap B (N, K) in boxes (64, BN), with BT B (K, N) in boxes
+ * amap A (M, K) in boxes (64, 128), with AT A stored (K, M) in boxes (64, 64) (a weight gradient's
+ * dY^T; bench/gemm_wgmma_variants only so far); bmap B (N, K) in boxes (64, BN), with BT B (K, N) in boxes
  * (64, 64), for SWIGLU the gate weight (N, K) and bmap2 the up weight in boxes (64, BN / 2);
  * omap0..2 the outputs (M, N) in boxes (BW, 64): D; gate, up, act; dgate, dup. imap0, imap1
  * (SWIGLU_BWD): gate and up (M, N) in boxes (64, 64). Maps a form does not use may be any. */
-template <typename T, int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false>
+template <typename T, int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false, bool AT = false>
 __global__ void __launch_bounds__(THREADS, 1)
     kernel(const __grid_constant__ Operands ops, const __grid_constant__ CUtensorMap bmap2, const __grid_constant__ CUtensorMap imap0,
            const __grid_constant__ CUtensorMap imap1, const __grid_constant__ CUtensorMap omap0,
@@ -151,6 +152,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     static_assert(CM == 1 || CM == 2, "clusters of one or two CTAs");
     static_assert(CM == 1 || !BT || BN % 128 == 0, "B (K, N)'s boxes split evenly over the cluster");
     static_assert(!PP || (CM == 1 && BN <= 128), "ping-pong: one CTA a tile, a whole tile's sums in one warpgroup");
+    static_assert(!AT || (EPI == STORE && CM == 1), "A stored (K, M): plain GEMMs of one CTA a tile");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
     const uint32_t full = base + L::BARS, empty = full + 8 * STAGES, inputs = empty + 8 * STAGES;
@@ -204,7 +206,12 @@ __global__ void __launch_bounds__(THREADS, 1)
                     tma::bar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
                     const uint32_t st = base + s * L::STAGE;
                     tma::bar_expect(full + 8 * s, L::STAGE);
-                    tma::load(st, amap, kl * BK, tm * BM, full + 8 * s);
+                    if constexpr (AT) { /* A (K, M): two boxes of (64 m, 64 k), one a 64-row half */
+                        tma::load(st, amap, tm * BM, kl * BK, full + 8 * s);
+                        tma::load(st + BK * 128, amap, tm * BM + 64, kl * BK, full + 8 * s);
+                    } else {
+                        tma::load(st, amap, kl * BK, tm * BM, full + 8 * s);
+                    }
                     if constexpr (CM == 1) {
                         if constexpr (EPI == SWIGLU) {
                             tma::load(st + L::A_BYTES, bmap, kl * BK, tn * (BN / 2), full + 8 * s);
@@ -314,8 +321,11 @@ __global__ void __launch_bounds__(THREADS, 1)
                 for (int kk = 0; kk < BK / 16; kk++)
 #pragma unroll
                     for (int h = 0; h < MH; h++) /* A's 64-row half PP ? h : c */
-                        wgmma::Mma<T, BN, BT ? 1 : 0>::run(acc[h], wgmma::desc_k128(st + (PP ? h : c) * 64 * 128) + 2 * kk,
-                                                         db + (BT ? 128 : 2) * kk, (kb > 0 || kk > 0) ? 1 : 0);
+                        wgmma::Mma<T, BN, BT ? 1 : 0, AT ? 1 : 0>::run(
+                            acc[h],
+                            AT ? wgmma::desc_mn128(st + (PP ? h : c) * BK * 128, BK * 128) + 128 * kk
+                               : wgmma::desc_k128(st + (PP ? h : c) * 64 * 128) + 2 * kk,
+                            db + (BT ? 128 : 2) * kk, (kb > 0 || kk > 0) ? 1 : 0);
                 wgmma::commit();
                 if (!PP && backward_form(EPI) && kb == (inputs_kb < nk ? inputs_kb : nk - 1) && tid == 0) {
                     /* this tile's gate and up into the staging, once the last tile's stores have read it */
@@ -452,7 +462,7 @@ cudaError_t grid_of(Kernel k, int CM, int64_t cluster_tiles, int sm_count, int b
 /* The main loop's operands for `segments` pairs A_s (M, K_s), B_s (N, K_s) or with BT (K_s, N),
  * encoded for the form (without BT, each CTA of a cluster loads its 1 / CM of B's rows; SWIGLU:
  * rank 0 the gate's, rank 1 the up's). */
-template <typename T, int BN, int EPI, bool BT, int CM>
+template <typename T, int BN, int EPI, bool BT, int CM, bool AT = false>
 cudaError_t encode_operands(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, int N, int segments, const T *const *a,
                             const int *k, const T *const *b, Operands *ops) {
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN;
@@ -460,7 +470,8 @@ cudaError_t encode_operands(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, int
     if (segments < 1 || segments > MAX_SEGMENTS || (EPI != STORE && segments != 1)) return cudaErrorInvalidValue;
     int end = 0;
     for (int i = 0; i < segments; i++) {
-        cudaError_t err = tma::encode_2d(encode, &ops->a[i], a[i], M, k[i], BK, BM);
+        cudaError_t err = AT ? tma::encode_2d(encode, &ops->a[i], a[i], k[i], M, 64, BK)
+                             : tma::encode_2d(encode, &ops->a[i], a[i], M, k[i], BK, BM);
         if (err == cudaSuccess)
             err = BT ? tma::encode_2d(encode, &ops->b[i], b[i], k[i], N, 64, BK)
                      : tma::encode_2d(encode, &ops->b[i], b[i], N, k[i], BK, EPI == SWIGLU ? TN : TN / CM);
