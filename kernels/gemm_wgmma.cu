@@ -1,5 +1,6 @@
 /* gemm_wgmma.cu — D (M, N) = A (M, K) B^T in bf16 or f16 with fp32 accumulation on Hopper's
- * warpgroup tensor cores (sm_90a), for B (N, K) or, with BT, B stored (K, N): a GEMM of our own so
+ * warpgroup tensor cores (sm_90a), for B (N, K) or, with BT, B stored (K, N) (and, with AT, A
+ * stored (K, M): a weight gradient dY^T X; bench/gemm_wgmma_variants only so far): a GEMM of our own so
  * that its epilogue can do what cuBLASLt's cannot. Its forms serve the training MLP
  * (ops/swiglu_mlp.c): SWIGLU writes gate = x W_gate^T, up = x W_up^T and silu(gate) up from one
  * tile of both projections, and SWIGLU_BWD turns d act = dY W_down into the swiglu's gradients
