@@ -213,6 +213,18 @@ static const Variant nn_variants[] = {
     {"128x128 s5 B(K,N) pp", wg_gemm<128, 5, wgmma_gemm::STORE, true, 1, true>},
 };
 
+/* The largest |d - ref| / (|ref| + 1) over d (ref.size() elements on the device); NaN counts as 1e30. */
+static double worst_vs_reference(const bf *d, const std::vector<double> &ref) {
+    std::vector<float> got = host(d, ref.size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); i++) {
+        double e = fabs(got[i] - ref[i]) / (fabs(ref[i]) + 1.0);
+        if (!(got[i] == got[i])) e = 1e30;
+        worst = std::max(worst, e);
+    }
+    return worst;
+}
+
 /* The ragged shape against a float64 host reference (every variant). */
 static void check_small(cudaStream_t st, bool bt) {
     const int M = 300, N = 392, K = 1096;
@@ -235,13 +247,7 @@ static void check_small(cudaStream_t st, bool bt) {
         CK(cudaMemset(d, 0xff, (size_t)M * N * 2)); /* NaN poison */
         v.fn(a, b, nullptr, d, nullptr, nullptr, M, N, K, st);
         CK(cudaStreamSynchronize(st));
-        std::vector<float> got = host(d, (size_t)M * N);
-        double worst = 0;
-        for (size_t i = 0; i < got.size(); i++) {
-            double e = fabs(got[i] - ref[i]) / (fabs(ref[i]) + 1.0);
-            if (!(got[i] == got[i])) e = 1e30;
-            worst = std::max(worst, e);
-        }
+        double worst = worst_vs_reference(d, ref);
         bool ok = worst <= 1.0 / 128;
         printf("check %-20s %s M %d N %d K %d: worst |err| / (|ref| + 1) %.3g %s\n", v.name, bt ? "A B  " : "A B^T", M, N, K, worst, ok ? "ok" : "WRONG");
         failed |= !ok;
@@ -335,13 +341,7 @@ static void dw_algorithms(int algos, cudaStream_t st) {
             CK(cudaMemset(d, 0xff, (size_t)M * N * 2)); /* NaN poison */
             o.fn(a, b, d, M, N, K, st);
             CK(cudaStreamSynchronize(st));
-            std::vector<float> got = host(d, (size_t)M * N);
-            double worst = 0;
-            for (size_t i = 0; i < got.size(); i++) {
-                double e = fabs(got[i] - ref[i]) / (fabs(ref[i]) + 1.0);
-                if (!(got[i] == got[i])) e = 1e30;
-                worst = std::max(worst, e);
-            }
+            double worst = worst_vs_reference(d, ref);
             bool ok = worst <= 1.0 / 128;
             printf("check dW %-14s A^T B M %d N %d K %d: worst |err| / (|ref| + 1) %.3g %s\n", o.name, M, N, K, worst,
                    ok ? "ok" : "WRONG");
