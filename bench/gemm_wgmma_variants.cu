@@ -378,7 +378,8 @@ static void dw_algorithms(int algos, cudaStream_t st) {
         typedef void (*dw_fn)(const bf *, const bf *, bf *, int, int, int, cudaStream_t);
         const struct { const char *name; dw_fn fn; } ours[] = {
             {"128x256 s3", wg_dw<256, 3>}, {"128x192 s4", wg_dw<192, 4>}, {"128x128 s5", wg_dw<128, 5>},
-            {"128x128 s5 pp", wg_dw<128, 5, true>}};
+            {"128x128 s6", wg_dw<128, 6>}, {"128x128 s5 pp", wg_dw<128, 5, true>}, {"128x128 s6 pp", wg_dw<128, 6, true>},
+            {"128x128 s4 pp", wg_dw<128, 4, true>}};
         for (const auto &o : ours) {
             CK(cudaMemset(d, 0xff, (size_t)s.M * s.N * 2));
             o.fn(a, b, d, s.M, s.N, s.K, st);
