@@ -423,6 +423,7 @@ int main() {
         {"gate|up", 8192, 17920, 1536, false}, {"gate", 8192, 8960, 1536, false}, {"down", 8192, 1536, 8960, false},
         {"q / o", 8192, 1536, 1536, false},    {"k|v", 8192, 512, 1536, false},  {"8192^3", 8192, 8192, 8192, false},
         {"dX down", 8192, 8960, 1536, true},   {"dX g|u", 8192, 1536, 17920, true}, {"dX q", 8192, 1536, 1536, true},
+        {"logits", 1024, 151936, 1536, false}, {"logits4k", 4096, 151936, 1536, false},
     };
     for (const Shape &s : shapes) {
         if (only && strncmp(s.name, only, strlen(only))) continue;
@@ -488,9 +489,12 @@ int main() {
             fused_row("swiglu", M, N, K, f.name, [&] { f.fn(x, wg, wu, g, u, act, M, N, K, st); }, outs, refs, names, 3,
                       out, tl, st);
     }
-    /* the swiglu gradient epilogue: dg, du from d act = dY W_down, g and u (the training MLP's backward) */
-    {
-        const int M = 8192, N = 8960, K = 1536;
+    /* the swiglu gradient epilogue: dg, du from d act = dY W_down, g and u (the training MLP's
+     * backward); a ragged shape first (tiles cut at M and N, each half of a tile's gate and up
+     * landing on its own barrier), then the MLP's */
+    const int bwd_shapes[2][3] = {{300, 392, 1096}, {8192, 8960, 1536}};
+    for (const auto &shape : bwd_shapes) {
+        const int M = shape[0], N = shape[1], K = shape[2];
         const size_t out = (size_t)M * N;
         bf *dy, *w, *g, *u, *dg, *du, *dact, *rdg, *rdu;
         CK(cudaMalloc(&dy, (size_t)M * K * 2));
@@ -511,6 +515,7 @@ int main() {
                                cudaStream_t);
         const struct { const char *name; bwd_fn fn; } fused[] = {
             {"128x128 s5 pp (the library's)", wg_swiglu_bwd<128, 5, 1, true>},
+            {"128x128 s4 pp", wg_swiglu_bwd<128, 4, 1, true>},
             {"128x128 s5", wg_swiglu_bwd<128, 5>},
             {"128x128 s5 c2", wg_swiglu_bwd<128, 5, 2>},
             {"128x128 s4", wg_swiglu_bwd<128, 4>},
@@ -539,6 +544,7 @@ int main() {
         for (const auto &f : with_act)
             fused_row("swiglu'", M, N, K, f.name, [&] { f.fn(dy, w, g, u, dg, du, act, M, N, K, st); }, outs, refs,
                       names, 3, out, tla, st);
+        for (bf *p : {dy, w, g, u, dg, du, dact, rdg, rdu, act, ract}) CK(cudaFree(p));
     }
     /* sums of products into one output (an_cuda_gemm_segments): one launch over the operand pairs
      * against cuBLASLt's GEMM a pair, each adding into D (the library's path today), and cuBLASLt's one

@@ -7,7 +7,7 @@
  * device. Outputs are written with = (add_into excepted: dst +=). Loads and stores are 16-byte
  * vectors when every pointer allows it, scalar otherwise. */
 #include "kernels/cuda_common.cuh"
-#include "kernels/silu.cuh" /* an_sigmoid */
+#include "kernels/silu.cuh" /* an_sigmoid, an_swiglu_grad */
 
 #include <stdint.h>
 
@@ -184,13 +184,7 @@ template <typename T> struct SwigluBackwardOp {
         load<N>(grad_out + i, go);
         if (up) load<N>(up + i, u);
 #pragma unroll
-        for (int k = 0; k < N; k++) {
-            float s = an_sigmoid(g[k]);
-            float silu = g[k] * s;
-            float dsilu = s * (1.0f + g[k] * (1.0f - s));
-            dg[k] = go[k] * (up ? u[k] : 1.0f) * dsilu;
-            du[k] = go[k] * silu;
-        }
+        for (int k = 0; k < N; k++) an_swiglu_grad(go[k], g[k], up ? u[k] : 1.0f, &dg[k], &du[k]);
         if (grad_gate) store<N>(grad_gate + i, dg);
         if (up && grad_up) store<N>(grad_up + i, du);
     }

@@ -34,7 +34,8 @@
  * barriers), so one warpgroup's epilogue runs while the other's MMAs keep the tensor cores busy;
  * the two share one staging buffer in turn, and a store thread (the producer warpgroup's second
  * warp) sends each tile's outputs out and brings the next tile's gate and up in once the stores
- * have read it, so no consumer waits on a store.
+ * have read it, so no consumer waits on a store; for SWIGLU_BWD it does so a 64-row half at a
+ * time, the next tile's first half coming in while this tile's second is formed.
  *
  * Sums: each output is one thread's fp32 accumulation over k in a fixed order (k16 steps in k
  * order), one rounding to T: the same bits every run. The epilogues' swiglu formulas are
@@ -46,7 +47,7 @@
 #ifndef AN_WGMMA_GEMM_KERNEL_ONLY
 #include "kernels/cuda_common.cuh" /* an_cuda_state, AN_CUDA_CHECK, an_cuda_tensor_map_encoder */
 #endif
-#include "kernels/silu.cuh"  /* an_silu, an_sigmoid */
+#include "kernels/silu.cuh"  /* an_silu, an_swiglu_grad */
 #include "kernels/tma.cuh"   /* mbarriers, tma::load / store, tma::encode_2d */
 #include "kernels/wgmma.cuh" /* desc_k128, desc_mn128, Mma, fence / commit / wait, regs_dec / inc, named_sync */
 
@@ -80,8 +81,8 @@ template <int BN, int STAGES, int EPI> struct Layout {
     static constexpr int WG_STAGING =
         64 * 2 * (EPI == SWIGLU ? 3 * (BN / 2) : EPI == SWIGLU_BWD ? 2 * BN : EPI == SWIGLU_BWD_ACT ? 3 * BN : BN);
     static constexpr int BARS = STAGES * STAGE + 2 * WG_STAGING;
-    /* full and empty a stage; inputs, turn, ready, written two each */
-    static constexpr int BYTES = BARS + 16 * STAGES + 64 + 1024;
+    /* full and empty a stage; inputs, turn two each; ready, written four each */
+    static constexpr int BYTES = BARS + 16 * STAGES + 96 + 1024;
 };
 
 template <int BN, int STAGES, int EPI> constexpr int smem_bytes() { return Layout<BN, STAGES, EPI>::BYTES; }
@@ -158,10 +159,15 @@ __global__ void __launch_bounds__(THREADS, 1)
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
     const uint32_t full = base + L::BARS, empty = full + 8 * STAGES, inputs = empty + 8 * STAGES;
     /* ping-pong: turn + 8c, warpgroup c may issue its tile's MMAs (the other's are all issued);
-     * ready + 8c, the staging is warpgroup c's (the last tile's stores have read it; for the
-     * backward forms this tile's gate and up are in it); written + 8c, warpgroup c's outputs are in
-     * the staging, to be stored */
-    const uint32_t turn = inputs + 16, ready = turn + 16, written = ready + 16;
+     * ready + 8 (2c + p), part p of the staging is warpgroup c's (the last tile's stores have read
+     * it; for the backward forms this tile's gate and up are in it); written + 8 (2c + p),
+     * warpgroup c's outputs of part p are in the staging, to be stored. The staging passes between
+     * them in PARTS parts of 2 / PARTS 64-row halves: halves for SWIGLU_BWD (the next tile's gate
+     * and up come in while the tile's second half is formed: 463 -> 444 us in
+     * bench/gemm_wgmma_variants), the whole tile for the others (SWIGLU_BWD_ACT's three outputs:
+     * 518 us whole, 529 in halves) */
+    constexpr int PARTS = EPI == SWIGLU_BWD ? 2 : 1, HP = 2 / PARTS;
+    const uint32_t turn = inputs + 16, ready = turn + 16, written = ready + 32;
     const int wg = threadIdx.x / 128, tid = threadIdx.x % 128;
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN; /* output columns a tile */
     /* the staging of a 64-row half: boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
@@ -181,8 +187,8 @@ __global__ void __launch_bounds__(THREADS, 1)
              * tile) of each CTA of the cluster */
             tma::bar_init(empty + 8 * s, PP ? 4 : 8 * CM);
         }
-        for (int b = 0; b < 8; b++) tma::bar_init(inputs + 8 * b, 1); /* inputs (SWIGLU_BWD: warpgroup c's gate and up
-                                                                        * tiles landed), turn, ready, written */
+        for (int b = 0; b < 12; b++) tma::bar_init(inputs + 8 * b, 1); /* inputs (SWIGLU_BWD: warpgroup c's gate and
+                                                                         * up tiles landed), turn, ready, written */
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     if constexpr (CM > 1) tma::cluster_sync(); /* the peers' barriers exist before anything reaches them */
@@ -242,40 +248,54 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
             }
         } else if (PP && tid == 32) {
-            /* ping-pong's store thread: tile i's staging is warpgroup i % 2's once tile i - 1's stores
-             * have read it (for the backward forms, once tile i's gate and up landed in it too); once
-             * written, its outputs go out from here, so the warpgroup goes on to its next main loop */
+            /* ping-pong's store thread, a part of the staging at a time: once part p of tile i is
+             * written, its outputs go out from here (so the warpgroup goes on to its next main
+             * loop), and once they have read it, it is tile i + 1's (for the backward forms, once
+             * that tile's gate and up for it landed too), while tile i's other part may still be
+             * being formed */
             const uint32_t staging0 = base + STAGES * L::STAGE;
             const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
-            int i = 0;
-            for (int t = cluster; t < tiles; t += clusters, i++) {
-                int tm, tn;
-                tile_of<1>(t, tiles_mc, tiles_n, &tm, &tn);
-                const uint32_t c = (uint32_t)(i & 1);
-                if (i > 0) tma::store_wait_read<0>();
+            auto hand_over = [&](int i, int t, int p) { /* part p of the staging to tile i (t) */
+                const uint32_t bar = ready + 8 * (2 * (i & 1) + p);
                 if constexpr (backward_form(EPI)) {
-                    tma::bar_expect(ready + 8 * c, 2 * BM * BN * 2);
+                    int tm, tn;
+                    tile_of<1>(t, tiles_mc, tiles_n, &tm, &tn);
+                    tma::bar_expect(bar, HP * 2 * 64 * BN * 2);
 #pragma unroll
-                    for (int h = 0; h < 2; h++)
+                    for (int h = p * HP; h < (p + 1) * HP; h++)
 #pragma unroll
                         for (int o = 0; o < 2; o++)
 #pragma unroll
                             for (int cb = 0; cb < NB; cb++)
                                 tma::load(staging0 + h * L::WG_STAGING + (o * NB + cb) * BOX, o ? &imap1 : &imap0,
-                                          tn * BN + 64 * cb, tm * BM + 64 * h, ready + 8 * c);
+                                          tn * BN + 64 * cb, tm * BM + 64 * h, bar);
                 } else {
-                    tma::bar_arrive(ready + 8 * c);
+                    tma::bar_arrive(bar);
                 }
-                tma::bar_wait(written + 8 * c, (i >> 1) & 1);
+            };
+            if (cluster < tiles)
+                for (int p = 0; p < PARTS; p++) hand_over(0, cluster, p);
+            int i = 0;
+            for (int t = cluster; t < tiles; t += clusters, i++) {
+                int tm, tn;
+                tile_of<1>(t, tiles_mc, tiles_n, &tm, &tn);
 #pragma unroll
-                for (int h = 0; h < 2; h++)
+                for (int p = 0; p < PARTS; p++) {
+                    tma::bar_wait(written + 8 * (2 * (i & 1) + p), (i >> 1) & 1);
 #pragma unroll
-                    for (int o = 0; o < OUTS; o++)
+                    for (int h = p * HP; h < (p + 1) * HP; h++)
 #pragma unroll
-                        for (int cb = 0; cb < NB; cb++)
-                            tma::store(maps[o], tn * TN + BW * cb, tm * BM + 64 * h,
-                                       staging0 + h * L::WG_STAGING + (o * NB + cb) * BOX);
-                tma::store_commit();
+                        for (int o = 0; o < OUTS; o++)
+#pragma unroll
+                            for (int cb = 0; cb < NB; cb++)
+                                tma::store(maps[o], tn * TN + BW * cb, tm * BM + 64 * h,
+                                           staging0 + h * L::WG_STAGING + (o * NB + cb) * BOX);
+                    tma::store_commit();
+                    if (t + clusters < tiles) {
+                        tma::store_wait_read<0>();
+                        hand_over(i + 1, t + clusters, p);
+                    }
+                }
             }
             tma::store_wait<0>();
         }
@@ -351,14 +371,17 @@ __global__ void __launch_bounds__(THREADS, 1)
             release((it - 1) % STAGES);
 
             /* epilogue: the staging is free once the last stores have read it (for the backward
-             * forms that was waited for before its gate and up came in) */
-            if (PP) tma::bar_wait(ready + 8 * c, (i >> 1) & 1);
-            else if (backward_form(EPI)) tma::bar_wait(inputs + 8 * c, i & 1);
-            else if (tid == 0) tma::store_wait_read<0>();
-            wgmma::named_sync(1 + c, 128);
+             * forms that was waited for before its gate and up came in; ping-pong: a half at a
+             * time, below) */
+            if (!PP) {
+                if (backward_form(EPI)) tma::bar_wait(inputs + 8 * c, i & 1);
+                else if (tid == 0) tma::store_wait_read<0>();
+                wgmma::named_sync(1 + c, 128);
+            }
             const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
 #pragma unroll
             for (int h = 0; h < MH; h++) {
+                if (PP && h % HP == 0) tma::bar_wait(ready + 8 * (2 * c + h / HP), (i >> 1) & 1);
                 /* the 64-row half's staging: boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
                 unsigned char *stg = smem_raw + (staging0 + (PP ? h : c) * L::WG_STAGING - raw);
                 auto at = [&](int o, int col, int r) -> uint32_t * {
@@ -385,11 +408,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                             unpack<T>(pack<T>(acc[h][e], acc[h][e + 1]), go);
                             unpack<T>(*at(0, col, r), g), unpack<T>(*at(1, col, r), u);
 #pragma unroll
-                            for (int q = 0; q < 2; q++) {
-                                const float sg = an_sigmoid(g[q]), silu = g[q] * sg, dsilu = sg * (1.0f + g[q] * (1.0f - sg));
-                                dg[q] = go[q] * u[q] * dsilu;
-                                du[q] = go[q] * silu;
-                            }
+                            for (int q = 0; q < 2; q++) an_swiglu_grad(go[q], g[q], u[q], &dg[q], &du[q]);
                             *at(0, col, r) = pack<T>(dg[0], dg[1]);
                             *at(1, col, r) = pack<T>(du[0], du[1]);
                             if constexpr (EPI == SWIGLU_BWD_ACT)
@@ -397,13 +416,16 @@ __global__ void __launch_bounds__(THREADS, 1)
                         }
                     }
                 }
+                if (PP && h % HP == HP - 1) { /* the part goes to the store thread */
+                    tma::fence_async_shared();
+                    wgmma::named_sync(1 + c, 128);
+                    if (tid == 0) tma::bar_arrive(written + 8 * (2 * c + h / HP));
+                }
             }
-            tma::fence_async_shared();
-            wgmma::named_sync(1 + c, 128);
-            if (tid == 0) {
-                if constexpr (PP) {
-                    tma::bar_arrive(written + 8 * c); /* the store thread sends it */
-                } else {
+            if (!PP) {
+                tma::fence_async_shared();
+                wgmma::named_sync(1 + c, 128);
+                if (tid == 0) {
                     const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
 #pragma unroll
                     for (int o = 0; o < OUTS; o++)

@@ -1,5 +1,5 @@
 /* silu.cuh — sigmoid and silu in fp32, one formula for every kernel that forms them (the swiglu
- * passes and their gradients in elementwise.cu, the decode kernels, the GEMM epilogues of
+ * passes and their gradients (an_swiglu_grad) in elementwise.cu, the decode kernels, the GEMM epilogues of
  * gemm_decode.cu and gemm_wgmma.cu), so a fused path and the separate kernels it replaces give the
  * same bits.
  *
@@ -13,5 +13,11 @@
 
 __device__ __forceinline__ float an_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
 __device__ __forceinline__ float an_silu(float x) { return x * an_sigmoid(x); }
+/* The swiglu's gradients at (g, u) for the upstream go: dg = go u silu'(g), du = go silu(g). */
+__device__ __forceinline__ void an_swiglu_grad(float go, float g, float u, float *dg, float *du) {
+    const float s = an_sigmoid(g), silu = g * s, dsilu = s * (1.0f + g * (1.0f - s));
+    *dg = go * u * dsilu;
+    *du = go * silu;
+}
 
 #endif
