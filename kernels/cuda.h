@@ -216,8 +216,9 @@ an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_
  * epilogue: d act rounded to the dtype first, then an_cuda_swiglu_backward's formula, so the same
  * bits as an_cuda_gemm + an_cuda_swiglu_backward wherever the GEMMs agree); with act not NULL also
  * act = silu(gate) up as an_cuda_swiglu forms it (a trained down projection's dW reads it). gate,
- * up, dgate, dup, act (M, N). On an H100 at 8192 x 8960 x 1536: 481-499 us against 549-552 for
- * cuBLASLt's GEMM and the separate pass (bench/gemm_wgmma_variants). Only where
+ * up, dgate, dup, act (M, N). On an H100 at 8192 x 8960 x 1536: 441-444 us (with act 516-518)
+ * against 556-563 (700-710) for cuBLASLt's GEMM and the separate passes (bench/gemm_wgmma_variants,
+ * fifteenth session). Only where
  * an_cuda_gemm_swiglu_rule allows (its M, K, N). */
 an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
                                        const void *w, int64_t N, const void *gate, const void *up, void *dgate,
