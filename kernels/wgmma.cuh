@@ -17,6 +17,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <stdint.h>
+#include <type_traits> /* std::is_same: Mma picks the wrapper of its operand type */
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define AN_WGMMA_AVAILABLE 1
@@ -103,24 +104,16 @@ template <int TB, int TA = 0> __device__ __forceinline__ void wgmma_m64n256k16_f
                  : "l"(a), "l"(b), "r"(accumulate), "n"(TB), "n"(TA));
 }
 
-template <typename T, int N, int TB = 0, int TA = 0> struct Mma;
-template <int TB, int TA> struct Mma<__nv_bfloat16, 128, TB, TA> {
-    static __device__ __forceinline__ void run(float (&d)[64], uint64_t a, uint64_t b, int acc) { wgmma_m64n128k16_bf16<TB, TA>(d, a, b, acc); }
-};
-template <int TB, int TA> struct Mma<__nv_bfloat16, 256, TB, TA> {
-    static __device__ __forceinline__ void run(float (&d)[128], uint64_t a, uint64_t b, int acc) { wgmma_m64n256k16_bf16<TB, TA>(d, a, b, acc); }
-};
-template <int TB, int TA> struct Mma<__nv_bfloat16, 192, TB, TA> {
-    static __device__ __forceinline__ void run(float (&d)[96], uint64_t a, uint64_t b, int acc) { wgmma_m64n192k16_bf16<TB, TA>(d, a, b, acc); }
-};
-template <int TB, int TA> struct Mma<__half, 192, TB, TA> {
-    static __device__ __forceinline__ void run(float (&d)[96], uint64_t a, uint64_t b, int acc) { wgmma_m64n192k16_f16<TB, TA>(d, a, b, acc); }
-};
-template <int TB, int TA> struct Mma<__half, 128, TB, TA> {
-    static __device__ __forceinline__ void run(float (&d)[64], uint64_t a, uint64_t b, int acc) { wgmma_m64n128k16_f16<TB, TA>(d, a, b, acc); }
-};
-template <int TB, int TA> struct Mma<__half, 256, TB, TA> {
-    static __device__ __forceinline__ void run(float (&d)[128], uint64_t a, uint64_t b, int acc) { wgmma_m64n256k16_f16<TB, TA>(d, a, b, acc); }
+/* Mma<T, N, TB, TA>::run: the m64nNk16 wrapper above for T (bf16 or f16), N 128, 192 or 256. */
+template <typename T, int N, int TB = 0, int TA = 0> struct Mma {
+    static_assert(N == 128 || N == 192 || N == 256, "wgmma wrappers exist for N = 128, 192, 256");
+    static __device__ __forceinline__ void run(float (&d)[N / 2], uint64_t a, uint64_t b, int acc) {
+        constexpr bool bf = std::is_same<T, __nv_bfloat16>::value;
+        static_assert(bf || std::is_same<T, __half>::value, "bf16 or f16 operands");
+        if constexpr (N == 128) bf ? wgmma_m64n128k16_bf16<TB, TA>(d, a, b, acc) : wgmma_m64n128k16_f16<TB, TA>(d, a, b, acc);
+        else if constexpr (N == 192) bf ? wgmma_m64n192k16_bf16<TB, TA>(d, a, b, acc) : wgmma_m64n192k16_f16<TB, TA>(d, a, b, acc);
+        else bf ? wgmma_m64n256k16_bf16<TB, TA>(d, a, b, acc) : wgmma_m64n256k16_f16<TB, TA>(d, a, b, acc);
+    }
 };
 
 } // namespace wgmma
