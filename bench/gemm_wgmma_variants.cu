@@ -225,6 +225,22 @@ static double worst_vs_reference(const bf *d, const std::vector<double> &ref) {
     return worst;
 }
 
+/* The float64 product (M, N) of host copies of A, (M, K) or with at stored (K, M), and op(B): B^T
+ * for B (N, K), or with bt B stored (K, N). */
+static std::vector<double> host_product(const std::vector<float> &ha, const std::vector<float> &hb, int M, int N,
+                                        int K, bool at, bool bt) {
+    std::vector<double> ref((size_t)M * N);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int k = 0; k < K; k++)
+                s += (double)(at ? ha[(size_t)k * M + i] : ha[(size_t)i * K + k]) *
+                     (bt ? hb[(size_t)k * N + j] : hb[(size_t)j * K + k]);
+            ref[(size_t)i * N + j] = s;
+        }
+    return ref;
+}
+
 /* The ragged shape against a float64 host reference (every variant). */
 static void check_small(cudaStream_t st, bool bt) {
     const int M = 300, N = 392, K = 1096;
@@ -234,14 +250,7 @@ static void check_small(cudaStream_t st, bool bt) {
     CK(cudaMalloc(&d, (size_t)M * N * 2));
     fill(a, (size_t)M * K, 1, 1.0f);
     fill(b, (size_t)N * K, 2, 1.0f);
-    std::vector<float> ha = host(a, (size_t)M * K), hb = host(b, (size_t)N * K);
-    std::vector<double> ref((size_t)M * N);
-    for (int i = 0; i < M; i++)
-        for (int j = 0; j < N; j++) {
-            double s = 0;
-            for (int k = 0; k < K; k++) s += (double)ha[(size_t)i * K + k] * (bt ? hb[(size_t)k * N + j] : hb[(size_t)j * K + k]);
-            ref[(size_t)i * N + j] = s;
-        }
+    const std::vector<double> ref = host_product(host(a, (size_t)M * K), host(b, (size_t)N * K), M, N, K, false, bt);
     for (const Variant &v : bt ? std::vector<Variant>(std::begin(nn_variants), std::end(nn_variants))
                                : std::vector<Variant>(std::begin(variants), std::end(variants))) {
         CK(cudaMemset(d, 0xff, (size_t)M * N * 2)); /* NaN poison */
@@ -329,11 +338,7 @@ static void dw_algorithms(int algos, cudaStream_t st) {
         CK(cudaMalloc(&d, (size_t)M * N * 2));
         fill(a, (size_t)K * M, 42, 1.0f);
         fill(b, (size_t)K * N, 43, 1.0f);
-        std::vector<float> ha = host(a, (size_t)K * M), hb = host(b, (size_t)K * N);
-        std::vector<double> ref((size_t)M * N, 0.0);
-        for (int k = 0; k < K; k++)
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) ref[(size_t)i * N + j] += (double)ha[(size_t)k * M + i] * hb[(size_t)k * N + j];
+        const std::vector<double> ref = host_product(host(a, (size_t)K * M), host(b, (size_t)K * N), M, N, K, true, true);
         typedef void (*dw_fn)(const bf *, const bf *, bf *, int, int, int, cudaStream_t);
         const struct { const char *name; dw_fn fn; } ours[] = {
             {"128x256 s3", wg_dw<256, 3>}, {"128x128 s5 pp", wg_dw<128, 5, true>}};
