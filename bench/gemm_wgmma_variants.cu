@@ -24,6 +24,9 @@
  *                  library takes the first), each compared with the first (other bits are reported,
  *                  not failed: another algorithm may sum in another order), then the kernel template
  *                  with A stored (K, M) (AT) at several tiles, checked against cuBLASLt's first
+ * A loss chunk's logits with the row statistics (ROWSTATS: each row's running log-sum-exp per
+ * column tile beside the logits, an_cuda_gemm_logits_stats) against cuBLASLt's plain GEMM (with
+ * WG_ONLY unset, logits, or logits+ for these rows without the plain shapes' table).
  * Last, sums of products into one output (the segments' form, an_cuda_gemm_segments) against
  * cuBLASLt's GEMM a pair adding into D and its one GEMM over the concatenated operands.
  *
@@ -68,7 +71,7 @@ static void lt_gemm(const bf *a, const bf *b, bf *d, int M, int N, int K, cudaSt
 template <int BN, int STAGES, int EPI, bool BT = false, int CM = 1, bool PP = false, bool AT = false>
 static void wg_launch_segments(int segments, const bf *const *as, const int *ks, const bf *const *bs, const bf *b2,
                                const bf *in0, const bf *in1, bf *out0, bf *out1, bf *out2, int M, int N,
-                               cudaStream_t st) {
+                               cudaStream_t st, float2 *stats = nullptr) {
     constexpr int bytes = wgmma_gemm::smem_bytes<BN, STAGES, EPI>();
     auto *k = wgmma_gemm::kernel<bf, BN, STAGES, EPI, BT, CM, PP, AT>;
     CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
@@ -89,7 +92,8 @@ static void wg_launch_segments(int segments, const bf *const *as, const int *ks,
     static const int inputs_kb = getenv("WG_INPUTS_KB") ? atoi(getenv("WG_INPUTS_KB")) : -1;
     const int nk = ops.end_kb[segments - 1];
     CK(cudaLaunchKernelEx(&g.config, k, ops, bm2, im0, im1, om0, om1, om2, M, N,
-                          inputs_kb < 0 ? nk * wgmma_gemm::BWD_INPUTS_NUM / wgmma_gemm::BWD_INPUTS_DEN : inputs_kb));
+                          inputs_kb < 0 ? nk * wgmma_gemm::BWD_INPUTS_NUM / wgmma_gemm::BWD_INPUTS_DEN : inputs_kb,
+                          stats));
 }
 
 /* One launch over one operand pair. */
@@ -460,6 +464,36 @@ int main() {
         CK(cudaFree(d));
         CK(cudaFree(ref));
     }
+
+    /* a loss chunk's logits with each row's running log-sum-exp per column tile (ROWSTATS, the
+     * library's an_cuda_gemm_logits_stats) against cuBLASLt's plain GEMM */
+    if (!only || !strncmp(only, "logits", 6))
+        for (int M : {1024, 4096}) {
+            const int N = 151936, K = 1536, tiles = (N + 191) / 192;
+            bf *x, *w, *d, *ref;
+            float2 *stats;
+            CK(cudaMalloc(&x, (size_t)M * K * 2));
+            CK(cudaMalloc(&w, (size_t)N * K * 2));
+            CK(cudaMalloc(&d, (size_t)M * N * 2));
+            CK(cudaMalloc(&ref, (size_t)M * N * 2));
+            CK(cudaMalloc(&stats, (size_t)M * tiles * sizeof(float2)));
+            fill(x, (size_t)M * K, 12, 1.0f);
+            fill(w, (size_t)N * K, 13, 0.05f);
+            lt_gemm(x, w, ref, M, N, K, st);
+            double tl = time_us([&] { lt_gemm(x, w, ref, M, N, K, st); }, st);
+            auto run = [&] {
+                wg_launch_segments<192, 4, wgmma_gemm::ROWSTATS>(1, &x, &K, &w, nullptr, nullptr, nullptr, d, nullptr,
+                                                                 nullptr, M, N, st, stats);
+            };
+            CK(cudaMemset(d, 0xff, (size_t)M * N * 2));
+            run();
+            CK(cudaStreamSynchronize(st));
+            double mis = mismatch(d, ref, (size_t)M * N), t = time_us(run, st);
+            printf("logits+  %5d x %5d x %5d  cublasLt %9.1f us, 128x192 s4 with row stats %9.1f us  %.3fx  max err %.2f %s\n",
+                   M, N, K, tl, t, tl / t, mis, mis <= 2.0 ? "" : "WRONG");
+            failed |= mis > 2.0;
+            for (void *p : {(void *)x, (void *)w, (void *)d, (void *)ref, (void *)stats}) CK(cudaFree(p));
+        }
 
     /* the swiglu epilogue: g, u and silu(g) u of the training MLP's gate and up projections */
     {

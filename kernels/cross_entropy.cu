@@ -14,7 +14,10 @@
  * linear_cross_entropy's chunks take one fused kernel (ce_rows_grad_kernel): lse, loss and the
  * dlogits in place of the logits, the same bits as lse_rows_kernel then ce_backward_kernel at a
  * unit gradient (the same packs a thread in the same order, the same block merge, the same
- * per-element gradient). It reads the row twice, max/sum then gradient, each thread with four
+ * per-element gradient); or, where gemm_wgmma.cu formed the logits with each tile's running (max,
+ * sum) pairs of a row (an_cuda_gemm_logits_stats), ce_stats_grad_kernel, which merges the lse
+ * from those and reads the row once (the same gradient formula; the lse summed in another order).
+ * ce_rows_grad_kernel reads the row twice, max/sum then gradient, each thread with four
  * 16-byte loads in flight. The second read is meant to hit L2, the row having been read moments
  * before: the second pass's loads and the stores are evict-first, so they leave L2 ahead of the
  * rows still to be read again, and full blocks (1024 threads, rows past about 16k columns) run one
@@ -217,29 +220,11 @@ __global__ void ce_backward_kernel(const T *x, const float *lse, const void *tar
     map_row(xr, dr, V, [=](int64_t j, float x) { return ce_grad(j, x, t, l, g); });
 }
 
-/* lse_rows_kernel's lse and loss for row r, then the row's logits replaced in place by
- * g * (exp(x - lse) - onehot(t)) (ce_backward_kernel's values at grad[0] = 1), bit for bit: one
- * launch and one read of the row from memory fewer than the two kernels. Each thread has kWide
- * packs in flight in either pass; the second pass's pack loads and stores are evict-first (see the
- * top of the file). The target's logit is read before any is written. */
-template <typename T>
-__global__ void __launch_bounds__(1024)
-    ce_rows_grad_kernel(T *x, const void *targets, bool t64, int64_t V, int64_t ignore_index, float g, float *lse,
-                        float *loss_rows) {
+/* Row xr (V) of logits replaced in place by g * (exp(x - l) - onehot(t)), each thread with kWide
+ * packs in flight, the loads and stores evict-first (see the top of the file). */
+template <typename T> __device__ __forceinline__ void grad_row(T *xr, int64_t V, int64_t t, float l, float g) {
     const int W = an_vec_width<T>::value;
     const int64_t B = blockDim.x;
-    int64_t r = blockIdx.x;
-    int64_t t = an_load_id(targets, t64, r);
-    T *xr = x + r * V; /* (V): logits in, dlogits out */
-    if (t == ignore_index) {
-        if (threadIdx.x == 0) lse[r] = 0.0f, loss_rows[r] = 0.0f;
-        zero_row(xr, V);
-        return;
-    }
-    float xt = an_load(xr[t]);
-    /* the block reduction's barriers order every thread's reads (xr[t] included) before any write */
-    float l = an_lse_value(row_max_sum_wide(xr, V));
-    if (threadIdx.x == 0) lse[r] = l, loss_rows[r] = l - xt;
     row_split<T> sp = split_row(xr, V);
     T *q = xr + sp.head + threadIdx.x * W;     /* this thread's next pack */
     int64_t d = t - sp.head - threadIdx.x * W; /* the target's place in it */
@@ -258,6 +243,54 @@ __global__ void __launch_bounds__(1024)
     for (int64_t j = threadIdx.x; j < sp.head; j += B) xr[j] = an_store<T>(ce_grad(j, an_load(xr[j]), t, l, g));
     for (int64_t j = sp.head + sp.packs * W + threadIdx.x; j < V; j += B)
         xr[j] = an_store<T>(ce_grad(j, an_load(xr[j]), t, l, g));
+}
+
+/* Row r = blockIdx.x of a loss chunk: lse[r] = lse_of(xr) and loss_rows[r] = lse - x[t], then the
+ * row's logits replaced in place by g * (exp(x - lse) - onehot(t)); lse and loss 0 and a zero row
+ * where t is ignored. The target's logit is read before any is written: lse_of's block reduction's
+ * barriers order every thread's reads (xr[t] included) before any write. */
+template <typename T, typename LseOf>
+__device__ __forceinline__ void ce_row_grad(T *x, const void *targets, bool t64, int64_t V, int64_t ignore_index,
+                                            float g, float *lse, float *loss_rows, LseOf lse_of) {
+    int64_t r = blockIdx.x;
+    int64_t t = an_load_id(targets, t64, r);
+    T *xr = x + r * V; /* (V): logits in, dlogits out */
+    if (t == ignore_index) {
+        if (threadIdx.x == 0) lse[r] = 0.0f, loss_rows[r] = 0.0f;
+        zero_row(xr, V);
+        return;
+    }
+    float xt = an_load(xr[t]);
+    float l = lse_of(r, xr);
+    if (threadIdx.x == 0) lse[r] = l, loss_rows[r] = l - xt;
+    grad_row(xr, V, t, l, g);
+}
+
+/* lse_rows_kernel's lse and loss for each row, then the dlogits (ce_backward_kernel's values at
+ * grad[0] = 1), bit for bit: one launch and one read of the row from memory fewer than the two
+ * kernels. Each thread has kWide packs in flight in either pass. */
+template <typename T>
+__global__ void __launch_bounds__(1024)
+    ce_rows_grad_kernel(T *x, const void *targets, bool t64, int64_t V, int64_t ignore_index, float g, float *lse,
+                        float *loss_rows) {
+    ce_row_grad(x, targets, t64, V, ignore_index, g, lse, loss_rows,
+                [=](int64_t, const T *xr) { return an_lse_value(row_max_sum_wide(xr, V)); });
+}
+
+/* ce_rows_grad_kernel with row r's log-sum-exp merged from its tiles' running pairs stats[r]
+ * (tiles, in order: thread i merges pairs i, i + blockDim.x, .., then the block's merge) instead
+ * of a pass over the logits: the row is read once. */
+template <typename T>
+__global__ void __launch_bounds__(1024)
+    ce_stats_grad_kernel(T *x, const float2 *stats, int64_t tiles, const void *targets, bool t64, int64_t V,
+                         int64_t ignore_index, float g, float *lse, float *loss_rows) {
+    ce_row_grad(x, targets, t64, V, ignore_index, g, lse, loss_rows, [=](int64_t r, const T *) {
+        const float2 *sr = stats + r * tiles; /* (tiles) */
+        an_max_sum acc = {-INFINITY, 0.0f};
+        for (int64_t k = threadIdx.x; k < tiles; k += blockDim.x)
+            acc = an_max_sum_merge(acc, an_max_sum{sr[k].x, sr[k].y});
+        return an_lse_value(an_block_max_sum(acc));
+    });
 }
 
 /* dx row r = grad[r] * (onehot(ids[r]) - exp(x - lse[r])). */
@@ -311,6 +344,24 @@ an_status an_cuda_cross_entropy_rows_grad(an_ctx *ctx, an_dtype dtype, void *log
         ce_rows_grad_kernel<T><<<(unsigned)N, row_threads(V), 0, s->stream>>>(
             (T *)logits, targets, target_dtype == AN_I64, V, ignore_index, (float)scale, lse, loss_rows);
         AN_CUDA_LAUNCH_CHECK(ctx, "ce_rows_grad_kernel");
+    });
+    return AN_OK;
+}
+
+an_status an_cuda_cross_entropy_stats_grad(an_ctx *ctx, an_dtype dtype, void *logits, const float *stats,
+                                           int64_t tiles, const void *targets, an_dtype target_dtype, int64_t N,
+                                           int64_t V, int64_t ignore_index, double scale, float *lse,
+                                           float *loss_rows) {
+    AN_CUDA_STATE(ctx, s);
+    AN_TRY(check_rows(ctx, "cross_entropy_stats_grad", target_dtype, N, V));
+    AN_CHECK(ctx, tiles >= 1 && (uintptr_t)stats % 8 == 0, AN_ERR_INTERNAL,
+             "cross_entropy_stats_grad: %lld tiles of stats at %p", (long long)tiles, (const void *)stats);
+    if (N == 0) return AN_OK;
+    AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "cross_entropy_stats_grad", {
+        ce_stats_grad_kernel<T><<<(unsigned)N, row_threads(V), 0, s->stream>>>(
+            (T *)logits, (const float2 *)stats, tiles, targets, target_dtype == AN_I64, V, ignore_index, (float)scale,
+            lse, loss_rows);
+        AN_CUDA_LAUNCH_CHECK(ctx, "ce_stats_grad_kernel");
     });
     return AN_OK;
 }

@@ -75,6 +75,12 @@ an_status an_cuda_set_pdl(an_ctx *ctx, int on);
 /* Whether the Hopper GEMMs of kernels/gemm_wgmma.cu run where they apply (on by default on
  * compute capability 9.0, which alone can turn it on): off only to measure what they gain. */
 an_status an_cuda_set_wgmma(an_ctx *ctx, bool on);
+/* Whether a loss's logits take an_cuda_gemm_logits_stats and an_cuda_cross_entropy_stats_grad where
+ * they apply (on by default): off only to measure what they gain. an_cuda_logits_stats_apply: 1
+ * when they run for these operands (an_cuda_gemm_swiglu_rule's conditions, and not turned off). */
+an_status an_cuda_set_logits_stats(an_ctx *ctx, bool on);
+int an_cuda_logits_stats_apply(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
+                               int n_ptrs);
 /* Whether unsegmented bf16/f16 attention with head_dim 64 or 128 runs on cuDNN's fused flash
  * attention (kernels/attention_cudnn.cu; on by default) or on our tensor-core kernels
  * (kernels/attention_mma.cu): off to compare the two. */
@@ -230,6 +236,15 @@ an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *
  * into D. 1 <= segments <= 6; each (M, K_s, N) as an_cuda_gemm_swiglu_rule allows. */
 an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,
                                 const void *const *a, const int64_t *k, const void *const *b, bool bt, void *d);
+/* logits (M, N) = x (M, K) w (N, K)^T rounded to the dtype, as an_cuda_gemm forms them (fp32
+ * accumulation, one rounding), and per row and column tile of an_cuda_logits_stats_tiles(N) the
+ * running log-sum-exp of the row's rounded logits in the tile: stats (M, tiles) float pairs (max m,
+ * sum of exp(x - m)), for an_cuda_cross_entropy_stats_grad, so the loss reads its logits once
+ * instead of twice. One launch of gemm_wgmma.cu's kernel (128 x 192 tiles); only where
+ * an_cuda_gemm_swiglu_rule allows (its M, K, N; stats 16-byte aligned too). */
+int64_t an_cuda_logits_stats_tiles(int64_t N);
+an_status an_cuda_gemm_logits_stats(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w,
+                                    int64_t N, void *logits, float *stats);
 /* 1 when ctx's device runs gemm_wgmma.cu's kernels (compute capability 9.0) and the operands fit
  * its tensor maps: bf16 or f16, K and N multiples of 8, M, N, K and the tile count below 2^31,
  * every one of the n_ptrs pointers 16-byte aligned; else 0. */
@@ -497,6 +512,14 @@ an_status an_cuda_cross_entropy_rows(an_ctx *ctx, an_dtype dtype, const void *lo
 an_status an_cuda_cross_entropy_rows_grad(an_ctx *ctx, an_dtype dtype, void *logits, const void *targets,
                                           an_dtype target_dtype, int64_t N, int64_t V, int64_t ignore_index,
                                           double scale, float *lse, float *loss_rows);
+/* an_cuda_cross_entropy_rows_grad with each row's log-sum-exp merged from stats (N, tiles) float
+ * pairs (an_cuda_gemm_logits_stats's, in tile order) instead of read off the logits: one pass over
+ * them (the gradient), the same per-element formula. lse can differ from the two-pass kernel's in
+ * its last bits (another order of the sums). */
+an_status an_cuda_cross_entropy_stats_grad(an_ctx *ctx, an_dtype dtype, void *logits, const float *stats,
+                                           int64_t tiles, const void *targets, an_dtype target_dtype, int64_t N,
+                                           int64_t V, int64_t ignore_index, double scale, float *lse,
+                                           float *loss_rows);
 /* out (a scalar of dtype) = scale * sum(values (n) fp32), summed in fp64 in a fixed order. */
 an_status an_cuda_loss_total(an_ctx *ctx, an_dtype dtype, const float *values, int64_t n, double scale, void *out);
 /* dx (N, V) = g * scale * (exp(logits - lse) - onehot(target)), 0 on ignored rows, where g is the

@@ -53,6 +53,15 @@ an_status an_cuda_set_wgmma(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_logits_stats(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
+int an_cuda_logits_stats_apply(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
+                               int n_ptrs) {
+    (void)ctx, (void)dtype, (void)M, (void)K, (void)N, (void)ptrs, (void)n_ptrs;
+    return 0;
+}
 an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
@@ -346,6 +355,14 @@ an_status an_cuda_cross_entropy_rows_grad(an_ctx *ctx, an_dtype dtype, void *log
     (void)lse, (void)loss_rows;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_cross_entropy_stats_grad(an_ctx *ctx, an_dtype dtype, void *logits, const float *stats,
+                                           int64_t tiles, const void *targets, an_dtype target_dtype, int64_t N,
+                                           int64_t V, int64_t ignore_index, double scale, float *lse,
+                                           float *loss_rows) {
+    (void)dtype, (void)logits, (void)stats, (void)tiles, (void)targets, (void)target_dtype, (void)N, (void)V;
+    (void)ignore_index, (void)scale, (void)lse, (void)loss_rows;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_loss_total(an_ctx *ctx, an_dtype dtype, const float *values, int64_t n, double scale, void *out) {
     (void)dtype, (void)values, (void)n, (void)scale, (void)out;
     return NO_CUDA(ctx);
@@ -399,6 +416,15 @@ an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *
 an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,
                                 const void *const *a, const int64_t *k, const void *const *b, bool bt, void *d) {
     (void)dtype, (void)M, (void)N, (void)segments, (void)a, (void)k, (void)b, (void)bt, (void)d;
+    return NO_CUDA(ctx);
+}
+int64_t an_cuda_logits_stats_tiles(int64_t N) {
+    (void)N;
+    return 0;
+}
+an_status an_cuda_gemm_logits_stats(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, const void *w,
+                                    int64_t N, void *logits, float *stats) {
+    (void)dtype, (void)x, (void)M, (void)K, (void)w, (void)N, (void)logits, (void)stats;
     return NO_CUDA(ctx);
 }
 int an_cuda_gemm_swiglu_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,

@@ -37,6 +37,12 @@
  * have read it, so no consumer waits on a store; for SWIGLU_BWD it does so a 64-row half at a
  * time, the next tile's first half coming in while this tile's second is formed.
  *
+ * ROWSTATS (a loss chunk's logits, cooperative) also leaves each row's running log-sum-exp per
+ * column tile: two more warps of the producer warpgroup (warp 2 + c, 56 registers there instead
+ * of 40) read warpgroup c's staged, rounded tile back from shared memory while the next tile's
+ * MMAs run, so the exponentials cost the tensor cores nothing (in the consumers' epilogue they
+ * made the GEMM 41-48% slower; from the staging it is at cuBLASLt's time, bench/gemm_wgmma_variants).
+ *
  * Sums: each output is one thread's fp32 accumulation over k in a fixed order (k16 steps in k
  * order), one rounding to T: the same bits every run. The epilogues' swiglu formulas are
  * kernels/silu.cuh's, on the rounded values the separate kernels would read, so the fused forms
@@ -67,8 +73,11 @@ constexpr int BM = 128, BK = 64, THREADS = 384;
  * SWIGLU_BWD (with BT): the sums are d act; with g and u of the same tile, the outputs are
  *   dg = d act u silu'(g) and du = d act silu(g), d act rounded to T first.
  * SWIGLU_BWD_ACT: the same and silu(g) u as a third output (the trained down projection's dW
- *   reads it; it is not kept from the forward). */
-enum Epilogue { STORE = 0, SWIGLU = 1, SWIGLU_BWD = 2, SWIGLU_BWD_ACT = 3 };
+ *   reads it; it is not kept from the forward).
+ * ROWSTATS: D as STORE, and for each row of the tile the running log-sum-exp of its rounded
+ *   values (max m, sum of exp(x - m) over the tile's columns below N) into stats[row * tiles_n +
+ *   tn]: a loss's logits, whose log-sum-exp then needs no pass over them of its own. */
+enum Epilogue { STORE = 0, SWIGLU = 1, SWIGLU_BWD = 2, SWIGLU_BWD_ACT = 3, ROWSTATS = 4 };
 __host__ __device__ constexpr bool backward_form(int epi) { return epi == SWIGLU_BWD || epi == SWIGLU_BWD_ACT; }
 
 /* Shared memory: the stages, two stagings of 64 output rows (cooperative: each consumer
@@ -124,6 +133,62 @@ template <typename T> __device__ __forceinline__ void unpack(uint32_t v, float (
     }
 }
 
+template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t v) {
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
+    else return __half22float2(*reinterpret_cast<__half2 *>(&v));
+}
+__device__ __forceinline__ float ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+/* The running log-sum-exp (max m, sum of exp(x - m)) of row r's first cols values (a multiple of 8)
+ * of a staged 64-row half (boxes of 64 rows x BW columns, BOX bytes apart), read once, a 16-byte
+ * chunk at a time: the chunk's maximum first, so a chunk rescales the sum once at most (as
+ * cross_entropy.cu's pack_max_sum), with the fast exponential (ex2.approx: a few units in the last
+ * place). As an_max_sum: -inf adds nothing, NaN makes the sum NaN (fmaxf passes it over), an
+ * infinite maximum counts its own elements once each (a second pass, only then). Called with cols
+ * the constant TN for whole tiles, so that loop unrolls. */
+template <typename T, int BW, int BOX, int TN>
+__device__ __forceinline__ float2 staged_row_lse(const unsigned char *stg, int r, int cols) {
+    constexpr float L2E = 1.4426950408889634f;
+    float m = -INFINITY, sum = 0.0f;
+    auto chunk = [&](int col, float (&v)[8]) {
+        const uint4 q = *reinterpret_cast<const uint4 *>(stg + (col / BW) * BOX + staged<BW>(r, col % BW));
+        float2 f;
+        f = unpack2<T>(q.x), v[0] = f.x, v[1] = f.y;
+        f = unpack2<T>(q.y), v[2] = f.x, v[3] = f.y;
+        f = unpack2<T>(q.z), v[4] = f.x, v[5] = f.y;
+        f = unpack2<T>(q.w), v[6] = f.x, v[7] = f.y;
+    };
+#pragma unroll 2
+    for (int col = 0; col < cols; col += 8) {
+        float v[8];
+        chunk(col, v);
+        const float cm = fmaxf(fmaxf(fmaxf(v[0], v[1]), fmaxf(v[2], v[3])), fmaxf(fmaxf(v[4], v[5]), fmaxf(v[6], v[7])));
+        if (cm > m) {
+            if (sum != 0.0f) sum *= ex2((m - cm) * L2E);
+            m = cm;
+        }
+        if (m != -INFINITY) { /* else every value so far is -inf */
+            const float ml = m * L2E;
+#pragma unroll
+            for (int k = 0; k < 8; k++) sum += ex2(fmaf(v[k], L2E, -ml));
+        }
+    }
+    if (m == INFINITY) {
+        sum = 0.0f;
+        for (int col = 0; col < cols; col += 8) {
+            float v[8];
+            chunk(col, v);
+#pragma unroll
+            for (int k = 0; k < 8; k++) sum += v[k] == m ? 1.0f : 0.0f;
+        }
+    }
+    return make_float2(m, sum);
+}
+
 /* The main loop's operands: D = sum over segments s of A_s B_s^T (with BT, A_s B_s), segment s
  * covering k slices [end_kb[s - 1], end_kb[s]) of the loop (k slices of 64; a segment's last slice
  * zero-filled past its K_s by the tensor maps), so sums such as dX = dq Wq + dk Wk + dv Wv take
@@ -146,7 +211,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     kernel(const __grid_constant__ Operands ops, const __grid_constant__ CUtensorMap bmap2, const __grid_constant__ CUtensorMap imap0,
            const __grid_constant__ CUtensorMap imap1, const __grid_constant__ CUtensorMap omap0,
            const __grid_constant__ CUtensorMap omap1, const __grid_constant__ CUtensorMap omap2, int M, int N,
-           int inputs_kb) {
+           int inputs_kb, float2 *stats) {
 #if AN_WGMMA_AVAILABLE
     using L = Layout<BN, STAGES, EPI>;
     static_assert(!backward_form(EPI) || BT, "the swiglu gradient epilogue follows dX = dY W");
@@ -155,6 +220,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     static_assert(CM == 1 || !BT || BN % 128 == 0, "B (K, N)'s boxes split evenly over the cluster");
     static_assert(!PP || (CM == 1 && BN <= 128), "ping-pong: one CTA a tile, a whole tile's sums in one warpgroup");
     static_assert(!AT || (EPI == STORE && CM == 1), "A stored (K, M): plain GEMMs of one CTA a tile");
+    static_assert(EPI != ROWSTATS || (!PP && !BT && !AT && CM == 1), "row statistics: cooperative, x W^T");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
     const uint32_t full = base + L::BARS, empty = full + 8 * STAGES, inputs = empty + 8 * STAGES;
@@ -172,7 +238,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN; /* output columns a tile */
     /* the staging of a 64-row half: boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
     constexpr int BW = TN % 64 == 0 ? 64 : 32, NB = TN / BW, BOX = 64 * BW * 2;
-    constexpr int OUTS = EPI == STORE ? 1 : EPI == SWIGLU_BWD ? 2 : 3;
+    constexpr int OUTS = EPI == STORE || EPI == ROWSTATS ? 1 : EPI == SWIGLU_BWD ? 2 : 3;
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + TN - 1) / TN;
     /* a cluster of CM CTAs takes CM row tiles over the same columns: CTA rank's row tile is
      * CM tmc + rank of the cluster tile (tmc, tn) */
@@ -195,7 +261,8 @@ __global__ void __launch_bounds__(THREADS, 1)
     else __syncthreads();
 
     if (wg == 0) { /* producer */
-        wgmma::regs_dec<40>();
+        /* ROWSTATS: its statistics warps need more than 40 (they spill) */
+        wgmma::regs_dec<EPI == ROWSTATS ? 56 : 40>();
         if (tid == 0) {
             int it = 0;
             for (int t = cluster; t < tiles; t += clusters) {
@@ -298,6 +365,30 @@ __global__ void __launch_bounds__(THREADS, 1)
                 }
             }
             tma::store_wait<0>();
+        } else if (EPI == ROWSTATS && tid >= 64) {
+            /* ROWSTATS' statistics warps: warp 2 + c reads warpgroup c's 64 staged rows of each tile
+             * (once written + 8c says they are there; ready + 8c hands them back), lane l rows l
+             * and l + 32, off the consumers' path: the exponentials in the consumers' epilogue held
+             * the tensor cores idle (622 -> 876-920 us at a loss chunk's logits), here they run
+             * under the next tile's MMAs. The staged values are the rounded logits as stored. */
+            const int c = tid / 32 - 2, lane = tid % 32;
+            const unsigned char *stg = smem_raw + (base + STAGES * L::STAGE + c * L::WG_STAGING - raw);
+            int i = 0;
+            for (int t = cluster; t < tiles; t += clusters, i++) {
+                int tm, tn;
+                tile_of<1>(t, tiles_mc, tiles_n, &tm, &tn);
+                const int cols = N - tn * TN < TN ? N - tn * TN : TN; /* a multiple of 8 (N is) */
+                tma::bar_wait(written + 8 * c, i & 1);
+#pragma unroll 1
+                for (int rr = 0; rr < 2; rr++) {
+                    const int r = lane + 32 * rr, row = tm * BM + 64 * c + r;
+                    const float2 ms = cols == TN ? staged_row_lse<T, BW, BOX, TN>(stg, r, TN)
+                                                 : staged_row_lse<T, BW, BOX, TN>(stg, r, cols);
+                    if (row < M) stats[(size_t)row * tiles_n + tn] = ms;
+                }
+                __syncwarp();
+                if (lane == 0) tma::bar_arrive(ready + 8 * c);
+            }
         }
     } else {
         /* consumers. Cooperative (PP false): warpgroup c = wg - 1 owns rows 64c .. 64c + 63 of every
@@ -305,7 +396,7 @@ __global__ void __launch_bounds__(THREADS, 1)
          * 64-row halves), so one warpgroup's epilogue runs while the other's MMAs keep the tensor
          * cores busy; the turn barriers keep their main loops in tile order (a stage's full barrier
          * is then never waited on two uses ahead). */
-        wgmma::regs_inc<232>();
+        wgmma::regs_inc<EPI == ROWSTATS ? 224 : 232>();
         const int c = wg - 1, warp = tid / 32, lane = tid % 32;
         constexpr int MH = PP ? 2 : 1, TSTEP = PP ? 2 : 1; /* 64-row halves a warpgroup sums; its tile stride */
         const uint32_t staging0 = base + STAGES * L::STAGE;
@@ -376,6 +467,8 @@ __global__ void __launch_bounds__(THREADS, 1)
             if (!PP) {
                 if (backward_form(EPI)) tma::bar_wait(inputs + 8 * c, i & 1);
                 else if (tid == 0) tma::store_wait_read<0>();
+                /* ROWSTATS: and the statistics warp has read the last tile's (ready + 8c) */
+                if (EPI == ROWSTATS && tid == 0 && i > 0) tma::bar_wait(ready + 8 * c, (i - 1) & 1);
                 wgmma::named_sync(1 + c, 128);
             }
             const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
@@ -393,7 +486,7 @@ __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
                     for (int hr = 0; hr < 2; hr++) {
                         const int r = r0 + 8 * hr, e = 4 * j + 2 * hr;
-                        if constexpr (EPI == STORE) {
+                        if constexpr (EPI == STORE || EPI == ROWSTATS) {
                             *at(0, col, r) = pack<T>(acc[h][e], acc[h][e + 1]);
                         } else if constexpr (EPI == SWIGLU) { /* column j is gate, j + TN / 8 the matching up */
                             const int ue = e + 4 * (TN / 8);
@@ -425,6 +518,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             if (!PP) {
                 tma::fence_async_shared();
                 wgmma::named_sync(1 + c, 128);
+                if (EPI == ROWSTATS && tid == 0) tma::bar_arrive(written + 8 * c); /* to the statistics warp */
                 if (tid == 0) {
                     const CUtensorMap *maps[3] = {&omap0, &omap1, &omap2};
 #pragma unroll
@@ -518,11 +612,16 @@ namespace {
  * (what fits three staged outputs), both in ping-pong (2-4% and 8-10% faster than cooperative: their
  * epilogues wait for gate and up and do the most arithmetic). */
 constexpr int SWIGLU_BN = 128, SWIGLU_STAGES = 5, BWD_BN = 128, BWD_STAGES = 5, BWD_ACT_STAGES = 4;
+/* ROWSTATS 128 x 192 with 4 stages: the plain GEMM's fastest at a loss chunk's logits (1024 x
+ * 151936 x 1536: 622 us against 639 at 128 x 256 and 659 for cuBLASLt; 4096 rows 2488 against
+ * 2474, bench/gemm_wgmma_variants WG_ONLY=logits). */
+constexpr int LOGITS_BN = 192, LOGITS_STAGES = 4;
 
-/* One launch of the form over `segments` operand pairs (one but for STORE). */
+/* One launch of the form over `segments` operand pairs (one but for STORE); stats for ROWSTATS. */
 template <typename T, int BN, int STAGES, int EPI, bool BT, int CM, bool PP = false>
 cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const T *const *a, const int *k,
-                            const T *const *b, const T *b2, const T *in0, const T *in1, T *out0, T *out1, T *out2) {
+                            const T *const *b, const T *b2, const T *in0, const T *in1, T *out0, T *out1, T *out2,
+                            float2 *stats = nullptr) {
     using namespace wgmma_gemm;
     constexpr int bytes = smem_bytes<BN, STAGES, EPI>();
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN;
@@ -549,14 +648,15 @@ cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const 
     err = grid_of(kern, CM, tiles, s->sm_count, bytes, s->stream, &g);
     if (err == cudaSuccess)
         err = cudaLaunchKernelEx(&g.config, kern, ops, bm2, im0, im1, om0, om1, om2, M, N,
-                                 ops.end_kb[segments - 1] * BWD_INPUTS_NUM / BWD_INPUTS_DEN);
+                                 ops.end_kb[segments - 1] * BWD_INPUTS_NUM / BWD_INPUTS_DEN, stats);
     return err;
 }
 
 template <typename T, int BN, int STAGES, int EPI, bool BT, int CM, bool PP = false>
 cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b, const T *b2, const T *in0,
-                   const T *in1, T *out0, T *out1, T *out2) {
-    return launch_segments<T, BN, STAGES, EPI, BT, CM, PP>(s, M, N, 1, &a, &K, &b, b2, in0, in1, out0, out1, out2);
+                   const T *in1, T *out0, T *out1, T *out2, float2 *stats = nullptr) {
+    return launch_segments<T, BN, STAGES, EPI, BT, CM, PP>(s, M, N, 1, &a, &K, &b, b2, in0, in1, out0, out1, out2,
+                                                           stats);
 }
 
 bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
@@ -626,6 +726,34 @@ extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, c
     AN_CUDA_CHECK(ctx, err);
     return AN_OK;
 }
+extern "C" int64_t an_cuda_logits_stats_tiles(int64_t N) { return (N + LOGITS_BN - 1) / LOGITS_BN; }
+
+extern "C" int an_cuda_logits_stats_apply(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N,
+                                          const void *const *ptrs, int n_ptrs) {
+    return ctx->cuda && !ctx->cuda->logits_stats_off && an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, N, ptrs, n_ptrs);
+}
+
+extern "C" an_status an_cuda_gemm_logits_stats(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K,
+                                               const void *w, int64_t N, void *logits, float *stats) {
+    AN_CUDA_STATE(ctx, s);
+    const void *ptrs[] = {x, w, logits, stats};
+    AN_CHECK(ctx, an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, N, ptrs, 4), AN_ERR_INPUT,
+             "gemm_logits_stats: %s (%lld, %lld) x (%lld, %lld)^T on this device: needs compute capability 9.0, bf16 "
+             "or f16, K and N multiples of 8, 16-byte aligned operands",
+             an_dtype_name(dtype), (long long)M, (long long)K, (long long)N, (long long)K);
+    using namespace wgmma_gemm;
+    cudaError_t err =
+        dtype == AN_BF16
+            ? launch<__nv_bfloat16, LOGITS_BN, LOGITS_STAGES, ROWSTATS, false, 1>(
+                  s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)x, (const __nv_bfloat16 *)w, nullptr, nullptr,
+                  nullptr, (__nv_bfloat16 *)logits, nullptr, nullptr, (float2 *)stats)
+            : launch<__half, LOGITS_BN, LOGITS_STAGES, ROWSTATS, false, 1>(
+                  s, (int)M, (int)N, (int)K, (const __half *)x, (const __half *)w, nullptr, nullptr, nullptr,
+                  (__half *)logits, nullptr, nullptr, (float2 *)stats);
+    AN_CUDA_CHECK(ctx, err);
+    return AN_OK;
+}
+
 /* The segments' GEMM: 128 x 256 tiles, 3 stages (the plain GEMM's best on the training shapes). */
 template <typename T, bool BT>
 cudaError_t launch_sum(an_cuda_state *s, int M, int N, int segments, const void *const *a, const int *k,

@@ -792,6 +792,101 @@ START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
 }
 END_TEST
 
+/* an_cuda_gemm_logits_stats and an_cuda_cross_entropy_stats_grad (Hopper only; SKIP elsewhere):
+ * the logits within the GEMM bound of a float64 reference, every one written; on those logits the
+ * lse merged from the tiles' stats within 1e-6 of the two-pass kernel's (another order of the
+ * same sums) and 1e-5 of a float64 lse, the losses likewise, the dlogits within the dtype's
+ * tolerance of the two-pass kernel's, ignored rows zero. Ragged M and N (a last column tile of
+ * 40 of 192), a single row, several tiles a CTA. */
+START_TEST(test_cuda_logits_stats_give_the_two_pass_loss) {
+    an_ctx *ctx = gpu_ctx(14, "cuda logits_stats");
+    if (!ctx) return;
+    const void *probe[] = {NULL};
+    if (!an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0)) {
+        printf("SKIP cuda logits_stats: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n");
+        test_ctx_free(ctx);
+        return;
+    }
+    const int64_t cases[][3] = {{300, 136, 1000}, {129, 64, 392}, {1, 8, 8}, {1100, 256, 6152}}; /* M, K, N */
+    const double scale = 1.0 / 3.0;
+    for (int d = 1; d < N_DTYPES; d++) /* bf16, f16 */
+        for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+            an_dtype dtype = float_dtypes[d];
+            const int64_t M = cases[ci][0], K = cases[ci][1], N = cases[ci][2], tiles = an_cuda_logits_stats_tiles(N);
+            char what[160];
+            snprintf(what, sizeof what, "logits_stats %s M %lld K %lld N %lld", an_dtype_name(dtype), (long long)M,
+                     (long long)K, (long long)N);
+            pair x = random_pair(ctx, dtype, M * K, 0, -2, 2), w = random_pair(ctx, dtype, N * K, 0, -1, 1);
+            an_tensor *logits = poisoned(ctx, dtype, M * N, 0), *stats = poisoned(ctx, AN_F32, M * tiles * 2, 0);
+            test_ok(ctx,
+                    an_cuda_gemm_logits_stats(ctx, dtype, an_tensor_data(x.dev), M, K, an_tensor_data(w.dev), N,
+                                              an_tensor_data(logits), an_tensor_data(stats)),
+                    what);
+            double *xv = test_values(x.host), *wv = test_values(w.host);
+            double *want = calloc((size_t)(M * N), sizeof *want), *bound = calloc((size_t)(M * N), sizeof *bound);
+            for (int64_t i = 0; i < M; i++)
+                for (int64_t j = 0; j < N; j++) {
+                    double acc = 0;
+                    for (int64_t t = 0; t < K; t++) acc += xv[i * K + t] * wv[j * K + t];
+                    want[i * N + j] = acc;
+                    bound[i * N + j] = 2 * rtol_of(dtype) * (fabs(acc) + sqrt((double)K));
+                }
+            double *lv = test_download(ctx, logits);
+            expect_close(lv, want, bound, M * N, "%s: logits", what);
+            /* the loss both ways on these logits, every seventh row ignored */
+            an_tensor *ids_h = test_ids(ctx, AN_I32, 1, &M, N);
+            for (int64_t i = 3; i < M; i += 7) an_tensor_set(ids_h, i, -100);
+            an_tensor *ids = an_tensor_to(ctx, ids_h, AN_I32, AN_CUDA);
+            an_tensor *a = an_tensor_to(ctx, logits, dtype, AN_CUDA), *b = an_tensor_to(ctx, logits, dtype, AN_CUDA);
+            an_tensor *lse_a = poisoned(ctx, AN_F32, M, 0), *loss_a = poisoned(ctx, AN_F32, M, 0);
+            an_tensor *lse_b = poisoned(ctx, AN_F32, M, 0), *loss_b = poisoned(ctx, AN_F32, M, 0);
+            ck_assert_msg(ids && a && b, "%s: alloc: %s", what, an_error_message(ctx));
+            test_ok(ctx,
+                    an_cuda_cross_entropy_stats_grad(ctx, dtype, an_tensor_data(a), an_tensor_data(stats), tiles,
+                                                     an_tensor_data(ids), AN_I32, M, N, -100, scale,
+                                                     an_tensor_data(lse_a), an_tensor_data(loss_a)),
+                    what);
+            test_ok(ctx,
+                    an_cuda_cross_entropy_rows_grad(ctx, dtype, an_tensor_data(b), an_tensor_data(ids), AN_I32, M, N,
+                                                    -100, scale, an_tensor_data(lse_b), an_tensor_data(loss_b)),
+                    what);
+            double *la = test_download(ctx, lse_a), *lb = test_download(ctx, lse_b);
+            double *sa = test_download(ctx, loss_a), *sb = test_download(ctx, loss_b);
+            double *ga = test_download(ctx, a), *gb = test_download(ctx, b);
+            for (int64_t i = 0; i < M; i++) {
+                int64_t t = (int64_t)an_tensor_get(ids_h, i);
+                if (t == -100) {
+                    ck_assert_msg(la[i] == 0 && sa[i] == 0, "%s: ignored row %lld has lse %g loss %g", what,
+                                  (long long)i, la[i], sa[i]);
+                    for (int64_t j = 0; j < N; j++)
+                        ck_assert_msg(ga[i * N + j] == 0, "%s: ignored row %lld column %lld is %g", what, (long long)i,
+                                      (long long)j, ga[i * N + j]);
+                    continue;
+                }
+                double m = -INFINITY, sum = 0;
+                for (int64_t j = 0; j < N; j++) m = fmax(m, lv[i * N + j]);
+                for (int64_t j = 0; j < N; j++) sum += exp(lv[i * N + j] - m);
+                double lse64 = m + log(sum), tol = 1e-6 * (fabs(lb[i]) + 1);
+                ck_assert_msg(fabs(la[i] - lb[i]) <= tol && fabs(la[i] - lse64) <= 1e-5 * (fabs(lse64) + 1),
+                              "%s: row %lld lse %.9g, two-pass %.9g, float64 %.9g", what, (long long)i, la[i], lb[i],
+                              lse64);
+                ck_assert_msg(fabs(sa[i] - sb[i]) <= tol && fabs(sa[i] - (lse64 - lv[i * N + t])) <= 1e-5 * (fabs(lse64) + 1),
+                              "%s: row %lld loss %.9g, two-pass %.9g", what, (long long)i, sa[i], sb[i]);
+                for (int64_t j = 0; j < N; j++) bound[i * N + j] = rtol_of(dtype) * fabs(gb[i * N + j]) + 1e-6 * scale;
+            }
+            for (int64_t i = 3; i < M; i += 7)
+                for (int64_t j = 0; j < N; j++) bound[i * N + j] = 0;
+            expect_close(ga, gb, bound, M * N, "%s: dlogits against the two-pass kernel's", what);
+            free(xv), free(wv), free(want), free(bound), free(lv), free(la), free(lb), free(sa), free(sb), free(ga),
+                free(gb);
+            an_tensor *ts[] = {logits, stats, ids_h, ids, a, b, lse_a, loss_a, lse_b, loss_b};
+            for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) an_tensor_release(ts[k]);
+            pair_release(x), pair_release(w);
+        }
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* The decode shapes an_cuda_gemm sends to an_cuda_gemv (x W^T with at most AN_CUDA_GEMV_MAX_ROWS
  * rows): every row count, K a multiple of the 16-byte vector and not, aligned and one element off,
  * a weight over AN_CUDA_GEMV_MAX_WEIGHT_BYTES;
@@ -990,6 +1085,7 @@ int main(void) {
     test_add_case(s, "gemm_scaled", test_cuda_gemm_scaled_matches_the_reference);
     test_add_case(s, "gemv", test_cuda_gemv_rows_match_the_reference);
     test_add_case(s, "gemm_segments", test_cuda_gemm_segments_sums_every_pair_once);
+    test_add_case(s, "logits_stats", test_cuda_logits_stats_give_the_two_pass_loss);
     test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
     return test_run(s);
 }

@@ -21,7 +21,9 @@
  * targets before and passes their count, opts->checked_count); rows are computed in fp32, the
  * loss is an fp32 scalar on the device (summed in fp64; every device's loss scalar is fp32, or f64
  * for f64 inputs), and the backward reads the upstream gradient on the device. linear_cross_entropy's chunk logits are one (chunk_rows, V) tensor in the input
- * dtype from an_cuda_gemm (fp32 accumulation), turned into dlogits in place; its weight gradient
+ * dtype from an_cuda_gemm (fp32 accumulation), turned into dlogits in place (with gradients on an
+ * H100, an_cuda_gemm_logits_stats forms them with each row's running log-sum-exp per column tile,
+ * and an_cuda_cross_entropy_stats_grad merges the lse from those and reads the logits once); its weight gradient
  * accumulates over chunks in an fp32 (V, D) buffer for bf16/f16 (each chunk's GEMM adds into it
  * with an fp32 C, an_cuda_gemm_f32_out), which the backward casts to the weight's dtype and scales
  * by the upstream gradient in one pass (an_cuda_cast_mul: the cast's and the multiply's roundings,
@@ -429,17 +431,33 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
     /* (V, D); fp32 when it accumulates over chunks (the backward casts and scales it in one pass) */
     an_tensor *dw = chunk && grads->want_w ? an_tensor_new(ctx, wide_dw ? AN_F32 : dt, AN_CUDA, 2, vd) : NULL;
     an_status st = chunk && (dh || !grads->want_h) && (dw || !grads->want_w) ? AN_OK : an_error_status(ctx);
+    /* With gradients, on an H100: the logits GEMM also leaves each row's running log-sum-exp per
+     * column tile (stats, (chunk_rows, tiles) float pairs), so the loss pass reads the logits once */
+    const void *gemm_ptrs[] = {an_tensor_data(hidden), an_tensor_data(weight), chunk ? an_tensor_data(chunk) : NULL};
+    bool with_stats = st == AN_OK && (dh || dw) && an_cuda_logits_stats_apply(ctx, dt, chunk_rows, D, V, gemm_ptrs, 3);
+    int64_t tiles = with_stats ? an_cuda_logits_stats_tiles(V) : 0, stats_bytes = chunk_rows * tiles * 8;
+    an_tensor *stats = with_stats ? an_tensor_new(ctx, AN_U8, AN_CUDA, 1, &stats_bytes) : NULL; /* (chunk_rows, tiles) x 2 f32 */
+    if (with_stats && !stats) st = an_error_status(ctx);
     for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
         int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
-        st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
+        if (with_stats) { /* lse and losses, and dlogits in place of this chunk's logits */
+            st = an_cuda_gemm_logits_stats(ctx, dt, row_at(hidden, r0), c, D, an_tensor_data(weight), V,
+                                           an_tensor_data(chunk), an_tensor_data(stats));
+            if (st == AN_OK)
+                st = an_cuda_cross_entropy_stats_grad(ctx, dt, an_tensor_data(chunk), an_tensor_data(stats), tiles,
+                                                      element_at(targets, r0), targets->dtype, c, V, o->ignore_index,
+                                                      grads->inv, element_at(lse, r0), element_at(loss_rows, r0));
+        } else {
+            st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
+        }
         if (st == AN_OK && !(dh || dw))
             st = an_cuda_cross_entropy_rows(ctx, dt, an_tensor_data(chunk), element_at(targets, r0), targets->dtype, c,
                                             V, o->ignore_index, element_at(lse, r0), element_at(loss_rows, r0));
         if (st != AN_OK || !(dh || dw)) continue;
-        /* lse and losses, and dlogits in place of this chunk's logits */
-        st = an_cuda_cross_entropy_rows_grad(ctx, dt, an_tensor_data(chunk), element_at(targets, r0), targets->dtype, c,
-                                             V, o->ignore_index, grads->inv, element_at(lse, r0),
-                                             element_at(loss_rows, r0));
+        if (!with_stats) /* lse and losses, and dlogits in place of this chunk's logits */
+            st = an_cuda_cross_entropy_rows_grad(ctx, dt, an_tensor_data(chunk), element_at(targets, r0),
+                                                 targets->dtype, c, V, o->ignore_index, grads->inv,
+                                                 element_at(lse, r0), element_at(loss_rows, r0));
         if (st == AN_OK && dh) { /* dh rows (c, D) = dlogits (c, V) @ w (V, D) */
             an_gemm_shape s = {1, c, D, V, false, false, false, false};
             st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), an_tensor_data(weight), row_at(dh, r0));
@@ -452,7 +470,7 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
         }
     }
     if (st == AN_OK && dw && N == 0) st = an_cuda_memset(ctx, an_tensor_data(dw), 0, an_tensor_nbytes(dw));
-    an_tensor_release(chunk);
+    an_tensor_release(chunk), an_tensor_release(stats);
     if (st == AN_OK) {
         grads->dh = dh, grads->dw = dw;
     } else {
