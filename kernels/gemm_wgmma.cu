@@ -133,10 +133,6 @@ template <typename T> __device__ __forceinline__ void unpack(uint32_t v, float (
     }
 }
 
-template <typename T> __device__ __forceinline__ float2 unpack2(uint32_t v) {
-    if constexpr (std::is_same<T, __nv_bfloat16>::value) return make_float2(__uint_as_float(v << 16), __uint_as_float(v & 0xffff0000u));
-    else return __half22float2(*reinterpret_cast<__half2 *>(&v));
-}
 __device__ __forceinline__ float ex2(float x) {
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
@@ -156,11 +152,13 @@ __device__ __forceinline__ float2 staged_row_lse(const unsigned char *stg, int r
     float m = -INFINITY, sum = 0.0f;
     auto chunk = [&](int col, float (&v)[8]) {
         const uint4 q = *reinterpret_cast<const uint4 *>(stg + (col / BW) * BOX + staged<BW>(r, col % BW));
-        float2 f;
-        f = unpack2<T>(q.x), v[0] = f.x, v[1] = f.y;
-        f = unpack2<T>(q.y), v[2] = f.x, v[3] = f.y;
-        f = unpack2<T>(q.z), v[4] = f.x, v[5] = f.y;
-        f = unpack2<T>(q.w), v[6] = f.x, v[7] = f.y;
+        const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            float f[2];
+            unpack<T>(w[k], f);
+            v[2 * k] = f[0], v[2 * k + 1] = f[1];
+        }
     };
 #pragma unroll 2
     for (int col = 0; col < cols; col += 8) {

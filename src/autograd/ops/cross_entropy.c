@@ -435,12 +435,13 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
      * column tile (stats, (chunk_rows, tiles) float pairs), so the loss pass reads the logits once */
     const void *gemm_ptrs[] = {an_tensor_data(hidden), an_tensor_data(weight), chunk ? an_tensor_data(chunk) : NULL};
     bool with_stats = st == AN_OK && (dh || dw) && an_cuda_logits_stats_apply(ctx, dt, chunk_rows, D, V, gemm_ptrs, 3);
-    int64_t tiles = with_stats ? an_cuda_logits_stats_tiles(V) : 0, stats_bytes = chunk_rows * tiles * 8;
-    an_tensor *stats = with_stats ? an_tensor_new(ctx, AN_U8, AN_CUDA, 1, &stats_bytes) : NULL; /* (chunk_rows, tiles) x 2 f32 */
+    int64_t tiles = with_stats ? an_cuda_logits_stats_tiles(V) : 0, stats_shape[] = {chunk_rows, tiles, 2};
+    an_tensor *stats = with_stats ? an_tensor_new(ctx, AN_F32, AN_CUDA, 3, stats_shape) : NULL; /* (max, sum) pairs */
     if (with_stats && !stats) st = an_error_status(ctx);
     for (int64_t r0 = 0; st == AN_OK && r0 < N; r0 += chunk_rows) {
         int64_t c = N - r0 < chunk_rows ? N - r0 : chunk_rows;
-        if (with_stats) { /* lse and losses, and dlogits in place of this chunk's logits */
+        /* lse and losses, and with gradients the dlogits in place of this chunk's logits */
+        if (with_stats) {
             st = an_cuda_gemm_logits_stats(ctx, dt, row_at(hidden, r0), c, D, an_tensor_data(weight), V,
                                            an_tensor_data(chunk), an_tensor_data(stats));
             if (st == AN_OK)
@@ -449,15 +450,16 @@ static an_status linear_rows_cuda(an_ctx *ctx, an_tensor *const *inputs, const a
                                                       grads->inv, element_at(lse, r0), element_at(loss_rows, r0));
         } else {
             st = chunk_logits_cuda(ctx, hidden, weight, r0, c, chunk);
+            if (st == AN_OK && !(dh || dw))
+                st = an_cuda_cross_entropy_rows(ctx, dt, an_tensor_data(chunk), element_at(targets, r0),
+                                                targets->dtype, c, V, o->ignore_index, element_at(lse, r0),
+                                                element_at(loss_rows, r0));
+            else if (st == AN_OK)
+                st = an_cuda_cross_entropy_rows_grad(ctx, dt, an_tensor_data(chunk), element_at(targets, r0),
+                                                     targets->dtype, c, V, o->ignore_index, grads->inv,
+                                                     element_at(lse, r0), element_at(loss_rows, r0));
         }
-        if (st == AN_OK && !(dh || dw))
-            st = an_cuda_cross_entropy_rows(ctx, dt, an_tensor_data(chunk), element_at(targets, r0), targets->dtype, c,
-                                            V, o->ignore_index, element_at(lse, r0), element_at(loss_rows, r0));
         if (st != AN_OK || !(dh || dw)) continue;
-        if (!with_stats) /* lse and losses, and dlogits in place of this chunk's logits */
-            st = an_cuda_cross_entropy_rows_grad(ctx, dt, an_tensor_data(chunk), element_at(targets, r0),
-                                                 targets->dtype, c, V, o->ignore_index, grads->inv,
-                                                 element_at(lse, r0), element_at(loss_rows, r0));
         if (st == AN_OK && dh) { /* dh rows (c, D) = dlogits (c, V) @ w (V, D) */
             an_gemm_shape s = {1, c, D, V, false, false, false, false};
             st = an_cuda_gemm(ctx, &s, dt, an_tensor_data(chunk), an_tensor_data(weight), row_at(dh, r0));
