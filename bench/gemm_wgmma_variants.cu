@@ -27,8 +27,10 @@
  * A loss chunk's logits with the row statistics (ROWSTATS: each row's running log-sum-exp per
  * column tile beside the logits, an_cuda_gemm_logits_stats) against cuBLASLt's plain GEMM (with
  * WG_ONLY unset, logits, or logits+ for these rows without the plain shapes' table).
- * Last, sums of products into one output (the segments' form, an_cuda_gemm_segments) against
- * cuBLASLt's GEMM a pair adding into D and its one GEMM over the concatenated operands.
+ * Then sums of products into one output (the segments' form, an_cuda_gemm_segments) against
+ * cuBLASLt's GEMM a pair adding into D and its one GEMM over the concatenated operands. Last, q, k
+ * and v with LoRA on q and v in one launch (PROJ, an_cuda_gemm_projections; WG_ONLY unset, none or
+ * proj...) against the cuBLASLt chain it replaces.
  *
  * Exits 1 on any CUDA or cuBLASLt error or wrong result (a benchmark, not library code). */
 #include <algorithm>
@@ -115,6 +117,49 @@ static void wg_swiglu_bwd(const bf *dy, const bf *w, const bf *g, const bf *u, b
                           int K, cudaStream_t st) {
     if (act) wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD_ACT, true, CM, PP>(dy, w, nullptr, g, u, dg, du, act, M, N, K, st);
     else wg_launch<BN, STAGES, wgmma_gemm::SWIGLU_BWD, true, CM, PP>(dy, w, nullptr, g, u, dg, du, nullptr, M, N, K, st);
+}
+
+/* out = round(float(base) + down B^T) with the rank-R product in fp32: peft's order for an adapter's
+ * output (PROJ's reference). */
+__global__ void proj_ref(const bf *base, const bf *down, const bf *b, bf *out, int M, int n, int R) {
+    const size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    if (i >= (size_t)M * n) return;
+    const size_t row = i / n, col = i % n;
+    float sum = 0.0f;
+    for (int t = 0; t < R; t++) sum += __bfloat162float(down[row * R + t]) * __bfloat162float(b[col * R + t]);
+    out[i] = __float2bfloat16_rn(__bfloat162float(base[i]) + sum);
+}
+
+/* How many of n bf16 values differ in bits. */
+static size_t differing(const bf *x, const bf *y, size_t n) {
+    std::vector<uint16_t> a(n), b(n);
+    CK(cudaMemcpy(a.data(), x, n * 2, cudaMemcpyDeviceToHost));
+    CK(cudaMemcpy(b.data(), y, n * 2, cudaMemcpyDeviceToHost));
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++) d += a[i] != b[i];
+    return d;
+}
+
+/* One projection of PROJ's launch (an_cuda_projection's fields). */
+struct BenchProj {
+    const void *w, *bias, *down, *lora_b;
+    int64_t n, r;
+    void *out;
+};
+
+/* The count projections of x (M, K) side by side in one launch (PROJ, an_cuda_gemm_projections). */
+template <int BN, int STAGES>
+static void wg_projections(const bf *x, int M, int K, int count, const BenchProj *p, cudaStream_t st) {
+    constexpr int bytes = wgmma_gemm::smem_bytes<BN, STAGES, wgmma_gemm::PROJ>();
+    auto *k = wgmma_gemm::kernel<bf, BN, STAGES, wgmma_gemm::PROJ>;
+    CK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    wgmma_gemm::Operands ops;
+    CUtensorMap unused{}, om[wgmma_gemm::MAX_GROUPS] = {};
+    int N = 0;
+    CK((wgmma_gemm::encode_projections<bf, BN>(encoder, M, K, x, count, p, &ops, om, &N)));
+    wgmma_gemm::Grid g;
+    CK(wgmma_gemm::grid_of(k, 1, (int64_t)((M + 127) / 128) * (N / BN), sms, bytes, st, &g));
+    CK(cudaLaunchKernelEx(&g.config, k, ops, unused, unused, unused, om[0], om[1], om[2], M, N, 0, (float2 *)nullptr));
 }
 
 /* The separate swiglu gradient pass as elementwise.cu runs it: 8 elements a thread in 16-byte loads. */
@@ -647,6 +692,97 @@ int main() {
             }
             for (bf *p : {acat, bcat, d, ref, chain}) CK(cudaFree(p));
         }
+    }
+    /* q, k, v of one input with LoRA r16 on q and v, in one launch (PROJ, an_cuda_gemm_projections)
+     * against cuBLASLt's chain as the library ran it before (each adapter's down B^T into the
+     * output, then the base GEMM adding into it; k alone). The adapters' B is small (values 1e-4,
+     * an adapter's first steps), so the branch is under half a unit in the last place of most
+     * outputs: the reference is peft's order, round(round(x W^T) + down B^T) (cuBLASLt's x W^T, the
+     * branch in fp32 by proj_ref), and the rows also count the outputs that differ from x W^T
+     * alone (the branch rounded away or not): ours, the chain's, and one rounding of the whole sum
+     * (cuBLASLt over [x | down] [W | B]^T). No bias here. */
+    if (!only || !strncmp(only, "proj", 4) || !strcmp(only, "none")) {
+        const int M = 8192, K = 1536, R = 16, n[3] = {1536, 256, 256};
+        const bool lora[3] = {true, false, true};
+        bf *x, *w[3], *dn[3] = {}, *lb[3] = {}, *out[3], *ref[3], *chain[3], *base[3], *single[3] = {};
+        bf *acat = nullptr, *bcat = nullptr;
+        BenchProj p[3];
+        CK(cudaMalloc(&x, (size_t)M * K * 2));
+        fill(x, (size_t)M * K, 40, 1.0f);
+        CK(cudaMalloc(&acat, (size_t)M * (K + R) * 2));
+        CK(cudaMalloc(&bcat, (size_t)n[0] * (K + R) * 2));
+        double flop = 0;
+        size_t total = 0;
+        for (int g = 0; g < 3; g++) {
+            CK(cudaMalloc(&w[g], (size_t)n[g] * K * 2));
+            fill(w[g], (size_t)n[g] * K, 41 + g, 0.05f);
+            for (bf **q : {&out[g], &ref[g], &chain[g], &base[g]}) CK(cudaMalloc(q, (size_t)M * n[g] * 2));
+            lt_gemm(x, w[g], base[g], M, n[g], K, st);
+            if (lora[g]) {
+                CK(cudaMalloc(&dn[g], (size_t)M * R * 2));
+                CK(cudaMalloc(&lb[g], (size_t)n[g] * R * 2));
+                CK(cudaMalloc(&single[g], (size_t)M * n[g] * 2));
+                fill(dn[g], (size_t)M * R, 44 + g, 1.0f);
+                fill(lb[g], (size_t)n[g] * R, 47 + g, 1e-4f);
+                proj_ref<<<(unsigned)(((size_t)M * n[g] + 255) / 256), 256, 0, st>>>(base[g], dn[g], lb[g], ref[g], M, n[g], R);
+                CK(cudaGetLastError());
+                CK(cudaMemcpy2D(acat, (size_t)(K + R) * 2, x, (size_t)K * 2, (size_t)K * 2, M, cudaMemcpyDeviceToDevice));
+                CK(cudaMemcpy2D(acat + K, (size_t)(K + R) * 2, dn[g], (size_t)R * 2, (size_t)R * 2, M,
+                                cudaMemcpyDeviceToDevice));
+                CK(cudaMemcpy2D(bcat, (size_t)(K + R) * 2, w[g], (size_t)K * 2, (size_t)K * 2, n[g], cudaMemcpyDeviceToDevice));
+                CK(cudaMemcpy2D(bcat + K, (size_t)(K + R) * 2, lb[g], (size_t)R * 2, (size_t)R * 2, n[g],
+                                cudaMemcpyDeviceToDevice));
+                lt_gemm(acat, bcat, single[g], M, n[g], K + R, st);
+                total += (size_t)M * n[g];
+            } else {
+                CK(cudaMemcpy(ref[g], base[g], (size_t)M * n[g] * 2, cudaMemcpyDeviceToDevice));
+            }
+            p[g] = BenchProj{w[g], nullptr, dn[g], lb[g], n[g], lora[g] ? R : 0, out[g]};
+            flop += 2.0 * M * n[g] * (K + (lora[g] ? R : 0));
+        }
+        auto chained = [&] {
+            for (int g = 0; g < 3; g++) {
+                if (lora[g]) lt_gemm(dn[g], lb[g], chain[g], M, n[g], R, st);
+                lt_gemm(x, w[g], chain[g], M, n[g], K, st, false, lora[g] ? 1.0f : 0.0f);
+            }
+        };
+        chained();
+        double t_chain = time_us(chained, st);
+        CK(cudaStreamSynchronize(st));
+        /* the adapters' outputs (q and v) that differ from x W^T alone */
+        auto moved = [&](bf *const *o) {
+            size_t d = 0;
+            for (int g = 0; g < 3; g++)
+                if (lora[g]) d += differing(o[g], base[g], (size_t)M * n[g]);
+            return (double)d / total;
+        };
+        printf("proj     adapter products under half an ulp: outputs that differ from x W^T alone: one rounding of the "
+               "whole sum %.4f, cuBLASLt's chain %.4f, peft's order (the reference) %.4f\n",
+               moved(single), moved(chain), moved(ref));
+        struct { const char *name; void (*fn)(const bf *, int, int, int, const BenchProj *, cudaStream_t); } forms[] = {
+            {"128x256 s3", wg_projections<256, 3>}, {"128x128 s5", wg_projections<128, 5>}};
+        for (const auto &f : forms) {
+            for (int g = 0; g < 3; g++) CK(cudaMemset(out[g], 0xff, (size_t)M * n[g] * 2));
+            f.fn(x, M, K, 3, p, st);
+            CK(cudaStreamSynchronize(st));
+            double mis = 0;
+            size_t diff = 0;
+            for (int g = 0; g < 3; g++) {
+                mis = std::max(mis, mismatch(out[g], ref[g], (size_t)M * n[g]));
+                diff += differing(out[g], ref[g], (size_t)M * n[g]);
+            }
+            double t = time_us([&] { f.fn(x, M, K, 3, p, st); }, st);
+            bool ok = mis <= 2.0;
+            printf("proj     q|k|v + q,v LoRA r16 %5d x %4d x %4d  %-11s cuBLASLt chain %7.1f us, one launch %7.1f us "
+                   "(%4.0f TFLOP/s, %.3fx)  max err %.2f ulp-of-rms, %zu outputs off the reference, moved %.4f %s\n",
+                   M, n[0] + n[1] + n[2], K, f.name, t_chain, t, flop / t / 1e6, t_chain / t, mis, diff, moved(out),
+                   ok ? "" : "WRONG");
+            failed |= !ok;
+        }
+        for (int g = 0; g < 3; g++)
+            for (bf *q : {w[g], dn[g], lb[g], out[g], ref[g], chain[g], base[g], single[g]})
+                if (q) CK(cudaFree(q));
+        for (bf *q : {x, acat, bcat}) CK(cudaFree(q));
     }
     printf(failed ? "FAILED\n" : "all results agree\n");
     return failed ? 1 : 0;

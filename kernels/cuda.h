@@ -81,6 +81,9 @@ an_status an_cuda_set_wgmma(an_ctx *ctx, bool on);
 an_status an_cuda_set_logits_stats(an_ctx *ctx, bool on);
 int an_cuda_logits_stats_apply(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
                                int n_ptrs);
+/* Whether the projections of one input (an_qkv_linear's q, k, v) take one an_cuda_gemm_projections
+ * launch where it applies (on by default): off only to measure what it gains. */
+an_status an_cuda_set_projections(an_ctx *ctx, bool on);
 /* Whether unsegmented bf16/f16 attention with head_dim 64 or 128 runs on cuDNN's fused flash
  * attention (kernels/attention_cudnn.cu; on by default) or on our tensor-core kernels
  * (kernels/attention_mma.cu): off to compare the two. */
@@ -236,6 +239,30 @@ an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *
  * into D. 1 <= segments <= 6; each (M, K_s, N) as an_cuda_gemm_swiglu_rule allows. */
 an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,
                                 const void *const *a, const int64_t *k, const void *const *b, bool bt, void *d);
+/* One projection of an_cuda_gemm_projections: out (M, n) = x W^T + down B^T + bias for W (n, K),
+ * with an adapter's down (M, r) (its scaled x_lora A^T) and B (n, r), or without (down NULL), and
+ * bias (n) or none (NULL). */
+typedef struct {
+    const void *w, *bias, *down, *lora_b;
+    int64_t n, r;
+    void *out;
+} an_cuda_projection;
+/* The count <= 3 projections of one input x (M, K) (an_qkv_linear's q, k, v) in one launch of
+ * gemm_wgmma.cu's kernel (PROJ; 128 x 256 tiles where every n is a multiple of 256, else 128 x
+ * 128): the outputs side by side as one GEMM's column tiles. Numerics: x W^T + bias in fp32,
+ * rounded to the dtype; with an adapter its down B^T then summed onto that rounded value in fp32
+ * and rounded again: peft's order (the base layer's output, then the adapter's fp32 product added
+ * and cast back), so an adapter's first products, under half a unit in the last place, round away
+ * as they do there and in the cuBLASLt chain it replaces (bench/gemm_wgmma_variants counts them).
+ * In place of up to five launches on the 1.5B model's q, k, v with LoRA on q and v (per adapter a
+ * thin GEMM writing down B^T and the base GEMM adding into it; k's GEMM): 87.7 us against 120.3 on
+ * an H100. an_cuda_gemm_projections_rule: 1 when it applies: an_cuda_gemm_swiglu_rule's conditions
+ * for each (M, K, n) and (M, r, n), every n a multiple of 128, every pointer 16-byte aligned, and
+ * not turned off (an_cuda_set_projections). */
+int an_cuda_gemm_projections_rule(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
+                                  const an_cuda_projection *proj);
+an_status an_cuda_gemm_projections(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
+                                   const an_cuda_projection *proj);
 /* logits (M, N) = x (M, K) w (N, K)^T rounded to the dtype, as an_cuda_gemm forms them (fp32
  * accumulation, one rounding), and per row and column tile of an_cuda_logits_stats_tiles(N) the
  * running log-sum-exp of the row's rounded logits in the tile: stats (M, tiles) float pairs (max m,

@@ -2,7 +2,9 @@
  *
  * Numerics: bf16 and f16 operands multiply with fp32 accumulation (CUBLAS_COMPUTE_32F) and round
  * once to the output dtype; f32 uses CUBLAS_COMPUTE_32F too, so TF32 is never used. C is written
- * with = (beta 0: the old C is not read) or += with shape->accumulate (beta 1), or as D = op(A) op(B)
+ * with = (beta 0: the old C is not read) or += with shape->accumulate (beta 1: on an H100 its sums
+ * move as many outputs as rounding op(A) op(B) before C joins it would, not as one rounding: see
+ * src/autograd/ops/lora_linear.c's numerics), or as D = op(A) op(B)
  * + C with C another matrix of D's layout (an_cuda_gemm_addend: a residual added in the epilogue,
  * beta 1 with cuBLASLt's C and D pointers apart, one rounding). A bias
  * (an_cuda_gemm_bias) rides in cuBLASLt's epilogue (CUBLASLT_EPILOGUE_BIAS): added to the fp32

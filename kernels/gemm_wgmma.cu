@@ -8,7 +8,8 @@
  * neither act nor d act makes a trip through memory of its own. Its main loop may run over several
  * operand pairs (Operands: K segments, each zero-filled past its own K), so a sum of products into
  * one output, dX = dq Wq + dk Wk + dv Wv or a LoRA branch beside its base projection, is one launch
- * and one rounding (an_cuda_gemm_segments).
+ * and one rounding (an_cuda_gemm_segments); PROJ puts several projections of one input side by
+ * side (q | k | v with their biases and adapters, an_cuda_gemm_projections).
  * At parity with cuBLASLt as a plain GEMM (STORE) on the 1.5B model's training shapes, bit for bit
  * equal to it at every one measured (bench/gemm_wgmma_variants, docs/performance.md).
  *
@@ -76,8 +77,16 @@ constexpr int BM = 128, BK = 64, THREADS = 384;
  *   reads it; it is not kept from the forward).
  * ROWSTATS: D as STORE, and for each row of the tile the running log-sum-exp of its rounded
  *   values (max m, sum of exp(x - m) over the tile's columns below N) into stats[row * tiles_n +
- *   tn]: a loss's logits, whose log-sum-exp then needs no pass over them of its own. */
-enum Epilogue { STORE = 0, SWIGLU = 1, SWIGLU_BWD = 2, SWIGLU_BWD_ACT = 3, ROWSTATS = 4 };
+ *   tn]: a loss's logits, whose log-sum-exp then needs no pass over them of its own.
+ * PROJ: the projections of one input side by side (q | k | v): the N columns fall in up to three
+ *   groups of whole tiles, group g its own output (omap g, columns from 0) and bias; a segment
+ *   covers one group's columns (Operands' col_lo, col_hi: its base weight, then its adapter's down
+ *   B^T), and a tile runs the k slices of the segments covering it. An output is x W^T + bias
+ *   rounded to T, plus the adapter's down B^T rounded again (the accumulators rounded in place
+ *   between the base's k slices and the adapter's): peft's order (the base layer's output, then
+ *   the adapter's fp32 product added and cast back), so an adapter's first small products round
+ *   away as they do there. */
+enum Epilogue { STORE = 0, SWIGLU = 1, SWIGLU_BWD = 2, SWIGLU_BWD_ACT = 3, ROWSTATS = 4, PROJ = 5 };
 __host__ __device__ constexpr bool backward_form(int epi) { return epi == SWIGLU_BWD || epi == SWIGLU_BWD_ACT; }
 
 /* Shared memory: the stages, two stagings of 64 output rows (cooperative: each consumer
@@ -191,12 +200,26 @@ __device__ __forceinline__ float2 staged_row_lse(const unsigned char *stg, int r
  * covering k slices [end_kb[s - 1], end_kb[s]) of the loop (k slices of 64; a segment's last slice
  * zero-filled past its K_s by the tensor maps), so sums such as dX = dq Wq + dk Wk + dv Wv take
  * one launch and one rounding. a[s], b[s] are amap and bmap below for that segment. */
-constexpr int MAX_SEGMENTS = 6;
+constexpr int MAX_SEGMENTS = 6, MAX_GROUPS = 3;
 struct Operands {
     CUtensorMap a[MAX_SEGMENTS], b[MAX_SEGMENTS];
     int end_kb[MAX_SEGMENTS];
     int segments;
+    /* PROJ only: segment s feeds output columns [col_lo[s], col_hi[s]) (B_s's rows from col_lo[s]);
+     * group g is columns [group_lo[g], group_lo[g + 1]) (the last to N), with bias[g] (T, NULL: none) */
+    int col_lo[MAX_SEGMENTS], col_hi[MAX_SEGMENTS];
+    int group_lo[MAX_GROUPS], groups;
+    const void *bias[MAX_GROUPS];
 };
+/* Whether segment seg's k slices run for the tile whose columns start at col (every segment but PROJ's). */
+template <int EPI> __device__ __forceinline__ bool covers(const Operands &ops, int seg, int col) {
+    return EPI != PROJ || (col >= ops.col_lo[seg] && col < ops.col_hi[seg]);
+}
+/* PROJ: group grp's bias at its columns col, col + 1 (col even; zeros without a bias). */
+template <typename T> __device__ __forceinline__ void group_bias(const Operands &ops, int grp, int col, float (&b)[2]) {
+    b[0] = b[1] = 0.0f;
+    if (ops.bias[grp]) unpack<T>(*(reinterpret_cast<const uint32_t *>(ops.bias[grp]) + col / 2), b);
+}
 
 /* Tensor maps (each 128-byte swizzled in boxes of 64 columns, or 32 with the 64-byte swizzle):
  * amap A (M, K) in boxes (64, 128), with AT A stored (K, M) in boxes (64, 64) (a weight gradient's
@@ -219,6 +242,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     static_assert(!PP || (CM == 1 && BN <= 128), "ping-pong: one CTA a tile, a whole tile's sums in one warpgroup");
     static_assert(!AT || (EPI == STORE && CM == 1), "A stored (K, M): plain GEMMs of one CTA a tile");
     static_assert(EPI != ROWSTATS || (!PP && !BT && !AT && CM == 1), "row statistics: cooperative, x W^T");
+    static_assert(EPI != PROJ || (!PP && !BT && !AT && CM == 1), "projections: cooperative, x W^T");
     extern __shared__ unsigned char smem_raw[];
     const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
     const uint32_t full = base + L::BARS, empty = full + 8 * STAGES, inputs = empty + 8 * STAGES;
@@ -236,7 +260,7 @@ __global__ void __launch_bounds__(THREADS, 1)
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN; /* output columns a tile */
     /* the staging of a 64-row half: boxes of 64 rows x BW columns, output o's column box cb at (o NB + cb) BOX */
     constexpr int BW = TN % 64 == 0 ? 64 : 32, NB = TN / BW, BOX = 64 * BW * 2;
-    constexpr int OUTS = EPI == STORE || EPI == ROWSTATS ? 1 : EPI == SWIGLU_BWD ? 2 : 3;
+    constexpr int OUTS = EPI == SWIGLU_BWD ? 2 : EPI == SWIGLU || EPI == SWIGLU_BWD_ACT ? 3 : 1; /* outputs a tile stages */
     const int tiles_m = (M + BM - 1) / BM, tiles_n = (N + TN - 1) / TN;
     /* a cluster of CM CTAs takes CM row tiles over the same columns: CTA rank's row tile is
      * CM tmc + rank of the cluster tile (tmc, tn) */
@@ -268,15 +292,20 @@ __global__ void __launch_bounds__(THREADS, 1)
                 tile_of<CM>(t, tiles_mc, tiles_n, &tmc, &tn);
                 const int tm = tmc * CM + rank;
                 int seg = 0;
-                for (int kb = 0; kb < nk; kb++, it++) {
-                    const int s = it % STAGES;
+                for (int kb = 0; kb < nk; kb++) {
                     while (kb >= ops.end_kb[seg]) seg++;
+                    if (!covers<EPI>(ops, seg, tn * TN)) { /* PROJ: another group's segment */
+                        kb = ops.end_kb[seg] - 1;
+                        continue;
+                    }
+                    const int s = it % STAGES;
                     const int kl = kb - (seg ? ops.end_kb[seg - 1] : 0); /* the k slice within the segment */
                     const CUtensorMap *amap = &ops.a[seg], *bmap = &ops.b[seg];
                     /* with CM > 1 the stage is free once every CTA's consumers handed it back: B's
                      * parts are written into all of them */
                     tma::bar_wait(empty + 8 * s, ((it / STAGES) & 1) ^ 1);
                     const uint32_t st = base + s * L::STAGE;
+                    const int brow = EPI == PROJ ? tn * BN - ops.col_lo[seg] : tn * BN; /* B's first row */
                     tma::bar_expect(full + 8 * s, L::STAGE);
                     if constexpr (AT) { /* A (K, M): two boxes of (64 m, 64 k), one a 64-row half */
                         tma::load(st, amap, tm * BM, kl * BK, full + 8 * s);
@@ -293,7 +322,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                             for (int b = 0; b < BN / 64; b++)
                                 tma::load(st + L::A_BYTES + b * BK * 128, bmap, tn * BN + 64 * b, kl * BK, full + 8 * s);
                         } else {
-                            tma::load(st + L::A_BYTES, bmap, kl * BK, tn * BN, full + 8 * s);
+                            tma::load(st + L::A_BYTES, bmap, kl * BK, brow, full + 8 * s);
                         }
                     } else { /* B's tile in CM parts, part rank loaded here and multicast to the cluster */
                         constexpr uint16_t all = (uint16_t)((1u << CM) - 1);
@@ -310,6 +339,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                                                 tn * BN + rank * (BN / CM), full + 8 * s, all);
                         }
                     }
+                    it++;
                 }
             }
         } else if (PP && tid == 32) {
@@ -412,16 +442,48 @@ __global__ void __launch_bounds__(THREADS, 1)
             }
         };
         int i = PP ? c : 0; /* tiles of this block so far */
+        int uses = 0;       /* PROJ: stage uses so far (its tiles differ in k slices) */
         for (int t = cluster + i * clusters; t < tiles; t += TSTEP * clusters, i += TSTEP) {
             int tmc, tn;
             tile_of<CM>(t, tiles_mc, tiles_n, &tmc, &tn);
             const int row0 = (tmc * CM + rank) * BM; /* the tile's first row */
+            /* the tile's k slices; PROJ: those of its base weight (then its adapter's, if any), its
+             * group (output, bias) and first column in that output */
+            int nt = nk, nbase = nk, grp = 0, gcol = tn * TN;
+            if constexpr (EPI == PROJ) {
+                nt = 0;
+                for (int g = 0; g < ops.segments; g++)
+                    if (covers<EPI>(ops, g, tn * TN)) {
+                        if (nt == 0) nbase = ops.end_kb[g] - (g ? ops.end_kb[g - 1] : 0);
+                        nt += ops.end_kb[g] - (g ? ops.end_kb[g - 1] : 0);
+                    }
+                while (grp + 1 < ops.groups && tn * TN >= ops.group_lo[grp + 1]) grp++;
+                gcol = tn * TN - ops.group_lo[grp];
+            }
             if constexpr (PP) { /* the other warpgroup's last tile has issued all its MMAs */
                 const int turns = c ? (i + 1) / 2 : i / 2; /* its tiles before this one */
                 if (turns > 0) tma::bar_wait(turn + 8 * c, (turns - 1) & 1);
             }
-            int it = i * nk; /* this tile's first stage use */
-            for (int kb = 0; kb < nk; kb++, it++) {
+            int it = EPI == PROJ ? uses : i * nk; /* this tile's first stage use */
+            for (int kb = 0; kb < nt; kb++, it++) {
+                if constexpr (EPI == PROJ)
+                    if (kb == nbase) { /* x W^T done: its sums + bias rounded to T, the adapter's slices add to them */
+                        wgmma::wait<0>();
+                        wgmma::fence_regs(acc[0]);
+#pragma unroll
+                        for (int j = 0; j < TN / 8; j++) { /* the epilogue's fragment layout, below */
+                            float bias[2];
+                            group_bias<T>(ops, grp, gcol + 8 * j + 2 * (lane % 4), bias);
+#pragma unroll
+                            for (int hr = 0; hr < 2; hr++) {
+                                float v[2];
+                                float *a = &acc[0][4 * j + 2 * hr];
+                                unpack<T>(pack<T>(a[0] + bias[0], a[1] + bias[1]), v);
+                                a[0] = v[0], a[1] = v[1];
+                            }
+                        }
+                        wgmma::fence_regs(acc[0]);
+                    }
                 const int s = it % STAGES;
                 tma::bar_wait(full + 8 * s, (it / STAGES) & 1);
                 const uint32_t st = base + s * L::STAGE;
@@ -453,6 +515,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                     release((it - 1) % STAGES);
                 }
             }
+            if constexpr (EPI == PROJ) uses = it;
             if (PP && tid == 0) tma::bar_arrive(turn + 8 * (1 - c)); /* the other warpgroup's turn */
             wgmma::wait<0>();
 #pragma unroll
@@ -481,11 +544,16 @@ __global__ void __launch_bounds__(THREADS, 1)
 #pragma unroll
                 for (int j = 0; j < TN / 8; j++) {
                     const int col = 8 * j + c0;
+                    float bias[2] = {0.0f, 0.0f}; /* PROJ: the group's bias at col, col + 1 */
+                    if constexpr (EPI == PROJ) group_bias<T>(ops, grp, gcol + col, bias);
 #pragma unroll
                     for (int hr = 0; hr < 2; hr++) {
                         const int r = r0 + 8 * hr, e = 4 * j + 2 * hr;
                         if constexpr (EPI == STORE || EPI == ROWSTATS) {
                             *at(0, col, r) = pack<T>(acc[h][e], acc[h][e + 1]);
+                        } else if constexpr (EPI == PROJ) { /* with an adapter the bias is in (its main loop) */
+                            *at(0, col, r) = nt > nbase ? pack<T>(acc[h][e], acc[h][e + 1])
+                                                        : pack<T>(acc[h][e] + bias[0], acc[h][e + 1] + bias[1]);
                         } else if constexpr (EPI == SWIGLU) { /* column j is gate, j + TN / 8 the matching up */
                             const int ue = e + 4 * (TN / 8);
                             const uint32_t vg = pack<T>(acc[h][e], acc[h][e + 1]), vu = pack<T>(acc[h][ue], acc[h][ue + 1]);
@@ -523,7 +591,8 @@ __global__ void __launch_bounds__(THREADS, 1)
                     for (int o = 0; o < OUTS; o++)
 #pragma unroll
                         for (int cb = 0; cb < NB; cb++)
-                            tma::store(maps[o], tn * TN + BW * cb, row0 + 64 * c, staging0 + c * L::WG_STAGING + (o * NB + cb) * BOX);
+                            tma::store(maps[EPI == PROJ ? grp : o], gcol + BW * cb, row0 + 64 * c,
+                                       staging0 + c * L::WG_STAGING + (o * NB + cb) * BOX);
                     tma::store_commit();
                 }
             }
@@ -595,6 +664,38 @@ cudaError_t encode_operands(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, int
         ops->end_kb[i] = end;
     }
     ops->segments = segments;
+    return cudaSuccess;
+}
+
+/* PROJ's operands for count <= MAX_GROUPS projections P of x (M, K) (fields w, bias, down, lora_b,
+ * n, r, out as an_cuda_projection's): group g's columns follow group g - 1's, its base weight a
+ * segment and its adapter (down (M, r) and B (n, r)) one more, both covering the group's columns;
+ * omap[g] its output (M, n), *N the columns in all. Every n a multiple of BN (a tile is one group's). */
+template <typename T, int BN, typename P>
+cudaError_t encode_projections(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, int K, const T *x, int count,
+                               const P *proj, Operands *ops, CUtensorMap omap[MAX_GROUPS], int *N) {
+    *ops = Operands{};
+    if (count < 1 || count > MAX_GROUPS) return cudaErrorInvalidValue;
+    int col = 0, seg = 0, end = 0;
+    for (int g = 0; g < count; g++) {
+        const P &p = proj[g];
+        const int n = (int)p.n;
+        if (n < BN || n % BN) return cudaErrorInvalidValue;
+        ops->group_lo[g] = col, ops->bias[g] = p.bias;
+        cudaError_t err = tma::encode_2d(encode, &omap[g], (const T *)p.out, M, n, 64, 64);
+        for (int part = 0; part < (p.down ? 2 : 1) && err == cudaSuccess; part++, seg++) { /* base, then adapter */
+            const int k = part ? (int)p.r : K;
+            err = tma::encode_2d(encode, &ops->a[seg], part ? (const T *)p.down : x, M, k, BK, BM);
+            if (err == cudaSuccess)
+                err = tma::encode_2d(encode, &ops->b[seg], (const T *)(part ? p.lora_b : p.w), n, k, BK, BN);
+            end += (k + BK - 1) / BK;
+            ops->end_kb[seg] = end, ops->col_lo[seg] = col, ops->col_hi[seg] = col + n;
+        }
+        if (err != cudaSuccess) return err;
+        col += n;
+    }
+    ops->segments = seg, ops->groups = count;
+    *N = col;
     return cudaSuccess;
 }
 
@@ -760,6 +861,70 @@ cudaError_t launch_sum(an_cuda_state *s, int M, int N, int segments, const void 
     for (int i = 0; i < segments; i++) as[i] = (const T *)a[i], bs[i] = (const T *)b[i];
     return launch_segments<T, 256, 3, wgmma_gemm::STORE, BT, 1>(s, M, N, segments, as, k, bs, nullptr, nullptr,
                                                                  nullptr, (T *)d, nullptr, nullptr);
+}
+
+/* PROJ's tiles: 128 x 256 with 3 stages where every projection's width is a multiple of 256 (the
+ * plain GEMM's best at q / o and k|v, bench/gemm_wgmma_variants), else 128 x 128 with 5. */
+constexpr int PROJ_BN = 256, PROJ_STAGES = 3, PROJ_BN_NARROW = 128, PROJ_STAGES_NARROW = 5;
+
+template <typename T, int BN, int STAGES>
+cudaError_t launch_projections(an_cuda_state *s, int M, int K, const void *x, int count,
+                               const an_cuda_projection *proj) {
+    using namespace wgmma_gemm;
+    constexpr int bytes = smem_bytes<BN, STAGES, PROJ>();
+    auto *kern = kernel<T, BN, STAGES, PROJ>;
+    void *fn = nullptr;
+    cudaError_t err = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
+    if (err == cudaSuccess) err = an_cuda_tensor_map_encoder(s, &fn);
+    Operands ops;
+    CUtensorMap unused{}, om[MAX_GROUPS] = {};
+    int N = 0;
+    if (err == cudaSuccess)
+        err = encode_projections<T, BN>((PFN_cuTensorMapEncodeTiled_v12000)fn, M, K, (const T *)x, count, proj, &ops,
+                                        om, &N);
+    if (err != cudaSuccess) return err;
+    Grid g;
+    err = grid_of(kern, 1, (int64_t)((M + BM - 1) / BM) * (N / BN), s->sm_count, bytes, s->stream, &g);
+    if (err == cudaSuccess)
+        err = cudaLaunchKernelEx(&g.config, kern, ops, unused, unused, unused, om[0], om[1], om[2], M, N, 0,
+                                 (float2 *)nullptr);
+    return err;
+}
+
+extern "C" int an_cuda_gemm_projections_rule(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
+                                             const an_cuda_projection *proj) {
+    if (!ctx->cuda || ctx->cuda->projections_off || count < 1 || count > wgmma_gemm::MAX_GROUPS) return 0;
+    int64_t n_all = 0;
+    for (int g = 0; g < count; g++) {
+        const an_cuda_projection *p = &proj[g];
+        const void *base[] = {x, p->w, p->out, p->bias ? p->bias : x}, *branch[] = {p->down, p->lora_b};
+        if (p->n < PROJ_BN_NARROW || p->n % PROJ_BN_NARROW || !an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, p->n, base, 4))
+            return 0;
+        if (p->down && (!p->lora_b || !an_cuda_gemm_swiglu_rule(ctx, dtype, M, p->r, p->n, branch, 2))) return 0;
+        n_all += p->n;
+    }
+    return n_all <= INT32_MAX && (M + 127) / 128 * (n_all / PROJ_BN_NARROW) <= INT32_MAX;
+}
+
+extern "C" an_status an_cuda_gemm_projections(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
+                                              const an_cuda_projection *proj) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, an_cuda_gemm_projections_rule(ctx, dtype, x, M, K, count, proj), AN_ERR_INPUT,
+             "gemm_projections: %d projections of %s (%lld, %lld) on this device: needs compute capability 9.0, bf16 "
+             "or f16, 1 to %d projections of widths multiple of 128, K and ranks multiples of 8, 16-byte aligned "
+             "operands",
+             count, an_dtype_name(dtype), (long long)M, (long long)K, wgmma_gemm::MAX_GROUPS);
+    bool wide = true;
+    for (int g = 0; g < count; g++) wide = wide && proj[g].n % PROJ_BN == 0;
+    cudaError_t err;
+    if (dtype == AN_BF16)
+        err = wide ? launch_projections<__nv_bfloat16, PROJ_BN, PROJ_STAGES>(s, (int)M, (int)K, x, count, proj)
+                   : launch_projections<__nv_bfloat16, PROJ_BN_NARROW, PROJ_STAGES_NARROW>(s, (int)M, (int)K, x, count, proj);
+    else
+        err = wide ? launch_projections<__half, PROJ_BN, PROJ_STAGES>(s, (int)M, (int)K, x, count, proj)
+                   : launch_projections<__half, PROJ_BN_NARROW, PROJ_STAGES_NARROW>(s, (int)M, (int)K, x, count, proj);
+    AN_CUDA_CHECK(ctx, err);
+    return AN_OK;
 }
 
 extern "C" an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,

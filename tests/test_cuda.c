@@ -792,6 +792,154 @@ START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
 }
 END_TEST
 
+/* A refused an_cuda_gemm_projections call: an input error naming the launcher, cleared. */
+static void expect_projections_error(an_ctx *ctx, an_status st) {
+    ck_assert_int_eq(st, AN_ERR_INPUT);
+    const char *msg = an_error_message(ctx);
+    ck_assert_msg(strstr(msg, "gemm_projections") != NULL, "message '%s' lacks the launcher", msg);
+    an_error_clear(ctx);
+}
+
+/* an_cuda_gemm_projections (Hopper only; SKIP elsewhere): 1-3 projections of one input side by
+ * side, each out = round(x W^T + bias) + down B^T with or without an adapter and a bias, against
+ * a float64 reference (the base rounded to the dtype first) within the GEMM bound; ragged M and K
+ * (a K not a multiple of 64), one row, several tiles a CTA, the 1.5B model's q | k | v; every
+ * poisoned output written, a second launch the same bits. An adapter whose products stay under
+ * half a unit in the last place leaves the rounded base as it is (peft's order; one rounding of
+ * the whole sum would move about a tenth of them). Widths off 128, four projections, or the launch
+ * turned off: the rule refuses, the launcher reports an input error and writes nothing. */
+START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
+    an_ctx *ctx = gpu_ctx(17, "cuda gemm_projections");
+    if (!ctx) return;
+    const struct {
+        int64_t m, k;
+        int count;
+        struct {
+            int64_t n, r;
+            bool bias;
+        } p[3];
+    } cases[] = {{300, 392, 3, {{256, 16, true}, {128, 0, false}, {256, 8, true}}},
+                 {520, 1096, 3, {{512, 16, true}, {256, 0, true}, {256, 16, false}}},
+                 {1, 8, 1, {{128, 8, false}}},
+                 {257, 1536, 3, {{1536, 16, true}, {256, 0, true}, {256, 16, true}}},
+                 {130, 64, 2, {{384, 0, true}, {128, 16, true}}},
+                 {2200, 200, 3, {{640, 16, true}, {128, 0, false}, {256, 16, true}}}};
+    const void *probe[] = {NULL};
+    if (!an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0)) {
+        printf("SKIP cuda gemm_projections: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n");
+        test_ctx_free(ctx);
+        return;
+    }
+    for (int d = 1; d < N_DTYPES; d++) /* bf16, f16 */
+        for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+            an_dtype dtype = float_dtypes[d];
+            const int64_t m = cases[ci].m, k = cases[ci].k;
+            const int count = cases[ci].count;
+            pair x = random_pair(ctx, dtype, m * k, 0, -1, 1), w[3], bias[3], down[3], lb[3];
+            an_tensor *out[3];
+            an_cuda_projection cp[3];
+            double *xv = test_values(x.host);
+            for (int g = 0; g < count; g++) {
+                const int64_t n = cases[ci].p[g].n, r = cases[ci].p[g].r;
+                w[g] = random_pair(ctx, dtype, n * k, 0, -1, 1);
+                bias[g] = cases[ci].p[g].bias ? random_pair(ctx, dtype, n, 0, -2, 2) : (pair){0};
+                down[g] = r ? random_pair(ctx, dtype, m * r, 0, -1, 1) : (pair){0};
+                lb[g] = r ? random_pair(ctx, dtype, n * r, 0, -1, 1) : (pair){0};
+                out[g] = poisoned(ctx, dtype, m * n, 0);
+                cp[g] = (an_cuda_projection){an_tensor_data(w[g].dev), bias[g].dev ? an_tensor_data(bias[g].dev) : NULL,
+                                             r ? an_tensor_data(down[g].dev) : NULL, r ? an_tensor_data(lb[g].dev) : NULL,
+                                             n, r, an_tensor_data(out[g])};
+            }
+            ck_assert_msg(an_cuda_gemm_projections_rule(ctx, dtype, an_tensor_data(x.dev), m, k, count, cp),
+                          "gemm_projections: the rule refused case %zu", ci);
+            test_ok(ctx, an_cuda_gemm_projections(ctx, dtype, an_tensor_data(x.dev), m, k, count, cp), "gemm_projections");
+            for (int g = 0; g < count; g++) {
+                const int64_t n = cases[ci].p[g].n, r = cases[ci].p[g].r;
+                double *wv = test_values(w[g].host), *bv = bias[g].host ? test_values(bias[g].host) : NULL;
+                double *dv = r ? test_values(down[g].host) : NULL, *lv = r ? test_values(lb[g].host) : NULL;
+                double *want = malloc((size_t)(m * n) * sizeof *want), *bound = malloc((size_t)(m * n) * sizeof *bound);
+                for (int64_t i = 0; i < m; i++)
+                    for (int64_t j = 0; j < n; j++) {
+                        double acc = bv ? bv[j] : 0;
+                        for (int64_t t = 0; t < k; t++) acc += xv[i * k + t] * wv[j * k + t];
+                        if (r) { /* the base rounded to the dtype, then the adapter's product */
+                            uint16_t bits;
+                            an_dtype_store(&bits, dtype, 0, acc);
+                            acc = an_dtype_load(&bits, dtype, 0);
+                        }
+                        for (int64_t t = 0; t < r; t++) acc += dv[i * r + t] * lv[j * r + t];
+                        want[i * n + j] = acc;
+                        bound[i * n + j] = 2 * rtol_of(dtype) * (fabs(acc) + sqrt((double)(k + r)));
+                    }
+                double *got = test_download(ctx, out[g]);
+                expect_close(got, want, bound, m * n, "gemm_projections %s case %zu projection %d", an_dtype_name(dtype),
+                             ci, g);
+                free(wv), free(bv), free(dv), free(lv), free(want), free(bound), free(got);
+            }
+            double *first[3];
+            for (int g = 0; g < count; g++) first[g] = test_download(ctx, out[g]);
+            test_ok(ctx, an_cuda_gemm_projections(ctx, dtype, an_tensor_data(x.dev), m, k, count, cp), "gemm_projections again");
+            for (int g = 0; g < count; g++) {
+                double *again = test_download(ctx, out[g]);
+                ck_assert_msg(memcmp(first[g], again, (size_t)(m * cases[ci].p[g].n) * sizeof *again) == 0,
+                              "gemm_projections %s case %zu: a second launch gave other bits", an_dtype_name(dtype), ci);
+                free(first[g]), free(again);
+                an_tensor_release(out[g]);
+                pair_release(w[g]), pair_release(bias[g]), pair_release(down[g]), pair_release(lb[g]);
+            }
+            free(xv);
+            pair_release(x);
+        }
+    /* an adapter's products under half an ulp of outputs of 0.25 and more are rounded away */
+    for (int d = 1; d < N_DTYPES; d++) {
+        an_dtype dtype = float_dtypes[d];
+        const int64_t m = 200, k = 256, n = 256, r = 16;
+        const double small = dtype == AN_BF16 ? 5e-5 : 5e-6; /* 16 products under 2^-11 (bf16), 2^-13 (f16) */
+        pair x = random_pair(ctx, dtype, m * k, 0, -1, 1), w = random_pair(ctx, dtype, n * k, 0, -1, 1);
+        pair down = random_pair(ctx, dtype, m * r, 0, -1, 1), lb = random_pair(ctx, dtype, n * r, 0, -small, small);
+        an_tensor *with = poisoned(ctx, dtype, m * n, 0), *without = poisoned(ctx, dtype, m * n, 0);
+        an_cuda_projection cp = {an_tensor_data(w.dev), NULL, an_tensor_data(down.dev), an_tensor_data(lb.dev), n, r,
+                                 an_tensor_data(with)};
+        test_ok(ctx, an_cuda_gemm_projections(ctx, dtype, an_tensor_data(x.dev), m, k, 1, &cp), "with the adapter");
+        cp.down = cp.lora_b = NULL, cp.r = 0, cp.out = an_tensor_data(without);
+        test_ok(ctx, an_cuda_gemm_projections(ctx, dtype, an_tensor_data(x.dev), m, k, 1, &cp), "without");
+        double *a = test_download(ctx, with), *b = test_download(ctx, without);
+        int64_t checked = 0;
+        for (int64_t i = 0; i < m * n; i++) {
+            if (fabs(b[i]) < 0.25) continue;
+            checked++;
+            ck_assert_msg(a[i] == b[i], "gemm_projections %s: output %lld moved from %g to %g by an adapter product under "
+                          "half an ulp", an_dtype_name(dtype), (long long)i, b[i], a[i]);
+        }
+        ck_assert_msg(checked > m * n / 2, "gemm_projections: only %lld outputs of 0.25 or more", (long long)checked);
+        free(a), free(b);
+        an_tensor_release(with), an_tensor_release(without);
+        pair_release(x), pair_release(w), pair_release(down), pair_release(lb);
+    }
+    /* refused: a width off 128, four projections, turned off; nothing written */
+    pair x = random_pair(ctx, AN_BF16, 64 * 64, 0, -1, 1), w = random_pair(ctx, AN_BF16, 256 * 64, 0, -1, 1);
+    an_tensor *out = poisoned(ctx, AN_BF16, 64 * 256, 0);
+    an_cuda_projection cp[4];
+    for (int g = 0; g < 4; g++)
+        cp[g] = (an_cuda_projection){an_tensor_data(w.dev), NULL, NULL, NULL, 64, 0, an_tensor_data(out)};
+    double *before = test_download(ctx, out);
+    expect_projections_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp));
+    for (int g = 0; g < 4; g++) cp[g].n = 128;
+    expect_projections_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 4, cp));
+    ck_assert(an_cuda_gemm_projections_rule(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp));
+    test_ok(ctx, an_cuda_set_projections(ctx, false), "projections off");
+    ck_assert(!an_cuda_gemm_projections_rule(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp));
+    expect_projections_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp));
+    test_ok(ctx, an_cuda_set_projections(ctx, true), "projections on");
+    double *after = test_download(ctx, out);
+    ck_assert_msg(memcmp(before, after, 64 * 256 * sizeof *before) == 0, "gemm_projections: a refused call wrote out");
+    free(before), free(after);
+    an_tensor_release(out);
+    pair_release(x), pair_release(w);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* an_cuda_gemm_logits_stats and an_cuda_cross_entropy_stats_grad (Hopper only; SKIP elsewhere):
  * the logits within the GEMM bound of a float64 reference, every one written; on those logits the
  * lse merged from the tiles' stats within 1e-6 of the two-pass kernel's (another order of the
@@ -1085,6 +1233,7 @@ int main(void) {
     test_add_case(s, "gemm_scaled", test_cuda_gemm_scaled_matches_the_reference);
     test_add_case(s, "gemv", test_cuda_gemv_rows_match_the_reference);
     test_add_case(s, "gemm_segments", test_cuda_gemm_segments_sums_every_pair_once);
+    test_add_case(s, "gemm_projections", test_cuda_gemm_projections_match_the_separate_products);
     test_add_case(s, "logits_stats", test_cuda_logits_stats_give_the_two_pass_loss);
     test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
     return test_run(s);

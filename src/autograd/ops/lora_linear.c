@@ -11,7 +11,11 @@
  * GEMM, cuBLASLt's alpha, as does d_down's); y = round(x W^T + bias + round(down B^T)) with fp32
  * accumulation on CUDA
  * (float64 for bf16/f16 on the CPU, as every GEMM here): the branch's small values enter the sum
- * before its one rounding at y's scale. A residual is not taken into the op: added to the
+ * before its one rounding at y's scale. (On an H100, cuBLASLt's beta-1 GEMM does not round once:
+ * with branches under half an ulp it moves 4.78% of the outputs off x W^T alone, as rounding x
+ * W^T first does (4.79%, peft's order) where one rounding of the sum moves 10.2%:
+ * bench/gemm_wgmma_variants, proj; an_cuda_gemm_projections keeps that order by construction.)
+ * A residual is not taken into the op: added to the
  * branch's product (or to a rounded x W^T) it would round the branch away where it is under half
  * a unit of the residual's last place (the adapter's first steps, B starting at zero), which a
  * LoRA on every projection showed as a loss curve drifting from peft's (docs/performance.md).

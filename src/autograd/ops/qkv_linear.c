@@ -1,9 +1,12 @@
 /* qkv_linear.c — the attention block's q, k and v projections of one input as one op
  * (an_qkv_linear): out_p = x W_p^T + bias_p, plus scale_p (x_lora_p A_p^T) B_p^T where p has an
  * adapter (x_lora_p = x * mask_p under the adapter's dropout, else x), for p = q, k, v. The forward
- * runs the GEMMs an_linear and an_lora_linear run, and dropout's multiply (the same bits). The
- * backward forms x's gradient, the sum over p of dY_p W_p (+ d_down_p A_p where the adapter reads x
- * itself), as one sum: one an_cuda_gemm_segments launch (one fp32 accumulation, one rounding; LoRA
+ * runs dropout's multiply and the adapters' down = scale x_lora A^T as an_dropout and an_lora_linear
+ * do; on CUDA, where an_cuda_gemm_projections' rule takes the shapes, q, k and v are then one launch
+ * (each output round(x W^T + bias) + down B^T, rounded again: peft's order; LoRA q,v at the 1.5B
+ * model's 8192 tokens, docs/performance.md), elsewhere the GEMMs an_linear and an_lora_linear run
+ * (the same bits as those ops). The backward forms x's gradient, the sum over p of dY_p W_p (+ d_down_p
+ * A_p where the adapter reads x itself), as one sum: one an_cuda_gemm_segments launch (one fp32 accumulation, one rounding; LoRA
  * q,v rank 16 at the 1.5B model's 8192 tokens: 83 us on an H100 against 139 us for cuBLASLt's five
  * GEMMs each adding into the gradient) where it applies: CUDA, a device and shapes
  * an_cuda_gemm_swiglu_rule takes, and x without a gradient yet (the sum is written with =).
@@ -23,7 +26,7 @@
 #include <string.h>
 
 #include "autograd/op_support.h" /* an_op_gemm(_bias_add), an_op_lora_linear_into, an_op_*_param_grads */
-#include "kernels/cuda.h"        /* an_cuda_gemm_segments, an_cuda_gemm_swiglu_rule */
+#include "kernels/cuda.h"        /* an_cuda_gemm_projections(_rule), an_cuda_gemm_segments, an_cuda_gemm_swiglu_rule */
 
 /* The node's input slots: x, then per projection p its weight, bias, A, B and dropout mask (each
  * NULL where absent). Saved: p's scaled down (rows, r) at saved[p], x_lora_p (masked) at saved[3 + p]. */
@@ -100,6 +103,39 @@ static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
     return AN_OK;
 }
 
+/* The three projections as an_cuda_gemm_projections' operands (down[p] allocated, not yet formed). */
+static void as_projections(const an_qkv_proj proj[3], an_tensor *const out[3], an_tensor *const down[3],
+                           an_cuda_projection cp[3]) {
+    for (int p = 0; p < 3; p++) {
+        const an_qkv_proj *pr = &proj[p];
+        cp[p] = (an_cuda_projection){an_tensor_data(pr->weight),
+                                     pr->bias ? an_tensor_data(pr->bias) : NULL,
+                                     down[p] ? an_tensor_data(down[p]) : NULL,
+                                     pr->lora_b ? an_tensor_data(pr->lora_b) : NULL,
+                                     pr->weight->shape[0],
+                                     pr->lora_a ? pr->lora_a->shape[0] : 0,
+                                     an_tensor_data(out[p])};
+    }
+}
+
+/* Whether q, k, v (and their adapters' branches) are one an_cuda_gemm_projections launch: CUDA and
+ * shapes its rule takes. An adapter's output differs from the separate GEMMs' (its rounded product
+ * added before the one rounding) within a unit in the last place; the CPU keeps those ops' bits. */
+static bool one_forward_launch(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *const out[3],
+                               an_tensor *const down[3], int64_t rows, int64_t in) {
+    if (x->device != AN_CUDA) return false;
+    an_cuda_projection cp[3];
+    as_projections(proj, out, down, cp);
+    return an_cuda_gemm_projections_rule(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp);
+}
+
+static an_status forward_launch(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *const out[3],
+                                an_tensor *const down[3], int64_t rows, int64_t in) {
+    an_cuda_projection cp[3];
+    as_projections(proj, out, down, cp);
+    return an_cuda_gemm_projections(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp);
+}
+
 an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *out[3]) {
     out[0] = out[1] = out[2] = NULL;
     bool missing = !x;
@@ -119,28 +155,38 @@ an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
     int64_t in = x->shape[x->ndim - 1], rows = an_tensor_numel(x) / (in ? in : 1);
     an_tensor *down[3] = {0}, *x_lora[3] = {0};
     an_status st = AN_OK;
-    for (int p = 0; p < 3 && st == AN_OK; p++) { /* q, k, v: the order the separate ops ran */
+    for (int p = 0; p < 3 && st == AN_OK; p++) { /* the outputs, an_dropout's multiplies, the adapters' downs */
         const an_qkv_proj *pr = &proj[p];
         int64_t shape[AN_MAX_DIMS];
         memcpy(shape, x->shape, sizeof shape);
         shape[x->ndim - 1] = pr->weight->shape[0];
         out[p] = an_op_new_like(ctx, x, x->ndim, shape);
-        if (!out[p]) {
-            st = an_error_status(ctx);
-        } else if (pr->lora_a) { /* an_dropout's multiply, then an_lora_linear's GEMMs */
-            if (pr->dropout_mask) {
-                x_lora[p] = an_op_new_like(ctx, x, x->ndim, x->shape);
-                st = x_lora[p] ? an_op_binary_into(ctx, AN_BINARY_MUL, x, pr->dropout_mask, x_lora[p])
-                               : an_error_status(ctx);
-            }
-            down[p] = st == AN_OK ? an_op_new_like(ctx, x, 2, (int64_t[]){rows, pr->lora_a->shape[0]}) : NULL;
-            if (st == AN_OK && !down[p]) st = an_error_status(ctx);
-            if (st == AN_OK)
+        if (!out[p]) st = an_error_status(ctx);
+        if (st == AN_OK && pr->dropout_mask) {
+            x_lora[p] = an_op_new_like(ctx, x, x->ndim, x->shape);
+            st = x_lora[p] ? an_op_binary_into(ctx, AN_BINARY_MUL, x, pr->dropout_mask, x_lora[p]) : an_error_status(ctx);
+        }
+        if (st == AN_OK && pr->lora_a) {
+            down[p] = an_op_new_like(ctx, x, 2, (int64_t[]){rows, pr->lora_a->shape[0]});
+            if (!down[p]) st = an_error_status(ctx);
+        }
+    }
+    if (st == AN_OK && one_forward_launch(ctx, x, proj, out, down, rows, in)) {
+        for (int p = 0; p < 3 && st == AN_OK; p++) /* down = scale x_lora A^T, as an_lora_linear forms it */
+            if (proj[p].lora_a)
+                st = an_op_gemm_scaled(ctx, &(an_gemm_shape){1, rows, proj[p].lora_a->shape[0], in, false, true, false, false},
+                                       proj[p].scale, x_lora[p] ? x_lora[p] : x, proj[p].lora_a, down[p]);
+        if (st == AN_OK) st = forward_launch(ctx, x, proj, out, down, rows, in);
+    } else {
+        for (int p = 0; p < 3 && st == AN_OK; p++) { /* q, k, v: the order the separate ops ran */
+            const an_qkv_proj *pr = &proj[p];
+            if (pr->lora_a) { /* an_lora_linear's GEMMs */
                 st = an_op_lora_linear_into(ctx, x, x_lora[p] ? x_lora[p] : x, pr->weight, pr->bias, pr->lora_a,
                                             pr->lora_b, pr->scale, out[p], down[p]);
-        } else { /* an_linear's */
-            an_gemm_shape s = {1, rows, pr->weight->shape[0], in, false, true, false, false};
-            st = an_op_gemm_bias_add(ctx, &s, x, pr->weight, pr->bias, NULL, out[p]);
+            } else { /* an_linear's */
+                an_gemm_shape s = {1, rows, pr->weight->shape[0], in, false, true, false, false};
+                st = an_op_gemm_bias_add(ctx, &s, x, pr->weight, pr->bias, NULL, out[p]);
+            }
         }
     }
     if (st == AN_OK) st = record(ctx, x, proj, out, down, x_lora);
