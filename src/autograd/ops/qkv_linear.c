@@ -25,7 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "autograd/op_support.h" /* an_op_gemm(_bias_add), an_op_lora_linear_into, an_op_*_param_grads */
+#include "autograd/op_support.h" /* an_op_gemm(_bias_add, _scaled), an_op_lora_linear_into, an_op_*_param_grads */
 #include "kernels/cuda.h"        /* an_cuda_gemm_projections(_rule), an_cuda_gemm_segments, an_cuda_gemm_swiglu_rule */
 
 /* The node's input slots: x, then per projection p its weight, bias, A, B and dropout mask (each
