@@ -27,6 +27,19 @@ static an_ctx *gpu_ctx(uint64_t seed, const char *what) {
     return ctx;
 }
 
+/* gpu_ctx on a device that runs gemm_wgmma.cu's kernels (compute capability 9.0), or NULL after
+ * printing SKIP (and freeing the context). */
+static an_ctx *hopper_ctx(uint64_t seed, const char *what) {
+    an_ctx *ctx = gpu_ctx(seed, what);
+    if (!ctx) return NULL;
+    const void *probe[] = {NULL};
+    if (an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0)) return ctx;
+    printf("SKIP %s: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n", what);
+    fflush(stdout);
+    test_ctx_free(ctx);
+    return NULL;
+}
+
 /* The same n values on both devices. */
 typedef struct {
     an_tensor *host; /* (n) CPU */
@@ -714,7 +727,7 @@ static void expect_segments_error(an_ctx *ctx, an_status st, const char *needle)
  * against a float64 reference within the GEMM bound, the poisoned output fully written, a second
  * launch the same bits; 0 or 7 segments and a K off the tensor maps are input errors. */
 START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
-    an_ctx *ctx = gpu_ctx(13, "cuda gemm_segments");
+    an_ctx *ctx = hopper_ctx(13, "cuda gemm_segments");
     if (!ctx) return;
     const struct {
         int64_t m, n;
@@ -722,12 +735,6 @@ START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
         int64_t k[6];
     } cases[] = {{300, 392, 3, {1096, 24, 16}}, {520, 264, 6, {64, 200, 8, 8, 136, 56}}, {1, 8, 1, {8}},
                  {257, 512, 2, {1536, 16}}};
-    const void *probe[] = {NULL};
-    if (!an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0)) {
-        printf("SKIP cuda gemm_segments: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n");
-        test_ctx_free(ctx);
-        return;
-    }
     for (int d = 1; d < N_DTYPES; d++) /* bf16, f16 */
         for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++)
             for (int bt = 0; bt < 2; bt++) {
@@ -809,7 +816,7 @@ static void expect_projections_error(an_ctx *ctx, an_status st) {
  * the whole sum would move about a tenth of them). Widths off 128, four projections, or the launch
  * turned off: the rule refuses, the launcher reports an input error and writes nothing. */
 START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
-    an_ctx *ctx = gpu_ctx(17, "cuda gemm_projections");
+    an_ctx *ctx = hopper_ctx(17, "cuda gemm_projections");
     if (!ctx) return;
     const struct {
         int64_t m, k;
@@ -824,12 +831,6 @@ START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
                  {257, 1536, 3, {{1536, 16, true}, {256, 0, true}, {256, 16, true}}},
                  {130, 64, 2, {{384, 0, true}, {128, 16, true}}},
                  {2200, 200, 3, {{640, 16, true}, {128, 0, false}, {256, 16, true}}}};
-    const void *probe[] = {NULL};
-    if (!an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0)) {
-        printf("SKIP cuda gemm_projections: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n");
-        test_ctx_free(ctx);
-        return;
-    }
     for (int d = 1; d < N_DTYPES; d++) /* bf16, f16 */
         for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
             an_dtype dtype = float_dtypes[d];
@@ -947,14 +948,8 @@ END_TEST
  * tolerance of the two-pass kernel's, ignored rows zero. Ragged M and N (a last column tile of
  * 40 of 192), a single row, several tiles a CTA. */
 START_TEST(test_cuda_logits_stats_give_the_two_pass_loss) {
-    an_ctx *ctx = gpu_ctx(14, "cuda logits_stats");
+    an_ctx *ctx = hopper_ctx(14, "cuda logits_stats");
     if (!ctx) return;
-    const void *probe[] = {NULL};
-    if (!an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0)) {
-        printf("SKIP cuda logits_stats: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n");
-        test_ctx_free(ctx);
-        return;
-    }
     const int64_t cases[][3] = {{300, 136, 1000}, {129, 64, 392}, {1, 8, 8}, {1100, 256, 6152}}; /* M, K, N */
     const double scale = 1.0 / 3.0;
     for (int d = 1; d < N_DTYPES; d++) /* bf16, f16 */

@@ -20,11 +20,12 @@
  * element, counted targets) is copied back, which synchronises (unless the caller checked the
  * targets before and passes their count, opts->checked_count); rows are computed in fp32, the
  * loss is an fp32 scalar on the device (summed in fp64; every device's loss scalar is fp32, or f64
- * for f64 inputs), and the backward reads the upstream gradient on the device. linear_cross_entropy's chunk logits are one (chunk_rows, V) tensor in the input
- * dtype from an_cuda_gemm (fp32 accumulation), turned into dlogits in place (with gradients on an
- * H100, an_cuda_gemm_logits_stats forms them with each row's running log-sum-exp per column tile,
- * and an_cuda_cross_entropy_stats_grad merges the lse from those and reads the logits once); its weight gradient
- * accumulates over chunks in an fp32 (V, D) buffer for bf16/f16 (each chunk's GEMM adds into it
+ * for f64 inputs), and the backward reads the upstream gradient on the device.
+ * linear_cross_entropy's chunk logits are one (chunk_rows, V) tensor in the input dtype from
+ * an_cuda_gemm (fp32 accumulation), turned into dlogits in place (with gradients on an H100,
+ * an_cuda_gemm_logits_stats forms them with each row's running log-sum-exp per column tile, and
+ * an_cuda_cross_entropy_stats_grad merges the lse from those and reads the logits once); its
+ * weight gradient accumulates over chunks in an fp32 (V, D) buffer for bf16/f16 (each chunk's GEMM adds into it
  * with an fp32 C, an_cuda_gemm_f32_out), which the backward casts to the weight's dtype and scales
  * by the upstream gradient in one pass (an_cuda_cast_mul: the cast's and the multiply's roundings,
  * one read of the buffer), directly with GEMM accumulation for f32.

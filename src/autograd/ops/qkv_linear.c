@@ -103,9 +103,16 @@ static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
     return AN_OK;
 }
 
-/* The three projections as an_cuda_gemm_projections' operands (down[p] allocated, not yet formed). */
-static void as_projections(const an_qkv_proj proj[3], an_tensor *const out[3], an_tensor *const down[3],
-                           an_cuda_projection cp[3]) {
+/* q, k, v (and their adapters' branches) as one an_cuda_gemm_projections launch where its rule
+ * takes them (CUDA and its shapes), after the adapters' down = scale x_lora A^T as an_lora_linear
+ * forms it; *done false where it does not apply (nothing ran). An adapter's output differs from
+ * the separate GEMMs' within a unit in the last place; the CPU keeps those ops' bits. */
+static an_status forward_one_launch(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *const out[3],
+                                    an_tensor *const down[3], an_tensor *const x_lora[3], int64_t rows, int64_t in,
+                                    bool *done) {
+    *done = false;
+    if (x->device != AN_CUDA) return AN_OK;
+    an_cuda_projection cp[3];
     for (int p = 0; p < 3; p++) {
         const an_qkv_proj *pr = &proj[p];
         cp[p] = (an_cuda_projection){an_tensor_data(pr->weight),
@@ -116,23 +123,13 @@ static void as_projections(const an_qkv_proj proj[3], an_tensor *const out[3], a
                                      pr->lora_a ? pr->lora_a->shape[0] : 0,
                                      an_tensor_data(out[p])};
     }
-}
-
-/* Whether q, k, v (and their adapters' branches) are one an_cuda_gemm_projections launch: CUDA and
- * shapes its rule takes. An adapter's output differs from the separate GEMMs' (its rounded product
- * added before the one rounding) within a unit in the last place; the CPU keeps those ops' bits. */
-static bool one_forward_launch(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *const out[3],
-                               an_tensor *const down[3], int64_t rows, int64_t in) {
-    if (x->device != AN_CUDA) return false;
-    an_cuda_projection cp[3];
-    as_projections(proj, out, down, cp);
-    return an_cuda_gemm_projections_rule(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp);
-}
-
-static an_status forward_launch(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *const out[3],
-                                an_tensor *const down[3], int64_t rows, int64_t in) {
-    an_cuda_projection cp[3];
-    as_projections(proj, out, down, cp);
+    if (!an_cuda_gemm_projections_rule(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp)) return AN_OK;
+    *done = true;
+    for (int p = 0; p < 3; p++) {
+        if (!proj[p].lora_a) continue;
+        an_gemm_shape to_down = {1, rows, proj[p].lora_a->shape[0], in, false, true, false, false};
+        AN_TRY(an_op_gemm_scaled(ctx, &to_down, proj[p].scale, x_lora[p] ? x_lora[p] : x, proj[p].lora_a, down[p]));
+    }
     return an_cuda_gemm_projections(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp);
 }
 
@@ -171,13 +168,9 @@ an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
             if (!down[p]) st = an_error_status(ctx);
         }
     }
-    if (st == AN_OK && one_forward_launch(ctx, x, proj, out, down, rows, in)) {
-        for (int p = 0; p < 3 && st == AN_OK; p++) /* down = scale x_lora A^T, as an_lora_linear forms it */
-            if (proj[p].lora_a)
-                st = an_op_gemm_scaled(ctx, &(an_gemm_shape){1, rows, proj[p].lora_a->shape[0], in, false, true, false, false},
-                                       proj[p].scale, x_lora[p] ? x_lora[p] : x, proj[p].lora_a, down[p]);
-        if (st == AN_OK) st = forward_launch(ctx, x, proj, out, down, rows, in);
-    } else {
+    bool done = false;
+    if (st == AN_OK) st = forward_one_launch(ctx, x, proj, out, down, x_lora, rows, in, &done);
+    if (!done) {
         for (int p = 0; p < 3 && st == AN_OK; p++) { /* q, k, v: the order the separate ops ran */
             const an_qkv_proj *pr = &proj[p];
             if (pr->lora_a) { /* an_lora_linear's GEMMs */
