@@ -84,6 +84,9 @@ int an_cuda_logits_stats_apply(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K
 /* Whether the projections of one input (an_qkv_linear's q, k, v) take one an_cuda_gemm_projections
  * launch where it applies (on by default): off only to measure what it gains. */
 an_status an_cuda_set_projections(an_ctx *ctx, bool on);
+/* Whether the LoRA adapters' gradients take an_cuda_lora_grads (default on; off runs the thin
+ * cuBLASLt GEMMs, for measurement). */
+an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on);
 /* Whether unsegmented bf16/f16 attention with head_dim 64 or 128 runs on cuDNN's fused flash
  * attention (kernels/attention_cudnn.cu; on by default) or on our tensor-core kernels
  * (kernels/attention_mma.cu): off to compare the two. */
@@ -263,6 +266,27 @@ int an_cuda_gemm_projections_rule(an_ctx *ctx, an_dtype dtype, const void *x, in
                                   const an_cuda_projection *proj);
 an_status an_cuda_gemm_projections(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
                                    const an_cuda_projection *proj);
+/* One LoRA adapter of an_cuda_lora_grads: on a projection (M, n) whose output gradient is dy,
+ * with B (n, r), the forward's down (M, r) (its scale x_lora A^T, rounded) and input x_lora (M, K).
+ * Outputs, each NULL where not wanted: d_down (M, r) = scale dy B, rounded (needed for grad_a);
+ * grad_b (n, r) = dy^T down; grad_a (r, K) = d_down^T x_lora. add_b / add_a: the old gradient is
+ * added to the fp32 sum before its rounding (beta 1), else the gradient is written. */
+typedef struct {
+    const void *dy, *lora_b, *down, *x_lora;
+    int64_t n, r;
+    double scale;
+    void *d_down, *grad_b, *grad_a;
+    int add_b, add_a;
+} an_cuda_lora_grad;
+/* The count <= 3 adapters' gradients of one backward in two launches of kernels/lora_grads.cu
+ * (d_down for every adapter, then dB and dA as column tiles of one split-row GEMM and a fixed-order
+ * sum of the splits; adapters sharing x_lora read it once). fp32 accumulation in an order fixed
+ * by M: the same bits every run, on any device, with or without the other adapters; not cuBLASLt's. an_cuda_lora_grads_rule: 1 when it applies:
+ * bf16 or f16, ranks multiples of 8 up to 64, K and every n multiples of 8, M below 2^31, 16-byte
+ * aligned operands, d_down wherever grad_a is wanted, and not turned off (an_cuda_set_lora_grads). */
+int an_cuda_lora_grads_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int count, const an_cuda_lora_grad *ad);
+an_status an_cuda_lora_grads(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int count,
+                             const an_cuda_lora_grad *ad);
 /* logits (M, N) = x (M, K) w (N, K)^T rounded to the dtype, as an_cuda_gemm forms them (fp32
  * accumulation, one rounding), and per row and column tile of an_cuda_logits_stats_tiles(N) the
  * running log-sum-exp of the row's rounded logits in the tile: stats (M, tiles) float pairs (max m,

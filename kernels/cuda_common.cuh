@@ -36,6 +36,7 @@ struct an_cuda_state {
     int wgmma;                 /* 1: compute capability 9.0, whose sm_90a code runs gemm_wgmma.cu's kernels */
     int logits_stats_off;      /* 1: a loss's logits skip the row statistics (an_cuda_set_logits_stats) */
     int projections_off;       /* 1: q, k, v run as separate GEMMs (an_cuda_set_projections) */
+    int lora_grads_off;        /* 1: the adapters' gradients run as thin cuBLASLt GEMMs (an_cuda_set_lora_grads) */
     int wgmma_off;             /* 1: they do not run (an_cuda_set_wgmma, for measurement) */
     double peak_bandwidth;     /* bytes/s of device memory: 2 x memory clock x bus width (kernel rules) */
     struct an_gemm_plan *plans; /* AN_GEMM_PLAN_SLOTS cached GEMM plans (gemm.cu) */

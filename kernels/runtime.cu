@@ -359,6 +359,12 @@ an_status an_cuda_set_projections(an_ctx *ctx, bool on) {
     return AN_OK;
 }
 
+an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on) {
+    AN_CUDA_STATE(ctx, s);
+    s->lora_grads_off = !on;
+    return AN_OK;
+}
+
 an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) {
     AN_CUDA_STATE(ctx, s);
     s->attention_cudnn_off = !on;

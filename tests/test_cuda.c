@@ -941,6 +941,185 @@ START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
 }
 END_TEST
 
+static void expect_lora_grads_error(an_ctx *ctx, an_status st) {
+    ck_assert_int_eq(st, AN_ERR_INPUT);
+    const char *msg = an_error_message(ctx);
+    ck_assert_msg(strstr(msg, "lora_grads") != NULL, "message '%s' lacks the launcher", msg);
+    an_error_clear(ctx);
+}
+
+/* Fills bound[i] = rtol |want[i]| + 1e-4 abs[i] (abs: the sum of the absolute terms: fp32 sums in
+ * another order) and checks the download of dev. */
+static void expect_sums_close(an_ctx *ctx, const an_tensor *dev, const double *want, const double *abs, double rtol,
+                              const char *fmt, ...) {
+    int64_t n = an_tensor_numel(dev);
+    double *got = test_download(ctx, dev), *bound = malloc((size_t)n * sizeof *bound);
+    for (int64_t i = 0; i < n; i++) bound[i] = rtol * fabs(want[i]) + 1e-4 * abs[i];
+    char what[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    expect_close(got, want, bound, n, "%s", what);
+    free(got), free(bound);
+}
+
+/* an_cuda_lora_grads: 1-3 adapters of one backward, d_down = scale dY B, dB = dY^T down and
+ * dA = d_down^T x_lora against float64 references (dA from the launch's own rounded d_down, as the
+ * op defines it), written into poisoned buffers or added into old gradients; adapters sharing
+ * x_lora and one with its own; ranks 8 to 64 (stacked ranks over 64 split into two passes over x);
+ * ragged M (one row, a partial last stage) and widths; the same bits on a repeat, and each
+ * adapter's the same bits launched alone (the splits depend on M only). Refused (input error,
+ * nothing written): a rank off 8, dA without d_down, f32, turned off. */
+START_TEST(test_cuda_lora_grads_match_the_reference) {
+    an_ctx *ctx = gpu_ctx(19, "cuda lora_grads");
+    if (!ctx) return;
+    typedef struct {
+        int64_t n, r;
+        bool own_x, want_down, want_b, want_a, add;
+    } adapter_case;
+    const struct {
+        int64_t m, k;
+        int count;
+        adapter_case a[3];
+    } cases[] = {{300, 392, 2, {{256, 16, false, true, true, true, false}, {128, 8, false, true, true, true, false}}},
+                 {1, 8, 1, {{8, 8, false, true, true, true, false}}},
+                 {2200, 1536, 2, {{1536, 16, false, true, true, true, true}, {256, 16, false, true, true, true, true}}},
+                 {777, 200, 3,
+                  {{128, 64, false, true, true, true, false},
+                   {64, 32, false, true, false, true, true},
+                   {96, 24, true, true, true, true, false}}},
+                 {130, 64, 1, {{72, 16, false, true, false, false, false}}},
+                 {520, 1096, 2, {{200, 40, false, false, true, false, false}, {136, 8, true, true, true, true, true}}}};
+    for (int d = 1; d < N_DTYPES; d++) /* bf16, f16 */
+        for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+            an_dtype dtype = float_dtypes[d];
+            const int64_t m = cases[ci].m, k = cases[ci].k;
+            const int count = cases[ci].count;
+            const double rtol = rtol_of(dtype);
+            pair x = random_pair(ctx, dtype, m * k, 0, -1, 1), own[3] = {{0}}, dy[3], lb[3], down[3], old_b[3], old_a[3];
+            an_tensor *dd[3] = {0}, *gb[3] = {0}, *ga[3] = {0};
+            an_cuda_lora_grad ad[3];
+            for (int i = 0; i < count; i++) {
+                const adapter_case *c = &cases[ci].a[i];
+                own[i] = c->own_x ? random_pair(ctx, dtype, m * k, 0, -1, 1) : (pair){0};
+                dy[i] = random_pair(ctx, dtype, m * c->n, 0, -1, 1), lb[i] = random_pair(ctx, dtype, c->n * c->r, 0, -1, 1);
+                down[i] = random_pair(ctx, dtype, m * c->r, 0, -1, 1);
+                old_b[i] = c->add ? random_pair(ctx, dtype, c->n * c->r, 0, -4, 4) : (pair){0};
+                old_a[i] = c->add ? random_pair(ctx, dtype, c->r * k, 0, -4, 4) : (pair){0};
+                dd[i] = c->want_down ? poisoned(ctx, dtype, m * c->r, 0) : NULL;
+                if (c->want_b) gb[i] = c->add ? an_tensor_retain(old_b[i].dev) : poisoned(ctx, dtype, c->n * c->r, 0);
+                if (c->want_a) ga[i] = c->add ? an_tensor_retain(old_a[i].dev) : poisoned(ctx, dtype, c->r * k, 0);
+                ad[i] = (an_cuda_lora_grad){an_tensor_data(dy[i].dev), an_tensor_data(lb[i].dev), an_tensor_data(down[i].dev),
+                                            an_tensor_data(c->own_x ? own[i].dev : x.dev), c->n, c->r, 2.0 - 0.5 * i,
+                                            dd[i] ? an_tensor_data(dd[i]) : NULL, gb[i] ? an_tensor_data(gb[i]) : NULL,
+                                            ga[i] ? an_tensor_data(ga[i]) : NULL, c->add, c->add};
+            }
+            ck_assert_msg(an_cuda_lora_grads_rule(ctx, dtype, m, k, count, ad), "lora_grads: the rule refused case %zu", ci);
+            test_ok(ctx, an_cuda_lora_grads(ctx, dtype, m, k, count, ad), "lora_grads");
+            double *first[3][3] = {{0}};
+            for (int i = 0; i < count; i++) {
+                const adapter_case *c = &cases[ci].a[i];
+                const int64_t n = c->n, r = c->r;
+                double *dyv = test_values(dy[i].host), *bv = test_values(lb[i].host), *dv = test_values(down[i].host);
+                double *xv = test_values(c->own_x ? own[i].host : x.host);
+                if (dd[i]) { /* d_down = scale dY B */
+                    double *want = malloc((size_t)(m * r) * sizeof *want), *abs = malloc((size_t)(m * r) * sizeof *abs);
+                    for (int64_t row = 0; row < m; row++)
+                        for (int64_t j = 0; j < r; j++) {
+                            double acc = 0, sa = 0;
+                            for (int64_t t = 0; t < n; t++) acc += dyv[row * n + t] * bv[t * r + j], sa += fabs(dyv[row * n + t] * bv[t * r + j]);
+                            want[row * r + j] = ad[i].scale * acc, abs[row * r + j] = fabs(ad[i].scale) * sa;
+                        }
+                    expect_sums_close(ctx, dd[i], want, abs, rtol, "lora_grads %s case %zu adapter %d d_down", an_dtype_name(dtype), ci, i);
+                    free(want), free(abs);
+                }
+                if (gb[i]) { /* dB (n, r) = dY^T down, + old */
+                    double *old = c->add ? test_values(old_b[i].host) : NULL;
+                    double *want = malloc((size_t)(n * r) * sizeof *want), *abs = malloc((size_t)(n * r) * sizeof *abs);
+                    for (int64_t o = 0; o < n; o++)
+                        for (int64_t j = 0; j < r; j++) {
+                            double acc = old ? old[o * r + j] : 0, sa = fabs(acc);
+                            for (int64_t row = 0; row < m; row++)
+                                acc += dyv[row * n + o] * dv[row * r + j], sa += fabs(dyv[row * n + o] * dv[row * r + j]);
+                            want[o * r + j] = acc, abs[o * r + j] = sa;
+                        }
+                    expect_sums_close(ctx, gb[i], want, abs, rtol, "lora_grads %s case %zu adapter %d dB", an_dtype_name(dtype), ci, i);
+                    free(want), free(abs), free(old);
+                }
+                if (ga[i]) { /* dA (r, k) = d_down^T x_lora, from the launch's rounded d_down, + old */
+                    double *old = c->add ? test_values(old_a[i].host) : NULL, *ddv = test_download(ctx, dd[i]);
+                    double *want = malloc((size_t)(r * k) * sizeof *want), *abs = malloc((size_t)(r * k) * sizeof *abs);
+                    for (int64_t j = 0; j < r; j++)
+                        for (int64_t t = 0; t < k; t++) {
+                            double acc = old ? old[j * k + t] : 0, sa = fabs(acc);
+                            for (int64_t row = 0; row < m; row++)
+                                acc += ddv[row * r + j] * xv[row * k + t], sa += fabs(ddv[row * r + j] * xv[row * k + t]);
+                            want[j * k + t] = acc, abs[j * k + t] = sa;
+                        }
+                    expect_sums_close(ctx, ga[i], want, abs, rtol, "lora_grads %s case %zu adapter %d dA", an_dtype_name(dtype), ci, i);
+                    free(want), free(abs), free(old), free(ddv);
+                }
+                free(dyv), free(bv), free(dv), free(xv);
+                an_tensor *outs[3] = {dd[i], gb[i], ga[i]};
+                for (int o = 0; o < 3; o++) first[i][o] = outs[o] ? test_download(ctx, outs[o]) : NULL;
+            }
+            /* a repeat, and each adapter alone: the same bits (old gradients restored first) */
+            for (int pass = 0; pass <= count; pass++) {
+                int lo = pass == 0 ? 0 : pass - 1, hi = pass == 0 ? count : pass;
+                for (int i = lo; i < hi; i++) {
+                    if (!cases[ci].a[i].add) continue;
+                    if (gb[i]) test_ok(ctx, an_cuda_memcpy(ctx, an_tensor_data(gb[i]), AN_CUDA, an_tensor_data(old_b[i].host), AN_CPU, an_tensor_nbytes(gb[i])), "restore dB");
+                    if (ga[i]) test_ok(ctx, an_cuda_memcpy(ctx, an_tensor_data(ga[i]), AN_CUDA, an_tensor_data(old_a[i].host), AN_CPU, an_tensor_nbytes(ga[i])), "restore dA");
+                }
+                test_ok(ctx, an_cuda_lora_grads(ctx, dtype, m, k, hi - lo, ad + lo), "lora_grads again");
+                for (int i = lo; i < hi; i++) {
+                    an_tensor *outs[3] = {dd[i], gb[i], ga[i]};
+                    for (int o = 0; o < 3; o++) {
+                        if (!outs[o]) continue;
+                        double *again = test_download(ctx, outs[o]);
+                        ck_assert_msg(memcmp(first[i][o], again, (size_t)an_tensor_numel(outs[o]) * sizeof *again) == 0,
+                                      "lora_grads %s case %zu adapter %d output %d: other bits %s", an_dtype_name(dtype), ci,
+                                      i, o, pass ? "launched alone" : "on a repeat");
+                        free(again);
+                    }
+                }
+            }
+            for (int i = 0; i < count; i++) {
+                for (int o = 0; o < 3; o++) free(first[i][o]);
+                an_tensor_release(dd[i]), an_tensor_release(gb[i]), an_tensor_release(ga[i]);
+                pair_release(own[i]), pair_release(dy[i]), pair_release(lb[i]), pair_release(down[i]);
+                pair_release(old_b[i]), pair_release(old_a[i]);
+            }
+            pair_release(x);
+        }
+    /* refused: a rank off 8, dA without d_down, f32, turned off; nothing written */
+    pair x = random_pair(ctx, AN_BF16, 64 * 64, 0, -1, 1), dy = random_pair(ctx, AN_BF16, 64 * 64, 0, -1, 1);
+    pair lb = random_pair(ctx, AN_BF16, 64 * 16, 0, -1, 1), down = random_pair(ctx, AN_BF16, 64 * 16, 0, -1, 1);
+    an_tensor *out = poisoned(ctx, AN_BF16, 64 * 64, 0);
+    void *o = an_tensor_data(out);
+    an_cuda_lora_grad ad = {an_tensor_data(dy.dev), an_tensor_data(lb.dev), an_tensor_data(down.dev), an_tensor_data(x.dev),
+                            64, 12, 1.0, o, o, o, 0, 0};
+    double *before = test_download(ctx, out);
+    expect_lora_grads_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad));
+    ad.r = 16, ad.d_down = NULL;
+    expect_lora_grads_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad));
+    ad.d_down = o;
+    expect_lora_grads_error(ctx, an_cuda_lora_grads(ctx, AN_F32, 64, 64, 1, &ad));
+    ck_assert(an_cuda_lora_grads_rule(ctx, AN_BF16, 64, 64, 1, &ad));
+    test_ok(ctx, an_cuda_set_lora_grads(ctx, false), "lora_grads off");
+    ck_assert(!an_cuda_lora_grads_rule(ctx, AN_BF16, 64, 64, 1, &ad));
+    expect_lora_grads_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad));
+    test_ok(ctx, an_cuda_set_lora_grads(ctx, true), "lora_grads on");
+    double *after = test_download(ctx, out);
+    ck_assert_msg(memcmp(before, after, 64 * 64 * sizeof *before) == 0, "lora_grads: a refused call wrote out");
+    free(before), free(after);
+    an_tensor_release(out);
+    pair_release(x), pair_release(dy), pair_release(lb), pair_release(down);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* an_cuda_gemm_logits_stats and an_cuda_cross_entropy_stats_grad (Hopper only; SKIP elsewhere):
  * the logits within the GEMM bound of a float64 reference, every one written; on those logits the
  * lse merged from the tiles' stats within 1e-6 of the two-pass kernel's (another order of the
@@ -1229,6 +1408,7 @@ int main(void) {
     test_add_case(s, "gemv", test_cuda_gemv_rows_match_the_reference);
     test_add_case(s, "gemm_segments", test_cuda_gemm_segments_sums_every_pair_once);
     test_add_case(s, "gemm_projections", test_cuda_gemm_projections_match_the_separate_products);
+    test_add_case(s, "lora_grads", test_cuda_lora_grads_match_the_reference);
     test_add_case(s, "logits_stats", test_cuda_logits_stats_give_the_two_pass_loss);
     test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
     return test_run(s);

@@ -1279,7 +1279,9 @@ static void expect_same_or_none(an_ctx *ctx, const an_tensor *got, const an_tens
 }
 
 /* The node against the separate ops on the same GPU inputs: every gradient but x's the same bits
- * (the same GEMMs); q, k, v the same bits where the separate GEMMs form them, else (one
+ * (the same kernels: an_cuda_lora_grads' bits do not depend on which adapters share its launch),
+ * and where an_cuda_lora_grads forms the adapters' dA and dB (bf16, f16, ranks and widths multiples
+ * of 8) they are within the bound of 2 rtol of cuBLASLt's thin GEMMs (turned off); q, k, v the same bits where the separate GEMMs form them, else (one
  * an_cuda_gemm_projections launch: an adapter's product added to the rounded base, where the
  * separate ops add its rounded product before one rounding) within the bound of 2 rtol; x's the
  * same bits where the separate GEMMs form it (f32, shapes off the tensor maps, another device),
@@ -1334,10 +1336,23 @@ START_TEST(test_cuda_qkv_linear_matches_the_separate_ops_and_repeats_its_bits) {
                 printf("SKIP %s: one sum: the device does not run gemm_wgmma.cu (compute capability 9.0 only)\n", what);
             bool one_sum = fits && hopper, one_forward = one_sum && c->q % 128 == 0 && c->kv % 128 == 0;
 
-            an_tensor *out[3][3], *grads[3][QKV_N]; /* the node, the separate ops, the node again */
+            /* the node, the separate ops, the node again, the separate ops on cuBLASLt's thin GEMMs */
+            an_tensor *out[4][3] = {{0}}, *grads[4][QKV_N] = {{0}};
             qkv_side(ctx, true, c, in, mask, up, out[0], grads[0]);
             qkv_side(ctx, false, c, in, mask, up, out[1], grads[1]);
             qkv_side(ctx, true, c, in, mask, up, out[2], grads[2]);
+            if (fits && c->lora) {
+                test_ok(ctx, an_cuda_set_lora_grads(ctx, false), "lora_grads off");
+                qkv_side(ctx, false, c, in, mask, up, out[3], grads[3]);
+                test_ok(ctx, an_cuda_set_lora_grads(ctx, true), "lora_grads on");
+                for (int i = QKV_A; i < QKV_N; i++) {
+                    if (!grads[3][i]) continue;
+                    an_tensor *want = to_host(ctx, grads[3][i]);
+                    expect_like_cpu(ctx, grads[0][i], want, 2 * rtol_of(dtype), 0.0,
+                                    fmt(w2, sizeof w2, "%s: %s against cuBLASLt's thin GEMMs", what, names[i]));
+                    an_tensor_release(want);
+                }
+            }
             for (int p = 0; p < 3; p++) {
                 fmt(w2, sizeof w2, "%s: %s against the separate ops", what, p ? p == 1 ? "k" : "v" : "q");
                 if (one_forward) {
@@ -1382,7 +1397,7 @@ START_TEST(test_cuda_qkv_linear_matches_the_separate_ops_and_repeats_its_bits) {
                 an_tensor_release(gx);
                 for (int p = 0; p < 3; p++) an_tensor_release(d_down[p]);
             }
-            for (int side = 0; side < 3; side++) {
+            for (int side = 0; side < 4; side++) {
                 for (int p = 0; p < 3; p++) an_tensor_release(out[side][p]);
                 for (int i = 0; i < QKV_N; i++) an_tensor_release(grads[side][i]);
             }

@@ -79,14 +79,21 @@ an_status an_op_lora_linear_into(an_ctx *ctx, const an_tensor *x, const an_tenso
 typedef struct {
     int x, x_lora, w, bias, a, b;
 } an_lora_slots;
-/* Every gradient of that LoRA linear but x's, as an_lora_linear's backward forms them at dY =
- * grad_out with the forward's down and x_lora (x itself, or the adapter's input): dB, dA, x_lora's
- * own (when it is another input of the node), dW and the bias's, each only where that input needs
- * one, added into its gradient so far. With want_d_down also d_down = scale dY B (rows, r), the
- * gradient of x_lora A^T, in *d_down (the caller releases it): x's gradient (or x_lora's, when the
- * caller forms it) takes d_down A. */
-an_status an_op_lora_param_grads(an_ctx *ctx, an_node *node, const an_lora_slots *at, an_tensor *x_lora,
-                                 an_tensor *grad_out, an_tensor *down, double scale, bool want_d_down,
+/* One adapter of an_op_lora_param_grads: its node's slots, its input x_lora (x itself, or the
+ * adapter's dropout of x), its output gradient dY, the forward's scaled down (rows, r), its scale. */
+typedef struct {
+    an_lora_slots at;
+    an_tensor *x_lora, *grad_out, *down;
+    double scale;
+} an_lora_adapter;
+/* Every gradient of count (1 to 3) LoRA linears of one node but x's, as an_lora_linear's backward
+ * forms them: dB, dA, x_lora's own (when it is another input of the node), dW and the bias's, each
+ * only where that input needs one, added into its gradient so far. With want_d_down also d_down[i]
+ * = scale dY B (rows, r), the gradient of x_lora A^T (the caller releases it): x's gradient (or
+ * x_lora's, when the caller forms it) takes d_down A. On CUDA, where an_cuda_lora_grads_rule takes
+ * them, every adapter's d_down, dB and dA come from its two launches (fp32 sums in its fixed order);
+ * elsewhere from thin GEMMs, adapter by adapter in the order given. */
+an_status an_op_lora_param_grads(an_ctx *ctx, an_node *node, int count, const an_lora_adapter *ad, bool want_d_down,
                                  an_tensor **d_down);
 
 #endif

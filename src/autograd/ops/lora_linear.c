@@ -19,12 +19,16 @@
  * branch's product (or to a rounded x W^T) it would round the branch away where it is under half
  * a unit of the residual's last place (the adapter's first steps, B starting at zero), which a
  * LoRA on every projection showed as a loss curve drifting from peft's (docs/performance.md).
- * The forward saves the scaled down for dB. */
+ * The forward saves the scaled down for dB. The backward's adapter gradients (d_down = scale dY B,
+ * dB, dA) come on CUDA from an_cuda_lora_grads' two launches where its rule takes them (bf16/f16,
+ * ranks and widths multiples of 8; an_qkv_linear hands it q's, k's and v's adapters at once, so x is
+ * read once for their dA), elsewhere from thin GEMMs. */
 #include "autograd/ops.h"
 
 #include <string.h>
 
 #include "autograd/op_support.h" /* AN_OP_INPUTS, an_op_gemm, an_op_gemm_scaled, an_op_gemm_bias, an_op_bias_grad */
+#include "kernels/cuda.h"        /* an_cuda_lora_grads(_rule) */
 
 static an_status check_shapes(an_ctx *ctx, const an_tensor *x, const an_tensor *x_lora, const an_tensor *w,
                               const an_tensor *bias, const an_tensor *a, const an_tensor *b) {
@@ -103,23 +107,75 @@ static an_status grad_gemm(an_ctx *ctx, an_node *node, int i, an_gemm_shape s, c
     return an_node_accumulate(ctx, node, i, g);
 }
 
-an_status an_op_lora_param_grads(an_ctx *ctx, an_node *node, const an_lora_slots *at, an_tensor *x_lora,
-                                 an_tensor *grad_out, an_tensor *down, double scale, bool want_d_down,
-                                 an_tensor **d_down_out) {
-    an_tensor *x = node->inputs[at->x], *w = node->inputs[at->w], *bias = node->inputs[at->bias];
-    an_tensor *a = node->inputs[at->a], *b = node->inputs[at->b];
-    int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
-    if (d_down_out) *d_down_out = NULL;
-    if (an_node_needs_grad(node, at->w)) AN_TRY(an_tensor_materialize(ctx, x));
-    if (an_node_needs_grad(node, at->a)) AN_TRY(an_tensor_materialize(ctx, x_lora));
-    /* x_lora's own gradient: where it is an input of its own (x's takes d_down A from the caller) */
-    bool need_xl = x_lora != x && at->x_lora >= 0 && an_node_needs_grad(node, at->x_lora);
+/* Input i's gradient buffer for a launch that writes or adds into it: the gradient it already has
+ * (*add set) or a fresh one (*fresh set, handed to an_node_accumulate after). NULL when it needs none. */
+static an_status grad_target(an_ctx *ctx, an_node *node, int i, an_tensor **target, bool *fresh, int *add) {
+    *target = NULL, *fresh = false, *add = 0;
+    if (!an_node_needs_grad(node, i)) return AN_OK;
+    an_tensor *sink = an_node_grad_sink(node, i), *x = node->inputs[i];
+    if (sink) {
+        *target = sink, *add = 1;
+        return AN_OK;
+    }
+    *target = an_op_new_like(ctx, x, x->ndim, x->shape);
+    *fresh = *target != NULL;
+    return *target ? AN_OK : an_error_status(ctx);
+}
 
+/* d_down, dB and dA of every adapter in an_cuda_lora_grads' two launches; *taken false (nothing
+ * done) where its rule refuses them. d_down[i] is formed where an adapter's dA or its caller needs it. */
+static an_status fused_adapter_grads(an_ctx *ctx, an_node *node, int count, const an_lora_adapter *ad,
+                                     const bool *need_d_down, an_tensor **d_down, bool *taken) {
+    an_tensor *x = node->inputs[ad[0].at.x];
+    an_tensor *gb[3] = {0}, *ga[3] = {0};
+    bool fresh_b[3] = {0}, fresh_a[3] = {0};
+    an_cuda_lora_grad args[3];
+    int64_t in = x->shape[x->ndim - 1], rows = an_tensor_numel(x) / (in ? in : 1);
+    an_status st = AN_OK;
+    *taken = false;
+    for (int i = 0; i < count && st == AN_OK; i++) {
+        an_tensor *w = node->inputs[ad[i].at.w], *b = node->inputs[ad[i].at.b];
+        int64_t r = b->shape[1];
+        args[i] = (an_cuda_lora_grad){.dy = an_tensor_data(ad[i].grad_out), .lora_b = an_tensor_data(b),
+                                      .down = an_tensor_data(ad[i].down), .x_lora = an_tensor_data(ad[i].x_lora),
+                                      .n = w->shape[0], .r = r, .scale = ad[i].scale};
+        st = grad_target(ctx, node, ad[i].at.b, &gb[i], &fresh_b[i], &args[i].add_b);
+        if (st == AN_OK) st = grad_target(ctx, node, ad[i].at.a, &ga[i], &fresh_a[i], &args[i].add_a);
+        if (st == AN_OK && (need_d_down[i] || ga[i])) {
+            d_down[i] = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r});
+            st = d_down[i] ? AN_OK : an_error_status(ctx);
+        }
+        args[i].grad_b = gb[i] ? an_tensor_data(gb[i]) : NULL;
+        args[i].grad_a = ga[i] ? an_tensor_data(ga[i]) : NULL;
+        args[i].d_down = d_down[i] ? an_tensor_data(d_down[i]) : NULL;
+    }
+    if (st == AN_OK && an_cuda_lora_grads_rule(ctx, x->dtype, rows, in, count, args)) {
+        *taken = true;
+        st = an_cuda_lora_grads(ctx, x->dtype, rows, in, count, args);
+        for (int i = 0; i < count && st == AN_OK; i++) {
+            if (fresh_b[i]) st = an_node_accumulate(ctx, node, ad[i].at.b, gb[i]), fresh_b[i] = false;
+            if (st == AN_OK && fresh_a[i]) st = an_node_accumulate(ctx, node, ad[i].at.a, ga[i]), fresh_a[i] = false;
+        }
+    }
+    for (int i = 0; i < count; i++) {
+        if (fresh_b[i]) an_tensor_release(gb[i]);
+        if (fresh_a[i]) an_tensor_release(ga[i]);
+        if (!*taken || st != AN_OK) an_tensor_release(d_down[i]), d_down[i] = NULL;
+    }
+    return st;
+}
+
+/* d_down (where need_d_down or dA asks), dB and dA of one adapter in thin GEMMs. */
+static an_status adapter_grads(an_ctx *ctx, an_node *node, const an_lora_adapter *ad, bool need_d_down,
+                               an_tensor **d_down_out) {
+    const an_lora_slots *at = &ad->at;
+    an_tensor *x = node->inputs[at->x], *w = node->inputs[at->w], *a = node->inputs[at->a], *b = node->inputs[at->b];
+    int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
     an_tensor *d_down = NULL; /* (N, r) = scale dY B: the gradient of x_lora A^T */
-    if (want_d_down || need_xl || an_node_needs_grad(node, at->a)) {
+    if (need_d_down || an_node_needs_grad(node, at->a)) {
         an_gemm_shape s = {1, rows, r, out_features, false, false, false, false};
         d_down = an_op_new_like(ctx, x, 2, (int64_t[]){rows, r});
-        an_status st = d_down ? an_op_gemm_scaled(ctx, &s, scale, grad_out, b, d_down) : an_error_status(ctx);
+        an_status st = d_down ? an_op_gemm_scaled(ctx, &s, ad->scale, ad->grad_out, b, d_down) : an_error_status(ctx);
         if (st != AN_OK) {
             an_tensor_release(d_down);
             return st;
@@ -128,22 +184,63 @@ an_status an_op_lora_param_grads(an_ctx *ctx, an_node *node, const an_lora_slots
     an_status st = AN_OK;
     if (an_node_needs_grad(node, at->b)) /* dB = dY^T down */
         st = grad_gemm(ctx, node, at->b, (an_gemm_shape){1, out_features, r, rows, true, false, false, false},
-                       grad_out, down);
+                       ad->grad_out, ad->down);
     if (st == AN_OK && an_node_needs_grad(node, at->a)) /* dA = d_down^T x_lora */
-        st = grad_gemm(ctx, node, at->a, (an_gemm_shape){1, r, in, rows, true, false, false, false}, d_down, x_lora);
-    if (st == AN_OK && need_xl) /* d x_lora = d_down A */
-        st = grad_gemm(ctx, node, at->x_lora, (an_gemm_shape){1, rows, in, r, false, false, false, false}, d_down, a);
-    if (st == AN_OK && an_node_needs_grad(node, at->w)) /* dW = dY^T X */
-        st = grad_gemm(ctx, node, at->w, (an_gemm_shape){1, out_features, in, rows, true, false, false, false},
-                       grad_out, x);
-    if (st == AN_OK && an_node_needs_grad(node, at->bias)) {
-        an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
-        st = gb ? an_op_bias_grad(ctx, grad_out, gb) : an_error_status(ctx);
-        if (st == AN_OK) st = an_node_accumulate(ctx, node, at->bias, gb);
-        else an_tensor_release(gb);
-    }
-    if (st == AN_OK && want_d_down) *d_down_out = d_down;
+        st = grad_gemm(ctx, node, at->a, (an_gemm_shape){1, r, in, rows, true, false, false, false}, d_down,
+                       ad->x_lora);
+    if (st == AN_OK) *d_down_out = d_down;
     else an_tensor_release(d_down);
+    return st;
+}
+
+/* x_lora's own gradient (where it is an input of its own), dW and the bias's of one adapter's linear. */
+static an_status other_grads(an_ctx *ctx, an_node *node, const an_lora_adapter *ad, an_tensor *d_down) {
+    const an_lora_slots *at = &ad->at;
+    an_tensor *x = node->inputs[at->x], *w = node->inputs[at->w], *bias = node->inputs[at->bias];
+    an_tensor *a = node->inputs[at->a];
+    int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
+    bool need_xl = ad->x_lora != x && at->x_lora >= 0 && an_node_needs_grad(node, at->x_lora);
+    if (need_xl) /* d x_lora = d_down A */
+        AN_TRY(grad_gemm(ctx, node, at->x_lora, (an_gemm_shape){1, rows, in, r, false, false, false, false}, d_down, a));
+    if (an_node_needs_grad(node, at->w)) /* dW = dY^T X */
+        AN_TRY(grad_gemm(ctx, node, at->w, (an_gemm_shape){1, out_features, in, rows, true, false, false, false},
+                         ad->grad_out, x));
+    if (an_node_needs_grad(node, at->bias)) {
+        an_tensor *gb = an_op_new_like(ctx, bias, 1, bias->shape);
+        an_status st = gb ? an_op_bias_grad(ctx, ad->grad_out, gb) : an_error_status(ctx);
+        if (st != AN_OK) {
+            an_tensor_release(gb);
+            return st;
+        }
+        AN_TRY(an_node_accumulate(ctx, node, at->bias, gb));
+    }
+    return AN_OK;
+}
+
+an_status an_op_lora_param_grads(an_ctx *ctx, an_node *node, int count, const an_lora_adapter *ad, bool want_d_down,
+                                 an_tensor **d_down_out) {
+    AN_CHECK(ctx, count >= 1 && count <= 3, AN_ERR_INTERNAL, "lora_param_grads: %d adapters, expected 1 to 3", count);
+    an_tensor *d_down[3] = {0};
+    bool need_d_down[3];
+    for (int i = 0; i < count; i++) {
+        const an_lora_slots *at = &ad[i].at;
+        an_tensor *x = node->inputs[at->x];
+        if (an_node_needs_grad(node, at->w)) AN_TRY(an_tensor_materialize(ctx, x));
+        if (an_node_needs_grad(node, at->a)) AN_TRY(an_tensor_materialize(ctx, ad[i].x_lora));
+        /* x_lora's own gradient takes d_down A where x_lora is an input of its own */
+        bool need_xl = ad[i].x_lora != x && at->x_lora >= 0 && an_node_needs_grad(node, at->x_lora);
+        need_d_down[i] = want_d_down || need_xl;
+    }
+    bool taken = false;
+    an_status st = AN_OK;
+    if (node->inputs[ad[0].at.x]->device == AN_CUDA)
+        st = fused_adapter_grads(ctx, node, count, ad, need_d_down, d_down, &taken);
+    for (int i = 0; i < count && st == AN_OK && !taken; i++) st = adapter_grads(ctx, node, &ad[i], need_d_down[i], &d_down[i]);
+    for (int i = 0; i < count && st == AN_OK; i++) st = other_grads(ctx, node, &ad[i], d_down[i]);
+    for (int i = 0; i < count; i++) {
+        if (st == AN_OK && want_d_down) d_down_out[i] = d_down[i];
+        else an_tensor_release(d_down[i]);
+    }
     return st;
 }
 
@@ -152,8 +249,8 @@ an_status an_lora_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_ou
     int64_t in = w->shape[1], out_features = w->shape[0], r = a->shape[0], rows = an_tensor_numel(x) / (in ? in : 1);
     bool shared = x == x_lora, need_x = an_node_needs_grad(node, 0);
     an_tensor *d_down = NULL; /* scale dY B, for x's gradient when x_lora is x */
-    an_status st = an_op_lora_param_grads(ctx, node, &(an_lora_slots){0, 1, 2, 3, 4, 5}, x_lora, grad_out,
-                                          node->saved[0], node->args[0], need_x && shared, &d_down);
+    an_lora_adapter ad = {{0, 1, 2, 3, 4, 5}, x_lora, grad_out, node->saved[0], node->args[0]};
+    an_status st = an_op_lora_param_grads(ctx, node, 1, &ad, need_x && shared, &d_down);
     if (st == AN_OK && need_x) { /* dX = dY W (+ d_down A when x_lora is x), added into x's gradient so far */
         an_tensor *sink = an_node_grad_sink(node, 0);
         an_tensor *gx = sink ? sink : an_op_new_like(ctx, x, x->ndim, x->shape);

@@ -305,17 +305,23 @@ an_status an_qkv_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out
     an_tensor *dy[3] = {h->q_unused ? NULL : grad_out, h->grad[1], h->grad[2]}, *d_down[3] = {0};
     bool need_x = an_node_needs_grad(node, 0);
     an_status st = AN_OK;
+    an_lora_adapter ad[3];
+    int adapter_of[3] = {-1, -1, -1}, n_ad = 0;
     for (int p = 2; p >= 0 && st == AN_OK; p--) { /* v, k, q: the order the separate ops' backwards ran */
         if (!dy[p]) continue;
         if (node->inputs[SLOT(p, A)]) { /* x's gradient takes d_down A, through the mask when there is one */
-            an_lora_slots at = {0, -1, SLOT(p, W), SLOT(p, BIAS), SLOT(p, A), SLOT(p, B)};
             an_tensor *x_lora = node->saved[3 + p] ? node->saved[3 + p] : x;
-            st = an_op_lora_param_grads(ctx, node, &at, x_lora, dy[p], node->saved[p], node->args[p], need_x,
-                                        &d_down[p]);
+            adapter_of[p] = n_ad;
+            ad[n_ad++] = (an_lora_adapter){{0, -1, SLOT(p, W), SLOT(p, BIAS), SLOT(p, A), SLOT(p, B)}, x_lora, dy[p],
+                                           node->saved[p], node->args[p]};
         } else {
             st = an_op_linear_param_grads(ctx, node, SLOT(p, W), SLOT(p, BIAS), dy[p], x);
         }
     }
+    an_tensor *d_down_ad[3] = {0};
+    if (st == AN_OK && n_ad) st = an_op_lora_param_grads(ctx, node, n_ad, ad, need_x, d_down_ad);
+    for (int p = 0; p < 3; p++)
+        if (adapter_of[p] >= 0) d_down[p] = d_down_ad[adapter_of[p]];
     if (st == AN_OK && need_x) st = input_grad(ctx, node, dy, d_down);
     for (int p = 0; p < 3; p++) an_tensor_release(d_down[p]);
     for (int p = 1; p < 3; p++) an_tensor_release(h->grad[p]), h->grad[p] = NULL;
