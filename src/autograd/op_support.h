@@ -79,6 +79,13 @@ an_status an_op_lora_linear_into(an_ctx *ctx, const an_tensor *x, const an_tenso
 typedef struct {
     int x, x_lora, w, bias, a, b;
 } an_lora_slots;
+/* Records, for count (2 or 3) projections of x without adapters whose outputs out[p] = x w[p]^T
+ * (+ bias[p]; bias NULL: none) the caller formed, one qkv_linear node (ops/qkv_linear.c) in place
+ * of count linear nodes: x's gradient is then one sum over the projections (one
+ * an_cuda_gemm_segments launch where it applies), as an_qkv_linear's backward forms it. For
+ * an_swiglu_mlp's gate and up after their one launch. */
+an_status an_op_record_projections(an_ctx *ctx, an_tensor *x, int count, an_tensor *const *w, an_tensor *const *bias,
+                                   an_tensor *const *out);
 /* One adapter of an_op_lora_param_grads: its node's slots, its input x_lora (x itself, or the
  * adapter's dropout of x), its output gradient dY, the forward's scaled down (rows, r), its scale. */
 typedef struct {

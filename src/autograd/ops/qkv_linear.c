@@ -16,6 +16,10 @@
  * never joins the one sum (the mask multiplies it): it is added after it. Weights', biases' and
  * adapters' gradients are formed as an_linear's and an_lora_linear's backwards form them.
  *
+ * an_op_record_projections records the same node over two or three projections without adapters
+ * whose outputs the caller formed (an_swiglu_mlp's gate and up after their one launch): x's
+ * gradient is then their one sum too.
+ *
  * The tape allows one output a node: the qkv_linear node's output is q, and k and v are the
  * outputs of two qkv_part nodes whose one input is q (held for routing only, never read). Recorded
  * after it, they run before it in the backward; each hands its gradient to the qkv_linear node
@@ -68,8 +72,9 @@ static an_status check_proj(an_ctx *ctx, const an_tensor *x, const an_qkv_proj *
     return AN_OK;
 }
 
-/* Records the qkv_linear node (output q) and the two part nodes (k, v); nothing when no input
- * requires grad or recording is off. */
+/* Records the qkv_linear node (output q) and the part nodes (k, and v where present: a projection
+ * without a weight is absent, an_op_record_projections' two); nothing when no input requires grad
+ * or recording is off. */
 static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *const out[3],
                         an_tensor *const down[3], an_tensor *const x_lora[3]) {
     an_tensor *inputs[N_SLOTS] = {x};
@@ -78,6 +83,7 @@ static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
         const an_qkv_proj *pr = &proj[p];
         inputs[SLOT(p, W)] = pr->weight, inputs[SLOT(p, BIAS)] = pr->bias;
         inputs[SLOT(p, A)] = pr->lora_a, inputs[SLOT(p, B)] = pr->lora_b, inputs[SLOT(p, MASK)] = pr->dropout_mask;
+        if (!pr->weight) continue;
         reads_x = reads_x || pr->weight->requires_grad || (pr->lora_a && !pr->dropout_mask && pr->lora_a->requires_grad);
     }
     handed_grads *h = calloc(1, sizeof *h);
@@ -94,7 +100,7 @@ static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
     for (int p = 0; p < 3; p++) node->args[p] = proj[p].scale;
     if (reads_x) an_node_input_recomputable(node, 0); /* formed again in the backward where it can be */
     else an_node_input_routing_only(node, 0);
-    for (int p = 1; p < 3; p++) {
+    for (int p = 1; p < 3 && out[p]; p++) {
         an_node *part = an_tape_record(ctx, &an_op_qkv_part, out[p], (an_tensor *[]){out[0]}, 1);
         if (!part) return an_error_status(ctx) ? an_error_status(ctx) : AN_ERR_INTERNAL;
         part->iargs[0] = p;
@@ -188,6 +194,16 @@ an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
         for (int p = 0; p < 3; p++) an_tensor_release(out[p]), out[p] = NULL;
     }
     return st;
+}
+
+an_status an_op_record_projections(an_ctx *ctx, an_tensor *x, int count, an_tensor *const *w, an_tensor *const *bias,
+                                   an_tensor *const *out) {
+    AN_CHECK(ctx, count == 2 || count == 3, AN_ERR_INTERNAL, "record_projections: %d projections, expected 2 or 3",
+             count);
+    an_qkv_proj proj[3] = {{0}};
+    an_tensor *o[3] = {0}, *none[3] = {0};
+    for (int p = 0; p < count; p++) proj[p].weight = w[p], proj[p].bias = bias ? bias[p] : NULL, o[p] = out[p];
+    return record(ctx, x, proj, o, none, none);
 }
 
 /* k's or v's gradient (part iargs[0]) handed to q's producer. When q itself got no gradient, it is

@@ -5,8 +5,10 @@
  * trained), and the backward takes d act = dY W and the swiglu's gradient in one launch on an
  * H100 (an_cuda_gemm_swiglu_backward, which also forms act for a trained W's dW), else as the
  * GEMM and the elementwise passes. an_swiglu_mlp
- * adds the gate and up projections, recorded as the two linears an_linear records; on an H100
- * their GEMMs and the swiglu are one launch (an_cuda_gemm_swiglu). Where neither kernel takes the
+ * adds the gate and up projections: on an H100 their GEMMs and the swiglu are one launch
+ * (an_cuda_gemm_swiglu), and gate and up are recorded as one node (an_op_record_projections), so
+ * x's gradient dg W_gate + du W_up is one an_cuda_gemm_segments launch with one rounding;
+ * elsewhere they are the two linears an_linear records. Where neither kernel takes the
  * shape (another device, f32, K or N not a multiple of 8) the same values come from the separate
  * ops, so every device and dtype computes the same function with the same rounding points: gate
  * and up rounded to the dtype, act rounded, y rounded once with its residual. */
@@ -139,8 +141,12 @@ an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor
         if (an_cuda_gemm_swiglu_rule(ctx, x->dtype, rows, in, n, ptrs, 6) &&
             an_cuda_gemm_swiglu(ctx, x->dtype, ptrs[0], rows, in, ptrs[1], ptrs[2], n, an_tensor_data(gate),
                                 an_tensor_data(up), an_tensor_data(act)) == AN_OK) {
-            an_op_record_linear(ctx, x, w_gate, NULL, NULL, gate);
-            an_op_record_linear(ctx, x, w_up, NULL, NULL, up);
+            /* one node: x's gradient dg W_gate + du W_up in one launch, one rounding */
+            if (an_op_record_projections(ctx, x, 2, (an_tensor *[]){w_gate, w_up}, NULL, (an_tensor *[]){gate, up}) !=
+                AN_OK) {
+                an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
+                return NULL;
+            }
         } else {
             an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
             gate = up = act = NULL;
