@@ -23,16 +23,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
-typedef __nv_bfloat16 bf;
-
+#include "kernel_shims.cuh" /* CK, bf, an_load, an_store */
 __device__ __forceinline__ void an_pdl_wait() { asm volatile("griddepcontrol.wait;" ::: "memory"); }
 __device__ __forceinline__ void an_pdl_trigger() { asm volatile("griddepcontrol.launch_dependents;" ::: "memory"); }
-__device__ __forceinline__ float an_load(bf v) { return __bfloat162float(v); }
-__device__ __forceinline__ float an_load(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T an_store(float v);
-template <> __device__ __forceinline__ bf an_store<bf>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half an_store<__half>(float v) { return __float2half_rn(v); }
 #include "cublaslt_plan.cuh" /* lt_plan, lt_run, lt_free */
 
 #define AN_DECODE_GEMM_KERNEL_ONLY

@@ -21,14 +21,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
-typedef __nv_bfloat16 bf;
-
-__device__ __forceinline__ float an_load(bf v) { return __bfloat162float(v); }
-__device__ __forceinline__ float an_load(__half v) { return __half2float(v); }
-template <typename T> __device__ __forceinline__ T an_store(float v);
-template <> __device__ __forceinline__ bf an_store<bf>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half an_store<__half>(float v) { return __float2half_rn(v); }
+#include "kernel_shims.cuh" /* CK, bf, an_load, an_store */
 
 #define AN_LORA_GRADS_KERNEL_ONLY
 #include "../kernels/lora_grads.cu"
@@ -86,8 +79,8 @@ template <int BM_, int BK_, int ST_> static void down(const Bufs &b) {
     DownArgs a = {};
     CK(tma::encode_2d(encoder, &a.dy[0], b.dq, M, NQ, 64, BM_));
     CK(tma::encode_2d(encoder, &a.dy[1], b.dv, M, NV, 64, BM_));
-    CK(encode_plain<bf>(encoder, &a.b[0], b.bq, NQ, R, 16, BK_));
-    CK(encode_plain<bf>(encoder, &a.b[1], b.bv, NV, R, 16, BK_));
+    CK(tma::encode_2d(encoder, &a.b[0], b.bq, NQ, R, 16, BK_, false));
+    CK(tma::encode_2d(encoder, &a.b[1], b.bv, NV, R, 16, BK_, false));
     a.d_down[0] = b.ddq, a.d_down[1] = b.ddv;
     a.n[0] = NQ, a.n[1] = NV, a.r[0] = a.r[1] = R, a.scale[0] = a.scale[1] = 2.0f;
     auto kern = d_down_kernel<bf, 16, BM_, BK_, ST_>;
@@ -100,14 +93,14 @@ static ThinArgs thin_args(const Bufs &b, int splits) {
     ThinArgs t = {};
     Job *j = t.job;
     CK(tma::encode_2d(encoder, &j[0].q, b.dq, M, NQ, 64, BK));
-    CK(encode_plain<bf>(encoder, &j[0].p[0], b.downq, M, R, 16, BK));
+    CK(tma::encode_2d(encoder, &j[0].p[0], b.downq, M, R, 16, BK, false));
     j[0].out[0] = b.gbq, j[0].r[0] = R, j[0].parts = 1, j[0].n = NQ, j[0].transposed = 1, j[0].tile0 = 0;
     CK(tma::encode_2d(encoder, &j[1].q, b.dv, M, NV, 64, BK));
-    CK(encode_plain<bf>(encoder, &j[1].p[0], b.downv, M, R, 16, BK));
+    CK(tma::encode_2d(encoder, &j[1].p[0], b.downv, M, R, 16, BK, false));
     j[1].out[0] = b.gbv, j[1].r[0] = R, j[1].parts = 1, j[1].n = NV, j[1].transposed = 1, j[1].tile0 = NQ / BN;
     CK(tma::encode_2d(encoder, &j[2].q, b.x, M, K, 64, BK));
-    CK(encode_plain<bf>(encoder, &j[2].p[0], b.ddq, M, R, 16, BK));
-    CK(encode_plain<bf>(encoder, &j[2].p[1], b.ddv, M, R, 16, BK));
+    CK(tma::encode_2d(encoder, &j[2].p[0], b.ddq, M, R, 16, BK, false));
+    CK(tma::encode_2d(encoder, &j[2].p[1], b.ddv, M, R, 16, BK, false));
     j[2].out[0] = b.gaq, j[2].out[1] = b.gav, j[2].r[0] = j[2].r[1] = R, j[2].off[1] = 16, j[2].parts = 2;
     j[2].n = K, j[2].tile0 = (NQ + NV) / BN;
     t.jobs = 3, t.tiles = (NQ + NV + K) / BN;

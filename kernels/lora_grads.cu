@@ -269,19 +269,6 @@ template <int RP, int D_BM = lora_grads::D_BM, int D_BK = lora_grads::D_BK, int 
 constexpr size_t down_smem() { return stages_smem(down_stage<RP, D_BM, D_BK>(), D_STAGES); }
 template <int RP, int STAGES = lora_grads::STAGES> constexpr size_t thin_smem() { return stages_smem(thin_stage<RP>(), STAGES); }
 
-/* A tensor map over a (rows, cols) row-major matrix of T in unswizzled boxes of (box_cols, box_rows),
- * zero fill past the edges (the thin operands: a rank's columns a row). */
-template <typename T>
-cudaError_t encode_plain(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap *map, const void *p, int64_t rows,
-                         int64_t cols, int box_cols, int box_rows) {
-    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * sizeof(T)};
-    const cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, elem[2] = {1, 1};
-    CUresult r = encode(map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
-                        2, (void *)p, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-    return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
-}
-
 /* SPLITS of whole stages: a function of M alone, so an element's bits do not depend on the other
    adapters of the launch or on the device */
 inline void split_rows(int M, int splits, ThinArgs *a) {
@@ -341,7 +328,7 @@ template <typename T> an_status run(an_ctx *ctx, an_cuda_state *s, int M, int K,
         if (!ad[i].d_down) continue;
         const int n = (int)ad[i].n, r = (int)ad[i].r;
         AN_CUDA_CHECK(ctx, tma::encode_2d(encode, &down.dy[n_down], (const T *)ad[i].dy, M, n, 64, D_BM));
-        AN_CUDA_CHECK(ctx, encode_plain<T>(encode, &down.b[n_down], ad[i].lora_b, n, r, rp, D_BK));
+        AN_CUDA_CHECK(ctx, tma::encode_2d(encode, &down.b[n_down], (const T *)ad[i].lora_b, n, r, rp, D_BK, false));
         down.d_down[n_down] = ad[i].d_down, down.n[n_down] = n, down.r[n_down] = r;
         down.scale[n_down++] = (float)ad[i].scale;
     }
@@ -385,7 +372,7 @@ template <typename T> an_status run(an_ctx *ctx, an_cuda_state *s, int M, int K,
         Job &j = thin.job[jn];
         AN_CUDA_CHECK(ctx, tma::encode_2d(encode, &j.q, (const T *)q_of[jn], M, j.n, 64, BK));
         for (int i = 0; i < j.parts; i++)
-            AN_CUDA_CHECK(ctx, encode_plain<T>(encode, &j.p[i], p_of[jn][i], M, j.r[i], round16(j.r[i]), BK));
+            AN_CUDA_CHECK(ctx, tma::encode_2d(encode, &j.p[i], (const T *)p_of[jn][i], M, j.r[i], round16(j.r[i]), BK, false));
     }
     split_rows(M, SPLITS, &thin);
     void *scratch = nullptr;

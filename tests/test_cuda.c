@@ -964,6 +964,18 @@ static void expect_sums_close(an_ctx *ctx, const an_tensor *dev, const double *w
     free(got), free(bound);
 }
 
+/* want (a, b) = old + p^T q for p (m, a) and q (m, b) in float64 (old NULL: none), and abs the sum
+ * of the absolute terms. */
+static void transposed_product(const double *p, const double *q, const double *old, int64_t m, int64_t a, int64_t b,
+                               double *want, double *abs) {
+    for (int64_t i = 0; i < a; i++)
+        for (int64_t j = 0; j < b; j++) {
+            double acc = old ? old[i * b + j] : 0, sa = fabs(acc);
+            for (int64_t row = 0; row < m; row++) acc += p[row * a + i] * q[row * b + j], sa += fabs(p[row * a + i] * q[row * b + j]);
+            want[i * b + j] = acc, abs[i * b + j] = sa;
+        }
+}
+
 /* an_cuda_lora_grads: 1-3 adapters of one backward, d_down = scale dY B, dB = dY^T down and
  * dA = d_down^T x_lora against float64 references (dA from the launch's own rounded d_down, as the
  * op defines it), written into poisoned buffers or added into old gradients; adapters sharing
@@ -1037,26 +1049,14 @@ START_TEST(test_cuda_lora_grads_match_the_reference) {
                 if (gb[i]) { /* dB (n, r) = dY^T down, + old */
                     double *old = c->add ? test_values(old_b[i].host) : NULL;
                     double *want = malloc((size_t)(n * r) * sizeof *want), *abs = malloc((size_t)(n * r) * sizeof *abs);
-                    for (int64_t o = 0; o < n; o++)
-                        for (int64_t j = 0; j < r; j++) {
-                            double acc = old ? old[o * r + j] : 0, sa = fabs(acc);
-                            for (int64_t row = 0; row < m; row++)
-                                acc += dyv[row * n + o] * dv[row * r + j], sa += fabs(dyv[row * n + o] * dv[row * r + j]);
-                            want[o * r + j] = acc, abs[o * r + j] = sa;
-                        }
+                    transposed_product(dyv, dv, old, m, n, r, want, abs);
                     expect_sums_close(ctx, gb[i], want, abs, rtol, "lora_grads %s case %zu adapter %d dB", an_dtype_name(dtype), ci, i);
                     free(want), free(abs), free(old);
                 }
                 if (ga[i]) { /* dA (r, k) = d_down^T x_lora, from the launch's rounded d_down, + old */
                     double *old = c->add ? test_values(old_a[i].host) : NULL, *ddv = test_download(ctx, dd[i]);
                     double *want = malloc((size_t)(r * k) * sizeof *want), *abs = malloc((size_t)(r * k) * sizeof *abs);
-                    for (int64_t j = 0; j < r; j++)
-                        for (int64_t t = 0; t < k; t++) {
-                            double acc = old ? old[j * k + t] : 0, sa = fabs(acc);
-                            for (int64_t row = 0; row < m; row++)
-                                acc += ddv[row * r + j] * xv[row * k + t], sa += fabs(ddv[row * r + j] * xv[row * k + t]);
-                            want[j * k + t] = acc, abs[j * k + t] = sa;
-                        }
+                    transposed_product(ddv, xv, old, m, r, k, want, abs);
                     expect_sums_close(ctx, ga[i], want, abs, rtol, "lora_grads %s case %zu adapter %d dA", an_dtype_name(dtype), ci, i);
                     free(want), free(abs), free(old), free(ddv);
                 }
