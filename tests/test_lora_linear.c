@@ -1,7 +1,8 @@
 /* test_lora_linear.c — the fused LoRA linear op (ops/lora_linear.c): its forward against the
  * same sum built from separate ops in float64, float64 finite-difference gradient checks of every
  * input (x and x_lora apart, x_lora being x itself, with and without bias, frozen weight), the
- * bf16 CPU path, and shape errors that name the operands. The CUDA path against this one is in
+ * bf16 CPU path and its rounding order (peft's: the base first), and shape errors that name the
+ * operands. The CUDA path against this one is in
  * tests/test_cuda_lora_linear.c. */
 #include <math.h>
 #include <stdlib.h>
@@ -75,6 +76,39 @@ START_TEST(test_lora_linear_matches_separate_ops_and_passes_gradcheck) {
 }
 END_TEST
 
+/* bf16 on the CPU in peft's order: the base rounded first, so an adapter's products under half a
+ * unit in the last place of outputs of 0.25 and more leave them as the base alone gives them (one
+ * rounding of the whole sum would move some), while products of B at full size do move them. */
+START_TEST(test_lora_linear_rounds_the_base_first_on_the_cpu) {
+    an_ctx *ctx = test_ctx(11);
+    const int64_t rows = 64, in = 64, out = 96, r = 16;
+    an_tensor *x = test_uniform(ctx, AN_BF16, 2, (int64_t[]){rows, in}, -1, 1, false);
+    an_tensor *w = test_uniform(ctx, AN_BF16, 2, (int64_t[]){out, in}, -1, 1, false);
+    an_tensor *a = test_uniform(ctx, AN_BF16, 2, (int64_t[]){r, in}, -0.5, 0.5, false);
+    an_tensor *tiny = test_uniform(ctx, AN_BF16, 2, (int64_t[]){out, r}, -4e-6, 4e-6, false);
+    an_tensor *full = test_uniform(ctx, AN_BF16, 2, (int64_t[]){out, r}, -0.5, 0.5, false);
+    an_tensor *base = an_linear(ctx, x, w, NULL), *with_tiny = an_lora_linear(ctx, x, x, w, NULL, a, tiny, 1.0);
+    an_tensor *with_full = an_lora_linear(ctx, x, x, w, NULL, a, full, 1.0);
+    ck_assert_msg(base && with_tiny && with_full, "%s", an_error_message(ctx));
+    double *bv = test_values(base), *tv = test_values(with_tiny), *fv = test_values(with_full);
+    int64_t checked = 0, moved = 0;
+    for (int64_t i = 0; i < rows * out; i++) {
+        if (fabs(bv[i]) < 0.25) continue;
+        checked++;
+        ck_assert_msg(tv[i] == bv[i], "output %lld moved from %g to %g by adapter products under half an ulp",
+                      (long long)i, bv[i], tv[i]);
+        moved += fv[i] != bv[i];
+    }
+    ck_assert_msg(checked > rows * out / 2, "only %lld outputs of 0.25 or more", (long long)checked);
+    ck_assert_msg(moved > checked / 2, "full-size adapter products moved only %lld of %lld outputs", (long long)moved,
+                  (long long)checked);
+    free(bv), free(tv), free(fv);
+    an_tensor *all[] = {x, w, a, tiny, full, base, with_tiny, with_full};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) an_tensor_release(all[i]);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* A shared input gets dY W + d_down A in one gradient, equal to the composite's sum of two. */
 START_TEST(test_lora_linear_shared_input_gradient_equals_composite) {
     an_ctx *ctx = test_ctx(7);
@@ -126,6 +160,7 @@ int main(void) {
     Suite *s = suite_create("lora_linear");
     test_add_case(s, "forward and gradcheck", test_lora_linear_matches_separate_ops_and_passes_gradcheck);
     test_add_case(s, "shared input", test_lora_linear_shared_input_gradient_equals_composite);
+    test_add_case(s, "peft's rounding order", test_lora_linear_rounds_the_base_first_on_the_cpu);
     test_add_case(s, "errors", test_lora_linear_rejects_mismatched_shapes);
     return test_run(s);
 }

@@ -8,13 +8,15 @@
  * has no gradient yet, then the base dX GEMM adds dY W into it.
  *
  * Numerics: down = scale x_lora A^T (N, r) is rounded once to the dtype (the scale rides in the thin
- * GEMM, cuBLASLt's alpha, as does d_down's); y = round(x W^T + bias + round(down B^T)) with fp32
- * accumulation on CUDA
- * (float64 for bf16/f16 on the CPU, as every GEMM here): the branch's small values enter the sum
- * before its one rounding at y's scale. (On an H100, cuBLASLt's beta-1 GEMM does not round once:
- * with branches under half an ulp it moves 4.78% of the outputs off x W^T alone, as rounding x
- * W^T first does (4.79%, peft's order) where one rounding of the sum moves 10.2%:
- * bench/gemm_wgmma_variants, proj; an_cuda_gemm_projections keeps that order by construction.)
+ * GEMM, cuBLASLt's alpha, as does d_down's); y in peft's order: the base x W^T + bias rounded to
+ * the dtype, then the branch's product down B^T added to it and rounded again, so an adapter's
+ * first products (B starts at zero), under half a unit of y's last place, round away as they do
+ * in peft. On the CPU that is the base GEMM, then the branch GEMM adding its float64 product into
+ * it. On CUDA the branch's GEMM writes y first and the base GEMM adds into it (beta 1), which
+ * cuBLASLt rounds the same way: with branches under half an ulp it moves 4.78% of the outputs off
+ * x W^T alone, as rounding x W^T first does (4.79%) where one rounding of the sum moves 10.2%
+ * (an H100, bench/gemm_wgmma_variants, proj; an_cuda_gemm_projections keeps that order by
+ * construction).
  * A residual is not taken into the op: added to the
  * branch's product (or to a rounded x W^T) it would round the branch away where it is under half
  * a unit of the residual's last place (the adapter's first steps, B starting at zero), which a
@@ -55,8 +57,14 @@ an_status an_op_lora_linear_into(an_ctx *ctx, const an_tensor *x, const an_tenso
     an_gemm_shape branch = {1, rows, out_features, r, false, true, false, false}; /* y = down B^T */
     an_gemm_shape base = {1, rows, out_features, in, false, true, false, true};   /* y += x W^T + bias */
     AN_TRY(an_op_gemm_scaled(ctx, &to_down, scale, x_lora, a, down));
-    AN_TRY(an_op_gemm(ctx, &branch, down, b, out));
-    return an_op_gemm_bias(ctx, &base, x, w, bias, out);
+    if (out->device == AN_CUDA) { /* the branch written first, the base GEMM adding into it */
+        AN_TRY(an_op_gemm(ctx, &branch, down, b, out));
+        return an_op_gemm_bias(ctx, &base, x, w, bias, out);
+    }
+    /* the CPU: the base rounded first, then the branch's float64 product added to it, rounded again */
+    base.accumulate = false, branch.accumulate = true;
+    AN_TRY(an_op_gemm_bias(ctx, &base, x, w, bias, out));
+    return an_op_gemm(ctx, &branch, down, b, out);
 }
 
 an_tensor *an_lora_linear(an_ctx *ctx, an_tensor *x, an_tensor *x_lora, an_tensor *w, an_tensor *bias, an_tensor *a,
