@@ -267,7 +267,8 @@ int an_cuda_gemm_projections_rule(an_ctx *ctx, an_dtype dtype, const void *x, in
 an_status an_cuda_gemm_projections(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
                                    const an_cuda_projection *proj);
 /* One LoRA adapter of an_cuda_lora_grads: on a projection (M, n) whose output gradient is dy,
- * with B (n, r), the forward's down (M, r) (its scale x_lora A^T, rounded) and input x_lora (M, K).
+ * with B (n, r), the forward's down (M, r) (its scale x_lora A^T, rounded) and input x_lora (M, K)
+ * (read only for grad_a; may be NULL without it).
  * Outputs, each NULL where not wanted: d_down (M, r) = scale dy B, rounded (needed for grad_a);
  * grad_b (n, r) = dy^T down; grad_a (r, K) = d_down^T x_lora. add_b / add_a: the old gradient is
  * added to the fp32 sum before its rounding (beta 1), else the gradient is written. */

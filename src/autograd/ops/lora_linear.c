@@ -145,7 +145,7 @@ static an_status fused_adapter_grads(an_ctx *ctx, an_node *node, int count, cons
         an_tensor *w = node->inputs[ad[i].at.w], *b = node->inputs[ad[i].at.b];
         int64_t r = b->shape[1];
         args[i] = (an_cuda_lora_grad){.dy = an_tensor_data(ad[i].grad_out), .lora_b = an_tensor_data(b),
-                                      .down = an_tensor_data(ad[i].down), .x_lora = an_tensor_data(ad[i].x_lora),
+                                      .down = an_tensor_data(ad[i].down),
                                       .n = w->shape[0], .r = r, .scale = ad[i].scale};
         st = grad_target(ctx, node, ad[i].at.b, &gb[i], &fresh_b[i], &args[i].add_b);
         if (st == AN_OK) st = grad_target(ctx, node, ad[i].at.a, &ga[i], &fresh_a[i], &args[i].add_a);
@@ -155,6 +155,7 @@ static an_status fused_adapter_grads(an_ctx *ctx, an_node *node, int count, cons
         }
         args[i].grad_b = gb[i] ? an_tensor_data(gb[i]) : NULL;
         args[i].grad_a = ga[i] ? an_tensor_data(ga[i]) : NULL;
+        args[i].x_lora = ga[i] ? an_tensor_data(ad[i].x_lora) : NULL; /* materialized where dA is wanted */
         args[i].d_down = d_down[i] ? an_tensor_data(d_down[i]) : NULL;
     }
     if (st == AN_OK && an_cuda_lora_grads_rule(ctx, x->dtype, rows, in, count, args)) {
