@@ -341,41 +341,24 @@ an_status an_cuda_set_pdl(an_ctx *ctx, int on) {
     return AN_OK;
 }
 
-an_status an_cuda_set_wgmma(an_ctx *ctx, bool on) {
-    AN_CUDA_STATE(ctx, s);
-    s->wgmma_off = !on;
+/* The measurement switches of the state: *off = !on (an error naming fn before an_ctx_use_cuda). */
+static an_status switch_off(an_ctx *ctx, const char *fn, int an_cuda_state::*off, bool on) {
+    AN_CHECK(ctx, ctx->cuda != NULL, AN_ERR_INTERNAL, "%s: CUDA launcher called before an_ctx_use_cuda", fn);
+    ctx->cuda->*off = !on;
     return AN_OK;
 }
 
-an_status an_cuda_set_logits_stats(an_ctx *ctx, bool on) {
-    AN_CUDA_STATE(ctx, s);
-    s->logits_stats_off = !on;
-    return AN_OK;
-}
+an_status an_cuda_set_wgmma(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::wgmma_off, on); }
 
-an_status an_cuda_set_projections(an_ctx *ctx, bool on) {
-    AN_CUDA_STATE(ctx, s);
-    s->projections_off = !on;
-    return AN_OK;
-}
+an_status an_cuda_set_logits_stats(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::logits_stats_off, on); }
 
-an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on) {
-    AN_CUDA_STATE(ctx, s);
-    s->lora_grads_off = !on;
-    return AN_OK;
-}
+an_status an_cuda_set_projections(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::projections_off, on); }
 
-an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) {
-    AN_CUDA_STATE(ctx, s);
-    s->attention_cudnn_off = !on;
-    return AN_OK;
-}
+an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::lora_grads_off, on); }
 
-an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on) {
-    AN_CUDA_STATE(ctx, s);
-    s->attention_cudnn_nondeterministic = !on;
-    return AN_OK;
-}
+an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::attention_cudnn_off, on); }
+
+an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::attention_cudnn_nondeterministic, on); }
 
 an_status an_cuda_set_attention_cudnn_padding_mask(an_ctx *ctx, bool always) {
     AN_CUDA_STATE(ctx, s);

@@ -713,12 +713,13 @@ END_TEST
 
 /* A refused an_cuda_gemm_segments call: an input error whose message names the launcher and the
  * case (needle), cleared so the next case is checked on its own. */
-static void expect_segments_error(an_ctx *ctx, an_status st, const char *needle) {
+/* st and ctx's error an input error whose message names the launcher (and needle, when not NULL). */
+static void expect_input_error(an_ctx *ctx, an_status st, const char *launcher, const char *needle) {
     ck_assert_int_eq(st, AN_ERR_INPUT);
     ck_assert_int_eq(an_error_status(ctx), AN_ERR_INPUT);
     const char *msg = an_error_message(ctx);
-    ck_assert_msg(strstr(msg, "gemm_segments") != NULL && strstr(msg, needle) != NULL, "message '%s' lacks '%s'",
-                  msg, needle);
+    ck_assert_msg(strstr(msg, launcher) != NULL, "message '%s' lacks the launcher %s", msg, launcher);
+    ck_assert_msg(!needle || strstr(msg, needle) != NULL, "message '%s' lacks '%s'", msg, needle);
     an_error_clear(ctx);
 }
 
@@ -783,13 +784,13 @@ START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
     int64_t ks[7];
     for (int s = 0; s < 7; s++) ap[s] = bp[s] = an_tensor_data(a.dev), ks[s] = 64;
     double *before = test_download(ctx, c);
-    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 0, ap, ks, bp, false, an_tensor_data(c)),
-                          "0 segments");
-    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 7, ap, ks, bp, false, an_tensor_data(c)),
-                          "7 segments");
+    expect_input_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 0, ap, ks, bp, false, an_tensor_data(c)),
+                       "gemm_segments", "0 segments");
+    expect_input_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 7, ap, ks, bp, false, an_tensor_data(c)),
+                       "gemm_segments", "7 segments");
     ks[1] = 12; /* not a multiple of 8: off the tensor maps */
-    expect_segments_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 2, ap, ks, bp, true, an_tensor_data(c)),
-                          "segment 1");
+    expect_input_error(ctx, an_cuda_gemm_segments(ctx, AN_BF16, 64, 64, 2, ap, ks, bp, true, an_tensor_data(c)),
+                       "gemm_segments", "segment 1");
     double *after = test_download(ctx, c);
     ck_assert_msg(memcmp(before, after, 64 * 64 * sizeof *before) == 0, "gemm_segments: a refused call wrote D");
     free(before), free(after);
@@ -800,13 +801,6 @@ START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
 END_TEST
 
 /* A refused an_cuda_gemm_projections call: an input error naming the launcher, cleared. */
-static void expect_projections_error(an_ctx *ctx, an_status st) {
-    ck_assert_int_eq(st, AN_ERR_INPUT);
-    const char *msg = an_error_message(ctx);
-    ck_assert_msg(strstr(msg, "gemm_projections") != NULL, "message '%s' lacks the launcher", msg);
-    an_error_clear(ctx);
-}
-
 /* an_cuda_gemm_projections (Hopper only; SKIP elsewhere): 1-3 projections of one input side by
  * side, each out = round(x W^T + bias) + down B^T with or without an adapter and a bias, against
  * a float64 reference (the base rounded to the dtype first) within the GEMM bound; ragged M and K
@@ -924,13 +918,16 @@ START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
     for (int g = 0; g < 4; g++)
         cp[g] = (an_cuda_projection){an_tensor_data(w.dev), NULL, NULL, NULL, 64, 0, an_tensor_data(out)};
     double *before = test_download(ctx, out);
-    expect_projections_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp));
+    expect_input_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp),
+                       "gemm_projections", NULL);
     for (int g = 0; g < 4; g++) cp[g].n = 128;
-    expect_projections_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 4, cp));
+    expect_input_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 4, cp),
+                       "gemm_projections", NULL);
     ck_assert(an_cuda_gemm_projections_rule(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp));
     test_ok(ctx, an_cuda_set_projections(ctx, false), "projections off");
     ck_assert(!an_cuda_gemm_projections_rule(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp));
-    expect_projections_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp));
+    expect_input_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp),
+                       "gemm_projections", NULL);
     test_ok(ctx, an_cuda_set_projections(ctx, true), "projections on");
     double *after = test_download(ctx, out);
     ck_assert_msg(memcmp(before, after, 64 * 256 * sizeof *before) == 0, "gemm_projections: a refused call wrote out");
@@ -940,13 +937,6 @@ START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
     test_ctx_free(ctx);
 }
 END_TEST
-
-static void expect_lora_grads_error(an_ctx *ctx, an_status st) {
-    ck_assert_int_eq(st, AN_ERR_INPUT);
-    const char *msg = an_error_message(ctx);
-    ck_assert_msg(strstr(msg, "lora_grads") != NULL, "message '%s' lacks the launcher", msg);
-    an_error_clear(ctx);
-}
 
 /* Fills bound[i] = rtol |want[i]| + 1e-4 abs[i] (abs: the sum of the absolute terms: fp32 sums in
  * another order) and checks the download of dev. */
@@ -1101,15 +1091,15 @@ START_TEST(test_cuda_lora_grads_match_the_reference) {
     an_cuda_lora_grad ad = {an_tensor_data(dy.dev), an_tensor_data(lb.dev), an_tensor_data(down.dev), an_tensor_data(x.dev),
                             64, 12, 1.0, o, o, o, 0, 0};
     double *before = test_download(ctx, out);
-    expect_lora_grads_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad));
+    expect_input_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad), "lora_grads", NULL);
     ad.r = 16, ad.d_down = NULL;
-    expect_lora_grads_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad));
+    expect_input_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad), "lora_grads", NULL);
     ad.d_down = o;
-    expect_lora_grads_error(ctx, an_cuda_lora_grads(ctx, AN_F32, 64, 64, 1, &ad));
+    expect_input_error(ctx, an_cuda_lora_grads(ctx, AN_F32, 64, 64, 1, &ad), "lora_grads", NULL);
     ck_assert(an_cuda_lora_grads_rule(ctx, AN_BF16, 64, 64, 1, &ad));
     test_ok(ctx, an_cuda_set_lora_grads(ctx, false), "lora_grads off");
     ck_assert(!an_cuda_lora_grads_rule(ctx, AN_BF16, 64, 64, 1, &ad));
-    expect_lora_grads_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad));
+    expect_input_error(ctx, an_cuda_lora_grads(ctx, AN_BF16, 64, 64, 1, &ad), "lora_grads", NULL);
     test_ok(ctx, an_cuda_set_lora_grads(ctx, true), "lora_grads on");
     double *after = test_download(ctx, out);
     ck_assert_msg(memcmp(before, after, 64 * 64 * sizeof *before) == 0, "lora_grads: a refused call wrote out");

@@ -141,12 +141,16 @@ static an_status fused_adapter_grads(an_ctx *ctx, an_node *node, int count, cons
     int64_t in = x->shape[x->ndim - 1], rows = an_tensor_numel(x) / (in ? in : 1);
     an_status st = AN_OK;
     *taken = false;
-    for (int i = 0; i < count && st == AN_OK; i++) {
+    for (int i = 0; i < count; i++) {
         an_tensor *w = node->inputs[ad[i].at.w], *b = node->inputs[ad[i].at.b];
-        int64_t r = b->shape[1];
         args[i] = (an_cuda_lora_grad){.dy = an_tensor_data(ad[i].grad_out), .lora_b = an_tensor_data(b),
                                       .down = an_tensor_data(ad[i].down),
-                                      .n = w->shape[0], .r = r, .scale = ad[i].scale};
+                                      .n = w->shape[0], .r = b->shape[1], .scale = ad[i].scale};
+    }
+    /* the inputs first, so a refused launch allocates nothing (the outputs come from the cache, aligned) */
+    if (!an_cuda_lora_grads_rule(ctx, x->dtype, rows, in, count, args)) return AN_OK;
+    for (int i = 0; i < count && st == AN_OK; i++) {
+        int64_t r = args[i].r;
         st = grad_target(ctx, node, ad[i].at.b, &gb[i], &fresh_b[i], &args[i].add_b);
         if (st == AN_OK) st = grad_target(ctx, node, ad[i].at.a, &ga[i], &fresh_a[i], &args[i].add_a);
         if (st == AN_OK && (need_d_down[i] || ga[i])) {
