@@ -51,6 +51,7 @@
  * (batch 1: 15.2 vs 10.4 us, batch 32: 38.5 vs 23 us, 256 keys). */
 #include "kernels/attention_mma.cuh" /* the tensor-core path for bf16/f16, head_dim 64 and 128 */
 #include "kernels/attention_cudnn.cuh" /* cuDNN's fused flash attention for those without segments */
+#include "kernels/attention_wgmma.cuh" /* the Hopper backward for head_dim 128 without segments */
 #include "kernels/block_reduce.cuh" /* an_lanes_sum, an_lanes_max */
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.cuh" /* the grouped-query decode kernel, tried first */
@@ -685,6 +686,11 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *sh, 
     if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
     void *delta = nullptr;
     const void *bufs[] = {q, k, v, out, grad_out, grad_q, grad_k, grad_v, lse};
+    if (an_attention_wgmma_takes(ctx, sh, dtype, segments, bufs, 9)) {
+        AN_TRY(an_cuda_scratch(ctx, (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float), &delta));
+        return an_attention_wgmma_backward(ctx, sh, dtype, q, k, v, out, lse, grad_out, (float *)delta, grad_q,
+                                           grad_k, grad_v);
+    }
     if (cudnn_takes(ctx, dtype, sh->head_dim, segments, bufs, 9))
         return an_attention_cudnn_backward(ctx, sh, dtype, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v);
     if (an_attention_mma_takes(dtype, sh->head_dim) && an_attention_mma_aligned(bufs, 8)) {

@@ -679,11 +679,16 @@ template <typename T, int D> an_status forward_td(an_ctx *ctx, const an_attentio
     return launch(ctx, forward_kernel<T, D, KT>, grid, FwdSmem<T, D, KT>::bytes, a, "attention_mma forward_kernel");
 }
 
-template <typename T, int D> an_status backward_td(an_ctx *ctx, const an_attention_shape *sh, const Args &a) {
+template <typename T, int D> an_status delta_td(an_ctx *ctx, const an_attention_shape *sh, const Args &a) {
     AN_CUDA_STATE(ctx, s);
     int64_t rows = sh->batch * sh->seq * sh->q_heads;
     delta_kernel<T, D><<<(unsigned)((rows + 7) / 8), 256, 0, s->stream>>>(a, rows);
     AN_CUDA_LAUNCH_CHECK(ctx, "attention_mma delta_kernel");
+    return AN_OK;
+}
+
+template <typename T, int D> an_status backward_td(an_ctx *ctx, const an_attention_shape *sh, const Args &a) {
+    AN_TRY((delta_td<T, D>(ctx, sh, a)));
     if (a.dq)
         AN_TRY(launch(ctx, dq_kernel<T, D>, grid_of(sh, sh->q_heads, kTile), BwdSmem<T, D>::dq_bytes, a,
                       "attention_mma dq_kernel"));
@@ -734,6 +739,17 @@ an_status an_attention_mma_forward(an_ctx *ctx, const an_attention_shape *sh, an
     Args a = make_args(sh, q, k, v, segments, seg_wide);
     a.o = out, a.lse = lse;
     AN_MMA_DISPATCH(ctx, dtype, sh->head_dim, forward_td, ctx, sh, a);
+}
+
+an_status an_attention_mma_delta(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *out,
+                                 const void *grad_out, float *delta) {
+    AN_CHECK(ctx, an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
+             "attention_mma: %s head_dim %lld is not a tensor-core shape", an_dtype_name(dtype),
+             (long long)sh->head_dim);
+    if (sh->batch == 0 || sh->seq == 0) return AN_OK;
+    Args a = make_args(sh, nullptr, nullptr, nullptr, nullptr, false);
+    a.out = out, a.dout = grad_out, a.delta = delta;
+    AN_MMA_DISPATCH(ctx, dtype, sh->head_dim, delta_td, ctx, sh, a);
 }
 
 an_status an_attention_mma_backward(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,

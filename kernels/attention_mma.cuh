@@ -27,4 +27,9 @@ an_status an_attention_mma_backward(an_ctx *ctx, const an_attention_shape *sh, a
                                     const void *out, const float *lse, const void *grad_out, float *delta,
                                     void *grad_q, void *grad_k, void *grad_v);
 
+/* delta (B, Hq, T) f32 = the sum over d of grad_out * out (the backward's first pass; also
+ * attention_wgmma.cu's). */
+an_status an_attention_mma_delta(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *out,
+                                 const void *grad_out, float *delta);
+
 #endif

@@ -91,6 +91,10 @@ an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on);
  * attention (kernels/attention_cudnn.cu; on by default) or on our tensor-core kernels
  * (kernels/attention_mma.cu): off to compare the two. */
 an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on);
+/* Whether the attention backward takes kernels/attention_wgmma.cu where that applies (on by
+ * default: an H100-class device, bf16/f16, head_dim 128, no segments, T a multiple of 64): off to
+ * compare it with cuDNN's (or, with cuDNN off as well, attention_mma.cu's). */
+an_status an_cuda_set_attention_wgmma(an_ctx *ctx, bool on);
 /* Whether cuDNN's attention backward is its deterministic one (on by default, bit-reproducible
  * like our kernels) or the one that accumulates dQ with atomics: off only to measure it. */
 an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on);
@@ -319,8 +323,10 @@ bool an_cuda_attention_uses_tensor_cores(an_dtype dtype, int64_t head_dim);
  * of dtype, grad_k/grad_v summed over the query heads of each kv head in a fixed order
  * (deterministic). Any gradient pointer may be NULL.
  * Paths: bf16/f16 with head_dim 64 or 128 and 16-byte-aligned buffers run on the tensor cores:
- * without segments on cuDNN's fused flash attention (kernels/attention_cudnn.cu; unless
- * an_cuda_set_attention_cudnn turned it off), else on ours (kernels/attention_mma.cu); both read
+ * on a compute capability 9.0 device with head_dim 128, no segments and T a multiple of 64 on our
+ * warpgroup kernels (kernels/attention_wgmma.cu; unless an_cuda_set_attention_wgmma turned them
+ * off); else without segments on cuDNN's fused flash attention (kernels/attention_cudnn.cu; unless
+ * an_cuda_set_attention_cudnn turned it off), else on ours (kernels/attention_mma.cu); all read
  * out for delta = rowsum(grad_out * out). Everything else runs on the fp32 CUDA-core kernels of
  * kernels/attention.cu, which do not read out (it may be NULL where
  * an_cuda_attention_uses_tensor_cores is false). */

@@ -74,6 +74,10 @@ an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_attention_wgmma(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_set_attention_cudnn_engine(an_ctx *ctx, int backward, int engine) {
     (void)backward, (void)engine;
     return NO_CUDA(ctx);

@@ -36,6 +36,12 @@ __device__ __forceinline__ void load(uint32_t dst, const void *map, int32_t c0, 
                  ::"r"(dst), "l"(map), "r"(c0), "r"(c1), "r"(bar)
                  : "memory");
 }
+/* bytes (a multiple of 16, src 16-byte aligned) from global src into shared dst, completing on bar. */
+__device__ __forceinline__ void load_bytes(uint32_t dst, const void *src, uint32_t bytes, uint32_t bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+}
 /* The box at (c0, c1) of map into dst of every CTA in mask of this one's cluster (the same
  * CTA-relative offset in each), its bytes completing on each one's bar at bar's offset. */
 __device__ __forceinline__ void load_multicast(uint32_t dst, const void *map, int32_t c0, int32_t c1, uint32_t bar,

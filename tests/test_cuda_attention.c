@@ -121,6 +121,9 @@ static const dims shapes[] = {
      * tile, GQA 4:1 and 6:1, scattered ids, one token */
     {2, 200, 8, 2, 128, SEG_SCATTERED}, {1, 257, 4, 1, 64, SEG_NONE}, {1, 1, 2, 1, 128, SEG_NONE},
     {2, 192, 12, 2, 128, SEG_RUNS},
+    /* the Hopper backward (head_dim 128, no segments, T a multiple of 64): an odd count of query
+     * tiles (the last dQ block's second warpgroup idle), GQA 6:1, one head a kv head, one tile */
+    {2, 192, 12, 2, 128, SEG_NONE}, {1, 256, 4, 4, 128, SEG_NONE}, {1, 64, 6, 1, 128, SEG_NONE},
 };
 #define N_SHAPES (sizeof shapes / sizeof *shapes)
 
@@ -212,11 +215,15 @@ START_TEST(test_cuda_attention_forward_and_backward_match_float64_reference) {
     for (int d = 0; d < N_DTYPES; d++)
         for (size_t s = 0; s < N_SHAPES; s++) {
             check_shape(ctx, float_dtypes[d], shapes[s]);
-            /* unsegmented tensor-core shapes went to cuDNN: run them on our kernels as well */
+            /* unsegmented tensor-core shapes went to attention_wgmma.cu's backward where it takes
+             * them, else to cuDNN: run them on cuDNN and on attention_mma.cu as well */
             if (shapes[s].seg == SEG_NONE && an_cuda_attention_uses_tensor_cores(float_dtypes[d], shapes[s].D)) {
+                test_ok(ctx, an_cuda_set_attention_wgmma(ctx, false), "wgmma switch");
+                check_shape(ctx, float_dtypes[d], shapes[s]);
                 test_ok(ctx, an_cuda_set_attention_cudnn(ctx, false), "cuDNN switch");
                 check_shape(ctx, float_dtypes[d], shapes[s]);
                 test_ok(ctx, an_cuda_set_attention_cudnn(ctx, true), "cuDNN switch");
+                test_ok(ctx, an_cuda_set_attention_wgmma(ctx, true), "wgmma switch");
             }
         }
     test_ctx_free(ctx);
@@ -464,8 +471,8 @@ static double now_seconds(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-/* Times forward and backward (bf16, causal, no segments) and prints them with the path taken. */
-static void time_shape(an_ctx *ctx, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D) {
+/* Times forward and backward (bf16, causal, no segments) and prints them with the path named. */
+static void time_shape(an_ctx *ctx, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, const char *path) {
     int64_t qs[4] = {B, T, Hq, D}, ks[4] = {B, T, Hkv, D}, ls[3] = {B, Hq, T};
     an_tensor *t[9];
     for (int i = 0; i < 4; i++) {
@@ -506,7 +513,7 @@ static void time_shape(an_ctx *ctx, int64_t B, int64_t T, int64_t Hq, int64_t Hk
     printf("attention bf16 B %lld T %lld Hq %lld Hkv %lld D %lld causal (%s): forward %.3f ms (%.1f TFLOP/s), "
            "backward %.3f ms (%.1f TFLOP/s at 2.5x the forward's useful work; dq alone %.3f ms, dk and dv alone %.3f ms)\n",
            (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)D,
-           an_cuda_attention_uses_tensor_cores(AN_BF16, D) ? "tensor cores: cuDNN, no segments" : "CUDA cores", fwd * 1e3, flops / fwd * 1e-12,
+           path, fwd * 1e3, flops / fwd * 1e-12,
            bwd * 1e3, 2.5 * flops / bwd * 1e-12, part[0] * 1e3, part[1] * 1e3);
     fflush(stdout);
     for (int i = 0; i < 9; i++) an_tensor_release(t[i]);
@@ -515,9 +522,19 @@ static void time_shape(an_ctx *ctx, int64_t B, int64_t T, int64_t Hq, int64_t Hk
 START_TEST(test_cuda_attention_timing_is_printed) {
     an_ctx *ctx = gpu_ctx(5, "cuda attention timing");
     if (!ctx) return;
-    time_shape(ctx, 1, 2048, 16, 4, 128);
-    time_shape(ctx, 8, 1024, 12, 2, 128); /* DeepSeek-R1-Distill-Qwen-1.5B at the benchmark's batch */
-    time_shape(ctx, 1, 2048, 16, 4, 96);  /* a head size the tensor-core path does not take */
+    /* DeepSeek-R1-Distill-Qwen-1.5B at the benchmark's batch second; the backward on each path */
+    const int64_t shapes128[2][4] = {{1, 2048, 16, 4}, {8, 1024, 12, 2}};
+    for (int i = 0; i < 2; i++) {
+        const int64_t *d = shapes128[i];
+        time_shape(ctx, d[0], d[1], d[2], d[3], 128, "forward cuDNN, backward attention_wgmma.cu where it runs, else cuDNN");
+        test_ok(ctx, an_cuda_set_attention_wgmma(ctx, false), "wgmma switch");
+        time_shape(ctx, d[0], d[1], d[2], d[3], 128, "cuDNN");
+        test_ok(ctx, an_cuda_set_attention_cudnn(ctx, false), "cuDNN switch");
+        time_shape(ctx, d[0], d[1], d[2], d[3], 128, "attention_mma.cu");
+        test_ok(ctx, an_cuda_set_attention_cudnn(ctx, true), "cuDNN switch");
+        test_ok(ctx, an_cuda_set_attention_wgmma(ctx, true), "wgmma switch");
+    }
+    time_shape(ctx, 1, 2048, 16, 4, 96, "CUDA cores: a head size the tensor-core paths do not take");
     test_ctx_free(ctx);
 }
 END_TEST
