@@ -51,7 +51,7 @@
  * producer warpgroup (a warp of 288 threads still costs a warpgroup's registers, C7512). */
 #include "kernels/attention_wgmma.cuh"
 #include "kernels/attention_mma.cuh" /* an_attention_mma_delta, an_attention_mma_aligned */
-#include "kernels/mma.cuh"           /* ldsm_x4_at */
+#include "kernels/mma.cuh"           /* ldsm_x4_at, Mma<T>::pack, smem_addr */
 #include "kernels/pdl.cuh"           /* an_launch_pdl_smem, an_pdl_wait, an_pdl_trigger */
 #include "kernels/tma.cuh"           /* mbarriers, tma::load, tma::load_bytes, tma::encode_2d */
 #include "kernels/wgmma.cuh"         /* desc_k128, desc_mn128, Mma, MmaRS, fence / commit / wait */
@@ -59,7 +59,6 @@
 #include <cudaTypedefs.h> /* PFN_cuTensorMapEncodeTiled_v12000 */
 #include <stdint.h>
 
-#include <type_traits>
 
 namespace attention_wgmma {
 
@@ -95,15 +94,12 @@ struct DqLayout {
     static constexpr int BYTES = BARS + 8 * (2 + 2 * kDqStages) + 1024;
 };
 
-template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-        __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    } else {
-        __half2 v = __floats2half2_rn(lo, hi);
-        return *reinterpret_cast<uint32_t *>(&v);
-    }
-}
+/* The first 1024-byte-aligned shared address of the dynamic shared memory (the 128-byte swizzle's
+ * boxes need it; each layout reserves the 1024 bytes it may skip). */
+__device__ __forceinline__ uint32_t aligned_base(const unsigned char *smem) { return (smem_addr(smem) + 1023) & ~1023u; }
+
+/* Two floats rounded to T, lo in the low half (mma.cuh's pair packing). */
+template <typename T> __device__ __forceinline__ uint32_t pack2(float lo, float hi) { return ::Mma<T>::pack(lo, hi); }
 
 /* A 64 x 64 accumulator (64 rows of this warpgroup x 64 columns) as the A fragments of its four
  * 16-column slices (wgmma.cuh: the accumulator's layout is A's). */
@@ -202,8 +198,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if AN_WGMMA_AVAILABLE
     using L = DkvLayout;
     extern __shared__ unsigned char smem_raw[];
-    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
-    unsigned char *gen = smem_raw + (base - raw); /* base as a generic pointer */
+    const uint32_t base = aligned_base(smem_raw);
+    unsigned char *gen = smem_raw + (base - smem_addr(smem_raw)); /* base as a generic pointer */
     const uint32_t kv_bar = base + L::BARS, full = kv_bar + 8;
     /* the warpgroup's index through a shuffle: uniform to the compiler, whose wgmma would otherwise
      * be serialized in loops whose bounds depend on it */
@@ -339,7 +335,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #if AN_WGMMA_AVAILABLE
     using L = DqLayout;
     extern __shared__ unsigned char smem_raw[];
-    const uint32_t raw = (uint32_t)__cvta_generic_to_shared(smem_raw), base = (raw + 1023) & ~1023u;
+    const uint32_t base = aligned_base(smem_raw);
     const uint32_t q_bar = base + L::BARS, full = q_bar + 16, empty = full + 8 * kDqStages;
     /* the warpgroup's index through a shuffle: uniform to the compiler, whose wgmma would otherwise
      * be serialized in loops whose bounds depend on it */
