@@ -4,8 +4,8 @@
  *
  * Why: cuDNN's backward at the 1.5B model's shape (B 8, T 1024, Hq 12, Hkv 2, D 128) took 292 us a
  * layer in a LoRA q,v step (bprop 159, a dQ matmul over a stored dS 82, dot(dO, O) 20, the kv
- * heads' reductions 12 + 12), 243 TFLOP/s of useful work. Here (H100, docs/performance.md): 273
- * us in the step (dK/dV 131, dQ 114, delta 27); alone 0.227-0.230 ms against cuDNN's 0.273-0.277.
+ * heads' reductions 12 + 12), 243 TFLOP/s of useful work. Here (H100, docs/performance.md): 257
+ * us in the step (dK/dV 125, dQ 105, delta 27); alone 0.221 ms against cuDNN's 0.273-0.277.
  *
  * Numerics (attention_mma.cu's, so the paths agree to rounding): S = q.k and every product sum in
  * fp32; P = 2^(S scale log2(e) - lse log2(e)) from the forward's lse; dS = P (dP - delta) with
@@ -36,7 +36,8 @@
  *   first; warpgroup c owns query tile 2p + c, whose Q and dO it keeps as A fragments in
  *   registers, and both stream the key tiles 0 .. 2p + 1 through four shared stages (K, V) that the
  *   second warpgroup's thread 0 refills once both gave a stage back. Per key tile: S = Q K^T,
- *   dP = dO V^T, dS in registers, dQ += dS K (K read transposed).
+ *   dP = dO V^T, dS in registers, dQ += dS K (K read transposed). dQ leaves through shared memory
+ *   by the tensor memory accelerator.
  * Work per visible (query, key) pair and head dim: 7 multiply-adds (dQ 3, dK/dV 4), flash
  * attention 2's 5 plus the recomputation of S and dP that the dQ kernel's own sums cost (rather
  * than atomics).
@@ -331,7 +332,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
     dq_kernel(const __grid_constant__ CUtensorMap qmap, const __grid_constant__ CUtensorMap kmap,
-              const __grid_constant__ CUtensorMap vmap, const __grid_constant__ CUtensorMap dmap, Params p) {
+              const __grid_constant__ CUtensorMap vmap, const __grid_constant__ CUtensorMap dmap,
+              const __grid_constant__ CUtensorMap omap, Params p) {
 #if AN_WGMMA_AVAILABLE
     using L = DqLayout;
     extern __shared__ unsigned char smem_raw[];
@@ -448,9 +450,30 @@ __global__ void __launch_bounds__(kThreads, 1)
         }
     }
     wgmma::wait<0>();
-    if (p.dq)
-        store_acc<T>((T *)p.dq, (int64_t)b * p.T + (int64_t)qt * kTile, (int64_t)p.Hq * kD, (int64_t)h * kD, dq,
-                     p.scale);
+    /* dQ, scaled and rounded, into this warpgroup's Q / dO memory (free: their fragments are in
+     * registers) in the boxes' swizzled layout, then out by the tensor memory accelerator: 4-byte
+     * stores from the fragments straight to global memory queued behind each other (lg_throttle and
+     * drain stalls under Nsight Compute) */
+    {
+        const int c = 2 * (lane % 4);
+#pragma unroll
+        for (int j = 0; j < 16; j++)
+#pragma unroll
+            for (int h2 = 0; h2 < 2; h2++) {
+                const int r = r0 + 8 * h2;
+                const uint32_t at = qs + (j / 8) * kBox + r * 128 + (((j % 8) ^ (r % 8)) << 4) + 2 * c;
+                const uint32_t v = pack2<T>(dq[4 * j + 2 * h2] * p.scale, dq[4 * j + 2 * h2 + 1] * p.scale);
+                asm volatile("st.shared.b32 [%0], %1;" ::"r"(at), "r"(v) : "memory");
+            }
+    }
+    tma::fence_async_shared();
+    wgmma::named_sync(1 + wg, 128);
+    if (tid == 0) {
+        tma::store(&omap, h * kD, b * p.T + qt * kTile, qs);
+        tma::store(&omap, h * kD + 64, b * p.T + qt * kTile, qs + kBox);
+        tma::store_commit();
+        tma::store_wait<0>();
+    }
 #endif
 }
 
@@ -460,10 +483,11 @@ namespace {
 
 using namespace attention_wgmma;
 
-/* The four maps: q and dO over (B T, Hq D), k and v over (B T, Hkv D), boxes of 64 x 64. */
+/* The maps: q and dO over (B T, Hq D), k and v over (B T, Hkv D), and (where wanted) dQ over
+ * (B T, Hq D), boxes of 64 x 64. */
 template <typename T>
 cudaError_t encode_maps(an_cuda_state *s, const an_attention_shape *sh, const void *q, const void *k, const void *v,
-                        const void *dout, CUtensorMap *m) {
+                        const void *dout, const void *dq, CUtensorMap *m) {
     void *fn = nullptr;
     cudaError_t err = an_cuda_tensor_map_encoder(s, &fn);
     const auto encode = (PFN_cuTensorMapEncodeTiled_v12000)fn;
@@ -472,6 +496,7 @@ cudaError_t encode_maps(an_cuda_state *s, const an_attention_shape *sh, const vo
     if (err == cudaSuccess) err = tma::encode_2d(encode, &m[1], (const T *)k, rows, sh->kv_heads * kD, 64, 64);
     if (err == cudaSuccess) err = tma::encode_2d(encode, &m[2], (const T *)v, rows, sh->kv_heads * kD, 64, 64);
     if (err == cudaSuccess) err = tma::encode_2d(encode, &m[3], (const T *)dout, rows, sh->q_heads * kD, 64, 64);
+    if (err == cudaSuccess && dq) err = tma::encode_2d(encode, &m[4], (const T *)dq, rows, sh->q_heads * kD, 64, 64);
     return err;
 }
 
@@ -479,13 +504,13 @@ template <typename T>
 an_status backward_t(an_ctx *ctx, const an_attention_shape *sh, const void *q, const void *k, const void *v,
                      const void *dout, const Params &p) {
     AN_CUDA_STATE(ctx, s);
-    CUtensorMap m[4];
-    AN_CUDA_CHECK(ctx, encode_maps<T>(s, sh, q, k, v, dout, m));
+    CUtensorMap m[5] = {};
+    AN_CUDA_CHECK(ctx, encode_maps<T>(s, sh, q, k, v, dout, p.dq, m));
     const int n_t = (int)(sh->seq / kTile);
     if (p.dq) {
         AN_CUDA_CHECK(ctx, cudaFuncSetAttribute(dq_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, DqLayout::BYTES));
         const unsigned blocks = (unsigned)((n_t + 1) / 2 * sh->q_heads * sh->batch);
-        dq_kernel<T><<<blocks, kThreads, DqLayout::BYTES, s->stream>>>(m[0], m[1], m[2], m[3], p);
+        dq_kernel<T><<<blocks, kThreads, DqLayout::BYTES, s->stream>>>(m[0], m[1], m[2], m[3], m[4], p);
         AN_CUDA_LAUNCH_CHECK(ctx, "attention_wgmma dq_kernel");
     }
     if (p.dk || p.dv) {
