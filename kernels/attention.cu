@@ -686,20 +686,20 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *sh, 
     if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
     void *delta = nullptr;
     const void *bufs[] = {q, k, v, out, grad_out, grad_q, grad_k, grad_v, lse};
+    const size_t delta_bytes = (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float); /* (B, Hq, T) f32 */
     if (an_attention_wgmma_takes(ctx, sh, dtype, segments, bufs, 9)) {
-        AN_TRY(an_cuda_scratch(ctx, (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float), &delta));
+        AN_TRY(an_cuda_scratch(ctx, delta_bytes, &delta));
         return an_attention_wgmma_backward(ctx, sh, dtype, q, k, v, out, lse, grad_out, (float *)delta, grad_q,
                                            grad_k, grad_v);
     }
     if (cudnn_takes(ctx, dtype, sh->head_dim, segments, bufs, 9))
         return an_attention_cudnn_backward(ctx, sh, dtype, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v);
     if (an_attention_mma_takes(dtype, sh->head_dim) && an_attention_mma_aligned(bufs, 8)) {
-        AN_TRY(an_cuda_scratch(ctx, (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float), &delta));
+        AN_TRY(an_cuda_scratch(ctx, delta_bytes, &delta));
         return an_attention_mma_backward(ctx, sh, dtype, q, k, v, segments, seg.wide, out, lse, grad_out,
                                          (float *)delta, grad_q, grad_k, grad_v);
     }
-    if (grad_q || grad_k)
-        AN_TRY(an_cuda_scratch(ctx, (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float), &delta));
+    if (grad_q || grad_k) AN_TRY(an_cuda_scratch(ctx, delta_bytes, &delta));
     AN_CUDA_DISPATCH_FLOAT(ctx, dtype, "attention backward", {
         Args<T> a = make_args<T>(sh, q, k, v, seg);
         a.dout = (const T *)grad_out;

@@ -721,6 +721,14 @@ bool an_attention_mma_aligned(const void *const *ptrs, int n) {
     return true;
 }
 
+/* The launchers' guard: attention.cu routes only shapes an_attention_mma_takes accepts. */
+static an_status check_takes(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype) {
+    AN_CHECK(ctx, an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
+             "attention_mma: %s head_dim %lld is not a tensor-core shape", an_dtype_name(dtype),
+             (long long)sh->head_dim);
+    return AN_OK;
+}
+
 #define AN_MMA_DISPATCH(ctx, dtype, D, fn, ...)                                                          \
     do {                                                                                             \
         if ((dtype) == AN_BF16) return (D) == 64 ? fn<__nv_bfloat16, 64>(__VA_ARGS__) : fn<__nv_bfloat16, 128>(__VA_ARGS__); \
@@ -732,9 +740,7 @@ bool an_attention_mma_aligned(const void *const *ptrs, int n) {
 an_status an_attention_mma_forward(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,
                                    const void *k, const void *v, const void *segments, bool seg_wide, void *out,
                                    float *lse) {
-    AN_CHECK(ctx, an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
-             "attention_mma: %s head_dim %lld is not a tensor-core shape", an_dtype_name(dtype),
-             (long long)sh->head_dim);
+    AN_TRY(check_takes(ctx, sh, dtype));
     if (sh->batch == 0 || sh->seq == 0) return AN_OK;
     Args a = make_args(sh, q, k, v, segments, seg_wide);
     a.o = out, a.lse = lse;
@@ -743,9 +749,7 @@ an_status an_attention_mma_forward(an_ctx *ctx, const an_attention_shape *sh, an
 
 an_status an_attention_mma_delta(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *out,
                                  const void *grad_out, float *delta) {
-    AN_CHECK(ctx, an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
-             "attention_mma: %s head_dim %lld is not a tensor-core shape", an_dtype_name(dtype),
-             (long long)sh->head_dim);
+    AN_TRY(check_takes(ctx, sh, dtype));
     if (sh->batch == 0 || sh->seq == 0) return AN_OK;
     Args a = make_args(sh, nullptr, nullptr, nullptr, nullptr, false);
     a.out = out, a.dout = grad_out, a.delta = delta;
@@ -756,9 +760,7 @@ an_status an_attention_mma_backward(an_ctx *ctx, const an_attention_shape *sh, a
                                     const void *k, const void *v, const void *segments, bool seg_wide,
                                     const void *out, const float *lse, const void *grad_out, float *delta,
                                     void *grad_q, void *grad_k, void *grad_v) {
-    AN_CHECK(ctx, an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
-             "attention_mma: %s head_dim %lld is not a tensor-core shape", an_dtype_name(dtype),
-             (long long)sh->head_dim);
+    AN_TRY(check_takes(ctx, sh, dtype));
     if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
     Args a = make_args(sh, q, k, v, segments, seg_wide);
     a.out = out, a.dout = grad_out, a.lse = (float *)lse, a.delta = delta;

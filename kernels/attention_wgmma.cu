@@ -543,6 +543,9 @@ bool an_attention_wgmma_takes(an_ctx *ctx, const an_attention_shape *sh, an_dtyp
 an_status an_attention_wgmma_backward(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,
                                       const void *k, const void *v, const void *out, const float *lse,
                                       const void *grad_out, float *delta, void *grad_q, void *grad_k, void *grad_v) {
+    AN_CHECK(ctx, (dtype == AN_BF16 || dtype == AN_F16) && sh->head_dim == kD && sh->seq % kTile == 0,
+             AN_ERR_INTERNAL, "attention_wgmma: %s head_dim %lld T %lld is not its shape (an_attention_wgmma_takes)",
+             an_dtype_name(dtype), (long long)sh->head_dim, (long long)sh->seq);
     if (sh->batch == 0 || sh->seq == 0 || (!grad_q && !grad_k && !grad_v)) return AN_OK;
     AN_TRY(an_attention_mma_delta(ctx, sh, dtype, out, grad_out, delta));
     Params p = {};
