@@ -21,6 +21,8 @@
  *                     an_cuda_lora_grads and from cuBLASLt's thin GEMMs; both rates printed)]
  *                    [--ab-attention (steps alternate with the attention backward on attention_wgmma.cu
  *                     and on cuDNN, an_cuda_set_attention_wgmma; both rates printed)]
+ *                    [--ab-column-sums (steps alternate with the bias gradients from an_cuda_column_sums
+ *                     and from cuBLASLt's dW epilogue, an_cuda_set_column_sums; both rates printed)]
  *                    [--sync-phases (synchronise after the forward, the backward and the optimizer, as this
  *                     bench did before 2026-11-27: the GPU idles while the host queues each next phase)]
  *                    [--host-times (the host's milliseconds after the optimizer call, per step)]
@@ -84,7 +86,7 @@ int main(int argc, char **argv) {
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
     bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false, ab_stats = false,
-         ab_proj = false, ab_lora = false, ab_attn = false;
+         ab_proj = false, ab_lora = false, ab_attn = false, ab_sums = false;
     bool update_in_backward = false, ab_update = false, side_equal = false, sync_phases = false, host_times = false;
     long side_grain = 0;
     for (int i = 2; i < argc; i++) {
@@ -109,6 +111,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ab-projections")) ab_proj = true;
         else if (!strcmp(argv[i], "--ab-lora-grads")) ab_lora = true;
         else if (!strcmp(argv[i], "--ab-attention")) ab_attn = true;
+        else if (!strcmp(argv[i], "--ab-column-sums")) ab_sums = true;
         else if (!strcmp(argv[i], "--update-in-backward")) update_in_backward = true;
         else if (!strcmp(argv[i], "--ab-update")) ab_update = true;
         else if (!strcmp(argv[i], "--sync-phases")) sync_phases = true;
@@ -173,7 +176,8 @@ int main(int argc, char **argv) {
             (ab_stats && an_cuda_set_logits_stats(ctx, s % 2 == 0) != AN_OK) ||
             (ab_proj && an_cuda_set_projections(ctx, s % 2 == 0) != AN_OK) ||
             (ab_lora && an_cuda_set_lora_grads(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_attn && an_cuda_set_attention_wgmma(ctx, s % 2 == 0) != AN_OK)) {
+            (ab_attn && an_cuda_set_attention_wgmma(ctx, s % 2 == 0) != AN_OK) ||
+            (ab_sums && an_cuda_set_column_sums(ctx, s % 2 == 0) != AN_OK)) {
             fprintf(stderr, "%s\n", an_error_message(ctx));
             return 1;
         }
@@ -232,11 +236,11 @@ int main(int argc, char **argv) {
         printf("step %ld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, peak %.2f GiB\n", s, dt,
                t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
     }
-    if ((ab_wgmma || ab_update || ab_stats || ab_proj || ab_lora || ab_attn) && ab_measured[0] && ab_measured[1]) {
+    if ((ab_wgmma || ab_update || ab_stats || ab_proj || ab_lora || ab_attn || ab_sums) && ab_measured[0] && ab_measured[1]) {
         double on = (double)(batch * seq) * ab_measured[0] / ab_total[0];
         double off = (double)(batch * seq) * ab_measured[1] / ab_total[1];
         printf("%s: with %.0f tokens/s (%d steps), without %.0f tokens/s (%d steps): %.4fx\n",
-               ab_wgmma ? "ab-wgmma" : ab_stats ? "ab-logits-stats" : ab_proj ? "ab-projections" : ab_lora ? "ab-lora-grads" : ab_attn ? "ab-attention" : "ab-update", on,
+               ab_wgmma ? "ab-wgmma" : ab_stats ? "ab-logits-stats" : ab_proj ? "ab-projections" : ab_lora ? "ab-lora-grads" : ab_attn ? "ab-attention" : ab_sums ? "ab-column-sums" : "ab-update", on,
                ab_measured[0], off, ab_measured[1], on / off);
     }
     double tps = (double)(batch * seq) * measured / total;

@@ -87,6 +87,9 @@ an_status an_cuda_set_projections(an_ctx *ctx, bool on);
 /* Whether the LoRA adapters' gradients take an_cuda_lora_grads (default on; off runs the thin
  * cuBLASLt GEMMs, for measurement). */
 an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on);
+/* Whether bias gradients take an_cuda_column_sums where it applies (default on; off forms them in
+ * cuBLASLt's dW GEMM epilogue, for measurement). */
+an_status an_cuda_set_column_sums(an_ctx *ctx, bool on);
 /* Whether unsegmented bf16/f16 attention with head_dim 64 or 128 runs on cuDNN's fused flash
  * attention (kernels/attention_cudnn.cu; on by default) or on our tensor-core kernels
  * (kernels/attention_mma.cu): off to compare the two. */
@@ -160,6 +163,18 @@ an_status an_cuda_gemm_bias_grad(an_ctx *ctx, const an_gemm_shape *shape, an_dty
                                  void *grad_bias, void *c);
 an_status an_cuda_gemm_addend(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,
                               const void *bias, const void *addend, void *c);
+/* out[i] (width[i], of dtype) = the column sums of y[i] (rows, width[i]) for i < count <=
+ * AN_CUDA_COLUMN_SUMS_MAX, written with =: the bias gradients of projections reading the same rows
+ * (a linear's, or q's, k's and v's) in one pass and a finish (kernels/column_sums.cu). fp32 sums in
+ * an order fixed by rows alone, rounded once: the same bits every run, whichever tensors share the
+ * launch; not cuBLASLt's. an_cuda_column_sums_rule: 1 when it applies: bf16, f16 or f32, widths
+ * multiples of 16 bytes' elements, 16-byte aligned inputs, and not turned off
+ * (an_cuda_set_column_sums: then bias gradients come from cuBLASLt's dW GEMM epilogue). */
+#define AN_CUDA_COLUMN_SUMS_MAX 4
+int an_cuda_column_sums_rule(an_ctx *ctx, an_dtype dtype, int64_t rows, int count, const void *const *y,
+                             const int64_t *width, void *const *out);
+an_status an_cuda_column_sums(an_ctx *ctx, an_dtype dtype, int64_t rows, int count, const void *const *y,
+                              const int64_t *width, void *const *out);
 /* The same with an f32 C (bf16/f16/f32 operands): accumulating into an fp32 buffer without a
  * rounding to the operand dtype per call (linear_cross_entropy's weight gradient over chunks). */
 an_status an_cuda_gemm_f32_out(an_ctx *ctx, const an_gemm_shape *shape, an_dtype dtype, const void *a, const void *b,

@@ -37,6 +37,7 @@ struct an_cuda_state {
     int logits_stats_off;      /* 1: a loss's logits skip the row statistics (an_cuda_set_logits_stats) */
     int projections_off;       /* 1: q, k, v run as separate GEMMs (an_cuda_set_projections) */
     int lora_grads_off;        /* 1: the adapters' gradients run as thin cuBLASLt GEMMs (an_cuda_set_lora_grads) */
+    int column_sums_off;       /* 1: bias gradients come from cuBLASLt's dW epilogue (an_cuda_set_column_sums) */
     int wgmma_off;             /* 1: they do not run (an_cuda_set_wgmma, for measurement) */
     double peak_bandwidth;     /* bytes/s of device memory: 2 x memory clock x bus width (kernel rules) */
     struct an_gemm_plan *plans; /* AN_GEMM_PLAN_SLOTS cached GEMM plans (gemm.cu) */

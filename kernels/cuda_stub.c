@@ -65,6 +65,10 @@ an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_column_sums(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
 int an_cuda_logits_stats_apply(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
                                int n_ptrs) {
     (void)ctx, (void)dtype, (void)M, (void)K, (void)N, (void)ptrs, (void)n_ptrs;
@@ -428,6 +432,16 @@ an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *
 an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,
                                 const void *const *a, const int64_t *k, const void *const *b, bool bt, void *d) {
     (void)dtype, (void)M, (void)N, (void)segments, (void)a, (void)k, (void)b, (void)bt, (void)d;
+    return NO_CUDA(ctx);
+}
+int an_cuda_column_sums_rule(an_ctx *ctx, an_dtype dtype, int64_t rows, int count, const void *const *y,
+                             const int64_t *width, void *const *out) {
+    (void)ctx, (void)dtype, (void)rows, (void)count, (void)y, (void)width, (void)out;
+    return 0;
+}
+an_status an_cuda_column_sums(an_ctx *ctx, an_dtype dtype, int64_t rows, int count, const void *const *y,
+                              const int64_t *width, void *const *out) {
+    (void)dtype, (void)rows, (void)count, (void)y, (void)width, (void)out;
     return NO_CUDA(ctx);
 }
 int an_cuda_lora_grads_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int count, const an_cuda_lora_grad *ad) {

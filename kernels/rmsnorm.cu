@@ -26,7 +26,7 @@
 
 namespace {
 
-const int kColThreads = 256; /* dw pass 1: 32 columns x 8 row lanes */
+const int kColThreads = 256; /* dw pass 1 (the scalar path): 32 columns x 8 row lanes */
 const int kColWidth = 32;
 
 /* With res: the row normalised is sum = x + res rounded to T (an_add's bits), written out first;
@@ -91,19 +91,23 @@ __global__ void rmsnorm_dw_partial_kernel(const T *x, const float *rstd, const T
     if (ty == 0 && col < D) partial[(int64_t)blockIdx.y * D + col] = sm[tx];
 }
 
-/* Pass 2: dw[col] = the sum over splits of partial (splits, D): row lane ty of a block of 32
- * columns x 8 lanes adds splits ty, ty + 8, ... in order, then the lanes are added as a tree. */
+/* Pass 2: dw[col] = the sum over splits of partial (splits, D): row lane ty of a block of
+ * kFinishWidth columns x kFinishLanes lanes adds splits ty, ty + kFinishLanes, ... in order, then
+ * the lanes are added as a tree. Narrow blocks, many lanes: at D = 1536 with one split per block
+ * of the fused backward (hundreds), 32 columns x 8 lanes made 48 blocks of long dependent chains,
+ * 20.8 us a call in a full fine-tune's step (docs/performance.md). */
+const int kFinishWidth = 8, kFinishLanes = 32;
 template <typename T> __global__ void rmsnorm_dw_finish_kernel(const float *partial, int64_t splits, int64_t D, T *dw) {
-    __shared__ float sm[kColThreads];
-    int tx = threadIdx.x % kColWidth, ty = threadIdx.x / kColWidth, lanes = kColThreads / kColWidth;
-    int64_t col = (int64_t)blockIdx.x * kColWidth + tx;
+    __shared__ float sm[kFinishWidth * kFinishLanes];
+    int tx = threadIdx.x % kFinishWidth, ty = threadIdx.x / kFinishWidth;
+    int64_t col = (int64_t)blockIdx.x * kFinishWidth + tx;
     float acc = 0.0f;
     if (col < D)
-        for (int64_t sp = ty; sp < splits; sp += lanes) acc += partial[sp * D + col];
+        for (int64_t sp = ty; sp < splits; sp += kFinishLanes) acc += partial[sp * D + col];
     sm[threadIdx.x] = acc;
     __syncthreads();
-    for (int half = lanes / 2; half > 0; half /= 2) {
-        if (ty < half) sm[threadIdx.x] += sm[threadIdx.x + half * kColWidth];
+    for (int half = kFinishLanes / 2; half > 0; half /= 2) {
+        if (ty < half) sm[threadIdx.x] += sm[threadIdx.x + half * kFinishWidth];
         __syncthreads();
     }
     if (ty == 0 && col < D) dw[col] = an_store<T>(sm[tx]);
@@ -111,8 +115,8 @@ template <typename T> __global__ void rmsnorm_dw_finish_kernel(const float *part
 
 template <typename T>
 an_status finish_weight_grad(an_ctx *ctx, an_cuda_state *s, const float *partial, int64_t splits, int64_t D, T *dw) {
-    unsigned col_blocks = (unsigned)((D + kColWidth - 1) / kColWidth);
-    rmsnorm_dw_finish_kernel<T><<<col_blocks, kColThreads, 0, s->stream>>>(partial, splits, D, dw);
+    unsigned col_blocks = (unsigned)((D + kFinishWidth - 1) / kFinishWidth);
+    rmsnorm_dw_finish_kernel<T><<<col_blocks, kFinishWidth * kFinishLanes, 0, s->stream>>>(partial, splits, D, dw);
     AN_CUDA_LAUNCH_CHECK(ctx, "rmsnorm_dw_finish_kernel");
     return AN_OK;
 }

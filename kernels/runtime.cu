@@ -356,6 +356,8 @@ an_status an_cuda_set_projections(an_ctx *ctx, bool on) { return switch_off(ctx,
 
 an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::lora_grads_off, on); }
 
+an_status an_cuda_set_column_sums(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::column_sums_off, on); }
+
 an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::attention_cudnn_off, on); }
 
 an_status an_cuda_set_attention_wgmma(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::attention_wgmma_off, on); }

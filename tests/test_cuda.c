@@ -677,6 +677,102 @@ START_TEST(test_cuda_gemm_bias_grad_matches_the_reference) {
 }
 END_TEST
 
+/* an_cuda_column_sums: 1 to 4 tensors of the same rows in one launch (q, k and v's widths, ragged
+ * rows that end inside a split and a row lane, one row), written into poisoned buffers, against
+ * float64 column sums; the same bits on a repeat and for each tensor launched alone (the order
+ * depends on rows alone); refusals (misaligned input, a width off 16 bytes, too many tensors, the
+ * switch off) write nothing. */
+START_TEST(test_cuda_column_sums_match_the_reference) {
+    an_ctx *ctx = gpu_ctx(31, "cuda column sums");
+    if (!ctx) return;
+    const int64_t rows_of[] = {8192, 1000, 129, 1};
+    const int64_t widths[][AN_CUDA_COLUMN_SUMS_MAX] = {{1536, 256, 256, 0}, {16, 0}, {2048, 8, 264, 4104}, {24, 0}};
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t si = 0; si < sizeof rows_of / sizeof *rows_of; si++) {
+            an_dtype dtype = float_dtypes[d];
+            int64_t rows = rows_of[si], width[AN_CUDA_COLUMN_SUMS_MAX];
+            int count = 0;
+            while (count < AN_CUDA_COLUMN_SUMS_MAX && widths[si][count]) count++;
+            pair y[AN_CUDA_COLUMN_SUMS_MAX];
+            an_tensor *out[AN_CUDA_COLUMN_SUMS_MAX];
+            const void *yp[AN_CUDA_COLUMN_SUMS_MAX];
+            void *op[AN_CUDA_COLUMN_SUMS_MAX];
+            double *want[AN_CUDA_COLUMN_SUMS_MAX], *got[AN_CUDA_COLUMN_SUMS_MAX];
+            for (int i = 0; i < count; i++) {
+                width[i] = dtype == AN_F32 ? widths[si][i] / 2 : widths[si][i]; /* f32: still 16-byte packs */
+                y[i] = random_pair(ctx, dtype, rows * width[i], 0, -1, 1.5);
+                out[i] = poisoned(ctx, dtype, width[i], 0);
+                yp[i] = an_tensor_data(y[i].dev), op[i] = an_tensor_data(out[i]);
+                double *v = test_values(y[i].host);
+                want[i] = calloc((size_t)width[i], sizeof *want[i]);
+                for (int64_t r = 0; r < rows; r++)
+                    for (int64_t c = 0; c < width[i]; c++) want[i][c] += v[r * width[i] + c];
+                free(v);
+            }
+            ck_assert_msg(an_cuda_column_sums_rule(ctx, dtype, rows, count, yp, width, op), "rule refused %s rows %lld",
+                          an_dtype_name(dtype), (long long)rows);
+            test_ok(ctx, an_cuda_column_sums(ctx, dtype, rows, count, yp, width, op), "column_sums");
+            for (int i = 0; i < count; i++) {
+                got[i] = test_download(ctx, out[i]);
+                double *bound = malloc((size_t)width[i] * sizeof *bound);
+                /* fp32 sums of |values| <= 1.5 over rows, then one rounding to the dtype */
+                for (int64_t c = 0; c < width[i]; c++)
+                    bound[c] = rtol_of(dtype) * fabs(want[i][c]) + 1e-6 * 1.5 * (double)rows;
+                expect_close(got[i], want[i], bound, width[i], "column sums %s rows %lld tensor %d of %d width %lld",
+                             an_dtype_name(dtype), (long long)rows, i, count, (long long)width[i]);
+                free(bound);
+            }
+            test_ok(ctx, an_cuda_column_sums(ctx, dtype, rows, count, yp, width, op), "column_sums again");
+            for (int i = 0; i < count; i++) {
+                double *again = test_download(ctx, out[i]);
+                ck_assert_msg(!memcmp(again, got[i], (size_t)width[i] * sizeof *again),
+                              "column sums %s rows %lld tensor %d: a second run differs", an_dtype_name(dtype),
+                              (long long)rows, i);
+                free(again);
+                test_ok(ctx, an_cuda_column_sums(ctx, dtype, rows, 1, &yp[i], &width[i], &op[i]), "column_sums alone");
+                again = test_download(ctx, out[i]);
+                ck_assert_msg(!memcmp(again, got[i], (size_t)width[i] * sizeof *again),
+                              "column sums %s rows %lld tensor %d: alone it differs from its share of the launch",
+                              an_dtype_name(dtype), (long long)rows, i);
+                free(again);
+            }
+            for (int i = 0; i < count; i++) {
+                free(want[i]), free(got[i]);
+                pair_release(y[i]);
+                an_tensor_release(out[i]);
+            }
+        }
+    /* refusals: nothing written */
+    pair y = random_pair(ctx, AN_BF16, 64 * 24 + 1, 0, -1, 1);
+    an_tensor *out = poisoned(ctx, AN_BF16, 24, 0);
+    const void *aligned = an_tensor_data(y.dev), *off = (const char *)an_tensor_data(y.dev) + 2;
+    void *op = an_tensor_data(out);
+    int64_t w24 = 24, w20 = 20;
+    const void *five_y[5] = {aligned, aligned, aligned, aligned, aligned};
+    void *five_o[5] = {op, op, op, op, op};
+    int64_t five_w[5] = {24, 24, 24, 24, 24};
+    ck_assert(!an_cuda_column_sums_rule(ctx, AN_BF16, 64, 1, &off, &w24, &op));
+    ck_assert(!an_cuda_column_sums_rule(ctx, AN_BF16, 64, 1, &aligned, &w20, &op));
+    ck_assert(!an_cuda_column_sums_rule(ctx, AN_BF16, 64, 5, five_y, five_w, five_o));
+    ck_assert(!an_cuda_column_sums_rule(ctx, AN_BF16, 0, 1, &aligned, &w24, &op));
+    ck_assert_int_eq(an_cuda_column_sums(ctx, AN_BF16, 64, 1, &off, &w24, &op), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "column_sums: 1 tensors of 64 rows in bf16"), "message: %s",
+                  an_error_message(ctx));
+    an_error_clear(ctx);
+    test_ok(ctx, an_cuda_set_column_sums(ctx, false), "switch off");
+    ck_assert(!an_cuda_column_sums_rule(ctx, AN_BF16, 64, 1, &aligned, &w24, &op));
+    ck_assert_int_eq(an_cuda_column_sums(ctx, AN_BF16, 64, 1, &aligned, &w24, &op), AN_ERR_INPUT);
+    an_error_clear(ctx);
+    test_ok(ctx, an_cuda_set_column_sums(ctx, true), "switch on");
+    double *left = test_download(ctx, out);
+    for (int c = 0; c < 24; c++) ck_assert_msg(isnan(left[c]), "a refused column sum wrote element %d", c);
+    free(left);
+    pair_release(y);
+    an_tensor_release(out);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* C = alpha op(A) op(B) (an_cuda_gemm_scaled: the LoRA branch's scale inside its thin GEMMs) on
  * cuBLASLt's shapes and the GEMV's (a scaling pass after it), against float64. */
 START_TEST(test_cuda_gemm_scaled_matches_the_reference) {
@@ -1394,6 +1490,7 @@ int main(void) {
     test_add_case(s, "sum", test_cuda_sum_accumulates_in_fp32_deterministically);
     test_add_case(s, "gemm", test_cuda_gemm_every_transpose_batch_shared_and_accumulate);
     test_add_case(s, "gemm_bias_grad", test_cuda_gemm_bias_grad_matches_the_reference);
+    test_add_case(s, "column_sums", test_cuda_column_sums_match_the_reference);
     test_add_case(s, "gemm_scaled", test_cuda_gemm_scaled_matches_the_reference);
     test_add_case(s, "gemv", test_cuda_gemv_rows_match_the_reference);
     test_add_case(s, "gemm_segments", test_cuda_gemm_segments_sums_every_pair_once);

@@ -1353,6 +1353,17 @@ START_TEST(test_cuda_qkv_linear_matches_the_separate_ops_and_repeats_its_bits) {
                     an_tensor_release(want);
                 }
             }
+            if (c->lora == 0 && c->bias) { /* the biases' gradients from cuBLASLt's dW epilogue instead */
+                test_ok(ctx, an_cuda_set_column_sums(ctx, false), "column sums off");
+                qkv_side(ctx, true, c, in, mask, up, out[3], grads[3]);
+                test_ok(ctx, an_cuda_set_column_sums(ctx, true), "column sums on");
+                for (int i = QKV_W; i < QKV_A; i++) { /* dW too: that GEMM may be another of cuBLASLt's kernels */
+                    fmt(w2, sizeof w2, "%s: %s against cuBLASLt's bias-gradient epilogue", what, names[i]);
+                    an_tensor *want = to_host(ctx, grads[3][i]);
+                    expect_like_cpu(ctx, grads[0][i], want, 2 * rtol_of(dtype), 0.0, w2);
+                    an_tensor_release(want);
+                }
+            }
             for (int p = 0; p < 3; p++) {
                 fmt(w2, sizeof w2, "%s: %s against the separate ops", what, p ? p == 1 ? "k" : "v" : "q");
                 if (one_forward) {

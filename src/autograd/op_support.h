@@ -42,7 +42,10 @@ an_status an_op_gemm_bias_add(an_ctx *ctx, const an_gemm_shape *shape, const an_
 /* c = alpha op(a) @ op(b), the scale inside the one rounding (shape->accumulate false). */
 an_status an_op_gemm_scaled(an_ctx *ctx, const an_gemm_shape *shape, double alpha, const an_tensor *a,
                             const an_tensor *b, an_tensor *c);
-an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb);
+/* gb[i] (width) = the column sums of grad_out[i] (rows, width), written with = (ops/matmul.c): on
+ * CUDA one an_cuda_column_sums launch for all of them where it applies, else a column-sum pass each. */
+an_status an_op_bias_grads(an_ctx *ctx, int count, an_tensor *const *grad_out, an_tensor *const *gb);
+an_status an_op_bias_grad(an_ctx *ctx, an_tensor *grad_out, an_tensor *gb);
 
 /* out = a op b (b broadcast as an_add has it) on a's device, recording nothing: an_add / an_sub /
  * an_mul's values (ops/elementwise.c); a mul is also the mul's gradient dout * b. */
@@ -64,8 +67,13 @@ an_status an_op_swiglu_grad(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tens
 an_status an_op_linear_weight_grad(an_ctx *ctx, an_node *node, int index, an_tensor *grad_out, an_tensor *x);
 /* A linear's parameter gradients as an_linear's backward forms them (ops/matmul.c), for the node
  * inputs at w_index (w (out, in)) and bias_index (bias (out) or NULL): dW = dY^T x (x materialised
- * first) and the bias's dY column sums (on CUDA from the dW GEMM's epilogue when both are wanted),
- * each only where that input needs a gradient, added into its gradient so far. */
+ * first) and the bias's dY column sums, each only where that input needs a gradient, added into
+ * its gradient so far. an_op_linears_param_grads does it for count <= AN_CUDA_COLUMN_SUMS_MAX
+ * linears of the same x (q, k and v), their dW GEMMs in order and on CUDA their bias gradients in
+ * one an_cuda_column_sums launch; where that does not apply (or is turned off), each bias's comes
+ * from its dW GEMM's epilogue (cuBLASLt's BGRADB) when both are wanted. */
+an_status an_op_linears_param_grads(an_ctx *ctx, an_node *node, int count, const int *w_index, const int *bias_index,
+                                    an_tensor *const *grad_out, an_tensor *x);
 an_status an_op_linear_param_grads(an_ctx *ctx, an_node *node, int w_index, int bias_index, an_tensor *grad_out,
                                    an_tensor *x);
 

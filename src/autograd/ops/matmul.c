@@ -214,19 +214,43 @@ an_status an_matmul_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     return st;
 }
 
-an_status an_op_bias_grad(an_ctx *ctx, const an_tensor *grad_out, an_tensor *gb) {
-    int64_t n = an_tensor_numel(grad_out), width = gb->shape[0];
-    if (gb->device == AN_CUDA)
-        return an_cuda_binary_backward(ctx, AN_BINARY_ADD, gb->dtype, an_tensor_data(grad_out), n, an_tensor_data(gb),
-                                       width, an_tensor_data(grad_out), NULL, an_tensor_data(gb));
-    an_f64 g, res;
-    an_status st = an_f64_read(ctx, grad_out, &g);
-    if (st == AN_OK && (st = an_f64_write(ctx, gb, &res)) == AN_OK) {
-        an_cpu_binary_backward(AN_BINARY_ADD, NULL, n, NULL, width, g.data, NULL, res.data);
-        an_f64_commit(gb, &res);
+an_status an_op_bias_grads(an_ctx *ctx, int count, an_tensor *const *grad_out, an_tensor *const *gb) {
+    if (count < 1) return AN_OK;
+    if (gb[0]->device == AN_CUDA) {
+        const void *y[AN_CUDA_COLUMN_SUMS_MAX];
+        void *out[AN_CUDA_COLUMN_SUMS_MAX];
+        int64_t width[AN_CUDA_COLUMN_SUMS_MAX], rows = an_tensor_numel(grad_out[0]) / (gb[0]->shape[0] ? gb[0]->shape[0] : 1);
+        bool one = count <= AN_CUDA_COLUMN_SUMS_MAX;
+        for (int i = 0; i < count && one; i++) {
+            y[i] = an_tensor_data(grad_out[i]), out[i] = an_tensor_data(gb[i]), width[i] = gb[i]->shape[0];
+            one = gb[i]->dtype == gb[0]->dtype && an_tensor_numel(grad_out[i]) == rows * width[i];
+        }
+        if (one && an_cuda_column_sums_rule(ctx, gb[0]->dtype, rows, count, y, width, out))
+            return an_cuda_column_sums(ctx, gb[0]->dtype, rows, count, y, width, out);
+        for (int i = 0; i < count; i++) {
+            int64_t n = an_tensor_numel(grad_out[i]), w = gb[i]->shape[0];
+            AN_TRY(an_cuda_binary_backward(ctx, AN_BINARY_ADD, gb[i]->dtype, an_tensor_data(grad_out[i]), n,
+                                           an_tensor_data(gb[i]), w, an_tensor_data(grad_out[i]), NULL,
+                                           an_tensor_data(gb[i])));
+        }
+        return AN_OK;
     }
-    an_f64_free(&g);
-    return st;
+    for (int i = 0; i < count; i++) {
+        int64_t n = an_tensor_numel(grad_out[i]), width = gb[i]->shape[0];
+        an_f64 g, res;
+        an_status st = an_f64_read(ctx, grad_out[i], &g);
+        if (st == AN_OK && (st = an_f64_write(ctx, gb[i], &res)) == AN_OK) {
+            an_cpu_binary_backward(AN_BINARY_ADD, NULL, n, NULL, width, g.data, NULL, res.data);
+            an_f64_commit(gb[i], &res);
+        }
+        an_f64_free(&g);
+        AN_TRY(st);
+    }
+    return AN_OK;
+}
+
+an_status an_op_bias_grad(an_ctx *ctx, an_tensor *grad_out, an_tensor *gb) {
+    return an_op_bias_grads(ctx, 1, &grad_out, &gb);
 }
 
 static an_tensor *linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor *bias, an_tensor *residual) {
@@ -296,10 +320,11 @@ an_status an_op_linear_weight_grad(an_ctx *ctx, an_node *node, int index, an_ten
     return weight_grad(ctx, node, index, grad_out, x, NULL);
 }
 
-an_status an_op_linear_param_grads(an_ctx *ctx, an_node *node, int w_index, int bias_index, an_tensor *grad_out,
-                                   an_tensor *x) {
+/* One linear's gradients with the bias's from the dW GEMM's epilogue (cuBLASLt's BGRADB) on CUDA
+ * when both are wanted: the path an_cuda_set_column_sums(false) measures. */
+static an_status epilogue_param_grads(an_ctx *ctx, an_node *node, int w_index, int bias_index, an_tensor *grad_out,
+                                      an_tensor *x) {
     an_tensor *w = node->inputs[w_index], *bias = node->inputs[bias_index];
-    /* on CUDA the bias gradient (dY's column sums) comes out of the dW GEMM when both are wanted */
     an_tensor *gb = NULL;
     bool want_w = an_node_needs_grad(node, w_index), want_b = an_node_needs_grad(node, bias_index);
     if (want_w && want_b && w->device == AN_CUDA && !(gb = an_op_new_like(ctx, bias, 1, bias->shape)))
@@ -320,6 +345,50 @@ an_status an_op_linear_param_grads(an_ctx *ctx, an_node *node, int w_index, int 
         }
     }
     return gb ? an_node_accumulate(ctx, node, bias_index, gb) : AN_OK;
+}
+
+an_status an_op_linears_param_grads(an_ctx *ctx, an_node *node, int count, const int *w_index, const int *bias_index,
+                                    an_tensor *const *grad_out, an_tensor *x) {
+    AN_CHECK(ctx, count >= 1 && count <= AN_CUDA_COLUMN_SUMS_MAX, AN_ERR_INTERNAL,
+             "linears_param_grads: %d linears, expected 1 to %d", count, AN_CUDA_COLUMN_SUMS_MAX);
+    an_tensor *gb[AN_CUDA_COLUMN_SUMS_MAX] = {0}, *gy[AN_CUDA_COLUMN_SUMS_MAX];
+    int slot[AN_CUDA_COLUMN_SUMS_MAX], nb = 0;
+    an_status st = AN_OK;
+    for (int i = 0; i < count && st == AN_OK; i++) {
+        an_tensor *bias = node->inputs[bias_index[i]];
+        if (!an_node_needs_grad(node, bias_index[i])) continue;
+        gy[nb] = grad_out[i], slot[nb] = bias_index[i];
+        if (!(gb[nb++] = an_op_new_like(ctx, bias, 1, bias->shape))) st = an_error_status(ctx);
+    }
+    /* On CUDA: the bias gradients in one column-sum pass, unless it does not apply or is turned off
+     * (then each from its dW GEMM's epilogue, as before). Elsewhere the same sums either way. */
+    bool sums = st == AN_OK && nb > 0 && gb[0]->device == AN_CUDA;
+    if (sums) {
+        const void *y[AN_CUDA_COLUMN_SUMS_MAX];
+        void *out[AN_CUDA_COLUMN_SUMS_MAX];
+        int64_t width[AN_CUDA_COLUMN_SUMS_MAX], rows = an_tensor_numel(x) / (x->shape[x->ndim - 1] ? x->shape[x->ndim - 1] : 1);
+        for (int j = 0; j < nb; j++) y[j] = an_tensor_data(gy[j]), out[j] = an_tensor_data(gb[j]), width[j] = gb[j]->shape[0];
+        sums = an_cuda_column_sums_rule(ctx, gb[0]->dtype, rows, nb, y, width, out);
+    }
+    if (st == AN_OK && nb > 0 && gb[0]->device == AN_CUDA && !sums) {
+        for (int j = 0; j < nb; j++) an_tensor_release(gb[j]);
+        for (int i = 0; i < count; i++)
+            AN_TRY(epilogue_param_grads(ctx, node, w_index[i], bias_index[i], grad_out[i], x));
+        return AN_OK;
+    }
+    for (int i = 0; i < count && st == AN_OK; i++)
+        if (an_node_needs_grad(node, w_index[i])) st = weight_grad(ctx, node, w_index[i], grad_out[i], x, NULL);
+    if (st == AN_OK) st = an_op_bias_grads(ctx, nb, gy, gb);
+    for (int j = 0; j < nb; j++) {
+        if (st == AN_OK) st = an_node_accumulate(ctx, node, slot[j], gb[j]);
+        else an_tensor_release(gb[j]);
+    }
+    return st;
+}
+
+an_status an_op_linear_param_grads(an_ctx *ctx, an_node *node, int w_index, int bias_index, an_tensor *grad_out,
+                                   an_tensor *x) {
+    return an_op_linears_param_grads(ctx, node, 1, &w_index, &bias_index, &grad_out, x);
 }
 
 an_status an_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {

@@ -14,7 +14,8 @@
  * backwards would run, in their order (v's, k's, then q's; an adapter's thin product before its
  * base, a dropout's (d_down A) * mask after them), so the CPU keeps their bits. A dropout's term
  * never joins the one sum (the mask multiplies it): it is added after it. Weights', biases' and
- * adapters' gradients are formed as an_linear's and an_lora_linear's backwards form them.
+ * adapters' gradients are formed as an_linear's and an_lora_linear's backwards form them, the
+ * biases of projections without adapters together (one an_cuda_column_sums pass on CUDA).
  *
  * an_op_record_projections records the same node over two or three projections without adapters
  * whose outputs the caller formed (an_swiglu_mlp's gate and up after their one launch): x's
@@ -322,18 +323,20 @@ an_status an_qkv_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out
     bool need_x = an_node_needs_grad(node, 0);
     an_status st = AN_OK;
     an_lora_adapter ad[3];
-    int adapter_of[3] = {-1, -1, -1}, n_ad = 0;
-    for (int p = 2; p >= 0 && st == AN_OK; p--) { /* v, k, q: the order the separate ops' backwards ran */
+    int adapter_of[3] = {-1, -1, -1}, n_ad = 0, n_lin = 0, w_slot[3], bias_slot[3];
+    an_tensor *dy_lin[3];
+    for (int p = 2; p >= 0; p--) { /* v, k, q: the order the separate ops' backwards ran */
         if (!dy[p]) continue;
         if (node->inputs[SLOT(p, A)]) { /* x's gradient takes d_down A, through the mask when there is one */
             an_tensor *x_lora = node->saved[3 + p] ? node->saved[3 + p] : x;
             adapter_of[p] = n_ad;
             ad[n_ad++] = (an_lora_adapter){{0, -1, SLOT(p, W), SLOT(p, BIAS), SLOT(p, A), SLOT(p, B)}, x_lora, dy[p],
                                            node->saved[p], node->args[p]};
-        } else {
-            st = an_op_linear_param_grads(ctx, node, SLOT(p, W), SLOT(p, BIAS), dy[p], x);
+        } else { /* an_linear's gradients, the biases' in one pass */
+            w_slot[n_lin] = SLOT(p, W), bias_slot[n_lin] = SLOT(p, BIAS), dy_lin[n_lin++] = dy[p];
         }
     }
+    if (n_lin) st = an_op_linears_param_grads(ctx, node, n_lin, w_slot, bias_slot, dy_lin, x);
     an_tensor *d_down_ad[3] = {0};
     if (st == AN_OK && n_ad) st = an_op_lora_param_grads(ctx, node, n_ad, ad, need_x, d_down_ad);
     for (int p = 0; p < 3; p++)
