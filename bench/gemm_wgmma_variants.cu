@@ -566,6 +566,7 @@ int main() {
             {"128x128 s5 c2", wg_gemm<128, 5, wgmma_gemm::SWIGLU, false, 2>},
             {"128x128 s4", wg_gemm<128, 4, wgmma_gemm::SWIGLU>},
             {"128x128 s5 pp", wg_gemm<128, 5, wgmma_gemm::SWIGLU, false, 1, true>},
+            {"128x192 s3", wg_gemm<192, 3, wgmma_gemm::SWIGLU>},
         };
         bf *const outs[] = {g, u, act}, *const refs[] = {rg, ru, ract};
         const char *const names[] = {"g", "u", "act"};
@@ -603,6 +604,8 @@ int main() {
             {"128x128 s5", wg_swiglu_bwd<128, 5>},
             {"128x128 s5 c2", wg_swiglu_bwd<128, 5, 2>},
             {"128x128 s4", wg_swiglu_bwd<128, 4>},
+            {"128x192 s3", wg_swiglu_bwd<192, 3>},
+            {"128x256 s2", wg_swiglu_bwd<256, 2>},
         };
         bf *act, *ract;
         CK(cudaMalloc(&act, out * 2));
