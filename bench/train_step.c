@@ -27,7 +27,7 @@
  *                     bench did before 2026-11-27: the GPU idles while the host queues each next phase)]
  *                    [--host-times (the host's milliseconds after the optimizer call, per step)]
  *                    [--side-equal-priority (the side stream at the stream's priority, not the lowest)]
- *                    [--side-grain N (elements a block of the update in backward covers; 2048)]
+ *                    [--side-grain N (elements a block of the update in backward covers; 4096)]
  *
  * Token ids are ((b * seq + t) * 2654435761) mod (vocab - 1), as bench/peer_train_step.py makes
  * them, so with --adapter (the peer's initial adapter) both runs start from the same point and

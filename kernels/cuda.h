@@ -489,10 +489,10 @@ an_status an_cuda_adamw_multi(an_ctx *ctx, const an_adamw_scalars *k, const an_a
 /* One segment's AdamW step on the side stream (see above), its table row passed by value: the
  * same per-element operations as an_cuda_adamw_multi, a block to each `chunk` elements (a multiple
  * of 8; finer than AN_ADAMW_CHUNK so a block leaves its multiprocessor soon after the stream's next
- * kernel wants it: AN_ADAMW_SIDE_CHUNK unless measuring); chunk c of the segment also writes the
- * float64 sum of squares of its gradient elements to partial[seg->first_chunk + c] (a fixed order
- * within the chunk). */
-#define AN_ADAMW_SIDE_CHUNK 2048
+ * kernel wants it: AN_ADAMW_SIDE_CHUNK unless measuring; 4096 since the twentieth session's
+ * measurement, docs/performance.md); chunk c of the segment also writes the float64 sum of squares
+ * of its gradient elements to partial[seg->first_chunk + c] (a fixed order within the chunk). */
+#define AN_ADAMW_SIDE_CHUNK 4096
 an_status an_cuda_adamw_side(an_ctx *ctx, const an_adamw_scalars *k, const an_adamw_segment *seg, int64_t chunk,
                              double *partial);
 /* *sum (a DEVICE double) = the sum of the device doubles partial[0 .. count) in a fixed order,

@@ -120,7 +120,7 @@ an_status an_optim_step(an_ctx *ctx, an_optim *opt, an_optim_report *report);
 an_status an_optim_backward_begin(an_ctx *ctx, an_optim *opt);
 an_status an_optim_backward_end(an_ctx *ctx, an_optim *opt, an_optim_report *report);
 an_status an_optim_backward_cancel(an_ctx *ctx, an_optim *opt);
-/* Elements one CUDA block of the update in backward covers (default AN_ADAMW_SIDE_CHUNK, 2048; a
+/* Elements one CUDA block of the update in backward covers (default AN_ADAMW_SIDE_CHUNK, 4096; a
  * multiple of 8): for measurement (bench/train_step --side-grain). */
 an_status an_optim_backward_grain(an_ctx *ctx, an_optim *opt, int64_t elements);
 
