@@ -214,29 +214,37 @@ an_status an_matmul_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     return st;
 }
 
-an_status an_op_bias_grads(an_ctx *ctx, int count, an_tensor *const *grad_out, an_tensor *const *gb) {
-    if (count < 1) return AN_OK;
-    if (gb[0]->device == AN_CUDA) {
-        const void *y[AN_CUDA_COLUMN_SUMS_MAX];
-        void *out[AN_CUDA_COLUMN_SUMS_MAX];
-        int64_t width[AN_CUDA_COLUMN_SUMS_MAX], rows = an_tensor_numel(grad_out[0]) / (gb[0]->shape[0] ? gb[0]->shape[0] : 1);
-        bool one = count <= AN_CUDA_COLUMN_SUMS_MAX;
-        for (int i = 0; i < count && one; i++) {
-            y[i] = an_tensor_data(grad_out[i]), out[i] = an_tensor_data(gb[i]), width[i] = gb[i]->shape[0];
-            one = gb[i]->dtype == gb[0]->dtype && an_tensor_numel(grad_out[i]) == rows * width[i];
-        }
-        if (one && an_cuda_column_sums_rule(ctx, gb[0]->dtype, rows, count, y, width, out))
-            return an_cuda_column_sums(ctx, gb[0]->dtype, rows, count, y, width, out);
-        for (int i = 0; i < count; i++) {
-            int64_t n = an_tensor_numel(grad_out[i]), w = gb[i]->shape[0];
-            AN_TRY(an_cuda_binary_backward(ctx, AN_BINARY_ADD, gb[i]->dtype, an_tensor_data(grad_out[i]), n,
-                                           an_tensor_data(gb[i]), w, an_tensor_data(grad_out[i]), NULL,
-                                           an_tensor_data(gb[i])));
-        }
-        return AN_OK;
+/* The column-sum launch for gb[i] = the column sums of grad_out[i] (i < count), when
+ * an_cuda_column_sums takes it: one dtype, the same rows, its rule (CUDA tensors only). */
+typedef struct {
+    const void *y[AN_CUDA_COLUMN_SUMS_MAX];
+    void *out[AN_CUDA_COLUMN_SUMS_MAX];
+    int64_t width[AN_CUDA_COLUMN_SUMS_MAX], rows;
+} column_sums_args;
+
+static bool column_sums_apply(an_ctx *ctx, int count, an_tensor *const *grad_out, an_tensor *const *gb,
+                              column_sums_args *a) {
+    if (count < 1 || count > AN_CUDA_COLUMN_SUMS_MAX || gb[0]->device != AN_CUDA) return false;
+    a->rows = an_tensor_numel(grad_out[0]) / (gb[0]->shape[0] ? gb[0]->shape[0] : 1);
+    for (int i = 0; i < count; i++) {
+        a->y[i] = an_tensor_data(grad_out[i]), a->out[i] = an_tensor_data(gb[i]), a->width[i] = gb[i]->shape[0];
+        if (gb[i]->dtype != gb[0]->dtype || an_tensor_numel(grad_out[i]) != a->rows * a->width[i]) return false;
     }
+    return an_cuda_column_sums_rule(ctx, gb[0]->dtype, a->rows, count, a->y, a->width, a->out);
+}
+
+an_status an_op_bias_grads(an_ctx *ctx, int count, an_tensor *const *grad_out, an_tensor *const *gb) {
+    column_sums_args a;
+    if (column_sums_apply(ctx, count, grad_out, gb, &a))
+        return an_cuda_column_sums(ctx, gb[0]->dtype, a.rows, count, a.y, a.width, a.out);
     for (int i = 0; i < count; i++) {
         int64_t n = an_tensor_numel(grad_out[i]), width = gb[i]->shape[0];
+        if (gb[i]->device == AN_CUDA) {
+            AN_TRY(an_cuda_binary_backward(ctx, AN_BINARY_ADD, gb[i]->dtype, an_tensor_data(grad_out[i]), n,
+                                           an_tensor_data(gb[i]), width, an_tensor_data(grad_out[i]), NULL,
+                                           an_tensor_data(gb[i])));
+            continue;
+        }
         an_f64 g, res;
         an_status st = an_f64_read(ctx, grad_out[i], &g);
         if (st == AN_OK && (st = an_f64_write(ctx, gb[i], &res)) == AN_OK) {
@@ -362,15 +370,8 @@ an_status an_op_linears_param_grads(an_ctx *ctx, an_node *node, int count, const
     }
     /* On CUDA: the bias gradients in one column-sum pass, unless it does not apply or is turned off
      * (then each from its dW GEMM's epilogue, as before). Elsewhere the same sums either way. */
-    bool sums = st == AN_OK && nb > 0 && gb[0]->device == AN_CUDA;
-    if (sums) {
-        const void *y[AN_CUDA_COLUMN_SUMS_MAX];
-        void *out[AN_CUDA_COLUMN_SUMS_MAX];
-        int64_t width[AN_CUDA_COLUMN_SUMS_MAX], rows = an_tensor_numel(x) / (x->shape[x->ndim - 1] ? x->shape[x->ndim - 1] : 1);
-        for (int j = 0; j < nb; j++) y[j] = an_tensor_data(gy[j]), out[j] = an_tensor_data(gb[j]), width[j] = gb[j]->shape[0];
-        sums = an_cuda_column_sums_rule(ctx, gb[0]->dtype, rows, nb, y, width, out);
-    }
-    if (st == AN_OK && nb > 0 && gb[0]->device == AN_CUDA && !sums) {
+    column_sums_args a;
+    if (st == AN_OK && nb > 0 && gb[0]->device == AN_CUDA && !column_sums_apply(ctx, nb, gy, gb, &a)) {
         for (int j = 0; j < nb; j++) an_tensor_release(gb[j]);
         for (int i = 0; i < count; i++)
             AN_TRY(epilogue_param_grads(ctx, node, w_index[i], bias_index[i], grad_out[i], x));
@@ -378,7 +379,10 @@ an_status an_op_linears_param_grads(an_ctx *ctx, an_node *node, int count, const
     }
     for (int i = 0; i < count && st == AN_OK; i++)
         if (an_node_needs_grad(node, w_index[i])) st = weight_grad(ctx, node, w_index[i], grad_out[i], x, NULL);
-    if (st == AN_OK) st = an_op_bias_grads(ctx, nb, gy, gb);
+    bool on_cuda = st == AN_OK && nb > 0 && gb[0]->device == AN_CUDA; /* column_sums_apply took them above */
+    if (st == AN_OK)
+        st = on_cuda ? an_cuda_column_sums(ctx, gb[0]->dtype, a.rows, nb, a.y, a.width, a.out)
+                     : an_op_bias_grads(ctx, nb, gy, gb);
     for (int j = 0; j < nb; j++) {
         if (st == AN_OK) st = an_node_accumulate(ctx, node, slot[j], gb[j]);
         else an_tensor_release(gb[j]);
