@@ -1,7 +1,8 @@
 /* optim.c — milliseconds per AdamW step of a full fine-tune shaped like DeepSeek-R1-Distill-Qwen-1.5B
  * (339 parameters, 1.78 G elements: bf16 parameters with fp32 masters and moments, fp32 gradients):
- * the one-launch gradient norm and update (an_cuda_sum_squares_multi, an_cuda_adamw_multi) and
- * an_optim_step itself, in the same process on the same buffers. (The per-parameter launches they
+ * the one-launch gradient norm and update (an_cuda_sum_squares_multi, an_cuda_adamw_multi),
+ * an_optim_step itself, and the update in backward's per-parameter side launches (an_cuda_adamw_side,
+ * here with nothing beside them), in the same process on the same buffers. (The per-parameter launches they
  * replaced were measured by this program at commit dc8521d; docs/performance.md has both.)
  *
  *   bench/optim [--layers N (28)] [--repeats N (10)] [--clip X (1.0)]
@@ -29,6 +30,10 @@ typedef struct {
     an_tensor *params[MAX_PARAMS];          /* bf16 on the device, each with an fp32 .grad */
     char names[MAX_PARAMS][96];
     an_adamw_segment *table_dev;             /* (n) on the device: the multi-tensor launches' table */
+    an_adamw_segment *table;                 /* (n) the same on the host: the side launches' segments */
+    double *partial_dev;                     /* the side launches' per-block sums of squares */
+    size_t partial_bytes;
+    int64_t side_grain;                      /* elements a side block covers in the SIDE job */
     int64_t chunks;
     double *sum_dev;                         /* one device double: the norm's sum of squares */
     an_adamw_scalars k;
@@ -51,7 +56,7 @@ static an_status fill(bench *b, an_tensor *t) {
     return AN_OK;
 }
 
-enum { NORM, UPDATE, STEP, COPY };
+enum { NORM, UPDATE, STEP, SIDE, COPY };
 
 static double now_ms(void) {
     struct timespec ts;
@@ -71,11 +76,25 @@ static an_status norm(bench *b) {
     return an_cuda_memcpy(b->ctx, &sum, AN_CPU, b->sum_dev, AN_CUDA, sizeof sum);
 }
 
+/* The update as the update in backward runs it, one an_cuda_adamw_side launch a parameter (with the
+ * gradients' sums of squares), alone on the device here, then the join. */
+static an_status side(bench *b) {
+    int64_t first = 0;
+    for (int i = 0; i < b->n; i++) {
+        an_adamw_segment seg = b->table[i];
+        seg.first_chunk = first;
+        first += (seg.n + b->side_grain - 1) / b->side_grain;
+        AN_TRY(an_cuda_adamw_side(b->ctx, &b->k, &seg, b->side_grain, b->partial_dev));
+    }
+    return an_cuda_side_join(b->ctx);
+}
+
 static an_status run(bench *b, int what) {
     switch (what) {
     case NORM: return norm(b);
     case UPDATE: return an_cuda_adamw_multi(b->ctx, &b->k, b->table_dev, b->n, b->chunks);
     case STEP: return an_optim_step(b->ctx, b->opt, NULL);
+    case SIDE: return side(b);
     default:
         return an_cuda_memcpy(b->ctx, an_tensor_data(b->copy_dst), AN_CUDA, an_tensor_data(b->copy_src), AN_CUDA,
                               an_tensor_nbytes(b->copy_src));
@@ -199,8 +218,10 @@ int main(int argc, char **argv) {
     b->copy_dst = an_tensor_new(ctx, AN_U8, AN_CUDA, 1, &gb);
     bool ok = b->table_dev && b->sum_dev && b->copy_src && b->copy_dst &&
               an_cuda_memcpy(ctx, b->table_dev, AN_CUDA, table, AN_CPU, (size_t)b->n * sizeof *table) == AN_OK;
-    free(table);
-    if (!ok) goto fail;
+    b->table = table;
+    b->partial_bytes = (size_t)(total / 8 + b->n) * sizeof(double); /* a block at least every 8 elements */
+    b->partial_dev = an_mem_alloc(ctx, AN_CUDA, b->partial_bytes);
+    if (!ok || !b->partial_dev) goto fail;
     b->k = (an_adamw_scalars){.decay = 1 - c.lr * c.weight_decay, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
                               .grad_scale = 1.0, .step_size = c.lr / (1 - c.beta1), .bc2_sqrt = sqrt(1 - c.beta2)};
 
@@ -215,9 +236,12 @@ int main(int argc, char **argv) {
     } jobs[] = {{COPY, "copy 1 GiB device to device", 0},
                 {NORM, "norm, one launch (an_cuda_sum_squares_multi)", 4},
                 {UPDATE, "update, one launch (an_cuda_adamw_multi)", 30},
-                {STEP, "an_optim_step (norm, clip, update)", 34}};
+                {STEP, "an_optim_step (norm, clip, update)", 34},
+                {SIDE, "side launches, blocks of 4096 (an_cuda_adamw_side)", 30},
+                {SIDE, "side launches, blocks of 32768", 30}};
     rc = 0;
     for (size_t j = 0; j < sizeof jobs / sizeof *jobs; j++) {
+        b->side_grain = strstr(jobs[j].label, "32768") ? 32768 : AN_ADAMW_SIDE_CHUNK;
         double ms = time_it(b, jobs[j].what, (int)repeats);
         if (ms < 0) {
             rc = 1;
@@ -234,6 +258,8 @@ done:
     an_optim_free(b->opt);
     if (b->table_dev) an_mem_free(ctx, AN_CUDA, b->table_dev, (size_t)b->n * sizeof(an_adamw_segment));
     if (b->sum_dev) an_mem_free(ctx, AN_CUDA, b->sum_dev, sizeof(double));
+    if (b->partial_dev) an_mem_free(ctx, AN_CUDA, b->partial_dev, b->partial_bytes);
+    free(b->table);
     an_tensor_release(b->copy_src), an_tensor_release(b->copy_dst);
     an_tensor_release(b->tile_bf16), an_tensor_release(b->tile_f32);
     an_ctx_free(ctx);
