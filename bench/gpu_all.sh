@@ -35,6 +35,8 @@ if want kernels; then
   "$bin/kernels" 2>&1 | tee -a "$log"
   echo "== optimizer step, 1.5B full fine-tune shape (bench/optim.c)" | tee -a "$log"
   "$bin/optim" 2>&1 | tee -a "$log"
+  echo "== training attention on each path (bench/attention.c)" | tee -a "$log"
+  "$bin/attention" 2>&1 | tee -a "$log"
 fi
 
 model=/tmp/anneal-bench-1.5b

@@ -24,7 +24,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "autograd/cpu/cpu.h"  /* the float64 reference kernels */
 #include "kernels/cuda.h"      /* the launchers under test */
@@ -463,82 +462,6 @@ START_TEST(test_cuda_attention_op_forward_and_backward_match_cpu_op) {
 }
 END_TEST
 
-/* ---- timing (printed, never asserted) ---- */
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-/* Times forward and backward (bf16, causal, no segments) and prints them with the path named. */
-static void time_shape(an_ctx *ctx, int64_t B, int64_t T, int64_t Hq, int64_t Hkv, int64_t D, const char *path) {
-    int64_t qs[4] = {B, T, Hq, D}, ks[4] = {B, T, Hkv, D}, ls[3] = {B, Hq, T};
-    an_tensor *t[9];
-    for (int i = 0; i < 4; i++) {
-        an_tensor *h = test_uniform(ctx, AN_BF16, 4, i == 1 || i == 2 ? ks : qs, -2, 2, false);
-        t[i] = an_tensor_to(ctx, h, AN_BF16, AN_CUDA); /* q, k, v, dout */
-        an_tensor_release(h);
-    }
-    t[4] = test_poisoned_gpu(ctx, AN_BF16, 4, qs), t[5] = test_poisoned_gpu(ctx, AN_F32, 3, ls); /* out, lse */
-    t[6] = test_poisoned_gpu(ctx, AN_BF16, 4, qs), t[7] = test_poisoned_gpu(ctx, AN_BF16, 4, ks); /* dq, dk */
-    t[8] = test_poisoned_gpu(ctx, AN_BF16, 4, ks);                                                 /* dv */
-    an_attention_shape sh = {B, T, Hq, Hkv, D, 1.0 / sqrt((double)D)};
-    double fwd = 0, bwd = 0, part[2] = {0, 0}; /* backward with dq alone, with dk and dv alone */
-    for (int rep = 0; rep < 6; rep++) { /* the first is a warm-up */
-        for (int p = 0; p < 2; p++) {
-            double t0 = now_seconds();
-            test_ok(ctx, an_cuda_attention_backward(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]),
-                                               an_tensor_data(t[2]), NULL, AN_I64, an_tensor_data(t[4]),
-                                               an_tensor_data(t[5]), an_tensor_data(t[3]),
-                                               p ? NULL : an_tensor_data(t[6]), p ? an_tensor_data(t[7]) : NULL,
-                                               p ? an_tensor_data(t[8]) : NULL), "backward part");
-            test_ok(ctx, an_cuda_synchronize(ctx), "sync");
-            if (rep > 0) part[p] += (now_seconds() - t0) / 5;
-        }
-        double t0 = now_seconds();
-        test_ok(ctx, an_cuda_attention(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]), an_tensor_data(t[2]),
-                                  NULL, AN_I64, an_tensor_data(t[4]), an_tensor_data(t[5])), "forward");
-        test_ok(ctx, an_cuda_synchronize(ctx), "sync");
-        double t1 = now_seconds();
-        test_ok(ctx, an_cuda_attention_backward(ctx, &sh, AN_BF16, an_tensor_data(t[0]), an_tensor_data(t[1]),
-                                           an_tensor_data(t[2]), NULL, AN_I64, an_tensor_data(t[4]),
-                                           an_tensor_data(t[5]), an_tensor_data(t[3]), an_tensor_data(t[6]),
-                                           an_tensor_data(t[7]), an_tensor_data(t[8])), "backward");
-        test_ok(ctx, an_cuda_synchronize(ctx), "sync");
-        double t2 = now_seconds();
-        if (rep > 0) fwd += (t1 - t0) / 5, bwd += (t2 - t1) / 5;
-    }
-    double flops = 2.0 * 2.0 * (double)(T * T) / 2 * (double)(D * Hq * B); /* QK^T and PV over the causal half */
-    printf("attention bf16 B %lld T %lld Hq %lld Hkv %lld D %lld causal (%s): forward %.3f ms (%.1f TFLOP/s), "
-           "backward %.3f ms (%.1f TFLOP/s at 2.5x the forward's useful work; dq alone %.3f ms, dk and dv alone %.3f ms)\n",
-           (long long)B, (long long)T, (long long)Hq, (long long)Hkv, (long long)D,
-           path, fwd * 1e3, flops / fwd * 1e-12,
-           bwd * 1e3, 2.5 * flops / bwd * 1e-12, part[0] * 1e3, part[1] * 1e3);
-    fflush(stdout);
-    for (int i = 0; i < 9; i++) an_tensor_release(t[i]);
-}
-
-START_TEST(test_cuda_attention_timing_is_printed) {
-    an_ctx *ctx = gpu_ctx(5, "cuda attention timing");
-    if (!ctx) return;
-    /* DeepSeek-R1-Distill-Qwen-1.5B at the benchmark's batch second; the backward on each path */
-    const int64_t shapes128[2][4] = {{1, 2048, 16, 4}, {8, 1024, 12, 2}};
-    for (int i = 0; i < 2; i++) {
-        const int64_t *d = shapes128[i];
-        time_shape(ctx, d[0], d[1], d[2], d[3], 128, "forward cuDNN, backward attention_wgmma.cu where it runs, else cuDNN");
-        test_ok(ctx, an_cuda_set_attention_wgmma(ctx, false), "wgmma switch");
-        time_shape(ctx, d[0], d[1], d[2], d[3], 128, "cuDNN");
-        test_ok(ctx, an_cuda_set_attention_cudnn(ctx, false), "cuDNN switch");
-        time_shape(ctx, d[0], d[1], d[2], d[3], 128, "attention_mma.cu");
-        test_ok(ctx, an_cuda_set_attention_cudnn(ctx, true), "cuDNN switch");
-        test_ok(ctx, an_cuda_set_attention_wgmma(ctx, true), "wgmma switch");
-    }
-    time_shape(ctx, 1, 2048, 16, 4, 96, "CUDA cores: a head size the tensor-core paths do not take");
-    test_ctx_free(ctx);
-}
-END_TEST
-
 int main(void) {
     Suite *s = suite_create("cuda_attention");
     test_add_case(s, "kernels", test_cuda_attention_forward_and_backward_match_float64_reference);
@@ -546,6 +469,5 @@ int main(void) {
     test_add_case(s, "decode", test_cuda_attention_cached_matches_float64_reference);
     test_add_case(s, "decode regimes", test_cuda_attention_grouped_regimes_match_float64_reference);
     test_add_case(s, "op", test_cuda_attention_op_forward_and_backward_match_cpu_op);
-    test_add_case(s, "timing", test_cuda_attention_timing_is_printed);
     return test_run(s);
 }
