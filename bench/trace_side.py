@@ -7,6 +7,8 @@ AdamW block end, the kernel time of each, and the main stream's time in the kern
 import argparse
 import collections
 
+from trace_summary import read_trace
+
 
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -14,12 +16,7 @@ def main():
     p.add_argument("--marker", default="shift_ids")
     p.add_argument("--kernel", action="append", default=[])
     a = p.parse_args()
-    rows = []
-    with open(a.trace) as f:
-        for line in f:
-            start, end, stream, kind, name = line.rstrip("\n").split(",", 4)
-            rows.append((int(start), int(end), int(stream), kind, name))
-    rows.sort()
+    rows = read_trace(a.trace)
     starts = [r[0] for r in rows if a.marker in r[4]]
     side_streams = {r[2] for r in rows if "adamw_side" in r[4]}
     if len(starts) < 2 or not side_streams:

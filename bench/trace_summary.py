@@ -18,6 +18,17 @@ def short(name):
     return re.sub(r"_ZN\d+_GLOBAL__N__\w+?_\d+_(\w+?)_cu_\w{8}", r"\1::", name)[:100]
 
 
+def read_trace(path):
+    """The trace's records (start_ns, end_ns, stream, kind, name), in start order."""
+    rows = []
+    with open(path) as f:
+        for line in f:
+            start, end, stream, kind, name = line.rstrip("\n").split(",", 4)
+            rows.append((int(start), int(end), int(stream), kind, name))
+    rows.sort()
+    return rows
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trace")
@@ -25,12 +36,7 @@ def main():
     p.add_argument("--top", type=int, default=40)
     p.add_argument("--layer", default=None)
     a = p.parse_args()
-    rows = []
-    with open(a.trace) as f:
-        for line in f:
-            start, end, stream, kind, name = line.rstrip("\n").split(",", 4)
-            rows.append((int(start), int(end), int(stream), kind, name))
-    rows.sort()
+    rows = read_trace(a.trace)
     ends = [r[1] for r in rows if a.marker in r[4]]
     if len(ends) < 2:
         raise SystemExit(f"{a.trace}: fewer than two '{a.marker}' records: no whole step")
