@@ -219,7 +219,8 @@ int main(int argc, char **argv) {
     bool ok = b->table_dev && b->sum_dev && b->copy_src && b->copy_dst &&
               an_cuda_memcpy(ctx, b->table_dev, AN_CUDA, table, AN_CPU, (size_t)b->n * sizeof *table) == AN_OK;
     b->table = table;
-    b->partial_bytes = (size_t)(total / 8 + b->n) * sizeof(double); /* a block at least every 8 elements */
+    /* a partial per block at the finest grain the SIDE jobs use, AN_ADAMW_SIDE_CHUNK */
+    b->partial_bytes = (size_t)(total / AN_ADAMW_SIDE_CHUNK + b->n) * sizeof(double);
     b->partial_dev = an_mem_alloc(ctx, AN_CUDA, b->partial_bytes);
     if (!ok || !b->partial_dev) goto fail;
     b->k = (an_adamw_scalars){.decay = 1 - c.lr * c.weight_decay, .beta1 = c.beta1, .beta2 = c.beta2, .eps = c.eps,
