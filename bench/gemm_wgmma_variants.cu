@@ -145,6 +145,8 @@ struct BenchProj {
     const void *w, *bias, *down, *lora_b;
     int64_t n, r;
     void *out;
+    const float *rope; /* none here */
+    int64_t rope_d;
 };
 
 /* The count projections of x (M, K) side by side in one launch (PROJ, an_cuda_gemm_projections). */

@@ -84,6 +84,10 @@ int an_cuda_logits_stats_apply(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K
 /* Whether the projections of one input (an_qkv_linear's q, k, v) take one an_cuda_gemm_projections
  * launch where it applies (on by default): off only to measure what it gains. */
 an_status an_cuda_set_projections(an_ctx *ctx, bool on);
+/* Whether that launch also rotates q and k where asked (an_cuda_projection's rope; on by default):
+ * off, an_cuda_gemm_projections_rule refuses rotated projections (an_qkv_linear_rope then runs the
+ * rope kernel after them), only to measure what it gains. */
+an_status an_cuda_set_rope_epilogue(an_ctx *ctx, bool on);
 /* Whether the LoRA adapters' gradients take an_cuda_lora_grads (default on; off runs the thin
  * cuBLASLt GEMMs, for measurement). */
 an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on);
@@ -263,11 +267,15 @@ an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t 
                                 const void *const *a, const int64_t *k, const void *const *b, bool bt, void *d);
 /* One projection of an_cuda_gemm_projections: out (M, n) = x W^T + down B^T + bias for W (n, K),
  * with an adapter's down (M, r) (its scaled x_lora A^T) and B (n, r), or without (down NULL), and
- * bias (n) or none (NULL). */
+ * bias (n) or none (NULL). With rope (M, rope_d / 2) (cos, sin) pairs from an_cuda_rope_table, the
+ * output is then rotated in NEOX pairs (i, i + rope_d / 2) of each of its n / rope_d heads, with
+ * the bits of storing it and running an_cuda_rope over it (rope_d 64 or 128; NULL: not rotated). */
 typedef struct {
     const void *w, *bias, *down, *lora_b;
     int64_t n, r;
     void *out;
+    const float *rope;
+    int64_t rope_d;
 } an_cuda_projection;
 /* The count <= 3 projections of one input x (M, K) (an_qkv_linear's q, k, v) in one launch of
  * gemm_wgmma.cu's kernel (PROJ; 128 x 256 tiles where every n is a multiple of 256, else 128 x
@@ -279,8 +287,9 @@ typedef struct {
  * In place of up to five launches on the 1.5B model's q, k, v with LoRA on q and v (per adapter a
  * thin GEMM writing down B^T and the base GEMM adding into it; k's GEMM): 87.7 us against 120.3 on
  * an H100. an_cuda_gemm_projections_rule: 1 when it applies: an_cuda_gemm_swiglu_rule's conditions
- * for each (M, K, n) and (M, r, n), every n a multiple of 128, every pointer 16-byte aligned, and
- * not turned off (an_cuda_set_projections). */
+ * for each (M, K, n) and (M, r, n), every n a multiple of 128, every pointer 16-byte aligned, the
+ * rotated projections' rope_d one value, 64 or 128, dividing their n, and not turned off
+ * (an_cuda_set_projections; rotated ones also an_cuda_set_rope_epilogue). */
 int an_cuda_gemm_projections_rule(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
                                   const an_cuda_projection *proj);
 an_status an_cuda_gemm_projections(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
@@ -561,6 +570,11 @@ an_status an_cuda_rmsnorm_backward(an_ctx *ctx, an_dtype dtype, const void *x, c
 an_status an_cuda_rope(an_ctx *ctx, an_dtype dtype, const void *x, const void *positions, an_dtype pos_dtype,
                        int64_t rows, int64_t H, int64_t D, const double *inv_freq, int interleaved, double sign,
                        void *out);
+/* table (rows, D/2, 2) f32 on the device: (cos, sin) of positions[row] * inv_freq[i], each the
+ * float64 value rounded once to fp32, as an_cuda_rope rotates with (sign +1): what
+ * an_cuda_gemm_projections' rotated outputs read. */
+an_status an_cuda_rope_table(an_ctx *ctx, const void *positions, an_dtype pos_dtype, int64_t rows, int64_t D,
+                             const double *inv_freq, float *table);
 
 /* ---- Softmax over the last dim (softmax.cu), fp32 math ---- */
 

@@ -36,6 +36,7 @@ struct an_cuda_state {
     int wgmma;                 /* 1: compute capability 9.0, whose sm_90a code runs gemm_wgmma.cu's kernels */
     int logits_stats_off;      /* 1: a loss's logits skip the row statistics (an_cuda_set_logits_stats) */
     int projections_off;       /* 1: q, k, v run as separate GEMMs (an_cuda_set_projections) */
+    int rope_epilogue_off;     /* 1: q and k turned by the rope kernel after the projections (an_cuda_set_rope_epilogue) */
     int lora_grads_off;        /* 1: the adapters' gradients run as thin cuBLASLt GEMMs (an_cuda_set_lora_grads) */
     int column_sums_off;       /* 1: bias gradients come from cuBLASLt's dW epilogue (an_cuda_set_column_sums) */
     int wgmma_off;             /* 1: they do not run (an_cuda_set_wgmma, for measurement) */

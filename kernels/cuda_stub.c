@@ -61,6 +61,10 @@ an_status an_cuda_set_projections(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_rope_epilogue(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
@@ -346,6 +350,11 @@ an_status an_cuda_rope(an_ctx *ctx, an_dtype dtype, const void *x, const void *p
                        void *out) {
     (void)dtype, (void)x, (void)positions, (void)pos_dtype, (void)rows, (void)H, (void)D, (void)inv_freq;
     (void)interleaved, (void)sign, (void)out;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_rope_table(an_ctx *ctx, const void *positions, an_dtype pos_dtype, int64_t rows, int64_t D,
+                             const double *inv_freq, float *table) {
+    (void)positions, (void)pos_dtype, (void)rows, (void)D, (void)inv_freq, (void)table;
     return NO_CUDA(ctx);
 }
 an_status an_cuda_softmax(an_ctx *ctx, an_dtype dtype, const void *x, int64_t rows, int64_t cols, void *y) {

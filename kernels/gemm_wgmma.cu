@@ -9,7 +9,8 @@
  * operand pairs (Operands: K segments, each zero-filled past its own K), so a sum of products into
  * one output, dX = dq Wq + dk Wk + dv Wv or a LoRA branch beside its base projection, is one launch
  * and one rounding (an_cuda_gemm_segments); PROJ puts several projections of one input side by
- * side (q | k | v with their biases and adapters, an_cuda_gemm_projections).
+ * side (q | k | v with their biases and adapters, an_cuda_gemm_projections), and may turn q's and
+ * k's heads by their rotary angles before storing them (rope_tile), so rope needs no pass of its own.
  * At parity with cuBLASLt as a plain GEMM (STORE) on the 1.5B model's training shapes, bit for bit
  * equal to it at every one measured (bench/gemm_wgmma_variants, docs/performance.md).
  *
@@ -53,6 +54,7 @@
  * the kernel template against cuBLASLt. */
 #ifndef AN_WGMMA_GEMM_KERNEL_ONLY
 #include "kernels/cuda_common.cuh" /* an_cuda_state, AN_CUDA_CHECK, an_cuda_tensor_map_encoder */
+#include "kernels/vec.cuh"         /* an_aligned16 */
 #endif
 #include "kernels/silu.cuh"  /* an_silu, an_swiglu_grad */
 #include "kernels/tma.cuh"   /* mbarriers, tma::load / store, tma::encode_2d */
@@ -210,6 +212,10 @@ struct Operands {
     int col_lo[MAX_SEGMENTS], col_hi[MAX_SEGMENTS];
     int group_lo[MAX_GROUPS], groups;
     const void *bias[MAX_GROUPS];
+    /* PROJ only: group g's rotary table (M, rope_d / 2) of (cos, sin) (an_cuda_rope_table), or NULL:
+     * its output rotated in NEOX pairs (i, i + rope_d / 2) of every head, rope_d 64 or 128 */
+    const float2 *rope[MAX_GROUPS];
+    int rope_d;
 };
 /* Whether segment seg's k slices run for the tile whose columns start at col (every segment but PROJ's). */
 template <int EPI> __device__ __forceinline__ bool covers(const Operands &ops, int seg, int col) {
@@ -219,6 +225,50 @@ template <int EPI> __device__ __forceinline__ bool covers(const Operands &ops, i
 template <typename T> __device__ __forceinline__ void group_bias(const Operands &ops, int grp, int col, float (&b)[2]) {
     b[0] = b[1] = 0.0f;
     if (ops.bias[grp]) unpack<T>(*(reinterpret_cast<const uint32_t *>(ops.bias[grp]) + col / 2), b);
+}
+
+/* PROJ with a rotary table: the 64-row half's tile values (acc, the thread's wgmma fragment: columns
+ * 8 j + c0 + {0, 1} of rows r0 and r0 + 8, TN / 8 values of j) as the separate path would store and
+ * rotate them: each rounded to T (with the bias unless the adapter's slices already hold it), then
+ * pairs (i, i + D / 2) of each head turned by the row's angle as kernels/rope.cu turns them (fp32,
+ * every product and sum rounded on its own, the table's cos and sin those it computes), left in acc
+ * for the store's one rounding. Both of a pair are the same thread's (j and j + D / 16), and a tile
+ * holds whole heads (TN % D == 0 and the group's tiles start at multiples of TN). */
+template <typename T, int TN, int D>
+__device__ __forceinline__ void rope_tile(float (&acc)[TN / 2], const Operands &ops, int grp, int gcol, int row, int M,
+                                          int c0, bool add_bias) {
+    static_assert(TN % D == 0 && D % 16 == 0, "whole heads a tile, pairs in one thread");
+    const float2 *table = ops.rope[grp];
+#pragma unroll
+    for (int j = 0; j < TN / 8; j++) {
+        float bias[2] = {0.0f, 0.0f};
+        if (add_bias) group_bias<T>(ops, grp, gcol + 8 * j + c0, bias);
+#pragma unroll
+        for (int hr = 0; hr < 2; hr++) {
+            float v[2];
+            const int e = 4 * j + 2 * hr;
+            unpack<T>(pack<T>(acc[e] + bias[0], acc[e + 1] + bias[1]), v);
+            acc[e] = v[0], acc[e + 1] = v[1];
+        }
+    }
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        const int r = row + 8 * hr;
+        if (r >= M) continue; /* past M: zero-filled rows, never stored */
+#pragma unroll
+        for (int j = 0; j < TN / 8; j++) {
+            if ((8 * j) % D >= D / 2) continue; /* the pair's second half: turned with its first */
+            const int jj = j + D / 16, i = (8 * j) % D + c0, e = 4 * j + 2 * hr, ee = 4 * jj + 2 * hr;
+            const float4 cs = *reinterpret_cast<const float4 *>(table + (size_t)r * (D / 2) + i); /* (c, s) at i, i + 1 */
+            const float c[2] = {cs.x, cs.z}, sn[2] = {cs.y, cs.w};
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+                const float x1 = acc[e + q], x2 = acc[ee + q];
+                acc[e + q] = __fsub_rn(__fmul_rn(x1, c[q]), __fmul_rn(x2, sn[q]));
+                acc[ee + q] = __fadd_rn(__fmul_rn(x2, c[q]), __fmul_rn(x1, sn[q]));
+            }
+        }
+    }
 }
 
 /* Tensor maps (each 128-byte swizzled in boxes of 64 columns, or 32 with the 64-byte swizzle):
@@ -533,6 +583,15 @@ __global__ void __launch_bounds__(THREADS, 1)
                 wgmma::named_sync(1 + c, 128);
             }
             const int r0 = 16 * warp + lane / 4, c0 = 2 * (lane % 4);
+            bool rotated = false; /* PROJ: acc holds the rotated values, bias in (rope_tile) */
+            if constexpr (EPI == PROJ && TN % 128 == 0) {
+                if (ops.rope[grp]) {
+                    const int row = row0 + 64 * c + r0;
+                    if (ops.rope_d == 128) rope_tile<T, TN, 128>(acc[0], ops, grp, gcol, row, M, c0, nt <= nbase);
+                    else rope_tile<T, TN, 64>(acc[0], ops, grp, gcol, row, M, c0, nt <= nbase);
+                    rotated = true;
+                }
+            }
 #pragma unroll
             for (int h = 0; h < MH; h++) {
                 if (PP && h % HP == 0) tma::bar_wait(ready + 8 * (2 * c + h / HP), (i >> 1) & 1);
@@ -552,8 +611,8 @@ __global__ void __launch_bounds__(THREADS, 1)
                         if constexpr (EPI == STORE || EPI == ROWSTATS) {
                             *at(0, col, r) = pack<T>(acc[h][e], acc[h][e + 1]);
                         } else if constexpr (EPI == PROJ) { /* with an adapter the bias is in (its main loop) */
-                            *at(0, col, r) = nt > nbase ? pack<T>(acc[h][e], acc[h][e + 1])
-                                                        : pack<T>(acc[h][e] + bias[0], acc[h][e + 1] + bias[1]);
+                            *at(0, col, r) = nt > nbase || rotated ? pack<T>(acc[h][e], acc[h][e + 1])
+                                                                   : pack<T>(acc[h][e] + bias[0], acc[h][e + 1] + bias[1]);
                         } else if constexpr (EPI == SWIGLU) { /* column j is gate, j + TN / 8 the matching up */
                             const int ue = e + 4 * (TN / 8);
                             const uint32_t vg = pack<T>(acc[h][e], acc[h][e + 1]), vu = pack<T>(acc[h][ue], acc[h][ue + 1]);
@@ -681,7 +740,8 @@ cudaError_t encode_projections(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, 
         const P &p = proj[g];
         const int n = (int)p.n;
         if (n < BN || n % BN) return cudaErrorInvalidValue;
-        ops->group_lo[g] = col, ops->bias[g] = p.bias;
+        ops->group_lo[g] = col, ops->bias[g] = p.bias, ops->rope[g] = (const float2 *)p.rope;
+        if (p.rope) ops->rope_d = (int)p.rope_d;
         cudaError_t err = tma::encode_2d(encode, &omap[g], (const T *)p.out, M, n, 64, 64);
         for (int part = 0; part < (p.down ? 2 : 1) && err == cudaSuccess; part++, seg++) { /* base, then adapter */
             const int k = part ? (int)p.r : K;
@@ -894,13 +954,17 @@ cudaError_t launch_projections(an_cuda_state *s, int M, int K, const void *x, in
 extern "C" int an_cuda_gemm_projections_rule(an_ctx *ctx, an_dtype dtype, const void *x, int64_t M, int64_t K, int count,
                                              const an_cuda_projection *proj) {
     if (!ctx->cuda || ctx->cuda->projections_off || count < 1 || count > wgmma_gemm::MAX_GROUPS) return 0;
-    int64_t n_all = 0;
+    int64_t n_all = 0, rope_d = 0;
     for (int g = 0; g < count; g++) {
         const an_cuda_projection *p = &proj[g];
         const void *base[] = {x, p->w, p->out, p->bias ? p->bias : x}, *branch[] = {p->down, p->lora_b};
         if (p->n < PROJ_BN_NARROW || p->n % PROJ_BN_NARROW || !an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, p->n, base, 4))
             return 0;
         if (p->down && (!p->lora_b || !an_cuda_gemm_swiglu_rule(ctx, dtype, M, p->r, p->n, branch, 2))) return 0;
+        if (p->rope && (ctx->cuda->rope_epilogue_off || (p->rope_d != 64 && p->rope_d != 128) || p->n % p->rope_d || (rope_d && p->rope_d != rope_d) ||
+                        !an_aligned16(p->rope)))
+            return 0;
+        if (p->rope) rope_d = p->rope_d;
         n_all += p->n;
     }
     return n_all <= INT32_MAX && (M + 127) / 128 * (n_all / PROJ_BN_NARROW) <= INT32_MAX;
@@ -912,7 +976,7 @@ extern "C" an_status an_cuda_gemm_projections(an_ctx *ctx, an_dtype dtype, const
     AN_CHECK(ctx, an_cuda_gemm_projections_rule(ctx, dtype, x, M, K, count, proj), AN_ERR_INPUT,
              "gemm_projections: %d projections of %s (%lld, %lld) on this device: needs compute capability 9.0, bf16 "
              "or f16, 1 to %d projections of widths multiple of 128, K and ranks multiples of 8, 16-byte aligned "
-             "operands",
+             "operands, rotary head dims of one value, 64 or 128, dividing the widths",
              count, an_dtype_name(dtype), (long long)M, (long long)K, wgmma_gemm::MAX_GROUPS);
     bool wide = true;
     for (int g = 0; g < count; g++) wide = wide && proj[g].n % PROJ_BN == 0;

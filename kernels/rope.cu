@@ -129,7 +129,38 @@ __global__ void rope_vec_kernel(const T *x, const void *positions, bool pos64, i
     }
 }
 
+/* table (rows, D/2) of (cos, sin) at angle positions[r] * inv[i]: the values the kernels above
+ * rotate with at sign +1 (float64 sincos, each rounded once to fp32). */
+__global__ void rope_table_kernel(const void *positions, bool pos64, int64_t rows, int half, InvFreq inv,
+                                  float2 *table) {
+    int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (e >= rows * half) return;
+    int64_t r = e / half;
+    int i = (int)(e - r * half);
+    double sd, cd;
+    sincos((double)an_load_id(positions, pos64, r) * inv.v[i], &sd, &cd);
+    table[e] = make_float2((float)cd, (float)sd);
+}
+
 } // namespace
+
+extern "C" an_status an_cuda_rope_table(an_ctx *ctx, const void *positions, an_dtype pos_dtype, int64_t rows,
+                                        int64_t D, const double *inv_freq, float *table) {
+    AN_CUDA_STATE(ctx, s);
+    AN_CHECK(ctx, pos_dtype == AN_I32 || pos_dtype == AN_I64, AN_ERR_INPUT,
+             "rope_table: positions must be i32 or i64, got %s", an_dtype_name(pos_dtype));
+    AN_CHECK(ctx, D >= 2 && D % 2 == 0 && D <= AN_CUDA_ROPE_MAX_D && rows >= 0 && rows <= INT32_MAX, AN_ERR_INPUT,
+             "rope_table: %lld rows at head dim %lld (even, at most %d)", (long long)rows, (long long)D,
+             AN_CUDA_ROPE_MAX_D);
+    if (rows == 0) return AN_OK;
+    InvFreq inv = {};
+    for (int64_t i = 0; i < D / 2; i++) inv.v[i] = inv_freq[i];
+    int64_t n = rows * (D / 2);
+    rope_table_kernel<<<(unsigned)((n + 255) / 256), 256, 0, s->stream>>>(positions, pos_dtype == AN_I64, rows,
+                                                                          (int)(D / 2), inv, (float2 *)table);
+    AN_CUDA_LAUNCH_CHECK(ctx, "rope_table_kernel");
+    return AN_OK;
+}
 
 extern "C" an_status an_cuda_rope(an_ctx *ctx, an_dtype dtype, const void *x, const void *positions,
                                   an_dtype pos_dtype, int64_t rows, int64_t H, int64_t D, const double *inv_freq,

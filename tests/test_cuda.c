@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/cpu/cpu.h" /* an_cpu_rope_inv_freq */
 #include "kernels/cuda.h"  /* the launchers under test */
 #include "support/test_util.h"
 
@@ -939,7 +940,7 @@ START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
                 out[g] = poisoned(ctx, dtype, m * n, 0);
                 cp[g] = (an_cuda_projection){an_tensor_data(w[g].dev), bias[g].dev ? an_tensor_data(bias[g].dev) : NULL,
                                              r ? an_tensor_data(down[g].dev) : NULL, r ? an_tensor_data(lb[g].dev) : NULL,
-                                             n, r, an_tensor_data(out[g])};
+                                             n, r, an_tensor_data(out[g]), NULL, 0};
             }
             ck_assert_msg(an_cuda_gemm_projections_rule(ctx, dtype, an_tensor_data(x.dev), m, k, count, cp),
                           "gemm_projections: the rule refused case %zu", ci);
@@ -990,7 +991,7 @@ START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
         pair down = random_pair(ctx, dtype, m * r, 0, -1, 1), lb = random_pair(ctx, dtype, n * r, 0, -small, small);
         an_tensor *with = poisoned(ctx, dtype, m * n, 0), *without = poisoned(ctx, dtype, m * n, 0);
         an_cuda_projection cp = {an_tensor_data(w.dev), NULL, an_tensor_data(down.dev), an_tensor_data(lb.dev), n, r,
-                                 an_tensor_data(with)};
+                                 an_tensor_data(with), NULL, 0};
         test_ok(ctx, an_cuda_gemm_projections(ctx, dtype, an_tensor_data(x.dev), m, k, 1, &cp), "with the adapter");
         cp.down = cp.lora_b = NULL, cp.r = 0, cp.out = an_tensor_data(without);
         test_ok(ctx, an_cuda_gemm_projections(ctx, dtype, an_tensor_data(x.dev), m, k, 1, &cp), "without");
@@ -1012,7 +1013,7 @@ START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
     an_tensor *out = poisoned(ctx, AN_BF16, 64 * 256, 0);
     an_cuda_projection cp[4];
     for (int g = 0; g < 4; g++)
-        cp[g] = (an_cuda_projection){an_tensor_data(w.dev), NULL, NULL, NULL, 64, 0, an_tensor_data(out)};
+        cp[g] = (an_cuda_projection){an_tensor_data(w.dev), NULL, NULL, NULL, 64, 0, an_tensor_data(out), NULL, 0};
     double *before = test_download(ctx, out);
     expect_input_error(ctx, an_cuda_gemm_projections(ctx, AN_BF16, an_tensor_data(x.dev), 64, 64, 1, cp),
                        "gemm_projections", NULL);
@@ -1030,6 +1031,86 @@ START_TEST(test_cuda_gemm_projections_match_the_separate_products) {
     free(before), free(after);
     an_tensor_release(out);
     pair_release(x), pair_release(w);
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* an_cuda_gemm_projections with rotary tables (an_cuda_rope_table): q's and k's outputs bit for bit
+ * the unrotated launch's followed by an_cuda_rope in place (NEOX), v's untouched, at head dims 128
+ * and 64 with adapters, biases, ragged rows and positions that restart, one of them large. The rule
+ * refuses a head dim other than 64 or 128, one that does not divide the width, and two of them. */
+START_TEST(test_cuda_gemm_projections_rotate_as_rope_does) {
+    an_ctx *ctx = hopper_ctx(19, "cuda gemm_projections rope");
+    if (!ctx) return;
+    const struct {
+        int64_t m, k, d, n[3], r[3];
+    } cases[] = {{300, 392, 128, {256, 128, 256}, {16, 0, 8}}, {130, 64, 64, {256, 128, 128}, {0, 16, 16}},
+                 {1100, 1536, 128, {1536, 256, 256}, {16, 0, 16}}};
+    an_rope_config cfg = {AN_ROPE_NEOX, 10000.0, 0, 0, 0, 0};
+    for (int dt = 1; dt < N_DTYPES; dt++) /* bf16, f16 */
+        for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+            an_dtype dtype = float_dtypes[dt];
+            const int64_t m = cases[ci].m, k = cases[ci].k, d = cases[ci].d;
+            double inv_freq[64];
+            an_cpu_rope_inv_freq(&cfg, d, inv_freq);
+            an_tensor *pos_host = an_tensor_new(ctx, AN_I64, AN_CPU, 1, (int64_t[]){m});
+            for (int64_t i = 0; i < m; i++) ((int64_t *)an_tensor_data(pos_host))[i] = i == 5 ? 70000 : i % 97;
+            an_tensor *pos = an_tensor_to(ctx, pos_host, AN_I64, AN_CUDA);
+            an_tensor *table = an_tensor_new(ctx, AN_F32, AN_CUDA, 2, (int64_t[]){m, d});
+            test_ok(ctx, an_cuda_rope_table(ctx, an_tensor_data(pos), AN_I64, m, d, inv_freq, an_tensor_data(table)),
+                    "rope_table");
+            pair x = random_pair(ctx, dtype, m * k, 0, -1, 1), w[3], bias[3], down[3], lb[3];
+            an_tensor *fused[3], *plain[3];
+            an_cuda_projection cf[3], cs[3];
+            for (int g = 0; g < 3; g++) {
+                const int64_t n = cases[ci].n[g], r = cases[ci].r[g];
+                w[g] = random_pair(ctx, dtype, n * k, 0, -1, 1);
+                bias[g] = g != 2 ? random_pair(ctx, dtype, n, 0, -2, 2) : (pair){0};
+                down[g] = r ? random_pair(ctx, dtype, m * r, 0, -1, 1) : (pair){0};
+                lb[g] = r ? random_pair(ctx, dtype, n * r, 0, -1, 1) : (pair){0};
+                fused[g] = poisoned(ctx, dtype, m * n, 0), plain[g] = poisoned(ctx, dtype, m * n, 0);
+                cs[g] = (an_cuda_projection){an_tensor_data(w[g].dev), bias[g].dev ? an_tensor_data(bias[g].dev) : NULL,
+                                             r ? an_tensor_data(down[g].dev) : NULL, r ? an_tensor_data(lb[g].dev) : NULL,
+                                             n, r, an_tensor_data(plain[g]), NULL, 0};
+                cf[g] = cs[g], cf[g].out = an_tensor_data(fused[g]);
+                if (g < 2) cf[g].rope = an_tensor_data(table), cf[g].rope_d = d;
+            }
+            ck_assert_msg(an_cuda_gemm_projections_rule(ctx, dtype, an_tensor_data(x.dev), m, k, 3, cf),
+                          "gemm_projections rope: the rule refused case %zu", ci);
+            test_ok(ctx, an_cuda_gemm_projections(ctx, dtype, an_tensor_data(x.dev), m, k, 3, cf), "rotated launch");
+            test_ok(ctx, an_cuda_gemm_projections(ctx, dtype, an_tensor_data(x.dev), m, k, 3, cs), "plain launch");
+            double *unturned[3];
+            for (int g = 0; g < 3; g++) unturned[g] = test_download(ctx, plain[g]);
+            for (int g = 0; g < 2; g++)
+                test_ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(plain[g]), an_tensor_data(pos), AN_I64, m,
+                                          cases[ci].n[g] / d, d, inv_freq, 0, 1.0, an_tensor_data(plain[g])),
+                        "rope");
+            for (int g = 0; g < 3; g++) {
+                double *a = test_download(ctx, fused[g]), *b = test_download(ctx, plain[g]);
+                int64_t n = cases[ci].n[g], turned = 0;
+                for (int64_t i = 0; i < m * n; i++) {
+                    ck_assert_msg(!isnan(a[i]) && a[i] == b[i], "gemm_projections rope %s case %zu projection %d: element "
+                                  "%lld is %g, the separate rope gives %g", an_dtype_name(dtype), ci, g, (long long)i,
+                                  a[i], b[i]);
+                    turned += a[i] != unturned[g][i];
+                }
+                /* q and k were turned (position 0 rows and tiny angles keep some values), v was not */
+                ck_assert_msg(g < 2 ? turned > m * n / 4 : turned == 0, "gemm_projections rope case %zu projection %d: "
+                              "%lld of %lld values changed by the rotation", ci, g, (long long)turned, (long long)(m * n));
+                free(a), free(b), free(unturned[g]);
+            }
+            /* refused: head dim 96, one that does not divide 128's widths, and two head dims */
+            cf[0].rope_d = 96;
+            ck_assert(!an_cuda_gemm_projections_rule(ctx, dtype, an_tensor_data(x.dev), m, k, 3, cf));
+            cf[0].rope_d = 64, cf[1].rope_d = 128;
+            ck_assert(!an_cuda_gemm_projections_rule(ctx, dtype, an_tensor_data(x.dev), m, k, 3, cf));
+            for (int g = 0; g < 3; g++) {
+                an_tensor_release(fused[g]), an_tensor_release(plain[g]);
+                pair_release(w[g]), pair_release(bias[g]), pair_release(down[g]), pair_release(lb[g]);
+            }
+            pair_release(x);
+            an_tensor_release(table), an_tensor_release(pos), an_tensor_release(pos_host);
+        }
     test_ctx_free(ctx);
 }
 END_TEST
@@ -1495,6 +1576,7 @@ int main(void) {
     test_add_case(s, "gemv", test_cuda_gemv_rows_match_the_reference);
     test_add_case(s, "gemm_segments", test_cuda_gemm_segments_sums_every_pair_once);
     test_add_case(s, "gemm_projections", test_cuda_gemm_projections_match_the_separate_products);
+    test_add_case(s, "gemm_projections_rope", test_cuda_gemm_projections_rotate_as_rope_does);
     test_add_case(s, "lora_grads", test_cuda_lora_grads_match_the_reference);
     test_add_case(s, "logits_stats", test_cuda_logits_stats_give_the_two_pass_loss);
     test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);

@@ -1278,6 +1278,106 @@ static void expect_same_or_none(an_ctx *ctx, const an_tensor *got, const an_tens
     expect_same_bits(ctx, got, want, what);
 }
 
+/* an_qkv_linear_rope on the GPU against an_qkv_linear followed by an_rope_trusted on q's and k's
+ * (B, T, H, D) views, the model's graph before: q, k, v and every gradient the same bits (on an
+ * H100 the rotation rides in an_cuda_gemm_projections' epilogue at head dims 128 and 64 and the
+ * backward turns dq and dk back with an_rope's kernel; elsewhere, in f32 and for interleaved pairs,
+ * both sides run an_rope's kernels), over packed positions that restart, one of them large. */
+START_TEST(test_cuda_qkv_linear_rope_gives_the_separate_rope_bits) {
+    an_ctx *ctx = gpu_ctx(15, "cuda qkv_linear_rope");
+    if (!ctx) return;
+    const struct {
+        an_dtype dtype;
+        int64_t b, t, in, q, kv, r, d;
+        an_rope_style style;
+    } cases[] = {{AN_BF16, 2, 150, 256, 256, 128, 16, 128, AN_ROPE_NEOX}, {AN_F16, 3, 70, 64, 256, 128, 8, 64, AN_ROPE_NEOX},
+                 {AN_BF16, 2, 40, 64, 128, 128, 8, 64, AN_ROPE_INTERLEAVED}, {AN_F32, 2, 33, 64, 128, 64, 8, 32, AN_ROPE_NEOX}};
+    char what[160];
+    for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
+        const an_dtype dtype = cases[ci].dtype;
+        const int64_t B = cases[ci].b, T = cases[ci].t, d = cases[ci].d, width[3] = {cases[ci].q, cases[ci].kv, cases[ci].kv};
+        an_rope_config cfg = {cases[ci].style, 10000.0, 0, 0, 0, 0};
+        fmt(what, sizeof what, "qkv_linear_rope %s case %zu", an_dtype_name(dtype), ci);
+        an_tensor *in[QKV_N] = {0}, *up[3], *ph = an_tensor_new(ctx, AN_I64, AN_CPU, 2, (int64_t[]){B, T});
+        for (int64_t i = 0; i < B * T; i++) ((int64_t *)an_tensor_data(ph))[i] = i == 3 ? 40000 : (i % T) % 61;
+        an_tensor *pos = to_gpu(ctx, ph), *h = test_uniform(ctx, dtype, 3, (int64_t[]){B, T, cases[ci].in}, -1, 1, false);
+        in[QKV_X] = to_gpu(ctx, h);
+        an_tensor_release(h), an_tensor_release(ph);
+        an_tensor_set_requires_grad(in[QKV_X], true);
+        an_qkv_proj proj[3];
+        for (int p = 0; p < 3; p++) {
+            an_tensor *hw = test_uniform(ctx, dtype, 2, (int64_t[]){width[p], cases[ci].in}, -0.5, 0.5, false);
+            an_tensor *hb = test_uniform(ctx, dtype, 1, (int64_t[]){width[p]}, -1, 1, false);
+            an_tensor *hu = test_uniform(ctx, dtype, 3, (int64_t[]){B, T, width[p]}, -1, 1, false);
+            in[QKV_W + p] = to_gpu(ctx, hw), in[QKV_BIAS + p] = to_gpu(ctx, hb), up[p] = to_gpu(ctx, hu);
+            an_tensor_release(hw), an_tensor_release(hb), an_tensor_release(hu);
+            proj[p] = (an_qkv_proj){in[QKV_W + p], in[QKV_BIAS + p], NULL, NULL, NULL, qkv_scale(p)};
+            if (p == 1) continue; /* adapters on q and v, LoRA q,v's */
+            an_tensor *ha = test_uniform(ctx, dtype, 2, (int64_t[]){cases[ci].r, cases[ci].in}, -0.5, 0.5, false);
+            an_tensor *hB = test_uniform(ctx, dtype, 2, (int64_t[]){width[p], cases[ci].r}, -0.5, 0.5, false);
+            in[QKV_A + 2 * p] = to_gpu(ctx, ha), in[QKV_A + 2 * p + 1] = to_gpu(ctx, hB);
+            an_tensor_set_requires_grad(in[QKV_A + 2 * p], true);
+            an_tensor_set_requires_grad(in[QKV_A + 2 * p + 1], true);
+            an_tensor_release(ha), an_tensor_release(hB);
+            proj[p].lora_a = in[QKV_A + 2 * p], proj[p].lora_b = in[QKV_A + 2 * p + 1];
+        }
+        an_tensor *out[2][3], *grads[2][QKV_N];
+        for (int side = 0; side < 2; side++) {
+            an_tensor *o[3];
+            if (side == 0) {
+                an_tensor *table = NULL; /* every other case the model's one table a forward */
+                if (ci % 2 == 0) test_ok(ctx, an_rope_table(ctx, pos, &cfg, d, &table), what);
+                test_ok(ctx, an_qkv_linear_rope(ctx, in[QKV_X], proj, pos, &cfg, d, table, o), what);
+                an_tensor_release(table);
+            } else {
+                test_ok(ctx, an_qkv_linear(ctx, in[QKV_X], proj, o), what);
+                for (int p = 0; p < 2; p++) {
+                    an_tensor *heads = an_reshape(ctx, o[p], 4, (int64_t[]){B, T, width[p] / d, d});
+                    an_tensor *turned = an_rope_trusted(ctx, heads, pos, &cfg);
+                    an_tensor_release(o[p]), an_tensor_release(heads);
+                    o[p] = an_reshape(ctx, turned, 3, (int64_t[]){B, T, width[p]});
+                    an_tensor_release(turned);
+                    ck_assert_msg(o[p] != NULL, "%s: %s", what, an_error_message(ctx));
+                }
+            }
+            an_tensor *loss = NULL;
+            for (int p = 0; p < 3; p++) {
+                an_tensor *m = an_mul(ctx, o[p], up[p]), *sum = an_sum(ctx, m);
+                an_tensor *next = loss ? an_add(ctx, loss, sum) : an_tensor_retain(sum);
+                an_tensor_release(m), an_tensor_release(sum), an_tensor_release(loss);
+                loss = next, out[side][p] = o[p];
+            }
+            test_ok(ctx, an_backward(ctx, loss), what);
+            an_tensor_release(loss);
+            for (int i = 0; i < QKV_N; i++) {
+                grads[side][i] = in[i] ? in[i]->grad : NULL;
+                if (in[i]) in[i]->grad = NULL;
+            }
+        }
+        static const char *const names[3] = {"q", "k", "v"};
+        char w2[200];
+        for (int p = 0; p < 3; p++) {
+            fmt(w2, sizeof w2, "%s %s", what, names[p]);
+            expect_same_bits(ctx, out[0][p], out[1][p], w2);
+        }
+        for (int i = 0; i < QKV_N; i++) {
+            fmt(w2, sizeof w2, "%s gradient of input %d", what, i);
+            expect_same_or_none(ctx, grads[0][i], grads[1][i], w2);
+        }
+        ck_assert_msg(grads[0][QKV_X] && grads[0][QKV_A] && grads[0][QKV_A + 1], "%s: gradients missing", what);
+        for (int sd = 0; sd < 2; sd++) {
+            for (int p = 0; p < 3; p++) an_tensor_release(out[sd][p]);
+            for (int i = 0; i < QKV_N; i++) an_tensor_release(grads[sd][i]);
+        }
+        for (int i = 0; i < QKV_N; i++) an_tensor_release(in[i]);
+        for (int p = 0; p < 3; p++) an_tensor_release(up[p]);
+        an_tensor_release(pos);
+        an_tape_clear(ctx);
+    }
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* The node against the separate ops on the same GPU inputs: every gradient but x's the same bits
  * (the same kernels: an_cuda_lora_grads' bits do not depend on which adapters share its launch),
  * and where an_cuda_lora_grads forms the adapters' dA and dB (bf16, f16, ranks and widths multiples
@@ -1438,5 +1538,6 @@ int main(void) {
     test_add_case(s, "linear_cross_entropy", test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks);
     test_add_case(s, "swiglu_mlp", test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels);
     test_add_case(s, "qkv_linear", test_cuda_qkv_linear_matches_the_separate_ops_and_repeats_its_bits);
+    test_add_case(s, "qkv_linear_rope", test_cuda_qkv_linear_rope_gives_the_separate_rope_bits);
     return test_run(s);
 }

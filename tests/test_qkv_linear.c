@@ -3,8 +3,10 @@
  * on all three), biases and dropout masks, trained and frozen weights; on the CPU in f32 and bf16
  * the outputs and every gradient bit for bit those of the separate ops the model ran before
  * (an_linear, an_lora_linear, an_dropout's multiply), also when only some of q, k, v reach the
- * loss and when x needs no gradient; shape errors that name the projection. The CUDA path against
- * the separate ops is in tests/test_cuda_ops.c (qkv_linear). */
+ * loss and when x needs no gradient; an_qkv_linear_rope likewise against the projections followed
+ * by an_rope on q's and k's head views (NEOX and interleaved, llama3 scaling, packed positions);
+ * shape errors that name the projection. The CUDA path against the separate ops is in
+ * tests/test_cuda_ops.c (qkv_linear). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,7 +22,26 @@ typedef struct {
     unsigned use;        /* bit p: output p enters the loss */
     an_tensor *masks[3]; /* x's shape and dtype, or NULL */
     an_tensor *r[3];     /* the loss's weights of each output */
+    int rope;            /* 0: none; 1 NEOX, 2 interleaved (3: NEOX with llama3 scaling), head_dim d */
+    int64_t d;
+    an_tensor *positions; /* (B, T) i64 with rope */
 } case_opts;
+
+static an_rope_config rope_of(const case_opts *o) {
+    an_rope_config c = {o->rope == 2 ? AN_ROPE_INTERLEAVED : AN_ROPE_NEOX, 10000.0, 0, 0, 0, 0};
+    if (o->rope == 3) c.llama3_factor = 8, c.llama3_low_freq_factor = 1, c.llama3_high_freq_factor = 4,
+                      c.llama3_original_max_position = 16;
+    return c;
+}
+
+/* (B, T) i64 positions that restart as packed documents do, one of them large. */
+static an_tensor *packed_positions(an_ctx *ctx, int64_t B, int64_t T) {
+    an_tensor *pos = an_tensor_new(ctx, AN_I64, AN_CPU, 2, (int64_t[]){B, T});
+    int64_t *p = an_tensor_data(pos);
+    for (int64_t b = 0; b < B; b++)
+        for (int64_t t = 0; t < T; t++) p[b * T + t] = t < 2 ? t + b : t == 2 ? 1000 + b : t - 3;
+    return pos;
+}
 
 static bool has_lora(const case_opts *o, int p) { return o->lora == 2 || (o->lora == 1 && p != 1); }
 static double scale_of(int p) { return 0.75 + 0.5 * p; }
@@ -32,7 +53,20 @@ static an_status fused(an_ctx *ctx, an_tensor *const *in, const case_opts *o, an
         proj[p] = (an_qkv_proj){in[IW + p], o->bias ? in[IBIAS + p] : NULL, l ? in[IA + 2 * p] : NULL,
                                 l ? in[IA + 2 * p + 1] : NULL, l && o->mask ? o->masks[p] : NULL, scale_of(p)};
     }
-    return an_qkv_linear(ctx, in[IX], proj, out);
+    if (!o->rope) return an_qkv_linear(ctx, in[IX], proj, out);
+    an_rope_config c = rope_of(o);
+    return an_qkv_linear_rope(ctx, in[IX], proj, o->positions, &c, o->d, NULL, out);
+}
+
+/* out (B, T, n) rotated as the model rotated it before: an_rope on its (B, T, n / d, d) view. */
+static an_tensor *rotated(an_ctx *ctx, an_tensor *out, const case_opts *o) {
+    an_rope_config c = rope_of(o);
+    int64_t B = out->shape[0], T = out->shape[1], n = out->shape[2];
+    an_tensor *heads = an_reshape(ctx, out, 4, (int64_t[]){B, T, n / o->d, o->d});
+    an_tensor *r = heads ? an_rope(ctx, heads, o->positions, &c) : NULL;
+    an_tensor *flat = r ? an_reshape(ctx, r, 3, (int64_t[]){B, T, n}) : NULL;
+    an_tensor_release(heads), an_tensor_release(r), an_tensor_release(out);
+    return flat;
 }
 
 /* The same three projections as the model formed them before: an_dropout's multiply and
@@ -47,6 +81,7 @@ static an_status composed(an_ctx *ctx, an_tensor *const *in, const case_opts *o,
             out[p] = an_lora_linear(ctx, x, xl, in[IW + p], b, in[IA + 2 * p], in[IA + 2 * p + 1], scale_of(p));
             an_tensor_release(xl);
         }
+        if (out[p] && o->rope && p < 2) out[p] = rotated(ctx, out[p], o);
         if (!out[p]) return an_error_status(ctx);
     }
     return AN_OK;
@@ -98,7 +133,11 @@ static void set_case_tensors(an_ctx *ctx, case_opts *o, an_tensor *x, const int6
 
 static void release_case_tensors(case_opts *o) {
     for (int p = 0; p < 3; p++) an_tensor_release(o->masks[p]), an_tensor_release(o->r[p]);
+    an_tensor_release(o->positions);
 }
+
+/* Head sizes of the rope cases: shapes[1] (q 6, kv 2) at 2, shapes[2] (q 8, kv 4) at 4. */
+static int64_t rope_d_of(size_t z) { return z == 1 ? 2 : z == 2 ? 4 : 0; }
 
 static const int64_t shapes[][6] = {{1, 1, 1, 1, 1, 1}, {2, 3, 5, 6, 2, 2}, {1, 4, 8, 8, 4, 3}, {3, 2, 7, 5, 3, 1}};
 #define N_SHAPES (sizeof shapes / sizeof *shapes)
@@ -107,7 +146,7 @@ START_TEST(test_qkv_linear_passes_gradcheck_with_and_without_adapters_biases_and
     for (size_t z = 0; z < N_SHAPES; z++)
         for (int variant = 0; variant < 12; variant++) {
             /* adapters none / q,v / all; bias; (with adapters) masks; weights trained without adapters */
-            case_opts o = {variant % 3, (variant / 3) % 2 == 1, (variant / 6) % 2 == 1, 7u, {0}, {0}};
+            case_opts o = {variant % 3, (variant / 3) % 2 == 1, (variant / 6) % 2 == 1, 7u, {0}, {0}, 0, 0, NULL};
             if (o.mask && !o.lora) o.use = 5u; /* no adapter to mask: check q and v alone instead */
             bool train_w = o.lora == 0 || variant == 11;
             an_ctx *ctx = test_ctx(500 + 20 * z + variant);
@@ -117,9 +156,11 @@ START_TEST(test_qkv_linear_passes_gradcheck_with_and_without_adapters_biases_and
             for (int p = 0; p < 3; p++)
                 for (int j = 0; j < 2; j++) an_tensor_set_requires_grad(in[IA + 2 * p + j], has_lora(&o, p));
             set_case_tensors(ctx, &o, in[IX], shapes[z], AN_F64);
+            if (rope_d_of(z) && variant % 4 != 2) /* rotated: NEOX, interleaved, llama3 in turn */
+                o.rope = 1 + variant % 3, o.d = rope_d_of(z), o.positions = packed_positions(ctx, shapes[z][0], shapes[z][1]);
             char what[160];
-            snprintf(what, sizeof what, "qkv_linear shape %zu lora %d bias %d mask %d use %u train_w %d", z, o.lora,
-                     o.bias, o.mask, o.use, train_w);
+            snprintf(what, sizeof what, "qkv_linear shape %zu lora %d bias %d mask %d use %u train_w %d rope %d", z,
+                     o.lora, o.bias, o.mask, o.use, train_w, o.rope);
             test_assert_gradcheck(ctx, fused_loss, in, N_IN, &o, what);
             release_case_tensors(&o);
             for (int i = 0; i < N_IN; i++) an_tensor_release(in[i]);
@@ -163,7 +204,7 @@ START_TEST(test_qkv_linear_gives_the_separate_ops_bits_on_the_cpu) {
     for (size_t z = 1; z < N_SHAPES; z++)
         for (int d = 0; d < 2; d++)
             for (int variant = 0; variant < 24; variant++) {
-                case_opts o = {variant % 3, (variant / 3) % 2 == 1, (variant / 6) % 2 == 1, 7u, {0}, {0}};
+                case_opts o = {variant % 3, (variant / 3) % 2 == 1, (variant / 6) % 2 == 1, 7u, {0}, {0}, 0, 0, NULL};
                 /* every output, then k and v alone (q gets no gradient), then q alone */
                 o.use = (variant / 12) % 2 ? (z % 2 ? 6u : 1u) : 7u;
                 bool train_w = o.lora == 0 || variant % 5 == 0, x_grad = variant % 7 != 3;
@@ -176,9 +217,13 @@ START_TEST(test_qkv_linear_gives_the_separate_ops_bits_on_the_cpu) {
                 }
                 an_tensor_set_requires_grad(in[IX], x_grad);
                 set_case_tensors(ctx, &o, in[IX], shapes[z], dtypes[d]);
+                if (rope_d_of(z) && variant % 4 != 3) /* rotated: NEOX, interleaved, llama3 in turn */
+                    o.rope = 1 + variant % 3, o.d = rope_d_of(z),
+                    o.positions = packed_positions(ctx, shapes[z][0], shapes[z][1]);
                 char what[200];
-                snprintf(what, sizeof what, "qkv_linear %s shape %zu lora %d bias %d mask %d use %u train_w %d x_grad %d",
-                         an_dtype_name(dtypes[d]), z, o.lora, o.bias, o.mask, o.use, train_w, x_grad);
+                snprintf(what, sizeof what,
+                         "qkv_linear %s shape %zu lora %d bias %d mask %d use %u train_w %d x_grad %d rope %d",
+                         an_dtype_name(dtypes[d]), z, o.lora, o.bias, o.mask, o.use, train_w, x_grad, o.rope);
                 an_tensor *out[2][3], *grads[2][N_IN];
                 run_side(ctx, fused, in, &o, out[0], grads[0]);
                 run_side(ctx, composed, in, &o, out[1], grads[1]);
@@ -202,7 +247,7 @@ START_TEST(test_qkv_linear_records_nothing_without_grad) {
     an_tensor *in[N_IN];
     make_inputs(ctx, shapes[1], false, in);
     for (int i = 0; i < N_IN; i++) an_tensor_set_requires_grad(in[i], false);
-    case_opts o = {1, true, false, 7u, {0}, {0}};
+    case_opts o = {1, true, false, 7u, {0}, {0}, 0, 0, NULL};
     an_tensor *out[3];
     test_ok(ctx, fused(ctx, in, &o, out), "forward");
     ck_assert_int_eq(an_tape_length(ctx), 0);
@@ -239,6 +284,22 @@ START_TEST(test_qkv_linear_rejects_mismatched_shapes) {
     ck_assert_int_eq(an_qkv_linear(ctx, in[IX], proj, out), AN_ERR_INPUT);
     ck_assert_msg(strstr(an_error_message(ctx), "q's bias must be (6)") != NULL, "message: %s", an_error_message(ctx));
     an_error_clear(ctx);
+    proj[0].bias = NULL;
+    an_rope_config neox = {AN_ROPE_NEOX, 10000.0, 0, 0, 0, 0};
+    an_tensor *pos = packed_positions(ctx, 2, 3), *pos_bad = packed_positions(ctx, 3, 2);
+    ck_assert_int_eq(an_qkv_linear_rope(ctx, in[IX], proj, pos, &neox, 4, NULL, out), AN_ERR_INPUT); /* q 6 wide */
+    ck_assert_msg(strstr(an_error_message(ctx), "q's width 6 is not whole heads") != NULL, "message: %s",
+                  an_error_message(ctx));
+    an_error_clear(ctx);
+    ck_assert_int_eq(an_qkv_linear_rope(ctx, in[IX], proj, pos_bad, &neox, 2, NULL, out), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "must be (B, T)") != NULL, "message: %s", an_error_message(ctx));
+    an_error_clear(ctx);
+    neox.theta = -1;
+    ck_assert_int_eq(an_qkv_linear_rope(ctx, in[IX], proj, pos, &neox, 2, NULL, out), AN_ERR_INPUT);
+    ck_assert_msg(strstr(an_error_message(ctx), "theta") != NULL, "message: %s", an_error_message(ctx));
+    ck_assert(!out[0] && !out[1] && !out[2]);
+    an_error_clear(ctx);
+    an_tensor_release(pos), an_tensor_release(pos_bad);
     ck_assert_int_eq(an_qkv_linear(ctx, NULL, proj, out), AN_ERR_INPUT); /* no earlier error: one of its own */
     ck_assert_msg(strstr(an_error_message(ctx), "qkv_linear") != NULL, "message: %s", an_error_message(ctx));
     an_error_clear(ctx);

@@ -5,6 +5,7 @@
 
 #include "autograd/op_table.h"  /* an_op_<name> descriptors */
 #include "autograd/kernel_types.h" /* an_gemm_shape */
+#include "autograd/ops.h"          /* an_rope_config */
 #include "autograd/tape.h"      /* an_tape_record, an_node_* */
 
 /* Return NULL when any listed input is NULL (a failed earlier op already recorded why). */
@@ -62,6 +63,13 @@ an_node *an_op_record_linear(an_ctx *ctx, an_tensor *x, an_tensor *w, an_tensor 
 an_status an_op_swiglu_into(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *out);
 an_status an_op_swiglu_grad(an_ctx *ctx, an_tensor *gate, an_tensor *up, an_tensor *grad_out, an_tensor *dgate,
                             an_tensor *dup);
+/* An error naming the field unless config is a rope config an_rope takes. */
+an_status an_op_rope_check_config(an_ctx *ctx, const an_rope_config *config);
+/* out = src rotated as an_rope rotates it (ops/rope.c; by the opposite angle for sign -1): src
+ * holds whole heads of head_dim, an_tensor_numel(positions) rows of them, positions already
+ * checked (>= 0) on CUDA; out may be src. */
+an_status an_op_rope_rotate(an_ctx *ctx, const an_rope_config *config, const an_tensor *src,
+                            const an_tensor *positions, int64_t head_dim, double sign, an_tensor *out);
 /* A linear node's weight gradient (ops/matmul.c): node input `index` (w, (out, in)) gets dY^T x
  * (x (rows, in) materialised first), added into its gradient so far in place when it has one. */
 an_status an_op_linear_weight_grad(an_ctx *ctx, an_node *node, int index, an_tensor *grad_out, an_tensor *x);

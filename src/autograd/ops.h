@@ -116,6 +116,19 @@ an_status an_rope_check_positions(an_ctx *ctx, const an_tensor *positions);
  * in a CUDA graph and a training forward synchronises once, not twice a layer. Recorded like
  * an_rope. */
 an_tensor *an_rope_trusted(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config);
+/* an_qkv_linear, then q's and k's outputs (B, T, H * head_dim) rotated as an_rope_trusted rotates
+ * their (B, T, H, head_dim) views at positions (B, T) (the caller vouches they are >= 0): the
+ * same bits as those ops, with the rotation in the projections' GEMM epilogue where
+ * an_cuda_gemm_projections takes them (NEOX at head_dim 64 or 128), else as an_rope's pass; the
+ * backward turns q's and k's gradients back before its own. x must be (B, T, in). */
+an_status an_qkv_linear_rope(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *positions,
+                             const an_rope_config *rope, int64_t head_dim, an_tensor *table, an_tensor *out[3]);
+/* The (cos, sin) table an_qkv_linear_rope's GEMM epilogue reads, (B T, head_dim) f32, for layers
+ * that share positions (one per forward instead of one a layer); *table NULL where no epilogue
+ * would read one (the CPU, interleaved pairs, head sizes other than 64 and 128). Pass it as
+ * an_qkv_linear_rope's table, or NULL to have the op form its own. */
+an_status an_rope_table(an_ctx *ctx, an_tensor *positions, const an_rope_config *rope, int64_t head_dim,
+                        an_tensor **table);
 
 /* Causal attention with grouped-query heads: q (B, T, Hq, D), k and v (B, T, Hkv, D), Hkv divides
  * Hq; query head h reads kv head h / (Hq/Hkv). segments (B, T) i32/i64 or NULL: token i attends

@@ -179,9 +179,11 @@ static an_tensor *project(an_ctx *ctx, const an_model *m, an_tensor *x, const an
 
 /* q, k and v of the attention block's normed input xn into out[0..2] as one op (ops/qkv_linear.c:
  * its backward forms xn's gradient from all three projections in one sum), each what project()
- * gives: the adapters' dropout masks drawn in q, k, v order, as project() draws them. On error
- * out stays NULL. */
-static void project_qkv(an_ctx *ctx, const an_model *m, const an_layer *l, an_tensor *xn, an_tensor *out[3]) {
+ * gives, q and k then rotated at positions as an_rope_trusted would (on an H100 in the GEMM's
+ * epilogue): the adapters' dropout masks drawn in q, k, v order, as project() draws them. On
+ * error out stays NULL. */
+static void project_qkv(an_ctx *ctx, const an_model *m, const an_layer *l, an_tensor *xn, an_tensor *positions,
+                        an_tensor *rope_table, an_tensor *out[3]) {
     const an_projection *p[3] = {&l->q_proj, &l->k_proj, &l->v_proj};
     an_qkv_proj proj[3];
     bool ok = xn != NULL;
@@ -193,7 +195,7 @@ static void project_qkv(an_ctx *ctx, const an_model *m, const an_layer *l, an_te
             ok = (proj[i].dropout_mask = an_dropout_mask(ctx, xn, m->lora.dropout)) != NULL;
     }
     out[0] = out[1] = out[2] = NULL;
-    if (ok) an_qkv_linear(ctx, xn, proj, out);
+    if (ok) an_qkv_linear_rope(ctx, xn, proj, positions, &m->config.rope, m->config.head_dim, rope_table, out);
     for (int i = 0; i < 3; i++) an_tensor_release(proj[i].dropout_mask);
 }
 
@@ -428,21 +430,20 @@ static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, con
 /* One decoder block: x + attn(norm(x)), then + mlp(norm(.)). x (B, T, H), positions (B, T),
  * segments (B, T) or NULL; with a cache step, attention reads and extends the KV cache. */
 static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an_tensor *positions,
-                                an_tensor *segments, const cache_step *cs) {
+                                an_tensor *rope_table, an_tensor *segments, const cache_step *cs) {
     if (decode_fused(l, cs)) return block_decode(ctx, l, x, cs);
     const an_model *m = l->model;
     const an_model_config *c = &m->config;
     int64_t b = x->shape[0], t = x->shape[1], hq = c->num_heads, hkv = c->num_kv_heads, d = c->head_dim;
 
     an_tensor *xn = an_rmsnorm(ctx, x, l->input_layernorm, c->rms_norm_eps), *qkv[3];
-    project_qkv(ctx, m, l, xn, qkv);
+    /* q and k rotated in the projections' op; positions checked once per forward (an_model_hidden)
+     * or formed from the cache's lengths */
+    project_qkv(ctx, m, l, xn, positions, rope_table, qkv);
     an_tensor *q = split_heads(ctx, qkv[0], hq, d);
     an_tensor *k = split_heads(ctx, qkv[1], hkv, d);
     an_tensor *v = split_heads(ctx, qkv[2], hkv, d);
     xn = step(xn, NULL);
-    /* positions checked once per forward (an_model_hidden) or formed from the cache's lengths */
-    q = step(q, an_rope_trusted(ctx, q, positions, &c->rope));
-    k = step(k, an_rope_trusted(ctx, k, positions, &c->rope));
     double scale = 1.0 / sqrt((double)d);
     an_tensor *attn = NULL;
     bool stored = !cs || (q && k && v && cache_store(ctx, cs, k, v) == AN_OK);
@@ -479,9 +480,15 @@ static an_tensor *block_forward(an_ctx *ctx, const an_layer *l, an_tensor *x, an
     return out;
 }
 
-/* The block shaped for an_checkpoint: inputs x, positions and optionally segments. */
+/* The block shaped for an_checkpoint: inputs x, positions, then optionally the segments (i32/i64)
+ * and the rope table (f32, an_rope_table's), told apart by dtype. */
 static an_tensor *decoder_block(an_ctx *ctx, an_tensor *const *inputs, int n_inputs, void *user) {
-    return block_forward(ctx, user, inputs[0], inputs[1], n_inputs > 2 ? inputs[2] : NULL, NULL);
+    an_tensor *segments = NULL, *table = NULL;
+    for (int i = 2; i < n_inputs; i++) {
+        if (inputs[i]->dtype == AN_F32) table = inputs[i];
+        else segments = inputs[i];
+    }
+    return block_forward(ctx, user, inputs[0], inputs[1], table, segments, NULL);
 }
 
 /* 0..T-1 in every row, as i32 on the ids' device. */
@@ -503,15 +510,20 @@ an_tensor *an_model_hidden(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *
     /* the layers' rope calls trust the positions: checked here once, or formed here */
     if (positions && an_rope_check_positions(ctx, positions) != AN_OK) return NULL;
     an_tensor *pos = positions ? an_tensor_retain(positions) : default_positions(ctx, ids);
-    an_tensor *x = pos ? an_embedding(ctx, ids, m->embed_tokens) : NULL;
+    an_tensor *table = NULL; /* q's and k's rotation, formed once for every layer */
+    an_tensor *x = pos && an_rope_table(ctx, pos, &m->config.rope, m->config.head_dim, &table) == AN_OK
+                       ? an_embedding(ctx, ids, m->embed_tokens)
+                       : NULL;
     for (int i = 0; i < m->config.num_layers && x; i++) {
-        an_tensor *inputs[3] = {x, pos, segments};
-        int n = segments ? 3 : 2;
+        an_tensor *inputs[4] = {x, pos};
+        int n = 2;
+        if (segments) inputs[n++] = segments;
+        if (table) inputs[n++] = table;
         an_layer *l = &m->layers[i];
         x = step(x, m->gradient_checkpointing ? an_checkpoint(ctx, decoder_block, inputs, n, l)
                                               : decoder_block(ctx, inputs, n, l));
     }
-    an_tensor_release(pos);
+    an_tensor_release(pos), an_tensor_release(table);
     return x ? step(x, an_rmsnorm(ctx, x, m->norm, m->config.rms_norm_eps)) : NULL;
 }
 
@@ -633,7 +645,7 @@ static an_tensor *forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_te
                                     : an_embedding(ctx, ids, m->embed_tokens);
     for (int64_t l = 0; l < m->config.num_layers && x; l++) {
         cache_step cs = {cache, l, rows, dev_rows, fresh};
-        x = step(x, block_forward(ctx, &m->layers[l], x, pos, NULL, &cs));
+        x = step(x, block_forward(ctx, &m->layers[l], x, pos, NULL, NULL, &cs));
     }
     an_tensor_release(pos);
     if (x && dev_rows &&

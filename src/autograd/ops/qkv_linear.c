@@ -21,6 +21,11 @@
  * whose outputs the caller formed (an_swiglu_mlp's gate and up after their one launch): x's
  * gradient is then their one sum too.
  *
+ * an_qkv_linear_rope rotates q's and k's outputs as an_rope would (kernels/gemm_wgmma.cu's PROJ
+ * epilogue on CUDA where it applies: no pass of its own; elsewhere an_rope's rotation in place);
+ * the node keeps the positions and the config (its extra), and its backward turns dq and dk back by
+ * the opposite angle first, as the rope ops' backwards did.
+ *
  * The tape allows one output a node: the qkv_linear node's output is q, and k and v are the
  * outputs of two qkv_part nodes whose one input is q (held for routing only, never read). Recorded
  * after it, they run before it in the backward; each hands its gradient to the qkv_linear node
@@ -30,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "autograd/cpu/cpu.h"     /* an_cpu_rope_inv_freq */
 #include "autograd/op_support.h" /* an_op_gemm(_bias_add, _scaled), an_op_lora_linear_into, an_op_*_param_grads */
 #include "kernels/cuda.h"        /* an_cuda_gemm_projections(_rule), an_cuda_gemm_segments, an_cuda_gemm_swiglu_rule */
 
@@ -41,16 +47,78 @@ enum { W, BIAS, A, B, MASK, PER_PROJ };
 
 static const char *const names[3] = {"q", "k", "v"};
 
-/* Gradients the part nodes hand to the qkv_linear node (its extra). */
+/* The rotation an_qkv_linear_rope applies to q and k. */
+typedef struct {
+    an_tensor *positions; /* (B, T) i32/i64, >= 0 */
+    an_rope_config config;
+    int64_t head_dim;
+    an_tensor *table; /* an_rope_table's for these positions, or NULL (formed where the epilogue runs) */
+} rope_spec;
+
+/* Whether the PROJ epilogue takes this rotation (an_cuda_gemm_projections' rope). */
+static bool epilogue_takes(const an_tensor *positions, const an_rope_config *c, int64_t head_dim) {
+    return positions->device == AN_CUDA && c->style == AN_ROPE_NEOX && (head_dim == 64 || head_dim == 128);
+}
+
+an_status an_rope_table(an_ctx *ctx, an_tensor *positions, const an_rope_config *rope, int64_t head_dim,
+                        an_tensor **table) {
+    *table = NULL;
+    AN_CHECK(ctx, positions && rope, AN_ERR_INPUT, "rope_table: no positions or config");
+    AN_TRY(an_op_rope_check_config(ctx, rope));
+    AN_CHECK(ctx, positions->dtype == AN_I32 || positions->dtype == AN_I64, AN_ERR_INPUT,
+             "rope_table: positions must be i32 or i64");
+    if (!epilogue_takes(positions, rope, head_dim)) return AN_OK;
+    double inv_freq[64];
+    an_cpu_rope_inv_freq(rope, head_dim, inv_freq);
+    int64_t rows = an_tensor_numel(positions);
+    an_tensor *t = an_tensor_new(ctx, AN_F32, AN_CUDA, 2, (int64_t[]){rows, head_dim});
+    an_status st = t ? an_cuda_rope_table(ctx, an_tensor_data(positions), positions->dtype, rows, head_dim, inv_freq,
+                                          an_tensor_data(t))
+                     : an_error_status(ctx);
+    if (st != AN_OK) {
+        an_tensor_release(t);
+        return st;
+    }
+    *table = t;
+    return AN_OK;
+}
+
+/* Gradients the part nodes hand to the qkv_linear node, and its rotation (its extra). */
 typedef struct {
     an_tensor *grad[3]; /* k's and v's (NULL: none came); q's is the node's own grad_out */
     bool q_unused;      /* q's gradient was made (zeros) by a part node: q itself got none */
+    bool rotated;       /* q and k were rotated by rope (positions retained) */
+    rope_spec rope;
 } handed_grads;
 
 static void handed_grads_free(void *extra) {
     handed_grads *h = extra;
     for (int p = 0; p < 3; p++) an_tensor_release(h->grad[p]);
+    if (h->rotated) an_tensor_release(h->rope.positions);
     free(h);
+}
+
+static an_status check_rope(an_ctx *ctx, const an_tensor *x, const an_qkv_proj proj[3], const rope_spec *r) {
+    char dx[96], dp[96];
+    an_tensor_describe(x, dx, sizeof dx);
+    const an_tensor *pos = r->positions;
+    AN_TRY(an_op_rope_check_config(ctx, &r->config));
+    AN_CHECK(ctx, x->ndim == 3 && pos->ndim == 2 && pos->shape[0] == x->shape[0] && pos->shape[1] == x->shape[1],
+             AN_ERR_INPUT, "qkv_linear_rope: positions %s must be (B, T) of input %s (B, T, in)",
+             an_tensor_describe(pos, dp, sizeof dp), dx);
+    AN_CHECK(ctx, (pos->dtype == AN_I32 || pos->dtype == AN_I64) && pos->device == x->device, AN_ERR_INPUT,
+             "qkv_linear_rope: positions must be i32 or i64 on the input's device");
+    for (int p = 0; p < 2; p++) {
+        int64_t n = proj[p].weight->shape[0];
+        AN_CHECK(ctx, r->head_dim > 0 && r->head_dim % 2 == 0 && n % r->head_dim == 0, AN_ERR_INPUT,
+                 "qkv_linear_rope: %s's width %lld is not whole heads of an even head_dim %lld", names[p],
+                 (long long)n, (long long)r->head_dim);
+    }
+    const an_tensor *t = r->table;
+    AN_CHECK(ctx, !t || (t->dtype == AN_F32 && t->device == AN_CUDA && t->ndim == 2 &&
+                         t->shape[0] == an_tensor_numel(pos) && t->shape[1] == r->head_dim),
+             AN_ERR_INPUT, "qkv_linear_rope: the rope table must be an_rope_table's for these positions and head_dim");
+    return AN_OK;
 }
 
 static an_status check_proj(an_ctx *ctx, const an_tensor *x, const an_qkv_proj *pr, const char *name) {
@@ -77,7 +145,7 @@ static an_status check_proj(an_ctx *ctx, const an_tensor *x, const an_qkv_proj *
  * without a weight is absent, an_op_record_projections' two); nothing when no input requires grad
  * or recording is off. */
 static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *const out[3],
-                        an_tensor *const down[3], an_tensor *const x_lora[3]) {
+                        an_tensor *const down[3], an_tensor *const x_lora[3], const rope_spec *rope) {
     an_tensor *inputs[N_SLOTS] = {x};
     bool reads_x = false; /* dW and an unmasked adapter's dA read x; dX and the rest do not */
     for (int p = 0; p < 3; p++) {
@@ -96,6 +164,7 @@ static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
     }
     node->extra = h;
     node->extra_free = handed_grads_free;
+    if (rope) h->rotated = true, h->rope = *rope, h->rope.table = NULL, an_tensor_retain(rope->positions);
     for (int p = 0; p < 3; p++) an_node_save(node, down[p]); /* saved[p], NULL without an adapter */
     for (int p = 0; p < 3; p++) an_node_save(node, x_lora[p]); /* saved[3 + p], NULL without a mask */
     for (int p = 0; p < 3; p++) node->args[p] = proj[p].scale;
@@ -116,8 +185,8 @@ static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
  * the separate GEMMs' within a unit in the last place; the CPU keeps those ops' bits. */
 static an_status forward_one_launch(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *const out[3],
                                     an_tensor *const down[3], an_tensor *const x_lora[3], int64_t rows, int64_t in,
-                                    bool *done) {
-    *done = false;
+                                    const rope_spec *rope, bool *done, bool *rotated) {
+    *done = *rotated = false;
     if (x->device != AN_CUDA) return AN_OK;
     an_cuda_projection cp[3];
     for (int p = 0; p < 3; p++) {
@@ -128,19 +197,35 @@ static an_status forward_one_launch(an_ctx *ctx, an_tensor *x, const an_qkv_proj
                                      pr->lora_b ? an_tensor_data(pr->lora_b) : NULL,
                                      pr->weight->shape[0],
                                      pr->lora_a ? pr->lora_a->shape[0] : 0,
-                                     an_tensor_data(out[p])};
+                                     an_tensor_data(out[p]),
+                                     NULL,
+                                     0};
     }
     if (!an_cuda_gemm_projections_rule(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp)) return AN_OK;
     *done = true;
-    for (int p = 0; p < 3; p++) {
+    /* q's and k's rotation in the epilogue: NEOX at the head sizes it takes (else an_rope's pass after) */
+    an_tensor *table = NULL; /* (rows, head_dim / 2) (cos, sin): the caller's, or formed here */
+    if (rope && epilogue_takes(rope->positions, &rope->config, rope->head_dim)) {
+        if (rope->table) table = an_tensor_retain(rope->table);
+        else AN_TRY(an_rope_table(ctx, rope->positions, &rope->config, rope->head_dim, &table));
+        for (int p = 0; p < 2; p++) cp[p].rope = an_tensor_data(table), cp[p].rope_d = rope->head_dim;
+        *rotated = an_cuda_gemm_projections_rule(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp);
+        if (!*rotated)
+            for (int p = 0; p < 2; p++) cp[p].rope = NULL, cp[p].rope_d = 0;
+    }
+    an_status st = AN_OK;
+    for (int p = 0; p < 3 && st == AN_OK; p++) {
         if (!proj[p].lora_a) continue;
         an_gemm_shape to_down = {1, rows, proj[p].lora_a->shape[0], in, false, true, false, false};
-        AN_TRY(an_op_gemm_scaled(ctx, &to_down, proj[p].scale, x_lora[p] ? x_lora[p] : x, proj[p].lora_a, down[p]));
+        st = an_op_gemm_scaled(ctx, &to_down, proj[p].scale, x_lora[p] ? x_lora[p] : x, proj[p].lora_a, down[p]);
     }
-    return an_cuda_gemm_projections(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp);
+    if (st == AN_OK) st = an_cuda_gemm_projections(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp);
+    an_tensor_release(table); /* stream-ordered: the launch above has it */
+    return st;
 }
 
-an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *out[3]) {
+static an_status qkv_forward(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], const rope_spec *rope,
+                             an_tensor *out[3]) {
     out[0] = out[1] = out[2] = NULL;
     bool missing = !x;
     for (int p = 0; p < 3; p++) missing = missing || !proj[p].weight;
@@ -155,6 +240,7 @@ an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
     }
     AN_TRY(an_op_check_float_peers(ctx, "qkv_linear", all, N_SLOTS));
     for (int p = 0; p < 3; p++) AN_TRY(check_proj(ctx, x, &proj[p], names[p]));
+    if (rope) AN_TRY(check_rope(ctx, x, proj, rope));
 
     int64_t in = x->shape[x->ndim - 1], rows = an_tensor_numel(x) / (in ? in : 1);
     an_tensor *down[3] = {0}, *x_lora[3] = {0};
@@ -175,8 +261,8 @@ an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
             if (!down[p]) st = an_error_status(ctx);
         }
     }
-    bool done = false;
-    if (st == AN_OK) st = forward_one_launch(ctx, x, proj, out, down, x_lora, rows, in, &done);
+    bool done = false, rotated = false;
+    if (st == AN_OK) st = forward_one_launch(ctx, x, proj, out, down, x_lora, rows, in, rope, &done, &rotated);
     if (!done) {
         for (int p = 0; p < 3 && st == AN_OK; p++) { /* q, k, v: the order the separate ops ran */
             const an_qkv_proj *pr = &proj[p];
@@ -189,12 +275,28 @@ an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
             }
         }
     }
-    if (st == AN_OK) st = record(ctx, x, proj, out, down, x_lora);
+    for (int p = 0; p < 2 && rope && !rotated && st == AN_OK; p++) /* an_rope's rotation, in place */
+        st = an_op_rope_rotate(ctx, &rope->config, out[p], rope->positions, rope->head_dim, 1.0, out[p]);
+    if (st == AN_OK) st = record(ctx, x, proj, out, down, x_lora, rope);
     for (int p = 0; p < 3; p++) an_tensor_release(down[p]), an_tensor_release(x_lora[p]);
     if (st != AN_OK) {
         for (int p = 0; p < 3; p++) an_tensor_release(out[p]), out[p] = NULL;
     }
     return st;
+}
+
+an_status an_qkv_linear(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *out[3]) {
+    return qkv_forward(ctx, x, proj, NULL, out);
+}
+
+an_status an_qkv_linear_rope(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *positions,
+                             const an_rope_config *rope, int64_t head_dim, an_tensor *table, an_tensor *out[3]) {
+    out[0] = out[1] = out[2] = NULL;
+    if (!rope || !positions)
+        return an_error_status(ctx) ? an_error_status(ctx)
+                                    : an_error_set(ctx, AN_ERR_INPUT, __FILE__, __LINE__, "qkv_linear_rope: no positions or config");
+    rope_spec r = {positions, *rope, head_dim, table};
+    return qkv_forward(ctx, x, proj, &r, out);
 }
 
 an_status an_op_record_projections(an_ctx *ctx, an_tensor *x, int count, an_tensor *const *w, an_tensor *const *bias,
@@ -204,7 +306,7 @@ an_status an_op_record_projections(an_ctx *ctx, an_tensor *x, int count, an_tens
     an_qkv_proj proj[3] = {{0}};
     an_tensor *o[3] = {0}, *none[3] = {0};
     for (int p = 0; p < count; p++) proj[p].weight = w[p], proj[p].bias = bias ? bias[p] : NULL, o[p] = out[p];
-    return record(ctx, x, proj, o, none, none);
+    return record(ctx, x, proj, o, none, none, NULL);
 }
 
 /* k's or v's gradient (part iargs[0]) handed to q's producer. When q itself got no gradient, it is
@@ -322,6 +424,15 @@ an_status an_qkv_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out
     an_tensor *dy[3] = {h->q_unused ? NULL : grad_out, h->grad[1], h->grad[2]}, *d_down[3] = {0};
     bool need_x = an_node_needs_grad(node, 0);
     an_status st = AN_OK;
+    an_tensor *turned[2] = {NULL, NULL}; /* dq, dk turned back by the rotation's opposite angle */
+    for (int p = 0; p < 2 && h->rotated && st == AN_OK; p++) {
+        if (!dy[p]) continue;
+        turned[p] = an_op_new_like(ctx, dy[p], dy[p]->ndim, dy[p]->shape);
+        st = turned[p] ? an_op_rope_rotate(ctx, &h->rope.config, dy[p], h->rope.positions, h->rope.head_dim, -1.0,
+                                           turned[p])
+                       : an_error_status(ctx);
+        dy[p] = turned[p];
+    }
     an_lora_adapter ad[3];
     int adapter_of[3] = {-1, -1, -1}, n_ad = 0, n_lin = 0, w_slot[3], bias_slot[3];
     an_tensor *dy_lin[3];
@@ -336,13 +447,14 @@ an_status an_qkv_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out
             w_slot[n_lin] = SLOT(p, W), bias_slot[n_lin] = SLOT(p, BIAS), dy_lin[n_lin++] = dy[p];
         }
     }
-    if (n_lin) st = an_op_linears_param_grads(ctx, node, n_lin, w_slot, bias_slot, dy_lin, x);
+    if (n_lin && st == AN_OK) st = an_op_linears_param_grads(ctx, node, n_lin, w_slot, bias_slot, dy_lin, x);
     an_tensor *d_down_ad[3] = {0};
     if (st == AN_OK && n_ad) st = an_op_lora_param_grads(ctx, node, n_ad, ad, need_x, d_down_ad);
     for (int p = 0; p < 3; p++)
         if (adapter_of[p] >= 0) d_down[p] = d_down_ad[adapter_of[p]];
     if (st == AN_OK && need_x) st = input_grad(ctx, node, dy, d_down);
     for (int p = 0; p < 3; p++) an_tensor_release(d_down[p]);
+    for (int p = 0; p < 2; p++) an_tensor_release(turned[p]);
     for (int p = 1; p < 3; p++) an_tensor_release(h->grad[p]), h->grad[p] = NULL;
     return st;
 }

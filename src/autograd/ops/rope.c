@@ -19,7 +19,7 @@
 #include "autograd/op_support.h"  /* AN_OP_INPUTS, an_op_rope, an_op_check_* */
 #include "kernels/cuda.h"         /* an_cuda_check_ids, an_cuda_rope */
 
-static an_status check_config(an_ctx *ctx, const an_rope_config *c) {
+an_status an_op_rope_check_config(an_ctx *ctx, const an_rope_config *c) {
     AN_CHECK(ctx, c != NULL, AN_ERR_INPUT, "rope: no config");
     AN_CHECK(ctx, c->style == AN_ROPE_NEOX || c->style == AN_ROPE_INTERLEAVED, AN_ERR_INPUT,
              "rope: style %d is neither AN_ROPE_NEOX nor AN_ROPE_INTERLEAVED", (int)c->style);
@@ -74,10 +74,9 @@ an_status an_rope_check_positions(an_ctx *ctx, const an_tensor *positions) {
     return st;
 }
 
-/* out = src rotated by sign * angle (CPU); positions checked, inv_freq from config. */
+/* out = src (rows, H, D) rotated by sign * angle (CPU); positions checked, inv_freq from config. */
 static an_status rotate(an_ctx *ctx, const an_rope_config *config, const an_tensor *src, const an_tensor *positions,
-                        double sign, an_tensor *out) {
-    int64_t rows = src->shape[0] * src->shape[1], H = src->shape[2], D = src->shape[3];
+                        int64_t rows, int64_t H, int64_t D, double sign, an_tensor *out) {
     an_i64 pos;
     AN_TRY(an_i64_read(ctx, positions, &pos));
     an_status checked = check_host_positions(ctx, pos.data, rows);
@@ -99,10 +98,10 @@ static an_status rotate(an_ctx *ctx, const an_rope_config *config, const an_tens
     return st;
 }
 
-/* out = src rotated by sign * angle on CUDA; check_positions: scan them for negatives first. */
+/* out = src (rows, H, D) rotated by sign * angle on CUDA; check_positions: scan them for negatives first. */
 static an_status rotate_cuda(an_ctx *ctx, const an_rope_config *config, const an_tensor *src,
-                             const an_tensor *positions, double sign, bool check_positions, an_tensor *out) {
-    int64_t rows = src->shape[0] * src->shape[1], H = src->shape[2], D = src->shape[3];
+                             const an_tensor *positions, int64_t rows, int64_t H, int64_t D, double sign,
+                             bool check_positions, an_tensor *out) {
     if (check_positions) AN_TRY(an_rope_check_positions(ctx, positions));
     double *inv_freq = malloc((size_t)(D / 2) * sizeof *inv_freq);
     AN_CHECK(ctx, inv_freq != NULL, AN_ERR_INTERNAL, "out of host memory");
@@ -117,13 +116,14 @@ static an_status rotate_cuda(an_ctx *ctx, const an_rope_config *config, const an
 static an_tensor *rope_forward(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config,
                                bool trusted) {
     AN_OP_INPUTS(x, positions);
-    if (check_config(ctx, config) || an_op_check_float_peers(ctx, "rope", &x, 1) ||
+    if (an_op_rope_check_config(ctx, config) || an_op_check_float_peers(ctx, "rope", &x, 1) ||
         an_op_check_indices(ctx, "rope", "positions", positions, x) || check_shapes(ctx, x, positions))
         return NULL;
     an_tensor *out = an_op_new_like(ctx, x, 4, x->shape);
     if (!out) return NULL;
-    an_status st = x->device == AN_CUDA ? rotate_cuda(ctx, config, x, positions, 1.0, !trusted, out)
-                                        : rotate(ctx, config, x, positions, 1.0, out);
+    int64_t rows = x->shape[0] * x->shape[1], H = x->shape[2], D = x->shape[3];
+    an_status st = x->device == AN_CUDA ? rotate_cuda(ctx, config, x, positions, rows, H, D, 1.0, !trusted, out)
+                                        : rotate(ctx, config, x, positions, rows, H, D, 1.0, out);
     if (st != AN_OK) {
         an_tensor_release(out);
         return NULL;
@@ -154,13 +154,23 @@ an_status an_rope_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
     };
     an_tensor *grad = an_op_new_like(ctx, x, 4, x->shape);
     if (!grad) return an_error_status(ctx);
-    an_status st = x->device == AN_CUDA ? rotate_cuda(ctx, &config, grad_out, positions, -1.0, false, grad)
-                                        : rotate(ctx, &config, grad_out, positions, -1.0, grad);
+    an_status st = an_op_rope_rotate(ctx, &config, grad_out, positions, x->shape[3], -1.0, grad);
     if (st != AN_OK) {
         an_tensor_release(grad);
         return st;
     }
     return an_node_accumulate(ctx, node, 0, grad);
+}
+
+an_status an_op_rope_rotate(an_ctx *ctx, const an_rope_config *config, const an_tensor *src,
+                            const an_tensor *positions, int64_t head_dim, double sign, an_tensor *out) {
+    int64_t rows = an_tensor_numel(positions), per_row = rows * head_dim;
+    AN_CHECK(ctx, head_dim > 0 && head_dim % 2 == 0 && per_row > 0 && an_tensor_numel(src) % per_row == 0, AN_ERR_INTERNAL,
+             "rope: %lld elements are not whole heads of %lld for %lld positions", (long long)an_tensor_numel(src),
+             (long long)head_dim, (long long)rows);
+    int64_t H = an_tensor_numel(src) / per_row;
+    return src->device == AN_CUDA ? rotate_cuda(ctx, config, src, positions, rows, H, head_dim, sign, false, out)
+                                  : rotate(ctx, config, src, positions, rows, H, head_dim, sign, out);
 }
 
 an_tensor *an_rope(an_ctx *ctx, an_tensor *x, an_tensor *positions, const an_rope_config *config) {
