@@ -31,7 +31,8 @@
  * P / dS fragments through shared memory (half the registers, two blocks an SM); 64-key dK/dV
  * blocks of 8 warps (0.39).
  * - forward: one block per (query tile, query head, batch row), online softmax over key tiles.
- * - delta: D / 8 lanes per (token, query head), one 16-byte pack of out and grad_out a lane.
+ * - delta: D / 8 lanes per (token, query head), one 16-byte pack of out and grad_out a lane, four
+ *   row groups a warp with their loads in flight together.
  * - dQ: one block per (query tile, query head, batch row): S, dP = dO V^T, dS, dQ += dS K.
  * - dK, dV: one block of 4 warps per (32-key tile, kv head, batch row), walking the group's query
  *   heads in order and their 64-query tiles from the key tile on: S^T, dV += P^T dO, dP^T,
@@ -334,27 +335,40 @@ template <typename T, int D, int KT> __global__ void __launch_bounds__(kThreads)
 /* ---- backward ---- */
 
 /* delta (B, Hq, T) = sum over d of dout * out for each (b, t, h) row of (B, T, Hq, D), out and dout
- * 16-byte aligned (this path's rule): D / 8 lanes a row (32 / (D / 8) rows a warp), each lane one
- * 16-byte pack of both (8 products summed in order), then a butterfly over the row's lanes. 16-byte
- * loads keep enough bytes in flight for DRAM's rate (one 4-byte pair a lane ran at 1.8 TB/s: 27 us a
- * layer of the 1.5B model's training step on an H100). */
+ * 16-byte aligned (this path's rule): D / 8 lanes a row, each lane one 16-byte pack of both (8
+ * products summed in order), then a butterfly over the row's lanes; a warp takes DELTA_ITER groups
+ * of 32 / (D / 8) rows and issues all their loads before the first sum, so enough bytes are in
+ * flight for DRAM's rate (one 4-byte pair a lane, one warp a row, ran at 1.8 TB/s: 27 us a layer of
+ * the 1.5B model's training step on an H100). */
+constexpr int DELTA_ITER = 4;
 template <typename T, int D> __global__ void __launch_bounds__(256) delta_kernel(Args a, int64_t rows) {
-    constexpr int V = an_vec_width<T>::value, L = D / V, RW = 32 / L; /* lanes a row, rows a warp */
+    constexpr int V = an_vec_width<T>::value, L = D / V, RW = 32 / L; /* lanes a row, rows a warp at once */
     static_assert(D % V == 0 && 32 % L == 0, "delta: whole 16-byte packs, whole rows a warp");
     const int lane = threadIdx.x % 32;
-    const int64_t r = ((int64_t)blockIdx.x * 8 + threadIdx.x / 32) * RW + lane / L;
-    float acc = 0.0f;
-    if (r < rows) {
-        float o[V], d[V];
-        an_unpack16<T>(*reinterpret_cast<const uint4 *>((const T *)a.out + r * D + (lane % L) * V), o);
-        an_unpack16<T>(*reinterpret_cast<const uint4 *>((const T *)a.dout + r * D + (lane % L) * V), d);
+    const int64_t first = ((int64_t)blockIdx.x * 8 + threadIdx.x / 32) * RW * DELTA_ITER + lane / L;
+    uint4 o[DELTA_ITER], d[DELTA_ITER];
 #pragma unroll
-        for (int i = 0; i < V; i++) acc += o[i] * d[i];
+    for (int i = 0; i < DELTA_ITER; i++) {
+        const int64_t r = first + i * RW;
+        if (r < rows) {
+            o[i] = *reinterpret_cast<const uint4 *>((const T *)a.out + r * D + (lane % L) * V);
+            d[i] = *reinterpret_cast<const uint4 *>((const T *)a.dout + r * D + (lane % L) * V);
+        } else {
+            o[i] = d[i] = make_uint4(0, 0, 0, 0); /* zeros: every lane takes part in the butterfly */
+        }
     }
-    acc = an_lanes_sum<L>(acc); /* every lane of the warp takes part: out-of-range rows add zeros */
-    if (r < rows && lane % L == 0) {
-        int64_t h = r % a.Hq, bt = r / a.Hq, t = bt % a.seq, bb = bt / a.seq;
-        a.delta[(bb * a.Hq + h) * a.seq + t] = acc;
+#pragma unroll
+    for (int i = 0; i < DELTA_ITER; i++) {
+        float of[V], df[V], acc = 0.0f;
+        an_unpack16<T>(o[i], of), an_unpack16<T>(d[i], df);
+#pragma unroll
+        for (int k = 0; k < V; k++) acc += of[k] * df[k];
+        acc = an_lanes_sum<L>(acc);
+        const int64_t r = first + i * RW;
+        if (r < rows && lane % L == 0) {
+            int64_t h = r % a.Hq, bt = r / a.Hq, t = bt % a.seq, bb = bt / a.seq;
+            a.delta[(bb * a.Hq + h) * a.seq + t] = acc;
+        }
     }
 }
 
@@ -691,7 +705,8 @@ template <typename T, int D> an_status forward_td(an_ctx *ctx, const an_attentio
 
 template <typename T, int D> an_status delta_td(an_ctx *ctx, const an_attention_shape *sh, const Args &a) {
     AN_CUDA_STATE(ctx, s);
-    int64_t rows = sh->batch * sh->seq * sh->q_heads, per_block = 8 * (32 / (D / an_vec_width<T>::value));
+    int64_t rows = sh->batch * sh->seq * sh->q_heads,
+            per_block = 8 * (32 / (D / an_vec_width<T>::value)) * DELTA_ITER; /* 8 warps */
     AN_CHECK(ctx, an_aligned16(a.out) && an_aligned16(a.dout), AN_ERR_INTERNAL,
              "attention_mma delta: out and grad_out must be 16-byte aligned (the path's rule)");
     delta_kernel<T, D><<<(unsigned)((rows + per_block - 1) / per_block), 256, 0, s->stream>>>(a, rows);
