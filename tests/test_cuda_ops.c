@@ -1326,7 +1326,7 @@ START_TEST(test_cuda_qkv_linear_rope_gives_the_separate_rope_bits) {
             an_tensor *o[3];
             if (side == 0) {
                 an_tensor *table = NULL; /* every other case the model's one table a forward */
-                if (ci % 2 == 0) test_ok(ctx, an_rope_table(ctx, pos, &cfg, d, &table), what);
+                if (ci % 2 == 0) test_ok(ctx, an_rope_table(ctx, pos, &cfg, d, dtype, &table), what);
                 test_ok(ctx, an_qkv_linear_rope(ctx, in[QKV_X], proj, pos, &cfg, d, table, o), what);
                 an_tensor_release(table);
             } else {

@@ -124,11 +124,11 @@ an_tensor *an_rope_trusted(an_ctx *ctx, an_tensor *x, an_tensor *positions, cons
 an_status an_qkv_linear_rope(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an_tensor *positions,
                              const an_rope_config *rope, int64_t head_dim, an_tensor *table, an_tensor *out[3]);
 /* The (cos, sin) table an_qkv_linear_rope's GEMM epilogue reads, (B T, head_dim) f32, for layers
- * that share positions (one per forward instead of one a layer); *table NULL where no epilogue
- * would read one (the CPU, interleaved pairs, head sizes other than 64 and 128). Pass it as
- * an_qkv_linear_rope's table, or NULL to have the op form its own. */
+ * that share positions (one per forward instead of one a layer) and activations of dtype; *table
+ * NULL where no epilogue would read one (the CPU, f32, interleaved pairs, head sizes other than 64
+ * and 128). Pass it as an_qkv_linear_rope's table, or NULL to have the op form its own. */
 an_status an_rope_table(an_ctx *ctx, an_tensor *positions, const an_rope_config *rope, int64_t head_dim,
-                        an_tensor **table);
+                        an_dtype dtype, an_tensor **table);
 
 /* Causal attention with grouped-query heads: q (B, T, Hq, D), k and v (B, T, Hkv, D), Hkv divides
  * Hq; query head h reads kv head h / (Hq/Hkv). segments (B, T) i32/i64 or NULL: token i attends

@@ -511,9 +511,10 @@ an_tensor *an_model_hidden(an_ctx *ctx, an_model *m, an_tensor *ids, an_tensor *
     if (positions && an_rope_check_positions(ctx, positions) != AN_OK) return NULL;
     an_tensor *pos = positions ? an_tensor_retain(positions) : default_positions(ctx, ids);
     an_tensor *table = NULL; /* q's and k's rotation, formed once for every layer */
-    an_tensor *x = pos && an_rope_table(ctx, pos, &m->config.rope, m->config.head_dim, &table) == AN_OK
-                       ? an_embedding(ctx, ids, m->embed_tokens)
-                       : NULL;
+    an_tensor *x =
+        pos && an_rope_table(ctx, pos, &m->config.rope, m->config.head_dim, m->embed_tokens->dtype, &table) == AN_OK
+            ? an_embedding(ctx, ids, m->embed_tokens)
+            : NULL;
     for (int i = 0; i < m->config.num_layers && x; i++) {
         an_tensor *inputs[4] = {x, pos};
         int n = 2;
@@ -640,14 +641,17 @@ static an_tensor *forward_cached(an_ctx *ctx, an_model *m, an_tensor *ids, an_te
         need_pos = !decode_fused(&m->layers[l], &cs);
     }
     an_tensor *pos = need_pos ? cached_positions(ctx, cache, rows, dev_rows, t) : NULL;
-    an_tensor *x = need_pos && !pos ? NULL
-                   : trusted        ? an_embedding_trusted(ctx, ids, m->embed_tokens)
-                                    : an_embedding(ctx, ids, m->embed_tokens);
+    an_tensor *table = NULL; /* q's and k's rotation, formed once for the layers that rope */
+    bool ready = !need_pos || (pos && an_rope_table(ctx, pos, &m->config.rope, m->config.head_dim,
+                                                     m->embed_tokens->dtype, &table) == AN_OK);
+    an_tensor *x = !ready    ? NULL
+                   : trusted ? an_embedding_trusted(ctx, ids, m->embed_tokens)
+                             : an_embedding(ctx, ids, m->embed_tokens);
     for (int64_t l = 0; l < m->config.num_layers && x; l++) {
         cache_step cs = {cache, l, rows, dev_rows, fresh};
-        x = step(x, block_forward(ctx, &m->layers[l], x, pos, NULL, NULL, &cs));
+        x = step(x, block_forward(ctx, &m->layers[l], x, pos, table, NULL, &cs));
     }
-    an_tensor_release(pos);
+    an_tensor_release(pos), an_tensor_release(table);
     if (x && dev_rows &&
         an_cuda_kv_advance(ctx, an_tensor_data(dev_rows), an_tensor_data(cache->device_length), bq, t) != AN_OK)
         x = step(x, NULL);

@@ -55,19 +55,21 @@ typedef struct {
     an_tensor *table; /* an_rope_table's for these positions, or NULL (formed where the epilogue runs) */
 } rope_spec;
 
-/* Whether the PROJ epilogue takes this rotation (an_cuda_gemm_projections' rope). */
-static bool epilogue_takes(const an_tensor *positions, const an_rope_config *c, int64_t head_dim) {
-    return positions->device == AN_CUDA && c->style == AN_ROPE_NEOX && (head_dim == 64 || head_dim == 128);
+/* Whether the PROJ epilogue may take this rotation of dtype activations (an_cuda_gemm_projections'
+ * rule has the last word: the device and the shapes). */
+static bool epilogue_takes(const an_tensor *positions, const an_rope_config *c, int64_t head_dim, an_dtype dtype) {
+    return positions->device == AN_CUDA && (dtype == AN_BF16 || dtype == AN_F16) && c->style == AN_ROPE_NEOX &&
+           (head_dim == 64 || head_dim == 128);
 }
 
 an_status an_rope_table(an_ctx *ctx, an_tensor *positions, const an_rope_config *rope, int64_t head_dim,
-                        an_tensor **table) {
+                        an_dtype dtype, an_tensor **table) {
     *table = NULL;
     AN_CHECK(ctx, positions && rope, AN_ERR_INPUT, "rope_table: no positions or config");
     AN_TRY(an_op_rope_check_config(ctx, rope));
     AN_CHECK(ctx, positions->dtype == AN_I32 || positions->dtype == AN_I64, AN_ERR_INPUT,
              "rope_table: positions must be i32 or i64");
-    if (!epilogue_takes(positions, rope, head_dim)) return AN_OK;
+    if (!epilogue_takes(positions, rope, head_dim, dtype)) return AN_OK;
     double inv_freq[64];
     an_cpu_rope_inv_freq(rope, head_dim, inv_freq);
     int64_t rows = an_tensor_numel(positions);
@@ -205,9 +207,9 @@ static an_status forward_one_launch(an_ctx *ctx, an_tensor *x, const an_qkv_proj
     *done = true;
     /* q's and k's rotation in the epilogue: NEOX at the head sizes it takes (else an_rope's pass after) */
     an_tensor *table = NULL; /* (rows, head_dim / 2) (cos, sin): the caller's, or formed here */
-    if (rope && epilogue_takes(rope->positions, &rope->config, rope->head_dim)) {
+    if (rope && epilogue_takes(rope->positions, &rope->config, rope->head_dim, x->dtype)) {
         if (rope->table) table = an_tensor_retain(rope->table);
-        else AN_TRY(an_rope_table(ctx, rope->positions, &rope->config, rope->head_dim, &table));
+        else AN_TRY(an_rope_table(ctx, rope->positions, &rope->config, rope->head_dim, x->dtype, &table));
         for (int p = 0; p < 2; p++) cp[p].rope = an_tensor_data(table), cp[p].rope_d = rope->head_dim;
         *rotated = an_cuda_gemm_projections_rule(ctx, x->dtype, an_tensor_data(x), rows, in, 3, cp);
         if (!*rotated)

@@ -165,6 +165,7 @@ an_status an_rope_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
 an_status an_op_rope_rotate(an_ctx *ctx, const an_rope_config *config, const an_tensor *src,
                             const an_tensor *positions, int64_t head_dim, double sign, an_tensor *out) {
     int64_t rows = an_tensor_numel(positions), per_row = rows * head_dim;
+    if (an_tensor_numel(src) == 0) return AN_OK; /* an empty batch: nothing to turn */
     AN_CHECK(ctx, head_dim > 0 && head_dim % 2 == 0 && per_row > 0 && an_tensor_numel(src) % per_row == 0, AN_ERR_INTERNAL,
              "rope: %lld elements are not whole heads of %lld for %lld positions", (long long)an_tensor_numel(src),
              (long long)head_dim, (long long)rows);
