@@ -41,11 +41,21 @@ fi
 
 model=/tmp/anneal-bench-1.5b
 if { want train || want generate || want curves; } && [ ! -d "$model" ]; then python3 bench/peer_train_step.py --save "$model" --steps 0 >> "$log" 2>&1; fi
+# The clocks while a run goes: nvidia-smi samples every 200 ms (bench/clock_summary.py reads them).
+# A training step runs at the card's power cap, so each training row carries its clock summary.
+clock_reason=clocks_event_reasons.active
+nvidia-smi --query-gpu=$clock_reason --format=csv > /dev/null 2>&1 || clock_reason=clocks_throttle_reasons.active
+clock_log=${OUT:-/tmp}/gpu_all_clocks.csv
 measure() { # label, command...
   local label=$1; shift
+  : > "$clock_log"
+  nvidia-smi --query-gpu=utilization.gpu,clocks.sm,power.draw,$clock_reason --format=csv,noheader,nounits \
+    -lms 200 >> "$clock_log" 2>/dev/null &
+  local sampler=$!
   local line; line=$("$@" 2>&1 | tee -a "$log" | grep -E '^(anneal|pytorch) .*tokens/s' | tail -1)
-  rows+=("$(printf '%-28s %s' "$label" "${line:-failed (see log)}")")
-  echo "${rows[-1]}"
+  kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null
+  rows+=("$(printf '%-28s %s; %s' "$label" "${line:-failed (see log)}" "$(python3 bench/clock_summary.py "$clock_log")")")
+  echo "${rows[-1]}" | tee -a "$log"
 }
 # The same over `runs` runs, keeping the run of median tokens/s: transformers' generate moved
 # between 482 and 589 tokens/s at batch 32 from one call to the next, one run each.
