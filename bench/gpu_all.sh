@@ -8,9 +8,9 @@
 # BIN_DIR holds the CUDA build's test_cuda* binaries, bench/train_step and bench/generate (as
 # train_step and generate) and a lib/ with the shared libraries the machine lacks (see
 # bench/pack_gpu.sh). Run from the repository root (the tests read tests/fixtures). Writes its log
-# to ${OUT:-/tmp}/gpu_all.log. Each measured run's row ends with its SM clock and power-cap share
-# (nvidia-smi sampled while it ran, bench/clock_summary.py; the last run's samples stay in
-# ${OUT:-/tmp}/gpu_all_clocks.csv).
+# to ${OUT:-/tmp}/gpu_all.log. Each training run's row (measure's; not the generation medians')
+# ends with its SM clock and power-cap share (nvidia-smi sampled while it ran,
+# bench/clock_summary.py; the last run's samples stay in ${OUT:-/tmp}/gpu_all_clocks.csv).
 set -uo pipefail
 bin=$(cd "$1" && pwd)
 parts=",${2:-tests,kernels,train,generate,curves},"
