@@ -28,7 +28,9 @@ struct LtPlan {
     static constexpr size_t WORKSPACE = 32 << 20;
 };
 
-inline LtPlan lt_plan(cublasLtHandle_t lt, int M, int N, int K, bool bt = false) {
+/* The heuristic's algorithm number nth (0: its first, the library's); *count, when given, gets
+ * how many it offered (at most 16). */
+inline LtPlan lt_plan(cublasLtHandle_t lt, int M, int N, int K, bool bt = false, int nth = 0, int *count = nullptr) {
     LtPlan p;
     LT_CHECK(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F));
     cublasOperation_t t = CUBLAS_OP_T;
@@ -40,16 +42,33 @@ inline LtPlan lt_plan(cublasLtHandle_t lt, int M, int N, int K, bool bt = false)
     LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     size_t wsz = LtPlan::WORKSPACE;
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz));
-    cublasLtMatmulHeuristicResult_t h;
+    cublasLtMatmulHeuristicResult_t h[16];
     int n = 0;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.w, p.x, p.y, p.y, pref, 1, &h, &n));
-    if (n < 1) {
-        printf("no cuBLASLt algorithm for %d x %d x %d\n", M, N, K);
+    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.w, p.x, p.y, p.y, pref, nth + 1 > 16 ? 16 : nth + 1, h, &n));
+    if (count) { /* ask again for all it has, only to count them */
+        cublasLtMatmulHeuristicResult_t all[16];
+        LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.w, p.x, p.y, p.y, pref, 16, all, count));
+    }
+    if (n <= nth) {
+        printf("no cuBLASLt algorithm %d for %d x %d x %d\n", nth, M, N, K);
         exit(1);
     }
-    p.algo = h.algo;
+    p.algo = h[nth].algo;
     LT_CHECK(cublasLtMatmulPreferenceDestroy(pref));
     return p;
+}
+
+/* An algorithm's configuration as cuBLASLt numbers it (cublasLt.h's enums): its id, tile, stages,
+ * k splits and cluster shape, to name a choice by what it is rather than by its place in a list. */
+inline void lt_describe(const cublasLtMatmulAlgo_t &a, char *out, size_t size) {
+    int id = -1, tile = -1, stages = -1, splitk = -1, cluster = -1;
+    size_t w;
+    cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_ID, &id, sizeof id, &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_TILE_ID, &tile, sizeof tile, &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_STAGES_ID, &stages, sizeof stages, &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splitk, sizeof splitk, &w);
+    cublasLtMatmulAlgoConfigGetAttribute(&a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, &cluster, sizeof cluster, &w);
+    snprintf(out, size, "id %d tile %d stages %d splitk %d cluster %d", id, tile, stages, splitk, cluster);
 }
 
 /* y = x op(W), or with beta 1 y += x op(W) (y's old values added before the one rounding). */

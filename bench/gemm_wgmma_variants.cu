@@ -16,10 +16,14 @@
  * other's MMAs).
  *
  *   bench/gemm_wgmma_variants      (a standalone CUDA program, not linked to anneal)
- *   WG_ONLY=NAME   only the plain shapes whose name starts so (none: only the fused forms)
+ *   WG_ONLY=A,B    only the plain shapes whose name starts with one of these (none: only the fused forms)
+ *   WG_SUSTAIN=S   time each case over S seconds of calls back to back after half a second unmeasured,
+ *                  as a step runs them (at the card's power cap), with the energy a call, the power
+ *                  and the SM clock from NVML at each row's end (bench/nvml_meter.h)
  *   WG_INPUTS_KB=K the backward forms bring gate and up in at k slice K (default: the library's)
  *   WG_REPS=N      time N calls after min(N, 5) warm-ups (default 20; 1 for a profiler's run)
- *   WG_LT_ALGOS=N  also time cuBLASLt's first N heuristic algorithms on the full fine-tune's weight
+ *   WG_LT_ALGOS=N  also time cuBLASLt's first N heuristic algorithms on the plain shapes (each with
+ *                  its configuration: tile, stages, k splits, cluster) and on the full fine-tune's weight
  *                  gradients, dW (M, N) = dY^T X with dY (K, M) and X (K, N) stored row-major (the
  *                  library takes the first), each compared with the first (other bits are reported,
  *                  not failed: another algorithm may sum in another order), then the kernel template
@@ -49,7 +53,8 @@
 #define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e)); exit(1);} } while (0)
 typedef __nv_bfloat16 bf;
 
-#include "cublaslt_plan.cuh" /* lt_plan, lt_run, lt_free */
+#include "cublaslt_plan.cuh" /* lt_plan, lt_run, lt_free, lt_describe */
+#include "nvml_meter.h"       /* Meter: the card's energy, clock and power-cap state */
 
 #define AN_WGMMA_GEMM_KERNEL_ONLY
 #include "../kernels/gemm_wgmma.cu"
@@ -223,7 +228,58 @@ static double mismatch(const bf *x, const bf *ref, size_t n) {
     return worst / rms * 256.0;
 }
 
+/* WG_SUSTAIN: the card's meter, and the last sustained measurement's figures for a row's end. */
+static Meter meter;
+static bool metered;
+static char sustained_note[192];
+
+/* f's calls back to back for WG_SUSTAIN seconds after half a second unmeasured (the card at its
+ * power cap, as in a step): microseconds a call, with the millijoules a call, the mean power, the
+ * median SM clock and the share of samples under the power cap in sustained_note. */
+template <typename F> static double sustained_us(F f, cudaStream_t st, double seconds, double median_us) {
+    const long warm = std::max(1L, (long)(0.5e6 / median_us)), calls = std::max(5L, (long)(seconds * 1e6 / median_us));
+    for (long i = 0; i < warm; i++) f();
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    CK(cudaStreamSynchronize(st));
+    unsigned long long mj0 = 0, mj1 = 0;
+    bool energy = metered && meter_energy_mj(&meter, &mj0);
+    CK(cudaEventRecord(e0, st));
+    std::vector<unsigned> mhz;
+    long capped = 0;
+    for (long i = 0; i < calls; i++) {
+        f();
+        unsigned c;
+        bool cap;
+        if (metered && i % 8 == 7 && meter_sample(&meter, &c, &cap)) { /* the host runs ahead only a queue's depth */
+            mhz.push_back(c);
+            capped += cap;
+        }
+    }
+    CK(cudaEventRecord(e1, st));
+    CK(cudaEventSynchronize(e1));
+    energy = energy && meter_energy_mj(&meter, &mj1);
+    float ms;
+    CK(cudaEventElapsedTime(&ms, e0, e1));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    const double us = ms * 1000.0 / calls;
+    std::sort(mhz.begin(), mhz.end());
+    if (energy && !mhz.empty())
+        snprintf(sustained_note, sizeof sustained_note,
+                 "  [sustained %.1f s: %.1f us, %.1f mJ a call, %.0f W, SM %u MHz, capped %.0f%%]", ms / 1000.0, us,
+                 (double)(mj1 - mj0) / calls, (double)(mj1 - mj0) / ms, mhz[mhz.size() / 2], 100.0 * capped / mhz.size());
+    else
+        snprintf(sustained_note, sizeof sustained_note, "  [sustained %.1f s: %.1f us a call, no meter]", ms / 1000.0, us);
+    return us;
+}
+
+/* Microseconds a call: the median of WG_REPS timed calls, or with WG_SUSTAIN=S the mean over S
+ * seconds of calls back to back (sustained_us). */
 template <typename F> static double time_us(F f, cudaStream_t st) {
+    static const double sustain = getenv("WG_SUSTAIN") ? atof(getenv("WG_SUSTAIN")) : 0.0;
+    sustained_note[0] = 0;
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
@@ -242,7 +298,7 @@ template <typename F> static double time_us(F f, cudaStream_t st) {
     std::sort(t.begin(), t.end());
     CK(cudaEventDestroy(e0));
     CK(cudaEventDestroy(e1));
-    return t[t.size() / 2];
+    return sustain > 0 ? sustained_us(f, st, sustain, t[t.size() / 2]) : t[t.size() / 2];
 }
 
 typedef void (*wg_fn)(const bf *, const bf *, const bf *, bf *, bf *, bf *, int, int, int, cudaStream_t);
@@ -333,8 +389,8 @@ static void fused_row(const char *tag, int M, int N, int K, const char *name, F 
         snprintf(errs + strlen(errs), sizeof errs - strlen(errs), " %s %.2f", names[i], e);
     }
     double t = time_us(run, st);
-    printf("%-8s %5d x %5d x %5d  %-28s %9.1f us  %.3fx  max err%s %s\n", tag, M, N, K, name, t, tl / t, errs,
-           ok ? "" : "WRONG");
+    printf("%-8s %5d x %5d x %5d  %-28s %9.1f us  %.3fx  max err%s %s%s\n", tag, M, N, K, name, t, tl / t, errs,
+           ok ? "" : "WRONG", sustained_note);
     failed |= !ok;
 }
 
@@ -435,9 +491,10 @@ static void dw_algorithms(int algos, cudaStream_t st) {
             double mis = mismatch(d, ref, (size_t)s.M * s.N);
             double t = time_us([&] { plan.run(a, b, d, i, st); }, st);
             /* another algorithm may sum in another order (split k): its bits are reported, not failed */
-            printf("%-8s %5d x %5d x %5d  cublasLt algorithm %2d of %2d %9.1f us %6.0f TFLOP/s  %s", s.name, s.M, s.N,
-                   s.K, i, plan.n, t, flop / t / 1e6, i == 0 ? "(the reference)\n" : "");
-            if (i > 0) printf("max err %.2f ulp-of-rms vs the first%s\n", mis, mis <= 2.0 ? "" : " (other bits)");
+            printf("%-8s %5d x %5d x %5d  cublasLt algorithm %2d of %2d %9.1f us %6.0f TFLOP/s  ", s.name, s.M, s.N, s.K,
+                   i, plan.n, t, flop / t / 1e6);
+            if (i == 0) printf("(the reference)%s\n", sustained_note);
+            else printf("max err %.2f ulp-of-rms vs the first%s%s\n", mis, mis <= 2.0 ? "" : " (other bits)", sustained_note);
             failed |= !(mis == mis); /* NaN: a launch that wrote nothing */
         }
         typedef void (*dw_fn)(const bf *, const bf *, bf *, int, int, int, cudaStream_t);
@@ -451,8 +508,8 @@ static void dw_algorithms(int algos, cudaStream_t st) {
             CK(cudaStreamSynchronize(st));
             double mis = mismatch(d, ref, (size_t)s.M * s.N);
             double t = time_us([&] { o.fn(a, b, d, s.M, s.N, s.K, st); }, st);
-            printf("%-8s %5d x %5d x %5d  ours %-18s %9.1f us %6.0f TFLOP/s  max err %.2f ulp-of-rms vs cuBLASLt %s\n",
-                   s.name, s.M, s.N, s.K, o.name, t, flop / t / 1e6, mis, mis <= 2.0 ? "" : "WRONG");
+            printf("%-8s %5d x %5d x %5d  ours %-18s %9.1f us %6.0f TFLOP/s  max err %.2f ulp-of-rms vs cuBLASLt %s%s\n",
+                   s.name, s.M, s.N, s.K, o.name, t, flop / t / 1e6, mis, mis <= 2.0 ? "" : "WRONG", sustained_note);
             failed |= mis > 2.0;
         }
         for (bf *p : {a, b, d, ref}) CK(cudaFree(p));
@@ -471,18 +528,35 @@ int main() {
     CK(cudaStreamCreate(&st));
     check_small(st, false);
     check_small(st, true);
+    if (getenv("WG_SUSTAIN")) {
+        char bus[32], why[160];
+        CK(cudaDeviceGetPCIBusId(bus, sizeof bus, 0));
+        metered = meter_open(&meter, bus, why, sizeof why);
+        if (!metered) printf("WG_SUSTAIN: times only (%s)\n", why);
+    }
     if (getenv("WG_LT_ALGOS")) dw_algorithms(atoi(getenv("WG_LT_ALGOS")), st);
 
-    const char *only = getenv("WG_ONLY"); /* the plain shapes whose name starts so ("none": only the fused forms) */
+    const char *only = getenv("WG_ONLY"); /* comma-separated prefixes of the plain shapes ("none": only the fused forms) */
+    /* whether an item of WG_ONLY starts name (prefix_of_item false) or starts with name (true) */
+    auto listed = [&](const char *name, bool prefix_of_item) {
+        for (const char *item = only; item && *item; item += strcspn(item, ",") + (item[strcspn(item, ",")] == ',')) {
+            const size_t n = strcspn(item, ",");
+            if (prefix_of_item ? n >= strlen(name) && !strncmp(item, name, strlen(name)) : !strncmp(name, item, n))
+                return true;
+        }
+        return false;
+    };
     struct Shape { const char *name; int M, N, K; bool bt; };
     const Shape shapes[] = {
         {"gate|up", 8192, 17920, 1536, false}, {"gate", 8192, 8960, 1536, false}, {"down", 8192, 1536, 8960, false},
         {"q / o", 8192, 1536, 1536, false},    {"k|v", 8192, 512, 1536, false},  {"8192^3", 8192, 8192, 8192, false},
         {"dX down", 8192, 8960, 1536, true},   {"dX g|u", 8192, 1536, 17920, true}, {"dX q", 8192, 1536, 1536, true},
         {"logits", 1024, 151936, 1536, false}, {"logits4k", 4096, 151936, 1536, false},
+        {"dh", 1024, 1536, 151936, true}, /* a loss chunk's dX through the head */
     };
+    const int lt_algos = getenv("WG_LT_ALGOS") ? atoi(getenv("WG_LT_ALGOS")) : 0;
     for (const Shape &s : shapes) {
-        if (only && strncmp(s.name, only, strlen(only))) continue;
+        if (only && !listed(s.name, false)) continue;
         bf *a, *b, *d, *ref;
         CK(cudaMalloc(&a, (size_t)s.M * s.K * 2));
         CK(cudaMalloc(&b, (size_t)s.N * s.K * 2));
@@ -492,9 +566,28 @@ int main() {
         fill(b, (size_t)s.N * s.K, 4, 0.05f);
         const double flop = 2.0 * s.M * s.N * s.K;
         lt_gemm(a, b, ref, s.M, s.N, s.K, st, s.bt);
-        double tl = time_us([&] { lt_gemm(a, b, ref, s.M, s.N, s.K, st, s.bt); }, st);
-        printf("%-8s %5d x %5d x %5d  %-20s %9.1f us %6.0f TFLOP/s\n", s.name, s.M, s.N, s.K, "cublasLt", tl,
-               flop / tl / 1e6);
+        int offered = 0;
+        LtPlan first = lt_plan(lt, s.M, s.N, s.K, s.bt, 0, &offered);
+        char config[96];
+        lt_describe(first.algo, config, sizeof config);
+        double tl = time_us([&] { lt_run(lt, first, a, b, ref, ws, st); }, st);
+        printf("%-8s %5d x %5d x %5d  %-20s %9.1f us %6.0f TFLOP/s  (%s)%s\n", s.name, s.M, s.N, s.K, "cublasLt", tl,
+               flop / tl / 1e6, config, sustained_note);
+        lt_free(first);
+        /* WG_LT_ALGOS=N: the heuristic's next algorithms (the library runs the first) */
+        for (int i = 1; i < lt_algos && i < offered; i++) {
+            LtPlan p = lt_plan(lt, s.M, s.N, s.K, s.bt, i);
+            lt_describe(p.algo, config, sizeof config);
+            CK(cudaMemset(d, 0xff, (size_t)s.M * s.N * 2));
+            lt_run(lt, p, a, b, d, ws, st);
+            CK(cudaStreamSynchronize(st));
+            double mis = mismatch(d, ref, (size_t)s.M * s.N);
+            double t = time_us([&] { lt_run(lt, p, a, b, d, ws, st); }, st);
+            printf("%-8s %5d x %5d x %5d  cublasLt algo %2d/%2d %9.1f us %6.0f TFLOP/s  %.3fx  (%s) err %.2f%s\n", s.name,
+                   s.M, s.N, s.K, i, offered, t, flop / t / 1e6, tl / t, config, mis, sustained_note);
+            failed |= !(mis == mis);
+            lt_free(p);
+        }
         for (const Variant &v : s.bt ? std::vector<Variant>(std::begin(nn_variants), std::end(nn_variants))
                                      : std::vector<Variant>(std::begin(variants), std::end(variants))) {
             CK(cudaMemset(d, 0xff, (size_t)s.M * s.N * 2));
@@ -502,8 +595,8 @@ int main() {
             CK(cudaStreamSynchronize(st));
             double mis = mismatch(d, ref, (size_t)s.M * s.N);
             double t = time_us([&] { v.fn(a, b, nullptr, d, nullptr, nullptr, s.M, s.N, s.K, st); }, st);
-            printf("%-8s %5d x %5d x %5d  %-20s %9.1f us %6.0f TFLOP/s  %.3fx  max err %.2f ulp-of-rms %s\n", s.name,
-                   s.M, s.N, s.K, v.name, t, flop / t / 1e6, tl / t, mis, mis <= 2.0 ? "" : "WRONG");
+            printf("%-8s %5d x %5d x %5d  %-20s %9.1f us %6.0f TFLOP/s  %.3fx  max err %.2f ulp-of-rms %s%s\n", s.name,
+                   s.M, s.N, s.K, v.name, t, flop / t / 1e6, tl / t, mis, mis <= 2.0 ? "" : "WRONG", sustained_note);
             failed |= mis > 2.0;
         }
         CK(cudaFree(a));
@@ -514,7 +607,7 @@ int main() {
 
     /* a loss chunk's logits with each row's running log-sum-exp per column tile (ROWSTATS, the
      * library's an_cuda_gemm_logits_stats) against cuBLASLt's plain GEMM */
-    if (!only || !strncmp(only, "logits", 6))
+    if (!only || listed("logits", true))
         for (int M : {1024, 4096}) {
             const int N = 151936, K = 1536, tiles = (N + 191) / 192;
             bf *x, *w, *d, *ref;
@@ -561,7 +654,7 @@ int main() {
         };
         reference();
         double tl = time_us(reference, st);
-        printf("swiglu   %5d x %5d x %5d  %-20s %9.1f us\n", M, N, K, "cublasLt x2 + pass", tl);
+        printf("swiglu   %5d x %5d x %5d  %-20s %9.1f us%s\n", M, N, K, "cublasLt x2 + pass", tl, sustained_note);
         typedef void (*fused_fn)(const bf *, const bf *, const bf *, bf *, bf *, bf *, int, int, int, cudaStream_t);
         const struct { const char *name; fused_fn fn; } fused[] = {
             {"128x128 s5 (the library's)", wg_gemm<128, 5, wgmma_gemm::SWIGLU>},
@@ -597,7 +690,7 @@ int main() {
         };
         reference();
         double tl = time_us(reference, st);
-        printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us\n", M, N, K, "cublasLt + pass", tl);
+        printf("swiglu'  %5d x %5d x %5d  %-24s %9.1f us%s\n", M, N, K, "cublasLt + pass", tl, sustained_note);
         typedef void (*bwd_fn)(const bf *, const bf *, const bf *, const bf *, bf *, bf *, bf *, int, int, int,
                                cudaStream_t);
         const struct { const char *name; bwd_fn fn; } fused[] = {
@@ -706,7 +799,7 @@ int main() {
      * branch in fp32 by proj_ref), and the rows also count the outputs that differ from x W^T
      * alone (the branch rounded away or not): ours, the chain's, and one rounding of the whole sum
      * (cuBLASLt over [x | down] [W | B]^T). No bias here. */
-    if (!only || !strncmp(only, "proj", 4) || !strcmp(only, "none")) {
+    if (!only || listed("proj", true) || listed("none", true)) {
         const int M = 8192, K = 1536, R = 16, n[3] = {1536, 256, 256};
         const bool lora[3] = {true, false, true};
         bf *x, *w[3], *dn[3] = {}, *lb[3] = {}, *out[3], *ref[3], *chain[3], *base[3], *single[3] = {};
