@@ -37,19 +37,19 @@ static inline bool meter_open(Meter *m, const char *pci_bus_id, char *why, size_
     m->reasons = (int (*)(void *, unsigned long long *))dlsym(m->lib, "nvmlDeviceGetCurrentClocksEventReasons");
     if (!m->reasons) /* the older name of the same call */
         m->reasons = (int (*)(void *, unsigned long long *))dlsym(m->lib, "nvmlDeviceGetCurrentClocksThrottleReasons");
-    if (!init || !by_bus || !m->energy || !m->clock || !m->reasons) {
+    int rc = -1;
+    if (!init || !by_bus || !m->energy || !m->clock || !m->reasons)
         snprintf(why, why_size, "libnvidia-ml.so.1 lacks an entry point this meter uses");
-        return false;
-    }
-    int rc = init();
-    if (rc == 0) rc = by_bus(pci_bus_id, &m->dev);
-    if (rc != 0) {
+    else if ((rc = init()) != 0 || (rc = by_bus(pci_bus_id, &m->dev)) != 0)
         snprintf(why, why_size, "NVML error %d opening the card at %s", rc, pci_bus_id);
-        return false;
+    else {
+        unsigned long long mj;
+        if ((rc = m->energy(m->dev, &mj)) != 0)
+            snprintf(why, why_size, "NVML error %d reading the energy counter (needs Volta or later)", rc);
     }
-    unsigned long long mj;
-    if ((rc = m->energy(m->dev, &mj)) != 0) {
-        snprintf(why, why_size, "NVML error %d reading the energy counter (needs Volta or later)", rc);
+    if (rc != 0) {
+        dlclose(m->lib);
+        m->lib = NULL;
         return false;
     }
     return true;
