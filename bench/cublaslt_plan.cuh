@@ -42,14 +42,11 @@ inline LtPlan lt_plan(cublasLtHandle_t lt, int M, int N, int K, bool bt = false,
     LT_CHECK(cublasLtMatmulPreferenceCreate(&pref));
     size_t wsz = LtPlan::WORKSPACE;
     LT_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsz, sizeof wsz));
-    cublasLtMatmulHeuristicResult_t h[16];
+    cublasLtMatmulHeuristicResult_t h[16]; /* best first, whatever count is asked for */
     int n = 0;
-    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.w, p.x, p.y, p.y, pref, nth + 1 > 16 ? 16 : nth + 1, h, &n));
-    if (count) { /* ask again for all it has, only to count them */
-        cublasLtMatmulHeuristicResult_t all[16];
-        LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.w, p.x, p.y, p.y, pref, 16, all, count));
-    }
-    if (n <= nth) {
+    LT_CHECK(cublasLtMatmulAlgoGetHeuristic(lt, p.op, p.w, p.x, p.y, p.y, pref, count || nth >= 16 ? 16 : nth + 1, h, &n));
+    if (count) *count = n;
+    if (nth >= 16 || n <= nth) {
         printf("no cuBLASLt algorithm %d for %d x %d x %d\n", nth, M, N, K);
         exit(1);
     }
