@@ -25,6 +25,8 @@
  *                     and from cuBLASLt's dW epilogue, an_cuda_set_column_sums; both rates printed)]
  *                    [--ab-rope (steps alternate with q's and k's rotation in the projections' GEMM
  *                     epilogue and with the rope kernel after it, an_cuda_set_rope_epilogue; both rates printed)]
+ *                    [--ab-turn (steps alternate with q's and k's gradients turned back by the rotation in the
+ *                     attention backward's stores and by the rope pass after, an_cuda_set_attention_turns_rope)]
  *                    [--ab-loss-chunk N (steps alternate with N rows of logits per loss chunk and with
  *                     --loss-chunk's (the op's default unless given); both rates printed)]
  *                    [--sync-phases (synchronise after the forward, the backward and the optimizer, as this
@@ -90,7 +92,7 @@ int main(int argc, char **argv) {
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
     bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false, ab_stats = false,
-         ab_proj = false, ab_lora = false, ab_attn = false, ab_sums = false, ab_rope = false;
+         ab_proj = false, ab_lora = false, ab_attn = false, ab_sums = false, ab_rope = false, ab_turn = false;
     bool update_in_backward = false, ab_update = false, side_equal = false, sync_phases = false, host_times = false;
     long side_grain = 0, ab_chunk = 0, base_chunk = 0;
     for (int i = 2; i < argc; i++) {
@@ -117,6 +119,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ab-attention")) ab_attn = true;
         else if (!strcmp(argv[i], "--ab-column-sums")) ab_sums = true;
         else if (!strcmp(argv[i], "--ab-rope")) ab_rope = true;
+        else if (!strcmp(argv[i], "--ab-turn")) ab_turn = true;
         else if (!strcmp(argv[i], "--ab-loss-chunk") && i + 1 < argc) ab_chunk = atol(argv[++i]);
         else if (!strcmp(argv[i], "--update-in-backward")) update_in_backward = true;
         else if (!strcmp(argv[i], "--ab-update")) ab_update = true;
@@ -186,7 +189,8 @@ int main(int argc, char **argv) {
             (ab_lora && an_cuda_set_lora_grads(ctx, s % 2 == 0) != AN_OK) ||
             (ab_attn && an_cuda_set_attention_wgmma(ctx, s % 2 == 0) != AN_OK) ||
             (ab_sums && an_cuda_set_column_sums(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_rope && an_cuda_set_rope_epilogue(ctx, s % 2 == 0) != AN_OK)) {
+            (ab_rope && an_cuda_set_rope_epilogue(ctx, s % 2 == 0) != AN_OK) ||
+            (ab_turn && an_cuda_set_attention_turns_rope(ctx, s % 2 == 0) != AN_OK)) {
             fprintf(stderr, "%s\n", an_error_message(ctx));
             return 1;
         }
@@ -245,12 +249,13 @@ int main(int argc, char **argv) {
         printf("step %ld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, peak %.2f GiB\n", s, dt,
                t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
     }
-    bool ab = ab_wgmma || ab_update || ab_stats || ab_proj || ab_lora || ab_attn || ab_sums || ab_rope || ab_chunk > 0;
+    bool ab = ab_wgmma || ab_update || ab_stats || ab_proj || ab_lora || ab_attn || ab_sums || ab_rope || ab_turn ||
+              ab_chunk > 0;
     if (ab && ab_measured[0] && ab_measured[1]) {
         double on = (double)(batch * seq) * ab_measured[0] / ab_total[0];
         double off = (double)(batch * seq) * ab_measured[1] / ab_total[1];
         printf("%s: with %.0f tokens/s (%d steps), without %.0f tokens/s (%d steps): %.4fx\n",
-               ab_wgmma ? "ab-wgmma" : ab_stats ? "ab-logits-stats" : ab_proj ? "ab-projections" : ab_lora ? "ab-lora-grads" : ab_attn ? "ab-attention" : ab_sums ? "ab-column-sums" : ab_rope ? "ab-rope" : ab_chunk > 0 ? "ab-loss-chunk" : "ab-update", on,
+               ab_wgmma ? "ab-wgmma" : ab_stats ? "ab-logits-stats" : ab_proj ? "ab-projections" : ab_lora ? "ab-lora-grads" : ab_attn ? "ab-attention" : ab_sums ? "ab-column-sums" : ab_rope ? "ab-rope" : ab_turn ? "ab-turn" : ab_chunk > 0 ? "ab-loss-chunk" : "ab-update", on,
                ab_measured[0], off, ab_measured[1], on / off);
     }
     double tps = (double)(batch * seq) * measured / total;

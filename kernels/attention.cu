@@ -56,6 +56,7 @@
 #include "kernels/cuda_common.cuh"
 #include "kernels/decode_attention.cuh" /* the grouped-query decode kernel, tried first */
 #include "kernels/pdl.cuh"           /* the decode kernel launches with Programmatic Dependent Launch */
+#include "kernels/vec.cuh"           /* an_aligned16 */
 
 #include <math.h>
 #include <stdint.h>
@@ -678,7 +679,18 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *sh, 
                                      const void *k, const void *v, const void *segments, an_dtype seg_dtype,
                                      const void *out, const float *lse, const void *grad_out, void *grad_q,
                                      void *grad_k, void *grad_v) {
+    bool turned;
+    return an_cuda_attention_backward_turning(ctx, sh, dtype, q, k, v, segments, seg_dtype, out, lse, grad_out, grad_q,
+                                              grad_k, grad_v, NULL, &turned);
+}
+
+an_status an_cuda_attention_backward_turning(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,
+                                             const void *k, const void *v, const void *segments, an_dtype seg_dtype,
+                                             const void *out, const float *lse, const void *grad_out, void *grad_q,
+                                             void *grad_k, void *grad_v, const float *rope_table, bool *turned) {
+    *turned = false;
     AN_TRY(check_shape(ctx, sh, "attention backward"));
+    if (ctx->cuda->attention_turn_off) rope_table = nullptr;
     Segments seg = {nullptr, false};
     AN_TRY(segments_of(ctx, segments, seg_dtype, &seg));
     AN_CHECK(ctx, out != nullptr || !an_attention_mma_takes(dtype, sh->head_dim), AN_ERR_INTERNAL,
@@ -687,10 +699,12 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *sh, 
     void *delta = nullptr;
     const void *bufs[] = {q, k, v, out, grad_out, grad_q, grad_k, grad_v, lse};
     const size_t delta_bytes = (size_t)(sh->batch * sh->q_heads * sh->seq) * sizeof(float); /* (B, Hq, T) f32 */
-    if (an_attention_wgmma_takes(ctx, sh, dtype, segments, bufs, 9)) {
+    if (an_attention_wgmma_takes(ctx, sh, dtype, segments, bufs, 9) && (!rope_table || an_aligned16(rope_table))) {
         AN_TRY(an_cuda_scratch(ctx, delta_bytes, &delta));
-        return an_attention_wgmma_backward(ctx, sh, dtype, q, k, v, out, lse, grad_out, (float *)delta, grad_q,
-                                           grad_k, grad_v);
+        AN_TRY(an_attention_wgmma_backward(ctx, sh, dtype, q, k, v, out, lse, grad_out, (float *)delta, grad_q, grad_k,
+                                           grad_v, rope_table));
+        *turned = rope_table != NULL;
+        return AN_OK;
     }
     if (cudnn_takes(ctx, dtype, sh->head_dim, segments, bufs, 9))
         return an_attention_cudnn_backward(ctx, sh, dtype, q, k, v, out, lse, grad_out, grad_q, grad_k, grad_v);

@@ -14,6 +14,14 @@
  * sums, rounded once. No atomics: every sum has an order fixed by the shape, so every run gives
  * the same bits.
  *
+ * Rotary turn (Params::rope, an_cuda_attention_backward_turning): where q and k came rotated from
+ * the projections' epilogue, dQ and dK may leave turned back by the same table (NEOX pairs (i, i +
+ * 64) of each head; turn_back: rounded to the dtype first, then rope.cu's arithmetic at sign -1),
+ * so the rope pass over them (two launches, ~24 us a layer of the 1.5B model's step) is not run:
+ * the same bits. Each kernel brings its tile's 64 rows of the table (32 KB) into shared memory by
+ * the tensor memory accelerator early (dK/dV with K and V; dQ into Q and dO's memory once their
+ * fragments are in registers), so the stores do not wait on loads.
+ *
  * Masking: query i sees key j when j <= i (no segments: attention.cu sends packed documents to the
  * mma.sync kernels). T is a multiple of 64, so every tile is whole.
  *
@@ -74,24 +82,31 @@ constexpr double kLog2e = 1.4426950408889634;
 struct Params {
     const float *lse, *delta; /* (B, Hq, T) */
     void *dq, *dk, *dv;       /* (B, T, Hq, D), (B, T, Hkv, D), (B, T, Hkv, D); any may be null */
+    const float2 *rope;       /* (B T, D / 2) (cos, sin) of q's and k's rotation (an_rope_table's), or NULL:
+                                 dQ and dK leave turned back by it (turn_back) */
     int T, Hq, Hkv, batch;
     float scale, scale_log2;
 };
 
+constexpr int kTableBytes = kTile * kD / 2 * 8; /* a tile's rows of the rotary table: 64 (cos, sin) pairs each */
+
 /* dK/dV kernel's shared memory past its 1024-byte alignment: K, V, the stages (Q, dO each), their
- * lse and delta rows, the barriers (K and V landed; each stage full). */
+ * lse and delta rows, the key tile's rows of the rotary table (with Params::rope), the barriers (K
+ * and V landed; each stage full). */
 struct DkvLayout {
     static constexpr int K = 0, V = kTileBytes, STAGES = 2 * kTileBytes;
     static constexpr int ROWS = STAGES + kDkvStages * 2 * kTileBytes; /* lse, delta: 64 floats each a stage */
-    static constexpr int BARS = ROWS + kDkvStages * 2 * kTile * 4;
+    static constexpr int TABLE = ROWS + kDkvStages * 2 * kTile * 4;
+    static constexpr int BARS = TABLE + kTableBytes;
     static constexpr int BYTES = BARS + 8 * (1 + kDkvStages) + 1024;
 };
-/* dQ kernel's: each warpgroup's Q and dO, the (K, V) stages, the barriers (each warpgroup's Q, dO
- * landed; each stage full, empty). */
+/* dQ kernel's: each warpgroup's Q and dO (then, with Params::rope, its tile's rows of the rotary
+ * table: their fragments are in registers by then), the (K, V) stages, the barriers (each
+ * warpgroup's Q, dO landed; each stage full, empty; each warpgroup's table rows landed). */
 struct DqLayout {
     static constexpr int QDO = 0, STAGES = 4 * kTileBytes;
     static constexpr int BARS = STAGES + kDqStages * 2 * kTileBytes;
-    static constexpr int BYTES = BARS + 8 * (2 + 2 * kDqStages) + 1024;
+    static constexpr int BYTES = BARS + 8 * (4 + 2 * kDqStages) + 1024;
 };
 
 /* The first 1024-byte-aligned shared address of the dynamic shared memory (the 128-byte swizzle's
@@ -177,6 +192,29 @@ __device__ __forceinline__ void products_t(float (&acc1)[64], const uint32_t (&a
     }
 }
 
+/* acc (this thread's values of a 64 x 128 tile: rows 16 warp + lane / 4 (+ 8), columns 8j +
+ * 2 (lane % 4) (+ 1)) times mul, rounded to T, then each NEOX pair (i, i + 64) of the head turned
+ * back by its row's angle as rope.cu's backward turns the stored gradient (the table's cos and
+ * sin at sign -1, each product and sum rounded on its own), left in acc for a store at mul 1: the
+ * bits the rope pass after would give. table: the tile's first row's 64 (cos, sin) pairs. */
+template <typename T> __device__ __forceinline__ void turn_back(float (&acc)[64], const float2 *table, float mul) {
+    const int lane = threadIdx.x % 32, r0 = 16 * (threadIdx.x % 128 / 32) + lane / 4, c = 2 * (lane % 4);
+#pragma unroll
+    for (int h = 0; h < 2; h++)
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const float4 cs = *reinterpret_cast<const float4 *>(table + (r0 + 8 * h) * (kD / 2) + 8 * j + c);
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int a = 4 * j + 2 * h + e, b = a + 32; /* columns 8 j + c + e and 64 later */
+                const float x1 = an_load(an_store<T>(acc[a] * mul)), x2 = an_load(an_store<T>(acc[b] * mul));
+                const float co = e ? cs.z : cs.x, sn = -(e ? cs.w : cs.y);
+                acc[a] = __fsub_rn(__fmul_rn(x1, co), __fmul_rn(x2, sn));
+                acc[b] = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, sn));
+            }
+        }
+}
+
 /* Rows 16 warp + lane / 4 (+ 8) and columns 8j + 2 (lane % 4) (+ 1) of acc (64 x 128), rounded,
  * times mul, into out's rows row0.. (stride ld elements) from column col0. */
 template <typename T>
@@ -231,9 +269,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     };
     if (tid == 0) {
         if (wg == 0) {
-            tma::bar_expect(kv_bar, 2 * kTileBytes);
+            tma::bar_expect(kv_bar, 2 * kTileBytes + (p.rope ? kTableBytes : 0));
             load_tile(base + L::K, &kmap, b * p.T + kt * kTile, hk * kD, kv_bar);
             load_tile(base + L::V, &vmap, b * p.T + kt * kTile, hk * kD, kv_bar);
+            if (p.rope) /* read only by the last stores: in shared memory by then, not a load's wait */
+                tma::load_bytes(base + L::TABLE, p.rope + ((int64_t)b * p.T + kt * kTile) * (kD / 2), kTableBytes, kv_bar);
         }
         issue(0);
         issue(1);
@@ -323,7 +363,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int i = 0; i < 64; i++) dk[i] += xchg[i * 128 + tid], dv[i] += xchg[(64 + i) * 128 + tid];
     an_pdl_wait(); /* launched behind the dQ kernel: its end before any write (kernels/pdl.cuh's rule) */
     const int64_t row0 = (int64_t)b * p.T + (int64_t)kt * kTile, ld = (int64_t)p.Hkv * kD;
-    if (p.dk) store_acc<T>((T *)p.dk, row0, ld, (int64_t)hk * kD, dk, p.scale);
+    if (p.dk && p.rope) turn_back<T>(dk, reinterpret_cast<const float2 *>(gen + L::TABLE), p.scale);
+    if (p.dk) store_acc<T>((T *)p.dk, row0, ld, (int64_t)hk * kD, dk, p.rope ? 1.0f : p.scale);
     if (p.dv) store_acc<T>((T *)p.dv, row0, ld, (int64_t)hk * kD, dv, 1.0f);
 #endif
 }
@@ -337,6 +378,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     using L = DqLayout;
     extern __shared__ unsigned char smem_raw[];
     const uint32_t base = aligned_base(smem_raw);
+    unsigned char *gen = smem_raw + (base - smem_addr(smem_raw)); /* base as a generic pointer */
     const uint32_t q_bar = base + L::BARS, full = q_bar + 16, empty = full + 8 * kDqStages;
     /* the warpgroup's index through a shuffle: uniform to the compiler, whose wgmma would otherwise
      * be serialized in loops whose bounds depend on it */
@@ -347,11 +389,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int pair = n_pairs - 1 - (int)(blockIdx.x / per), h = blockIdx.x % per % p.Hq, b = blockIdx.x % per / p.Hq;
     const int hk = h / (p.Hq / p.Hkv);
     const int qt = 2 * pair + wg;                                  /* this warpgroup's query tile */
+    const uint32_t table_bar = empty + 8 * kDqStages + 8 * wg;     /* this warpgroup's table rows landed */
     const bool active = qt < n_t;                                  /* the last pair of an odd count has one */
     const int n_kv = 2 * pair + 2 < n_t ? 2 * pair + 2 : n_t;     /* key tiles the block streams */
 
     if (threadIdx.x == 0) {
-        for (int c = 0; c < 2; c++) tma::bar_init(q_bar + 8 * c, 1);
+        for (int c = 0; c < 2; c++) tma::bar_init(q_bar + 8 * c, 1), tma::bar_init(empty + 8 * kDqStages + 8 * c, 1);
         for (int s = 0; s < kDqStages; s++) {
             tma::bar_init(full + 8 * s, 1);
             tma::bar_init(empty + 8 * s, 1 + (2 * pair + 1 < n_t)); /* one arrival per active warpgroup */
@@ -406,6 +449,13 @@ __global__ void __launch_bounds__(kThreads, 1)
         wgmma::commit();
     };
     scores(0);
+    if (p.rope) { /* the tile's table rows into Q and dO's memory once every thread has their fragments */
+        wgmma::named_sync(1 + wg, 128);
+        if (tid == 0) {
+            tma::bar_expect(table_bar, kTableBytes);
+            tma::load_bytes(qs, p.rope + ((int64_t)b * p.T + qt * kTile) * (kD / 2), kTableBytes, table_bar);
+        }
+    }
     for (int t = 0; t <= qt; t++) {
         const int s = t % kDqStages;
         const uint32_t st = base + L::STAGES + s * 2 * kTileBytes;
@@ -454,6 +504,12 @@ __global__ void __launch_bounds__(kThreads, 1)
      * registers) in the boxes' swizzled layout, then out by the tensor memory accelerator: 4-byte
      * stores from the fragments straight to global memory queued behind each other (lg_throttle and
      * drain stalls under Nsight Compute) */
+    if (p.rope) {
+        tma::bar_wait(table_bar, 0);
+        turn_back<T>(dq, reinterpret_cast<const float2 *>(gen + (qs - base)), p.scale);
+        wgmma::named_sync(1 + wg, 128); /* every thread has read the table before the staging overwrites it */
+    }
+    const float mul = p.rope ? 1.0f : p.scale;
     {
         const int c = 2 * (lane % 4);
 #pragma unroll
@@ -462,7 +518,7 @@ __global__ void __launch_bounds__(kThreads, 1)
             for (int h2 = 0; h2 < 2; h2++) {
                 const int r = r0 + 8 * h2;
                 const uint32_t at = qs + (j / 8) * kBox + r * 128 + (((j % 8) ^ (r % 8)) << 4) + 2 * c;
-                const uint32_t v = pack2<T>(dq[4 * j + 2 * h2] * p.scale, dq[4 * j + 2 * h2 + 1] * p.scale);
+                const uint32_t v = pack2<T>(dq[4 * j + 2 * h2] * mul, dq[4 * j + 2 * h2 + 1] * mul);
                 asm volatile("st.shared.b32 [%0], %1;" ::"r"(at), "r"(v) : "memory");
             }
     }
@@ -542,7 +598,8 @@ bool an_attention_wgmma_takes(an_ctx *ctx, const an_attention_shape *sh, an_dtyp
 
 an_status an_attention_wgmma_backward(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,
                                       const void *k, const void *v, const void *out, const float *lse,
-                                      const void *grad_out, float *delta, void *grad_q, void *grad_k, void *grad_v) {
+                                      const void *grad_out, float *delta, void *grad_q, void *grad_k, void *grad_v,
+                                      const float *rope_table) {
     AN_CHECK(ctx, (dtype == AN_BF16 || dtype == AN_F16) && sh->head_dim == kD && sh->seq % kTile == 0,
              AN_ERR_INTERNAL, "attention_wgmma: %s head_dim %lld T %lld is not its shape (an_attention_wgmma_takes)",
              an_dtype_name(dtype), (long long)sh->head_dim, (long long)sh->seq);
@@ -550,6 +607,7 @@ an_status an_attention_wgmma_backward(an_ctx *ctx, const an_attention_shape *sh,
     AN_TRY(an_attention_mma_delta(ctx, sh, dtype, out, grad_out, delta));
     Params p = {};
     p.lse = lse, p.delta = delta;
+    p.rope = reinterpret_cast<const float2 *>(rope_table);
     p.dq = grad_q, p.dk = grad_k, p.dv = grad_v;
     p.T = (int)sh->seq, p.Hq = (int)sh->q_heads, p.Hkv = (int)sh->kv_heads, p.batch = (int)sh->batch;
     p.scale = (float)sh->scale;

@@ -13,10 +13,11 @@
 bool an_attention_wgmma_takes(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *segments,
                               const void *const *bufs, int n);
 
-/* As an_cuda_attention_backward without segments, from the forward's out and lse; delta (B, Hq, T)
- * f32 is device scratch of B * Hq * T floats. */
+/* As an_cuda_attention_backward_turning without segments, from the forward's out and lse; delta
+ * (B, Hq, T) f32 is device scratch of B * Hq * T floats; rope_table NULL or as there. */
 an_status an_attention_wgmma_backward(an_ctx *ctx, const an_attention_shape *sh, an_dtype dtype, const void *q,
                                       const void *k, const void *v, const void *out, const float *lse,
-                                      const void *grad_out, float *delta, void *grad_q, void *grad_k, void *grad_v);
+                                      const void *grad_out, float *delta, void *grad_q, void *grad_k, void *grad_v,
+                                      const float *rope_table);
 
 #endif

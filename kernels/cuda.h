@@ -102,6 +102,9 @@ an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on);
  * default: an H100-class device, bf16/f16, head_dim 128, no segments, T a multiple of 64): off to
  * compare it with cuDNN's (or, with cuDNN off as well, attention_mma.cu's). */
 an_status an_cuda_set_attention_wgmma(an_ctx *ctx, bool on);
+/* Whether an_cuda_attention_backward_turning turns the gradients back where it can (on by
+ * default) or never (off: the rope pass after does, for measurement). */
+an_status an_cuda_set_attention_turns_rope(an_ctx *ctx, bool on);
 /* Whether cuDNN's attention backward is its deterministic one (on by default, bit-reproducible
  * like our kernels) or the one that accumulates dQ with atomics: off only to measure it. */
 an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on);
@@ -358,6 +361,15 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shap
                                      const void *k, const void *v, const void *segments, an_dtype seg_dtype,
                                      const void *out, const float *lse, const void *grad_out, void *grad_q,
                                      void *grad_k, void *grad_v);
+/* As an_cuda_attention_backward, and where the warpgroup kernels take the call (see there), given
+ * rope_table, an_rope_table's (B T, head_dim / 2) (cos, sin) of a NEOX rotation over all of
+ * head_dim (16-byte aligned): grad_q and grad_k leave turned back by each row's angle, the bits
+ * the rope op's backward pass would give after, and *turned is true. Elsewhere (or with
+ * rope_table NULL) the gradients are an_cuda_attention_backward's and *turned is false. */
+an_status an_cuda_attention_backward_turning(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
+                                             const void *k, const void *v, const void *segments, an_dtype seg_dtype,
+                                             const void *out, const float *lse, const void *grad_out, void *grad_q,
+                                             void *grad_k, void *grad_v, const float *rope_table, bool *turned);
 /* Decode attention over a KV cache, as an_attention_cached in autograd/ops.h: q and out
  * (B', T, Hq, D) of dtype, caches (Bc = cache_rows, cache_len, Hkv, D); rows (B') and lengths (Bc)
  * are i64 DEVICE arrays, already validated by the caller (lengths[rows[b]] + T <= cache_len; the

@@ -50,6 +50,8 @@ struct an_cuda_state {
     struct an_cudnn_attention *cudnn; /* created on the first cuDNN attention call (attention_cudnn.cu) */
     int attention_cudnn_off;   /* 1: attention never takes the cuDNN path (an_cuda_set_attention_cudnn) */
     int attention_wgmma_off;   /* 1: the attention backward never takes attention_wgmma.cu (an_cuda_set_attention_wgmma) */
+    int attention_turn_off;    /* 1: the attention backward leaves q's and k's rotation to the rope pass
+                                  (an_cuda_set_attention_turns_rope) */
     int attention_cudnn_nondeterministic; /* 1: cuDNN's backward accumulates dQ with atomics
                                   (an_cuda_set_attention_cudnn_deterministic, for measurement) */
     int attention_cudnn_padding_mask; /* 1: every cuDNN backward graph has the explicit padding mask

@@ -86,6 +86,10 @@ an_status an_cuda_set_attention_wgmma(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_attention_turns_rope(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_set_attention_cudnn_engine(an_ctx *ctx, int backward, int engine) {
     (void)backward, (void)engine;
     return NO_CUDA(ctx);
@@ -210,6 +214,15 @@ an_status an_cuda_attention_backward(an_ctx *ctx, const an_attention_shape *shap
     (void)shape, (void)dtype, (void)q, (void)k, (void)v, (void)segments, (void)seg_dtype, (void)out, (void)lse;
     (void)grad_out;
     (void)grad_q, (void)grad_k, (void)grad_v;
+    return NO_CUDA(ctx);
+}
+an_status an_cuda_attention_backward_turning(an_ctx *ctx, const an_attention_shape *shape, an_dtype dtype, const void *q,
+                                             const void *k, const void *v, const void *segments, an_dtype seg_dtype,
+                                             const void *out, const float *lse, const void *grad_out, void *grad_q,
+                                             void *grad_k, void *grad_v, const float *rope_table, bool *turned) {
+    (void)shape, (void)dtype, (void)q, (void)k, (void)v, (void)segments, (void)seg_dtype, (void)out, (void)lse;
+    (void)grad_out, (void)grad_q, (void)grad_k, (void)grad_v, (void)rope_table;
+    *turned = false;
     return NO_CUDA(ctx);
 }
 an_status an_cuda_attention_cached(an_ctx *ctx, const an_attention_shape *shape, int64_t cache_len, int64_t cache_rows,

@@ -363,6 +363,8 @@ an_status an_cuda_set_attention_cudnn(an_ctx *ctx, bool on) { return switch_off(
 
 an_status an_cuda_set_attention_wgmma(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::attention_wgmma_off, on); }
 
+an_status an_cuda_set_attention_turns_rope(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::attention_turn_off, on); }
+
 an_status an_cuda_set_attention_cudnn_deterministic(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::attention_cudnn_nondeterministic, on); }
 
 an_status an_cuda_set_attention_cudnn_padding_mask(an_ctx *ctx, bool always) {

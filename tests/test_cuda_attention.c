@@ -1,7 +1,7 @@
 /* test_cuda_attention.c — the CUDA attention kernels (kernels/attention.cu) against the float64
  * CPU reference (an_cpu_attention, an_cpu_attention_backward, an_cpu_attention_cached) on fresh
  * random inputs: forward (out and lse), backward (dq, dk, dv, together and alone, bit-identical
- * when repeated), T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
+ * when repeated; on the Hopper path also turned back by a rotary table as the rope kernel turns them), T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
  * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernels over
  * a KV cache (per query head, and grouped per kv head for bf16/f16 at head_dim 128: 4500 keys in 36
  * splits of two chunks each, 150 keys in 10 splits merged by a second kernel, 16 keys in one; the
@@ -77,7 +77,7 @@ static void expect_same_bits(an_ctx *ctx, const an_tensor *a, const an_tensor *b
     char *x = malloc(bytes ? bytes : 1), *y = malloc(bytes ? bytes : 1);
     test_ok(ctx, an_cuda_memcpy(ctx, x, AN_CPU, an_tensor_data(a), AN_CUDA, bytes), "download");
     test_ok(ctx, an_cuda_memcpy(ctx, y, AN_CPU, an_tensor_data(b), AN_CUDA, bytes), "download");
-    ck_assert_msg(memcmp(x, y, bytes) == 0, "%s: a repeated launch gave different bits", what);
+    ck_assert_msg(memcmp(x, y, bytes) == 0, "%s: the bits differ", what);
     free(x);
     free(y);
 }
@@ -128,7 +128,9 @@ static const dims shapes[] = {
 
 /* ---- forward and backward against the float64 reference ---- */
 
-static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
+/* wgmma: attention_wgmma.cu's switch is on (where that path takes the shape, it then turns the
+ * gradients back by a rotary table too). */
+static void check_shape(an_ctx *ctx, an_dtype dtype, dims s, bool wgmma) {
     char what[192];
     snprintf(what, sizeof what, "%s B %lld T %lld Hq %lld Hkv %lld D %lld seg %d", an_dtype_name(dtype),
              (long long)s.B, (long long)s.T, (long long)s.Hq, (long long)s.Hkv, (long long)s.D, (int)s.seg);
@@ -186,9 +188,45 @@ static void check_shape(an_ctx *ctx, an_dtype dtype, dims s) {
         snprintf(msg, sizeof msg, "%s: %s", what, names[i]);
         expect_dev_close(ctx, g[0][i], want[i], grad_rtol, grad_norm_rtol, grad_atol, msg);
         expect_same_bits(ctx, g[0][i], g[1][i], msg);
-        an_tensor_release(g[0][i]);
-        an_tensor_release(g[1][i]);
     }
+    /* with a rotary table: where attention_wgmma.cu runs (a compute capability 9.0 device, no
+     * segments, head_dim 128, T a multiple of 64) dq and dk leave turned back, the bits of the rope
+     * kernel at sign -1 over the first run's gradients above; dv as
+     * before */
+    const void *probe[] = {NULL};
+    bool hopper = an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0);
+    if (wgmma && hopper && s.seg == SEG_NONE && s.D == 128 && s.T % 64 == 0 && dtype != AN_F32) {
+        an_rope_config cfg = {AN_ROPE_NEOX, 10000.0, 0, 0, 0, 0};
+        double inv[64];
+        an_cpu_rope_inv_freq(&cfg, s.D, inv);
+        an_tensor *ph = an_tensor_new(ctx, AN_I64, AN_CPU, 2, (int64_t[]){s.B, s.T});
+        for (int64_t i = 0; i < s.B * s.T; i++) ((int64_t *)an_tensor_data(ph))[i] = i == 1 ? 30000 : (i % s.T) * 3 % 1001;
+        an_tensor *pos = an_tensor_to(ctx, ph, AN_I64, AN_CUDA), *table = test_poisoned_gpu(ctx, AN_F32, 2, (int64_t[]){s.B * s.T, s.D});
+        test_ok(ctx, an_cuda_rope_table(ctx, an_tensor_data(pos), AN_I64, s.B * s.T, s.D, inv, an_tensor_data(table)), "table");
+        an_tensor *gt[3] = {test_poisoned_gpu(ctx, dtype, 4, qs), test_poisoned_gpu(ctx, dtype, 4, ks),
+                            test_poisoned_gpu(ctx, dtype, 4, ks)};
+        an_tensor *want_q = test_poisoned_gpu(ctx, dtype, 4, qs), *want_k = test_poisoned_gpu(ctx, dtype, 4, ks);
+        bool turned = false;
+        test_ok(ctx, an_cuda_attention_backward_turning(ctx, &sh, dtype, an_tensor_data(q.dev), an_tensor_data(k.dev),
+                                                        an_tensor_data(v.dev), NULL, AN_I64, an_tensor_data(o),
+                                                        an_tensor_data(l), an_tensor_data(go.dev), an_tensor_data(gt[0]),
+                                                        an_tensor_data(gt[1]), an_tensor_data(gt[2]),
+                                                        an_tensor_data(table), &turned),
+                "backward turning");
+        snprintf(msg, sizeof msg, "%s: turned in the stores", what);
+        ck_assert_msg(turned, "%s: the warpgroup path did not turn the gradients", msg);
+        test_ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(g[0][0]), an_tensor_data(pos), AN_I64, s.B * s.T, s.Hq,
+                                  s.D, inv, 0, -1.0, an_tensor_data(want_q)), "rope dq");
+        test_ok(ctx, an_cuda_rope(ctx, dtype, an_tensor_data(g[0][1]), an_tensor_data(pos), AN_I64, s.B * s.T, s.Hkv,
+                                  s.D, inv, 0, -1.0, an_tensor_data(want_k)), "rope dk");
+        expect_same_bits(ctx, gt[0], want_q, msg);
+        expect_same_bits(ctx, gt[1], want_k, msg);
+        expect_same_bits(ctx, gt[2], g[0][2], msg);
+        for (int i = 0; i < 3; i++) an_tensor_release(gt[i]);
+        an_tensor_release(want_q), an_tensor_release(want_k), an_tensor_release(table), an_tensor_release(pos);
+        an_tensor_release(ph);
+    }
+    for (int i = 0; i < 3; i++) an_tensor_release(g[0][i]), an_tensor_release(g[1][i]);
     for (int only = 0; only < 3; only++) {
         an_tensor *one = test_poisoned_gpu(ctx, dtype, 4, only == 0 ? qs : ks);
         void *ptr[3] = {NULL, NULL, NULL};
@@ -213,14 +251,14 @@ START_TEST(test_cuda_attention_forward_and_backward_match_float64_reference) {
     if (!ctx) return;
     for (int d = 0; d < N_DTYPES; d++)
         for (size_t s = 0; s < N_SHAPES; s++) {
-            check_shape(ctx, float_dtypes[d], shapes[s]);
+            check_shape(ctx, float_dtypes[d], shapes[s], true);
             /* unsegmented tensor-core shapes went to attention_wgmma.cu's backward where it takes
              * them, else to cuDNN: run them on cuDNN and on attention_mma.cu as well */
             if (shapes[s].seg == SEG_NONE && an_cuda_attention_uses_tensor_cores(float_dtypes[d], shapes[s].D)) {
                 test_ok(ctx, an_cuda_set_attention_wgmma(ctx, false), "wgmma switch");
-                check_shape(ctx, float_dtypes[d], shapes[s]);
+                check_shape(ctx, float_dtypes[d], shapes[s], false);
                 test_ok(ctx, an_cuda_set_attention_cudnn(ctx, false), "cuDNN switch");
-                check_shape(ctx, float_dtypes[d], shapes[s]);
+                check_shape(ctx, float_dtypes[d], shapes[s], false);
                 test_ok(ctx, an_cuda_set_attention_cudnn(ctx, true), "cuDNN switch");
                 test_ok(ctx, an_cuda_set_attention_wgmma(ctx, true), "wgmma switch");
             }

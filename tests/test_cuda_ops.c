@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "autograd/cpu/cpu.h"  /* an_cpu_rope_inv_freq: the frequencies the rope launcher is given */
+#include "autograd/op_support.h" /* an_qkv_rope_turn_table: whether the attention may turn the rotation back */
 #include "kernels/cuda.h"      /* the launchers under test */
 #include "support/test_util.h"
 
@@ -1378,6 +1379,99 @@ START_TEST(test_cuda_qkv_linear_rope_gives_the_separate_rope_bits) {
 }
 END_TEST
 
+/* qkv_linear_rope -> reshape -> attention on the GPU with the attention backward turning q's and
+ * k's gradients back in its stores (an_cuda_set_attention_turns_rope on, where attention_wgmma.cu
+ * runs: bf16, head_dim 128, T a multiple of 64) against the rope pass doing it (off): every
+ * gradient the same bits. Turning is claimed only where nothing but the attention reads q and k
+ * (an_qkv_rope_turn_table: the second graph also reads q in its loss, and its gradients must
+ * match the switch-off path as well). */
+START_TEST(test_cuda_attention_turns_the_rotation_back) {
+    an_ctx *ctx = gpu_ctx(16, "cuda attention turning rope");
+    if (!ctx) return;
+    const void *probe[] = {NULL};
+    bool hopper = an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0);
+    const int64_t B = 2, T = 128, IN = 256, HQ = 4, HKV = 2, D = 128, R = 8, width[3] = {HQ * D, HKV * D, HKV * D};
+    an_rope_config cfg = {AN_ROPE_NEOX, 10000.0, 0, 0, 0, 0};
+    char what[160];
+    an_tensor *in[QKV_N] = {0}, *ph = an_tensor_new(ctx, AN_I64, AN_CPU, 2, (int64_t[]){B, T});
+    for (int64_t i = 0; i < B * T; i++) ((int64_t *)an_tensor_data(ph))[i] = i == 5 ? 40000 : (i % T) % 97;
+    an_tensor *pos = to_gpu(ctx, ph), *h = test_uniform(ctx, AN_BF16, 3, (int64_t[]){B, T, IN}, -1, 1, false);
+    in[QKV_X] = to_gpu(ctx, h);
+    an_tensor_release(h), an_tensor_release(ph);
+    an_tensor_set_requires_grad(in[QKV_X], true);
+    an_qkv_proj proj[3];
+    for (int p = 0; p < 3; p++) {
+        an_tensor *hw = test_uniform(ctx, AN_BF16, 2, (int64_t[]){width[p], IN}, -0.1, 0.1, false);
+        an_tensor *hb = test_uniform(ctx, AN_BF16, 1, (int64_t[]){width[p]}, -1, 1, false);
+        in[QKV_W + p] = to_gpu(ctx, hw), in[QKV_BIAS + p] = to_gpu(ctx, hb);
+        an_tensor_release(hw), an_tensor_release(hb);
+        an_tensor_set_requires_grad(in[QKV_W + p], true);
+        an_tensor_set_requires_grad(in[QKV_BIAS + p], true);
+        proj[p] = (an_qkv_proj){in[QKV_W + p], in[QKV_BIAS + p], NULL, NULL, NULL, qkv_scale(p)};
+        if (p == 1) continue; /* adapters on q and v */
+        an_tensor *ha = test_uniform(ctx, AN_BF16, 2, (int64_t[]){R, IN}, -0.5, 0.5, false);
+        an_tensor *hB = test_uniform(ctx, AN_BF16, 2, (int64_t[]){width[p], R}, -0.5, 0.5, false);
+        in[QKV_A + 2 * p] = to_gpu(ctx, ha), in[QKV_A + 2 * p + 1] = to_gpu(ctx, hB);
+        an_tensor_set_requires_grad(in[QKV_A + 2 * p], true);
+        an_tensor_set_requires_grad(in[QKV_A + 2 * p + 1], true);
+        an_tensor_release(ha), an_tensor_release(hB);
+        proj[p].lora_a = in[QKV_A + 2 * p], proj[p].lora_b = in[QKV_A + 2 * p + 1];
+    }
+    an_tensor *hu = test_uniform(ctx, AN_BF16, 4, (int64_t[]){B, T, HQ, D}, -1, 1, false), *up = to_gpu(ctx, hu);
+    an_tensor *hq = test_uniform(ctx, AN_BF16, 3, (int64_t[]){B, T, HQ * D}, -1, 1, false), *up_q = to_gpu(ctx, hq);
+    an_tensor_release(hu), an_tensor_release(hq);
+    an_tensor *table = NULL;
+    test_ok(ctx, an_rope_table(ctx, pos, &cfg, D, AN_BF16, &table), "rope table");
+    for (int graph = 0; graph < 2; graph++) { /* 0: only the attention reads q and k; 1: the loss reads q too */
+        an_tensor *grads[2][QKV_N];
+        for (int side = 0; side < 2; side++) {
+            fmt(what, sizeof what, "attention turning rope, graph %d, switch %s", graph, side == 0 ? "on" : "off");
+            test_ok(ctx, an_cuda_set_attention_turns_rope(ctx, side == 0), what);
+            an_tensor *o[3];
+            test_ok(ctx, an_qkv_linear_rope(ctx, in[QKV_X], proj, pos, &cfg, D, table, o), what);
+            an_tensor *q = an_reshape(ctx, o[0], 4, (int64_t[]){B, T, HQ, D});
+            an_tensor *k = an_reshape(ctx, o[1], 4, (int64_t[]){B, T, HKV, D});
+            an_tensor *v = an_reshape(ctx, o[2], 4, (int64_t[]){B, T, HKV, D});
+            an_tensor *attn = an_attention(ctx, q, k, v, NULL, 1.0 / sqrt((double)D));
+            ck_assert_msg(attn != NULL, "%s: %s", what, an_error_message(ctx));
+            an_node *owner = NULL;
+            bool claimed = an_qkv_rope_turn_table(ctx, attn->grad_fn, &owner) != NULL;
+            an_tensor *m = an_mul(ctx, attn, up), *loss = an_sum(ctx, m);
+            an_tensor_release(m);
+            if (graph == 1) {
+                an_tensor *mq = an_mul(ctx, o[0], up_q), *sq = an_sum(ctx, mq), *both = an_add(ctx, loss, sq);
+                an_tensor_release(mq), an_tensor_release(sq), an_tensor_release(loss);
+                loss = both;
+                claimed = an_qkv_rope_turn_table(ctx, attn->grad_fn, &owner) != NULL;
+            }
+            /* the guard: claimed for the attention-only graph wherever the table was kept, never when the loss reads q */
+            if (claimed != (graph == 0)) soft_fail("%s: an_qkv_rope_turn_table %s", what, claimed ? "claimed" : "refused");
+            test_ok(ctx, an_backward(ctx, loss), what);
+            an_tensor_release(loss), an_tensor_release(attn);
+            an_tensor_release(q), an_tensor_release(k), an_tensor_release(v);
+            for (int p = 0; p < 3; p++) an_tensor_release(o[p]);
+            for (int i = 0; i < QKV_N; i++) {
+                grads[side][i] = in[i] ? in[i]->grad : NULL;
+                if (in[i]) in[i]->grad = NULL;
+            }
+        }
+        for (int i = 0; i < QKV_N; i++) {
+            char w2[200];
+            fmt(w2, sizeof w2, "attention turning rope, graph %d, gradient of input %d", graph, i);
+            expect_same_or_none(ctx, grads[0][i], grads[1][i], w2);
+            an_tensor_release(grads[0][i]), an_tensor_release(grads[1][i]);
+        }
+    }
+    if (!hopper) printf("SKIP attention turning rope in its stores: the device does not run attention_wgmma.cu (both sides ran the rope pass)\n");
+    test_ok(ctx, an_cuda_set_attention_turns_rope(ctx, true), "switch on");
+    an_tensor_release(table), an_tensor_release(pos), an_tensor_release(up), an_tensor_release(up_q);
+    for (int i = 0; i < QKV_N; i++) an_tensor_release(in[i]);
+    an_tape_clear(ctx);
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
 /* The node against the separate ops on the same GPU inputs: every gradient but x's the same bits
  * (the same kernels: an_cuda_lora_grads' bits do not depend on which adapters share its launch),
  * and where an_cuda_lora_grads forms the adapters' dA and dB (bf16, f16, ranks and widths multiples
@@ -1539,5 +1633,6 @@ int main(void) {
     test_add_case(s, "swiglu_mlp", test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels);
     test_add_case(s, "qkv_linear", test_cuda_qkv_linear_matches_the_separate_ops_and_repeats_its_bits);
     test_add_case(s, "qkv_linear_rope", test_cuda_qkv_linear_rope_gives_the_separate_rope_bits);
+    test_add_case(s, "attention_turns_rope", test_cuda_attention_turns_the_rotation_back);
     return test_run(s);
 }

@@ -102,6 +102,14 @@ typedef struct {
  * an_swiglu_mlp's gate and up after their one launch. */
 an_status an_op_record_projections(an_ctx *ctx, an_tensor *x, int count, an_tensor *const *w, an_tensor *const *bias,
                                    an_tensor *const *out);
+/* For an attention node's backward (ops/attention.c): when its q and k are, through one reshape
+ * each, an_qkv_linear_rope's rotated q and k with the caller's rotary table kept, and nothing but
+ * this attention reads them or has added to their gradients, that table ((B T, head_dim) f32,
+ * an_rope_table's) and the qkv_linear node in *owner; else NULL. A backward that then hands q's
+ * and k's gradients over turned back by the rotation (the rope pass's bits) says so with
+ * an_qkv_grads_turned(owner), and the qkv_linear backward skips its own turn. */
+an_tensor *an_qkv_rope_turn_table(an_ctx *ctx, const an_node *attn, an_node **owner);
+void an_qkv_grads_turned(an_node *owner);
 /* One adapter of an_op_lora_param_grads: its node's slots, its input x_lora (x itself, or the
  * adapter's dropout of x), its output gradient dY, the forward's scaled down (rows, r), its scale. */
 typedef struct {

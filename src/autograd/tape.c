@@ -75,6 +75,15 @@ void an_tape_free(an_ctx *ctx, an_tape *tape) {
 }
 
 void an_tape_clear(an_ctx *ctx) { tape_truncate(ctx->tape, 0); }
+
+int an_tape_readers_since(const an_ctx *ctx, const an_tensor *t, const an_node *since) {
+    int n = 0;
+    for (int64_t i = ctx->tape->len - 1; i >= 0 && ctx->tape->nodes[i] != since; i--) {
+        const an_node *node = ctx->tape->nodes[i];
+        for (int j = 0; node && j < node->n_inputs; j++) n += node->inputs[j] == t;
+    }
+    return n;
+}
 int64_t an_tape_length(const an_ctx *ctx) { return ctx->tape->len; }
 
 void an_no_grad_begin(an_ctx *ctx) { ctx->no_grad_depth++; }

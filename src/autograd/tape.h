@@ -76,6 +76,10 @@ an_status an_node_pass_grad(an_ctx *ctx, an_node *node, int i, an_tensor *grad_o
 an_status an_grad_accumulate(an_ctx *ctx, an_tensor *t, an_tensor *src);
 void an_node_forget_output(an_node *node, an_tensor *output); /* called by an_tensor_release */
 
+/* How many nodes recorded after `since` (and still on the tape: during backward, those not yet
+ * run) take t as an input: for a backward rule that must know it is t's only reader. */
+int an_tape_readers_since(const an_ctx *ctx, const an_tensor *t, const an_node *since);
+
 /* Runs every recorded node in reverse order from a scalar `loss` (seeded with 1), leaves the
  * gradients of leaves in their .grad, and clears the tape. */
 an_status an_backward(an_ctx *ctx, an_tensor *loss);

@@ -6,7 +6,9 @@
  * CUDA — and the backward recomputes the probabilities P = exp(scale q.k - lse) from it
  * (flash-attention style: no (T, T) matrix is kept on the tape). Where CUDA takes the tensor-core
  * path (bf16/f16, head_dim 64 or 128) it also keeps the output (a detached alias, no copy), from
- * which the backward forms delta = rowsum(dO * O).
+ * which the backward forms delta = rowsum(dO * O). Where q and k come rotated from
+ * an_qkv_linear_rope and nothing else reads them, the CUDA backward may hand their gradients over
+ * already turned back (an_qkv_rope_turn_table: the qkv_linear node then skips its rope pass).
  * The kernels are in cpu/attention.c (float64 reference) and kernels/attention.cu (fp32 math). */
 #include "autograd/ops.h"
 
@@ -109,11 +111,18 @@ an_status an_attention_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out)
             st = an_error_set(ctx, AN_ERR_INTERNAL, __FILE__, __LINE__,
                               "attention backward: gradient %s does not match the output",
                               an_tensor_describe(grad_out, dg, sizeof dg));
-        else
-            st = an_cuda_attention_backward(ctx, &sh, q->dtype, an_tensor_data(q), an_tensor_data(k),
-                                            an_tensor_data(v), segments ? an_tensor_data(segments) : NULL,
-                                            segments ? segments->dtype : AN_I64, out ? an_tensor_data(out) : NULL,
-                                            an_tensor_data(lse), an_tensor_data(grad_out), g[0], g[1], g[2]);
+        else {
+            /* q's and k's rotation turned back in the kernels' stores where they can (no rope pass) */
+            an_node *owner = NULL;
+            an_tensor *turn = an_qkv_rope_turn_table(ctx, node, &owner);
+            bool turned = false;
+            st = an_cuda_attention_backward_turning(
+                ctx, &sh, q->dtype, an_tensor_data(q), an_tensor_data(k), an_tensor_data(v),
+                segments ? an_tensor_data(segments) : NULL, segments ? segments->dtype : AN_I64,
+                out ? an_tensor_data(out) : NULL, an_tensor_data(lse), an_tensor_data(grad_out), g[0], g[1], g[2],
+                turn ? an_tensor_data(turn) : NULL, &turned);
+            if (st == AN_OK && turned) an_qkv_grads_turned(owner);
+        }
     } else if (st == AN_OK && (st = an_f64_read_all(ctx, (an_tensor *[]){q, k, v, grad_out}, 4, in)) == AN_OK) {
         if ((!segments || (st = an_i64_read(ctx, segments, &seg)) == AN_OK) &&
             (st = an_f64_write_all(ctx, grads, 3, res)) == AN_OK) {

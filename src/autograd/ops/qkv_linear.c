@@ -89,14 +89,15 @@ an_status an_rope_table(an_ctx *ctx, an_tensor *positions, const an_rope_config 
 typedef struct {
     an_tensor *grad[3]; /* k's and v's (NULL: none came); q's is the node's own grad_out */
     bool q_unused;      /* q's gradient was made (zeros) by a part node: q itself got none */
-    bool rotated;       /* q and k were rotated by rope (positions retained) */
+    bool rotated;       /* q and k were rotated by rope (positions and the caller's table retained) */
+    bool turned;        /* q's and k's gradients came turned back already (an_qkv_grads_turned) */
     rope_spec rope;
 } handed_grads;
 
 static void handed_grads_free(void *extra) {
     handed_grads *h = extra;
     for (int p = 0; p < 3; p++) an_tensor_release(h->grad[p]);
-    if (h->rotated) an_tensor_release(h->rope.positions);
+    if (h->rotated) an_tensor_release(h->rope.positions), an_tensor_release(h->rope.table);
     free(h);
 }
 
@@ -166,7 +167,7 @@ static an_status record(an_ctx *ctx, an_tensor *x, const an_qkv_proj proj[3], an
     }
     node->extra = h;
     node->extra_free = handed_grads_free;
-    if (rope) h->rotated = true, h->rope = *rope, h->rope.table = NULL, an_tensor_retain(rope->positions);
+    if (rope) h->rotated = true, h->rope = *rope, an_tensor_retain(rope->positions), an_tensor_retain(rope->table);
     for (int p = 0; p < 3; p++) an_node_save(node, down[p]); /* saved[p], NULL without an adapter */
     for (int p = 0; p < 3; p++) an_node_save(node, x_lora[p]); /* saved[3 + p], NULL without a mask */
     for (int p = 0; p < 3; p++) node->args[p] = proj[p].scale;
@@ -311,6 +312,33 @@ an_status an_op_record_projections(an_ctx *ctx, an_tensor *x, int count, an_tens
     return record(ctx, x, proj, o, none, none, NULL);
 }
 
+an_tensor *an_qkv_rope_turn_table(an_ctx *ctx, const an_node *attn, an_node **owner) {
+    *owner = NULL;
+    an_tensor *q = attn->inputs[0], *k = attn->inputs[1];
+    an_node *rq = q ? q->grad_fn : NULL, *rk = k ? k->grad_fn : NULL;
+    if (!rq || !rk || rq->op != &an_op_reshape || rk->op != &an_op_reshape) return NULL;
+    an_tensor *q0 = rq->inputs[0], *k0 = rk->inputs[0];
+    an_node *node = q0->grad_fn, *part = k0->grad_fn;
+    if (!node || node->op != &an_op_qkv_linear || !part || part->op != &an_op_qkv_part || part->iargs[0] != 1 ||
+        part->inputs[0] != q0)
+        return NULL;
+    handed_grads *h = node->extra;
+    const an_tensor *t = h->rotated ? h->rope.table : NULL;
+    if (!t || q->ndim != 4 || t->shape[0] != q->shape[0] * q->shape[1] || t->shape[1] != q->shape[3]) return NULL;
+    /* q's and k's gradients must reach the node only from this attention, through the reshapes:
+     * nothing else reads them (the part nodes read q0 only to find the node, adding none of q's
+     * gradient but zeros), and nothing has added to them yet */
+    int parts = 1 + (node->inputs[SLOT(2, W)] != NULL);
+    if (q->grad || k->grad || q0->grad || k0->grad || h->grad[1] || an_tape_readers_since(ctx, q, node) != 1 ||
+        an_tape_readers_since(ctx, k, node) != 1 || an_tape_readers_since(ctx, k0, node) != 1 ||
+        an_tape_readers_since(ctx, q0, node) != 1 + parts)
+        return NULL;
+    *owner = node;
+    return h->rope.table;
+}
+
+void an_qkv_grads_turned(an_node *owner) { ((handed_grads *)owner->extra)->turned = true; }
+
 /* k's or v's gradient (part iargs[0]) handed to q's producer. When q itself got no gradient, it is
  * given zeros so that its producer still runs, and told to skip q's products. */
 an_status an_qkv_part_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
@@ -427,7 +455,7 @@ an_status an_qkv_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out
     bool need_x = an_node_needs_grad(node, 0);
     an_status st = AN_OK;
     an_tensor *turned[2] = {NULL, NULL}; /* dq, dk turned back by the rotation's opposite angle */
-    for (int p = 0; p < 2 && h->rotated && st == AN_OK; p++) {
+    for (int p = 0; p < 2 && h->rotated && !h->turned && st == AN_OK; p++) {
         if (!dy[p]) continue;
         turned[p] = an_op_new_like(ctx, dy[p], dy[p]->ndim, dy[p]->shape);
         st = turned[p] ? an_op_rope_rotate(ctx, &h->rope.config, dy[p], h->rope.positions, h->rope.head_dim, -1.0,
