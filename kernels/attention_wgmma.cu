@@ -62,6 +62,7 @@
 #include "kernels/attention_mma.cuh" /* an_attention_mma_delta, an_attention_mma_aligned */
 #include "kernels/mma.cuh"           /* ldsm_x4_at, Mma<T>::pack, smem_addr */
 #include "kernels/pdl.cuh"           /* an_launch_pdl_smem, an_pdl_wait, an_pdl_trigger */
+#include "kernels/rope_rotate.cuh"   /* an_rope_rotate: rope.cu's rotation, at sign -1 in turn_back */
 #include "kernels/tma.cuh"           /* mbarriers, tma::load, tma::load_bytes, tma::encode_2d */
 #include "kernels/wgmma.cuh"         /* desc_k128, desc_mn128, Mma, MmaRS, fence / commit / wait */
 
@@ -208,9 +209,7 @@ template <typename T> __device__ __forceinline__ void turn_back(float (&acc)[64]
             for (int e = 0; e < 2; e++) {
                 const int a = 4 * j + 2 * h + e, b = a + 32; /* columns 8 j + c + e and 64 later */
                 const float x1 = an_load(an_store<T>(acc[a] * mul)), x2 = an_load(an_store<T>(acc[b] * mul));
-                const float co = e ? cs.z : cs.x, sn = -(e ? cs.w : cs.y);
-                acc[a] = __fsub_rn(__fmul_rn(x1, co), __fmul_rn(x2, sn));
-                acc[b] = __fadd_rn(__fmul_rn(x2, co), __fmul_rn(x1, sn));
+                an_rope_rotate(x1, x2, e ? cs.z : cs.x, -(e ? cs.w : cs.y), &acc[a], &acc[b]);
             }
         }
 }

@@ -35,6 +35,7 @@
 #include "kernels/silu.cuh" /* an_silu */
 #include "kernels/vec.cuh" /* an_vec_width, an_unpack16, an_load_stream16 */
 #include "kernels/pdl.cuh" /* an_launch_pdl: every kernel here waits (an_pdl_wait) before reading activations */
+#include "kernels/rope_rotate.cuh" /* an_rope_rotate: rope.cu's rotation */
 
 #include <stdint.h>
 
@@ -244,12 +245,6 @@ struct InvFreq {
     double v[kMaxPairs]; /* (D/2) */
 };
 
-/* kernels/rope.cu's rotation: each product and sum rounded on its own (no fused multiply-add). */
-__device__ __forceinline__ void rotate(float x1, float x2, float c, float s, float *o1, float *o2) {
-    *o1 = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-    *o2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
-}
-
 /* One block per token i = b T + t. */
 /* x + bias rounded to the dtype, as an_cuda_binary's add writes it (no bias: x). */
 template <typename T> __device__ __forceinline__ float biased(const T *x, const T *bias, int i) {
@@ -289,12 +284,12 @@ __global__ void rope_store_kernel(const T *q_src, T *q_dst, const T *k, const T 
         float o1, o2;
         if (h < Hq) {
             const T *x = qr + h * D, *b = bq ? bq + h * D : nullptr;
-            rotate(biased(x, b, lo), biased(x, b, hi), cs[p], sn[p], &o1, &o2);
+            an_rope_rotate(biased(x, b, lo), biased(x, b, hi), cs[p], sn[p], &o1, &o2);
             qo[h * D + lo] = an_store<T>(o1); /* in place: this thread alone read these two */
             qo[h * D + hi] = an_store<T>(o2);
         } else if (store) {
             const T *x = kr + (h - Hq) * D, *b = bk ? bk + (h - Hq) * D : nullptr;
-            rotate(biased(x, b, lo), biased(x, b, hi), cs[p], sn[p], &o1, &o2);
+            an_rope_rotate(biased(x, b, lo), biased(x, b, hi), cs[p], sn[p], &o1, &o2);
             kd[(h - Hq) * D + lo] = an_store<T>(o1);
             kd[(h - Hq) * D + hi] = an_store<T>(o2);
         }
@@ -375,7 +370,7 @@ __global__ void __launch_bounds__(kWarps * 32) norm_qkv_rope_kernel(QkvRopeArgs<
     __syncthreads();
     if (warp >= 4 || !valid || r >= a.g.M) return;
     float o1, o2;
-    rotate(y, y_s[warp + 4][r], (float)cd, 1.0f * (float)sd, &o1, &o2);
+    an_rope_rotate(y, y_s[warp + 4][r], (float)cd, 1.0f * (float)sd, &o1, &o2);
     const int64_t hi = col + (a.interleaved ? 1 : half);
     if (seg == 0) {
         T *q = a.g.y0 + (int64_t)r * a.Hq * a.D;

@@ -56,6 +56,7 @@
 #include "kernels/cuda_common.cuh" /* an_cuda_state, AN_CUDA_CHECK, an_cuda_tensor_map_encoder */
 #include "kernels/vec.cuh"         /* an_aligned16 */
 #endif
+#include "kernels/rope_rotate.cuh" /* an_rope_rotate: rope.cu's rotation (PROJ's rope_tile) */
 #include "kernels/silu.cuh"  /* an_silu, an_swiglu_grad */
 #include "kernels/tma.cuh"   /* mbarriers, tma::load / store, tma::encode_2d */
 #include "kernels/wgmma.cuh" /* desc_k128, desc_mn128, Mma, fence / commit / wait, regs_dec / inc, named_sync */
@@ -263,9 +264,7 @@ __device__ __forceinline__ void rope_tile(float (&acc)[TN / 2], const Operands &
             const float c[2] = {cs.x, cs.z}, sn[2] = {cs.y, cs.w};
 #pragma unroll
             for (int q = 0; q < 2; q++) {
-                const float x1 = acc[e + q], x2 = acc[ee + q];
-                acc[e + q] = __fsub_rn(__fmul_rn(x1, c[q]), __fmul_rn(x2, sn[q]));
-                acc[ee + q] = __fadd_rn(__fmul_rn(x2, c[q]), __fmul_rn(x1, sn[q]));
+                an_rope_rotate(acc[e + q], acc[ee + q], c[q], sn[q], &acc[e + q], &acc[ee + q]);
             }
         }
     }

@@ -17,6 +17,7 @@
  * H is) while its first loads are in flight, and moves the heads with 16-byte loads and stores.
  * Scalar, otherwise: a block per row, the row's cos/sin in shared memory, 2- or 4-byte accesses. */
 #include "kernels/block_reduce.cuh"  /* an_load_id, an_row_threads */
+#include "kernels/rope_rotate.cuh"   /* an_rope_rotate: both paths' rotation */
 #include "kernels/vec.cuh"           /* an_pack: 16-byte loads and stores */
 
 #include <stdint.h>
@@ -28,13 +29,6 @@ const int kMaxPairs = AN_CUDA_ROPE_MAX_D / 2;
 struct InvFreq {
     double v[kMaxPairs]; /* (D/2) */
 };
-
-/* (x1, x2) rotated by (c, s) in fp32, every product and sum rounded on its own (no fused
- * multiply-add), so both paths give the same bits. */
-__device__ __forceinline__ void rotate(float x1, float x2, float c, float s, float *o1, float *o2) {
-    *o1 = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-    *o2 = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
-}
 
 template <typename T>
 __global__ void rope_kernel(const T *x, const void *positions, bool pos64, int64_t H, int64_t D, InvFreq inv,
@@ -55,7 +49,7 @@ __global__ void rope_kernel(const T *x, const void *positions, bool pos64, int64
         int64_t h = e / half, i = e - h * half;
         int64_t a = h * D + (interleaved ? 2 * i : i), b = a + (interleaved ? 1 : half);
         float o1, o2;
-        rotate(an_load(xr[a]), an_load(xr[b]), cs[i], sn[i], &o1, &o2);
+        an_rope_rotate(an_load(xr[a]), an_load(xr[b]), cs[i], sn[i], &o1, &o2);
         orow[a] = an_store<T>(o1);
         orow[b] = an_store<T>(o2);
     }
@@ -110,7 +104,7 @@ __global__ void rope_vec_kernel(const T *x, const void *positions, bool pos64, i
 #pragma unroll
                 for (int k = 0; k < P; k++) {
                     float o1, o2;
-                    rotate(an_load(lo[u].v[2 * k]), an_load(lo[u].v[2 * k + 1]), c[k], s[k], &o1, &o2);
+                    an_rope_rotate(an_load(lo[u].v[2 * k]), an_load(lo[u].v[2 * k + 1]), c[k], s[k], &o1, &o2);
                     ol.v[2 * k] = an_store<T>(o1);
                     ol.v[2 * k + 1] = an_store<T>(o2);
                 }
@@ -118,7 +112,7 @@ __global__ void rope_vec_kernel(const T *x, const void *positions, bool pos64, i
 #pragma unroll
                 for (int k = 0; k < P; k++) {
                     float o1, o2;
-                    rotate(an_load(lo[u].v[k]), an_load(hi[u].v[k]), c[k], s[k], &o1, &o2);
+                    an_rope_rotate(an_load(lo[u].v[k]), an_load(hi[u].v[k]), c[k], s[k], &o1, &o2);
                     ol.v[k] = an_store<T>(o1);
                     oh.v[k] = an_store<T>(o2);
                 }

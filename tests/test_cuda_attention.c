@@ -1,7 +1,8 @@
 /* test_cuda_attention.c — the CUDA attention kernels (kernels/attention.cu) against the float64
  * CPU reference (an_cpu_attention, an_cpu_attention_backward, an_cpu_attention_cached) on fresh
  * random inputs: forward (out and lse), backward (dq, dk, dv, together and alone, bit-identical
- * when repeated; on the Hopper path also turned back by a rotary table as the rope kernel turns them), T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
+ * when repeated; on the Hopper path also turned back by a rotary table, the rope kernel's bits),
+ * T in {1, 7, 65, 130, 200}, Hq = Hkv and Hq = 12 / Hkv = 2, head_dim 1 to 256,
  * no segments, packed runs of documents (i64 and i32 ids) and scattered ids; the decode kernels over
  * a KV cache (per query head, and grouped per kv head for bf16/f16 at head_dim 128: 4500 keys in 36
  * splits of two chunks each, 150 keys in 10 splits merged by a second kernel, 16 keys in one; the
@@ -191,8 +192,7 @@ static void check_shape(an_ctx *ctx, an_dtype dtype, dims s, bool wgmma) {
     }
     /* with a rotary table: where attention_wgmma.cu runs (a compute capability 9.0 device, no
      * segments, head_dim 128, T a multiple of 64) dq and dk leave turned back, the bits of the rope
-     * kernel at sign -1 over the first run's gradients above; dv as
-     * before */
+     * kernel at sign -1 over the first run's gradients above; dv as before */
     const void *probe[] = {NULL};
     bool hopper = an_cuda_gemm_swiglu_rule(ctx, AN_BF16, 64, 64, 64, probe, 0);
     if (wgmma && hopper && s.seg == SEG_NONE && s.D == 128 && s.T % 64 == 0 && dtype != AN_F32) {
