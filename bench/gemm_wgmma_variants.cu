@@ -21,6 +21,7 @@
  *                  as a step runs them (at the card's power cap), with the energy a call, the power
  *                  and the SM clock from NVML at each row's end (bench/nvml_meter.h)
  *   WG_INPUTS_KB=K the backward forms bring gate and up in at k slice K (default: the library's)
+ *   WG_GROUP=R     rows of tiles that walk the columns together (tile_of; default the library's 8)
  *   WG_REPS=N      time N calls after min(N, 5) warm-ups (default 20; 1 for a profiler's run)
  *   WG_LT_ALGOS=N  also time cuBLASLt's first N heuristic algorithms on the plain shapes (each with
  *                  its configuration: tile, stages, k splits, cluster) and on the full fine-tune's weight
@@ -59,6 +60,12 @@ typedef __nv_bfloat16 bf;
 #define AN_WGMMA_GEMM_KERNEL_ONLY
 #include "../kernels/gemm_wgmma.cu"
 
+/* tile_of's group for every launch here: WG_GROUP or the library's default */
+static int group_rows() {
+    static const int rows = getenv("WG_GROUP") ? atoi(getenv("WG_GROUP")) : wgmma_gemm::GROUP_ROWS;
+    return rows > 0 ? rows : wgmma_gemm::GROUP_ROWS;
+}
+
 static cublasLtHandle_t lt;
 static void *ws;
 static int sms;
@@ -86,6 +93,7 @@ static void wg_launch_segments(int segments, const bf *const *as, const int *ks,
     CUtensorMap bm2, im0, im1, om0, om1, om2;
     wgmma_gemm::Operands ops;
     CK((wgmma_gemm::encode_operands<bf, BN, EPI, BT, CM, AT>(encoder, M, N, segments, as, ks, bs, &ops)));
+    ops.group_rows = group_rows();
     CK(tma::encode_2d(encoder, &bm2, b2 ? b2 : bs[0], N, ks[0], 64, TN));
     CK(tma::encode_2d(encoder, &im0, in0 ? in0 : out0, M, N, 64, 64));
     CK(tma::encode_2d(encoder, &im1, in1 ? in1 : out0, M, N, 64, 64));
@@ -164,6 +172,7 @@ static void wg_projections(const bf *x, int M, int K, int count, const BenchProj
     CUtensorMap unused{}, om[wgmma_gemm::MAX_GROUPS] = {};
     int N = 0;
     CK((wgmma_gemm::encode_projections<bf, BN>(encoder, M, K, x, count, p, &ops, om, &N)));
+    ops.group_rows = group_rows();
     wgmma_gemm::Grid g;
     CK(wgmma_gemm::grid_of(k, 1, (int64_t)((M + 127) / 128) * (N / BN), sms, bytes, st, &g));
     CK(cudaLaunchKernelEx(&g.config, k, ops, unused, unused, unused, om[0], om[1], om[2], M, N, 0, (float2 *)nullptr));

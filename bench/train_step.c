@@ -27,6 +27,9 @@
  *                     epilogue and with the rope kernel after it, an_cuda_set_rope_epilogue; both rates printed)]
  *                    [--ab-turn (steps alternate with q's and k's gradients turned back by the rotation in the
  *                     attention backward's stores and by the rope pass after, an_cuda_set_attention_turns_rope)]
+ *                    [--gemm-group R (an_cuda_set_gemm_group_rows: rows of tiles gemm_wgmma.cu's kernels walk
+ *                     the columns with; 0 its default)]
+ *                    [--ab-gemm-group R (steps alternate with R and with --gemm-group's; both rates printed)]
  *                    [--ab-loss-chunk N (steps alternate with N rows of logits per loss chunk and with
  *                     --loss-chunk's (the op's default unless given); both rates printed)]
  *                    [--sync-phases (synchronise after the forward, the backward and the optimizer, as this
@@ -94,7 +97,7 @@ int main(int argc, char **argv) {
     bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false, ab_stats = false,
          ab_proj = false, ab_lora = false, ab_attn = false, ab_sums = false, ab_rope = false, ab_turn = false;
     bool update_in_backward = false, ab_update = false, side_equal = false, sync_phases = false, host_times = false;
-    long side_grain = 0, ab_chunk = 0, base_chunk = 0;
+    long side_grain = 0, ab_chunk = 0, base_chunk = 0, gemm_group = 0, ab_group = -1;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -121,6 +124,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--ab-rope")) ab_rope = true;
         else if (!strcmp(argv[i], "--ab-turn")) ab_turn = true;
         else if (!strcmp(argv[i], "--ab-loss-chunk") && i + 1 < argc) ab_chunk = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--gemm-group") && i + 1 < argc) gemm_group = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--ab-gemm-group") && i + 1 < argc) ab_group = atol(argv[++i]);
         else if (!strcmp(argv[i], "--update-in-backward")) update_in_backward = true;
         else if (!strcmp(argv[i], "--ab-update")) ab_update = true;
         else if (!strcmp(argv[i], "--sync-phases")) sync_phases = true;
@@ -190,7 +195,9 @@ int main(int argc, char **argv) {
             (ab_attn && an_cuda_set_attention_wgmma(ctx, s % 2 == 0) != AN_OK) ||
             (ab_sums && an_cuda_set_column_sums(ctx, s % 2 == 0) != AN_OK) ||
             (ab_rope && an_cuda_set_rope_epilogue(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_turn && an_cuda_set_attention_turns_rope(ctx, s % 2 == 0) != AN_OK)) {
+            (ab_turn && an_cuda_set_attention_turns_rope(ctx, s % 2 == 0) != AN_OK) ||
+            (device == AN_CUDA && (gemm_group || ab_group >= 0) &&
+             an_cuda_set_gemm_group_rows(ctx, (int)(ab_group >= 0 && s % 2 == 0 ? ab_group : gemm_group)) != AN_OK)) {
             fprintf(stderr, "%s\n", an_error_message(ctx));
             return 1;
         }
@@ -250,12 +257,12 @@ int main(int argc, char **argv) {
                t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
     }
     bool ab = ab_wgmma || ab_update || ab_stats || ab_proj || ab_lora || ab_attn || ab_sums || ab_rope || ab_turn ||
-              ab_chunk > 0;
+              ab_chunk > 0 || ab_group >= 0;
     if (ab && ab_measured[0] && ab_measured[1]) {
         double on = (double)(batch * seq) * ab_measured[0] / ab_total[0];
         double off = (double)(batch * seq) * ab_measured[1] / ab_total[1];
         printf("%s: with %.0f tokens/s (%d steps), without %.0f tokens/s (%d steps): %.4fx\n",
-               ab_wgmma ? "ab-wgmma" : ab_stats ? "ab-logits-stats" : ab_proj ? "ab-projections" : ab_lora ? "ab-lora-grads" : ab_attn ? "ab-attention" : ab_sums ? "ab-column-sums" : ab_rope ? "ab-rope" : ab_turn ? "ab-turn" : ab_chunk > 0 ? "ab-loss-chunk" : "ab-update", on,
+               ab_wgmma ? "ab-wgmma" : ab_stats ? "ab-logits-stats" : ab_proj ? "ab-projections" : ab_lora ? "ab-lora-grads" : ab_attn ? "ab-attention" : ab_sums ? "ab-column-sums" : ab_rope ? "ab-rope" : ab_turn ? "ab-turn" : ab_chunk > 0 ? "ab-loss-chunk" : ab_group >= 0 ? "ab-gemm-group" : "ab-update", on,
                ab_measured[0], off, ab_measured[1], on / off);
     }
     double tps = (double)(batch * seq) * measured / total;

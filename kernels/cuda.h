@@ -88,6 +88,10 @@ an_status an_cuda_set_projections(an_ctx *ctx, bool on);
  * off, an_cuda_gemm_projections_rule refuses rotated projections (an_qkv_linear_rope then runs the
  * rope kernel after them), only to measure what it gains. */
 an_status an_cuda_set_rope_epilogue(an_ctx *ctx, bool on);
+/* Rows of 128-row tiles that gemm_wgmma.cu's kernels walk the columns with at once (their L2
+ * reuse: each group reads B from memory once), 0 for the default (8), up to 1024. The order of the
+ * tiles only: the same bits at any value. */
+an_status an_cuda_set_gemm_group_rows(an_ctx *ctx, int rows);
 /* Whether the LoRA adapters' gradients take an_cuda_lora_grads (default on; off runs the thin
  * cuBLASLt GEMMs, for measurement). */
 an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on);

@@ -38,6 +38,8 @@ struct an_cuda_state {
     int projections_off;       /* 1: q, k, v run as separate GEMMs (an_cuda_set_projections) */
     int rope_epilogue_off;     /* 1: q and k turned by the rope kernel after the projections (an_cuda_set_rope_epilogue) */
     int lora_grads_off;        /* 1: the adapters' gradients run as thin cuBLASLt GEMMs (an_cuda_set_lora_grads) */
+    int gemm_group_rows;       /* gemm_wgmma.cu's tile order: rows of tiles a group (0: its default;
+                                  an_cuda_set_gemm_group_rows) */
     int column_sums_off;       /* 1: bias gradients come from cuBLASLt's dW epilogue (an_cuda_set_column_sums) */
     int wgmma_off;             /* 1: they do not run (an_cuda_set_wgmma, for measurement) */
     double peak_bandwidth;     /* bytes/s of device memory: 2 x memory clock x bus width (kernel rules) */

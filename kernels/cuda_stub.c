@@ -65,6 +65,10 @@ an_status an_cuda_set_rope_epilogue(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_set_gemm_group_rows(an_ctx *ctx, int rows) {
+    (void)rows;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on) {
     (void)on;
     return NO_CUDA(ctx);

@@ -108,10 +108,12 @@ template <int BN, int STAGES, int EPI> struct Layout {
 
 template <int BN, int STAGES, int EPI> constexpr int smem_bytes() { return Layout<BN, STAGES, EPI>::BYTES; }
 
-/* Tile t's (row, column) in the grouped order: 8 rows of tiles at a time walk the columns (they
- * share the L2); CM rows of tiles count as one, a cluster's. */
-template <int CM> __device__ __forceinline__ void tile_of(int t, int tiles_m, int tiles_n, int *tm, int *tn) {
-    constexpr int group_m = 8 / CM;
+/* Tile t's (row, column) in the grouped order: group_rows rows of tiles at a time walk the columns
+ * (they share the L2: B's column tiles leave DRAM once a group); CM rows of tiles count as one, a
+ * cluster's. */
+template <int CM>
+__device__ __forceinline__ void tile_of(int t, int tiles_m, int tiles_n, int group_rows, int *tm, int *tn) {
+    const int group_m = group_rows / CM > 1 ? group_rows / CM : 1;
     const int group = group_m * tiles_n, first = (t / group) * group_m;
     const int rows = tiles_m - first < group_m ? tiles_m - first : group_m;
     *tm = first + (t % group) % rows;
@@ -217,7 +219,10 @@ struct Operands {
      * its output rotated in NEOX pairs (i, i + rope_d / 2) of every head, rope_d 64 or 128 */
     const float2 *rope[MAX_GROUPS];
     int rope_d;
+    int group_rows; /* rows of tiles that walk the columns together (tile_of): GROUP_ROWS unless set */
 };
+/* tile_of's group: 8 rows of tiles, unless an_cuda_set_gemm_group_rows says otherwise */
+constexpr int GROUP_ROWS = 8;
 /* Whether segment seg's k slices run for the tile whose columns start at col (every segment but PROJ's). */
 template <int EPI> __device__ __forceinline__ bool covers(const Operands &ops, int seg, int col) {
     return EPI != PROJ || (col >= ops.col_lo[seg] && col < ops.col_hi[seg]);
@@ -338,7 +343,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             int it = 0;
             for (int t = cluster; t < tiles; t += clusters) {
                 int tmc, tn;
-                tile_of<CM>(t, tiles_mc, tiles_n, &tmc, &tn);
+                tile_of<CM>(t, tiles_mc, tiles_n, ops.group_rows, &tmc, &tn);
                 const int tm = tmc * CM + rank;
                 int seg = 0;
                 for (int kb = 0; kb < nk; kb++) {
@@ -403,7 +408,7 @@ __global__ void __launch_bounds__(THREADS, 1)
                 const uint32_t bar = ready + 8 * (2 * (i & 1) + p);
                 if constexpr (backward_form(EPI)) {
                     int tm, tn;
-                    tile_of<1>(t, tiles_mc, tiles_n, &tm, &tn);
+                    tile_of<1>(t, tiles_mc, tiles_n, ops.group_rows, &tm, &tn);
                     tma::bar_expect(bar, HP * 2 * 64 * BN * 2);
 #pragma unroll
                     for (int h = p * HP; h < (p + 1) * HP; h++)
@@ -422,7 +427,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             int i = 0;
             for (int t = cluster; t < tiles; t += clusters, i++) {
                 int tm, tn;
-                tile_of<1>(t, tiles_mc, tiles_n, &tm, &tn);
+                tile_of<1>(t, tiles_mc, tiles_n, ops.group_rows, &tm, &tn);
 #pragma unroll
                 for (int p = 0; p < PARTS; p++) {
                     tma::bar_wait(written + 8 * (2 * (i & 1) + p), (i >> 1) & 1);
@@ -453,7 +458,7 @@ __global__ void __launch_bounds__(THREADS, 1)
             int i = 0;
             for (int t = cluster; t < tiles; t += clusters, i++) {
                 int tm, tn;
-                tile_of<1>(t, tiles_mc, tiles_n, &tm, &tn);
+                tile_of<1>(t, tiles_mc, tiles_n, ops.group_rows, &tm, &tn);
                 const int cols = N - tn * TN < TN ? N - tn * TN : TN; /* a multiple of 8 (N is) */
                 tma::bar_wait(written + 8 * c, i & 1);
 #pragma unroll 1
@@ -494,7 +499,7 @@ __global__ void __launch_bounds__(THREADS, 1)
         int uses = 0;       /* PROJ: stage uses so far (its tiles differ in k slices) */
         for (int t = cluster + i * clusters; t < tiles; t += TSTEP * clusters, i += TSTEP) {
             int tmc, tn;
-            tile_of<CM>(t, tiles_mc, tiles_n, &tmc, &tn);
+            tile_of<CM>(t, tiles_mc, tiles_n, ops.group_rows, &tmc, &tn);
             const int row0 = (tmc * CM + rank) * BM; /* the tile's first row */
             /* the tile's k slices; PROJ: those of its base weight (then its adapter's, if any), its
              * group (output, bias) and first column in that output */
@@ -721,7 +726,7 @@ cudaError_t encode_operands(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, int
         end += (k[i] + BK - 1) / BK;
         ops->end_kb[i] = end;
     }
-    ops->segments = segments;
+    ops->segments = segments, ops->group_rows = GROUP_ROWS;
     return cudaSuccess;
 }
 
@@ -753,7 +758,7 @@ cudaError_t encode_projections(PFN_cuTensorMapEncodeTiled_v12000 encode, int M, 
         if (err != cudaSuccess) return err;
         col += n;
     }
-    ops->segments = seg, ops->groups = count;
+    ops->segments = seg, ops->groups = count, ops->group_rows = GROUP_ROWS;
     *N = col;
     return cudaSuccess;
 }
@@ -794,6 +799,7 @@ cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const 
     Operands ops;
     CUtensorMap bm2{}, im0{}, im1{}, om0, om1{}, om2{};
     if (err == cudaSuccess) err = wgmma_gemm::encode_operands<T, BN, EPI, BT, CM>(encode, M, N, segments, a, k, b, &ops);
+    if (s->gemm_group_rows > 0) ops.group_rows = s->gemm_group_rows;
     if (err == cudaSuccess && b2) err = tma::encode_2d(encode, &bm2, b2, N, k[0], BK, TN);
     if (err == cudaSuccess && in0) err = tma::encode_2d(encode, &im0, in0, M, N, 64, 64);
     if (err == cudaSuccess && in1) err = tma::encode_2d(encode, &im1, in1, M, N, 64, 64);
@@ -942,6 +948,7 @@ cudaError_t launch_projections(an_cuda_state *s, int M, int K, const void *x, in
         err = encode_projections<T, BN>((PFN_cuTensorMapEncodeTiled_v12000)fn, M, K, (const T *)x, count, proj, &ops,
                                         om, &N);
     if (err != cudaSuccess) return err;
+    if (s->gemm_group_rows > 0) ops.group_rows = s->gemm_group_rows;
     Grid g;
     err = grid_of(kern, 1, (int64_t)((M + BM - 1) / BM) * (N / BN), s->sm_count, bytes, s->stream, &g);
     if (err == cudaSuccess)

@@ -355,6 +355,14 @@ an_status an_cuda_set_logits_stats(an_ctx *ctx, bool on) { return switch_off(ctx
 an_status an_cuda_set_projections(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::projections_off, on); }
 an_status an_cuda_set_rope_epilogue(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::rope_epilogue_off, on); }
 
+an_status an_cuda_set_gemm_group_rows(an_ctx *ctx, int rows) {
+    AN_CHECK(ctx, ctx->cuda != NULL, AN_ERR_INTERNAL, "%s: CUDA launcher called before an_ctx_use_cuda", __func__);
+    AN_CHECK(ctx, rows >= 0 && rows <= 1024, AN_ERR_INPUT, "gemm group rows %d: expected 0 (the default) to 1024",
+             rows);
+    ctx->cuda->gemm_group_rows = rows;
+    return AN_OK;
+}
+
 an_status an_cuda_set_lora_grads(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::lora_grads_off, on); }
 
 an_status an_cuda_set_column_sums(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::column_sums_off, on); }

@@ -823,7 +823,9 @@ static void expect_input_error(an_ctx *ctx, an_status st, const char *launcher, 
 /* an_cuda_gemm_segments (Hopper only; SKIP elsewhere): D = sum of A_s op(B_s) over 1-6 segments of
  * ragged K (a segment shorter than a k slice, K_s not a multiple of 64), B (N, K) and stored (K, N),
  * against a float64 reference within the GEMM bound, the poisoned output fully written, a second
- * launch the same bits; 0 or 7 segments and a K off the tensor maps are input errors. */
+ * launch in another tile order (an_cuda_set_gemm_group_rows: 1 or the default, then 3 rows of tiles
+ * a group) the same bits; 0 or 7 segments, a K off the tensor maps and a group of 1025 rows are
+ * input errors. */
 START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
     an_ctx *ctx = hopper_ctx(13, "cuda gemm_segments");
     if (!ctx) return;
@@ -860,16 +862,20 @@ START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
                 double rtol = rtol_of(dtype);
                 for (int64_t i = 0; i < m * n; i++) bound[i] = 2 * rtol * (fabs(want[i]) + sqrt((double)ksum));
                 an_tensor *c = poisoned(ctx, dtype, m * n, 0);
+                test_ok(ctx, an_cuda_set_gemm_group_rows(ctx, bt ? 1 : 0), "gemm group rows");
                 test_ok(ctx, an_cuda_gemm_segments(ctx, dtype, m, n, segs, ap, cases[ci].k, bp, bt, an_tensor_data(c)),
                         "gemm_segments");
                 double *got = test_download(ctx, c);
                 expect_close(got, want, bound, m * n, "gemm_segments %s m %lld n %lld segments %d%s",
                              an_dtype_name(dtype), (long long)m, (long long)n, segs, bt ? " B (K, N)" : "");
+                test_ok(ctx, an_cuda_set_gemm_group_rows(ctx, 3), "gemm group rows");
                 test_ok(ctx, an_cuda_gemm_segments(ctx, dtype, m, n, segs, ap, cases[ci].k, bp, bt, an_tensor_data(c)),
                         "gemm_segments again");
+                test_ok(ctx, an_cuda_set_gemm_group_rows(ctx, 0), "gemm group rows");
                 double *again = test_download(ctx, c);
                 ck_assert_msg(memcmp(got, again, (size_t)(m * n) * sizeof *got) == 0,
-                              "gemm_segments %s case %zu: a second launch gave other bits", an_dtype_name(dtype), ci);
+                              "gemm_segments %s case %zu: a second launch in another tile order gave other bits",
+                              an_dtype_name(dtype), ci);
                 free(got), free(again), free(want), free(bound);
                 an_tensor_release(c);
                 for (int s = 0; s < segs; s++) pair_release(a[s]), pair_release(b[s]);
@@ -890,6 +896,7 @@ START_TEST(test_cuda_gemm_segments_sums_every_pair_once) {
                        "gemm_segments", "segment 1");
     double *after = test_download(ctx, c);
     ck_assert_msg(memcmp(before, after, 64 * 64 * sizeof *before) == 0, "gemm_segments: a refused call wrote D");
+    expect_input_error(ctx, an_cuda_set_gemm_group_rows(ctx, 1025), "gemm group rows", "1025");
     free(before), free(after);
     an_tensor_release(c);
     pair_release(a);
@@ -1296,7 +1303,8 @@ END_TEST
 START_TEST(test_cuda_logits_stats_give_the_two_pass_loss) {
     an_ctx *ctx = hopper_ctx(14, "cuda logits_stats");
     if (!ctx) return;
-    const int64_t cases[][3] = {{300, 136, 1000}, {129, 64, 392}, {1, 8, 8}, {1100, 256, 6152}}; /* M, K, N */
+    /* M, K, N; N 70008: a row over several rounds of each thread's kWide packs */
+    const int64_t cases[][3] = {{300, 136, 1000}, {129, 64, 392}, {1, 8, 8}, {1100, 256, 6152}, {37, 64, 70008}};
     const double scale = 1.0 / 3.0;
     for (int d = 1; d < N_DTYPES; d++) /* bf16, f16 */
         for (size_t ci = 0; ci < sizeof cases / sizeof *cases; ci++) {
@@ -1372,6 +1380,91 @@ START_TEST(test_cuda_logits_stats_give_the_two_pass_loss) {
             for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) an_tensor_release(ts[k]);
             pair_release(x), pair_release(w);
         }
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* an_cuda_cross_entropy_stats_grad on long rows none of them 16-byte aligned (V odd, the buffer
+ * one element in: each row's unpacked head and tail differ), stats made here as (max, sum of exp)
+ * pairs of column ranges in float64: lse and loss within 1e-5 of the float64 values and 1e-6 of the
+ * two-pass kernel's on the same logits, the dlogits within the dtype's tolerance of the two-pass
+ * kernel's, ignored rows zero. The targets sit at a row's start, head, middle and tail. */
+START_TEST(test_cuda_stats_grad_unaligned_rows) {
+    an_ctx *ctx = gpu_ctx(15, "cuda stats_grad unaligned rows");
+    if (!ctx) return;
+    const int64_t V = 70001, tiles = 9;
+    const double scale = 0.25;
+    for (int d = 1; d < N_DTYPES; d++) { /* bf16, f16 */
+        an_dtype dtype = float_dtypes[d];
+        const int64_t targets[] = {0, 1, 6, 7, 20000, 35000, 50000, 69993, 69999, 70000, -100, 12345};
+        const int64_t M = sizeof targets / sizeof *targets;
+        char what[96];
+        snprintf(what, sizeof what, "stats_grad %s M %lld V %lld", an_dtype_name(dtype), (long long)M, (long long)V);
+        pair x = random_pair(ctx, dtype, M * V, 1, -6, 6);
+        double *xv = test_values(x.host);
+        an_tensor *stats_h = an_tensor_new(ctx, AN_F32, AN_CPU, 1, (int64_t[]){M * tiles * 2});
+        an_tensor *ids_h = an_tensor_new(ctx, AN_I32, AN_CPU, 1, (int64_t[]){M});
+        ck_assert_msg(stats_h && ids_h, "%s: alloc: %s", what, an_error_message(ctx));
+        double *lse64 = calloc((size_t)M, sizeof *lse64);
+        for (int64_t i = 0; i < M; i++) {
+            an_tensor_set(ids_h, i, (double)targets[i]);
+            double m_all = -INFINITY, s_all = 0;
+            for (int64_t k = 0; k < tiles; k++) { /* columns [k V / tiles, (k + 1) V / tiles) */
+                double m = -INFINITY, sum = 0;
+                for (int64_t j = k * V / tiles; j < (k + 1) * V / tiles; j++) m = fmax(m, xv[i * V + j]);
+                for (int64_t j = k * V / tiles; j < (k + 1) * V / tiles; j++) sum += exp(xv[i * V + j] - m);
+                an_tensor_set(stats_h, (i * tiles + k) * 2, m);
+                an_tensor_set(stats_h, (i * tiles + k) * 2 + 1, sum);
+                m_all = fmax(m_all, m);
+            }
+            for (int64_t j = 0; j < V; j++) s_all += exp(xv[i * V + j] - m_all);
+            lse64[i] = m_all + log(s_all);
+        }
+        an_tensor *stats = an_tensor_to(ctx, stats_h, AN_F32, AN_CUDA), *ids = an_tensor_to(ctx, ids_h, AN_I32, AN_CUDA);
+        an_tensor *b = an_tensor_to(ctx, x.dev, dtype, AN_CUDA); /* the two-pass kernel's copy (aligned) */
+        an_tensor *lse_a = poisoned(ctx, AN_F32, M, 0), *loss_a = poisoned(ctx, AN_F32, M, 0);
+        an_tensor *lse_b = poisoned(ctx, AN_F32, M, 0), *loss_b = poisoned(ctx, AN_F32, M, 0);
+        ck_assert_msg(stats && ids && b, "%s: upload: %s", what, an_error_message(ctx));
+        test_ok(ctx,
+                an_cuda_cross_entropy_stats_grad(ctx, dtype, an_tensor_data(x.dev), an_tensor_data(stats), tiles,
+                                                 an_tensor_data(ids), AN_I32, M, V, -100, scale,
+                                                 an_tensor_data(lse_a), an_tensor_data(loss_a)),
+                what);
+        test_ok(ctx,
+                an_cuda_cross_entropy_rows_grad(ctx, dtype, an_tensor_data(b), an_tensor_data(ids), AN_I32, M, V, -100,
+                                                scale, an_tensor_data(lse_b), an_tensor_data(loss_b)),
+                what);
+        double *la = test_download(ctx, lse_a), *lb = test_download(ctx, lse_b);
+        double *sa = test_download(ctx, loss_a), *sb = test_download(ctx, loss_b);
+        double *ga = test_download(ctx, x.dev), *gb = test_download(ctx, b);
+        double *bound = calloc((size_t)(M * V), sizeof *bound);
+        for (int64_t i = 0; i < M; i++) {
+            const int64_t t = targets[i];
+            if (t == -100) {
+                ck_assert_msg(la[i] == 0 && sa[i] == 0, "%s: ignored row %lld has lse %g loss %g", what, (long long)i,
+                              la[i], sa[i]);
+                for (int64_t j = 0; j < V; j++)
+                    ck_assert_msg(ga[i * V + j] == 0, "%s: ignored row %lld column %lld is %g", what, (long long)i,
+                                  (long long)j, ga[i * V + j]);
+                continue;
+            }
+            const double tol = 1e-6 * (fabs(lb[i]) + 1), tol64 = 1e-5 * (fabs(lse64[i]) + 1);
+            ck_assert_msg(fabs(la[i] - lb[i]) <= tol && fabs(la[i] - lse64[i]) <= tol64,
+                          "%s: row %lld lse %.9g, two-pass %.9g, float64 %.9g", what, (long long)i, la[i], lb[i],
+                          lse64[i]);
+            ck_assert_msg(fabs(sa[i] - sb[i]) <= tol && fabs(sa[i] - (lse64[i] - xv[i * V + t])) <= tol64,
+                          "%s: row %lld (target %lld) loss %.9g, two-pass %.9g, float64 %.9g", what, (long long)i,
+                          (long long)t, sa[i], sb[i], lse64[i] - xv[i * V + t]);
+            ck_assert_msg(gb[i * V + t] < 0, "%s: row %lld: the target's gradient %g is not negative", what,
+                          (long long)i, gb[i * V + t]);
+            for (int64_t j = 0; j < V; j++) bound[i * V + j] = rtol_of(dtype) * fabs(gb[i * V + j]) + 1e-6 * scale;
+        }
+        expect_close(ga, gb, bound, M * V, "%s: dlogits against the two-pass kernel's", what);
+        free(xv), free(lse64), free(la), free(lb), free(sa), free(sb), free(ga), free(gb), free(bound);
+        an_tensor *ts[] = {stats_h, ids_h, stats, ids, b, lse_a, loss_a, lse_b, loss_b};
+        for (size_t k = 0; k < sizeof ts / sizeof *ts; k++) an_tensor_release(ts[k]);
+        pair_release(x);
+    }
     test_ctx_free(ctx);
 }
 END_TEST
@@ -1579,6 +1672,7 @@ int main(void) {
     test_add_case(s, "gemm_projections_rope", test_cuda_gemm_projections_rotate_as_rope_does);
     test_add_case(s, "lora_grads", test_cuda_lora_grads_match_the_reference);
     test_add_case(s, "logits_stats", test_cuda_logits_stats_give_the_two_pass_loss);
+    test_add_case(s, "stats_grad_unaligned_rows", test_cuda_stats_grad_unaligned_rows);
     test_add_case(s, "autograd", test_cuda_autograd_forward_and_backward_match_cpu);
     return test_run(s);
 }
