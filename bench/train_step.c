@@ -31,7 +31,9 @@
  *                     the columns with; 0 its default)]
  *                    [--ab-gemm-group R (steps alternate with R and with --gemm-group's; both rates printed)]
  *                    [--ab-loss-chunk N (steps alternate with N rows of logits per loss chunk and with
- *                     --loss-chunk's (the op's default unless given); both rates printed)]
+ *                     --loss-chunk's (the op's default unless given); both rates printed. Biased: the
+ *                     two sizes' buffers alternate in the device cache too, which slows the steps of one
+ *                     of them; separate runs with --loss-chunk decide, docs/performance.md)]
  *                    [--sync-phases (synchronise after the forward, the backward and the optimizer, as this
  *                     bench did before 2026-11-27: the GPU idles while the host queues each next phase)]
  *                    [--host-times (the host's milliseconds after the optimizer call, per step)]
