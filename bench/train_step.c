@@ -34,6 +34,7 @@
  *                     --loss-chunk's (the op's default unless given); both rates printed. Biased: the
  *                     two sizes' buffers alternate in the device cache too, which slows the steps of one
  *                     of them; separate runs with --loss-chunk decide, docs/performance.md)]
+ *                    (one --ab-* option at a time)
  *                    [--sync-phases (synchronise after the forward, the backward and the optimizer, as this
  *                     bench did before 2026-11-27: the GPU idles while the host queues each next phase)]
  *                    [--host-times (the host's milliseconds after the optimizer call, per step)]
@@ -82,6 +83,27 @@ static an_status phase_seconds(an_ctx *ctx, an_device device, void **ev, const d
     return st;
 }
 
+/* The library's on/off switches that --ab-NAME alternates: on for steps 0, 2, .., off for 1, 3, .. */
+static const struct {
+    const char *flag;
+    an_status (*set)(an_ctx *, bool);
+} ab_switches[] = {{"--ab-wgmma", an_cuda_set_wgmma},
+                   {"--ab-logits-stats", an_cuda_set_logits_stats},
+                   {"--ab-projections", an_cuda_set_projections},
+                   {"--ab-lora-grads", an_cuda_set_lora_grads},
+                   {"--ab-attention", an_cuda_set_attention_wgmma},
+                   {"--ab-column-sums", an_cuda_set_column_sums},
+                   {"--ab-rope", an_cuda_set_rope_epilogue},
+                   {"--ab-turn", an_cuda_set_attention_turns_rope}};
+#define N_AB_SWITCHES ((int)(sizeof ab_switches / sizeof *ab_switches))
+
+/* The index of arg in ab_switches, or -1. */
+static int ab_switch_of(const char *arg) {
+    for (int i = 0; i < N_AB_SWITCHES; i++)
+        if (!strcmp(arg, ab_switches[i].flag)) return i;
+    return -1;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: %s MODEL_DIR [--device cuda|cpu] [--dtype bf16|f32] [--seq N] [--batch N] [--lora R] "
@@ -96,10 +118,10 @@ int main(int argc, char **argv) {
     an_device device = AN_CUDA;
     an_dtype dtype = AN_BF16;
     long seq = 1024, batch = 8, rank = 16, steps = 6;
-    bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false, ab_wgmma = false, ab_stats = false,
-         ab_proj = false, ab_lora = false, ab_attn = false, ab_sums = false, ab_rope = false, ab_turn = false;
+    bool checkpointing = false, attention_nondeterministic = false, no_wgmma = false;
     bool update_in_backward = false, ab_update = false, side_equal = false, sync_phases = false, host_times = false;
     long side_grain = 0, ab_chunk = 0, base_chunk = 0, gemm_group = 0, ab_group = -1;
+    int ab_switch = -1, ab_count = 0; /* ab_switches' index given; the --ab-* options given (at most one) */
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -117,19 +139,12 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--loss-chunk") && i + 1 < argc) loss_opts.chunk_rows = atol(argv[++i]);
         else if (!strcmp(argv[i], "--attention-nondeterministic")) attention_nondeterministic = true;
         else if (!strcmp(argv[i], "--no-wgmma")) no_wgmma = true;
-        else if (!strcmp(argv[i], "--ab-wgmma")) ab_wgmma = true;
-        else if (!strcmp(argv[i], "--ab-logits-stats")) ab_stats = true;
-        else if (!strcmp(argv[i], "--ab-projections")) ab_proj = true;
-        else if (!strcmp(argv[i], "--ab-lora-grads")) ab_lora = true;
-        else if (!strcmp(argv[i], "--ab-attention")) ab_attn = true;
-        else if (!strcmp(argv[i], "--ab-column-sums")) ab_sums = true;
-        else if (!strcmp(argv[i], "--ab-rope")) ab_rope = true;
-        else if (!strcmp(argv[i], "--ab-turn")) ab_turn = true;
-        else if (!strcmp(argv[i], "--ab-loss-chunk") && i + 1 < argc) ab_chunk = atol(argv[++i]);
+        else if (ab_switch_of(argv[i]) >= 0) ab_switch = ab_switch_of(argv[i]), ab_count++;
+        else if (!strcmp(argv[i], "--ab-loss-chunk") && i + 1 < argc) ab_chunk = atol(argv[++i]), ab_count++;
         else if (!strcmp(argv[i], "--gemm-group") && i + 1 < argc) gemm_group = atol(argv[++i]);
-        else if (!strcmp(argv[i], "--ab-gemm-group") && i + 1 < argc) ab_group = atol(argv[++i]);
+        else if (!strcmp(argv[i], "--ab-gemm-group") && i + 1 < argc) ab_group = atol(argv[++i]), ab_count++;
         else if (!strcmp(argv[i], "--update-in-backward")) update_in_backward = true;
-        else if (!strcmp(argv[i], "--ab-update")) ab_update = true;
+        else if (!strcmp(argv[i], "--ab-update")) ab_update = true, ab_count++;
         else if (!strcmp(argv[i], "--sync-phases")) sync_phases = true;
         else if (!strcmp(argv[i], "--host-times")) host_times = true;
         else if (!strcmp(argv[i], "--side-equal-priority")) side_equal = true;
@@ -138,6 +153,10 @@ int main(int argc, char **argv) {
             fprintf(stderr, "unknown argument %s\n", argv[i]);
             return 2;
         }
+    }
+    if (ab_count > 1) {
+        fprintf(stderr, "%d --ab-* options: steps alternate one thing at a time\n", ab_count);
+        return 2;
     }
     an_ctx *ctx = an_ctx_new(1);
     an_model *m = NULL;
@@ -190,14 +209,7 @@ int main(int argc, char **argv) {
     base_chunk = loss_opts.chunk_rows;
     for (long s = 0; s < steps + 2 + (profile ? 1 : 0); s++) {
         if (ab_chunk > 0) loss_opts.chunk_rows = s % 2 == 0 ? ab_chunk : base_chunk;
-        if ((ab_wgmma && an_cuda_set_wgmma(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_stats && an_cuda_set_logits_stats(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_proj && an_cuda_set_projections(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_lora && an_cuda_set_lora_grads(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_attn && an_cuda_set_attention_wgmma(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_sums && an_cuda_set_column_sums(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_rope && an_cuda_set_rope_epilogue(ctx, s % 2 == 0) != AN_OK) ||
-            (ab_turn && an_cuda_set_attention_turns_rope(ctx, s % 2 == 0) != AN_OK) ||
+        if ((ab_switch >= 0 && ab_switches[ab_switch].set(ctx, s % 2 == 0) != AN_OK) ||
             (device == AN_CUDA && (gemm_group || ab_group >= 0) &&
              an_cuda_set_gemm_group_rows(ctx, (int)(ab_group >= 0 && s % 2 == 0 ? ab_group : gemm_group)) != AN_OK)) {
             fprintf(stderr, "%s\n", an_error_message(ctx));
@@ -258,13 +270,11 @@ int main(int argc, char **argv) {
         printf("step %ld: %.3f s (forward %.3f, backward %.3f, optimizer %.3f), %.0f tokens/s, peak %.2f GiB\n", s, dt,
                t_forward, t_backward, t_optim, (double)(batch * seq) / dt, (double)ctx->mem[device].peak / (1u << 30));
     }
-    bool ab = ab_wgmma || ab_update || ab_stats || ab_proj || ab_lora || ab_attn || ab_sums || ab_rope || ab_turn ||
-              ab_chunk > 0 || ab_group >= 0;
-    if (ab && ab_measured[0] && ab_measured[1]) {
+    if (ab_count && ab_measured[0] && ab_measured[1]) {
         double on = (double)(batch * seq) * ab_measured[0] / ab_total[0];
         double off = (double)(batch * seq) * ab_measured[1] / ab_total[1];
         printf("%s: with %.0f tokens/s (%d steps), without %.0f tokens/s (%d steps): %.4fx\n",
-               ab_wgmma ? "ab-wgmma" : ab_stats ? "ab-logits-stats" : ab_proj ? "ab-projections" : ab_lora ? "ab-lora-grads" : ab_attn ? "ab-attention" : ab_sums ? "ab-column-sums" : ab_rope ? "ab-rope" : ab_turn ? "ab-turn" : ab_chunk > 0 ? "ab-loss-chunk" : ab_group >= 0 ? "ab-gemm-group" : "ab-update", on,
+               ab_switch >= 0 ? ab_switches[ab_switch].flag + 2 : ab_chunk > 0 ? "ab-loss-chunk" : ab_group >= 0 ? "ab-gemm-group" : "ab-update", on,
                ab_measured[0], off, ab_measured[1], on / off);
     }
     double tps = (double)(batch * seq) * measured / total;
