@@ -1421,7 +1421,7 @@ START_TEST(test_cuda_stats_grad_unaligned_rows) {
             lse64[i] = m_all + log(s_all);
         }
         an_tensor *stats = an_tensor_to(ctx, stats_h, AN_F32, AN_CUDA), *ids = an_tensor_to(ctx, ids_h, AN_I32, AN_CUDA);
-        an_tensor *b = an_tensor_to(ctx, x.dev, dtype, AN_CUDA); /* the two-pass kernel's copy (aligned) */
+        an_tensor *b = an_tensor_to(ctx, x.dev, dtype, AN_CUDA); /* the two-pass kernel's copy, a fresh buffer */
         an_tensor *lse_a = poisoned(ctx, AN_F32, M, 0), *loss_a = poisoned(ctx, AN_F32, M, 0);
         an_tensor *lse_b = poisoned(ctx, AN_F32, M, 0), *loss_b = poisoned(ctx, AN_F32, M, 0);
         ck_assert_msg(stats && ids && b, "%s: upload: %s", what, an_error_message(ctx));
