@@ -27,6 +27,10 @@
  *                     epilogue and with the rope kernel after it, an_cuda_set_rope_epilogue; both rates printed)]
  *                    [--ab-turn (steps alternate with q's and k's gradients turned back by the rotation in the
  *                     attention backward's stores and by the rope pass after, an_cuda_set_attention_turns_rope)]
+ *                    [--ab-stacked-mlp (steps alternate with a frozen MLP's dgate | dup side by side and x's
+ *                     gradient one cuBLASLt GEMM over the stacked weights, and with the two-pair launch,
+ *                     an_cuda_set_swiglu_stacked)]
+ *                    [--off NAME (the switch --ab-NAME alternates, off for every step: separate runs)]
  *                    [--gemm-group R (an_cuda_set_gemm_group_rows: rows of tiles gemm_wgmma.cu's kernels walk
  *                     the columns with; 0 its default)]
  *                    [--ab-gemm-group R (steps alternate with R and with --gemm-group's; both rates printed)]
@@ -94,7 +98,8 @@ static const struct {
                    {"--ab-attention", an_cuda_set_attention_wgmma},
                    {"--ab-column-sums", an_cuda_set_column_sums},
                    {"--ab-rope", an_cuda_set_rope_epilogue},
-                   {"--ab-turn", an_cuda_set_attention_turns_rope}};
+                   {"--ab-turn", an_cuda_set_attention_turns_rope},
+                   {"--ab-stacked-mlp", an_cuda_set_swiglu_stacked}};
 #define N_AB_SWITCHES ((int)(sizeof ab_switches / sizeof *ab_switches))
 
 /* The index of arg in ab_switches, or -1. */
@@ -122,6 +127,7 @@ int main(int argc, char **argv) {
     bool update_in_backward = false, ab_update = false, side_equal = false, sync_phases = false, host_times = false;
     long side_grain = 0, ab_chunk = 0, base_chunk = 0, gemm_group = 0, ab_group = -1;
     int ab_switch = -1, ab_count = 0; /* ab_switches' index given; the --ab-* options given (at most one) */
+    bool switched_off[N_AB_SWITCHES] = {false}; /* --off NAME: that switch off for every step */
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--device") && i + 1 < argc) device = !strcmp(argv[++i], "cpu") ? AN_CPU : AN_CUDA;
         else if (!strcmp(argv[i], "--dtype") && i + 1 < argc) dtype = !strcmp(argv[++i], "f32") ? AN_F32 : AN_BF16;
@@ -140,6 +146,15 @@ int main(int argc, char **argv) {
         else if (!strcmp(argv[i], "--attention-nondeterministic")) attention_nondeterministic = true;
         else if (!strcmp(argv[i], "--no-wgmma")) no_wgmma = true;
         else if (ab_switch_of(argv[i]) >= 0) ab_switch = ab_switch_of(argv[i]), ab_count++;
+        else if (!strcmp(argv[i], "--off") && i + 1 < argc) {
+            char flag[64];
+            snprintf(flag, sizeof flag, "--ab-%s", argv[++i]);
+            if (ab_switch_of(flag) < 0) {
+                fprintf(stderr, "--off %s: not a switch of --ab-*\n", argv[i]);
+                return 2;
+            }
+            switched_off[ab_switch_of(flag)] = true;
+        }
         else if (!strcmp(argv[i], "--ab-loss-chunk") && i + 1 < argc) ab_chunk = atol(argv[++i]), ab_count++;
         else if (!strcmp(argv[i], "--gemm-group") && i + 1 < argc) gemm_group = atol(argv[++i]);
         else if (!strcmp(argv[i], "--ab-gemm-group") && i + 1 < argc) ab_group = atol(argv[++i]), ab_count++;
@@ -171,6 +186,11 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s\n", an_error_message(ctx));
         return 1;
     }
+    for (int i = 0; i < N_AB_SWITCHES; i++)
+        if (switched_off[i] && ab_switches[i].set(ctx, false) != AN_OK) {
+            fprintf(stderr, "%s\n", an_error_message(ctx));
+            return 1;
+        }
     m->gradient_checkpointing = checkpointing;
     m->training = true;
     if (adapter) {

@@ -265,6 +265,16 @@ an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void *x, int64_
 an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
                                        const void *w, int64_t N, const void *gate, const void *up, void *dgate,
                                        void *dup, void *act);
+/* The same dgate and dup (the same bits) side by side in one dgu (M, 2 N): dgate in columns 0..N-1,
+ * dup in N..2N-1, so that x's gradient dgate W_gate + dup W_up is one GEMM over the stacked weights
+ * (K = 2 N; ops/swiglu_mlp.c's frozen MLP). Only where an_cuda_swiglu_stacked_rule allows:
+ * an_cuda_gemm_swiglu_rule's conditions, for dgu's halves too, and the form not turned off
+ * (an_cuda_set_swiglu_stacked, on by default; off only to measure what it gains). */
+an_status an_cuda_gemm_swiglu_backward_stacked(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
+                                               const void *w, int64_t N, const void *gate, const void *up, void *dgu);
+int an_cuda_swiglu_stacked_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
+                                int n_ptrs);
+an_status an_cuda_set_swiglu_stacked(an_ctx *ctx, bool on);
 /* D (M, N) = sum over s < segments of A_s (M, K_s) op(B_s), one fp32 accumulation over every
  * segment and one rounding to the dtype: op(B) = B^T for B_s (N, K_s), or with bt B_s stored
  * (K_s, N). Sums of products that share D (dX of several projections of one input, dg W_gate + du

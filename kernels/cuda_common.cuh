@@ -41,6 +41,7 @@ struct an_cuda_state {
     int gemm_group_rows;       /* gemm_wgmma.cu's tile order: rows of tiles a group (0: its default;
                                   an_cuda_set_gemm_group_rows) */
     int column_sums_off;       /* 1: bias gradients come from cuBLASLt's dW epilogue (an_cuda_set_column_sums) */
+    int swiglu_stacked_off;    /* 1: a frozen MLP's dgate, dup stay apart (an_cuda_set_swiglu_stacked) */
     int wgmma_off;             /* 1: they do not run (an_cuda_set_wgmma, for measurement) */
     double peak_bandwidth;     /* bytes/s of device memory: 2 x memory clock x bus width (kernel rules) */
     struct an_gemm_plan *plans; /* AN_GEMM_PLAN_SLOTS cached GEMM plans (gemm.cu) */

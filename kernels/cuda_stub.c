@@ -455,6 +455,20 @@ an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *
     (void)dtype, (void)dy, (void)M, (void)K, (void)w, (void)N, (void)gate, (void)up, (void)dgate, (void)dup, (void)act;
     return NO_CUDA(ctx);
 }
+an_status an_cuda_gemm_swiglu_backward_stacked(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
+                                               const void *w, int64_t N, const void *gate, const void *up, void *dgu) {
+    (void)dtype, (void)dy, (void)M, (void)K, (void)w, (void)N, (void)gate, (void)up, (void)dgu;
+    return NO_CUDA(ctx);
+}
+int an_cuda_swiglu_stacked_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N, const void *const *ptrs,
+                                int n_ptrs) {
+    (void)ctx, (void)dtype, (void)M, (void)K, (void)N, (void)ptrs, (void)n_ptrs;
+    return 0;
+}
+an_status an_cuda_set_swiglu_stacked(an_ctx *ctx, bool on) {
+    (void)on;
+    return NO_CUDA(ctx);
+}
 an_status an_cuda_gemm_segments(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t N, int segments,
                                 const void *const *a, const int64_t *k, const void *const *b, bool bt, void *d) {
     (void)dtype, (void)M, (void)N, (void)segments, (void)a, (void)k, (void)b, (void)bt, (void)d;

@@ -780,11 +780,12 @@ constexpr int SWIGLU_BN = 128, SWIGLU_STAGES = 5, BWD_BN = 128, BWD_STAGES = 5, 
  * 2474, bench/gemm_wgmma_variants WG_ONLY=logits). */
 constexpr int LOGITS_BN = 192, LOGITS_STAGES = 4;
 
-/* One launch of the form over `segments` operand pairs (one but for STORE); stats for ROWSTATS. */
+/* One launch of the form over `segments` operand pairs (one but for STORE); stats for ROWSTATS;
+ * the outputs' rows out_pitch elements apart (0: N). */
 template <typename T, int BN, int STAGES, int EPI, bool BT, int CM, bool PP = false>
 cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const T *const *a, const int *k,
                             const T *const *b, const T *b2, const T *in0, const T *in1, T *out0, T *out1, T *out2,
-                            float2 *stats = nullptr) {
+                            float2 *stats = nullptr, int64_t out_pitch = 0) {
     using namespace wgmma_gemm;
     constexpr int bytes = smem_bytes<BN, STAGES, EPI>();
     constexpr int TN = EPI == SWIGLU ? BN / 2 : BN;
@@ -803,9 +804,9 @@ cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const 
     if (err == cudaSuccess && b2) err = tma::encode_2d(encode, &bm2, b2, N, k[0], BK, TN);
     if (err == cudaSuccess && in0) err = tma::encode_2d(encode, &im0, in0, M, N, 64, 64);
     if (err == cudaSuccess && in1) err = tma::encode_2d(encode, &im1, in1, M, N, 64, 64);
-    if (err == cudaSuccess) err = tma::encode_2d(encode, &om0, out0, M, N, 64, 64);
-    if (err == cudaSuccess && out1) err = tma::encode_2d(encode, &om1, out1, M, N, 64, 64);
-    if (err == cudaSuccess && out2) err = tma::encode_2d(encode, &om2, out2, M, N, 64, 64);
+    if (err == cudaSuccess) err = tma::encode_2d(encode, &om0, out0, M, N, 64, 64, true, out_pitch);
+    if (err == cudaSuccess && out1) err = tma::encode_2d(encode, &om1, out1, M, N, 64, 64, true, out_pitch);
+    if (err == cudaSuccess && out2) err = tma::encode_2d(encode, &om2, out2, M, N, 64, 64, true, out_pitch);
     if (err != cudaSuccess) return err;
     const int64_t tiles = (int64_t)((M + BM * CM - 1) / (BM * CM)) * ((N + TN - 1) / TN);
     Grid g;
@@ -818,9 +819,9 @@ cudaError_t launch_segments(an_cuda_state *s, int M, int N, int segments, const 
 
 template <typename T, int BN, int STAGES, int EPI, bool BT, int CM, bool PP = false>
 cudaError_t launch(an_cuda_state *s, int M, int N, int K, const T *a, const T *b, const T *b2, const T *in0,
-                   const T *in1, T *out0, T *out1, T *out2, float2 *stats = nullptr) {
+                   const T *in1, T *out0, T *out1, T *out2, float2 *stats = nullptr, int64_t out_pitch = 0) {
     return launch_segments<T, BN, STAGES, EPI, BT, CM, PP>(s, M, N, 1, &a, &K, &b, b2, in0, in1, out0, out1, out2,
-                                                           stats);
+                                                           stats, out_pitch);
 }
 
 bool aligned16(const void *p) { return (uintptr_t)p % 16 == 0; }
@@ -861,13 +862,13 @@ extern "C" an_status an_cuda_gemm_swiglu(an_ctx *ctx, an_dtype dtype, const void
 
 template <typename T>
 cudaError_t launch_backward(an_cuda_state *s, int M, int N, int K, const T *dy, const T *w, const T *gate, const T *up,
-                            T *dgate, T *dup, T *act) {
+                            T *dgate, T *dup, T *act, int64_t out_pitch = 0) {
     using namespace wgmma_gemm;
     if (act)
         return launch<T, BWD_BN, BWD_ACT_STAGES, SWIGLU_BWD_ACT, true, 1, true>(s, M, N, K, dy, w, nullptr, gate, up,
-                                                                                dgate, dup, act);
+                                                                                dgate, dup, act, nullptr, out_pitch);
     return launch<T, BWD_BN, BWD_STAGES, SWIGLU_BWD, true, 1, true>(s, M, N, K, dy, w, nullptr, gate, up, dgate, dup,
-                                                                     nullptr);
+                                                                     nullptr, nullptr, out_pitch);
 }
 
 extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
@@ -890,6 +891,35 @@ extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, c
     AN_CUDA_CHECK(ctx, err);
     return AN_OK;
 }
+extern "C" int an_cuda_swiglu_stacked_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N,
+                                           const void *const *ptrs, int n_ptrs) {
+    return ctx->cuda && !ctx->cuda->swiglu_stacked_off && N <= INT32_MAX / 2 &&
+           an_cuda_gemm_swiglu_rule(ctx, dtype, M, K, N, ptrs, n_ptrs);
+}
+
+extern "C" an_status an_cuda_gemm_swiglu_backward_stacked(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M,
+                                                          int64_t K, const void *w, int64_t N, const void *gate,
+                                                          const void *up, void *dgu) {
+    AN_CUDA_STATE(ctx, s);
+    const size_t half = (size_t)N * an_dtype_size(dtype); /* du's first column, bytes into a row */
+    const void *ptrs[] = {dy, w, gate, up, dgu, (char *)dgu + half};
+    AN_CHECK(ctx, an_cuda_swiglu_stacked_rule(ctx, dtype, M, K, N, ptrs, 6), AN_ERR_INPUT,
+             "gemm_swiglu_backward_stacked: %s (%lld, %lld) x (%lld, %lld) on this device: needs compute capability "
+             "9.0, bf16 or f16, K and N multiples of 8, 16-byte aligned operands (and the form not turned off)",
+             an_dtype_name(dtype), (long long)M, (long long)K, (long long)K, (long long)N);
+    cudaError_t err =
+        dtype == AN_BF16
+            ? launch_backward<__nv_bfloat16>(s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)dy,
+                                             (const __nv_bfloat16 *)w, (const __nv_bfloat16 *)gate,
+                                             (const __nv_bfloat16 *)up, (__nv_bfloat16 *)dgu,
+                                             (__nv_bfloat16 *)((char *)dgu + half), nullptr, 2 * N)
+            : launch_backward<__half>(s, (int)M, (int)N, (int)K, (const __half *)dy, (const __half *)w,
+                                      (const __half *)gate, (const __half *)up, (__half *)dgu,
+                                      (__half *)((char *)dgu + half), nullptr, 2 * N);
+    AN_CUDA_CHECK(ctx, err);
+    return AN_OK;
+}
+
 extern "C" int64_t an_cuda_logits_stats_tiles(int64_t N) { return (N + LOGITS_BN - 1) / LOGITS_BN; }
 
 extern "C" int an_cuda_logits_stats_apply(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N,

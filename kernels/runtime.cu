@@ -352,6 +352,8 @@ an_status an_cuda_set_wgmma(an_ctx *ctx, bool on) { return switch_off(ctx, __fun
 
 an_status an_cuda_set_logits_stats(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::logits_stats_off, on); }
 
+an_status an_cuda_set_swiglu_stacked(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::swiglu_stacked_off, on); }
+
 an_status an_cuda_set_projections(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::projections_off, on); }
 an_status an_cuda_set_rope_epilogue(an_ctx *ctx, bool on) { return switch_off(ctx, __func__, &an_cuda_state::rope_epilogue_off, on); }
 

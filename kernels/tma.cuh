@@ -91,11 +91,13 @@ __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy
 
 /* A tensor map over a (rows, cols) row-major matrix of T (b16) in boxes of (box_cols, box_rows),
  * swizzled by the box's row bytes (box_cols 64: the 128-byte swizzle, 32: the 64-byte one) or,
- * with swizzle false, not at all (any box_cols a multiple of 8), zero fill past the edges. */
+ * with swizzle false, not at all (any box_cols a multiple of 8), zero fill past the edges. Rows
+ * pitch elements apart (0: cols; a multiple of 8), so a map may cover columns of a wider matrix. */
 template <typename T>
 cudaError_t encode_2d(PFN_cuTensorMapEncodeTiled_v12000 encode, CUtensorMap *map, const T *p, int64_t rows,
-                      int64_t cols, int box_cols, int box_rows, bool swizzle = true) {
-    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows}, strides[1] = {(cuuint64_t)cols * sizeof(T)};
+                      int64_t cols, int box_cols, int box_rows, bool swizzle = true, int64_t pitch = 0) {
+    const cuuint64_t dims[2] = {(cuuint64_t)cols, (cuuint64_t)rows},
+                     strides[1] = {(cuuint64_t)(pitch ? pitch : cols) * sizeof(T)};
     const cuuint32_t box[2] = {(cuuint32_t)box_cols, (cuuint32_t)box_rows}, elem[2] = {1, 1};
     CUresult r = encode(map, std::is_same<T, __half>::value ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
                         2, (void *)p, dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,

@@ -36,6 +36,7 @@
 
 #include "autograd/cpu/cpu.h"  /* an_cpu_rope_inv_freq: the frequencies the rope launcher is given */
 #include "autograd/op_support.h" /* an_qkv_rope_turn_table: whether the attention may turn the rotation back */
+#include "autograd/op_table.h" /* an_op_swiglu_mlp, an_op_swiglu_linear: which node the MLP recorded */
 #include "kernels/cuda.h"      /* the launchers under test */
 #include "support/test_util.h"
 
@@ -1078,6 +1079,21 @@ static const int64_t mlp_cases[][4] = {{1, 8, 8, 8},        {210, 64, 136, 64}, 
 /* the last two: several tiles a CTA (the last, about four a CTA of the backward's 128 x 128 tiles in
  * ping-pong, each warpgroup taking two or more, over more k slices than stages) */
 
+/* The CPU inputs of mlp_cases' case (rows, in, inter, out): x (rows, in) and residual (rows, out)
+ * requiring grad, W_gate and W_up (inter, in) and W_down (out, inter) trained or frozen, in that
+ * order (the values follow from the context's seed), and the case's description into what. */
+static void mlp_inputs(an_ctx *ctx, an_dtype dtype, const int64_t *c, bool trained, an_tensor *t[5], const char *name,
+                       char *what, size_t size) {
+    int64_t rows = c[0], in = c[1], n = c[2], out = c[3];
+    fmt(what, size, "%s %s rows %lld in %lld inter %lld out %lld", name, an_dtype_name(dtype), (long long)rows,
+        (long long)in, (long long)n, (long long)out);
+    t[0] = test_uniform(ctx, dtype, 2, (int64_t[]){rows, in}, -1, 1, true);
+    t[1] = test_uniform(ctx, dtype, 2, (int64_t[]){n, in}, -0.5, 0.5, trained);
+    t[2] = test_uniform(ctx, dtype, 2, (int64_t[]){n, in}, -0.5, 0.5, trained);
+    t[3] = test_uniform(ctx, dtype, 2, (int64_t[]){out, n}, -0.5, 0.5, trained);
+    t[4] = test_uniform(ctx, dtype, 2, (int64_t[]){rows, out}, -1, 1, true);
+}
+
 /* A fresh poisoned (rows, cols) tensor on the GPU. */
 static an_tensor *poisoned(an_ctx *ctx, an_dtype dtype, int64_t rows, int64_t cols) {
     return test_poisoned_gpu(ctx, dtype, 2, (int64_t[]){rows, cols});
@@ -1097,16 +1113,10 @@ START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
         for (size_t c = 0; c < sizeof mlp_cases / sizeof *mlp_cases; c++) {
             an_dtype dtype = float_dtypes[d];
             int64_t rows = mlp_cases[c][0], in = mlp_cases[c][1], n = mlp_cases[c][2], out = mlp_cases[c][3];
-            an_tensor *x = test_uniform(ctx, dtype, 2, (int64_t[]){rows, in}, -1, 1, true);
-            an_tensor *wg = test_uniform(ctx, dtype, 2, (int64_t[]){n, in}, -0.5, 0.5, true);
-            an_tensor *wu = test_uniform(ctx, dtype, 2, (int64_t[]){n, in}, -0.5, 0.5, true);
-            an_tensor *wd = test_uniform(ctx, dtype, 2, (int64_t[]){out, n}, -0.5, 0.5, true);
-            an_tensor *res = test_uniform(ctx, dtype, 2, (int64_t[]){rows, out}, -1, 1, true);
-            fmt(what, sizeof what, "swiglu_mlp %s rows %lld in %lld inter %lld out %lld", an_dtype_name(dtype),
-                (long long)rows, (long long)in, (long long)n, (long long)out);
+            an_tensor *t[5];
+            mlp_inputs(ctx, dtype, mlp_cases[c], true, t, "swiglu_mlp", what, sizeof what);
             double rtol = rtol_of(dtype);
-            gpu_run r = run_both(ctx, swiglu_mlp_fn, NULL, (an_tensor *[]){x, wg, wu, wd, res}, 5, 2 * rtol, 2 * rtol,
-                                 0.0, what);
+            gpu_run r = run_both(ctx, swiglu_mlp_fn, NULL, t, 5, 2 * rtol, 2 * rtol, 0.0, what);
             const void *fwd[] = {an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), an_tensor_data(r.in[2]),
                                  an_tensor_data(r.out), an_tensor_data(r.out), an_tensor_data(r.out)};
             bool fused = r.ok && an_cuda_gemm_swiglu_rule(ctx, dtype, rows, in, n, fwd, 6);
@@ -1189,7 +1199,102 @@ START_TEST(test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels) {
                 an_error_clear(ctx);
             }
             gpu_run_release(&r);
-            an_tensor_release(x), an_tensor_release(wg), an_tensor_release(wu), an_tensor_release(wd), an_tensor_release(res);
+            for (int i = 0; i < 5; i++) an_tensor_release(t[i]);
+        }
+    expect_no_failures();
+    test_ctx_free(ctx);
+}
+END_TEST
+
+/* The frozen MLP: gate's and up's weights stacked in one allocation (as an_model_create groups
+ * them) and no weight trained, so the whole MLP is one node (an_op_swiglu_mlp) where the fused
+ * kernels run. stacked_fn copies the op's gate and up weights into the two halves of one (2
+ * inter, in) tensor and runs the op on those views; frozen_nodes counts the outputs whose node was
+ * the frozen MLP's. */
+typedef struct {
+    int frozen_nodes;
+} stacked_seen;
+
+static an_tensor *stacked_fn(an_ctx *ctx, an_tensor *const *in, const void *user) {
+    stacked_seen *seen = (stacked_seen *)user;
+    int64_t n = in[1]->shape[0], k = in[1]->shape[1];
+    an_tensor *both = an_tensor_new(ctx, in[1]->dtype, in[1]->device, 2, (int64_t[]){2 * n, k});
+    ck_assert_msg(both != NULL, "stacked weights: %s", an_error_message(ctx));
+    an_tensor *wg = an_tensor_rows(ctx, both, 0, n), *wu = an_tensor_rows(ctx, both, n, n);
+    test_ok(ctx, an_tensor_copy_into(ctx, wg, in[1]), "gate weight into the stack");
+    test_ok(ctx, an_tensor_copy_into(ctx, wu, in[2]), "up weight into the stack");
+    an_tensor *out = an_swiglu_mlp(ctx, in[0], wg, wu, in[3], in[4]);
+    if (out && out->device == AN_CUDA && out->grad_fn && out->grad_fn->op == &an_op_swiglu_mlp) seen->frozen_nodes++;
+    an_tensor_release(wg), an_tensor_release(wu), an_tensor_release(both);
+    return out;
+}
+
+/* The frozen MLP against the CPU (forward, x's and the residual's gradients) at every shape of
+ * mlp_cases; where the fused kernels take the shape the node must be the frozen MLP's, and the
+ * stacked launcher's halves must hold an_cuda_gemm_swiglu_backward's dgate and dup bit for bit.
+ * Turned off (an_cuda_set_swiglu_stacked), the op records the two nodes again and the launcher
+ * refuses with an input error naming it. */
+START_TEST(test_cuda_swiglu_mlp_frozen_stacked) {
+    an_ctx *ctx = gpu_ctx(13, "cuda swiglu_mlp frozen");
+    if (!ctx) return;
+    char what[160], w2[220];
+    for (int d = 0; d < N_DTYPES; d++)
+        for (size_t c = 0; c < sizeof mlp_cases / sizeof *mlp_cases; c++) {
+            an_dtype dtype = float_dtypes[d];
+            int64_t rows = mlp_cases[c][0], in = mlp_cases[c][1], n = mlp_cases[c][2], out = mlp_cases[c][3];
+            an_tensor *t[5];
+            mlp_inputs(ctx, dtype, mlp_cases[c], false, t, "frozen swiglu_mlp", what, sizeof what);
+            double rtol = rtol_of(dtype);
+            stacked_seen seen = {0};
+            gpu_run r = run_both(ctx, stacked_fn, &seen, t, 5, 2 * rtol, 2 * rtol, 0.0, what);
+            const void *fwd[] = {an_tensor_data(r.in[0]), an_tensor_data(r.in[1]), an_tensor_data(r.in[2])};
+            bool fused = r.ok && an_cuda_gemm_swiglu_rule(ctx, dtype, rows, in, n, fwd, 3);
+            if (fused && seen.frozen_nodes != 1)
+                soft_fail("%s: the fused kernels ran but the node is not the frozen MLP's", what);
+            if (!fused && seen.frozen_nodes != 0) soft_fail("%s: a frozen MLP node without the fused kernels", what);
+            if (fused) { /* the stacked launcher's halves against the two-output launcher */
+                an_tensor *g = poisoned(ctx, dtype, rows, n), *u = poisoned(ctx, dtype, rows, n);
+                an_tensor *dg[2] = {poisoned(ctx, dtype, rows, n), poisoned(ctx, dtype, rows, n)};
+                an_tensor *du[2] = {poisoned(ctx, dtype, rows, n), poisoned(ctx, dtype, rows, n)};
+                an_tensor *dgu = poisoned(ctx, dtype, rows, 2 * n);
+                test_ok(ctx, an_cuda_gemm_swiglu(ctx, dtype, fwd[0], rows, in, fwd[1], fwd[2], n, an_tensor_data(g),
+                                                 an_tensor_data(u), an_tensor_data(dg[1])),
+                        "an_cuda_gemm_swiglu");
+                const void *dy = an_tensor_data(r.upstream), *w = an_tensor_data(r.in[3]);
+                test_ok(ctx, an_cuda_gemm_swiglu_backward(ctx, dtype, dy, rows, out, w, n, an_tensor_data(g),
+                                                          an_tensor_data(u), an_tensor_data(dg[0]), an_tensor_data(du[0]), NULL),
+                        "an_cuda_gemm_swiglu_backward");
+                test_ok(ctx, an_cuda_gemm_swiglu_backward_stacked(ctx, dtype, dy, rows, out, w, n, an_tensor_data(g),
+                                                                  an_tensor_data(u), an_tensor_data(dgu)),
+                        "an_cuda_gemm_swiglu_backward_stacked");
+                size_t es = an_dtype_size(dtype), row = (size_t)n * es;
+                test_ok(ctx, an_cuda_memcpy_2d(ctx, an_tensor_data(dg[1]), row, an_tensor_data(dgu), 2 * row, row, (size_t)rows),
+                        "dgate's half");
+                test_ok(ctx, an_cuda_memcpy_2d(ctx, an_tensor_data(du[1]), row, (char *)an_tensor_data(dgu) + row, 2 * row, row,
+                                               (size_t)rows),
+                        "dup's half");
+                expect_same_bits(ctx, dg[1], dg[0], fmt(w2, sizeof w2, "%s: the stacked dgate", what));
+                expect_same_bits(ctx, du[1], du[0], fmt(w2, sizeof w2, "%s: the stacked dup", what));
+                /* turned off: the launcher refuses, the op records its two nodes */
+                test_ok(ctx, an_cuda_set_swiglu_stacked(ctx, false), "an_cuda_set_swiglu_stacked");
+                an_status st = an_cuda_gemm_swiglu_backward_stacked(ctx, dtype, dy, rows, out, w, n, an_tensor_data(g),
+                                                                    an_tensor_data(u), an_tensor_data(dgu));
+                ck_assert_int_eq(st, AN_ERR_INPUT);
+                ck_assert_msg(strstr(an_error_message(ctx), "gemm_swiglu_backward_stacked") != NULL, "%s",
+                              an_error_message(ctx));
+                an_error_clear(ctx);
+                stacked_seen off = {0};
+                an_tensor *o = stacked_fn(ctx, r.in, &off);
+                ck_assert_msg(o && o->grad_fn && o->grad_fn->op == &an_op_swiglu_linear && off.frozen_nodes == 0,
+                              "%s: turned off, the op must record the swiglu_linear node", what);
+                an_tensor_release(o);
+                an_tape_clear(ctx);
+                test_ok(ctx, an_cuda_set_swiglu_stacked(ctx, true), "an_cuda_set_swiglu_stacked");
+                for (int k = 0; k < 2; k++) an_tensor_release(dg[k]), an_tensor_release(du[k]);
+                an_tensor_release(g), an_tensor_release(u), an_tensor_release(dgu);
+            }
+            gpu_run_release(&r);
+            for (int i = 0; i < 5; i++) an_tensor_release(t[i]);
         }
     expect_no_failures();
     test_ctx_free(ctx);
@@ -1631,6 +1736,7 @@ int main(void) {
     test_add_case(s, "log_softmax_gather", test_cuda_log_softmax_gather_matches_cpu);
     test_add_case(s, "linear_cross_entropy", test_cuda_linear_cross_entropy_matches_cpu_with_uneven_chunks);
     test_add_case(s, "swiglu_mlp", test_cuda_swiglu_mlp_matches_cpu_and_the_separate_kernels);
+    test_add_case(s, "swiglu_mlp_frozen", test_cuda_swiglu_mlp_frozen_stacked);
     test_add_case(s, "qkv_linear", test_cuda_qkv_linear_matches_the_separate_ops_and_repeats_its_bits);
     test_add_case(s, "qkv_linear_rope", test_cuda_qkv_linear_rope_gives_the_separate_rope_bits);
     test_add_case(s, "attention_turns_rope", test_cuda_attention_turns_the_rotation_back);

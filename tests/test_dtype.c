@@ -131,6 +131,27 @@ START_TEST(test_tensor_conversion_and_views) {
 }
 END_TEST
 
+/* an_tensor_stacked: views that follow each other in one storage are stacked; a gap, the wrong order,
+ * another dtype's storage or separate allocations are not. */
+START_TEST(test_tensor_stacked_views) {
+    an_ctx *ctx = test_ctx(4);
+    an_tensor *all = an_tensor_zeros(ctx, AN_F32, AN_CPU, 2, (int64_t[]){6, 4});
+    an_tensor *a = an_tensor_rows(ctx, all, 0, 2), *b = an_tensor_rows(ctx, all, 2, 3), *c = an_tensor_rows(ctx, all, 5, 1);
+    an_tensor *gap = an_tensor_rows(ctx, all, 3, 2);
+    an_tensor *other = an_tensor_zeros(ctx, AN_F32, AN_CPU, 2, (int64_t[]){3, 4});
+    ck_assert(an_tensor_stacked((const an_tensor *[]){a, b, c}, 3));
+    ck_assert(an_tensor_stacked((const an_tensor *[]){a, b}, 2));
+    ck_assert(an_tensor_stacked((const an_tensor *[]){b}, 1));
+    ck_assert(!an_tensor_stacked((const an_tensor *[]){b, a}, 2));   /* order */
+    ck_assert(!an_tensor_stacked((const an_tensor *[]){a, gap}, 2)); /* a row between them */
+    ck_assert(!an_tensor_stacked((const an_tensor *[]){a, other}, 2)); /* another allocation */
+    an_tensor *t[] = {a, b, c, gap, other, all};
+    for (int i = 0; i < 6; i++) an_tensor_release(t[i]);
+    ck_assert_uint_eq(ctx->mem[AN_CPU].current, 0);
+    test_ctx_free(ctx);
+}
+END_TEST
+
 int main(void) {
     Suite *s = suite_create("dtype");
     TCase *tc = tcase_create("core");
@@ -140,6 +161,7 @@ int main(void) {
     tcase_add_test(tc, test_double_to_half_rounds_once);
     tcase_add_test(tc, test_names_and_sizes);
     tcase_add_test(tc, test_tensor_conversion_and_views);
+    tcase_add_test(tc, test_tensor_stacked_views);
     suite_add_tcase(s, tc);
     return test_run(s);
 }

@@ -176,6 +176,14 @@ an_tensor *an_tensor_rows(an_ctx *ctx, an_tensor *t, int64_t start, int64_t coun
     return share(ctx, t, t->ndim, shape, t->offset + start * row);
 }
 
+bool an_tensor_stacked(const an_tensor *const *t, int n) {
+    for (int i = 1; i < n; i++)
+        if (!t[0]->storage || t[i]->storage != t[0]->storage || t[i]->dtype != t[0]->dtype ||
+            t[i]->offset != t[i - 1]->offset + an_tensor_numel(t[i - 1]))
+            return false;
+    return true;
+}
+
 an_tensor *an_tensor_detach(an_ctx *ctx, an_tensor *t) { return share(ctx, t, t->ndim, t->shape, t->offset); }
 
 an_status an_tensor_copy_into(an_ctx *ctx, an_tensor *dst, const an_tensor *src) {

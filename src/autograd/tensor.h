@@ -67,6 +67,9 @@ const char *an_tensor_describe(const an_tensor *t, char *buf, size_t size);
 an_tensor *an_tensor_view(an_ctx *ctx, an_tensor *t, int ndim, const int64_t *shape);
 /* Rows [start, start+count) of dim 0, sharing storage; not recorded on the tape. */
 an_tensor *an_tensor_rows(an_ctx *ctx, an_tensor *t, int64_t start, int64_t count);
+/* Whether t[1..n) each follow the one before in one storage (a grouped allocation, as
+ * an_model_create's): then t[0]'s data is the stacked matrix of them all. */
+bool an_tensor_stacked(const an_tensor *const *t, int n);
 /* Gives t (offset 0) fresh storage after its values were let go (see routing_refs); the tape's
  * recompute fills it. AN_ERR_INTERNAL when t still has storage or is a view at an offset. */
 an_status an_tensor_restore_storage(an_ctx *ctx, an_tensor *t);

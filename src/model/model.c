@@ -284,22 +284,12 @@ static an_status project_into(an_ctx *ctx, const an_tensor *a, const an_tensor *
     return an_cuda_gemm(ctx, &sh, w->dtype, an_tensor_data(a), an_tensor_data(w), an_tensor_data(y));
 }
 
-/* Whether the n tensors follow each other in one storage (a grouped allocation of
- * an_model_create): then the first one's data is the stacked matrix of all of them. */
-static bool stacked(const an_tensor *const *t, int n) {
-    for (int i = 1; i < n; i++)
-        if (!t[0]->storage || t[i]->storage != t[0]->storage || t[i]->dtype != t[0]->dtype ||
-            t[i]->offset != t[i - 1]->offset + an_tensor_numel(t[i - 1]))
-            return false;
-    return true;
-}
-
 /* y (rows, sum of N_i) = a (rows, K) W^T for W the stacked weights w[0..n) (each (N_i, K)): one GEMM. */
 static an_status project_stacked(an_ctx *ctx, const an_tensor *a, const an_tensor *const *w, int n, an_tensor *y,
                                  int64_t rows) {
     int64_t total = 0;
     for (int i = 0; i < n; i++) total += w[i]->shape[0];
-    AN_CHECK(ctx, stacked(w, n), AN_ERR_INTERNAL,
+    AN_CHECK(ctx, an_tensor_stacked(w, n), AN_ERR_INTERNAL,
              "decode block: the weights of one GEMM must be one allocation (an_model_create lays them out so)");
     an_gemm_shape sh = {.batch = 1, .m = rows, .n = total, .k = w[0]->shape[1], .trans_b = true};
     AN_CHECK(ctx, a->dtype == w[0]->dtype && y->dtype == a->dtype && an_tensor_numel(a) == rows * sh.k &&
@@ -409,7 +399,7 @@ static an_tensor *block_decode(an_ctx *ctx, const an_layer *l, an_tensor *x, con
         hn = st == AN_OK ? an_rmsnorm(ctx, x, l->post_attention_layernorm, c->rms_norm_eps) : NULL;
         act = hn ? an_tensor_new(ctx, x->dtype, AN_CUDA, 3, (int64_t[]){b, t, inter}) : NULL;
         if (st == AN_OK && !act) st = an_error_status(ctx);
-        const bool fused = st == AN_OK && stacked(w, 2) &&
+        const bool fused = st == AN_OK && an_tensor_stacked(w, 2) &&
                            an_cuda_decode_gemm_rule(x->dtype, an_tensor_data(hn), b * t, hn->shape[2], an_tensor_data(w[0]));
         if (fused) { /* 3-16 rows: the swiglu in the decode GEMM's epilogue */
             st = an_cuda_gemm_decode_swiglu(ctx, x->dtype, an_tensor_data(hn), b * t, hn->shape[2], an_tensor_data(w[0]),

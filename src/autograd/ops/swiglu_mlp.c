@@ -8,7 +8,12 @@
  * adds the gate and up projections: on an H100 their GEMMs and the swiglu are one launch
  * (an_cuda_gemm_swiglu), and gate and up are recorded as one node (an_op_record_projections), so
  * x's gradient dg W_gate + du W_up is one an_cuda_gemm_segments launch with one rounding;
- * elsewhere they are the two linears an_linear records. Where neither kernel takes the
+ * elsewhere they are the two linears an_linear records. With all three weights frozen (LoRA
+ * beside them, not on them) and gate's and up's stacked in one allocation, the whole MLP is one
+ * node (an_op_swiglu_mlp) instead: its backward writes dgate and dup side by side
+ * (an_cuda_gemm_swiglu_backward_stacked) and x's gradient is one cuBLASLt GEMM over the stacked
+ * weights (K = 2 inter; on an H100 at the 1.5B model's 8192 tokens 554-562 us against 580-593 for
+ * the two-pair launch, bench/gemm_wgmma_variants, docs/performance.md). Where neither kernel takes the
  * shape (another device, f32, K or N not a multiple of 8) the same values come from the separate
  * ops, so every device and dtype computes the same function with the same rounding points: gate
  * and up rounded to the dtype, act rounded, y rounded once with its residual. */
@@ -100,6 +105,65 @@ an_status an_swiglu_linear_backward(an_ctx *ctx, an_node *node, an_tensor *grad_
     return an_node_pass_grad(ctx, node, 3, grad_out); /* the residual's (none without one) */
 }
 
+/* Whether the frozen MLP's node takes these operands (the forward's launch already ran): no weight
+ * trained, gate's and up's stacked, the backward's stacked form allowed for its shapes. */
+static bool frozen_stacked(an_ctx *ctx, const an_tensor *x, an_tensor *w_gate, an_tensor *w_up, const an_tensor *w_down,
+                           const an_tensor *gate, const an_tensor *up, int64_t rows) {
+    if (w_gate->requires_grad || w_up->requires_grad || w_down->requires_grad) return false;
+    if (!an_tensor_stacked((const an_tensor *[]){w_gate, w_up}, 2)) return false;
+    const void *ptrs[] = {an_tensor_data(w_down), an_tensor_data(gate), an_tensor_data(up)};
+    return an_cuda_swiglu_stacked_rule(ctx, x->dtype, rows, w_down->shape[0], w_gate->shape[0], ptrs, 3) != 0;
+}
+
+/* residual + act W_down^T from the forward's launch, recorded as one node over x, the three weights
+ * and residual, keeping gate and up (x's values are not read again: no weight is trained). */
+static an_tensor *frozen_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor *w_up, an_tensor *w_down,
+                             an_tensor *residual, an_tensor *gate, an_tensor *up, an_tensor *act, const int64_t *shape) {
+    int64_t rows = an_tensor_numel(gate) / gate->shape[gate->ndim - 1];
+    an_tensor *out = an_op_new_like(ctx, x, x->ndim, shape);
+    an_gemm_shape s = {1, rows, w_down->shape[0], w_down->shape[1], false, true, false, false}; /* act @ W^T + residual */
+    if (!out || an_op_gemm_bias_add(ctx, &s, act, w_down, NULL, residual, out) != AN_OK) {
+        an_tensor_release(out);
+        return NULL;
+    }
+    an_node *node = an_tape_record(ctx, &an_op_swiglu_mlp, out, (an_tensor *[]){x, w_gate, w_up, w_down, residual}, 5);
+    if (node) {
+        an_node_save(node, gate);
+        an_node_save(node, up);
+        an_node_input_routing_only(node, 0);
+        if (residual) an_node_input_routing_only(node, 4); /* its gradient is dY itself */
+    } else if (an_error_status(ctx) != AN_OK) {
+        an_tensor_release(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* The frozen MLP's node: dgate | dup (rows, 2 inter) in one launch, x's gradient [dgate | dup]
+ * [W_gate; W_up] in one GEMM (one fp32 sum over K = 2 inter, one rounding, as the two-pair launch
+ * rounds it), and dY to the residual. */
+an_status an_swiglu_mlp_backward(an_ctx *ctx, an_node *node, an_tensor *grad_out) {
+    an_tensor *x = node->inputs[0], *w_gate = node->inputs[1], *w_down = node->inputs[3];
+    an_tensor *gate = node->saved[0], *up = node->saved[1];
+    int64_t inter = w_gate->shape[0], in = w_gate->shape[1], rows = an_tensor_numel(gate) / inter;
+    an_status st = AN_OK;
+    if (an_node_needs_grad(node, 0)) {
+        an_tensor *dgu = an_tensor_new(ctx, gate->dtype, AN_CUDA, 2, (int64_t[]){rows, 2 * inter});
+        an_tensor *dx = dgu ? an_op_new_like(ctx, x, x->ndim, x->shape) : NULL;
+        st = dx ? an_cuda_gemm_swiglu_backward_stacked(ctx, gate->dtype, an_tensor_data(grad_out), rows,
+                                                       w_down->shape[0], an_tensor_data(w_down), inter,
+                                                       an_tensor_data(gate), an_tensor_data(up), an_tensor_data(dgu))
+                : an_error_status(ctx);
+        an_gemm_shape s = {1, rows, in, 2 * inter, false, false, false, false}; /* dgu @ [W_gate; W_up] */
+        if (st == AN_OK) st = an_cuda_gemm(ctx, &s, gate->dtype, an_tensor_data(dgu), an_tensor_data(w_gate), an_tensor_data(dx));
+        an_tensor_release(dgu);
+        if (st == AN_OK) st = an_node_accumulate(ctx, node, 0, dx);
+        else an_tensor_release(dx);
+    }
+    AN_TRY(st);
+    return an_node_pass_grad(ctx, node, 4, grad_out); /* the residual's (none without one) */
+}
+
 an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor *w_up, an_tensor *w_down,
                          an_tensor *residual) {
     AN_OP_INPUTS(x, w_gate, w_up, w_down);
@@ -138,9 +202,15 @@ an_tensor *an_swiglu_mlp(an_ctx *ctx, an_tensor *x, an_tensor *w_gate, an_tensor
         }
         const void *ptrs[] = {an_tensor_data(x),    an_tensor_data(w_gate), an_tensor_data(w_up),
                               an_tensor_data(gate), an_tensor_data(up),     an_tensor_data(act)};
-        if (an_cuda_gemm_swiglu_rule(ctx, x->dtype, rows, in, n, ptrs, 6) &&
-            an_cuda_gemm_swiglu(ctx, x->dtype, ptrs[0], rows, in, ptrs[1], ptrs[2], n, an_tensor_data(gate),
-                                an_tensor_data(up), an_tensor_data(act)) == AN_OK) {
+        const bool launched = an_cuda_gemm_swiglu_rule(ctx, x->dtype, rows, in, n, ptrs, 6) &&
+                              an_cuda_gemm_swiglu(ctx, x->dtype, ptrs[0], rows, in, ptrs[1], ptrs[2], n,
+                                                  an_tensor_data(gate), an_tensor_data(up), an_tensor_data(act)) == AN_OK;
+        if (launched && frozen_stacked(ctx, x, w_gate, w_up, w_down, gate, up, rows)) {
+            an_tensor *out = frozen_mlp(ctx, x, w_gate, w_up, w_down, residual, gate, up, act, out_shape);
+            an_tensor_release(gate), an_tensor_release(up), an_tensor_release(act);
+            return out;
+        }
+        if (launched) {
             /* one node: x's gradient dg W_gate + du W_up in one launch, one rounding */
             if (an_op_record_projections(ctx, x, 2, (an_tensor *[]){w_gate, w_up}, NULL, (an_tensor *[]){gate, up}) !=
                 AN_OK) {
