@@ -29,7 +29,9 @@
  *                     attention backward's stores and by the rope pass after, an_cuda_set_attention_turns_rope)]
  *                    [--ab-stacked-mlp (steps alternate with a frozen MLP's dgate | dup side by side and x's
  *                     gradient one cuBLASLt GEMM over the stacked weights, and with the two-pair launch,
- *                     an_cuda_set_swiglu_stacked)]
+ *                     an_cuda_set_swiglu_stacked; biased as --ab-loss-chunk is: its arms allocate one
+ *                     (rows, 2 inter) buffer and two (rows, inter) in turn, so compare separate runs with
+ *                     --off stacked-mlp)]
  *                    [--off NAME (the switch --ab-NAME alternates, off for every step: separate runs)]
  *                    [--gemm-group R (an_cuda_set_gemm_group_rows: rows of tiles gemm_wgmma.cu's kernels walk
  *                     the columns with; 0 its default)]
