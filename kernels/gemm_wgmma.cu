@@ -871,6 +871,18 @@ cudaError_t launch_backward(an_cuda_state *s, int M, int N, int K, const T *dy, 
                                                                      nullptr, nullptr, out_pitch);
 }
 
+/* launch_backward in dtype (bf16 or f16), the outputs' rows out_pitch elements apart (0: N). */
+static cudaError_t launch_backward_of(an_cuda_state *s, an_dtype dtype, int M, int N, int K, const void *dy, const void *w,
+                                      const void *gate, const void *up, void *dgate, void *dup, void *act, int64_t out_pitch) {
+    if (dtype == AN_BF16)
+        return launch_backward<__nv_bfloat16>(s, M, N, K, (const __nv_bfloat16 *)dy, (const __nv_bfloat16 *)w,
+                                              (const __nv_bfloat16 *)gate, (const __nv_bfloat16 *)up,
+                                              (__nv_bfloat16 *)dgate, (__nv_bfloat16 *)dup, (__nv_bfloat16 *)act,
+                                              out_pitch);
+    return launch_backward<__half>(s, M, N, K, (const __half *)dy, (const __half *)w, (const __half *)gate,
+                                   (const __half *)up, (__half *)dgate, (__half *)dup, (__half *)act, out_pitch);
+}
+
 extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, const void *dy, int64_t M, int64_t K,
                                                   const void *w, int64_t N, const void *gate, const void *up,
                                                   void *dgate, void *dup, void *act) {
@@ -880,15 +892,7 @@ extern "C" an_status an_cuda_gemm_swiglu_backward(an_ctx *ctx, an_dtype dtype, c
              "gemm_swiglu_backward: %s (%lld, %lld) x (%lld, %lld) on this device: needs compute capability 9.0, "
              "bf16 or f16, K and N multiples of 8, 16-byte aligned operands",
              an_dtype_name(dtype), (long long)M, (long long)K, (long long)K, (long long)N);
-    cudaError_t err = dtype == AN_BF16
-                          ? launch_backward<__nv_bfloat16>(s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)dy,
-                                                           (const __nv_bfloat16 *)w, (const __nv_bfloat16 *)gate,
-                                                           (const __nv_bfloat16 *)up, (__nv_bfloat16 *)dgate,
-                                                           (__nv_bfloat16 *)dup, (__nv_bfloat16 *)act)
-                          : launch_backward<__half>(s, (int)M, (int)N, (int)K, (const __half *)dy, (const __half *)w,
-                                                    (const __half *)gate, (const __half *)up, (__half *)dgate,
-                                                    (__half *)dup, (__half *)act);
-    AN_CUDA_CHECK(ctx, err);
+    AN_CUDA_CHECK(ctx, launch_backward_of(s, dtype, (int)M, (int)N, (int)K, dy, w, gate, up, dgate, dup, act, 0));
     return AN_OK;
 }
 extern "C" int an_cuda_swiglu_stacked_rule(an_ctx *ctx, an_dtype dtype, int64_t M, int64_t K, int64_t N,
@@ -907,16 +911,8 @@ extern "C" an_status an_cuda_gemm_swiglu_backward_stacked(an_ctx *ctx, an_dtype 
              "gemm_swiglu_backward_stacked: %s (%lld, %lld) x (%lld, %lld) on this device: needs compute capability "
              "9.0, bf16 or f16, K and N multiples of 8, 16-byte aligned operands (and the form not turned off)",
              an_dtype_name(dtype), (long long)M, (long long)K, (long long)K, (long long)N);
-    cudaError_t err =
-        dtype == AN_BF16
-            ? launch_backward<__nv_bfloat16>(s, (int)M, (int)N, (int)K, (const __nv_bfloat16 *)dy,
-                                             (const __nv_bfloat16 *)w, (const __nv_bfloat16 *)gate,
-                                             (const __nv_bfloat16 *)up, (__nv_bfloat16 *)dgu,
-                                             (__nv_bfloat16 *)((char *)dgu + half), nullptr, 2 * N)
-            : launch_backward<__half>(s, (int)M, (int)N, (int)K, (const __half *)dy, (const __half *)w,
-                                      (const __half *)gate, (const __half *)up, (__half *)dgu,
-                                      (__half *)((char *)dgu + half), nullptr, 2 * N);
-    AN_CUDA_CHECK(ctx, err);
+    AN_CUDA_CHECK(ctx, launch_backward_of(s, dtype, (int)M, (int)N, (int)K, dy, w, gate, up, dgu, (char *)dgu + half,
+                                          nullptr, 2 * N));
     return AN_OK;
 }
 
